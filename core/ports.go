@@ -1,0 +1,225 @@
+package core
+
+import (
+	"context"
+
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// User is an account: a name and the set of its devices.
+type User struct {
+	ID          string
+	HomeRegion  string
+	CreatedAtMs int64
+}
+
+// Device is one registered device of a user. The server keeps public keys only.
+type Device struct {
+	Key           DeviceKey
+	NoiseStatic   []byte // X25519 public key proven in every transport handshake (32 bytes)
+	IdentityKey   []byte // Ed25519 public key that signs links and prekeys (32 bytes)
+	LinkedBy      uint32 // device that signed the link; 0 for a user's first device
+	LinkSignature []byte
+	CreatedAtMs   int64
+}
+
+// Conversation is the stored state of a conversation.
+type Conversation struct {
+	ID          string
+	Kind        pb.ConversationKind
+	Title       string
+	HomeRegion  string
+	Epoch       uint64 // owner epoch; only a writer at >= this epoch may append
+	Head        uint64 // seq of the newest entry; 0 when empty
+	CreatedAtMs int64
+}
+
+// Member is a user's membership of a conversation.
+type Member struct {
+	User      string
+	JoinedSeq uint64 // seq of the entry that added the user; the member reads from here on
+}
+
+// CursorKind distinguishes the two per-device cursors.
+type CursorKind uint8
+
+// The cursor kinds.
+const (
+	CursorDelivered CursorKind = 1 // device has durably stored up to seq
+	CursorRead      CursorKind = 2 // user has read up to seq
+)
+
+// Cursor is one device's position in one conversation.
+type Cursor struct {
+	Conv      string
+	Device    DeviceKey
+	Delivered uint64
+	Read      uint64
+}
+
+// Route says that a device has a live session on an edge.
+type Route struct {
+	Device  DeviceKey
+	Edge    string
+	Session uint64
+	SinceMs int64
+}
+
+// AppendRequest is the sequencer's single write: one new conversation entry,
+// with any membership effects, in one transaction.
+type AppendRequest struct {
+	// Epoch is the writer's owner epoch. The store fails with ErrFenced when
+	// the stored conversation's epoch is greater.
+	Epoch uint64
+	// Message to append. ConvId, Sender and ClientMsgId form the idempotency
+	// key (with Sender's device). The store sets Seq (head+1) and Epoch; the
+	// caller sets everything else (MsgId, SentAtMs, Kind, Envelope or Membership).
+	Message *pb.Message
+	// Create, when the conversation does not exist yet, creates it (with
+	// Head 0 and Epoch = Epoch) before appending; its ID must equal
+	// Message.ConvId. When the conversation exists, Create is ignored.
+	// Without Create a missing conversation is ErrNotFound.
+	Create *Conversation
+	// AddMembers get JoinedSeq = the new seq. Adding an existing member is a no-op.
+	AddMembers []string
+	// RemoveMembers are deleted from the member list. Removing a non-member is a no-op.
+	RemoveMembers []string
+}
+
+// AppendResult reports the stored entry.
+type AppendResult struct {
+	// Message is the stored entry, Seq set. On a duplicate it is the entry
+	// stored by the first append with the same idempotency key.
+	Message *pb.Message
+	// Duplicate is true when the idempotency key was already present; the
+	// store then changed nothing.
+	Duplicate bool
+}
+
+// Store is the region's source of truth. Every method is safe for
+// concurrent use. Implementations: region/pebblestore (embedded) and
+// region/pgstore (PostgreSQL / CockroachDB); both pass region/storetest.
+//
+// Errors wrap the core sentinels (ErrNotFound, ErrAlreadyExists, ErrFenced,
+// ErrInvalidArgument) with %w so errors.Is works; any other error is
+// transient or internal.
+type Store interface {
+	// RegisterDevice stores a device. If a device with the same NoiseStatic
+	// already exists for d.Key.User, it is returned unchanged (idempotent
+	// retry); if it exists for another user, ErrAlreadyExists.
+	// With createUser the user must not exist yet (ErrAlreadyExists); it is
+	// created with device number 1. Without createUser the user must exist
+	// (ErrNotFound) and the device gets the next free number (max+1).
+	// d.Key.Device is ignored on input; the result carries the assigned key.
+	RegisterDevice(ctx context.Context, u User, d Device, createUser bool) (Device, error)
+	// User returns a user (ErrNotFound).
+	User(ctx context.Context, id string) (User, error)
+	// Devices lists a user's devices ordered by device number (ErrNotFound
+	// when the user does not exist).
+	Devices(ctx context.Context, user string) ([]Device, error)
+	// DeviceByStatic finds the device whose NoiseStatic equals static (ErrNotFound).
+	DeviceByStatic(ctx context.Context, static []byte) (Device, error)
+
+	// Append sequences one entry; see AppendRequest and AppendResult.
+	// Duplicate detection happens before the epoch check and before the
+	// existence check, so a replay of an appended entry always succeeds.
+	Append(ctx context.Context, req AppendRequest) (AppendResult, error)
+	// Conversation returns a conversation with its current Head (ErrNotFound).
+	Conversation(ctx context.Context, id string) (Conversation, error)
+	// Members lists a conversation's members ordered by user id (ErrNotFound
+	// when the conversation does not exist).
+	Members(ctx context.Context, conv string) ([]Member, error)
+	// UserConversations lists the ids of the conversations the user is a
+	// member of, ordered by id.
+	UserConversations(ctx context.Context, user string) ([]string, error)
+	// Messages returns up to limit entries with seq > after, ascending.
+	Messages(ctx context.Context, conv string, after uint64, limit int) ([]*pb.Message, error)
+
+	// AdvanceCursor moves a device's cursor of the given kind to seq if seq
+	// is greater than the stored value (cursors never move back). It returns
+	// the previous value and whether it moved.
+	AdvanceCursor(ctx context.Context, conv string, dev DeviceKey, kind CursorKind, seq uint64) (prev uint64, moved bool, err error)
+	// Cursors returns every cursor of the device, ordered by conversation.
+	Cursors(ctx context.Context, dev DeviceKey) ([]Cursor, error)
+	// ConvCursors returns every device cursor of a conversation, ordered by device.
+	ConvCursors(ctx context.Context, conv string) ([]Cursor, error)
+
+	// SetRoute records that r.Device is online at r.Edge in r.Session,
+	// replacing any previous route of the device.
+	SetRoute(ctx context.Context, r Route) error
+	// ClearRoute removes the device's route if it still names session, and
+	// sets the user's last-seen time to atMs. It reports whether it removed.
+	ClearRoute(ctx context.Context, dev DeviceKey, session uint64, atMs int64) (bool, error)
+	// ClearEdgeRoutes removes every route that names edge (the edge
+	// restarted or died), setting last seen of the affected users to atMs,
+	// and returns the removed routes.
+	ClearEdgeRoutes(ctx context.Context, edge string, atMs int64) ([]Route, error)
+	// Routes returns the routes of all online devices of the given users,
+	// ordered by device.
+	Routes(ctx context.Context, users []string) ([]Route, error)
+	// LastSeen returns the last-seen time (unix ms) of each given user that
+	// has one.
+	LastSeen(ctx context.Context, users []string) (map[string]int64, error)
+
+	// Close releases the store.
+	Close() error
+}
+
+// BusRecord is one Kafka record.
+type BusRecord struct {
+	Topic     string
+	Key       []byte
+	Value     []byte
+	Partition int   // set on consumed records
+	Offset    int64 // set on consumed records
+}
+
+// ConsumeSpec says what to consume.
+type ConsumeSpec struct {
+	Topic string
+	// Group is the consumer group. With a group, partitions are shared among
+	// the group's members and offsets are committed after the handler
+	// returns; without one, the consumer reads every partition itself,
+	// starting at the end of the topic (live tail), and commits nothing.
+	Group string
+	// OnReady, if set, is called once when the consumer holds its partitions
+	// and knows where it starts reading: records produced after OnReady
+	// returns are guaranteed to be consumed.
+	OnReady func()
+}
+
+// Handler processes one consumed record. It is called for the records of a
+// partition one at a time, in offset order. If it returns an error the bus
+// calls it again with the same record after a backoff; it must therefore be
+// idempotent, and it should return only when the record is done or ctx ends.
+type Handler func(ctx context.Context, rec BusRecord) error
+
+// Bus is the regional message bus (Kafka). Delivery is at-least-once.
+type Bus interface {
+	// Produce writes records with acks from all in-sync replicas, each to the
+	// partition chosen by hashing its Key, and returns when all are
+	// acknowledged. On error some records may still have been written.
+	Produce(ctx context.Context, recs ...BusRecord) error
+	// EnsureTopic creates a topic if absent.
+	EnsureTopic(ctx context.Context, topic string, partitions int) error
+	// Consume runs h for every record until ctx ends; it returns ctx's error
+	// or a fatal error.
+	Consume(ctx context.Context, spec ConsumeSpec, h Handler) error
+	// Close flushes and releases the bus.
+	Close() error
+}
+
+// PushNotification is what a notifier learns about a message for an
+// offline device: routing metadata only, never content.
+type PushNotification struct {
+	Device   DeviceKey
+	Conv     string
+	Seq      uint64
+	MsgID    string
+	SentAtMs int64
+}
+
+// Notifier tells offline devices that something arrived (APNs/FCM/webhook).
+type Notifier interface {
+	Notify(ctx context.Context, n PushNotification) error
+}
