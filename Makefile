@@ -1,0 +1,37 @@
+# chatmesh — the two commands that matter are `make run` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+
+.PHONY: run build test test-unit fuzz bench generate vet clean
+
+## run: start the whole mesh (one region) on its embedded default: kfake + Pebble
+run:
+	$(GO) run ./cmd/chatmesh dev --data .chatmesh/dev
+
+build:
+	$(GO) build -o bin/chatmesh ./cmd/chatmesh
+
+## test: install/start PostgreSQL and a 3-broker Kafka, then run every test, then short fuzzing
+test:
+	./scripts/test.sh
+
+## test-unit: the fast tests only (embedded broker and store; real servers skipped)
+test-unit:
+	$(GO) test ./...
+
+## fuzz: run every fuzz target briefly (FUZZTIME=10s by default)
+fuzz:
+	./scripts/fuzz.sh
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
+
+## generate: regenerate core/pb from proto/ (needs protoc; installs protoc-gen-go at the pinned version)
+generate:
+	./scripts/generate.sh
+
+vet:
+	gofmt -l . | (! grep .) && $(GO) vet ./...
+
+clean:
+	rm -rf bin .chatmesh

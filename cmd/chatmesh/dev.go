@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/region"
+)
+
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", ".chatmesh/dev", "data directory (Pebble store, edge key and certificate, endpoints.json)")
+	ws := fs.String("ws", "127.0.0.1:7480", "WebSocket listen address")
+	wt := fs.String("wt", "127.0.0.1:7443", "WebTransport (UDP) listen address; - disables")
+	kafka := fs.String("kafka", "", "comma-separated Kafka brokers; empty runs an embedded broker")
+	pg := fs.String("pg", "", "PostgreSQL/CockroachDB DSN; empty uses Pebble under --data")
+	regionName := fs.String("region", "local", "region name")
+	edgeID := fs.String("edge-id", "edge-1", "edge id (stable across restarts)")
+	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
+	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("dev: --log: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	cfg := stack.Config{
+		DataDir: *data, PostgresDSN: *pg, Region: *regionName, EdgeID: *edgeID,
+		WSAddr: *ws, WTAddr: *wt, Logger: logger,
+	}
+	if *kafka != "" {
+		cfg.KafkaBrokers = strings.Split(*kafka, ",")
+	}
+	if *webhook != "" {
+		cfg.Notifier = core.Notifier(&region.WebhookNotifier{URL: *webhook})
+	}
+	s, err := stack.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	path, err := s.WriteEndpoints()
+	if err != nil {
+		logger.Warn("could not write endpoints", "err", err)
+	}
+	e := s.Endpoints()
+	b, _ := json.Marshal(e)
+	fmt.Fprintf(stdout, "chatmesh dev: region %q running (kafka: %s, store: %s)\n", e.Region, e.Kafka, e.Store)
+	fmt.Fprintf(stdout, "  WebSocket:     %s\n", e.WS)
+	if e.WT != "" {
+		fmt.Fprintf(stdout, "  WebTransport:  %s  (cert sha256 %s)\n", e.WT, e.CertHash)
+	}
+	fmt.Fprintf(stdout, "  edge key:      %s\n", e.EdgeKey)
+	fmt.Fprintf(stdout, "  endpoints:     %s\n", path)
+	fmt.Fprintf(stdout, "ENDPOINTS %s\n", b)
+	fmt.Fprintf(stdout, "try: chatmesh chat --state /tmp/alice --edge %s register alice\n", e.WS)
+	if f, ok := stdout.(*os.File); ok {
+		_ = f.Sync()
+	}
+	<-ctx.Done()
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return s.Shutdown(sctx)
+}

@@ -1,0 +1,11 @@
+// Command chatmesh is the only binary of chatmesh. Subcommands:
+//
+//	chatmesh dev      the whole region in one process: edge (WebSocket and
+//	                  WebTransport), region services, an embedded Kafka
+//	                  broker (or --kafka) and a Pebble store (or --pg)
+//	chatmesh chat     the command-line client, interactive or scriptable
+//	chatmesh bench    the load generator: N clients over the real protocol
+//	chatmesh version  print the version
+//
+// Run any subcommand with -h for its flags.
+package main

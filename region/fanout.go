@@ -1,0 +1,149 @@
+package region
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// fanout builds one delivery record per edge that hosts an online device of
+// the given users, and queues push notifications for their offline devices.
+func (r *Region) fanout(ctx context.Context, m *pb.Message, users []string) ([]core.BusRecord, error) {
+	routes, err := r.store.Routes(ctx, users)
+	if err != nil {
+		return nil, fmt.Errorf("fanout %s/%d: routes: %w", m.GetConvId(), m.GetSeq(), err)
+	}
+	frame := &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: m}}
+	recs, err := r.perEdge(routes, frame)
+	if err != nil {
+		return nil, err
+	}
+	if r.cfg.Notifier != nil && m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
+		online := make(map[core.DeviceKey]bool, len(routes))
+		for _, rt := range routes {
+			online[rt.Device] = true
+		}
+		sender := core.KeyOf(m.GetSender())
+		for _, u := range users {
+			if u == sender.User {
+				continue
+			}
+			devs, err := r.devices.devices(ctx, r.store, u)
+			if err != nil {
+				r.log.Warn("push: device list", "user", u, "err", err)
+				continue
+			}
+			for _, d := range devs {
+				if !online[d.Key] {
+					r.queueNotify(core.PushNotification{
+						Device: d.Key, Conv: m.GetConvId(), Seq: m.GetSeq(), MsgID: m.GetMsgId(), SentAtMs: m.GetSentAtMs(),
+					})
+				}
+			}
+		}
+	}
+	return recs, nil
+}
+
+// toUsers builds one record per edge hosting an online device of users.
+func (r *Region) toUsers(ctx context.Context, users []string, frame *pb.ServerFrame) ([]core.BusRecord, error) {
+	if len(users) == 0 {
+		return nil, nil
+	}
+	routes, err := r.store.Routes(ctx, users)
+	if err != nil {
+		return nil, fmt.Errorf("routes: %w", err)
+	}
+	return r.perEdge(routes, frame)
+}
+
+// perEdge groups routes by edge and encodes one EdgeRecord per edge.
+func (r *Region) perEdge(routes []core.Route, frame *pb.ServerFrame) ([]core.BusRecord, error) {
+	byEdge := map[string][]*pb.DeviceAddr{}
+	var edges []string
+	seen := map[core.DeviceKey]bool{}
+	for _, rt := range routes {
+		if seen[rt.Device] {
+			continue
+		}
+		seen[rt.Device] = true
+		if _, ok := byEdge[rt.Edge]; !ok {
+			edges = append(edges, rt.Edge)
+		}
+		byEdge[rt.Edge] = append(byEdge[rt.Edge], rt.Device.Addr())
+	}
+	slices.Sort(edges)
+	recs := make([]core.BusRecord, 0, len(edges))
+	for _, e := range edges {
+		b, err := proto.Marshal(&pb.EdgeRecord{Targets: byEdge[e], Frame: frame})
+		if err != nil {
+			return nil, fmt.Errorf("region: encode edge record: %w", err)
+		}
+		recs = append(recs, core.BusRecord{Topic: EdgeTopic(e), Key: []byte(e), Value: b})
+	}
+	return recs, nil
+}
+
+// replyRecord addresses a response to the session a request came from.
+func (r *Region) replyRecord(o *pb.Origin, resp *pb.Response) core.BusRecord {
+	resp.ReqId = o.GetReqId()
+	b, err := proto.Marshal(&pb.EdgeRecord{
+		Targets:   []*pb.DeviceAddr{o.GetDevice()},
+		SessionId: o.GetSessionId(),
+		Frame:     &pb.ServerFrame{Body: &pb.ServerFrame_Response{Response: resp}},
+	})
+	if err != nil {
+		// Marshal of a well-formed message cannot fail; keep the record empty
+		// rather than crash the sequencer.
+		r.log.Error("encode reply", "err", err)
+	}
+	return core.BusRecord{Topic: EdgeTopic(o.GetEdgeId()), Key: []byte(o.GetEdgeId()), Value: b}
+}
+
+// reply sends one response to a request's origin (if it has one).
+func (r *Region) reply(ctx context.Context, o *pb.Origin, resp *pb.Response) error {
+	if o.GetEdgeId() == "" {
+		return nil
+	}
+	return r.produce(ctx, r.replyRecord(o, resp))
+}
+
+func (r *Region) produce(ctx context.Context, recs ...core.BusRecord) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	if err := r.bus.Produce(ctx, recs...); err != nil {
+		return fmt.Errorf("region: produce %d records: %w", len(recs), err)
+	}
+	r.stats.edgeRecords.Add(uint64(len(recs)))
+	return nil
+}
+
+func (r *Region) queueNotify(n core.PushNotification) {
+	select {
+	case r.notifyCh <- n:
+	default:
+		r.stats.notifyDropped.Add(1)
+	}
+}
+
+func (r *Region) runNotifier(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case n := <-r.notifyCh:
+			if err := r.cfg.Notifier.Notify(ctx, n); err != nil {
+				r.stats.notifyFailed.Add(1)
+				r.log.Warn("push notification failed", "device", n.Device.String(), "err", err)
+				continue
+			}
+			r.stats.notified.Add(1)
+		}
+	}
+}

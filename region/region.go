@@ -1,0 +1,225 @@
+package region
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/chatmesh/chatmesh/core"
+)
+
+// Topic names shared with edges.
+const (
+	DefaultIngressTopic  = "ingress"
+	DefaultPresenceTopic = "presence"
+	EdgeTopicPrefix      = "edge."
+	SequencerGroup       = "sequencer"
+)
+
+// EdgeTopic is the topic an edge consumes.
+func EdgeTopic(edgeID string) string { return EdgeTopicPrefix + edgeID }
+
+// Config configures a region. The zero value works apart from the store and bus.
+type Config struct {
+	Name              string // region name, default "local"
+	IngressTopic      string // default "ingress"
+	IngressPartitions int    // default 8
+	PresenceTopic     string // default "presence"
+	Epoch             uint64 // owner epoch this region sequences at, default 1
+	Logger            *slog.Logger
+	Now               func() time.Time
+	// Notifier receives push notifications for offline devices; nil: none.
+	Notifier core.Notifier
+	// NotifyQueue bounds pending push notifications (default 4096); when full
+	// a notification is dropped and counted (sync repairs what push misses).
+	NotifyQueue int
+	// ReceiptScanLimit bounds how many messages a cursor move scans to find
+	// the senders to notify (default 1000).
+	ReceiptScanLimit int
+}
+
+func (c *Config) fill() {
+	if c.Name == "" {
+		c.Name = "local"
+	}
+	if c.IngressTopic == "" {
+		c.IngressTopic = DefaultIngressTopic
+	}
+	if c.IngressPartitions <= 0 {
+		c.IngressPartitions = 8
+	}
+	if c.PresenceTopic == "" {
+		c.PresenceTopic = DefaultPresenceTopic
+	}
+	if c.Epoch == 0 {
+		c.Epoch = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.NotifyQueue <= 0 {
+		c.NotifyQueue = 4096
+	}
+	if c.ReceiptScanLimit <= 0 {
+		c.ReceiptScanLimit = 1000
+	}
+}
+
+// Region runs a region's services on a store and a bus.
+type Region struct {
+	cfg   Config
+	store core.Store
+	bus   core.Bus
+	log   *slog.Logger
+
+	ulidMu  sync.Mutex
+	entropy *ulid.MonotonicEntropy
+
+	members *memberCache
+	devices *deviceCache
+
+	notifyCh chan core.PushNotification
+	stats    counters
+
+	mu       sync.Mutex
+	started  bool
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	shutOnce sync.Once
+}
+
+// Stats counts what the region did; read it with Region.Stats.
+type Stats struct {
+	Appended        uint64 // entries sequenced
+	Duplicates      uint64 // appends that hit an idempotency key
+	Rejected        uint64 // requests answered with an error
+	Malformed       uint64 // ingress records that did not decode (dropped)
+	EdgeRecords     uint64 // records produced to edge topics
+	Notified        uint64 // push notifications handed to the notifier
+	NotifyDropped   uint64 // push notifications dropped: queue full
+	NotifyFailed    uint64 // push notifications the notifier failed
+	ReceiptsSent    uint64 // receipt records produced
+	TypingFannedOut uint64 // typing records produced
+}
+
+type counters struct {
+	appended, duplicates, rejected, malformed, edgeRecords  atomic.Uint64
+	notified, notifyDropped, notifyFailed, receipts, typing atomic.Uint64
+}
+
+// New builds a region. Call Start to run the sequencer.
+func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
+	if store == nil || bus == nil {
+		return nil, errors.New("region: store and bus are required")
+	}
+	cfg.fill()
+	r := &Region{
+		cfg:      cfg,
+		store:    store,
+		bus:      bus,
+		log:      cfg.Logger.With("component", "region", "region", cfg.Name),
+		entropy:  ulid.Monotonic(rand.Reader, 0),
+		members:  newMemberCache(),
+		devices:  newDeviceCache(cfg.Now, 10*time.Second),
+		notifyCh: make(chan core.PushNotification, cfg.NotifyQueue),
+	}
+	return r, nil
+}
+
+// API returns the read/session side of the region, which edges call.
+func (r *Region) API() *API { return &API{r: r} }
+
+// Start creates the topics and runs the sequencer and notifier until
+// Shutdown. It returns once the sequencer holds its partitions.
+func (r *Region) Start(ctx context.Context) error {
+	r.mu.Lock()
+	if r.started {
+		r.mu.Unlock()
+		return errors.New("region: already started")
+	}
+	r.started = true
+	r.mu.Unlock()
+
+	if err := r.bus.EnsureTopic(ctx, r.cfg.IngressTopic, r.cfg.IngressPartitions); err != nil {
+		return fmt.Errorf("region: ensure %s: %w", r.cfg.IngressTopic, err)
+	}
+	if err := r.bus.EnsureTopic(ctx, r.cfg.PresenceTopic, 1); err != nil {
+		return fmt.Errorf("region: ensure %s: %w", r.cfg.PresenceTopic, err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	ready := make(chan struct{})
+	var once sync.Once
+	errc := make(chan error, 1)
+	r.wg.Add(2)
+	go func() {
+		defer r.wg.Done()
+		err := r.bus.Consume(runCtx, core.ConsumeSpec{
+			Topic:   r.cfg.IngressTopic,
+			Group:   SequencerGroup,
+			OnReady: func() { once.Do(func() { close(ready) }) },
+		}, r.handleIngress)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			r.log.Error("sequencer stopped", "err", err)
+			errc <- err
+		}
+	}()
+	go func() {
+		defer r.wg.Done()
+		r.runNotifier(runCtx)
+	}()
+	select {
+	case <-ready:
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("region: sequencer: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Shutdown stops the sequencer and notifier and waits for them. Idempotent.
+func (r *Region) Shutdown(ctx context.Context) error {
+	r.shutOnce.Do(func() {
+		if r.cancel != nil {
+			r.cancel()
+		}
+	})
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Stats returns a snapshot of the counters.
+func (r *Region) Stats() Stats {
+	c := &r.stats
+	return Stats{
+		Appended: c.appended.Load(), Duplicates: c.duplicates.Load(), Rejected: c.rejected.Load(),
+		Malformed: c.malformed.Load(), EdgeRecords: c.edgeRecords.Load(), Notified: c.notified.Load(),
+		NotifyDropped: c.notifyDropped.Load(), NotifyFailed: c.notifyFailed.Load(),
+		ReceiptsSent: c.receipts.Load(), TypingFannedOut: c.typing.Load(),
+	}
+}
+
+func (r *Region) newMsgID(now time.Time) string {
+	r.ulidMu.Lock()
+	defer r.ulidMu.Unlock()
+	return ulid.MustNew(ulid.Timestamp(now), r.entropy).String()
+}
+
+func (r *Region) nowMs() int64 { return r.cfg.Now().UnixMilli() }
