@@ -32,6 +32,36 @@ func (e *WireError) Error() string {
 	return fmt.Sprintf("chatmesh %s: %s", e.Code, e.Detail)
 }
 
+// Unwrap returns the sentinel that corresponds to the code, so errors
+// decoded from the wire still match errors.Is(err, ErrNotFound) and so on.
+func (e *WireError) Unwrap() error {
+	switch e.Code {
+	case pb.ErrorCode_ERROR_CODE_NOT_FOUND:
+		return ErrNotFound
+	case pb.ErrorCode_ERROR_CODE_ALREADY_EXISTS:
+		return ErrAlreadyExists
+	case pb.ErrorCode_ERROR_CODE_NOT_MEMBER:
+		return ErrNotMember
+	case pb.ErrorCode_ERROR_CODE_GROUP_FULL:
+		return ErrGroupFull
+	case pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT:
+		return ErrInvalidArgument
+	case pb.ErrorCode_ERROR_CODE_FORBIDDEN:
+		return ErrForbidden
+	case pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+		return ErrUnavailable
+	}
+	return nil
+}
+
+// FromWire turns a wire error back into an error (nil for nil or OK).
+func FromWire(e *pb.Error) error {
+	if e == nil || e.GetCode() == pb.ErrorCode_ERROR_CODE_OK {
+		return nil
+	}
+	return &WireError{Code: e.GetCode(), Detail: e.GetDetail()}
+}
+
 // Errorf builds a WireError.
 func Errorf(code pb.ErrorCode, format string, args ...any) *WireError {
 	return &WireError{Code: code, Detail: fmt.Sprintf(format, args...)}

@@ -3453,6 +3453,399 @@ func (x *PresenceRecord) GetEvent() *PresenceEvent {
 	return nil
 }
 
+// ---------------------------------------------------------------- edge -> region RPC
+//
+// When an edge and its region run as separate processes, the edge's
+// synchronous calls (authentication, registration, session routes, reads)
+// are HTTP POSTs of a BackendCall to the region's internal listener at
+// /internal/v1/backend (Content-Type application/x-protobuf), answered with
+// a BackendReply. Writes never take this path: they go through Kafka.
+type BackendCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Call:
+	//
+	//	*BackendCall_Authenticate
+	//	*BackendCall_Register
+	//	*BackendCall_SessionOpened
+	//	*BackendCall_SessionClosed
+	//	*BackendCall_EdgeStarted
+	//	*BackendCall_Query
+	Call          isBackendCall_Call `protobuf_oneof:"call"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendCall) Reset() {
+	*x = BackendCall{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendCall) ProtoMessage() {}
+
+func (x *BackendCall) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendCall.ProtoReflect.Descriptor instead.
+func (*BackendCall) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *BackendCall) GetCall() isBackendCall_Call {
+	if x != nil {
+		return x.Call
+	}
+	return nil
+}
+
+func (x *BackendCall) GetAuthenticate() []byte {
+	if x != nil {
+		if x, ok := x.Call.(*BackendCall_Authenticate); ok {
+			return x.Authenticate
+		}
+	}
+	return nil
+}
+
+func (x *BackendCall) GetRegister() *BackendRegister {
+	if x != nil {
+		if x, ok := x.Call.(*BackendCall_Register); ok {
+			return x.Register
+		}
+	}
+	return nil
+}
+
+func (x *BackendCall) GetSessionOpened() *BackendRoute {
+	if x != nil {
+		if x, ok := x.Call.(*BackendCall_SessionOpened); ok {
+			return x.SessionOpened
+		}
+	}
+	return nil
+}
+
+func (x *BackendCall) GetSessionClosed() *BackendRoute {
+	if x != nil {
+		if x, ok := x.Call.(*BackendCall_SessionClosed); ok {
+			return x.SessionClosed
+		}
+	}
+	return nil
+}
+
+func (x *BackendCall) GetEdgeStarted() string {
+	if x != nil {
+		if x, ok := x.Call.(*BackendCall_EdgeStarted); ok {
+			return x.EdgeStarted
+		}
+	}
+	return ""
+}
+
+func (x *BackendCall) GetQuery() *BackendQuery {
+	if x != nil {
+		if x, ok := x.Call.(*BackendCall_Query); ok {
+			return x.Query
+		}
+	}
+	return nil
+}
+
+type isBackendCall_Call interface {
+	isBackendCall_Call()
+}
+
+type BackendCall_Authenticate struct {
+	Authenticate []byte `protobuf:"bytes,1,opt,name=authenticate,proto3,oneof"` // the device's Noise static key
+}
+
+type BackendCall_Register struct {
+	Register *BackendRegister `protobuf:"bytes,2,opt,name=register,proto3,oneof"`
+}
+
+type BackendCall_SessionOpened struct {
+	SessionOpened *BackendRoute `protobuf:"bytes,3,opt,name=session_opened,json=sessionOpened,proto3,oneof"`
+}
+
+type BackendCall_SessionClosed struct {
+	SessionClosed *BackendRoute `protobuf:"bytes,4,opt,name=session_closed,json=sessionClosed,proto3,oneof"`
+}
+
+type BackendCall_EdgeStarted struct {
+	EdgeStarted string `protobuf:"bytes,5,opt,name=edge_started,json=edgeStarted,proto3,oneof"` // edge id
+}
+
+type BackendCall_Query struct {
+	Query *BackendQuery `protobuf:"bytes,6,opt,name=query,proto3,oneof"`
+}
+
+func (*BackendCall_Authenticate) isBackendCall_Call() {}
+
+func (*BackendCall_Register) isBackendCall_Call() {}
+
+func (*BackendCall_SessionOpened) isBackendCall_Call() {}
+
+func (*BackendCall_SessionClosed) isBackendCall_Call() {}
+
+func (*BackendCall_EdgeStarted) isBackendCall_Call() {}
+
+func (*BackendCall_Query) isBackendCall_Call() {}
+
+type BackendRegister struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NoiseStatic   []byte                 `protobuf:"bytes,1,opt,name=noise_static,json=noiseStatic,proto3" json:"noise_static,omitempty"`
+	Request       *RegisterRequest       `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendRegister) Reset() {
+	*x = BackendRegister{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendRegister) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendRegister) ProtoMessage() {}
+
+func (x *BackendRegister) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendRegister.ProtoReflect.Descriptor instead.
+func (*BackendRegister) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *BackendRegister) GetNoiseStatic() []byte {
+	if x != nil {
+		return x.NoiseStatic
+	}
+	return nil
+}
+
+func (x *BackendRegister) GetRequest() *RegisterRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type BackendRoute struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        *DeviceAddr            `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	EdgeId        string                 `protobuf:"bytes,2,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"`
+	SessionId     uint64                 `protobuf:"varint,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	SinceMs       int64                  `protobuf:"varint,4,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendRoute) Reset() {
+	*x = BackendRoute{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendRoute) ProtoMessage() {}
+
+func (x *BackendRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendRoute.ProtoReflect.Descriptor instead.
+func (*BackendRoute) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *BackendRoute) GetDevice() *DeviceAddr {
+	if x != nil {
+		return x.Device
+	}
+	return nil
+}
+
+func (x *BackendRoute) GetEdgeId() string {
+	if x != nil {
+		return x.EdgeId
+	}
+	return ""
+}
+
+func (x *BackendRoute) GetSessionId() uint64 {
+	if x != nil {
+		return x.SessionId
+	}
+	return 0
+}
+
+func (x *BackendRoute) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+type BackendQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        *DeviceAddr            `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	Frame         *ClientFrame           `protobuf:"bytes,2,opt,name=frame,proto3" json:"frame,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendQuery) Reset() {
+	*x = BackendQuery{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendQuery) ProtoMessage() {}
+
+func (x *BackendQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendQuery.ProtoReflect.Descriptor instead.
+func (*BackendQuery) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *BackendQuery) GetDevice() *DeviceAddr {
+	if x != nil {
+		return x.Device
+	}
+	return nil
+}
+
+func (x *BackendQuery) GetFrame() *ClientFrame {
+	if x != nil {
+		return x.Frame
+	}
+	return nil
+}
+
+type BackendReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	Device        *DeviceAddr            `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`     // authenticate
+	Register      *RegisterResponse      `protobuf:"bytes,3,opt,name=register,proto3" json:"register,omitempty"` // register
+	Response      *Response              `protobuf:"bytes,4,opt,name=response,proto3" json:"response,omitempty"` // query
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackendReply) Reset() {
+	*x = BackendReply{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendReply) ProtoMessage() {}
+
+func (x *BackendReply) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendReply.ProtoReflect.Descriptor instead.
+func (*BackendReply) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *BackendReply) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *BackendReply) GetDevice() *DeviceAddr {
+	if x != nil {
+		return x.Device
+	}
+	return nil
+}
+
+func (x *BackendReply) GetRegister() *RegisterResponse {
+	if x != nil {
+		return x.Register
+	}
+	return nil
+}
+
+func (x *BackendReply) GetResponse() *Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
 var File_chatmesh_v1_chatmesh_proto protoreflect.FileDescriptor
 
 const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
@@ -3680,7 +4073,32 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"session_id\x18\x02 \x01(\x04R\tsessionId\x12.\n" +
 	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\"B\n" +
 	"\x0ePresenceRecord\x120\n" +
-	"\x05event\x18\x01 \x01(\v2\x1a.chatmesh.v1.PresenceEventR\x05event*p\n" +
+	"\x05event\x18\x01 \x01(\v2\x1a.chatmesh.v1.PresenceEventR\x05event\"\xd7\x02\n" +
+	"\vBackendCall\x12$\n" +
+	"\fauthenticate\x18\x01 \x01(\fH\x00R\fauthenticate\x12:\n" +
+	"\bregister\x18\x02 \x01(\v2\x1c.chatmesh.v1.BackendRegisterH\x00R\bregister\x12B\n" +
+	"\x0esession_opened\x18\x03 \x01(\v2\x19.chatmesh.v1.BackendRouteH\x00R\rsessionOpened\x12B\n" +
+	"\x0esession_closed\x18\x04 \x01(\v2\x19.chatmesh.v1.BackendRouteH\x00R\rsessionClosed\x12#\n" +
+	"\fedge_started\x18\x05 \x01(\tH\x00R\vedgeStarted\x121\n" +
+	"\x05query\x18\x06 \x01(\v2\x19.chatmesh.v1.BackendQueryH\x00R\x05queryB\x06\n" +
+	"\x04call\"l\n" +
+	"\x0fBackendRegister\x12!\n" +
+	"\fnoise_static\x18\x01 \x01(\fR\vnoiseStatic\x126\n" +
+	"\arequest\x18\x02 \x01(\v2\x1c.chatmesh.v1.RegisterRequestR\arequest\"\x92\x01\n" +
+	"\fBackendRoute\x12/\n" +
+	"\x06device\x18\x01 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x06device\x12\x17\n" +
+	"\aedge_id\x18\x02 \x01(\tR\x06edgeId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x03 \x01(\x04R\tsessionId\x12\x19\n" +
+	"\bsince_ms\x18\x04 \x01(\x03R\asinceMs\"o\n" +
+	"\fBackendQuery\x12/\n" +
+	"\x06device\x18\x01 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x06device\x12.\n" +
+	"\x05frame\x18\x02 \x01(\v2\x18.chatmesh.v1.ClientFrameR\x05frame\"\xd7\x01\n" +
+	"\fBackendReply\x12(\n" +
+	"\x05error\x18\x01 \x01(\v2\x12.chatmesh.v1.ErrorR\x05error\x12/\n" +
+	"\x06device\x18\x02 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x06device\x129\n" +
+	"\bregister\x18\x03 \x01(\v2\x1d.chatmesh.v1.RegisterResponseR\bregister\x121\n" +
+	"\bresponse\x18\x04 \x01(\v2\x15.chatmesh.v1.ResponseR\bresponse*p\n" +
 	"\x10ConversationKind\x12!\n" +
 	"\x1dCONVERSATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONVERSATION_KIND_DIRECT\x10\x01\x12\x1b\n" +
@@ -3733,7 +4151,7 @@ func file_chatmesh_v1_chatmesh_proto_rawDescGZIP() []byte {
 }
 
 var file_chatmesh_v1_chatmesh_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(ConversationKind)(0),             // 0: chatmesh.v1.ConversationKind
 	(MessageKind)(0),                  // 1: chatmesh.v1.MessageKind
@@ -3784,6 +4202,11 @@ var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(*IngressRecord)(nil),             // 46: chatmesh.v1.IngressRecord
 	(*EdgeRecord)(nil),                // 47: chatmesh.v1.EdgeRecord
 	(*PresenceRecord)(nil),            // 48: chatmesh.v1.PresenceRecord
+	(*BackendCall)(nil),               // 49: chatmesh.v1.BackendCall
+	(*BackendRegister)(nil),           // 50: chatmesh.v1.BackendRegister
+	(*BackendRoute)(nil),              // 51: chatmesh.v1.BackendRoute
+	(*BackendQuery)(nil),              // 52: chatmesh.v1.BackendQuery
+	(*BackendReply)(nil),              // 53: chatmesh.v1.BackendReply
 }
 var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
 	7,  // 0: chatmesh.v1.Envelope.per_device:type_name -> chatmesh.v1.DeviceCiphertext
@@ -3851,11 +4274,23 @@ var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
 	5,  // 62: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
 	25, // 63: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
 	39, // 64: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
-	65, // [65:65] is the sub-list for method output_type
-	65, // [65:65] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	50, // 65: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
+	51, // 66: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
+	51, // 67: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
+	52, // 68: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
+	11, // 69: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
+	5,  // 70: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
+	5,  // 71: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
+	10, // 72: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
+	26, // 73: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
+	5,  // 74: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
+	29, // 75: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
+	27, // 76: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
+	77, // [77:77] is the sub-list for method output_type
+	77, // [77:77] is the sub-list for method input_type
+	77, // [77:77] is the sub-list for extension type_name
+	77, // [77:77] is the sub-list for extension extendee
+	0,  // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_chatmesh_v1_chatmesh_proto_init() }
@@ -3906,13 +4341,21 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*IngressRecord_ModifyMembers)(nil),
 		(*IngressRecord_Typing)(nil),
 	}
+	file_chatmesh_v1_chatmesh_proto_msgTypes[44].OneofWrappers = []any{
+		(*BackendCall_Authenticate)(nil),
+		(*BackendCall_Register)(nil),
+		(*BackendCall_SessionOpened)(nil),
+		(*BackendCall_SessionClosed)(nil),
+		(*BackendCall_EdgeStarted)(nil),
+		(*BackendCall_Query)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatmesh_v1_chatmesh_proto_rawDesc), len(file_chatmesh_v1_chatmesh_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   44,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,1030 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/crypto/noiseconn"
+)
+
+var keyOf = core.KeyOf
+
+// Config configures a Client. Only StateDir is required (and Edges to
+// connect); every other zero value picks the documented default.
+type Config struct {
+	// StateDir holds the device identity, the outbox and the local
+	// message store. Created with mode 0700 when missing.
+	StateDir string
+	// Edges are edge URLs (ws://host:port, https://host:port for
+	// WebTransport). The client uses them in order and moves to the next
+	// one after a failure.
+	Edges []string
+	// CertHash pins the SHA-256 of the edges' TLS certificate (dev edges).
+	CertHash []byte
+	// ServerKey pins the edges' Noise static public key (optional).
+	ServerKey []byte
+	// Logger receives operational logs; never message bodies or keys.
+	// Default: discard.
+	Logger *slog.Logger
+	// Sealer seals and opens message bodies. Default:
+	// InsecurePlaintextSealer (no encryption; see its doc).
+	Sealer Sealer
+	// ClientName is sent in the ClientHello. Default "chatmesh-go/0.1".
+	ClientName string
+	// EventBuffer is the capacity of the Events channel. Default 256.
+	EventBuffer int
+	// NoticeQueue bounds queued non-message events (acks, receipts,
+	// presence, typing, connection changes) waiting for a slow app; more
+	// are dropped and counted in DroppedNotices. Default 4096.
+	NoticeQueue int
+	// SendWindow is the number of messages per conversation in flight at
+	// once. Default 16. 1 gives strict order even when the edge rejects a
+	// message with RATE_LIMITED while a later one passes.
+	SendWindow int
+	// MaxInflight bounds in-flight sends over all conversations. Default 256.
+	MaxInflight int
+	// AckTimeout is how long a send waits for its SendAck before it is
+	// sent again (the server deduplicates). Default 30 s.
+	AckTimeout time.Duration
+	// DialTimeout bounds dialing plus the Noise handshake. Default 10 s.
+	DialTimeout time.Duration
+	// MinBackoff and MaxBackoff bound reconnect and resend backoff
+	// (exponential with full jitter). Defaults 100 ms and 10 s.
+	MinBackoff, MaxBackoff time.Duration
+	// ManualCommit: when false (default) the app cursor ("seen") is
+	// persisted as soon as message events were handed to the app, so after
+	// a crash a few events may be handed again. When true it only moves
+	// through Commit, for apps that need exactly-once across crashes.
+	ManualCommit bool
+	// Rand is the source for key generation. Default crypto/rand.
+	Rand io.Reader
+}
+
+func (c *Config) defaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Sealer == nil {
+		c.Sealer = InsecurePlaintextSealer{}
+	}
+	if c.ClientName == "" {
+		c.ClientName = "chatmesh-go/0.1"
+	}
+	if c.EventBuffer <= 0 {
+		c.EventBuffer = 256
+	}
+	if c.NoticeQueue <= 0 {
+		c.NoticeQueue = 4096
+	}
+	if c.SendWindow <= 0 {
+		c.SendWindow = 16
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 256
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = 30 * time.Second
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = 100 * time.Millisecond
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 10 * time.Second
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+}
+
+// backoff returns the delay before retry number attempt (1-based):
+// exponential from min to max with full jitter.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	d := lo
+	for i := 1; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+}
+
+// SendResult is the outcome of one Send.
+type SendResult struct {
+	Conv        string
+	ClientMsgID string
+	Seq         uint64 // set when acked
+	MsgID       string
+	SentAtMs    int64
+	Err         error // set when the server rejected the message for good
+}
+
+// maxResults bounds the remembered send outcomes (for WaitSent).
+const maxResults = 10000
+
+// Client is one device's connection to chatmesh. Open it, Register once,
+// then Start (or Run) it; Close stops it. All methods are safe for
+// concurrent use.
+type Client struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *Store
+	outbox *Outbox
+	sealer Sealer
+
+	mu       sync.Mutex
+	id       *Identity
+	sess     *session
+	up       chan struct{} // closed while a session is up; replaced on loss
+	presence []string
+	results  map[string]SendResult
+	resultQ  []string
+	waiters  map[string][]chan struct{}
+	running  bool
+
+	recvMu sync.Mutex
+	recv   map[string]*recvState
+
+	evMu         sync.Mutex
+	notices      []Event
+	dropped      uint64
+	emitted      map[string]uint64
+	events       chan Event
+	dispatchWake chan struct{}
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	runErr error // guarded by mu; set when the started Run ends
+}
+
+// Open loads (or creates) the device state in cfg.StateDir and starts the
+// event dispatcher. It does not connect: call Start or Run.
+func Open(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("%w: StateDir is required", ErrBadArgument)
+	}
+	cfg.defaults()
+	if err := mkdirPrivate(cfg.StateDir); err != nil {
+		return nil, err
+	}
+	id, err := loadOrCreateIdentity(cfg.StateDir, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	store, err := OpenStore(filepath.Join(cfg.StateDir, "convs"))
+	if err != nil {
+		return nil, err
+	}
+	ob, err := OpenOutbox(filepath.Join(cfg.StateDir, "outbox"))
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg: cfg, log: cfg.Logger, store: store, outbox: ob, sealer: cfg.Sealer,
+		id: id, up: make(chan struct{}),
+		results: map[string]SendResult{}, waiters: map[string][]chan struct{}{},
+		recv:    map[string]*recvState{},
+		emitted: map[string]uint64{},
+		events:  make(chan Event, cfg.EventBuffer), dispatchWake: make(chan struct{}, 1),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Go(func() { c.dispatch(c.ctx) })
+	return c, nil
+}
+
+// Close stops the connection loop and the dispatcher and waits for every
+// goroutine of the client. Pending outbox entries stay on disk and are sent
+// after the next Open. Close is idempotent.
+func (c *Client) Close() error {
+	c.cancel()
+	c.wg.Wait()
+	return nil
+}
+
+// Events returns the event stream. See the package doc for the slow-app policy.
+func (c *Client) Events() <-chan Event { return c.events }
+
+// Store gives read access to the local message store (history offline).
+func (c *Client) Store() *Store { return c.store }
+
+// Outbox gives read access to the pending messages.
+func (c *Client) Outbox() *Outbox { return c.outbox }
+
+// Device returns the device key and whether the device is registered.
+func (c *Client) Device() (core.DeviceKey, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.id.Key(), c.id.Registered()
+}
+
+// NoisePublicKey returns the device's Noise static public key.
+func (c *Client) NoisePublicKey() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.id.NoisePublic)
+}
+
+// ---------------------------------------------------------------- registration
+
+// Register registers this device as the first device of a new user. It
+// opens its own short session (the edge authenticates an unregistered
+// device for Register only) and stores the assigned device number.
+func (c *Client) Register(ctx context.Context, userID string) (core.DeviceKey, error) {
+	if !core.ValidUserID(userID) {
+		return core.DeviceKey{}, fmt.Errorf("%w: user id %q", ErrBadArgument, userID)
+	}
+	return c.register(ctx, &pb.RegisterRequest{UserId: userID})
+}
+
+// LinkRequest returns the token a new, unregistered device shows an
+// existing device of its user (see Link).
+func (c *Client) LinkRequest() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return EncodeLinkRequest(LinkRequest{NoiseStatic: slices.Clone(c.id.NoisePublic), IdentityKey: c.id.IdentityPublic()})
+}
+
+// Link signs a link request token from a new device with this (registered)
+// device's identity key and returns the link token for RegisterLinked.
+func (c *Client) Link(requestToken string) (string, error) {
+	req, err := DecodeLinkRequest(requestToken)
+	if err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, err := signLink(c.id, req)
+	if err != nil {
+		return "", err
+	}
+	return EncodeLink(l), nil
+}
+
+// RegisterLinked registers this device as a further device of the user
+// named in the link token made by Link on an existing device.
+func (c *Client) RegisterLinked(ctx context.Context, linkToken string) (core.DeviceKey, error) {
+	l, err := DecodeLink(linkToken)
+	if err != nil {
+		return core.DeviceKey{}, err
+	}
+	c.mu.Lock()
+	mine := slices.Equal(l.NoiseStatic, c.id.NoisePublic) && slices.Equal(l.IdentityKey, c.id.IdentityPublic())
+	c.mu.Unlock()
+	if !mine {
+		return core.DeviceKey{}, fmt.Errorf("%w: the link was made for another device", ErrBadToken)
+	}
+	return c.register(ctx, &pb.RegisterRequest{UserId: l.User, LinkedByDevice: l.LinkedBy, LinkSignature: l.Signature})
+}
+
+func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.DeviceKey, error) {
+	c.mu.Lock()
+	if c.id.Registered() {
+		c.mu.Unlock()
+		return core.DeviceKey{}, ErrAlreadyRegistered
+	}
+	req.IdentityKey = c.id.IdentityPublic()
+	c.mu.Unlock()
+	if len(c.cfg.Edges) == 0 {
+		return core.DeviceKey{}, ErrNoEdges
+	}
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		for _, edge := range c.cfg.Edges {
+			r, err := c.oneShot(ctx, edge, &pb.ClientFrame{ReqId: 1, Body: &pb.ClientFrame_Register{Register: req}})
+			if err == nil {
+				key := keyOf(r.GetRegister().GetDevice())
+				if key.User == "" || key.Device == 0 {
+					return core.DeviceKey{}, fmt.Errorf("client: register: server returned no device")
+				}
+				c.mu.Lock()
+				c.id.User, c.id.Device = key.User, key.Device
+				err = saveIdentity(c.cfg.StateDir, c.id)
+				c.mu.Unlock()
+				if err != nil {
+					return core.DeviceKey{}, err
+				}
+				c.log.Info("client: registered", "device", key.String())
+				return key, nil
+			}
+			lastErr = err
+			var we *core.WireError
+			if errors.As(err, &we) && !retryable(we.Code) {
+				return core.DeviceKey{}, fmt.Errorf("client: register: %w", err)
+			}
+		}
+		if attempt >= 3 {
+			return core.DeviceKey{}, fmt.Errorf("client: register: %w", lastErr)
+		}
+		if err := sleepCtx(ctx, backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)); err != nil {
+			return core.DeviceKey{}, err
+		}
+	}
+}
+
+// oneShot dials edge, performs the handshake, sends f and returns the
+// response to f.ReqId.
+func (c *Client) oneShot(ctx context.Context, edge string, f *pb.ClientFrame) (*pb.Response, error) {
+	nc, _, err := c.handshake(ctx, edge)
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	b, err := proto.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("client: encode: %w", err)
+	}
+	if err := nc.Send(ctx, b); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrSessionLost, err)
+	}
+	for {
+		b, err := nc.Recv(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrSessionLost, err)
+		}
+		var sf pb.ServerFrame
+		if err := proto.Unmarshal(b, &sf); err != nil {
+			return nil, fmt.Errorf("%w: malformed server frame: %w", ErrSessionLost, err)
+		}
+		if d := sf.GetDisconnect(); d != nil {
+			return nil, &DisconnectError{Code: d.GetCode(), Detail: d.GetDetail(), Reconnect: d.GetReconnect()}
+		}
+		if r := sf.GetResponse(); r != nil && r.GetReqId() == f.GetReqId() {
+			if err := wireErr(r.GetError()); err != nil {
+				return r, err
+			}
+			return r, nil
+		}
+	}
+}
+
+// handshake dials an edge and runs the Noise handshake.
+func (c *Client) handshake(ctx context.Context, edge string) (*noiseconn.Conn, *pb.ServerHello, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	c.mu.Lock()
+	hello := &pb.ClientHello{ProtocolVersion: 1, ClientName: c.cfg.ClientName}
+	if c.id.Registered() {
+		hello.Device = c.id.Key().Addr()
+	}
+	kp := c.id.noiseKeypair()
+	c.mu.Unlock()
+	payload, err := proto.Marshal(hello)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client: encode hello: %w", err)
+	}
+	mc, err := Dial(ctx, edge, DialOptions{CertHash: c.cfg.CertHash})
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := noiseconn.Client(ctx, mc, noiseconn.ClientConfig{Static: kp, Payload: payload, ServerStatic: c.cfg.ServerKey})
+	if err != nil {
+		_ = mc.Close()
+		return nil, nil, fmt.Errorf("client: %s: %w", edge, err)
+	}
+	sh := new(pb.ServerHello)
+	if err := proto.Unmarshal(nc.PeerPayload(), sh); err != nil {
+		_ = nc.Close()
+		return nil, nil, fmt.Errorf("client: %s: malformed ServerHello: %w", edge, err)
+	}
+	return nc, sh, nil
+}
+
+// ---------------------------------------------------------------- connection loop
+
+// Start runs Run in a goroutine owned by the client until Close. Its
+// error, if it ends on its own (a fatal rejection), is reported by Err.
+func (c *Client) Start() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.running {
+		return nil
+	}
+	if !c.id.Registered() {
+		return ErrNotRegistered
+	}
+	c.running = true
+	c.wg.Go(func() {
+		err := c.run(c.ctx)
+		c.mu.Lock()
+		c.runErr = err
+		c.running = false
+		c.mu.Unlock()
+	})
+	return nil
+}
+
+// Err returns why a started connection loop ended (nil while running).
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.runErr
+}
+
+// Run connects, keeps the device connected (reconnecting with backoff,
+// rotating through Config.Edges) and returns when ctx ends, the client is
+// closed, or an edge rejects the device for good (UNAUTHENTICATED,
+// REPLACED, FORBIDDEN, or a Disconnect without reconnect). Run at most once
+// at a time; Start is the managed form.
+func (c *Client) Run(ctx context.Context) error {
+	if _, ok := c.Device(); !ok {
+		return ErrNotRegistered
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
+	return c.run(ctx)
+}
+
+func (c *Client) run(ctx context.Context) error {
+	if len(c.cfg.Edges) == 0 {
+		return ErrNoEdges
+	}
+	attempt, idx := 0, 0
+	for {
+		edge := c.cfg.Edges[idx%len(c.cfg.Edges)]
+		started := time.Now()
+		err := c.runSession(ctx, edge)
+		if ctx.Err() != nil {
+			if c.ctx.Err() != nil {
+				return ErrClosed
+			}
+			return ctx.Err()
+		}
+		if fatal(err) {
+			c.log.Error("client: rejected by edge; not reconnecting", "edge", edge, "err", err)
+			return err
+		}
+		if time.Since(started) > 30*time.Second {
+			attempt = 0
+		}
+		attempt++
+		idx++
+		d := backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
+		c.log.Info("client: session ended; reconnecting", "edge", edge, "err", err, "in", d)
+		if sleepCtx(ctx, d) != nil {
+			if c.ctx.Err() != nil {
+				return ErrClosed
+			}
+			return ctx.Err()
+		}
+	}
+}
+
+// fatal reports whether a session error means "do not reconnect".
+func fatal(err error) bool {
+	var de *DisconnectError
+	if errors.As(err, &de) {
+		return !de.Reconnect && de.Code != pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN && de.Code != pb.ErrorCode_ERROR_CODE_IDLE_TIMEOUT
+	}
+	var we *core.WireError
+	if errors.As(err, &we) {
+		switch we.Code {
+		case pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, pb.ErrorCode_ERROR_CODE_REPLACED, pb.ErrorCode_ERROR_CODE_FORBIDDEN:
+			return true
+		}
+	}
+	return false
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// runSession runs one session to its end and returns why it ended.
+func (c *Client) runSession(ctx context.Context, edge string) error {
+	nc, hello, err := c.handshake(ctx, edge)
+	if err != nil {
+		return err
+	}
+	s := newSession(ctx, c, nc, edge, hello)
+	s.wg.Go(s.syncer)
+	s.wg.Go(s.acker)
+	s.wg.Go(func() { c.sender(s) })
+	c.mu.Lock()
+	c.sess = s
+	close(c.up)
+	subs := slices.Clone(c.presence)
+	c.mu.Unlock()
+	c.log.Info("client: connected", "edge", edge, "edge_id", hello.GetEdgeId(), "region", hello.GetRegion())
+	c.notify(ConnectedEvent{Edge: edge, Hello: hello})
+	if len(subs) > 0 {
+		s.wg.Go(func() {
+			if _, err := s.call(s.ctx, presenceFrame(subs)); err != nil && s.ctx.Err() == nil {
+				c.log.Warn("client: presence resubscribe failed", "err", err)
+			}
+		})
+	}
+
+	err = s.read()
+
+	s.mu.Lock()
+	s.dead = true
+	s.mu.Unlock()
+	s.cancel(err)
+	_ = nc.Close()
+	c.mu.Lock()
+	c.sess = nil
+	c.up = make(chan struct{})
+	c.mu.Unlock()
+	s.wg.Wait()
+	c.outbox.resetInflight()
+	c.notify(DisconnectedEvent{Edge: edge, Err: err})
+	return err
+}
+
+// current waits until a session is up and returns it.
+func (c *Client) current(ctx context.Context) (*session, error) {
+	for {
+		c.mu.Lock()
+		s, up := c.sess, c.up
+		c.mu.Unlock()
+		if s != nil && s.ctx.Err() == nil {
+			return s, nil
+		}
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.ctx.Done():
+			return nil, ErrClosed
+		}
+		if s != nil {
+			// The session we saw is dying; wait for its replacement.
+			if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// WaitConnected waits until a session is up and its first sync finished.
+func (c *Client) WaitConnected(ctx context.Context) error {
+	for {
+		s, err := c.current(ctx)
+		if err != nil {
+			return err
+		}
+		select {
+		case <-s.synced:
+			return nil
+		case <-s.ctx.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// request sends f on the current session and waits for its response. With
+// retry, a lost session or a transient server error (UNAVAILABLE,
+// RATE_LIMITED, ...) sends it again (same content) until ctx ends; use it
+// only for idempotent requests.
+func (c *Client) request(ctx context.Context, op string, f *pb.ClientFrame, retry bool) (*pb.Response, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := c.current(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("client: %s: %w", op, err)
+		}
+		r, err := s.call(ctx, f)
+		if err == nil {
+			return r, nil
+		}
+		if ctx.Err() != nil || !retry {
+			return r, fmt.Errorf("client: %s: %w", op, err)
+		}
+		var we *core.WireError
+		switch {
+		case errors.Is(err, ErrSessionLost):
+		case errors.As(err, &we) && retryable(we.Code):
+			if err := sleepCtx(ctx, backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)); err != nil {
+				return nil, fmt.Errorf("client: %s: %w", op, err)
+			}
+		default:
+			return r, fmt.Errorf("client: %s: %w", op, err)
+		}
+	}
+}
+
+// ---------------------------------------------------------------- receive path
+
+// ingest runs received entries (live pushes, sync and history pages)
+// through the per-conversation receive state, stores what became
+// contiguous, schedules acks and triggers a sync on a gap. It reports
+// whether anything new was stored.
+func (c *Client) ingest(s *session, msgs []*pb.Message) bool {
+	byConv := map[string][]*pb.Message{}
+	var order []string
+	for _, m := range msgs {
+		conv := m.GetConvId()
+		if core.KindOf(conv) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED || m.GetSeq() == 0 {
+			c.log.Warn("client: dropping malformed entry from server", "conv", conv, "seq", m.GetSeq())
+			continue
+		}
+		if _, ok := byConv[conv]; !ok {
+			order = append(order, conv)
+		}
+		byConv[conv] = append(byConv[conv], m)
+	}
+	stored, gap := false, false
+	c.recvMu.Lock()
+	for _, conv := range order {
+		rs := c.recv[conv]
+		if rs == nil {
+			rs = &recvState{head: c.store.Head(conv)}
+			c.recv[conv] = rs
+		}
+		res := rs.offer(byConv[conv]...)
+		if len(res.Ready) > 0 {
+			if err := c.store.Append(conv, res.Ready); err != nil {
+				c.log.Error("client: store entries", "conv", conv, "err", err)
+				rs.reset(c.store.Head(conv))
+				gap = true
+				continue
+			}
+			stored = true
+		}
+		if len(res.Ready) > 0 || res.Duplicates > 0 {
+			s.markAck(conv)
+		}
+		gap = gap || res.Gap
+	}
+	c.recvMu.Unlock()
+	if stored {
+		c.kickDispatcher()
+	}
+	if gap {
+		kick(s.syncKick)
+	}
+	return stored
+}
+
+// maxSyncPages bounds one sync run.
+const maxSyncPages = 100000
+
+// syncAll pages through SyncRequest with every known cursor until the
+// server says there is no more.
+func (c *Client) syncAll(s *session) error {
+	for page := 0; page < maxSyncPages; page++ {
+		var cursors []*pb.ConvCursor
+		for _, cs := range c.store.Conversations() {
+			cursors = append(cursors, &pb.ConvCursor{ConvId: cs.Conv, AfterSeq: cs.Head})
+		}
+		r, err := s.call(s.ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Sync{Sync: &pb.SyncRequest{Cursors: cursors}}})
+		if err != nil {
+			return fmt.Errorf("client: sync: %w", err)
+		}
+		sr := r.GetSync()
+		progressed := c.ingest(s, sr.GetMessages())
+		if !sr.GetMore() {
+			return nil
+		}
+		if !progressed {
+			return fmt.Errorf("client: sync: server says more but the page added nothing")
+		}
+	}
+	return fmt.Errorf("client: sync: more than %d pages", maxSyncPages)
+}
+
+// ---------------------------------------------------------------- send path
+
+// sender puts outbox entries on the wire for one session. It writes them
+// itself, in outbox order, and hands each to a goroutine that waits for
+// its SendAck, so the wire order is the outbox order.
+func (c *Client) sender(s *session) {
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	sem := make(chan struct{}, c.cfg.MaxInflight)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		picks, wake := c.outbox.sendable(time.Now(), c.cfg.SendWindow, c.cfg.MaxInflight-len(sem))
+		for _, req := range picks {
+			sem <- struct{}{}
+			ctx, cancel := context.WithTimeout(s.ctx, c.cfg.AckTimeout)
+			p, err := s.begin(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Send{Send: req}})
+			inflight.Go(func() {
+				defer func() { <-sem }()
+				defer cancel()
+				var r *pb.Response
+				if err == nil {
+					r, err = p.await(ctx)
+				}
+				c.sendDone(s, req, r, err)
+			})
+		}
+		if !wake.IsZero() {
+			timer.Reset(time.Until(wake))
+		}
+		select {
+		case <-c.outbox.Changed():
+		case <-timer.C:
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// sendDone decides what a send attempt's outcome means for the entry.
+func (c *Client) sendDone(s *session, req *pb.SendRequest, r *pb.Response, err error) {
+	id := req.GetClientMsgId()
+	var we *core.WireError
+	switch {
+	case err == nil:
+		ack := r.GetSend()
+		c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: id, Seq: ack.GetSeq(), MsgID: ack.GetMsgId(), SentAtMs: ack.GetSentAtMs()})
+	case s.ctx.Err() != nil || errors.Is(err, ErrSessionLost):
+		c.outbox.release(id, time.Time{}) // sent again on the next session
+	case errors.As(err, &we) && !retryable(we.Code):
+		c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: id, Err: err})
+	default: // transient server error or ack timeout
+		d := backoff(c.outbox.attempts(id), c.cfg.MinBackoff, c.cfg.MaxBackoff)
+		c.log.Debug("client: send will be retried", "conv", req.GetConvId(), "client_msg_id", id, "err", err, "in", d)
+		c.outbox.release(id, time.Now().Add(d))
+	}
+}
+
+func (c *Client) finishSend(res SendResult) {
+	// Record the result before removing the entry, so WaitSent always finds
+	// the message in one of the two places.
+	c.mu.Lock()
+	if _, ok := c.results[res.ClientMsgID]; !ok {
+		c.resultQ = append(c.resultQ, res.ClientMsgID)
+		if len(c.resultQ) > maxResults {
+			delete(c.results, c.resultQ[0])
+			c.resultQ = c.resultQ[1:]
+		}
+	}
+	c.results[res.ClientMsgID] = res
+	ws := c.waiters[res.ClientMsgID]
+	delete(c.waiters, res.ClientMsgID)
+	c.mu.Unlock()
+	if _, err := c.outbox.Remove(res.ClientMsgID); err != nil {
+		c.log.Error("client: outbox remove", "err", err)
+	}
+	for _, w := range ws {
+		close(w)
+	}
+	if res.Err != nil {
+		c.notify(SendFailedEvent{Conv: res.Conv, ClientMsgID: res.ClientMsgID, Err: res.Err})
+	} else {
+		c.notify(SendAckedEvent{Conv: res.Conv, ClientMsgID: res.ClientMsgID, MsgID: res.MsgID, Seq: res.Seq, SentAtMs: res.SentAtMs})
+	}
+}
+
+// Send seals body for conv, stores it durably in the outbox and returns its
+// client message id. Delivery to the server happens in the background
+// (retried until acked or rejected for good); see WaitSent, WaitIdle and the
+// SendAcked/SendFailed events. Send does not need a connection.
+func (c *Client) Send(ctx context.Context, conv string, body []byte) (string, error) {
+	if core.KindOf(conv) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED {
+		return "", fmt.Errorf("%w: conversation id %q", ErrBadArgument, conv)
+	}
+	env, err := c.sealer.Seal(ctx, conv, body)
+	if err != nil {
+		return "", fmt.Errorf("client: seal: %w", err)
+	}
+	id := ulid.Make().String()
+	req := &pb.SendRequest{ConvId: conv, ClientMsgId: id, Envelope: env}
+	// Frame overhead: req_id, oneof tag and lengths stay well below 64 bytes.
+	if n := proto.Size(req) + 64; n > noiseconn.MaxPlaintext {
+		return "", fmt.Errorf("%w: message of %d bytes is too large", ErrBadArgument, n)
+	}
+	if err := c.outbox.Add(req); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// SendDirect sends body to the direct conversation with user.
+func (c *Client) SendDirect(ctx context.Context, user string, body []byte) (string, error) {
+	me, ok := c.Device()
+	if !ok {
+		return "", ErrNotRegistered
+	}
+	if !core.ValidUserID(user) {
+		return "", fmt.Errorf("%w: user id %q", ErrBadArgument, user)
+	}
+	return c.Send(ctx, core.DirectConvID(me.User, user), body)
+}
+
+// WaitSent waits until the message is acked or rejected for good.
+func (c *Client) WaitSent(ctx context.Context, clientMsgID string) (SendResult, error) {
+	c.mu.Lock()
+	if r, ok := c.results[clientMsgID]; ok {
+		c.mu.Unlock()
+		return r, r.Err
+	}
+	pending := slices.ContainsFunc(c.outbox.Pending(), func(e OutboxEntry) bool { return e.ClientMsgID == clientMsgID })
+	if !pending {
+		c.mu.Unlock()
+		return SendResult{}, fmt.Errorf("%w: %s", ErrUnknownMessage, clientMsgID)
+	}
+	w := make(chan struct{})
+	c.waiters[clientMsgID] = append(c.waiters[clientMsgID], w)
+	c.mu.Unlock()
+	select {
+	case <-w:
+	case <-ctx.Done():
+		return SendResult{}, ctx.Err()
+	case <-c.ctx.Done():
+		return SendResult{}, ErrClosed
+	}
+	c.mu.Lock()
+	r := c.results[clientMsgID]
+	c.mu.Unlock()
+	return r, r.Err
+}
+
+// WaitIdle waits until the outbox is empty: every message sent so far was
+// acked or failed.
+func (c *Client) WaitIdle(ctx context.Context) error {
+	select {
+	case <-c.outbox.Empty():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// ---------------------------------------------------------------- other requests
+
+// Commit durably marks conv as seen by the app up to seq (ManualCommit).
+func (c *Client) Commit(conv string, seq uint64) error { return c.store.SetSeen(conv, seq) }
+
+// MarkRead tells the server (and so the senders) that the user has read
+// conv up to seq.
+func (c *Client) MarkRead(ctx context.Context, conv string, seq uint64) error {
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_Read{Read: &pb.ReadMarker{ConvId: conv, Seq: seq}}}
+	for {
+		s, err := c.current(ctx)
+		if err != nil {
+			return fmt.Errorf("client: mark read: %w", err)
+		}
+		if err := s.send(ctx, f); err == nil || !errors.Is(err, ErrSessionLost) {
+			return err
+		}
+	}
+}
+
+// SetTyping tells conv's members that the user is (not) typing. Best
+// effort: nothing is retried.
+func (c *Client) SetTyping(ctx context.Context, conv string, typing bool) error {
+	s, err := c.current(ctx)
+	if err != nil {
+		return fmt.Errorf("client: typing: %w", err)
+	}
+	return s.send(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Typing{Typing: &pb.TypingRequest{ConvId: conv, Typing: typing}}})
+}
+
+func presenceFrame(users []string) *pb.ClientFrame {
+	return &pb.ClientFrame{Body: &pb.ClientFrame_PresenceSubscribe{PresenceSubscribe: &pb.PresenceSubscribe{Users: users}}}
+}
+
+// SubscribePresence replaces the presence subscription set (kept across
+// reconnects) and returns the current presence of those users.
+func (c *Client) SubscribePresence(ctx context.Context, users []string) ([]PresenceEvent, error) {
+	c.mu.Lock()
+	c.presence = slices.Clone(users)
+	c.mu.Unlock()
+	r, err := c.request(ctx, "presence subscribe", presenceFrame(users), true)
+	if err != nil {
+		return nil, err
+	}
+	var out []PresenceEvent
+	for _, p := range r.GetPresence().GetUsers() {
+		out = append(out, PresenceEvent{User: p.GetUserId(), Online: p.GetOnline(), LastSeenMs: p.GetLastSeenMs()})
+	}
+	return out, nil
+}
+
+// NewGroupID returns a fresh group conversation id ("g:" + ULID).
+func NewGroupID() string { return "g:" + ulid.Make().String() }
+
+// CreateGroup creates a group with the given title and other members (the
+// caller is added) and returns its info. The id is chosen here, so the
+// request is safely retried.
+func (c *Client) CreateGroup(ctx context.Context, title string, members []string) (*pb.ConversationInfo, error) {
+	return c.CreateGroupWithID(ctx, NewGroupID(), title, members)
+}
+
+// CreateGroupWithID is CreateGroup with a caller-chosen id (see NewGroupID).
+func (c *Client) CreateGroupWithID(ctx context.Context, conv, title string, members []string) (*pb.ConversationInfo, error) {
+	if !core.IsGroupID(conv) {
+		return nil, fmt.Errorf("%w: group id %q", ErrBadArgument, conv)
+	}
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_CreateGroup{CreateGroup: &pb.CreateGroupRequest{ConvId: conv, Title: title, Members: members}}}
+	r, err := c.request(ctx, "create group", f, true)
+	if err != nil {
+		return nil, err
+	}
+	return r.GetConversation(), nil
+}
+
+func (c *Client) modify(ctx context.Context, op pb.MembershipOp, conv string, users []string) (*pb.ConversationInfo, error) {
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{ConvId: conv, Op: op, Users: users}}}
+	r, err := c.request(ctx, "modify members", f, true)
+	if err != nil {
+		return nil, err
+	}
+	return r.GetConversation(), nil
+}
+
+// AddMembers adds users to a group.
+func (c *Client) AddMembers(ctx context.Context, conv string, users ...string) (*pb.ConversationInfo, error) {
+	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_ADD, conv, users)
+}
+
+// RemoveMembers removes users from a group.
+func (c *Client) RemoveMembers(ctx context.Context, conv string, users ...string) (*pb.ConversationInfo, error) {
+	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_REMOVE, conv, users)
+}
+
+// Leave removes the caller from a group.
+func (c *Client) Leave(ctx context.Context, conv string) (*pb.ConversationInfo, error) {
+	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_LEAVE, conv, nil)
+}
+
+// History returns locally stored entries of conv with seq > after (limit <= 0: all).
+func (c *Client) History(conv string, after uint64, limit int) ([]*pb.Message, error) {
+	return c.store.Messages(conv, after, limit)
+}
+
+// FetchHistory asks the server for up to limit entries of conv before
+// beforeSeq (0: the newest). Returned entries also feed the local store
+// when they continue it.
+func (c *Client) FetchHistory(ctx context.Context, conv string, beforeSeq uint64, limit int) ([]*pb.Message, error) {
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: conv, BeforeSeq: beforeSeq, Limit: uint32(max(limit, 0))}}}
+	r, err := c.request(ctx, "history", f, true)
+	if err != nil {
+		return nil, err
+	}
+	msgs := r.GetHistory().GetMessages()
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	if s != nil {
+		c.ingest(s, msgs)
+	}
+	return msgs, nil
+}
+
+// Conversations lists the locally stored conversations.
+func (c *Client) Conversations() []ConvSummary { return c.store.Conversations() }
+
+// ListConversations asks the server for the user's conversations.
+func (c *Client) ListConversations(ctx context.Context) ([]*pb.ConversationInfo, error) {
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_ListConversations{ListConversations: &pb.ListConversationsRequest{}}}
+	r, err := c.request(ctx, "list conversations", f, true)
+	if err != nil {
+		return nil, err
+	}
+	return r.GetConversations().GetConversations(), nil
+}
+
+// LookupUser returns a user's devices.
+func (c *Client) LookupUser(ctx context.Context, user string) (*pb.LookupUserResponse, error) {
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_LookupUser{LookupUser: &pb.LookupUserRequest{UserId: user}}}
+	r, err := c.request(ctx, "lookup user", f, true)
+	if err != nil {
+		return nil, err
+	}
+	return r.GetUser(), nil
+}
+
+// Ping measures the round trip to the edge.
+func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_Ping{Ping: &pb.Ping{ClientTimeMs: start.UnixMilli()}}}
+	if _, err := c.request(ctx, "ping", f, false); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}

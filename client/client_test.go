@@ -1,0 +1,401 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func openClient(t *testing.T, p *testPeer, dir string) *Client {
+	t.Helper()
+	c, err := Open(context.Background(), Config{
+		StateDir: dir, Edges: []string{p.url()}, ServerKey: p.static.Public,
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// registered returns a started client of a new user.
+func registered(t *testing.T, p *testPeer, user string) (*Client, string) {
+	t.Helper()
+	dir := t.TempDir()
+	c := openClient(t, p, dir)
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Register(testCtx(t), user); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitConnected(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	return c, dir
+}
+
+// nextMessages reads n message events (skipping others).
+func nextMessages(t *testing.T, c *Client, n int) []MessageEvent {
+	t.Helper()
+	ctx := testCtx(t)
+	var out []MessageEvent
+	for len(out) < n {
+		select {
+		case ev := <-c.Events():
+			if m, ok := ev.(MessageEvent); ok {
+				out = append(out, m)
+			}
+		case <-ctx.Done():
+			t.Fatalf("got %d of %d messages", len(out), n)
+		}
+	}
+	return out
+}
+
+// noMoreMessages checks that no further message event is pending once the
+// client has drained its backlog.
+func noMoreMessages(t *testing.T, c *Client) {
+	t.Helper()
+	for range 20 {
+		select {
+		case ev := <-c.Events():
+			if m, ok := ev.(MessageEvent); ok {
+				t.Fatalf("unexpected extra message %s #%d", m.Conv(), m.Seq())
+			}
+		default:
+			if c.Backlog() == 0 {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+func eventSeqs(evs []MessageEvent) []uint64 {
+	var out []uint64
+	for _, e := range evs {
+		out = append(out, e.Seq())
+	}
+	return out
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for range 1000 {
+		if cond() {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("never: %s", what)
+}
+
+func TestSendReceiveInOrder(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	bob, _ := registered(t, p, "bob")
+	ctx := testCtx(t)
+	var ids []string
+	for i := range 10 {
+		id, err := alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "hello %d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for i, id := range ids {
+		res, err := alice.WaitSent(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Seq != uint64(i+1) {
+			t.Fatalf("message %d acked with seq %d", i, res.Seq)
+		}
+	}
+	if err := alice.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conv := core.DirectConvID("alice", "bob")
+	got := nextMessages(t, bob, 10)
+	for i, m := range got {
+		if m.Conv() != conv || m.Seq() != uint64(i+1) || string(m.Body) != fmt.Sprintf("hello %d", i) {
+			t.Fatalf("event %d: %s #%d %q", i, m.Conv(), m.Seq(), m.Body)
+		}
+		if m.From() != (core.DeviceKey{User: "alice", Device: 1}) {
+			t.Fatalf("from %v", m.From())
+		}
+	}
+	noMoreMessages(t, bob)
+	bobKey, _ := bob.Device()
+	eventually(t, "bob acks seq 10", func() bool { return p.ackOf(conv, bobKey) == 10 })
+	// History is local and survives.
+	h, err := bob.History(conv, 0, 0)
+	if err != nil || len(h) != 10 {
+		t.Fatalf("history %d %v", len(h), err)
+	}
+}
+
+func TestLostAckIsResentWithSameID(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	ctx := testCtx(t)
+	p.mu.Lock()
+	p.dropReply = 1
+	p.mu.Unlock()
+	id, err := alice.SendDirect(ctx, "bob", []byte("once"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := alice.WaitSent(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sends[id] != 2 {
+		t.Fatalf("server saw the message %d times, want 2 (original + resend)", p.sends[id])
+	}
+	if res.Seq != 1 || len(p.convs[core.DirectConvID("alice", "bob")]) != 1 {
+		t.Fatalf("seq %d, stored %d", res.Seq, len(p.convs[core.DirectConvID("alice", "bob")]))
+	}
+}
+
+func TestTransientRejectionIsRetried(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	ctx := testCtx(t)
+	p.mu.Lock()
+	p.rejectN = 2
+	p.mu.Unlock()
+	id, _ := alice.SendDirect(ctx, "bob", []byte("x"))
+	res, err := alice.WaitSent(ctx, id)
+	if err != nil || res.Seq != 1 {
+		t.Fatalf("%v %v", res, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sends[id] != 3 {
+		t.Fatalf("sent %d times, want 3", p.sends[id])
+	}
+}
+
+func TestPermanentRejectionFailsTheMessage(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	ctx := testCtx(t)
+	id, err := alice.Send(ctx, "g:NOSUCHGROUP", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = alice.WaitSent(ctx, id)
+	if core.Code(err) != pb.ErrorCode_ERROR_CODE_NOT_MEMBER {
+		t.Fatalf("err %v, want NOT_MEMBER", err)
+	}
+	if alice.Outbox().Len() != 0 {
+		t.Fatal("failed message stayed in the outbox")
+	}
+	for {
+		ev := <-alice.Events()
+		if f, ok := ev.(SendFailedEvent); ok {
+			if f.ClientMsgID != id {
+				t.Fatalf("failed event for %s", f.ClientMsgID)
+			}
+			break
+		}
+	}
+}
+
+func TestGapInLivePushIsFilledBySync(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	bob, _ := registered(t, p, "bob")
+	ctx := testCtx(t)
+	p.mu.Lock()
+	p.skipPush[2] = 1
+	p.mu.Unlock()
+	for i := range 3 {
+		id, _ := alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "m%d", i+1))
+		if _, err := alice.WaitSent(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := nextMessages(t, bob, 3)
+	if s := eventSeqs(got); !slices.Equal(s, []uint64{1, 2, 3}) {
+		t.Fatalf("seqs %v", s)
+	}
+	if string(got[1].Body) != "m2" {
+		t.Fatalf("seq 2 body %q", got[1].Body)
+	}
+	noMoreMessages(t, bob)
+}
+
+func TestReorderedAndDuplicatedPushes(t *testing.T) {
+	p := newTestPeer(t)
+	bob, _ := registered(t, p, "bob")
+	conv := core.DirectConvID("bob", "carol")
+	var ms []*pb.Message
+	p.mu.Lock()
+	p.members[conv] = []string{"bob", "carol"}
+	for s := uint64(1); s <= 4; s++ {
+		m := &pb.Message{ConvId: conv, Seq: s, Kind: pb.MessageKind_MESSAGE_KIND_USER, Sender: &pb.DeviceAddr{UserId: "carol", DeviceId: 1},
+			Envelope: &pb.Envelope{Ciphertext: fmt.Appendf(nil, "c%d", s)}}
+		ms = append(ms, m)
+	}
+	p.convs[conv] = ms
+	p.mu.Unlock()
+	for _, s := range []int{3, 2, 3, 1, 2, 4, 4, 1} {
+		p.push("bob", ms[s-1])
+	}
+	got := nextMessages(t, bob, 4)
+	if s := eventSeqs(got); !slices.Equal(s, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("seqs %v", s)
+	}
+	noMoreMessages(t, bob)
+	bobKey, _ := bob.Device()
+	eventually(t, "ack 4", func() bool { return p.ackOf(conv, bobKey) == 4 })
+}
+
+func TestRestartHandsEachMessageOnce(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	bob, bobDir := registered(t, p, "bob")
+	ctx := testCtx(t)
+	send := func(body string) {
+		id, _ := alice.SendDirect(ctx, "bob", []byte(body))
+		if _, err := alice.WaitSent(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 4 { // more than one sync page (3)
+		send(fmt.Sprint(i + 1))
+	}
+	if s := eventSeqs(nextMessages(t, bob, 4)); !slices.Equal(s, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("first run %v", s)
+	}
+	noMoreMessages(t, bob)
+	bob.Close()
+	for i := range 5 {
+		send(fmt.Sprint(i + 5))
+	}
+	bob2 := openClient(t, p, bobDir)
+	defer bob2.Close()
+	if err := bob2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	got := nextMessages(t, bob2, 5)
+	if s := eventSeqs(got); !slices.Equal(s, []uint64{5, 6, 7, 8, 9}) {
+		t.Fatalf("after restart %v", s)
+	}
+	noMoreMessages(t, bob2)
+	h, _ := bob2.History(core.DirectConvID("alice", "bob"), 0, 0)
+	if len(h) != 9 {
+		t.Fatalf("history %d", len(h))
+	}
+}
+
+func TestOutboxSentAfterRestart(t *testing.T) {
+	p := newTestPeer(t)
+	dir := t.TempDir()
+	c := openClient(t, p, dir)
+	ctx := testCtx(t)
+	if _, err := c.Register(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	// Offline: nothing started. The message must survive Close.
+	id, err := c.SendDirect(ctx, "bob", []byte("later"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	c2 := openClient(t, p, dir)
+	defer c2.Close()
+	if c2.Outbox().Len() != 1 {
+		t.Fatalf("outbox after reopen %d", c2.Outbox().Len())
+	}
+	if err := c2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sends[id] != 1 || len(p.convs[core.DirectConvID("alice", "bob")]) != 1 {
+		t.Fatalf("sends %d", p.sends[id])
+	}
+}
+
+func TestReconnectAfterEdgeDropsSessions(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	bob, _ := registered(t, p, "bob")
+	ctx := testCtx(t)
+	id, _ := alice.SendDirect(ctx, "bob", []byte("1"))
+	alice.WaitSent(ctx, id)
+	nextMessages(t, bob, 1)
+	p.dropAll()
+	for i := range 3 {
+		id, _ := alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "%d", i+2))
+		if _, err := alice.WaitSent(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := eventSeqs(nextMessages(t, bob, 3)); !slices.Equal(s, []uint64{2, 3, 4}) {
+		t.Fatalf("after reconnect %v", s)
+	}
+}
+
+func TestUnknownDeviceIsRejectedForGood(t *testing.T) {
+	p := newTestPeer(t)
+	_, dir := registered(t, p, "alice")
+	other := newTestPeer(t) // knows nothing about alice
+	c, err := Open(context.Background(), Config{StateDir: dir, Edges: []string{other.url()}, MinBackoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Run(testCtx(t))
+	if core.Code(err) != pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED {
+		t.Fatalf("run: %v, want UNAUTHENTICATED", err)
+	}
+}
+
+func TestRegisterTwiceAndLink(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	if _, err := alice.Register(testCtx(t), "alice"); !errors.Is(err, ErrAlreadyRegistered) {
+		t.Fatalf("second register: %v", err)
+	}
+	phone := openClient(t, p, t.TempDir())
+	defer phone.Close()
+	link, err := alice.Link(phone.LinkRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := phone.RegisterLinked(testCtx(t), link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != (core.DeviceKey{User: "alice", Device: 2}) {
+		t.Fatalf("linked as %v", key)
+	}
+	stranger := openClient(t, p, t.TempDir())
+	defer stranger.Close()
+	if _, err := stranger.RegisterLinked(testCtx(t), link); !errors.Is(err, ErrBadToken) {
+		t.Fatalf("link used by another device: %v", err)
+	}
+}

@@ -1,0 +1,212 @@
+package client
+
+import (
+	"context"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// Event is something the app should learn about. The concrete types are
+// MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
+// PresenceEvent, TypingEvent, ConnectedEvent and DisconnectedEvent.
+type Event interface{ isEvent() }
+
+// MessageEvent is one stored conversation entry, handed to the app exactly
+// once and in seq order per conversation. It includes the device's own
+// messages (they come back through sync) and membership entries.
+type MessageEvent struct {
+	Message *pb.Message
+	// Body is the opened envelope of a USER message (nil for membership
+	// entries or when OpenErr is set).
+	Body    []byte
+	OpenErr error
+}
+
+// Conv, Seq and From are shortcuts into Message.
+func (e MessageEvent) Conv() string { return e.Message.GetConvId() }
+
+// Seq returns the entry's seq.
+func (e MessageEvent) Seq() uint64 { return e.Message.GetSeq() }
+
+// From returns the sending device.
+func (e MessageEvent) From() core.DeviceKey { return core.KeyOf(e.Message.GetSender()) }
+
+// SendAckedEvent is "sent ✓": the server sequenced the message.
+type SendAckedEvent struct {
+	Conv        string
+	ClientMsgID string
+	MsgID       string
+	Seq         uint64
+	SentAtMs    int64
+}
+
+// SendFailedEvent reports a message the server rejected for good
+// (NOT_MEMBER, NOT_FOUND, INVALID_ARGUMENT, FORBIDDEN, GROUP_FULL, ...). It
+// was removed from the outbox. Err is a *core.WireError (use core.Code).
+type SendFailedEvent struct {
+	Conv        string
+	ClientMsgID string
+	Err         error
+}
+
+// ReceiptEvent: From has stored (DELIVERED, ✓✓) or read (READ) Conv up to Seq.
+type ReceiptEvent struct {
+	Conv string
+	From core.DeviceKey
+	Kind pb.ReceiptKind
+	Seq  uint64
+}
+
+// PresenceEvent reports a subscribed user's presence.
+type PresenceEvent struct {
+	User       string
+	Online     bool
+	LastSeenMs int64
+}
+
+// TypingEvent reports that From started or stopped typing in Conv.
+type TypingEvent struct {
+	Conv   string
+	From   core.DeviceKey
+	Typing bool
+}
+
+// ConnectedEvent: a session to Edge is up (handshake done).
+type ConnectedEvent struct {
+	Edge  string
+	Hello *pb.ServerHello
+}
+
+// DisconnectedEvent: the session to Edge ended; the client reconnects
+// unless Err is fatal (then Run returns it).
+type DisconnectedEvent struct {
+	Edge string
+	Err  error
+}
+
+func (MessageEvent) isEvent()      {}
+func (SendAckedEvent) isEvent()    {}
+func (SendFailedEvent) isEvent()   {}
+func (ReceiptEvent) isEvent()      {}
+func (PresenceEvent) isEvent()     {}
+func (TypingEvent) isEvent()       {}
+func (ConnectedEvent) isEvent()    {}
+func (DisconnectedEvent) isEvent() {}
+
+// notify queues a non-message event. The queue is bounded
+// (Config.NoticeQueue); when it is full the event is dropped and counted.
+func (c *Client) notify(ev Event) {
+	c.evMu.Lock()
+	if len(c.notices) >= c.cfg.NoticeQueue {
+		c.dropped++
+		c.evMu.Unlock()
+		return
+	}
+	c.notices = append(c.notices, ev)
+	c.evMu.Unlock()
+	c.kickDispatcher()
+}
+
+func (c *Client) kickDispatcher() {
+	select {
+	case c.dispatchWake <- struct{}{}:
+	default:
+	}
+}
+
+// DroppedNotices returns how many non-message events were dropped because
+// the app did not drain Events fast enough.
+func (c *Client) DroppedNotices() uint64 {
+	c.evMu.Lock()
+	defer c.evMu.Unlock()
+	return c.dropped
+}
+
+// Backlog returns how many stored messages have not yet been received by
+// the app from Events.
+func (c *Client) Backlog() int {
+	n := 0
+	c.evMu.Lock()
+	emitted := make(map[string]uint64, len(c.emitted))
+	for k, v := range c.emitted {
+		emitted[k] = v
+	}
+	c.evMu.Unlock()
+	for _, s := range c.store.Conversations() {
+		e, ok := emitted[s.Conv]
+		if !ok {
+			e = s.Seen
+		}
+		if s.Head > e {
+			n += int(s.Head - e)
+		}
+	}
+	return n
+}
+
+// dispatch is the single goroutine that feeds Events: queued notices first,
+// then stored messages each conversation has beyond what the app has
+// received. It blocks on the channel when the app is slow; messages wait in
+// the store meanwhile, so none is lost.
+func (c *Client) dispatch(ctx context.Context) {
+	for {
+		c.evMu.Lock()
+		notices := c.notices
+		c.notices = nil
+		c.evMu.Unlock()
+		for _, ev := range notices {
+			select {
+			case c.events <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+		progressed := false
+		for _, s := range c.store.Conversations() {
+			c.evMu.Lock()
+			from, ok := c.emitted[s.Conv]
+			if !ok {
+				from = s.Seen
+				c.emitted[s.Conv] = from
+			}
+			c.evMu.Unlock()
+			if s.Head <= from {
+				continue
+			}
+			msgs, err := c.store.Messages(s.Conv, from, 256)
+			if err != nil {
+				c.log.Error("client: read store for events", "conv", s.Conv, "err", err)
+				continue
+			}
+			for _, m := range msgs {
+				ev := MessageEvent{Message: m}
+				if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
+					ev.Body, ev.OpenErr = c.sealer.Open(ctx, m)
+				}
+				select {
+				case c.events <- ev:
+				case <-ctx.Done():
+					return
+				}
+				c.evMu.Lock()
+				c.emitted[s.Conv] = m.GetSeq()
+				c.evMu.Unlock()
+				progressed = true
+			}
+			if !c.cfg.ManualCommit && len(msgs) > 0 {
+				if err := c.store.SetSeen(s.Conv, msgs[len(msgs)-1].GetSeq()); err != nil {
+					c.log.Error("client: persist seen cursor", "conv", s.Conv, "err", err)
+				}
+			}
+		}
+		if progressed {
+			continue
+		}
+		select {
+		case <-c.dispatchWake:
+		case <-ctx.Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,77 @@
+package client
+
+import (
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestIdentityPersistsWithPrivateMode(t *testing.T) {
+	dir := t.TempDir()
+	a, err := loadOrCreateIdentity(dir, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, identityFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
+	}
+	a.User, a.Device = "alice", 1
+	if err := saveIdentity(dir, a); err != nil {
+		t.Fatal(err)
+	}
+	b, err := loadOrCreateIdentity(dir, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b.NoisePrivate) != string(a.NoisePrivate) || b.Key() != a.Key() || !b.Registered() {
+		t.Fatalf("reloaded identity differs")
+	}
+}
+
+func TestLinkRoundTrip(t *testing.T) {
+	old, _ := newIdentity(rand.Reader)
+	old.User, old.Device = "alice", 1
+	nw, _ := newIdentity(rand.Reader)
+
+	reqTok := EncodeLinkRequest(LinkRequest{NoiseStatic: nw.NoisePublic, IdentityKey: nw.IdentityPublic()})
+	req, err := DecodeLinkRequest(reqTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := signLink(old, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := DecodeLink(EncodeLink(l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !VerifyLink(old.IdentityPublic(), l2) {
+		t.Fatal("valid link does not verify")
+	}
+	// Tampering with any signed field breaks it.
+	bad := l2
+	bad.User = "mallory"
+	if VerifyLink(old.IdentityPublic(), bad) {
+		t.Fatal("link verifies for another user")
+	}
+	other, _ := newIdentity(rand.Reader)
+	bad = l2
+	bad.NoiseStatic = other.NoisePublic
+	if VerifyLink(old.IdentityPublic(), bad) {
+		t.Fatal("link verifies for another noise key")
+	}
+	if _, err := DecodeLink(reqTok); !errors.Is(err, ErrBadToken) {
+		t.Fatalf("request token accepted as link: %v", err)
+	}
+	unreg, _ := newIdentity(rand.Reader)
+	if _, err := signLink(unreg, req); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("unregistered signer: %v", err)
+	}
+}

@@ -1,0 +1,345 @@
+package client
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// Record types of a conversation log.
+const (
+	recMessage byte = 1 // payload: a marshalled pb.Message
+	recSeen    byte = 2 // payload: 8-byte big-endian seq, the app cursor
+)
+
+// maxRecord bounds one log record; larger lengths mean corruption.
+const maxRecord = 4 << 20
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Store is the device's local, durable message store: one append-only log
+// per conversation under <state>/convs/, holding the conversation's entries
+// in seq order (gapless from 1) and the app's "seen" cursor. The highest
+// stored seq is the device's delivery cursor; it is derived from the data on
+// open, so cursor and data can never disagree.
+//
+// Each record is [u32 length][u8 type][payload][u32 crc32c(type|payload)];
+// a torn or corrupt tail (crash during append) is cut off on open. Every
+// append is fsync'd before it returns.
+//
+// Store is safe for concurrent use.
+type Store struct {
+	dir   string
+	mu    sync.Mutex
+	convs map[string]*convLog
+}
+
+type convLog struct {
+	path    string
+	offsets []int64 // offsets[i] is the record offset of seq i+1
+	size    int64
+	seen    uint64
+}
+
+// ConvSummary describes one locally stored conversation.
+type ConvSummary struct {
+	Conv string
+	Head uint64 // highest stored seq (the delivery cursor)
+	Seen uint64 // the app's cursor (messages handed to / committed by the app)
+}
+
+// OpenStore opens (creating) a store in dir.
+func OpenStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("client: store: %w", err)
+	}
+	s := &Store{dir: dir, convs: map[string]*convLog{}}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("client: store: %w", err)
+	}
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".log")
+		if !ok || e.IsDir() {
+			continue
+		}
+		raw, err := hex.DecodeString(name)
+		if err != nil {
+			continue
+		}
+		cl, err := loadConvLog(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		s.convs[string(raw)] = cl
+	}
+	return s, nil
+}
+
+// loadConvLog scans a log, truncating any torn tail.
+func loadConvLog(path string) (*convLog, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("client: store: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("client: store: read %s: %w", path, err)
+	}
+	cl := &convLog{path: path}
+	var off int64
+scan:
+	for {
+		typ, payload, n, ok := decodeRecord(data[off:])
+		if !ok {
+			break
+		}
+		switch typ {
+		case recMessage:
+			var m pb.Message
+			if err := proto.Unmarshal(payload, &m); err != nil || m.GetSeq() != uint64(len(cl.offsets))+1 {
+				// Not the next seq: treat like corruption and stop here.
+				break scan
+			}
+			cl.offsets = append(cl.offsets, off)
+		case recSeen:
+			if len(payload) == 8 {
+				cl.seen = max(cl.seen, binary.BigEndian.Uint64(payload))
+			}
+		}
+		off += int64(n)
+	}
+	cl.size = off
+	if off != int64(len(data)) {
+		if err := f.Truncate(off); err != nil {
+			return nil, fmt.Errorf("client: store: truncate torn tail of %s: %w", path, err)
+		}
+		if err := f.Sync(); err != nil {
+			return nil, fmt.Errorf("client: store: %w", err)
+		}
+	}
+	cl.seen = min(cl.seen, uint64(len(cl.offsets)))
+	return cl, nil
+}
+
+// decodeRecord parses one record at the start of b.
+func decodeRecord(b []byte) (typ byte, payload []byte, n int, ok bool) {
+	if len(b) < 9 {
+		return 0, nil, 0, false
+	}
+	l := binary.BigEndian.Uint32(b)
+	if l > maxRecord || len(b) < int(l)+9 {
+		return 0, nil, 0, false
+	}
+	body := b[4 : 5+l]
+	if crc32.Checksum(body, crcTable) != binary.BigEndian.Uint32(b[5+l:]) {
+		return 0, nil, 0, false
+	}
+	return body[0], body[1:], int(l) + 9, true
+}
+
+func appendRecord(dst []byte, typ byte, payload []byte) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload)))
+	start := len(dst)
+	dst = append(dst, typ)
+	dst = append(dst, payload...)
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], crcTable))
+}
+
+func (s *Store) logPath(conv string) string {
+	return filepath.Join(s.dir, hex.EncodeToString([]byte(conv))+".log")
+}
+
+// Head returns the highest stored seq of conv (0 when unknown).
+func (s *Store) Head(conv string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cl := s.convs[conv]; cl != nil {
+		return uint64(len(cl.offsets))
+	}
+	return 0
+}
+
+// Conversations lists the stored conversations ordered by id.
+func (s *Store) Conversations() []ConvSummary {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ConvSummary, 0, len(s.convs))
+	for id, cl := range s.convs {
+		out = append(out, ConvSummary{Conv: id, Head: uint64(len(cl.offsets)), Seen: cl.seen})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Conv < out[j].Conv })
+	return out
+}
+
+// Append stores msgs, which must all belong to conv and continue its seq
+// exactly (head+1, head+2, ...), and fsyncs them.
+func (s *Store) Append(conv string, msgs []*pb.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cl := s.convs[conv]
+	created := false
+	if cl == nil {
+		cl = &convLog{path: s.logPath(conv)}
+		created = true
+	}
+	head := uint64(len(cl.offsets))
+	var buf []byte
+	offs := make([]int64, 0, len(msgs))
+	for i, m := range msgs {
+		if m.GetConvId() != conv || m.GetSeq() != head+uint64(i)+1 {
+			return fmt.Errorf("%w: %s: append seq %d after head %d", ErrStore, conv, m.GetSeq(), head+uint64(i))
+		}
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return fmt.Errorf("%w: encode: %w", ErrStore, err)
+		}
+		offs = append(offs, cl.size+int64(len(buf)))
+		buf = appendRecord(buf, recMessage, b)
+	}
+	if err := s.write(cl, buf, created); err != nil {
+		return err
+	}
+	if created {
+		s.convs[conv] = cl
+	}
+	cl.offsets = append(cl.offsets, offs...)
+	return nil
+}
+
+// write appends buf to cl's file and fsyncs; it rolls the file back to its
+// old size when the write fails half-way.
+func (s *Store) write(cl *convLog, buf []byte, created bool) error {
+	f, err := os.OpenFile(cl.path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStore, err)
+	}
+	defer f.Close()
+	_, err = f.WriteAt(buf, cl.size)
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		_ = f.Truncate(cl.size)
+		return fmt.Errorf("%w: %w", ErrStore, err)
+	}
+	if created {
+		if err := syncDir(s.dir); err != nil {
+			return fmt.Errorf("%w: %w", ErrStore, err)
+		}
+	}
+	cl.size += int64(len(buf))
+	return nil
+}
+
+// SetSeen durably moves conv's app cursor forward to seq (never back, never
+// past the head).
+func (s *Store) SetSeen(conv string, seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cl := s.convs[conv]
+	if cl == nil {
+		return nil
+	}
+	seq = min(seq, uint64(len(cl.offsets)))
+	if seq <= cl.seen {
+		return nil
+	}
+	if err := s.write(cl, appendRecord(nil, recSeen, binary.BigEndian.AppendUint64(nil, seq)), false); err != nil {
+		return err
+	}
+	cl.seen = seq
+	return nil
+}
+
+// Seen returns conv's app cursor.
+func (s *Store) Seen(conv string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cl := s.convs[conv]; cl != nil {
+		return cl.seen
+	}
+	return 0
+}
+
+// Messages returns up to limit stored entries of conv with seq > after,
+// ascending (limit <= 0: all).
+func (s *Store) Messages(conv string, after uint64, limit int) ([]*pb.Message, error) {
+	s.mu.Lock()
+	cl := s.convs[conv]
+	if cl == nil || after >= uint64(len(cl.offsets)) {
+		s.mu.Unlock()
+		return nil, nil
+	}
+	end := uint64(len(cl.offsets))
+	if limit > 0 && end-after > uint64(limit) {
+		end = after + uint64(limit)
+	}
+	from, to := cl.offsets[after], cl.size
+	if end < uint64(len(cl.offsets)) {
+		to = cl.offsets[end]
+	}
+	path := cl.path
+	s.mu.Unlock()
+
+	// Records below cl.size are immutable, so reading outside the lock is safe.
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStore, err)
+	}
+	defer f.Close()
+	buf := make([]byte, to-from)
+	if _, err := f.ReadAt(buf, from); err != nil {
+		return nil, fmt.Errorf("%w: read %s: %w", ErrStore, conv, err)
+	}
+	out := make([]*pb.Message, 0, end-after)
+	for len(buf) > 0 {
+		typ, payload, n, ok := decodeRecord(buf)
+		if !ok {
+			return nil, fmt.Errorf("%w: %s: corrupt record", ErrStore, conv)
+		}
+		buf = buf[n:]
+		if typ != recMessage {
+			continue
+		}
+		m := new(pb.Message)
+		if err := proto.Unmarshal(payload, m); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrStore, conv, err)
+		}
+		out = append(out, m)
+	}
+	if uint64(len(out)) != end-after {
+		return nil, fmt.Errorf("%w: %s: read %d entries, want %d", ErrStore, conv, len(out), end-after)
+	}
+	return out, nil
+}
+
+// Message returns one stored entry.
+func (s *Store) Message(conv string, seq uint64) (*pb.Message, error) {
+	if seq == 0 {
+		return nil, fmt.Errorf("%w: seq 0", ErrNoSuchMessage)
+	}
+	ms, err := s.Messages(conv, seq-1, 1)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) == 0 {
+		return nil, fmt.Errorf("%w: %s/%d", ErrNoSuchMessage, conv, seq)
+	}
+	return ms[0], nil
+}

@@ -1,0 +1,156 @@
+package client
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+func userMsg(conv string, seq uint64, body string) *pb.Message {
+	return &pb.Message{ConvId: conv, Seq: seq, MsgId: "m", Kind: pb.MessageKind_MESSAGE_KIND_USER,
+		Envelope: &pb.Envelope{Ciphertext: []byte(body)}}
+}
+
+func TestStoreAppendReopen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const conv = "d:alice:bob"
+	if err := s.Append(conv, []*pb.Message{userMsg(conv, 1, "a"), userMsg(conv, 2, "b")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(conv, []*pb.Message{userMsg(conv, 3, "c")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetSeen(conv, 2); err != nil {
+		t.Fatal(err)
+	}
+	// Non-contiguous appends are refused.
+	if err := s.Append(conv, []*pb.Message{userMsg(conv, 5, "x")}); !errors.Is(err, ErrStore) {
+		t.Fatalf("gap append: %v", err)
+	}
+	if err := s.Append(conv, []*pb.Message{userMsg("g:other", 4, "x")}); !errors.Is(err, ErrStore) {
+		t.Fatalf("wrong conv: %v", err)
+	}
+
+	s2, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := s2.Head(conv); h != 3 {
+		t.Fatalf("head after reopen %d, want 3", h)
+	}
+	if seen := s2.Seen(conv); seen != 2 {
+		t.Fatalf("seen after reopen %d, want 2", seen)
+	}
+	ms, err := s2.Messages(conv, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2 || string(ms[0].GetEnvelope().GetCiphertext()) != "b" || ms[1].GetSeq() != 3 {
+		t.Fatalf("messages after 1: %v", ms)
+	}
+	ms, _ = s2.Messages(conv, 0, 1)
+	if len(ms) != 1 || ms[0].GetSeq() != 1 {
+		t.Fatalf("limit 1: %v", ms)
+	}
+	if m, err := s2.Message(conv, 3); err != nil || string(m.GetEnvelope().GetCiphertext()) != "c" {
+		t.Fatalf("message 3: %v %v", m, err)
+	}
+	if _, err := s2.Message(conv, 4); !errors.Is(err, ErrNoSuchMessage) {
+		t.Fatalf("message 4: %v", err)
+	}
+	if cs := s2.Conversations(); len(cs) != 1 || cs[0] != (ConvSummary{Conv: conv, Head: 3, Seen: 2}) {
+		t.Fatalf("conversations %v", cs)
+	}
+	// Seen never moves back.
+	if err := s2.SetSeen(conv, 1); err != nil || s2.Seen(conv) != 2 {
+		t.Fatalf("seen moved back: %d %v", s2.Seen(conv), err)
+	}
+}
+
+func TestStoreTornTailIsCut(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const conv = "g:01J0000000000000000000000A"
+	if err := s.Append(conv, []*pb.Message{userMsg(conv, 1, "one"), userMsg(conv, 2, "two")}); err != nil {
+		t.Fatal(err)
+	}
+	path := s.logPath(conv)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Simulate a crash in the middle of appending seq 3: half a record.
+	rec := appendRecord(nil, recMessage, []byte("partial record payload that never finished"))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(rec[:len(rec)/2])
+	f.Close()
+
+	s2, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := s2.Head(conv); h != 2 {
+		t.Fatalf("head %d, want 2", h)
+	}
+	if fi2, _ := os.Stat(path); fi2.Size() != fi.Size() {
+		t.Fatalf("torn tail not truncated: %d vs %d", fi2.Size(), fi.Size())
+	}
+	if err := s2.Append(conv, []*pb.Message{userMsg(conv, 3, "three")}); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := s2.Messages(conv, 0, 0)
+	if err != nil || len(ms) != 3 {
+		t.Fatalf("after repair: %v %v", ms, err)
+	}
+}
+
+func TestStoreCorruptRecordStopsScan(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := OpenStore(dir)
+	const conv = "d:a:b"
+	s.Append(conv, []*pb.Message{userMsg(conv, 1, "x"), userMsg(conv, 2, "y")})
+	b, _ := os.ReadFile(s.logPath(conv))
+	b[len(b)-6] ^= 0xff // flip a byte inside the last record
+	os.WriteFile(s.logPath(conv), b, 0o600)
+	s2, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := s2.Head(conv); h != 1 {
+		t.Fatalf("head %d, want 1 (corrupt record dropped)", h)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "junk")); err == nil {
+		t.Fatal("unexpected file")
+	}
+}
+
+func FuzzDecodeRecord(f *testing.F) {
+	f.Add(appendRecord(nil, recMessage, []byte("hello")))
+	f.Add([]byte{0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		typ, payload, n, ok := decodeRecord(b)
+		if !ok {
+			return
+		}
+		if n > len(b) || len(payload)+9 != n {
+			t.Fatalf("n=%d len=%d payload=%d", n, len(b), len(payload))
+		}
+		again := appendRecord(nil, typ, payload)
+		if string(again) != string(b[:n]) {
+			t.Fatal("re-encoding differs")
+		}
+	})
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/chatmesh/chatmesh/internal/loadgen"
+	"github.com/chatmesh/chatmesh/internal/stack"
+)
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	edgeURL := fs.String("edge", "", "edge URL(s), comma-separated; empty starts an in-process region (embedded, or --kafka/--pg)")
+	certHash := fs.String("cert-hash", "", "hex SHA-256 of the edge's WebTransport certificate")
+	kafka := fs.String("kafka", "", "with no --edge: Kafka brokers for the in-process region")
+	pg := fs.String("pg", "", "with no --edge: PostgreSQL DSN for the in-process region")
+	transport := fs.String("transport", "ws", "with no --edge: ws or wt")
+	users := fs.Int("clients", 50, "number of clients (one device each)")
+	groups := fs.Int("groups", 1, "number of groups")
+	groupSize := fs.Int("group-size", 20, "members per group")
+	directRate := fs.Float64("rate", 200, "1:1 messages per second (total)")
+	groupRate := fs.Float64("group-rate", 10, "group messages per second (total)")
+	duration := fs.Duration("duration", 10*time.Second, "sending time")
+	drain := fs.Duration("drain", 60*time.Second, "max wait for acks and deliveries after sending")
+	size := fs.Int("size", 128, "message body bytes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := loadgen.Config{
+		Users: *users, Groups: *groups, GroupSize: *groupSize, DirectRate: *directRate, GroupRate: *groupRate,
+		Duration: *duration, Drain: *drain, BodySize: *size,
+	}
+	if *edgeURL != "" {
+		cfg.Edges = strings.Split(*edgeURL, ",")
+		if *certHash != "" {
+			h, err := hex.DecodeString(*certHash)
+			if err != nil {
+				return fmt.Errorf("bench: --cert-hash: %w", err)
+			}
+			cfg.CertHash = h
+		}
+	} else {
+		dir, err := os.MkdirTemp("", "chatmesh-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		sc := stack.Config{DataDir: dir, PostgresDSN: *pg, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		if *kafka != "" {
+			sc.KafkaBrokers = strings.Split(*kafka, ",")
+		}
+		s, err := stack.Start(ctx, sc)
+		if err != nil {
+			return err
+		}
+		defer s.Shutdown(context.Background())
+		e := s.Endpoints()
+		cfg.Edges = []string{e.WS}
+		if *transport == "wt" {
+			cfg.Edges = []string{e.WT}
+			cfg.CertHash, _ = hex.DecodeString(e.CertHash)
+		}
+		fmt.Fprintf(stderr, "bench: in-process region (kafka %s, store %s) at %s\n", e.Kafka, e.Store, cfg.Edges[0])
+	}
+	res, err := loadgen.Run(ctx, cfg)
+	out, jerr := json.MarshalIndent(res, "", "  ")
+	if jerr != nil {
+		return jerr
+	}
+	fmt.Fprintln(stdout, string(out))
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,872 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/chatmesh/chatmesh/client"
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+const chatUsage = `usage: chatmesh chat --state DIR --edge URL [--edge URL...] [--cert-hash HEX] [--server-key HEX] <command>
+
+commands:
+  register USER                 register this device as the first device of USER
+  register --link TOKEN         register this device with a link token from an existing device
+  link-request                  print this (new) device's link request token
+  link REQUEST                  sign a new device's link request; prints the link token
+  send CONV|@USER TEXT...       send a message; waits for "sent ✓" unless --no-wait
+  receive [--json] [--follow] [--timeout D]
+                                print messages not printed before (JSON lines with --json)
+  history CONV [--json] [--remote N]
+                                print the local history of CONV (--remote: fetch N from the server first)
+  conversations                 list conversations (server view)
+  read CONV SEQ                 mark CONV read up to SEQ
+  group create TITLE USER...    create a group; prints its id
+  group add CONV USER...
+  group remove CONV USER...
+  group leave CONV
+  presence USER...              print the users' presence
+  whoami                        print this device
+  interactive                   line-based chat (the default): /to @bob, /group g:..., /quit
+`
+
+// chatGlobals are the flags shared by every chat subcommand.
+type chatGlobals struct {
+	state    string
+	edges    []string
+	certHash []byte
+	srvKey   []byte
+	timeout  time.Duration
+	verbose  bool
+	stdin    io.Reader
+	stdout   io.Writer
+	stderr   io.Writer
+}
+
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+type hexFlag struct{ b *[]byte }
+
+func (h hexFlag) String() string {
+	if h.b == nil {
+		return ""
+	}
+	return hex.EncodeToString(*h.b)
+}
+func (h hexFlag) Set(v string) error {
+	b, err := hex.DecodeString(strings.TrimSpace(v))
+	if err != nil {
+		return err
+	}
+	*h.b = b
+	return nil
+}
+
+func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	g := &chatGlobals{stdin: stdin, stdout: stdout, stderr: stderr}
+	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, chatUsage); fs.PrintDefaults() }
+	fs.StringVar(&g.state, "state", envOr("CHATMESH_STATE", ".chatmesh/device"), "device state directory (keys, outbox, messages); env CHATMESH_STATE")
+	edges := stringList{}
+	fs.Var(&edges, "edge", "edge URL (ws://host:port or https://host:port for WebTransport); repeatable; env CHATMESH_EDGE")
+	fs.Var(hexFlag{&g.certHash}, "cert-hash", "hex SHA-256 of the edge's TLS certificate (self-signed dev edges)")
+	fs.Var(hexFlag{&g.srvKey}, "server-key", "hex Noise static key of the edge to pin (optional)")
+	fs.DurationVar(&g.timeout, "timeout", 30*time.Second, "time limit of one-shot commands")
+	fs.BoolVar(&g.verbose, "v", false, "log connection events to stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if len(edges) == 0 {
+		if e := os.Getenv("CHATMESH_EDGE"); e != "" {
+			_ = edges.Set(e)
+		}
+	}
+	g.edges = edges
+	rest := fs.Args()
+	if len(rest) == 0 {
+		rest = []string{"interactive"}
+	}
+	cmd, cargs := rest[0], rest[1:]
+	switch cmd {
+	case "register":
+		return chatRegister(ctx, g, cargs)
+	case "link-request":
+		return chatLinkRequest(ctx, g)
+	case "link":
+		return chatLink(ctx, g, cargs)
+	case "send":
+		return chatSend(ctx, g, cargs)
+	case "receive":
+		return chatReceive(ctx, g, cargs)
+	case "history":
+		return chatHistory(ctx, g, cargs)
+	case "conversations":
+		return chatConversations(ctx, g)
+	case "read":
+		return chatRead(ctx, g, cargs)
+	case "group":
+		return chatGroup(ctx, g, cargs)
+	case "presence":
+		return chatPresence(ctx, g, cargs)
+	case "whoami":
+		return chatWhoami(ctx, g)
+	case "interactive":
+		return chatInteractive(ctx, g)
+	case "help":
+		fmt.Fprint(stdout, chatUsage)
+		return nil
+	default:
+		fmt.Fprint(stderr, chatUsage)
+		return fmt.Errorf("chat: unknown command %q", cmd)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// open opens the device state (no network).
+func (g *chatGlobals) open(ctx context.Context, manualCommit bool) (*client.Client, error) {
+	logger := slog.New(slog.DiscardHandler)
+	if g.verbose {
+		logger = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return client.Open(ctx, client.Config{
+		StateDir: g.state, Edges: g.edges, CertHash: g.certHash, ServerKey: g.srvKey,
+		Logger: logger, ManualCommit: manualCommit, ClientName: "chatmesh-cli/" + Version,
+	})
+}
+
+// connected opens the state and starts the connection loop.
+func (g *chatGlobals) connected(ctx context.Context, manualCommit bool) (*client.Client, error) {
+	if len(g.edges) == 0 {
+		return nil, errors.New("chat: --edge is required")
+	}
+	c, err := g.open(ctx, manualCommit)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		c.Close()
+		if errors.Is(err, client.ErrNotRegistered) {
+			return nil, errors.New("chat: this device is not registered; run `chatmesh chat register USER` first")
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// waitUp waits for the first sync, reporting a fatal connection error early.
+func waitUp(ctx context.Context, c *client.Client) error {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		err := c.WaitConnected(wctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if e := c.Err(); e != nil {
+			return e
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("chat: not connected: %w", ctx.Err())
+		}
+	}
+}
+
+func chatRegister(ctx context.Context, g *chatGlobals, args []string) error {
+	fs := flag.NewFlagSet("register", flag.ContinueOnError)
+	fs.SetOutput(g.stderr)
+	link := fs.String("link", "", "link token from an existing device (`chatmesh chat link`)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if len(g.edges) == 0 {
+		return errors.New("chat: --edge is required")
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.open(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var key core.DeviceKey
+	switch {
+	case *link != "":
+		key, err = c.RegisterLinked(ctx, *link)
+	case fs.NArg() == 1:
+		key, err = c.Register(ctx, fs.Arg(0))
+	default:
+		return errors.New("chat: usage: register USER | register --link TOKEN")
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "registered %s\n", key)
+	return nil
+}
+
+func chatLinkRequest(ctx context.Context, g *chatGlobals) error {
+	c, err := g.open(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if key, ok := c.Device(); ok {
+		return fmt.Errorf("chat: this device is already registered as %s", key)
+	}
+	fmt.Fprintln(g.stdout, c.LinkRequest())
+	return nil
+}
+
+func chatLink(ctx context.Context, g *chatGlobals, args []string) error {
+	if len(args) != 1 {
+		return errors.New("chat: usage: link REQUEST-TOKEN (from `chatmesh chat link-request` on the new device)")
+	}
+	c, err := g.open(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	tok, err := c.Link(args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(g.stdout, tok)
+	return nil
+}
+
+func chatWhoami(ctx context.Context, g *chatGlobals) error {
+	c, err := g.open(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	key, ok := c.Device()
+	if !ok {
+		fmt.Fprintf(g.stdout, "unregistered (noise key %x)\n", c.NoisePublicKey())
+		return nil
+	}
+	fmt.Fprintf(g.stdout, "%s (noise key %x)\n", key, c.NoisePublicKey())
+	return nil
+}
+
+// resolveConv turns "@user" into the direct conversation with user.
+func resolveConv(me core.DeviceKey, target string) (string, error) {
+	if u, ok := strings.CutPrefix(target, "@"); ok {
+		if !core.ValidUserID(u) {
+			return "", fmt.Errorf("chat: bad user id %q", u)
+		}
+		return core.DirectConvID(me.User, u), nil
+	}
+	if core.KindOf(target) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED {
+		return "", fmt.Errorf("chat: %q is neither @user nor a conversation id", target)
+	}
+	return target, nil
+}
+
+func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
+	fs := flag.NewFlagSet("send", flag.ContinueOnError)
+	fs.SetOutput(g.stderr)
+	noWait := fs.Bool("no-wait", false, "return once the message is in the durable outbox")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() < 2 {
+		return errors.New("chat: usage: send CONV|@USER TEXT...")
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.open(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	me, ok := c.Device()
+	if !ok {
+		return client.ErrNotRegistered
+	}
+	conv, err := resolveConv(me, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	id, err := c.Send(ctx, conv, []byte(strings.Join(fs.Args()[1:], " ")))
+	if err != nil {
+		return err
+	}
+	if *noWait {
+		fmt.Fprintf(g.stdout, "queued %s %s\n", conv, id)
+		return nil
+	}
+	if len(g.edges) == 0 {
+		return errors.New("chat: --edge is required")
+	}
+	if err := c.Start(); err != nil {
+		return err
+	}
+	res, err := waitSent(ctx, c, id)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "sent %s seq %d\n", res.Conv, res.Seq)
+	return nil
+}
+
+// waitSent waits for the ack, returning early on a fatal connection error.
+func waitSent(ctx context.Context, c *client.Client, id string) (client.SendResult, error) {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		res, err := c.WaitSent(wctx, id)
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			if err != nil && ctx.Err() != nil {
+				return res, fmt.Errorf("chat: no ack yet (the message stays in the outbox and is sent on the next run): %w", ctx.Err())
+			}
+			return res, err
+		}
+		if e := c.Err(); e != nil {
+			return res, e
+		}
+	}
+}
+
+// messageJSON is one line of `receive --json` and `history --json`.
+type messageJSON struct {
+	Conv     string `json:"conv"`
+	Seq      uint64 `json:"seq"`
+	MsgID    string `json:"msg_id"`
+	From     string `json:"from"`
+	SentAtMs int64  `json:"sent_at_ms"`
+	Kind     string `json:"kind"`
+	Body     string `json:"body"`
+}
+
+func toJSON(m *pb.Message, body []byte) messageJSON {
+	j := messageJSON{Conv: m.GetConvId(), Seq: m.GetSeq(), MsgID: m.GetMsgId(), SentAtMs: m.GetSentAtMs()}
+	if m.GetSender() != nil {
+		j.From = core.KeyOf(m.GetSender()).String()
+	}
+	switch m.GetKind() {
+	case pb.MessageKind_MESSAGE_KIND_MEMBERSHIP:
+		j.Kind = "membership"
+		j.Body = describeMembership(m.GetMembership())
+	default:
+		j.Kind = "user"
+		j.Body = string(body)
+	}
+	return j
+}
+
+func describeMembership(mc *pb.MembershipChange) string {
+	users := strings.Join(mc.GetUsers(), ", ")
+	switch mc.GetOp() {
+	case pb.MembershipOp_MEMBERSHIP_OP_CREATE:
+		return fmt.Sprintf("%s created %q with %s", mc.GetActor(), mc.GetTitle(), users)
+	case pb.MembershipOp_MEMBERSHIP_OP_ADD:
+		return fmt.Sprintf("%s added %s", mc.GetActor(), users)
+	case pb.MembershipOp_MEMBERSHIP_OP_REMOVE:
+		return fmt.Sprintf("%s removed %s", mc.GetActor(), users)
+	case pb.MembershipOp_MEMBERSHIP_OP_LEAVE:
+		return fmt.Sprintf("%s left", mc.GetActor())
+	}
+	return "membership change"
+}
+
+func printMessage(w io.Writer, asJSON bool, m *pb.Message, body []byte) error {
+	j := toJSON(m, body)
+	if asJSON {
+		b, err := json.Marshal(j)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", b)
+		return err
+	}
+	at := time.UnixMilli(j.SentAtMs).Format("15:04:05")
+	if j.Kind == "membership" {
+		_, err := fmt.Fprintf(w, "[%s #%d %s] * %s\n", j.Conv, j.Seq, at, j.Body)
+		return err
+	}
+	_, err := fmt.Fprintf(w, "[%s #%d %s] %s: %s\n", j.Conv, j.Seq, at, j.From, j.Body)
+	return err
+}
+
+// chatReceive prints every message this device has not printed before,
+// committing the app cursor after each printed line, so repeated runs
+// print each message exactly once.
+func chatReceive(ctx context.Context, g *chatGlobals, args []string) error {
+	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
+	fs.SetOutput(g.stderr)
+	asJSON := fs.Bool("json", false, "JSON lines: {conv, seq, msg_id, from, sent_at_ms, kind, body}")
+	follow := fs.Bool("follow", false, "keep printing new messages")
+	timeout := fs.Duration("timeout", 0, "with --follow: stop after this long (0: until interrupted); without: connect+sync limit (default --timeout)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := g.connected(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	runCtx := ctx
+	if *follow && *timeout > 0 || !*follow {
+		d := *timeout
+		if d <= 0 {
+			d = g.timeout
+		}
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	if err := waitUp(runCtx, c); err != nil {
+		return err
+	}
+	out := bufio.NewWriter(g.stdout)
+	defer out.Flush()
+	for {
+		if !*follow && c.Backlog() == 0 && len(c.Events()) == 0 {
+			return nil
+		}
+		select {
+		case ev := <-c.Events():
+			me, ok := ev.(client.MessageEvent)
+			if !ok {
+				continue
+			}
+			if err := printMessage(out, *asJSON, me.Message, me.Body); err != nil {
+				return err
+			}
+			if err := out.Flush(); err != nil {
+				return err
+			}
+			if err := c.Commit(me.Conv(), me.Seq()); err != nil {
+				return err
+			}
+		case <-runCtx.Done():
+			if *follow && ctx.Err() == nil {
+				return nil // --timeout elapsed
+			}
+			return runCtx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func chatHistory(ctx context.Context, g *chatGlobals, args []string) error {
+	fs := flag.NewFlagSet("history", flag.ContinueOnError)
+	fs.SetOutput(g.stderr)
+	asJSON := fs.Bool("json", false, "JSON lines")
+	remote := fs.Int("remote", 0, "first fetch this many newest entries from the server")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("chat: usage: history CONV|@USER")
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	var c *client.Client
+	var err error
+	if *remote > 0 {
+		c, err = g.connected(ctx, true)
+	} else {
+		c, err = g.open(ctx, true)
+	}
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	me, _ := c.Device()
+	conv, err := resolveConv(me, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if *remote > 0 {
+		if err := waitUp(ctx, c); err != nil {
+			return err
+		}
+		msgs, err := c.FetchHistory(ctx, conv, 0, *remote)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if err := printMessage(g.stdout, *asJSON, m, m.GetEnvelope().GetCiphertext()); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	msgs, err := c.History(conv, 0, 0)
+	if err != nil {
+		return err
+	}
+	sealer := client.InsecurePlaintextSealer{}
+	for _, m := range msgs {
+		body, _ := sealer.Open(ctx, m)
+		if err := printMessage(g.stdout, *asJSON, m, body); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func chatConversations(ctx context.Context, g *chatGlobals) error {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.connected(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	infos, err := c.ListConversations(ctx)
+	if err != nil {
+		return err
+	}
+	local := map[string]client.ConvSummary{}
+	for _, s := range c.Conversations() {
+		local[s.Conv] = s
+	}
+	for _, in := range infos {
+		fmt.Fprintf(g.stdout, "%s\thead %d\tstored %d\t%q\t%s\n", in.GetConvId(), in.GetHeadSeq(),
+			local[in.GetConvId()].Head, in.GetTitle(), strings.Join(in.GetMembers(), ","))
+	}
+	return nil
+}
+
+func chatRead(ctx context.Context, g *chatGlobals, args []string) error {
+	if len(args) != 2 {
+		return errors.New("chat: usage: read CONV SEQ")
+	}
+	seq, err := strconv.ParseUint(args[1], 10, 64)
+	if err != nil {
+		return fmt.Errorf("chat: bad seq: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.connected(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	me, _ := c.Device()
+	conv, err := resolveConv(me, args[0])
+	if err != nil {
+		return err
+	}
+	if err := c.MarkRead(ctx, conv, seq); err != nil {
+		return err
+	}
+	// The marker is fire-and-forget; a ping makes sure the edge has read it
+	// before the session closes.
+	if _, err := c.Ping(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "read %s up to %d\n", conv, seq)
+	return nil
+}
+
+func chatGroup(ctx context.Context, g *chatGlobals, args []string) error {
+	if len(args) < 2 {
+		return errors.New("chat: usage: group create TITLE USER... | group add|remove CONV USER... | group leave CONV")
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.connected(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var info *pb.ConversationInfo
+	switch args[0] {
+	case "create":
+		info, err = c.CreateGroup(ctx, args[1], args[2:])
+	case "add":
+		info, err = c.AddMembers(ctx, args[1], args[2:]...)
+	case "remove":
+		info, err = c.RemoveMembers(ctx, args[1], args[2:]...)
+	case "leave":
+		info, err = c.Leave(ctx, args[1])
+	default:
+		return fmt.Errorf("chat: unknown group command %q", args[0])
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "%s\t%q\tmembers %s\thead %d\n", info.GetConvId(), info.GetTitle(), strings.Join(info.GetMembers(), ","), info.GetHeadSeq())
+	return nil
+}
+
+func chatPresence(ctx context.Context, g *chatGlobals, args []string) error {
+	if len(args) == 0 {
+		return errors.New("chat: usage: presence USER...")
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.connected(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ps, err := c.SubscribePresence(ctx, args)
+	if err != nil {
+		return err
+	}
+	sort.Slice(ps, func(i, j int) bool { return ps[i].User < ps[j].User })
+	for _, p := range ps {
+		state := "offline"
+		if p.Online {
+			state = "online"
+		}
+		last := ""
+		if p.LastSeenMs > 0 {
+			last = " last seen " + time.UnixMilli(p.LastSeenMs).Format(time.RFC3339)
+		}
+		fmt.Fprintf(g.stdout, "%s\t%s%s\n", p.User, state, last)
+	}
+	return nil
+}
+
+const interactiveHelp = `commands:
+  /to @USER | /to CONV     choose where plain lines go
+  /group CONV              same as /to CONV
+  /create TITLE USER...    create a group and switch to it
+  /add USER... | /remove USER... | /leave   change the current group
+  /history                 show the current conversation's local history
+  /presence USER...        subscribe to presence
+  /convs                   list conversations
+  /quit                    leave (also end of input)
+plain lines are sent to the current conversation.
+marks: … queued, ✓ sent, ✓✓ delivered, ✓✓ read
+`
+
+// chatInteractive is the line-based UI. The goroutine that reads input
+// ends at end of input; when the context ends first it stays blocked in
+// Read until the process exits (an io.Reader cannot be interrupted).
+func chatInteractive(ctx context.Context, g *chatGlobals) error {
+	c, err := g.connected(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	me, _ := c.Device()
+	out := g.stdout
+	fmt.Fprintf(out, "chatmesh: you are %s. /help for commands.\n", me)
+
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(g.stdin)
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	conv := ""
+	pending := map[string]string{} // client msg id -> conv
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case line, ok := <-lines:
+			if !ok {
+				fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err := c.WaitIdle(fctx)
+				cancel()
+				if err != nil {
+					fmt.Fprintf(out, "… %d message(s) still in the outbox; they are sent next time\n", c.Outbox().Len())
+				}
+				return nil
+			}
+			quit, err := interactiveLine(ctx, c, me, out, line, &conv, pending)
+			if err != nil {
+				fmt.Fprintf(out, "! %v\n", err)
+			}
+			if quit {
+				return nil
+			}
+		case ev := <-c.Events():
+			interactiveEvent(ctx, c, me, out, ev, pending)
+		}
+	}
+}
+
+func interactiveLine(ctx context.Context, c *client.Client, me core.DeviceKey, out io.Writer, line string, conv *string, pending map[string]string) (quit bool, err error) {
+	line = strings.TrimSpace(line)
+	if line == "" {
+		return false, nil
+	}
+	if !strings.HasPrefix(line, "/") {
+		if *conv == "" {
+			return false, errors.New("no conversation chosen: /to @user or /group g:...")
+		}
+		id, err := c.Send(ctx, *conv, []byte(line))
+		if err != nil {
+			return false, err
+		}
+		pending[id] = *conv
+		fmt.Fprintf(out, "… [%s] %s\n", *conv, line)
+		return false, nil
+	}
+	f := strings.Fields(line)
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	switch f[0] {
+	case "/quit", "/exit":
+		return true, nil
+	case "/help":
+		fmt.Fprint(out, interactiveHelp)
+	case "/to", "/group":
+		if len(f) != 2 {
+			return false, errors.New("usage: /to @user | /to CONV")
+		}
+		cv, err := resolveConv(me, f[1])
+		if err != nil {
+			return false, err
+		}
+		*conv = cv
+		fmt.Fprintf(out, "→ now talking in %s\n", cv)
+	case "/create":
+		if len(f) < 2 {
+			return false, errors.New("usage: /create TITLE USER...")
+		}
+		info, err := c.CreateGroup(rctx, f[1], f[2:])
+		if err != nil {
+			return false, err
+		}
+		*conv = info.GetConvId()
+		fmt.Fprintf(out, "→ created %s (%s); now talking there\n", info.GetConvId(), strings.Join(info.GetMembers(), ", "))
+	case "/add", "/remove", "/leave":
+		if *conv == "" {
+			return false, errors.New("no group chosen")
+		}
+		var info *pb.ConversationInfo
+		switch f[0] {
+		case "/add":
+			info, err = c.AddMembers(rctx, *conv, f[1:]...)
+		case "/remove":
+			info, err = c.RemoveMembers(rctx, *conv, f[1:]...)
+		default:
+			info, err = c.Leave(rctx, *conv)
+		}
+		if err != nil {
+			return false, err
+		}
+		fmt.Fprintf(out, "→ %s members: %s\n", info.GetConvId(), strings.Join(info.GetMembers(), ", "))
+	case "/history":
+		if *conv == "" {
+			return false, errors.New("no conversation chosen")
+		}
+		msgs, err := c.History(*conv, 0, 0)
+		if err != nil {
+			return false, err
+		}
+		for _, m := range msgs {
+			_ = printMessage(out, false, m, m.GetEnvelope().GetCiphertext())
+		}
+	case "/presence":
+		ps, err := c.SubscribePresence(rctx, f[1:])
+		if err != nil {
+			return false, err
+		}
+		for _, p := range ps {
+			printPresence(out, p)
+		}
+	case "/convs":
+		infos, err := c.ListConversations(rctx)
+		if err != nil {
+			return false, err
+		}
+		for _, in := range infos {
+			fmt.Fprintf(out, "  %s %q (%s) head %d\n", in.GetConvId(), in.GetTitle(), strings.Join(in.GetMembers(), ", "), in.GetHeadSeq())
+		}
+	default:
+		return false, fmt.Errorf("unknown command %s (/help)", f[0])
+	}
+	return false, nil
+}
+
+func printPresence(out io.Writer, p client.PresenceEvent) {
+	if p.Online {
+		fmt.Fprintf(out, "• %s is online\n", p.User)
+		return
+	}
+	last := ""
+	if p.LastSeenMs > 0 {
+		last = ", last seen " + time.UnixMilli(p.LastSeenMs).Format("15:04:05")
+	}
+	fmt.Fprintf(out, "• %s is offline%s\n", p.User, last)
+}
+
+func interactiveEvent(ctx context.Context, c *client.Client, me core.DeviceKey, out io.Writer, ev client.Event, pending map[string]string) {
+	switch e := ev.(type) {
+	case client.MessageEvent:
+		if e.From() == me {
+			return // our own message, already shown when typed
+		}
+		_ = printMessage(out, false, e.Message, e.Body)
+		if e.From().User != me.User && e.Message.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
+			rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			_ = c.MarkRead(rctx, e.Conv(), e.Seq())
+			cancel()
+		}
+	case client.SendAckedEvent:
+		delete(pending, e.ClientMsgID)
+		fmt.Fprintf(out, "  ✓ sent [%s #%d]\n", e.Conv, e.Seq)
+	case client.SendFailedEvent:
+		delete(pending, e.ClientMsgID)
+		fmt.Fprintf(out, "  ✗ not sent [%s]: %v\n", e.Conv, e.Err)
+	case client.ReceiptEvent:
+		if e.From.User == me.User {
+			return
+		}
+		mark := "✓✓ delivered to"
+		if e.Kind == pb.ReceiptKind_RECEIPT_KIND_READ {
+			mark = "✓✓ read by"
+		}
+		fmt.Fprintf(out, "  %s %s [%s up to #%d]\n", mark, e.From, e.Conv, e.Seq)
+	case client.PresenceEvent:
+		printPresence(out, e)
+	case client.TypingEvent:
+		if e.From.User != me.User && e.Typing {
+			fmt.Fprintf(out, "  %s is typing in %s…\n", e.From.User, e.Conv)
+		}
+	case client.ConnectedEvent:
+		fmt.Fprintf(out, "• connected to %s (%s)\n", e.Hello.GetEdgeId(), e.Hello.GetRegion())
+	case client.DisconnectedEvent:
+		fmt.Fprintf(out, "• disconnected (%v); reconnecting\n", e.Err)
+	}
+}

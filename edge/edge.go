@@ -1,0 +1,457 @@
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/webtransport-go"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/crypto/noiseconn"
+)
+
+// Paths served by an edge.
+const (
+	WSPath = "/v1/ws"
+	WTPath = "/v1/wt"
+	// ProtocolVersion is the ClientHello/ServerHello protocol version.
+	ProtocolVersion = 1
+	// CloseCodeBase is added to an ErrorCode to form a WebSocket close status.
+	CloseCodeBase = 4000
+	// MaxPresenceSubscriptions bounds one session's presence subscription set.
+	MaxPresenceSubscriptions = 1000
+)
+
+// Errors returned by New, Start and Shutdown.
+var (
+	ErrConfig  = errors.New("edge: bad config")
+	ErrStarted = errors.New("edge: already started")
+	ErrClosed  = errors.New("edge: shut down")
+)
+
+// Backend is what an edge needs from its region, synchronously. The region
+// implements it (region.API); every method is called concurrently from
+// many sessions.
+type Backend interface {
+	// Authenticate maps a handshake-proven Noise static key to its device;
+	// core.ErrNotFound means unregistered.
+	Authenticate(ctx context.Context, static []byte) (core.DeviceKey, error)
+	// Register registers the device whose static key is static.
+	Register(ctx context.Context, static []byte, req *pb.RegisterRequest) (*pb.RegisterResponse, error)
+	// SessionOpened records the route; it must finish before the session
+	// serves requests, so the client's first sync and later pushes overlap.
+	SessionOpened(ctx context.Context, r core.Route) error
+	// SessionClosed removes the route if it still names session.
+	SessionClosed(ctx context.Context, dev core.DeviceKey, session uint64) error
+	// EdgeStarted clears stale routes of this edge id (a previous process).
+	EdgeStarted(ctx context.Context, edgeID string) error
+	// Query answers reads: sync, history, list_conversations, lookup_user,
+	// presence_subscribe (snapshot).
+	Query(ctx context.Context, dev core.DeviceKey, f *pb.ClientFrame) (*pb.Response, error)
+}
+
+// Config configures an Edge. The zero value works except for ID (required);
+// every other field has a default named next to it.
+type Config struct {
+	ID, Region string
+	// Static is the edge's Noise key pair (zero: generated at New).
+	Static noiseconn.Keypair
+	// WSAddr is the TCP listen address of the WebSocket transport, e.g.
+	// "127.0.0.1:0"; "" disables it.
+	WSAddr string
+	// WSTLS serves WebSocket over TLS (wss://) with TLSConfig. Off by
+	// default: the Noise layer authenticates and encrypts either way.
+	WSTLS bool
+	// WTAddr is the UDP listen address of the WebTransport transport; ""
+	// disables it.
+	WTAddr string
+	// TLSConfig is used by WebTransport (and WebSocket with WSTLS). nil: a
+	// self-signed ECDSA P-256 certificate valid for 13 days, usable with the
+	// browser's serverCertificateHashes (see CertHash).
+	TLSConfig *tls.Config
+	// OriginPatterns lists the host patterns (path.Match syntax) of
+	// browser origins allowed to connect cross-origin. Requests without an
+	// Origin header (native clients) are always allowed.
+	OriginPatterns []string
+	// MaxFrameBytes is the largest ClientFrame accepted (default and
+	// maximum noiseconn.MaxPlaintext).
+	MaxFrameBytes int
+	// MessagesPerSecond and Burst form each session's token bucket
+	// (default 50/s, burst 100). With one session per device (see REPLACED
+	// in the package doc) this is the per-device limit.
+	MessagesPerSecond float64
+	Burst             int
+	// MaxConnsPerIP bounds concurrent connections per client IP (default 64).
+	MaxConnsPerIP int
+	// IdleTimeout closes a session that sent nothing for this long (default
+	// 2 min; clients ping). HandshakeTimeout bounds the Noise handshake and
+	// the authentication that follows (default 10 s).
+	IdleTimeout, HandshakeTimeout time.Duration
+	// WriteTimeout bounds one write to a client (default 10 s).
+	WriteTimeout time.Duration
+	// SendQueue is each session's bounded outgoing queue (default 1024
+	// frames); a full queue closes the session ("slow consumer").
+	SendQueue int
+	// IngressTopic (default "ingress") and PresenceTopic (default "presence").
+	IngressTopic, PresenceTopic string
+	// Logger (default: discard) and Now (default time.Now).
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+func (c *Config) defaults() error {
+	if c.ID == "" {
+		return fmt.Errorf("%w: ID is required", ErrConfig)
+	}
+	if c.MaxFrameBytes <= 0 || c.MaxFrameBytes > noiseconn.MaxPlaintext {
+		c.MaxFrameBytes = noiseconn.MaxPlaintext
+	}
+	if c.MessagesPerSecond <= 0 {
+		c.MessagesPerSecond = 50
+	}
+	if c.Burst <= 0 {
+		c.Burst = 100
+	}
+	if c.MaxConnsPerIP <= 0 {
+		c.MaxConnsPerIP = 64
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 2 * time.Minute
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.SendQueue <= 0 {
+		c.SendQueue = 1024
+	}
+	if c.IngressTopic == "" {
+		c.IngressTopic = "ingress"
+	}
+	if c.PresenceTopic == "" {
+		c.PresenceTopic = "presence"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Stats are cumulative counters (Sessions is a gauge).
+type Stats struct {
+	Connections        uint64 // transport connections accepted
+	RejectedPerIP      uint64 // refused: too many connections from one IP
+	HandshakeFailures  uint64
+	Sessions           int64 // currently established
+	FramesIn           uint64
+	FramesOut          uint64
+	Produced           uint64 // ingress records produced
+	ProduceErrors      uint64
+	RateLimited        uint64
+	TypingDropped      uint64 // typing frames dropped silently over budget
+	Malformed          uint64
+	TooLarge           uint64
+	DroppedSlowClient  uint64 // sessions closed because their queue was full ("slow consumer")
+	IdleTimeouts       uint64
+	Replaced           uint64 // sessions closed because the device connected again
+	EdgeRecordsHandled uint64
+	PresenceHandled    uint64
+}
+
+type counters struct {
+	connections, rejectedPerIP, handshakeFailures                            atomic.Uint64
+	sessions                                                                 atomic.Int64
+	framesIn, framesOut, produced, produceErrors, rateLimited, typingDropped atomic.Uint64
+	malformed, tooLarge, slowClient, idle, replaced, edgeRecords, presence   atomic.Uint64
+}
+
+// Edge terminates client connections. Create it with New, then Start, then
+// Shutdown. Its methods are safe for concurrent use.
+type Edge struct {
+	cfg   Config
+	be    Backend
+	bus   core.Bus
+	log   *slog.Logger
+	hello []byte // serialized ServerHello
+	tls   *tls.Config
+	cert  []byte // sha256 of the leaf certificate
+
+	ctx    context.Context // lives from Start to Shutdown
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // consumers, servers, sessions
+
+	mu        sync.Mutex
+	started   bool
+	closing   bool
+	live      map[*session]struct{} // every session past the handshake
+	sessions  map[uint64]*session   // authenticated sessions by id
+	byDevice  map[core.DeviceKey]map[uint64]*session
+	subs      map[string]map[*session]struct{} // presence subscriptions by user
+	perIP     map[string]int
+	wsURL     string
+	wtURL     string
+	httpSrv   *http.Server
+	wtSrv     *webtransport.Server
+	udpConn   net.PacketConn
+	shutOnce  sync.Once
+	shutDone  chan struct{}
+	shutError error
+
+	n counters
+}
+
+// New checks cfg and prepares an edge; nothing listens until Start.
+func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if be == nil || bus == nil {
+		return nil, fmt.Errorf("%w: backend and bus are required", ErrConfig)
+	}
+	if len(cfg.Static.Private) == 0 {
+		k, err := noiseconn.GenerateKeypair(rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("edge: %w", err)
+		}
+		cfg.Static = k
+	} else if len(cfg.Static.Private) != noiseconn.KeyLen || len(cfg.Static.Public) != noiseconn.KeyLen {
+		return nil, fmt.Errorf("%w: static key must be 32-byte X25519", ErrConfig)
+	}
+	hello, err := marshal(&pb.ServerHello{
+		ProtocolVersion:      ProtocolVersion,
+		EdgeId:               cfg.ID,
+		Region:               cfg.Region,
+		MaxFrameBytes:        uint32(cfg.MaxFrameBytes),
+		MaxMessagesPerSecond: uint32(cfg.MessagesPerSecond),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("edge: server hello: %w", err)
+	}
+	e := &Edge{
+		cfg: cfg, be: be, bus: bus, log: cfg.Logger.With("edge", cfg.ID), hello: hello,
+		live:     map[*session]struct{}{},
+		sessions: map[uint64]*session{},
+		byDevice: map[core.DeviceKey]map[uint64]*session{},
+		subs:     map[string]map[*session]struct{}{},
+		perIP:    map[string]int{},
+		shutDone: make(chan struct{}),
+	}
+	e.tls = cfg.TLSConfig
+	if e.tls == nil {
+		e.tls, err = selfSignedTLS(cfg.Now())
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(e.tls.Certificates) > 0 && len(e.tls.Certificates[0].Certificate) > 0 {
+		h := sha256.Sum256(e.tls.Certificates[0].Certificate[0])
+		e.cert = h[:]
+	}
+	return e, nil
+}
+
+// PublicKey is the edge's Noise static public key (clients may pin it).
+func (e *Edge) PublicKey() []byte { return append([]byte(nil), e.cfg.Static.Public...) }
+
+// CertHash is the SHA-256 of the TLS leaf certificate (for the browser's
+// WebTransport serverCertificateHashes), nil if there is none.
+func (e *Edge) CertHash() []byte { return append([]byte(nil), e.cert...) }
+
+// WSURL is the WebSocket URL ("" before Start or when disabled).
+func (e *Edge) WSURL() string { e.mu.Lock(); defer e.mu.Unlock(); return e.wsURL }
+
+// WTURL is the WebTransport URL ("" before Start or when disabled).
+func (e *Edge) WTURL() string { e.mu.Lock(); defer e.mu.Unlock(); return e.wtURL }
+
+// Stats returns a snapshot of the counters.
+func (e *Edge) Stats() Stats {
+	n := &e.n
+	return Stats{
+		Connections: n.connections.Load(), RejectedPerIP: n.rejectedPerIP.Load(),
+		HandshakeFailures: n.handshakeFailures.Load(), Sessions: n.sessions.Load(),
+		FramesIn: n.framesIn.Load(), FramesOut: n.framesOut.Load(), Produced: n.produced.Load(),
+		ProduceErrors: n.produceErrors.Load(), RateLimited: n.rateLimited.Load(),
+		TypingDropped: n.typingDropped.Load(), Malformed: n.malformed.Load(), TooLarge: n.tooLarge.Load(),
+		DroppedSlowClient: n.slowClient.Load(), IdleTimeouts: n.idle.Load(), Replaced: n.replaced.Load(),
+		EdgeRecordsHandled: n.edgeRecords.Load(), PresenceHandled: n.presence.Load(),
+	}
+}
+
+// EdgeTopic is the bus topic that carries an edge's EdgeRecords.
+func EdgeTopic(id string) string { return "edge." + id }
+
+// Start creates and subscribes to the edge topic and the presence topic
+// (live tail, no consumer group), tells the backend the edge (re)started,
+// and then listens. ctx bounds start-up only; the edge runs until Shutdown.
+func (e *Edge) Start(ctx context.Context) error {
+	e.mu.Lock()
+	if e.started || e.closing {
+		e.mu.Unlock()
+		return ErrStarted
+	}
+	e.started = true
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.mu.Unlock()
+
+	if err := e.start(ctx); err != nil {
+		_ = e.Shutdown(context.Background())
+		return err
+	}
+	return nil
+}
+
+func (e *Edge) start(ctx context.Context) error {
+	if err := e.bus.EnsureTopic(ctx, EdgeTopic(e.cfg.ID), 1); err != nil {
+		return fmt.Errorf("edge: ensure topic: %w", err)
+	}
+	ready := make(chan string, 2)
+	failed := make(chan error, 2)
+	consume := func(topic string, h core.Handler) {
+		e.wg.Go(func() {
+			err := e.bus.Consume(e.ctx, core.ConsumeSpec{Topic: topic, OnReady: func() { ready <- topic }}, h)
+			if err != nil && e.ctx.Err() == nil {
+				e.log.Error("consumer stopped", "topic", topic, "err", err)
+				failed <- fmt.Errorf("edge: consume %s: %w", topic, err)
+			}
+		})
+	}
+	consume(EdgeTopic(e.cfg.ID), e.handleEdgeRecord)
+	consume(e.cfg.PresenceTopic, e.handlePresence)
+	for range 2 {
+		select {
+		case <-ready:
+		case err := <-failed:
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("edge: start: %w", ctx.Err())
+		}
+	}
+	if err := e.be.EdgeStarted(ctx, e.cfg.ID); err != nil {
+		return fmt.Errorf("edge: edge started: %w", err)
+	}
+	if e.cfg.WSAddr != "" {
+		if err := e.listenWS(); err != nil {
+			return err
+		}
+	}
+	if e.cfg.WTAddr != "" {
+		if err := e.listenWT(); err != nil {
+			return err
+		}
+	}
+	e.log.Info("edge started", "ws", e.WSURL(), "wt", e.WTURL())
+	return nil
+}
+
+// Shutdown stops accepting, sends every session Disconnect{SHUTTING_DOWN,
+// reconnect}, closes them (reporting SessionClosed for each), stops the
+// consumers and waits for every goroutine. It is idempotent; if ctx ends
+// first, remaining connections are closed abruptly and ctx's error is
+// returned once everything has stopped.
+func (e *Edge) Shutdown(ctx context.Context) error {
+	e.shutOnce.Do(func() {
+		defer close(e.shutDone)
+		e.mu.Lock()
+		e.closing = true
+		httpSrv, wtSrv, udp := e.httpSrv, e.wtSrv, e.udpConn
+		var all []*session
+		for s := range e.live {
+			all = append(all, s)
+		}
+		cancel := e.cancel
+		e.mu.Unlock()
+		if httpSrv != nil {
+			_ = httpSrv.Close() // listeners; hijacked WebSockets stay up
+		}
+		for _, s := range all {
+			s.terminate(pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN, "edge shutting down", true)
+		}
+		sessionsDone := make(chan struct{})
+		go func() { // waits on the sessions only; ends when they do
+			for _, s := range all {
+				<-s.finished
+			}
+			close(sessionsDone)
+		}()
+		select {
+		case <-sessionsDone:
+		case <-ctx.Done():
+			e.shutError = fmt.Errorf("edge: shutdown: %w", ctx.Err())
+		}
+		if wtSrv != nil {
+			_ = wtSrv.Close()
+		}
+		if udp != nil {
+			_ = udp.Close()
+		}
+		if cancel != nil {
+			cancel() // consumers, sessions still running
+		}
+		e.wg.Wait()
+		<-sessionsDone
+	})
+	<-e.shutDone
+	return e.shutError
+}
+
+// goTracked runs f on a goroutine tracked by e.wg unless the edge is
+// closing; it reports whether f was started.
+func (e *Edge) goTracked(f func()) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closing {
+		return false
+	}
+	e.wg.Go(f)
+	return true
+}
+
+// admit counts a new connection from ip; false (and counted as rejected)
+// when the IP is at its limit. Every admitted connection is released with
+// releaseIP.
+func (e *Edge) admit(ip string) bool {
+	e.n.connections.Add(1)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.perIP[ip] >= e.cfg.MaxConnsPerIP {
+		e.n.rejectedPerIP.Add(1)
+		return false
+	}
+	e.perIP[ip]++
+	return true
+}
+
+func (e *Edge) releaseIP(ip string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.perIP[ip]--; e.perIP[ip] <= 0 {
+		delete(e.perIP, ip)
+	}
+}
+
+func newSessionID() uint64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:])
+		if id := binary.BigEndian.Uint64(b[:]); id != 0 {
+			return id
+		}
+	}
+}

@@ -1,0 +1,348 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// handle processes one decrypted ClientFrame, in the session goroutine.
+func (s *session) handle(pt []byte) {
+	e := s.e
+	if len(pt) > e.cfg.MaxFrameBytes {
+		e.n.tooLarge.Add(1)
+		s.fail(reqIDOf(pt), pb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE, fmt.Sprintf("frame exceeds %d bytes", e.cfg.MaxFrameBytes))
+		return
+	}
+	var f pb.ClientFrame
+	if err := proto.Unmarshal(pt, &f); err != nil || f.GetBody() == nil {
+		e.n.malformed.Add(1)
+		s.fail(reqIDOf(pt), pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frame did not decode")
+		return
+	}
+	if !s.bucket.take(e.cfg.Now()) {
+		if _, ok := f.GetBody().(*pb.ClientFrame_Typing); ok {
+			e.n.typingDropped.Add(1)
+			return
+		}
+		e.n.rateLimited.Add(1)
+		s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many messages per second")
+		return
+	}
+	switch b := f.GetBody().(type) {
+	case *pb.ClientFrame_Ping:
+		s.respond(&pb.Response{ReqId: f.GetReqId(), Body: &pb.Response_Pong{Pong: &pb.Pong{
+			ClientTimeMs: b.Ping.GetClientTimeMs(), ServerTimeMs: e.cfg.Now().UnixMilli()}}})
+		return
+	case *pb.ClientFrame_Register:
+		s.register(f.GetReqId(), b.Register)
+		return
+	}
+	if !s.authed {
+		s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "register first")
+		return
+	}
+	switch b := f.GetBody().(type) {
+	case *pb.ClientFrame_Sync, *pb.ClientFrame_History, *pb.ClientFrame_ListConversations, *pb.ClientFrame_LookupUser:
+		s.query(&f)
+	case *pb.ClientFrame_PresenceSubscribe:
+		if len(b.PresenceSubscribe.GetUsers()) > MaxPresenceSubscriptions {
+			s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, fmt.Sprintf("at most %d users", MaxPresenceSubscriptions))
+			return
+		}
+		// Subscribe before the snapshot so no event between them is lost.
+		e.setSubscriptions(s, b.PresenceSubscribe.GetUsers())
+		s.query(&f)
+	default:
+		rec, err := s.ingress(&f)
+		if err != nil {
+			s.fail(f.GetReqId(), core.Code(err), err.Error())
+			return
+		}
+		s.produce(f.GetReqId(), rec)
+	}
+}
+
+func (s *session) register(reqID uint64, req *pb.RegisterRequest) {
+	e := s.e
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
+	defer cancel()
+	resp, err := e.be.Register(ctx, s.static, req)
+	if err != nil {
+		s.respond(&pb.Response{ReqId: reqID, Error: core.ToWire(err)})
+		return
+	}
+	dev := core.KeyOf(resp.GetDevice())
+	if s.authed && dev != s.dev {
+		s.fail(reqID, pb.ErrorCode_ERROR_CODE_INTERNAL, "registration returned another device")
+		return
+	}
+	if !s.authed {
+		if err := s.becomeDevice(ctx, dev); err != nil {
+			s.respond(&pb.Response{ReqId: reqID, Error: core.ToWire(err)})
+			return
+		}
+	}
+	s.respond(&pb.Response{ReqId: reqID, Body: &pb.Response_Register{Register: resp}})
+}
+
+func (s *session) query(f *pb.ClientFrame) {
+	e := s.e
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
+	defer cancel()
+	resp, err := e.be.Query(ctx, s.dev, f)
+	if err != nil {
+		resp = &pb.Response{Error: core.ToWire(err)}
+	}
+	if resp == nil {
+		resp = &pb.Response{Body: &pb.Response_Empty{Empty: &pb.Empty{}}}
+	}
+	resp.ReqId = f.GetReqId()
+	s.respond(resp)
+}
+
+var errInvalid = core.ErrInvalidArgument
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errInvalid}, args...)...)
+}
+
+func checkConv(conv string) error {
+	if core.KindOf(conv) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED {
+		return invalid("malformed conversation id")
+	}
+	return nil
+}
+
+func checkUsers(users []string) error {
+	for _, u := range users {
+		if !core.ValidUserID(u) {
+			return invalid("malformed user id")
+		}
+	}
+	return nil
+}
+
+// ingress validates a write and wraps it as an IngressRecord; the error
+// wraps core.ErrInvalidArgument.
+func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
+	rec := &pb.IngressRecord{
+		Origin:       &pb.Origin{EdgeId: s.e.cfg.ID, SessionId: s.id, ReqId: f.GetReqId(), Device: s.dev.Addr()},
+		ReceivedAtMs: s.e.cfg.Now().UnixMilli(),
+	}
+	switch b := f.GetBody().(type) {
+	case *pb.ClientFrame_Send:
+		m := b.Send
+		if err := checkConv(m.GetConvId()); err != nil {
+			return nil, err
+		}
+		if n := len(m.GetClientMsgId()); n < 1 || n > core.MaxClientMsgIDLen {
+			return nil, invalid("client_msg_id must be 1..%d bytes", core.MaxClientMsgIDLen)
+		}
+		if m.GetEnvelope() == nil {
+			return nil, invalid("envelope missing")
+		}
+		rec.Op = &pb.IngressRecord_Send{Send: m}
+	case *pb.ClientFrame_Ack:
+		if err := checkConv(b.Ack.GetConvId()); err != nil {
+			return nil, err
+		}
+		rec.Op = &pb.IngressRecord_Ack{Ack: b.Ack}
+	case *pb.ClientFrame_Read:
+		if err := checkConv(b.Read.GetConvId()); err != nil {
+			return nil, err
+		}
+		rec.Op = &pb.IngressRecord_Read{Read: b.Read}
+	case *pb.ClientFrame_CreateGroup:
+		m := b.CreateGroup
+		if !core.IsGroupID(m.GetConvId()) {
+			return nil, invalid("malformed group id")
+		}
+		if len(m.GetTitle()) > core.MaxTitleLen {
+			return nil, invalid("title longer than %d bytes", core.MaxTitleLen)
+		}
+		if len(m.GetMembers())+1 > core.MaxGroupMembers {
+			return nil, fmt.Errorf("more than %d members: %w", core.MaxGroupMembers, core.ErrGroupFull)
+		}
+		if err := checkUsers(m.GetMembers()); err != nil {
+			return nil, err
+		}
+		rec.Op = &pb.IngressRecord_CreateGroup{CreateGroup: m}
+	case *pb.ClientFrame_ModifyMembers:
+		m := b.ModifyMembers
+		if !core.IsGroupID(m.GetConvId()) {
+			return nil, invalid("malformed group id")
+		}
+		switch m.GetOp() {
+		case pb.MembershipOp_MEMBERSHIP_OP_ADD, pb.MembershipOp_MEMBERSHIP_OP_REMOVE, pb.MembershipOp_MEMBERSHIP_OP_LEAVE:
+		default:
+			return nil, invalid("op must be ADD, REMOVE or LEAVE")
+		}
+		if len(m.GetUsers()) > core.MaxGroupMembers {
+			return nil, fmt.Errorf("more than %d users: %w", core.MaxGroupMembers, core.ErrGroupFull)
+		}
+		if err := checkUsers(m.GetUsers()); err != nil {
+			return nil, err
+		}
+		rec.Op = &pb.IngressRecord_ModifyMembers{ModifyMembers: m}
+	case *pb.ClientFrame_Typing:
+		if err := checkConv(b.Typing.GetConvId()); err != nil {
+			return nil, err
+		}
+		rec.Op = &pb.IngressRecord_Typing{Typing: b.Typing}
+	default:
+		return nil, invalid("unknown frame type")
+	}
+	return rec, nil
+}
+
+func convOf(rec *pb.IngressRecord) string {
+	switch op := rec.GetOp().(type) {
+	case *pb.IngressRecord_Send:
+		return op.Send.GetConvId()
+	case *pb.IngressRecord_Ack:
+		return op.Ack.GetConvId()
+	case *pb.IngressRecord_Read:
+		return op.Read.GetConvId()
+	case *pb.IngressRecord_CreateGroup:
+		return op.CreateGroup.GetConvId()
+	case *pb.IngressRecord_ModifyMembers:
+		return op.ModifyMembers.GetConvId()
+	case *pb.IngressRecord_Typing:
+		return op.Typing.GetConvId()
+	}
+	return ""
+}
+
+// produce writes rec to the ingress topic keyed by its conversation. The
+// reply arrives later on the edge topic; only a failure is answered here.
+func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
+	e := s.e
+	b, err := marshal(rec)
+	if err != nil {
+		s.fail(reqID, pb.ErrorCode_ERROR_CODE_INTERNAL, "encode failed")
+		return
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.WriteTimeout)
+	defer cancel()
+	if err := e.bus.Produce(ctx, core.BusRecord{Topic: e.cfg.IngressTopic, Key: []byte(convOf(rec)), Value: b}); err != nil {
+		e.n.produceErrors.Add(1)
+		e.log.Warn("produce failed", "err", err)
+		s.fail(reqID, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "ingress unavailable; retry with the same ids")
+		return
+	}
+	e.n.produced.Add(1)
+}
+
+// ---------------------------------------------------------------- bus → sessions
+
+// handleEdgeRecord pushes one EdgeRecord to its sessions. Undecodable
+// records are logged and skipped (retrying cannot fix them).
+func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
+	var r pb.EdgeRecord
+	if err := proto.Unmarshal(rec.Value, &r); err != nil || r.GetFrame() == nil {
+		e.log.Warn("bad edge record skipped", "offset", rec.Offset, "err", err)
+		return nil
+	}
+	e.n.edgeRecords.Add(1)
+	for _, t := range e.targets(&r) {
+		t.s.push(frameFor(r.GetFrame(), t.dev))
+	}
+	return nil
+}
+
+type target struct {
+	s   *session
+	dev core.DeviceKey
+}
+
+func (e *Edge) targets(r *pb.EdgeRecord) []target {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if id := r.GetSessionId(); id != 0 {
+		if s := e.sessions[id]; s != nil {
+			return []target{{s, s.dev}}
+		}
+		return nil
+	}
+	var out []target
+	for _, a := range r.GetTargets() {
+		k := core.KeyOf(a)
+		for _, s := range e.byDevice[k] {
+			out = append(out, target{s, k})
+		}
+	}
+	return out
+}
+
+// frameFor returns the frame as dev may see it: a delivery's envelope keeps
+// only the per-device ciphertext addressed to dev.
+func frameFor(f *pb.ServerFrame, dev core.DeviceKey) *pb.ServerFrame {
+	m := f.GetDelivery()
+	if m == nil || len(m.GetEnvelope().GetPerDevice()) == 0 {
+		return f
+	}
+	env := m.GetEnvelope()
+	var mine []*pb.DeviceCiphertext
+	for _, dc := range env.GetPerDevice() {
+		if core.KeyOf(dc.GetDevice()) == dev {
+			mine = append(mine, dc)
+		}
+	}
+	m2 := proto.CloneOf(m)
+	m2.Envelope = &pb.Envelope{Ciphertext: env.GetCiphertext(), PerDevice: mine, ContentHint: env.GetContentHint()}
+	return &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: m2}}
+}
+
+// handlePresence pushes a presence event to the sessions subscribed to its user.
+func (e *Edge) handlePresence(_ context.Context, rec core.BusRecord) error {
+	var r pb.PresenceRecord
+	if err := proto.Unmarshal(rec.Value, &r); err != nil || r.GetEvent() == nil {
+		e.log.Warn("bad presence record skipped", "offset", rec.Offset, "err", err)
+		return nil
+	}
+	e.n.presence.Add(1)
+	e.mu.Lock()
+	var to []*session
+	for s := range e.subs[r.GetEvent().GetUserId()] {
+		to = append(to, s)
+	}
+	e.mu.Unlock()
+	if len(to) == 0 {
+		return nil
+	}
+	b, err := marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Presence{Presence: r.GetEvent()}})
+	if err != nil {
+		return nil
+	}
+	for _, s := range to {
+		s.pushBytes(b)
+	}
+	return nil
+}
+
+// setSubscriptions replaces s's presence subscription set.
+func (e *Edge) setSubscriptions(s *session, users []string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for u := range s.subs {
+		e.unsubscribeLocked(s, u)
+	}
+	s.subs = make(map[string]struct{}, len(users))
+	if e.sessions[s.id] != s { // already unregistered
+		return
+	}
+	for _, u := range users {
+		s.subs[u] = struct{}{}
+		m := e.subs[u]
+		if m == nil {
+			m = map[*session]struct{}{}
+			e.subs[u] = m
+		}
+		m[s] = struct{}{}
+	}
+}

@@ -1,0 +1,333 @@
+package edge
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/webtransport-go"
+
+	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/crypto/noiseconn"
+)
+
+// transport is one client connection carrying Noise messages.
+type transport interface {
+	noiseconn.MsgConn
+	// closeWith closes the connection with an error code: WebSocket close
+	// status 4000+code, WebTransport session error code. It flushes what
+	// was written before (best effort, bounded by a short grace period).
+	closeWith(code pb.ErrorCode, reason string)
+}
+
+// ----------------------------------------------------------------- WebSocket
+
+// wsConn adapts a coder/websocket connection: one binary message per Noise message.
+type wsConn struct{ c *websocket.Conn }
+
+var errTextMessage = errors.New("edge: text WebSocket message")
+
+func (w *wsConn) ReadMessage(ctx context.Context) ([]byte, error) {
+	typ, r, err := w.c.Reader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The library's read limit is off; this reader enforces the Noise
+	// limit itself so that an oversized message can be answered with a
+	// Disconnect before the close.
+	b, err := io.ReadAll(io.LimitReader(r, noiseconn.MaxMessage+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > noiseconn.MaxMessage {
+		return nil, fmt.Errorf("edge: websocket message: %w", noiseconn.ErrTooLarge)
+	}
+	if typ != websocket.MessageBinary {
+		return nil, errTextMessage
+	}
+	return b, nil
+}
+
+func (w *wsConn) WriteMessage(ctx context.Context, b []byte) error {
+	return w.c.Write(ctx, websocket.MessageBinary, b)
+}
+
+func (w *wsConn) Close() error { return w.c.CloseNow() }
+
+func (w *wsConn) closeWith(code pb.ErrorCode, reason string) {
+	// Close writes the close frame after everything written before and
+	// waits (up to 5 s, library-bounded) for the peer's close frame.
+	_ = w.c.Close(websocket.StatusCode(CloseCodeBase+int(code)), reason)
+}
+
+func (e *Edge) listenWS() error {
+	ln, err := net.Listen("tcp", e.cfg.WSAddr)
+	if err != nil {
+		return fmt.Errorf("edge: listen ws: %w", err)
+	}
+	scheme := "ws"
+	if e.cfg.WSTLS {
+		ln = tls.NewListener(ln, e.tls)
+		scheme = "wss"
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(WSPath, e.serveWS)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	e.mu.Lock()
+	e.httpSrv = srv
+	e.wsURL = scheme + "://" + ln.Addr().String() + WSPath
+	e.mu.Unlock()
+	if !e.goTracked(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			e.log.Error("websocket server stopped", "err", err)
+		}
+	}) {
+		_ = ln.Close()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns:  e.cfg.OriginPatterns,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		return // Accept has answered
+	}
+	c.SetReadLimit(-1) // enforced per message by wsConn.ReadMessage
+	ip := clientIP(r.RemoteAddr)
+	if !e.admit(ip) {
+		(&wsConn{c: c}).closeWith(pb.ErrorCode_ERROR_CODE_TOO_MANY_CONNECTIONS, "too many connections from this address")
+		return
+	}
+	// The handler goroutine belongs to net/http, but the session is
+	// tracked by e.wg so Shutdown waits for it.
+	done := make(chan struct{})
+	if !e.goTracked(func() {
+		defer close(done)
+		e.serveConn(&wsConn{c: c}, ip)
+	}) {
+		e.releaseIP(ip)
+		_ = c.Close(websocket.StatusCode(CloseCodeBase+int(pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN)), "shutting down")
+		return
+	}
+	<-done
+}
+
+// ------------------------------------------------------------- WebTransport
+
+// wtConn adapts a WebTransport session whose first bidirectional stream
+// (opened by the client) carries Noise messages, each prefixed with its
+// length as a 2-byte big-endian integer.
+type wtConn struct {
+	sess *webtransport.Session
+	str  *webtransport.Stream
+	rmu  sync.Mutex
+	hdr  [2]byte
+}
+
+func (w *wtConn) ReadMessage(ctx context.Context) ([]byte, error) {
+	w.rmu.Lock()
+	defer w.rmu.Unlock()
+	stop := context.AfterFunc(ctx, func() { _ = w.str.SetReadDeadline(time.Now()) })
+	defer func() {
+		if !stop() {
+			_ = w.str.SetReadDeadline(time.Time{})
+		}
+	}()
+	if _, err := io.ReadFull(w.str, w.hdr[:]); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	b := make([]byte, binary.BigEndian.Uint16(w.hdr[:]))
+	if _, err := io.ReadFull(w.str, b); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	return b, nil
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	return err
+}
+
+func (w *wtConn) WriteMessage(ctx context.Context, b []byte) error {
+	if len(b) > noiseconn.MaxMessage {
+		return noiseconn.ErrTooLarge
+	}
+	stop := context.AfterFunc(ctx, func() { _ = w.str.SetWriteDeadline(time.Now()) })
+	defer func() {
+		if !stop() {
+			_ = w.str.SetWriteDeadline(time.Time{})
+		}
+	}()
+	buf := make([]byte, 2+len(b))
+	binary.BigEndian.PutUint16(buf, uint16(len(b)))
+	copy(buf[2:], b)
+	_, err := w.str.Write(buf)
+	return ctxErr(ctx, err)
+}
+
+func (w *wtConn) Close() error {
+	return w.sess.CloseWithError(0, "")
+}
+
+// wtGrace is how long closeWith waits, after the final frames and the
+// stream's FIN, for the client to close the session itself before the edge
+// tears it down (closing at once could reset the unread frames).
+const wtGrace = time.Second
+
+func (w *wtConn) closeWith(code pb.ErrorCode, reason string) {
+	if w.str != nil {
+		_ = w.str.Close() // FIN after the pending data
+		t := time.NewTimer(wtGrace)
+		select {
+		case <-w.sess.Context().Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	_ = w.sess.CloseWithError(webtransport.SessionErrorCode(code), reason)
+}
+
+func (e *Edge) listenWT() error {
+	udp, err := net.ListenPacket("udp", e.cfg.WTAddr)
+	if err != nil {
+		return fmt.Errorf("edge: listen wt: %w", err)
+	}
+	mux := http.NewServeMux()
+	h3 := &http3.Server{
+		TLSConfig:  http3.ConfigureTLSConfig(e.tls.Clone()),
+		QUICConfig: &quic.Config{EnableDatagrams: true, EnableStreamResetPartialDelivery: true},
+		Handler:    mux,
+	}
+	webtransport.ConfigureHTTP3Server(h3)
+	srv := &webtransport.Server{H3: h3, CheckOrigin: e.checkOrigin}
+	mux.HandleFunc(WTPath, func(w http.ResponseWriter, r *http.Request) {
+		sess, err := srv.Upgrade(w, r)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		ip := clientIP(r.RemoteAddr)
+		if !e.admit(ip) {
+			_ = sess.CloseWithError(webtransport.SessionErrorCode(pb.ErrorCode_ERROR_CODE_TOO_MANY_CONNECTIONS), "too many connections from this address")
+			return
+		}
+		if !e.goTracked(func() { e.serveWT(sess, ip) }) {
+			e.releaseIP(ip)
+			_ = sess.CloseWithError(webtransport.SessionErrorCode(pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN), "shutting down")
+		}
+	})
+	e.mu.Lock()
+	e.wtSrv, e.udpConn = srv, udp
+	e.wtURL = "https://" + udp.LocalAddr().String() + WTPath
+	e.mu.Unlock()
+	if !e.goTracked(func() {
+		if err := srv.Serve(udp); err != nil && e.ctx.Err() == nil {
+			e.log.Debug("webtransport server stopped", "err", err)
+		}
+	}) {
+		_ = udp.Close()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (e *Edge) serveWT(sess *webtransport.Session, ip string) {
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
+	str, err := sess.AcceptStream(ctx)
+	cancel()
+	if err != nil {
+		e.releaseIP(ip)
+		e.n.handshakeFailures.Add(1)
+		_ = sess.CloseWithError(webtransport.SessionErrorCode(pb.ErrorCode_ERROR_CODE_HANDSHAKE_FAILED), "no stream")
+		return
+	}
+	e.serveConn(&wtConn{sess: sess, str: str}, ip)
+}
+
+// checkOrigin allows requests without Origin (native clients), same-origin
+// requests, and origins whose host matches an OriginPatterns entry.
+func (e *Edge) checkOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, p := range e.cfg.OriginPatterns {
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(u.Host)); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func clientIP(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return remote
+	}
+	return host
+}
+
+// selfSignedTLS makes an ECDSA P-256 certificate for localhost/127.0.0.1/::1
+// valid from an hour ago for 13 days: browsers accept certificates pinned
+// by serverCertificateHashes only if valid for at most 14 days.
+func selfSignedTLS(now time.Time) (*tls.Config, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("edge: tls key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return nil, fmt.Errorf("edge: tls serial: %w", err)
+	}
+	tmpl := x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "chatmesh edge"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(13 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("edge: tls certificate: %w", err)
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+	}, nil
+}

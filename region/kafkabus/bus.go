@@ -1,0 +1,406 @@
+package kafkabus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	metaapi "github.com/segmentio/kafka-go/protocol/metadata"
+
+	"github.com/chatmesh/chatmesh/core"
+)
+
+// Sentinel errors. Errors returned by the bus wrap them (and the kafka-go
+// error underneath) with %w.
+var (
+	// ErrClosed is returned by every method after Close.
+	ErrClosed = errors.New("kafkabus: closed")
+	// ErrUnknownTopic means the topic does not exist (create it with EnsureTopic).
+	ErrUnknownTopic = errors.New("kafkabus: unknown topic")
+	// ErrInvalidConfig is returned by New for an unusable Config.
+	ErrInvalidConfig = errors.New("kafkabus: invalid config")
+)
+
+// Config configures a Bus. Only Brokers is required; every other zero value
+// selects the documented default.
+type Config struct {
+	// Brokers are bootstrap addresses (host:port). Required.
+	Brokers []string
+	// ClientID names this client to the brokers. Default "chatmesh".
+	ClientID string
+	// Logger receives warnings (handler retries, broker errors). Default:
+	// discard. Record keys and values are never logged.
+	Logger *slog.Logger
+
+	// ReplicationFactor for EnsureTopic. Default min(3, brokers in the cluster).
+	ReplicationFactor int
+	// BatchTimeout is how long the writer waits to fill a batch. Default 1ms.
+	BatchTimeout time.Duration
+	// BatchSize is the most records in one produce batch. Default 1000.
+	BatchSize int
+	// DialTimeout for every broker connection. Default 10s.
+	DialTimeout time.Duration
+	// MetadataTTL is how long the producer trusts cached metadata. Default 2s.
+	MetadataTTL time.Duration
+
+	// MaxWait is the longest a fetch waits for data; it bounds how long
+	// stopping a consumer takes. Default 200ms.
+	MaxWait time.Duration
+	// CommitInterval is how often a group consumer commits the offsets of
+	// handled records. Default 10ms. Offsets are also committed when a
+	// partition is revoked and when Consume returns.
+	CommitInterval time.Duration
+	// RetryMin and RetryMax bound the backoff between two calls of a handler
+	// that failed on the same record. Defaults 10ms and 2s.
+	RetryMin, RetryMax time.Duration
+	// SessionTimeout, HeartbeatInterval and RebalanceTimeout configure group
+	// membership. Defaults 10s, 1s and 10s. The broker bounds SessionTimeout
+	// (Kafka's group.min.session.timeout.ms defaults to 6s).
+	SessionTimeout, HeartbeatInterval, RebalanceTimeout time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.ClientID == "" {
+		c.ClientID = "chatmesh"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.BatchTimeout, time.Millisecond)
+	def(&c.DialTimeout, 10*time.Second)
+	def(&c.MetadataTTL, 2*time.Second)
+	def(&c.MaxWait, 200*time.Millisecond)
+	def(&c.CommitInterval, 10*time.Millisecond)
+	def(&c.RetryMin, 10*time.Millisecond)
+	def(&c.RetryMax, 2*time.Second)
+	def(&c.SessionTimeout, 10*time.Second)
+	def(&c.HeartbeatInterval, time.Second)
+	def(&c.RebalanceTimeout, 10*time.Second)
+	if c.BatchSize <= 0 {
+		c.BatchSize = 1000
+	}
+	if c.RetryMax < c.RetryMin {
+		c.RetryMax = c.RetryMin
+	}
+}
+
+// Bus implements core.Bus on kafka-go. It is safe for concurrent use.
+type Bus struct {
+	cfg       Config
+	log       *slog.Logger
+	dialer    *kafka.Dialer
+	transport *kafka.Transport
+	writer    *kafka.Writer
+
+	closing   context.Context // done when Close starts
+	stop      context.CancelFunc
+	consumers sync.WaitGroup // running Consume calls
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ core.Bus = (*Bus)(nil)
+
+// New returns a Bus. It does not contact the brokers: connection errors
+// surface from the first call that needs them.
+func New(cfg Config) (*Bus, error) {
+	if len(cfg.Brokers) == 0 {
+		return nil, fmt.Errorf("%w: no brokers", ErrInvalidConfig)
+	}
+	cfg.Brokers = append([]string(nil), cfg.Brokers...)
+	cfg.setDefaults()
+	b := &Bus{cfg: cfg, log: cfg.Logger.With("component", "kafkabus")}
+	b.dialer = &kafka.Dialer{ClientID: cfg.ClientID, Timeout: cfg.DialTimeout}
+	b.transport = b.newTransport()
+	b.writer = &kafka.Writer{
+		Addr:         kafka.TCP(cfg.Brokers...),
+		Balancer:     &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: cfg.BatchTimeout,
+		BatchSize:    cfg.BatchSize,
+		Transport:    b.transport,
+		ErrorLogger:  kafkaLogger(b.log, slog.LevelWarn),
+	}
+	b.closing, b.stop = context.WithCancel(context.Background())
+	return b, nil
+}
+
+func (b *Bus) newTransport() *kafka.Transport {
+	d := &net.Dialer{Timeout: b.cfg.DialTimeout}
+	return &kafka.Transport{
+		Dial:        d.DialContext,
+		DialTimeout: b.cfg.DialTimeout,
+		ClientID:    b.cfg.ClientID,
+		MetadataTTL: b.cfg.MetadataTTL,
+	}
+}
+
+// Produce writes recs with acks=all, each to the partition chosen by the
+// hash of its Key (kafka-go's Hash balancer: FNV-1a; records with a nil Key
+// go round-robin). Concurrent calls share one writer and are batched
+// together per partition. On error some records may have been written.
+func (b *Bus) Produce(ctx context.Context, recs ...core.BusRecord) error {
+	if b.closing.Err() != nil {
+		return ErrClosed
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	msgs := make([]kafka.Message, len(recs))
+	for i, r := range recs {
+		if r.Topic == "" {
+			return fmt.Errorf("kafkabus: produce record %d: %w: empty topic", i, core.ErrInvalidArgument)
+		}
+		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value}
+	}
+	err := b.writer.WriteMessages(ctx, msgs...)
+	if errors.Is(err, kafka.UnknownTopicOrPartition) {
+		// The writer trusts its metadata cache; a topic created by another
+		// client since the last refresh looks unknown. Refresh and retry once.
+		refreshed := false
+		for _, t := range uniqueTopics(recs) {
+			if ok, rerr := b.refreshTopic(ctx, t); rerr == nil && ok {
+				refreshed = true
+			}
+		}
+		if refreshed {
+			err = b.writer.WriteMessages(ctx, msgs...)
+		}
+	}
+	if err != nil {
+		if errors.Is(err, kafka.UnknownTopicOrPartition) {
+			return fmt.Errorf("kafkabus: produce: %w: %w", ErrUnknownTopic, err)
+		}
+		return fmt.Errorf("kafkabus: produce %d records: %w", len(recs), err)
+	}
+	return nil
+}
+
+func uniqueTopics(recs []core.BusRecord) []string {
+	var ts []string
+	seen := map[string]bool{}
+	for _, r := range recs {
+		if !seen[r.Topic] {
+			seen[r.Topic] = true
+			ts = append(ts, r.Topic)
+		}
+	}
+	return ts
+}
+
+// refreshTopic makes the writer's metadata cache learn about topic if the
+// topic exists. It reports whether the topic exists.
+func (b *Bus) refreshTopic(ctx context.Context, topic string) (bool, error) {
+	md, err := b.freshMetadata(ctx, topic)
+	if err != nil {
+		return false, err
+	}
+	if !topicExists(md, topic) {
+		return false, nil
+	}
+	// A metadata request with AllowAutoTopicCreation is the only request
+	// that makes kafka-go's Transport bypass its cache and wait until the
+	// topic appears in it. The topic exists (checked just above), so the flag
+	// creates nothing.
+	_, err = b.transport.RoundTrip(ctx, kafka.TCP(b.cfg.Brokers...), &metaapi.Request{
+		TopicNames:             []string{topic},
+		AllowAutoTopicCreation: true,
+	})
+	return err == nil, err
+}
+
+// freshMetadata reads cluster metadata bypassing every cache: it uses a
+// transport of its own, closed before returning.
+func (b *Bus) freshMetadata(ctx context.Context, topics ...string) (*kafka.MetadataResponse, error) {
+	t := b.newTransport()
+	defer t.CloseIdleConnections()
+	c := &kafka.Client{Addr: kafka.TCP(b.cfg.Brokers...), Transport: t, Timeout: b.cfg.DialTimeout}
+	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+	if err != nil {
+		return nil, fmt.Errorf("kafkabus: metadata: %w", err)
+	}
+	return md, nil
+}
+
+func topicExists(md *kafka.MetadataResponse, topic string) bool {
+	for _, t := range md.Topics {
+		if t.Name == topic {
+			return t.Error == nil
+		}
+	}
+	return false
+}
+
+// EnsureTopic creates topic with the given number of partitions if it does
+// not exist, through the cluster's controller, with replication factor
+// Config.ReplicationFactor (default min(3, brokers in the cluster)). An
+// existing topic is success whatever its partition count (a differing count
+// is logged). It returns once metadata shows a leader for every partition.
+func (b *Bus) EnsureTopic(ctx context.Context, topic string, partitions int) error {
+	if b.closing.Err() != nil {
+		return ErrClosed
+	}
+	if topic == "" || partitions < 1 {
+		return fmt.Errorf("kafkabus: ensure topic %q: %w: need a name and partitions >= 1", topic, core.ErrInvalidArgument)
+	}
+	conn, err := b.dialAny(ctx)
+	if err != nil {
+		return fmt.Errorf("kafkabus: ensure topic %q: %w", topic, err)
+	}
+	brokers, err := conn.Brokers()
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("kafkabus: ensure topic %q: list brokers: %w", topic, err)
+	}
+	ctrl, err := conn.Controller()
+	conn.Close()
+	if err != nil {
+		return fmt.Errorf("kafkabus: ensure topic %q: find controller: %w", topic, err)
+	}
+	rf := b.cfg.ReplicationFactor
+	if rf <= 0 {
+		rf = min(3, len(brokers))
+	}
+	cc, err := b.dialer.DialContext(ctx, "tcp", net.JoinHostPort(ctrl.Host, fmt.Sprint(ctrl.Port)))
+	if err != nil {
+		return fmt.Errorf("kafkabus: ensure topic %q: dial controller: %w", topic, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = cc.SetDeadline(dl)
+	}
+	// Conn.CreateTopics treats TopicAlreadyExists as success.
+	err = cc.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: rf})
+	cc.Close()
+	if err != nil {
+		return fmt.Errorf("kafkabus: ensure topic %q: create: %w", topic, err)
+	}
+	// Wait until every broker's metadata shows a leader for every
+	// partition: a client may ask any broker next.
+	for attempt := 0; ; attempt++ {
+		n, ok := b.topicReadyEverywhere(ctx, topic, brokers)
+		if ok {
+			if n != partitions {
+				b.log.Warn("topic exists with a different partition count", "topic", topic, "want", partitions, "have", n)
+			}
+			_, _ = b.refreshTopic(ctx, topic)
+			return nil
+		}
+		if !sleepCtx(ctx, backoff(attempt, 20*time.Millisecond, 500*time.Millisecond)) {
+			return fmt.Errorf("kafkabus: ensure topic %q: waiting for partition leaders: %w", topic, ctx.Err())
+		}
+	}
+}
+
+// topicReadyEverywhere asks each broker for the topic's metadata and reports
+// the partition count and whether every broker shows a leader for every
+// partition.
+func (b *Bus) topicReadyEverywhere(ctx context.Context, topic string, brokers []kafka.Broker) (int, bool) {
+	n := -1
+	for _, br := range brokers {
+		c, err := b.dialer.DialContext(ctx, "tcp", net.JoinHostPort(br.Host, fmt.Sprint(br.Port)))
+		if err != nil {
+			return 0, false
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			_ = c.SetDeadline(dl)
+		}
+		parts, err := c.ReadPartitions(topic)
+		c.Close()
+		if err != nil || len(parts) == 0 || (n >= 0 && len(parts) != n) {
+			return 0, false
+		}
+		n = len(parts)
+		for _, p := range parts {
+			if p.Error != nil || p.Leader.ID < 0 || p.Leader.Host == "" {
+				return 0, false
+			}
+		}
+	}
+	return n, n > 0
+}
+
+// leaders counts a topic's partitions and those with a leader.
+func leaders(md *kafka.MetadataResponse, topic string) (n, led int) {
+	for _, t := range md.Topics {
+		if t.Name != topic || t.Error != nil {
+			continue
+		}
+		for _, p := range t.Partitions {
+			n++
+			if p.Error == nil && p.Leader.Host != "" && p.Leader.ID >= 0 {
+				led++
+			}
+		}
+	}
+	return n, led
+}
+
+func (b *Bus) dialAny(ctx context.Context) (*kafka.Conn, error) {
+	var errs []error
+	for _, addr := range b.cfg.Brokers {
+		c, err := b.dialer.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("dial brokers: %w", errors.Join(errs...))
+}
+
+// Close stops running Consume calls (they return ErrClosed), waits for
+// them, flushes the writer and releases connections. It is idempotent.
+func (b *Bus) Close() error {
+	b.closeOnce.Do(func() {
+		b.stop()
+		b.consumers.Wait()
+		b.closeErr = b.writer.Close()
+		b.transport.CloseIdleConnections()
+		if b.closeErr != nil && !errors.Is(b.closeErr, io.ErrClosedPipe) {
+			b.closeErr = fmt.Errorf("kafkabus: close writer: %w", b.closeErr)
+		} else {
+			b.closeErr = nil
+		}
+	})
+	return b.closeErr
+}
+
+// backoff returns min*2^attempt capped at max.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	d := lo
+	for i := 0; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	return min(d, hi)
+}
+
+// sleepCtx sleeps d or until ctx ends; it reports whether the sleep completed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// kafkaLogger adapts slog to kafka-go's Logger at one level.
+func kafkaLogger(l *slog.Logger, level slog.Level) kafka.Logger {
+	return kafka.LoggerFunc(func(format string, args ...any) {
+		if l.Enabled(context.Background(), level) {
+			l.Log(context.Background(), level, "kafka-go: "+fmt.Sprintf(format, args...))
+		}
+	})
+}

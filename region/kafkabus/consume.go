@@ -1,0 +1,341 @@
+package kafkabus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/chatmesh/chatmesh/core"
+)
+
+// Consume runs h for the records of spec.Topic until ctx ends (it then
+// returns ctx's error) or the Bus is closed (ErrClosed). A topic that does
+// not exist when Consume starts is a fatal error (ErrUnknownTopic).
+//
+// With spec.Group it joins the consumer group and handles the records of the
+// partitions assigned to this member, from the group's committed offsets (a
+// group without offsets starts at the earliest record). Without a group it
+// tails every partition from its current end. See the package doc for the
+// OnReady guarantee of each mode.
+//
+// Each partition has its own goroutine: h is called for one partition's
+// records one at a time in offset order, and concurrently across
+// partitions. A handler error is retried on the same record with capped
+// exponential backoff (Config.RetryMin..RetryMax) until it succeeds, the
+// partition is revoked, or ctx ends.
+func (b *Bus) Consume(ctx context.Context, spec core.ConsumeSpec, h Handler) error {
+	if h == nil || spec.Topic == "" {
+		return fmt.Errorf("kafkabus: consume: %w: need a topic and a handler", core.ErrInvalidArgument)
+	}
+	b.consumers.Add(1)
+	defer b.consumers.Done()
+	if b.closing.Err() != nil {
+		return ErrClosed
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(b.closing, cancel)
+	defer stop()
+
+	md, err := b.freshMetadata(ctx, spec.Topic)
+	if err != nil {
+		return b.consumeErr(ctx, fmt.Errorf("kafkabus: consume %q: %w", spec.Topic, err))
+	}
+	if !topicExists(md, spec.Topic) {
+		return fmt.Errorf("kafkabus: consume %q: %w", spec.Topic, ErrUnknownTopic)
+	}
+	if spec.Group != "" {
+		err = b.consumeGroup(ctx, spec, h)
+	} else {
+		err = b.consumeTail(ctx, spec, h, md)
+	}
+	return b.consumeErr(ctx, err)
+}
+
+// Handler is core.Handler (re-declared for the doc links of this package).
+type Handler = core.Handler
+
+// consumeErr turns an error caused by the end of ctx into ctx's error, or
+// ErrClosed when the bus was closed.
+func (b *Bus) consumeErr(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		return err
+	}
+	if b.closing.Err() != nil {
+		return ErrClosed
+	}
+	return ctx.Err()
+}
+
+// consumeTail reads every partition from the end offsets it resolves
+// before calling OnReady.
+func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, h Handler, md *kafka.MetadataResponse) error {
+	var parts []int
+	for _, t := range md.Topics {
+		if t.Name == spec.Topic {
+			for _, p := range t.Partitions {
+				parts = append(parts, p.ID)
+			}
+		}
+	}
+	ends, err := b.endOffsets(ctx, spec.Topic, parts)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	for _, p := range parts {
+		wg.Go(func() {
+			b.runPartition(ctx, spec.Topic, p, ends[p], h, nil)
+		})
+	}
+	if spec.OnReady != nil {
+		spec.OnReady()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	return ctx.Err()
+}
+
+// endOffsets returns the high watermark of each partition, read fresh from
+// the partition leaders.
+func (b *Bus) endOffsets(ctx context.Context, topic string, parts []int) (map[int]int64, error) {
+	t := b.newTransport()
+	defer t.CloseIdleConnections()
+	c := &kafka.Client{Addr: kafka.TCP(b.cfg.Brokers...), Transport: t, Timeout: b.cfg.DialTimeout}
+	reqs := make([]kafka.OffsetRequest, len(parts))
+	for i, p := range parts {
+		reqs[i] = kafka.LastOffsetOf(p)
+	}
+	for attempt := 0; ; attempt++ {
+		resp, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{
+			Topics: map[string][]kafka.OffsetRequest{topic: reqs},
+		})
+		if err == nil {
+			ends := make(map[int]int64, len(parts))
+			for _, po := range resp.Topics[topic] {
+				if po.Error != nil {
+					err = po.Error
+					break
+				}
+				ends[po.Partition] = po.LastOffset
+			}
+			if err == nil && len(ends) == len(parts) {
+				return ends, nil
+			}
+			if err == nil {
+				err = fmt.Errorf("got %d of %d partitions", len(ends), len(parts))
+			}
+		}
+		// Leadership may be moving (a broker restarts): retry a few times.
+		if attempt >= 5 || !sleepCtx(ctx, backoff(attempt, 50*time.Millisecond, time.Second)) {
+			return nil, fmt.Errorf("kafkabus: consume %q: end offsets: %w", topic, err)
+		}
+	}
+}
+
+// consumeGroup is the consumer-group loop: one generation after another
+// until ctx ends.
+func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, h Handler) error {
+	log := b.log.With("topic", spec.Topic, "group", spec.Group)
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                spec.Group,
+		Brokers:           b.cfg.Brokers,
+		Dialer:            b.dialer,
+		Topics:            []string{spec.Topic},
+		GroupBalancers:    []kafka.GroupBalancer{kafka.RangeGroupBalancer{}, kafka.RoundRobinGroupBalancer{}},
+		HeartbeatInterval: b.cfg.HeartbeatInterval,
+		SessionTimeout:    b.cfg.SessionTimeout,
+		RebalanceTimeout:  b.cfg.RebalanceTimeout,
+		JoinGroupBackoff:  b.cfg.RetryMax,
+		StartOffset:       kafka.FirstOffset,
+		Timeout:           b.cfg.DialTimeout,
+		ErrorLogger:       kafkaLogger(log, slog.LevelDebug),
+	})
+	if err != nil {
+		return fmt.Errorf("kafkabus: consume %q group %q: %w", spec.Topic, spec.Group, err)
+	}
+	// Close leaves the group and waits for the current generation's
+	// goroutines (partition workers and committer), which stop on its end.
+	defer cg.Close()
+
+	ready := false
+	for attempt := 0; ; {
+		gen, err := cg.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// Join/sync failures: the group retries by itself (after
+			// JoinGroupBackoff); report and wait for the next attempt.
+			attempt++
+			log.Warn("consumer group join failed", "err", err, "attempt", attempt)
+			continue
+		}
+		attempt = 0
+		assigned := gen.Assignments[spec.Topic]
+		log.Debug("consumer group generation", "generation", gen.ID, "partitions", len(assigned))
+		cm := &committer{gen: gen, topic: spec.Topic, every: b.cfg.CommitInterval, log: log, done: map[int]int64{}}
+		cm.workers.Add(len(assigned)) // before the committer may Wait
+		gen.Start(cm.run)
+		for _, a := range assigned {
+			gen.Start(func(gctx context.Context) {
+				defer cm.workers.Done()
+				// Handlers see a context that ends with the generation (the
+				// partition was revoked) or with Consume's ctx.
+				pctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				stop := context.AfterFunc(gctx, cancel)
+				defer stop()
+				b.runPartition(pctx, spec.Topic, a.ID, a.Offset, h, cm.handled)
+				// Returning ends the generation: kafka-go stops a generation
+				// as soon as one of its goroutines returns. That is what we
+				// want when ctx ended; a revoked partition returns only
+				// because the generation ended already.
+			})
+		}
+		if !ready {
+			ready = true
+			if spec.OnReady != nil {
+				spec.OnReady()
+			}
+		}
+	}
+}
+
+// committer commits the offsets of handled records of one generation.
+type committer struct {
+	gen   *kafka.Generation
+	topic string
+	every time.Duration
+	log   *slog.Logger
+
+	workers sync.WaitGroup // partition workers of the generation
+
+	mu      sync.Mutex
+	done    map[int]int64 // partition -> offset of the newest handled record
+	pending bool
+}
+
+// handled records that rec's record was handled: everything up to and
+// including offset in partition may be committed.
+func (c *committer) handled(partition int, offset int64) {
+	c.mu.Lock()
+	c.done[partition] = offset
+	c.pending = true
+	c.mu.Unlock()
+}
+
+func (c *committer) run(gctx context.Context) {
+	t := time.NewTicker(c.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-gctx.Done():
+			// The generation ends (rebalance or shutdown). The partition
+			// workers stop at the same moment; wait for them so that the
+			// records they finished are in the final commit. A record whose
+			// commit is lost (the coordinator may refuse a commit for an
+			// ended generation) is handled again by the next owner.
+			c.workers.Wait()
+			c.commit()
+			return
+		case <-t.C:
+			c.commit()
+		}
+	}
+}
+
+func (c *committer) commit() {
+	c.mu.Lock()
+	if !c.pending {
+		c.mu.Unlock()
+		return
+	}
+	offs := make(map[int]int64, len(c.done))
+	for p, o := range c.done {
+		offs[p] = o + 1 // Kafka commits the offset of the next record to read
+	}
+	c.pending = false
+	c.mu.Unlock()
+	if err := c.gen.CommitOffsets(map[string]map[int]int64{c.topic: offs}); err != nil {
+		c.log.Debug("commit offsets failed; the records will be handled again", "err", err)
+		c.mu.Lock()
+		c.pending = true
+		c.mu.Unlock()
+	}
+}
+
+// runPartition fetches one partition from start (an absolute offset or
+// kafka.FirstOffset/LastOffset) and hands each record to h, in order,
+// retrying failures on the same record, until ctx ends. handled, if not
+// nil, learns each record that h accepted.
+func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, h Handler, handled func(int, int64)) {
+	log := b.log.With("topic", topic, "partition", partition)
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:         b.cfg.Brokers,
+		Topic:           topic,
+		Partition:       partition,
+		Dialer:          b.dialer,
+		MinBytes:        1,
+		MaxBytes:        4 << 20,
+		MaxWait:         b.cfg.MaxWait,
+		ReadLagInterval: -1,
+		ReadBackoffMin:  b.cfg.RetryMin,
+		ReadBackoffMax:  b.cfg.RetryMax,
+		ErrorLogger:     kafkaLogger(log, slog.LevelDebug),
+	})
+	defer r.Close()
+	if err := r.SetOffset(start); err != nil {
+		log.Warn("set start offset", "offset", start, "err", err)
+		return
+	}
+	fails := 0
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			fails++
+			log.Warn("fetch failed", "err", err, "attempt", fails)
+			if !sleepCtx(ctx, backoff(fails, b.cfg.RetryMin, b.cfg.RetryMax)) {
+				return
+			}
+			continue
+		}
+		fails = 0
+		rec := core.BusRecord{Topic: m.Topic, Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset}
+		if !b.handle(ctx, log, h, rec) {
+			return
+		}
+		if handled != nil {
+			handled(m.Partition, m.Offset)
+		}
+	}
+}
+
+// handle calls h until it succeeds; false means ctx ended first.
+func (b *Bus) handle(ctx context.Context, log *slog.Logger, h Handler, rec core.BusRecord) bool {
+	for attempt := 0; ; attempt++ {
+		err := h(ctx, rec)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		lvl := slog.LevelWarn
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			lvl = slog.LevelDebug
+		}
+		log.Log(ctx, lvl, "handler failed; retrying the same record", "offset", rec.Offset, "attempt", attempt+1, "err", err)
+		if !sleepCtx(ctx, backoff(attempt, b.cfg.RetryMin, b.cfg.RetryMax)) {
+			return false
+		}
+	}
+}

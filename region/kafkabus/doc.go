@@ -1,0 +1,119 @@
+// Package kafkabus implements core.Bus, the region's message bus, on Apache
+// Kafka with github.com/segmentio/kafka-go, and runs an embedded
+// Kafka-protocol broker (franz-go's kfake) for `chatmesh dev` and fast tests.
+// The production code path and the embedded one are the same Bus; only the
+// broker differs.
+//
+// # Producing
+//
+// One long-lived kafka.Writer serves every Produce call. Records are placed
+// by kafka.Hash on their Key (FNV-1a of the key modulo the partition count:
+// the key is the conversation id, so a conversation's records stay in one
+// partition and in order), written with acks from all in-sync replicas
+// (RequiredAcks=RequireAll; the cluster's min.insync.replicas decides how
+// many that must be), and batched per partition for at most
+// Config.BatchTimeout (1ms) or Config.BatchSize records. Concurrent callers
+// share batches, which is where the throughput comes from: one caller
+// writing one record at a time waits about one round trip plus 1ms per
+// call. kafka-go has no idempotent producer: after an error (or a timeout)
+// some records may have been written, and a retry by the caller can
+// duplicate them. Consumers de-duplicate (the sequencer by client_msg_id).
+//
+// The writer trusts its metadata cache for Config.MetadataTTL (2s). When a
+// write finds its topic unknown, Produce re-reads the metadata and retries
+// once, so a topic created by another process a moment ago is usable.
+//
+// # Topics
+//
+// EnsureTopic creates a topic through the cluster's controller
+// (kafka.Conn.CreateTopics; "already exists" is success, whatever the
+// existing partition count, which is then logged) with replication factor
+// Config.ReplicationFactor or min(3, brokers in the cluster), then waits
+// until every broker's metadata shows a leader for every partition. Topics
+// are never created implicitly: Produce to or Consume of a missing topic
+// fails with ErrUnknownTopic. Partitions added to a topic later are not
+// picked up by running consumers.
+//
+// # Consuming
+//
+// Consume with a ConsumeSpec.Group joins that consumer group (kafka-go's
+// ConsumerGroup; range assignment) and runs one goroutine per assigned
+// partition, each with its own partition reader: the handler sees one
+// partition's records one at a time, in offset order, and different
+// partitions concurrently. A handler error is retried on the same record
+// with exponential backoff from Config.RetryMin to Config.RetryMax, for as
+// long as it takes (the handler must be idempotent and should not return a
+// permanent error: a poison record stalls its partition, which is logged
+// at each retry). The offset of a record is committed only after its
+// handler returned nil: handled offsets are committed every
+// Config.CommitInterval (10ms), and once more when the generation ends
+// (rebalance, Consume returning), after the partition workers stopped.
+// Delivery is at-least-once: records handled after the last successful
+// commit are handled again by the partition's next owner. A group with no
+// committed offset starts at the earliest record of each partition, so no
+// record written before the group first joined is skipped.
+//
+// Consume without a group is a live tail: it lists the topic's partitions,
+// reads each partition's current end offset (high watermark) from its
+// leader, and reads every partition from there, one goroutine per
+// partition, committing nothing.
+//
+// # OnReady
+//
+// Without a group, OnReady is called after the end offsets of all
+// partitions were read: every record whose produce was acknowledged after
+// OnReady was called has a larger offset and is handed to the handler.
+//
+// With a group, OnReady is called once, after this member's first join and
+// sync completed and its assigned partitions and their start offsets
+// (committed offsets, or the earliest offset for a new group) are known and
+// their workers started. Every record that the group has not committed —
+// in particular every record produced after OnReady — will be handled by
+// some member of the group. It does not mean this member owns any
+// particular partition (it may own none when the group has more members
+// than partitions), and a later rebalance can move partitions.
+//
+// # Embedded broker
+//
+// StartEmbedded runs kfake (github.com/twmb/franz-go/pkg/kfake, pinned in
+// go.mod) as one broker on 127.0.0.1 (a given port, or a random one). What
+// kafka-go needs works against it and is covered by the bustest contract
+// suite: topic creation, produce with acks, fetch, consumer groups with
+// join/sync/heartbeat/leave and rebalancing, offset commit and fetch.
+// kfake does not model replication (one broker, acks=all means "stored"),
+// quotas, or the timing of a real cluster. Automatic topic creation is off.
+//
+// With EmbeddedConfig.DataDir kfake persists to that directory: segment
+// files of record batches per partition, and append-only logs of topic,
+// group and committed-offset state, reloaded on the next StartEmbedded with
+// the same directory. It is written continuously, not only on Close, so a
+// dev process killed with SIGKILL keeps every acknowledged record that
+// reached the OS (the page cache survives a process kill); a torn last
+// batch is dropped on load. Only a machine crash can lose records that were
+// acknowledged but not fsynced; EmbeddedConfig.SyncWrites fsyncs every
+// batch before acknowledging it, at the cost of produce throughput.
+// TestEmbeddedPersists checks a clean restart and TestEmbeddedSurvivesSIGKILL
+// a SIGKILLed broker process: acknowledged records and committed group
+// offsets survive both.
+//
+// # Life cycle and concurrency
+//
+// New makes a Bus without contacting the brokers. Every method is safe for
+// concurrent use. Consume blocks until its ctx ends or the Bus is closed; it
+// owns its goroutines and waits for all of them before returning. Close
+// ends running Consume calls (they return ErrClosed), waits for them,
+// flushes and closes the writer; it is idempotent, and every method returns
+// ErrClosed afterwards. Stopping a consumer takes up to Config.MaxWait
+// (200ms) plus the running handler call. The Embedded broker runs until its
+// Close.
+//
+// Logging: warnings (handler retries, fetch and join failures) go to
+// Config.Logger with topic, partition, group and offset. Record keys and
+// values are never logged.
+//
+// # Real Kafka
+//
+// deploy/kafka/cluster.sh starts a three-node KRaft cluster on loopback for
+// the integration tests (CHATMESH_KAFKA_BROKERS=... go test ./region/kafkabus/
+// runs the contract suite against it); see deploy/kafka/README.md.
+package kafkabus

@@ -1,0 +1,138 @@
+package kafkabus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// EmbeddedConfig configures an in-process Kafka-protocol broker. The zero
+// value is a one-broker, in-memory cluster on a random loopback port.
+type EmbeddedConfig struct {
+	// Addr is the listen address. Only 127.0.0.1 is supported by kfake;
+	// "" or a port of 0 picks a random free port. Example "127.0.0.1:9092".
+	Addr string
+	// DataDir, if set, makes the broker persist topics, records, committed
+	// offsets and group state to this directory (created if needed) and
+	// reload them on the next start. Empty keeps everything in memory.
+	DataDir string
+	// SyncWrites fsyncs every produced batch before it is acknowledged.
+	// Without it records reach the OS page cache at once (they survive a
+	// process kill, not a machine crash) and are fsynced on segment roll
+	// and Close. Only meaningful with DataDir.
+	SyncWrites bool
+	// Logger receives the broker's warnings and errors. Default: discard.
+	Logger *slog.Logger
+	// GroupMinSessionTimeout is the smallest group session timeout the broker
+	// accepts. Default 1s (kfake's own default is 6s).
+	GroupMinSessionTimeout time.Duration
+}
+
+// Embedded is a running in-process broker (franz-go's kfake).
+type Embedded struct {
+	c         *kfake.Cluster
+	addrs     []string
+	closeOnce sync.Once
+}
+
+// StartEmbedded starts a one-node kfake cluster. ctx bounds only the start
+// (loading a persisted DataDir may take a while); the broker runs until
+// Close. Topics are not created automatically: use Bus.EnsureTopic.
+func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("kafkabus: start embedded broker: %w", err)
+	}
+	port := 0
+	if cfg.Addr != "" {
+		host, p, err := net.SplitHostPort(cfg.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("kafkabus: start embedded broker: %w: addr %q: %w", ErrInvalidConfig, cfg.Addr, err)
+		}
+		if host != "" && host != "127.0.0.1" && host != "localhost" {
+			return nil, fmt.Errorf("kafkabus: start embedded broker: %w: kfake listens on 127.0.0.1 only, not %q", ErrInvalidConfig, host)
+		}
+		if port, err = strconv.Atoi(p); err != nil || port < 0 || port > 65535 {
+			return nil, fmt.Errorf("kafkabus: start embedded broker: %w: port %q", ErrInvalidConfig, p)
+		}
+	}
+	if cfg.GroupMinSessionTimeout <= 0 {
+		cfg.GroupMinSessionTimeout = time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.Ports(port),
+		kfake.ClusterID("chatmesh-embedded"),
+		kfake.WithLogger(kfakeLogger{log.With("component", "kfake")}),
+		kfake.GroupMinSessionTimeout(cfg.GroupMinSessionTimeout),
+	}
+	if cfg.DataDir != "" {
+		opts = append(opts, kfake.DataDir(cfg.DataDir))
+		if cfg.SyncWrites {
+			opts = append(opts, kfake.SyncWrites())
+		}
+	}
+	type result struct {
+		c   *kfake.Cluster
+		err error
+	}
+	// NewCluster has no context; run it aside so ctx can bound the wait.
+	ch := make(chan result, 1)
+	go func() {
+		c, err := kfake.NewCluster(opts...)
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, fmt.Errorf("kafkabus: start embedded broker: %w", r.err)
+		}
+		return &Embedded{c: r.c, addrs: r.c.ListenAddrs()}, nil
+	case <-ctx.Done():
+		// The start goroutine finishes on its own; close what it built.
+		go func() {
+			if r := <-ch; r.c != nil {
+				r.c.Close()
+			}
+		}()
+		return nil, fmt.Errorf("kafkabus: start embedded broker: %w", ctx.Err())
+	}
+}
+
+// Addrs returns the broker's listen addresses (host:port), to use as
+// Config.Brokers.
+func (e *Embedded) Addrs() []string { return append([]string(nil), e.addrs...) }
+
+// Close stops the broker; with a DataDir it first saves its state. It is
+// idempotent.
+func (e *Embedded) Close() error {
+	e.closeOnce.Do(e.c.Close)
+	return nil
+}
+
+// kfakeLogger adapts slog to kfake's logger: errors and warnings only.
+type kfakeLogger struct{ l *slog.Logger }
+
+func (k kfakeLogger) Logf(level kfake.LogLevel, format string, args ...any) {
+	var l slog.Level
+	switch level {
+	case kfake.LogLevelError:
+		l = slog.LevelError
+	case kfake.LogLevelWarn:
+		l = slog.LevelWarn
+	default:
+		return
+	}
+	if k.l.Enabled(context.Background(), l) {
+		k.l.Log(context.Background(), l, fmt.Sprintf(format, args...))
+	}
+}

@@ -1,0 +1,79 @@
+// Package pebblestore implements core.Store on an embedded Pebble database
+// (github.com/cockroachdb/pebble/v2, CockroachDB's storage engine). It is the
+// store of `chatmesh dev` and of single-node deployments; it passes the
+// shared contract suite in region/storetest.
+//
+// # Life cycle
+//
+//	s, err := pebblestore.Open(dir, pebblestore.Options{Logger: log})
+//	...
+//	defer s.Close()
+//
+// Open creates the directory's database if needed. Close is idempotent;
+// calls after it fail with ErrClosed. Close must not race with calls still
+// in flight (the owner stops its callers first).
+//
+// # Ownership and concurrency
+//
+// A Pebble store is owned by exactly one process and one Store value: Pebble
+// takes a file lock on the directory, so a second Open fails. Pebble has no
+// transactions, so every read-check-write is made atomic by in-process
+// locking around one Pebble batch:
+//
+//   - Append holds a per-conversation lock stripe (Options.Stripes, default
+//     256, chosen by hashing the conversation id) while it checks the
+//     idempotency key, the conversation and its epoch, then commits the
+//     entry, the key, the new head and the membership changes in one batch.
+//     Appends to different stripes run in parallel and share Pebble's group
+//     commit.
+//   - AdvanceCursor holds a per-conversation stripe of a second lock array.
+//   - RegisterDevice holds one store-wide lock (static-key uniqueness spans
+//     users; registration is rare).
+//   - Route and last-seen changes hold one store-wide lock.
+//   - Reads take no lock; each sees committed batches only.
+//
+// Every method is safe for concurrent use. The locks make the store
+// correct only within one process, which is why the directory is locked.
+//
+// # Durability
+//
+// Every write batch commits with pebble.Sync: when a method returns, its
+// effect is in the fsynced write-ahead log and survives a SIGKILL or a power
+// loss. Routes are synced too, so that a restarted region does not believe
+// in sessions it has already cleared.
+//
+// # Key layout
+//
+// Each key starts with a one-byte tag. Strings inside keys are terminated by
+// 0x00 when something follows them (so ids must not contain NUL; such ids are
+// ErrInvalidArgument), which also keeps byte order equal to string order:
+// "a" 0x00 sorts before "ab". Numbers in keys are big-endian, so they sort
+// numerically.
+//
+//	'u' user                                  -> home region, created_at   (users)
+//	'd' user 0 dev:BE32                       -> device fields             (devices, by number)
+//	's' noise_static                          -> user, dev                 (static-key index)
+//	'c' conv                                  -> kind, title, home region, epoch, head, created_at
+//	'm' conv 0 seq:BE64                       -> pb.Message (protobuf, Seq and Epoch set)
+//	'k' conv 0 sender 0 dev:BE32 client_msg_id -> seq                      (idempotency keys)
+//	'b' conv 0 user                           -> joined_seq                (members, by user)
+//	'v' user 0 conv                           -> (empty)                   (a user's conversations)
+//	'x' user 0 dev:BE32 conv                  -> delivered, read           (cursors by device)
+//	'y' conv 0 user 0 dev:BE32                -> delivered, read           (cursors by conversation)
+//	'r' user 0 dev:BE32                       -> edge, session, since      (routes)
+//	'e' edge 0 user 0 dev:BE32                -> (empty)                   (routes by edge)
+//	'l' user                                  -> last seen ms
+//
+// Values other than messages use a compact encoding of unsigned and signed
+// varints and length-prefixed byte strings (codec.go). The 'x'/'y' and
+// 'r'/'e' pairs are written in the same batch, so an index never disagrees
+// with its table. An idempotency key is never deleted; messages are never
+// deleted (retention is future work and would delete 'm' and 'k' together).
+//
+// # What it does not do
+//
+// No replication, no multi-region placement and no sharing between
+// processes: production runs region/pgstore on CockroachDB. Semantics shared
+// with pgstore that core/ports.go leaves open are listed in
+// region/storetest's documentation.
+package pebblestore

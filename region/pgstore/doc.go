@@ -1,0 +1,75 @@
+// Package pgstore implements core.Store on PostgreSQL and CockroachDB with
+// pgx/v5 (pgxpool). It is the production store: CockroachDB in a
+// multi-region cluster, PostgreSQL 15 in tests. It passes the shared
+// contract suite in region/storetest.
+//
+// # Life cycle
+//
+//	s, err := pgstore.Open(ctx, dsn, pgstore.Options{Logger: log})
+//	...
+//	defer s.Close()
+//
+// Open parses the DSN (a postgres:// URL or key=value string), creates the
+// pool, creates Options.Schema if one is given (it becomes every
+// connection's search_path, so tests and simulated regions can each have a
+// schema in one database) and applies the embedded migrations. Close is
+// idempotent and waits for connections in use.
+//
+// # Migrations
+//
+// migrations/NNNN_name.sql files are embedded and applied in version order.
+// Each is applied in one transaction together with its row in
+// schema_migrations (version, name, applied_at_ms); a version already
+// recorded is skipped. The statements themselves are idempotent
+// (CREATE TABLE / INDEX IF NOT EXISTS), and concurrent Opens of a fresh
+// database converge: the losers of a DDL race get a retryable error, retry,
+// and find the version recorded. A new migration is a new file with the
+// next number; never edit an applied one.
+//
+// # Dialect
+//
+// The SQL is the subset PostgreSQL 15 and CockroachDB both accept: explicit
+// primary keys (no SERIAL or sequences), no PL/pgSQL, no extensions,
+// INSERT ... ON CONFLICT, DELETE ... RETURNING, unnest and = ANY over
+// TEXT[] parameters, GREATEST, SELECT ... FOR UPDATE. Unsigned 64-bit values
+// (seqs, epochs, sessions) are stored bit for bit in BIGINT columns and
+// compared in Go, never in SQL, except seq ranges, which stay below 2^63.
+// Text ordering is byte order: results are sorted in Go after the query, so
+// the database's collation (en_US on some PostgreSQL installs) cannot
+// reorder ids. Nothing CockroachDB-only is used yet; multi-region table
+// localities (REGIONAL BY ROW on conversations keyed by home_region) belong
+// in a later migration guarded by a dialect check, see deploy/.
+//
+// Conversations carry home_region and epoch: the epoch fences a deposed
+// sequencer (an Append below the stored epoch fails with core.ErrFenced, an
+// Append above it raises it), so a region that lost ownership cannot write
+// even while it still believes it owns the conversation.
+//
+// # Transactions and concurrency
+//
+// Every write runs in one SERIALIZABLE transaction, retried as a whole — a
+// new transaction each attempt — by crdb.ExecuteCtx around
+// pgx.BeginTxFunc, with jittered exponential backoff (1 ms doubling to
+// 100 ms) and at most Options.MaxRetries (50) retries. crdbpgx.ExecuteTx is
+// deliberately not used: it retries by savepoint inside one transaction,
+// which never recovers from a 40001 on PostgreSQL and can report success for
+// a rolled-back COMMIT. Besides serialization failures (40001), deadlocks
+// and "created concurrently" errors (unique violation, duplicate table or
+// object) are retried: the retry re-reads and finds the row.
+//
+// Append reads the idempotency key first (so a replay always succeeds and
+// changes nothing), then locks the conversation row FOR UPDATE, checks the
+// epoch, inserts the entry, moves the head and applies membership changes
+// in the same transaction. Concurrent appenders of one conversation — even
+// in different processes — therefore serialize on that row; there is no
+// in-process lock. Reads run outside transactions on the pool.
+//
+// Every method is safe for concurrent use.
+//
+// # What it does not do
+//
+// It does not cache, does not create the database or role
+// (deploy/postgres/ensure.sh does that for tests and CI), and does not
+// delete messages (retention is future work). The semantics that
+// core/ports.go leaves open are listed in region/storetest.
+package pgstore

@@ -1,0 +1,192 @@
+package region
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// BackendPath is where a region serves the edge RPC.
+const BackendPath = "/internal/v1/backend"
+
+const maxRPCBody = 1 << 20
+
+// Handler serves the API to edges in other processes: POST BackendPath with
+// a pb.BackendCall, answered by a pb.BackendReply. If token is not empty,
+// callers must send "Authorization: Bearer <token>". Serve it on an
+// internal network only.
+func (a *API) Handler(token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+BackendPath, func(w http.ResponseWriter, req *http.Request) {
+		if token != "" && subtle.ConstantTimeCompare([]byte(req.Header.Get("Authorization")), []byte("Bearer "+token)) != 1 {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(req.Body, maxRPCBody+1))
+		if err != nil || len(body) > maxRPCBody {
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+		var call pb.BackendCall
+		if err := proto.Unmarshal(body, &call); err != nil {
+			http.Error(w, "malformed call", http.StatusBadRequest)
+			return
+		}
+		reply := a.serve(req.Context(), &call)
+		out, err := proto.Marshal(reply)
+		if err != nil {
+			http.Error(w, "encode", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		_, _ = w.Write(out)
+	})
+	return mux
+}
+
+func (a *API) serve(ctx context.Context, call *pb.BackendCall) *pb.BackendReply {
+	var err error
+	reply := &pb.BackendReply{}
+	switch c := call.GetCall().(type) {
+	case *pb.BackendCall_Authenticate:
+		var k core.DeviceKey
+		k, err = a.Authenticate(ctx, c.Authenticate)
+		if err == nil {
+			reply.Device = k.Addr()
+		}
+	case *pb.BackendCall_Register:
+		reply.Register, err = a.Register(ctx, c.Register.GetNoiseStatic(), c.Register.GetRequest())
+	case *pb.BackendCall_SessionOpened:
+		err = a.SessionOpened(ctx, routeOf(c.SessionOpened))
+	case *pb.BackendCall_SessionClosed:
+		err = a.SessionClosed(ctx, core.KeyOf(c.SessionClosed.GetDevice()), c.SessionClosed.GetSessionId())
+	case *pb.BackendCall_EdgeStarted:
+		err = a.EdgeStarted(ctx, c.EdgeStarted)
+	case *pb.BackendCall_Query:
+		reply.Response, err = a.Query(ctx, core.KeyOf(c.Query.GetDevice()), c.Query.GetFrame())
+	default:
+		err = fmt.Errorf("backend: empty call: %w", core.ErrInvalidArgument)
+	}
+	if err != nil {
+		a.r.log.Debug("backend call failed", "err", err)
+		reply.Error = core.ToWire(err)
+		if core.Code(err) == pb.ErrorCode_ERROR_CODE_INTERNAL {
+			// Transient store trouble: let the edge tell its client to retry.
+			reply.Error = &pb.Error{Code: pb.ErrorCode_ERROR_CODE_UNAVAILABLE, Detail: "region unavailable"}
+		}
+	}
+	return reply
+}
+
+func routeOf(r *pb.BackendRoute) core.Route {
+	return core.Route{Device: core.KeyOf(r.GetDevice()), Edge: r.GetEdgeId(), Session: r.GetSessionId(), SinceMs: r.GetSinceMs()}
+}
+
+// RemoteAPI calls a region's API over HTTP; it has the same methods as API,
+// so an edge in another process uses it as its backend.
+type RemoteAPI struct {
+	URL    string // base URL of the region's internal listener, e.g. http://10.0.0.5:7490
+	Token  string
+	Client *http.Client // nil: a client with a 10 s timeout
+}
+
+func (r *RemoteAPI) call(ctx context.Context, call *pb.BackendCall) (*pb.BackendReply, error) {
+	body, err := proto.Marshal(call)
+	if err != nil {
+		return nil, fmt.Errorf("remote api: encode: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.URL+BackendPath, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("remote api: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/x-protobuf")
+	if r.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.Token)
+	}
+	c := r.Client
+	if c == nil {
+		c = &http.Client{Timeout: 10 * time.Second}
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("remote api: %w: %w", core.ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("remote api: read: %w: %w", core.ErrUnavailable, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("remote api: status %d: %w", resp.StatusCode, core.ErrUnavailable)
+	}
+	var reply pb.BackendReply
+	if err := proto.Unmarshal(out, &reply); err != nil {
+		return nil, fmt.Errorf("remote api: decode: %w", err)
+	}
+	if err := core.FromWire(reply.GetError()); err != nil {
+		return &reply, err
+	}
+	return &reply, nil
+}
+
+// Authenticate implements the edge backend.
+func (r *RemoteAPI) Authenticate(ctx context.Context, static []byte) (core.DeviceKey, error) {
+	reply, err := r.call(ctx, &pb.BackendCall{Call: &pb.BackendCall_Authenticate{Authenticate: static}})
+	if err != nil {
+		return core.DeviceKey{}, err
+	}
+	return core.KeyOf(reply.GetDevice()), nil
+}
+
+// Register implements the edge backend.
+func (r *RemoteAPI) Register(ctx context.Context, static []byte, req *pb.RegisterRequest) (*pb.RegisterResponse, error) {
+	reply, err := r.call(ctx, &pb.BackendCall{Call: &pb.BackendCall_Register{Register: &pb.BackendRegister{NoiseStatic: static, Request: req}}})
+	if err != nil {
+		return nil, err
+	}
+	if reply.GetRegister() == nil {
+		return nil, errors.New("remote api: empty register reply")
+	}
+	return reply.GetRegister(), nil
+}
+
+// SessionOpened implements the edge backend.
+func (r *RemoteAPI) SessionOpened(ctx context.Context, rt core.Route) error {
+	_, err := r.call(ctx, &pb.BackendCall{Call: &pb.BackendCall_SessionOpened{SessionOpened: &pb.BackendRoute{
+		Device: rt.Device.Addr(), EdgeId: rt.Edge, SessionId: rt.Session, SinceMs: rt.SinceMs,
+	}}})
+	return err
+}
+
+// SessionClosed implements the edge backend.
+func (r *RemoteAPI) SessionClosed(ctx context.Context, dev core.DeviceKey, session uint64) error {
+	_, err := r.call(ctx, &pb.BackendCall{Call: &pb.BackendCall_SessionClosed{SessionClosed: &pb.BackendRoute{
+		Device: dev.Addr(), SessionId: session,
+	}}})
+	return err
+}
+
+// EdgeStarted implements the edge backend.
+func (r *RemoteAPI) EdgeStarted(ctx context.Context, edgeID string) error {
+	_, err := r.call(ctx, &pb.BackendCall{Call: &pb.BackendCall_EdgeStarted{EdgeStarted: edgeID}})
+	return err
+}
+
+// Query implements the edge backend.
+func (r *RemoteAPI) Query(ctx context.Context, dev core.DeviceKey, f *pb.ClientFrame) (*pb.Response, error) {
+	reply, err := r.call(ctx, &pb.BackendCall{Call: &pb.BackendCall_Query{Query: &pb.BackendQuery{Device: dev.Addr(), Frame: f}}})
+	if err != nil {
+		return nil, err
+	}
+	return reply.GetResponse(), nil
+}

@@ -1,0 +1,63 @@
+package region_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/region"
+)
+
+// The remote API must behave exactly like the in-process one, errors included.
+func TestRemoteAPI(t *testing.T) {
+	h := newHarness(t)
+	srv := httptest.NewServer(h.api.Handler("s3cret"))
+	defer srv.Close()
+	ctx := context.Background()
+
+	bad := &region.RemoteAPI{URL: srv.URL, Token: "wrong"}
+	if _, err := bad.Authenticate(ctx, make([]byte, 32)); !errors.Is(err, core.ErrUnavailable) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	r := &region.RemoteAPI{URL: srv.URL, Token: "s3cret"}
+	static := make([]byte, 32)
+	rand.Read(static)
+	if _, err := r.Authenticate(ctx, static); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("unregistered: %v", err)
+	}
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	reg, err := r.Register(ctx, static, &pb.RegisterRequest{UserId: "erin", IdentityKey: pub})
+	if err != nil || reg.GetDevice().GetDeviceId() != 1 {
+		t.Fatalf("register: %v %v", reg, err)
+	}
+	dev, err := r.Authenticate(ctx, static)
+	if err != nil || dev != (core.DeviceKey{User: "erin", Device: 1}) {
+		t.Fatalf("authenticate: %v %v", dev, err)
+	}
+	if err := r.SessionOpened(ctx, core.Route{Device: dev, Edge: "e9", Session: 7, SinceMs: 5}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := r.Query(ctx, dev, &pb.ClientFrame{ReqId: 4, Body: &pb.ClientFrame_PresenceSubscribe{PresenceSubscribe: &pb.PresenceSubscribe{Users: []string{"erin"}}}})
+	if err != nil || resp.GetReqId() != 4 || !resp.GetPresence().GetUsers()[0].GetOnline() {
+		t.Fatalf("presence: %v %v", resp, err)
+	}
+	if err := r.SessionClosed(ctx, dev, 7); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = r.Query(ctx, dev, &pb.ClientFrame{Body: &pb.ClientFrame_PresenceSubscribe{PresenceSubscribe: &pb.PresenceSubscribe{Users: []string{"erin"}}}})
+	if p := resp.GetPresence().GetUsers()[0]; p.GetOnline() || p.GetLastSeenMs() == 0 {
+		t.Fatalf("after close: %v", p)
+	}
+	if err := r.EdgeStarted(ctx, "e9"); err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = r.Query(ctx, dev, &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: "g:nope"}}})
+	if resp.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_NOT_FOUND {
+		t.Fatalf("history of missing conv: %v", resp)
+	}
+}

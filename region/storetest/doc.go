@@ -1,0 +1,60 @@
+// Package storetest is the contract test suite for core.Store.
+//
+// Every Store implementation (region/pebblestore, region/pgstore) runs the
+// same suite from its own tests:
+//
+//	func TestContract(t *testing.T) {
+//		storetest.Run(t, func(t *testing.T) core.Store { return openFresh(t) })
+//	}
+//
+// and the same Append benchmark:
+//
+//	func BenchmarkAppend(b *testing.B) {
+//		storetest.Bench(b, func(b *testing.B) core.Store { return openFresh(b) })
+//	}
+//
+// # What the suite checks
+//
+// Each sentence of the core.Store documentation in core/ports.go is a
+// subtest: registration (create user, idempotent re-registration of the same
+// Noise static key, next device number, static key owned by another user,
+// missing user, DeviceByStatic), Append (create-on-append, gapless seqs,
+// idempotency-key replay returning the first stored entry with Duplicate set
+// and nothing changed — also after later appends and after fencing, epoch
+// fencing, missing conversation, membership effects with JoinedSeq),
+// Messages paging, a protobuf round trip of every Message field, cursors,
+// routes and last-seen, and concurrency: many goroutines appending to one
+// conversation with distinct and duplicate keys (gapless seqs 1..N, exactly
+// one non-duplicate result per key, the same seq for every replay of a key),
+// concurrent cursor advances (the moves form one chain from 0 to the maximum),
+// and concurrent device registration.
+//
+// # Semantics the suite pins down where core/ports.go is silent
+//
+//   - A writer with a higher epoch than the stored conversation raises the
+//     conversation's epoch, so the previous owner is fenced from then on.
+//   - Append with an empty ClientMsgId, a nil Message or an empty ConvId is
+//     ErrInvalidArgument (an entry without an idempotency key could not be
+//     de-duplicated); a Create whose ID differs from Message.ConvId too.
+//   - Messages of a missing conversation is ErrNotFound; limit <= 0 means
+//     core.DefaultPageSize and limits above core.MaxPageSize are clamped.
+//   - Cursors of the two kinds are independent; an unknown kind is
+//     ErrInvalidArgument. AdvanceCursor does not require the conversation to
+//     exist.
+//   - ClearRoute and ClearEdgeRoutes set last-seen only for routes they
+//     actually removed, and last-seen never moves back in time.
+//   - RegisterDevice takes the user from u.ID (d.Key.User may be empty or
+//     equal to it; a different value is ErrInvalidArgument); an empty
+//     NoiseStatic is ErrInvalidArgument.
+//
+// # Contract for open
+//
+// open must return a new, empty store that belongs to the calling (sub)test.
+// The suite closes it with t.Cleanup; anything else the store needs removed
+// (a directory, a database schema) open registers with t.Cleanup itself,
+// before returning, so that it runs after Close. Subtests call t.Parallel,
+// so open must tolerate concurrent calls.
+//
+// The suite sends no traffic anywhere; it only calls the store. Load loops
+// are bounded in count.
+package storetest
