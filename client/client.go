@@ -62,6 +62,11 @@ type Config struct {
 	AckTimeout time.Duration
 	// DialTimeout bounds dialing plus the Noise handshake. Default 10 s.
 	DialTimeout time.Duration
+	// KeepAlive is the ping interval on an otherwise quiet session (edges
+	// close sessions idle for 2 min by default); a ping unanswered for
+	// another KeepAlive ends the session (dead-connection detection).
+	// Default 30 s.
+	KeepAlive time.Duration
 	// MinBackoff and MaxBackoff bound reconnect and resend backoff
 	// (exponential with full jitter). Defaults 100 ms and 10 s.
 	MinBackoff, MaxBackoff time.Duration
@@ -101,6 +106,9 @@ func (c *Config) defaults() {
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second
+	}
+	if c.KeepAlive <= 0 {
+		c.KeepAlive = 30 * time.Second
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = 100 * time.Millisecond
@@ -164,6 +172,7 @@ type Client struct {
 	notices      []Event
 	dropped      uint64
 	emitted      map[string]uint64
+	dirty        map[string]struct{}
 	events       chan Event
 	dispatchWake chan struct{}
 
@@ -171,6 +180,9 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	runErr error // guarded by mu; set when the started Run ends
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open loads (or creates) the device state in cfg.StateDir and starts the
@@ -203,8 +215,8 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		id: id, up: make(chan struct{}),
 		results: map[string]SendResult{}, waiters: map[string][]chan struct{}{},
 		recv:    map[string]*recvState{},
-		emitted: map[string]uint64{},
-		events:  make(chan Event, cfg.EventBuffer), dispatchWake: make(chan struct{}, 1),
+		emitted: map[string]uint64{}, dirty: map[string]struct{}{},
+		events: make(chan Event, cfg.EventBuffer), dispatchWake: make(chan struct{}, 1),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Go(func() { c.dispatch(c.ctx) })
@@ -217,7 +229,8 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 func (c *Client) Close() error {
 	c.cancel()
 	c.wg.Wait()
-	return nil
+	c.closeOnce.Do(func() { c.closeErr = c.outbox.Close() })
+	return c.closeErr
 }
 
 // Events returns the event stream. See the package doc for the slow-app policy.
@@ -442,8 +455,7 @@ func (c *Client) Err() error {
 // Run connects, keeps the device connected (reconnecting with backoff,
 // rotating through Config.Edges) and returns when ctx ends, the client is
 // closed, or an edge rejects the device for good (UNAUTHENTICATED,
-// REPLACED, FORBIDDEN, or a Disconnect without reconnect). Run at most once
-// at a time; Start is the managed form.
+// REPLACED, FORBIDDEN). Run at most once at a time; Start is the managed form.
 func (c *Client) Run(ctx context.Context) error {
 	if _, ok := c.Device(); !ok {
 		return ErrNotRegistered
@@ -490,18 +502,25 @@ func (c *Client) run(ctx context.Context) error {
 	}
 }
 
-// fatal reports whether a session error means "do not reconnect".
+// fatal reports whether a session error means "do not reconnect": the
+// edge does not accept this device (UNAUTHENTICATED, FORBIDDEN) or another
+// connection of the same device replaced this one (REPLACED). Everything
+// else — including a Disconnect without the reconnect flag for other codes
+// (frame too large, malformed, too many connections) — is retried with
+// backoff, so a transient condition never stops the client for good.
 func fatal(err error) bool {
+	code := pb.ErrorCode_ERROR_CODE_OK
 	var de *DisconnectError
-	if errors.As(err, &de) {
-		return !de.Reconnect && de.Code != pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN && de.Code != pb.ErrorCode_ERROR_CODE_IDLE_TIMEOUT
-	}
 	var we *core.WireError
-	if errors.As(err, &we) {
-		switch we.Code {
-		case pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, pb.ErrorCode_ERROR_CODE_REPLACED, pb.ErrorCode_ERROR_CODE_FORBIDDEN:
-			return true
-		}
+	switch {
+	case errors.As(err, &de):
+		code = de.Code
+	case errors.As(err, &we):
+		code = we.Code
+	}
+	switch code {
+	case pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, pb.ErrorCode_ERROR_CODE_REPLACED, pb.ErrorCode_ERROR_CODE_FORBIDDEN:
+		return true
 	}
 	return false
 }
@@ -527,6 +546,7 @@ func (c *Client) runSession(ctx context.Context, edge string) error {
 	s.wg.Go(s.syncer)
 	s.wg.Go(s.acker)
 	s.wg.Go(func() { c.sender(s) })
+	s.wg.Go(func() { c.keepalive(s) })
 	c.mu.Lock()
 	c.sess = s
 	close(c.up)
@@ -557,6 +577,27 @@ func (c *Client) runSession(ctx context.Context, edge string) error {
 	c.outbox.resetInflight()
 	c.notify(DisconnectedEvent{Edge: edge, Err: err})
 	return err
+}
+
+// keepalive pings the edge every KeepAlive and ends the session when a
+// ping goes unanswered for another KeepAlive.
+func (c *Client) keepalive(s *session) {
+	t := time.NewTicker(c.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, c.cfg.KeepAlive)
+		_, err := s.call(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Ping{Ping: &pb.Ping{ClientTimeMs: time.Now().UnixMilli()}}})
+		cancel()
+		if err != nil && s.ctx.Err() == nil {
+			s.cancel(fmt.Errorf("%w: keepalive: %w", ErrSessionLost, err))
+			return
+		}
+	}
 }
 
 // current waits until a session is up and returns it.
@@ -668,6 +709,7 @@ func (c *Client) ingest(s *session, msgs []*pb.Message) bool {
 				continue
 			}
 			stored = true
+			c.markDirty(conv)
 		}
 		if len(res.Ready) > 0 || res.Duplicates > 0 {
 			s.markAck(conv)

@@ -399,3 +399,54 @@ func TestRegisterTwiceAndLink(t *testing.T) {
 		t.Fatalf("link used by another device: %v", err)
 	}
 }
+
+func TestKeepAliveDetectsDeadSession(t *testing.T) {
+	p := newTestPeer(t)
+	c, err := Open(context.Background(), Config{StateDir: t.TempDir(), Edges: []string{p.url()},
+		KeepAlive: 20 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := testCtx(t)
+	if _, err := c.Register(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	waitConnected := func() {
+		for {
+			select {
+			case ev := <-c.Events():
+				if _, ok := ev.(ConnectedEvent); ok {
+					return
+				}
+			case <-ctx.Done():
+				t.Fatal("not connected")
+			}
+		}
+	}
+	waitConnected()
+	// Answered pings keep the session: several intervals pass without a disconnect.
+	eventually(t, "5 pings", func() bool { p.mu.Lock(); defer p.mu.Unlock(); return p.pings >= 5 })
+	for len(c.Events()) > 0 {
+		if d, ok := (<-c.Events()).(DisconnectedEvent); ok {
+			t.Fatalf("disconnected while pings were answered: %v", d.Err)
+		}
+	}
+	p.mu.Lock()
+	p.mutePings = true
+	p.mu.Unlock()
+	for {
+		ev := <-c.Events()
+		if d, ok := ev.(DisconnectedEvent); ok {
+			if !errors.Is(d.Err, ErrSessionLost) {
+				t.Fatalf("disconnect reason %v", d.Err)
+			}
+			break
+		}
+	}
+	p.mu.Lock()
+	p.mutePings = false
+	p.mu.Unlock()
+	waitConnected()
+}

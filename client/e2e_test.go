@@ -172,3 +172,151 @@ func TestE2EDirectAndGroup(t *testing.T) {
 		t.Fatalf("carol into alice/bob: %v", err)
 	}
 }
+
+// waitEvent reads events until pred matches one.
+func waitEvent(t *testing.T, c *client.Client, what string, pred func(client.Event) bool) client.Event {
+	t.Helper()
+	ctx := e2eCtx(t)
+	for {
+		select {
+		case ev := <-c.Events():
+			if pred(ev) {
+				return ev
+			}
+		case <-ctx.Done():
+			t.Fatalf("no %s event", what)
+		}
+	}
+}
+
+func TestE2ELinkReceiptsPresence(t *testing.T) {
+	ends := startStack(t)
+	ctx := e2eCtx(t)
+	alice, _ := e2eUser(t, ends, "alice", false)
+	bob, _ := e2eUser(t, ends, "bob", false)
+
+	// Link a second device of bob; a forged link is refused by the server.
+	phone := e2eClient(t, ends, t.TempDir(), true)
+	tok, err := bob.Link(phone.LinkRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A device that rewrites someone else's link for its own keys passes the
+	// local check but not the server's signature check.
+	forger := e2eClient(t, ends, t.TempDir(), false)
+	freq, _ := client.DecodeLinkRequest(forger.LinkRequest())
+	l, _ := client.DecodeLink(tok)
+	l.NoiseStatic, l.IdentityKey = freq.NoiseStatic, freq.IdentityKey
+	if _, err := forger.RegisterLinked(ctx, client.EncodeLink(l)); core.Code(err) != pb.ErrorCode_ERROR_CODE_FORBIDDEN {
+		t.Fatalf("forged link: %v, want FORBIDDEN", err)
+	}
+	if _, ok := forger.Device(); ok {
+		t.Fatal("forger registered")
+	}
+	key, err := phone.RegisterLinked(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != (core.DeviceKey{User: "bob", Device: 2}) {
+		t.Fatalf("phone is %v", key)
+	}
+	if err := phone.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := phone.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	devs, err := alice.LookupUser(ctx, "bob")
+	if err != nil || len(devs.GetDevices()) != 2 {
+		t.Fatalf("lookup bob: %v %v", devs, err)
+	}
+
+	// Presence: bob is online.
+	ps, err := alice.SubscribePresence(ctx, []string{"bob"})
+	if err != nil || len(ps) != 1 || !ps[0].Online {
+		t.Fatalf("presence %v %v", ps, err)
+	}
+
+	// Both of bob's devices get the message; their acks become ✓✓ for alice,
+	// bob's read marker becomes "read".
+	id, _ := alice.SendDirect(ctx, "bob", []byte("ping"))
+	res, err := alice.WaitSent(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{bob, phone} {
+		if m := collect(t, c, 1); string(m[0].Body) != "ping" {
+			t.Fatalf("body %q", m[0].Body)
+		}
+	}
+	dm := core.DirectConvID("alice", "bob")
+	waitEvent(t, alice, "delivered receipt", func(ev client.Event) bool {
+		r, ok := ev.(client.ReceiptEvent)
+		return ok && r.Conv == dm && r.Kind == pb.ReceiptKind_RECEIPT_KIND_DELIVERED && r.Seq >= res.Seq && r.From.User == "bob"
+	})
+	if err := bob.MarkRead(ctx, dm, res.Seq); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, alice, "read receipt", func(ev client.Event) bool {
+		r, ok := ev.(client.ReceiptEvent)
+		return ok && r.Conv == dm && r.Kind == pb.ReceiptKind_RECEIPT_KIND_READ && r.Seq == res.Seq
+	})
+
+	// Server history and the conversation list agree with the local store.
+	h, err := phone.FetchHistory(ctx, dm, 0, 10)
+	if err != nil || len(h) != 1 || h[0].GetSeq() != 1 {
+		t.Fatalf("history %v %v", h, err)
+	}
+	convs, err := bob.ListConversations(ctx)
+	if err != nil || len(convs) != 1 || convs[0].GetConvId() != dm {
+		t.Fatalf("conversations %v %v", convs, err)
+	}
+	if _, err := alice.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Presence goes offline when bob's devices leave.
+	bob.Close()
+	phone.Close()
+	waitEvent(t, alice, "bob offline", func(ev client.Event) bool {
+		p, ok := ev.(client.PresenceEvent)
+		return ok && p.User == "bob" && !p.Online
+	})
+}
+
+// BenchmarkE2ESendToAck measures one device sending to one direct
+// conversation through the real in-process stack (WebSocket, Noise, edge,
+// embedded Kafka, sequencer, Pebble), counting until every message is acked.
+func BenchmarkE2ESendToAck(b *testing.B) {
+	s, err := stack.Start(context.Background(), stack.Config{DataDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	ends := s.Endpoints()
+	c, err := client.Open(context.Background(), client.Config{StateDir: b.TempDir(), Edges: []string{ends.WS}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := c.Register(ctx, "alice"); err != nil {
+		b.Fatal(err)
+	}
+	c.Start()
+	if err := c.WaitConnected(ctx); err != nil {
+		b.Fatal(err)
+	}
+	body := make([]byte, 200)
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.SendDirect(ctx, "bob", body); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := c.WaitIdle(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}

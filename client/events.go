@@ -145,15 +145,31 @@ func (c *Client) Backlog() int {
 	return n
 }
 
+// markDirty notes that conv has newly stored entries for the dispatcher.
+func (c *Client) markDirty(conv string) {
+	c.evMu.Lock()
+	c.dirty[conv] = struct{}{}
+	c.evMu.Unlock()
+}
+
+// dispatchBatch bounds the entries read from the store at once per conversation.
+const dispatchBatch = 256
+
 // dispatch is the single goroutine that feeds Events: queued notices first,
 // then stored messages each conversation has beyond what the app has
 // received. It blocks on the channel when the app is slow; messages wait in
-// the store meanwhile, so none is lost.
+// the store meanwhile, so none is lost. It looks only at conversations
+// marked dirty by the receive path (all of them once at start).
 func (c *Client) dispatch(ctx context.Context) {
+	for _, s := range c.store.Conversations() {
+		c.markDirty(s.Conv)
+	}
 	for {
 		c.evMu.Lock()
 		notices := c.notices
 		c.notices = nil
+		dirty := c.dirty
+		c.dirty = map[string]struct{}{}
 		c.evMu.Unlock()
 		for _, ev := range notices {
 			select {
@@ -162,45 +178,18 @@ func (c *Client) dispatch(ctx context.Context) {
 				return
 			}
 		}
-		progressed := false
-		for _, s := range c.store.Conversations() {
-			c.evMu.Lock()
-			from, ok := c.emitted[s.Conv]
+		again := false
+		for conv := range dirty {
+			more, ok := c.dispatchConv(ctx, conv)
 			if !ok {
-				from = s.Seen
-				c.emitted[s.Conv] = from
+				return
 			}
-			c.evMu.Unlock()
-			if s.Head <= from {
-				continue
-			}
-			msgs, err := c.store.Messages(s.Conv, from, 256)
-			if err != nil {
-				c.log.Error("client: read store for events", "conv", s.Conv, "err", err)
-				continue
-			}
-			for _, m := range msgs {
-				ev := MessageEvent{Message: m}
-				if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
-					ev.Body, ev.OpenErr = c.sealer.Open(ctx, m)
-				}
-				select {
-				case c.events <- ev:
-				case <-ctx.Done():
-					return
-				}
-				c.evMu.Lock()
-				c.emitted[s.Conv] = m.GetSeq()
-				c.evMu.Unlock()
-				progressed = true
-			}
-			if !c.cfg.ManualCommit && len(msgs) > 0 {
-				if err := c.store.SetSeen(s.Conv, msgs[len(msgs)-1].GetSeq()); err != nil {
-					c.log.Error("client: persist seen cursor", "conv", s.Conv, "err", err)
-				}
+			if more {
+				c.markDirty(conv)
+				again = true
 			}
 		}
-		if progressed {
+		if again || len(notices) > 0 {
 			continue
 		}
 		select {
@@ -209,4 +198,44 @@ func (c *Client) dispatch(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// dispatchConv hands up to dispatchBatch new entries of conv to the app.
+// It reports whether more remain, and false for ok when ctx ended.
+func (c *Client) dispatchConv(ctx context.Context, conv string) (more, ok bool) {
+	c.evMu.Lock()
+	from, seen := c.emitted[conv]
+	c.evMu.Unlock()
+	if !seen {
+		from = c.store.Seen(conv)
+	}
+	head := c.store.Head(conv)
+	if head <= from {
+		return false, true
+	}
+	msgs, err := c.store.Messages(conv, from, dispatchBatch)
+	if err != nil {
+		c.log.Error("client: read store for events", "conv", conv, "err", err)
+		return false, true
+	}
+	for _, m := range msgs {
+		ev := MessageEvent{Message: m}
+		if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
+			ev.Body, ev.OpenErr = c.sealer.Open(ctx, m)
+		}
+		select {
+		case c.events <- ev:
+		case <-ctx.Done():
+			return false, false
+		}
+		c.evMu.Lock()
+		c.emitted[conv] = m.GetSeq()
+		c.evMu.Unlock()
+	}
+	if !c.cfg.ManualCommit && len(msgs) > 0 {
+		if err := c.store.SetSeen(conv, msgs[len(msgs)-1].GetSeq()); err != nil {
+			c.log.Error("client: persist seen cursor", "conv", conv, "err", err)
+		}
+	}
+	return from+uint64(len(msgs)) < head, true
 }

@@ -3,12 +3,10 @@ package client
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -18,26 +16,57 @@ import (
 )
 
 // Outbox is the durable queue of messages the device has accepted from the
-// app but the server has not acknowledged yet. Each entry is one file
-// <state>/outbox/<16 hex digits>.msg holding a marshalled pb.SendRequest and
-// a crc32c trailer, written via temp file + fsync + rename + dir fsync before
-// Add returns. The file name's number fixes the order; an entry is deleted
-// when the server acks it (or rejects it for good).
+// app but the server has not acknowledged yet. It is one append-only log,
+// <state>/outbox/outbox.log, in the Store's record format: an "add" record
+// (entry number + marshalled pb.SendRequest) per message and a "done"
+// record (client message id) when the server acked or rejected it for good.
+//
+// Add returns only after its record is fsync'd. Concurrent Adds share one
+// fsync (group commit): the first caller becomes the flusher and writes
+// every record queued meanwhile in one write + fsync. Done records are not
+// fsync'd: a crash may resurrect an acked entry, whose resend the server
+// deduplicates and acks with the original seq. On open the log is replayed
+// (a torn tail is cut) and rewritten with only the live entries; while
+// running it is truncated whenever it holds no live entry and exceeds 1 MiB.
 //
 // Besides persistence, Outbox schedules resends: it tracks which entries are
 // in flight on the current session and which wait for a backoff. Order per
 // conversation: entries of one conversation are sent in outbox order, at
 // most window at a time, and never past an entry that waits for a retry.
 //
-// Outbox is safe for concurrent use.
+// Outbox is safe for concurrent use. Lock order: fmu before mu.
 type Outbox struct {
-	dir     string
-	mu      sync.Mutex
-	next    uint64
-	entries []*outboxEntry // ascending n
-	changed chan struct{}  // cap 1: signalled on add, release, remove
-	empty   chan struct{}  // closed while the outbox is empty; replaced when it fills
+	dir  string
+	path string
+
+	fmu  sync.Mutex // serializes file writes; held while a batch is inserted
+	f    *os.File
+	size int64
+
+	mu       sync.Mutex
+	next     uint64
+	entries  []*outboxEntry // ascending n
+	batch    *outboxBatch   // records queued for the next group commit
+	flushing bool
+	changed  chan struct{} // cap 1: signalled on add, release, remove
+	empty    chan struct{} // closed while the outbox is empty; replaced when it fills
 }
+
+type outboxBatch struct {
+	buf     []byte
+	entries []*outboxEntry
+	done    chan struct{}
+	err     error
+}
+
+// Outbox log record types.
+const (
+	recOutboxAdd  byte = 1 // payload: u64 entry number, marshalled pb.SendRequest
+	recOutboxDone byte = 2 // payload: client message id
+)
+
+// outboxTruncateAt is the size beyond which an empty outbox log is truncated.
+const outboxTruncateAt = 1 << 20
 
 type outboxEntry struct {
 	n         uint64
@@ -54,92 +83,162 @@ type OutboxEntry struct {
 	Attempts    int
 }
 
-// OpenOutbox loads (creating) the outbox in dir. Entry files that fail
-// their checksum were torn by a crash before Add returned and are removed.
+// OpenOutbox loads (creating) the outbox in dir.
 func OpenOutbox(dir string) (*Outbox, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("client: outbox: %w", err)
 	}
-	ob := &Outbox{dir: dir, next: 1, changed: make(chan struct{}, 1), empty: make(chan struct{})}
-	ents, err := os.ReadDir(dir)
+	ob := &Outbox{dir: dir, path: filepath.Join(dir, "outbox.log"), next: 1,
+		changed: make(chan struct{}, 1), empty: make(chan struct{})}
+	data, err := os.ReadFile(ob.path)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("client: outbox: %w", err)
+	}
+	live := map[string]*outboxEntry{}
+	for off := 0; ; {
+		typ, payload, n, ok := decodeRecord(data[off:])
+		if !ok {
+			break // end, or a torn tail from a crash during an add
+		}
+		off += n
+		switch typ {
+		case recOutboxAdd:
+			if len(payload) < 8 {
+				continue
+			}
+			req := new(pb.SendRequest)
+			if proto.Unmarshal(payload[8:], req) != nil {
+				continue
+			}
+			e := &outboxEntry{n: binary.BigEndian.Uint64(payload), req: req}
+			live[req.GetClientMsgId()] = e
+			ob.next = max(ob.next, e.n+1)
+		case recOutboxDone:
+			delete(live, string(payload))
+		}
+	}
+	var compact []byte
+	for _, e := range live {
+		ob.entries = append(ob.entries, e)
+	}
+	sort.Slice(ob.entries, func(i, j int) bool { return ob.entries[i].n < ob.entries[j].n })
+	for _, e := range ob.entries {
+		rec, err := outboxAddRecord(e)
+		if err != nil {
+			return nil, err
+		}
+		compact = append(compact, rec...)
+	}
+	if len(compact) != len(data) {
+		if err := writeFileAtomic(dir, "outbox.log", compact); err != nil {
+			return nil, fmt.Errorf("client: outbox: compact: %w", err)
+		}
+	}
+	ob.f, err = os.OpenFile(ob.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("client: outbox: %w", err)
 	}
-	for _, e := range ents {
-		name := e.Name()
-		if strings.HasPrefix(name, ".") { // leftover temp file
-			_ = os.Remove(filepath.Join(dir, name))
-			continue
-		}
-		num, ok := strings.CutSuffix(name, ".msg")
-		if !ok {
-			continue
-		}
-		n, err := strconv.ParseUint(num, 16, 64)
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			return nil, fmt.Errorf("client: outbox: %w", err)
-		}
-		req, ok := decodeOutboxFile(b)
-		if !ok {
-			_ = os.Remove(filepath.Join(dir, name))
-			continue
-		}
-		ob.entries = append(ob.entries, &outboxEntry{n: n, req: req})
-		ob.next = max(ob.next, n+1)
-	}
-	sort.Slice(ob.entries, func(i, j int) bool { return ob.entries[i].n < ob.entries[j].n })
+	ob.size = int64(len(compact))
 	if len(ob.entries) == 0 {
 		close(ob.empty)
 	}
 	return ob, nil
 }
 
-func decodeOutboxFile(b []byte) (*pb.SendRequest, bool) {
-	if len(b) < 4 {
-		return nil, false
+func outboxAddRecord(e *outboxEntry) ([]byte, error) {
+	body, err := proto.Marshal(e.req)
+	if err != nil {
+		return nil, fmt.Errorf("client: outbox: encode: %w", err)
 	}
-	body, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
-	if crc32.Checksum(body, crcTable) != sum {
-		return nil, false
+	payload := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(body)), e.n)
+	return appendRecord(nil, recOutboxAdd, append(payload, body...)), nil
+}
+
+// Close closes the log file. The outbox must not be used afterwards.
+func (ob *Outbox) Close() error {
+	ob.fmu.Lock()
+	defer ob.fmu.Unlock()
+	if ob.f == nil {
+		return nil
 	}
-	req := new(pb.SendRequest)
-	if proto.Unmarshal(body, req) != nil {
-		return nil, false
-	}
-	return req, true
+	err := ob.f.Close()
+	ob.f = nil
+	return err
 }
 
 // Add durably appends req; when it returns nil the message survives a crash.
 func (ob *Outbox) Add(req *pb.SendRequest) error {
-	body, err := proto.Marshal(req)
-	if err != nil {
-		return fmt.Errorf("client: outbox: encode: %w", err)
-	}
-	body = binary.BigEndian.AppendUint32(body, crc32.Checksum(body, crcTable))
 	ob.mu.Lock()
-	n := ob.next
+	e := &outboxEntry{n: ob.next, req: req}
+	rec, err := outboxAddRecord(e)
+	if err != nil {
+		ob.mu.Unlock()
+		return err
+	}
 	ob.next++
+	if ob.batch == nil {
+		ob.batch = &outboxBatch{done: make(chan struct{})}
+	}
+	b := ob.batch
+	b.buf = append(b.buf, rec...)
+	b.entries = append(b.entries, e)
+	leader := !ob.flushing
+	ob.flushing = true
 	ob.mu.Unlock()
-	// Numbers are taken under the lock, files written outside it: two
-	// concurrent Adds may finish in either order, but each gets its own
-	// number, and the entry is inserted in number order below.
-	if err := writeFileAtomic(ob.dir, fmt.Sprintf("%016x.msg", n), body); err != nil {
+	if leader {
+		ob.flush()
+	}
+	<-b.done
+	if b.err == nil {
+		ob.signal()
+	}
+	return b.err
+}
+
+// flush writes queued batches, one write + fsync each, until none is left.
+func (ob *Outbox) flush() {
+	for {
+		ob.mu.Lock()
+		b := ob.batch
+		ob.batch = nil
+		if b == nil {
+			ob.flushing = false
+			ob.mu.Unlock()
+			return
+		}
+		ob.mu.Unlock()
+
+		ob.fmu.Lock()
+		err := ob.writeLocked(b.buf, true)
+		if err == nil {
+			ob.mu.Lock()
+			if len(ob.entries) == 0 {
+				ob.empty = make(chan struct{})
+			}
+			ob.entries = append(ob.entries, b.entries...) // numbers only grow
+			ob.mu.Unlock()
+		}
+		ob.fmu.Unlock()
+		b.err = err
+		close(b.done)
+	}
+}
+
+// writeLocked appends buf to the log (fmu held); on a failed write it cuts
+// the log back to its previous size.
+func (ob *Outbox) writeLocked(buf []byte, sync bool) error {
+	if ob.f == nil {
+		return fmt.Errorf("client: outbox: %w", ErrClosed)
+	}
+	_, err := ob.f.Write(buf)
+	if err == nil && sync {
+		err = ob.f.Sync()
+	}
+	if err != nil {
+		_ = ob.f.Truncate(ob.size)
 		return fmt.Errorf("client: outbox: %w", err)
 	}
-	ob.mu.Lock()
-	i := sort.Search(len(ob.entries), func(i int) bool { return ob.entries[i].n > n })
-	ob.entries = append(ob.entries, nil)
-	copy(ob.entries[i+1:], ob.entries[i:])
-	ob.entries[i] = &outboxEntry{n: n, req: req}
-	if len(ob.entries) == 1 {
-		ob.empty = make(chan struct{})
-	}
-	ob.mu.Unlock()
-	ob.signal()
+	ob.size += int64(len(buf))
 	return nil
 }
 
@@ -260,29 +359,28 @@ func (ob *Outbox) attempts(clientMsgID string) int {
 // Remove deletes the entry with the given client message id (acked or
 // failed for good). It reports whether it was present.
 func (ob *Outbox) Remove(clientMsgID string) (bool, error) {
+	ob.fmu.Lock()
+	defer ob.fmu.Unlock()
 	ob.mu.Lock()
-	idx := -1
-	for i, e := range ob.entries {
-		if e.req.GetClientMsgId() == clientMsgID {
-			idx = i
-			break
-		}
-	}
+	idx := slices.IndexFunc(ob.entries, func(e *outboxEntry) bool { return e.req.GetClientMsgId() == clientMsgID })
 	if idx < 0 {
 		ob.mu.Unlock()
 		return false, nil
 	}
-	e := ob.entries[idx]
-	ob.entries = append(ob.entries[:idx], ob.entries[idx+1:]...)
-	if len(ob.entries) == 0 {
+	ob.entries = slices.Delete(ob.entries, idx, idx+1)
+	empty := len(ob.entries) == 0
+	if empty {
 		close(ob.empty)
 	}
 	ob.mu.Unlock()
 	ob.signal()
-	// A crash before the unlink reaches the disk resurrects the entry; the
-	// resend is deduplicated by the server and acked with the same seq.
-	if err := os.Remove(filepath.Join(ob.dir, fmt.Sprintf("%016x.msg", e.n))); err != nil && !os.IsNotExist(err) {
-		return true, fmt.Errorf("client: outbox: %w", err)
+	// Every record on disk belongs to an entry in ob.entries or is done
+	// (batches are inserted under fmu), so an empty outbox may drop the log.
+	if empty && ob.size > outboxTruncateAt && ob.f != nil {
+		if err := ob.f.Truncate(0); err == nil {
+			ob.size = 0
+			return true, ob.f.Sync()
+		}
 	}
-	return true, nil
+	return true, ob.writeLocked(appendRecord(nil, recOutboxDone, []byte(clientMsgID)), false)
 }

@@ -44,6 +44,8 @@ type testPeer struct {
 	dropReply int            // drop the next n SendAck replies (and close the session)
 	rejectN   int            // answer the next n sends with UNAVAILABLE without storing
 	skipPush  map[uint64]int // seq -> do not push live
+	mutePings bool           // leave pings unanswered (a half-open connection)
+	pings     int
 }
 
 type peerSession struct {
@@ -240,7 +242,12 @@ func (p *testPeer) handle(s *peerSession, f *pb.ClientFrame) bool {
 		p.reply(s, f.GetReqId(), &pb.Response{Body: &pb.Response_Sync{Sync: &pb.SyncResponse{Messages: out, More: more}}})
 		return true
 	case *pb.ClientFrame_Ping:
+		p.pings++
+		mute := p.mutePings
 		p.mu.Unlock()
+		if mute {
+			return true
+		}
 		p.reply(s, f.GetReqId(), &pb.Response{Body: &pb.Response_Pong{Pong: &pb.Pong{ClientTimeMs: b.Ping.GetClientTimeMs()}}})
 		return true
 	default:

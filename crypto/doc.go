@@ -107,11 +107,13 @@
 // second message: Bob's first ratchet reply is the key confirmation.
 //
 // Initial message on the wire (HandshakeSize = 1327 bytes, then the ratchet
-// message): version(1) || flags(1) || SPK id(4) || KPK id(4) || OPK id(4) ||
-// KEM ciphertext(1088) || Noise message(225: e 32, enc(s) 48, enc(payload)
-// 145) || ratchet message. Until Alice receives a reply, every message she
-// sends carries the same handshake (pqxdh.Outgoing.Seal), so any one of them
-// can start the session.
+// message): version(1; 0x50, where ratchet messages start with 0x01, so
+// the two are told apart by their first byte) || flags(1) || SPK id(4) ||
+// KPK id(4) || OPK id(4) || KEM ciphertext(1088) || Noise message(225: e 32,
+// enc(s) 48, enc(payload) 145) || ratchet message. Until Alice has received
+// a reply (ratchet.Session.HasReceived), every message she sends carries the
+// same handshake (pqxdh.Outgoing.Seal), so any one of them can start the
+// session.
 //
 // Replays. Accept authenticates the handshake and decrypts the first message
 // before it consumes anything (an injected or modified message consumes
@@ -167,6 +169,24 @@
 // halves). The scannable form is version || own fingerprint(32) || peer
 // fingerprint(32); VerifyScanned checks it crosswise. The digits match
 // libsignal's published test vector.
+//
+// # How the client uses it
+//
+// Sending a 1:1 message: fetch and verify the recipient's device list (and
+// the sender's own), then for every device of both (except the sending
+// device) use the stored ratchet session, or start one from a fetched
+// bundle with pqxdh.Initiate; encrypt once per device with per-message
+// associated data naming the conversation and the recipient device; put the
+// per-device ciphertexts in the envelope. While a session has not received
+// (ratchet.Session.HasReceived), send with Outgoing.Seal. Receiving:
+// pqxdh.IsInitial(ciphertext) selects pqxdh.Accept (on ErrReplay, route by
+// Initial.Token) or Session.Decrypt. Persist sessions (MarshalBinary) after
+// every successful Encrypt/Decrypt and before acknowledging the message.
+// Groups: one senderkey.Sender per (group, own device); send its
+// Distribution over the pairwise sessions to every member device that lacks
+// it; rotate on every leave. An identity that differs from the trusted one
+// (device list update refused, or pqxdh.ErrIdentityMismatch) is shown to the
+// user with the new safety number, and sending to it waits for acceptance.
 //
 // # What this tree does not do
 //

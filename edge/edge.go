@@ -99,8 +99,10 @@ type Config struct {
 	// 2 min; clients ping). HandshakeTimeout bounds the Noise handshake and
 	// the authentication that follows (default 10 s).
 	IdleTimeout, HandshakeTimeout time.Duration
-	// WriteTimeout bounds one write to a client (default 10 s).
-	WriteTimeout time.Duration
+	// WriteTimeout bounds one write to a client and one produce to the bus
+	// (default 10 s). BackendTimeout bounds one Backend call made for a
+	// request (default 10 s).
+	WriteTimeout, BackendTimeout time.Duration
 	// SendQueue is each session's bounded outgoing queue (default 1024
 	// frames); a full queue closes the session ("slow consumer").
 	SendQueue int
@@ -135,6 +137,9 @@ func (c *Config) defaults() error {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 10 * time.Second
+	}
+	if c.BackendTimeout <= 0 {
+		c.BackendTimeout = 10 * time.Second
 	}
 	if c.SendQueue <= 0 {
 		c.SendQueue = 1024

@@ -435,3 +435,20 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not reached in 10 s")
 }
+
+func TestOriginPatterns(t *testing.T) {
+	v := newEnv(t, func(c *edge.Config) { c.OriginPatterns = []string{"app.example"} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for origin, ok := range map[string]bool{"https://app.example": true, "https://evil.example": false} {
+		c, resp, err := websocket.Dial(ctx, v.e.WSURL(), &websocket.DialOptions{HTTPHeader: map[string][]string{"Origin": {origin}}})
+		if ok != (err == nil) {
+			t.Fatalf("origin %s: err %v", origin, err)
+		}
+		if err == nil {
+			_ = c.CloseNow()
+		} else if resp == nil || resp.StatusCode != 403 {
+			t.Fatalf("origin %s: response %v", origin, resp)
+		}
+	}
+}

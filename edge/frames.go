@@ -19,12 +19,17 @@ func (s *session) handle(pt []byte) {
 		return
 	}
 	var f pb.ClientFrame
-	if err := proto.Unmarshal(pt, &f); err != nil || f.GetBody() == nil {
+	if err := proto.Unmarshal(pt, &f); err != nil {
 		e.n.malformed.Add(1)
 		s.fail(reqIDOf(pt), pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frame did not decode")
 		return
 	}
-	if !s.bucket.take(e.cfg.Now()) {
+	if f.GetBody() == nil { // empty, or a body type this edge does not know
+		e.n.malformed.Add(1)
+		s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frame has no known body")
+		return
+	}
+	if !s.bucket.Load().take(e.cfg.Now()) {
 		if _, ok := f.GetBody().(*pb.ClientFrame_Typing); ok {
 			e.n.typingDropped.Add(1)
 			return
@@ -69,7 +74,7 @@ func (s *session) handle(pt []byte) {
 
 func (s *session) register(reqID uint64, req *pb.RegisterRequest) {
 	e := s.e
-	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.BackendTimeout)
 	defer cancel()
 	resp, err := e.be.Register(ctx, s.static, req)
 	if err != nil {
@@ -92,7 +97,7 @@ func (s *session) register(reqID uint64, req *pb.RegisterRequest) {
 
 func (s *session) query(f *pb.ClientFrame) {
 	e := s.e
-	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.BackendTimeout)
 	defer cancel()
 	resp, err := e.be.Query(ctx, s.dev, f)
 	if err != nil {
@@ -280,22 +285,14 @@ func (e *Edge) targets(r *pb.EdgeRecord) []target {
 }
 
 // frameFor returns the frame as dev may see it: a delivery's envelope keeps
-// only the per-device ciphertext addressed to dev.
+// only the per-device ciphertext addressed to dev (core.ForDevice, the same
+// rule sync applies). The shared frame is never modified.
 func frameFor(f *pb.ServerFrame, dev core.DeviceKey) *pb.ServerFrame {
 	m := f.GetDelivery()
 	if m == nil || len(m.GetEnvelope().GetPerDevice()) == 0 {
 		return f
 	}
-	env := m.GetEnvelope()
-	var mine []*pb.DeviceCiphertext
-	for _, dc := range env.GetPerDevice() {
-		if core.KeyOf(dc.GetDevice()) == dev {
-			mine = append(mine, dc)
-		}
-	}
-	m2 := proto.CloneOf(m)
-	m2.Envelope = &pb.Envelope{Ciphertext: env.GetCiphertext(), PerDevice: mine, ContentHint: env.GetContentHint()}
-	return &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: m2}}
+	return &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: core.ForDevice(m, dev)}}
 }
 
 // handlePresence pushes a presence event to the sessions subscribed to its user.

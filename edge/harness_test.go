@@ -124,14 +124,14 @@ func (r *regionDouble) closedRoutes() []core.Route {
 
 // env is one edge on loopback with a real (embedded, Kafka-protocol) bus.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	e   *edge.Edge
 	be  *regionDouble
 	bus *kafkabus.Bus
 	cfg edge.Config
 }
 
-func newEnv(t *testing.T, mutate func(*edge.Config)) *env {
+func newEnv(t testing.TB, mutate func(*edge.Config)) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -209,7 +209,7 @@ func (v *env) produce(topic string, key string, m proto.Message) {
 // ------------------------------------------------------------------ clients
 
 type client struct {
-	t      *testing.T
+	t      testing.TB
 	key    noiseconn.Keypair
 	nc     *noiseconn.Conn
 	ws     *websocket.Conn
@@ -253,7 +253,7 @@ func (w wtClientConn) WriteMessage(_ context.Context, b []byte) error {
 }
 func (w wtClientConn) Close() error { return w.s.CloseWithError(0, "") }
 
-func newKey(t *testing.T) noiseconn.Keypair {
+func newKey(t testing.TB) noiseconn.Keypair {
 	k, err := noiseconn.GenerateKeypair(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -449,7 +449,7 @@ func (c *client) closeCode(err error) pb.ErrorCode {
 
 // wtCode waits for the session to end and returns its session error code,
 // or -1 when the QUIC connection ended without one.
-func wtCode(t *testing.T, s *webtransport.Session) pb.ErrorCode {
+func wtCode(t testing.TB, s *webtransport.Session) pb.ErrorCode {
 	t.Helper()
 	select {
 	case <-s.Context().Done():

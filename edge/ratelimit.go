@@ -1,10 +1,16 @@
 package edge
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
-// bucket is a token bucket: rate tokens per second up to burst. It is used
-// by one session goroutine only and needs no lock.
+// bucket is a token bucket: rate tokens per second up to burst. A bucket
+// belongs to a device's session and is handed over to the session that
+// replaces it (so reconnecting does not refill it); the mutex covers the
+// short overlap of the two.
 type bucket struct {
+	mu                  sync.Mutex
 	rate, burst, tokens float64
 	last                time.Time
 }
@@ -15,6 +21,8 @@ func newBucket(rate float64, burst int, now time.Time) *bucket {
 
 // take spends one token if there is one.
 func (b *bucket) take(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if dt := now.Sub(b.last).Seconds(); dt > 0 {
 		b.tokens = min(b.burst, b.tokens+dt*b.rate)
 		b.last = now

@@ -25,7 +25,7 @@ type session struct {
 	tr     transport
 	nc     *noiseconn.Conn
 	static []byte
-	bucket *bucket
+	bucket atomic.Pointer[bucket] // replaced once if the session takes over an older one's
 
 	queue      chan []byte   // marshalled ServerFrames; bounded
 	stop       chan struct{} // closed by terminate
@@ -66,12 +66,12 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	}
 	s := &session{
 		e: e, id: newSessionID(), tr: tr, nc: nc, static: nc.PeerStatic(),
-		bucket:   newBucket(e.cfg.MessagesPerSecond, e.cfg.Burst, e.cfg.Now()),
 		queue:    make(chan []byte, e.cfg.SendQueue),
 		stop:     make(chan struct{}),
 		finished: make(chan struct{}),
 	}
 	defer close(s.finished)
+	s.bucket.Store(newBucket(e.cfg.MessagesPerSecond, e.cfg.Burst, e.cfg.Now()))
 	s.lastActive.Store(e.cfg.Now().UnixNano())
 	e.mu.Lock()
 	closing := e.closing
@@ -122,7 +122,7 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	writer.Wait()
 	e.unregister(s)
 	if s.authed {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), e.cfg.HandshakeTimeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), e.cfg.BackendTimeout)
 		if err := e.be.SessionClosed(ctx, s.dev, s.id); err != nil {
 			e.log.Warn("session closed report failed", "device", s.dev, "err", err)
 		}
@@ -157,6 +157,9 @@ func (s *session) becomeDevice(ctx context.Context, dev core.DeviceKey) error {
 	old := e.byDevice[dev]
 	e.sessions[s.id] = s
 	e.byDevice[dev] = map[uint64]*session{s.id: s}
+	for _, o := range old {
+		s.bucket.Store(o.bucket.Load()) // the device's budget survives a reconnect
+	}
 	e.mu.Unlock()
 	for _, o := range old {
 		e.n.replaced.Add(1)
@@ -250,9 +253,17 @@ func (s *session) fail(reqID uint64, code pb.ErrorCode, detail string) {
 // final Disconnect (if any) and closes the transport.
 func (s *session) writeLoop() {
 	e := s.e
-	tick := time.NewTicker(min(e.cfg.IdleTimeout/4, time.Second))
+	tick := time.NewTicker(max(e.cfg.IdleTimeout/4, 10*time.Millisecond))
 	defer tick.Stop()
 	for {
+		// A stop outranks queued frames: the final Disconnect goes next
+		// and the rest is abandoned (the client resyncs).
+		select {
+		case <-s.stop:
+			s.finish()
+			return
+		default:
+		}
 		select {
 		case b := <-s.queue:
 			if err := s.write(b); err != nil {
@@ -267,18 +278,23 @@ func (s *session) writeLoop() {
 				s.terminate(pb.ErrorCode_ERROR_CODE_IDLE_TIMEOUT, "idle timeout", true)
 			}
 		case <-s.stop:
-			d := s.final.Load()
-			if d == nil {
-				_ = s.tr.Close()
-				return
-			}
-			if b, err := marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Disconnect{Disconnect: d}}); err == nil {
-				_ = s.write(b)
-			}
-			s.tr.closeWith(d.GetCode(), d.GetDetail())
+			s.finish()
 			return
 		}
 	}
+}
+
+// finish sends the final Disconnect, if any, and closes the transport.
+func (s *session) finish() {
+	d := s.final.Load()
+	if d == nil {
+		_ = s.tr.Close()
+		return
+	}
+	if b, err := marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Disconnect{Disconnect: d}}); err == nil {
+		_ = s.write(b)
+	}
+	s.tr.closeWith(d.GetCode(), d.GetDetail())
 }
 
 func (s *session) write(b []byte) error {

@@ -32,6 +32,7 @@ type Config struct {
 	IngressTopic      string // default "ingress"
 	IngressPartitions int    // default 8
 	PresenceTopic     string // default "presence"
+	SequencerGroup    string // consumer group of the sequencer, default "sequencer"
 	Epoch             uint64 // owner epoch this region sequences at, default 1
 	Logger            *slog.Logger
 	Now               func() time.Time
@@ -57,6 +58,9 @@ func (c *Config) fill() {
 	}
 	if c.PresenceTopic == "" {
 		c.PresenceTopic = DefaultPresenceTopic
+	}
+	if c.SequencerGroup == "" {
+		c.SequencerGroup = SequencerGroup
 	}
 	if c.Epoch == 0 {
 		c.Epoch = 1
@@ -166,7 +170,7 @@ func (r *Region) Start(ctx context.Context) error {
 		defer r.wg.Done()
 		err := r.bus.Consume(runCtx, core.ConsumeSpec{
 			Topic:   r.cfg.IngressTopic,
-			Group:   SequencerGroup,
+			Group:   r.cfg.SequencerGroup,
 			OnReady: func() { once.Do(func() { close(ready) }) },
 		}, r.handleIngress)
 		if err != nil && !errors.Is(err, context.Canceled) {

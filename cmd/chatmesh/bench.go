@@ -55,7 +55,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		defer os.RemoveAll(dir)
-		sc := stack.Config{DataDir: dir, PostgresDSN: *pg, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		sc := stack.Config{DataDir: dir, PostgresDSN: *pg, MaxConnsPerIP: *users + 16, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 		if *kafka != "" {
 			sc.KafkaBrokers = strings.Split(*kafka, ",")
 		}

@@ -703,11 +703,17 @@ func chatInteractive(ctx context.Context, g *chatGlobals) error {
 			return nil
 		case line, ok := <-lines:
 			if !ok {
+				// End of input: show the outcome of what was typed, for up to 5 s.
 				fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				err := c.WaitIdle(fctx)
-				cancel()
-				if err != nil {
-					fmt.Fprintf(out, "… %d message(s) still in the outbox; they are sent next time\n", c.Outbox().Len())
+				defer cancel()
+				for len(pending) > 0 {
+					select {
+					case ev := <-c.Events():
+						interactiveEvent(fctx, c, me, out, ev, pending)
+					case <-fctx.Done():
+						fmt.Fprintf(out, "… %d message(s) still in the outbox; they are sent next time\n", c.Outbox().Len())
+						return nil
+					}
 				}
 				return nil
 			}

@@ -27,6 +27,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	regionName := fs.String("region", "local", "region name")
 	edgeID := fs.String("edge-id", "edge-1", "edge id (stable across restarts)")
 	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
+	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit of the edge (0: edge default)")
 	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -38,7 +39,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	cfg := stack.Config{
 		DataDir: *data, PostgresDSN: *pg, Region: *regionName, EdgeID: *edgeID,
-		WSAddr: *ws, WTAddr: *wt, Logger: logger,
+		WSAddr: *ws, WTAddr: *wt, Logger: logger, MaxConnsPerIP: *maxConns,
 	}
 	if *kafka != "" {
 		cfg.KafkaBrokers = strings.Split(*kafka, ",")

@@ -28,7 +28,10 @@ const (
 	pskInfo = "chatmesh-pqxdh-v1 psk"
 	skInfo  = "chatmesh-pqxdh-v1 root"
 
-	version      = 1
+	// version is the first byte of an initial message: 0x50 ('P', prekey
+	// message v1), distinct from ratchet messages (which start with 0x01),
+	// so a receiver can tell the two apart without another tag.
+	version      = 0x50
 	flagOneTime  = 1 << 0
 	headerSize   = 1 + 1 + 4 + 4 + 4 + mlkem.CiphertextSize768
 	payloadSize  = identity.PublicSize
@@ -257,8 +260,9 @@ type Initial struct {
 // session an initial message belongs to (see ErrReplay).
 func (in *Initial) Token() [32]byte { return sha256.Sum256(in.Handshake) }
 
-// IsInitial reports whether msg is long enough and versioned like an initial
-// message (for routing; ParseInitial does the full check).
+// IsInitial reports whether msg is an initial message rather than a plain
+// ratchet message, by its first byte and length (for routing; ParseInitial
+// does the full check).
 func IsInitial(msg []byte) bool { return len(msg) > HandshakeSize && msg[0] == version }
 
 // ParseInitial decodes an initial message (lengths only; Accept authenticates).

@@ -2,6 +2,7 @@ package pqxdh
 
 import (
 	"bytes"
+	"crypto/mlkem"
 	"errors"
 	"sync"
 	"testing"
@@ -85,6 +86,12 @@ func TestSessionSetupAndConversation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if HandshakeSize != 1327 || !IsInitial(first) {
+			t.Fatalf("initial message: HandshakeSize %d (documented 1327), IsInitial %v", HandshakeSize, IsInitial(first))
+		}
+		if out.Session.HasReceived() {
+			t.Fatal("initiator has received before any reply")
+		}
 		acc, err := Accept(bob.id, bob.keys, first, ad, Config{})
 		if err != nil {
 			t.Fatalf("otp=%v: %v", withOTP, err)
@@ -107,9 +114,15 @@ func TestSessionSetupAndConversation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if IsInitial(reply) {
+			t.Fatal("ratchet message classified as initial")
+		}
 		pt, err := out.Session.Decrypt(reply, ad)
 		if err != nil || string(pt) != "hi alice" {
 			t.Fatalf("reply: %q %v", pt, err)
+		}
+		if !out.Session.HasReceived() {
+			t.Fatal("HasReceived false after the reply")
 		}
 		m, _ := out.Session.Encrypt([]byte("third"), ad)
 		if pt, err := acc.Session.Decrypt(m, ad); err != nil || string(pt) != "third" {
@@ -357,5 +370,35 @@ func TestOneTimePrekeyServedTwice(t *testing.T) {
 		if err != nil && !errors.Is(err, ErrReplay) {
 			t.Fatalf("loser: %v", err)
 		}
+	}
+}
+
+// kemSwapKeys serves a different ML-KEM decapsulation key under the right id.
+type kemSwapKeys struct {
+	*MemoryKeys
+	other *prekey.KEMPrekeyPair
+}
+
+func (k kemSwapKeys) KEMPrekey(uint32) (*mlkem.DecapsulationKey768, error) {
+	return k.other.Private, nil
+}
+
+// The ML-KEM shared secret is part of the key schedule: with every classical
+// key right but the wrong decapsulation key, the handshake fails. (If the KEM
+// secret were not mixed in, a future quantum attacker breaking X25519 alone
+// would recover the session.)
+func TestKEMSecretIsInKeySchedule(t *testing.T) {
+	alice, bob := newDevice(t, 0), newDevice(t, 1)
+	other, err := prekey.NewKEMPrekey(bob.id, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := Initiate(alice.id, bob.id.Public(), bob.bundle(0), Config{})
+	m, _ := out.Seal([]byte("pq"), ad)
+	if _, err := Accept(bob.id, kemSwapKeys{bob.keys, other}, m, ad, Config{}); !errors.Is(err, ErrHandshake) {
+		t.Fatalf("wrong KEM key: got %v, want ErrHandshake", err)
+	}
+	if _, err := Accept(bob.id, bob.keys, m, ad, Config{}); err != nil {
+		t.Fatalf("right KEM key: %v", err)
 	}
 }

@@ -406,6 +406,11 @@ func (s *Session) deleteSkipped(k skipKey) {
 	}
 }
 
+// HasReceived reports whether the session has decrypted at least one
+// message from the peer. An initiator keeps sending initial messages
+// (pqxdh.Outgoing.Seal) until it has.
+func (s *Session) HasReceived() bool { return s.st.hasCKr }
+
 // SkippedKeys reports how many skipped message keys the session holds.
 func (s *Session) SkippedKeys() int { return len(s.skipped) }
 

@@ -359,3 +359,22 @@ func BenchmarkMarshalUnmarshal(b *testing.B) {
 		}
 	}
 }
+
+// A well-formed message from another session (a server injecting traffic
+// it holds keys for, or mixing up conversations) is rejected and changes
+// nothing.
+func TestInjectedFromOtherSession(t *testing.T) {
+	alice, bob := pair(t, Config{})
+	mallory, _ := pair(t, Config{})
+	mustDecrypt(t, bob, enc(t, alice, "hello"), "hello")
+	before := snapshot(t, bob)
+	for i := range 3 {
+		if _, err := bob.Decrypt(enc(t, mallory, fmt.Sprint("inject", i)), ad); !errors.Is(err, ErrDecrypt) {
+			t.Fatalf("injected message %d: %v", i, err)
+		}
+	}
+	if !bytes.Equal(before, snapshot(t, bob)) {
+		t.Fatal("injected messages changed the state")
+	}
+	mustDecrypt(t, bob, enc(t, alice, "still fine"), "still fine")
+}

@@ -13,13 +13,13 @@
 #        export CHATMESH_PG_DSN="$(deploy/postgres/ensure.sh)"
 #      works. Progress goes to stderr.
 #
-# Environment: PG_VERSION (default 15), PG_CLUSTER (default main),
-# PG_PORT (default 5432; only used in the printed DSN and the wait loop).
+# Environment: CHATMESH_PG_VERSION (default 15), CHATMESH_PG_CLUSTER (default main),
+# CHATMESH_PG_PORT (default 5432; used in the printed DSN, the wait loop and psql).
 set -euo pipefail
 
-PG_VERSION="${PG_VERSION:-15}"
-PG_CLUSTER="${PG_CLUSTER:-main}"
-PG_PORT="${PG_PORT:-5432}"
+PG_VERSION="${CHATMESH_PG_VERSION:-15}"
+PG_CLUSTER="${CHATMESH_PG_CLUSTER:-main}"
+PG_PORT="${CHATMESH_PG_PORT:-5432}"
 ROLE=chatmesh
 PASSWORD=chatmesh
 DB=chatmesh

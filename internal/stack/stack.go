@@ -36,11 +36,19 @@ type Config struct {
 	DataDir      string   // keys, certificate, Pebble data
 	KafkaBrokers []string // empty: an embedded kfake broker
 	PostgresDSN  string   // empty: Pebble under DataDir/pebble
+	PGSchema     string   // PostgreSQL schema (created if absent); empty: the DSN's default
 	Region       string   // default "local"
 	EdgeID       string   // default "edge-1"
 	WSAddr       string   // default "127.0.0.1:0"
 	WTAddr       string   // default "127.0.0.1:0"; "-" disables WebTransport
 	Partitions   int      // ingress partitions, default 8
+	// Namespace, if set, prefixes the ingress and presence topics and the
+	// sequencer group ("<ns>.ingress"), so several stacks can share one
+	// Kafka cluster (tests). Edge topics are already unique per EdgeID.
+	Namespace string
+	// MaxConnsPerIP overrides the edge's per-IP connection limit (0: the
+	// edge default). Load tests from one address need it raised.
+	MaxConnsPerIP int
 	Notifier     core.Notifier
 	Logger       *slog.Logger
 	// EdgeConfig, if set, adjusts the edge's configuration before start
@@ -119,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, fmt.Errorf("stack: kafka: %w", err)
 	}
 	if cfg.PostgresDSN != "" {
-		s.Store, err = pgstore.Open(ctx, cfg.PostgresDSN, pgstore.Options{Logger: cfg.Logger})
+		s.Store, err = pgstore.Open(ctx, cfg.PostgresDSN, pgstore.Options{Logger: cfg.Logger, Schema: cfg.PGSchema})
 		s.ends.Store = "postgres"
 	} else {
 		s.Store, err = pebblestore.Open(filepath.Join(cfg.DataDir, "pebble"), pebblestore.Options{Logger: cfg.Logger})
@@ -128,9 +136,15 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("stack: store: %w", err)
 	}
-	s.Region, err = region.New(region.Config{
+	rcfg := region.Config{
 		Name: cfg.Region, IngressPartitions: cfg.Partitions, Logger: cfg.Logger, Notifier: cfg.Notifier,
-	}, s.Store, s.Bus)
+	}
+	if ns := cfg.Namespace; ns != "" {
+		rcfg.IngressTopic = ns + "." + region.DefaultIngressTopic
+		rcfg.PresenceTopic = ns + "." + region.DefaultPresenceTopic
+		rcfg.SequencerGroup = ns + "." + region.SequencerGroup
+	}
+	s.Region, err = region.New(rcfg, s.Store, s.Bus)
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +170,10 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	ecfg := edge.Config{
 		ID: cfg.EdgeID, Region: cfg.Region, Static: key,
 		WSAddr: cfg.WSAddr, WTAddr: wt, TLSConfig: tlsConf, Logger: cfg.Logger,
+		IngressTopic: rcfg.IngressTopic, PresenceTopic: rcfg.PresenceTopic,
+	}
+	if cfg.MaxConnsPerIP > 0 {
+		ecfg.MaxConnsPerIP = cfg.MaxConnsPerIP
 	}
 	if cfg.EdgeConfig != nil {
 		cfg.EdgeConfig(&ecfg)

@@ -44,6 +44,11 @@ type Config struct {
 	BatchTimeout time.Duration
 	// BatchSize is the most records in one produce batch. Default 1000.
 	BatchSize int
+	// MaxInFlight is how many group-committed writes may be in flight at
+	// once (see Produce). Default 1: kafka-go sends one batch per partition
+	// at a time, so rounds in flight together split into smaller batches
+	// that queue behind each other.
+	MaxInFlight int
 	// DialTimeout for every broker connection. Default 10s.
 	DialTimeout time.Duration
 	// MetadataTTL is how long the producer trusts cached metadata. Default 2s.
@@ -90,6 +95,9 @@ func (c *Config) setDefaults() {
 	if c.BatchSize <= 0 {
 		c.BatchSize = 1000
 	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 1
+	}
 	if c.RetryMax < c.RetryMin {
 		c.RetryMax = c.RetryMin
 	}
@@ -106,6 +114,12 @@ type Bus struct {
 	closing   context.Context // done when Close starts
 	stop      context.CancelFunc
 	consumers sync.WaitGroup // running Consume calls
+	flushers  sync.WaitGroup // flush goroutines
+
+	mu        sync.Mutex
+	cond      *sync.Cond    // signals pending or closed; uses mu
+	pending   []*produceReq // queued Produce calls, FIFO
+	closed    bool          // no more Produce calls are queued
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -133,6 +147,10 @@ func New(cfg Config) (*Bus, error) {
 		ErrorLogger:  kafkaLogger(b.log, slog.LevelWarn),
 	}
 	b.closing, b.stop = context.WithCancel(context.Background())
+	b.cond = sync.NewCond(&b.mu)
+	for range cfg.MaxInFlight {
+		b.flushers.Go(b.flush)
+	}
 	return b, nil
 }
 
@@ -148,28 +166,97 @@ func (b *Bus) newTransport() *kafka.Transport {
 
 // Produce writes recs with acks=all, each to the partition chosen by the
 // hash of its Key (kafka-go's Hash balancer: FNV-1a; records with a nil Key
-// go round-robin). Concurrent calls share one writer and are batched
-// together per partition. On error some records may have been written.
+// go round-robin), and returns when all are acknowledged or ctx ends. On
+// error some records may have been written.
+//
+// Concurrent calls are group-committed: Produce queues its records, and
+// each of Config.MaxInFlight flushers takes everything queued and writes it
+// with one WriteMessages call, so the records that arrive while a write is
+// in flight travel together in the next one. (kafka-go alone sends one
+// batch per partition at a time and closes a batch BatchTimeout after its
+// first record, so under load it sends many tiny batches one after
+// another.) One caller's records keep their order; records of concurrent
+// callers have no order between them.
 func (b *Bus) Produce(ctx context.Context, recs ...core.BusRecord) error {
-	if b.closing.Err() != nil {
-		return ErrClosed
-	}
 	if len(recs) == 0 {
 		return nil
 	}
-	msgs := make([]kafka.Message, len(recs))
+	req := &produceReq{msgs: make([]kafka.Message, len(recs)), done: make(chan error, 1)}
 	for i, r := range recs {
 		if r.Topic == "" {
 			return fmt.Errorf("kafkabus: produce record %d: %w: empty topic", i, core.ErrInvalidArgument)
 		}
-		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value}
+		req.msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value}
 	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return ErrClosed
+	}
+	b.pending = append(b.pending, req)
+	b.cond.Signal()
+	b.mu.Unlock()
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		// The records stay queued or in flight and may still be written.
+		return fmt.Errorf("kafkabus: produce %d records: %w", len(recs), ctx.Err())
+	}
+}
+
+// produceReq is one Produce call waiting for its records to be written.
+type produceReq struct {
+	msgs []kafka.Message
+	done chan error // buffered: the flusher never blocks on it
+}
+
+// maxRound bounds the records of one WriteMessages call.
+const maxRound = 10000
+
+// flush is one flusher goroutine: it writes queued records until Close
+// and the queue is empty.
+func (b *Bus) flush() {
+	for {
+		b.mu.Lock()
+		for len(b.pending) == 0 && !b.closed {
+			b.cond.Wait()
+		}
+		if len(b.pending) == 0 {
+			b.mu.Unlock()
+			return
+		}
+		n, take := 0, 0
+		for take < len(b.pending) && (take == 0 || n+len(b.pending[take].msgs) <= maxRound) {
+			n += len(b.pending[take].msgs)
+			take++
+		}
+		round := append([]*produceReq(nil), b.pending[:take]...)
+		b.pending = append(b.pending[:0], b.pending[take:]...)
+		if len(b.pending) > 0 {
+			b.cond.Signal() // another flusher may take the rest
+		}
+		b.mu.Unlock()
+		b.writeRound(round, n)
+	}
+}
+
+// writeRound writes the records of reqs in one call and tells each caller
+// the outcome of its own records.
+func (b *Bus) writeRound(reqs []*produceReq, n int) {
+	msgs := make([]kafka.Message, 0, n)
+	for _, r := range reqs {
+		msgs = append(msgs, r.msgs...)
+	}
+	// No caller's ctx bounds the round (it carries other callers' records);
+	// kafka-go's own timeouts and retry limit (MaxAttempts) do.
+	ctx := context.Background()
 	err := b.writer.WriteMessages(ctx, msgs...)
 	if errors.Is(err, kafka.UnknownTopicOrPartition) {
 		// The writer trusts its metadata cache; a topic created by another
 		// client since the last refresh looks unknown. Refresh and retry once.
 		refreshed := false
-		for _, t := range uniqueTopics(recs) {
+		for _, t := range uniqueTopics(msgs) {
 			if ok, rerr := b.refreshTopic(ctx, t); rerr == nil && ok {
 				refreshed = true
 			}
@@ -178,19 +265,39 @@ func (b *Bus) Produce(ctx context.Context, recs ...core.BusRecord) error {
 			err = b.writer.WriteMessages(ctx, msgs...)
 		}
 	}
-	if err != nil {
-		if errors.Is(err, kafka.UnknownTopicOrPartition) {
-			return fmt.Errorf("kafkabus: produce: %w: %w", ErrUnknownTopic, err)
+	var werrs kafka.WriteErrors
+	isWrite := errors.As(err, &werrs) && len(werrs) == len(msgs)
+	off := 0
+	for _, r := range reqs {
+		var rerr error
+		switch {
+		case err == nil:
+		case isWrite:
+			for _, e := range werrs[off : off+len(r.msgs)] {
+				if e != nil {
+					rerr = e
+					break
+				}
+			}
+		default:
+			rerr = err
 		}
-		return fmt.Errorf("kafkabus: produce %d records: %w", len(recs), err)
+		off += len(r.msgs)
+		if rerr != nil {
+			if errors.Is(rerr, kafka.UnknownTopicOrPartition) {
+				rerr = fmt.Errorf("kafkabus: produce: %w: %w", ErrUnknownTopic, rerr)
+			} else {
+				rerr = fmt.Errorf("kafkabus: produce %d records: %w", len(r.msgs), rerr)
+			}
+		}
+		r.done <- rerr
 	}
-	return nil
 }
 
-func uniqueTopics(recs []core.BusRecord) []string {
+func uniqueTopics(msgs []kafka.Message) []string {
 	var ts []string
 	seen := map[string]bool{}
-	for _, r := range recs {
+	for _, r := range msgs {
 		if !seen[r.Topic] {
 			seen[r.Topic] = true
 			ts = append(ts, r.Topic)
@@ -359,11 +466,18 @@ func (b *Bus) dialAny(ctx context.Context) (*kafka.Conn, error) {
 }
 
 // Close stops running Consume calls (they return ErrClosed), waits for
-// them, flushes the writer and releases connections. It is idempotent.
+// them, writes the records already queued by Produce, closes the writer and
+// releases connections. It is idempotent.
 func (b *Bus) Close() error {
 	b.closeOnce.Do(func() {
 		b.stop()
 		b.consumers.Wait()
+		// Flushers write what is queued, then exit.
+		b.mu.Lock()
+		b.closed = true
+		b.cond.Broadcast()
+		b.mu.Unlock()
+		b.flushers.Wait()
 		b.closeErr = b.writer.Close()
 		b.transport.CloseIdleConnections()
 		if b.closeErr != nil && !errors.Is(b.closeErr, io.ErrClosedPipe) {

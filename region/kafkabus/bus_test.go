@@ -204,6 +204,10 @@ func benchProduce(b *testing.B, brokers []string) {
 			}
 		}
 	})
+	b.StopTimer()
+	batch, ms := bus.WriterBatchStats()
+	b.ReportMetric(batch, "records/batch")
+	b.ReportMetric(ms, "ms/request")
 }
 
 // benchProduceSerial measures one caller producing one record at a time:
@@ -382,4 +386,102 @@ func sigkillChild(t *testing.T, dir string) {
 	produce(100, 200)
 	fmt.Printf("CHILD-READY %s\n", e.Addrs()[0])
 	time.Sleep(time.Minute) // killed here
+}
+
+// TestRealKafkaBrokerKill SIGKILLs one broker of a deploy/kafka/cluster.sh
+// cluster while a producer and a group consumer run, restarts it, and
+// checks that every acknowledged record was consumed. It needs
+// CHATMESH_KAFKA_BROKERS and CHATMESH_KAFKA_CLUSTER_DIR (the cluster's --dir)
+// and a cluster of at least 3 nodes; it stops and restarts node 2.
+func TestRealKafkaBrokerKill(t *testing.T) {
+	brokers := bustest.RealKafkaBrokers(t)
+	dir := os.Getenv("CHATMESH_KAFKA_CLUSTER_DIR")
+	if dir == "" || len(brokers) < 3 {
+		t.Skip("needs CHATMESH_KAFKA_CLUSTER_DIR and a 3-node cluster from deploy/kafka/cluster.sh")
+	}
+	script := "../../deploy/kafka/cluster.sh"
+	cluster := func(args ...string) {
+		t.Helper()
+		out, err := exec.Command("bash", append([]string{script}, append(args, "--dir", dir)...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("cluster.sh %v: %v\n%s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { _ = exec.Command("bash", script, "start-one", "2", "--dir", dir).Run() })
+
+	topic := bustest.Name(t, "t")
+	prod := newBus(t, brokers)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := prod.EnsureTopic(ctx, topic, 6); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	got := map[string]int{}
+	cctx, ccancel := context.WithCancel(ctx)
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	cons := newBus(t, brokers)
+	go func() {
+		done <- cons.Consume(cctx, core.ConsumeSpec{Topic: topic, Group: bustest.Name(t, "g"), OnReady: func() { close(ready) }},
+			func(_ context.Context, r core.BusRecord) error {
+				mu.Lock()
+				got[string(r.Value)]++
+				mu.Unlock()
+				return nil
+			})
+	}()
+	<-ready
+
+	var acked []string
+	failed := 0
+	produce := func(n int) {
+		for range n {
+			v := fmt.Sprintf("v%d", len(acked)+failed)
+			pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+			err := prod.Produce(pctx, core.BusRecord{Topic: topic, Key: fmt.Appendf(nil, "conv-%d", (len(acked)+failed)%50), Value: []byte(v)})
+			pcancel()
+			if err != nil {
+				failed++
+				t.Logf("produce %s: %v", v, err)
+				continue
+			}
+			acked = append(acked, v)
+		}
+	}
+	produce(300)
+	start := time.Now()
+	cluster("stop-one", "2", "--kill")
+	produce(300) // while node 2 is down: RF 3, min.insync.replicas 2 still accepts
+	t.Logf("300 records with node 2 down took %v", time.Since(start))
+	cluster("start-one", "2")
+	produce(300)
+
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		mu.Lock()
+		missing := 0
+		for _, v := range acked {
+			if got[v] == 0 {
+				missing++
+			}
+		}
+		mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acknowledged records never consumed", missing, len(acked))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ccancel()
+	<-done
+	mu.Lock()
+	dups := 0
+	for _, n := range got {
+		dups += n - 1
+	}
+	mu.Unlock()
+	t.Logf("broker kill: %d acknowledged, %d produce errors, all acknowledged consumed, %d duplicates", len(acked), failed, dups)
 }

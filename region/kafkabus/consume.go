@@ -28,7 +28,7 @@ import (
 // partitions. A handler error is retried on the same record with capped
 // exponential backoff (Config.RetryMin..RetryMax) until it succeeds, the
 // partition is revoked, or ctx ends.
-func (b *Bus) Consume(ctx context.Context, spec core.ConsumeSpec, h Handler) error {
+func (b *Bus) Consume(ctx context.Context, spec core.ConsumeSpec, h core.Handler) error {
 	if h == nil || spec.Topic == "" {
 		return fmt.Errorf("kafkabus: consume: %w: need a topic and a handler", core.ErrInvalidArgument)
 	}
@@ -57,9 +57,6 @@ func (b *Bus) Consume(ctx context.Context, spec core.ConsumeSpec, h Handler) err
 	return b.consumeErr(ctx, err)
 }
 
-// Handler is core.Handler (re-declared for the doc links of this package).
-type Handler = core.Handler
-
 // consumeErr turns an error caused by the end of ctx into ctx's error, or
 // ErrClosed when the bus was closed.
 func (b *Bus) consumeErr(ctx context.Context, err error) error {
@@ -74,7 +71,7 @@ func (b *Bus) consumeErr(ctx context.Context, err error) error {
 
 // consumeTail reads every partition from the end offsets it resolves
 // before calling OnReady.
-func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, h Handler, md *kafka.MetadataResponse) error {
+func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, h core.Handler, md *kafka.MetadataResponse) error {
 	var parts []int
 	for _, t := range md.Topics {
 		if t.Name == spec.Topic {
@@ -140,7 +137,7 @@ func (b *Bus) endOffsets(ctx context.Context, topic string, parts []int) (map[in
 
 // consumeGroup is the consumer-group loop: one generation after another
 // until ctx ends.
-func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, h Handler) error {
+func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, h core.Handler) error {
 	log := b.log.With("topic", spec.Topic, "group", spec.Group)
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                spec.Group,
@@ -153,8 +150,10 @@ func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, h Handler
 		RebalanceTimeout:  b.cfg.RebalanceTimeout,
 		JoinGroupBackoff:  b.cfg.RetryMax,
 		StartOffset:       kafka.FirstOffset,
-		Timeout:           b.cfg.DialTimeout,
-		ErrorLogger:       kafkaLogger(log, slog.LevelDebug),
+		// Timeout bounds each coordinator request; JoinGroup legitimately
+		// blocks on the broker for up to the rebalance timeout.
+		Timeout:     b.cfg.RebalanceTimeout + b.cfg.DialTimeout,
+		ErrorLogger: kafkaLogger(log, slog.LevelDebug),
 	})
 	if err != nil {
 		return fmt.Errorf("kafkabus: consume %q group %q: %w", spec.Topic, spec.Group, err)
@@ -274,7 +273,7 @@ func (c *committer) commit() {
 // kafka.FirstOffset/LastOffset) and hands each record to h, in order,
 // retrying failures on the same record, until ctx ends. handled, if not
 // nil, learns each record that h accepted.
-func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, h Handler, handled func(int, int64)) {
+func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, h core.Handler, handled func(int, int64)) {
 	log := b.log.With("topic", topic, "partition", partition)
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:         b.cfg.Brokers,
@@ -320,7 +319,7 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 }
 
 // handle calls h until it succeeds; false means ctx ended first.
-func (b *Bus) handle(ctx context.Context, log *slog.Logger, h Handler, rec core.BusRecord) bool {
+func (b *Bus) handle(ctx context.Context, log *slog.Logger, h core.Handler, rec core.BusRecord) bool {
 	for attempt := 0; ; attempt++ {
 		err := h(ctx, rec)
 		if err == nil {

@@ -27,7 +27,10 @@
 // conversation with distinct and duplicate keys (gapless seqs 1..N, exactly
 // one non-duplicate result per key, the same seq for every replay of a key),
 // concurrent cursor advances (the moves form one chain from 0 to the maximum),
-// and concurrent device registration.
+// and concurrent device registration. Each concurrency scenario runs three
+// rounds with all goroutines released at once; a race in an implementation
+// shows up as a failure with high probability, not certainty (removing
+// Pebble's per-conversation lock failed 7 runs of 10).
 //
 // # Semantics the suite pins down where core/ports.go is silent
 //
@@ -37,7 +40,8 @@
 //     ErrInvalidArgument (an entry without an idempotency key could not be
 //     de-duplicated); a Create whose ID differs from Message.ConvId too.
 //   - Messages of a missing conversation is ErrNotFound; limit <= 0 means
-//     core.DefaultPageSize and limits above core.MaxPageSize are clamped.
+//     core.DefaultPageSize and limits above core.MaxPageSize are clamped
+//     (the clamp is not exercised: it would need more than 1000 appends).
 //   - Cursors of the two kinds are independent; an unknown kind is
 //     ErrInvalidArgument. AdvanceCursor does not require the conversation to
 //     exist.

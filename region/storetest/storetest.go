@@ -2,7 +2,6 @@ package storetest
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -923,8 +922,17 @@ func lessKey(a, b core.DeviceKey) bool {
 // testConcurrentAppend: G goroutines append to one conversation (each passes
 // Create, so creation races too). Every key is appended by two goroutines.
 func testConcurrentAppend(t *testing.T, s core.Store) {
+	for r := 0; r < concurrencyRounds; r++ {
+		concurrentAppendRound(t, s, fmt.Sprintf("g:race%d", r))
+	}
+}
+
+// concurrencyRounds repeats each concurrency scenario on fresh keys: a lost
+// update shows up in a given round only if the racing calls overlap.
+const concurrencyRounds = 3
+
+func concurrentAppendRound(t *testing.T, s core.Store, conv string) {
 	const (
-		conv    = "g:race"
 		workers = 8
 		perW    = 12
 		shared  = workers * perW / 2 // each shared key twice
@@ -936,11 +944,13 @@ func testConcurrentAppend(t *testing.T, s core.Store) {
 		err error
 	}
 	out := make(chan result, workers*(perW+1))
+	start := make(chan struct{}) // release all workers at once: more overlap
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			<-start
 			// A key of its own, with a membership effect.
 			join := fmt.Sprintf("join%02d", w)
 			res, err := s.Append(t.Context(), core.AppendRequest{Epoch: 1, Create: group(conv), Message: userMsg(conv, "a", 1, join), AddMembers: []string{fmt.Sprintf("u%02d", w)}})
@@ -958,6 +968,7 @@ func testConcurrentAppend(t *testing.T, s core.Store) {
 			}
 		}()
 	}
+	close(start)
 	wg.Wait()
 	close(out)
 	seqOf := map[string]uint64{}
@@ -1058,25 +1069,35 @@ func testConcurrentAppendMany(t *testing.T, s core.Store) {
 }
 
 // testConcurrentCursor: the successful moves of concurrent advances form one
-// chain 0 -> ... -> max, as if applied one at a time.
+// chain 0 -> ... -> max, as if applied one at a time (no two moves to the
+// same value, each move starting where the previous one ended).
 func testConcurrentCursor(t *testing.T, s core.Store) {
+	for r := 0; r < concurrencyRounds; r++ {
+		concurrentCursorRound(t, s, fmt.Sprintf("g:cur%d", r))
+	}
+}
+
+func concurrentCursorRound(t *testing.T, s core.Store, conv string) {
 	const (
 		workers = 8
-		perW    = 25
-		max     = workers * perW
+		perW    = 40
+		max     = perW
 	)
 	dev := core.DeviceKey{User: "a", Device: 1}
 	type move struct{ prev, seq uint64 }
 	moves := make(chan move, workers*perW)
 	errs := make(chan error, workers)
+	start := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			<-start
 			for i := 0; i < perW; i++ {
-				seq := uint64(i*workers + w + 1) // interleaved: all of 1..max once
-				prev, moved, err := s.AdvanceCursor(t.Context(), "g:cur", dev, core.CursorDelivered, seq)
+				// Every worker walks 1..max: each target is raced by all.
+				seq := uint64(i + 1)
+				prev, moved, err := s.AdvanceCursor(t.Context(), conv, dev, core.CursorDelivered, seq)
 				if err != nil {
 					errs <- err
 					return
@@ -1094,6 +1115,7 @@ func testConcurrentCursor(t *testing.T, s core.Store) {
 			}
 		}()
 	}
+	close(start)
 	wg.Wait()
 	close(moves)
 	close(errs)
@@ -1107,6 +1129,9 @@ func testConcurrentCursor(t *testing.T, s core.Store) {
 	sort.Slice(ms, func(i, j int) bool { return ms[i].seq < ms[j].seq })
 	last := uint64(0)
 	for _, m := range ms {
+		if m.seq == last {
+			t.Fatalf("two advances both moved the cursor to %d", m.seq)
+		}
 		if m.prev != last {
 			t.Fatalf("move %d->%d does not continue from %d: a lost update", m.prev, m.seq, last)
 		}
@@ -1119,22 +1144,41 @@ func testConcurrentCursor(t *testing.T, s core.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	equal(t, "final cursor", cs, []core.Cursor{{Conv: "g:cur", Device: dev, Delivered: max}})
+	if len(cs) == 0 {
+		t.Fatalf("no cursors")
+	}
+	var final *core.Cursor
+	for i := range cs {
+		if cs[i].Conv == conv {
+			final = &cs[i]
+		}
+	}
+	if final == nil || final.Delivered != max || final.Read != 0 {
+		t.Fatalf("final cursors %+v, want %s delivered at %d", cs, conv, max)
+	}
 }
 
 // testConcurrentRegister: concurrent registrations of distinct keys for one
 // user get distinct numbers; concurrent retries of one key get one device.
 func testConcurrentRegister(t *testing.T, s core.Store) {
-	register(t, s, "alice", 0, true)
+	for r := 0; r < concurrencyRounds; r++ {
+		concurrentRegisterRound(t, s, fmt.Sprintf("alice%d", r), fmt.Sprintf("bob%d", r))
+	}
+}
+
+func concurrentRegisterRound(t *testing.T, s core.Store, alice, bob string) {
+	register(t, s, alice, 0, true)
 	const workers = 8
 	got := make(chan core.Device, 2*workers)
 	errs := make(chan error, 2*workers)
+	start := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			d, err := s.RegisterDevice(t.Context(), core.User{ID: "alice"}, mkDevice("alice", w+1), false)
+			<-start
+			d, err := s.RegisterDevice(t.Context(), core.User{ID: alice}, mkDevice(alice, w+1), false)
 			if err != nil {
 				errs <- err
 				return
@@ -1143,7 +1187,8 @@ func testConcurrentRegister(t *testing.T, s core.Store) {
 		}()
 		go func() { // everyone retries the same static for bob
 			defer wg.Done()
-			d, err := s.RegisterDevice(t.Context(), core.User{ID: "bob", HomeRegion: "eu"}, mkDevice("bob", 0), true)
+			<-start
+			d, err := s.RegisterDevice(t.Context(), core.User{ID: bob, HomeRegion: "eu"}, mkDevice(bob, 0), true)
 			if err != nil {
 				errs <- err
 				return
@@ -1151,6 +1196,7 @@ func testConcurrentRegister(t *testing.T, s core.Store) {
 			got <- d
 		}()
 	}
+	close(start)
 	wg.Wait()
 	close(got)
 	close(errs)
@@ -1159,9 +1205,9 @@ func testConcurrentRegister(t *testing.T, s core.Store) {
 	}
 	numbers := map[uint32]bool{}
 	for d := range got {
-		if d.Key.User == "bob" {
+		if d.Key.User == bob {
 			if d.Key.Device != 1 {
-				t.Fatalf("bob's retried registration got device %d", d.Key.Device)
+				t.Fatalf("%s's retried registration got device %d", bob, d.Key.Device)
 			}
 			continue
 		}
@@ -1175,8 +1221,10 @@ func testConcurrentRegister(t *testing.T, s core.Store) {
 			t.Fatalf("device numbers %v are not 2..%d", numbers, workers+1)
 		}
 	}
-	ds, err := s.Devices(context.Background(), "bob")
-	if err != nil || len(ds) != 1 {
-		t.Fatalf("bob's devices = %v, %v", ds, err)
+	for _, u := range []string{alice, bob} {
+		ds, err := s.Devices(t.Context(), u)
+		if want := map[string]int{alice: workers + 1, bob: 1}[u]; err != nil || len(ds) != want {
+			t.Fatalf("%s has %d devices (%v), want %d", u, len(ds), err, want)
+		}
 	}
 }

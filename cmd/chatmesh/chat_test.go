@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/internal/stack"
+)
+
+func TestResolveConv(t *testing.T) {
+	me := core.DeviceKey{User: "bob", Device: 1}
+	cases := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"@alice", "d:alice:bob", true},
+		{"@zed", "d:bob:zed", true},
+		{"d:alice:bob", "d:alice:bob", true},
+		{"g:01J8ZC0000000000000000000A", "g:01J8ZC0000000000000000000A", true},
+		{"@Bad", "", false},
+		{"alice", "", false},
+		{"d:bob:alice", "", false}, // not canonical
+	}
+	for _, tc := range cases {
+		got, err := resolveConv(me, tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("resolveConv(%q) = %q, %v; want %q ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+// chatCLI runs `chatmesh chat` against a stack for one device.
+type chatCLI struct {
+	t     *testing.T
+	state string
+	ends  stack.Endpoints
+	wt    bool
+}
+
+func (c chatCLI) run(stdin string, args ...string) (string, error) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	edge := []string{"--edge", c.ends.WS}
+	if c.wt {
+		edge = []string{"--edge", c.ends.WT, "--cert-hash", c.ends.CertHash}
+	}
+	full := append([]string{"--state", c.state, "--server-key", c.ends.EdgeKey, "--timeout", "20s"}, edge...)
+	full = append(full, args...)
+	var out, errb bytes.Buffer
+	err := runChat(ctx, full, strings.NewReader(stdin), &out, &errb)
+	if err != nil {
+		c.t.Logf("chat %v: stderr %s", args, errb.String())
+	}
+	return out.String(), err
+}
+
+func (c chatCLI) must(args ...string) string {
+	c.t.Helper()
+	out, err := c.run("", args...)
+	if err != nil {
+		c.t.Fatalf("chat %v: %v", args, err)
+	}
+	return out
+}
+
+func receiveJSON(t *testing.T, c chatCLI) []messageJSON {
+	t.Helper()
+	out := c.must("receive", "--json")
+	var ms []messageJSON
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var m messageJSON
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("bad json line %q: %v", line, err)
+		}
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+func TestChatCLIEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs the in-process stack")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := stack.Start(ctx, stack.Config{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	ends := s.Endpoints()
+	alice := chatCLI{t: t, state: t.TempDir(), ends: ends}
+	bob := chatCLI{t: t, state: t.TempDir(), ends: ends, wt: true}
+
+	if out := alice.must("register", "alice"); out != "registered alice.1\n" {
+		t.Fatalf("register: %q", out)
+	}
+	bob.must("register", "bob")
+	if out := alice.must("send", "@bob", "hello", "bob"); out != "sent d:alice:bob seq 1\n" {
+		t.Fatalf("send: %q", out)
+	}
+	alice.must("send", "d:alice:bob", "second")
+
+	ms := receiveJSON(t, bob)
+	if len(ms) != 2 || ms[0].Body != "hello bob" || ms[0].From != "alice.1" || ms[0].Seq != 1 ||
+		ms[0].Conv != "d:alice:bob" || ms[0].Kind != "user" || ms[0].MsgID == "" || ms[0].SentAtMs == 0 || ms[1].Body != "second" {
+		t.Fatalf("receive: %+v", ms)
+	}
+	// Each message is printed once, across runs.
+	if ms := receiveJSON(t, bob); len(ms) != 0 {
+		t.Fatalf("second receive printed %+v", ms)
+	}
+
+	out := alice.must("group", "create", "friends", "bob")
+	gid := strings.Fields(out)[0]
+	if !core.IsGroupID(gid) {
+		t.Fatalf("group create: %q", out)
+	}
+	alice.must("send", gid, "hi group")
+	ms = receiveJSON(t, bob)
+	if len(ms) != 2 || ms[0].Kind != "membership" || ms[1].Body != "hi group" || ms[1].Seq != 2 {
+		t.Fatalf("group receive: %+v", ms)
+	}
+	if out := bob.must("history", "@alice"); strings.Count(out, "\n") != 2 || !strings.Contains(out, "alice.1: hello bob") {
+		t.Fatalf("history: %q", out)
+	}
+	bob.must("read", "@alice", "2")
+	if out := bob.must("presence", "alice"); !strings.HasPrefix(out, "alice\toffline") {
+		t.Fatalf("presence: %q", out)
+	}
+
+	// A second device for bob via link-request / link / register --link.
+	phone := chatCLI{t: t, state: t.TempDir(), ends: ends}
+	req := strings.TrimSpace(phone.must("link-request"))
+	tok := strings.TrimSpace(bob.must("link", req))
+	if out := phone.must("register", "--link", tok); out != "registered bob.2\n" {
+		t.Fatalf("linked register: %q", out)
+	}
+	if ms := receiveJSON(t, phone); len(ms) != 4 {
+		t.Fatalf("new device history: %+v", ms)
+	}
+
+	// Interactive: choose a conversation, send a line, end of input.
+	out, err = alice.run("/to @bob\nfrom the prompt\n", "interactive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "✓ sent [d:alice:bob #3]") {
+		t.Fatalf("interactive output: %q", out)
+	}
+	if ms := receiveJSON(t, bob); len(ms) != 1 || ms[0].Body != "from the prompt" {
+		t.Fatalf("after interactive: %+v", ms)
+	}
+}

@@ -1,0 +1,96 @@
+// Package edge terminates chatmesh client connections: WebSocket and
+// WebTransport listeners, the Noise handshake (crypto/noiseconn), device
+// authentication, per-device sessions, request validation, rate and
+// connection limits, and the push path from the region back to the
+// devices. PROTOCOL.md at the repository root is the client's view of
+// everything here.
+//
+// # What it does
+//
+// A connection is accepted on /v1/ws (one binary WebSocket message per
+// Noise message) or /v1/wt (one client-opened WebTransport stream, each
+// Noise message prefixed with a 2-byte big-endian length). The per-IP
+// connection limit is applied first, then the XX handshake with a
+// ServerHello payload; the client's proven static key is passed to
+// Backend.Authenticate. A registered device's session is reported with
+// Backend.SessionOpened (before it serves any request) and
+// Backend.SessionClosed at the end; an unregistered key gets a session that
+// accepts only register and ping until Register succeeds.
+//
+// Each ClientFrame is size-checked, decoded, and charged to the session's
+// token bucket. Reads (sync, history, list_conversations, lookup_user,
+// presence_subscribe) go to Backend.Query; ping is answered here; writes
+// (send, ack, read, create_group, modify_members, typing) are validated and
+// produced as pb.IngressRecord to Config.IngressTopic keyed by conversation
+// id, with an Origin naming this edge, the session, the request id and the
+// device. Their replies come back on the edge's own topic ("edge."+ID) as
+// pb.EdgeRecord: with session_id to that session only, otherwise to every
+// session of every target device, a delivery's per-device ciphertexts
+// stripped to the receiving device's own. pb.PresenceRecord events on
+// Config.PresenceTopic go to the sessions that subscribed to the user.
+//
+// # What it does not do
+//
+// It never reads the database or the directory, never parses envelopes
+// (they are E2E ciphertext), never waits for a write to be sequenced, and
+// holds no E2E session state. It imports core, core/pb and crypto/noiseconn
+// only — never region/ or sim/; Backend is the narrow interface it needs
+// from its region (region.API implements it).
+//
+// # Sessions and REPLACED
+//
+// One session per device per edge: when a device connects again, the older
+// session receives Disconnect{REPLACED, reconnect=false} and is closed,
+// after the new one has been reported with SessionOpened (so the route
+// never disappears and presence does not flicker). This matches the
+// store's single route per device. Because of it the token bucket of a
+// session is the device's rate limit on this edge.
+//
+// # Life cycle
+//
+// New checks the Config (zero values get documented defaults; ID is
+// required) and makes a Noise key and a self-signed certificate when none
+// are given. Start ensures the edge topic, starts the two tail consumers
+// (no consumer group) and waits until both are positioned (OnReady), calls
+// Backend.EdgeStarted to drop routes a previous process left behind, and
+// then listens. Shutdown is idempotent: it stops accepting, sends every
+// session Disconnect{SHUTTING_DOWN, reconnect=true}, closes them (each
+// reports SessionClosed), stops the consumers and waits for every
+// goroutine the edge started.
+//
+// # Concurrency
+//
+// Every session has two goroutines, both owned by the edge's WaitGroup:
+// the session goroutine performs the handshake and then reads, handling one
+// frame at a time (so a client's requests are processed in order); the
+// writer drains a bounded queue (Config.SendQueue) into the Noise
+// connection and enforces the idle timeout. Pushes never block: a full
+// queue ends the session with Disconnect{UNAVAILABLE, reconnect=true},
+// counted as Stats.DroppedSlowClient (drop reason "slow consumer"); the
+// client repairs the gap with sync when it reconnects. Any goroutine may
+// end a session (terminate); the writer then sends the final Disconnect
+// ahead of anything still queued and closes the transport, which ends the
+// reader. The session and subscription indexes are guarded by one mutex
+// that is never held across I/O. Bus handlers run on the bus's goroutines
+// and only enqueue.
+//
+// # Errors on the wire
+//
+// Before the handshake completes errors are close codes: WebSocket status
+// 4000+ErrorCode, WebTransport session error code = ErrorCode
+// (TOO_MANY_CONNECTIONS, HANDSHAKE_FAILED, SHUTTING_DOWN). Afterwards a
+// failed request is a Response with an error code and the session goes on
+// (MALFORMED_FRAME, FRAME_TOO_LARGE, RATE_LIMITED, INVALID_ARGUMENT,
+// UNAUTHENTICATED, UNAVAILABLE when the ingress produce failed — the
+// client retries with the same ids); a fatal condition is a Disconnect frame
+// followed by the close code (a transport message that fails to decrypt,
+// one above the 65535-byte Noise limit, idle timeout, replacement, slow
+// consumer, shutdown).
+//
+// # Observability
+//
+// Stats returns counters (connections, rejections per reason, frames,
+// produced records, drops); Collector exports the same numbers to
+// Prometheus as chatmesh_edge_* metrics. Logs never contain frame contents
+// or keys.
+package edge

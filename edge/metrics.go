@@ -1,0 +1,59 @@
+package edge
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector returns a Prometheus collector that exports Stats as
+// chatmesh_edge_* metrics labelled with the edge id. Register it with
+// whatever registry the process uses; the edge registers nothing itself.
+func (e *Edge) Collector() prometheus.Collector { return collector{e} }
+
+type collector struct{ e *Edge }
+
+type metricDef struct {
+	name, help string
+	gauge      bool
+	value      func(Stats) float64
+}
+
+var metricDefs = []metricDef{
+	{"connections_total", "Transport connections accepted.", false, func(s Stats) float64 { return float64(s.Connections) }},
+	{"rejected_per_ip_total", "Connections refused by the per-IP limit.", false, func(s Stats) float64 { return float64(s.RejectedPerIP) }},
+	{"handshake_failures_total", "Failed Noise handshakes.", false, func(s Stats) float64 { return float64(s.HandshakeFailures) }},
+	{"sessions", "Established sessions.", true, func(s Stats) float64 { return float64(s.Sessions) }},
+	{"frames_in_total", "Frames received from clients.", false, func(s Stats) float64 { return float64(s.FramesIn) }},
+	{"frames_out_total", "Frames written to clients.", false, func(s Stats) float64 { return float64(s.FramesOut) }},
+	{"ingress_produced_total", "Ingress records produced.", false, func(s Stats) float64 { return float64(s.Produced) }},
+	{"ingress_errors_total", "Ingress produce failures (answered UNAVAILABLE).", false, func(s Stats) float64 { return float64(s.ProduceErrors) }},
+	{"rate_limited_total", "Frames refused with RATE_LIMITED.", false, func(s Stats) float64 { return float64(s.RateLimited) }},
+	{"typing_dropped_total", "Typing frames dropped over the rate limit.", false, func(s Stats) float64 { return float64(s.TypingDropped) }},
+	{"malformed_total", "Malformed frames.", false, func(s Stats) float64 { return float64(s.Malformed) }},
+	{"too_large_total", "Frames above the size limit.", false, func(s Stats) float64 { return float64(s.TooLarge) }},
+	{"dropped_slow_consumer_total", "Sessions closed because their send queue overflowed.", false, func(s Stats) float64 { return float64(s.DroppedSlowClient) }},
+	{"idle_timeouts_total", "Sessions closed for idleness.", false, func(s Stats) float64 { return float64(s.IdleTimeouts) }},
+	{"replaced_total", "Sessions replaced by a newer session of the same device.", false, func(s Stats) float64 { return float64(s.Replaced) }},
+	{"edge_records_total", "Edge-topic records handled.", false, func(s Stats) float64 { return float64(s.EdgeRecordsHandled) }},
+	{"presence_records_total", "Presence records handled.", false, func(s Stats) float64 { return float64(s.PresenceHandled) }},
+}
+
+func (c collector) desc(d metricDef) *prometheus.Desc {
+	return prometheus.NewDesc("chatmesh_edge_"+d.name, d.help, nil, prometheus.Labels{"edge": c.e.cfg.ID})
+}
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range metricDefs {
+		ch <- c.desc(d)
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.e.Stats()
+	for _, d := range metricDefs {
+		t := prometheus.CounterValue
+		if d.gauge {
+			t = prometheus.GaugeValue
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc(d), t, d.value(s))
+	}
+}

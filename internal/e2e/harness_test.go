@@ -1,0 +1,245 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatmesh/chatmesh/client"
+	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/internal/stack"
+)
+
+// backend names a store+bus combination to run a test on.
+type backend struct {
+	name    string
+	brokers []string
+	dsn     string
+}
+
+func realBackend(t *testing.T) (backend, bool) {
+	brokers, dsn := os.Getenv("CHATMESH_KAFKA_BROKERS"), os.Getenv("CHATMESH_PG_DSN")
+	if brokers == "" || dsn == "" {
+		if os.Getenv("CHATMESH_REQUIRE_KAFKA") == "1" || os.Getenv("CHATMESH_REQUIRE_PG") == "1" {
+			t.Fatalf("real Kafka and PostgreSQL required but CHATMESH_KAFKA_BROKERS=%q CHATMESH_PG_DSN=%q", brokers, dsn)
+		}
+		return backend{}, false
+	}
+	return backend{name: "kafka+postgres", brokers: strings.Split(brokers, ","), dsn: dsn}, true
+}
+
+// forEachBackend runs f on the embedded default and, when configured, on
+// real Kafka + PostgreSQL.
+func forEachBackend(t *testing.T, f func(t *testing.T, b backend)) {
+	t.Run("embedded", func(t *testing.T) { f(t, backend{name: "embedded"}) })
+	if b, ok := realBackend(t); ok {
+		t.Run("real", func(t *testing.T) { f(t, b) })
+	} else {
+		t.Run("real", func(t *testing.T) { t.Skip("CHATMESH_KAFKA_BROKERS / CHATMESH_PG_DSN not set") })
+	}
+}
+
+func uniq(prefix string) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+func startStack(t *testing.T, b backend, adjust func(*stack.Config)) *stack.Stack {
+	t.Helper()
+	ns := uniq("t")
+	cfg := stack.Config{
+		DataDir: t.TempDir(), KafkaBrokers: b.brokers, PostgresDSN: b.dsn, PGSchema: ns,
+		Namespace: ns, EdgeID: ns + "-edge", WTAddr: "-", MaxConnsPerIP: 2000, Partitions: 4,
+	}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	s, err := stack.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start stack (%s): %v", b.name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	return s
+}
+
+// recorder drains a client's events and keeps what a test asserts on.
+type recorder struct {
+	mu       sync.Mutex
+	msgs     map[string][]*pb.Message // conv -> entries in the order handed to the app
+	bodies   map[string][]string
+	acks     map[string]uint64 // client msg id -> seq
+	failed   map[string]error
+	receipts []client.ReceiptEvent
+	presence []client.PresenceEvent
+	typing   []client.TypingEvent
+}
+
+type tclient struct {
+	*client.Client
+	name string
+	dir  string
+	rec  *recorder
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// newClient opens and registers a client; it is connected only after start.
+func newClient(t *testing.T, edges []string, name string) *tclient {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), name)
+	tc := openClient(t, edges, name, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := tc.Register(ctx, name); err != nil {
+		t.Fatalf("register %s: %v", name, err)
+	}
+	return tc
+}
+
+// openClient opens the client state in dir (a new device or an existing one).
+func openClient(t *testing.T, edges []string, name, dir string) *tclient {
+	t.Helper()
+	c, err := client.Open(context.Background(), client.Config{
+		StateDir: dir, Edges: edges, EventBuffer: 1024,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, AckTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatalf("open %s: %v", name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tc := &tclient{Client: c, name: name, dir: dir, stop: cancel, done: make(chan struct{}), rec: &recorder{
+		msgs: map[string][]*pb.Message{}, bodies: map[string][]string{}, acks: map[string]uint64{}, failed: map[string]error{},
+	}}
+	go tc.drain(ctx)
+	t.Cleanup(tc.close)
+	return tc
+}
+
+func (tc *tclient) close() {
+	tc.stop()
+	<-tc.done
+	tc.Client.Close()
+}
+
+func (tc *tclient) drain(ctx context.Context) {
+	defer close(tc.done)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-tc.Events():
+			r := tc.rec
+			r.mu.Lock()
+			switch e := ev.(type) {
+			case client.MessageEvent:
+				r.msgs[e.Conv()] = append(r.msgs[e.Conv()], e.Message)
+				r.bodies[e.Conv()] = append(r.bodies[e.Conv()], string(e.Body))
+			case client.SendAckedEvent:
+				r.acks[e.ClientMsgID] = e.Seq
+			case client.SendFailedEvent:
+				r.failed[e.ClientMsgID] = e.Err
+			case client.ReceiptEvent:
+				r.receipts = append(r.receipts, e)
+			case client.PresenceEvent:
+				r.presence = append(r.presence, e)
+			case client.TypingEvent:
+				r.typing = append(r.typing, e)
+			}
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (tc *tclient) start(t *testing.T) {
+	t.Helper()
+	if err := tc.Start(); err != nil {
+		t.Fatalf("start %s: %v", tc.name, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := tc.WaitConnected(ctx); err != nil {
+		t.Fatalf("connect %s: %v", tc.name, err)
+	}
+}
+
+// seqs returns the seqs of conv handed to the app, in order.
+func (tc *tclient) seqs(conv string) []uint64 {
+	tc.rec.mu.Lock()
+	defer tc.rec.mu.Unlock()
+	var out []uint64
+	for _, m := range tc.rec.msgs[conv] {
+		out = append(out, m.GetSeq())
+	}
+	return out
+}
+
+func (tc *tclient) bodies(conv string) []string {
+	tc.rec.mu.Lock()
+	defer tc.rec.mu.Unlock()
+	return slices.Clone(tc.rec.bodies[conv])
+}
+
+func (tc *tclient) hasReceipt(conv string, kind pb.ReceiptKind, seq uint64) bool {
+	tc.rec.mu.Lock()
+	defer tc.rec.mu.Unlock()
+	for _, r := range tc.rec.receipts {
+		if r.Conv == conv && r.Kind == kind && r.Seq >= seq {
+			return true
+		}
+	}
+	return false
+}
+
+func (tc *tclient) ackCount() int {
+	tc.rec.mu.Lock()
+	defer tc.rec.mu.Unlock()
+	return len(tc.rec.acks)
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkExactlyOnceInOrder asserts conv's entries were handed to the app as
+// exactly seq 1..n (or from..n), each once, in order.
+func checkExactlyOnceInOrder(t *testing.T, tc *tclient, conv string, from, n uint64) {
+	t.Helper()
+	got := tc.seqs(conv)
+	want := make([]uint64, 0, n)
+	for s := from; s <= n; s++ {
+		want = append(want, s)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s saw %s seqs %v, want %d..%d exactly once in order", tc.name, conv, abbreviate(got), from, n)
+	}
+}
+
+func abbreviate(s []uint64) string {
+	if len(s) <= 20 {
+		return fmt.Sprint(s)
+	}
+	return fmt.Sprintf("%v ... %v (%d)", s[:10], s[len(s)-10:], len(s))
+}

@@ -1,0 +1,877 @@
+package pebblestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// ErrClosed is returned by every method after Close.
+var ErrClosed = errors.New("pebblestore: closed")
+
+// Options configures a Store. The zero value works.
+type Options struct {
+	// Logger receives Pebble's own log lines (at Info/Error) and the
+	// store's. nil discards them.
+	Logger *slog.Logger
+	// CacheBytes is the block cache size; 0 means 64 MiB.
+	CacheBytes int64
+	// Stripes is the number of lock stripes for conversations and cursors;
+	// 0 means 256.
+	Stripes int
+}
+
+// Store is a core.Store on an embedded Pebble database. See the package
+// documentation for the key layout and the concurrency rules.
+type Store struct {
+	db     *pebble.DB
+	cache  *pebble.Cache
+	log    *slog.Logger
+	seed   maphash.Seed
+	closed atomic.Bool
+	once   sync.Once
+
+	regMu    sync.Mutex   // RegisterDevice: static-key uniqueness and device numbers
+	routeMu  sync.Mutex   // routes and last-seen
+	convMu   []sync.Mutex // Append, striped by conversation
+	cursorMu []sync.Mutex // AdvanceCursor, striped by conversation
+	closeErr error
+}
+
+var _ core.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database in dir. The directory must
+// not be opened by another process or another Store at the same time.
+func Open(dir string, opts Options) (*Store, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cacheBytes := opts.CacheBytes
+	if cacheBytes <= 0 {
+		cacheBytes = 64 << 20
+	}
+	stripes := opts.Stripes
+	if stripes <= 0 {
+		stripes = 256
+	}
+	cache := pebble.NewCache(cacheBytes)
+	po := &pebble.Options{
+		Cache:  cache,
+		Logger: pebbleLogger{log: log.With("component", "pebble")},
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		cache.Unref()
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	return &Store{
+		db:       db,
+		cache:    cache,
+		log:      log,
+		seed:     maphash.MakeSeed(),
+		convMu:   make([]sync.Mutex, stripes),
+		cursorMu: make([]sync.Mutex, stripes),
+	}, nil
+}
+
+// Close flushes and closes the database. It is idempotent; calls made after
+// it fail with ErrClosed. Close must not race with calls in flight.
+func (s *Store) Close() error {
+	s.once.Do(func() {
+		s.closed.Store(true)
+		s.closeErr = s.db.Close()
+		s.cache.Unref()
+		if s.closeErr != nil {
+			s.closeErr = fmt.Errorf("pebblestore: close: %w", s.closeErr)
+		}
+	})
+	return s.closeErr
+}
+
+// pebbleLogger routes Pebble's logging to slog.
+type pebbleLogger struct{ log *slog.Logger }
+
+func (l pebbleLogger) Infof(format string, args ...any) {
+	l.log.Info(fmt.Sprintf(format, args...))
+}
+
+func (l pebbleLogger) Errorf(format string, args ...any) {
+	l.log.Error(fmt.Sprintf(format, args...))
+}
+
+// Fatalf must not return (Pebble's contract): the store cannot continue.
+func (l pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	l.log.Error("fatal: " + msg)
+	panic("pebblestore: pebble fatal error: " + msg)
+}
+
+func (s *Store) stripe(locks []sync.Mutex, id string) *sync.Mutex {
+	return &locks[maphash.String(s.seed, id)%uint64(len(locks))]
+}
+
+func (s *Store) check() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// get returns a copy of the value at k, or nil, false.
+func (s *Store) get(k []byte) ([]byte, bool, error) {
+	v, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("pebblestore: get: %w", err)
+	}
+	out := append([]byte(nil), v...)
+	if err := closer.Close(); err != nil {
+		return nil, false, fmt.Errorf("pebblestore: get: %w", err)
+	}
+	return out, true, nil
+}
+
+// scan calls fn for every key with the prefix, in order, until fn returns
+// false or an error.
+func (s *Store) scan(prefix []byte, fn func(k, v []byte) (bool, error)) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return fmt.Errorf("pebblestore: iterate: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return fmt.Errorf("pebblestore: iterate: %w", err)
+		}
+		more, err := fn(it.Key(), v)
+		if err != nil {
+			_ = it.Close()
+			return err
+		}
+		if !more {
+			break
+		}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("pebblestore: iterate: %w", err)
+	}
+	return nil
+}
+
+func commit(b *pebble.Batch) error {
+	if err := b.Commit(pebble.Sync); err != nil {
+		_ = b.Close()
+		return fmt.Errorf("pebblestore: commit: %w", err)
+	}
+	if err := b.Close(); err != nil {
+		return fmt.Errorf("pebblestore: commit: %w", err)
+	}
+	return nil
+}
+
+// checkID rejects ids that would break the key layout (0x00 separates key
+// parts) or are empty.
+func checkID(what, id string) error {
+	if id == "" {
+		return fmt.Errorf("pebblestore: empty %s: %w", what, core.ErrInvalidArgument)
+	}
+	if strings.IndexByte(id, sep) >= 0 {
+		return fmt.Errorf("pebblestore: %s %q contains NUL: %w", what, id, core.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// ------------------------------------------------------------------ users and devices
+
+// RegisterDevice implements core.Store.
+func (s *Store) RegisterDevice(ctx context.Context, u core.User, d core.Device, createUser bool) (core.Device, error) {
+	if err := s.check(); err != nil {
+		return core.Device{}, err
+	}
+	if d.Key.User != "" && d.Key.User != u.ID {
+		return core.Device{}, fmt.Errorf("pebblestore: device user %q != user %q: %w", d.Key.User, u.ID, core.ErrInvalidArgument)
+	}
+	if err := checkID("user id", u.ID); err != nil {
+		return core.Device{}, err
+	}
+	if len(d.NoiseStatic) == 0 {
+		return core.Device{}, fmt.Errorf("pebblestore: empty noise static key: %w", core.ErrInvalidArgument)
+	}
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return core.Device{}, err
+	}
+
+	ref, found, err := s.get(staticKey(d.NoiseStatic))
+	if err != nil {
+		return core.Device{}, err
+	}
+	if found {
+		k, err := decodeDevRef(ref)
+		if err != nil {
+			return core.Device{}, err
+		}
+		if k.User != u.ID {
+			return core.Device{}, fmt.Errorf("pebblestore: static key registered to another user: %w", core.ErrAlreadyExists)
+		}
+		return s.device(k)
+	}
+
+	_, userExists, err := s.get(userKey(u.ID))
+	if err != nil {
+		return core.Device{}, err
+	}
+	b := s.db.NewBatch()
+	num := uint32(1)
+	switch {
+	case createUser && userExists:
+		_ = b.Close()
+		return core.Device{}, fmt.Errorf("pebblestore: user %s: %w", u.ID, core.ErrAlreadyExists)
+	case createUser:
+		if err := b.Set(userKey(u.ID), encodeUser(u), nil); err != nil {
+			_ = b.Close()
+			return core.Device{}, fmt.Errorf("pebblestore: batch: %w", err)
+		}
+	case !userExists:
+		_ = b.Close()
+		return core.Device{}, fmt.Errorf("pebblestore: user %s: %w", u.ID, core.ErrNotFound)
+	default:
+		last, err := s.lastDevice(u.ID)
+		if err != nil {
+			_ = b.Close()
+			return core.Device{}, err
+		}
+		num = last + 1
+	}
+	d.Key = core.DeviceKey{User: u.ID, Device: num}
+	if err := errors.Join(
+		b.Set(deviceKey(d.Key), encodeDevice(d), nil),
+		b.Set(staticKey(d.NoiseStatic), encodeDevRef(d.Key), nil),
+	); err != nil {
+		_ = b.Close()
+		return core.Device{}, fmt.Errorf("pebblestore: batch: %w", err)
+	}
+	if err := commit(b); err != nil {
+		return core.Device{}, err
+	}
+	return d, nil
+}
+
+func (s *Store) device(k core.DeviceKey) (core.Device, error) {
+	v, found, err := s.get(deviceKey(k))
+	if err != nil {
+		return core.Device{}, err
+	}
+	if !found {
+		return core.Device{}, fmt.Errorf("pebblestore: device %s: %w", k, core.ErrNotFound)
+	}
+	return decodeDevice(k, v)
+}
+
+// lastDevice returns the highest device number of user (0 if none).
+func (s *Store) lastDevice(user string) (uint32, error) {
+	p := devicePrefix(user)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return 0, fmt.Errorf("pebblestore: iterate: %w", err)
+	}
+	var last uint32
+	if it.Last() {
+		k, err := splitUserDev(it.Key(), 1)
+		if err != nil {
+			_ = it.Close()
+			return 0, err
+		}
+		last = k.Device
+	}
+	if err := it.Close(); err != nil {
+		return 0, fmt.Errorf("pebblestore: iterate: %w", err)
+	}
+	return last, nil
+}
+
+// User implements core.Store.
+func (s *Store) User(ctx context.Context, id string) (core.User, error) {
+	if err := s.check(); err != nil {
+		return core.User{}, err
+	}
+	v, found, err := s.get(userKey(id))
+	if err != nil {
+		return core.User{}, err
+	}
+	if !found {
+		return core.User{}, fmt.Errorf("pebblestore: user %s: %w", id, core.ErrNotFound)
+	}
+	return decodeUser(id, v)
+}
+
+// Devices implements core.Store.
+func (s *Store) Devices(ctx context.Context, user string) ([]core.Device, error) {
+	if _, err := s.User(ctx, user); err != nil {
+		return nil, err
+	}
+	var out []core.Device
+	err := s.scan(devicePrefix(user), func(k, v []byte) (bool, error) {
+		dk, err := splitUserDev(k, 1)
+		if err != nil {
+			return false, err
+		}
+		d, err := decodeDevice(dk, v)
+		if err != nil {
+			return false, err
+		}
+		out = append(out, d)
+		return true, nil
+	})
+	return out, err
+}
+
+// DeviceByStatic implements core.Store.
+func (s *Store) DeviceByStatic(ctx context.Context, static []byte) (core.Device, error) {
+	if err := s.check(); err != nil {
+		return core.Device{}, err
+	}
+	ref, found, err := s.get(staticKey(static))
+	if err != nil {
+		return core.Device{}, err
+	}
+	if !found || len(static) == 0 {
+		return core.Device{}, fmt.Errorf("pebblestore: device by static key: %w", core.ErrNotFound)
+	}
+	k, err := decodeDevRef(ref)
+	if err != nil {
+		return core.Device{}, err
+	}
+	return s.device(k)
+}
+
+// ------------------------------------------------------------------ conversations
+
+// Append implements core.Store.
+func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
+	if err := s.check(); err != nil {
+		return core.AppendResult{}, err
+	}
+	m := req.Message
+	if m == nil {
+		return core.AppendResult{}, fmt.Errorf("pebblestore: append without message: %w", core.ErrInvalidArgument)
+	}
+	if err := checkID("conversation id", m.ConvId); err != nil {
+		return core.AppendResult{}, err
+	}
+	if m.ClientMsgId == "" {
+		return core.AppendResult{}, fmt.Errorf("pebblestore: append to %s without client_msg_id: %w", m.ConvId, core.ErrInvalidArgument)
+	}
+	if req.Create != nil && req.Create.ID != m.ConvId {
+		return core.AppendResult{}, fmt.Errorf("pebblestore: create %q for message of %q: %w", req.Create.ID, m.ConvId, core.ErrInvalidArgument)
+	}
+	sender := core.KeyOf(m.Sender)
+	if strings.IndexByte(sender.User, sep) >= 0 {
+		return core.AppendResult{}, fmt.Errorf("pebblestore: sender contains NUL: %w", core.ErrInvalidArgument)
+	}
+	for _, u := range slices.Concat(req.AddMembers, req.RemoveMembers) {
+		if err := checkID("member", u); err != nil {
+			return core.AppendResult{}, err
+		}
+	}
+	conv := m.ConvId
+
+	mu := s.stripe(s.convMu, conv)
+	mu.Lock()
+	defer mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return core.AppendResult{}, err
+	}
+
+	// 1. Duplicate detection comes first, so replays always succeed.
+	dk := dedupeKey(conv, sender, m.ClientMsgId)
+	sv, dup, err := s.get(dk)
+	if err != nil {
+		return core.AppendResult{}, err
+	}
+	if dup {
+		seq, err := decodeSeq(sv)
+		if err != nil {
+			return core.AppendResult{}, err
+		}
+		stored, err := s.message(conv, seq)
+		if err != nil {
+			return core.AppendResult{}, err
+		}
+		return core.AppendResult{Message: stored, Duplicate: true}, nil
+	}
+
+	// 2. Existence, creation and the epoch fence.
+	cv, exists, err := s.get(convKey(conv))
+	if err != nil {
+		return core.AppendResult{}, err
+	}
+	var c core.Conversation
+	switch {
+	case exists:
+		if c, err = decodeConv(conv, cv); err != nil {
+			return core.AppendResult{}, err
+		}
+	case req.Create == nil:
+		return core.AppendResult{}, fmt.Errorf("pebblestore: conversation %s: %w", conv, core.ErrNotFound)
+	default:
+		c = *req.Create
+		c.Head, c.Epoch = 0, req.Epoch
+	}
+	if c.Epoch > req.Epoch {
+		return core.AppendResult{}, fmt.Errorf("pebblestore: conversation %s at epoch %d, writer at %d: %w", conv, c.Epoch, req.Epoch, core.ErrFenced)
+	}
+
+	// 3. The entry, the idempotency key, the new head, membership: one batch.
+	seq := c.Head + 1
+	c.Head, c.Epoch = seq, req.Epoch
+	stored := proto.Clone(m).(*pb.Message)
+	stored.Seq, stored.Epoch = seq, req.Epoch
+	body, err := proto.Marshal(stored)
+	if err != nil {
+		return core.AppendResult{}, fmt.Errorf("pebblestore: marshal message: %w", err)
+	}
+	b := s.db.NewBatch()
+	errs := []error{
+		b.Set(messageKey(conv, seq), body, nil),
+		b.Set(dk, encodeSeq(seq), nil),
+		b.Set(convKey(conv), encodeConv(c), nil),
+	}
+	memberErr := s.applyMembers(b, conv, seq, req.AddMembers, req.RemoveMembers)
+	if err := errors.Join(append(errs, memberErr)...); err != nil {
+		_ = b.Close()
+		return core.AppendResult{}, fmt.Errorf("pebblestore: append to %s: %w", conv, err)
+	}
+	if err := commit(b); err != nil {
+		return core.AppendResult{}, err
+	}
+	return core.AppendResult{Message: stored}, nil
+}
+
+// applyMembers adds the membership effects to b. A user both added and
+// removed ends up removed. Caller holds the conversation's stripe.
+func (s *Store) applyMembers(b *pebble.Batch, conv string, seq uint64, add, remove []string) error {
+	final := map[string]bool{}
+	for _, u := range add {
+		final[u] = true
+	}
+	for _, u := range remove {
+		final[u] = false
+	}
+	for u, member := range final {
+		_, was, err := s.get(memberKey(conv, u))
+		if err != nil {
+			return err
+		}
+		switch {
+		case member && !was:
+			if err := errors.Join(
+				b.Set(memberKey(conv, u), encodeSeq(seq), nil),
+				b.Set(userConvKey(u, conv), nil, nil),
+			); err != nil {
+				return err
+			}
+		case !member && was:
+			if err := errors.Join(
+				b.Delete(memberKey(conv, u), nil),
+				b.Delete(userConvKey(u, conv), nil),
+			); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Store) message(conv string, seq uint64) (*pb.Message, error) {
+	v, found, err := s.get(messageKey(conv, seq))
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, fmt.Errorf("pebblestore: %w: message %s/%d missing", ErrCorrupt, conv, seq)
+	}
+	m := &pb.Message{}
+	if err := proto.Unmarshal(v, m); err != nil {
+		return nil, fmt.Errorf("pebblestore: message %s/%d: %w: %w", conv, seq, ErrCorrupt, err)
+	}
+	return m, nil
+}
+
+// Conversation implements core.Store.
+func (s *Store) Conversation(ctx context.Context, id string) (core.Conversation, error) {
+	if err := s.check(); err != nil {
+		return core.Conversation{}, err
+	}
+	v, found, err := s.get(convKey(id))
+	if err != nil {
+		return core.Conversation{}, err
+	}
+	if !found {
+		return core.Conversation{}, fmt.Errorf("pebblestore: conversation %s: %w", id, core.ErrNotFound)
+	}
+	return decodeConv(id, v)
+}
+
+// Members implements core.Store.
+func (s *Store) Members(ctx context.Context, conv string) ([]core.Member, error) {
+	if _, err := s.Conversation(ctx, conv); err != nil {
+		return nil, err
+	}
+	p := memberPrefix(conv)
+	var out []core.Member
+	err := s.scan(p, func(k, v []byte) (bool, error) {
+		seq, err := decodeSeq(v)
+		if err != nil {
+			return false, err
+		}
+		out = append(out, core.Member{User: string(k[len(p):]), JoinedSeq: seq})
+		return true, nil
+	})
+	return out, err
+}
+
+// UserConversations implements core.Store.
+func (s *Store) UserConversations(ctx context.Context, user string) ([]string, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	p := userConvPrefix(user)
+	var out []string
+	err := s.scan(p, func(k, _ []byte) (bool, error) {
+		out = append(out, string(k[len(p):]))
+		return true, nil
+	})
+	return out, err
+}
+
+// Messages implements core.Store.
+func (s *Store) Messages(ctx context.Context, conv string, after uint64, limit int) ([]*pb.Message, error) {
+	c, err := s.Conversation(ctx, conv)
+	if err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = core.DefaultPageSize
+	}
+	limit = min(limit, core.MaxPageSize)
+	if after >= c.Head {
+		return nil, nil
+	}
+	var out []*pb.Message
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: messageKey(conv, after+1), UpperBound: prefixEnd(messagePrefix(conv))})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: iterate: %w", err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: messages of %s: %w", conv, err)
+		}
+		m := &pb.Message{}
+		if err := proto.Unmarshal(v, m); err != nil {
+			return nil, fmt.Errorf("pebblestore: messages of %s: %w: %w", conv, ErrCorrupt, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// ------------------------------------------------------------------ cursors
+
+// AdvanceCursor implements core.Store.
+func (s *Store) AdvanceCursor(ctx context.Context, conv string, dev core.DeviceKey, kind core.CursorKind, seq uint64) (uint64, bool, error) {
+	if err := s.check(); err != nil {
+		return 0, false, err
+	}
+	if kind != core.CursorDelivered && kind != core.CursorRead {
+		return 0, false, fmt.Errorf("pebblestore: cursor kind %d: %w", kind, core.ErrInvalidArgument)
+	}
+	if err := errors.Join(checkID("conversation id", conv), checkID("user id", dev.User)); err != nil {
+		return 0, false, err
+	}
+	mu := s.stripe(s.cursorMu, conv)
+	mu.Lock()
+	defer mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return 0, false, err
+	}
+	ck := cursorConvKey(conv, dev)
+	v, found, err := s.get(ck)
+	if err != nil {
+		return 0, false, err
+	}
+	var delivered, read uint64
+	if found {
+		if delivered, read, err = decodeCursor(v); err != nil {
+			return 0, false, err
+		}
+	}
+	cur := &delivered
+	if kind == core.CursorRead {
+		cur = &read
+	}
+	prev := *cur
+	if seq <= prev {
+		return prev, false, nil
+	}
+	*cur = seq
+	b := s.db.NewBatch()
+	val := encodeCursor(delivered, read)
+	if err := errors.Join(b.Set(ck, val, nil), b.Set(cursorDevKey(dev, conv), val, nil)); err != nil {
+		_ = b.Close()
+		return 0, false, fmt.Errorf("pebblestore: batch: %w", err)
+	}
+	if err := commit(b); err != nil {
+		return 0, false, err
+	}
+	return prev, true, nil
+}
+
+// Cursors implements core.Store.
+func (s *Store) Cursors(ctx context.Context, dev core.DeviceKey) ([]core.Cursor, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	p := cursorDevPrefix(dev)
+	var out []core.Cursor
+	err := s.scan(p, func(k, v []byte) (bool, error) {
+		delivered, read, err := decodeCursor(v)
+		if err != nil {
+			return false, err
+		}
+		out = append(out, core.Cursor{Conv: string(k[len(p):]), Device: dev, Delivered: delivered, Read: read})
+		return true, nil
+	})
+	return out, err
+}
+
+// ConvCursors implements core.Store.
+func (s *Store) ConvCursors(ctx context.Context, conv string) ([]core.Cursor, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	p := cursorConvPrefix(conv)
+	var out []core.Cursor
+	err := s.scan(p, func(k, v []byte) (bool, error) {
+		dev, err := splitUserDev(k, len(p))
+		if err != nil {
+			return false, err
+		}
+		delivered, read, err := decodeCursor(v)
+		if err != nil {
+			return false, err
+		}
+		out = append(out, core.Cursor{Conv: conv, Device: dev, Delivered: delivered, Read: read})
+		return true, nil
+	})
+	return out, err
+}
+
+// ------------------------------------------------------------------ routes
+
+// SetRoute implements core.Store.
+func (s *Store) SetRoute(ctx context.Context, r core.Route) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := errors.Join(checkID("user id", r.Device.User), checkID("edge id", r.Edge)); err != nil {
+		return err
+	}
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	old, found, err := s.route(r.Device)
+	if err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	var errs []error
+	if found {
+		errs = append(errs, b.Delete(edgeRouteKey(old.Edge, r.Device), nil))
+	}
+	errs = append(errs,
+		b.Set(routeKey(r.Device), encodeRoute(r), nil),
+		b.Set(edgeRouteKey(r.Edge, r.Device), nil, nil))
+	if err := errors.Join(errs...); err != nil {
+		_ = b.Close()
+		return fmt.Errorf("pebblestore: batch: %w", err)
+	}
+	return commit(b)
+}
+
+func (s *Store) route(dev core.DeviceKey) (core.Route, bool, error) {
+	v, found, err := s.get(routeKey(dev))
+	if err != nil || !found {
+		return core.Route{}, false, err
+	}
+	r, err := decodeRoute(dev, v)
+	return r, err == nil, err
+}
+
+// removeRoute adds the deletion of r and the last-seen update to b.
+// Caller holds routeMu.
+func (s *Store) removeRoute(b *pebble.Batch, r core.Route, atMs int64, seen map[string]int64) error {
+	if err := errors.Join(b.Delete(routeKey(r.Device), nil), b.Delete(edgeRouteKey(r.Edge, r.Device), nil)); err != nil {
+		return err
+	}
+	user := r.Device.User
+	cur, ok := seen[user]
+	if !ok {
+		v, found, err := s.get(lastSeenKey(user))
+		if err != nil {
+			return err
+		}
+		if found {
+			if cur, err = decodeMs(v); err != nil {
+				return err
+			}
+		} else {
+			cur = atMs - 1
+		}
+	}
+	if atMs > cur {
+		seen[user] = atMs
+		return b.Set(lastSeenKey(user), encodeMs(atMs), nil)
+	}
+	seen[user] = cur
+	return nil
+}
+
+// ClearRoute implements core.Store.
+func (s *Store) ClearRoute(ctx context.Context, dev core.DeviceKey, session uint64, atMs int64) (bool, error) {
+	if err := s.check(); err != nil {
+		return false, err
+	}
+	if err := checkID("user id", dev.User); err != nil {
+		return false, err
+	}
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	r, found, err := s.route(dev)
+	if err != nil || !found || r.Session != session {
+		return false, err
+	}
+	b := s.db.NewBatch()
+	if err := s.removeRoute(b, r, atMs, map[string]int64{}); err != nil {
+		_ = b.Close()
+		return false, fmt.Errorf("pebblestore: clear route: %w", err)
+	}
+	if err := commit(b); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// ClearEdgeRoutes implements core.Store. The removed routes are ordered by device.
+func (s *Store) ClearEdgeRoutes(ctx context.Context, edge string, atMs int64) ([]core.Route, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if err := checkID("edge id", edge); err != nil {
+		return nil, err
+	}
+	s.routeMu.Lock()
+	defer s.routeMu.Unlock()
+	p := edgeRoutePrefix(edge)
+	var devs []core.DeviceKey
+	if err := s.scan(p, func(k, _ []byte) (bool, error) {
+		dev, err := splitUserDev(k, len(p))
+		devs = append(devs, dev)
+		return err == nil, err
+	}); err != nil {
+		return nil, err
+	}
+	if len(devs) == 0 {
+		return nil, nil
+	}
+	b := s.db.NewBatch()
+	seen := map[string]int64{}
+	var out []core.Route
+	for _, dev := range devs {
+		r, found, err := s.route(dev)
+		if err == nil && found && r.Edge == edge {
+			out = append(out, r)
+			err = s.removeRoute(b, r, atMs, seen)
+		}
+		if err != nil {
+			_ = b.Close()
+			return nil, fmt.Errorf("pebblestore: clear routes of edge %s: %w", edge, err)
+		}
+	}
+	if err := commit(b); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Routes implements core.Store.
+func (s *Store) Routes(ctx context.Context, users []string) ([]core.Route, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	us := slices.Clone(users)
+	slices.Sort(us)
+	us = slices.Compact(us)
+	var out []core.Route
+	for _, u := range us {
+		if err := checkID("user id", u); err != nil {
+			return nil, err
+		}
+		p := routePrefix(u)
+		err := s.scan(p, func(k, v []byte) (bool, error) {
+			dev, err := splitUserDev(k, 1)
+			if err != nil {
+				return false, err
+			}
+			r, err := decodeRoute(dev, v)
+			if err != nil {
+				return false, err
+			}
+			out = append(out, r)
+			return true, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// LastSeen implements core.Store.
+func (s *Store) LastSeen(ctx context.Context, users []string) (map[string]int64, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64)
+	for _, u := range users {
+		v, found, err := s.get(lastSeenKey(u))
+		if err != nil {
+			return nil, err
+		}
+		if !found {
+			continue
+		}
+		if out[u], err = decodeMs(v); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
