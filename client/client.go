@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	mrand "math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -431,6 +432,9 @@ func (c *Client) Start() error {
 	if c.running {
 		return nil
 	}
+	if c.ctx.Err() != nil {
+		return ErrClosed
+	}
 	if !c.id.Registered() {
 		return ErrNotRegistered
 	}
@@ -730,24 +734,29 @@ func (c *Client) ingest(s *session, msgs []*pb.Message) bool {
 const maxSyncPages = 100000
 
 // syncAll pages through SyncRequest with every known cursor until the
-// server says there is no more.
+// server says there is no more. A page may consist of duplicates only
+// (live pushes got there first); it must still move some cursor.
 func (c *Client) syncAll(s *session) error {
+	var prev map[string]uint64
 	for page := 0; page < maxSyncPages; page++ {
+		cur := map[string]uint64{}
 		var cursors []*pb.ConvCursor
 		for _, cs := range c.store.Conversations() {
+			cur[cs.Conv] = cs.Head
 			cursors = append(cursors, &pb.ConvCursor{ConvId: cs.Conv, AfterSeq: cs.Head})
 		}
+		if prev != nil && maps.Equal(prev, cur) {
+			return fmt.Errorf("client: sync: server says more but no cursor moved")
+		}
+		prev = cur
 		r, err := s.call(s.ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Sync{Sync: &pb.SyncRequest{Cursors: cursors}}})
 		if err != nil {
 			return fmt.Errorf("client: sync: %w", err)
 		}
 		sr := r.GetSync()
-		progressed := c.ingest(s, sr.GetMessages())
+		c.ingest(s, sr.GetMessages())
 		if !sr.GetMore() {
 			return nil
-		}
-		if !progressed {
-			return fmt.Errorf("client: sync: server says more but the page added nothing")
 		}
 	}
 	return fmt.Errorf("client: sync: more than %d pages", maxSyncPages)
@@ -767,9 +776,16 @@ func (c *Client) sender(s *session) {
 	for {
 		picks, wake := c.outbox.sendable(time.Now(), c.cfg.SendWindow, c.cfg.MaxInflight-len(sem))
 		for _, req := range picks {
+			f := &pb.ClientFrame{ReqId: 1 << 62, Body: &pb.ClientFrame_Send{Send: req}}
+			if lim := s.hello.GetMaxFrameBytes(); lim > 0 && proto.Size(f) > int(lim) {
+				// The edge would end the session over it, again and again.
+				c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: req.GetClientMsgId(),
+					Err: core.Errorf(pb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE, "message of %d bytes exceeds the edge's limit of %d", proto.Size(f), lim)})
+				continue
+			}
 			sem <- struct{}{}
 			ctx, cancel := context.WithTimeout(s.ctx, c.cfg.AckTimeout)
-			p, err := s.begin(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Send{Send: req}})
+			p, err := s.begin(ctx, f)
 			inflight.Go(func() {
 				defer func() { <-sem }()
 				defer cancel()
@@ -922,18 +938,12 @@ func (c *Client) WaitIdle(ctx context.Context) error {
 func (c *Client) Commit(conv string, seq uint64) error { return c.store.SetSeen(conv, seq) }
 
 // MarkRead tells the server (and so the senders) that the user has read
-// conv up to seq.
+// conv up to seq. It returns when the region confirmed the marker, retrying
+// across reconnects until ctx ends.
 func (c *Client) MarkRead(ctx context.Context, conv string, seq uint64) error {
 	f := &pb.ClientFrame{Body: &pb.ClientFrame_Read{Read: &pb.ReadMarker{ConvId: conv, Seq: seq}}}
-	for {
-		s, err := c.current(ctx)
-		if err != nil {
-			return fmt.Errorf("client: mark read: %w", err)
-		}
-		if err := s.send(ctx, f); err == nil || !errors.Is(err, ErrSessionLost) {
-			return err
-		}
-	}
+	_, err := c.request(ctx, "mark read", f, true)
+	return err
 }
 
 // SetTyping tells conv's members that the user is (not) typing. Best

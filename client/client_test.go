@@ -450,3 +450,47 @@ func TestKeepAliveDetectsDeadSession(t *testing.T) {
 	p.mu.Unlock()
 	waitConnected()
 }
+
+func TestUnconfirmedAckIsRepeatedOnNextSession(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	bob, bobDir := registered(t, p, "bob")
+	ctx := testCtx(t)
+	p.mu.Lock()
+	p.ignoreAcks = true
+	p.mu.Unlock()
+	for i := range 3 {
+		id, _ := alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "%d", i))
+		alice.WaitSent(ctx, id)
+	}
+	nextMessages(t, bob, 3)
+	conv := core.DirectConvID("alice", "bob")
+	if bob.Store().Acked(conv) != 0 {
+		t.Fatal("ack recorded as confirmed although the server never answered")
+	}
+	bob.Close()
+	p.mu.Lock()
+	p.ignoreAcks = false
+	p.mu.Unlock()
+	// A new process: nothing new arrives, yet the unconfirmed ack is repeated.
+	bob2 := openClient(t, p, bobDir)
+	defer bob2.Close()
+	bob2.Start()
+	bobKey, _ := bob2.Device()
+	eventually(t, "ack 3 after restart", func() bool { return p.ackOf(conv, bobKey) == 3 })
+	eventually(t, "ack confirmed locally", func() bool { return bob2.Store().Acked(conv) == 3 })
+	// Once confirmed, a reconnect does not ack again.
+	p.mu.Lock()
+	frames := p.ackFrames[bobKey]
+	p.mu.Unlock()
+	p.dropAll()
+	// Wait for the new session's first sync (the old one may not have noticed yet).
+	eventually(t, "a new session", func() bool {
+		return bob2.WaitConnected(ctx) == nil && func() bool { _, err := bob2.Ping(ctx); return err == nil }()
+	})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ackFrames[bobKey] != frames {
+		t.Fatalf("confirmed ack repeated: %d frames, was %d", p.ackFrames[bobKey], frames)
+	}
+}

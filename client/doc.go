@@ -23,13 +23,17 @@
 //
 // # State dir
 //
-//	device.json     X25519 Noise static key pair, Ed25519 identity key, user and
-//	                device number (mode 0600, written atomically)
-//	outbox/*.msg    one file per unacknowledged message (a pb.SendRequest + crc32c)
-//	convs/<hex>.log one append-only log per conversation: its entries in seq
-//	                order and the app's "seen" cursor (see Store)
+//	device.json        X25519 Noise static key pair, Ed25519 identity key, user
+//	                   and device number (mode 0600, written atomically)
+//	outbox/outbox.log  the unacknowledged messages: "add" and "done" records
+//	                   (see Outbox); compacted on open
+//	convs/<hex>.log    one append-only log per conversation: its entries in seq
+//	                   order, the app's "seen" cursor and the confirmed
+//	                   delivery cursor (see Store)
 //
-// Everything is fsync'd before the call that wrote it returns.
+// Records carry a crc32c; a torn tail left by a crash is cut off on open.
+// Identity, outbox adds and stored entries are fsync'd before the call that
+// wrote them returns; concurrent Sends share one fsync (group commit).
 //
 // # Identity, registration, linking
 //
@@ -55,7 +59,9 @@
 // client message id) and acks a duplicate with the original seq. A
 // SendAck removes the entry and emits SendAckedEvent; a permanent error
 // (NOT_MEMBER, NOT_FOUND, INVALID_ARGUMENT, FORBIDDEN, GROUP_FULL) removes
-// it and emits SendFailedEvent. Caveat on order: with SendWindow > 1, when
+// it and emits SendFailedEvent; so does a message larger than the edge's
+// max_frame_bytes (from its ServerHello), which is failed locally with
+// FRAME_TOO_LARGE instead of being sent. Caveat on order: with SendWindow > 1, when
 // the edge rejects one message transiently while a later one of the same
 // conversation, already in flight, is accepted, the two are sequenced out
 // of order. SendWindow 1 rules that out at the cost of one round trip per
@@ -68,10 +74,31 @@
 // stored head is a duplicate and dropped; head+1 is stored (fsync) and
 // any buffered successors with it; anything further ahead is buffered in
 // memory and triggers a sync. Each session starts with a full sync
-// (every known cursor, paged until more=false). After storing, the device
-// acks the highest contiguous seq per conversation (coalesced, one
-// DeliveryAck per conversation per round). The stored head is the cursor
-// and is derived from the stored data, so they cannot disagree after a crash.
+// (every known cursor, paged until more=false). The stored head is the
+// delivery cursor and is derived from the stored data, so the two cannot
+// disagree after a crash.
+//
+// After storing, the device acks the highest contiguous seq per
+// conversation: coalesced, at most one DeliveryAck per conversation in
+// flight. The region confirms each ack; the confirmed cursor is recorded
+// in the conversation log (not fsync'd), and at the start of every session
+// each conversation whose head is beyond its confirmed cursor is acked
+// again, so an ack lost with a session or a crash is repeated.
+//
+// # Connection
+//
+// The connection loop dials Config.Edges in turn (ws:// and wss:// for
+// WebSocket, https:// for WebTransport with an optional pinned certificate
+// hash), runs the Noise XX handshake (optionally pinning the edge's static
+// key) and keeps one session up. Any session end — transport error,
+// Disconnect, failed sync, unanswered keepalive ping (Config.KeepAlive) —
+// leads to a reconnect with exponential backoff and full jitter, to the next
+// edge in the list. Only UNAUTHENTICATED, FORBIDDEN and REPLACED stop the
+// loop (Run returns the error; with Start, Err reports it): retrying cannot
+// help there. An edge that rejects a connection before the handshake
+// finishes signals the code by WebSocket close status 4000+code or
+// WebTransport session error code; the client turns both into a
+// *core.WireError.
 //
 // # Events and slow apps
 //
@@ -81,10 +108,13 @@
 // on the channel while the app is slow — the network side keeps storing
 // and acking meanwhile, and nothing is lost. Each MessageEvent is handed
 // exactly once, in seq order per conversation, also across restarts: the
-// app cursor ("seen") is persisted after each batch (default; a crash can
-// repeat at most the last batch) or only through Commit (ManualCommit, for
-// exactly-once across crashes). Other events (acks, receipts, presence,
-// typing, connection changes) wait in a bounded queue (Config.NoticeQueue);
+// app cursor ("seen") is persisted after each batch of up to 256 events
+// (default: a crash between handing a batch and persisting the cursor
+// repeats that batch after restart) or only when the app calls Commit
+// (ManualCommit: the app commits after it has durably processed an event,
+// so a crash repeats at most the uncommitted events and loses none).
+// Other events (acks, receipts, presence, typing, connection changes) wait
+// in a bounded queue (Config.NoticeQueue);
 // when it is full they are dropped and counted (DroppedNotices). Their
 // state can be re-read: WaitSent and Outbox for sends, SubscribePresence
 // for presence.
@@ -94,14 +124,17 @@
 // Every exported method is safe for concurrent use. The client owns these
 // goroutines: the dispatcher (Open..Close), the connection loop (Start..
 // Close), and per session a reader (the loop's own goroutine), a sender
-// with one goroutine per in-flight message, a syncer and an acker, all
+// (it writes the frames itself, in outbox order) with one goroutine per
+// in-flight message waiting for its SendAck, a syncer, an acker with one
+// goroutine per ack awaiting confirmation, and a keepalive pinger; all are
 // cancelled and awaited when the session ends.
 //
 // # What it does not do (yet)
 //
 // End-to-end encryption: the default InsecurePlaintextSealer puts the body
 // into Envelope.ciphertext unencrypted; the Signal-style sealer plugs in
-// through Config.Sealer. Read markers and typing are not durable (a read
-// marker lost with a session is not resent). Group metadata (title,
-// members) is not cached locally; ListConversations asks the server.
+// through Config.Sealer. Read markers are retried across reconnects while
+// MarkRead's context lives but are not persisted; typing is best effort.
+// Group metadata (title, members) is not cached locally; ListConversations
+// asks the server. The local store keeps every entry forever (no pruning).
 package client

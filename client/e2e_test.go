@@ -11,6 +11,7 @@ import (
 	"github.com/chatmesh/chatmesh/client"
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/stack"
 )
 
@@ -18,14 +19,18 @@ import (
 // region + embedded Kafka + Pebble) on loopback, over WebSocket and
 // WebTransport.
 
-func startStack(t *testing.T) stack.Endpoints {
+func startStack(t *testing.T, edgeCfg ...func(*edge.Config)) stack.Endpoints {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs the in-process stack")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := stack.Start(ctx, stack.Config{DataDir: t.TempDir()})
+	cfg := stack.Config{DataDir: t.TempDir()}
+	if len(edgeCfg) > 0 {
+		cfg.EdgeConfig = edgeCfg[0]
+	}
+	s, err := stack.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,4 +324,76 @@ func BenchmarkE2ESendToAck(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+func TestE2EOversizedMessageFailsAloneAndTyping(t *testing.T) {
+	ends := startStack(t, func(c *edge.Config) { c.MaxFrameBytes = 2000 })
+	ctx := e2eCtx(t)
+	alice, _ := e2eUser(t, ends, "alice", false)
+	bob, _ := e2eUser(t, ends, "bob", true)
+	big, _ := alice.SendDirect(ctx, "bob", make([]byte, 3000))
+	small, _ := alice.SendDirect(ctx, "bob", []byte("fits"))
+	if _, err := alice.WaitSent(ctx, big); core.Code(err) != pb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE {
+		t.Fatalf("oversized: %v", err)
+	}
+	if res, err := alice.WaitSent(ctx, small); err != nil || res.Seq != 1 {
+		t.Fatalf("small after oversized: %v %v", res, err)
+	}
+	if m := collect(t, bob, 1); string(m[0].Body) != "fits" {
+		t.Fatalf("bob got %q", m[0].Body)
+	}
+	dm := core.DirectConvID("alice", "bob")
+	if err := bob.SetTyping(ctx, dm, true); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, alice, "typing", func(ev client.Event) bool {
+		ty, ok := ev.(client.TypingEvent)
+		return ok && ty.Conv == dm && ty.Typing && ty.From.User == "bob"
+	})
+}
+
+// BenchmarkE2EDeliveryLatency measures one message from Send on one device
+// to the MessageEvent on the recipient's device (outbox fsync, edge, Kafka,
+// sequencer, Pebble, fan-out, recipient store fsync), one at a time.
+func BenchmarkE2EDeliveryLatency(b *testing.B) {
+	s, err := stack.Start(context.Background(), stack.Config{DataDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	ends := s.Endpoints()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var cs []*client.Client
+	for _, u := range []string{"alice", "bob"} {
+		c, err := client.Open(ctx, client.Config{StateDir: b.TempDir(), Edges: []string{ends.WS}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Register(ctx, u); err != nil {
+			b.Fatal(err)
+		}
+		c.Start()
+		if err := c.WaitConnected(ctx); err != nil {
+			b.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	alice, bob := cs[0], cs[1]
+	body := make([]byte, 200)
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := alice.SendDirect(ctx, "bob", body); err != nil {
+			b.Fatal(err)
+		}
+		for got := false; !got; {
+			select {
+			case ev := <-bob.Events():
+				_, got = ev.(client.MessageEvent)
+			case <-ctx.Done():
+				b.Fatal("no delivery")
+			}
+		}
+	}
 }

@@ -31,21 +31,23 @@ type testPeer struct {
 	srv    *httptest.Server
 	static noiseconn.Keypair
 
-	mu        sync.Mutex
-	devices   map[string]core.DeviceKey // noise static -> device
-	nextDev   map[string]uint32
-	convs     map[string][]*pb.Message
-	members   map[string][]string
-	dedupe    map[string]uint64
-	acks      map[string]uint64 // "conv|device" -> highest DeliveryAck
-	sends     map[string]int    // client_msg_id -> times received
-	sessions  map[*peerSession]struct{}
-	pageSize  int
-	dropReply int            // drop the next n SendAck replies (and close the session)
-	rejectN   int            // answer the next n sends with UNAVAILABLE without storing
-	skipPush  map[uint64]int // seq -> do not push live
-	mutePings bool           // leave pings unanswered (a half-open connection)
-	pings     int
+	mu         sync.Mutex
+	devices    map[string]core.DeviceKey // noise static -> device
+	nextDev    map[string]uint32
+	convs      map[string][]*pb.Message
+	members    map[string][]string
+	dedupe     map[string]uint64
+	acks       map[string]uint64 // "conv|device" -> highest DeliveryAck
+	sends      map[string]int    // client_msg_id -> times received
+	sessions   map[*peerSession]struct{}
+	pageSize   int
+	dropReply  int            // drop the next n SendAck replies (and close the session)
+	rejectN    int            // answer the next n sends with UNAVAILABLE without storing
+	skipPush   map[uint64]int // seq -> do not push live
+	mutePings  bool           // leave pings unanswered (a half-open connection)
+	pings      int
+	ackFrames  map[core.DeviceKey]int
+	ignoreAcks bool // lose acks (as if the session died before they were processed)
 }
 
 type peerSession struct {
@@ -62,7 +64,7 @@ func newTestPeer(t *testing.T) *testPeer {
 	p := &testPeer{t: t, static: kp, devices: map[string]core.DeviceKey{}, nextDev: map[string]uint32{},
 		convs: map[string][]*pb.Message{}, members: map[string][]string{}, dedupe: map[string]uint64{},
 		acks: map[string]uint64{}, sends: map[string]int{}, sessions: map[*peerSession]struct{}{},
-		pageSize: 3, skipPush: map[uint64]int{}}
+		pageSize: 3, skipPush: map[uint64]int{}, ackFrames: map[core.DeviceKey]int{}}
 	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
 	t.Cleanup(func() {
 		p.dropAll()
@@ -210,9 +212,17 @@ func (p *testPeer) handle(s *peerSession, f *pb.ClientFrame) bool {
 		p.reply(s, f.GetReqId(), &pb.Response{Body: &pb.Response_Send{Send: &pb.SendAck{ConvId: conv, ClientMsgId: req.GetClientMsgId(), Seq: seq, MsgId: fmt.Sprintf("m%d", seq)}}})
 		return true
 	case *pb.ClientFrame_Ack:
+		if p.ignoreAcks {
+			p.mu.Unlock()
+			return true
+		}
 		k := b.Ack.GetConvId() + "|" + s.dev.String()
 		p.acks[k] = max(p.acks[k], b.Ack.GetSeq())
+		p.ackFrames[s.dev]++
 		p.mu.Unlock()
+		if f.GetReqId() != 0 {
+			p.reply(s, f.GetReqId(), &pb.Response{Body: &pb.Response_Empty{Empty: &pb.Empty{}}})
+		}
 		return true
 	case *pb.ClientFrame_Sync:
 		after := map[string]uint64{}

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/crypto/noiseconn"
 )
@@ -210,9 +211,15 @@ func (s *session) markAck(conv string) {
 }
 
 // acker sends coalesced DeliveryAcks: for each conversation touched since
-// the last round, one ack for the highest contiguous stored seq.
+// the last round, one ack for the highest contiguous stored seq, at most
+// one in flight per conversation. The region confirms each ack; the
+// confirmed cursor is recorded in the store, and whatever is stored but
+// unconfirmed is acked again on the next session (see syncer).
 func (s *session) acker() {
-	acked := map[string]uint64{}
+	var waits sync.WaitGroup
+	defer waits.Wait()
+	var mu sync.Mutex
+	inflight := map[string]uint64{}
 	for {
 		select {
 		case <-s.ackKick:
@@ -225,14 +232,53 @@ func (s *session) acker() {
 		s.mu.Unlock()
 		for conv := range dirty {
 			head := s.c.store.Head(conv)
-			if head == 0 || head <= acked[conv] {
+			mu.Lock()
+			busy := inflight[conv] != 0
+			if !busy && head > s.c.store.Acked(conv) {
+				inflight[conv] = head
+			}
+			mu.Unlock()
+			if busy {
+				// Re-examined when the ack in flight is answered.
 				continue
 			}
-			err := s.send(s.ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: head}}})
+			if head <= s.c.store.Acked(conv) {
+				continue
+			}
+			p, err := s.begin(s.ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: head}}})
 			if err != nil {
 				return
 			}
-			acked[conv] = head
+			waits.Go(func() {
+				_, err := p.await(s.ctx)
+				var we *core.WireError
+				switch {
+				case err == nil, errors.As(err, &we) && !retryable(we.Code):
+					// Confirmed, or refused for good (e.g. no longer a
+					// member): either way, do not ack this seq again.
+					if err := s.c.store.SetAcked(conv, head); err != nil {
+						s.c.log.Warn("client: record ack", "conv", conv, "err", err)
+					}
+				default:
+					if s.ctx.Err() != nil {
+						return
+					}
+				}
+				mu.Lock()
+				delete(inflight, conv)
+				mu.Unlock()
+				s.markAck(conv) // newer entries may have arrived meanwhile
+			})
+		}
+	}
+}
+
+// ackUnconfirmed marks every conversation whose stored head is beyond the
+// confirmed delivery cursor, so the acker acks it on this session.
+func (s *session) ackUnconfirmed() {
+	for _, cs := range s.c.store.Conversations() {
+		if cs.Head > cs.Acked {
+			s.markAck(cs.Conv)
 		}
 	}
 }
@@ -259,6 +305,7 @@ func (s *session) syncer() {
 		}
 		if first {
 			first = false
+			s.ackUnconfirmed()
 			close(s.synced)
 		}
 	}

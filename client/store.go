@@ -21,6 +21,7 @@ import (
 const (
 	recMessage byte = 1 // payload: a marshalled pb.Message
 	recSeen    byte = 2 // payload: 8-byte big-endian seq, the app cursor
+	recAcked   byte = 3 // payload: 8-byte big-endian seq the server confirmed as delivered
 )
 
 // maxRecord bounds one log record; larger lengths mean corruption.
@@ -50,6 +51,7 @@ type convLog struct {
 	offsets []int64 // offsets[i] is the record offset of seq i+1
 	size    int64
 	seen    uint64
+	acked   uint64
 }
 
 // ConvSummary describes one locally stored conversation.
@@ -57,6 +59,8 @@ type ConvSummary struct {
 	Conv string
 	Head uint64 // highest stored seq (the delivery cursor)
 	Seen uint64 // the app's cursor (messages handed to / committed by the app)
+	// Acked is the delivery cursor the server confirmed (DeliveryAck reply).
+	Acked uint64
 }
 
 // OpenStore opens (creating) a store in dir.
@@ -118,6 +122,10 @@ scan:
 			if len(payload) == 8 {
 				cl.seen = max(cl.seen, binary.BigEndian.Uint64(payload))
 			}
+		case recAcked:
+			if len(payload) == 8 {
+				cl.acked = max(cl.acked, binary.BigEndian.Uint64(payload))
+			}
 		}
 		off += int64(n)
 	}
@@ -131,6 +139,7 @@ scan:
 		}
 	}
 	cl.seen = min(cl.seen, uint64(len(cl.offsets)))
+	cl.acked = min(cl.acked, uint64(len(cl.offsets)))
 	return cl, nil
 }
 
@@ -178,7 +187,7 @@ func (s *Store) Conversations() []ConvSummary {
 	defer s.mu.Unlock()
 	out := make([]ConvSummary, 0, len(s.convs))
 	for id, cl := range s.convs {
-		out = append(out, ConvSummary{Conv: id, Head: uint64(len(cl.offsets)), Seen: cl.seen})
+		out = append(out, ConvSummary{Conv: id, Head: uint64(len(cl.offsets)), Seen: cl.seen, Acked: cl.acked})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Conv < out[j].Conv })
 	return out
@@ -225,13 +234,17 @@ func (s *Store) Append(conv string, msgs []*pb.Message) error {
 // write appends buf to cl's file and fsyncs; it rolls the file back to its
 // old size when the write fails half-way.
 func (s *Store) write(cl *convLog, buf []byte, created bool) error {
+	return s.writeSync(cl, buf, created, true)
+}
+
+func (s *Store) writeSync(cl *convLog, buf []byte, created, sync bool) error {
 	f, err := os.OpenFile(cl.path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	defer f.Close()
 	_, err = f.WriteAt(buf, cl.size)
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if err != nil {
@@ -265,6 +278,33 @@ func (s *Store) SetSeen(conv string, seq uint64) error {
 	}
 	cl.seen = seq
 	return nil
+}
+
+// SetAcked records that the server confirmed conv's delivery cursor at seq
+// (never moves back). It is not fsync'd: losing it only repeats an ack.
+func (s *Store) SetAcked(conv string, seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cl := s.convs[conv]
+	if cl == nil || seq <= cl.acked {
+		return nil
+	}
+	seq = min(seq, uint64(len(cl.offsets)))
+	if err := s.writeSync(cl, appendRecord(nil, recAcked, binary.BigEndian.AppendUint64(nil, seq)), false, false); err != nil {
+		return err
+	}
+	cl.acked = seq
+	return nil
+}
+
+// Acked returns the delivery cursor the server last confirmed for conv.
+func (s *Store) Acked(conv string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cl := s.convs[conv]; cl != nil {
+		return cl.acked
+	}
+	return 0
 }
 
 // Seen returns conv's app cursor.

@@ -44,7 +44,8 @@
 // after the new one has been reported with SessionOpened (so the route
 // never disappears and presence does not flicker). This matches the
 // store's single route per device. Because of it the token bucket of a
-// session is the device's rate limit on this edge.
+// session is the device's rate limit on this edge; a replacing session
+// inherits the old one's bucket, so reconnecting does not refill it.
 //
 // # Life cycle
 //
@@ -53,7 +54,11 @@
 // are given. Start ensures the edge topic, starts the two tail consumers
 // (no consumer group) and waits until both are positioned (OnReady), calls
 // Backend.EdgeStarted to drop routes a previous process left behind, and
-// then listens. Shutdown is idempotent: it stops accepting, sends every
+// then listens. A tail consumer that fails later is restarted after a
+// pause; when the edge-topic consumer is positioned again every session is
+// ended with Disconnect{UNAVAILABLE, reconnect=true}, because pushes
+// produced in between were missed and a reconnecting client syncs them.
+// Shutdown is idempotent: it stops accepting, sends every
 // session Disconnect{SHUTTING_DOWN, reconnect=true}, closes them (each
 // reports SessionClosed), stops the consumers and waits for every
 // goroutine the edge started.

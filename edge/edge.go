@@ -328,17 +328,11 @@ func (e *Edge) start(ctx context.Context) error {
 	}
 	ready := make(chan string, 2)
 	failed := make(chan error, 2)
-	consume := func(topic string, h core.Handler) {
-		e.wg.Go(func() {
-			err := e.bus.Consume(e.ctx, core.ConsumeSpec{Topic: topic, OnReady: func() { ready <- topic }}, h)
-			if err != nil && e.ctx.Err() == nil {
-				e.log.Error("consumer stopped", "topic", topic, "err", err)
-				failed <- fmt.Errorf("edge: consume %s: %w", topic, err)
-			}
-		})
+	consume := func(topic string, h core.Handler, onRestart func()) {
+		e.wg.Go(func() { e.runConsumer(topic, h, ready, failed, onRestart) })
 	}
-	consume(EdgeTopic(e.cfg.ID), e.handleEdgeRecord)
-	consume(e.cfg.PresenceTopic, e.handlePresence)
+	consume(EdgeTopic(e.cfg.ID), e.handleEdgeRecord, e.pushFeedLost)
+	consume(e.cfg.PresenceTopic, e.handlePresence, nil)
 	for range 2 {
 		select {
 		case <-ready:
@@ -363,6 +357,59 @@ func (e *Edge) start(ctx context.Context) error {
 	}
 	e.log.Info("edge started", "ws", e.WSURL(), "wt", e.WTURL())
 	return nil
+}
+
+// consumerBackoff is the pause before a failed tail consumer is restarted.
+const consumerBackoff = time.Second
+
+// runConsumer tails topic until the edge stops. Before the first OnReady a
+// failure is reported on failed (Start fails); afterwards the consumer is
+// restarted after a pause, and onRestart (if set) runs once it is positioned
+// again, because records produced in between were missed.
+func (e *Edge) runConsumer(topic string, h core.Handler, ready chan<- string, failed chan<- error, onRestart func()) {
+	var positioned atomic.Bool // set at the first OnReady of any attempt
+	for {
+		var once sync.Once
+		err := e.bus.Consume(e.ctx, core.ConsumeSpec{Topic: topic, OnReady: func() {
+			once.Do(func() {
+				if !positioned.Swap(true) {
+					ready <- topic
+				} else if onRestart != nil {
+					onRestart()
+				}
+			})
+		}}, h)
+		if e.ctx.Err() != nil {
+			return
+		}
+		if !positioned.Load() {
+			failed <- fmt.Errorf("edge: consume %s: %w", topic, err)
+			return
+		}
+		e.log.Error("consumer stopped; restarting", "topic", topic, "err", err)
+		t := time.NewTimer(consumerBackoff)
+		select {
+		case <-e.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pushFeedLost ends every session with Disconnect{UNAVAILABLE, reconnect}
+// after the edge-topic consumer had to be restarted: pushes produced while
+// it was down are lost, and a reconnecting client syncs them.
+func (e *Edge) pushFeedLost() {
+	e.mu.Lock()
+	var all []*session
+	for s := range e.live {
+		all = append(all, s)
+	}
+	e.mu.Unlock()
+	for _, s := range all {
+		s.terminate(pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "edge lost its push feed; reconnect and sync", true)
+	}
 }
 
 // Shutdown stops accepting, sends every session Disconnect{SHUTTING_DOWN,

@@ -20,10 +20,12 @@ func TestHandshakeBothTransports(t *testing.T) {
 	if got := v.be.started; len(got) != 1 || got[0] != "e1" {
 		t.Fatalf("EdgeStarted calls %v", got)
 	}
-	for _, kind := range []string{"ws", "wt"} {
+	for _, kind := range []string{"ws", "wt", "ws-ik", "wt-ik"} {
 		t.Run(kind, func(t *testing.T) {
 			v.t = t
-			c := v.connect(kind, newKey(t), nil)
+			v.ik = len(kind) > 2
+			defer func() { v.ik = false }()
+			c := v.connect(kind[:2], newKey(t), nil)
 			if !bytes.Equal(c.nc.PeerStatic(), v.e.PublicKey()) {
 				t.Fatal("edge static key differs")
 			}
@@ -67,7 +69,9 @@ func TestRegisterThenAuthenticated(t *testing.T) {
 			}
 			// Reconnecting with the same key authenticates at once, and
 			// replaces the first session (REPLACED, no reconnect).
+			v.ik = true // and with the one-round-trip handshake
 			c2 := v.connect(kind, key, dev.Addr())
+			v.ik = false
 			if r := c2.call(list); r.GetError() != nil {
 				t.Fatalf("authenticated read: %v", r)
 			}
@@ -328,14 +332,14 @@ func TestConnectionLimitPerIP(t *testing.T) {
 	v.connect("ws", newKey(t), nil).ping()
 }
 
-func TestRateLimitIsPerSession(t *testing.T) {
+func TestRateLimitPerDevice(t *testing.T) {
 	// A frozen clock: no refill, so exactly Burst frames pass.
 	frozen := time.Unix(1_800_000_000, 0)
 	v := newEnv(t, func(c *edge.Config) {
 		c.MessagesPerSecond, c.Burst = 5, 5
 		c.Now = func() time.Time { return frozen }
 	})
-	flooder, _ := v.registered("ws", "flood") // register used 1 token
+	flooder, fdev := v.registered("ws", "flood") // register used 1 token
 	victim, _ := v.registered("wt", "victim")
 	ingress := v.tail("ingress")
 	const n = 40
@@ -368,6 +372,12 @@ func TestRateLimitIsPerSession(t *testing.T) {
 	case r := <-ingress:
 		t.Fatalf("over-budget frame produced: %q", r.Key)
 	case <-time.After(200 * time.Millisecond):
+	}
+	// Reconnecting does not refill the device's bucket.
+	again := v.connect("wt", flooder.key, fdev.Addr())
+	ping := &pb.ClientFrame{Body: &pb.ClientFrame_Ping{Ping: &pb.Ping{}}}
+	if r := again.call(ping); r.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_RATE_LIMITED {
+		t.Fatalf("after reconnect: %v", r)
 	}
 }
 

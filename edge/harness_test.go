@@ -129,6 +129,7 @@ type env struct {
 	be  *regionDouble
 	bus *kafkabus.Bus
 	cfg edge.Config
+	ik  bool // clients use the one-round-trip IK handshake
 }
 
 func newEnv(t testing.TB, mutate func(*edge.Config)) *env {
@@ -328,7 +329,7 @@ func (v *env) connect(kind string, key noiseconn.Keypair, dev *pb.DeviceAddr) *c
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	nc, err := noiseconn.Client(ctx, mc, noiseconn.ClientConfig{Static: key, Payload: clientHello(dev), ServerStatic: v.e.PublicKey()})
+	nc, err := noiseconn.Client(ctx, mc, noiseconn.ClientConfig{Static: key, Payload: clientHello(dev), ServerStatic: v.e.PublicKey(), UseIK: v.ik})
 	if err != nil {
 		v.t.Fatal(err)
 	}

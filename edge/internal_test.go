@@ -319,3 +319,57 @@ func TestCollector(t *testing.T) {
 		t.Fatalf("found %v, %d families", found, len(mfs))
 	}
 }
+
+// flakyBus is a test double of a bus whose first tail consumer dies after
+// being positioned; the second one runs until cancelled.
+type flakyBus struct {
+	recordingBus
+	mu    sync.Mutex
+	calls int
+}
+
+func (b *flakyBus) Consume(ctx context.Context, spec core.ConsumeSpec, _ core.Handler) error {
+	b.mu.Lock()
+	b.calls++
+	n := b.calls
+	b.mu.Unlock()
+	spec.OnReady()
+	if n == 1 {
+		return errors.New("kafka: connection reset")
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestConsumerRestartDisconnects: when the edge-topic consumer dies after
+// start, it is restarted, and once it is positioned again every session is
+// told to reconnect (and so to sync what was missed).
+func TestConsumerRestartDisconnects(t *testing.T) {
+	bus := &flakyBus{}
+	e, err := New(Config{ID: "e1"}, oneDevice{}, bus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	s := &session{e: e, id: 1, queue: make(chan []byte, 1), stop: make(chan struct{})}
+	e.live[s] = struct{}{}
+	ready, failed := make(chan string, 2), make(chan error, 2)
+	done := make(chan struct{})
+	go func() { defer close(done); e.runConsumer("edge.e1", e.handleEdgeRecord, ready, failed, e.pushFeedLost) }()
+	if got := <-ready; got != "edge.e1" {
+		t.Fatal(got)
+	}
+	select {
+	case <-s.stop:
+	case <-time.After(10 * time.Second):
+		t.Fatal("session not told to reconnect after the consumer restarted")
+	}
+	if d := s.final.Load(); d.GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || !d.GetReconnect() {
+		t.Fatalf("disconnect %v", d)
+	}
+	e.cancel()
+	<-done
+	if len(ready) != 0 || len(failed) != 0 || bus.calls != 2 {
+		t.Fatalf("ready %d failed %d calls %d", len(ready), len(failed), bus.calls)
+	}
+}

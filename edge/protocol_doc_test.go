@@ -94,6 +94,29 @@ func protocolVectors(t *testing.T) string {
 		t.Fatalf("%d messages", len(wire))
 	}
 
+	// The same keys and ephemerals with the one-round-trip IK handshake.
+	srvEnd2, cliEnd2 := memPipe()
+	var wireIK [][]byte
+	go func() {
+		c, err := noiseconn.Server(ctx, tapConn{srvEnd2, &wireIK}, noiseconn.ServerConfig{Static: ss, Payload: serverHello, Rand: bytes.NewReader(se.Private)})
+		ch <- res{c, err}
+	}()
+	cliIK, err := noiseconn.Client(ctx, tapConn{cliEnd2, &wireIK}, noiseconn.ClientConfig{Static: cs, Payload: clientHello, ServerStatic: ss.Public, UseIK: true, Rand: bytes.NewReader(ce.Private)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	go func() { _ = cliIK.Send(ctx, ping) }()
+	if got, err := r.c.Recv(ctx); err != nil || !bytes.Equal(got, ping) {
+		t.Fatal("IK ping did not arrive", err)
+	}
+	if len(wireIK) != 3 {
+		t.Fatalf("%d IK messages", len(wireIK))
+	}
+
 	var b strings.Builder
 	row := func(name string, v []byte) { fmt.Fprintf(&b, "%-28s %s\n", name, hex.EncodeToString(v)) }
 	b.WriteString(vecBegin + "\n```text\n")
@@ -117,6 +140,12 @@ func protocolVectors(t *testing.T) string {
 	row("ClientFrame ping on wire", wire[3])
 	row("ServerFrame pong plaintext", pong)
 	row("ServerFrame pong on wire", wire[4])
+	b.WriteString("\n")
+	fmt.Fprintf(&b, "%-28s %s\n", "IK protocol", noiseconn.ProtocolNameIK)
+	row("IK message 1 (-> e,es,s,ss)", wireIK[0])
+	row("IK message 2 (<- e,ee,se)", wireIK[1])
+	row("IK handshake hash", cliIK.HandshakeHash())
+	row("IK ClientFrame ping on wire", wireIK[2])
 	b.WriteString("```\n" + vecEnd)
 	return b.String()
 }

@@ -42,10 +42,9 @@ type session struct {
 }
 
 // serveConn runs one connection to the end: handshake, authentication,
-// then the session. It owns the writer goroutine and
-// waits for it.
-// The caller has counted the connection against its IP (admit) and
-// serveConn releases it.
+// then the session (reading in this goroutine). It owns the writer
+// goroutine and waits for it. The caller has counted the connection
+// against its IP (admit); serveConn releases it.
 func (e *Edge) serveConn(tr transport, ip string) {
 	defer e.releaseIP(ip)
 

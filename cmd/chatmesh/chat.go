@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/chatmesh/chatmesh/client"
@@ -585,11 +586,6 @@ func chatRead(ctx context.Context, g *chatGlobals, args []string) error {
 	if err := c.MarkRead(ctx, conv, seq); err != nil {
 		return err
 	}
-	// The marker is fire-and-forget; a ping makes sure the edge has read it
-	// before the session closes.
-	if _, err := c.Ping(ctx); err != nil {
-		return err
-	}
 	fmt.Fprintf(g.stdout, "read %s up to %d\n", conv, seq)
 	return nil
 }
@@ -695,6 +691,21 @@ func chatInteractive(ctx context.Context, g *chatGlobals) error {
 		}
 	}()
 
+	// Read markers for displayed messages go out from one goroutine, so a
+	// slow confirmation never stalls the screen; if it falls behind, older
+	// markers are skipped (a later marker covers them).
+	reads := make(chan *pb.Message, 64)
+	var readers sync.WaitGroup
+	defer readers.Wait()
+	defer close(reads)
+	readers.Go(func() {
+		for m := range reads {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_ = c.MarkRead(rctx, m.GetConvId(), m.GetSeq())
+			cancel()
+		}
+	})
+
 	conv := ""
 	pending := map[string]string{} // client msg id -> conv
 	for {
@@ -709,7 +720,7 @@ func chatInteractive(ctx context.Context, g *chatGlobals) error {
 				for len(pending) > 0 {
 					select {
 					case ev := <-c.Events():
-						interactiveEvent(fctx, c, me, out, ev, pending)
+						interactiveEvent(me, out, ev, pending, reads)
 					case <-fctx.Done():
 						fmt.Fprintf(out, "… %d message(s) still in the outbox; they are sent next time\n", c.Outbox().Len())
 						return nil
@@ -725,7 +736,7 @@ func chatInteractive(ctx context.Context, g *chatGlobals) error {
 				return nil
 			}
 		case ev := <-c.Events():
-			interactiveEvent(ctx, c, me, out, ev, pending)
+			interactiveEvent(me, out, ev, pending, reads)
 		}
 	}
 }
@@ -837,7 +848,7 @@ func printPresence(out io.Writer, p client.PresenceEvent) {
 	fmt.Fprintf(out, "• %s is offline%s\n", p.User, last)
 }
 
-func interactiveEvent(ctx context.Context, c *client.Client, me core.DeviceKey, out io.Writer, ev client.Event, pending map[string]string) {
+func interactiveEvent(me core.DeviceKey, out io.Writer, ev client.Event, pending map[string]string, reads chan<- *pb.Message) {
 	switch e := ev.(type) {
 	case client.MessageEvent:
 		if e.From() == me {
@@ -845,9 +856,10 @@ func interactiveEvent(ctx context.Context, c *client.Client, me core.DeviceKey, 
 		}
 		_ = printMessage(out, false, e.Message, e.Body)
 		if e.From().User != me.User && e.Message.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
-			rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-			_ = c.MarkRead(rctx, e.Conv(), e.Seq())
-			cancel()
+			select {
+			case reads <- e.Message:
+			default:
+			}
 		}
 	case client.SendAckedEvent:
 		delete(pending, e.ClientMsgID)

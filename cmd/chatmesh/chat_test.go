@@ -149,12 +149,19 @@ func TestChatCLIEndToEnd(t *testing.T) {
 		t.Fatalf("new device history: %+v", ms)
 	}
 
+	// --follow prints what arrives while it runs and ends cleanly at --timeout.
+	alice.must("send", "@bob", "while following")
+	out = bob.must("receive", "--follow", "--timeout", "1500ms")
+	if !strings.Contains(out, "alice.1: while following") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("follow: %q", out)
+	}
+
 	// Interactive: choose a conversation, send a line, end of input.
 	out, err = alice.run("/to @bob\nfrom the prompt\n", "interactive")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "✓ sent [d:alice:bob #3]") {
+	if !strings.Contains(out, "✓ sent [d:alice:bob #4]") {
 		t.Fatalf("interactive output: %q", out)
 	}
 	if ms := receiveJSON(t, bob); len(ms) != 1 || ms[0].Body != "from the prompt" {

@@ -21,8 +21,20 @@
 // from message 3 (Conn.PeerStatic) and decides what it means. A client may
 // pin the server's static key (ClientConfig.ServerStatic): the handshake is
 // still XX, and the client aborts after message 2, before revealing its own
-// static key, if the server proves a different key. IK (a one-round-trip
-// handshake for pinned servers) is not implemented.
+// static key, if the server proves a different key.
+//
+// A pinning client may instead opt into Noise_IK_25519_ChaChaPoly_BLAKE2s
+// (ClientConfig.UseIK, ProtocolNameIK), one round trip:
+//
+//	<- s                                   (pre-message: the pinned key)
+//	-> e, es, s, ss  + client payload      at least 96 bytes
+//	<- e, ee, se     + server payload
+//
+// Server accepts both and tells them apart by the length of message 1
+// (exactly 32 bytes: XX; 96 or more: IK; anything else fails). IK's client
+// payload is encrypted to the server's static key, so it is not forward
+// secret against a later compromise of that key; chatmesh's ClientHello
+// holds only a device address.
 //
 // Both handshake payloads are encrypted, but the server payload (message 2)
 // goes to a client that is not yet authenticated: anyone who connects can
@@ -58,8 +70,8 @@
 // # Tests
 //
 // The package's Client and Server are checked byte for byte against the
-// Cacophony vector for Noise_XX_25519_ChaChaPoly_BLAKE2s
-// (testdata/cacophony.json), with a companion test that mutating any part of
-// the vector makes the check fail; FuzzServerHandshake and FuzzRecv cover
-// both decoders.
+// Cacophony vectors for Noise_XX_25519_ChaChaPoly_BLAKE2s and
+// Noise_IK_25519_ChaChaPoly_BLAKE2s (testdata/cacophony.json), with
+// companion tests that mutating the vectors makes the check fail;
+// FuzzServerHandshake (both patterns) and FuzzRecv cover the decoders.
 package noiseconn

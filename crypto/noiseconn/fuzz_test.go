@@ -18,6 +18,8 @@ func FuzzServerHandshake(f *testing.F) {
 	f.Add(make([]byte, 32), []byte{})
 	f.Add(bytes.Repeat([]byte{9}, 32), make([]byte, 64))
 	f.Add([]byte("garbage"), []byte("more garbage"))
+	f.Add(make([]byte, 96), []byte{}) // IK-sized message 1
+	f.Add(bytes.Repeat([]byte{1}, 200), []byte{})
 	f.Fuzz(func(t *testing.T, m1, m3 []byte) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -32,6 +32,9 @@ const (
 	Prologue = "chatmesh/1"
 	// ProtocolName is the full Noise protocol name of the chatmesh handshake.
 	ProtocolName = "Noise_XX_25519_ChaChaPoly_BLAKE2s"
+	// ProtocolNameIK is the one-round-trip handshake a client that knows
+	// the server's static key may use instead (ClientConfig.UseIK).
+	ProtocolNameIK = "Noise_IK_25519_ChaChaPoly_BLAKE2s"
 	// MaxMessage is the largest Noise message (handshake or transport), in bytes.
 	MaxMessage = 65535
 	// MaxPlaintext is the largest frame a Conn can carry: MaxMessage minus
@@ -91,8 +94,14 @@ type ClientConfig struct {
 	// (a serialized ClientHello in chatmesh).
 	Payload []byte
 	// ServerStatic, if set, pins the server: the handshake fails unless the
-	// server proves this static public key. (The handshake is XX either way.)
+	// server proves this static public key.
 	ServerStatic []byte
+	// UseIK (requires ServerStatic) runs Noise_IK instead of XX: one round
+	// trip, with Payload in message 1. Message 1 is encrypted to the pinned
+	// key, so its payload is not forward-secret against a later compromise
+	// of the server's static key, and a wrong pin shows up as a handshake
+	// failure at the server rather than at the client.
+	UseIK bool
 	// Rand is the source of the ephemeral key (crypto/rand if nil). Only
 	// tests and test vectors set it.
 	Rand io.Reader
@@ -114,7 +123,7 @@ type ServerConfig struct {
 type options struct {
 	prologue     []byte // nil: Prologue
 	firstPayload []byte // payload of XX message 1 (always empty in chatmesh)
-	allowFirst   bool   // server: accept a non-empty payload in message 1
+	allowFirst   bool   // server: treat any message 1 as XX, payload allowed
 }
 
 func (o options) pro() []byte {
@@ -151,6 +160,9 @@ func client(ctx context.Context, c MsgConn, cfg ClientConfig, o options) (*Conn,
 	}
 	if cfg.ServerStatic != nil && len(cfg.ServerStatic) != KeyLen {
 		return nil, fmt.Errorf("%w: pinned server key must be %d bytes", ErrHandshake, KeyLen)
+	}
+	if cfg.UseIK {
+		return clientIK(ctx, c, cfg, o)
 	}
 	hs, err := noise.NewHandshakeState(noise.Config{
 		CipherSuite:   suite,
@@ -201,11 +213,62 @@ func client(ctx context.Context, c MsgConn, cfg ClientConfig, o options) (*Conn,
 	return newConn(c, send, recv, peer, serverPayload, hs.ChannelBinding()), nil
 }
 
-// Server runs the responder side of the XX handshake (see Client). The
-// client's static key is available from PeerStatic afterwards; deciding
-// whether it is acceptable is the caller's business. Message 1 must be
-// exactly 32 bytes (an ephemeral key, empty payload). On failure the error
-// wraps ErrHandshake and c is left open.
+// clientIK runs the initiator side of Noise_IK:
+//
+//	<- s                    (pre-message: the pinned key)
+//	-> e, es, s, ss         + client payload
+//	<- e, ee, se            + server payload
+func clientIK(ctx context.Context, c MsgConn, cfg ClientConfig, o options) (*Conn, error) {
+	if cfg.ServerStatic == nil {
+		return nil, fmt.Errorf("%w: IK needs ServerStatic", ErrHandshake)
+	}
+	hs, err := noise.NewHandshakeState(noise.Config{
+		CipherSuite:   suite,
+		Random:        cfg.Rand,
+		Pattern:       noise.HandshakeIK,
+		Initiator:     true,
+		Prologue:      o.pro(),
+		StaticKeypair: noise.DHKey{Private: cfg.Static.Private, Public: cfg.Static.Public},
+		PeerStatic:    cfg.ServerStatic,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrHandshake, err)
+	}
+	m1, _, _, err := hs.WriteMessage(nil, cfg.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("%w: write message 1: %w", ErrHandshake, err)
+	}
+	if len(m1) > MaxMessage {
+		return nil, fmt.Errorf("%w: message 1: %w", ErrHandshake, ErrTooLarge)
+	}
+	if err := c.WriteMessage(ctx, m1); err != nil {
+		return nil, fmt.Errorf("%w: send message 1: %w", ErrHandshake, err)
+	}
+	m2, err := c.ReadMessage(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: receive message 2: %w", ErrHandshake, err)
+	}
+	if len(m2) > MaxMessage {
+		return nil, fmt.Errorf("%w: message 2: %w", ErrHandshake, ErrTooLarge)
+	}
+	serverPayload, send, recv, err := hs.ReadMessage(nil, m2)
+	if err != nil {
+		return nil, fmt.Errorf("%w: message 2: %w", ErrHandshake, err)
+	}
+	return newConn(c, send, recv, cfg.ServerStatic, serverPayload, hs.ChannelBinding()), nil
+}
+
+// minIKMessage1 is the smallest IK message 1: e (32) + encrypted s (48) +
+// an empty encrypted payload (16).
+const minIKMessage1 = KeyLen + KeyLen + tagLen + tagLen
+
+// Server runs the responder side of the handshake (see Client). The client
+// chooses the pattern by the length of message 1: exactly 32 bytes (an
+// ephemeral key, empty payload) is XX; 96 bytes or more is IK (see
+// ClientConfig.UseIK); anything else fails. The client's static key is
+// available from PeerStatic afterwards; deciding whether it is acceptable
+// is the caller's business. On failure the error wraps ErrHandshake and c
+// is left open.
 func Server(ctx context.Context, c MsgConn, cfg ServerConfig) (*Conn, error) {
 	return server(ctx, c, cfg, options{})
 }
@@ -230,11 +293,14 @@ func server(ctx context.Context, c MsgConn, cfg ServerConfig, o options) (*Conn,
 	if err != nil {
 		return nil, fmt.Errorf("%w: receive message 1: %w", ErrHandshake, err)
 	}
-	if !o.allowFirst && len(m1) != KeyLen {
-		return nil, fmt.Errorf("%w: message 1 is %d bytes, want %d", ErrHandshake, len(m1), KeyLen)
-	}
 	if len(m1) > MaxMessage {
 		return nil, fmt.Errorf("%w: message 1: %w", ErrHandshake, ErrTooLarge)
+	}
+	if !o.allowFirst && len(m1) >= minIKMessage1 {
+		return serverIK(ctx, c, cfg, o, m1)
+	}
+	if !o.allowFirst && len(m1) != KeyLen {
+		return nil, fmt.Errorf("%w: message 1 is %d bytes, want %d (XX) or at least %d (IK)", ErrHandshake, len(m1), KeyLen, minIKMessage1)
 	}
 	if _, _, _, err := hs.ReadMessage(nil, m1); err != nil {
 		return nil, fmt.Errorf("%w: message 1: %w", ErrHandshake, err)
@@ -261,6 +327,36 @@ func server(ctx context.Context, c MsgConn, cfg ServerConfig, o options) (*Conn,
 	clientPayload, recv, send, err := hs.ReadMessage(nil, m3)
 	if err != nil {
 		return nil, fmt.Errorf("%w: message 3: %w", ErrHandshake, err)
+	}
+	return newConn(c, send, recv, hs.PeerStatic(), clientPayload, hs.ChannelBinding()), nil
+}
+
+// serverIK completes an IK handshake whose message 1 is m1.
+func serverIK(ctx context.Context, c MsgConn, cfg ServerConfig, o options, m1 []byte) (*Conn, error) {
+	hs, err := noise.NewHandshakeState(noise.Config{
+		CipherSuite:   suite,
+		Random:        cfg.Rand,
+		Pattern:       noise.HandshakeIK,
+		Initiator:     false,
+		Prologue:      o.pro(),
+		StaticKeypair: noise.DHKey{Private: cfg.Static.Private, Public: cfg.Static.Public},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrHandshake, err)
+	}
+	clientPayload, _, _, err := hs.ReadMessage(nil, m1)
+	if err != nil {
+		return nil, fmt.Errorf("%w: IK message 1: %w", ErrHandshake, err)
+	}
+	m2, recv, send, err := hs.WriteMessage(nil, cfg.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("%w: write IK message 2: %w", ErrHandshake, err)
+	}
+	if len(m2) > MaxMessage {
+		return nil, fmt.Errorf("%w: IK message 2: %w", ErrHandshake, ErrTooLarge)
+	}
+	if err := c.WriteMessage(ctx, m2); err != nil {
+		return nil, fmt.Errorf("%w: send IK message 2: %w", ErrHandshake, err)
 	}
 	return newConn(c, send, recv, hs.PeerStatic(), clientPayload, hs.ChannelBinding()), nil
 }

@@ -67,7 +67,11 @@ func keypairOf(priv []byte) Keypair {
 // directly) with the vector's keys, ephemerals, prologue and payloads over
 // an in-memory pipe, and compares every message on the wire and the
 // handshake hash with the vector.
-func runXXVector(v vector) error {
+func runXXVector(v vector) error { return runVector(v, false) }
+
+// runVector runs an XX vector, or with ik an IK vector (client UseIK with
+// the responder's static key pinned; the server detects IK itself).
+func runVector(v vector, ik bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	a, b := newPipe()
@@ -78,19 +82,27 @@ func runXXVector(v vector) error {
 		err error
 	}
 	srvCh := make(chan res, 1)
+	hsLen, clientPayload := 3, unhex(m[2].Payload)
+	if ik {
+		hsLen, clientPayload = 2, unhex(m[0].Payload)
+	}
 	go func() {
 		c, err := server(ctx, b, ServerConfig{
 			Static:  keypairOf(unhex(v.RespStatic)),
 			Payload: unhex(m[1].Payload),
 			Rand:    bytes.NewReader(unhex(v.RespEphemeral)),
-		}, options{prologue: unhex(v.RespPrologue), allowFirst: true})
+		}, options{prologue: unhex(v.RespPrologue), allowFirst: !ik})
 		srvCh <- res{c, err}
 	}()
-	cli, err := client(ctx, a, ClientConfig{
+	ccfg := ClientConfig{
 		Static:  keypairOf(unhex(v.InitStatic)),
-		Payload: unhex(m[2].Payload),
+		Payload: clientPayload,
 		Rand:    bytes.NewReader(unhex(v.InitEphemeral)),
-	}, options{prologue: unhex(v.InitPrologue), firstPayload: unhex(m[0].Payload)})
+	}
+	if ik {
+		ccfg.UseIK, ccfg.ServerStatic = true, keypairOf(unhex(v.RespStatic)).Public
+	}
+	cli, err := client(ctx, a, ccfg, options{prologue: unhex(v.InitPrologue), firstPayload: unhex(m[0].Payload)})
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
@@ -99,14 +111,18 @@ func runXXVector(v vector) error {
 		return fmt.Errorf("server: %w", sr.err)
 	}
 	srv := sr.c
-	if !bytes.Equal(srv.PeerPayload(), unhex(m[2].Payload)) || !bytes.Equal(cli.PeerPayload(), unhex(m[1].Payload)) {
+	if !bytes.Equal(srv.PeerPayload(), clientPayload) || !bytes.Equal(cli.PeerPayload(), unhex(m[1].Payload)) {
 		return errors.New("handshake payload mismatch")
 	}
 	if !bytes.Equal(cli.HandshakeHash(), unhex(v.HandshakeHash)) || !bytes.Equal(srv.HandshakeHash(), unhex(v.HandshakeHash)) {
 		return fmt.Errorf("handshake hash %x, want %s", cli.HandshakeHash(), v.HandshakeHash)
 	}
-	// Transport messages alternate, responder first (message 3).
-	for i := 3; i < len(m); i++ {
+	if !bytes.Equal(srv.PeerStatic(), keypairOf(unhex(v.InitStatic)).Public) {
+		return errors.New("server learned the wrong client key")
+	}
+	// Transport messages continue the alternation: even indexes are sent
+	// by the initiator.
+	for i := hsLen; i < len(m); i++ {
 		from, to := srv, cli
 		if i%2 == 0 {
 			from, to = cli, srv
@@ -141,6 +157,55 @@ func TestCacophonyXX(t *testing.T) {
 	}
 	if err := runXXVector(v); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestCacophonyIK(t *testing.T) {
+	v := loadVector(t, ProtocolNameIK)
+	if err := runVector(v, true); err != nil {
+		t.Fatal(err)
+	}
+	v.Messages = append(v.Messages[:0:0], v.Messages...)
+	b := unhex(v.Messages[0].Ciphertext)
+	b[50] ^= 1
+	v.Messages[0].Ciphertext = hex.EncodeToString(b)
+	if err := runVector(v, true); err == nil {
+		t.Fatal("mutated IK vector passed")
+	}
+}
+
+func TestIKHandshake(t *testing.T) {
+	ck, sk := mustKeypair(t), mustKeypair(t)
+	cli, srv, cerr, serr, a, _ := handshake(t,
+		ClientConfig{Static: ck, Payload: []byte("hello"), ServerStatic: sk.Public, UseIK: true},
+		ServerConfig{Static: sk, Payload: []byte("welcome")})
+	if cerr != nil || serr != nil {
+		t.Fatal(cerr, serr)
+	}
+	if n := len(a.log.get()); n != 2 {
+		t.Fatalf("IK took %d messages", n)
+	}
+	if !bytes.Equal(srv.PeerStatic(), ck.Public) || string(srv.PeerPayload()) != "hello" || string(cli.PeerPayload()) != "welcome" {
+		t.Fatal("IK results wrong")
+	}
+	ctx := context.Background()
+	if err := cli.Send(ctx, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := srv.Recv(ctx); err != nil || string(got) != "x" {
+		t.Fatal(got, err)
+	}
+	// A wrong pin: the server cannot decrypt message 1.
+	_, _, cerr, serr, _, _ = handshake(t,
+		ClientConfig{Static: ck, ServerStatic: mustKeypair(t).Public, UseIK: true},
+		ServerConfig{Static: sk})
+	if !errors.Is(serr, ErrHandshake) || !errors.Is(cerr, ErrHandshake) {
+		t.Fatalf("wrong IK pin: server %v, client %v", serr, cerr)
+	}
+	// IK without a pin is refused locally.
+	_, _, cerr, _, _, _ = handshake(t, ClientConfig{Static: ck, UseIK: true}, ServerConfig{Static: sk})
+	if !errors.Is(cerr, ErrHandshake) {
+		t.Fatalf("IK without pin: %v", cerr)
 	}
 }
 

@@ -122,7 +122,7 @@ func TestGroup500(t *testing.T) {
 				m.start(t)
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
 		var others []string
 		for _, m := range members[1:] {
@@ -132,6 +132,7 @@ func TestGroup500(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("group created")
 		if len(info.GetMembers()) != n {
 			t.Fatalf("group has %d members", len(info.GetMembers()))
 		}
@@ -150,9 +151,10 @@ func TestGroup500(t *testing.T) {
 		}
 		for k := 0; k < senders; k++ {
 			if err := members[k*offlineEvery].WaitIdle(ctx); err != nil {
-				t.Fatal(err)
+				t.Fatalf("sender %d: %v (outbox %d pending)", k, err, len(members[k*offlineEvery].Outbox().Pending()))
 			}
 		}
+		t.Logf("sends acked")
 		for i, m := range members {
 			if i%offlineEvery == offlineEvery-1 {
 				m.start(t)

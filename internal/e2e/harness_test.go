@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -59,6 +60,9 @@ func startStack(t *testing.T, b backend, adjust func(*stack.Config)) *stack.Stac
 	cfg := stack.Config{
 		DataDir: t.TempDir(), KafkaBrokers: b.brokers, PostgresDSN: b.dsn, PGSchema: ns,
 		Namespace: ns, EdgeID: ns + "-edge", WTAddr: "-", MaxConnsPerIP: 2000, Partitions: 4,
+	}
+	if os.Getenv("CHATMESH_TEST_LOG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	if adjust != nil {
 		adjust(&cfg)
