@@ -27,6 +27,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	regionName := fs.String("region", "local", "region name")
 	edgeID := fs.String("edge-id", "edge-1", "edge id (stable across restarts)")
 	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
+	namespace := fs.String("namespace", "", "prefix for the ingress/presence topics and the sequencer group (several regions on one Kafka)")
+	pgSchema := fs.String("pg-schema", "", "PostgreSQL schema to use (created if absent)")
 	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit of the edge (0: edge default)")
 	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -40,6 +42,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg := stack.Config{
 		DataDir: *data, PostgresDSN: *pg, Region: *regionName, EdgeID: *edgeID,
 		WSAddr: *ws, WTAddr: *wt, Logger: logger, MaxConnsPerIP: *maxConns,
+		Namespace: *namespace, PGSchema: *pgSchema,
 	}
 	if *kafka != "" {
 		cfg.KafkaBrokers = strings.Split(*kafka, ",")
