@@ -49,8 +49,8 @@ type Config struct {
 	// MaxConnsPerIP overrides the edge's per-IP connection limit (0: the
 	// edge default). Load tests from one address need it raised.
 	MaxConnsPerIP int
-	Notifier     core.Notifier
-	Logger       *slog.Logger
+	Notifier      core.Notifier
+	Logger        *slog.Logger
 	// EdgeConfig, if set, adjusts the edge's configuration before start
 	// (limits, timeouts).
 	EdgeConfig func(*edge.Config)
