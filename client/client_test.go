@@ -494,3 +494,115 @@ func TestUnconfirmedAckIsRepeatedOnNextSession(t *testing.T) {
 		t.Fatalf("confirmed ack repeated: %d frames, was %d", p.ackFrames[bobKey], frames)
 	}
 }
+
+func TestSlowAppLosesNoMessages(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	dir := t.TempDir()
+	bob, err := Open(context.Background(), Config{StateDir: dir, Edges: []string{p.url()},
+		EventBuffer: 2, NoticeQueue: 4, MinBackoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+	ctx := testCtx(t)
+	if _, err := bob.Register(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	bob.Start()
+	if err := bob.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 60
+	var last string
+	for i := range n {
+		last, _ = alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "%d", i))
+		// bob's own sends produce notices (acks) nobody reads yet.
+		bob.SendDirect(ctx, "alice", []byte("x"))
+	}
+	alice.WaitSent(ctx, last)
+	if err := bob.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conv := core.DirectConvID("alice", "bob")
+	// The network side stored everything although nobody read Events.
+	eventually(t, "bob stored all", func() bool { return bob.Store().Head(conv) >= n })
+	var got []uint64
+	ctx2, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for len(got) < int(bob.Store().Head(conv)) {
+		select {
+		case ev := <-bob.Events():
+			if m, ok := ev.(MessageEvent); ok && m.Conv() == conv {
+				got = append(got, m.Seq())
+			}
+		case <-ctx2.Done():
+			t.Fatalf("only %d events", len(got))
+		}
+	}
+	for i, s := range got {
+		if s != uint64(i+1) {
+			t.Fatalf("event %d has seq %d", i, s)
+		}
+	}
+	if bob.DroppedNotices() == 0 {
+		t.Fatal("expected dropped notices with a 4-entry notice queue")
+	}
+}
+
+func TestManualCommitRepeatsOnlyUncommitted(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	dir := t.TempDir()
+	open := func() *Client {
+		c, err := Open(context.Background(), Config{StateDir: dir, Edges: []string{p.url()}, ManualCommit: true, MinBackoff: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	bob := open()
+	ctx := testCtx(t)
+	bob.Register(ctx, "bob")
+	bob.Start()
+	for i := range 5 {
+		id, _ := alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "%d", i))
+		alice.WaitSent(ctx, id)
+	}
+	evs := nextMessages(t, bob, 5)
+	if err := bob.Commit(evs[2].Conv(), evs[2].Seq()); err != nil { // processed 1..3 only
+		t.Fatal(err)
+	}
+	bob.Close()
+	bob2 := open()
+	defer bob2.Close()
+	if s := eventSeqs(nextMessages(t, bob2, 2)); !slices.Equal(s, []uint64{4, 5}) {
+		t.Fatalf("after restart %v, want [4 5]", s)
+	}
+}
+
+func TestFailsOverToNextEdge(t *testing.T) {
+	p := newTestPeer(t)
+	dir := t.TempDir()
+	c := openClient(t, p, dir)
+	if _, err := c.Register(testCtx(t), "alice"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	dead := newTestPeer(t)
+	deadURL := dead.url()
+	dead.srv.Close() // nothing listens there any more
+	c2, err := Open(context.Background(), Config{StateDir: dir, Edges: []string{deadURL, p.url()},
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.Start()
+	if err := c2.WaitConnected(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Ping(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -20,6 +20,8 @@ var (
 	// another sequencer owns the conversation now.
 	ErrFenced      = errors.New("core: fenced by newer owner epoch")
 	ErrUnavailable = errors.New("core: unavailable")
+	// ErrUnknownTopic is a bus error: the topic does not exist.
+	ErrUnknownTopic = errors.New("core: unknown topic")
 )
 
 // WireError is an error that carries a wire error code.

@@ -2,6 +2,7 @@ package region
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -117,7 +118,26 @@ func (r *Region) produce(ctx context.Context, recs ...core.BusRecord) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	if err := r.bus.Produce(ctx, recs...); err != nil {
+	err := r.bus.Produce(ctx, recs...)
+	if errors.Is(err, core.ErrUnknownTopic) && len(recs) > 1 {
+		// Some edge's topic is gone (a decommissioned edge, a stale route or
+		// origin). Send the records one by one and drop only those.
+		for _, rec := range recs {
+			if err := r.produce(ctx, rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if errors.Is(err, core.ErrUnknownTopic) {
+		// Undeliverable: nobody consumes a missing topic. The devices
+		// behind it resync when they reconnect; retrying would stall the
+		// partition forever.
+		r.stats.undeliverable.Add(1)
+		r.log.Warn("dropping record for a missing topic", "topic", recs[0].Topic)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("region: produce %d records: %w", len(recs), err)
 	}
 	r.stats.edgeRecords.Add(uint64(len(recs)))

@@ -109,6 +109,7 @@ type Stats struct {
 	Rejected        uint64 // requests answered with an error
 	Malformed       uint64 // ingress records that did not decode (dropped)
 	EdgeRecords     uint64 // records produced to edge topics
+	Undeliverable   uint64 // records dropped because their topic does not exist
 	Notified        uint64 // push notifications handed to the notifier
 	NotifyDropped   uint64 // push notifications dropped: queue full
 	NotifyFailed    uint64 // push notifications the notifier failed
@@ -117,8 +118,8 @@ type Stats struct {
 }
 
 type counters struct {
-	appended, duplicates, rejected, malformed, edgeRecords  atomic.Uint64
-	notified, notifyDropped, notifyFailed, receipts, typing atomic.Uint64
+	appended, duplicates, rejected, malformed, edgeRecords, undeliverable atomic.Uint64
+	notified, notifyDropped, notifyFailed, receipts, typing               atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -214,7 +215,7 @@ func (r *Region) Stats() Stats {
 	c := &r.stats
 	return Stats{
 		Appended: c.appended.Load(), Duplicates: c.duplicates.Load(), Rejected: c.rejected.Load(),
-		Malformed: c.malformed.Load(), EdgeRecords: c.edgeRecords.Load(), Notified: c.notified.Load(),
+		Malformed: c.malformed.Load(), EdgeRecords: c.edgeRecords.Load(), Undeliverable: c.undeliverable.Load(), Notified: c.notified.Load(),
 		NotifyDropped: c.notifyDropped.Load(), NotifyFailed: c.notifyFailed.Load(),
 		ReceiptsSent: c.receipts.Load(), TypingFannedOut: c.typing.Load(),
 	}

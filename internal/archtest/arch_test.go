@@ -20,8 +20,8 @@ type rule struct {
 var rules = []rule{
 	{"core", []string{"core"}},
 	{"crypto", []string{"crypto"}},
-	{"edge", []string{"edge", "core", "crypto/noiseconn", "crypto/prekey"}},
-	{"region", []string{"region", "core", "crypto/noiseconn", "crypto/prekey"}},
+	{"edge", []string{"edge", "core", "crypto/noiseconn", "crypto/prekey", "crypto/identity"}},
+	{"region", []string{"region", "core", "crypto/noiseconn", "crypto/prekey", "crypto/identity"}},
 	{"client", []string{"client", "core", "crypto"}},
 	{"sim", []string{"sim", "core", "crypto", "edge", "region", "client", "internal"}},
 }

@@ -22,7 +22,7 @@ var (
 	// ErrClosed is returned by every method after Close.
 	ErrClosed = errors.New("kafkabus: closed")
 	// ErrUnknownTopic means the topic does not exist (create it with EnsureTopic).
-	ErrUnknownTopic = errors.New("kafkabus: unknown topic")
+	ErrUnknownTopic = fmt.Errorf("kafkabus: %w", core.ErrUnknownTopic)
 	// ErrInvalidConfig is returned by New for an unusable Config.
 	ErrInvalidConfig = errors.New("kafkabus: invalid config")
 )

@@ -145,8 +145,9 @@ func (e enc) bytes() []byte     { return e }
 func encodeSeq(v uint64) []byte { return enc(nil).u(v) }
 
 type dec struct {
-	buf []byte
-	err error
+	buf     []byte
+	err     error
+	scratch [binary.MaxVarintLen64]byte
 }
 
 func (d *dec) u() uint64 {
@@ -154,7 +155,7 @@ func (d *dec) u() uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(d.buf)
-	if n <= 0 {
+	if n <= 0 || n != len(binary.AppendUvarint(d.scratch[:0], v)) { // reject overlong forms
 		d.err = ErrCorrupt
 		return 0
 	}
@@ -167,7 +168,7 @@ func (d *dec) i() int64 {
 		return 0
 	}
 	v, n := binary.Varint(d.buf)
-	if n <= 0 {
+	if n <= 0 || n != len(binary.AppendVarint(d.scratch[:0], v)) {
 		d.err = ErrCorrupt
 		return 0
 	}
