@@ -416,7 +416,7 @@ func (s *Session) SkippedKeys() int { return len(s.skipped) }
 
 // CanSend reports whether Encrypt will work (false for a responder before
 // its first Decrypt).
-func (s *Session) CanSend() bool { return s.st.hasCKs }
+func (s *Session) CanSend() bool { return s.st.hasCKs && s.st.ns != ^uint32(0) }
 
 // AssociatedData returns the session associated data.
 func (s *Session) AssociatedData() []byte { return append([]byte(nil), s.ad...) }
