@@ -165,6 +165,52 @@ type Store interface {
 	Close() error
 }
 
+// OneTimeKey is one opaque one-time prekey.
+type OneTimeKey struct {
+	ID  uint32
+	Key []byte
+}
+
+// PrekeyUpload is a device's end-to-end public key material, verified by
+// the region (crypto/prekey, crypto/identity) before it reaches the store;
+// the store treats every field as opaque bytes.
+type PrekeyUpload struct {
+	Identity     []byte       // E2E identity (crypto/identity Public); nil: keep the stored one
+	SignedPrekey []byte       // replaces the stored one when non-nil
+	KEMPrekey    []byte       // replaces the stored one when non-nil
+	OneTime      []OneTimeKey // added; an id already stored (or already handed out) is ignored
+}
+
+// PrekeyBundle is what TakeBundle hands out.
+type PrekeyBundle struct {
+	Identity     []byte
+	SignedPrekey []byte
+	KEMPrekey    []byte
+	OneTime      *OneTimeKey // nil when the supply is exhausted
+	Remaining    int         // one-time prekeys left after this one
+}
+
+// PrekeyStore is the optional Store capability for end-to-end key
+// material. Both store implementations provide it; region services check
+// for it with a type assertion.
+type PrekeyStore interface {
+	// PutPrekeys stores a device's upload (see PrekeyUpload). A one-time id
+	// is never stored twice, even after it was handed out.
+	PutPrekeys(ctx context.Context, dev DeviceKey, up PrekeyUpload) error
+	// TakeBundle returns the device's identity, signed prekey and KEM prekey
+	// and removes its lowest-numbered one-time prekey, atomically: no two
+	// callers, concurrent or not, ever receive the same one-time prekey.
+	// ErrNotFound when the device has not uploaded an identity and signed prekey.
+	TakeBundle(ctx context.Context, dev DeviceKey) (PrekeyBundle, error)
+	// OneTimeCount returns how many one-time prekeys the device has left.
+	OneTimeCount(ctx context.Context, dev DeviceKey) (int, error)
+	// PutDeviceList stores a user's signed device list if version is greater
+	// than the stored one; otherwise ErrAlreadyExists (stale or replayed).
+	PutDeviceList(ctx context.Context, user string, version uint64, list []byte) error
+	// DeviceList returns the stored list (ErrNotFound when none).
+	DeviceList(ctx context.Context, user string) (version uint64, list []byte, err error)
+}
+
 // BusRecord is one Kafka record.
 type BusRecord struct {
 	Topic     string

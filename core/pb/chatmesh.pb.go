@@ -702,6 +702,10 @@ type ClientFrame struct {
 	//	*ClientFrame_Ping
 	//	*ClientFrame_ListConversations
 	//	*ClientFrame_LookupUser
+	//	*ClientFrame_UploadPrekeys
+	//	*ClientFrame_FetchBundle
+	//	*ClientFrame_PublishDeviceList
+	//	*ClientFrame_FetchDeviceList
 	Body          isClientFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -868,6 +872,42 @@ func (x *ClientFrame) GetLookupUser() *LookupUserRequest {
 	return nil
 }
 
+func (x *ClientFrame) GetUploadPrekeys() *UploadPrekeysRequest {
+	if x != nil {
+		if x, ok := x.Body.(*ClientFrame_UploadPrekeys); ok {
+			return x.UploadPrekeys
+		}
+	}
+	return nil
+}
+
+func (x *ClientFrame) GetFetchBundle() *FetchBundleRequest {
+	if x != nil {
+		if x, ok := x.Body.(*ClientFrame_FetchBundle); ok {
+			return x.FetchBundle
+		}
+	}
+	return nil
+}
+
+func (x *ClientFrame) GetPublishDeviceList() *PublishDeviceListRequest {
+	if x != nil {
+		if x, ok := x.Body.(*ClientFrame_PublishDeviceList); ok {
+			return x.PublishDeviceList
+		}
+	}
+	return nil
+}
+
+func (x *ClientFrame) GetFetchDeviceList() *FetchDeviceListRequest {
+	if x != nil {
+		if x, ok := x.Body.(*ClientFrame_FetchDeviceList); ok {
+			return x.FetchDeviceList
+		}
+	}
+	return nil
+}
+
 type isClientFrame_Body interface {
 	isClientFrame_Body()
 }
@@ -924,6 +964,22 @@ type ClientFrame_LookupUser struct {
 	LookupUser *LookupUserRequest `protobuf:"bytes,22,opt,name=lookup_user,json=lookupUser,proto3,oneof"`
 }
 
+type ClientFrame_UploadPrekeys struct {
+	UploadPrekeys *UploadPrekeysRequest `protobuf:"bytes,23,opt,name=upload_prekeys,json=uploadPrekeys,proto3,oneof"`
+}
+
+type ClientFrame_FetchBundle struct {
+	FetchBundle *FetchBundleRequest `protobuf:"bytes,24,opt,name=fetch_bundle,json=fetchBundle,proto3,oneof"`
+}
+
+type ClientFrame_PublishDeviceList struct {
+	PublishDeviceList *PublishDeviceListRequest `protobuf:"bytes,25,opt,name=publish_device_list,json=publishDeviceList,proto3,oneof"`
+}
+
+type ClientFrame_FetchDeviceList struct {
+	FetchDeviceList *FetchDeviceListRequest `protobuf:"bytes,26,opt,name=fetch_device_list,json=fetchDeviceList,proto3,oneof"`
+}
+
 func (*ClientFrame_Register) isClientFrame_Body() {}
 
 func (*ClientFrame_Send) isClientFrame_Body() {}
@@ -949,6 +1005,14 @@ func (*ClientFrame_Ping) isClientFrame_Body() {}
 func (*ClientFrame_ListConversations) isClientFrame_Body() {}
 
 func (*ClientFrame_LookupUser) isClientFrame_Body() {}
+
+func (*ClientFrame_UploadPrekeys) isClientFrame_Body() {}
+
+func (*ClientFrame_FetchBundle) isClientFrame_Body() {}
+
+func (*ClientFrame_PublishDeviceList) isClientFrame_Body() {}
+
+func (*ClientFrame_FetchDeviceList) isClientFrame_Body() {}
 
 // RegisterRequest registers the calling device. The device's Noise static key
 // (proven in the handshake) becomes its transport identity. A user's first
@@ -1695,6 +1759,208 @@ func (x *LookupUserRequest) GetUserId() string {
 	return ""
 }
 
+// UploadPrekeysRequest uploads the calling device's prekeys. `upload` is a
+// crypto/prekey Upload encoding; `identity` (crypto/identity Public
+// encoding) is required on the first upload and must carry the Ed25519 key
+// the device registered with. The region verifies every signature before
+// storing anything; one-time prekeys with an id already stored are ignored.
+type UploadPrekeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identity      []byte                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Upload        []byte                 `protobuf:"bytes,2,opt,name=upload,proto3" json:"upload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadPrekeysRequest) Reset() {
+	*x = UploadPrekeysRequest{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadPrekeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadPrekeysRequest) ProtoMessage() {}
+
+func (x *UploadPrekeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadPrekeysRequest.ProtoReflect.Descriptor instead.
+func (*UploadPrekeysRequest) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *UploadPrekeysRequest) GetIdentity() []byte {
+	if x != nil {
+		return x.Identity
+	}
+	return nil
+}
+
+func (x *UploadPrekeysRequest) GetUpload() []byte {
+	if x != nil {
+		return x.Upload
+	}
+	return nil
+}
+
+// FetchBundleRequest asks for one device's prekey bundle. The region hands
+// out each one-time prekey at most once.
+type FetchBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DeviceId      uint32                 `protobuf:"varint,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchBundleRequest) Reset() {
+	*x = FetchBundleRequest{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchBundleRequest) ProtoMessage() {}
+
+func (x *FetchBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchBundleRequest.ProtoReflect.Descriptor instead.
+func (*FetchBundleRequest) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *FetchBundleRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *FetchBundleRequest) GetDeviceId() uint32 {
+	if x != nil {
+		return x.DeviceId
+	}
+	return 0
+}
+
+// PublishDeviceListRequest stores the user's signed device list (a
+// crypto/identity DeviceList encoding). The region accepts it only if it is
+// signed by a registered device of the user and its version is newer.
+type PublishDeviceListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceList    []byte                 `protobuf:"bytes,1,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishDeviceListRequest) Reset() {
+	*x = PublishDeviceListRequest{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishDeviceListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishDeviceListRequest) ProtoMessage() {}
+
+func (x *PublishDeviceListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishDeviceListRequest.ProtoReflect.Descriptor instead.
+func (*PublishDeviceListRequest) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PublishDeviceListRequest) GetDeviceList() []byte {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
+type FetchDeviceListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchDeviceListRequest) Reset() {
+	*x = FetchDeviceListRequest{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchDeviceListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchDeviceListRequest) ProtoMessage() {}
+
+func (x *FetchDeviceListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchDeviceListRequest.ProtoReflect.Descriptor instead.
+func (*FetchDeviceListRequest) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FetchDeviceListRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
 type ServerFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Body:
@@ -1705,6 +1971,7 @@ type ServerFrame struct {
 	//	*ServerFrame_Presence
 	//	*ServerFrame_Typing
 	//	*ServerFrame_Disconnect
+	//	*ServerFrame_PrekeyStatus
 	Body          isServerFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1712,7 +1979,7 @@ type ServerFrame struct {
 
 func (x *ServerFrame) Reset() {
 	*x = ServerFrame{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[20]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +1991,7 @@ func (x *ServerFrame) String() string {
 func (*ServerFrame) ProtoMessage() {}
 
 func (x *ServerFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[20]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +2004,7 @@ func (x *ServerFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerFrame.ProtoReflect.Descriptor instead.
 func (*ServerFrame) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{20}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ServerFrame) GetBody() isServerFrame_Body {
@@ -1801,6 +2068,15 @@ func (x *ServerFrame) GetDisconnect() *Disconnect {
 	return nil
 }
 
+func (x *ServerFrame) GetPrekeyStatus() *PrekeyStatus {
+	if x != nil {
+		if x, ok := x.Body.(*ServerFrame_PrekeyStatus); ok {
+			return x.PrekeyStatus
+		}
+	}
+	return nil
+}
+
 type isServerFrame_Body interface {
 	isServerFrame_Body()
 }
@@ -1829,6 +2105,10 @@ type ServerFrame_Disconnect struct {
 	Disconnect *Disconnect `protobuf:"bytes,6,opt,name=disconnect,proto3,oneof"` // sent just before the edge closes the session
 }
 
+type ServerFrame_PrekeyStatus struct {
+	PrekeyStatus *PrekeyStatus `protobuf:"bytes,7,opt,name=prekey_status,json=prekeyStatus,proto3,oneof"` // pushed when the device's one-time prekeys run low
+}
+
 func (*ServerFrame_Response) isServerFrame_Body() {}
 
 func (*ServerFrame_Delivery) isServerFrame_Body() {}
@@ -1841,6 +2121,8 @@ func (*ServerFrame_Typing) isServerFrame_Body() {}
 
 func (*ServerFrame_Disconnect) isServerFrame_Body() {}
 
+func (*ServerFrame_PrekeyStatus) isServerFrame_Body() {}
+
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=chatmesh.v1.ErrorCode" json:"code,omitempty"`
@@ -1851,7 +2133,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[21]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2145,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[21]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2158,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{21}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1909,6 +2191,9 @@ type Response struct {
 	//	*Response_User
 	//	*Response_Presence
 	//	*Response_Empty
+	//	*Response_Bundle
+	//	*Response_DeviceList
+	//	*Response_PrekeyStatus
 	Body          isResponse_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1916,7 +2201,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[22]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2213,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[22]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2226,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{22}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Response) GetReqId() uint64 {
@@ -2055,6 +2340,33 @@ func (x *Response) GetEmpty() *Empty {
 	return nil
 }
 
+func (x *Response) GetBundle() *BundleResponse {
+	if x != nil {
+		if x, ok := x.Body.(*Response_Bundle); ok {
+			return x.Bundle
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetDeviceList() *DeviceListResponse {
+	if x != nil {
+		if x, ok := x.Body.(*Response_DeviceList); ok {
+			return x.DeviceList
+		}
+	}
+	return nil
+}
+
+func (x *Response) GetPrekeyStatus() *PrekeyStatus {
+	if x != nil {
+		if x, ok := x.Body.(*Response_PrekeyStatus); ok {
+			return x.PrekeyStatus
+		}
+	}
+	return nil
+}
+
 type isResponse_Body interface {
 	isResponse_Body()
 }
@@ -2099,6 +2411,18 @@ type Response_Empty struct {
 	Empty *Empty `protobuf:"bytes,19,opt,name=empty,proto3,oneof"`
 }
 
+type Response_Bundle struct {
+	Bundle *BundleResponse `protobuf:"bytes,20,opt,name=bundle,proto3,oneof"`
+}
+
+type Response_DeviceList struct {
+	DeviceList *DeviceListResponse `protobuf:"bytes,21,opt,name=device_list,json=deviceList,proto3,oneof"`
+}
+
+type Response_PrekeyStatus struct {
+	PrekeyStatus *PrekeyStatus `protobuf:"bytes,22,opt,name=prekey_status,json=prekeyStatus,proto3,oneof"`
+}
+
 func (*Response_Register) isResponse_Body() {}
 
 func (*Response_Send) isResponse_Body() {}
@@ -2119,6 +2443,172 @@ func (*Response_Presence) isResponse_Body() {}
 
 func (*Response_Empty) isResponse_Body() {}
 
+func (*Response_Bundle) isResponse_Body() {}
+
+func (*Response_DeviceList) isResponse_Body() {}
+
+func (*Response_PrekeyStatus) isResponse_Body() {}
+
+// BundleResponse is a crypto/prekey Bundle encoding (identity, signed
+// prekey, KEM prekey, at most one one-time prekey).
+type BundleResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Bundle           []byte                 `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	OneTimeRemaining uint32                 `protobuf:"varint,2,opt,name=one_time_remaining,json=oneTimeRemaining,proto3" json:"one_time_remaining,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *BundleResponse) Reset() {
+	*x = BundleResponse{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleResponse) ProtoMessage() {}
+
+func (x *BundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleResponse.ProtoReflect.Descriptor instead.
+func (*BundleResponse) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *BundleResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *BundleResponse) GetOneTimeRemaining() uint32 {
+	if x != nil {
+		return x.OneTimeRemaining
+	}
+	return 0
+}
+
+type DeviceListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	DeviceList    []byte                 `protobuf:"bytes,2,opt,name=device_list,json=deviceList,proto3" json:"device_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceListResponse) Reset() {
+	*x = DeviceListResponse{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceListResponse) ProtoMessage() {}
+
+func (x *DeviceListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceListResponse.ProtoReflect.Descriptor instead.
+func (*DeviceListResponse) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DeviceListResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DeviceListResponse) GetDeviceList() []byte {
+	if x != nil {
+		return x.DeviceList
+	}
+	return nil
+}
+
+// PrekeyStatus tells a device how many one-time prekeys the region still
+// holds for it; `low` asks it to upload more.
+type PrekeyStatus struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	OneTimeRemaining uint32                 `protobuf:"varint,1,opt,name=one_time_remaining,json=oneTimeRemaining,proto3" json:"one_time_remaining,omitempty"`
+	Low              bool                   `protobuf:"varint,2,opt,name=low,proto3" json:"low,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PrekeyStatus) Reset() {
+	*x = PrekeyStatus{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrekeyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrekeyStatus) ProtoMessage() {}
+
+func (x *PrekeyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrekeyStatus.ProtoReflect.Descriptor instead.
+func (*PrekeyStatus) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PrekeyStatus) GetOneTimeRemaining() uint32 {
+	if x != nil {
+		return x.OneTimeRemaining
+	}
+	return 0
+}
+
+func (x *PrekeyStatus) GetLow() bool {
+	if x != nil {
+		return x.Low
+	}
+	return false
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2127,7 +2617,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[23]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2629,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[23]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2642,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{23}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{30}
 }
 
 type RegisterResponse struct {
@@ -2164,7 +2654,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[24]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2666,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[24]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2679,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{24}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RegisterResponse) GetDevice() *DeviceAddr {
@@ -2213,7 +2703,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[25]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2715,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[25]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2728,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{25}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SendAck) GetConvId() string {
@@ -2287,7 +2777,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[26]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2789,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[26]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2802,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{26}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SyncResponse) GetMessages() []*Message {
@@ -2345,7 +2835,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[27]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2357,7 +2847,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[27]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2370,7 +2860,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{27}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *HistoryResponse) GetMessages() []*Message {
@@ -2395,7 +2885,7 @@ type ConversationInfo struct {
 
 func (x *ConversationInfo) Reset() {
 	*x = ConversationInfo{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[28]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2407,7 +2897,7 @@ func (x *ConversationInfo) String() string {
 func (*ConversationInfo) ProtoMessage() {}
 
 func (x *ConversationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[28]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2420,7 +2910,7 @@ func (x *ConversationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationInfo.ProtoReflect.Descriptor instead.
 func (*ConversationInfo) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{28}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ConversationInfo) GetConvId() string {
@@ -2481,7 +2971,7 @@ type ListConversationsResponse struct {
 
 func (x *ListConversationsResponse) Reset() {
 	*x = ListConversationsResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[29]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2493,7 +2983,7 @@ func (x *ListConversationsResponse) String() string {
 func (*ListConversationsResponse) ProtoMessage() {}
 
 func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[29]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2506,7 +2996,7 @@ func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsResponse.ProtoReflect.Descriptor instead.
 func (*ListConversationsResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{29}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListConversationsResponse) GetConversations() []*ConversationInfo {
@@ -2526,7 +3016,7 @@ type LookupUserResponse struct {
 
 func (x *LookupUserResponse) Reset() {
 	*x = LookupUserResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[30]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +3028,7 @@ func (x *LookupUserResponse) String() string {
 func (*LookupUserResponse) ProtoMessage() {}
 
 func (x *LookupUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[30]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +3041,7 @@ func (x *LookupUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUserResponse.ProtoReflect.Descriptor instead.
 func (*LookupUserResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{30}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LookupUserResponse) GetUserId() string {
@@ -2579,7 +3069,7 @@ type DeviceInfo struct {
 
 func (x *DeviceInfo) Reset() {
 	*x = DeviceInfo{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[31]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2591,7 +3081,7 @@ func (x *DeviceInfo) String() string {
 func (*DeviceInfo) ProtoMessage() {}
 
 func (x *DeviceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[31]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2604,7 +3094,7 @@ func (x *DeviceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceInfo.ProtoReflect.Descriptor instead.
 func (*DeviceInfo) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{31}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeviceInfo) GetDeviceId() uint32 {
@@ -2638,7 +3128,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[32]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +3140,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[32]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +3153,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{32}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Pong) GetClientTimeMs() int64 {
@@ -2693,7 +3183,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[33]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2705,7 +3195,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[33]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +3208,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{33}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Receipt) GetConvId() string {
@@ -2760,7 +3250,7 @@ type PresenceEvent struct {
 
 func (x *PresenceEvent) Reset() {
 	*x = PresenceEvent{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[34]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +3262,7 @@ func (x *PresenceEvent) String() string {
 func (*PresenceEvent) ProtoMessage() {}
 
 func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[34]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +3275,7 @@ func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceEvent.ProtoReflect.Descriptor instead.
 func (*PresenceEvent) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{34}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PresenceEvent) GetUserId() string {
@@ -2818,7 +3308,7 @@ type PresenceSnapshot struct {
 
 func (x *PresenceSnapshot) Reset() {
 	*x = PresenceSnapshot{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[35]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2830,7 +3320,7 @@ func (x *PresenceSnapshot) String() string {
 func (*PresenceSnapshot) ProtoMessage() {}
 
 func (x *PresenceSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[35]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +3333,7 @@ func (x *PresenceSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceSnapshot.ProtoReflect.Descriptor instead.
 func (*PresenceSnapshot) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{35}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PresenceSnapshot) GetUsers() []*PresenceEvent {
@@ -2864,7 +3354,7 @@ type TypingEvent struct {
 
 func (x *TypingEvent) Reset() {
 	*x = TypingEvent{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[36]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2876,7 +3366,7 @@ func (x *TypingEvent) String() string {
 func (*TypingEvent) ProtoMessage() {}
 
 func (x *TypingEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[36]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2889,7 +3379,7 @@ func (x *TypingEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypingEvent.ProtoReflect.Descriptor instead.
 func (*TypingEvent) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{36}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TypingEvent) GetConvId() string {
@@ -2924,7 +3414,7 @@ type Disconnect struct {
 
 func (x *Disconnect) Reset() {
 	*x = Disconnect{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[37]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2936,7 +3426,7 @@ func (x *Disconnect) String() string {
 func (*Disconnect) ProtoMessage() {}
 
 func (x *Disconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[37]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2949,7 +3439,7 @@ func (x *Disconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnect.ProtoReflect.Descriptor instead.
 func (*Disconnect) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{37}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Disconnect) GetCode() ErrorCode {
@@ -2987,7 +3477,7 @@ type ClientHello struct {
 
 func (x *ClientHello) Reset() {
 	*x = ClientHello{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[38]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3489,7 @@ func (x *ClientHello) String() string {
 func (*ClientHello) ProtoMessage() {}
 
 func (x *ClientHello) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[38]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3502,7 @@ func (x *ClientHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientHello.ProtoReflect.Descriptor instead.
 func (*ClientHello) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{38}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ClientHello) GetProtocolVersion() uint32 {
@@ -3050,7 +3540,7 @@ type ServerHello struct {
 
 func (x *ServerHello) Reset() {
 	*x = ServerHello{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[39]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3062,7 +3552,7 @@ func (x *ServerHello) String() string {
 func (*ServerHello) ProtoMessage() {}
 
 func (x *ServerHello) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[39]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3075,7 +3565,7 @@ func (x *ServerHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHello.ProtoReflect.Descriptor instead.
 func (*ServerHello) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{39}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ServerHello) GetProtocolVersion() uint32 {
@@ -3126,7 +3616,7 @@ type Origin struct {
 
 func (x *Origin) Reset() {
 	*x = Origin{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[40]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3138,7 +3628,7 @@ func (x *Origin) String() string {
 func (*Origin) ProtoMessage() {}
 
 func (x *Origin) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[40]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3151,7 +3641,7 @@ func (x *Origin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Origin.ProtoReflect.Descriptor instead.
 func (*Origin) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{40}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Origin) GetEdgeId() string {
@@ -3203,7 +3693,7 @@ type IngressRecord struct {
 
 func (x *IngressRecord) Reset() {
 	*x = IngressRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[41]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3215,7 +3705,7 @@ func (x *IngressRecord) String() string {
 func (*IngressRecord) ProtoMessage() {}
 
 func (x *IngressRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[41]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3228,7 +3718,7 @@ func (x *IngressRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngressRecord.ProtoReflect.Descriptor instead.
 func (*IngressRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{41}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *IngressRecord) GetOrigin() *Origin {
@@ -3359,7 +3849,7 @@ type EdgeRecord struct {
 
 func (x *EdgeRecord) Reset() {
 	*x = EdgeRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3371,7 +3861,7 @@ func (x *EdgeRecord) String() string {
 func (*EdgeRecord) ProtoMessage() {}
 
 func (x *EdgeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3384,7 +3874,7 @@ func (x *EdgeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeRecord.ProtoReflect.Descriptor instead.
 func (*EdgeRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{42}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *EdgeRecord) GetTargets() []*DeviceAddr {
@@ -3418,7 +3908,7 @@ type PresenceRecord struct {
 
 func (x *PresenceRecord) Reset() {
 	*x = PresenceRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3430,7 +3920,7 @@ func (x *PresenceRecord) String() string {
 func (*PresenceRecord) ProtoMessage() {}
 
 func (x *PresenceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3443,7 +3933,7 @@ func (x *PresenceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRecord.ProtoReflect.Descriptor instead.
 func (*PresenceRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{43}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PresenceRecord) GetEvent() *PresenceEvent {
@@ -3477,7 +3967,7 @@ type BackendCall struct {
 
 func (x *BackendCall) Reset() {
 	*x = BackendCall{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3489,7 +3979,7 @@ func (x *BackendCall) String() string {
 func (*BackendCall) ProtoMessage() {}
 
 func (x *BackendCall) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3502,7 +3992,7 @@ func (x *BackendCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendCall.ProtoReflect.Descriptor instead.
 func (*BackendCall) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{44}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *BackendCall) GetCall() isBackendCall_Call {
@@ -3616,7 +4106,7 @@ type BackendRegister struct {
 
 func (x *BackendRegister) Reset() {
 	*x = BackendRegister{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3628,7 +4118,7 @@ func (x *BackendRegister) String() string {
 func (*BackendRegister) ProtoMessage() {}
 
 func (x *BackendRegister) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3641,7 +4131,7 @@ func (x *BackendRegister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendRegister.ProtoReflect.Descriptor instead.
 func (*BackendRegister) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{45}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BackendRegister) GetNoiseStatic() []byte {
@@ -3670,7 +4160,7 @@ type BackendRoute struct {
 
 func (x *BackendRoute) Reset() {
 	*x = BackendRoute{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3682,7 +4172,7 @@ func (x *BackendRoute) String() string {
 func (*BackendRoute) ProtoMessage() {}
 
 func (x *BackendRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3695,7 +4185,7 @@ func (x *BackendRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendRoute.ProtoReflect.Descriptor instead.
 func (*BackendRoute) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{46}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *BackendRoute) GetDevice() *DeviceAddr {
@@ -3736,7 +4226,7 @@ type BackendQuery struct {
 
 func (x *BackendQuery) Reset() {
 	*x = BackendQuery{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3748,7 +4238,7 @@ func (x *BackendQuery) String() string {
 func (*BackendQuery) ProtoMessage() {}
 
 func (x *BackendQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3761,7 +4251,7 @@ func (x *BackendQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendQuery.ProtoReflect.Descriptor instead.
 func (*BackendQuery) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{47}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *BackendQuery) GetDevice() *DeviceAddr {
@@ -3790,7 +4280,7 @@ type BackendReply struct {
 
 func (x *BackendReply) Reset() {
 	*x = BackendReply{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3802,7 +4292,7 @@ func (x *BackendReply) String() string {
 func (*BackendReply) ProtoMessage() {}
 
 func (x *BackendReply) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3815,7 +4305,7 @@ func (x *BackendReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendReply.ProtoReflect.Descriptor instead.
 func (*BackendReply) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{48}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *BackendReply) GetError() *Error {
@@ -3886,7 +4376,7 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"membership\x18\t \x01(\v2\x1d.chatmesh.v1.MembershipChangeR\n" +
 	"membership\x12\x14\n" +
 	"\x05epoch\x18\n" +
-	" \x01(\x04R\x05epoch\"\xbb\x06\n" +
+	" \x01(\x04R\x05epoch\"\xf9\b\n" +
 	"\vClientFrame\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12:\n" +
 	"\bregister\x18\n" +
@@ -3903,7 +4393,11 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x04ping\x18\x14 \x01(\v2\x11.chatmesh.v1.PingH\x00R\x04ping\x12V\n" +
 	"\x12list_conversations\x18\x15 \x01(\v2%.chatmesh.v1.ListConversationsRequestH\x00R\x11listConversations\x12A\n" +
 	"\vlookup_user\x18\x16 \x01(\v2\x1e.chatmesh.v1.LookupUserRequestH\x00R\n" +
-	"lookupUserB\x06\n" +
+	"lookupUser\x12J\n" +
+	"\x0eupload_prekeys\x18\x17 \x01(\v2!.chatmesh.v1.UploadPrekeysRequestH\x00R\ruploadPrekeys\x12D\n" +
+	"\ffetch_bundle\x18\x18 \x01(\v2\x1f.chatmesh.v1.FetchBundleRequestH\x00R\vfetchBundle\x12W\n" +
+	"\x13publish_device_list\x18\x19 \x01(\v2%.chatmesh.v1.PublishDeviceListRequestH\x00R\x11publishDeviceList\x12Q\n" +
+	"\x11fetch_device_list\x18\x1a \x01(\v2#.chatmesh.v1.FetchDeviceListRequestH\x00R\x0ffetchDeviceListB\x06\n" +
 	"\x04body\"\x9e\x01\n" +
 	"\x0fRegisterRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12!\n" +
@@ -3950,7 +4444,18 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x0eclient_time_ms\x18\x01 \x01(\x03R\fclientTimeMs\"\x1a\n" +
 	"\x18ListConversationsRequest\",\n" +
 	"\x11LookupUserRequest\x12\x17\n" +
-	"\auser_id\x18\x01 \x01(\tR\x06userId\"\xd9\x02\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"J\n" +
+	"\x14UploadPrekeysRequest\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\fR\bidentity\x12\x16\n" +
+	"\x06upload\x18\x02 \x01(\fR\x06upload\"J\n" +
+	"\x12FetchBundleRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\rR\bdeviceId\";\n" +
+	"\x18PublishDeviceListRequest\x12\x1f\n" +
+	"\vdevice_list\x18\x01 \x01(\fR\n" +
+	"deviceList\"1\n" +
+	"\x16FetchDeviceListRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\x9b\x03\n" +
 	"\vServerFrame\x123\n" +
 	"\bresponse\x18\x01 \x01(\v2\x15.chatmesh.v1.ResponseH\x00R\bresponse\x122\n" +
 	"\bdelivery\x18\x02 \x01(\v2\x14.chatmesh.v1.MessageH\x00R\bdelivery\x120\n" +
@@ -3959,11 +4464,12 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x06typing\x18\x05 \x01(\v2\x18.chatmesh.v1.TypingEventH\x00R\x06typing\x129\n" +
 	"\n" +
 	"disconnect\x18\x06 \x01(\v2\x17.chatmesh.v1.DisconnectH\x00R\n" +
-	"disconnectB\x06\n" +
+	"disconnect\x12@\n" +
+	"\rprekey_status\x18\a \x01(\v2\x19.chatmesh.v1.PrekeyStatusH\x00R\fprekeyStatusB\x06\n" +
 	"\x04body\"K\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.chatmesh.v1.ErrorCodeR\x04code\x12\x16\n" +
-	"\x06detail\x18\x02 \x01(\tR\x06detail\"\x85\x05\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\"\xc2\x06\n" +
 	"\bResponse\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12(\n" +
 	"\x05error\x18\x02 \x01(\v2\x12.chatmesh.v1.ErrorR\x05error\x12;\n" +
@@ -3977,8 +4483,22 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\rconversations\x18\x10 \x01(\v2&.chatmesh.v1.ListConversationsResponseH\x00R\rconversations\x125\n" +
 	"\x04user\x18\x11 \x01(\v2\x1f.chatmesh.v1.LookupUserResponseH\x00R\x04user\x12;\n" +
 	"\bpresence\x18\x12 \x01(\v2\x1d.chatmesh.v1.PresenceSnapshotH\x00R\bpresence\x12*\n" +
-	"\x05empty\x18\x13 \x01(\v2\x12.chatmesh.v1.EmptyH\x00R\x05emptyB\x06\n" +
-	"\x04body\"\a\n" +
+	"\x05empty\x18\x13 \x01(\v2\x12.chatmesh.v1.EmptyH\x00R\x05empty\x125\n" +
+	"\x06bundle\x18\x14 \x01(\v2\x1b.chatmesh.v1.BundleResponseH\x00R\x06bundle\x12B\n" +
+	"\vdevice_list\x18\x15 \x01(\v2\x1f.chatmesh.v1.DeviceListResponseH\x00R\n" +
+	"deviceList\x12@\n" +
+	"\rprekey_status\x18\x16 \x01(\v2\x19.chatmesh.v1.PrekeyStatusH\x00R\fprekeyStatusB\x06\n" +
+	"\x04body\"V\n" +
+	"\x0eBundleResponse\x12\x16\n" +
+	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x12,\n" +
+	"\x12one_time_remaining\x18\x02 \x01(\rR\x10oneTimeRemaining\"O\n" +
+	"\x12DeviceListResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1f\n" +
+	"\vdevice_list\x18\x02 \x01(\fR\n" +
+	"deviceList\"N\n" +
+	"\fPrekeyStatus\x12,\n" +
+	"\x12one_time_remaining\x18\x01 \x01(\rR\x10oneTimeRemaining\x12\x10\n" +
+	"\x03low\x18\x02 \x01(\bR\x03low\"\a\n" +
 	"\x05Empty\"C\n" +
 	"\x10RegisterResponse\x12/\n" +
 	"\x06device\x18\x01 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x06device\"\x8d\x01\n" +
@@ -4151,7 +4671,7 @@ func file_chatmesh_v1_chatmesh_proto_rawDescGZIP() []byte {
 }
 
 var file_chatmesh_v1_chatmesh_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(ConversationKind)(0),             // 0: chatmesh.v1.ConversationKind
 	(MessageKind)(0),                  // 1: chatmesh.v1.MessageKind
@@ -4178,35 +4698,42 @@ var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(*Ping)(nil),                      // 22: chatmesh.v1.Ping
 	(*ListConversationsRequest)(nil),  // 23: chatmesh.v1.ListConversationsRequest
 	(*LookupUserRequest)(nil),         // 24: chatmesh.v1.LookupUserRequest
-	(*ServerFrame)(nil),               // 25: chatmesh.v1.ServerFrame
-	(*Error)(nil),                     // 26: chatmesh.v1.Error
-	(*Response)(nil),                  // 27: chatmesh.v1.Response
-	(*Empty)(nil),                     // 28: chatmesh.v1.Empty
-	(*RegisterResponse)(nil),          // 29: chatmesh.v1.RegisterResponse
-	(*SendAck)(nil),                   // 30: chatmesh.v1.SendAck
-	(*SyncResponse)(nil),              // 31: chatmesh.v1.SyncResponse
-	(*HistoryResponse)(nil),           // 32: chatmesh.v1.HistoryResponse
-	(*ConversationInfo)(nil),          // 33: chatmesh.v1.ConversationInfo
-	(*ListConversationsResponse)(nil), // 34: chatmesh.v1.ListConversationsResponse
-	(*LookupUserResponse)(nil),        // 35: chatmesh.v1.LookupUserResponse
-	(*DeviceInfo)(nil),                // 36: chatmesh.v1.DeviceInfo
-	(*Pong)(nil),                      // 37: chatmesh.v1.Pong
-	(*Receipt)(nil),                   // 38: chatmesh.v1.Receipt
-	(*PresenceEvent)(nil),             // 39: chatmesh.v1.PresenceEvent
-	(*PresenceSnapshot)(nil),          // 40: chatmesh.v1.PresenceSnapshot
-	(*TypingEvent)(nil),               // 41: chatmesh.v1.TypingEvent
-	(*Disconnect)(nil),                // 42: chatmesh.v1.Disconnect
-	(*ClientHello)(nil),               // 43: chatmesh.v1.ClientHello
-	(*ServerHello)(nil),               // 44: chatmesh.v1.ServerHello
-	(*Origin)(nil),                    // 45: chatmesh.v1.Origin
-	(*IngressRecord)(nil),             // 46: chatmesh.v1.IngressRecord
-	(*EdgeRecord)(nil),                // 47: chatmesh.v1.EdgeRecord
-	(*PresenceRecord)(nil),            // 48: chatmesh.v1.PresenceRecord
-	(*BackendCall)(nil),               // 49: chatmesh.v1.BackendCall
-	(*BackendRegister)(nil),           // 50: chatmesh.v1.BackendRegister
-	(*BackendRoute)(nil),              // 51: chatmesh.v1.BackendRoute
-	(*BackendQuery)(nil),              // 52: chatmesh.v1.BackendQuery
-	(*BackendReply)(nil),              // 53: chatmesh.v1.BackendReply
+	(*UploadPrekeysRequest)(nil),      // 25: chatmesh.v1.UploadPrekeysRequest
+	(*FetchBundleRequest)(nil),        // 26: chatmesh.v1.FetchBundleRequest
+	(*PublishDeviceListRequest)(nil),  // 27: chatmesh.v1.PublishDeviceListRequest
+	(*FetchDeviceListRequest)(nil),    // 28: chatmesh.v1.FetchDeviceListRequest
+	(*ServerFrame)(nil),               // 29: chatmesh.v1.ServerFrame
+	(*Error)(nil),                     // 30: chatmesh.v1.Error
+	(*Response)(nil),                  // 31: chatmesh.v1.Response
+	(*BundleResponse)(nil),            // 32: chatmesh.v1.BundleResponse
+	(*DeviceListResponse)(nil),        // 33: chatmesh.v1.DeviceListResponse
+	(*PrekeyStatus)(nil),              // 34: chatmesh.v1.PrekeyStatus
+	(*Empty)(nil),                     // 35: chatmesh.v1.Empty
+	(*RegisterResponse)(nil),          // 36: chatmesh.v1.RegisterResponse
+	(*SendAck)(nil),                   // 37: chatmesh.v1.SendAck
+	(*SyncResponse)(nil),              // 38: chatmesh.v1.SyncResponse
+	(*HistoryResponse)(nil),           // 39: chatmesh.v1.HistoryResponse
+	(*ConversationInfo)(nil),          // 40: chatmesh.v1.ConversationInfo
+	(*ListConversationsResponse)(nil), // 41: chatmesh.v1.ListConversationsResponse
+	(*LookupUserResponse)(nil),        // 42: chatmesh.v1.LookupUserResponse
+	(*DeviceInfo)(nil),                // 43: chatmesh.v1.DeviceInfo
+	(*Pong)(nil),                      // 44: chatmesh.v1.Pong
+	(*Receipt)(nil),                   // 45: chatmesh.v1.Receipt
+	(*PresenceEvent)(nil),             // 46: chatmesh.v1.PresenceEvent
+	(*PresenceSnapshot)(nil),          // 47: chatmesh.v1.PresenceSnapshot
+	(*TypingEvent)(nil),               // 48: chatmesh.v1.TypingEvent
+	(*Disconnect)(nil),                // 49: chatmesh.v1.Disconnect
+	(*ClientHello)(nil),               // 50: chatmesh.v1.ClientHello
+	(*ServerHello)(nil),               // 51: chatmesh.v1.ServerHello
+	(*Origin)(nil),                    // 52: chatmesh.v1.Origin
+	(*IngressRecord)(nil),             // 53: chatmesh.v1.IngressRecord
+	(*EdgeRecord)(nil),                // 54: chatmesh.v1.EdgeRecord
+	(*PresenceRecord)(nil),            // 55: chatmesh.v1.PresenceRecord
+	(*BackendCall)(nil),               // 56: chatmesh.v1.BackendCall
+	(*BackendRegister)(nil),           // 57: chatmesh.v1.BackendRegister
+	(*BackendRoute)(nil),              // 58: chatmesh.v1.BackendRoute
+	(*BackendQuery)(nil),              // 59: chatmesh.v1.BackendQuery
+	(*BackendReply)(nil),              // 60: chatmesh.v1.BackendReply
 }
 var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
 	7,  // 0: chatmesh.v1.Envelope.per_device:type_name -> chatmesh.v1.DeviceCiphertext
@@ -4229,68 +4756,76 @@ var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
 	22, // 17: chatmesh.v1.ClientFrame.ping:type_name -> chatmesh.v1.Ping
 	23, // 18: chatmesh.v1.ClientFrame.list_conversations:type_name -> chatmesh.v1.ListConversationsRequest
 	24, // 19: chatmesh.v1.ClientFrame.lookup_user:type_name -> chatmesh.v1.LookupUserRequest
-	6,  // 20: chatmesh.v1.SendRequest.envelope:type_name -> chatmesh.v1.Envelope
-	15, // 21: chatmesh.v1.SyncRequest.cursors:type_name -> chatmesh.v1.ConvCursor
-	2,  // 22: chatmesh.v1.ModifyMembersRequest.op:type_name -> chatmesh.v1.MembershipOp
-	27, // 23: chatmesh.v1.ServerFrame.response:type_name -> chatmesh.v1.Response
-	9,  // 24: chatmesh.v1.ServerFrame.delivery:type_name -> chatmesh.v1.Message
-	38, // 25: chatmesh.v1.ServerFrame.receipt:type_name -> chatmesh.v1.Receipt
-	39, // 26: chatmesh.v1.ServerFrame.presence:type_name -> chatmesh.v1.PresenceEvent
-	41, // 27: chatmesh.v1.ServerFrame.typing:type_name -> chatmesh.v1.TypingEvent
-	42, // 28: chatmesh.v1.ServerFrame.disconnect:type_name -> chatmesh.v1.Disconnect
-	3,  // 29: chatmesh.v1.Error.code:type_name -> chatmesh.v1.ErrorCode
-	26, // 30: chatmesh.v1.Response.error:type_name -> chatmesh.v1.Error
-	29, // 31: chatmesh.v1.Response.register:type_name -> chatmesh.v1.RegisterResponse
-	30, // 32: chatmesh.v1.Response.send:type_name -> chatmesh.v1.SendAck
-	31, // 33: chatmesh.v1.Response.sync:type_name -> chatmesh.v1.SyncResponse
-	32, // 34: chatmesh.v1.Response.history:type_name -> chatmesh.v1.HistoryResponse
-	33, // 35: chatmesh.v1.Response.conversation:type_name -> chatmesh.v1.ConversationInfo
-	37, // 36: chatmesh.v1.Response.pong:type_name -> chatmesh.v1.Pong
-	34, // 37: chatmesh.v1.Response.conversations:type_name -> chatmesh.v1.ListConversationsResponse
-	35, // 38: chatmesh.v1.Response.user:type_name -> chatmesh.v1.LookupUserResponse
-	40, // 39: chatmesh.v1.Response.presence:type_name -> chatmesh.v1.PresenceSnapshot
-	28, // 40: chatmesh.v1.Response.empty:type_name -> chatmesh.v1.Empty
-	5,  // 41: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
-	9,  // 42: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
-	15, // 43: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
-	9,  // 44: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
-	0,  // 45: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
-	33, // 46: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
-	36, // 47: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
-	5,  // 48: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
-	4,  // 49: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
-	39, // 50: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
-	5,  // 51: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
-	3,  // 52: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
-	5,  // 53: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
-	5,  // 54: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
-	45, // 55: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
-	12, // 56: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
-	13, // 57: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
-	14, // 58: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
-	18, // 59: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
-	19, // 60: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
-	21, // 61: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
-	5,  // 62: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
-	25, // 63: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
-	39, // 64: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
-	50, // 65: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
-	51, // 66: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
-	51, // 67: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
-	52, // 68: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
-	11, // 69: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
-	5,  // 70: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
-	5,  // 71: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
-	10, // 72: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
-	26, // 73: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
-	5,  // 74: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
-	29, // 75: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
-	27, // 76: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
-	77, // [77:77] is the sub-list for method output_type
-	77, // [77:77] is the sub-list for method input_type
-	77, // [77:77] is the sub-list for extension type_name
-	77, // [77:77] is the sub-list for extension extendee
-	0,  // [0:77] is the sub-list for field type_name
+	25, // 20: chatmesh.v1.ClientFrame.upload_prekeys:type_name -> chatmesh.v1.UploadPrekeysRequest
+	26, // 21: chatmesh.v1.ClientFrame.fetch_bundle:type_name -> chatmesh.v1.FetchBundleRequest
+	27, // 22: chatmesh.v1.ClientFrame.publish_device_list:type_name -> chatmesh.v1.PublishDeviceListRequest
+	28, // 23: chatmesh.v1.ClientFrame.fetch_device_list:type_name -> chatmesh.v1.FetchDeviceListRequest
+	6,  // 24: chatmesh.v1.SendRequest.envelope:type_name -> chatmesh.v1.Envelope
+	15, // 25: chatmesh.v1.SyncRequest.cursors:type_name -> chatmesh.v1.ConvCursor
+	2,  // 26: chatmesh.v1.ModifyMembersRequest.op:type_name -> chatmesh.v1.MembershipOp
+	31, // 27: chatmesh.v1.ServerFrame.response:type_name -> chatmesh.v1.Response
+	9,  // 28: chatmesh.v1.ServerFrame.delivery:type_name -> chatmesh.v1.Message
+	45, // 29: chatmesh.v1.ServerFrame.receipt:type_name -> chatmesh.v1.Receipt
+	46, // 30: chatmesh.v1.ServerFrame.presence:type_name -> chatmesh.v1.PresenceEvent
+	48, // 31: chatmesh.v1.ServerFrame.typing:type_name -> chatmesh.v1.TypingEvent
+	49, // 32: chatmesh.v1.ServerFrame.disconnect:type_name -> chatmesh.v1.Disconnect
+	34, // 33: chatmesh.v1.ServerFrame.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
+	3,  // 34: chatmesh.v1.Error.code:type_name -> chatmesh.v1.ErrorCode
+	30, // 35: chatmesh.v1.Response.error:type_name -> chatmesh.v1.Error
+	36, // 36: chatmesh.v1.Response.register:type_name -> chatmesh.v1.RegisterResponse
+	37, // 37: chatmesh.v1.Response.send:type_name -> chatmesh.v1.SendAck
+	38, // 38: chatmesh.v1.Response.sync:type_name -> chatmesh.v1.SyncResponse
+	39, // 39: chatmesh.v1.Response.history:type_name -> chatmesh.v1.HistoryResponse
+	40, // 40: chatmesh.v1.Response.conversation:type_name -> chatmesh.v1.ConversationInfo
+	44, // 41: chatmesh.v1.Response.pong:type_name -> chatmesh.v1.Pong
+	41, // 42: chatmesh.v1.Response.conversations:type_name -> chatmesh.v1.ListConversationsResponse
+	42, // 43: chatmesh.v1.Response.user:type_name -> chatmesh.v1.LookupUserResponse
+	47, // 44: chatmesh.v1.Response.presence:type_name -> chatmesh.v1.PresenceSnapshot
+	35, // 45: chatmesh.v1.Response.empty:type_name -> chatmesh.v1.Empty
+	32, // 46: chatmesh.v1.Response.bundle:type_name -> chatmesh.v1.BundleResponse
+	33, // 47: chatmesh.v1.Response.device_list:type_name -> chatmesh.v1.DeviceListResponse
+	34, // 48: chatmesh.v1.Response.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
+	5,  // 49: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
+	9,  // 50: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
+	15, // 51: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
+	9,  // 52: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
+	0,  // 53: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
+	40, // 54: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
+	43, // 55: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
+	5,  // 56: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
+	4,  // 57: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
+	46, // 58: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
+	5,  // 59: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
+	3,  // 60: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
+	5,  // 61: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
+	5,  // 62: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
+	52, // 63: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
+	12, // 64: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
+	13, // 65: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
+	14, // 66: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
+	18, // 67: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
+	19, // 68: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
+	21, // 69: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
+	5,  // 70: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
+	29, // 71: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
+	46, // 72: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
+	57, // 73: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
+	58, // 74: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
+	58, // 75: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
+	59, // 76: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
+	11, // 77: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
+	5,  // 78: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
+	5,  // 79: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
+	10, // 80: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
+	30, // 81: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
+	5,  // 82: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
+	36, // 83: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
+	31, // 84: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
+	85, // [85:85] is the sub-list for method output_type
+	85, // [85:85] is the sub-list for method input_type
+	85, // [85:85] is the sub-list for extension type_name
+	85, // [85:85] is the sub-list for extension extendee
+	0,  // [0:85] is the sub-list for field type_name
 }
 
 func init() { file_chatmesh_v1_chatmesh_proto_init() }
@@ -4312,16 +4847,21 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*ClientFrame_Ping)(nil),
 		(*ClientFrame_ListConversations)(nil),
 		(*ClientFrame_LookupUser)(nil),
+		(*ClientFrame_UploadPrekeys)(nil),
+		(*ClientFrame_FetchBundle)(nil),
+		(*ClientFrame_PublishDeviceList)(nil),
+		(*ClientFrame_FetchDeviceList)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[20].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[24].OneofWrappers = []any{
 		(*ServerFrame_Response)(nil),
 		(*ServerFrame_Delivery)(nil),
 		(*ServerFrame_Receipt)(nil),
 		(*ServerFrame_Presence)(nil),
 		(*ServerFrame_Typing)(nil),
 		(*ServerFrame_Disconnect)(nil),
+		(*ServerFrame_PrekeyStatus)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[22].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[26].OneofWrappers = []any{
 		(*Response_Register)(nil),
 		(*Response_Send)(nil),
 		(*Response_Sync)(nil),
@@ -4332,8 +4872,11 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*Response_User)(nil),
 		(*Response_Presence)(nil),
 		(*Response_Empty)(nil),
+		(*Response_Bundle)(nil),
+		(*Response_DeviceList)(nil),
+		(*Response_PrekeyStatus)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[41].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[48].OneofWrappers = []any{
 		(*IngressRecord_Send)(nil),
 		(*IngressRecord_Ack)(nil),
 		(*IngressRecord_Read)(nil),
@@ -4341,7 +4884,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*IngressRecord_ModifyMembers)(nil),
 		(*IngressRecord_Typing)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[44].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[51].OneofWrappers = []any{
 		(*BackendCall_Authenticate)(nil),
 		(*BackendCall_Register)(nil),
 		(*BackendCall_SessionOpened)(nil),
@@ -4355,7 +4898,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatmesh_v1_chatmesh_proto_rawDesc), len(file_chatmesh_v1_chatmesh_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   49,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

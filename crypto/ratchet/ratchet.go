@@ -415,7 +415,7 @@ func (s *Session) HasReceived() bool { return s.st.hasCKr }
 func (s *Session) SkippedKeys() int { return len(s.skipped) }
 
 // CanSend reports whether Encrypt will work (false for a responder before
-// its first Decrypt).
+// its first Decrypt, or once the sending chain is exhausted).
 func (s *Session) CanSend() bool { return s.st.hasCKs && s.st.ns != ^uint32(0) }
 
 // AssociatedData returns the session associated data.
