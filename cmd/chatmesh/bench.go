@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -33,8 +34,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	duration := fs.Duration("duration", 10*time.Second, "sending time")
 	drain := fs.Duration("drain", 60*time.Second, "max wait for acks and deliveries after sending")
 	size := fs.Int("size", 128, "message body bytes")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (clients and in-process region) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	cfg := loadgen.Config{
 		Users: *users, Groups: *groups, GroupSize: *groupSize, DirectRate: *directRate, GroupRate: *groupRate,

@@ -55,7 +55,12 @@ type Config struct {
 	MetadataTTL time.Duration
 
 	// MaxWait is the longest a fetch waits for data; it bounds how long
-	// stopping a consumer takes. Default 200ms.
+	// stopping a consumer takes. Default 20ms: measured against a 3-broker
+	// Kafka 4.1 cluster (RF 3, acks=all), a parked fetch was often answered
+	// only when MaxWait ran out even though acknowledged records had
+	// arrived, so the wait adds straight to delivery latency (chatmesh
+	// bench, 20 clients: ack p50 231 ms at 200ms, 17 ms at 20ms). The cost
+	// is an idle fetch per partition every MaxWait.
 	MaxWait time.Duration
 	// CommitInterval is how often a group consumer commits the offsets of
 	// handled records. Default 10ms. Offsets are also committed when a
@@ -85,7 +90,7 @@ func (c *Config) setDefaults() {
 	def(&c.BatchTimeout, time.Millisecond)
 	def(&c.DialTimeout, 10*time.Second)
 	def(&c.MetadataTTL, 2*time.Second)
-	def(&c.MaxWait, 200*time.Millisecond)
+	def(&c.MaxWait, 20*time.Millisecond)
 	def(&c.CommitInterval, 10*time.Millisecond)
 	def(&c.RetryMin, 10*time.Millisecond)
 	def(&c.RetryMax, 2*time.Second)

@@ -25,6 +25,12 @@ const (
 	tagRoute      = 'r'
 	tagEdgeRoute  = 'e'
 	tagLastSeen   = 'l'
+
+	// End-to-end key material (prekeys.go).
+	tagPrekeys     = 'p'
+	tagOneTime     = 'o'
+	tagOneTimeUsed = 't'
+	tagDeviceList  = 'w'
 )
 
 const sep = 0x00

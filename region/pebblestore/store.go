@@ -47,6 +47,7 @@ type Store struct {
 	routeMu  sync.Mutex   // routes and last-seen
 	convMu   []sync.Mutex // Append, striped by conversation
 	cursorMu []sync.Mutex // AdvanceCursor, striped by conversation
+	prekeyMu []sync.Mutex // prekeys by device and device lists by user, striped
 	closeErr error
 }
 
@@ -84,6 +85,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		seed:     maphash.MakeSeed(),
 		convMu:   make([]sync.Mutex, stripes),
 		cursorMu: make([]sync.Mutex, stripes),
+		prekeyMu: make([]sync.Mutex, stripes),
 	}, nil
 }
 

@@ -102,3 +102,7 @@ func TestRejectsNUL(t *testing.T) {
 		t.Fatalf("user id with NUL: %v", err)
 	}
 }
+
+func TestPrekeyContract(t *testing.T) {
+	storetest.RunPrekeys(t, func(t *testing.T) core.Store { return open(t) })
+}
