@@ -54,6 +54,13 @@ func (s *session) handle(pt []byte) {
 	switch b := f.GetBody().(type) {
 	case *pb.ClientFrame_Sync, *pb.ClientFrame_History, *pb.ClientFrame_ListConversations, *pb.ClientFrame_LookupUser:
 		s.query(&f)
+	case *pb.ClientFrame_UploadPrekeys, *pb.ClientFrame_FetchBundle, *pb.ClientFrame_PublishDeviceList, *pb.ClientFrame_FetchDeviceList:
+		// End-to-end key material: reads and writes of the region's store,
+		// answered synchronously like sync. Each frame, an upload of up to
+		// 200 one-time prekeys included, has been charged to the device's
+		// token bucket above, which also bounds how fast a caller can drain
+		// another device's one-time prekeys with fetch_bundle.
+		s.query(&f)
 	case *pb.ClientFrame_PresenceSubscribe:
 		if len(b.PresenceSubscribe.GetUsers()) > MaxPresenceSubscriptions {
 			s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, fmt.Sprintf("at most %d users", MaxPresenceSubscriptions))

@@ -188,6 +188,10 @@ func FuzzHandleFrame(f *testing.F) {
 	seed(&pb.ClientFrame{ReqId: 3, Body: &pb.ClientFrame_CreateGroup{CreateGroup: &pb.CreateGroupRequest{ConvId: "g:1", Members: []string{"b"}}}})
 	seed(&pb.ClientFrame{ReqId: 4, Body: &pb.ClientFrame_PresenceSubscribe{PresenceSubscribe: &pb.PresenceSubscribe{Users: []string{"b"}}}})
 	seed(&pb.ClientFrame{ReqId: 5, Body: &pb.ClientFrame_Typing{Typing: &pb.TypingRequest{ConvId: "g:1"}}})
+	seed(&pb.ClientFrame{ReqId: 6, Body: &pb.ClientFrame_UploadPrekeys{UploadPrekeys: &pb.UploadPrekeysRequest{Identity: []byte{1}, Upload: []byte{1, 0, 0, 0}}}})
+	seed(&pb.ClientFrame{ReqId: 7, Body: &pb.ClientFrame_FetchBundle{FetchBundle: &pb.FetchBundleRequest{UserId: "b", DeviceId: 1}}})
+	seed(&pb.ClientFrame{ReqId: 8, Body: &pb.ClientFrame_PublishDeviceList{PublishDeviceList: &pb.PublishDeviceListRequest{DeviceList: []byte{1, 1, 'a'}}}})
+	seed(&pb.ClientFrame{ReqId: 9, Body: &pb.ClientFrame_FetchDeviceList{FetchDeviceList: &pb.FetchDeviceListRequest{UserId: "b"}}})
 	f.Add([]byte{0x08, 0x05, 0xff})
 	dev := core.DeviceKey{User: "a", Device: 1}
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -192,6 +192,14 @@ func (a *API) Query(ctx context.Context, dev core.DeviceKey, f *pb.ClientFrame) 
 		resp, err = a.lookupUser(ctx, b.LookupUser.GetUserId())
 	case *pb.ClientFrame_PresenceSubscribe:
 		resp, err = a.presenceSnapshot(ctx, b.PresenceSubscribe.GetUsers())
+	case *pb.ClientFrame_UploadPrekeys:
+		resp, err = a.uploadPrekeys(ctx, dev, b.UploadPrekeys)
+	case *pb.ClientFrame_FetchBundle:
+		resp, err = a.fetchBundle(ctx, b.FetchBundle)
+	case *pb.ClientFrame_PublishDeviceList:
+		resp, err = a.publishDeviceList(ctx, dev, b.PublishDeviceList)
+	case *pb.ClientFrame_FetchDeviceList:
+		resp, err = a.fetchDeviceList(ctx, b.FetchDeviceList)
 	default:
 		err = fmt.Errorf("query: not a read request: %w", core.ErrInvalidArgument)
 	}

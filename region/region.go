@@ -44,6 +44,10 @@ type Config struct {
 	// ReceiptScanLimit bounds how many messages a cursor move scans to find
 	// the senders to notify (default 1000).
 	ReceiptScanLimit int
+	// PrekeyLowWater: when a bundle fetch leaves a device with fewer
+	// one-time prekeys than this, the device is told to upload more
+	// (default 20; see prekeys.go for how often).
+	PrekeyLowWater int
 }
 
 func (c *Config) fill() {
@@ -76,6 +80,9 @@ func (c *Config) fill() {
 	}
 	if c.ReceiptScanLimit <= 0 {
 		c.ReceiptScanLimit = 1000
+	}
+	if c.PrekeyLowWater <= 0 {
+		c.PrekeyLowWater = 20
 	}
 }
 

@@ -71,7 +71,11 @@ type Endpoints struct {
 // Stack is a running region with one edge.
 type Stack struct {
 	Store  core.Store
-	Bus    core.Bus
+	Bus    core.Bus // the region's bus (sequencer, fan-out)
+	// EdgeBus is the edge's own Kafka client: the edge's ingress writes and
+	// the sequencer's fan-out writes do not queue behind each other (each
+	// kafkabus writer has one write in flight).
+	EdgeBus core.Bus
 	Region *region.Region
 	Edge   *edge.Edge
 
@@ -122,7 +126,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		brokers = s.embedded.Addrs()
 		s.ends.Kafka = "embedded"
 	}
-	s.Bus, err = kafkabus.New(kafkabus.Config{Brokers: brokers, ClientID: "chatmesh-" + cfg.EdgeID, Logger: cfg.Logger})
+	s.Bus, err = kafkabus.New(kafkabus.Config{Brokers: brokers, ClientID: "chatmesh-region-" + cfg.Region, Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("stack: kafka: %w", err)
+	}
+	s.EdgeBus, err = kafkabus.New(kafkabus.Config{Brokers: brokers, ClientID: "chatmesh-" + cfg.EdgeID, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("stack: kafka: %w", err)
 	}
@@ -178,7 +186,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if cfg.EdgeConfig != nil {
 		cfg.EdgeConfig(&ecfg)
 	}
-	s.Edge, err = edge.New(ecfg, s.Region.API(), s.Bus)
+	s.Edge, err = edge.New(ecfg, s.Region.API(), s.EdgeBus)
 	if err != nil {
 		return nil, fmt.Errorf("stack: edge: %w", err)
 	}
@@ -218,6 +226,9 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 		}
 		if s.Region != nil {
 			errs = append(errs, s.Region.Shutdown(ctx))
+		}
+		if s.EdgeBus != nil {
+			errs = append(errs, s.EdgeBus.Close())
 		}
 		if s.Bus != nil {
 			errs = append(errs, s.Bus.Close())

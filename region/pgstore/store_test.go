@@ -220,3 +220,8 @@ func TestFencedErrorUnwraps(t *testing.T) {
 		t.Fatalf("stale append: %v (code %v)", err, core.Code(err))
 	}
 }
+
+func TestPrekeyContract(t *testing.T) {
+	dsn(t)
+	storetest.RunPrekeys(t, func(t *testing.T) core.Store { return open(t) })
+}
