@@ -17,8 +17,10 @@ import (
 	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/chatmesh/chatmesh/client/e2ee"
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/crypto/identity"
 	"github.com/chatmesh/chatmesh/crypto/noiseconn"
 )
 
@@ -41,9 +43,18 @@ type Config struct {
 	// Logger receives operational logs; never message bodies or keys.
 	// Default: discard.
 	Logger *slog.Logger
-	// Sealer seals and opens message bodies. Default:
-	// InsecurePlaintextSealer (no encryption; see its doc).
+	// Sealer seals and opens message bodies. Default (nil): the
+	// end-to-end sealer (package client/e2ee) with its state in
+	// StateDir/e2ee. InsecurePlaintextSealer{} selects no encryption at all
+	// (control runs and tests only; see its doc).
 	Sealer Sealer
+	// PrekeyBatch is the number of one-time prekeys uploaded at once
+	// (end-to-end sealer). Default 50.
+	PrekeyBatch int
+	// DeviceListTTL is how long the end-to-end sealer uses a fetched
+	// device list before fetching it again before a send. Default 30 s;
+	// negative: before every send.
+	DeviceListTTL time.Duration
 	// ClientName is sent in the ClientHello. Default "chatmesh-go/0.1".
 	ClientName string
 	// EventBuffer is the capacity of the Events channel. Default 256.
@@ -83,9 +94,6 @@ type Config struct {
 func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Sealer == nil {
-		c.Sealer = InsecurePlaintextSealer{}
 	}
 	if c.ClientName == "" {
 		c.ClientName = "chatmesh-go/0.1"
@@ -155,6 +163,7 @@ type Client struct {
 	store  *Store
 	outbox *Outbox
 	sealer Sealer
+	e2ee   *e2ee.Sealer // the default sealer; nil when Config.Sealer was set
 
 	mu       sync.Mutex
 	id       *Identity
@@ -219,6 +228,21 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		emitted: map[string]uint64{}, dirty: map[string]struct{}{},
 		events: make(chan Event, cfg.EventBuffer), dispatchWake: make(chan struct{}, 1),
 	}
+	if c.sealer == nil {
+		sl, err := e2ee.New(e2ee.Config{
+			Dir: filepath.Join(cfg.StateDir, "e2ee"), Identity: id.E2EE(),
+			Self:      c.Device,
+			Directory: e2ee.RequestDirectory{R: c},
+			Logger:    cfg.Logger, Rand: cfg.Rand,
+			OneTimeBatch: cfg.PrekeyBatch, ListTTL: cfg.DeviceListTTL,
+			OnIdentityChange: func(user string) { c.notify(IdentityChangedEvent{User: user}) },
+		})
+		if err != nil {
+			_ = ob.Close()
+			return nil, err
+		}
+		c.e2ee, c.sealer = sl, sl
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Go(func() { c.dispatch(c.ctx) })
 	return c, nil
@@ -230,7 +254,14 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 func (c *Client) Close() error {
 	c.cancel()
 	c.wg.Wait()
-	c.closeOnce.Do(func() { c.closeErr = c.outbox.Close() })
+	c.closeOnce.Do(func() {
+		c.closeErr = c.outbox.Close()
+		if c.e2ee != nil {
+			if err := c.e2ee.Close(); c.closeErr == nil {
+				c.closeErr = err
+			}
+		}
+	})
 	return c.closeErr
 }
 
@@ -274,7 +305,8 @@ func (c *Client) Register(ctx context.Context, userID string) (core.DeviceKey, e
 func (c *Client) LinkRequest() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return EncodeLinkRequest(LinkRequest{NoiseStatic: slices.Clone(c.id.NoisePublic), IdentityKey: c.id.IdentityPublic()})
+	pub, _ := c.id.E2EE().Public().MarshalBinary() // cannot fail for a parsed identity
+	return EncodeLinkRequest(LinkRequest{NoiseStatic: slices.Clone(c.id.NoisePublic), IdentityKey: c.id.IdentityPublic(), E2EEIdentity: pub})
 }
 
 // Link signs a link request token from a new device with this (registered)
@@ -285,10 +317,21 @@ func (c *Client) Link(requestToken string) (string, error) {
 		return "", err
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	l, err := signLink(c.id, req)
+	c.mu.Unlock()
 	if err != nil {
 		return "", err
+	}
+	if c.e2ee != nil {
+		// Remember the device for the device list, which this device
+		// publishes once the new device has registered.
+		pub, err := identity.ParsePublic(req.E2EEIdentity)
+		if err != nil || !slices.Equal(pub.Sign, req.IdentityKey) {
+			return "", fmt.Errorf("%w: link request without a valid end-to-end identity", ErrBadToken)
+		}
+		if err := c.e2ee.AddLinkedDevice(pub, req.NoiseStatic); err != nil {
+			return "", err
+		}
 	}
 	return EncodeLink(l), nil
 }
@@ -332,9 +375,16 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.De
 				c.mu.Lock()
 				c.id.User, c.id.Device = key.User, key.Device
 				err = saveIdentity(c.cfg.StateDir, c.id)
+				noise := slices.Clone(c.id.NoisePublic)
 				c.mu.Unlock()
 				if err != nil {
 					return core.DeviceKey{}, err
+				}
+				if c.e2ee != nil && req.GetLinkedByDevice() == 0 {
+					// Published with the prekeys on the first connect.
+					if err := c.e2ee.InitFirstDevice(noise); err != nil {
+						return core.DeviceKey{}, err
+					}
 				}
 				c.log.Info("client: registered", "device", key.String())
 				return key, nil
@@ -551,6 +601,7 @@ func (c *Client) runSession(ctx context.Context, edge string) error {
 	s.wg.Go(s.acker)
 	s.wg.Go(func() { c.sender(s) })
 	s.wg.Go(func() { c.keepalive(s) })
+	s.wg.Go(func() { c.e2eeSetup(s) })
 	c.mu.Lock()
 	c.sess = s
 	close(c.up)
@@ -629,7 +680,8 @@ func (c *Client) current(ctx context.Context) (*session, error) {
 	}
 }
 
-// WaitConnected waits until a session is up and its first sync finished.
+// WaitConnected waits until a session is up, its first sync finished and
+// its end-to-end setup (prekey upload, device list) was attempted.
 func (c *Client) WaitConnected(ctx context.Context) error {
 	for {
 		s, err := c.current(ctx)
@@ -638,7 +690,13 @@ func (c *Client) WaitConnected(ctx context.Context) error {
 		}
 		select {
 		case <-s.synced:
-			return nil
+			select {
+			case <-s.keysReady:
+				return nil
+			case <-s.ctx.Done():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		case <-s.ctx.Done():
 		case <-ctx.Done():
 			return ctx.Err()
@@ -863,11 +921,17 @@ func (c *Client) Send(ctx context.Context, conv string, body []byte) (string, er
 	if core.KindOf(conv) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED {
 		return "", fmt.Errorf("%w: conversation id %q", ErrBadArgument, conv)
 	}
-	env, err := c.sealer.Seal(ctx, conv, body)
+	id := ulid.Make().String()
+	var env *pb.Envelope
+	var err error
+	if ms, ok := c.sealer.(MessageSealer); ok {
+		env, err = ms.SealMessage(ctx, conv, id, body)
+	} else {
+		env, err = c.sealer.Seal(ctx, conv, body)
+	}
 	if err != nil {
 		return "", fmt.Errorf("client: seal: %w", err)
 	}
-	id := ulid.Make().String()
 	req := &pb.SendRequest{ConvId: conv, ClientMsgId: id, Envelope: env}
 	// Frame overhead: req_id, oneof tag and lengths stay well below 64 bytes.
 	if n := proto.Size(req) + 64; n > noiseconn.MaxPlaintext {

@@ -21,7 +21,7 @@ func testCtx(t *testing.T) context.Context {
 func openClient(t *testing.T, p *testPeer, dir string) *Client {
 	t.Helper()
 	c, err := Open(context.Background(), Config{
-		StateDir: dir, Edges: []string{p.url()}, ServerKey: p.static.Public,
+		Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{p.url()}, ServerKey: p.static.Public,
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
 	})
 	if err != nil {
@@ -363,7 +363,7 @@ func TestUnknownDeviceIsRejectedForGood(t *testing.T) {
 	p := newTestPeer(t)
 	_, dir := registered(t, p, "alice")
 	other := newTestPeer(t) // knows nothing about alice
-	c, err := Open(context.Background(), Config{StateDir: dir, Edges: []string{other.url()}, MinBackoff: time.Millisecond})
+	c, err := Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{other.url()}, MinBackoff: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +402,7 @@ func TestRegisterTwiceAndLink(t *testing.T) {
 
 func TestKeepAliveDetectsDeadSession(t *testing.T) {
 	p := newTestPeer(t)
-	c, err := Open(context.Background(), Config{StateDir: t.TempDir(), Edges: []string{p.url()},
+	c, err := Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: t.TempDir(), Edges: []string{p.url()},
 		KeepAlive: 20 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -499,7 +499,7 @@ func TestSlowAppLosesNoMessages(t *testing.T) {
 	p := newTestPeer(t)
 	alice, _ := registered(t, p, "alice")
 	dir := t.TempDir()
-	bob, err := Open(context.Background(), Config{StateDir: dir, Edges: []string{p.url()},
+	bob, err := Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{p.url()},
 		EventBuffer: 2, NoticeQueue: 4, MinBackoff: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -555,7 +555,7 @@ func TestManualCommitRepeatsOnlyUncommitted(t *testing.T) {
 	alice, _ := registered(t, p, "alice")
 	dir := t.TempDir()
 	open := func() *Client {
-		c, err := Open(context.Background(), Config{StateDir: dir, Edges: []string{p.url()}, ManualCommit: true, MinBackoff: 5 * time.Millisecond})
+		c, err := Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{p.url()}, ManualCommit: true, MinBackoff: 5 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -592,7 +592,7 @@ func TestFailsOverToNextEdge(t *testing.T) {
 	dead := newTestPeer(t)
 	deadURL := dead.url()
 	dead.srv.Close() // nothing listens there any more
-	c2, err := Open(context.Background(), Config{StateDir: dir, Edges: []string{deadURL, p.url()},
+	c2, err := Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{deadURL, p.url()},
 		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

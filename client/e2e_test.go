@@ -51,7 +51,9 @@ func e2eCtx(t *testing.T) context.Context {
 func e2eClient(t *testing.T, ends stack.Endpoints, dir string, useWT bool) *client.Client {
 	t.Helper()
 	key, _ := hex.DecodeString(ends.EdgeKey)
-	cfg := client.Config{StateDir: dir, Edges: []string{ends.WS}, ServerKey: key,
+	// These tests are about transport, sync and delivery; they use the
+	// plaintext sealer. The end-to-end sealer is tested in e2ee_stack_test.go.
+	cfg := client.Config{Sealer: client.InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{ends.WS}, ServerKey: key,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 	if useWT {
 		cfg.Edges = []string{ends.WT}
@@ -299,7 +301,7 @@ func BenchmarkE2ESendToAck(b *testing.B) {
 	}
 	defer s.Shutdown(context.Background())
 	ends := s.Endpoints()
-	c, err := client.Open(context.Background(), client.Config{StateDir: b.TempDir(), Edges: []string{ends.WS}})
+	c, err := client.Open(context.Background(), client.Config{Sealer: client.InsecurePlaintextSealer{}, StateDir: b.TempDir(), Edges: []string{ends.WS}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -366,7 +368,7 @@ func BenchmarkE2EDeliveryLatency(b *testing.B) {
 	defer cancel()
 	var cs []*client.Client
 	for _, u := range []string{"alice", "bob"} {
-		c, err := client.Open(ctx, client.Config{StateDir: b.TempDir(), Edges: []string{ends.WS}})
+		c, err := client.Open(ctx, client.Config{Sealer: client.InsecurePlaintextSealer{}, StateDir: b.TempDir(), Edges: []string{ends.WS}})
 		if err != nil {
 			b.Fatal(err)
 		}

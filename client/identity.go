@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 
 	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/crypto/identity"
 	"github.com/chatmesh/chatmesh/crypto/noiseconn"
 )
 
@@ -22,15 +23,51 @@ const identityFile = "device.json"
 const LinkContext = "chatmesh-link-v1"
 
 // Identity is everything a device knows about itself: its X25519 Noise
-// static key pair (its transport identity), its Ed25519 identity key and,
-// once registered, its user and device number. It is stored in the state
-// dir with mode 0600. Never log it.
+// static key pair (its transport identity), its end-to-end identity (a
+// crypto/identity Private: Ed25519 + X25519) and, once registered, its user
+// and device number. IdentityPrivate is the Ed25519 half of E2EEIdentity
+// (the key sent at registration, that signs links, prekeys and device
+// lists). It is stored in the state dir with mode 0600. Never log it.
 type Identity struct {
 	NoisePrivate    []byte `json:"noise_private"`
 	NoisePublic     []byte `json:"noise_public"`
 	IdentityPrivate []byte `json:"identity_private"` // ed25519.PrivateKey (64 bytes)
-	User            string `json:"user,omitempty"`
-	Device          uint32 `json:"device,omitempty"`
+	// E2EEIdentity is the crypto/identity Private encoding. Older state
+	// dirs lack it; Open then derives it from IdentityPrivate's seed and a
+	// fresh X25519 key, so the registered Ed25519 key stays the same.
+	E2EEIdentity []byte `json:"e2ee_identity,omitempty"`
+	User         string `json:"user,omitempty"`
+	Device       uint32 `json:"device,omitempty"`
+
+	e2ee *identity.Private
+}
+
+// E2EE returns the device's end-to-end identity.
+func (id *Identity) E2EE() *identity.Private { return id.e2ee }
+
+// unify makes E2EEIdentity and IdentityPrivate agree. It reports whether
+// E2EEIdentity was created (the file must be rewritten).
+func (id *Identity) unify(rand io.Reader) (bool, error) {
+	created := false
+	if len(id.E2EEIdentity) == 0 {
+		scalar := make([]byte, 32)
+		if _, err := io.ReadFull(rand, scalar); err != nil {
+			return false, fmt.Errorf("client: identity key: %w", err)
+		}
+		enc := append([]byte{1}, ed25519.PrivateKey(id.IdentityPrivate).Seed()...)
+		id.E2EEIdentity = append(enc, scalar...)
+		created = true
+	}
+	p, err := identity.ParsePrivate(id.E2EEIdentity)
+	if err != nil {
+		return false, fmt.Errorf("client: identity key: %w", err)
+	}
+	id.e2ee = p
+	id.IdentityPrivate = ed25519.NewKeyFromSeed(id.E2EEIdentity[1 : 1+ed25519.SeedSize])
+	if !bytes.Equal(id.IdentityPublic(), p.Public().Sign) {
+		return false, fmt.Errorf("client: identity key: Ed25519 halves disagree")
+	}
+	return created, nil
 }
 
 // Registered reports whether the identity has a user and device number.
@@ -54,11 +91,19 @@ func newIdentity(rand io.Reader) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: noise key: %w", err)
 	}
-	_, priv, err := ed25519.GenerateKey(rand)
+	p, err := identity.Generate(rand)
 	if err != nil {
 		return nil, fmt.Errorf("client: identity key: %w", err)
 	}
-	return &Identity{NoisePrivate: kp.Private, NoisePublic: kp.Public, IdentityPrivate: priv}, nil
+	enc, err := p.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("client: identity key: %w", err)
+	}
+	id := &Identity{NoisePrivate: kp.Private, NoisePublic: kp.Public, E2EEIdentity: enc}
+	if _, err := id.unify(rand); err != nil {
+		return nil, err
+	}
+	return id, nil
 }
 
 // loadOrCreateIdentity reads dir/device.json, creating it when absent.
@@ -73,6 +118,15 @@ func loadOrCreateIdentity(dir string, rand io.Reader) (*Identity, error) {
 		}
 		if len(id.NoisePrivate) != 32 || len(id.NoisePublic) != 32 || len(id.IdentityPrivate) != ed25519.PrivateKeySize {
 			return nil, fmt.Errorf("client: %s: malformed keys", p)
+		}
+		created, err := id.unify(rand)
+		if err != nil {
+			return nil, fmt.Errorf("client: %s: %w", p, err)
+		}
+		if created {
+			if err := saveIdentity(dir, &id); err != nil {
+				return nil, err
+			}
 		}
 		return &id, nil
 	case errors.Is(err, os.ErrNotExist):
@@ -103,6 +157,10 @@ func saveIdentity(dir string, id *Identity) error {
 type LinkRequest struct {
 	NoiseStatic []byte `json:"n"`
 	IdentityKey []byte `json:"i"`
+	// E2EEIdentity is the new device's full crypto/identity Public
+	// encoding (Ed25519 + X25519 + binding), which the linking device puts
+	// into the user's signed device list. Its Ed25519 key is IdentityKey.
+	E2EEIdentity []byte `json:"e,omitempty"`
 }
 
 // Link is what the existing device answers: the user, its own device number

@@ -48,17 +48,22 @@ type session struct {
 	ackKick  chan struct{}
 	syncKick chan struct{}
 	synced   chan struct{} // closed after the first full sync
+	// keysReady is closed after the end-to-end setup (prekey upload,
+	// device list) of this session was attempted.
+	keysReady    chan struct{}
+	replenishing atomic.Bool
 }
 
 func newSession(parent context.Context, c *Client, nc *noiseconn.Conn, edge string, hello *pb.ServerHello) *session {
 	ctx, cancel := context.WithCancelCause(parent)
 	return &session{
 		c: c, nc: nc, edge: edge, hello: hello, ctx: ctx, cancel: cancel,
-		pending:  map[uint64]chan *pb.Response{},
-		ackDirty: map[string]struct{}{},
-		ackKick:  make(chan struct{}, 1),
-		syncKick: make(chan struct{}, 1),
-		synced:   make(chan struct{}),
+		pending:   map[uint64]chan *pb.Response{},
+		ackDirty:  map[string]struct{}{},
+		ackKick:   make(chan struct{}, 1),
+		syncKick:  make(chan struct{}, 1),
+		synced:    make(chan struct{}),
+		keysReady: make(chan struct{}),
 	}
 }
 
@@ -194,6 +199,10 @@ func (s *session) handle(f *pb.ServerFrame) {
 	case *pb.ServerFrame_Typing:
 		t := b.Typing
 		c.notify(TypingEvent{Conv: t.GetConvId(), From: keyOf(t.GetFrom()), Typing: t.GetTyping()})
+	case *pb.ServerFrame_PrekeyStatus:
+		if b.PrekeyStatus.GetLow() {
+			c.replenish(s)
+		}
 	case *pb.ServerFrame_Disconnect:
 		d := b.Disconnect
 		s.mu.Lock()

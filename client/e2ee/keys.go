@@ -271,32 +271,41 @@ func (s *Sealer) OneTimeHeld() int { return s.keys.mem.OneTimeCount() }
 
 // ---------------------------------------------------------------- own device list
 
-// PublishFirstDevice makes and publishes version 1 of the user's device
-// list with this device as its only member (the client calls it after
-// Register; idempotent, retried on connect until published).
-func (s *Sealer) PublishFirstDevice(ctx context.Context, noiseStatic []byte) error {
+// InitFirstDevice makes version 1 of the user's device list with this
+// device as its only member and marks it for publication (the client
+// calls it right after Register; the list is published on connect). It
+// does nothing when the device already has its user's list.
+func (s *Sealer) InitFirstDevice(noiseStatic []byte) error {
 	me, err := s.self()
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	raw, ok := s.kv.get("list/" + me.User)
-	if !ok {
-		l := &identity.DeviceList{UserID: me.User, Version: 1, Devices: []identity.Device{{ID: me.Device, Identity: s.cfg.Identity.Public()}}}
-		copy(l.Devices[0].NoiseStatic[:], noiseStatic)
-		if err := l.Sign(me.Device, s.cfg.Identity); err != nil {
-			return err
-		}
-		if raw, err = l.MarshalBinary(); err != nil {
-			return err
-		}
-		s.kv.put("list/"+me.User, raw)
-		s.kv.put("meta/listunpub", []byte{1})
-		if err := s.kv.commit(); err != nil {
-			return err
-		}
+	if _, ok := s.kv.get("list/" + me.User); ok {
+		return nil
 	}
+	l := &identity.DeviceList{UserID: me.User, Version: 1, Devices: []identity.Device{{ID: me.Device, Identity: s.cfg.Identity.Public()}}}
+	copy(l.Devices[0].NoiseStatic[:], noiseStatic)
+	if err := l.Sign(me.Device, s.cfg.Identity); err != nil {
+		return err
+	}
+	raw, err := l.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	s.kv.put("list/"+me.User, raw)
+	s.kv.put("meta/listunpub", []byte{1})
+	return s.kv.commit()
+}
+
+// PublishFirstDevice is InitFirstDevice followed by publishing the list.
+func (s *Sealer) PublishFirstDevice(ctx context.Context, noiseStatic []byte) error {
+	if err := s.InitFirstDevice(noiseStatic); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.publishOwnLocked(ctx)
 }
 

@@ -67,8 +67,8 @@ const MaxEnvelope = 60 << 10
 
 // Config configures a Sealer. Dir, Identity, Self and Directory are required.
 type Config struct {
-	Dir       string            // state directory (created 0700)
-	Identity  *identity.Private // this device's long-term identity
+	Dir      string            // state directory (created 0700)
+	Identity *identity.Private // this device's long-term identity
 	// Self returns the device's registration (false before Register).
 	Self      func() (core.DeviceKey, bool)
 	Directory Directory

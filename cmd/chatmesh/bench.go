@@ -71,6 +71,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		sc := stack.Config{DataDir: dir, PostgresDSN: *pg, MaxConnsPerIP: *users + 16, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 		if *kafka != "" {
 			sc.KafkaBrokers = strings.Split(*kafka, ",")
+			// Fresh topics and sequencer group per run: a previous run's
+			// group members would hold partitions until their session
+			// timeout and stall the start of this one.
+			sc.Namespace = fmt.Sprintf("bench%d", time.Now().UnixNano())
+			sc.EdgeID = sc.Namespace + "-edge"
+			sc.PGSchema = sc.Namespace
 		}
 		s, err := stack.Start(ctx, sc)
 		if err != nil {

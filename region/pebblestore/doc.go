@@ -30,6 +30,12 @@
 //   - RegisterDevice holds one store-wide lock (static-key uniqueness spans
 //     users; registration is rare).
 //   - Route and last-seen changes hold one store-wide lock.
+//   - PutPrekeys and TakeBundle hold a per-device stripe of a third lock
+//     array (PutDeviceList a per-user one) while they read the device's
+//     prekey row and one-time keys and commit one batch: TakeBundle deletes
+//     the lowest 'o' key and writes its 't' tombstone together, so no two
+//     callers get the same one-time key, and an id with a tombstone is
+//     never stored again.
 //   - Reads take no lock; each sees committed batches only.
 //
 // Every method is safe for concurrent use. The locks make the store
@@ -63,6 +69,10 @@
 //	'r' user 0 dev:BE32                       -> edge, session, since      (routes)
 //	'e' edge 0 user 0 dev:BE32                -> (empty)                   (routes by edge)
 //	'l' user                                  -> last seen ms
+//	'p' user 0 dev:BE32                       -> identity, signed prekey, KEM prekey (prekeys)
+//	'o' user 0 dev:BE32 id:BE32               -> one-time prekey           (unused, by id)
+//	't' user 0 dev:BE32 id:BE32               -> (empty)                   (handed-out one-time ids)
+//	'w' user                                  -> version, signed device list
 //
 // Values other than messages use a compact encoding of unsigned and signed
 // varints and length-prefixed byte strings (codec.go). The 'x'/'y' and

@@ -64,6 +64,15 @@
 // in different processes — therefore serialize on that row; there is no
 // in-process lock. Reads run outside transactions on the pool.
 //
+// End-to-end key material (core.PrekeyStore, migration 0002): TakeBundle
+// deletes the device's lowest one-time prekey with DELETE ... WHERE key_id =
+// (SELECT MIN(key_id) ...) RETURNING, records the id in
+// one_time_prekeys_used and counts the rest, in one SERIALIZABLE
+// transaction; two concurrent takers of the same key conflict and the loser
+// is retried as a whole, so a key is handed out at most once. PutPrekeys
+// inserts one-time keys with ON CONFLICT DO NOTHING, skipping ids in
+// one_time_prekeys_used. Device-list versions are compared in Go.
+//
 // Every method is safe for concurrent use.
 //
 // # What it does not do

@@ -32,6 +32,25 @@
 // shows up as a failure with high probability, not certainty (removing
 // Pebble's per-conversation lock failed 7 runs of 10).
 //
+// # Prekey suite
+//
+// Stores that implement core.PrekeyStore (both do) also run
+//
+//	func TestPrekeyContract(t *testing.T) {
+//		storetest.RunPrekeys(t, func(t *testing.T) core.Store { return openFresh(t) })
+//	}
+//
+// which checks: ErrNotFound before any upload, upload/take/count with the
+// lowest id first and exact bytes, exhaustion (OneTime nil, Remaining 0, the
+// rest of the bundle still served), replacement of identity, signed and KEM
+// prekeys independently, duplicate ids ignored (also within one upload, and
+// ids already handed out), separate supplies per device (and for users whose
+// ids are prefixes of each other), 16 goroutines draining 50 one-time keys
+// (each key exactly once, the remaining counts seen are exactly 49..0, every
+// goroutine then sees exhaustion; three rounds), and device-list versioning
+// (replay, same version with other bytes, stale, unsigned 64-bit versions,
+// concurrent publishers).
+//
 // # Semantics the suite pins down where core/ports.go is silent
 //
 //   - A writer with a higher epoch than the stored conversation raises the
@@ -47,6 +66,14 @@
 //     exist.
 //   - ClearRoute and ClearEdgeRoutes set last-seen only for routes they
 //     actually removed, and last-seen never moves back in time.
+//   - PutPrekeys with a nil Identity when the device has none stored is
+//     ErrNotFound and stores nothing (the region answers that the first
+//     upload must carry the identity).
+//   - TakeBundle needs the identity, the signed prekey and the KEM prekey
+//     (a bundle without its KEM part is rejected by every client, so no
+//     one-time key is burnt on it); until then it is ErrNotFound and
+//     consumes nothing. OneTimeCount of an unknown device is 0, not an error.
+//   - Within one upload the first occurrence of a one-time id wins.
 //   - RegisterDevice takes the user from u.ID (d.Key.User may be empty or
 //     equal to it; a different value is ErrInvalidArgument); an empty
 //     NoiseStatic is ErrInvalidArgument.
