@@ -109,3 +109,14 @@ func (c *Client) replenish(s *session) {
 		}
 	})
 }
+
+// OpenMessage returns the body of a user message (from History,
+// FetchHistory or an event) through the configured sealer: decrypted, or
+// the local copy of an own message. Opening an entry again gives the same
+// body; a replayed or tampered entry fails.
+func (c *Client) OpenMessage(ctx context.Context, m *pb.Message) ([]byte, error) {
+	if m.GetKind() != pb.MessageKind_MESSAGE_KIND_USER {
+		return nil, fmt.Errorf("%w: not a user message", ErrBadArgument)
+	}
+	return c.sealer.Open(ctx, m)
+}

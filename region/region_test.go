@@ -34,7 +34,7 @@ type harness struct {
 	cond chan struct{}
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, adjust ...func(*region.Config)) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -53,7 +53,11 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	reg, err := region.New(region.Config{IngressPartitions: 4}, st, bus)
+	rcfg := region.Config{IngressPartitions: 4}
+	for _, f := range adjust {
+		f(&rcfg)
+	}
+	reg, err := region.New(rcfg, st, bus)
 	if err != nil {
 		t.Fatal(err)
 	}
