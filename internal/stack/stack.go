@@ -70,14 +70,14 @@ type Endpoints struct {
 
 // Stack is a running region with one edge.
 type Stack struct {
-	Store  core.Store
-	Bus    core.Bus // the region's bus (sequencer, fan-out)
+	Store core.Store
+	Bus   core.Bus // the region's bus (sequencer, fan-out)
 	// EdgeBus is the edge's own Kafka client: the edge's ingress writes and
 	// the sequencer's fan-out writes do not queue behind each other (each
 	// kafkabus writer has one write in flight).
 	EdgeBus core.Bus
-	Region *region.Region
-	Edge   *edge.Edge
+	Region  *region.Region
+	Edge    *edge.Edge
 
 	cfg      Config
 	embedded *kafkabus.Embedded
