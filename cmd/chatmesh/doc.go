@@ -3,6 +3,10 @@
 //	chatmesh dev      the whole region in one process: edge (WebSocket and
 //	                  WebTransport), region services, an embedded Kafka
 //	                  broker (or --kafka) and a Pebble store (or --pg)
+//	chatmesh region   the region services alone: sequencer (consumer-group
+//	                  member) and the HTTP API edges call; needs --kafka
+//	chatmesh edge     one edge alone: --kafka for writes and pushes,
+//	                  --region-url for reads and sessions
 //	chatmesh chat     the command-line client, interactive or scriptable
 //	chatmesh bench    the load generator: N clients over the real protocol
 //	chatmesh version  print the version

@@ -28,6 +28,8 @@ const usage = `usage: chatmesh <command> [flags]
 
 commands:
   dev       run a whole region in one process (embedded Kafka + Pebble by default)
+  region    run the region services only (sequencer + API for edges); needs --kafka
+  edge      run an edge only, talking to a region (--region-url) and Kafka (--kafka)
   chat      the command-line chat client
   bench     load generator over the real protocol
   version   print the version
@@ -41,6 +43,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch args[0] {
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr)
+	case "region":
+		return runRegion(ctx, args[1:], stdout, stderr)
+	case "edge":
+		return runEdge(ctx, args[1:], stdout, stderr)
 	case "chat":
 		return runChat(ctx, args[1:], stdin, stdout, stderr)
 	case "bench":

@@ -56,13 +56,14 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// devProcess is a `chatmesh dev` child process.
+// devProcess is a chatmesh child process (dev, region or edge).
 type devProcess struct {
-	t    *testing.T
-	args []string
-	cmd  *exec.Cmd
-	ends stack.Endpoints
-	logf *os.File
+	t      *testing.T
+	args   []string
+	cmd    *exec.Cmd
+	ends   stack.Endpoints // from its "ENDPOINTS {json}" line (dev, edge)
+	region string          // from its "REGION url" line (region)
+	logf   *os.File
 }
 
 func startDev(t *testing.T, args []string, logPath string) *devProcess {
@@ -102,20 +103,25 @@ func (p *devProcess) start() {
 		t.Fatal(err)
 	}
 	p.cmd, p.logf = cmd, logf
-	found := make(chan stack.Endpoints, 1)
+	found := make(chan struct{}, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if rest, ok := strings.CutPrefix(sc.Text(), "ENDPOINTS "); ok {
 				var e stack.Endpoints
 				if json.Unmarshal([]byte(rest), &e) == nil {
-					found <- e
+					p.ends = e
+					found <- struct{}{}
 				}
+			}
+			if rest, ok := strings.CutPrefix(sc.Text(), "REGION "); ok {
+				p.region = rest
+				found <- struct{}{}
 			}
 		}
 	}()
 	select {
-	case p.ends = <-found:
+	case <-found:
 	case <-time.After(2 * time.Minute):
 		b, _ := os.ReadFile(logf.Name())
 		t.Fatalf("chatmesh dev did not start:\n%s", b)
@@ -285,5 +291,42 @@ func TestKafkaBrokerRestart(t *testing.T) {
 		t.Fatalf("outbox did not drain: %v", err)
 	}
 	wg.Wait()
+	checkStream(t, direct, []*tclient{alice, bob}, n, 1)
+}
+
+// The production split: a region process (sequencer + API) and an edge
+// process. SIGKILL only the region process mid-stream while clients stay
+// connected to the edge; restart it. The edge keeps taking sends (they
+// wait in Kafka), and after the restart every message is acked and
+// delivered exactly once, in order.
+func TestCrashRegionBehindLiveEdge(t *testing.T) {
+	b, ok := realBackend(t)
+	if !ok {
+		t.Skip("needs real Kafka: the region and the edge are separate processes")
+	}
+	ns := uniq("split")
+	regionArgs := []string{"region", "--kafka", strings.Join(b.brokers, ","), "--pg", b.dsn, "--pg-schema", ns,
+		"--namespace", ns, "--listen", freePort(t), "--partitions", "4", "--log", "warn"}
+	reg := startDev(t, regionArgs, "")
+	ed := startDev(t, []string{"edge", "--kafka", strings.Join(b.brokers, ","), "--region-url", reg.region,
+		"--namespace", ns, "--edge-id", ns + "-edge", "--data", t.TempDir(), "--ws", freePort(t), "--wt", "-",
+		"--log", "warn", "--max-conns-per-ip", "100"}, "")
+	edges := []string{ed.ends.WS}
+	alice := newClient(t, edges, uniq("alice"))
+	bob := newClient(t, edges, uniq("bob"))
+	alice.start(t)
+	bob.start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	direct := core.DirectConvID(alice.name, bob.name)
+	const n = 100
+	streamSends(t, ctx, n, 10*time.Millisecond, func() {
+		reg.kill()
+		time.Sleep(time.Second)
+		reg.start()
+	}, map[*tclient]string{alice: direct})
+	if err := alice.WaitIdle(ctx); err != nil {
+		t.Fatalf("outbox did not drain: %v", err)
+	}
 	checkStream(t, direct, []*tclient{alice, bob}, n, 1)
 }

@@ -160,7 +160,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, fmt.Errorf("stack: region: %w", err)
 	}
 
-	key, err := loadOrCreateKey(filepath.Join(cfg.DataDir, "edge.key"))
+	key, err := LoadOrCreateEdgeKey(filepath.Join(cfg.DataDir, "edge.key"))
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +170,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if wt == "-" {
 		wt = ""
 	} else {
-		tlsConf, certHash, err = loadOrCreateCert(filepath.Join(cfg.DataDir, "edge-cert.pem"), time.Now())
+		tlsConf, certHash, err = LoadOrCreateCert(filepath.Join(cfg.DataDir, "edge-cert.pem"), time.Now())
 		if err != nil {
 			return nil, err
 		}
@@ -244,7 +244,9 @@ func (s *Stack) Shutdown(ctx context.Context) error {
 	return s.shutErr
 }
 
-func loadOrCreateKey(path string) (noiseconn.Keypair, error) {
+// LoadOrCreateEdgeKey returns the edge's Noise static key kept at path,
+// creating it on first use.
+func LoadOrCreateEdgeKey(path string) (noiseconn.Keypair, error) {
 	if b, err := os.ReadFile(path); err == nil {
 		priv, err := hex.DecodeString(string(trimSpace(b)))
 		if err != nil || len(priv) != 32 {
@@ -275,10 +277,10 @@ func trimSpace(b []byte) []byte {
 	return b
 }
 
-// loadOrCreateCert keeps a self-signed ECDSA P-256 certificate valid for
+// LoadOrCreateCert keeps a self-signed ECDSA P-256 certificate valid for
 // 13 days (WebTransport's serverCertificateHashes allows at most 14),
 // replacing it when fewer than 2 days are left.
-func loadOrCreateCert(path string, now time.Time) (*tls.Config, []byte, error) {
+func LoadOrCreateCert(path string, now time.Time) (*tls.Config, []byte, error) {
 	if b, err := os.ReadFile(path); err == nil {
 		cert, err := tls.X509KeyPair(b, b)
 		if err == nil && cert.Leaf != nil && now.Add(48*time.Hour).Before(cert.Leaf.NotAfter) {

@@ -106,3 +106,7 @@ func TestRejectsNUL(t *testing.T) {
 func TestPrekeyContract(t *testing.T) {
 	storetest.RunPrekeys(t, func(t *testing.T) core.Store { return open(t) })
 }
+
+func BenchmarkPrekeys(b *testing.B) {
+	storetest.BenchPrekeys(b, func(b *testing.B) core.Store { return open(b) })
+}

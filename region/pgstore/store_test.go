@@ -226,3 +226,8 @@ func TestPrekeyContract(t *testing.T) {
 	dsn(t)
 	storetest.RunPrekeys(t, func(t *testing.T) core.Store { return open(t) })
 }
+
+func BenchmarkPrekeys(b *testing.B) {
+	dsn(b)
+	storetest.BenchPrekeys(b, func(b *testing.B) core.Store { return open(b) })
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/edge"
+	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/region"
+	"github.com/chatmesh/chatmesh/region/kafkabus"
+	"github.com/chatmesh/chatmesh/region/pebblestore"
+	"github.com/chatmesh/chatmesh/region/pgstore"
+)
+
+func newLogger(stderr io.Writer, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+func topics(namespace string) (ingress, presence, group string) {
+	ingress, presence, group = region.DefaultIngressTopic, region.DefaultPresenceTopic, region.SequencerGroup
+	if namespace != "" {
+		ingress, presence, group = namespace+"."+ingress, namespace+"."+presence, namespace+"."+group
+	}
+	return
+}
+
+// runRegion runs the region services without an edge: the sequencer (a
+// member of the consumer group) and the API that edges in other processes
+// call over HTTP.
+func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("region", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kafka := fs.String("kafka", "", "comma-separated Kafka brokers (required)")
+	pg := fs.String("pg", "", "PostgreSQL/CockroachDB DSN; empty uses Pebble under --data (single region node only)")
+	pgSchema := fs.String("pg-schema", "", "PostgreSQL schema (created if absent)")
+	data := fs.String("data", ".chatmesh/region", "data directory for Pebble")
+	name := fs.String("region", "local", "region name")
+	listen := fs.String("listen", "127.0.0.1:7490", "internal API listen address (for edges)")
+	token := fs.String("token", os.Getenv("CHATMESH_REGION_TOKEN"), "shared secret edges must present (env CHATMESH_REGION_TOKEN)")
+	namespace := fs.String("namespace", "", "prefix for topics and the sequencer group")
+	partitions := fs.Int("partitions", 8, "ingress partitions (when creating the topic)")
+	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
+	logLevel := fs.String("log", "info", "log level")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *kafka == "" {
+		return errors.New("region: --kafka is required (the embedded broker lives in `chatmesh dev`)")
+	}
+	logger, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	bus, err := kafkabus.New(kafkabus.Config{Brokers: strings.Split(*kafka, ","), ClientID: "chatmesh-region-" + *name, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer bus.Close()
+	var st core.Store
+	if *pg != "" {
+		st, err = pgstore.Open(ctx, *pg, pgstore.Options{Logger: logger, Schema: *pgSchema})
+	} else {
+		st, err = pebblestore.Open(filepath.Join(*data, "pebble"), pebblestore.Options{Logger: logger})
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ingress, presence, group := topics(*namespace)
+	cfg := region.Config{Name: *name, IngressTopic: ingress, PresenceTopic: presence, SequencerGroup: group,
+		IngressPartitions: *partitions, Logger: logger}
+	if *webhook != "" {
+		cfg.Notifier = &region.WebhookNotifier{URL: *webhook}
+	}
+	reg, err := region.New(cfg, st, bus)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("region: %w", err)
+	}
+	srv := &http.Server{Handler: reg.API().Handler(*token), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	if err := reg.Start(ctx); err != nil {
+		return err
+	}
+	url := "http://" + ln.Addr().String()
+	fmt.Fprintf(stdout, "chatmesh region %q: sequencer running; API for edges at %s\n", *name, url)
+	fmt.Fprintf(stdout, "REGION %s\n", url)
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return reg.Shutdown(sctx)
+}
+
+// runEdge runs one edge that talks to a region over Kafka (writes) and
+// the region's HTTP API (reads, sessions).
+func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kafka := fs.String("kafka", "", "comma-separated Kafka brokers (required)")
+	regionURL := fs.String("region-url", "", "the region's internal API, e.g. http://10.0.0.5:7490 (required)")
+	token := fs.String("token", os.Getenv("CHATMESH_REGION_TOKEN"), "shared secret for the region API (env CHATMESH_REGION_TOKEN)")
+	data := fs.String("data", ".chatmesh/edge", "directory for the edge's Noise key and dev certificate")
+	id := fs.String("edge-id", "edge-1", "edge id, stable across restarts")
+	name := fs.String("region", "local", "region name")
+	ws := fs.String("ws", "127.0.0.1:7480", "WebSocket listen address")
+	wt := fs.String("wt", "127.0.0.1:7443", "WebTransport (UDP) listen address; - disables")
+	namespace := fs.String("namespace", "", "prefix for topics (must match the region's)")
+	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit (0: edge default)")
+	logLevel := fs.String("log", "info", "log level")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *kafka == "" || *regionURL == "" {
+		return errors.New("edge: --kafka and --region-url are required")
+	}
+	logger, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*data, 0o700); err != nil {
+		return err
+	}
+	key, err := stack.LoadOrCreateEdgeKey(filepath.Join(*data, "edge.key"))
+	if err != nil {
+		return err
+	}
+	bus, err := kafkabus.New(kafkabus.Config{Brokers: strings.Split(*kafka, ","), ClientID: "chatmesh-" + *id, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer bus.Close()
+	ingress, presence, _ := topics(*namespace)
+	cfg := edge.Config{ID: *id, Region: *name, Static: key, WSAddr: *ws, Logger: logger,
+		IngressTopic: ingress, PresenceTopic: presence, MaxConnsPerIP: *maxConns}
+	var certHash []byte
+	if *wt != "-" {
+		var tc *tls.Config
+		tc, certHash, err = stack.LoadOrCreateCert(filepath.Join(*data, "edge-cert.pem"), time.Now())
+		if err != nil {
+			return err
+		}
+		cfg.WTAddr, cfg.TLSConfig = *wt, tc
+	}
+	e, err := edge.New(cfg, &region.RemoteAPI{URL: strings.TrimRight(*regionURL, "/"), Token: *token}, bus)
+	if err != nil {
+		return err
+	}
+	if err := e.Start(ctx); err != nil {
+		return err
+	}
+	ends := stack.Endpoints{Region: *name, EdgeID: *id, WS: e.WSURL(), EdgeKey: hex.EncodeToString(key.Public), Kafka: "external", Store: "region"}
+	if *wt != "-" {
+		ends.WT, ends.CertHash = e.WTURL(), hex.EncodeToString(certHash)
+	}
+	b, _ := json.Marshal(ends)
+	fmt.Fprintf(stdout, "chatmesh edge %q: WebSocket %s\n", *id, ends.WS)
+	if ends.WT != "" {
+		fmt.Fprintf(stdout, "  WebTransport %s (cert sha256 %s)\n", ends.WT, ends.CertHash)
+	}
+	fmt.Fprintf(stdout, "ENDPOINTS %s\n", b)
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return e.Shutdown(sctx)
+}
