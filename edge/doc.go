@@ -18,8 +18,9 @@
 // accepts only register and ping until Register succeeds.
 //
 // Each ClientFrame is size-checked, decoded, and charged to the session's
-// token bucket. Reads (sync, history, list_conversations, lookup_user,
-// presence_subscribe) go to Backend.Query; ping is answered here; writes
+// token bucket. Reads and key-material calls (sync, history,
+// list_conversations, lookup_user, presence_subscribe, upload_prekeys,
+// fetch_bundle, publish_device_list, fetch_device_list) go to Backend.Query; ping is answered here; writes
 // (send, ack, read, create_group, modify_members, typing) are validated and
 // produced as pb.IngressRecord to Config.IngressTopic keyed by conversation
 // id, with an Origin naming this edge, the session, the request id and the
