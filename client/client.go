@@ -174,6 +174,7 @@ type Client struct {
 	resultQ  []string
 	waiters  map[string][]chan struct{}
 	running  bool
+	linking  bool // a watchLinks goroutine runs
 
 	recvMu sync.Mutex
 	recv   map[string]*recvState
@@ -332,6 +333,7 @@ func (c *Client) Link(requestToken string) (string, error) {
 		if err := c.e2ee.AddLinkedDevice(pub, req.NoiseStatic); err != nil {
 			return "", err
 		}
+		c.watchLinks()
 	}
 	return EncodeLink(l), nil
 }
@@ -380,11 +382,13 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.De
 				if err != nil {
 					return core.DeviceKey{}, err
 				}
-				if c.e2ee != nil && req.GetLinkedByDevice() == 0 {
-					// Published with the prekeys on the first connect.
-					if err := c.e2ee.InitFirstDevice(noise); err != nil {
-						return core.DeviceKey{}, err
+				if c.e2ee != nil {
+					if req.GetLinkedByDevice() == 0 {
+						if err := c.e2ee.InitFirstDevice(noise); err != nil {
+							return core.DeviceKey{}, err
+						}
 					}
+					c.setupAfterRegister(ctx, edge)
 				}
 				c.log.Info("client: registered", "device", key.String())
 				return key, nil
@@ -412,15 +416,30 @@ func (c *Client) oneShot(ctx context.Context, edge string, f *pb.ClientFrame) (*
 		return nil, err
 	}
 	defer nc.Close()
+	return (&connRequester{nc: nc}).Request(ctx, f)
+}
+
+// connRequester runs requests one at a time over a bare Noise session
+// (registration, and the end-to-end setup right after it). Frames other
+// than the awaited response are ignored.
+type connRequester struct {
+	nc   *noiseconn.Conn
+	next uint64
+}
+
+// Request implements e2ee.Requester.
+func (r *connRequester) Request(ctx context.Context, f *pb.ClientFrame) (*pb.Response, error) {
+	r.next++
+	f.ReqId = r.next
 	b, err := proto.Marshal(f)
 	if err != nil {
 		return nil, fmt.Errorf("client: encode: %w", err)
 	}
-	if err := nc.Send(ctx, b); err != nil {
+	if err := r.nc.Send(ctx, b); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSessionLost, err)
 	}
 	for {
-		b, err := nc.Recv(ctx)
+		b, err := r.nc.Recv(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrSessionLost, err)
 		}
@@ -437,6 +456,21 @@ func (c *Client) oneShot(ctx context.Context, edge string, f *pb.ClientFrame) (*
 			}
 			return r, nil
 		}
+	}
+}
+
+// setupAfterRegister opens a short session as the newly registered device
+// and publishes its end-to-end keys (device list, prekeys), so others can
+// write to it before it ever connects for good. A failure is logged and
+// repeated on the next connect.
+func (c *Client) setupAfterRegister(ctx context.Context, edge string) {
+	nc, _, err := c.handshake(ctx, edge)
+	if err == nil {
+		defer nc.Close()
+		err = c.e2ee.Setup(ctx, e2ee.RequestDirectory{R: &connRequester{nc: nc}})
+	}
+	if err != nil {
+		c.log.Warn("client: end-to-end setup after registration failed; retried on connect", "err", err)
 	}
 }
 

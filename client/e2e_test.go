@@ -53,7 +53,7 @@ func e2eClient(t *testing.T, ends stack.Endpoints, dir string, useWT bool) *clie
 	key, _ := hex.DecodeString(ends.EdgeKey)
 	// These tests are about transport, sync and delivery; they use the
 	// plaintext sealer. The end-to-end sealer is tested in e2ee_stack_test.go.
-	cfg := client.Config{StateDir: dir, Edges: []string{ends.WS}, ServerKey: key,
+	cfg := client.Config{Sealer: client.InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{ends.WS}, ServerKey: key,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 	if useWT {
 		cfg.Edges = []string{ends.WT}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/chatmesh/chatmesh/core/pb"
 )
@@ -119,4 +120,41 @@ func (c *Client) OpenMessage(ctx context.Context, m *pb.Message) ([]byte, error)
 		return nil, fmt.Errorf("%w: not a user message", ErrBadArgument)
 	}
 	return c.sealer.Open(ctx, m)
+}
+
+// linkWatch bounds how long watchLinks waits for a linked device to register.
+const linkWatch = 5 * time.Minute
+
+// watchLinks publishes the device list as soon as the devices linked by
+// Link have registered: it tries every second for up to linkWatch (while
+// the client is open; a device that registers later is published on the
+// next connect or send). At most one runs at a time.
+func (c *Client) watchLinks() {
+	c.mu.Lock()
+	if c.linking || c.ctx.Err() != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.linking = true
+	c.mu.Unlock()
+	c.wg.Go(func() {
+		defer func() {
+			c.mu.Lock()
+			c.linking = false
+			c.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(c.ctx, linkWatch)
+		defer cancel()
+		for c.e2ee.PendingLinks() > 0 {
+			if err := sleepCtx(ctx, time.Second); err != nil {
+				return
+			}
+			if _, ok := c.Device(); !ok {
+				continue
+			}
+			if err := c.e2ee.PublishLinks(ctx); err != nil && ctx.Err() == nil {
+				c.log.Debug("client: linked device not published yet", "err", err)
+			}
+		}
+	})
 }

@@ -26,7 +26,10 @@
 //
 // API implements the edge's Backend: device authentication by Noise static
 // key, registration, session open/close (routes and presence), and queries
-// (sync, history, conversation list, user lookup, presence snapshots). A
+// (sync, history, conversation list, user lookup, presence snapshots) and
+// the end-to-end key material (prekey uploads and bundles, each one-time
+// prekey handed out at most once; signed device lists — see prekeys.go),
+// verifying every signature it can and storing public keys only. A
 // session's route is stored before the session serves requests, and the
 // fan-out reads routes after the append, so every entry is either in the
 // session's first sync or pushed to it live.

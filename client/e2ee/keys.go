@@ -202,6 +202,10 @@ func (s *Sealer) EnsurePrekeys(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.ensurePrekeysLocked(ctx)
+}
+
+func (s *Sealer) ensurePrekeysLocked(ctx context.Context) error {
 	if _, err := s.rotateLocked(); err != nil {
 		return err
 	}
@@ -262,7 +266,7 @@ func (s *Sealer) uploadLocked(ctx context.Context, up *prekey.Upload) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	return s.cfg.Directory.UploadPrekeys(ctx, ib, ub)
+	return s.dir().UploadPrekeys(ctx, ib, ub)
 }
 
 // OneTimeHeld returns how many unused one-time prekey private keys the
@@ -322,7 +326,7 @@ func (s *Sealer) publishOwnLocked(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
-	if err := s.cfg.Directory.PublishDeviceList(ctx, raw); err != nil {
+	if err := s.dir().PublishDeviceList(ctx, raw); err != nil {
 		return err
 	}
 	s.kv.del("meta/listunpub")
@@ -345,6 +349,43 @@ func (s *Sealer) AddLinkedDevice(pub identity.Public, noiseStatic []byte) error 
 	defer s.mu.Unlock()
 	s.kv.put("link/"+hex.EncodeToString(pub.Sign), append(b, noiseStatic...))
 	return s.kv.commit()
+}
+
+// Setup does what a device does on every connect, over dir (for example a
+// short session opened right after registration, so that a device is
+// reachable before it ever connects for good): publish its device list if
+// not yet done, upload prekeys (EnsurePrekeys), publish linked devices.
+func (s *Sealer) Setup(ctx context.Context, dir Directory) error {
+	me, err := s.self()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.override = dir
+	defer func() { s.override = nil }()
+	if err := s.publishOwnLocked(ctx); err != nil {
+		return err
+	}
+	if err := s.ensurePrekeysLocked(ctx); err != nil {
+		return err
+	}
+	return s.publishLinksLocked(ctx, me)
+}
+
+// dir is the directory to use (s.mu held).
+func (s *Sealer) dir() Directory {
+	if s.override != nil {
+		return s.override
+	}
+	return s.cfg.Directory
+}
+
+// PendingLinks returns how many linked devices wait to be published.
+func (s *Sealer) PendingLinks() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.kv.keys("link/"))
 }
 
 // PublishLinks publishes the device list with every linked device that
@@ -377,7 +418,7 @@ func (s *Sealer) publishLinksLocked(ctx context.Context, me core.DeviceKey) erro
 			return fmt.Errorf("e2ee: own device list unknown: %w", err)
 		}
 	}
-	devs, err := s.cfg.Directory.Devices(ctx, me.User)
+	devs, err := s.dir().Devices(ctx, me.User)
 	if err != nil {
 		return err
 	}
@@ -411,7 +452,7 @@ func (s *Sealer) publishLinksLocked(ctx context.Context, me core.DeviceKey) erro
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Directory.PublishDeviceList(ctx, raw); err != nil {
+	if err := s.dir().PublishDeviceList(ctx, raw); err != nil {
 		return err
 	}
 	s.kv.put("list/"+me.User, raw)

@@ -98,10 +98,11 @@ type Sealer struct {
 	cfg Config
 	log *slog.Logger
 
-	mu      sync.Mutex
-	kv      *kv
-	keys    *keyStore
-	fetched map[string]time.Time // user → last device-list fetch
+	mu       sync.Mutex
+	kv       *kv
+	keys     *keyStore
+	fetched  map[string]time.Time // user → last device-list fetch
+	override Directory            // set during Setup
 }
 
 // New opens (or creates) the sealer state in cfg.Dir.
@@ -348,7 +349,7 @@ func (s *Sealer) startSessionLocked(ctx context.Context, t core.DeviceKey) (*rat
 	if err != nil {
 		return nil, nil, err
 	}
-	raw, err := s.cfg.Directory.FetchBundle(ctx, t)
+	raw, err := s.dir().FetchBundle(ctx, t)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -757,7 +758,7 @@ func (s *Sealer) trustedListLocked(ctx context.Context, user string, changed *[]
 	if trusted != nil && s.cfg.ListTTL > 0 && now.Sub(s.fetched[user]) < s.cfg.ListTTL {
 		return trusted, nil
 	}
-	raw, err := s.cfg.Directory.FetchDeviceList(ctx, user)
+	raw, err := s.dir().FetchDeviceList(ctx, user)
 	if err != nil {
 		return nil, err
 	}

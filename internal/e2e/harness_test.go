@@ -117,9 +117,15 @@ func newClient(t *testing.T, edges []string, name string) *tclient {
 
 // openClient opens the client state in dir (a new device or an existing one).
 func openClient(t *testing.T, edges []string, name, dir string) *tclient {
+	return openClientWith(t, edges, name, dir, nil)
+}
+
+// openClientWith is openClient with a given sealer (nil: the default,
+// end-to-end encryption).
+func openClientWith(t *testing.T, edges []string, name, dir string, sealer client.Sealer) *tclient {
 	t.Helper()
 	c, err := client.Open(context.Background(), client.Config{
-		StateDir: dir, Edges: edges, EventBuffer: 1024,
+		StateDir: dir, Edges: edges, EventBuffer: 1024, Sealer: sealer,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second, AckTimeout: 5 * time.Second,
 	})
 	if err != nil {
