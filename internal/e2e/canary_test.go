@@ -1,0 +1,231 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/client"
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/internal/stack"
+)
+
+// syncBuffer is a log sink the test can read while the stack writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
+}
+
+// canaryRun sends messages with random canaries over 1:1 (to a user with
+// two devices), a group, and from a second device of the sender, then
+// scans every byte the server side holds for them: every file under the
+// region's data directory (Pebble SSTs, WAL and manifests; the embedded
+// Kafka broker's segments), the server logs at debug level, and — read
+// through the APIs, so compression cannot hide anything — every stored
+// entry and every Kafka record of every topic. It returns how many
+// distinct canaries were found and how many were sent.
+func canaryRun(t *testing.T, sealer client.Sealer, perConv int) (found, sent int) {
+	t.Helper()
+	logs := &syncBuffer{}
+	dataDir := t.TempDir()
+	ns := uniq("canary")
+	s := startStack(t, backend{name: "embedded"}, func(c *stack.Config) {
+		c.DataDir = dataDir
+		c.Namespace, c.EdgeID = ns, ns+"-edge"
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	edges := []string{s.Endpoints().WS}
+	newC := func(name string) *tclient {
+		tc := openClientWith(t, edges, name, filepath.Join(t.TempDir(), name), sealer)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := tc.Register(ctx, name); err != nil {
+			t.Fatalf("register %s: %v", name, err)
+		}
+		return tc
+	}
+	alice, bob, carol := newC(uniq("alice")), newC(uniq("bob")), newC(uniq("carol"))
+	// bob and alice each get a second device, linked by the first.
+	link := func(first *tclient, name string) *tclient {
+		second := openClientWith(t, edges, name+"-2", filepath.Join(t.TempDir(), name+"-2"), sealer)
+		tok, err := first.Link(second.LinkRequest())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := second.RegisterLinked(ctx, tok); err != nil {
+			t.Fatalf("link %s: %v", name, err)
+		}
+		second.name = name
+		return second
+	}
+	bob2 := link(bob, bob.name)
+	alice2 := link(alice, alice.name)
+	all := []*tclient{alice, bob, carol, bob2, alice2}
+	for _, c := range all {
+		c.start(t)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	info, err := alice.CreateGroup(ctx, "canaries", []string{bob.name, carol.name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := core.DirectConvID(alice.name, bob.name)
+	var canaries [][]byte
+	send := func(c *tclient, conv string) {
+		b := make([]byte, 12)
+		rand.Read(b)
+		canary := []byte("CANARY-" + hex.EncodeToString(b))
+		canaries = append(canaries, canary)
+		if _, err := c.Send(ctx, conv, append([]byte("hello "), canary...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < perConv; i++ {
+		send(alice, direct)            // 1:1, to bob's two devices and alice's other device
+		send(bob2, direct)             // from a second device
+		send(carol, info.GetConvId())  // group
+		send(alice2, info.GetConvId()) // group, from a second device
+	}
+	for _, c := range all {
+		if err := c.WaitIdle(ctx); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+	}
+	// Everyone got everything (so the messages really went through).
+	waitFor(t, 2*time.Minute, "deliveries", func() bool {
+		return len(bob.seqs(direct)) >= 2*perConv && len(bob2.seqs(direct)) >= 2*perConv &&
+			len(carol.seqs(info.GetConvId())) >= 1+2*perConv
+	})
+	for _, b := range bob.bodies(direct)[:3] {
+		if !bytes.Contains([]byte(b), []byte("CANARY-")) {
+			t.Fatalf("bob could not read a message: %q", b)
+		}
+	}
+
+	// Collect every server-side byte.
+	var hay [][]byte
+	hay = append(hay, logs.Bytes())
+	for _, conv := range []string{direct, info.GetConvId()} {
+		msgs, err := s.Store.Messages(ctx, conv, 0, 1_000_000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			b, _ := protoMarshal(m)
+			hay = append(hay, b)
+		}
+	}
+	hay = append(hay, kafkaContents(t, ctx, s.Bus, ns+".ingress", ns+".presence", "edge."+ns+"-edge")...)
+	s.Shutdown(ctx) // flush Pebble and the broker to disk, then read the files
+	filepath.WalkDir(dataDir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if b, err := os.ReadFile(path); err == nil {
+				hay = append(hay, b)
+			}
+		}
+		return nil
+	})
+	for _, c := range canaries {
+		for _, h := range hay {
+			if bytes.Contains(h, c) {
+				found++
+				break
+			}
+		}
+	}
+	return found, len(canaries)
+}
+
+// No plaintext anywhere server-side. The control run (no encryption) must
+// find every canary, or the scan proves nothing.
+func TestNoPlaintextServerSide(t *testing.T) {
+	n := 250 // 4 sends per round: 1000 messages
+	if testing.Short() {
+		n = 25
+	}
+	t.Run("control-plaintext", func(t *testing.T) {
+		found, sent := canaryRun(t, client.InsecurePlaintextSealer{}, n/5)
+		if found != sent {
+			t.Fatalf("the scan found %d of %d canaries in an unencrypted run: it cannot be trusted", found, sent)
+		}
+		t.Logf("control: found %d of %d canaries", found, sent)
+	})
+	t.Run("end-to-end", func(t *testing.T) {
+		found, sent := canaryRun(t, nil, n)
+		if found != 0 {
+			t.Fatalf("found %d of %d canaries server-side", found, sent)
+		}
+		t.Logf("end-to-end: found 0 of %d canaries", sent)
+	})
+}
+
+func protoMarshal(m proto.Message) ([]byte, error) { return proto.Marshal(m) }
+
+// kafkaContents reads every record of the topics from the beginning (a
+// fresh consumer group starts at the earliest offset) until the topics have
+// been quiet for a second.
+func kafkaContents(t *testing.T, ctx context.Context, bus core.Bus, topics ...string) [][]byte {
+	t.Helper()
+	var mu sync.Mutex
+	var out [][]byte
+	last := time.Now()
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, topic := range topics {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bus.Consume(cctx, core.ConsumeSpec{Topic: topic, Group: uniq("scan")}, func(_ context.Context, r core.BusRecord) error {
+				mu.Lock()
+				out = append(out, bytes.Clone(r.Key), bytes.Clone(r.Value))
+				last = time.Now()
+				mu.Unlock()
+				return nil
+			})
+		}()
+	}
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		mu.Lock()
+		quiet := time.Since(last) > 2*time.Second && len(out) > 0
+		mu.Unlock()
+		if quiet {
+			break
+		}
+	}
+	cancel()
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(out) == 0 {
+		t.Fatal("read nothing from Kafka: the scan would prove nothing")
+	}
+	return out
+}
