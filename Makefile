@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO ?= go
 
-.PHONY: run build test test-unit fuzz bench generate vet clean
+.PHONY: run build test test-unit fuzz bench soak generate vet clean
 
 ## run: start the whole mesh (one region) on its embedded default: kfake + Pebble
 run:
@@ -25,6 +25,10 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
+
+## soak: a 10-minute simulation, the region SIGKILLed every 20 s (not part of make test)
+soak: build
+	bin/chatmesh sim --duration 10m --crash-every 20s --clients 50 --groups 2 --group-size 20 --rate 50 --group-rate 5 -v
 
 ## generate: regenerate core/pb from proto/ (needs protoc; installs protoc-gen-go at the pinned version)
 generate:

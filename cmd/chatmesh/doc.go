@@ -9,6 +9,8 @@
 //	                  --region-url for reads and sessions
 //	chatmesh chat     the command-line client, interactive or scriptable
 //	chatmesh bench    the load generator: N clients over the real protocol
+//	chatmesh sim      the region simulator: traffic while the region process
+//	                  is SIGKILLed and restarted; checks the invariants
 //	chatmesh version  print the version
 //
 // Run any subcommand with -h for its flags.

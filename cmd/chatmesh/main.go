@@ -32,6 +32,7 @@ commands:
   edge      run an edge only, talking to a region (--region-url) and Kafka (--kafka)
   chat      the command-line chat client
   bench     load generator over the real protocol
+  sim       region simulator: traffic + SIGKILLs of the region, checks nothing is lost/duplicated/reordered
   version   print the version
 `
 
@@ -49,6 +50,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runEdge(ctx, args[1:], stdout, stderr)
 	case "chat":
 		return runChat(ctx, args[1:], stdin, stdout, stderr)
+	case "sim":
+		return runSim(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return runBench(ctx, args[1:], stdout, stderr)
 	case "version":
