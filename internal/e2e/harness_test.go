@@ -247,6 +247,31 @@ func checkExactlyOnceInOrder(t *testing.T, tc *tclient, conv string, from, n uin
 	}
 }
 
+// checkSameStream asserts that every member was handed n entries of conv,
+// each once, in increasing seq order, and that all members saw the same
+// seqs with the same bodies. (With end-to-end encryption a conversation
+// also carries key-distribution entries that the client consumes itself,
+// so the app-visible seqs need not be 1..n.)
+func checkSameStream(t *testing.T, conv string, members []*tclient, n int) {
+	t.Helper()
+	ref := members[0].seqs(conv)
+	refBodies := members[0].bodies(conv)
+	for _, m := range members {
+		got := m.seqs(conv)
+		if len(got) != n {
+			t.Fatalf("%s was handed %d entries of %s, want %d: %v", m.name, len(got), conv, n, abbreviate(got))
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i] <= got[i-1] {
+				t.Fatalf("%s: %s seqs not strictly increasing: %v", m.name, conv, abbreviate(got))
+			}
+		}
+		if !slices.Equal(got, ref) || !slices.Equal(m.bodies(conv), refBodies) {
+			t.Fatalf("%s and %s saw different streams of %s", m.name, members[0].name, conv)
+		}
+	}
+}
+
 func abbreviate(s []uint64) string {
 	if len(s) <= 20 {
 		return fmt.Sprint(s)
