@@ -15,6 +15,8 @@ const (
 	MaxTitleLen       = 200
 	DefaultPageSize   = 256
 	MaxPageSize       = 1000
+	// MaxPresenceUsers bounds one session's presence subscription set.
+	MaxPresenceUsers = 1000
 )
 
 // DeviceKey identifies one device: the user and the per-user device number.

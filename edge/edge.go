@@ -31,7 +31,7 @@ const (
 	// CloseCodeBase is added to an ErrorCode to form a WebSocket close status.
 	CloseCodeBase = 4000
 	// MaxPresenceSubscriptions bounds one session's presence subscription set.
-	MaxPresenceSubscriptions = 1000
+	MaxPresenceSubscriptions = core.MaxPresenceUsers
 )
 
 // Errors returned by New, Start and Shutdown.

@@ -341,8 +341,8 @@ func (a *API) lookupUser(ctx context.Context, user string) (*pb.Response, error)
 }
 
 func (a *API) presenceSnapshot(ctx context.Context, users []string) (*pb.Response, error) {
-	if len(users) > core.MaxGroupMembers {
-		return nil, fmt.Errorf("presence: more than %d users: %w", core.MaxGroupMembers, core.ErrInvalidArgument)
+	if len(users) > core.MaxPresenceUsers {
+		return nil, fmt.Errorf("presence: more than %d users: %w", core.MaxPresenceUsers, core.ErrInvalidArgument)
 	}
 	routes, err := a.r.store.Routes(ctx, users)
 	if err != nil {
