@@ -950,29 +950,47 @@ func (c *Client) finishSend(res SendResult) {
 // Send seals body for conv, stores it durably in the outbox and returns its
 // client message id. Delivery to the server happens in the background
 // (retried until acked or rejected for good); see WaitSent, WaitIdle and the
-// SendAcked/SendFailed events. Send does not need a connection.
+// SendAcked/SendFailed events. Send needs no connection except when the
+// end-to-end sealer encrypts to a device for the first time (it then waits
+// for a session, bounded by ctx).
 func (c *Client) Send(ctx context.Context, conv string, body []byte) (string, error) {
 	if core.KindOf(conv) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED {
 		return "", fmt.Errorf("%w: conversation id %q", ErrBadArgument, conv)
 	}
 	id := ulid.Make().String()
-	var env *pb.Envelope
+	var envs []*pb.Envelope
 	var err error
 	if ms, ok := c.sealer.(MessageSealer); ok {
-		env, err = ms.SealMessage(ctx, conv, id, body)
+		envs, err = ms.SealMessages(ctx, conv, id, body)
 	} else {
+		var env *pb.Envelope
 		env, err = c.sealer.Seal(ctx, conv, body)
+		envs = []*pb.Envelope{env}
 	}
 	if err != nil {
 		return "", fmt.Errorf("client: seal: %w", err)
 	}
-	req := &pb.SendRequest{ConvId: conv, ClientMsgId: id, Envelope: env}
-	// Frame overhead: req_id, oneof tag and lengths stay well below 64 bytes.
-	if n := proto.Size(req) + 64; n > noiseconn.MaxPlaintext {
-		return "", fmt.Errorf("%w: message of %d bytes is too large", ErrBadArgument, n)
+	if len(envs) == 0 {
+		return "", fmt.Errorf("client: seal: no envelope")
 	}
-	if err := c.outbox.Add(req); err != nil {
-		return "", err
+	// Key-distribution envelopes first, each under its own id; the
+	// message itself last, under id.
+	reqs := make([]*pb.SendRequest, len(envs))
+	for i, env := range envs {
+		rid := id
+		if i < len(envs)-1 {
+			rid = ulid.Make().String()
+		}
+		reqs[i] = &pb.SendRequest{ConvId: conv, ClientMsgId: rid, Envelope: env}
+		// Frame overhead: req_id, oneof tag and lengths stay well below 64 bytes.
+		if n := proto.Size(reqs[i]) + 64; n > noiseconn.MaxPlaintext {
+			return "", fmt.Errorf("%w: message of %d bytes is too large", ErrBadArgument, n)
+		}
+	}
+	for _, req := range reqs {
+		if err := c.outbox.Add(req); err != nil {
+			return "", err
+		}
 	}
 	return id, nil
 }

@@ -23,8 +23,13 @@
 //
 // # State dir
 //
-//	device.json        X25519 Noise static key pair, Ed25519 identity key, user
-//	                   and device number (mode 0600, written atomically)
+//	device.json        X25519 Noise static key pair, end-to-end identity
+//	                   (crypto/identity Private; its Ed25519 half is the
+//	                   registered identity key), user and device number
+//	                   (mode 0600, written atomically)
+//	e2ee/state.log     the end-to-end sealer's state: prekey private keys,
+//	                   trusted device lists, ratchet sessions, sender keys,
+//	                   plaintext copies (see package client/e2ee)
 //	outbox/outbox.log  the unacknowledged messages: "add" and "done" records
 //	                   (see Outbox); compacted on open
 //	convs/<hex>.log    one append-only log per conversation: its entries in seq
@@ -45,13 +50,36 @@
 // turns it into a link token with Link (an Ed25519 signature over
 // "chatmesh-link-v1"||user||noise_static||identity_key, see LinkMessage),
 // and the new device calls RegisterLinked with it. Private keys never leave
-// the device they were made on.
+// the device they were made on. The link request also carries the new
+// device's full end-to-end identity; the linking device adds it to the
+// user's signed device list once the new device has registered (it
+// watches for that for 5 minutes after Link, and checks on every connect
+// and send; PublishLinkedDevices does it on demand).
+//
+// # End-to-end encryption
+//
+// By default (Config.Sealer nil) bodies are end-to-end encrypted by
+// client/e2ee: pairwise Signal-style sessions (PQXDH + Double Ratchet) per
+// device for 1:1 and multi-device, Sender Keys for groups, signed device
+// lists verified before encrypting. Register publishes the device list and
+// prekeys over a short session right after registration; every session
+// uploads prekeys again (idempotent) before WaitConnected returns, and a
+// prekey_status push makes the client upload more one-time prekeys.
+// A changed peer identity raises IdentityChangedEvent and Send to that
+// user fails (e2ee.ErrIdentityChanged) until TrustIdentity; SafetyNumber
+// gives the number to compare. Send needs the server the first time it
+// encrypts to a device (device list, prekey bundle). Own messages come
+// back with their local copy as body. Config.Sealer =
+// InsecurePlaintextSealer{} turns encryption off (control runs, tests).
 //
 // # Sending
 //
 // Send seals the body (Config.Sealer), writes the message durably into the
 // outbox under a fresh client message id (a ULID) and returns; it works
-// offline. A sender goroutine per session puts outbox entries on the wire
+// offline once the sealer knows the recipients' devices (the end-to-end
+// sealer needs the server to encrypt to a device for the first time). A
+// group message may be preceded in the outbox by key-distribution entries
+// (see MessageSealer). A sender goroutine per session puts outbox entries on the wire
 // in outbox order, up to Config.SendWindow per conversation at once, and
 // resends with the same client message id after a lost session, an ack
 // timeout, or a transient error (UNAVAILABLE, RATE_LIMITED, ...) with
@@ -65,7 +93,9 @@
 // the edge rejects one message transiently while a later one of the same
 // conversation, already in flight, is accepted, the two are sequenced out
 // of order. SendWindow 1 rules that out at the cost of one round trip per
-// message and conversation.
+// message and conversation. Key-distribution entries of the end-to-end
+// sealer are exempt from that caveat: each is sent alone and acked before
+// anything after it in its conversation is sent.
 //
 // # Receiving
 //
@@ -131,10 +161,10 @@
 //
 // # What it does not do (yet)
 //
-// End-to-end encryption: the default InsecurePlaintextSealer puts the body
-// into Envelope.ciphertext unencrypted; the Signal-style sealer plugs in
-// through Config.Sealer. Read markers are retried across reconnects while
-// MarkRead's context lives but are not persisted; typing is best effort.
+// History for new devices: a linked device cannot read what was sent
+// before its link (MessageEvent.OpenErr = e2ee.ErrNotForDevice). Read
+// markers are retried across reconnects while MarkRead's context lives
+// but are not persisted; typing is best effort.
 // Group metadata (title, members) is not cached locally; ListConversations
 // asks the server. The local store keeps every entry forever (no pruning).
 package client

@@ -6,17 +6,23 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/chatmesh/chatmesh/client/e2ee"
+
 	"github.com/chatmesh/chatmesh/core/pb"
 )
 
 // MessageSealer is an optional extension of Sealer: Send passes the new
 // message's client message id, so the sealer can keep the plaintext as the
 // local copy of an own message (own messages come back through sync and
-// delivery without a ciphertext for the sending device). The end-to-end
-// sealer implements it.
+// delivery without a ciphertext for the sending device), and the sealer
+// may return several envelopes: the last is the message, the ones before
+// it are key-distribution messages Send puts into the outbox first (each
+// under its own client message id; Open returns e2ee.ErrControlMessage
+// for them and the client hands no event). The end-to-end sealer
+// implements it.
 type MessageSealer interface {
 	Sealer
-	SealMessage(ctx context.Context, conv, clientMsgID string, body []byte) (*pb.Envelope, error)
+	SealMessages(ctx context.Context, conv, clientMsgID string, body []byte) ([]*pb.Envelope, error)
 }
 
 // ErrNoE2EE: the operation needs the end-to-end sealer, but Config.Sealer
@@ -157,4 +163,12 @@ func (c *Client) watchLinks() {
 			}
 		}
 	})
+}
+
+// isKeyDistribution reports whether req is a key-distribution entry of the
+// end-to-end sealer (see MessageSealer): the outbox sends it alone and
+// nothing of its conversation after it until it is acked.
+func isKeyDistribution(req *pb.SendRequest) bool {
+	env := req.GetEnvelope()
+	return env.GetContentHint() == e2ee.ContentKeys && len(env.GetCiphertext()) == 0 && len(env.GetPerDevice()) > 0
 }

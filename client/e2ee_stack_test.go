@@ -6,16 +6,21 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/chatmesh/chatmesh/client"
 	"github.com/chatmesh/chatmesh/client/e2ee"
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/crypto/identity"
+	"github.com/chatmesh/chatmesh/crypto/prekey"
 	"github.com/chatmesh/chatmesh/internal/stack"
 )
 
@@ -184,7 +189,7 @@ func TestE2EEGroupRemovalRotates(t *testing.T) {
 	}
 	// Handed the ciphertext (as bob stored it), carol cannot read it: the
 	// sender key was rotated and the new one never sent to her.
-	leak := ev.Message
+	leak := proto.CloneOf(ev.Message)
 	leak.Seq += 1000
 	if body, err := carol.OpenMessage(ctx, leak); err == nil {
 		t.Fatalf("removed member read %q", body)
@@ -262,4 +267,107 @@ func TestE2EEPeerLinksDevice(t *testing.T) {
 	if err != nil || after == before {
 		t.Fatalf("safety number should cover the new device: %q vs %q (%v)", after, before, err)
 	}
+}
+
+// TestE2EELargeGroup: a group whose first message needs key-distribution
+// envelopes before it (the distributions to 59 new devices exceed one
+// frame); members get exactly the message as an event.
+func TestE2EELargeGroup(t *testing.T) {
+	ends := startStack(t)
+	ctx := e2eCtx(t)
+	const n = 60
+	var cs []*client.Client
+	var names []string
+	for i := range n {
+		name := "m" + string(rune('a'+i/26)) + string(rune('a'+i%26))
+		c, _ := e2eeUser(t, ends, name)
+		if i == 0 {
+			needKeyDirectory(t, c, name)
+		}
+		cs = append(cs, c)
+		names = append(names, name)
+	}
+	info, err := cs[0].CreateGroup(ctx, "big", names[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := info.GetConvId()
+	// Three senders at once, each needing key-distribution entries.
+	var ids [3][]string
+	for k := range 3 {
+		for j := range 2 {
+			id, err := cs[k*7].Send(ctx, g, []byte(fmt.Sprintf("from %d #%d", k, j)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[k] = append(ids[k], id)
+		}
+	}
+	for k := range 3 {
+		if err := cs[k*7].WaitIdle(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ref []string
+	for i, c := range cs {
+		var got []string
+		for range 6 {
+			ev := nextBody(t, c, g)
+			if ev.OpenErr != nil {
+				t.Fatalf("member %d: seq %d: %v", i, ev.Seq(), ev.OpenErr)
+			}
+			got = append(got, fmt.Sprintf("%d:%s", ev.Seq(), ev.Body))
+		}
+		if i == 0 {
+			ref = got
+		} else if !slices.Equal(got, ref) {
+			t.Fatalf("member %d saw %v, member 0 %v", i, got, ref)
+		}
+	}
+}
+
+// TestE2EEPrekeyReplenish: bob uploads 25 one-time prekeys; as fetches
+// drain them the region pushes prekey_status low and bob uploads more.
+func TestE2EEPrekeyReplenish(t *testing.T) {
+	ends := startStack(t)
+	ctx := e2eCtx(t)
+	alice, _ := e2eeUser(t, ends, "alice")
+	needKeyDirectory(t, alice, "alice")
+	key, _ := hex.DecodeString(ends.EdgeKey)
+	bob, err := client.Open(ctx, client.Config{StateDir: t.TempDir(), Edges: []string{ends.WS}, ServerKey: key, PrekeyBatch: 25,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bob.Close() })
+	if _, err := bob.Register(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	e2eeStart(t, bob)
+	fetch := func() (hasOneTime bool, remaining uint32) {
+		t.Helper()
+		r, err := alice.Request(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_FetchBundle{FetchBundle: &pb.FetchBundleRequest{UserId: "bob", DeviceId: 1}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := prekey.ParseBundle(r.GetBundle().GetBundle())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.OneTime != nil, r.GetBundle().GetOneTimeRemaining()
+	}
+	low := uint32(25)
+	for i := 0; i < 60; i++ {
+		ok, rem := fetch()
+		if !ok {
+			t.Fatalf("fetch %d got no one-time prekey (remaining %d): not replenished", i, rem)
+		}
+		low = min(low, rem)
+		if i >= 10 && rem > 20 {
+			t.Logf("replenished after %d fetches (lowest remaining %d, now %d)", i+1, low, rem)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("one-time prekeys never replenished")
 }

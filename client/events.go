@@ -2,7 +2,9 @@ package client
 
 import (
 	"context"
+	"errors"
 
+	"github.com/chatmesh/chatmesh/client/e2ee"
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 )
@@ -14,7 +16,9 @@ type Event interface{ isEvent() }
 
 // MessageEvent is one stored conversation entry, handed to the app exactly
 // once and in seq order per conversation. It includes the device's own
-// messages (they come back through sync) and membership entries.
+// messages (they come back through sync) and membership entries. Entries
+// that only distribute group keys (see MessageSealer) are not handed, so
+// seqs of a group may have gaps.
 type MessageEvent struct {
 	Message *pb.Message
 	// Body is the opened envelope of a USER message (nil for membership
@@ -223,10 +227,13 @@ func (c *Client) dispatchConv(ctx context.Context, conv string) (more, ok bool) 
 		if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
 			ev.Body, ev.OpenErr = c.sealer.Open(ctx, m)
 		}
-		select {
-		case c.events <- ev:
-		case <-ctx.Done():
-			return false, false
+		// A key-distribution entry carries nothing for the app.
+		if !errors.Is(ev.OpenErr, e2ee.ErrControlMessage) {
+			select {
+			case c.events <- ev:
+			case <-ctx.Done():
+				return false, false
+			}
 		}
 		c.evMu.Lock()
 		c.emitted[conv] = m.GetSeq()

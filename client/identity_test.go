@@ -1,11 +1,14 @@
 package client
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/chatmesh/chatmesh/crypto/identity"
 )
 
 func TestIdentityPersistsWithPrivateMode(t *testing.T) {
@@ -73,5 +76,48 @@ func TestLinkRoundTrip(t *testing.T) {
 	unreg, _ := newIdentity(rand.Reader)
 	if _, err := signLink(unreg, req); !errors.Is(err, ErrNotRegistered) {
 		t.Fatalf("unregistered signer: %v", err)
+	}
+}
+
+// The Ed25519 key sent at registration is the signing half of the
+// end-to-end identity; a state dir from before end-to-end encryption keeps
+// its registered key and gains an X25519 half.
+func TestIdentityUnifiedWithE2EEIdentity(t *testing.T) {
+	dir := t.TempDir()
+	a, err := loadOrCreateIdentity(dir, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.IdentityPublic(), a.E2EE().Public().Sign) {
+		t.Fatal("registration key differs from the end-to-end identity's Ed25519 key")
+	}
+	req, err := DecodeLinkRequest((&Client{id: a}).LinkRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := identity.ParsePublic(req.E2EEIdentity)
+	if err != nil || !pub.Equal(a.E2EE().Public()) || !bytes.Equal(req.IdentityKey, pub.Sign) {
+		t.Fatalf("link request identity: %v", err)
+	}
+
+	old := t.TempDir()
+	legacy := *a
+	legacy.E2EEIdentity = nil
+	if err := saveIdentity(old, &legacy); err != nil {
+		t.Fatal(err)
+	}
+	b, err := loadOrCreateIdentity(old, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.IdentityPublic(), a.IdentityPublic()) || !bytes.Equal(b.E2EE().Public().Sign, a.IdentityPublic()) {
+		t.Fatal("migration changed the registered Ed25519 key")
+	}
+	if err := b.E2EE().Public().Verify(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := loadOrCreateIdentity(old, rand.Reader)
+	if err != nil || !c.E2EE().Public().Equal(b.E2EE().Public()) {
+		t.Fatalf("migrated identity not persisted: %v", err)
 	}
 }

@@ -293,7 +293,14 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 	}
 	for _, e := range ob.entries {
 		conv := e.req.GetConvId()
-		if e.inflight || blocked[conv] {
+		barrier := isKeyDistribution(e.req)
+		if e.inflight {
+			if barrier {
+				blocked[conv] = true // nothing overtakes a key distribution
+			}
+			continue
+		}
+		if blocked[conv] {
 			continue
 		}
 		if e.notBefore.After(now) {
@@ -306,9 +313,15 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 		if len(pick) >= limit {
 			break
 		}
-		if inflight[conv] >= window {
+		if inflight[conv] >= window || (barrier && inflight[conv] > 0) {
 			blocked[conv] = true
 			continue
+		}
+		if barrier {
+			// Sent alone, and acked before anything after it is sent, so
+			// the message that needs the key is sequenced after it even
+			// when a send is rejected transiently and retried.
+			blocked[conv] = true
 		}
 		inflight[conv]++
 		e.inflight = true

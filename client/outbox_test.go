@@ -212,3 +212,47 @@ func TestOutboxEmptySignal(t *testing.T) {
 		t.Fatal("not signalled empty after last remove")
 	}
 }
+
+// A key-distribution entry goes out alone and blocks its conversation
+// until it is acked, so the message needing the key cannot overtake it.
+func TestOutboxKeyDistributionIsABarrier(t *testing.T) {
+	ob, err := OpenOutbox(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	g := "g:G1"
+	kd := func(id string) *pb.SendRequest {
+		return &pb.SendRequest{ConvId: g, ClientMsgId: id, Envelope: &pb.Envelope{ContentHint: 2,
+			PerDevice: []*pb.DeviceCiphertext{{Device: &pb.DeviceAddr{UserId: "b", DeviceId: 1}, Ciphertext: []byte{1}}}}}
+	}
+	for _, r := range []*pb.SendRequest{sreq(g, "m0"), kd("k1"), kd("k2"), sreq(g, "m1"), sreq("d:a:b", "x")} {
+		if err := ob.Add(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	step := func(want ...string) {
+		t.Helper()
+		got, _ := ob.sendable(now, 16, 100)
+		if !slices.Equal(ids(got), want) {
+			t.Fatalf("sendable %v, want %v", ids(got), want)
+		}
+	}
+	step("m0", "x") // k1 waits for m0 (sent alone)
+	if _, err := ob.Remove("m0"); err != nil {
+		t.Fatal(err)
+	}
+	step("k1")
+	step()                        // nothing overtakes k1 in flight
+	ob.release("k1", time.Time{}) // transient failure: resent, still first
+	step("k1")
+	if _, err := ob.Remove("k1"); err != nil {
+		t.Fatal(err)
+	}
+	step("k2")
+	if _, err := ob.Remove("k2"); err != nil {
+		t.Fatal(err)
+	}
+	step("m1")
+}

@@ -47,7 +47,8 @@ type testPeer struct {
 	mutePings  bool           // leave pings unanswered (a half-open connection)
 	pings      int
 	ackFrames  map[core.DeviceKey]int
-	ignoreAcks bool // lose acks (as if the session died before they were processed)
+	ignoreAcks bool     // lose acks (as if the session died before they were processed)
+	keys       peerKeys // end-to-end key directory (e2ee_peer_test.go)
 }
 
 type peerSession struct {
@@ -250,6 +251,12 @@ func (p *testPeer) handle(s *peerSession, f *pb.ClientFrame) bool {
 		}
 		p.mu.Unlock()
 		p.reply(s, f.GetReqId(), &pb.Response{Body: &pb.Response_Sync{Sync: &pb.SyncResponse{Messages: out, More: more}}})
+		return true
+	case *pb.ClientFrame_UploadPrekeys, *pb.ClientFrame_FetchBundle, *pb.ClientFrame_PublishDeviceList,
+		*pb.ClientFrame_FetchDeviceList, *pb.ClientFrame_LookupUser:
+		r := p.handleKeys(s.dev, f)
+		p.mu.Unlock()
+		p.reply(s, f.GetReqId(), r)
 		return true
 	case *pb.ClientFrame_Ping:
 		p.pings++

@@ -298,7 +298,7 @@ func (s *Sealer) InitFirstDevice(noiseStatic []byte) error {
 	if err != nil {
 		return err
 	}
-	s.kv.put("list/"+me.User, raw)
+	s.putListLocked(me.User, raw)
 	s.kv.put("meta/listunpub", []byte{1})
 	return s.kv.commit()
 }
@@ -347,7 +347,11 @@ func (s *Sealer) AddLinkedDevice(pub identity.Public, noiseStatic []byte) error 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.kv.put("link/"+hex.EncodeToString(pub.Sign), append(b, noiseStatic...))
+	k := "link/" + hex.EncodeToString(pub.Sign)
+	if _, ok := s.kv.get(k); !ok {
+		s.pendingLinks++
+	}
+	s.kv.put(k, append(b, noiseStatic...))
 	return s.kv.commit()
 }
 
@@ -385,7 +389,7 @@ func (s *Sealer) dir() Directory {
 func (s *Sealer) PendingLinks() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.kv.keys("link/"))
+	return s.pendingLinks
 }
 
 // PublishLinks publishes the device list with every linked device that
@@ -455,9 +459,10 @@ func (s *Sealer) publishLinksLocked(ctx context.Context, me core.DeviceKey) erro
 	if err := s.dir().PublishDeviceList(ctx, raw); err != nil {
 		return err
 	}
-	s.kv.put("list/"+me.User, raw)
+	s.putListLocked(me.User, raw)
 	for _, k := range done {
 		s.kv.del(k)
 	}
+	s.pendingLinks = len(s.kv.keys("link/"))
 	return s.kv.commit()
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -49,9 +48,9 @@ func openKV(dir string) (*kv, error) {
 	}
 	good := s.replay(b)
 	for k, v := range s.m {
-		s.live += int64(kvHeader + 3 + len(k) + len(v))
+		s.live += recSize(k, v)
 	}
-	if good != len(b) || int64(good) > 2*s.live+1<<20 {
+	if good != len(b) || int64(good) > 2*s.live+compactSlack {
 		if err := s.rewrite(); err != nil {
 			return nil, err
 		}
@@ -124,21 +123,30 @@ func (s *kv) rewrite() error {
 	if err := writeSync(tmp, buf); err != nil {
 		return err
 	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return fmt.Errorf("e2ee: rewrite state: %w", err)
+	}
+	// From here on the old file is unlinked: never append to it again.
 	if s.f != nil {
 		_ = s.f.Close()
 		s.f = nil
 	}
-	if err := os.Rename(tmp, s.path); err != nil {
-		return fmt.Errorf("e2ee: rewrite state: %w", err)
-	}
 	if err := syncDir(s.dir); err != nil {
 		return err
 	}
+	if err := s.reopen(); err != nil {
+		return err
+	}
+	s.size, s.live = int64(len(buf)), int64(len(buf))
+	return nil
+}
+
+func (s *kv) reopen() error {
 	f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("e2ee: open state: %w", err)
 	}
-	s.f, s.size, s.live = f, int64(len(buf)), int64(len(buf))
+	s.f = f
 	return nil
 }
 
@@ -174,16 +182,24 @@ func syncDir(dir string) error {
 
 func (s *kv) get(k string) ([]byte, bool) { v, ok := s.m[k]; return v, ok }
 
+func recSize(k string, v []byte) int64 { return int64(kvHeader + 3 + len(k) + len(v)) }
+
 // put stages k=v; visible to get at once, durable after commit.
 func (s *kv) put(k string, v []byte) {
+	if old, ok := s.m[k]; ok {
+		s.live -= recSize(k, old)
+	}
 	s.m[k] = append([]byte(nil), v...)
+	s.live += recSize(k, v)
 	s.staged = appendRecord(s.staged, kvPut, k, v)
 }
 
 func (s *kv) del(k string) {
-	if _, ok := s.m[k]; !ok {
+	old, ok := s.m[k]
+	if !ok {
 		return
 	}
+	s.live -= recSize(k, old)
 	delete(s.m, k)
 	s.staged = appendRecord(s.staged, kvDel, k, nil)
 }
@@ -207,6 +223,11 @@ func (s *kv) commit() error {
 	if len(s.staged) == 0 {
 		return nil
 	}
+	if s.f == nil {
+		if err := s.reopen(); err != nil {
+			return err
+		}
+	}
 	if _, err := s.f.Write(s.staged); err != nil {
 		return fmt.Errorf("e2ee: write state: %w", err)
 	}
@@ -215,8 +236,17 @@ func (s *kv) commit() error {
 	}
 	s.size += int64(len(s.staged))
 	s.staged = s.staged[:0]
+	if s.size > 2*s.live+compactSlack {
+		// Mostly superseded records (every message rewrites its session):
+		// rewrite the live state. Already durable, so a failure only
+		// postpones compaction.
+		_ = s.rewrite()
+	}
 	return nil
 }
+
+// compactSlack is the garbage the log may hold beyond the live data.
+const compactSlack = 8 << 20
 
 func (s *kv) close() error {
 	if s.f == nil {
@@ -226,5 +256,3 @@ func (s *kv) close() error {
 	s.f = nil
 	return err
 }
-
-var _ io.Closer = (*os.File)(nil)

@@ -52,14 +52,29 @@ var (
 	ErrNotMember = errors.New("e2ee: not a member")
 	// ErrMalformed: the envelope or inner payload does not parse.
 	ErrMalformed = errors.New("e2ee: malformed message")
-	// ErrTooLarge: the envelope (with the sender-key distributions to new
-	// devices) would exceed MaxEnvelope.
+	// ErrTooLarge: the envelope would exceed MaxEnvelope (SealMessage of a
+	// group message whose key distribution needs more than one envelope;
+	// use SealMessages).
 	ErrTooLarge = errors.New("e2ee: envelope too large")
+	// ErrControlMessage: Open of a key-distribution envelope (content hint
+	// ContentKeys): it carries no body for the app; the client skips it.
+	ErrControlMessage = errors.New("e2ee: key distribution message (no body)")
 )
 
 // ContentText is the envelope content hint the sealer sets (it matches
 // client.ContentText; the real content type travels encrypted).
 const ContentText = 1
+
+// ContentKeys is the content hint of a key-distribution envelope that
+// precedes a group message whose sender-key distributions do not fit into
+// the message's own envelope.
+const ContentKeys = 2
+
+// linkRetry spaces the attempts of sends to publish pending linked devices.
+const linkRetry = 5 * time.Second
+
+// listRefreshWait bounds a device-list refresh when a trusted list is at hand.
+const listRefreshWait = 3 * time.Second
 
 // MaxEnvelope bounds a sealed envelope; a frame must stay below the Noise
 // transport's 64 KiB limit.
@@ -101,8 +116,12 @@ type Sealer struct {
 	mu       sync.Mutex
 	kv       *kv
 	keys     *keyStore
-	fetched  map[string]time.Time // user → last device-list fetch
-	override Directory            // set during Setup
+	fetched  map[string]time.Time            // user → last device-list fetch
+	override Directory                       // set during Setup
+	lists    map[string]*identity.DeviceList // parsed trusted lists (cache of kv "list/")
+	// linkTried is when a send last tried to publish pending links.
+	linkTried    time.Time
+	pendingLinks int // number of kv "link/" entries
 }
 
 // New opens (or creates) the sealer state in cfg.Dir.
@@ -132,7 +151,7 @@ func New(cfg Config) (*Sealer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Sealer{cfg: cfg, log: cfg.Logger, fetched: map[string]time.Time{}}
+	s := &Sealer{cfg: cfg, log: cfg.Logger, fetched: map[string]time.Time{}, lists: map[string]*identity.DeviceList{}}
 	var err error
 	if s.kv, err = openKV(cfg.Dir); err != nil {
 		return nil, err
@@ -141,6 +160,7 @@ func New(cfg Config) (*Sealer, error) {
 		_ = s.kv.close()
 		return nil, err
 	}
+	s.pendingLinks = len(s.kv.keys("link/"))
 	return s, nil
 }
 
@@ -212,11 +232,29 @@ func (s *Sealer) Seal(ctx context.Context, conv string, body []byte) (*pb.Envelo
 	return s.SealMessage(ctx, conv, "", body)
 }
 
-// SealMessage encrypts body for conv and, when clientMsgID is set, keeps
-// the plaintext as the local copy the device shows for its own message.
-// Every state change (sessions, sender keys, the copy) is fsync'd before
-// it returns.
+// SealMessage encrypts body for conv into one envelope and, when
+// clientMsgID is set, keeps the plaintext as the local copy the device
+// shows for its own message. Every state change (sessions, sender keys,
+// the copy) is fsync'd before it returns. A group message whose key
+// distribution does not fit one envelope fails with ErrTooLarge (after
+// the state was updated: use SealMessages).
 func (s *Sealer) SealMessage(ctx context.Context, conv, clientMsgID string, body []byte) (*pb.Envelope, error) {
+	envs, err := s.SealMessages(ctx, conv, clientMsgID, body)
+	if err != nil {
+		return nil, err
+	}
+	if len(envs) != 1 {
+		return nil, fmt.Errorf("%w: needs %d envelopes", ErrTooLarge, len(envs))
+	}
+	return envs[0], nil
+}
+
+// SealMessages is SealMessage for messages that may need several
+// envelopes: the last is the message; any before it are key-distribution
+// envelopes (ContentKeys) that must be sent first, in order, to the same
+// conversation (a group message sent to many devices that lack the sender
+// key). Each is at most MaxEnvelope bytes.
+func (s *Sealer) SealMessages(ctx context.Context, conv, clientMsgID string, body []byte) ([]*pb.Envelope, error) {
 	me, err := s.self()
 	if err != nil {
 		return nil, err
@@ -244,8 +282,11 @@ func (s *Sealer) SealMessage(ctx context.Context, conv, clientMsgID string, body
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.publishLinksLocked(ctx, me); err != nil {
-		s.log.Warn("e2ee: publishing linked devices failed", "err", err)
+	if now := s.cfg.Now(); s.pendingLinks > 0 && now.Sub(s.linkTried) > linkRetry {
+		s.linkTried = now
+		if err := s.publishLinksLocked(ctx, me); err != nil {
+			s.log.Warn("e2ee: publishing linked devices failed", "err", err)
+		}
 	}
 	var targets []core.DeviceKey
 	var changed []string
@@ -267,11 +308,13 @@ func (s *Sealer) SealMessage(ctx context.Context, conv, clientMsgID string, body
 			}
 		}
 	}
-	var env *pb.Envelope
+	var envs []*pb.Envelope
 	if core.KindOf(conv) == pb.ConversationKind_CONVERSATION_KIND_DIRECT {
+		var env *pb.Envelope
 		env, err = s.sealDirectLocked(ctx, me, conv, body, targets)
+		envs = []*pb.Envelope{env}
 	} else {
-		env, err = s.sealGroupLocked(ctx, me, conv, body, targets)
+		envs, err = s.sealGroupLocked(ctx, me, conv, body, targets)
 	}
 	if err != nil {
 		return nil, err
@@ -282,7 +325,7 @@ func (s *Sealer) SealMessage(ctx context.Context, conv, clientMsgID string, body
 	if err := s.kv.commit(); err != nil {
 		return nil, err
 	}
-	return env, nil
+	return envs, nil
 }
 
 func (s *Sealer) announce(users []string) {
@@ -414,7 +457,7 @@ func (s *Sealer) putSessionLocked(t core.DeviceKey, sess *ratchet.Session, hs []
 
 // ---------------------------------------------------------------- groups
 
-func (s *Sealer) sealGroupLocked(ctx context.Context, me core.DeviceKey, conv string, body []byte, targets []core.DeviceKey) (*pb.Envelope, error) {
+func (s *Sealer) sealGroupLocked(ctx context.Context, me core.DeviceKey, conv string, body []byte, targets []core.DeviceKey) ([]*pb.Envelope, error) {
 	var sender *senderkey.Sender
 	if b, ok := s.kv.get("sk/" + conv); ok {
 		sk, err := senderkey.ParseSender(b)
@@ -450,9 +493,8 @@ func (s *Sealer) sealGroupLocked(ctx context.Context, me core.DeviceKey, conv st
 	if err != nil {
 		return nil, err
 	}
-	env := &pb.Envelope{ContentHint: ContentText}
 	inner := append([]byte{innerDistribution}, dist...)
-	size := 0
+	var entries []*pb.DeviceCiphertext
 	for _, t := range targets {
 		if have[t] {
 			continue
@@ -461,15 +503,32 @@ func (s *Sealer) sealGroupLocked(ctx context.Context, me core.DeviceKey, conv st
 		if err != nil {
 			return nil, err
 		}
-		size += len(ct) + 32
-		if size > MaxEnvelope {
-			return nil, fmt.Errorf("%w: sender key distribution to %d new devices does not fit one message", ErrTooLarge, len(targets))
-		}
-		env.PerDevice = append(env.PerDevice, &pb.DeviceCiphertext{Device: t.Addr(), Ciphertext: ct})
+		entries = append(entries, &pb.DeviceCiphertext{Device: t.Addr(), Ciphertext: ct})
 		have[t] = true
 	}
-	if env.Ciphertext, err = sender.Encrypt(body, groupAD(conv, me)); err != nil {
+	msg := &pb.Envelope{ContentHint: ContentText}
+	if msg.Ciphertext, err = sender.Encrypt(body, groupAD(conv, me)); err != nil {
 		return nil, fmt.Errorf("e2ee: group encrypt: %w", err)
+	}
+	// Pack: as many distributions as fit go with the message, the rest
+	// into key-distribution envelopes sent before it.
+	var envs []*pb.Envelope
+	cur, size := msg, len(msg.Ciphertext)+64
+	for i := len(entries) - 1; i >= 0; i-- {
+		n := len(entries[i].GetCiphertext()) + len(entries[i].GetDevice().GetUserId()) + 32
+		if size+n > MaxEnvelope && len(cur.PerDevice) > 0 {
+			envs = append(envs, cur)
+			cur, size = &pb.Envelope{ContentHint: ContentKeys}, 64
+		}
+		cur.PerDevice = append(cur.PerDevice, entries[i])
+		size += n
+	}
+	envs = append(envs, cur)
+	slices.Reverse(envs) // the message last
+	for _, e := range envs {
+		slices.SortFunc(e.PerDevice, func(a, b *pb.DeviceCiphertext) int {
+			return strings.Compare(devKey(core.KeyOf(a.GetDevice())), devKey(core.KeyOf(b.GetDevice())))
+		})
 	}
 	sb, err := sender.MarshalBinary()
 	if err != nil {
@@ -482,7 +541,7 @@ func (s *Sealer) sealGroupLocked(ctx context.Context, me core.DeviceKey, conv st
 	}
 	slices.Sort(ks)
 	s.kv.put("skto/"+conv, []byte(strings.Join(ks, "\n")))
-	return env, nil
+	return envs, nil
 }
 
 // ---------------------------------------------------------------- Open
@@ -500,8 +559,15 @@ func (s *Sealer) Open(ctx context.Context, m *pb.Message) ([]byte, error) {
 	}
 	from := core.KeyOf(m.GetSender())
 	conv := m.GetConvId()
+	// A key-distribution envelope: group, hint ContentKeys and no shared
+	// ciphertext (the hint is not authenticated; a message with ciphertext
+	// is always opened as a message).
+	control := core.IsGroupID(conv) && m.GetEnvelope().GetContentHint() == ContentKeys && len(m.GetEnvelope().GetCiphertext()) == 0
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if from == me && control {
+		return nil, ErrControlMessage
+	}
 	if from == me {
 		if m.GetClientMsgId() == "" {
 			return nil, ErrNoLocalCopy
@@ -516,6 +582,9 @@ func (s *Sealer) Open(ctx context.Context, m *pb.Message) ([]byte, error) {
 	if b, ok := s.kv.get(ptKey); ok {
 		id, body, ok := cutLP(b)
 		if ok && id == m.GetMsgId() {
+			if control {
+				return nil, ErrControlMessage
+			}
 			return bytes.Clone(body), nil
 		}
 	}
@@ -537,7 +606,7 @@ func (s *Sealer) Open(ctx context.Context, m *pb.Message) ([]byte, error) {
 		}
 		body = inner[1:]
 	case pb.ConversationKind_CONVERSATION_KIND_GROUP:
-		body, err = s.openGroupLocked(ctx, me, from, conv, m.GetEnvelope(), &changed)
+		body, err = s.openGroupLocked(ctx, me, from, conv, m.GetEnvelope(), control, &changed)
 		if err != nil {
 			s.announceLocked(changed)
 			return nil, err
@@ -550,6 +619,9 @@ func (s *Sealer) Open(ctx context.Context, m *pb.Message) ([]byte, error) {
 		return nil, err
 	}
 	s.announceLocked(changed)
+	if control {
+		return nil, ErrControlMessage
+	}
 	return bytes.Clone(body), nil
 }
 
@@ -678,7 +750,7 @@ func (s *Sealer) decryptExistingLocked(from core.DeviceKey, ct, ad []byte) ([]by
 	return nil, fmt.Errorf("e2ee: decrypt from %s: %w", from, firstErr)
 }
 
-func (s *Sealer) openGroupLocked(ctx context.Context, me, from core.DeviceKey, conv string, env *pb.Envelope, changed *[]string) ([]byte, error) {
+func (s *Sealer) openGroupLocked(ctx context.Context, me, from core.DeviceKey, conv string, env *pb.Envelope, control bool, changed *[]string) ([]byte, error) {
 	rkey := "skr/" + conv + "/" + devKey(from)
 	if ownEntry(env, me) != nil {
 		inner, err := s.pairOpenLocked(ctx, me, from, conv, env, changed)
@@ -710,6 +782,9 @@ func (s *Sealer) openGroupLocked(ctx context.Context, me, from core.DeviceKey, c
 			s.kv.put(rkey, rb)
 		}
 	}
+	if control {
+		return nil, nil
+	}
 	b, ok := s.kv.get(rkey)
 	if !ok {
 		return nil, fmt.Errorf("%w: from %s", ErrNoSenderKey, from)
@@ -732,12 +807,28 @@ func (s *Sealer) openGroupLocked(ctx context.Context, me, from core.DeviceKey, c
 
 // ---------------------------------------------------------------- device lists
 
+// listLocked returns the trusted device list of user (nil if none). Parsed
+// lists are cached: parsing verifies every device's identity binding.
 func (s *Sealer) listLocked(user string) (*identity.DeviceList, error) {
+	if l, ok := s.lists[user]; ok {
+		return l, nil
+	}
 	b, ok := s.kv.get("list/" + user)
 	if !ok {
 		return nil, nil
 	}
-	return identity.ParseDeviceList(b)
+	l, err := identity.ParseDeviceList(b)
+	if err != nil {
+		return nil, err
+	}
+	s.lists[user] = l
+	return l, nil
+}
+
+// putListLocked stages raw as user's trusted list.
+func (s *Sealer) putListLocked(user string, raw []byte) {
+	delete(s.lists, user)
+	s.kv.put("list/"+user, raw)
 }
 
 // trustedListLocked returns user's device list after fetching (at most
@@ -758,8 +849,19 @@ func (s *Sealer) trustedListLocked(ctx context.Context, user string, changed *[]
 	if trusted != nil && s.cfg.ListTTL > 0 && now.Sub(s.fetched[user]) < s.cfg.ListTTL {
 		return trusted, nil
 	}
-	raw, err := s.dir().FetchDeviceList(ctx, user)
+	fctx := ctx
+	if trusted != nil {
+		// Offline with a trusted list: do not wait long for a fresh one.
+		var cancel context.CancelFunc
+		fctx, cancel = context.WithTimeout(ctx, listRefreshWait)
+		defer cancel()
+	}
+	raw, err := s.dir().FetchDeviceList(fctx, user)
 	if err != nil {
+		if trusted != nil && ctx.Err() == nil {
+			s.log.Debug("e2ee: device list refresh failed; using the trusted one", "user", user, "err", err)
+			return trusted, nil
+		}
 		return nil, err
 	}
 	if len(raw) == 0 {
@@ -796,8 +898,11 @@ func (s *Sealer) trustedListLocked(ctx context.Context, user string, changed *[]
 			}
 		}
 	}
-	s.kv.put("list/"+user, raw)
 	s.fetched[user] = now
+	if old, ok := s.kv.get("list/" + user); ok && bytes.Equal(old, raw) {
+		return trusted, nil // unchanged
+	}
+	s.putListLocked(user, raw)
 	if err := s.kv.commit(); err != nil {
 		return nil, err
 	}
@@ -837,6 +942,7 @@ func (s *Sealer) TrustIdentity(user string) error {
 		return err
 	}
 	old, _ := s.listLocked(user)
+	changedDev := map[string]bool{}
 	for _, k := range s.kv.keys("sess/" + user + ".") {
 		d, ok := parseDevKey(strings.TrimPrefix(k, "sess/"))
 		if !ok || d.User != user {
@@ -850,9 +956,23 @@ func (s *Sealer) TrustIdentity(user string) error {
 		if err != nil || old == nil || !nd.Identity.Equal(od.Identity) {
 			s.kv.del(k)
 			s.kv.del("sold/" + devKey(d))
+			changedDev[devKey(d)] = true
 		}
 	}
-	s.kv.put("list/"+user, raw)
+	// Group sender keys held by a replaced device: rotate (the new device
+	// gets a fresh distribution; the old one must not read on).
+	for _, k := range s.kv.keys("skto/") {
+		b, _ := s.kv.get(k)
+		for _, dk := range strings.Split(string(b), "\n") {
+			if changedDev[dk] {
+				conv := strings.TrimPrefix(k, "skto/")
+				s.kv.del("sk/" + conv)
+				s.kv.del(k)
+				break
+			}
+		}
+	}
+	s.putListLocked(user, raw)
 	s.kv.del("pending/" + user)
 	s.fetched[user] = s.cfg.Now()
 	return s.kv.commit()

@@ -313,6 +313,13 @@ func TestDirectConversation(t *testing.T) {
 	if _, err := alice.s.Open(context.Background(), forged); err == nil {
 		t.Fatal("message with a forged sender opened")
 	}
+	// Injected garbage (plain and initial-looking) is rejected.
+	for _, junk := range [][]byte{nil, []byte{1, 2, 3}, bytes.Repeat([]byte{0x50}, 1400), bytes.Repeat([]byte{0x01}, 120)} {
+		inj := ts.sequence(conv, bob, "j", &pb.Envelope{PerDevice: []*pb.DeviceCiphertext{{Device: alice.key.Addr(), Ciphertext: junk}}})
+		if _, err := open(t, alice, inj); err == nil {
+			t.Fatalf("injected %d bytes opened", len(junk))
+		}
+	}
 	mustOpen(t, alice, m5, "fifth")
 	mustOpen(t, alice, m6, "sixth")
 
@@ -411,6 +418,9 @@ func TestIdentityChangeBlocksSending(t *testing.T) {
 	var ts testServer
 	conv := core.DirectConvID("alice", "bob")
 	mustOpen(t, bob, send(t, &ts, alice, conv, "before"), "before")
+	g := "g:" + ulid.Make().String()
+	d.members[g] = []string{"alice", "bob"}
+	mustOpen(t, bob, send(t, &ts, alice, g, "group before"), "group before")
 	before, err := alice.s.SafetyNumber(context.Background(), "bob")
 	if err != nil {
 		t.Fatal(err)
@@ -458,6 +468,12 @@ func TestIdentityChangeBlocksSending(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustOpen(t, nb, send(t, &ts, alice, conv, "after trust"), "after trust")
+	// The group sender key is rotated and distributed to the new device.
+	gm := send(t, &ts, alice, g, "group after trust")
+	mustOpen(t, nb, gm, "group after trust")
+	if _, err := open(t, bob, gm); err == nil {
+		t.Fatal("the replaced device read a group message sent after the change")
+	}
 	// The old bob cannot read it.
 	if _, err := open(t, bob, send(t, &ts, alice, conv, "again")); err == nil {
 		t.Fatal("old identity read a message for the new one")
@@ -534,8 +550,6 @@ func TestPrekeyExhaustionAndReplenish(t *testing.T) {
 }
 
 func BenchmarkSealOpenDirect(b *testing.B) {
-	t := &testing.T{}
-	_ = t
 	d := newTestKeyDirectory()
 	tb := testing.TB(b)
 	mk := func(key core.DeviceKey) *device {
@@ -574,6 +588,118 @@ func BenchmarkSealOpenDirect(b *testing.B) {
 		}
 		m := ts.sequence(conv, from, "", env)
 		if _, err := to.s.Open(ctx, core.ForDevice(m, to.key)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestLargeGroupKeyDistribution(t *testing.T) {
+	d := newTestKeyDirectory()
+	var ts testServer
+	g := "g:" + ulid.Make().String()
+	const n = 80 // 79 new devices × ~1.5 KB of handshake do not fit one envelope
+	var members []*device
+	var names []string
+	for i := range n {
+		u := fmt.Sprintf("m%03d", i)
+		members = append(members, register(t, d, dk(u, 1), nil))
+		names = append(names, u)
+	}
+	d.members[g] = names
+	ctx := context.Background()
+	envs, err := members[0].s.SealMessages(ctx, g, "id1", []byte("hello all"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(envs) < 2 {
+		t.Fatalf("want key-distribution envelopes before the message, got %d envelope(s)", len(envs))
+	}
+	seen := map[core.DeviceKey]int{}
+	var msgs []*pb.Message
+	for i, env := range envs {
+		if sz := len(mustMarshal(t, env)); sz > MaxEnvelope {
+			t.Fatalf("envelope %d is %d bytes", i, sz)
+		}
+		for _, pd := range env.GetPerDevice() {
+			seen[core.KeyOf(pd.GetDevice())]++
+		}
+		msgs = append(msgs, ts.sequence(g, members[0], fmt.Sprint(i), env))
+	}
+	if len(seen) != n-1 {
+		t.Fatalf("distributions to %d devices, want %d", len(seen), n-1)
+	}
+	for k, c := range seen {
+		if c != 1 {
+			t.Fatalf("%s got %d distributions", k, c)
+		}
+	}
+	for _, m := range members[1:] {
+		for i, msg := range msgs {
+			body, err := open(t, m, msg)
+			if i < len(msgs)-1 {
+				if !errors.Is(err, ErrControlMessage) {
+					t.Fatalf("%s: control envelope %d: %v", m.key, i, err)
+				}
+				continue
+			}
+			if err != nil || string(body) != "hello all" {
+				t.Fatalf("%s: %q %v", m.key, body, err)
+			}
+		}
+	}
+	if _, err := open(t, members[0], msgs[0]); !errors.Is(err, ErrControlMessage) {
+		t.Fatalf("own control envelope: %v", err)
+	}
+}
+
+// BenchmarkSealOpenGroup: one group message to 100 member devices after
+// the sender key was distributed: Seal (encrypt once, sign, fsync) plus
+// one member's Open (verify, decrypt, fsync).
+func BenchmarkSealOpenGroup(b *testing.B) {
+	d := newTestKeyDirectory()
+	g := "g:bench"
+	var devs []*device
+	var names []string
+	for i := range 100 {
+		id, _ := identity.Generate(nil)
+		dv := &device{key: dk(fmt.Sprintf("m%03d", i), 1), dir: b.TempDir(), id: id}
+		s, err := New(Config{Dir: dv.dir, Identity: id, Directory: dirConn{d, &dv.key}, Self: func() (core.DeviceKey, bool) { return dv.key, true }})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		dv.s = s
+		ctx := context.Background()
+		if err := s.EnsurePrekeys(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.PublishFirstDevice(ctx, make([]byte, 32)); err != nil {
+			b.Fatal(err)
+		}
+		devs = append(devs, dv)
+		names = append(names, dv.key.User)
+	}
+	d.members[g] = names
+	ctx := context.Background()
+	var ts testServer
+	envs, err := devs[0].s.SealMessages(ctx, g, "", []byte("warm up"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, env := range envs {
+		m := ts.sequence(g, devs[0], "", env)
+		if _, err := devs[1].s.Open(ctx, core.ForDevice(m, devs[1].key)); err != nil && !errors.Is(err, ErrControlMessage) {
+			b.Fatal(err)
+		}
+	}
+	body := bytes.Repeat([]byte("x"), 100)
+	for b.Loop() {
+		envs, err := devs[0].s.SealMessages(ctx, g, "", body)
+		if err != nil || len(envs) != 1 {
+			b.Fatal(err, len(envs))
+		}
+		m := ts.sequence(g, devs[0], "", envs[0])
+		if _, err := devs[1].s.Open(ctx, core.ForDevice(m, devs[1].key)); err != nil {
 			b.Fatal(err)
 		}
 	}

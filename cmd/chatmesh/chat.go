@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/chatmesh/chatmesh/client"
+	"github.com/chatmesh/chatmesh/client/e2ee"
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 )
@@ -28,7 +29,9 @@ commands:
   register USER                 register this device as the first device of USER
   register --link TOKEN         register this device with a link token from an existing device
   link-request                  print this (new) device's link request token
-  link REQUEST                  sign a new device's link request; prints the link token
+  link REQUEST                  sign a new device's link request; prints the link token (the signed
+                                device list naming the new device is published when this device
+                                next connects after the new one registered)
   send CONV|@USER TEXT...       send a message; waits for "sent ✓" unless --no-wait
   receive [--json] [--follow] [--timeout D]
                                 print messages not printed before (JSON lines with --json)
@@ -42,6 +45,8 @@ commands:
   group leave CONV
   presence USER...              print the users' presence
   whoami                        print this device
+  safety USER                   print the safety number with USER (compare it in person)
+  trust USER                    accept USER's changed identity (after comparing the safety number)
   interactive                   line-based chat (the default): /to @bob, /group g:..., /quit
 `
 
@@ -53,6 +58,7 @@ type chatGlobals struct {
 	srvKey   []byte
 	timeout  time.Duration
 	verbose  bool
+	insecure bool // no end-to-end encryption (control runs only)
 	stdin    io.Reader
 	stdout   io.Writer
 	stderr   io.Writer
@@ -99,6 +105,7 @@ func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	fs.Var(hexFlag{&g.srvKey}, "server-key", "hex Noise static key of the edge to pin (optional)")
 	fs.DurationVar(&g.timeout, "timeout", 30*time.Second, "time limit of one-shot commands")
 	fs.BoolVar(&g.verbose, "v", false, "log connection events to stderr")
+	fs.BoolVar(&g.insecure, "insecure-plaintext", os.Getenv("CHATMESH_INSECURE_PLAINTEXT") == "1", "send and read bodies WITHOUT end-to-end encryption (control runs only); env CHATMESH_INSECURE_PLAINTEXT=1")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -136,6 +143,10 @@ func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		return chatPresence(ctx, g, cargs)
 	case "whoami":
 		return chatWhoami(ctx, g)
+	case "safety":
+		return chatSafety(ctx, g, cargs)
+	case "trust":
+		return chatTrust(ctx, g, cargs)
 	case "interactive":
 		return chatInteractive(ctx, g)
 	case "help":
@@ -160,10 +171,14 @@ func (g *chatGlobals) open(ctx context.Context, manualCommit bool) (*client.Clie
 	if g.verbose {
 		logger = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return client.Open(ctx, client.Config{
+	cfg := client.Config{
 		StateDir: g.state, Edges: g.edges, CertHash: g.certHash, ServerKey: g.srvKey,
 		Logger: logger, ManualCommit: manualCommit, ClientName: "chatmesh-cli/" + Version,
-	})
+	}
+	if g.insecure {
+		cfg.Sealer = client.InsecurePlaintextSealer{}
+	}
+	return client.Open(ctx, cfg)
 }
 
 // connected opens the state and starts the connection loop.
@@ -320,6 +335,13 @@ func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Connect first when possible: sealing to a device for the first time
+	// needs its device list and prekey bundle from the server.
+	if len(g.edges) > 0 {
+		if err := c.Start(); err != nil {
+			return err
+		}
+	}
 	id, err := c.Send(ctx, conv, []byte(strings.Join(fs.Args()[1:], " ")))
 	if err != nil {
 		return err
@@ -330,9 +352,6 @@ func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
 	}
 	if len(g.edges) == 0 {
 		return errors.New("chat: --edge is required")
-	}
-	if err := c.Start(); err != nil {
-		return err
 	}
 	res, err := waitSent(ctx, c, id)
 	if err != nil {
@@ -519,25 +538,13 @@ func chatHistory(ctx context.Context, g *chatGlobals, args []string) error {
 		if err != nil {
 			return err
 		}
-		for _, m := range msgs {
-			if err := printMessage(g.stdout, *asJSON, m, m.GetEnvelope().GetCiphertext()); err != nil {
-				return err
-			}
-		}
-		return nil
+		return printHistory(ctx, c, g.stdout, *asJSON, msgs)
 	}
 	msgs, err := c.History(conv, 0, 0)
 	if err != nil {
 		return err
 	}
-	sealer := client.InsecurePlaintextSealer{}
-	for _, m := range msgs {
-		body, _ := sealer.Open(ctx, m)
-		if err := printMessage(g.stdout, *asJSON, m, body); err != nil {
-			return err
-		}
-	}
-	return nil
+	return printHistory(ctx, c, g.stdout, *asJSON, msgs)
 }
 
 func chatConversations(ctx context.Context, g *chatGlobals) error {
@@ -659,6 +666,8 @@ const interactiveHelp = `commands:
   /history                 show the current conversation's local history
   /presence USER...        subscribe to presence
   /convs                   list conversations
+  /safety USER             show the safety number with USER
+  /trust USER              accept USER's changed identity (sending to USER is blocked until then)
   /quit                    leave (also end of input)
 plain lines are sent to the current conversation.
 marks: … queued, ✓ sent, ✓✓ delivered, ✓✓ read
@@ -811,9 +820,7 @@ func interactiveLine(ctx context.Context, c *client.Client, me core.DeviceKey, o
 		if err != nil {
 			return false, err
 		}
-		for _, m := range msgs {
-			_ = printMessage(out, false, m, m.GetEnvelope().GetCiphertext())
-		}
+		_ = printHistory(ctx, c, out, false, msgs)
 	case "/presence":
 		ps, err := c.SubscribePresence(rctx, f[1:])
 		if err != nil {
@@ -822,6 +829,23 @@ func interactiveLine(ctx context.Context, c *client.Client, me core.DeviceKey, o
 		for _, p := range ps {
 			printPresence(out, p)
 		}
+	case "/safety":
+		if len(f) != 2 {
+			return false, errors.New("usage: /safety USER")
+		}
+		n, err := c.SafetyNumber(rctx, strings.TrimPrefix(f[1], "@"))
+		if err != nil {
+			return false, err
+		}
+		fmt.Fprintf(out, "safety number with %s:\n  %s\n", f[1], n)
+	case "/trust":
+		if len(f) != 2 {
+			return false, errors.New("usage: /trust USER")
+		}
+		if err := c.TrustIdentity(strings.TrimPrefix(f[1], "@")); err != nil {
+			return false, err
+		}
+		fmt.Fprintf(out, "→ trusted the current identity of %s; sending unblocked\n", f[1])
 	case "/convs":
 		infos, err := c.ListConversations(rctx)
 		if err != nil {
@@ -882,9 +906,93 @@ func interactiveEvent(me core.DeviceKey, out io.Writer, ev client.Event, pending
 		if e.From.User != me.User && e.Typing {
 			fmt.Fprintf(out, "  %s is typing in %s…\n", e.From.User, e.Conv)
 		}
+	case client.IdentityChangedEvent:
+		fmt.Fprintf(out, "⚠ the identity of %s has changed (new device, reinstall — or an attack).\n"+
+			"  Sending to %s is blocked. Compare the safety number (/safety %s) with them,\n"+
+			"  then accept it with /trust %s.\n", e.User, e.User, e.User, e.User)
 	case client.ConnectedEvent:
 		fmt.Fprintf(out, "• connected to %s (%s)\n", e.Hello.GetEdgeId(), e.Hello.GetRegion())
 	case client.DisconnectedEvent:
 		fmt.Fprintf(out, "• disconnected (%v); reconnecting\n", e.Err)
 	}
+}
+
+// printHistory prints stored or fetched entries with their opened bodies
+// (key-distribution entries are skipped; an entry that does not open is
+// shown with the reason).
+func printHistory(ctx context.Context, c *client.Client, w io.Writer, asJSON bool, msgs []*pb.Message) error {
+	for _, m := range msgs {
+		var body []byte
+		if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
+			b, err := c.OpenMessage(ctx, m)
+			switch {
+			case errors.Is(err, e2ee.ErrControlMessage):
+				continue
+			case err != nil:
+				b = []byte(fmt.Sprintf("[cannot decrypt: %v]", err))
+			}
+			body = b
+		}
+		if err := printMessage(w, asJSON, m, body); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// formatSafety renders a safety number as 12 groups of 5 digits in three lines.
+func formatSafety(n string) string {
+	g := strings.Fields(n)
+	var lines []string
+	for i := 0; i < len(g); i += 4 {
+		lines = append(lines, strings.Join(g[i:min(i+4, len(g))], " "))
+	}
+	return strings.Join(lines, "\n")
+}
+
+func chatSafety(ctx context.Context, g *chatGlobals, args []string) error {
+	if len(args) != 1 {
+		return errors.New("chat: usage: safety USER")
+	}
+	user := strings.TrimPrefix(args[0], "@")
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.connected(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := waitUp(ctx, c); err != nil {
+		return err
+	}
+	n, err := c.SafetyNumber(ctx, user)
+	if err != nil {
+		return err
+	}
+	if c.IdentityChanged(user) {
+		fmt.Fprintf(g.stdout, "⚠ %s's identity changed; this is the NEW safety number (accept with `trust %s`):\n", user, user)
+	}
+	fmt.Fprintln(g.stdout, formatSafety(n))
+	return nil
+}
+
+func chatTrust(ctx context.Context, g *chatGlobals, args []string) error {
+	if len(args) != 1 {
+		return errors.New("chat: usage: trust USER")
+	}
+	user := strings.TrimPrefix(args[0], "@")
+	c, err := g.open(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if !c.IdentityChanged(user) {
+		fmt.Fprintf(g.stdout, "no identity change of %s to accept\n", user)
+		return nil
+	}
+	if err := c.TrustIdentity(user); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "trusted the new identity of %s; sending unblocked\n", user)
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -166,5 +167,14 @@ func TestChatCLIEndToEnd(t *testing.T) {
 	}
 	if ms := receiveJSON(t, bob); len(ms) != 1 || ms[0].Body != "from the prompt" {
 		t.Fatalf("after interactive: %+v", ms)
+	}
+
+	// Safety numbers: 60 digits in groups of 5, the same on both sides.
+	sa, sb := alice.must("safety", "bob"), bob.must("safety", "@alice")
+	if sa != sb || !regexp.MustCompile(`^(\d{5} \d{5} \d{5} \d{5}\n){3}$`).MatchString(sa) {
+		t.Fatalf("safety numbers %q / %q", sa, sb)
+	}
+	if out := alice.must("trust", "bob"); !strings.Contains(out, "no identity change") {
+		t.Fatalf("trust without change: %q", out)
 	}
 }
