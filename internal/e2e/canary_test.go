@@ -49,7 +49,7 @@ func (s *syncBuffer) Bytes() []byte {
 // through the APIs, so compression cannot hide anything — every stored
 // entry and every Kafka record of every topic. It returns how many
 // distinct canaries were found and how many were sent.
-func canaryRun(t *testing.T, b backend, sealer client.Sealer, perConv int) (found, sent int) {
+func canaryRun(t *testing.T, b backend, sealer client.Sealer, perConv int) (found, sent int, bySource map[string]int) {
 	t.Helper()
 	logs := &syncBuffer{}
 	dataDir := t.TempDir()
@@ -131,8 +131,9 @@ func canaryRun(t *testing.T, b backend, sealer client.Sealer, perConv int) (foun
 	}
 
 	// Collect every server-side byte.
-	var hay [][]byte
-	hay = append(hay, logs.Bytes())
+	// hay holds the server-side bytes by source.
+	hay := map[string][][]byte{}
+	hay["logs"] = append(hay["logs"], logs.Bytes())
 	for _, conv := range []string{direct, info.GetConvId()} {
 		msgs, err := s.Store.Messages(ctx, conv, 0, 1_000_000)
 		if err != nil {
@@ -140,40 +141,48 @@ func canaryRun(t *testing.T, b backend, sealer client.Sealer, perConv int) (foun
 		}
 		for _, m := range msgs {
 			b, _ := protoMarshal(m)
-			hay = append(hay, b)
+			hay["store"] = append(hay["store"], b)
 		}
 	}
-	hay = append(hay, kafkaContents(t, ctx, s.Bus, ns+".ingress", ns+".presence", "edge."+ns+"-edge")...)
+	hay["kafka records"] = kafkaContents(t, ctx, s.Bus, ns+".ingress", ns+".presence", "edge."+ns+"-edge")
 	if b.dsn != "" {
-		hay = append(hay, postgresRows(t, ctx, b.dsn, ns)...)
+		hay["postgres rows"] = postgresRows(t, ctx, b.dsn, ns)
 	}
 	s.Shutdown(ctx) // flush Pebble and the broker to disk, then read the files
-	readFiles := func(root string, keep func(path string) bool) {
+	readFiles := func(source, root string, keep func(path string) bool) {
 		filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err == nil && !d.IsDir() && keep(path) {
 				if b, err := os.ReadFile(path); err == nil {
-					hay = append(hay, b)
+					hay[source] = append(hay[source], b)
 				}
 			}
 			return nil
 		})
 	}
-	readFiles(dataDir, func(string) bool { return true })
+	readFiles("data files", dataDir, func(string) bool { return true })
 	if dir := os.Getenv("CHATMESH_KAFKA_DIR"); dir != "" && b.brokers != nil {
 		// The brokers' log segments of this run's topics (directories
 		// named <topic>-<partition>).
-		readFiles(dir, func(path string) bool { return strings.Contains(path, ns) })
+		readFiles("kafka files", dir, func(path string) bool { return strings.Contains(path, ns) })
 	}
+	bySource = map[string]int{}
 	for _, c := range canaries {
 		hexC := []byte(hex.EncodeToString(c)) // how bytea shows in row_to_json
-		for _, h := range hay {
-			if bytes.Contains(h, c) || bytes.Contains(h, hexC) {
-				found++
-				break
+		any := false
+		for source, hs := range hay {
+			for _, h := range hs {
+				if bytes.Contains(h, c) || bytes.Contains(h, hexC) {
+					bySource[source]++
+					any = true
+					break
+				}
 			}
 		}
+		if any {
+			found++
+		}
 	}
-	return found, len(canaries)
+	return found, len(canaries), bySource
 }
 
 // postgresRows renders every row of every table in schema as JSON text.
@@ -218,16 +227,27 @@ func TestNoPlaintextServerSide(t *testing.T) {
 			n = 50 // 200 messages on the slower real servers
 		}
 		t.Run("control-plaintext", func(t *testing.T) {
-			found, sent := canaryRun(t, b, client.InsecurePlaintextSealer{}, 10)
+			found, sent, by := canaryRun(t, b, client.InsecurePlaintextSealer{}, 10)
 			if found != sent {
 				t.Fatalf("the scan found %d of %d canaries in an unencrypted run: it cannot be trusted", found, sent)
 			}
-			t.Logf("control: found %d of %d canaries", found, sent)
+			// Each place that holds message contents must show them, or
+			// scanning that place proves nothing.
+			sources := []string{"store", "kafka records", "data files"}
+			if b.dsn != "" {
+				sources = []string{"store", "kafka records", "postgres rows", "kafka files"}
+			}
+			for _, src := range sources {
+				if by[src] != sent {
+					t.Fatalf("control: %s showed %d of %d canaries: %v", src, by[src], sent, by)
+				}
+			}
+			t.Logf("control: found %d of %d canaries (%v)", found, sent, by)
 		})
 		t.Run("end-to-end", func(t *testing.T) {
-			found, sent := canaryRun(t, b, nil, n)
+			found, sent, by := canaryRun(t, b, nil, n)
 			if found != 0 {
-				t.Fatalf("found %d of %d canaries server-side", found, sent)
+				t.Fatalf("found %d of %d canaries server-side: %v", found, sent, by)
 			}
 			t.Logf("end-to-end: found 0 of %d canaries", sent)
 		})
