@@ -286,7 +286,18 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.DurationS = sendEnd.Seconds()
 	res.Sent = sent.Load()
 	res.Failed = failed.Load()
-	for _, m := range tr.acked {
+	// Only the messages this run sent count: with end-to-end encryption a
+	// client also sends key-distribution entries of its own, which are
+	// acked but never shown to the app.
+	for conv, m := range tr.acked {
+		for id := range m {
+			if _, ours := sendTimes.Load(id); !ours {
+				delete(m, id)
+			}
+		}
+		if len(m) == 0 {
+			delete(tr.acked, conv)
+		}
 		res.Acked += int64(len(m))
 	}
 	res.Deliveries = tr.deliveries.Load()
