@@ -240,6 +240,20 @@ type ConsumeSpec struct {
 // idempotent, and it should return only when the record is done or ctx ends.
 type Handler func(ctx context.Context, rec BusRecord) error
 
+// BatchHandler processes consecutive records of one partition at once, in
+// offset order. Retry semantics are Handler's, for the whole batch: on an
+// error the bus calls it again with the same records.
+type BatchHandler func(ctx context.Context, recs []BusRecord) error
+
+// BatchConsumer is an optional Bus capability: ConsumeBatch is Consume with
+// a handler that receives up to maxBatch records that the bus has already
+// fetched (it never waits to fill a batch), so a handler can amortize
+// per-call costs — one produce round trip for a whole batch's outputs —
+// under load without adding latency when idle.
+type BatchConsumer interface {
+	ConsumeBatch(ctx context.Context, spec ConsumeSpec, maxBatch int, h BatchHandler) error
+}
+
 // Bus is the regional message bus (Kafka). Delivery is at-least-once.
 type Bus interface {
 	// Produce writes records with acks from all in-sync replicas, each to the

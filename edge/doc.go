@@ -17,10 +17,13 @@
 // Backend.SessionClosed at the end; an unregistered key gets a session that
 // accepts only register and ping until Register succeeds.
 //
-// Each ClientFrame is size-checked, decoded, and charged to the session's
-// token bucket. Reads and key-material calls (sync, history,
-// list_conversations, lookup_user, presence_subscribe, upload_prekeys,
-// fetch_bundle, publish_device_list, fetch_device_list) go to Backend.Query; ping is answered here; writes
+// Each ClientFrame is size-checked, decoded, and charged to one of the
+// session's two token buckets: pure reads (sync, history,
+// list_conversations, lookup_user, fetch_bundle, fetch_device_list) to the
+// read bucket, and are answered concurrently, up to 8 at a time; every
+// other frame to the message bucket. Reads and key-material calls (the
+// reads plus presence_subscribe, upload_prekeys, publish_device_list) go
+// to Backend.Query; ping is answered here; writes
 // (send, ack, read, create_group, modify_members, typing) are validated and
 // produced as pb.IngressRecord to Config.IngressTopic keyed by conversation
 // id, with an Origin naming this edge, the session, the request id and the

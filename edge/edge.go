@@ -95,6 +95,15 @@ type Config struct {
 	// in the package doc) this is the per-device limit.
 	MessagesPerSecond float64
 	Burst             int
+	// ReadsPerSecond and ReadBurst form a second bucket for reads (sync,
+	// history, conversation list, user lookup, device-list and bundle
+	// fetches), so that starting sessions with every device of a 500-member
+	// group (about a thousand fetches) does not eat the message budget or
+	// wait on it (default 200/s, burst 2000). Bundle fetches stay bounded:
+	// this bucket is also what limits how fast one device can drain others'
+	// one-time prekeys.
+	ReadsPerSecond float64
+	ReadBurst      int
 	// MaxConnsPerIP bounds concurrent connections per client IP (default 64).
 	MaxConnsPerIP int
 	// IdleTimeout closes a session that sent nothing for this long (default
@@ -124,6 +133,12 @@ func (c *Config) defaults() error {
 	}
 	if c.MessagesPerSecond <= 0 {
 		c.MessagesPerSecond = 50
+	}
+	if c.ReadsPerSecond <= 0 {
+		c.ReadsPerSecond = 200
+	}
+	if c.ReadBurst <= 0 {
+		c.ReadBurst = 2000
 	}
 	if c.Burst <= 0 {
 		c.Burst = 100

@@ -29,7 +29,13 @@ func (s *session) handle(pt []byte) {
 		s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frame has no known body")
 		return
 	}
-	if !s.bucket.Load().take(e.cfg.Now()) {
+	b := s.bucket.Load()
+	if isRead(&f) {
+		if rb := s.readBucket.Load(); rb != nil {
+			b = rb
+		}
+	}
+	if !b.take(e.cfg.Now()) {
 		if _, ok := f.GetBody().(*pb.ClientFrame_Typing); ok {
 			e.n.typingDropped.Add(1)
 			return
@@ -52,9 +58,13 @@ func (s *session) handle(pt []byte) {
 		return
 	}
 	switch b := f.GetBody().(type) {
-	case *pb.ClientFrame_Sync, *pb.ClientFrame_History, *pb.ClientFrame_ListConversations, *pb.ClientFrame_LookupUser:
-		s.query(&f)
-	case *pb.ClientFrame_UploadPrekeys, *pb.ClientFrame_FetchBundle, *pb.ClientFrame_PublishDeviceList, *pb.ClientFrame_FetchDeviceList:
+	case *pb.ClientFrame_Sync, *pb.ClientFrame_History, *pb.ClientFrame_ListConversations, *pb.ClientFrame_LookupUser,
+		*pb.ClientFrame_FetchBundle, *pb.ClientFrame_FetchDeviceList:
+		// Pure reads run concurrently: a client starting sessions with the
+		// 499 other members of a group fetches hundreds of bundles, and one
+		// at a time each waits a full round trip to the region.
+		s.queryConcurrently(&f)
+	case *pb.ClientFrame_UploadPrekeys, *pb.ClientFrame_PublishDeviceList:
 		// End-to-end key material: reads and writes of the region's store,
 		// answered synchronously like sync. Each frame, an upload of up to
 		// 200 one-time prekeys included, has been charged to the device's
@@ -100,6 +110,40 @@ func (s *session) register(reqID uint64, req *pb.RegisterRequest) {
 		}
 	}
 	s.respond(&pb.Response{ReqId: reqID, Body: &pb.Response_Register{Register: resp}})
+}
+
+// isRead reports whether f is a read, charged to the session's read bucket.
+func isRead(f *pb.ClientFrame) bool {
+	switch f.GetBody().(type) {
+	case *pb.ClientFrame_Sync, *pb.ClientFrame_History, *pb.ClientFrame_ListConversations, *pb.ClientFrame_LookupUser,
+		*pb.ClientFrame_FetchBundle, *pb.ClientFrame_FetchDeviceList:
+		return true
+	}
+	return false
+}
+
+// maxConcurrentReads bounds the reads of one session in flight at once.
+const maxConcurrentReads = 8
+
+// queryConcurrently runs a read in its own goroutine once one of the
+// session's read slots is free (the reader blocks meanwhile, which bounds
+// a session's reads). Responses carry req_id, so their order is free. A
+// session without read slots answers reads in line.
+func (s *session) queryConcurrently(f *pb.ClientFrame) {
+	if s.readSlots == nil {
+		s.query(f)
+		return
+	}
+	select {
+	case s.readSlots <- struct{}{}:
+	case <-s.stop:
+		return
+	}
+	s.reads.Add(1)
+	go func() {
+		defer func() { <-s.readSlots; s.reads.Done() }()
+		s.query(f)
+	}()
 }
 
 func (s *session) query(f *pb.ClientFrame) {

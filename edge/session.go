@@ -26,6 +26,9 @@ type session struct {
 	nc     *noiseconn.Conn
 	static []byte
 	bucket atomic.Pointer[bucket] // replaced once if the session takes over an older one's
+	// reads is the bucket of read requests (Config.ReadsPerSecond); nil
+	// charges reads to bucket.
+	readBucket atomic.Pointer[bucket]
 
 	queue      chan []byte   // marshalled ServerFrames; bounded
 	stop       chan struct{} // closed by terminate
@@ -39,6 +42,11 @@ type session struct {
 	dev    core.DeviceKey
 	authed bool
 	subs   map[string]struct{} // guarded by e.mu
+
+	// reads run concurrently (at most cap(readSlots) at a time); the
+	// session waits for them before it ends.
+	readSlots chan struct{}
+	reads     sync.WaitGroup
 }
 
 // serveConn runs one connection to the end: handshake, authentication,
@@ -65,12 +73,14 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	}
 	s := &session{
 		e: e, id: newSessionID(), tr: tr, nc: nc, static: nc.PeerStatic(),
-		queue:    make(chan []byte, e.cfg.SendQueue),
-		stop:     make(chan struct{}),
-		finished: make(chan struct{}),
+		queue:     make(chan []byte, e.cfg.SendQueue),
+		stop:      make(chan struct{}),
+		finished:  make(chan struct{}),
+		readSlots: make(chan struct{}, maxConcurrentReads),
 	}
 	defer close(s.finished)
 	s.bucket.Store(newBucket(e.cfg.MessagesPerSecond, e.cfg.Burst, e.cfg.Now()))
+	s.readBucket.Store(newBucket(e.cfg.ReadsPerSecond, e.cfg.ReadBurst, e.cfg.Now()))
 	s.lastActive.Store(e.cfg.Now().UnixNano())
 	e.mu.Lock()
 	closing := e.closing
@@ -118,6 +128,7 @@ func (e *Edge) serveConn(tr transport, ip string) {
 		s.readLoop()
 	}
 	s.terminate(pb.ErrorCode_ERROR_CODE_OK, "", false)
+	s.reads.Wait()
 	writer.Wait()
 	e.unregister(s)
 	if s.authed {
@@ -158,6 +169,9 @@ func (s *session) becomeDevice(ctx context.Context, dev core.DeviceKey) error {
 	e.byDevice[dev] = map[uint64]*session{s.id: s}
 	for _, o := range old {
 		s.bucket.Store(o.bucket.Load()) // the device's budget survives a reconnect
+		if rb := o.readBucket.Load(); rb != nil {
+			s.readBucket.Store(rb)
+		}
 	}
 	e.mu.Unlock()
 	for _, o := range old {

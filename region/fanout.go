@@ -114,7 +114,28 @@ func (r *Region) reply(ctx context.Context, o *pb.Origin, resp *pb.Response) err
 	return r.produce(ctx, r.replyRecord(o, resp))
 }
 
+// batchOut collects the outputs of a batch of ingress records, so that
+// they go to Kafka in one produce call after the whole batch is stored
+// (see handleBatch). It travels in the context of the batch's handlers.
+type batchOut struct{ recs []core.BusRecord }
+
+type batchOutKey struct{}
+
+// produce sends records to Kafka — or, inside handleBatch, adds them to the
+// batch's outputs, produced when the batch is done.
 func (r *Region) produce(ctx context.Context, recs ...core.BusRecord) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	if out, ok := ctx.Value(batchOutKey{}).(*batchOut); ok {
+		out.recs = append(out.recs, recs...)
+		return nil
+	}
+	return r.produceNow(ctx, recs...)
+}
+
+// produceNow sends records to Kafka, dropping those whose topic is gone.
+func (r *Region) produceNow(ctx context.Context, recs ...core.BusRecord) error {
 	if len(recs) == 0 {
 		return nil
 	}
@@ -123,7 +144,7 @@ func (r *Region) produce(ctx context.Context, recs ...core.BusRecord) error {
 		// Some edge's topic is gone (a decommissioned edge, a stale route or
 		// origin). Send the records one by one and drop only those.
 		for _, rec := range recs {
-			if err := r.produce(ctx, rec); err != nil {
+			if err := r.produceNow(ctx, rec); err != nil {
 				return err
 			}
 		}

@@ -176,11 +176,17 @@ func (r *Region) Start(ctx context.Context) error {
 	r.wg.Add(2)
 	go func() {
 		defer r.wg.Done()
-		err := r.bus.Consume(runCtx, core.ConsumeSpec{
+		spec := core.ConsumeSpec{
 			Topic:   r.cfg.IngressTopic,
 			Group:   r.cfg.SequencerGroup,
 			OnReady: func() { once.Do(func() { close(ready) }) },
-		}, r.handleIngress)
+		}
+		var err error
+		if bc, ok := r.bus.(core.BatchConsumer); ok {
+			err = bc.ConsumeBatch(runCtx, spec, MaxBatch, r.handleBatch)
+		} else {
+			err = r.bus.Consume(runCtx, spec, r.handleIngress)
+		}
 		if err != nil && !errors.Is(err, context.Canceled) {
 			r.log.Error("sequencer stopped", "err", err)
 			errc <- err

@@ -12,6 +12,27 @@ import (
 	"github.com/chatmesh/chatmesh/core/pb"
 )
 
+// MaxBatch is the most ingress records the sequencer handles per batch.
+const MaxBatch = 256
+
+// handleBatch handles consecutive records of one partition: each is
+// validated and stored in order exactly as handleIngress would, but their
+// outputs (acks, deliveries, receipts) are produced together, in order, in
+// one produce call once all are stored. Under load this turns one Kafka
+// round trip per record into one per batch; when idle, batches hold one
+// record. If anything fails transiently the bus retries the whole batch;
+// the records already stored dedupe and re-emit their outputs.
+func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) error {
+	out := &batchOut{}
+	bctx := context.WithValue(ctx, batchOutKey{}, out)
+	for _, rec := range recs {
+		if err := r.handleIngress(bctx, rec); err != nil {
+			return err
+		}
+	}
+	return r.produceNow(ctx, out.recs...)
+}
+
 // handleIngress is the sequencer's bus handler. It returns an error only for
 // transient failures (the bus retries the record); requests that are
 // invalid are answered with an error to their origin and consumed.

@@ -61,6 +61,7 @@ func Run(t *testing.T, newBus func(t *testing.T) core.Bus) {
 	t.Run("HandlerErrorRetriedSameRecord", func(t *testing.T) { testHandlerRetry(t, newBus) })
 	t.Run("LiveTailSeesOnlyNew", func(t *testing.T) { testLiveTail(t, newBus) })
 	t.Run("TwoMembersSharePartitions", func(t *testing.T) { testTwoMembers(t, newBus) })
+	t.Run("BatchesInOrderAndRetried", func(t *testing.T) { testBatches(t, newBus) })
 }
 
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9._-]+`)
@@ -541,4 +542,79 @@ func testTwoMembers(t *testing.T, newBus func(*testing.T) core.Bus) {
 	// The survivor takes over every partition.
 	after := produceKeys(t, prod, topic, keysN("solo-", 16), 5, 5)
 	s.waitAll(t, after)
+}
+
+// testBatches checks core.BatchConsumer (when the bus has it): records
+// produced before the consumer starts arrive in batches of at most
+// maxBatch, at least one batch holds more than one record, every record is
+// handled exactly once in per-key order, and a failing batch is retried
+// with exactly the same records.
+func testBatches(t *testing.T, newBus func(*testing.T) core.Bus) {
+	bus := newBus(t)
+	bc, ok := bus.(core.BatchConsumer)
+	if !ok {
+		t.Skip("the bus has no batch consumer")
+	}
+	topic := Name(t, "t")
+	ensure(t, bus, topic, 2)
+	keys := keysN("k", 4)
+	vals := produceKeys(t, bus, topic, keys, 100, 25)
+	const maxBatch = 16
+	s := newSeen()
+	var mu sync.Mutex
+	biggest, failed, failedPart := 0, false, -1
+	var failedBatch, retried []string
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- bc.ConsumeBatch(ctx, core.ConsumeSpec{Topic: topic, Group: Name(t, "g")}, maxBatch, func(_ context.Context, recs []core.BusRecord) error {
+			var vs []string
+			for _, r := range recs {
+				vs = append(vs, string(r.Value))
+			}
+			mu.Lock()
+			if len(recs) > maxBatch {
+				mu.Unlock()
+				t.Errorf("batch of %d > %d", len(recs), maxBatch)
+				return nil
+			}
+			biggest = max(biggest, len(recs))
+			if !failed && len(recs) > 1 {
+				failed, failedBatch, failedPart = true, vs, recs[0].Partition
+				mu.Unlock()
+				return errors.New("injected failure")
+			}
+			if failedBatch != nil && retried == nil && recs[0].Partition == failedPart {
+				retried = vs
+			}
+			mu.Unlock()
+			for _, r := range recs {
+				s.add(r, 0)
+			}
+			return nil
+		})
+	}()
+	s.waitAll(t, vals)
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if biggest < 2 {
+		t.Fatalf("no batch held more than one record (biggest %d)", biggest)
+	}
+	if strings.Join(retried, ",") != strings.Join(failedBatch, ",") {
+		t.Fatalf("failed batch %v retried as %v", failedBatch, retried)
+	}
+	if d := s.duplicates(); d != 0 {
+		t.Fatalf("%d duplicates with one stable member", d)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range keys {
+		for i, n := range s.order[k] {
+			if n != i {
+				t.Fatalf("key %s: record %d handled at position %d", k, n, i)
+			}
+		}
+	}
 }

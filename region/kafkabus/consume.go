@@ -29,8 +29,23 @@ import (
 // exponential backoff (Config.RetryMin..RetryMax) until it succeeds, the
 // partition is revoked, or ctx ends.
 func (b *Bus) Consume(ctx context.Context, spec core.ConsumeSpec, h core.Handler) error {
+	if h == nil {
+		return fmt.Errorf("kafkabus: consume: %w: need a topic and a handler", core.ErrInvalidArgument)
+	}
+	return b.ConsumeBatch(ctx, spec, 1, func(ctx context.Context, recs []core.BusRecord) error { return h(ctx, recs[0]) })
+}
+
+// ConsumeBatch implements core.BatchConsumer: Consume, but h receives up to
+// maxBatch consecutive records of one partition that were already fetched
+// (after the first record it waits at most batchGap for the next), and a
+// failing h is retried with the same batch. Offsets are committed after h
+// returns nil for the whole batch.
+func (b *Bus) ConsumeBatch(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.BatchHandler) error {
 	if h == nil || spec.Topic == "" {
 		return fmt.Errorf("kafkabus: consume: %w: need a topic and a handler", core.ErrInvalidArgument)
+	}
+	if maxBatch < 1 {
+		maxBatch = 1
 	}
 	b.consumers.Add(1)
 	defer b.consumers.Done()
@@ -50,9 +65,9 @@ func (b *Bus) Consume(ctx context.Context, spec core.ConsumeSpec, h core.Handler
 		return fmt.Errorf("kafkabus: consume %q: %w", spec.Topic, ErrUnknownTopic)
 	}
 	if spec.Group != "" {
-		err = b.consumeGroup(ctx, spec, h)
+		err = b.consumeGroup(ctx, spec, maxBatch, h)
 	} else {
-		err = b.consumeTail(ctx, spec, h, md)
+		err = b.consumeTail(ctx, spec, maxBatch, h, md)
 	}
 	return b.consumeErr(ctx, err)
 }
@@ -71,7 +86,7 @@ func (b *Bus) consumeErr(ctx context.Context, err error) error {
 
 // consumeTail reads every partition from the end offsets it resolves
 // before calling OnReady.
-func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, h core.Handler, md *kafka.MetadataResponse) error {
+func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.BatchHandler, md *kafka.MetadataResponse) error {
 	var parts []int
 	for _, t := range md.Topics {
 		if t.Name == spec.Topic {
@@ -87,7 +102,7 @@ func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, h core.Han
 	var wg sync.WaitGroup
 	for _, p := range parts {
 		wg.Go(func() {
-			b.runPartition(ctx, spec.Topic, p, ends[p], h, nil)
+			b.runPartition(ctx, spec.Topic, p, ends[p], maxBatch, h, nil)
 		})
 	}
 	if spec.OnReady != nil {
@@ -137,7 +152,7 @@ func (b *Bus) endOffsets(ctx context.Context, topic string, parts []int) (map[in
 
 // consumeGroup is the consumer-group loop: one generation after another
 // until ctx ends.
-func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, h core.Handler) error {
+func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.BatchHandler) error {
 	log := b.log.With("topic", spec.Topic, "group", spec.Group)
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                spec.Group,
@@ -190,7 +205,7 @@ func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, h core.Ha
 				defer cancel()
 				stop := context.AfterFunc(gctx, cancel)
 				defer stop()
-				b.runPartition(pctx, spec.Topic, a.ID, a.Offset, h, cm.handled)
+				b.runPartition(pctx, spec.Topic, a.ID, a.Offset, maxBatch, h, cm.handled)
 				// Returning ends the generation: kafka-go stops a generation
 				// as soon as one of its goroutines returns. That is what we
 				// want when ctx ended; a revoked partition returns only
@@ -269,11 +284,16 @@ func (c *committer) commit() {
 	}
 }
 
+// batchGap is how long runPartition waits for a further, already fetched
+// record before it hands a batch over.
+const batchGap = 200 * time.Microsecond
+
 // runPartition fetches one partition from start (an absolute offset or
-// kafka.FirstOffset/LastOffset) and hands each record to h, in order,
-// retrying failures on the same record, until ctx ends. handled, if not
-// nil, learns each record that h accepted.
-func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, h core.Handler, handled func(int, int64)) {
+// kafka.FirstOffset/LastOffset) and hands its records to h in order, up to
+// maxBatch at a time (only records already fetched: it never waits to fill
+// a batch), retrying failures on the same batch, until ctx ends. handled,
+// if not nil, learns the newest record of each batch that h accepted.
+func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, maxBatch int, h core.BatchHandler, handled func(int, int64)) {
 	log := b.log.With("topic", topic, "partition", partition)
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:         b.cfg.Brokers,
@@ -294,6 +314,7 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 		return
 	}
 	fails := 0
+	batch := make([]core.BusRecord, 0, maxBatch)
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
@@ -308,20 +329,36 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 			continue
 		}
 		fails = 0
-		rec := core.BusRecord{Topic: m.Topic, Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset}
-		if !b.handle(ctx, log, h, rec) {
+		batch = append(batch[:0], toRecord(m))
+		// Take what is already buffered. A fetch abandoned by its deadline
+		// loses nothing: kafka-go keeps the record for the next fetch.
+		for len(batch) < maxBatch {
+			fctx, cancel := context.WithTimeout(ctx, batchGap)
+			m, err := r.FetchMessage(fctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			batch = append(batch, toRecord(m))
+		}
+		if !b.handle(ctx, log, h, batch) {
 			return
 		}
 		if handled != nil {
-			handled(m.Partition, m.Offset)
+			last := batch[len(batch)-1]
+			handled(last.Partition, last.Offset)
 		}
 	}
 }
 
+func toRecord(m kafka.Message) core.BusRecord {
+	return core.BusRecord{Topic: m.Topic, Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset}
+}
+
 // handle calls h until it succeeds; false means ctx ended first.
-func (b *Bus) handle(ctx context.Context, log *slog.Logger, h core.Handler, rec core.BusRecord) bool {
+func (b *Bus) handle(ctx context.Context, log *slog.Logger, h core.BatchHandler, recs []core.BusRecord) bool {
 	for attempt := 0; ; attempt++ {
-		err := h(ctx, rec)
+		err := h(ctx, recs)
 		if err == nil {
 			return true
 		}
@@ -332,7 +369,7 @@ func (b *Bus) handle(ctx context.Context, log *slog.Logger, h core.Handler, rec 
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			lvl = slog.LevelDebug
 		}
-		log.Log(ctx, lvl, "handler failed; retrying the same record", "offset", rec.Offset, "attempt", attempt+1, "err", err)
+		log.Log(ctx, lvl, "handler failed; retrying the same records", "offset", recs[0].Offset, "records", len(recs), "attempt", attempt+1, "err", err)
 		if !sleepCtx(ctx, backoff(attempt, b.cfg.RetryMin, b.cfg.RetryMax)) {
 			return false
 		}

@@ -43,10 +43,19 @@
 //
 // # Durability
 //
-// Every write batch commits with pebble.Sync: when a method returns, its
+// Every write batch commits with pebble.Sync — when a method returns, its
 // effect is in the fsynced write-ahead log and survives a SIGKILL or a power
-// loss. Routes are synced too, so that a restarted region does not believe
-// in sessions it has already cleared.
+// loss — except AdvanceCursor. Routes are synced too, so that a restarted
+// region does not believe in sessions it has already cleared.
+//
+// Cursor moves are committed without waiting for the fsync (they reach the
+// OS at once, so they survive a process kill, and the next synced commit
+// makes them durable against power loss). Cursors are advisory: sync reads
+// from the client's own cursors, and a cursor rolled back by a power loss
+// only means a device's next ack moves it again and a receipt is sent
+// twice. In a 500-member group every member's delivery ack is a cursor
+// move in the conversation's partition, so an fsync each would queue the
+// conversation's next message behind 500 fsyncs.
 //
 // # Key layout
 //

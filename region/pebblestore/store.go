@@ -176,6 +176,16 @@ func (s *Store) scan(prefix []byte, fn func(k, v []byte) (bool, error)) error {
 	return nil
 }
 
+// commitNoSync commits without waiting for the fsync: for writes whose loss
+// in a crash is harmless (cursors; see the package doc). A later synced
+// commit makes them durable too.
+func commitNoSync(b *pebble.Batch) error {
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("pebblestore: commit: %w", err)
+	}
+	return nil
+}
+
 func commit(b *pebble.Batch) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		_ = b.Close()
@@ -642,7 +652,7 @@ func (s *Store) AdvanceCursor(ctx context.Context, conv string, dev core.DeviceK
 		_ = b.Close()
 		return 0, false, fmt.Errorf("pebblestore: batch: %w", err)
 	}
-	if err := commit(b); err != nil {
+	if err := commitNoSync(b); err != nil {
 		return 0, false, err
 	}
 	return prev, true, nil
