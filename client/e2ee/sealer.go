@@ -297,6 +297,7 @@ func (s *Sealer) SealMessages(ctx context.Context, conv, clientMsgID string, bod
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer clear(s.preLists) // lists not used by this seal are not kept
 	if now := s.cfg.Now(); s.pendingLinks > 0 && now.Sub(s.linkTried) > linkRetry {
 		s.linkTried = now
 		if err := s.publishLinksLocked(ctx, me); err != nil {
