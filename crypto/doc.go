@@ -14,6 +14,7 @@
 //	crypto/senderkey  Signal Sender Keys for groups
 //	crypto/safety     safety numbers (60 digits) and their scannable form
 //	crypto/noiseconn  client↔edge transport (separate owner; not covered here)
+//	crypto/internal/wire  the bounds-checked byte reader of the decoders
 //
 // Who may import what: the server side (edge, region) may import
 // crypto/identity (to check link signatures and device lists) and

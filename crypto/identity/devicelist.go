@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/chatmesh/chatmesh/crypto/internal/wire"
 	"slices"
 )
 
@@ -130,41 +131,41 @@ func (l *DeviceList) MarshalBinary() ([]byte, error) {
 // ParseDeviceList decodes a list. It checks structure and each device's
 // binding signature, not the list signature: call VerifyUpdate.
 func ParseDeviceList(b []byte) (*DeviceList, error) {
-	r := reader{b: b}
-	if v := r.byte(); v != encodingVersion {
-		if r.err != nil {
-			return nil, r.err
+	r := newReader(b)
+	if v := r.Byte(); v != encodingVersion {
+		if r.Err != nil {
+			return nil, r.Err
 		}
 		return nil, fmt.Errorf("%w: %d", ErrVersion, v)
 	}
 	l := &DeviceList{}
-	l.UserID = string(r.take(int(r.byte())))
-	l.Version = r.u64()
-	n := int(r.u16())
+	l.UserID = string(r.Take(int(r.Byte())))
+	l.Version = r.U64()
+	n := int(r.U16())
 	if n > MaxDevices {
 		return nil, fmt.Errorf("%w: %d devices", ErrMalformed, n)
 	}
-	for i := 0; i < n && r.err == nil; i++ {
+	for i := 0; i < n && r.Err == nil; i++ {
 		var d Device
-		d.ID = r.u32()
-		pub := r.take(PublicSize)
-		if r.err != nil {
+		d.ID = r.U32()
+		pub := r.Take(PublicSize)
+		if r.Err != nil {
 			break
 		}
 		var err error
 		if d.Identity, err = ParsePublic(pub); err != nil {
 			return nil, err
 		}
-		copy(d.NoiseStatic[:], r.take(32))
+		copy(d.NoiseStatic[:], r.Take(32))
 		l.Devices = append(l.Devices, d)
 	}
-	l.SignerID = r.u32()
-	copy(l.Signature[:], r.take(ed25519.SignatureSize))
-	if r.err != nil {
-		return nil, r.err
+	l.SignerID = r.U32()
+	copy(l.Signature[:], r.Take(ed25519.SignatureSize))
+	if r.Err != nil {
+		return nil, r.Err
 	}
-	if len(r.b) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(r.b))
+	if len(r.B) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(r.B))
 	}
 	if err := l.check(); err != nil {
 		return nil, err
@@ -214,50 +215,7 @@ func (l *DeviceList) VerifyUpdate(trusted *DeviceList) error {
 	return nil
 }
 
-// reader is a bounds-checked cursor; the first short read sets err and every
-// later read returns zero values.
-type reader struct {
-	b   []byte
-	err error
-}
+// reader is the shared bounds-checked cursor (crypto/internal/wire).
+type reader struct{ wire.Reader }
 
-func (r *reader) take(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n < 0 || len(r.b) < n {
-		r.err = fmt.Errorf("%w: truncated", ErrMalformed)
-		return nil
-	}
-	out := r.b[:n]
-	r.b = r.b[n:]
-	return out
-}
-
-func (r *reader) byte() byte {
-	if b := r.take(1); b != nil {
-		return b[0]
-	}
-	return 0
-}
-
-func (r *reader) u16() uint16 {
-	if b := r.take(2); b != nil {
-		return binary.BigEndian.Uint16(b)
-	}
-	return 0
-}
-
-func (r *reader) u32() uint32 {
-	if b := r.take(4); b != nil {
-		return binary.BigEndian.Uint32(b)
-	}
-	return 0
-}
-
-func (r *reader) u64() uint64 {
-	if b := r.take(8); b != nil {
-		return binary.BigEndian.Uint64(b)
-	}
-	return 0
-}
+func newReader(b []byte) *reader { return &reader{wire.Reader{B: b, Malformed: ErrMalformed}} }

@@ -71,15 +71,15 @@ func (b *Bundle) MarshalBinary() ([]byte, error) {
 // ParseBundle decodes a bundle. It checks lengths and the identity binding
 // but not the prekey signatures: call Verify.
 func ParseBundle(data []byte) (*Bundle, error) {
-	r := reader{b: data}
+	r := newReader(data)
 	if err := r.version(); err != nil {
 		return nil, err
 	}
-	flags := r.byte()
+	flags := r.Byte()
 	if flags&^(flagKEM|flagOneTime) != 0 {
 		return nil, fmt.Errorf("%w: unknown flags %#x", ErrMalformed, flags)
 	}
-	idb := r.take(identity.PublicSize)
+	idb := r.Take(identity.PublicSize)
 	b := &Bundle{SignedPrekey: r.signedPrekey()}
 	if flags&flagKEM != 0 {
 		k := r.kemPrekey()
@@ -166,11 +166,11 @@ func (u *Upload) MarshalBinary() ([]byte, error) {
 
 // ParseUpload decodes an Upload (structure only; call Verify).
 func ParseUpload(data []byte) (*Upload, error) {
-	r := reader{b: data}
+	r := newReader(data)
 	if err := r.version(); err != nil {
 		return nil, err
 	}
-	flags := r.byte()
+	flags := r.Byte()
 	if flags&^3 != 0 {
 		return nil, fmt.Errorf("%w: unknown flags %#x", ErrMalformed, flags)
 	}
@@ -183,11 +183,11 @@ func ParseUpload(data []byte) (*Upload, error) {
 		k := r.kemPrekey()
 		u.KEM = &k
 	}
-	n := int(r.u16())
+	n := int(r.U16())
 	if n > MaxOneTimePerUpload {
 		return nil, fmt.Errorf("%w: %d > %d", ErrTooMany, n, MaxOneTimePerUpload)
 	}
-	for i := 0; i < n && r.err == nil; i++ {
+	for i := 0; i < n && r.Err == nil; i++ {
 		u.OneTime = append(u.OneTime, r.oneTime())
 	}
 	if err := r.end(); err != nil {

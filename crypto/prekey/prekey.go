@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/chatmesh/chatmesh/crypto/internal/wire"
 	"io"
 
 	"github.com/chatmesh/chatmesh/crypto/identity"
@@ -200,24 +201,24 @@ func (o OneTimePrekey) AppendBinary(b []byte) ([]byte, error) {
 }
 
 func (r *reader) signedPrekey() (s SignedPrekey) {
-	s.ID = r.u32()
-	copy(s.Public[:], r.take(32))
-	copy(s.Signature[:], r.take(ed25519.SignatureSize))
+	s.ID = r.U32()
+	copy(s.Public[:], r.Take(32))
+	copy(s.Signature[:], r.Take(ed25519.SignatureSize))
 	return s
 }
 
 func (r *reader) kemPrekey() (k KEMPrekey) {
-	k.ID = r.u32()
-	if pub := r.take(mlkem.EncapsulationKeySize768); pub != nil {
+	k.ID = r.U32()
+	if pub := r.Take(mlkem.EncapsulationKeySize768); pub != nil {
 		k.Public = append([]byte(nil), pub...)
 	}
-	copy(k.Signature[:], r.take(ed25519.SignatureSize))
+	copy(k.Signature[:], r.Take(ed25519.SignatureSize))
 	return k
 }
 
 func (r *reader) oneTime() (o OneTimePrekey) {
-	o.ID = r.u32()
-	copy(o.Public[:], r.take(32))
+	o.ID = r.U32()
+	copy(o.Public[:], r.Take(32))
 	return o
 }
 
@@ -230,12 +231,12 @@ func (p *SignedPrekeyPair) MarshalBinary() ([]byte, error) {
 
 // ParseSignedPrekeyPair decodes SignedPrekeyPair.MarshalBinary output.
 func ParseSignedPrekeyPair(data []byte) (*SignedPrekeyPair, error) {
-	r := reader{b: data}
+	r := newReader(data)
 	if err := r.version(); err != nil {
 		return nil, err
 	}
 	p := &SignedPrekeyPair{SignedPrekey: r.signedPrekey()}
-	priv := r.take(32)
+	priv := r.Take(32)
 	if err := r.end(); err != nil {
 		return nil, err
 	}
@@ -261,12 +262,12 @@ func (p *KEMPrekeyPair) MarshalBinary() ([]byte, error) {
 
 // ParseKEMPrekeyPair decodes KEMPrekeyPair.MarshalBinary output.
 func ParseKEMPrekeyPair(data []byte) (*KEMPrekeyPair, error) {
-	r := reader{b: data}
+	r := newReader(data)
 	if err := r.version(); err != nil {
 		return nil, err
 	}
 	p := &KEMPrekeyPair{KEMPrekey: r.kemPrekey()}
-	seed := r.take(mlkem.SeedSize)
+	seed := r.Take(mlkem.SeedSize)
 	if err := r.end(); err != nil {
 		return nil, err
 	}
@@ -288,12 +289,12 @@ func (p *OneTimePrekeyPair) MarshalBinary() ([]byte, error) {
 
 // ParseOneTimePrekeyPair decodes OneTimePrekeyPair.MarshalBinary output.
 func ParseOneTimePrekeyPair(data []byte) (*OneTimePrekeyPair, error) {
-	r := reader{b: data}
+	r := newReader(data)
 	if err := r.version(); err != nil {
 		return nil, err
 	}
 	p := &OneTimePrekeyPair{OneTimePrekey: r.oneTime()}
-	priv := r.take(32)
+	priv := r.Take(32)
 	if err := r.end(); err != nil {
 		return nil, err
 	}
@@ -307,51 +308,15 @@ func ParseOneTimePrekeyPair(data []byte) (*OneTimePrekeyPair, error) {
 	return p, nil
 }
 
-// reader is a bounds-checked cursor: the first short read sets err and all
-// later reads return zero values.
-type reader struct {
-	b   []byte
-	err error
-}
+// reader is the shared bounds-checked cursor (crypto/internal/wire).
+type reader struct{ wire.Reader }
 
-func (r *reader) take(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n < 0 || len(r.b) < n {
-		r.err = fmt.Errorf("%w: truncated", ErrMalformed)
-		return nil
-	}
-	out := r.b[:n]
-	r.b = r.b[n:]
-	return out
-}
-
-func (r *reader) byte() byte {
-	if b := r.take(1); b != nil {
-		return b[0]
-	}
-	return 0
-}
-
-func (r *reader) u16() uint16 {
-	if b := r.take(2); b != nil {
-		return binary.BigEndian.Uint16(b)
-	}
-	return 0
-}
-
-func (r *reader) u32() uint32 {
-	if b := r.take(4); b != nil {
-		return binary.BigEndian.Uint32(b)
-	}
-	return 0
-}
+func newReader(b []byte) *reader { return &reader{wire.Reader{B: b, Malformed: ErrMalformed}} }
 
 func (r *reader) version() error {
-	v := r.byte()
-	if r.err != nil {
-		return r.err
+	v := r.Byte()
+	if r.Err != nil {
+		return r.Err
 	}
 	if v != encodingVersion {
 		return fmt.Errorf("%w: %d", ErrVersion, v)
@@ -360,11 +325,11 @@ func (r *reader) version() error {
 }
 
 func (r *reader) end() error {
-	if r.err != nil {
-		return r.err
+	if r.Err != nil {
+		return r.Err
 	}
-	if len(r.b) != 0 {
-		return fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(r.b))
+	if len(r.B) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(r.B))
 	}
 	return nil
 }
