@@ -501,21 +501,37 @@ func chatReceive(ctx context.Context, g *chatGlobals, args []string) error {
 	}
 }
 
+// parseInterspersed parses flags placed before or after the positional
+// arguments (for commands whose positionals never start with "-").
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
 func chatHistory(ctx context.Context, g *chatGlobals, args []string) error {
 	fs := flag.NewFlagSet("history", flag.ContinueOnError)
 	fs.SetOutput(g.stderr)
 	asJSON := fs.Bool("json", false, "JSON lines")
 	remote := fs.Int("remote", 0, "first fetch this many newest entries from the server")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return errors.New("chat: usage: history CONV|@USER")
+	if len(pos) != 1 {
+		return errors.New("chat: usage: history CONV|@USER [--json] [--remote N]")
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	var c *client.Client
-	var err error
 	if *remote > 0 {
 		c, err = g.connected(ctx, true)
 	} else {
@@ -526,7 +542,7 @@ func chatHistory(ctx context.Context, g *chatGlobals, args []string) error {
 	}
 	defer c.Close()
 	me, _ := c.Device()
-	conv, err := resolveConv(me, fs.Arg(0))
+	conv, err := resolveConv(me, pos[0])
 	if err != nil {
 		return err
 	}
