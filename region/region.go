@@ -23,6 +23,23 @@ const (
 	SequencerGroup       = "sequencer"
 )
 
+// Names are the topic and group names of one region's bus.
+type Names struct {
+	Ingress, Presence, SequencerGroup string
+}
+
+// NamesFor returns the names under a namespace: the defaults when ns is
+// empty, else "<ns>.ingress", "<ns>.presence" and "<ns>.sequencer", so that
+// several regions (or test runs) can share one Kafka cluster. Edge topics
+// are already unique per edge id.
+func NamesFor(ns string) Names {
+	n := Names{Ingress: DefaultIngressTopic, Presence: DefaultPresenceTopic, SequencerGroup: SequencerGroup}
+	if ns != "" {
+		n = Names{Ingress: ns + "." + n.Ingress, Presence: ns + "." + n.Presence, SequencerGroup: ns + "." + n.SequencerGroup}
+	}
+	return n
+}
+
 // EdgeTopic is the topic an edge consumes.
 func EdgeTopic(edgeID string) string { return EdgeTopicPrefix + edgeID }
 

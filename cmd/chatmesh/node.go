@@ -34,14 +34,6 @@ func newLogger(stderr io.Writer, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
 }
 
-func topics(namespace string) (ingress, presence, group string) {
-	ingress, presence, group = region.DefaultIngressTopic, region.DefaultPresenceTopic, region.SequencerGroup
-	if namespace != "" {
-		ingress, presence, group = namespace+"."+ingress, namespace+"."+presence, namespace+"."+group
-	}
-	return
-}
-
 // runRegion runs the region services without an edge: the sequencer (a
 // member of the consumer group) and the API that edges in other processes
 // call over HTTP.
@@ -84,8 +76,8 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer st.Close()
-	ingress, presence, group := topics(*namespace)
-	cfg := region.Config{Name: *name, IngressTopic: ingress, PresenceTopic: presence, SequencerGroup: group,
+	names := region.NamesFor(*namespace)
+	cfg := region.Config{Name: *name, IngressTopic: names.Ingress, PresenceTopic: names.Presence, SequencerGroup: names.SequencerGroup,
 		IngressPartitions: *partitions, Logger: logger}
 	if *webhook != "" {
 		cfg.Notifier = &region.WebhookNotifier{URL: *webhook}
@@ -152,9 +144,9 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer bus.Close()
-	ingress, presence, _ := topics(*namespace)
+	names := region.NamesFor(*namespace)
 	cfg := edge.Config{ID: *id, Region: *name, Static: key, WSAddr: *ws, Logger: logger,
-		IngressTopic: ingress, PresenceTopic: presence, MaxConnsPerIP: *maxConns}
+		IngressTopic: names.Ingress, PresenceTopic: names.Presence, MaxConnsPerIP: *maxConns}
 	var certHash []byte
 	if *wt != "-" {
 		var tc *tls.Config

@@ -21,6 +21,7 @@ import (
 	"github.com/chatmesh/chatmesh/client"
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/region"
 )
 
 // syncBuffer is a log sink the test can read while the stack writes to it.
@@ -144,7 +145,7 @@ func canaryRun(t *testing.T, b backend, sealer client.Sealer, perConv int) (foun
 			hay["store"] = append(hay["store"], b)
 		}
 	}
-	hay["kafka records"] = kafkaContents(t, ctx, s.Bus, ns+".ingress", ns+".presence", "edge."+ns+"-edge")
+	hay["kafka records"] = kafkaContents(t, ctx, s.Bus, region.NamesFor(ns).Ingress, region.NamesFor(ns).Presence, region.EdgeTopic(ns+"-edge"))
 	if b.dsn != "" {
 		hay["postgres rows"] = postgresRows(t, ctx, b.dsn, ns)
 	}

@@ -147,11 +147,8 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	rcfg := region.Config{
 		Name: cfg.Region, IngressPartitions: cfg.Partitions, Logger: cfg.Logger, Notifier: cfg.Notifier,
 	}
-	if ns := cfg.Namespace; ns != "" {
-		rcfg.IngressTopic = ns + "." + region.DefaultIngressTopic
-		rcfg.PresenceTopic = ns + "." + region.DefaultPresenceTopic
-		rcfg.SequencerGroup = ns + "." + region.SequencerGroup
-	}
+	names := region.NamesFor(cfg.Namespace)
+	rcfg.IngressTopic, rcfg.PresenceTopic, rcfg.SequencerGroup = names.Ingress, names.Presence, names.SequencerGroup
 	s.Region, err = region.New(rcfg, s.Store, s.Bus)
 	if err != nil {
 		return nil, err
