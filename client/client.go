@@ -64,8 +64,10 @@ type Config struct {
 	// are dropped and counted in DroppedNotices. Default 4096.
 	NoticeQueue int
 	// SendWindow is the number of messages per conversation in flight at
-	// once. Default 16. 1 gives strict order even when the edge rejects a
-	// message with RATE_LIMITED while a later one passes.
+	// once. Default 1: strict per-conversation order, even when the edge
+	// rejects a message transiently (RATE_LIMITED, UNAVAILABLE — e.g. just
+	// after a region restart) while a later one would pass. Larger windows
+	// pipeline one conversation's sends at the cost of that guarantee.
 	SendWindow int
 	// MaxInflight bounds in-flight sends over all conversations. Default 256.
 	MaxInflight int
@@ -105,7 +107,7 @@ func (c *Config) defaults() {
 		c.NoticeQueue = 4096
 	}
 	if c.SendWindow <= 0 {
-		c.SendWindow = 16
+		c.SendWindow = 1
 	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 256

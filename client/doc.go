@@ -89,11 +89,13 @@
 // (NOT_MEMBER, NOT_FOUND, INVALID_ARGUMENT, FORBIDDEN, GROUP_FULL) removes
 // it and emits SendFailedEvent; so does a message larger than the edge's
 // max_frame_bytes (from its ServerHello), which is failed locally with
-// FRAME_TOO_LARGE instead of being sent. Caveat on order: with SendWindow > 1, when
-// the edge rejects one message transiently while a later one of the same
+// FRAME_TOO_LARGE instead of being sent. Order: the default SendWindow 1
+// keeps one message per conversation in flight, so a conversation's
+// messages are sequenced in send order. With SendWindow > 1, when the edge
+// rejects one message transiently while a later one of the same
 // conversation, already in flight, is accepted, the two are sequenced out
-// of order. SendWindow 1 rules that out at the cost of one round trip per
-// message and conversation. Key-distribution entries of the end-to-end
+// of order (seen after a SIGKILL and restart of the region: the first
+// resend after reconnect got UNAVAILABLE while the next passed). Key-distribution entries of the end-to-end
 // sealer are exempt from that caveat: each is sent alone and acked before
 // anything after it in its conversation is sent.
 //
