@@ -20,6 +20,10 @@ var (
 	// another sequencer owns the conversation now.
 	ErrFenced      = errors.New("core: fenced by newer owner epoch")
 	ErrUnavailable = errors.New("core: unavailable")
+	// ErrLimitExceeded means a per-user limit is reached (LIMIT_EXCEEDED).
+	ErrLimitExceeded = errors.New("core: limit exceeded")
+	// ErrRateLimited means the caller is over a rate or admission limit (RATE_LIMITED).
+	ErrRateLimited = errors.New("core: rate limited")
 	// ErrUnknownTopic is a bus error: the topic does not exist.
 	ErrUnknownTopic = errors.New("core: unknown topic")
 )
@@ -52,6 +56,10 @@ func (e *WireError) Unwrap() error {
 		return ErrForbidden
 	case pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
 		return ErrUnavailable
+	case pb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED:
+		return ErrLimitExceeded
+	case pb.ErrorCode_ERROR_CODE_RATE_LIMITED:
+		return ErrRateLimited
 	}
 	return nil
 }
@@ -89,6 +97,10 @@ func Code(err error) pb.ErrorCode {
 		return pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT
 	case errors.Is(err, ErrForbidden):
 		return pb.ErrorCode_ERROR_CODE_FORBIDDEN
+	case errors.Is(err, ErrLimitExceeded):
+		return pb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED
+	case errors.Is(err, ErrRateLimited):
+		return pb.ErrorCode_ERROR_CODE_RATE_LIMITED
 	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrFenced):
 		return pb.ErrorCode_ERROR_CODE_UNAVAILABLE
 	default:

@@ -15,8 +15,43 @@ const (
 	MaxTitleLen       = 200
 	DefaultPageSize   = 256
 	MaxPageSize       = 1000
-	// MaxPresenceUsers bounds one session's presence subscription set.
-	MaxPresenceUsers = 1000
+	// MaxPresenceUsers bounds one session's presence subscription set (and
+	// one presence snapshot, which must fit in one frame: 500 events of
+	// the longest user id take about 41 KB).
+	MaxPresenceUsers = 500
+	// MaxDevicesPerUser bounds a user's registered devices (a phone and
+	// its linked devices); one more gets LIMIT_EXCEEDED.
+	MaxDevicesPerUser = 16
+)
+
+// Size limits, in bytes. Every frame a server builds must fit one Noise
+// transport message (MaxFramePlaintext); these limits are chosen so that
+// anything an edge accepts can be stored, and anything stored can be
+// delivered — pushed alone, or as the only entry of a sync or history page.
+//
+//	envelope          <= MaxEnvelopeBytes    (checked at the edge and by the sequencer)
+//	stored entry      <= MaxMessageBytes     (envelope + the longest ids; checked by the stores)
+//	delivery frame    <= MaxMessageBytes + 4 <= MaxFramePlaintext
+//	a page of entries <= MaxPageBytes        (sync, history: bounded in bytes and in count)
+const (
+	// MaxFramePlaintext is the largest plaintext of one Noise transport
+	// message: 65,535 minus the 16-byte tag (crypto/noiseconn.MaxPlaintext).
+	MaxFramePlaintext = 65519
+	// MaxEnvelopeBytes bounds proto.Size of a SendRequest's Envelope
+	// (advertised as ServerHello.max_envelope_bytes).
+	MaxEnvelopeBytes = 64000
+	// MaxClientFrameBytes is the largest ClientFrame an edge accepts
+	// (advertised as ServerHello.max_frame_bytes): a send carrying a
+	// MaxEnvelopeBytes envelope with the longest ids takes 64,219 bytes.
+	MaxClientFrameBytes = 64512
+	// MaxMessageBytes bounds proto.Size of a stored entry (pb.Message): a
+	// USER entry with a MaxEnvelopeBytes envelope and the longest ids is
+	// 64,341 bytes; a membership entry of a full group about 34 KB.
+	MaxMessageBytes = 64512
+	// MaxPageBytes bounds the encoded entries (messages plus per-
+	// conversation heads) of one sync or history page; with the response
+	// framing (req_id, tags, more) the frame stays within MaxFramePlaintext.
+	MaxPageBytes = MaxFramePlaintext - 64
 )
 
 // DeviceKey identifies one device: the user and the per-user device number.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/chatmesh/chatmesh/core/pb"
 )
 
@@ -20,6 +22,19 @@ func ValidateSend(s *pb.SendRequest) error {
 	}
 	if s.GetEnvelope() == nil {
 		return fmt.Errorf("send: missing envelope: %w", ErrInvalidArgument)
+	}
+	if n := proto.Size(s.GetEnvelope()); n > MaxEnvelopeBytes {
+		return Errorf(pb.ErrorCode_ERROR_CODE_MESSAGE_TOO_LARGE, "envelope of %d bytes exceeds %d", n, MaxEnvelopeBytes)
+	}
+	return nil
+}
+
+// CheckStorable refuses an entry that could not be delivered in one frame
+// (see MaxMessageBytes). Both stores call it in Append, so no store ever
+// holds an undeliverable entry whatever its writer checked.
+func CheckStorable(m *pb.Message) error {
+	if n := proto.Size(m); n > MaxMessageBytes {
+		return Errorf(pb.ErrorCode_ERROR_CODE_MESSAGE_TOO_LARGE, "entry of %d bytes exceeds %d", n, MaxMessageBytes)
 	}
 	return nil
 }

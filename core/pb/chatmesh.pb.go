@@ -138,6 +138,11 @@ const (
 	MembershipOp_MEMBERSHIP_OP_ADD         MembershipOp = 2
 	MembershipOp_MEMBERSHIP_OP_REMOVE      MembershipOp = 3
 	MembershipOp_MEMBERSHIP_OP_LEAVE       MembershipOp = 4
+	MembershipOp_MEMBERSHIP_OP_PROMOTE     MembershipOp = 5 // admin makes members admins
+	MembershipOp_MEMBERSHIP_OP_DEMOTE      MembershipOp = 6 // admin takes admin rights away (an admin may demote themself)
+	MembershipOp_MEMBERSHIP_OP_SET_TITLE   MembershipOp = 7 // admin changes the group title
+	MembershipOp_MEMBERSHIP_OP_ACCEPT      MembershipOp = 8 // an invited user joins (users = [actor])
+	MembershipOp_MEMBERSHIP_OP_DECLINE     MembershipOp = 9 // an invited user refuses (users = [actor])
 )
 
 // Enum value maps for MembershipOp.
@@ -148,6 +153,11 @@ var (
 		2: "MEMBERSHIP_OP_ADD",
 		3: "MEMBERSHIP_OP_REMOVE",
 		4: "MEMBERSHIP_OP_LEAVE",
+		5: "MEMBERSHIP_OP_PROMOTE",
+		6: "MEMBERSHIP_OP_DEMOTE",
+		7: "MEMBERSHIP_OP_SET_TITLE",
+		8: "MEMBERSHIP_OP_ACCEPT",
+		9: "MEMBERSHIP_OP_DECLINE",
 	}
 	MembershipOp_value = map[string]int32{
 		"MEMBERSHIP_OP_UNSPECIFIED": 0,
@@ -155,6 +165,11 @@ var (
 		"MEMBERSHIP_OP_ADD":         2,
 		"MEMBERSHIP_OP_REMOVE":      3,
 		"MEMBERSHIP_OP_LEAVE":       4,
+		"MEMBERSHIP_OP_PROMOTE":     5,
+		"MEMBERSHIP_OP_DEMOTE":      6,
+		"MEMBERSHIP_OP_SET_TITLE":   7,
+		"MEMBERSHIP_OP_ACCEPT":      8,
+		"MEMBERSHIP_OP_DECLINE":     9,
 	}
 )
 
@@ -185,6 +200,58 @@ func (MembershipOp) EnumDescriptor() ([]byte, []int) {
 	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{2}
 }
 
+// Who may add a user to a group directly.
+type AddPolicy int32
+
+const (
+	AddPolicy_ADD_POLICY_UNSPECIFIED AddPolicy = 0 // EVERYONE
+	AddPolicy_ADD_POLICY_EVERYONE    AddPolicy = 1
+	// Only contacts (users the caller shares a 1:1 conversation with) add
+	// directly; anyone else's add becomes an invitation the user accepts or declines.
+	AddPolicy_ADD_POLICY_CONTACTS AddPolicy = 2
+)
+
+// Enum value maps for AddPolicy.
+var (
+	AddPolicy_name = map[int32]string{
+		0: "ADD_POLICY_UNSPECIFIED",
+		1: "ADD_POLICY_EVERYONE",
+		2: "ADD_POLICY_CONTACTS",
+	}
+	AddPolicy_value = map[string]int32{
+		"ADD_POLICY_UNSPECIFIED": 0,
+		"ADD_POLICY_EVERYONE":    1,
+		"ADD_POLICY_CONTACTS":    2,
+	}
+)
+
+func (x AddPolicy) Enum() *AddPolicy {
+	p := new(AddPolicy)
+	*p = x
+	return p
+}
+
+func (x AddPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AddPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_chatmesh_v1_chatmesh_proto_enumTypes[3].Descriptor()
+}
+
+func (AddPolicy) Type() protoreflect.EnumType {
+	return &file_chatmesh_v1_chatmesh_proto_enumTypes[3]
+}
+
+func (x AddPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AddPolicy.Descriptor instead.
+func (AddPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{3}
+}
+
 // Error codes crossing the wire. A client acts on the code, never on text.
 type ErrorCode int32
 
@@ -207,6 +274,8 @@ const (
 	ErrorCode_ERROR_CODE_FORBIDDEN            ErrorCode = 15
 	ErrorCode_ERROR_CODE_INTERNAL             ErrorCode = 16
 	ErrorCode_ERROR_CODE_REPLACED             ErrorCode = 17 // the same device connected again elsewhere
+	ErrorCode_ERROR_CODE_MESSAGE_TOO_LARGE    ErrorCode = 18 // envelope exceeds ServerHello.max_envelope_bytes; do not retry
+	ErrorCode_ERROR_CODE_LIMIT_EXCEEDED       ErrorCode = 19 // a per-user limit (devices per user, ...) is reached; do not retry
 )
 
 // Enum value maps for ErrorCode.
@@ -230,6 +299,8 @@ var (
 		15: "ERROR_CODE_FORBIDDEN",
 		16: "ERROR_CODE_INTERNAL",
 		17: "ERROR_CODE_REPLACED",
+		18: "ERROR_CODE_MESSAGE_TOO_LARGE",
+		19: "ERROR_CODE_LIMIT_EXCEEDED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_OK":                   0,
@@ -250,6 +321,8 @@ var (
 		"ERROR_CODE_FORBIDDEN":            15,
 		"ERROR_CODE_INTERNAL":             16,
 		"ERROR_CODE_REPLACED":             17,
+		"ERROR_CODE_MESSAGE_TOO_LARGE":    18,
+		"ERROR_CODE_LIMIT_EXCEEDED":       19,
 	}
 )
 
@@ -264,11 +337,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_chatmesh_v1_chatmesh_proto_enumTypes[3].Descriptor()
+	return file_chatmesh_v1_chatmesh_proto_enumTypes[4].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_chatmesh_v1_chatmesh_proto_enumTypes[3]
+	return &file_chatmesh_v1_chatmesh_proto_enumTypes[4]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -277,7 +350,7 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{3}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{4}
 }
 
 type ReceiptKind int32
@@ -313,11 +386,11 @@ func (x ReceiptKind) String() string {
 }
 
 func (ReceiptKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_chatmesh_v1_chatmesh_proto_enumTypes[4].Descriptor()
+	return file_chatmesh_v1_chatmesh_proto_enumTypes[5].Descriptor()
 }
 
 func (ReceiptKind) Type() protoreflect.EnumType {
-	return &file_chatmesh_v1_chatmesh_proto_enumTypes[4]
+	return &file_chatmesh_v1_chatmesh_proto_enumTypes[5]
 }
 
 func (x ReceiptKind) Number() protoreflect.EnumNumber {
@@ -326,7 +399,7 @@ func (x ReceiptKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ReceiptKind.Descriptor instead.
 func (ReceiptKind) EnumDescriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{4}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{5}
 }
 
 // DeviceAddr names one device of one user.
@@ -500,11 +573,18 @@ func (x *DeviceCiphertext) GetCiphertext() []byte {
 }
 
 type MembershipChange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Op            MembershipOp           `protobuf:"varint,1,opt,name=op,proto3,enum=chatmesh.v1.MembershipOp" json:"op,omitempty"`
-	Actor         string                 `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"` // user who made the change
-	Users         []string               `protobuf:"bytes,3,rep,name=users,proto3" json:"users,omitempty"` // users added/removed/created with
-	Title         string                 `protobuf:"bytes,4,opt,name=title,proto3" json:"title,omitempty"` // group title on create (metadata, not E2E)
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Op    MembershipOp           `protobuf:"varint,1,opt,name=op,proto3,enum=chatmesh.v1.MembershipOp" json:"op,omitempty"`
+	Actor string                 `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"` // user who made the change
+	Users []string               `protobuf:"bytes,3,rep,name=users,proto3" json:"users,omitempty"` // users added/removed/created with
+	Title string                 `protobuf:"bytes,4,opt,name=title,proto3" json:"title,omitempty"` // group title on create / SET_TITLE (metadata, not E2E)
+	// Users invited instead of added (CREATE, ADD): their add policy refuses
+	// adds by non-contacts, so they become members only when they ACCEPT.
+	Invited []string `protobuf:"bytes,5,rep,name=invited,proto3" json:"invited,omitempty"`
+	// Users who became admins as a side effect of this change: the creator on
+	// CREATE; on LEAVE/REMOVE of the last admin, the member promoted in their
+	// place (the longest-standing member, ties by user id).
+	Promoted      []string `protobuf:"bytes,6,rep,name=promoted,proto3" json:"promoted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -565,6 +645,20 @@ func (x *MembershipChange) GetTitle() string {
 		return x.Title
 	}
 	return ""
+}
+
+func (x *MembershipChange) GetInvited() []string {
+	if x != nil {
+		return x.Invited
+	}
+	return nil
+}
+
+func (x *MembershipChange) GetPromoted() []string {
+	if x != nil {
+		return x.Promoted
+	}
+	return nil
 }
 
 // Message is one sequenced entry of a conversation, as stored and delivered.
@@ -706,6 +800,7 @@ type ClientFrame struct {
 	//	*ClientFrame_FetchBundle
 	//	*ClientFrame_PublishDeviceList
 	//	*ClientFrame_FetchDeviceList
+	//	*ClientFrame_SetPrivacy
 	Body          isClientFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -908,6 +1003,15 @@ func (x *ClientFrame) GetFetchDeviceList() *FetchDeviceListRequest {
 	return nil
 }
 
+func (x *ClientFrame) GetSetPrivacy() *SetPrivacyRequest {
+	if x != nil {
+		if x, ok := x.Body.(*ClientFrame_SetPrivacy); ok {
+			return x.SetPrivacy
+		}
+	}
+	return nil
+}
+
 type isClientFrame_Body interface {
 	isClientFrame_Body()
 }
@@ -980,6 +1084,10 @@ type ClientFrame_FetchDeviceList struct {
 	FetchDeviceList *FetchDeviceListRequest `protobuf:"bytes,26,opt,name=fetch_device_list,json=fetchDeviceList,proto3,oneof"`
 }
 
+type ClientFrame_SetPrivacy struct {
+	SetPrivacy *SetPrivacyRequest `protobuf:"bytes,27,opt,name=set_privacy,json=setPrivacy,proto3,oneof"`
+}
+
 func (*ClientFrame_Register) isClientFrame_Body() {}
 
 func (*ClientFrame_Send) isClientFrame_Body() {}
@@ -1014,6 +1122,8 @@ func (*ClientFrame_PublishDeviceList) isClientFrame_Body() {}
 
 func (*ClientFrame_FetchDeviceList) isClientFrame_Body() {}
 
+func (*ClientFrame_SetPrivacy) isClientFrame_Body() {}
+
 // RegisterRequest registers the calling device. The device's Noise static key
 // (proven in the handshake) becomes its transport identity. A user's first
 // device creates the user; further devices need `link_signature`: the
@@ -1022,11 +1132,21 @@ func (*ClientFrame_FetchDeviceList) isClientFrame_Body() {}
 type RegisterRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	UserId         string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	IdentityKey    []byte                 `protobuf:"bytes,2,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`             // Ed25519 public key of the device (32 bytes)
+	IdentityKey    []byte                 `protobuf:"bytes,2,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`             // Ed25519 public key of the device (32 bytes), required
 	LinkedByDevice uint32                 `protobuf:"varint,3,opt,name=linked_by_device,json=linkedByDevice,proto3" json:"linked_by_device,omitempty"` // existing device that signed the link
 	LinkSignature  []byte                 `protobuf:"bytes,4,opt,name=link_signature,json=linkSignature,proto3" json:"link_signature,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Proof of possession of identity_key, required: the Ed25519 signature by
+	// identity_key over "chatmesh-register-v1" || user_id || noise_static.
+	IdentityProof []byte `protobuf:"bytes,5,opt,name=identity_proof,json=identityProof,proto3" json:"identity_proof,omitempty"`
+	// Proof of work, when ServerHello.register_pow_bits > 0: SHA-256 over
+	// "chatmesh-pow-v1" || noise_static || user_id || pow_nonce must start
+	// with register_pow_bits zero bits. Not needed with a registration_token.
+	PowNonce []byte `protobuf:"bytes,6,opt,name=pow_nonce,json=powNonce,proto3" json:"pow_nonce,omitempty"`
+	// An operator-issued token that bypasses the proof of work and the
+	// per-IP registration limit (deployments that hand out invitations).
+	RegistrationToken string `protobuf:"bytes,7,opt,name=registration_token,json=registrationToken,proto3" json:"registration_token,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
@@ -1085,6 +1205,27 @@ func (x *RegisterRequest) GetLinkSignature() []byte {
 		return x.LinkSignature
 	}
 	return nil
+}
+
+func (x *RegisterRequest) GetIdentityProof() []byte {
+	if x != nil {
+		return x.IdentityProof
+	}
+	return nil
+}
+
+func (x *RegisterRequest) GetPowNonce() []byte {
+	if x != nil {
+		return x.PowNonce
+	}
+	return nil
+}
+
+func (x *RegisterRequest) GetRegistrationToken() string {
+	if x != nil {
+		return x.RegistrationToken
+	}
+	return ""
 }
 
 type SendRequest struct {
@@ -1480,10 +1621,16 @@ func (x *CreateGroupRequest) GetMembers() []string {
 }
 
 type ModifyMembersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ConvId        string                 `protobuf:"bytes,1,opt,name=conv_id,json=convId,proto3" json:"conv_id,omitempty"`
-	Op            MembershipOp           `protobuf:"varint,2,opt,name=op,proto3,enum=chatmesh.v1.MembershipOp" json:"op,omitempty"` // ADD, REMOVE or LEAVE
-	Users         []string               `protobuf:"bytes,3,rep,name=users,proto3" json:"users,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ConvId string                 `protobuf:"bytes,1,opt,name=conv_id,json=convId,proto3" json:"conv_id,omitempty"`
+	// ADD, REMOVE, LEAVE, PROMOTE, DEMOTE, SET_TITLE, ACCEPT or DECLINE.
+	Op    MembershipOp `protobuf:"varint,2,opt,name=op,proto3,enum=chatmesh.v1.MembershipOp" json:"op,omitempty"`
+	Users []string     `protobuf:"bytes,3,rep,name=users,proto3" json:"users,omitempty"`
+	// The idempotency key, required, 1..64 bytes, unique per sender device
+	// (the same space as SendRequest.client_msg_id): a resend with the same
+	// key is answered as the first was and applies once.
+	ClientMsgId   string `protobuf:"bytes,4,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
+	Title         string `protobuf:"bytes,5,opt,name=title,proto3" json:"title,omitempty"` // SET_TITLE
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1537,6 +1684,20 @@ func (x *ModifyMembersRequest) GetUsers() []string {
 		return x.Users
 	}
 	return nil
+}
+
+func (x *ModifyMembersRequest) GetClientMsgId() string {
+	if x != nil {
+		return x.ClientMsgId
+	}
+	return ""
+}
+
+func (x *ModifyMembersRequest) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
 }
 
 type PresenceSubscribe struct {
@@ -1679,8 +1840,11 @@ func (x *Ping) GetClientTimeMs() int64 {
 	return 0
 }
 
+// ListConversationsRequest pages through the user's conversations (and
+// pending group invitations) in conv_id order, bounded in bytes.
 type ListConversationsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	AfterConvId   string                 `protobuf:"bytes,1,opt,name=after_conv_id,json=afterConvId,proto3" json:"after_conv_id,omitempty"` // "" = from the start
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1715,6 +1879,67 @@ func (*ListConversationsRequest) Descriptor() ([]byte, []int) {
 	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{18}
 }
 
+func (x *ListConversationsRequest) GetAfterConvId() string {
+	if x != nil {
+		return x.AfterConvId
+	}
+	return ""
+}
+
+// SetPrivacyRequest replaces the calling user's privacy settings (all
+// devices share them). Answered with Empty.
+type SetPrivacyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HideLastSeen  bool                   `protobuf:"varint,1,opt,name=hide_last_seen,json=hideLastSeen,proto3" json:"hide_last_seen,omitempty"` // others see online/offline but last_seen_ms = 0
+	AddPolicy     AddPolicy              `protobuf:"varint,2,opt,name=add_policy,json=addPolicy,proto3,enum=chatmesh.v1.AddPolicy" json:"add_policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPrivacyRequest) Reset() {
+	*x = SetPrivacyRequest{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPrivacyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPrivacyRequest) ProtoMessage() {}
+
+func (x *SetPrivacyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPrivacyRequest.ProtoReflect.Descriptor instead.
+func (*SetPrivacyRequest) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SetPrivacyRequest) GetHideLastSeen() bool {
+	if x != nil {
+		return x.HideLastSeen
+	}
+	return false
+}
+
+func (x *SetPrivacyRequest) GetAddPolicy() AddPolicy {
+	if x != nil {
+		return x.AddPolicy
+	}
+	return AddPolicy_ADD_POLICY_UNSPECIFIED
+}
+
 type LookupUserRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -1724,7 +1949,7 @@ type LookupUserRequest struct {
 
 func (x *LookupUserRequest) Reset() {
 	*x = LookupUserRequest{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[19]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +1961,7 @@ func (x *LookupUserRequest) String() string {
 func (*LookupUserRequest) ProtoMessage() {}
 
 func (x *LookupUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[19]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +1974,7 @@ func (x *LookupUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUserRequest.ProtoReflect.Descriptor instead.
 func (*LookupUserRequest) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{19}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LookupUserRequest) GetUserId() string {
@@ -1774,7 +1999,7 @@ type UploadPrekeysRequest struct {
 
 func (x *UploadPrekeysRequest) Reset() {
 	*x = UploadPrekeysRequest{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[20]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +2011,7 @@ func (x *UploadPrekeysRequest) String() string {
 func (*UploadPrekeysRequest) ProtoMessage() {}
 
 func (x *UploadPrekeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[20]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +2024,7 @@ func (x *UploadPrekeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadPrekeysRequest.ProtoReflect.Descriptor instead.
 func (*UploadPrekeysRequest) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{20}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UploadPrekeysRequest) GetIdentity() []byte {
@@ -1828,7 +2053,7 @@ type FetchBundleRequest struct {
 
 func (x *FetchBundleRequest) Reset() {
 	*x = FetchBundleRequest{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[21]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +2065,7 @@ func (x *FetchBundleRequest) String() string {
 func (*FetchBundleRequest) ProtoMessage() {}
 
 func (x *FetchBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[21]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +2078,7 @@ func (x *FetchBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchBundleRequest.ProtoReflect.Descriptor instead.
 func (*FetchBundleRequest) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{21}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FetchBundleRequest) GetUserId() string {
@@ -1882,7 +2107,7 @@ type PublishDeviceListRequest struct {
 
 func (x *PublishDeviceListRequest) Reset() {
 	*x = PublishDeviceListRequest{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[22]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2119,7 @@ func (x *PublishDeviceListRequest) String() string {
 func (*PublishDeviceListRequest) ProtoMessage() {}
 
 func (x *PublishDeviceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[22]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2132,7 @@ func (x *PublishDeviceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishDeviceListRequest.ProtoReflect.Descriptor instead.
 func (*PublishDeviceListRequest) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{22}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PublishDeviceListRequest) GetDeviceList() []byte {
@@ -1926,7 +2151,7 @@ type FetchDeviceListRequest struct {
 
 func (x *FetchDeviceListRequest) Reset() {
 	*x = FetchDeviceListRequest{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[23]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2163,7 @@ func (x *FetchDeviceListRequest) String() string {
 func (*FetchDeviceListRequest) ProtoMessage() {}
 
 func (x *FetchDeviceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[23]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2176,7 @@ func (x *FetchDeviceListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchDeviceListRequest.ProtoReflect.Descriptor instead.
 func (*FetchDeviceListRequest) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{23}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FetchDeviceListRequest) GetUserId() string {
@@ -1979,7 +2204,7 @@ type ServerFrame struct {
 
 func (x *ServerFrame) Reset() {
 	*x = ServerFrame{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[24]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2216,7 @@ func (x *ServerFrame) String() string {
 func (*ServerFrame) ProtoMessage() {}
 
 func (x *ServerFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[24]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2229,7 @@ func (x *ServerFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerFrame.ProtoReflect.Descriptor instead.
 func (*ServerFrame) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{24}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ServerFrame) GetBody() isServerFrame_Body {
@@ -2124,16 +2349,18 @@ func (*ServerFrame_Disconnect) isServerFrame_Body() {}
 func (*ServerFrame_PrekeyStatus) isServerFrame_Body() {}
 
 type Error struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=chatmesh.v1.ErrorCode" json:"code,omitempty"`
-	Detail        string                 `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"` // human-readable, never contains message content
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Code   ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=chatmesh.v1.ErrorCode" json:"code,omitempty"`
+	Detail string                 `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"` // human-readable, never contains message content
+	// For RATE_LIMITED and UNAVAILABLE: the earliest useful retry, in ms (0 = client's choice).
+	RetryAfterMs  uint32 `protobuf:"varint,3,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[25]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2372,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[25]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2385,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{25}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -2173,6 +2400,13 @@ func (x *Error) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *Error) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 type Response struct {
@@ -2201,7 +2435,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[26]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2447,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[26]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2460,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{26}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Response) GetReqId() uint64 {
@@ -2461,7 +2695,7 @@ type BundleResponse struct {
 
 func (x *BundleResponse) Reset() {
 	*x = BundleResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[27]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2473,7 +2707,7 @@ func (x *BundleResponse) String() string {
 func (*BundleResponse) ProtoMessage() {}
 
 func (x *BundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[27]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2486,7 +2720,7 @@ func (x *BundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleResponse.ProtoReflect.Descriptor instead.
 func (*BundleResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{27}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BundleResponse) GetBundle() []byte {
@@ -2513,7 +2747,7 @@ type DeviceListResponse struct {
 
 func (x *DeviceListResponse) Reset() {
 	*x = DeviceListResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[28]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2759,7 @@ func (x *DeviceListResponse) String() string {
 func (*DeviceListResponse) ProtoMessage() {}
 
 func (x *DeviceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[28]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2772,7 @@ func (x *DeviceListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceListResponse.ProtoReflect.Descriptor instead.
 func (*DeviceListResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{28}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeviceListResponse) GetVersion() uint64 {
@@ -2567,7 +2801,7 @@ type PrekeyStatus struct {
 
 func (x *PrekeyStatus) Reset() {
 	*x = PrekeyStatus{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[29]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +2813,7 @@ func (x *PrekeyStatus) String() string {
 func (*PrekeyStatus) ProtoMessage() {}
 
 func (x *PrekeyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[29]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +2826,7 @@ func (x *PrekeyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrekeyStatus.ProtoReflect.Descriptor instead.
 func (*PrekeyStatus) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{29}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PrekeyStatus) GetOneTimeRemaining() uint32 {
@@ -2617,7 +2851,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[30]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +2863,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[30]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +2876,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{30}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{31}
 }
 
 type RegisterResponse struct {
@@ -2654,7 +2888,7 @@ type RegisterResponse struct {
 
 func (x *RegisterResponse) Reset() {
 	*x = RegisterResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[31]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2900,7 @@ func (x *RegisterResponse) String() string {
 func (*RegisterResponse) ProtoMessage() {}
 
 func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[31]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2913,7 @@ func (x *RegisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterResponse.ProtoReflect.Descriptor instead.
 func (*RegisterResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{31}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RegisterResponse) GetDevice() *DeviceAddr {
@@ -2703,7 +2937,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[32]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2949,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[32]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2962,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{32}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SendAck) GetConvId() string {
@@ -2777,7 +3011,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[33]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +3023,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[33]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +3036,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{33}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SyncResponse) GetMessages() []*Message {
@@ -2835,7 +3069,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[34]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2847,7 +3081,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[34]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2860,7 +3094,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{34}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *HistoryResponse) GetMessages() []*Message {
@@ -2871,21 +3105,25 @@ func (x *HistoryResponse) GetMessages() []*Message {
 }
 
 type ConversationInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ConvId        string                 `protobuf:"bytes,1,opt,name=conv_id,json=convId,proto3" json:"conv_id,omitempty"`
-	Kind          ConversationKind       `protobuf:"varint,2,opt,name=kind,proto3,enum=chatmesh.v1.ConversationKind" json:"kind,omitempty"`
-	Title         string                 `protobuf:"bytes,3,opt,name=title,proto3" json:"title,omitempty"`
-	Members       []string               `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
-	HeadSeq       uint64                 `protobuf:"varint,5,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
-	HomeRegion    string                 `protobuf:"bytes,6,opt,name=home_region,json=homeRegion,proto3" json:"home_region,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ConvId     string                 `protobuf:"bytes,1,opt,name=conv_id,json=convId,proto3" json:"conv_id,omitempty"`
+	Kind       ConversationKind       `protobuf:"varint,2,opt,name=kind,proto3,enum=chatmesh.v1.ConversationKind" json:"kind,omitempty"`
+	Title      string                 `protobuf:"bytes,3,opt,name=title,proto3" json:"title,omitempty"`
+	Members    []string               `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	HeadSeq    uint64                 `protobuf:"varint,5,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	HomeRegion string                 `protobuf:"bytes,6,opt,name=home_region,json=homeRegion,proto3" json:"home_region,omitempty"`
+	Epoch      uint64                 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Groups: the admins, as indexes into `members` (ascending), so that a
+	// 500-member group's info stays within one frame.
+	AdminIndexes  []uint32 `protobuf:"varint,8,rep,packed,name=admin_indexes,json=adminIndexes,proto3" json:"admin_indexes,omitempty"`
+	Invited       []string `protobuf:"bytes,9,rep,name=invited,proto3" json:"invited,omitempty"` // groups: pending invitations, sorted
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConversationInfo) Reset() {
 	*x = ConversationInfo{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[35]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2897,7 +3135,7 @@ func (x *ConversationInfo) String() string {
 func (*ConversationInfo) ProtoMessage() {}
 
 func (x *ConversationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[35]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2910,7 +3148,7 @@ func (x *ConversationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationInfo.ProtoReflect.Descriptor instead.
 func (*ConversationInfo) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{35}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ConversationInfo) GetConvId() string {
@@ -2962,16 +3200,31 @@ func (x *ConversationInfo) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *ConversationInfo) GetAdminIndexes() []uint32 {
+	if x != nil {
+		return x.AdminIndexes
+	}
+	return nil
+}
+
+func (x *ConversationInfo) GetInvited() []string {
+	if x != nil {
+		return x.Invited
+	}
+	return nil
+}
+
 type ListConversationsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Conversations []*ConversationInfo    `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`
+	More          bool                   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"` // call again with after_conv_id = the last conv_id returned
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListConversationsResponse) Reset() {
 	*x = ListConversationsResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[36]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3236,7 @@ func (x *ListConversationsResponse) String() string {
 func (*ListConversationsResponse) ProtoMessage() {}
 
 func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[36]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3249,7 @@ func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsResponse.ProtoReflect.Descriptor instead.
 func (*ListConversationsResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{36}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListConversationsResponse) GetConversations() []*ConversationInfo {
@@ -3004,6 +3257,13 @@ func (x *ListConversationsResponse) GetConversations() []*ConversationInfo {
 		return x.Conversations
 	}
 	return nil
+}
+
+func (x *ListConversationsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
 }
 
 type LookupUserResponse struct {
@@ -3016,7 +3276,7 @@ type LookupUserResponse struct {
 
 func (x *LookupUserResponse) Reset() {
 	*x = LookupUserResponse{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[37]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3028,7 +3288,7 @@ func (x *LookupUserResponse) String() string {
 func (*LookupUserResponse) ProtoMessage() {}
 
 func (x *LookupUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[37]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3041,7 +3301,7 @@ func (x *LookupUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupUserResponse.ProtoReflect.Descriptor instead.
 func (*LookupUserResponse) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{37}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *LookupUserResponse) GetUserId() string {
@@ -3069,7 +3329,7 @@ type DeviceInfo struct {
 
 func (x *DeviceInfo) Reset() {
 	*x = DeviceInfo{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[38]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3081,7 +3341,7 @@ func (x *DeviceInfo) String() string {
 func (*DeviceInfo) ProtoMessage() {}
 
 func (x *DeviceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[38]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3094,7 +3354,7 @@ func (x *DeviceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceInfo.ProtoReflect.Descriptor instead.
 func (*DeviceInfo) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{38}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeviceInfo) GetDeviceId() uint32 {
@@ -3128,7 +3388,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[39]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3140,7 +3400,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[39]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3153,7 +3413,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{39}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Pong) GetClientTimeMs() int64 {
@@ -3183,7 +3443,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[40]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3195,7 +3455,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[40]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3208,7 +3468,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{40}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Receipt) GetConvId() string {
@@ -3250,7 +3510,7 @@ type PresenceEvent struct {
 
 func (x *PresenceEvent) Reset() {
 	*x = PresenceEvent{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[41]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3262,7 +3522,7 @@ func (x *PresenceEvent) String() string {
 func (*PresenceEvent) ProtoMessage() {}
 
 func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[41]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3275,7 +3535,7 @@ func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceEvent.ProtoReflect.Descriptor instead.
 func (*PresenceEvent) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{41}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PresenceEvent) GetUserId() string {
@@ -3308,7 +3568,7 @@ type PresenceSnapshot struct {
 
 func (x *PresenceSnapshot) Reset() {
 	*x = PresenceSnapshot{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3320,7 +3580,7 @@ func (x *PresenceSnapshot) String() string {
 func (*PresenceSnapshot) ProtoMessage() {}
 
 func (x *PresenceSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3333,7 +3593,7 @@ func (x *PresenceSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceSnapshot.ProtoReflect.Descriptor instead.
 func (*PresenceSnapshot) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{42}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PresenceSnapshot) GetUsers() []*PresenceEvent {
@@ -3354,7 +3614,7 @@ type TypingEvent struct {
 
 func (x *TypingEvent) Reset() {
 	*x = TypingEvent{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3366,7 +3626,7 @@ func (x *TypingEvent) String() string {
 func (*TypingEvent) ProtoMessage() {}
 
 func (x *TypingEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3379,7 +3639,7 @@ func (x *TypingEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypingEvent.ProtoReflect.Descriptor instead.
 func (*TypingEvent) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{43}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TypingEvent) GetConvId() string {
@@ -3414,7 +3674,7 @@ type Disconnect struct {
 
 func (x *Disconnect) Reset() {
 	*x = Disconnect{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3426,7 +3686,7 @@ func (x *Disconnect) String() string {
 func (*Disconnect) ProtoMessage() {}
 
 func (x *Disconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3439,7 +3699,7 @@ func (x *Disconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnect.ProtoReflect.Descriptor instead.
 func (*Disconnect) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{44}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Disconnect) GetCode() ErrorCode {
@@ -3477,7 +3737,7 @@ type ClientHello struct {
 
 func (x *ClientHello) Reset() {
 	*x = ClientHello{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3489,7 +3749,7 @@ func (x *ClientHello) String() string {
 func (*ClientHello) ProtoMessage() {}
 
 func (x *ClientHello) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3502,7 +3762,7 @@ func (x *ClientHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientHello.ProtoReflect.Descriptor instead.
 func (*ClientHello) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{45}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ClientHello) GetProtocolVersion() uint32 {
@@ -3528,19 +3788,26 @@ func (x *ClientHello) GetClientName() string {
 
 // ServerHello travels as the payload of the edge's handshake response.
 type ServerHello struct {
-	state                protoimpl.MessageState `protogen:"open.v1"`
-	ProtocolVersion      uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	EdgeId               string                 `protobuf:"bytes,2,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"`
-	Region               string                 `protobuf:"bytes,3,opt,name=region,proto3" json:"region,omitempty"`
-	MaxFrameBytes        uint32                 `protobuf:"varint,4,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
-	MaxMessagesPerSecond uint32                 `protobuf:"varint,5,opt,name=max_messages_per_second,json=maxMessagesPerSecond,proto3" json:"max_messages_per_second,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	EdgeId          string                 `protobuf:"bytes,2,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"`
+	Region          string                 `protobuf:"bytes,3,opt,name=region,proto3" json:"region,omitempty"`
+	// The largest ClientFrame the edge accepts. It leaves room for the
+	// server's own framing: anything accepted can be delivered.
+	MaxFrameBytes        uint32 `protobuf:"varint,4,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
+	MaxMessagesPerSecond uint32 `protobuf:"varint,5,opt,name=max_messages_per_second,json=maxMessagesPerSecond,proto3" json:"max_messages_per_second,omitempty"`
+	// The largest Envelope (its protobuf encoding, unknown fields included)
+	// a SendRequest may carry; larger gets MESSAGE_TOO_LARGE.
+	MaxEnvelopeBytes uint32 `protobuf:"varint,6,opt,name=max_envelope_bytes,json=maxEnvelopeBytes,proto3" json:"max_envelope_bytes,omitempty"`
+	// Leading zero bits RegisterRequest.pow_nonce must produce; 0 = no proof of work.
+	RegisterPowBits uint32 `protobuf:"varint,7,opt,name=register_pow_bits,json=registerPowBits,proto3" json:"register_pow_bits,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ServerHello) Reset() {
 	*x = ServerHello{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3552,7 +3819,7 @@ func (x *ServerHello) String() string {
 func (*ServerHello) ProtoMessage() {}
 
 func (x *ServerHello) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3565,7 +3832,7 @@ func (x *ServerHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHello.ProtoReflect.Descriptor instead.
 func (*ServerHello) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{46}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ServerHello) GetProtocolVersion() uint32 {
@@ -3603,6 +3870,20 @@ func (x *ServerHello) GetMaxMessagesPerSecond() uint32 {
 	return 0
 }
 
+func (x *ServerHello) GetMaxEnvelopeBytes() uint32 {
+	if x != nil {
+		return x.MaxEnvelopeBytes
+	}
+	return 0
+}
+
+func (x *ServerHello) GetRegisterPowBits() uint32 {
+	if x != nil {
+		return x.RegisterPowBits
+	}
+	return 0
+}
+
 // Origin says where to send the reply to an ingress record.
 type Origin struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3616,7 +3897,7 @@ type Origin struct {
 
 func (x *Origin) Reset() {
 	*x = Origin{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3628,7 +3909,7 @@ func (x *Origin) String() string {
 func (*Origin) ProtoMessage() {}
 
 func (x *Origin) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3641,7 +3922,7 @@ func (x *Origin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Origin.ProtoReflect.Descriptor instead.
 func (*Origin) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{47}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Origin) GetEdgeId() string {
@@ -3693,7 +3974,7 @@ type IngressRecord struct {
 
 func (x *IngressRecord) Reset() {
 	*x = IngressRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3705,7 +3986,7 @@ func (x *IngressRecord) String() string {
 func (*IngressRecord) ProtoMessage() {}
 
 func (x *IngressRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3718,7 +3999,7 @@ func (x *IngressRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngressRecord.ProtoReflect.Descriptor instead.
 func (*IngressRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{48}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *IngressRecord) GetOrigin() *Origin {
@@ -3849,7 +4130,7 @@ type EdgeRecord struct {
 
 func (x *EdgeRecord) Reset() {
 	*x = EdgeRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3861,7 +4142,7 @@ func (x *EdgeRecord) String() string {
 func (*EdgeRecord) ProtoMessage() {}
 
 func (x *EdgeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3874,7 +4155,7 @@ func (x *EdgeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeRecord.ProtoReflect.Descriptor instead.
 func (*EdgeRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{49}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *EdgeRecord) GetTargets() []*DeviceAddr {
@@ -3898,6 +4179,117 @@ func (x *EdgeRecord) GetFrame() *ServerFrame {
 	return nil
 }
 
+// DeadLetter is what the sequencer writes to its dead-letter topic for an
+// ingress record it could not process after bounded retries: the record
+// as consumed and the reason. Operators inspect and may re-inject it.
+type DeadLetter struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"` // short machine-readable cause, e.g. "store", "produce", "panic"
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`   // the last error's text (never message content)
+	Topic         string                 `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition     int32                  `protobuf:"varint,4,opt,name=partition,proto3" json:"partition,omitempty"`
+	Offset        int64                  `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
+	Key           []byte                 `protobuf:"bytes,6,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte                 `protobuf:"bytes,7,opt,name=value,proto3" json:"value,omitempty"` // the ingress record as consumed (opaque envelope inside)
+	Attempts      uint32                 `protobuf:"varint,8,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	AtMs          int64                  `protobuf:"varint,9,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *DeadLetter) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
 // PresenceRecord is broadcast to every edge of a region.
 type PresenceRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3908,7 +4300,7 @@ type PresenceRecord struct {
 
 func (x *PresenceRecord) Reset() {
 	*x = PresenceRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3920,7 +4312,7 @@ func (x *PresenceRecord) String() string {
 func (*PresenceRecord) ProtoMessage() {}
 
 func (x *PresenceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3933,7 +4325,7 @@ func (x *PresenceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRecord.ProtoReflect.Descriptor instead.
 func (*PresenceRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{50}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PresenceRecord) GetEvent() *PresenceEvent {
@@ -3967,7 +4359,7 @@ type BackendCall struct {
 
 func (x *BackendCall) Reset() {
 	*x = BackendCall{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3979,7 +4371,7 @@ func (x *BackendCall) String() string {
 func (*BackendCall) ProtoMessage() {}
 
 func (x *BackendCall) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3992,7 +4384,7 @@ func (x *BackendCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendCall.ProtoReflect.Descriptor instead.
 func (*BackendCall) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *BackendCall) GetCall() isBackendCall_Call {
@@ -4106,7 +4498,7 @@ type BackendRegister struct {
 
 func (x *BackendRegister) Reset() {
 	*x = BackendRegister{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4118,7 +4510,7 @@ func (x *BackendRegister) String() string {
 func (*BackendRegister) ProtoMessage() {}
 
 func (x *BackendRegister) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4131,7 +4523,7 @@ func (x *BackendRegister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendRegister.ProtoReflect.Descriptor instead.
 func (*BackendRegister) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{52}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *BackendRegister) GetNoiseStatic() []byte {
@@ -4160,7 +4552,7 @@ type BackendRoute struct {
 
 func (x *BackendRoute) Reset() {
 	*x = BackendRoute{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4172,7 +4564,7 @@ func (x *BackendRoute) String() string {
 func (*BackendRoute) ProtoMessage() {}
 
 func (x *BackendRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4185,7 +4577,7 @@ func (x *BackendRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendRoute.ProtoReflect.Descriptor instead.
 func (*BackendRoute) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{53}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *BackendRoute) GetDevice() *DeviceAddr {
@@ -4226,7 +4618,7 @@ type BackendQuery struct {
 
 func (x *BackendQuery) Reset() {
 	*x = BackendQuery{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4238,7 +4630,7 @@ func (x *BackendQuery) String() string {
 func (*BackendQuery) ProtoMessage() {}
 
 func (x *BackendQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4251,7 +4643,7 @@ func (x *BackendQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendQuery.ProtoReflect.Descriptor instead.
 func (*BackendQuery) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{54}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *BackendQuery) GetDevice() *DeviceAddr {
@@ -4280,7 +4672,7 @@ type BackendReply struct {
 
 func (x *BackendReply) Reset() {
 	*x = BackendReply{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4292,7 +4684,7 @@ func (x *BackendReply) String() string {
 func (*BackendReply) ProtoMessage() {}
 
 func (x *BackendReply) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4305,7 +4697,7 @@ func (x *BackendReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendReply.ProtoReflect.Descriptor instead.
 func (*BackendReply) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{55}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *BackendReply) GetError() *Error {
@@ -4356,12 +4748,14 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x06device\x18\x01 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x06device\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\x02 \x01(\fR\n" +
-	"ciphertext\"\x7f\n" +
+	"ciphertext\"\xb5\x01\n" +
 	"\x10MembershipChange\x12)\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x19.chatmesh.v1.MembershipOpR\x02op\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x14\n" +
 	"\x05users\x18\x03 \x03(\tR\x05users\x12\x14\n" +
-	"\x05title\x18\x04 \x01(\tR\x05title\"\xf4\x02\n" +
+	"\x05title\x18\x04 \x01(\tR\x05title\x12\x18\n" +
+	"\ainvited\x18\x05 \x03(\tR\ainvited\x12\x1a\n" +
+	"\bpromoted\x18\x06 \x03(\tR\bpromoted\"\xf4\x02\n" +
 	"\aMessage\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x15\n" +
@@ -4376,7 +4770,7 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"membership\x18\t \x01(\v2\x1d.chatmesh.v1.MembershipChangeR\n" +
 	"membership\x12\x14\n" +
 	"\x05epoch\x18\n" +
-	" \x01(\x04R\x05epoch\"\xf9\b\n" +
+	" \x01(\x04R\x05epoch\"\xbc\t\n" +
 	"\vClientFrame\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12:\n" +
 	"\bregister\x18\n" +
@@ -4397,13 +4791,18 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x0eupload_prekeys\x18\x17 \x01(\v2!.chatmesh.v1.UploadPrekeysRequestH\x00R\ruploadPrekeys\x12D\n" +
 	"\ffetch_bundle\x18\x18 \x01(\v2\x1f.chatmesh.v1.FetchBundleRequestH\x00R\vfetchBundle\x12W\n" +
 	"\x13publish_device_list\x18\x19 \x01(\v2%.chatmesh.v1.PublishDeviceListRequestH\x00R\x11publishDeviceList\x12Q\n" +
-	"\x11fetch_device_list\x18\x1a \x01(\v2#.chatmesh.v1.FetchDeviceListRequestH\x00R\x0ffetchDeviceListB\x06\n" +
-	"\x04body\"\x9e\x01\n" +
+	"\x11fetch_device_list\x18\x1a \x01(\v2#.chatmesh.v1.FetchDeviceListRequestH\x00R\x0ffetchDeviceList\x12A\n" +
+	"\vset_privacy\x18\x1b \x01(\v2\x1e.chatmesh.v1.SetPrivacyRequestH\x00R\n" +
+	"setPrivacyB\x06\n" +
+	"\x04body\"\x91\x02\n" +
 	"\x0fRegisterRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12!\n" +
 	"\fidentity_key\x18\x02 \x01(\fR\videntityKey\x12(\n" +
 	"\x10linked_by_device\x18\x03 \x01(\rR\x0elinkedByDevice\x12%\n" +
-	"\x0elink_signature\x18\x04 \x01(\fR\rlinkSignature\"}\n" +
+	"\x0elink_signature\x18\x04 \x01(\fR\rlinkSignature\x12%\n" +
+	"\x0eidentity_proof\x18\x05 \x01(\fR\ridentityProof\x12\x1b\n" +
+	"\tpow_nonce\x18\x06 \x01(\fR\bpowNonce\x12-\n" +
+	"\x12registration_token\x18\a \x01(\tR\x11registrationToken\"}\n" +
 	"\vSendRequest\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12\"\n" +
 	"\rclient_msg_id\x18\x02 \x01(\tR\vclientMsgId\x121\n" +
@@ -4430,19 +4829,26 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x12CreateGroupRequest\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12\x18\n" +
-	"\amembers\x18\x03 \x03(\tR\amembers\"p\n" +
+	"\amembers\x18\x03 \x03(\tR\amembers\"\xaa\x01\n" +
 	"\x14ModifyMembersRequest\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12)\n" +
 	"\x02op\x18\x02 \x01(\x0e2\x19.chatmesh.v1.MembershipOpR\x02op\x12\x14\n" +
-	"\x05users\x18\x03 \x03(\tR\x05users\")\n" +
+	"\x05users\x18\x03 \x03(\tR\x05users\x12\"\n" +
+	"\rclient_msg_id\x18\x04 \x01(\tR\vclientMsgId\x12\x14\n" +
+	"\x05title\x18\x05 \x01(\tR\x05title\")\n" +
 	"\x11PresenceSubscribe\x12\x14\n" +
 	"\x05users\x18\x01 \x03(\tR\x05users\"@\n" +
 	"\rTypingRequest\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12\x16\n" +
 	"\x06typing\x18\x02 \x01(\bR\x06typing\",\n" +
 	"\x04Ping\x12$\n" +
-	"\x0eclient_time_ms\x18\x01 \x01(\x03R\fclientTimeMs\"\x1a\n" +
-	"\x18ListConversationsRequest\",\n" +
+	"\x0eclient_time_ms\x18\x01 \x01(\x03R\fclientTimeMs\">\n" +
+	"\x18ListConversationsRequest\x12\"\n" +
+	"\rafter_conv_id\x18\x01 \x01(\tR\vafterConvId\"p\n" +
+	"\x11SetPrivacyRequest\x12$\n" +
+	"\x0ehide_last_seen\x18\x01 \x01(\bR\fhideLastSeen\x125\n" +
+	"\n" +
+	"add_policy\x18\x02 \x01(\x0e2\x16.chatmesh.v1.AddPolicyR\taddPolicy\",\n" +
 	"\x11LookupUserRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\"J\n" +
 	"\x14UploadPrekeysRequest\x12\x1a\n" +
@@ -4466,10 +4872,11 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"disconnect\x18\x06 \x01(\v2\x17.chatmesh.v1.DisconnectH\x00R\n" +
 	"disconnect\x12@\n" +
 	"\rprekey_status\x18\a \x01(\v2\x19.chatmesh.v1.PrekeyStatusH\x00R\fprekeyStatusB\x06\n" +
-	"\x04body\"K\n" +
+	"\x04body\"q\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.chatmesh.v1.ErrorCodeR\x04code\x12\x16\n" +
-	"\x06detail\x18\x02 \x01(\tR\x06detail\"\xc2\x06\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x12$\n" +
+	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\"\xc2\x06\n" +
 	"\bResponse\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12(\n" +
 	"\x05error\x18\x02 \x01(\v2\x12.chatmesh.v1.ErrorR\x05error\x12;\n" +
@@ -4514,7 +4921,7 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x04more\x18\x02 \x01(\bR\x04more\x12-\n" +
 	"\x05heads\x18\x03 \x03(\v2\x17.chatmesh.v1.ConvCursorR\x05heads\"C\n" +
 	"\x0fHistoryResponse\x120\n" +
-	"\bmessages\x18\x01 \x03(\v2\x14.chatmesh.v1.MessageR\bmessages\"\xe0\x01\n" +
+	"\bmessages\x18\x01 \x03(\v2\x14.chatmesh.v1.MessageR\bmessages\"\x9f\x02\n" +
 	"\x10ConversationInfo\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x121\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1d.chatmesh.v1.ConversationKindR\x04kind\x12\x14\n" +
@@ -4523,9 +4930,12 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\bhead_seq\x18\x05 \x01(\x04R\aheadSeq\x12\x1f\n" +
 	"\vhome_region\x18\x06 \x01(\tR\n" +
 	"homeRegion\x12\x14\n" +
-	"\x05epoch\x18\a \x01(\x04R\x05epoch\"`\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12#\n" +
+	"\radmin_indexes\x18\b \x03(\rR\fadminIndexes\x12\x18\n" +
+	"\ainvited\x18\t \x03(\tR\ainvited\"t\n" +
 	"\x19ListConversationsResponse\x12C\n" +
-	"\rconversations\x18\x01 \x03(\v2\x1d.chatmesh.v1.ConversationInfoR\rconversations\"`\n" +
+	"\rconversations\x18\x01 \x03(\v2\x1d.chatmesh.v1.ConversationInfoR\rconversations\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"`\n" +
 	"\x12LookupUserResponse\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x121\n" +
 	"\adevices\x18\x02 \x03(\v2\x17.chatmesh.v1.DeviceInfoR\adevices\"o\n" +
@@ -4562,13 +4972,15 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12/\n" +
 	"\x06device\x18\x02 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x06device\x12\x1f\n" +
 	"\vclient_name\x18\x03 \x01(\tR\n" +
-	"clientName\"\xc8\x01\n" +
+	"clientName\"\xa2\x02\n" +
 	"\vServerHello\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x17\n" +
 	"\aedge_id\x18\x02 \x01(\tR\x06edgeId\x12\x16\n" +
 	"\x06region\x18\x03 \x01(\tR\x06region\x12&\n" +
 	"\x0fmax_frame_bytes\x18\x04 \x01(\rR\rmaxFrameBytes\x125\n" +
-	"\x17max_messages_per_second\x18\x05 \x01(\rR\x14maxMessagesPerSecond\"\x88\x01\n" +
+	"\x17max_messages_per_second\x18\x05 \x01(\rR\x14maxMessagesPerSecond\x12,\n" +
+	"\x12max_envelope_bytes\x18\x06 \x01(\rR\x10maxEnvelopeBytes\x12*\n" +
+	"\x11register_pow_bits\x18\a \x01(\rR\x0fregisterPowBits\"\x88\x01\n" +
 	"\x06Origin\x12\x17\n" +
 	"\aedge_id\x18\x01 \x01(\tR\x06edgeId\x12\x1d\n" +
 	"\n" +
@@ -4591,7 +5003,18 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\atargets\x18\x01 \x03(\v2\x17.chatmesh.v1.DeviceAddrR\atargets\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\x04R\tsessionId\x12.\n" +
-	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\"B\n" +
+	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\"\xdf\x01\n" +
+	"\n" +
+	"DeadLetter\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x14\n" +
+	"\x05topic\x18\x03 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x04 \x01(\x05R\tpartition\x12\x16\n" +
+	"\x06offset\x18\x05 \x01(\x03R\x06offset\x12\x10\n" +
+	"\x03key\x18\x06 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\a \x01(\fR\x05value\x12\x1a\n" +
+	"\battempts\x18\b \x01(\rR\battempts\x12\x13\n" +
+	"\x05at_ms\x18\t \x01(\x03R\x04atMs\"B\n" +
 	"\x0ePresenceRecord\x120\n" +
 	"\x05event\x18\x01 \x01(\v2\x1a.chatmesh.v1.PresenceEventR\x05event\"\xd7\x02\n" +
 	"\vBackendCall\x12$\n" +
@@ -4626,13 +5049,22 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\vMessageKind\x12\x1c\n" +
 	"\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11MESSAGE_KIND_USER\x10\x01\x12\x1b\n" +
-	"\x17MESSAGE_KIND_MEMBERSHIP\x10\x02*\x91\x01\n" +
+	"\x17MESSAGE_KIND_MEMBERSHIP\x10\x02*\x98\x02\n" +
 	"\fMembershipOp\x12\x1d\n" +
 	"\x19MEMBERSHIP_OP_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14MEMBERSHIP_OP_CREATE\x10\x01\x12\x15\n" +
 	"\x11MEMBERSHIP_OP_ADD\x10\x02\x12\x18\n" +
 	"\x14MEMBERSHIP_OP_REMOVE\x10\x03\x12\x17\n" +
-	"\x13MEMBERSHIP_OP_LEAVE\x10\x04*\x94\x04\n" +
+	"\x13MEMBERSHIP_OP_LEAVE\x10\x04\x12\x19\n" +
+	"\x15MEMBERSHIP_OP_PROMOTE\x10\x05\x12\x18\n" +
+	"\x14MEMBERSHIP_OP_DEMOTE\x10\x06\x12\x1b\n" +
+	"\x17MEMBERSHIP_OP_SET_TITLE\x10\a\x12\x18\n" +
+	"\x14MEMBERSHIP_OP_ACCEPT\x10\b\x12\x19\n" +
+	"\x15MEMBERSHIP_OP_DECLINE\x10\t*Y\n" +
+	"\tAddPolicy\x12\x1a\n" +
+	"\x16ADD_POLICY_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13ADD_POLICY_EVERYONE\x10\x01\x12\x17\n" +
+	"\x13ADD_POLICY_CONTACTS\x10\x02*\xd5\x04\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_CODE_OK\x10\x00\x12\x1e\n" +
 	"\x1aERROR_CODE_MALFORMED_FRAME\x10\x01\x12\x1e\n" +
@@ -4652,7 +5084,9 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x18ERROR_CODE_SHUTTING_DOWN\x10\x0e\x12\x18\n" +
 	"\x14ERROR_CODE_FORBIDDEN\x10\x0f\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\x10\x12\x17\n" +
-	"\x13ERROR_CODE_REPLACED\x10\x11*^\n" +
+	"\x13ERROR_CODE_REPLACED\x10\x11\x12 \n" +
+	"\x1cERROR_CODE_MESSAGE_TOO_LARGE\x10\x12\x12\x1d\n" +
+	"\x19ERROR_CODE_LIMIT_EXCEEDED\x10\x13*^\n" +
 	"\vReceiptKind\x12\x1c\n" +
 	"\x18RECEIPT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16RECEIPT_KIND_DELIVERED\x10\x01\x12\x15\n" +
@@ -4670,162 +5104,167 @@ func file_chatmesh_v1_chatmesh_proto_rawDescGZIP() []byte {
 	return file_chatmesh_v1_chatmesh_proto_rawDescData
 }
 
-var file_chatmesh_v1_chatmesh_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_chatmesh_v1_chatmesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(ConversationKind)(0),             // 0: chatmesh.v1.ConversationKind
 	(MessageKind)(0),                  // 1: chatmesh.v1.MessageKind
 	(MembershipOp)(0),                 // 2: chatmesh.v1.MembershipOp
-	(ErrorCode)(0),                    // 3: chatmesh.v1.ErrorCode
-	(ReceiptKind)(0),                  // 4: chatmesh.v1.ReceiptKind
-	(*DeviceAddr)(nil),                // 5: chatmesh.v1.DeviceAddr
-	(*Envelope)(nil),                  // 6: chatmesh.v1.Envelope
-	(*DeviceCiphertext)(nil),          // 7: chatmesh.v1.DeviceCiphertext
-	(*MembershipChange)(nil),          // 8: chatmesh.v1.MembershipChange
-	(*Message)(nil),                   // 9: chatmesh.v1.Message
-	(*ClientFrame)(nil),               // 10: chatmesh.v1.ClientFrame
-	(*RegisterRequest)(nil),           // 11: chatmesh.v1.RegisterRequest
-	(*SendRequest)(nil),               // 12: chatmesh.v1.SendRequest
-	(*DeliveryAck)(nil),               // 13: chatmesh.v1.DeliveryAck
-	(*ReadMarker)(nil),                // 14: chatmesh.v1.ReadMarker
-	(*ConvCursor)(nil),                // 15: chatmesh.v1.ConvCursor
-	(*SyncRequest)(nil),               // 16: chatmesh.v1.SyncRequest
-	(*HistoryRequest)(nil),            // 17: chatmesh.v1.HistoryRequest
-	(*CreateGroupRequest)(nil),        // 18: chatmesh.v1.CreateGroupRequest
-	(*ModifyMembersRequest)(nil),      // 19: chatmesh.v1.ModifyMembersRequest
-	(*PresenceSubscribe)(nil),         // 20: chatmesh.v1.PresenceSubscribe
-	(*TypingRequest)(nil),             // 21: chatmesh.v1.TypingRequest
-	(*Ping)(nil),                      // 22: chatmesh.v1.Ping
-	(*ListConversationsRequest)(nil),  // 23: chatmesh.v1.ListConversationsRequest
-	(*LookupUserRequest)(nil),         // 24: chatmesh.v1.LookupUserRequest
-	(*UploadPrekeysRequest)(nil),      // 25: chatmesh.v1.UploadPrekeysRequest
-	(*FetchBundleRequest)(nil),        // 26: chatmesh.v1.FetchBundleRequest
-	(*PublishDeviceListRequest)(nil),  // 27: chatmesh.v1.PublishDeviceListRequest
-	(*FetchDeviceListRequest)(nil),    // 28: chatmesh.v1.FetchDeviceListRequest
-	(*ServerFrame)(nil),               // 29: chatmesh.v1.ServerFrame
-	(*Error)(nil),                     // 30: chatmesh.v1.Error
-	(*Response)(nil),                  // 31: chatmesh.v1.Response
-	(*BundleResponse)(nil),            // 32: chatmesh.v1.BundleResponse
-	(*DeviceListResponse)(nil),        // 33: chatmesh.v1.DeviceListResponse
-	(*PrekeyStatus)(nil),              // 34: chatmesh.v1.PrekeyStatus
-	(*Empty)(nil),                     // 35: chatmesh.v1.Empty
-	(*RegisterResponse)(nil),          // 36: chatmesh.v1.RegisterResponse
-	(*SendAck)(nil),                   // 37: chatmesh.v1.SendAck
-	(*SyncResponse)(nil),              // 38: chatmesh.v1.SyncResponse
-	(*HistoryResponse)(nil),           // 39: chatmesh.v1.HistoryResponse
-	(*ConversationInfo)(nil),          // 40: chatmesh.v1.ConversationInfo
-	(*ListConversationsResponse)(nil), // 41: chatmesh.v1.ListConversationsResponse
-	(*LookupUserResponse)(nil),        // 42: chatmesh.v1.LookupUserResponse
-	(*DeviceInfo)(nil),                // 43: chatmesh.v1.DeviceInfo
-	(*Pong)(nil),                      // 44: chatmesh.v1.Pong
-	(*Receipt)(nil),                   // 45: chatmesh.v1.Receipt
-	(*PresenceEvent)(nil),             // 46: chatmesh.v1.PresenceEvent
-	(*PresenceSnapshot)(nil),          // 47: chatmesh.v1.PresenceSnapshot
-	(*TypingEvent)(nil),               // 48: chatmesh.v1.TypingEvent
-	(*Disconnect)(nil),                // 49: chatmesh.v1.Disconnect
-	(*ClientHello)(nil),               // 50: chatmesh.v1.ClientHello
-	(*ServerHello)(nil),               // 51: chatmesh.v1.ServerHello
-	(*Origin)(nil),                    // 52: chatmesh.v1.Origin
-	(*IngressRecord)(nil),             // 53: chatmesh.v1.IngressRecord
-	(*EdgeRecord)(nil),                // 54: chatmesh.v1.EdgeRecord
-	(*PresenceRecord)(nil),            // 55: chatmesh.v1.PresenceRecord
-	(*BackendCall)(nil),               // 56: chatmesh.v1.BackendCall
-	(*BackendRegister)(nil),           // 57: chatmesh.v1.BackendRegister
-	(*BackendRoute)(nil),              // 58: chatmesh.v1.BackendRoute
-	(*BackendQuery)(nil),              // 59: chatmesh.v1.BackendQuery
-	(*BackendReply)(nil),              // 60: chatmesh.v1.BackendReply
+	(AddPolicy)(0),                    // 3: chatmesh.v1.AddPolicy
+	(ErrorCode)(0),                    // 4: chatmesh.v1.ErrorCode
+	(ReceiptKind)(0),                  // 5: chatmesh.v1.ReceiptKind
+	(*DeviceAddr)(nil),                // 6: chatmesh.v1.DeviceAddr
+	(*Envelope)(nil),                  // 7: chatmesh.v1.Envelope
+	(*DeviceCiphertext)(nil),          // 8: chatmesh.v1.DeviceCiphertext
+	(*MembershipChange)(nil),          // 9: chatmesh.v1.MembershipChange
+	(*Message)(nil),                   // 10: chatmesh.v1.Message
+	(*ClientFrame)(nil),               // 11: chatmesh.v1.ClientFrame
+	(*RegisterRequest)(nil),           // 12: chatmesh.v1.RegisterRequest
+	(*SendRequest)(nil),               // 13: chatmesh.v1.SendRequest
+	(*DeliveryAck)(nil),               // 14: chatmesh.v1.DeliveryAck
+	(*ReadMarker)(nil),                // 15: chatmesh.v1.ReadMarker
+	(*ConvCursor)(nil),                // 16: chatmesh.v1.ConvCursor
+	(*SyncRequest)(nil),               // 17: chatmesh.v1.SyncRequest
+	(*HistoryRequest)(nil),            // 18: chatmesh.v1.HistoryRequest
+	(*CreateGroupRequest)(nil),        // 19: chatmesh.v1.CreateGroupRequest
+	(*ModifyMembersRequest)(nil),      // 20: chatmesh.v1.ModifyMembersRequest
+	(*PresenceSubscribe)(nil),         // 21: chatmesh.v1.PresenceSubscribe
+	(*TypingRequest)(nil),             // 22: chatmesh.v1.TypingRequest
+	(*Ping)(nil),                      // 23: chatmesh.v1.Ping
+	(*ListConversationsRequest)(nil),  // 24: chatmesh.v1.ListConversationsRequest
+	(*SetPrivacyRequest)(nil),         // 25: chatmesh.v1.SetPrivacyRequest
+	(*LookupUserRequest)(nil),         // 26: chatmesh.v1.LookupUserRequest
+	(*UploadPrekeysRequest)(nil),      // 27: chatmesh.v1.UploadPrekeysRequest
+	(*FetchBundleRequest)(nil),        // 28: chatmesh.v1.FetchBundleRequest
+	(*PublishDeviceListRequest)(nil),  // 29: chatmesh.v1.PublishDeviceListRequest
+	(*FetchDeviceListRequest)(nil),    // 30: chatmesh.v1.FetchDeviceListRequest
+	(*ServerFrame)(nil),               // 31: chatmesh.v1.ServerFrame
+	(*Error)(nil),                     // 32: chatmesh.v1.Error
+	(*Response)(nil),                  // 33: chatmesh.v1.Response
+	(*BundleResponse)(nil),            // 34: chatmesh.v1.BundleResponse
+	(*DeviceListResponse)(nil),        // 35: chatmesh.v1.DeviceListResponse
+	(*PrekeyStatus)(nil),              // 36: chatmesh.v1.PrekeyStatus
+	(*Empty)(nil),                     // 37: chatmesh.v1.Empty
+	(*RegisterResponse)(nil),          // 38: chatmesh.v1.RegisterResponse
+	(*SendAck)(nil),                   // 39: chatmesh.v1.SendAck
+	(*SyncResponse)(nil),              // 40: chatmesh.v1.SyncResponse
+	(*HistoryResponse)(nil),           // 41: chatmesh.v1.HistoryResponse
+	(*ConversationInfo)(nil),          // 42: chatmesh.v1.ConversationInfo
+	(*ListConversationsResponse)(nil), // 43: chatmesh.v1.ListConversationsResponse
+	(*LookupUserResponse)(nil),        // 44: chatmesh.v1.LookupUserResponse
+	(*DeviceInfo)(nil),                // 45: chatmesh.v1.DeviceInfo
+	(*Pong)(nil),                      // 46: chatmesh.v1.Pong
+	(*Receipt)(nil),                   // 47: chatmesh.v1.Receipt
+	(*PresenceEvent)(nil),             // 48: chatmesh.v1.PresenceEvent
+	(*PresenceSnapshot)(nil),          // 49: chatmesh.v1.PresenceSnapshot
+	(*TypingEvent)(nil),               // 50: chatmesh.v1.TypingEvent
+	(*Disconnect)(nil),                // 51: chatmesh.v1.Disconnect
+	(*ClientHello)(nil),               // 52: chatmesh.v1.ClientHello
+	(*ServerHello)(nil),               // 53: chatmesh.v1.ServerHello
+	(*Origin)(nil),                    // 54: chatmesh.v1.Origin
+	(*IngressRecord)(nil),             // 55: chatmesh.v1.IngressRecord
+	(*EdgeRecord)(nil),                // 56: chatmesh.v1.EdgeRecord
+	(*DeadLetter)(nil),                // 57: chatmesh.v1.DeadLetter
+	(*PresenceRecord)(nil),            // 58: chatmesh.v1.PresenceRecord
+	(*BackendCall)(nil),               // 59: chatmesh.v1.BackendCall
+	(*BackendRegister)(nil),           // 60: chatmesh.v1.BackendRegister
+	(*BackendRoute)(nil),              // 61: chatmesh.v1.BackendRoute
+	(*BackendQuery)(nil),              // 62: chatmesh.v1.BackendQuery
+	(*BackendReply)(nil),              // 63: chatmesh.v1.BackendReply
 }
 var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
-	7,  // 0: chatmesh.v1.Envelope.per_device:type_name -> chatmesh.v1.DeviceCiphertext
-	5,  // 1: chatmesh.v1.DeviceCiphertext.device:type_name -> chatmesh.v1.DeviceAddr
+	8,  // 0: chatmesh.v1.Envelope.per_device:type_name -> chatmesh.v1.DeviceCiphertext
+	6,  // 1: chatmesh.v1.DeviceCiphertext.device:type_name -> chatmesh.v1.DeviceAddr
 	2,  // 2: chatmesh.v1.MembershipChange.op:type_name -> chatmesh.v1.MembershipOp
-	5,  // 3: chatmesh.v1.Message.sender:type_name -> chatmesh.v1.DeviceAddr
+	6,  // 3: chatmesh.v1.Message.sender:type_name -> chatmesh.v1.DeviceAddr
 	1,  // 4: chatmesh.v1.Message.kind:type_name -> chatmesh.v1.MessageKind
-	6,  // 5: chatmesh.v1.Message.envelope:type_name -> chatmesh.v1.Envelope
-	8,  // 6: chatmesh.v1.Message.membership:type_name -> chatmesh.v1.MembershipChange
-	11, // 7: chatmesh.v1.ClientFrame.register:type_name -> chatmesh.v1.RegisterRequest
-	12, // 8: chatmesh.v1.ClientFrame.send:type_name -> chatmesh.v1.SendRequest
-	13, // 9: chatmesh.v1.ClientFrame.ack:type_name -> chatmesh.v1.DeliveryAck
-	14, // 10: chatmesh.v1.ClientFrame.read:type_name -> chatmesh.v1.ReadMarker
-	16, // 11: chatmesh.v1.ClientFrame.sync:type_name -> chatmesh.v1.SyncRequest
-	17, // 12: chatmesh.v1.ClientFrame.history:type_name -> chatmesh.v1.HistoryRequest
-	18, // 13: chatmesh.v1.ClientFrame.create_group:type_name -> chatmesh.v1.CreateGroupRequest
-	19, // 14: chatmesh.v1.ClientFrame.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
-	20, // 15: chatmesh.v1.ClientFrame.presence_subscribe:type_name -> chatmesh.v1.PresenceSubscribe
-	21, // 16: chatmesh.v1.ClientFrame.typing:type_name -> chatmesh.v1.TypingRequest
-	22, // 17: chatmesh.v1.ClientFrame.ping:type_name -> chatmesh.v1.Ping
-	23, // 18: chatmesh.v1.ClientFrame.list_conversations:type_name -> chatmesh.v1.ListConversationsRequest
-	24, // 19: chatmesh.v1.ClientFrame.lookup_user:type_name -> chatmesh.v1.LookupUserRequest
-	25, // 20: chatmesh.v1.ClientFrame.upload_prekeys:type_name -> chatmesh.v1.UploadPrekeysRequest
-	26, // 21: chatmesh.v1.ClientFrame.fetch_bundle:type_name -> chatmesh.v1.FetchBundleRequest
-	27, // 22: chatmesh.v1.ClientFrame.publish_device_list:type_name -> chatmesh.v1.PublishDeviceListRequest
-	28, // 23: chatmesh.v1.ClientFrame.fetch_device_list:type_name -> chatmesh.v1.FetchDeviceListRequest
-	6,  // 24: chatmesh.v1.SendRequest.envelope:type_name -> chatmesh.v1.Envelope
-	15, // 25: chatmesh.v1.SyncRequest.cursors:type_name -> chatmesh.v1.ConvCursor
-	2,  // 26: chatmesh.v1.ModifyMembersRequest.op:type_name -> chatmesh.v1.MembershipOp
-	31, // 27: chatmesh.v1.ServerFrame.response:type_name -> chatmesh.v1.Response
-	9,  // 28: chatmesh.v1.ServerFrame.delivery:type_name -> chatmesh.v1.Message
-	45, // 29: chatmesh.v1.ServerFrame.receipt:type_name -> chatmesh.v1.Receipt
-	46, // 30: chatmesh.v1.ServerFrame.presence:type_name -> chatmesh.v1.PresenceEvent
-	48, // 31: chatmesh.v1.ServerFrame.typing:type_name -> chatmesh.v1.TypingEvent
-	49, // 32: chatmesh.v1.ServerFrame.disconnect:type_name -> chatmesh.v1.Disconnect
-	34, // 33: chatmesh.v1.ServerFrame.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
-	3,  // 34: chatmesh.v1.Error.code:type_name -> chatmesh.v1.ErrorCode
-	30, // 35: chatmesh.v1.Response.error:type_name -> chatmesh.v1.Error
-	36, // 36: chatmesh.v1.Response.register:type_name -> chatmesh.v1.RegisterResponse
-	37, // 37: chatmesh.v1.Response.send:type_name -> chatmesh.v1.SendAck
-	38, // 38: chatmesh.v1.Response.sync:type_name -> chatmesh.v1.SyncResponse
-	39, // 39: chatmesh.v1.Response.history:type_name -> chatmesh.v1.HistoryResponse
-	40, // 40: chatmesh.v1.Response.conversation:type_name -> chatmesh.v1.ConversationInfo
-	44, // 41: chatmesh.v1.Response.pong:type_name -> chatmesh.v1.Pong
-	41, // 42: chatmesh.v1.Response.conversations:type_name -> chatmesh.v1.ListConversationsResponse
-	42, // 43: chatmesh.v1.Response.user:type_name -> chatmesh.v1.LookupUserResponse
-	47, // 44: chatmesh.v1.Response.presence:type_name -> chatmesh.v1.PresenceSnapshot
-	35, // 45: chatmesh.v1.Response.empty:type_name -> chatmesh.v1.Empty
-	32, // 46: chatmesh.v1.Response.bundle:type_name -> chatmesh.v1.BundleResponse
-	33, // 47: chatmesh.v1.Response.device_list:type_name -> chatmesh.v1.DeviceListResponse
-	34, // 48: chatmesh.v1.Response.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
-	5,  // 49: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
-	9,  // 50: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
-	15, // 51: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
-	9,  // 52: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
-	0,  // 53: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
-	40, // 54: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
-	43, // 55: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
-	5,  // 56: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
-	4,  // 57: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
-	46, // 58: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
-	5,  // 59: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
-	3,  // 60: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
-	5,  // 61: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
-	5,  // 62: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
-	52, // 63: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
-	12, // 64: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
-	13, // 65: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
-	14, // 66: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
-	18, // 67: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
-	19, // 68: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
-	21, // 69: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
-	5,  // 70: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
-	29, // 71: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
-	46, // 72: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
-	57, // 73: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
-	58, // 74: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
-	58, // 75: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
-	59, // 76: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
-	11, // 77: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
-	5,  // 78: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
-	5,  // 79: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
-	10, // 80: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
-	30, // 81: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
-	5,  // 82: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
-	36, // 83: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
-	31, // 84: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
-	85, // [85:85] is the sub-list for method output_type
-	85, // [85:85] is the sub-list for method input_type
-	85, // [85:85] is the sub-list for extension type_name
-	85, // [85:85] is the sub-list for extension extendee
-	0,  // [0:85] is the sub-list for field type_name
+	7,  // 5: chatmesh.v1.Message.envelope:type_name -> chatmesh.v1.Envelope
+	9,  // 6: chatmesh.v1.Message.membership:type_name -> chatmesh.v1.MembershipChange
+	12, // 7: chatmesh.v1.ClientFrame.register:type_name -> chatmesh.v1.RegisterRequest
+	13, // 8: chatmesh.v1.ClientFrame.send:type_name -> chatmesh.v1.SendRequest
+	14, // 9: chatmesh.v1.ClientFrame.ack:type_name -> chatmesh.v1.DeliveryAck
+	15, // 10: chatmesh.v1.ClientFrame.read:type_name -> chatmesh.v1.ReadMarker
+	17, // 11: chatmesh.v1.ClientFrame.sync:type_name -> chatmesh.v1.SyncRequest
+	18, // 12: chatmesh.v1.ClientFrame.history:type_name -> chatmesh.v1.HistoryRequest
+	19, // 13: chatmesh.v1.ClientFrame.create_group:type_name -> chatmesh.v1.CreateGroupRequest
+	20, // 14: chatmesh.v1.ClientFrame.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
+	21, // 15: chatmesh.v1.ClientFrame.presence_subscribe:type_name -> chatmesh.v1.PresenceSubscribe
+	22, // 16: chatmesh.v1.ClientFrame.typing:type_name -> chatmesh.v1.TypingRequest
+	23, // 17: chatmesh.v1.ClientFrame.ping:type_name -> chatmesh.v1.Ping
+	24, // 18: chatmesh.v1.ClientFrame.list_conversations:type_name -> chatmesh.v1.ListConversationsRequest
+	26, // 19: chatmesh.v1.ClientFrame.lookup_user:type_name -> chatmesh.v1.LookupUserRequest
+	27, // 20: chatmesh.v1.ClientFrame.upload_prekeys:type_name -> chatmesh.v1.UploadPrekeysRequest
+	28, // 21: chatmesh.v1.ClientFrame.fetch_bundle:type_name -> chatmesh.v1.FetchBundleRequest
+	29, // 22: chatmesh.v1.ClientFrame.publish_device_list:type_name -> chatmesh.v1.PublishDeviceListRequest
+	30, // 23: chatmesh.v1.ClientFrame.fetch_device_list:type_name -> chatmesh.v1.FetchDeviceListRequest
+	25, // 24: chatmesh.v1.ClientFrame.set_privacy:type_name -> chatmesh.v1.SetPrivacyRequest
+	7,  // 25: chatmesh.v1.SendRequest.envelope:type_name -> chatmesh.v1.Envelope
+	16, // 26: chatmesh.v1.SyncRequest.cursors:type_name -> chatmesh.v1.ConvCursor
+	2,  // 27: chatmesh.v1.ModifyMembersRequest.op:type_name -> chatmesh.v1.MembershipOp
+	3,  // 28: chatmesh.v1.SetPrivacyRequest.add_policy:type_name -> chatmesh.v1.AddPolicy
+	33, // 29: chatmesh.v1.ServerFrame.response:type_name -> chatmesh.v1.Response
+	10, // 30: chatmesh.v1.ServerFrame.delivery:type_name -> chatmesh.v1.Message
+	47, // 31: chatmesh.v1.ServerFrame.receipt:type_name -> chatmesh.v1.Receipt
+	48, // 32: chatmesh.v1.ServerFrame.presence:type_name -> chatmesh.v1.PresenceEvent
+	50, // 33: chatmesh.v1.ServerFrame.typing:type_name -> chatmesh.v1.TypingEvent
+	51, // 34: chatmesh.v1.ServerFrame.disconnect:type_name -> chatmesh.v1.Disconnect
+	36, // 35: chatmesh.v1.ServerFrame.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
+	4,  // 36: chatmesh.v1.Error.code:type_name -> chatmesh.v1.ErrorCode
+	32, // 37: chatmesh.v1.Response.error:type_name -> chatmesh.v1.Error
+	38, // 38: chatmesh.v1.Response.register:type_name -> chatmesh.v1.RegisterResponse
+	39, // 39: chatmesh.v1.Response.send:type_name -> chatmesh.v1.SendAck
+	40, // 40: chatmesh.v1.Response.sync:type_name -> chatmesh.v1.SyncResponse
+	41, // 41: chatmesh.v1.Response.history:type_name -> chatmesh.v1.HistoryResponse
+	42, // 42: chatmesh.v1.Response.conversation:type_name -> chatmesh.v1.ConversationInfo
+	46, // 43: chatmesh.v1.Response.pong:type_name -> chatmesh.v1.Pong
+	43, // 44: chatmesh.v1.Response.conversations:type_name -> chatmesh.v1.ListConversationsResponse
+	44, // 45: chatmesh.v1.Response.user:type_name -> chatmesh.v1.LookupUserResponse
+	49, // 46: chatmesh.v1.Response.presence:type_name -> chatmesh.v1.PresenceSnapshot
+	37, // 47: chatmesh.v1.Response.empty:type_name -> chatmesh.v1.Empty
+	34, // 48: chatmesh.v1.Response.bundle:type_name -> chatmesh.v1.BundleResponse
+	35, // 49: chatmesh.v1.Response.device_list:type_name -> chatmesh.v1.DeviceListResponse
+	36, // 50: chatmesh.v1.Response.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
+	6,  // 51: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
+	10, // 52: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
+	16, // 53: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
+	10, // 54: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
+	0,  // 55: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
+	42, // 56: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
+	45, // 57: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
+	6,  // 58: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
+	5,  // 59: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
+	48, // 60: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
+	6,  // 61: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
+	4,  // 62: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
+	6,  // 63: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
+	6,  // 64: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
+	54, // 65: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
+	13, // 66: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
+	14, // 67: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
+	15, // 68: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
+	19, // 69: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
+	20, // 70: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
+	22, // 71: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
+	6,  // 72: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
+	31, // 73: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
+	48, // 74: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
+	60, // 75: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
+	61, // 76: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
+	61, // 77: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
+	62, // 78: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
+	12, // 79: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
+	6,  // 80: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
+	6,  // 81: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
+	11, // 82: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
+	32, // 83: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
+	6,  // 84: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
+	38, // 85: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
+	33, // 86: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
+	87, // [87:87] is the sub-list for method output_type
+	87, // [87:87] is the sub-list for method input_type
+	87, // [87:87] is the sub-list for extension type_name
+	87, // [87:87] is the sub-list for extension extendee
+	0,  // [0:87] is the sub-list for field type_name
 }
 
 func init() { file_chatmesh_v1_chatmesh_proto_init() }
@@ -4851,8 +5290,9 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*ClientFrame_FetchBundle)(nil),
 		(*ClientFrame_PublishDeviceList)(nil),
 		(*ClientFrame_FetchDeviceList)(nil),
+		(*ClientFrame_SetPrivacy)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[24].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[25].OneofWrappers = []any{
 		(*ServerFrame_Response)(nil),
 		(*ServerFrame_Delivery)(nil),
 		(*ServerFrame_Receipt)(nil),
@@ -4861,7 +5301,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*ServerFrame_Disconnect)(nil),
 		(*ServerFrame_PrekeyStatus)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[26].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[27].OneofWrappers = []any{
 		(*Response_Register)(nil),
 		(*Response_Send)(nil),
 		(*Response_Sync)(nil),
@@ -4876,7 +5316,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*Response_DeviceList)(nil),
 		(*Response_PrekeyStatus)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[48].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[49].OneofWrappers = []any{
 		(*IngressRecord_Send)(nil),
 		(*IngressRecord_Ack)(nil),
 		(*IngressRecord_Read)(nil),
@@ -4884,7 +5324,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*IngressRecord_ModifyMembers)(nil),
 		(*IngressRecord_Typing)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[51].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[53].OneofWrappers = []any{
 		(*BackendCall_Authenticate)(nil),
 		(*BackendCall_Register)(nil),
 		(*BackendCall_SessionOpened)(nil),
@@ -4897,8 +5337,8 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatmesh_v1_chatmesh_proto_rawDesc), len(file_chatmesh_v1_chatmesh_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   56,
+			NumEnums:      6,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
