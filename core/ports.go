@@ -34,10 +34,23 @@ type Conversation struct {
 	CreatedAtMs int64
 }
 
-// Member is a user's membership of a conversation.
+// Member is a user's membership of a conversation, or a pending invitation.
 type Member struct {
 	User      string
-	JoinedSeq uint64 // seq of the entry that added the user; the member reads from here on
+	JoinedSeq uint64 // seq of the entry that added (or invited) the user; a member reads from here on
+	// Admin: a group member with admin rights (add, remove, promote,
+	// demote, set the title). The creator starts as the only admin.
+	Admin bool
+	// Invited: a pending invitation, not a member: the user's add policy
+	// refused a direct add; they become a member by ACCEPT. An invited
+	// user reads and sends nothing, and is not counted by MemberSet.
+	Invited bool
+}
+
+// Privacy is a user's privacy settings (shared by all their devices).
+type Privacy struct {
+	HideLastSeen bool         // others see online/offline but no last-seen time
+	AddPolicy    pb.AddPolicy // who may add the user to a group directly
 }
 
 // CursorKind distinguishes the two per-device cursors.
@@ -80,10 +93,20 @@ type AppendRequest struct {
 	// Message.ConvId. When the conversation exists, Create is ignored.
 	// Without Create a missing conversation is ErrNotFound.
 	Create *Conversation
-	// AddMembers get JoinedSeq = the new seq. Adding an existing member is a no-op.
+	// AddMembers get JoinedSeq = the new seq. Adding an existing member is
+	// a no-op; adding an invited user makes them a member (Invited cleared,
+	// JoinedSeq = the new seq).
 	AddMembers []string
-	// RemoveMembers are deleted from the member list. Removing a non-member is a no-op.
+	// RemoveMembers are deleted from the member list (members and
+	// invitations alike). Removing a non-member is a no-op.
 	RemoveMembers []string
+	// Invite records pending invitations (Invited, JoinedSeq = the new seq)
+	// for users who are neither members nor invited.
+	Invite []string
+	// Promote and Demote set and clear the Admin flag of members.
+	Promote, Demote []string
+	// Title, when non-nil, replaces the conversation's title.
+	Title *string
 }
 
 // AppendResult reports the stored entry.
