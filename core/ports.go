@@ -147,6 +147,11 @@ type Store interface {
 	// Duplicate detection happens before the epoch check and before the
 	// existence check, so a replay of an appended entry always succeeds.
 	Append(ctx context.Context, req AppendRequest) (AppendResult, error)
+	// Lookup returns the entry stored under an idempotency key (the
+	// conversation, the sender device and its client message id), or
+	// ErrNotFound. The sequencer asks before refusing a request, so that a
+	// resend of an entry stored earlier gets its original answer.
+	Lookup(ctx context.Context, conv string, sender DeviceKey, clientMsgID string) (*pb.Message, error)
 	// Conversation returns a conversation with its current Head (ErrNotFound).
 	Conversation(ctx context.Context, id string) (Conversation, error)
 	// Members lists a conversation's members ordered by user id (ErrNotFound

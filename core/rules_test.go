@@ -1,8 +1,6 @@
 package core
 
 import (
-	"errors"
-	"fmt"
 	"slices"
 	"testing"
 
@@ -32,52 +30,6 @@ func TestIDs(t *testing.T) {
 		if ValidUserID(id) != ok {
 			t.Errorf("ValidUserID(%q) != %v", id, ok)
 		}
-	}
-}
-
-func TestPlanModify(t *testing.T) {
-	cur := MemberSet{"alice": 1, "bob": 1}
-	req := func(op pb.MembershipOp, users ...string) *pb.ModifyMembersRequest {
-		return &pb.ModifyMembersRequest{ConvId: "g:x", Op: op, Users: users}
-	}
-	p, err := PlanModify("alice", cur, req(pb.MembershipOp_MEMBERSHIP_OP_ADD, "carol", "bob", "carol"))
-	if err != nil || !slices.Equal(p.Add, []string{"carol"}) || p.NoOp {
-		t.Fatalf("add: %+v %v", p, err)
-	}
-	p, err = PlanModify("alice", cur, req(pb.MembershipOp_MEMBERSHIP_OP_ADD, "bob"))
-	if err != nil || !p.NoOp {
-		t.Fatalf("add existing must be a no-op: %+v %v", p, err)
-	}
-	if _, err := PlanModify("mallory", cur, req(pb.MembershipOp_MEMBERSHIP_OP_ADD, "eve")); !errors.Is(err, ErrNotMember) {
-		t.Fatalf("non-member add: %v", err)
-	}
-	p, err = PlanModify("bob", cur, req(pb.MembershipOp_MEMBERSHIP_OP_LEAVE))
-	if err != nil || !slices.Equal(p.Remove, []string{"bob"}) {
-		t.Fatalf("leave: %+v %v", p, err)
-	}
-	big := MemberSet{}
-	for i := 0; i < MaxGroupMembers; i++ {
-		big[fmt.Sprintf("u%d", i)] = 1
-	}
-	if _, err := PlanModify("u0", big, req(pb.MembershipOp_MEMBERSHIP_OP_ADD, "newbie")); !errors.Is(err, ErrGroupFull) {
-		t.Fatalf("add past limit: %v", err)
-	}
-	if _, err := PlanModify("alice", cur, req(pb.MembershipOp_MEMBERSHIP_OP_CREATE, "x")); !errors.Is(err, ErrInvalidArgument) {
-		t.Fatalf("bad op: %v", err)
-	}
-}
-
-func TestPlanCreateGroupLimit(t *testing.T) {
-	members := make([]string, MaxGroupMembers-1)
-	for i := range members {
-		members[i] = fmt.Sprintf("u%d", i)
-	}
-	if _, err := PlanCreateGroup("owner", &pb.CreateGroupRequest{ConvId: "g:a", Members: members}); err != nil {
-		t.Fatalf("exactly %d members: %v", MaxGroupMembers, err)
-	}
-	members = append(members, "one-more")
-	if _, err := PlanCreateGroup("owner", &pb.CreateGroupRequest{ConvId: "g:a", Members: members}); !errors.Is(err, ErrGroupFull) {
-		t.Fatalf("%d members: %v", MaxGroupMembers+1, err)
 	}
 }
 

@@ -316,14 +316,14 @@ func (a *API) listConversations(ctx context.Context, dev core.DeviceKey) (*pb.Re
 	}
 	out := &pb.ListConversationsResponse{}
 	for _, conv := range convs {
-		c, set, err := a.r.loadMembers(ctx, conv)
+		c, e, err := a.r.loadConv(ctx, conv)
 		if errors.Is(err, core.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("list conversations: %s: %w", conv, err)
 		}
-		out.Conversations = append(out.Conversations, convInfo(c, set))
+		out.Conversations = append(out.Conversations, core.ConvInfo(c, e.members))
 	}
 	return &pb.Response{Body: &pb.Response_Conversations{Conversations: out}}, nil
 }

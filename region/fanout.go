@@ -106,34 +106,6 @@ func (r *Region) replyRecord(o *pb.Origin, resp *pb.Response) core.BusRecord {
 	return core.BusRecord{Topic: EdgeTopic(o.GetEdgeId()), Key: []byte(o.GetEdgeId()), Value: b}
 }
 
-// reply sends one response to a request's origin (if it has one).
-func (r *Region) reply(ctx context.Context, o *pb.Origin, resp *pb.Response) error {
-	if o.GetEdgeId() == "" {
-		return nil
-	}
-	return r.produce(ctx, r.replyRecord(o, resp))
-}
-
-// batchOut collects the outputs of a batch of ingress records, so that
-// they go to Kafka in one produce call after the whole batch is stored
-// (see handleBatch). It travels in the context of the batch's handlers.
-type batchOut struct{ recs []core.BusRecord }
-
-type batchOutKey struct{}
-
-// produce sends records to Kafka — or, inside handleBatch, adds them to the
-// batch's outputs, produced when the batch is done.
-func (r *Region) produce(ctx context.Context, recs ...core.BusRecord) error {
-	if len(recs) == 0 {
-		return nil
-	}
-	if out, ok := ctx.Value(batchOutKey{}).(*batchOut); ok {
-		out.recs = append(out.recs, recs...)
-		return nil
-	}
-	return r.produceNow(ctx, recs...)
-}
-
 // produceNow sends records to Kafka, dropping those whose topic is gone.
 func (r *Region) produceNow(ctx context.Context, recs ...core.BusRecord) error {
 	if len(recs) == 0 {

@@ -219,7 +219,7 @@ func (a *API) pushPrekeyStatus(ctx context.Context, dev core.DeviceKey, remainin
 	}}}
 	recs, err := a.r.perEdge(mine, frame)
 	if err == nil {
-		err = a.r.produce(ctx, recs...)
+		err = a.r.produceNow(ctx, recs...)
 	}
 	if err != nil {
 		a.r.log.Warn("prekey status push", "device", dev.String(), "err", err)

@@ -19,13 +19,16 @@ import (
 const (
 	DefaultIngressTopic  = "ingress"
 	DefaultPresenceTopic = "presence"
+	// DefaultDeadLetterTopic receives pb.DeadLetter records: ingress records
+	// the sequencer gave up on (see Config.MaxAttempts).
+	DefaultDeadLetterTopic = "deadletter"
 	EdgeTopicPrefix      = "edge."
 	SequencerGroup       = "sequencer"
 )
 
 // Names are the topic and group names of one region's bus.
 type Names struct {
-	Ingress, Presence, SequencerGroup string
+	Ingress, Presence, SequencerGroup, DeadLetter string
 }
 
 // NamesFor returns the names under a namespace: the defaults when ns is
@@ -33,9 +36,9 @@ type Names struct {
 // several regions (or test runs) can share one Kafka cluster. Edge topics
 // are already unique per edge id.
 func NamesFor(ns string) Names {
-	n := Names{Ingress: DefaultIngressTopic, Presence: DefaultPresenceTopic, SequencerGroup: SequencerGroup}
+	n := Names{Ingress: DefaultIngressTopic, Presence: DefaultPresenceTopic, SequencerGroup: SequencerGroup, DeadLetter: DefaultDeadLetterTopic}
 	if ns != "" {
-		n = Names{Ingress: ns + "." + n.Ingress, Presence: ns + "." + n.Presence, SequencerGroup: ns + "." + n.SequencerGroup}
+		n = Names{Ingress: ns + "." + n.Ingress, Presence: ns + "." + n.Presence, SequencerGroup: ns + "." + n.SequencerGroup, DeadLetter: ns + "." + n.DeadLetter}
 	}
 	return n
 }
@@ -50,6 +53,13 @@ type Config struct {
 	IngressPartitions int    // default 8
 	PresenceTopic     string // default "presence"
 	SequencerGroup    string // consumer group of the sequencer, default "sequencer"
+	DeadLetterTopic   string // default "deadletter"
+	// MaxAttempts: a record that fails this many times in a row while the
+	// store answers goes to DeadLetterTopic (default 5).
+	MaxAttempts int
+	// StateCacheBytes bounds the sequencer's cached conversation state
+	// (members, cursors), by estimated size (default 64 MiB).
+	StateCacheBytes int
 	Epoch             uint64 // owner epoch this region sequences at, default 1
 	Logger            *slog.Logger
 	Now               func() time.Time
@@ -86,6 +96,15 @@ func (c *Config) fill() {
 	if c.Epoch == 0 {
 		c.Epoch = 1
 	}
+	if c.DeadLetterTopic == "" {
+		c.DeadLetterTopic = DefaultDeadLetterTopic
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 5
+	}
+	if c.StateCacheBytes <= 0 {
+		c.StateCacheBytes = 64 << 20
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -113,8 +132,15 @@ type Region struct {
 	ulidMu  sync.Mutex
 	entropy *ulid.MonotonicEntropy
 
-	members *memberCache
+	members *memberCache // readers' cache, keyed by head; the sequencer keeps it in step
 	devices *deviceCache
+	states  *stateCache // the sequencer's conversation state, per partition worker
+
+	attempts    attempts
+	deadMu      sync.Mutex
+	deadReasons map[string]uint64
+	consuming   atomic.Bool
+	lastErr     atomic.Pointer[error]
 
 	notifyCh chan core.PushNotification
 	stats    counters
@@ -139,11 +165,17 @@ type Stats struct {
 	NotifyFailed    uint64 // push notifications the notifier failed
 	ReceiptsSent    uint64 // receipt records produced
 	TypingFannedOut uint64 // typing records produced
+	DeadLettered    uint64 // ingress records sent to the dead-letter topic
+	Panics          uint64 // records whose handling panicked (then retried / dead-lettered)
+	StateLoads      uint64 // conversation states loaded from the store (cache misses)
+	ReceiptScans    uint64 // cursor moves that had to read entries to find senders
+	Restarts        uint64 // times the sequencer's consumer stopped and was restarted
 }
 
 type counters struct {
 	appended, duplicates, rejected, malformed, edgeRecords, undeliverable atomic.Uint64
 	notified, notifyDropped, notifyFailed, receipts, typing               atomic.Uint64
+	deadLettered, panics, stateLoads, receiptScans, restarts              atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -159,6 +191,10 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		log:      cfg.Logger.With("component", "region", "region", cfg.Name),
 		entropy:  ulid.Monotonic(rand.Reader, 0),
 		members:  newMemberCache(),
+		states:   newStateCache(cfg.StateCacheBytes),
+		attempts: attempts{m: map[partKey]stuck{}},
+
+		deadReasons: map[string]uint64{},
 		devices:  newDeviceCache(cfg.Now, 10*time.Second),
 		notifyCh: make(chan core.PushNotification, cfg.NotifyQueue),
 	}
@@ -185,6 +221,9 @@ func (r *Region) Start(ctx context.Context) error {
 	if err := r.bus.EnsureTopic(ctx, r.cfg.PresenceTopic, 1); err != nil {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.PresenceTopic, err)
 	}
+	if err := r.bus.EnsureTopic(ctx, r.cfg.DeadLetterTopic, 1); err != nil {
+		return fmt.Errorf("region: ensure %s: %w", r.cfg.DeadLetterTopic, err)
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	ready := make(chan struct{})
@@ -193,21 +232,7 @@ func (r *Region) Start(ctx context.Context) error {
 	r.wg.Add(2)
 	go func() {
 		defer r.wg.Done()
-		spec := core.ConsumeSpec{
-			Topic:   r.cfg.IngressTopic,
-			Group:   r.cfg.SequencerGroup,
-			OnReady: func() { once.Do(func() { close(ready) }) },
-		}
-		var err error
-		if bc, ok := r.bus.(core.BatchConsumer); ok {
-			err = bc.ConsumeBatch(runCtx, spec, MaxBatch, r.handleBatch)
-		} else {
-			err = r.bus.Consume(runCtx, spec, r.handleIngress)
-		}
-		if err != nil && !errors.Is(err, context.Canceled) {
-			r.log.Error("sequencer stopped", "err", err)
-			errc <- err
-		}
+		r.runSequencer(runCtx, func() { once.Do(func() { close(ready) }) }, errc)
 	}()
 	go func() {
 		defer r.wg.Done()
@@ -217,10 +242,73 @@ func (r *Region) Start(ctx context.Context) error {
 	case <-ready:
 		return nil
 	case err := <-errc:
+		cancel()
 		return fmt.Errorf("region: sequencer: %w", err)
 	case <-ctx.Done():
+		cancel()
 		return ctx.Err()
 	}
+}
+
+// runSequencer runs the sequencer's consumer until ctx ends. A consumer
+// that stops for any other reason is restarted after a backoff, counted
+// (Stats.Restarts) and logged at error; while it is down Health reports
+// it. The first failure before the consumer ever became ready goes to
+// errc (Start fails).
+func (r *Region) runSequencer(ctx context.Context, onReady func(), errc chan<- error) {
+	var started atomic.Bool
+	for attempt := 0; ; attempt++ {
+		spec := core.ConsumeSpec{
+			Topic: r.cfg.IngressTopic,
+			Group: r.cfg.SequencerGroup,
+			OnReady: func() {
+				r.consuming.Store(true)
+				started.Store(true)
+				onReady()
+			},
+		}
+		var err error
+		if bc, ok := r.bus.(core.BatchConsumer); ok {
+			err = bc.ConsumeBatch(ctx, spec, MaxBatch, r.handleBatch)
+		} else {
+			err = r.bus.Consume(ctx, spec, r.handleIngress)
+		}
+		r.consuming.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("consumer returned without error")
+		}
+		r.lastErr.Store(&err)
+		if !started.Load() {
+			select {
+			case errc <- err:
+			default:
+			}
+			return
+		}
+		r.stats.restarts.Add(1)
+		wait := min(time.Duration(1<<min(attempt, 5))*100*time.Millisecond, 5*time.Second)
+		r.log.Error("sequencer consumer stopped; restarting", "err", err, "restarts", r.stats.restarts.Load(), "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Health reports whether the sequencer is consuming its ingress topic:
+// nil when it is, else why not.
+func (r *Region) Health() error {
+	if r.consuming.Load() {
+		return nil
+	}
+	if p := r.lastErr.Load(); p != nil {
+		return fmt.Errorf("region: sequencer not consuming: %w", *p)
+	}
+	return errors.New("region: sequencer not consuming")
 }
 
 // Shutdown stops the sequencer and notifier and waits for them. Idempotent.
@@ -248,6 +336,8 @@ func (r *Region) Stats() Stats {
 		Malformed: c.malformed.Load(), EdgeRecords: c.edgeRecords.Load(), Undeliverable: c.undeliverable.Load(), Notified: c.notified.Load(),
 		NotifyDropped: c.notifyDropped.Load(), NotifyFailed: c.notifyFailed.Load(),
 		ReceiptsSent: c.receipts.Load(), TypingFannedOut: c.typing.Load(),
+		DeadLettered: c.deadLettered.Load(), Panics: c.panics.Load(), StateLoads: c.stateLoads.Load(),
+		ReceiptScans: c.receiptScans.Load(), Restarts: c.restarts.Load(),
 	}
 }
 

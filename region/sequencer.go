@@ -15,28 +15,85 @@ import (
 // MaxBatch is the most ingress records the sequencer handles per batch.
 const MaxBatch = 256
 
-// handleBatch handles consecutive records of one partition: each is
-// validated and stored in order exactly as handleIngress would, but their
-// outputs (acks, deliveries, receipts) are produced together, in order, in
-// one produce call once all are stored. Under load this turns one Kafka
-// round trip per record into one per batch; when idle, batches hold one
-// record. If anything fails transiently the bus retries the whole batch;
-// the records already stored dedupe and re-emit their outputs.
-func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) error {
-	out := &batchOut{}
-	bctx := context.WithValue(ctx, batchOutKey{}, out)
-	for _, rec := range recs {
-		if err := r.handleIngress(bctx, rec); err != nil {
-			return err
-		}
-	}
-	return r.produceNow(ctx, out.recs...)
+// batch is the work of one handleBatch call: the outputs of its records
+// (produced together once every entry is stored), the cursor moves
+// (persisted after the outputs are out, so a failed produce recomputes
+// and re-sends their receipts instead of losing them), and the
+// conversations it touched (their cached state is dropped if the batch
+// fails, so a retry starts from the store).
+type batch struct {
+	out       []core.BusRecord
+	cursors   []core.CursorMove
+	touched   map[string]bool
+	validated map[string]bool
 }
 
-// handleIngress is the sequencer's bus handler. It returns an error only for
-// transient failures (the bus retries the record); requests that are
-// invalid are answered with an error to their origin and consumed.
+func newBatch() *batch {
+	return &batch{touched: map[string]bool{}, validated: map[string]bool{}}
+}
+
+// handleBatch handles consecutive records of one partition. Each record
+// is one step: decode, the conversation's state (cached by the partition
+// worker, checked against the store's head once per batch), the pure
+// decision (core), the store write, the state moved forward, the outputs
+// collected. Then all outputs go to Kafka in one produce, then the cursor
+// moves are persisted. Any transient failure returns an error and the bus
+// retries the whole batch: stored entries dedupe and re-emit their
+// outputs; cursor moves were not persisted and are recomputed. A record
+// that keeps failing while the store is healthy goes to the dead-letter
+// topic after Config.MaxAttempts (see deadletter.go), and the partition
+// moves on.
+func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) (err error) {
+	b := newBatch()
+	defer func() {
+		if err != nil {
+			for conv := range b.touched {
+				r.states.drop(conv)
+			}
+		}
+	}()
+	for _, rec := range recs {
+		if err := r.stepGuarded(ctx, b, rec); err != nil {
+			if dl := r.failed(ctx, rec, err); dl != nil {
+				return dl
+			}
+			continue // dead-lettered: the record is done
+		}
+		r.succeeded(rec)
+	}
+	if err := r.produceNow(ctx, b.out...); err != nil {
+		return err
+	}
+	for _, mv := range b.cursors {
+		if _, _, err := r.store.AdvanceCursor(ctx, mv.Conv, mv.Dev, mv.Kind, mv.Seq); err != nil {
+			return fmt.Errorf("cursor %s %s: %w", mv.Conv, mv.Dev, err)
+		}
+	}
+	return nil
+}
+
+// handleIngress handles one record as a batch of one.
 func (r *Region) handleIngress(ctx context.Context, rec core.BusRecord) error {
+	return r.handleBatch(ctx, []core.BusRecord{rec})
+}
+
+// stepGuarded runs step and turns a panic into an error of the record, so
+// a record that crashes the sequencer is dead-lettered instead of killing
+// the process over and over.
+func (r *Region) stepGuarded(ctx context.Context, b *batch, rec core.BusRecord) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.stats.panics.Add(1)
+			err = &recordError{reason: "panic", err: fmt.Errorf("region: sequencer panic: %v", p)}
+		}
+	}()
+	return r.step(ctx, b, rec)
+}
+
+// step handles one ingress record. It returns an error only for failures
+// worth retrying; a request that is invalid is answered with an error to
+// its origin and consumed.
+func (r *Region) step(ctx context.Context, b *batch, rec core.BusRecord) error {
 	var in pb.IngressRecord
 	if err := proto.Unmarshal(rec.Value, &in); err != nil {
 		r.stats.malformed.Add(1)
@@ -46,28 +103,28 @@ func (r *Region) handleIngress(ctx context.Context, rec core.BusRecord) error {
 	var err error
 	switch op := in.Op.(type) {
 	case *pb.IngressRecord_Send:
-		err = r.seqSend(ctx, &in, op.Send)
+		err = r.seqSend(ctx, b, &in, op.Send)
 	case *pb.IngressRecord_Ack:
-		err = r.seqCursor(ctx, &in, op.Ack.GetConvId(), op.Ack.GetSeq(), core.CursorDelivered)
+		err = r.seqCursor(ctx, b, &in, op.Ack.GetConvId(), op.Ack.GetSeq(), core.CursorDelivered)
 	case *pb.IngressRecord_Read:
-		err = r.seqCursor(ctx, &in, op.Read.GetConvId(), op.Read.GetSeq(), core.CursorRead)
+		err = r.seqCursor(ctx, b, &in, op.Read.GetConvId(), op.Read.GetSeq(), core.CursorRead)
 	case *pb.IngressRecord_CreateGroup:
-		err = r.seqCreateGroup(ctx, &in, op.CreateGroup)
+		err = r.seqCreateGroup(ctx, b, &in, op.CreateGroup)
 	case *pb.IngressRecord_ModifyMembers:
-		err = r.seqModify(ctx, &in, op.ModifyMembers)
+		err = r.seqModify(ctx, b, &in, op.ModifyMembers)
 	case *pb.IngressRecord_Typing:
-		err = r.seqTyping(ctx, &in, op.Typing)
+		err = r.seqTyping(ctx, b, &in, op.Typing)
 	default:
 		err = fmt.Errorf("region: ingress record without op: %w", core.ErrInvalidArgument)
 	}
-	if err == nil {
-		return nil
+	if err == nil || !isRequestError(err) {
+		return err
 	}
-	if isRequestError(err) {
-		r.stats.rejected.Add(1)
-		return r.reply(ctx, in.GetOrigin(), &pb.Response{Error: core.ToWire(err)})
+	r.stats.rejected.Add(1)
+	if in.GetOrigin().GetEdgeId() != "" {
+		b.out = append(b.out, r.replyRecord(in.GetOrigin(), &pb.Response{Error: core.ToWire(err)}))
 	}
-	return err
+	return nil
 }
 
 // isRequestError tells errors that are the request's fault (answered to the
@@ -78,304 +135,431 @@ func isRequestError(err error) bool {
 		errors.Is(err, core.ErrNotFound) || errors.Is(err, core.ErrNotMember) ||
 		errors.Is(err, core.ErrGroupFull) || errors.Is(err, core.ErrInvalidArgument) ||
 		errors.Is(err, core.ErrForbidden) || errors.Is(err, core.ErrAlreadyExists) ||
-		errors.Is(err, core.ErrFenced)
+		errors.Is(err, core.ErrFenced) || errors.Is(err, core.ErrLimitExceeded)
 }
 
-// loadMembers returns the conversation and its member set, from cache when
-// the head has not moved.
-func (r *Region) loadMembers(ctx context.Context, conv string) (core.Conversation, core.MemberSet, error) {
+// state returns the conversation's state: from the partition worker's
+// cache, checked against the store's head once per batch (another process
+// may have owned the partition meanwhile), else loaded. nil, nil: the
+// conversation does not exist.
+func (r *Region) state(ctx context.Context, b *batch, conv string) (*core.ConvState, error) {
+	st := r.states.get(conv)
+	if st != nil && b.validated[conv] {
+		return st, nil
+	}
 	c, err := r.store.Conversation(ctx, conv)
+	if errors.Is(err, core.ErrNotFound) {
+		r.states.drop(conv)
+		return nil, nil
+	}
 	if err != nil {
-		return core.Conversation{}, nil, err
+		return nil, fmt.Errorf("conversation %s: %w", conv, err)
 	}
-	if set, ok := r.members.get(conv, c.Head); ok {
-		return c, set, nil
+	b.validated[conv] = true
+	if st != nil && st.Conv.Head == c.Head && st.Conv.Epoch == c.Epoch {
+		return st, nil
 	}
+	r.stats.stateLoads.Add(1)
 	ms, err := r.store.Members(ctx, conv)
 	if err != nil {
-		return core.Conversation{}, nil, err
+		return nil, fmt.Errorf("members of %s: %w", conv, err)
 	}
-	set := core.NewMemberSet(ms)
-	r.members.put(conv, c.Head, set)
-	return c, set, nil
+	cs, err := r.store.ConvCursors(ctx, conv)
+	if err != nil {
+		return nil, fmt.Errorf("cursors of %s: %w", conv, err)
+	}
+	st = core.NewConvState(c, ms, cs)
+	r.states.put(conv, st)
+	return st, nil
 }
 
-func (r *Region) seqSend(ctx context.Context, in *pb.IngressRecord, s *pb.SendRequest) error {
+// appendEntry stores one entry and moves the state past it. On a
+// duplicate the state is left alone: the entry is already in it (the
+// state was loaded after it, or applied when it was first stored).
+func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, req core.AppendRequest) (*pb.Message, *core.ConvState, error) {
+	conv := req.Message.GetConvId()
+	b.touched[conv] = true
+	res, err := r.store.Append(ctx, req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("append to %s: %w", conv, err)
+	}
+	if res.Duplicate {
+		r.stats.duplicates.Add(1)
+		if st == nil { // a replay of the entry that created the conversation
+			st, err = r.state(ctx, b, conv)
+			if err != nil || st == nil {
+				return nil, nil, fmt.Errorf("append to %s: state after replay: %w", conv, errors.Join(err, core.ErrUnavailable))
+			}
+		}
+		return res.Message, st, nil
+	}
+	r.stats.appended.Add(1)
+	if st == nil {
+		st = core.NewConvState(*req.Create, nil, nil)
+		st.Conv.Head = 0
+		r.states.put(conv, st)
+		b.validated[conv] = true
+	}
+	st.Apply(req, res.Message)
+	// Keep the readers' member cache in step: the new head is valid now.
+	r.members.put(conv, st.Conv.Head, st.MemberList())
+	return res.Message, st, nil
+}
+
+// replay answers a request whose idempotency key is already stored, as
+// the first answer was: dedupe comes before every check that may have
+// changed since (a sender removed meanwhile still gets the original ack).
+func (r *Region) replay(ctx context.Context, conv string, sender core.DeviceKey, key string) (*pb.Message, error) {
+	if key == "" {
+		return nil, nil
+	}
+	m, err := r.store.Lookup(ctx, conv, sender, key)
+	if errors.Is(err, core.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lookup %s: %w", conv, err)
+	}
+	r.stats.duplicates.Add(1)
+	return m, nil
+}
+
+func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s *pb.SendRequest) error {
 	if err := core.ValidateSend(s); err != nil {
 		return err
 	}
 	sender := core.KeyOf(in.GetOrigin().GetDevice())
 	conv := s.GetConvId()
-	req := core.AppendRequest{Epoch: r.cfg.Epoch}
-	var members core.MemberSet
-	_, set, err := r.loadMembers(ctx, conv)
-	switch {
-	case err == nil:
-		if _, ok := set[sender.User]; !ok {
-			return fmt.Errorf("send to %s: %s: %w", conv, sender.User, core.ErrNotMember)
-		}
-		members = set
-	case errors.Is(err, core.ErrNotFound):
-		a, b, direct := core.ParseDirect(conv)
-		if !direct {
-			return fmt.Errorf("send to %s: %w", conv, core.ErrNotFound)
-		}
-		if sender.User != a && sender.User != b {
-			return fmt.Errorf("send to %s: %s: %w", conv, sender.User, core.ErrNotMember)
-		}
-		other := a
-		if other == sender.User {
-			other = b
-		}
-		if _, err := r.store.User(ctx, other); err != nil {
-			return fmt.Errorf("send to %s: user %s: %w", conv, other, err)
-		}
-		req.Create = &core.Conversation{
-			ID: conv, Kind: pb.ConversationKind_CONVERSATION_KIND_DIRECT,
-			HomeRegion: r.cfg.Name, Epoch: r.cfg.Epoch, CreatedAtMs: r.nowMs(),
-		}
-		req.AddMembers = []string{a, b}
-		members = core.MemberSet{a: 1, b: 1}
-	default:
+	st, err := r.state(ctx, b, conv)
+	if err != nil {
 		return err
 	}
+	req := core.AppendRequest{Epoch: r.cfg.Epoch}
 	now := r.cfg.Now()
 	req.Message = &pb.Message{
 		ConvId: conv, MsgId: r.newMsgID(now), Sender: sender.Addr(),
 		ClientMsgId: s.GetClientMsgId(), SentAtMs: now.UnixMilli(),
 		Kind: pb.MessageKind_MESSAGE_KIND_USER, Envelope: s.GetEnvelope(),
 	}
-	res, err := r.append(ctx, req)
-	if err != nil {
-		return err
-	}
-	m := res.Message
-	ack := &pb.Response{ReqId: in.GetOrigin().GetReqId(), Body: &pb.Response_Send{Send: &pb.SendAck{
-		ConvId: conv, ClientMsgId: m.GetClientMsgId(), Seq: m.GetSeq(), MsgId: m.GetMsgId(), SentAtMs: m.GetSentAtMs(),
-	}}}
-	recs, err := r.fanout(ctx, m, members.Users())
-	if err != nil {
-		return err
-	}
-	recs = append(recs, r.replyRecord(in.GetOrigin(), ack))
-	return r.produce(ctx, recs...)
-}
-
-// append calls the store and keeps the member cache in step.
-func (r *Region) append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
-	res, err := r.store.Append(ctx, req)
-	if err != nil {
-		return res, fmt.Errorf("append to %s: %w", req.Message.GetConvId(), err)
-	}
-	if res.Duplicate {
-		r.stats.duplicates.Add(1)
-	} else {
-		r.stats.appended.Add(1)
-	}
-	return res, nil
-}
-
-func (r *Region) seqCreateGroup(ctx context.Context, in *pb.IngressRecord, cg *pb.CreateGroupRequest) error {
-	actor := core.KeyOf(in.GetOrigin().GetDevice())
-	plan, err := core.PlanCreateGroup(actor.User, cg)
-	if err != nil {
-		return err
-	}
-	conv := cg.GetConvId()
-	const createKey = "create"
-	if c, err := r.store.Conversation(ctx, conv); err == nil {
-		// Idempotent retry by the creator, or a clash.
-		first, err := r.store.Messages(ctx, conv, 0, 1)
-		if err != nil {
-			return err
+	var refuse error
+	switch {
+	case st != nil && !st.IsMember(sender.User):
+		refuse = core.ConvNotFound(conv)
+		if _, invited := st.Members[sender.User]; invited {
+			refuse = fmt.Errorf("send to %s: %s is invited; accept first: %w", conv, sender.User, core.ErrNotMember)
 		}
-		if len(first) == 1 && core.KeyOf(first[0].GetSender()) == actor && first[0].GetClientMsgId() == createKey {
-			recs, err := r.membershipOutputs(ctx, in, first[0], c)
+	case st == nil:
+		a, bb, direct := core.ParseDirect(conv)
+		if !direct || (sender.User != a && sender.User != bb) {
+			refuse = core.ConvNotFound(conv)
+			break
+		}
+		other := a
+		if other == sender.User {
+			other = bb
+		}
+		if _, err := r.store.User(ctx, other); errors.Is(err, core.ErrNotFound) {
+			refuse = fmt.Errorf("send to %s: user %s: %w", conv, other, core.ErrNotFound)
+			break
+		} else if err != nil {
+			return fmt.Errorf("send to %s: %w", conv, err)
+		}
+		req.Create = &core.Conversation{
+			ID: conv, Kind: pb.ConversationKind_CONVERSATION_KIND_DIRECT,
+			HomeRegion: r.cfg.Name, Epoch: r.cfg.Epoch, CreatedAtMs: now.UnixMilli(),
+		}
+		req.AddMembers = []string{a, bb}
+	}
+	if refuse != nil {
+		// A resend of an entry stored before the refusal applied (the
+		// sender was removed since) gets its original ack.
+		m, err := r.replay(ctx, conv, sender, s.GetClientMsgId())
+		if err != nil || m == nil {
+			return errors.Join(err, refuse)
+		}
+		return r.sendOutputs(ctx, b, in, m, st)
+	}
+	m, st, err := r.appendEntry(ctx, b, st, req)
+	if err != nil {
+		return err
+	}
+	return r.sendOutputs(ctx, b, in, m, st)
+}
+
+// sendOutputs emits a user entry's deliveries (to the members, offline
+// devices notified) and the sender's ack.
+func (r *Region) sendOutputs(ctx context.Context, b *batch, in *pb.IngressRecord, m *pb.Message, st *core.ConvState) error {
+	var users []string
+	if st != nil {
+		users = st.MemberSet().Users()
+	}
+	recs, err := r.fanout(ctx, m, users)
+	if err != nil {
+		return err
+	}
+	ack := &pb.Response{Body: &pb.Response_Send{Send: &pb.SendAck{
+		ConvId: m.GetConvId(), ClientMsgId: m.GetClientMsgId(), Seq: m.GetSeq(), MsgId: m.GetMsgId(), SentAtMs: m.GetSentAtMs(),
+	}}}
+	b.out = append(b.out, recs...)
+	b.out = append(b.out, r.replyRecord(in.GetOrigin(), ack))
+	return nil
+}
+
+// createKey is the idempotency key of a group's CREATE entry: the group id
+// is the creation's key (GroupID binds it to the creator).
+const createKey = "create"
+
+// userFacts looks up what the group rules need to know about users.
+func (r *Region) userFacts(ctx context.Context, actor string, users []string) (map[string]core.UserFacts, error) {
+	facts := make(map[string]core.UserFacts, len(users))
+	for _, u := range users {
+		if _, done := facts[u]; done || u == actor || !core.ValidUserID(u) {
+			continue
+		}
+		p, err := storePrivacy(ctx, r.store, u)
+		if errors.Is(err, core.ErrNotFound) {
+			facts[u] = core.UserFacts{}
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("user %s: %w", u, err)
+		}
+		f := core.UserFacts{Exists: true, Policy: p.AddPolicy}
+		if p.AddPolicy == pb.AddPolicy_ADD_POLICY_CONTACTS {
+			_, err := r.store.Conversation(ctx, core.DirectConvID(actor, u))
+			switch {
+			case err == nil:
+				f.Contact = true
+			case !errors.Is(err, core.ErrNotFound):
+				return nil, fmt.Errorf("contact %s: %w", u, err)
+			}
+		}
+		facts[u] = f
+	}
+	return facts, nil
+}
+
+func (r *Region) seqCreateGroup(ctx context.Context, b *batch, in *pb.IngressRecord, cg *pb.CreateGroupRequest) error {
+	actor := core.KeyOf(in.GetOrigin().GetDevice())
+	conv := cg.GetConvId()
+	if !core.GroupCreatedBy(conv, actor.User) {
+		// Checked before anything is looked up: the answer is the same
+		// whether or not someone else's group has this id.
+		_, err := core.PlanCreateGroup(actor.User, cg, nil)
+		return err
+	}
+	st, err := r.state(ctx, b, conv)
+	if err != nil {
+		return err
+	}
+	if st != nil {
+		// Only the creator can name this id: a replay (or a second create
+		// by another of the creator's devices) is answered with the group.
+		if m, err := r.replay(ctx, conv, actor, createKey); err != nil || m != nil {
 			if err != nil {
 				return err
 			}
-			return r.produce(ctx, recs...)
+			return r.membershipOutputs(ctx, b, in, m, st, nil)
 		}
-		return fmt.Errorf("create group %s: %w", conv, core.ErrAlreadyExists)
-	} else if !errors.Is(err, core.ErrNotFound) {
+		b.out = append(b.out, r.replyRecord(in.GetOrigin(), &pb.Response{Body: &pb.Response_Conversation{Conversation: st.Info()}}))
+		return nil
+	}
+	if len(cg.GetMembers()) > core.MaxGroupMembers {
+		_, err := core.PlanCreateGroup(actor.User, cg, nil)
 		return err
 	}
-	for _, u := range plan.Add {
-		if u == actor.User {
-			continue
-		}
-		if _, err := r.store.User(ctx, u); err != nil {
-			return fmt.Errorf("create group %s: member %s: %w", conv, u, err)
-		}
+	facts, err := r.userFacts(ctx, actor.User, cg.GetMembers())
+	if err != nil {
+		return err
+	}
+	plan, err := core.PlanCreateGroup(actor.User, cg, facts)
+	if err != nil {
+		return err
 	}
 	now := r.cfg.Now()
 	c := core.Conversation{
 		ID: conv, Kind: pb.ConversationKind_CONVERSATION_KIND_GROUP, Title: cg.GetTitle(),
 		HomeRegion: r.cfg.Name, Epoch: r.cfg.Epoch, CreatedAtMs: now.UnixMilli(),
 	}
-	res, err := r.append(ctx, core.AppendRequest{
+	req := core.AppendRequest{
 		Epoch: r.cfg.Epoch,
 		Message: &pb.Message{
 			ConvId: conv, MsgId: r.newMsgID(now), Sender: actor.Addr(), ClientMsgId: createKey,
-			SentAtMs: now.UnixMilli(), Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP,
-			Membership: &pb.MembershipChange{
-				Op: pb.MembershipOp_MEMBERSHIP_OP_CREATE, Actor: actor.User, Users: plan.Add, Title: cg.GetTitle(),
-			},
+			SentAtMs: now.UnixMilli(), Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP, Membership: plan.Change,
 		},
-		Create:     &c,
-		AddMembers: plan.Add,
-	})
+		Create: &c,
+	}
+	plan.Apply(&req)
+	m, st, err := r.appendEntry(ctx, b, nil, req)
 	if err != nil {
 		return err
 	}
-	recs, err := r.membershipOutputs(ctx, in, res.Message, c)
-	if err != nil {
-		return err
-	}
-	return r.produce(ctx, recs...)
+	return r.membershipOutputs(ctx, b, in, m, st, nil)
 }
 
-func (r *Region) seqModify(ctx context.Context, in *pb.IngressRecord, mm *pb.ModifyMembersRequest) error {
+func (r *Region) seqModify(ctx context.Context, b *batch, in *pb.IngressRecord, mm *pb.ModifyMembersRequest) error {
 	actor := core.KeyOf(in.GetOrigin().GetDevice())
 	conv := mm.GetConvId()
+	key := mm.GetClientMsgId()
+	if n := len(key); n == 0 || n > core.MaxClientMsgIDLen {
+		return fmt.Errorf("modify %s: client_msg_id must be 1..%d bytes: %w", conv, core.MaxClientMsgIDLen, core.ErrInvalidArgument)
+	}
 	if !core.IsGroupID(conv) {
 		return fmt.Errorf("modify %s: not a group: %w", conv, core.ErrInvalidArgument)
 	}
-	c, set, err := r.loadMembers(ctx, conv)
+	// Dedupe first: the replay of a change answers as the change did,
+	// even if the actor's rights have changed since.
+	if m, err := r.replay(ctx, conv, actor, key); err != nil || m != nil {
+		if err != nil {
+			return err
+		}
+		st, err := r.state(ctx, b, conv)
+		if err != nil || st == nil {
+			return errors.Join(err, core.ErrUnavailable)
+		}
+		return r.membershipOutputs(ctx, b, in, m, st, m.GetMembership().GetUsers())
+	}
+	st, err := r.state(ctx, b, conv)
 	if err != nil {
 		return err
 	}
-	plan, err := core.PlanModify(actor.User, set, mm)
+	if st == nil {
+		return core.ConvNotFound(conv)
+	}
+	var facts map[string]core.UserFacts
+	if mm.GetOp() == pb.MembershipOp_MEMBERSHIP_OP_ADD && st.IsMember(actor.User) {
+		if len(mm.GetUsers()) > core.MaxGroupMembers {
+			return fmt.Errorf("modify %s: %d users > %d: %w", conv, len(mm.GetUsers()), core.MaxGroupMembers, core.ErrGroupFull)
+		}
+		if facts, err = r.userFacts(ctx, actor.User, mm.GetUsers()); err != nil {
+			return err
+		}
+	}
+	plan, err := core.PlanGroupChange(st, actor.User, mm, facts)
 	if err != nil {
 		return err
 	}
 	if plan.NoOp {
-		return r.reply(ctx, in.GetOrigin(), &pb.Response{Body: &pb.Response_Conversation{Conversation: convInfo(c, set)}})
-	}
-	for _, u := range plan.Add {
-		if _, err := r.store.User(ctx, u); err != nil {
-			return fmt.Errorf("modify %s: user %s: %w", conv, u, err)
-		}
-	}
-	users := plan.Add
-	if len(plan.Remove) > 0 {
-		users = plan.Remove
+		b.out = append(b.out, r.replyRecord(in.GetOrigin(), &pb.Response{Body: &pb.Response_Conversation{Conversation: st.Info()}}))
+		return nil
 	}
 	now := r.cfg.Now()
-	// The idempotency key names the change and the head it applies to, so
-	// a replay of this record dedupes and a later identical change does not.
-	key := fmt.Sprintf("m%d:%s", c.Head+1, mm.GetOp().String())
-	res, err := r.append(ctx, core.AppendRequest{
+	req := core.AppendRequest{
 		Epoch: r.cfg.Epoch,
 		Message: &pb.Message{
 			ConvId: conv, MsgId: r.newMsgID(now), Sender: actor.Addr(), ClientMsgId: key,
-			SentAtMs: now.UnixMilli(), Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP,
-			Membership: &pb.MembershipChange{Op: mm.GetOp(), Actor: actor.User, Users: users},
+			SentAtMs: now.UnixMilli(), Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP, Membership: plan.Change,
 		},
-		AddMembers:    plan.Add,
-		RemoveMembers: plan.Remove,
-	})
+	}
+	plan.Apply(&req)
+	m, st, err := r.appendEntry(ctx, b, st, req)
 	if err != nil {
 		return err
 	}
-	recs, err := r.membershipOutputs(ctx, in, res.Message, c, plan.Remove...)
-	if err != nil {
-		return err
+	var gone []string
+	if op := mm.GetOp(); op == pb.MembershipOp_MEMBERSHIP_OP_REMOVE || op == pb.MembershipOp_MEMBERSHIP_OP_LEAVE || op == pb.MembershipOp_MEMBERSHIP_OP_DECLINE {
+		gone = plan.Remove
 	}
-	return r.produce(ctx, recs...)
+	return r.membershipOutputs(ctx, b, in, m, st, gone)
 }
 
-// membershipOutputs builds the deliveries of a membership entry (to the
-// members after the change plus the removed users) and the reply.
-func (r *Region) membershipOutputs(ctx context.Context, in *pb.IngressRecord, m *pb.Message, c core.Conversation, removed ...string) ([]core.BusRecord, error) {
-	c2, set, err := r.loadMembers(ctx, c.ID)
-	if err != nil {
-		return nil, err
-	}
-	users := set.Users()
-	for _, u := range removed {
+// membershipOutputs emits a membership entry to the members after the
+// change, the users it removed, and the users it invited (so they learn
+// of the invitation), and the conversation's info to the actor.
+func (r *Region) membershipOutputs(ctx context.Context, b *batch, in *pb.IngressRecord, m *pb.Message, st *core.ConvState, removed []string) error {
+	users := st.MemberSet().Users()
+	for _, u := range slices.Concat(removed, m.GetMembership().GetInvited()) {
 		if !slices.Contains(users, u) {
 			users = append(users, u)
 		}
 	}
 	recs, err := r.fanout(ctx, m, users)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	reply := &pb.Response{ReqId: in.GetOrigin().GetReqId(), Body: &pb.Response_Conversation{Conversation: convInfo(c2, set)}}
-	return append(recs, r.replyRecord(in.GetOrigin(), reply)), nil
+	b.out = append(b.out, recs...)
+	b.out = append(b.out, r.replyRecord(in.GetOrigin(), &pb.Response{Body: &pb.Response_Conversation{Conversation: st.Info()}}))
+	return nil
 }
 
-func convInfo(c core.Conversation, set core.MemberSet) *pb.ConversationInfo {
-	return &pb.ConversationInfo{
-		ConvId: c.ID, Kind: c.Kind, Title: c.Title, Members: set.Users(),
-		HeadSeq: c.Head, HomeRegion: c.HomeRegion, Epoch: c.Epoch,
-	}
-}
-
-func (r *Region) seqCursor(ctx context.Context, in *pb.IngressRecord, conv string, seq uint64, kind core.CursorKind) error {
+func (r *Region) seqCursor(ctx context.Context, b *batch, in *pb.IngressRecord, conv string, seq uint64, kind core.CursorKind) error {
 	dev := core.KeyOf(in.GetOrigin().GetDevice())
-	c, set, err := r.loadMembers(ctx, conv)
+	st, err := r.state(ctx, b, conv)
 	if err != nil {
 		return err
 	}
-	if _, ok := set[dev.User]; !ok {
-		return fmt.Errorf("cursor %s: %s: %w", conv, dev.User, core.ErrNotMember)
+	if st == nil {
+		return core.ConvNotFound(conv)
 	}
-	if seq > c.Head {
-		seq = c.Head // a cursor never passes the head
-	}
-	prev, moved, err := r.store.AdvanceCursor(ctx, conv, dev, kind, seq)
+	mv, moved, err := st.PlanCursor(dev, kind, seq)
 	if err != nil {
-		return fmt.Errorf("cursor %s %s: %w", conv, dev, err)
+		return err
 	}
-	var recs []core.BusRecord
 	if moved {
-		from := prev
-		if seq-from > uint64(r.cfg.ReceiptScanLimit) {
-			from = seq - uint64(r.cfg.ReceiptScanLimit)
+		senders, complete := st.ReceiptSenders(mv)
+		if !complete {
+			if senders, err = r.scanSenders(ctx, mv); err != nil {
+				return err
+			}
 		}
-		msgs, err := r.store.Messages(ctx, conv, from, int(seq-from))
-		if err != nil {
-			return err
-		}
-		senders := core.SendersToNotify(dev.User, msgs)
 		if len(senders) > 0 {
 			rk := pb.ReceiptKind_RECEIPT_KIND_DELIVERED
 			if kind == core.CursorRead {
 				rk = pb.ReceiptKind_RECEIPT_KIND_READ
 			}
 			frame := &pb.ServerFrame{Body: &pb.ServerFrame_Receipt{Receipt: &pb.Receipt{
-				ConvId: conv, From: dev.Addr(), Kind: rk, Seq: seq,
+				ConvId: conv, From: dev.Addr(), Kind: rk, Seq: mv.Seq,
 			}}}
 			rr, err := r.toUsers(ctx, senders, frame)
 			if err != nil {
 				return err
 			}
 			r.stats.receipts.Add(uint64(len(rr)))
-			recs = append(recs, rr...)
+			b.out = append(b.out, rr...)
 		}
+		st.MoveCursor(mv)
+		b.touched[conv] = true
+		b.cursors = append(b.cursors, mv)
 	}
 	if in.GetOrigin().GetReqId() != 0 {
-		recs = append(recs, r.replyRecord(in.GetOrigin(), &pb.Response{
-			ReqId: in.GetOrigin().GetReqId(), Body: &pb.Response_Empty{Empty: &pb.Empty{}},
-		}))
+		b.out = append(b.out, r.replyRecord(in.GetOrigin(), &pb.Response{Body: &pb.Response_Empty{Empty: &pb.Empty{}}}))
 	}
-	return r.produce(ctx, recs...)
+	return nil
 }
 
-func (r *Region) seqTyping(ctx context.Context, in *pb.IngressRecord, t *pb.TypingRequest) error {
+// scanSenders finds the senders of user entries in (mv.From, mv.Seq] in
+// the store when the state's window does not cover them: at most
+// ReceiptScanLimit entries and receiptScanBytes bytes, newest first (a
+// device back from a long absence acks a long range; its oldest senders
+// are the least likely to be waiting for a receipt).
+func (r *Region) scanSenders(ctx context.Context, mv core.CursorMove) ([]string, error) {
+	from := mv.From
+	if mv.Seq-from > uint64(r.cfg.ReceiptScanLimit) {
+		from = mv.Seq - uint64(r.cfg.ReceiptScanLimit)
+	}
+	r.stats.receiptScans.Add(1)
+	msgs, err := storeMessages(ctx, r.store, mv.Conv, from, int(mv.Seq-from), receiptScanBytes)
+	if err != nil {
+		return nil, fmt.Errorf("receipt scan %s: %w", mv.Conv, err)
+	}
+	return core.SendersToNotify(mv.Dev.User, msgs), nil
+}
+
+// receiptScanBytes bounds one receipt scan's read.
+const receiptScanBytes = 1 << 20
+
+func (r *Region) seqTyping(ctx context.Context, b *batch, in *pb.IngressRecord, t *pb.TypingRequest) error {
 	dev := core.KeyOf(in.GetOrigin().GetDevice())
 	conv := t.GetConvId()
-	_, set, err := r.loadMembers(ctx, conv)
+	st, err := r.state(ctx, b, conv)
 	if err != nil {
 		return err
 	}
-	if _, ok := set[dev.User]; !ok {
-		return fmt.Errorf("typing %s: %s: %w", conv, dev.User, core.ErrNotMember)
+	if st == nil || !st.IsMember(dev.User) {
+		return core.ConvNotFound(conv)
 	}
 	var others []string
-	for _, u := range set.Users() {
+	for _, u := range st.MemberSet().Users() {
 		if u != dev.User {
 			others = append(others, u)
 		}
@@ -388,5 +572,6 @@ func (r *Region) seqTyping(ctx context.Context, in *pb.IngressRecord, t *pb.Typi
 		return err
 	}
 	r.stats.typing.Add(uint64(len(recs)))
-	return r.produce(ctx, recs...)
+	b.out = append(b.out, recs...)
+	return nil
 }

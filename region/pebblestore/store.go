@@ -887,3 +887,28 @@ func (s *Store) LastSeen(ctx context.Context, users []string) (map[string]int64,
 	}
 	return out, nil
 }
+
+// Lookup implements core.Store.
+func (s *Store) Lookup(ctx context.Context, conv string, sender core.DeviceKey, clientMsgID string) (*pb.Message, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if conv == "" || clientMsgID == "" || strings.IndexByte(conv, sep) >= 0 || strings.IndexByte(sender.User, sep) >= 0 {
+		return nil, fmt.Errorf("pebblestore: lookup %q: %w", conv, core.ErrNotFound)
+	}
+	v, found, err := s.get(dedupeKey(conv, sender, clientMsgID))
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, fmt.Errorf("pebblestore: lookup %s: %w", conv, core.ErrNotFound)
+	}
+	seq, err := decodeSeq(v)
+	if err != nil {
+		return nil, err
+	}
+	return s.message(conv, seq)
+}

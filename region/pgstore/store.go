@@ -695,3 +695,17 @@ func (s *Store) LastSeen(ctx context.Context, users []string) (map[string]int64,
 	}
 	return out, nil
 }
+
+// Lookup implements core.Store.
+func (s *Store) Lookup(ctx context.Context, conv string, sender core.DeviceKey, clientMsgID string) (*pb.Message, error) {
+	var body []byte
+	err := s.pool.QueryRow(ctx, "SELECT body FROM messages WHERE conv_id = $1 AND sender_user = $2 AND sender_device = $3 AND client_msg_id = $4",
+		conv, sender.User, int64(sender.Device), clientMsgID).Scan(&body)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("pgstore: lookup %s: %w", conv, core.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: lookup %s: %w", conv, err)
+	}
+	return decodeMessage(body)
+}

@@ -1,0 +1,279 @@
+package core
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// ConvState is the sequencer's view of one conversation: the stored
+// conversation, its members and pending invitations, and every device's
+// cursors. The partition worker that owns the conversation loads it once,
+// keeps it, and moves it forward with Apply and MoveCursor after each store
+// write, so the hot path re-reads nothing. Everything here is pure: the
+// sequencer's decisions are functions of (ConvState, request, facts).
+type ConvState struct {
+	Conv    Conversation
+	Members map[string]Member // members and invitations, by user
+	Cursors map[DeviceKey]Cursor
+	// recent holds the sender user of the newest user entries (seq
+	// ascending), so a cursor move can name the senders to receipt without
+	// reading messages back.
+	recent []recentEntry
+	// trackedAfter: every user entry with a greater seq is in recent.
+	trackedAfter uint64
+}
+
+type recentEntry struct {
+	seq    uint64
+	sender string
+}
+
+// recentMax bounds ConvState.recent: a cursor move over more entries than
+// this falls back to a bounded store scan.
+const recentMax = 64
+
+// NewConvState builds the state of a stored conversation.
+func NewConvState(c Conversation, members []Member, cursors []Cursor) *ConvState {
+	s := &ConvState{Conv: c, Members: make(map[string]Member, len(members)), Cursors: make(map[DeviceKey]Cursor, len(cursors)), trackedAfter: c.Head}
+	for _, m := range members {
+		s.Members[m.User] = m
+	}
+	for _, cu := range cursors {
+		s.Cursors[cu.Device] = cu
+	}
+	return s
+}
+
+// SizeEstimate is a rough byte count of the state, for cache bounds.
+func (s *ConvState) SizeEstimate() int {
+	return 256 + 96*len(s.Members) + 80*len(s.Cursors) + 40*len(s.recent)
+}
+
+// IsMember reports whether u is a member (not merely invited).
+func (s *ConvState) IsMember(u string) bool {
+	m, ok := s.Members[u]
+	return ok && !m.Invited
+}
+
+// Member returns u's membership (members only).
+func (s *ConvState) Member(u string) (Member, bool) {
+	m, ok := s.Members[u]
+	if !ok || m.Invited {
+		return Member{}, false
+	}
+	return m, true
+}
+
+// MemberSet returns the members (invitations excluded).
+func (s *ConvState) MemberSet() MemberSet {
+	set := make(MemberSet, len(s.Members))
+	for u, m := range s.Members {
+		if !m.Invited {
+			set[u] = m.JoinedSeq
+		}
+	}
+	return set
+}
+
+// MemberList returns the members and invitations, ordered by user.
+func (s *ConvState) MemberList() []Member {
+	out := make([]Member, 0, len(s.Members))
+	for _, m := range s.Members {
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return cmp.Compare(a.User, b.User) })
+	return out
+}
+
+// Invited returns the pending invitations, sorted.
+func (s *ConvState) Invited() []string {
+	var out []string
+	for u, m := range s.Members {
+		if m.Invited {
+			out = append(out, u)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// admins returns the members with admin rights, sorted.
+func (s *ConvState) admins() []string {
+	var out []string
+	for u, m := range s.Members {
+		if !m.Invited && m.Admin {
+			out = append(out, u)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Info renders the conversation as the wire's ConversationInfo.
+func (s *ConvState) Info() *pb.ConversationInfo {
+	return ConvInfo(s.Conv, s.MemberList())
+}
+
+// ConvInfo renders a conversation and its member list (members and
+// invitations) as the wire's ConversationInfo.
+func ConvInfo(c Conversation, members []Member) *pb.ConversationInfo {
+	ms := slices.Clone(members)
+	slices.SortFunc(ms, func(a, b Member) int { return cmp.Compare(a.User, b.User) })
+	info := &pb.ConversationInfo{
+		ConvId: c.ID, Kind: c.Kind, Title: c.Title,
+		HeadSeq: c.Head, HomeRegion: c.HomeRegion, Epoch: c.Epoch,
+	}
+	for _, m := range ms {
+		if m.Invited {
+			info.Invited = append(info.Invited, m.User)
+			continue
+		}
+		if m.Admin {
+			info.AdminIndexes = append(info.AdminIndexes, uint32(len(info.Members)))
+		}
+		info.Members = append(info.Members, m.User)
+	}
+	return info
+}
+
+// Apply moves the state past a newly stored entry: the head, the epoch,
+// the membership effects of req (exactly as the stores apply them), the
+// title, and the recent-senders window.
+func (s *ConvState) Apply(req AppendRequest, stored *pb.Message) {
+	seq := stored.GetSeq()
+	if req.Create != nil && s.Conv.Head == 0 {
+		s.Conv = *req.Create
+	}
+	s.Conv.Head, s.Conv.Epoch = seq, stored.GetEpoch()
+	if req.Title != nil {
+		s.Conv.Title = *req.Title
+	}
+	for _, u := range req.Invite {
+		if _, ok := s.Members[u]; !ok {
+			s.Members[u] = Member{User: u, JoinedSeq: seq, Invited: true}
+		}
+	}
+	for _, u := range req.AddMembers {
+		if m, ok := s.Members[u]; !ok || m.Invited {
+			s.Members[u] = Member{User: u, JoinedSeq: seq}
+		}
+	}
+	for _, u := range req.Promote {
+		if m, ok := s.Members[u]; ok && !m.Invited {
+			m.Admin = true
+			s.Members[u] = m
+		}
+	}
+	for _, u := range req.Demote {
+		if m, ok := s.Members[u]; ok {
+			m.Admin = false
+			s.Members[u] = m
+		}
+	}
+	for _, u := range req.RemoveMembers {
+		delete(s.Members, u)
+	}
+	if stored.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
+		s.recent = append(s.recent, recentEntry{seq: seq, sender: stored.GetSender().GetUserId()})
+		if n := len(s.recent) - recentMax; n > 0 {
+			s.trackedAfter = s.recent[n-1].seq
+			s.recent = slices.Delete(s.recent, 0, n)
+		}
+	}
+}
+
+// CursorMove is a planned cursor advance.
+type CursorMove struct {
+	Conv string
+	Dev  DeviceKey
+	Kind CursorKind
+	Seq  uint64
+	// From is the cursor's previous value, or the reader's join point when
+	// that is later: the receipt covers the entries in (From, Seq].
+	From uint64
+}
+
+// PlanCursor decides what a delivery ack or read marker of dev up to seq
+// does: it is clamped to the head, and moves only forward. ok is false
+// when nothing moves (a stale or repeated marker). An outsider gets the
+// same NOT_FOUND as for a conversation that does not exist.
+func (s *ConvState) PlanCursor(dev DeviceKey, kind CursorKind, seq uint64) (mv CursorMove, ok bool, err error) {
+	m, member := s.Member(dev.User)
+	if !member {
+		if _, invited := s.Members[dev.User]; invited {
+			return CursorMove{}, false, fmt.Errorf("cursor %s: %s: invited, not a member: %w", s.Conv.ID, dev.User, ErrNotMember)
+		}
+		return CursorMove{}, false, ConvNotFound(s.Conv.ID)
+	}
+	if seq > s.Conv.Head {
+		seq = s.Conv.Head
+	}
+	cur := s.Cursors[dev]
+	prev := cur.Delivered
+	if kind == CursorRead {
+		prev = cur.Read
+	}
+	if seq <= prev {
+		return CursorMove{}, false, nil
+	}
+	from := prev
+	if m.JoinedSeq > 0 && from < m.JoinedSeq-1 {
+		from = m.JoinedSeq - 1 // never receipt what was sent before the reader joined
+	}
+	return CursorMove{Conv: s.Conv.ID, Dev: dev, Kind: kind, Seq: seq, From: from}, true, nil
+}
+
+// MoveCursor applies a planned move to the state.
+func (s *ConvState) MoveCursor(mv CursorMove) {
+	cur := s.Cursors[mv.Dev]
+	cur.Conv, cur.Device = mv.Conv, mv.Dev
+	if mv.Kind == CursorRead {
+		cur.Read = max(cur.Read, mv.Seq)
+	} else {
+		cur.Delivered = max(cur.Delivered, mv.Seq)
+	}
+	s.Cursors[mv.Dev] = cur
+}
+
+// ReceiptSenders returns the users (other than the reader) whose user
+// entries lie in (mv.From, mv.Seq], sorted, and whether the state knew
+// every entry of that range. When it did not, the caller scans the store
+// (see SendersToNotify). In a 1:1 conversation the only possible sender
+// is the peer, so the answer is always complete.
+func (s *ConvState) ReceiptSenders(mv CursorMove) (senders []string, complete bool) {
+	if s.Conv.Kind == pb.ConversationKind_CONVERSATION_KIND_DIRECT {
+		for u := range s.MemberSet() {
+			if u != mv.Dev.User {
+				senders = append(senders, u)
+			}
+		}
+		slices.Sort(senders)
+		return senders, true
+	}
+	if mv.Seq <= mv.From {
+		return nil, true
+	}
+	if mv.From < s.trackedAfter {
+		return nil, false // entries before the window: the caller scans
+	}
+	set := map[string]bool{}
+	for _, e := range s.recent {
+		if e.seq > mv.From && e.seq <= mv.Seq && e.sender != mv.Dev.User {
+			set[e.sender] = true
+		}
+	}
+	for u := range set {
+		senders = append(senders, u)
+	}
+	slices.Sort(senders)
+	return senders, true
+}
+
+// ConvNotFound is the one answer an outsider gets about a conversation,
+// whether or not it exists: the text names only what the caller sent.
+func ConvNotFound(conv string) error {
+	return fmt.Errorf("conversation %s: %w", conv, Errorf(pb.ErrorCode_ERROR_CODE_NOT_FOUND, "conversation not found"))
+}
