@@ -125,4 +125,3 @@ func (r *Region) DeadLetters() map[string]uint64 {
 	}
 	return out
 }
-

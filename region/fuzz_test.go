@@ -59,13 +59,16 @@ func fuzzRegion(f *testing.F) *Region {
 func FuzzIngress(f *testing.F) {
 	r := fuzzRegion(f)
 	origin := &pb.Origin{EdgeId: "e", SessionId: 1, ReqId: 1, Device: core.DeviceKey{User: "alice", Device: 1}.Addr()}
+	g := core.GroupID("alice", "f")
 	seeds := []*pb.IngressRecord{
 		{Origin: origin, Op: &pb.IngressRecord_Send{Send: &pb.SendRequest{ConvId: "d:alice:bob", ClientMsgId: "1", Envelope: &pb.Envelope{Ciphertext: []byte("x")}}}},
-		{Origin: origin, Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{ConvId: "g:f", Members: []string{"bob"}}}},
-		{Origin: origin, Op: &pb.IngressRecord_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{ConvId: "g:f", Op: pb.MembershipOp_MEMBERSHIP_OP_REMOVE, Users: []string{"bob"}}}},
+		{Origin: origin, Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{ConvId: g, Members: []string{"bob"}}}},
+		{Origin: origin, Op: &pb.IngressRecord_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{ConvId: g, Op: pb.MembershipOp_MEMBERSHIP_OP_REMOVE, Users: []string{"bob"}, ClientMsgId: "rm"}}},
 		{Origin: origin, Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: "d:alice:bob", Seq: 99}}},
 		{Origin: origin, Op: &pb.IngressRecord_Read{Read: &pb.ReadMarker{ConvId: "d:alice:bob", Seq: 1}}},
-		{Origin: origin, Op: &pb.IngressRecord_Typing{Typing: &pb.TypingRequest{ConvId: "g:f", Typing: true}}},
+		{Origin: origin, Op: &pb.IngressRecord_Typing{Typing: &pb.TypingRequest{ConvId: g, Typing: true}}},
+		{Origin: origin, Op: &pb.IngressRecord_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{ConvId: g, Op: pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, Users: []string{"bob"}, ClientMsgId: "p"}}},
+		{Origin: origin, Op: &pb.IngressRecord_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{ConvId: g, Op: pb.MembershipOp_MEMBERSHIP_OP_SET_TITLE, Title: "t", ClientMsgId: "t"}}},
 		{Origin: &pb.Origin{}, Op: &pb.IngressRecord_Send{Send: &pb.SendRequest{ConvId: "d:alice:bob"}}},
 	}
 	for _, s := range seeds {

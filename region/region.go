@@ -22,8 +22,8 @@ const (
 	// DefaultDeadLetterTopic receives pb.DeadLetter records: ingress records
 	// the sequencer gave up on (see Config.MaxAttempts).
 	DefaultDeadLetterTopic = "deadletter"
-	EdgeTopicPrefix      = "edge."
-	SequencerGroup       = "sequencer"
+	EdgeTopicPrefix        = "edge."
+	SequencerGroup         = "sequencer"
 )
 
 // Names are the topic and group names of one region's bus.
@@ -60,9 +60,9 @@ type Config struct {
 	// StateCacheBytes bounds the sequencer's cached conversation state
 	// (members, cursors), by estimated size (default 64 MiB).
 	StateCacheBytes int
-	Epoch             uint64 // owner epoch this region sequences at, default 1
-	Logger            *slog.Logger
-	Now               func() time.Time
+	Epoch           uint64 // owner epoch this region sequences at, default 1
+	Logger          *slog.Logger
+	Now             func() time.Time
 	// Notifier receives push notifications for offline devices; nil: none.
 	Notifier core.Notifier
 	// NotifyQueue bounds pending push notifications (default 4096); when full
@@ -195,8 +195,8 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		attempts: attempts{m: map[partKey]stuck{}},
 
 		deadReasons: map[string]uint64{},
-		devices:  newDeviceCache(cfg.Now, 10*time.Second),
-		notifyCh: make(chan core.PushNotification, cfg.NotifyQueue),
+		devices:     newDeviceCache(cfg.Now, 10*time.Second),
+		notifyCh:    make(chan core.PushNotification, cfg.NotifyQueue),
 	}
 	return r, nil
 }

@@ -36,6 +36,13 @@ type harness struct {
 
 func newHarness(t *testing.T, adjust ...func(*region.Config)) *harness {
 	t.Helper()
+	return newHarnessWrapped(t, nil, nil, adjust...)
+}
+
+// newHarnessWrapped is newHarness with the region's store and bus wrapped
+// (fault injection, call counting); nil wrappers leave them alone.
+func newHarnessWrapped(t *testing.T, wrapStore func(core.Store) core.Store, wrapBus func(*kafkabus.Bus) core.Bus, adjust ...func(*region.Config)) *harness {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	emb, err := kafkabus.StartEmbedded(ctx, kafkabus.EmbeddedConfig{})
@@ -57,7 +64,15 @@ func newHarness(t *testing.T, adjust ...func(*region.Config)) *harness {
 	for _, f := range adjust {
 		f(&rcfg)
 	}
-	reg, err := region.New(rcfg, st, bus)
+	var rst core.Store = st
+	if wrapStore != nil {
+		rst = wrapStore(st)
+	}
+	var rbus core.Bus = bus
+	if wrapBus != nil {
+		rbus = wrapBus(bus)
+	}
+	reg, err := region.New(rcfg, rst, rbus)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +281,7 @@ func TestGroupMembershipAndErrors(t *testing.T) {
 	bob := h.register("bob", 2)
 	carol := h.register("carol", 3)
 	mallory := h.register("mallory", 4)
-	conv := "g:01HZZZZZZZZZZZZZZZZZZZZZZZ"
+	conv := core.GroupID("alice", "01HZZZZZZZZZZZZZZZZZZZZZZZ")
 	h.ingress(alice, 1, 1, &pb.IngressRecord{Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{
 		ConvId: conv, Title: "three", Members: []string{"bob", "carol"},
 	}}}, conv)
@@ -274,15 +289,20 @@ func TestGroupMembershipAndErrors(t *testing.T) {
 	if info := responses(recs, 1)[1].GetConversation(); len(info.GetMembers()) != 3 {
 		t.Fatalf("create: %v %v", info, responses(recs, 1)[1].GetError())
 	}
-	// A non-member cannot send.
+	// A non-member cannot send, and learns nothing: the answer is the one
+	// for a group that does not exist.
 	h.send(mallory, 4, 1, conv, "x1", "spam")
-	recs = h.waitFor("not member", func(recs []*pb.EdgeRecord) bool { return responses(recs, 4)[1] != nil })
-	if c := responses(recs, 4)[1].GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_NOT_MEMBER {
+	h.send(mallory, 4, 2, core.GroupID("alice", "nosuchgroup"), "x2", "spam")
+	recs = h.waitFor("not member", func(recs []*pb.EdgeRecord) bool { return responses(recs, 4)[2] != nil })
+	if e1, e2 := responses(recs, 4)[1].GetError(), responses(recs, 4)[2].GetError(); e1.GetCode() != pb.ErrorCode_ERROR_CODE_NOT_FOUND || e1.GetDetail() != e2.GetDetail() || e1.GetCode() != e2.GetCode() {
+		t.Fatalf("non-member send: %v vs missing group: %v", e1, e2)
+	}
+	if c := responses(recs, 4)[1].GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_NOT_FOUND {
 		t.Fatalf("non-member send: code %v", c)
 	}
 	h.send(bob, 2, 1, conv, "b1", "hi all")
 	h.ingress(alice, 1, 2, &pb.IngressRecord{Op: &pb.IngressRecord_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{
-		ConvId: conv, Op: pb.MembershipOp_MEMBERSHIP_OP_REMOVE, Users: []string{"carol"},
+		ConvId: conv, Op: pb.MembershipOp_MEMBERSHIP_OP_REMOVE, Users: []string{"carol"}, ClientMsgId: "rm-carol",
 	}}}, conv)
 	h.send(bob, 2, 2, conv, "b2", "carol is gone")
 	recs = h.waitFor("b2 ack", func(recs []*pb.EdgeRecord) bool { return responses(recs, 2)[2] != nil })
@@ -299,13 +319,14 @@ func TestGroupMembershipAndErrors(t *testing.T) {
 	for i := range big {
 		big[i] = fmt.Sprintf("u%d", i)
 	}
+	bigID := core.GroupID("alice", "big")
 	h.ingress(alice, 1, 3, &pb.IngressRecord{Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{
-		ConvId: "g:big", Members: big,
-	}}}, "g:big")
+		ConvId: bigID, Members: big,
+	}}}, bigID)
 	recs = h.waitFor("errors", func(recs []*pb.EdgeRecord) bool {
 		return responses(recs, 3)[5] != nil && responses(recs, 1)[3] != nil
 	})
-	if c := responses(recs, 3)[5].GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_NOT_MEMBER {
+	if c := responses(recs, 3)[5].GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_NOT_FOUND {
 		t.Fatalf("removed member send: %v", c)
 	}
 	if c := responses(recs, 1)[3].GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_GROUP_FULL {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/region"
 )
@@ -39,7 +40,7 @@ func TestWebhookPushForOfflineDevices(t *testing.T) {
 	alice := h.register("alice", 1)
 	h.register("bob", 0)   // offline
 	h.register("carol", 3) // online
-	conv := "g:push"
+	conv := core.GroupID("alice", "push")
 	h.ingress(alice, 1, 1, &pb.IngressRecord{Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{ConvId: conv, Members: []string{"bob", "carol"}}}}, conv)
 	const secret = "canary-7f3a"
 	h.send(alice, 1, 2, conv, "m1", secret)

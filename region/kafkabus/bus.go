@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -49,6 +51,10 @@ type Config struct {
 	// at a time, so rounds in flight together split into smaller batches
 	// that queue behind each other.
 	MaxInFlight int
+	// MaxPendingBytes bounds the records queued by Produce and not yet
+	// taken by a flusher (default 64 MiB); beyond it Produce fails at once
+	// with ErrBackpressure instead of queueing without bound.
+	MaxPendingBytes int
 	// DialTimeout for every broker connection. Default 10s.
 	DialTimeout time.Duration
 	// MetadataTTL is how long the producer trusts cached metadata. Default 2s.
@@ -103,6 +109,9 @@ func (c *Config) setDefaults() {
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = 1
 	}
+	if c.MaxPendingBytes <= 0 {
+		c.MaxPendingBytes = 64 << 20
+	}
 	if c.RetryMax < c.RetryMin {
 		c.RetryMax = c.RetryMin
 	}
@@ -124,9 +133,12 @@ type Bus struct {
 	mu        sync.Mutex
 	cond      *sync.Cond    // signals pending or closed; uses mu
 	pending   []*produceReq // queued Produce calls, FIFO
+	pendingB  int           // bytes of the records in pending (bounded by Config.MaxPendingBytes)
 	closed    bool          // no more Produce calls are queued
 	closeOnce sync.Once
 	closeErr  error
+
+	backpressure atomic.Uint64
 }
 
 var _ core.Bus = (*Bus)(nil)
@@ -192,28 +204,52 @@ func (b *Bus) Produce(ctx context.Context, recs ...core.BusRecord) error {
 			return fmt.Errorf("kafkabus: produce record %d: %w: empty topic", i, core.ErrInvalidArgument)
 		}
 		req.msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value}
+		req.bytes += len(r.Key) + len(r.Value) + 64
 	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return ErrClosed
 	}
+	if b.pendingB > 0 && b.pendingB+req.bytes > b.cfg.MaxPendingBytes {
+		b.mu.Unlock()
+		b.backpressure.Add(1)
+		return fmt.Errorf("kafkabus: produce %d records: %w", len(recs), ErrBackpressure)
+	}
 	b.pending = append(b.pending, req)
+	b.pendingB += req.bytes
 	b.cond.Signal()
 	b.mu.Unlock()
 	select {
 	case err := <-req.done:
 		return err
 	case <-ctx.Done():
-		// The records stay queued or in flight and may still be written.
+		// Records not yet taken by a flusher are withdrawn, so callers that
+		// give up and retry cannot grow the queue; records in flight may
+		// still be written.
+		b.mu.Lock()
+		if i := slices.Index(b.pending, req); i >= 0 {
+			b.pending = slices.Delete(b.pending, i, i+1)
+			b.pendingB -= req.bytes
+		}
+		b.mu.Unlock()
 		return fmt.Errorf("kafkabus: produce %d records: %w", len(recs), ctx.Err())
 	}
 }
 
+// ErrBackpressure means Produce refused records because Config.MaxPendingBytes
+// of earlier records are still waiting to be written (the brokers are slow
+// or down). It wraps core.ErrUnavailable: retry later.
+var ErrBackpressure = fmt.Errorf("kafkabus: too many records waiting to be written: %w", core.ErrUnavailable)
+
+// Backpressure returns how many Produce calls were refused with ErrBackpressure.
+func (b *Bus) Backpressure() uint64 { return b.backpressure.Load() }
+
 // produceReq is one Produce call waiting for its records to be written.
 type produceReq struct {
-	msgs []kafka.Message
-	done chan error // buffered: the flusher never blocks on it
+	msgs  []kafka.Message
+	bytes int
+	done  chan error // buffered: the flusher never blocks on it
 }
 
 // maxRound bounds the records of one WriteMessages call.
@@ -238,6 +274,9 @@ func (b *Bus) flush() {
 		}
 		round := append([]*produceReq(nil), b.pending[:take]...)
 		b.pending = append(b.pending[:0], b.pending[take:]...)
+		for _, r := range round {
+			b.pendingB -= r.bytes
+		}
 		if len(b.pending) > 0 {
 			b.cond.Signal() // another flusher may take the rest
 		}

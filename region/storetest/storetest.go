@@ -36,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"AppendInvalid", testAppendInvalid},
 		{"AppendDuplicate", testAppendDuplicate},
 		{"AppendDuplicateKeyParts", testAppendDuplicateKeyParts},
+		{"Lookup", testLookup},
 		{"AppendFencing", testAppendFencing},
 		{"Membership", testMembership},
 		{"UserConversations", testUserConversations},
@@ -1225,6 +1226,32 @@ func concurrentRegisterRound(t *testing.T, s core.Store, alice, bob string) {
 		ds, err := s.Devices(t.Context(), u)
 		if want := map[string]int{alice: workers + 1, bob: 1}[u]; err != nil || len(ds) != want {
 			t.Fatalf("%s has %d devices (%v), want %d", u, len(ds), err, want)
+		}
+	}
+}
+
+// Lookup finds an entry by its idempotency key, and nothing else.
+func testLookup(t *testing.T, s core.Store) {
+	ctx := t.Context()
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Create: group("g:look"), Message: userMsg("g:look", "a", 1, "first"), AddMembers: []string{"a"}})
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: userMsg("g:look", "a", 1, "second")})
+	m, err := s.Lookup(ctx, "g:look", core.DeviceKey{User: "a", Device: 1}, "second")
+	if err != nil || m.GetSeq() != 2 || m.GetClientMsgId() != "second" {
+		t.Fatalf("lookup: %v %v", m, err)
+	}
+	for _, miss := range []struct {
+		conv string
+		dev  core.DeviceKey
+		key  string
+	}{
+		{"g:look", core.DeviceKey{User: "a", Device: 2}, "second"},
+		{"g:look", core.DeviceKey{User: "b", Device: 1}, "second"},
+		{"g:look", core.DeviceKey{User: "a", Device: 1}, "third"},
+		{"g:other", core.DeviceKey{User: "a", Device: 1}, "second"},
+		{"g:look", core.DeviceKey{User: "a", Device: 1}, ""},
+	} {
+		if _, err := s.Lookup(ctx, miss.conv, miss.dev, miss.key); !errors.Is(err, core.ErrNotFound) {
+			t.Errorf("lookup %+v: %v, want not found", miss, err)
 		}
 	}
 }

@@ -1,0 +1,315 @@
+package region_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/region"
+	"github.com/chatmesh/chatmesh/region/kafkabus"
+)
+
+// countingStore counts Members reads and can fail appends to one
+// conversation (a record that can never be stored while the store is fine).
+type countingStore struct {
+	core.Store
+	members  atomic.Int64
+	poisoned string
+}
+
+func (s *countingStore) Members(ctx context.Context, conv string) ([]core.Member, error) {
+	s.members.Add(1)
+	return s.Store.Members(ctx, conv)
+}
+
+func (s *countingStore) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
+	if s.poisoned != "" && req.Message.GetConvId() == s.poisoned {
+		return core.AppendResult{}, errors.New("injected: this entry can never be written")
+	}
+	return s.Store.Append(ctx, req)
+}
+
+func createGroup(h *harness, actor core.DeviceKey, session, reqID uint64, conv string, members ...string) {
+	h.t.Helper()
+	h.ingress(actor, session, reqID, &pb.IngressRecord{Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{
+		ConvId: conv, Members: members,
+	}}}, conv)
+	recs := h.waitFor("create", func(recs []*pb.EdgeRecord) bool { return responses(recs, session)[reqID] != nil })
+	if e := responses(recs, session)[reqID].GetError(); e != nil {
+		h.t.Fatalf("create %s: %v", conv, e)
+	}
+}
+
+func modify(h *harness, actor core.DeviceKey, session, reqID uint64, conv, key string, op pb.MembershipOp, users ...string) {
+	h.ingress(actor, session, reqID, &pb.IngressRecord{Op: &pb.IngressRecord_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{
+		ConvId: conv, Op: op, Users: users, ClientMsgId: key,
+	}}}, conv)
+}
+
+// Defect 4: back-to-back sends must not re-read the member list.
+func TestSequencerKeepsMemberStateAcrossSends(t *testing.T) {
+	var cs *countingStore
+	h := newHarnessWrapped(t, func(s core.Store) core.Store { cs = &countingStore{Store: s}; return cs }, nil)
+	alice := h.register("alice", 1)
+	h.register("bob", 2)
+	h.register("carol", 3)
+	conv := core.GroupID("alice", "cache")
+	createGroup(h, alice, 1, 1, conv, "bob", "carol")
+	before := cs.members.Load()
+	loads := h.reg.Stats().StateLoads
+	const n = 30
+	for i := 0; i < n; i++ {
+		h.send(alice, 1, uint64(10+i), conv, fmt.Sprintf("m%d", i), "x")
+	}
+	h.waitFor("acks", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[10+n-1] != nil })
+	if got := cs.members.Load() - before; got > 2 {
+		t.Fatalf("%d sends re-read the member list %d times", n, got)
+	}
+	if got := h.reg.Stats().StateLoads - loads; got > 2 {
+		t.Fatalf("%d sends loaded the conversation state %d times", n, got)
+	}
+}
+
+// Defect 5: a record that can never be processed goes to the dead-letter
+// topic after bounded attempts, and the partition moves on.
+func TestSequencerDeadLettersPoisonRecord(t *testing.T) {
+	poison := core.GroupID("alice", "poison")
+	var cs *countingStore
+	h := newHarnessWrapped(t, func(s core.Store) core.Store { cs = &countingStore{Store: s}; return cs }, nil,
+		func(c *region.Config) { c.MaxAttempts = 3; c.IngressPartitions = 1 })
+	alice := h.register("alice", 1)
+	h.register("bob", 2)
+	createGroup(h, alice, 1, 1, poison, "bob")
+	cs.poisoned = poison
+	// Read the dead-letter topic from its start.
+	var dlMu sync.Mutex
+	var dls []*pb.DeadLetter
+	ctx, cancel := context.WithCancel(h.ctx)
+	defer cancel()
+	go h.bus.Consume(ctx, core.ConsumeSpec{Topic: region.DefaultDeadLetterTopic, Group: "dl-reader"}, func(_ context.Context, rec core.BusRecord) error {
+		var dl pb.DeadLetter
+		if err := proto.Unmarshal(rec.Value, &dl); err != nil {
+			t.Errorf("dead letter: %v", err)
+		}
+		dlMu.Lock()
+		dls = append(dls, &dl)
+		dlMu.Unlock()
+		return nil
+	})
+	h.send(alice, 1, 2, poison, "p1", "never stored")
+	direct := core.DirectConvID("alice", "bob")
+	h.send(alice, 1, 3, direct, "d1", "after the poison")
+	recs := h.waitFor("ack after the poison", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[3] != nil })
+	if ack := responses(recs, 1)[3].GetSend(); ack.GetSeq() != 1 {
+		t.Fatalf("the partition did not move on: %v", responses(recs, 1)[3])
+	}
+	if responses(recs, 1)[2] != nil {
+		t.Fatalf("the poison record was answered: %v", responses(recs, 1)[2])
+	}
+	if st := h.reg.Stats(); st.DeadLettered != 1 {
+		t.Fatalf("dead-lettered %d, want 1", st.DeadLettered)
+	}
+	if got := h.reg.DeadLetters()["store"]; got != 1 {
+		t.Fatalf("dead letters by reason: %v", h.reg.DeadLetters())
+	}
+	waitUntil(t, func() bool { dlMu.Lock(); defer dlMu.Unlock(); return len(dls) == 1 })
+	dlMu.Lock()
+	dl := dls[0]
+	dlMu.Unlock()
+	var in pb.IngressRecord
+	if err := proto.Unmarshal(dl.GetValue(), &in); err != nil || in.GetSend().GetClientMsgId() != "p1" || dl.GetAttempts() != 3 || !strings.Contains(dl.GetError(), "injected") {
+		t.Fatalf("dead letter %+v (record %v, %v)", dl, &in, err)
+	}
+}
+
+// flakyConsumeBus makes the sequencer's first consumer die after it
+// started, the way a fatal consume error would.
+type flakyConsumeBus struct {
+	*kafkabus.Bus
+	calls atomic.Int32
+}
+
+func (b *flakyConsumeBus) ConsumeBatch(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.BatchHandler) error {
+	if b.calls.Add(1) > 1 {
+		return b.Bus.ConsumeBatch(ctx, spec, maxBatch, h)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := spec.OnReady
+	spec.OnReady = func() {
+		ready()
+		time.AfterFunc(100*time.Millisecond, cancel)
+	}
+	_ = b.Bus.ConsumeBatch(cctx, spec, maxBatch, h)
+	return errors.New("injected: the consumer lost its group for good")
+}
+
+// Defect 5: a sequencer whose consumer stops is restarted, counted and
+// reported by Health; messages sent meanwhile are sequenced.
+func TestSequencerConsumerRestarted(t *testing.T) {
+	var fb *flakyConsumeBus
+	h := newHarnessWrapped(t, nil, func(b *kafkabus.Bus) core.Bus { fb = &flakyConsumeBus{Bus: b}; return fb })
+	waitUntil(t, func() bool { return h.reg.Stats().Restarts == 1 })
+	alice := h.register("alice", 1)
+	h.register("bob", 2)
+	h.send(alice, 1, 1, core.DirectConvID("alice", "bob"), "m1", "after the restart")
+	recs := h.waitFor("ack", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[1] != nil })
+	if responses(recs, 1)[1].GetSend().GetSeq() != 1 {
+		t.Fatalf("ack %v", responses(recs, 1)[1])
+	}
+	if err := h.reg.Health(); err != nil {
+		t.Fatalf("health after restart: %v", err)
+	}
+	if fb.calls.Load() != 2 {
+		t.Fatalf("consumer started %d times", fb.calls.Load())
+	}
+}
+
+// Defect 6: a resend whose sender was removed meanwhile gets its original
+// ack, not NOT_MEMBER.
+func TestResendAfterRemovalGetsOriginalAck(t *testing.T) {
+	h := newHarness(t)
+	alice := h.register("alice", 1)
+	bob := h.register("bob", 2)
+	conv := core.GroupID("alice", "resend")
+	createGroup(h, alice, 1, 1, conv, "bob")
+	h.send(bob, 2, 1, conv, "b1", "hello")
+	recs := h.waitFor("b1", func(recs []*pb.EdgeRecord) bool { return responses(recs, 2)[1] != nil })
+	first := responses(recs, 2)[1].GetSend()
+	modify(h, alice, 1, 2, conv, "rm-bob", pb.MembershipOp_MEMBERSHIP_OP_REMOVE, "bob")
+	h.waitFor("removed", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[2] != nil })
+	h.send(bob, 2, 2, conv, "b1", "hello")  // the outbox resends
+	h.send(bob, 2, 3, conv, "b2", "new one") // a new message is refused
+	recs = h.waitFor("resend", func(recs []*pb.EdgeRecord) bool { return responses(recs, 2)[3] != nil })
+	again := responses(recs, 2)[2]
+	if again.GetError() != nil || again.GetSend().GetSeq() != first.GetSeq() || again.GetSend().GetMsgId() != first.GetMsgId() {
+		t.Fatalf("resend answered %v, want the original ack %v", again, first)
+	}
+	if c := responses(recs, 2)[3].GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_NOT_FOUND {
+		t.Fatalf("new message from a removed member: %v", c)
+	}
+}
+
+// failReceiptsBus fails the first produces that carry a receipt, after the
+// cursor's entry has been handled: the receipt must still arrive.
+type failReceiptsBus struct {
+	*kafkabus.Bus
+	left atomic.Int32
+}
+
+func (b *failReceiptsBus) Produce(ctx context.Context, recs ...core.BusRecord) error {
+	for _, r := range recs {
+		var er pb.EdgeRecord
+		if proto.Unmarshal(r.Value, &er) == nil && er.GetFrame().GetReceipt() != nil && b.left.Add(-1) >= 0 {
+			return errors.New("injected: broker refused the batch")
+		}
+	}
+	return b.Bus.Produce(ctx, recs...)
+}
+
+// Defect 6: a receipt whose produce failed is sent on the retry.
+func TestReceiptSurvivesFailedProduce(t *testing.T) {
+	h := newHarnessWrapped(t, nil, func(b *kafkabus.Bus) core.Bus {
+		fb := &failReceiptsBus{Bus: b}
+		fb.left.Store(2)
+		return fb
+	}, func(c *region.Config) { c.MaxAttempts = 100 })
+	alice := h.register("alice", 1)
+	bob := h.register("bob", 2)
+	conv := core.DirectConvID("alice", "bob")
+	h.send(alice, 1, 1, conv, "m1", "x")
+	h.waitFor("ack", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[1] != nil })
+	h.ingress(bob, 2, 0, &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: 1}}}, conv)
+	h.waitFor("receipt", func(recs []*pb.EdgeRecord) bool {
+		for _, r := range recs {
+			if rc := r.GetFrame().GetReceipt(); rc != nil && rc.GetSeq() == 1 && rc.GetKind() == pb.ReceiptKind_RECEIPT_KIND_DELIVERED {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// Defect 11: a replayed membership change (same client key) applies once,
+// even after later changes moved the head.
+func TestMembershipReplayAppliesOnce(t *testing.T) {
+	h := newHarness(t)
+	alice := h.register("alice", 1)
+	h.register("bob", 2)
+	h.register("dave", 4)
+	conv := core.GroupID("alice", "replay")
+	createGroup(h, alice, 1, 1, conv, "bob")
+	modify(h, alice, 1, 2, conv, "add-dave", pb.MembershipOp_MEMBERSHIP_OP_ADD, "dave")
+	modify(h, alice, 1, 3, conv, "rm-dave", pb.MembershipOp_MEMBERSHIP_OP_REMOVE, "dave")
+	h.waitFor("changes", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[3] != nil })
+	c, _ := h.store.Conversation(h.ctx, conv)
+	head := c.Head
+	// A crash makes the sequencer see both records again.
+	modify(h, alice, 1, 4, conv, "add-dave", pb.MembershipOp_MEMBERSHIP_OP_ADD, "dave")
+	modify(h, alice, 1, 5, conv, "rm-dave", pb.MembershipOp_MEMBERSHIP_OP_REMOVE, "dave")
+	recs := h.waitFor("replays", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[5] != nil })
+	for _, id := range []uint64{4, 5} {
+		if e := responses(recs, 1)[id].GetError(); e != nil {
+			t.Fatalf("replay %d: %v", id, e)
+		}
+	}
+	c, _ = h.store.Conversation(h.ctx, conv)
+	if c.Head != head {
+		t.Fatalf("replays appended: head %d -> %d", head, c.Head)
+	}
+	ms, _ := h.store.Members(h.ctx, conv)
+	for _, m := range ms {
+		if m.User == "dave" {
+			t.Fatal("dave is a member again after the replay")
+		}
+	}
+	// Without a key the change is refused.
+	modify(h, alice, 1, 6, conv, "", pb.MembershipOp_MEMBERSHIP_OP_ADD, "dave")
+	recs = h.waitFor("no key", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[6] != nil })
+	if c := responses(recs, 1)[6].GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT {
+		t.Fatalf("change without client_msg_id: %v", c)
+	}
+}
+
+// Defect 9: a newly added member's ack does not receipt messages sent
+// before they joined.
+func TestReceiptsRespectJoinPoint(t *testing.T) {
+	h := newHarness(t)
+	alice := h.register("alice", 1)
+	bob := h.register("bob", 2)
+	carol := h.register("carol", 3)
+	conv := core.GroupID("alice", "join")
+	createGroup(h, alice, 1, 1, conv, "bob")
+	for i := 0; i < 3; i++ {
+		h.send(alice, 1, uint64(10+i), conv, fmt.Sprintf("m%d", i), "before carol")
+	}
+	modify(h, alice, 1, 20, conv, "add-carol", pb.MembershipOp_MEMBERSHIP_OP_ADD, "carol")
+	h.waitFor("added", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[20] != nil })
+	c, _ := h.store.Conversation(h.ctx, conv)
+	h.ingress(carol, 3, 0, &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: c.Head}}}, conv)
+	// Bob's ack comes after carol's on the same partition: once its
+	// receipt is out, carol's record was handled too.
+	h.ingress(bob, 2, 0, &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: c.Head}}}, conv)
+	recs := h.waitFor("bob's receipt", func(recs []*pb.EdgeRecord) bool {
+		for _, r := range recs {
+			if rc := r.GetFrame().GetReceipt(); rc != nil && core.KeyOf(rc.GetFrom()) == bob {
+				return true
+			}
+		}
+		return false
+	})
+	for _, r := range recs {
+		if rc := r.GetFrame().GetReceipt(); rc != nil && core.KeyOf(rc.GetFrom()) == carol {
+			t.Fatalf("carol's ack receipted messages from before she joined: %v", rc)
+		}
+	}
+}
