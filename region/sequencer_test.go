@@ -187,7 +187,7 @@ func TestResendAfterRemovalGetsOriginalAck(t *testing.T) {
 	first := responses(recs, 2)[1].GetSend()
 	modify(h, alice, 1, 2, conv, "rm-bob", pb.MembershipOp_MEMBERSHIP_OP_REMOVE, "bob")
 	h.waitFor("removed", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[2] != nil })
-	h.send(bob, 2, 2, conv, "b1", "hello")  // the outbox resends
+	h.send(bob, 2, 2, conv, "b1", "hello")   // the outbox resends
 	h.send(bob, 2, 3, conv, "b2", "new one") // a new message is refused
 	recs = h.waitFor("resend", func(recs []*pb.EdgeRecord) bool { return responses(recs, 2)[3] != nil })
 	again := responses(recs, 2)[2]
