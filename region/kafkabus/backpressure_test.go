@@ -3,6 +3,7 @@ package kafkabus
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -14,7 +15,28 @@ import (
 // caller that gives up withdraws its records, so retries cannot grow the
 // queue.
 func TestProduceQueueBounded(t *testing.T) {
-	b, err := New(Config{Brokers: []string{"127.0.0.1:1"}, MaxPendingBytes: 4096, DialTimeout: 200 * time.Millisecond})
+	// A "broker" that accepts connections and never answers: writes hang.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	b, err := New(Config{Brokers: []string{ln.Addr().String()}, MaxPendingBytes: 4096, DialTimeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -22,26 +44,29 @@ func TestProduceQueueBounded(t *testing.T) {
 	rec := core.BusRecord{Topic: "t", Key: []byte("k"), Value: make([]byte, 1500)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// The first call is taken by the flusher (stuck dialing); the next two
-	// fill the queue.
-	errs := make(chan error, 8)
-	for range 3 {
+	// Five callers at once: the flusher takes at most one (stuck dialing),
+	// two fit the 4096-byte queue, the rest are refused at once.
+	errs := make(chan error, 5)
+	for range 5 {
 		go func() { errs <- b.Produce(ctx, rec) }()
-		time.Sleep(20 * time.Millisecond)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := b.Produce(context.Background(), rec)
-		if errors.Is(err, ErrBackpressure) {
-			if !errors.Is(err, core.ErrUnavailable) {
-				t.Fatalf("backpressure does not wrap ErrUnavailable: %v", err)
+	refused := false
+	for i := 0; i < 5 && !refused; i++ {
+		select {
+		case err := <-errs:
+			// A failed write may answer first (the broker refuses fast).
+			if errors.Is(err, ErrBackpressure) {
+				if !errors.Is(err, core.ErrUnavailable) {
+					t.Fatalf("%v does not wrap core.ErrUnavailable", err)
+				}
+				refused = true
 			}
-			break
+		case <-time.After(10 * time.Second):
+			t.Fatal("no answer")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue never refused: %v", err)
-		}
-		errs <- err
+	}
+	if !refused {
+		t.Fatal("five callers over a 4096-byte queue and none was refused")
 	}
 	b.mu.Lock()
 	queued := b.pendingB
