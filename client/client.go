@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -776,7 +777,15 @@ func (c *Client) request(ctx context.Context, op string, f *pb.ClientFrame, retr
 // through the per-conversation receive state, stores what became
 // contiguous, schedules acks and triggers a sync on a gap. It reports
 // whether anything new was stored.
-func (c *Client) ingest(s *session, msgs []*pb.Message) bool {
+//
+// fromSync marks a sync page. The server answers a sync with the entries
+// after the device's cursor that its user may read, contiguously: when a
+// conversation's first entry in the page lies beyond head+1, the seqs in
+// between were written before the user joined (a member added later, an
+// invitation, an accepted invitation, a re-admission). They are recorded
+// as skipped (Store.Skip) and the conversation continues from there. Live
+// pushes and history pages never skip: their gaps are filled by a sync.
+func (c *Client) ingest(s *session, msgs []*pb.Message, fromSync bool) bool {
 	byConv := map[string][]*pb.Message{}
 	var order []string
 	for _, m := range msgs {
@@ -797,6 +806,16 @@ func (c *Client) ingest(s *session, msgs []*pb.Message) bool {
 		if rs == nil {
 			rs = &recvState{head: c.store.Head(conv)}
 			c.recv[conv] = rs
+		}
+		if fromSync {
+			first := slices.MinFunc(byConv[conv], func(a, b *pb.Message) int { return cmp.Compare(a.GetSeq(), b.GetSeq()) }).GetSeq()
+			if first > rs.head+1 {
+				if err := c.store.Skip(conv, first-1); err != nil {
+					c.log.Error("client: store join point", "conv", conv, "err", err)
+					continue
+				}
+				rs.reset(first - 1)
+			}
 		}
 		res := rs.offer(byConv[conv]...)
 		if len(res.Ready) > 0 {
@@ -848,7 +867,7 @@ func (c *Client) syncAll(s *session) error {
 			return fmt.Errorf("client: sync: %w", err)
 		}
 		sr := r.GetSync()
-		c.ingest(s, sr.GetMessages())
+		c.ingest(s, sr.GetMessages(), true)
 		if !sr.GetMore() {
 			return nil
 		}
@@ -1161,7 +1180,7 @@ func (c *Client) FetchHistory(ctx context.Context, conv string, beforeSeq uint64
 	s := c.sess
 	c.mu.Unlock()
 	if s != nil {
-		c.ingest(s, msgs)
+		c.ingest(s, msgs, false)
 	}
 	return msgs, nil
 }

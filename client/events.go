@@ -222,6 +222,12 @@ func (c *Client) dispatchConv(ctx context.Context, conv string) (more, ok bool) 
 		c.log.Error("client: read store for events", "conv", conv, "err", err)
 		return false, true
 	}
+	if len(msgs) == 0 { // only skipped seqs (before a join point) remain
+		c.evMu.Lock()
+		c.emitted[conv] = head
+		c.evMu.Unlock()
+		return false, true
+	}
 	for _, m := range msgs {
 		ev := MessageEvent{Message: m}
 		if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
@@ -244,5 +250,5 @@ func (c *Client) dispatchConv(ctx context.Context, conv string) (more, ok bool) 
 			c.log.Error("client: persist seen cursor", "conv", conv, "err", err)
 		}
 	}
-	return from+uint64(len(msgs)) < head, true
+	return msgs[len(msgs)-1].GetSeq() < head, true
 }
