@@ -47,8 +47,8 @@ type testPeer struct {
 	mutePings  bool           // leave pings unanswered (a half-open connection)
 	pings      int
 	ackFrames  map[core.DeviceKey]int
-	ignoreAcks bool     // lose acks (as if the session died before they were processed)
-	keys       peerKeys // end-to-end key directory (e2ee_peer_test.go)
+	ignoreAcks bool                       // lose acks (as if the session died before they were processed)
+	keys       peerKeys                   // end-to-end key directory (e2ee_peer_test.go)
 	modifies   []*pb.ModifyMembersRequest // every modify_members received, in order
 	dropModify int                        // close the session instead of answering the next n modify_members
 }
