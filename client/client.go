@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -776,7 +777,15 @@ func (c *Client) request(ctx context.Context, op string, f *pb.ClientFrame, retr
 // through the per-conversation receive state, stores what became
 // contiguous, schedules acks and triggers a sync on a gap. It reports
 // whether anything new was stored.
-func (c *Client) ingest(s *session, msgs []*pb.Message) bool {
+//
+// fromSync marks a sync page. The server answers a sync with the entries
+// after the device's cursor that its user may read, contiguously: when a
+// conversation's first entry in the page lies beyond head+1, the seqs in
+// between were written before the user joined (a member added later, an
+// invitation, an accepted invitation, a re-admission). They are recorded
+// as skipped (Store.Skip) and the conversation continues from there. Live
+// pushes and history pages never skip: their gaps are filled by a sync.
+func (c *Client) ingest(s *session, msgs []*pb.Message, fromSync bool) bool {
 	byConv := map[string][]*pb.Message{}
 	var order []string
 	for _, m := range msgs {
@@ -797,6 +806,16 @@ func (c *Client) ingest(s *session, msgs []*pb.Message) bool {
 		if rs == nil {
 			rs = &recvState{head: c.store.Head(conv)}
 			c.recv[conv] = rs
+		}
+		if fromSync {
+			first := slices.MinFunc(byConv[conv], func(a, b *pb.Message) int { return cmp.Compare(a.GetSeq(), b.GetSeq()) }).GetSeq()
+			if first > rs.head+1 {
+				if err := c.store.Skip(conv, first-1); err != nil {
+					c.log.Error("client: store join point", "conv", conv, "err", err)
+					continue
+				}
+				rs.reset(first - 1)
+			}
 		}
 		res := rs.offer(byConv[conv]...)
 		if len(res.Ready) > 0 {
@@ -848,7 +867,7 @@ func (c *Client) syncAll(s *session) error {
 			return fmt.Errorf("client: sync: %w", err)
 		}
 		sr := r.GetSync()
-		c.ingest(s, sr.GetMessages())
+		c.ingest(s, sr.GetMessages(), true)
 		if !sr.GetMore() {
 			return nil
 		}
@@ -1118,8 +1137,33 @@ func (c *Client) CreateGroupWithID(ctx context.Context, conv, title string, memb
 	return r.GetConversation(), nil
 }
 
-func (c *Client) modify(ctx context.Context, op pb.MembershipOp, conv string, users []string) (*pb.ConversationInfo, error) {
-	f := &pb.ClientFrame{Body: &pb.ClientFrame_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{ConvId: conv, Op: op, Users: users}}}
+// ModifyMembers sends one group change (ADD, REMOVE, LEAVE, PROMOTE,
+// DEMOTE, SET_TITLE, ACCEPT or DECLINE) and returns the group's info after
+// it. req.ClientMsgId is the change's idempotency key: when empty, a fresh
+// one is chosen here, and every resend of this call (after a lost session
+// or a transient error) carries the same key, so the region applies the
+// change once and answers a resend as it answered the first. A caller that
+// must survive its own restart mid-call sets the key itself and reuses it.
+// Who may do what is in PROTOCOL.md ("Groups: roles and consent"); a
+// refusal is a *core.WireError (FORBIDDEN, NOT_MEMBER, NOT_FOUND,
+// GROUP_FULL, INVALID_ARGUMENT).
+func (c *Client) ModifyMembers(ctx context.Context, req *pb.ModifyMembersRequest) (*pb.ConversationInfo, error) {
+	if !core.IsGroupID(req.GetConvId()) {
+		return nil, fmt.Errorf("%w: group id %q", ErrBadArgument, req.GetConvId())
+	}
+	for _, u := range req.GetUsers() {
+		if !core.ValidUserID(u) {
+			return nil, fmt.Errorf("%w: user id %q", ErrBadArgument, u)
+		}
+	}
+	if len(req.GetTitle()) > core.MaxTitleLen {
+		return nil, fmt.Errorf("%w: title longer than %d bytes", ErrBadArgument, core.MaxTitleLen)
+	}
+	req = proto.Clone(req).(*pb.ModifyMembersRequest)
+	if req.ClientMsgId == "" {
+		req.ClientMsgId = ulid.Make().String()
+	}
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_ModifyMembers{ModifyMembers: req}}
 	r, err := c.request(ctx, "modify members", f, true)
 	if err != nil {
 		return nil, err
@@ -1127,19 +1171,68 @@ func (c *Client) modify(ctx context.Context, op pb.MembershipOp, conv string, us
 	return r.GetConversation(), nil
 }
 
-// AddMembers adds users to a group.
+func (c *Client) modify(ctx context.Context, op pb.MembershipOp, conv string, users []string) (*pb.ConversationInfo, error) {
+	return c.ModifyMembers(ctx, &pb.ModifyMembersRequest{ConvId: conv, Op: op, Users: users})
+}
+
+// AddMembers adds users to a group (admins only). A user whose add policy
+// admits only contacts, and who shares no 1:1 conversation with the
+// caller, is invited instead (ConversationInfo.invited).
 func (c *Client) AddMembers(ctx context.Context, conv string, users ...string) (*pb.ConversationInfo, error) {
 	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_ADD, conv, users)
 }
 
-// RemoveMembers removes users from a group.
+// RemoveMembers removes members from a group, or cancels their pending
+// invitations (admins only).
 func (c *Client) RemoveMembers(ctx context.Context, conv string, users ...string) (*pb.ConversationInfo, error) {
 	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_REMOVE, conv, users)
 }
 
-// Leave removes the caller from a group.
+// Leave removes the caller from a group (any member). When the last admin
+// leaves, the longest-standing member becomes admin.
 func (c *Client) Leave(ctx context.Context, conv string) (*pb.ConversationInfo, error) {
 	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_LEAVE, conv, nil)
+}
+
+// Promote makes members admins (admins only).
+func (c *Client) Promote(ctx context.Context, conv string, users ...string) (*pb.ConversationInfo, error) {
+	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, conv, users)
+}
+
+// Demote takes admin rights away (admins only; an admin may demote
+// themself, but not the last admin).
+func (c *Client) Demote(ctx context.Context, conv string, users ...string) (*pb.ConversationInfo, error) {
+	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_DEMOTE, conv, users)
+}
+
+// SetTitle changes a group's title (admins only; at most core.MaxTitleLen
+// bytes). The title is server-visible metadata, not end-to-end encrypted.
+func (c *Client) SetTitle(ctx context.Context, conv, title string) (*pb.ConversationInfo, error) {
+	return c.ModifyMembers(ctx, &pb.ModifyMembersRequest{ConvId: conv, Op: pb.MembershipOp_MEMBERSHIP_OP_SET_TITLE, Title: title})
+}
+
+// AcceptInvite joins a group the caller was invited to; the caller reads
+// the group from the ACCEPT entry on.
+func (c *Client) AcceptInvite(ctx context.Context, conv string) (*pb.ConversationInfo, error) {
+	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_ACCEPT, conv, nil)
+}
+
+// DeclineInvite refuses an invitation to a group.
+func (c *Client) DeclineInvite(ctx context.Context, conv string) (*pb.ConversationInfo, error) {
+	return c.modify(ctx, pb.MembershipOp_MEMBERSHIP_OP_DECLINE, conv, nil)
+}
+
+// GroupAdmins returns the admins of a group from its info (the members at
+// info.admin_indexes; indexes out of range are ignored).
+func GroupAdmins(info *pb.ConversationInfo) []string {
+	ms := info.GetMembers()
+	var out []string
+	for _, i := range info.GetAdminIndexes() {
+		if int(i) < len(ms) {
+			out = append(out, ms[i])
+		}
+	}
+	return out
 }
 
 // History returns locally stored entries of conv with seq > after (limit <= 0: all).
@@ -1161,7 +1254,7 @@ func (c *Client) FetchHistory(ctx context.Context, conv string, beforeSeq uint64
 	s := c.sess
 	c.mu.Unlock()
 	if s != nil {
-		c.ingest(s, msgs)
+		c.ingest(s, msgs, false)
 	}
 	return msgs, nil
 }
@@ -1169,14 +1262,29 @@ func (c *Client) FetchHistory(ctx context.Context, conv string, beforeSeq uint64
 // Conversations lists the locally stored conversations.
 func (c *Client) Conversations() []ConvSummary { return c.store.Conversations() }
 
-// ListConversations asks the server for the user's conversations.
+// maxConvPages bounds the pages ListConversations reads.
+const maxConvPages = 10000
+
+// ListConversations asks the server for the user's conversations and
+// pending group invitations (the user is then in ConversationInfo.invited),
+// reading every page.
 func (c *Client) ListConversations(ctx context.Context) ([]*pb.ConversationInfo, error) {
-	f := &pb.ClientFrame{Body: &pb.ClientFrame_ListConversations{ListConversations: &pb.ListConversationsRequest{}}}
-	r, err := c.request(ctx, "list conversations", f, true)
-	if err != nil {
-		return nil, err
+	var out []*pb.ConversationInfo
+	after := ""
+	for range maxConvPages {
+		f := &pb.ClientFrame{Body: &pb.ClientFrame_ListConversations{ListConversations: &pb.ListConversationsRequest{AfterConvId: after}}}
+		r, err := c.request(ctx, "list conversations", f, true)
+		if err != nil {
+			return nil, err
+		}
+		cs := r.GetConversations().GetConversations()
+		out = append(out, cs...)
+		if !r.GetConversations().GetMore() || len(cs) == 0 || cs[len(cs)-1].GetConvId() <= after {
+			break
+		}
+		after = cs[len(cs)-1].GetConvId()
 	}
-	return r.GetConversations().GetConversations(), nil
+	return out, nil
 }
 
 // LookupUser returns a user's devices.

@@ -33,8 +33,8 @@
 //	outbox/outbox.log  the unacknowledged messages: "add" and "done" records
 //	                   (see Outbox); compacted on open
 //	convs/<hex>.log    one append-only log per conversation: its entries in seq
-//	                   order, the app's "seen" cursor and the confirmed
-//	                   delivery cursor (see Store)
+//	                   order (with skip records at join points), the app's
+//	                   "seen" cursor and the confirmed delivery cursor (see Store)
 //
 // Records carry a crc32c; a torn tail left by a crash is cut off on open.
 // Identity, outbox adds and stored entries are fsync'd before the call that
@@ -109,6 +109,16 @@
 // (every known cursor, paged until more=false). The stored head is the
 // delivery cursor and is derived from the stored data, so the two cannot
 // disagree after a crash.
+//
+// Join points: a user added to a group later (or invited, or accepting an
+// invitation, or let back in after a removal) may read only from that
+// entry on. The server answers a sync with the entries after the cursor
+// that the user may read, so when a conversation's first entry in a sync
+// page lies beyond head+1, the client records the seqs in between as
+// skipped (a skip record in the conversation log, Store.Skip) and stores
+// from there; the store is then gapless from 1 except at such skips. Live
+// pushes and history pages never skip: a push beyond head+1 waits for the
+// sync it triggers.
 //
 // After storing, the device acks the highest contiguous seq per
 // conversation: coalesced, at most one DeliveryAck per conversation in

@@ -399,3 +399,56 @@ func BenchmarkE2EDeliveryLatency(b *testing.B) {
 		}
 	}
 }
+
+// TestE2EMemberAddedLaterReadsFromJoin: a user added to a group after it
+// has entries receives the ADD entry and what follows — live and, after a
+// restart, through sync — and nothing from before. Before the client
+// recorded join points, its store accepted only seq 1 as a conversation's
+// first entry, so a member added later never received anything.
+func TestE2EMemberAddedLaterReadsFromJoin(t *testing.T) {
+	ends := startStack(t)
+	ctx := e2eCtx(t)
+	alice, _ := e2eUser(t, ends, "alice", false)
+	carol, carolDir := e2eUser(t, ends, "carol", false)
+	info, err := alice.CreateGroup(ctx, "later", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := info.GetConvId()
+	send := func(body string) uint64 {
+		t.Helper()
+		id, err := alice.Send(ctx, g, []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := alice.WaitSent(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Seq
+	}
+	send("before 1")
+	send("before 2")
+	if _, err := alice.AddMembers(ctx, g, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	after := send("after")
+	got := collect(t, carol, 2)
+	if got[0].Seq() != 4 || got[0].Message.GetMembership().GetOp() != pb.MembershipOp_MEMBERSHIP_OP_ADD ||
+		got[1].Seq() != after || string(got[1].Body) != "after" {
+		t.Fatalf("carol got #%d %v, #%d %q", got[0].Seq(), got[0].Message.GetMembership().GetOp(), got[1].Seq(), got[1].Body)
+	}
+	if hist, err := carol.History(g, 0, 0); err != nil || len(hist) != 2 || hist[0].GetSeq() != 4 {
+		t.Fatalf("carol's local history: %d entries, %v", len(hist), err)
+	}
+	// Offline, then back: the next entry arrives through sync.
+	carol.Close()
+	later := send("while carol was away")
+	carol2 := e2eClient(t, ends, carolDir, false)
+	if err := carol2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if m := collect(t, carol2, 1)[0]; m.Seq() != later || string(m.Body) != "while carol was away" {
+		t.Fatalf("after restart: #%d %q", m.Seq(), m.Body)
+	}
+}

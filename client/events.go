@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/chatmesh/chatmesh/client/e2ee"
 	"github.com/chatmesh/chatmesh/core"
@@ -16,7 +17,8 @@ type Event interface{ isEvent() }
 
 // MessageEvent is one stored conversation entry, handed to the app exactly
 // once and in seq order per conversation. It includes the device's own
-// messages (they come back through sync) and membership entries. Entries
+// messages (they come back through sync) and membership entries (decode
+// them with GroupChange). Entries
 // that only distribute group keys (see MessageSealer) are not handed, so
 // seqs of a group may have gaps.
 type MessageEvent struct {
@@ -35,6 +37,55 @@ func (e MessageEvent) Seq() uint64 { return e.Message.GetSeq() }
 
 // From returns the sending device.
 func (e MessageEvent) From() core.DeviceKey { return core.KeyOf(e.Message.GetSender()) }
+
+// GroupChange is a group membership entry, decoded: who did what to whom.
+// Roles and invitations are entries of the conversation, ordered with its
+// messages, so an app that applies GroupChanges in MessageEvent order
+// always has the group's state as of the message it shows.
+type GroupChange struct {
+	Conv  string
+	Seq   uint64
+	Op    pb.MembershipOp // CREATE, ADD, REMOVE, LEAVE, PROMOTE, DEMOTE, SET_TITLE, ACCEPT, DECLINE
+	Actor string          // who made the change
+	// Users: added (CREATE, ADD), removed or uninvited (REMOVE), promoted
+	// (PROMOTE), demoted (DEMOTE); [Actor] for LEAVE, ACCEPT and DECLINE.
+	Users []string
+	// Invited: users invited instead of added (CREATE, ADD): they join
+	// only when they ACCEPT.
+	Invited []string
+	// Promoted: users who became admins as a side effect: the creator on
+	// CREATE, the successor when the last admin left or was removed.
+	Promoted []string
+	Title    string // CREATE and SET_TITLE: the (new) title
+}
+
+// GroupChange decodes a membership entry; ok is false for user messages.
+func (e MessageEvent) GroupChange() (g GroupChange, ok bool) {
+	m := e.Message
+	mc := m.GetMembership()
+	if m.GetKind() != pb.MessageKind_MESSAGE_KIND_MEMBERSHIP || mc == nil {
+		return GroupChange{}, false
+	}
+	return GroupChange{
+		Conv: m.GetConvId(), Seq: m.GetSeq(), Op: mc.GetOp(), Actor: mc.GetActor(),
+		Users: mc.GetUsers(), Invited: mc.GetInvited(), Promoted: mc.GetPromoted(), Title: mc.GetTitle(),
+	}, true
+}
+
+// InvitesUser reports whether the change invites user (who must ACCEPT or
+// DECLINE; see Client.AcceptInvite).
+func (g GroupChange) InvitesUser(user string) bool { return slices.Contains(g.Invited, user) }
+
+// NewAdmins returns the users who are admins from this change on: the
+// PROMOTE targets and the side-effect promotions.
+func (g GroupChange) NewAdmins() []string {
+	out := slices.Clone(g.Promoted)
+	if g.Op == pb.MembershipOp_MEMBERSHIP_OP_PROMOTE {
+		out = append(out, g.Users...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
 
 // SendAckedEvent is "sent ✓": the server sequenced the message.
 type SendAckedEvent struct {
@@ -222,6 +273,12 @@ func (c *Client) dispatchConv(ctx context.Context, conv string) (more, ok bool) 
 		c.log.Error("client: read store for events", "conv", conv, "err", err)
 		return false, true
 	}
+	if len(msgs) == 0 { // only skipped seqs (before a join point) remain
+		c.evMu.Lock()
+		c.emitted[conv] = head
+		c.evMu.Unlock()
+		return false, true
+	}
 	for _, m := range msgs {
 		ev := MessageEvent{Message: m}
 		if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
@@ -244,5 +301,5 @@ func (c *Client) dispatchConv(ctx context.Context, conv string) (more, ok bool) 
 			c.log.Error("client: persist seen cursor", "conv", conv, "err", err)
 		}
 	}
-	return from+uint64(len(msgs)) < head, true
+	return msgs[len(msgs)-1].GetSeq() < head, true
 }

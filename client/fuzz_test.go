@@ -18,6 +18,8 @@ func FuzzConvLog(f *testing.F) {
 	good = appendRecord(good, recSeen, []byte{0, 0, 0, 0, 0, 0, 0, 1})
 	f.Add(good)
 	f.Add(append(good, 1, 2, 3))
+	joined := appendRecord(nil, recSkip, []byte{0, 0, 0, 0, 0, 0, 0, 4})
+	f.Add(appendRecord(joined, recMessage, mustMarshal(f, userMsg("g:x", 5, "y"))))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		path := filepath.Join(t.TempDir(), "x.log")
@@ -28,14 +30,14 @@ func FuzzConvLog(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if a.seen > uint64(len(a.offsets)) || a.acked > uint64(len(a.offsets)) {
-			t.Fatalf("cursor past head: seen %d acked %d head %d", a.seen, a.acked, len(a.offsets))
+		if a.seen > a.head || a.acked > a.head || uint64(a.count()) > a.head {
+			t.Fatalf("cursor past head: seen %d acked %d head %d stored %d", a.seen, a.acked, a.head, a.count())
 		}
 		b, err := loadConvLog(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(a.offsets) != len(b.offsets) || a.size != b.size || a.seen != b.seen {
+		if a.head != b.head || a.count() != b.count() || a.size != b.size || a.seen != b.seen {
 			t.Fatal("second load differs")
 		}
 	})

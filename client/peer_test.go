@@ -47,8 +47,10 @@ type testPeer struct {
 	mutePings  bool           // leave pings unanswered (a half-open connection)
 	pings      int
 	ackFrames  map[core.DeviceKey]int
-	ignoreAcks bool     // lose acks (as if the session died before they were processed)
-	keys       peerKeys // end-to-end key directory (e2ee_peer_test.go)
+	ignoreAcks bool                       // lose acks (as if the session died before they were processed)
+	keys       peerKeys                   // end-to-end key directory (e2ee_peer_test.go)
+	modifies   []*pb.ModifyMembersRequest // every modify_members received, in order
+	dropModify int                        // close the session instead of answering the next n modify_members
 }
 
 type peerSession struct {
@@ -257,6 +259,30 @@ func (p *testPeer) handle(s *peerSession, f *pb.ClientFrame) bool {
 		r := p.handleKeys(s.dev, f)
 		p.mu.Unlock()
 		p.reply(s, f.GetReqId(), r)
+		return true
+	case *pb.ClientFrame_ModifyMembers:
+		// Recorded, applied once per (device, client_msg_id) as the region
+		// would, and answered with the group's members.
+		req := b.ModifyMembers
+		p.modifies = append(p.modifies, req)
+		key := req.GetConvId() + "|" + s.dev.String() + "|" + req.GetClientMsgId()
+		if _, dup := p.dedupe[key]; !dup {
+			conv := req.GetConvId()
+			p.dedupe[key] = uint64(len(p.convs[conv])) + 1
+			m := &pb.Message{ConvId: conv, Seq: p.dedupe[key], Sender: s.dev.Addr(), ClientMsgId: req.GetClientMsgId(),
+				Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP, Membership: &pb.MembershipChange{Op: req.GetOp(), Actor: s.dev.User, Users: req.GetUsers(), Title: req.GetTitle()}}
+			p.convs[conv] = append(p.convs[conv], m)
+		}
+		drop := p.dropModify > 0
+		if drop {
+			p.dropModify--
+		}
+		info := &pb.ConversationInfo{ConvId: req.GetConvId(), Members: p.members[req.GetConvId()], HeadSeq: uint64(len(p.convs[req.GetConvId()]))}
+		p.mu.Unlock()
+		if drop {
+			return false
+		}
+		p.reply(s, f.GetReqId(), &pb.Response{Body: &pb.Response_Conversation{Conversation: info}})
 		return true
 	case *pb.ClientFrame_Ping:
 		p.pings++

@@ -189,7 +189,7 @@ func (s *session) handle(f *pb.ServerFrame) {
 			}
 		}
 	case *pb.ServerFrame_Delivery:
-		c.ingest(s, []*pb.Message{b.Delivery})
+		c.ingest(s, []*pb.Message{b.Delivery}, false)
 	case *pb.ServerFrame_Receipt:
 		r := b.Receipt
 		c.notify(ReceiptEvent{Conv: r.GetConvId(), From: keyOf(r.GetFrom()), Kind: r.GetKind(), Seq: r.GetSeq()})

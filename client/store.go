@@ -22,6 +22,10 @@ const (
 	recMessage byte = 1 // payload: a marshalled pb.Message
 	recSeen    byte = 2 // payload: 8-byte big-endian seq, the app cursor
 	recAcked   byte = 3 // payload: 8-byte big-endian seq the server confirmed as delivered
+	// recSkip: payload 8-byte big-endian seq; the seqs after the head up to
+	// it are not for this device (it joined, or was let back in, after
+	// them) and will never be stored. The next message continues from it.
+	recSkip byte = 4
 )
 
 // maxRecord bounds one log record; larger lengths mean corruption.
@@ -31,9 +35,12 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 // Store is the device's local, durable message store: one append-only log
 // per conversation under <state>/convs/, holding the conversation's entries
-// in seq order (gapless from 1) and the app's "seen" cursor. The highest
-// stored seq is the device's delivery cursor; it is derived from the data on
-// open, so cursor and data can never disagree.
+// in seq order and the app's "seen" cursor. The entries are gapless from 1,
+// except where a skip record says that the seqs before a join point (a
+// member added to a group later, an invitation, an accepted invitation, a
+// re-admission) are not for this device. The head — the highest stored or
+// skipped seq — is the device's delivery cursor; it is derived from the
+// data on open, so cursor and data can never disagree.
 //
 // Each record is [u32 length][u8 type][payload][u32 crc32c(type|payload)];
 // a torn or corrupt tail (crash during append) is cut off on open. Every
@@ -47,11 +54,37 @@ type Store struct {
 }
 
 type convLog struct {
-	path    string
-	offsets []int64 // offsets[i] is the record offset of seq i+1
-	size    int64
-	seen    uint64
-	acked   uint64
+	path  string
+	segs  []segment // stored entries, in seq order
+	head  uint64    // highest stored or skipped seq
+	size  int64
+	seen  uint64
+	acked uint64
+}
+
+// segment is a run of consecutive stored entries.
+type segment struct {
+	first   uint64  // seq of offsets[0]
+	offsets []int64 // offsets[i] is the record offset of seq first+i
+}
+
+// add records the entry at seq head+1 stored at off.
+func (cl *convLog) add(off int64) {
+	cl.head++
+	if n := len(cl.segs); n > 0 && cl.segs[n-1].first+uint64(len(cl.segs[n-1].offsets)) == cl.head {
+		cl.segs[n-1].offsets = append(cl.segs[n-1].offsets, off)
+		return
+	}
+	cl.segs = append(cl.segs, segment{first: cl.head, offsets: []int64{off}})
+}
+
+// count returns how many entries are stored.
+func (cl *convLog) count() int {
+	n := 0
+	for _, sg := range cl.segs {
+		n += len(sg.offsets)
+	}
+	return n
 }
 
 // ConvSummary describes one locally stored conversation.
@@ -113,11 +146,16 @@ scan:
 		switch typ {
 		case recMessage:
 			var m pb.Message
-			if err := proto.Unmarshal(payload, &m); err != nil || m.GetSeq() != uint64(len(cl.offsets))+1 {
+			if err := proto.Unmarshal(payload, &m); err != nil || m.GetSeq() != cl.head+1 {
 				// Not the next seq: treat like corruption and stop here.
 				break scan
 			}
-			cl.offsets = append(cl.offsets, off)
+			cl.add(off)
+		case recSkip:
+			if len(payload) != 8 || binary.BigEndian.Uint64(payload) <= cl.head {
+				break scan // skips only move forward
+			}
+			cl.head = binary.BigEndian.Uint64(payload)
 		case recSeen:
 			if len(payload) == 8 {
 				cl.seen = max(cl.seen, binary.BigEndian.Uint64(payload))
@@ -138,8 +176,8 @@ scan:
 			return nil, fmt.Errorf("client: store: %w", err)
 		}
 	}
-	cl.seen = min(cl.seen, uint64(len(cl.offsets)))
-	cl.acked = min(cl.acked, uint64(len(cl.offsets)))
+	cl.seen = min(cl.seen, cl.head)
+	cl.acked = min(cl.acked, cl.head)
 	return cl, nil
 }
 
@@ -171,12 +209,12 @@ func (s *Store) logPath(conv string) string {
 	return filepath.Join(s.dir, hex.EncodeToString([]byte(conv))+".log")
 }
 
-// Head returns the highest stored seq of conv (0 when unknown).
+// Head returns the highest stored or skipped seq of conv (0 when unknown).
 func (s *Store) Head(conv string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cl := s.convs[conv]; cl != nil {
-		return uint64(len(cl.offsets))
+		return cl.head
 	}
 	return 0
 }
@@ -187,7 +225,7 @@ func (s *Store) Conversations() []ConvSummary {
 	defer s.mu.Unlock()
 	out := make([]ConvSummary, 0, len(s.convs))
 	for id, cl := range s.convs {
-		out = append(out, ConvSummary{Conv: id, Head: uint64(len(cl.offsets)), Seen: cl.seen, Acked: cl.acked})
+		out = append(out, ConvSummary{Conv: id, Head: cl.head, Seen: cl.seen, Acked: cl.acked})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Conv < out[j].Conv })
 	return out
@@ -207,7 +245,7 @@ func (s *Store) Append(conv string, msgs []*pb.Message) error {
 		cl = &convLog{path: s.logPath(conv)}
 		created = true
 	}
-	head := uint64(len(cl.offsets))
+	head := cl.head
 	var buf []byte
 	offs := make([]int64, 0, len(msgs))
 	for i, m := range msgs {
@@ -227,7 +265,37 @@ func (s *Store) Append(conv string, msgs []*pb.Message) error {
 	if created {
 		s.convs[conv] = cl
 	}
-	cl.offsets = append(cl.offsets, offs...)
+	for _, off := range offs {
+		cl.add(off)
+	}
+	return nil
+}
+
+// Skip records that conv's seqs after the head up to seq are not for this
+// device: it was not a member when they were written (it joined at seq+1),
+// so they will never be stored and the next entry is seq+1. A seq at or
+// below the head is a no-op. The record is not fsync'd by itself: the
+// append of the join entry that follows makes it durable, and a lost skip
+// is only made again by the next sync.
+func (s *Store) Skip(conv string, seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cl := s.convs[conv]
+	created := false
+	if cl == nil {
+		cl = &convLog{path: s.logPath(conv)}
+		created = true
+	}
+	if seq <= cl.head {
+		return nil
+	}
+	if err := s.writeSync(cl, appendRecord(nil, recSkip, binary.BigEndian.AppendUint64(nil, seq)), created, created); err != nil {
+		return err
+	}
+	if created {
+		s.convs[conv] = cl
+	}
+	cl.head = seq
 	return nil
 }
 
@@ -269,7 +337,7 @@ func (s *Store) SetSeen(conv string, seq uint64) error {
 	if cl == nil {
 		return nil
 	}
-	seq = min(seq, uint64(len(cl.offsets)))
+	seq = min(seq, cl.head)
 	if seq <= cl.seen {
 		return nil
 	}
@@ -289,7 +357,7 @@ func (s *Store) SetAcked(conv string, seq uint64) error {
 	if cl == nil || seq <= cl.acked {
 		return nil
 	}
-	seq = min(seq, uint64(len(cl.offsets)))
+	seq = min(seq, cl.head)
 	if err := s.writeSync(cl, appendRecord(nil, recAcked, binary.BigEndian.AppendUint64(nil, seq)), false, false); err != nil {
 		return err
 	}
@@ -322,20 +390,39 @@ func (s *Store) Seen(conv string) uint64 {
 func (s *Store) Messages(conv string, after uint64, limit int) ([]*pb.Message, error) {
 	s.mu.Lock()
 	cl := s.convs[conv]
-	if cl == nil || after >= uint64(len(cl.offsets)) {
+	if cl == nil || after >= cl.head {
 		s.mu.Unlock()
 		return nil, nil
 	}
-	end := uint64(len(cl.offsets))
-	if limit > 0 && end-after > uint64(limit) {
-		end = after + uint64(limit)
-	}
-	from, to := cl.offsets[after], cl.size
-	if end < uint64(len(cl.offsets)) {
-		to = cl.offsets[end]
+	// The byte range from the first stored entry after `after` to the
+	// entry after the last one wanted (or the end of the log).
+	from, to, want := int64(-1), cl.size, 0
+scan:
+	for _, sg := range cl.segs {
+		n := uint64(len(sg.offsets))
+		if sg.first+n-1 <= after {
+			continue
+		}
+		i := uint64(0)
+		if after >= sg.first {
+			i = after - sg.first + 1
+		}
+		for ; i < n; i++ {
+			if limit > 0 && want == limit {
+				to = sg.offsets[i]
+				break scan
+			}
+			if from < 0 {
+				from = sg.offsets[i]
+			}
+			want++
+		}
 	}
 	path := cl.path
 	s.mu.Unlock()
+	if want == 0 {
+		return nil, nil
+	}
 
 	// Records below cl.size are immutable, so reading outside the lock is safe.
 	f, err := os.Open(path)
@@ -347,7 +434,7 @@ func (s *Store) Messages(conv string, after uint64, limit int) ([]*pb.Message, e
 	if _, err := f.ReadAt(buf, from); err != nil {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrStore, conv, err)
 	}
-	out := make([]*pb.Message, 0, end-after)
+	out := make([]*pb.Message, 0, want)
 	for len(buf) > 0 {
 		typ, payload, n, ok := decodeRecord(buf)
 		if !ok {
@@ -363,8 +450,8 @@ func (s *Store) Messages(conv string, after uint64, limit int) ([]*pb.Message, e
 		}
 		out = append(out, m)
 	}
-	if uint64(len(out)) != end-after {
-		return nil, fmt.Errorf("%w: %s: read %d entries, want %d", ErrStore, conv, len(out), end-after)
+	if len(out) != want {
+		return nil, fmt.Errorf("%w: %s: read %d entries, want %d", ErrStore, conv, len(out), want)
 	}
 	return out, nil
 }
@@ -378,7 +465,7 @@ func (s *Store) Message(conv string, seq uint64) (*pb.Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) == 0 {
+	if len(ms) == 0 || ms[0].GetSeq() != seq { // absent, or skipped
 		return nil, fmt.Errorf("%w: %s/%d", ErrNoSuchMessage, conv, seq)
 	}
 	return ms[0], nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/chatmesh/chatmesh/core/pb"
@@ -153,4 +154,95 @@ func FuzzDecodeRecord(f *testing.F) {
 			t.Fatal("re-encoding differs")
 		}
 	})
+}
+
+// TestStoreSkipJoinPoints: a member added to a group later, or an invitee,
+// stores the conversation from its join point; the seqs before it are
+// skipped, durably, and reads step over them.
+func TestStoreSkipJoinPoints(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const conv, inv = "g:late", "g:invited"
+	if err := s.Append(conv, []*pb.Message{userMsg(conv, 1, "a"), userMsg(conv, 2, "b")}); err != nil {
+		t.Fatal(err)
+	}
+	// Removed after 2, added again at 6.
+	if err := s.Skip(conv, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Skip(conv, 3); err != nil || s.Head(conv) != 5 { // never back
+		t.Fatalf("backward skip: head %d, %v", s.Head(conv), err)
+	}
+	if err := s.Append(conv, []*pb.Message{userMsg(conv, 6, "f"), userMsg(conv, 7, "g")}); err != nil {
+		t.Fatal(err)
+	}
+	// An invitee's first entry is the invitation at 4; it accepts at 9.
+	if err := s.Skip(inv, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(inv, []*pb.Message{userMsg(inv, 4, "invite")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Skip(inv, 8); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(inv, []*pb.Message{userMsg(inv, 9, "accept")}); err != nil {
+		t.Fatal(err)
+	}
+	// A gap without a skip is still refused.
+	if err := s.Append(conv, []*pb.Message{userMsg(conv, 9, "x")}); !errors.Is(err, ErrStore) {
+		t.Fatalf("gap append: %v", err)
+	}
+	if err := s.SetSeen(conv, 6); err != nil {
+		t.Fatal(err)
+	}
+
+	s2, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*Store{s, s2} {
+		if h := st.Head(conv); h != 7 {
+			t.Fatalf("head %d, want 7", h)
+		}
+		cases := []struct {
+			after uint64
+			limit int
+			want  []uint64
+		}{
+			{0, 0, []uint64{1, 2, 6, 7}},
+			{1, 0, []uint64{2, 6, 7}},
+			{2, 0, []uint64{6, 7}},
+			{3, 0, []uint64{6, 7}},
+			{0, 3, []uint64{1, 2, 6}},
+			{2, 1, []uint64{6}},
+			{6, 5, []uint64{7}},
+			{7, 0, nil},
+		}
+		for _, tc := range cases {
+			ms, err := st.Messages(conv, tc.after, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := seqs(ms); !slices.Equal(got, tc.want) {
+				t.Fatalf("Messages(after %d, limit %d) = %v, want %v", tc.after, tc.limit, got, tc.want)
+			}
+		}
+		if _, err := st.Message(conv, 4); !errors.Is(err, ErrNoSuchMessage) {
+			t.Fatalf("skipped message 4: %v", err)
+		}
+		if m, err := st.Message(conv, 6); err != nil || string(m.GetEnvelope().GetCiphertext()) != "f" {
+			t.Fatalf("message 6: %v %v", m, err)
+		}
+		ms, err := st.Messages(inv, 0, 0)
+		if err != nil || !slices.Equal(seqs(ms), []uint64{4, 9}) || st.Head(inv) != 9 {
+			t.Fatalf("invitee's log: %v %v head %d", seqs(ms), err, st.Head(inv))
+		}
+	}
+	if cs := s2.Conversations(); len(cs) != 2 || cs[1] != (ConvSummary{Conv: conv, Head: 7, Seen: 6}) {
+		t.Fatalf("conversations %v", cs)
+	}
 }

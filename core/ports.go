@@ -154,11 +154,12 @@ type Store interface {
 	Lookup(ctx context.Context, conv string, sender DeviceKey, clientMsgID string) (*pb.Message, error)
 	// Conversation returns a conversation with its current Head (ErrNotFound).
 	Conversation(ctx context.Context, id string) (Conversation, error)
-	// Members lists a conversation's members ordered by user id (ErrNotFound
-	// when the conversation does not exist).
+	// Members lists a conversation's members and pending invitations (see
+	// Member.Invited) ordered by user id (ErrNotFound when the conversation
+	// does not exist).
 	Members(ctx context.Context, conv string) ([]Member, error)
 	// UserConversations lists the ids of the conversations the user is a
-	// member of, ordered by id.
+	// member of or invited to (callers check Member.Invited), ordered by id.
 	UserConversations(ctx context.Context, user string) ([]string, error)
 	// Messages returns up to limit entries with seq > after, ascending.
 	Messages(ctx context.Context, conv string, after uint64, limit int) ([]*pb.Message, error)

@@ -3,6 +3,7 @@ package e2ee
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
@@ -97,16 +98,42 @@ func (d RequestDirectory) Devices(ctx context.Context, user string) (map[uint32]
 	return out, nil
 }
 
-// GroupMembers implements Directory.
+// maxConvPages bounds the list_conversations pages GroupMembers reads.
+const maxConvPages = 10000
+
+// GroupMembers implements Directory: the group's members from the
+// region's conversation list (paged by after_conv_id). Pending
+// invitations are not members: an invited user is never given the
+// group's sender key, even if a server listed them among the members too.
 func (d RequestDirectory) GroupMembers(ctx context.Context, conv string) ([]string, error) {
-	r, err := d.R.Request(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_ListConversations{ListConversations: &pb.ListConversationsRequest{}}})
-	if err != nil {
-		return nil, fmt.Errorf("e2ee: list conversations: %w", err)
-	}
-	for _, ci := range r.GetConversations().GetConversations() {
-		if ci.GetConvId() == conv {
-			return ci.GetMembers(), nil
+	after := ""
+	for range maxConvPages {
+		r, err := d.R.Request(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_ListConversations{ListConversations: &pb.ListConversationsRequest{AfterConvId: after}}})
+		if err != nil {
+			return nil, fmt.Errorf("e2ee: list conversations: %w", err)
 		}
+		list := r.GetConversations()
+		for _, ci := range list.GetConversations() {
+			if ci.GetConvId() == conv {
+				return membersOnly(ci), nil
+			}
+		}
+		cs := list.GetConversations()
+		if !list.GetMore() || len(cs) == 0 || cs[len(cs)-1].GetConvId() <= after {
+			break
+		}
+		after = cs[len(cs)-1].GetConvId()
 	}
 	return nil, fmt.Errorf("e2ee: group %s: %w", conv, ErrNotMember)
+}
+
+// membersOnly returns ci's members that are not listed as invited.
+func membersOnly(ci *pb.ConversationInfo) []string {
+	out := make([]string, 0, len(ci.GetMembers()))
+	for _, u := range ci.GetMembers() {
+		if !slices.Contains(ci.GetInvited(), u) {
+			out = append(out, u)
+		}
+	}
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,10 +40,16 @@ commands:
                                 print the local history of CONV (--remote: fetch N from the server first)
   conversations                 list conversations (server view)
   read CONV SEQ                 mark CONV read up to SEQ
-  group create TITLE USER...    create a group; prints its id
-  group add CONV USER...
-  group remove CONV USER...
-  group leave CONV
+  group create TITLE USER...    create a group (you are its admin); prints its id
+  group add CONV USER...        add members (admins; users who admit only contacts are invited)
+  group remove CONV USER...     remove members or cancel invitations (admins)
+  group promote CONV USER...    make members admins (admins)
+  group demote CONV USER...     take admin rights away (admins; not from the last admin)
+  group title CONV TITLE...     change the title (admins)
+  group leave CONV              leave (the last admin leaving promotes the longest-standing member)
+  group accept CONV             join a group you were invited to
+  group decline CONV            refuse an invitation
+  group info CONV               print title, members, admins (*) and invitations
   presence USER...              print the users' presence
   whoami                        print this device
   safety USER                   print the safety number with USER (compare it in person)
@@ -408,17 +415,36 @@ func toJSON(m *pb.Message, body []byte) messageJSON {
 
 func describeMembership(mc *pb.MembershipChange) string {
 	users := strings.Join(mc.GetUsers(), ", ")
+	var d string
 	switch mc.GetOp() {
 	case pb.MembershipOp_MEMBERSHIP_OP_CREATE:
-		return fmt.Sprintf("%s created %q with %s", mc.GetActor(), mc.GetTitle(), users)
+		d = fmt.Sprintf("%s created %q with %s", mc.GetActor(), mc.GetTitle(), users)
 	case pb.MembershipOp_MEMBERSHIP_OP_ADD:
-		return fmt.Sprintf("%s added %s", mc.GetActor(), users)
+		d = fmt.Sprintf("%s added %s", mc.GetActor(), users)
 	case pb.MembershipOp_MEMBERSHIP_OP_REMOVE:
-		return fmt.Sprintf("%s removed %s", mc.GetActor(), users)
+		d = fmt.Sprintf("%s removed %s", mc.GetActor(), users)
 	case pb.MembershipOp_MEMBERSHIP_OP_LEAVE:
-		return fmt.Sprintf("%s left", mc.GetActor())
+		d = fmt.Sprintf("%s left", mc.GetActor())
+	case pb.MembershipOp_MEMBERSHIP_OP_PROMOTE:
+		d = fmt.Sprintf("%s made %s admin", mc.GetActor(), users)
+	case pb.MembershipOp_MEMBERSHIP_OP_DEMOTE:
+		d = fmt.Sprintf("%s took admin rights from %s", mc.GetActor(), users)
+	case pb.MembershipOp_MEMBERSHIP_OP_SET_TITLE:
+		d = fmt.Sprintf("%s changed the title to %q", mc.GetActor(), mc.GetTitle())
+	case pb.MembershipOp_MEMBERSHIP_OP_ACCEPT:
+		d = fmt.Sprintf("%s accepted the invitation", mc.GetActor())
+	case pb.MembershipOp_MEMBERSHIP_OP_DECLINE:
+		d = fmt.Sprintf("%s declined the invitation", mc.GetActor())
+	default:
+		d = "membership change"
 	}
-	return "membership change"
+	if inv := mc.GetInvited(); len(inv) > 0 {
+		d += fmt.Sprintf("; invited %s", strings.Join(inv, ", "))
+	}
+	if p := mc.GetPromoted(); len(p) > 0 && mc.GetOp() != pb.MembershipOp_MEMBERSHIP_OP_CREATE {
+		d += fmt.Sprintf("; %s now admin", strings.Join(p, ", "))
+	}
+	return d
 }
 
 func printMessage(w io.Writer, asJSON bool, m *pb.Message, body []byte) error {
@@ -579,9 +605,14 @@ func chatConversations(ctx context.Context, g *chatGlobals) error {
 	for _, s := range c.Conversations() {
 		local[s.Conv] = s
 	}
+	me, _ := c.Device()
 	for _, in := range infos {
-		fmt.Fprintf(g.stdout, "%s\thead %d\tstored %d\t%q\t%s\n", in.GetConvId(), in.GetHeadSeq(),
-			local[in.GetConvId()].Head, in.GetTitle(), strings.Join(in.GetMembers(), ","))
+		mark := ""
+		if slices.Contains(in.GetInvited(), me.User) {
+			mark = "\tinvited (group accept|decline " + in.GetConvId() + ")"
+		}
+		fmt.Fprintf(g.stdout, "%s\thead %d\tstored %d\t%q\t%s%s\n", in.GetConvId(), in.GetHeadSeq(),
+			local[in.GetConvId()].Head, in.GetTitle(), strings.Join(in.GetMembers(), ","), mark)
 	}
 	return nil
 }
@@ -613,9 +644,112 @@ func chatRead(ctx context.Context, g *chatGlobals, args []string) error {
 	return nil
 }
 
-func chatGroup(ctx context.Context, g *chatGlobals, args []string) error {
+const groupUsage = "chat: usage: group create TITLE USER... | group add|remove|promote|demote CONV USER... | " +
+	"group title CONV TITLE... | group leave|accept|decline|info CONV"
+
+// groupCmd is one parsed `group` command.
+type groupCmd struct {
+	op    string // create, add, remove, promote, demote, title, leave, accept, decline, info
+	conv  string // every op but create
+	title string // create, title
+	users []string
+}
+
+// parseGroupArgs parses the arguments of `group` (no network). Users may
+// be written with a leading @.
+func parseGroupArgs(args []string) (groupCmd, error) {
 	if len(args) < 2 {
-		return errors.New("chat: usage: group create TITLE USER... | group add|remove CONV USER... | group leave CONV")
+		return groupCmd{}, errors.New(groupUsage)
+	}
+	gc := groupCmd{op: args[0]}
+	users := func(us []string) ([]string, error) {
+		out := make([]string, 0, len(us))
+		for _, u := range us {
+			u = strings.TrimPrefix(u, "@")
+			if !core.ValidUserID(u) {
+				return nil, fmt.Errorf("chat: bad user id %q", u)
+			}
+			out = append(out, u)
+		}
+		return out, nil
+	}
+	var err error
+	switch gc.op {
+	case "create":
+		gc.title = args[1]
+		gc.users, err = users(args[2:])
+		return gc, err
+	case "add", "remove", "promote", "demote", "title", "leave", "accept", "decline", "info":
+	default:
+		return groupCmd{}, fmt.Errorf("chat: unknown group command %q (%s)", gc.op, groupUsage)
+	}
+	gc.conv = args[1]
+	if !core.IsGroupID(gc.conv) {
+		return groupCmd{}, fmt.Errorf("chat: %q is not a group id (g:...)", gc.conv)
+	}
+	rest := args[2:]
+	switch gc.op {
+	case "add", "remove", "promote", "demote":
+		if len(rest) == 0 {
+			return groupCmd{}, fmt.Errorf("chat: usage: group %s CONV USER...", gc.op)
+		}
+		gc.users, err = users(rest)
+	case "title":
+		if len(rest) == 0 {
+			return groupCmd{}, errors.New("chat: usage: group title CONV TITLE...")
+		}
+		gc.title = strings.Join(rest, " ")
+		if len(gc.title) > core.MaxTitleLen {
+			return groupCmd{}, fmt.Errorf("chat: title longer than %d bytes", core.MaxTitleLen)
+		}
+	default:
+		if len(rest) != 0 {
+			return groupCmd{}, fmt.Errorf("chat: usage: group %s CONV", gc.op)
+		}
+	}
+	return gc, err
+}
+
+// run performs the command and returns the group's info.
+func (gc groupCmd) run(ctx context.Context, c *client.Client) (*pb.ConversationInfo, error) {
+	switch gc.op {
+	case "create":
+		return c.CreateGroup(ctx, gc.title, gc.users)
+	case "add":
+		return c.AddMembers(ctx, gc.conv, gc.users...)
+	case "remove":
+		return c.RemoveMembers(ctx, gc.conv, gc.users...)
+	case "promote":
+		return c.Promote(ctx, gc.conv, gc.users...)
+	case "demote":
+		return c.Demote(ctx, gc.conv, gc.users...)
+	case "title":
+		return c.SetTitle(ctx, gc.conv, gc.title)
+	case "leave":
+		return c.Leave(ctx, gc.conv)
+	case "accept":
+		return c.AcceptInvite(ctx, gc.conv)
+	case "decline":
+		return c.DeclineInvite(ctx, gc.conv)
+	case "info":
+		infos, err := c.ListConversations(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range infos {
+			if in.GetConvId() == gc.conv {
+				return in, nil
+			}
+		}
+		return nil, fmt.Errorf("chat: %s is not among your conversations or invitations", gc.conv)
+	}
+	return nil, fmt.Errorf("chat: unknown group command %q", gc.op)
+}
+
+func chatGroup(ctx context.Context, g *chatGlobals, args []string) error {
+	gc, err := parseGroupArgs(args)
+	if err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
@@ -624,24 +758,35 @@ func chatGroup(ctx context.Context, g *chatGlobals, args []string) error {
 		return err
 	}
 	defer c.Close()
-	var info *pb.ConversationInfo
-	switch args[0] {
-	case "create":
-		info, err = c.CreateGroup(ctx, args[1], args[2:])
-	case "add":
-		info, err = c.AddMembers(ctx, args[1], args[2:]...)
-	case "remove":
-		info, err = c.RemoveMembers(ctx, args[1], args[2:]...)
-	case "leave":
-		info, err = c.Leave(ctx, args[1])
-	default:
-		return fmt.Errorf("chat: unknown group command %q", args[0])
-	}
+	info, err := gc.run(ctx, c)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(g.stdout, "%s\t%q\tmembers %s\thead %d\n", info.GetConvId(), info.GetTitle(), strings.Join(info.GetMembers(), ","), info.GetHeadSeq())
+	fmt.Fprintln(g.stdout, formatGroupInfo(info))
 	return nil
+}
+
+// formatGroupInfo renders a group's info on one line: id, title, members
+// with admins marked *, pending invitations, head. For example
+//
+//	g:01J…	"friends"	members alice*,bob	invited carol	head 3
+func formatGroupInfo(info *pb.ConversationInfo) string {
+	admin := map[string]bool{}
+	for _, u := range client.GroupAdmins(info) {
+		admin[u] = true
+	}
+	ms := make([]string, 0, len(info.GetMembers()))
+	for _, u := range info.GetMembers() {
+		if admin[u] {
+			u += "*"
+		}
+		ms = append(ms, u)
+	}
+	line := fmt.Sprintf("%s\t%q\tmembers %s", info.GetConvId(), info.GetTitle(), strings.Join(ms, ","))
+	if len(info.GetInvited()) > 0 {
+		line += "\tinvited " + strings.Join(info.GetInvited(), ",")
+	}
+	return line + fmt.Sprintf("\thead %d", info.GetHeadSeq())
 }
 
 func chatPresence(ctx context.Context, g *chatGlobals, args []string) error {
@@ -679,6 +824,9 @@ const interactiveHelp = `commands:
   /group CONV              same as /to CONV
   /create TITLE USER...    create a group and switch to it
   /add USER... | /remove USER... | /leave   change the current group
+  /promote USER... | /demote USER... | /title TITLE...   admin rights and title (admins)
+  /accept | /decline       answer an invitation to the current group
+  /info                    the current group's members, admins (*) and invitations
   /history                 show the current conversation's local history
   /presence USER...        subscribe to presence
   /convs                   list conversations
@@ -811,23 +959,19 @@ func interactiveLine(ctx context.Context, c *client.Client, me core.DeviceKey, o
 		}
 		*conv = info.GetConvId()
 		fmt.Fprintf(out, "→ created %s (%s); now talking there\n", info.GetConvId(), strings.Join(info.GetMembers(), ", "))
-	case "/add", "/remove", "/leave":
-		if *conv == "" {
-			return false, errors.New("no group chosen")
+	case "/add", "/remove", "/leave", "/promote", "/demote", "/title", "/accept", "/decline", "/info":
+		if !core.IsGroupID(*conv) {
+			return false, errors.New("no group chosen: /group g:...")
 		}
-		var info *pb.ConversationInfo
-		switch f[0] {
-		case "/add":
-			info, err = c.AddMembers(rctx, *conv, f[1:]...)
-		case "/remove":
-			info, err = c.RemoveMembers(rctx, *conv, f[1:]...)
-		default:
-			info, err = c.Leave(rctx, *conv)
-		}
+		gc, err := parseGroupArgs(append([]string{strings.TrimPrefix(f[0], "/"), *conv}, f[1:]...))
 		if err != nil {
 			return false, err
 		}
-		fmt.Fprintf(out, "→ %s members: %s\n", info.GetConvId(), strings.Join(info.GetMembers(), ", "))
+		info, err := gc.run(rctx, c)
+		if err != nil {
+			return false, err
+		}
+		fmt.Fprintf(out, "→ %s\n", formatGroupInfo(info))
 	case "/history":
 		if *conv == "" {
 			return false, errors.New("no conversation chosen")
@@ -868,7 +1012,11 @@ func interactiveLine(ctx context.Context, c *client.Client, me core.DeviceKey, o
 			return false, err
 		}
 		for _, in := range infos {
-			fmt.Fprintf(out, "  %s %q (%s) head %d\n", in.GetConvId(), in.GetTitle(), strings.Join(in.GetMembers(), ", "), in.GetHeadSeq())
+			mark := ""
+			if slices.Contains(in.GetInvited(), me.User) {
+				mark = " [invited: /group " + in.GetConvId() + " then /accept or /decline]"
+			}
+			fmt.Fprintf(out, "  %s %q (%s) head %d%s\n", in.GetConvId(), in.GetTitle(), strings.Join(in.GetMembers(), ", "), in.GetHeadSeq(), mark)
 		}
 	default:
 		return false, fmt.Errorf("unknown command %s (/help)", f[0])
@@ -895,6 +1043,9 @@ func interactiveEvent(me core.DeviceKey, out io.Writer, ev client.Event, pending
 			return // our own message, already shown when typed
 		}
 		_ = printMessage(out, false, e.Message, e.Body)
+		if gch, ok := e.GroupChange(); ok && gch.InvitesUser(me.User) {
+			fmt.Fprintf(out, "  → you are invited to %s: /group %s, then /accept or /decline\n", gch.Conv, gch.Conv)
+		}
 		if e.From().User != me.User && e.Message.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
 			select {
 			case reads <- e.Message:

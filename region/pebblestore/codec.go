@@ -250,6 +250,44 @@ func decodeConv(id string, v []byte) (core.Conversation, error) {
 	return c, d.done()
 }
 
+// Member flag bits, stored after the joined seq.
+const (
+	memberAdmin   = 1 << 0
+	memberInvited = 1 << 1
+	memberFlags   = memberAdmin | memberInvited
+)
+
+// encodeMember is the value of a 'b' key: the joined seq, then the flags
+// when any is set. A plain member's value is the joined seq alone, as
+// before roles existed, so stores written then decode unchanged.
+func encodeMember(m core.Member) []byte {
+	e := enc(nil).u(m.JoinedSeq)
+	var f uint64
+	if m.Admin {
+		f |= memberAdmin
+	}
+	if m.Invited {
+		f |= memberInvited
+	}
+	if f != 0 {
+		e = e.u(f)
+	}
+	return e.bytes()
+}
+
+func decodeMember(user string, v []byte) (core.Member, error) {
+	d := dec{buf: v}
+	m := core.Member{User: user, JoinedSeq: d.u()}
+	if d.err == nil && len(d.buf) > 0 {
+		f := d.u()
+		if f == 0 || f&^memberFlags != 0 { // a zero flags field is never written
+			return core.Member{}, fmt.Errorf("%w: member flags %#x", ErrCorrupt, f)
+		}
+		m.Admin, m.Invited = f&memberAdmin != 0, f&memberInvited != 0
+	}
+	return m, d.done()
+}
+
 func encodeCursor(delivered, read uint64) []byte { return enc(nil).u(delivered).u(read).bytes() }
 
 func decodeCursor(v []byte) (delivered, read uint64, err error) {

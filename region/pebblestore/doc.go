@@ -71,8 +71,8 @@
 //	'c' conv                                  -> kind, title, home region, epoch, head, created_at
 //	'm' conv 0 seq:BE64                       -> pb.Message (protobuf, Seq and Epoch set)
 //	'k' conv 0 sender 0 dev:BE32 client_msg_id -> seq                      (idempotency keys)
-//	'b' conv 0 user                           -> joined_seq                (members, by user)
-//	'v' user 0 conv                           -> (empty)                   (a user's conversations)
+//	'b' conv 0 user                           -> joined_seq [flags]        (members and invitations, by user)
+//	'v' user 0 conv                           -> (empty)                   (a user's conversations and invitations)
 //	'x' user 0 dev:BE32 conv                  -> delivered, read           (cursors by device)
 //	'y' conv 0 user 0 dev:BE32                -> delivered, read           (cursors by conversation)
 //	'r' user 0 dev:BE32                       -> edge, session, since      (routes)
@@ -82,6 +82,10 @@
 //	'o' user 0 dev:BE32 id:BE32               -> one-time prekey           (unused, by id)
 //	't' user 0 dev:BE32 id:BE32               -> (empty)                   (handed-out one-time ids)
 //	'w' user                                  -> version, signed device list
+//
+// A 'b' value is the joined seq alone for a plain member; an admin or an
+// invitation appends a flags varint (1 admin, 2 invited; never 0), so a
+// store written before roles existed reads unchanged.
 //
 // Values other than messages use a compact encoding of unsigned and signed
 // varints and length-prefixed byte strings (codec.go). The 'x'/'y' and

@@ -15,6 +15,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encodeConv(core.Conversation{ID: "g:x", Title: "t", Epoch: 2, Head: 9}))
 	f.Add(encodeCursor(3, 2))
 	f.Add(encodeRoute(core.Route{Edge: "e", Session: 7, SinceMs: 1}))
+	f.Add(encodeMember(core.Member{JoinedSeq: 4, Admin: true}))
+	f.Add(encodeMember(core.Member{JoinedSeq: 5, Invited: true}))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		dev := core.DeviceKey{User: "u", Device: 1}
@@ -26,6 +28,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		if r, err := decodeRoute(dev, b); err == nil && string(encodeRoute(r)) != string(b) {
 			t.Fatalf("route not canonical: %x", b)
+		}
+		if m, err := decodeMember("u", b); err == nil && string(encodeMember(m)) != string(b) {
+			t.Fatalf("member not canonical: %x", b)
 		}
 		_, _ = decodeUser("u", b)
 		_, _ = decodeDevice(dev, b)

@@ -398,7 +398,7 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	if strings.IndexByte(sender.User, sep) >= 0 {
 		return core.AppendResult{}, fmt.Errorf("pebblestore: sender contains NUL: %w", core.ErrInvalidArgument)
 	}
-	for _, u := range slices.Concat(req.AddMembers, req.RemoveMembers) {
+	for _, u := range req.MemberUsers() {
 		if err := checkID("member", u); err != nil {
 			return core.AppendResult{}, err
 		}
@@ -454,6 +454,9 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	// 3. The entry, the idempotency key, the new head, membership: one batch.
 	seq := c.Head + 1
 	c.Head, c.Epoch = seq, req.Epoch
+	if req.Title != nil {
+		c.Title = *req.Title
+	}
 	stored := proto.Clone(m).(*pb.Message)
 	stored.Seq, stored.Epoch = seq, req.Epoch
 	body, err := proto.Marshal(stored)
@@ -466,7 +469,7 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 		b.Set(dk, encodeSeq(seq), nil),
 		b.Set(convKey(conv), encodeConv(c), nil),
 	}
-	memberErr := s.applyMembers(b, conv, seq, req.AddMembers, req.RemoveMembers)
+	memberErr := s.applyMembers(b, conv, seq, &req)
 	if err := errors.Join(append(errs, memberErr)...); err != nil {
 		_ = b.Close()
 		return core.AppendResult{}, fmt.Errorf("pebblestore: append to %s: %w", conv, err)
@@ -477,36 +480,41 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	return core.AppendResult{Message: stored}, nil
 }
 
-// applyMembers adds the membership effects to b. A user both added and
-// removed ends up removed. Caller holds the conversation's stripe.
-func (s *Store) applyMembers(b *pebble.Batch, conv string, seq uint64, add, remove []string) error {
-	final := map[string]bool{}
-	for _, u := range add {
-		final[u] = true
+// applyMembers adds the membership effects of req (core.MemberChanges) to
+// b. Caller holds the conversation's stripe.
+func (s *Store) applyMembers(b *pebble.Batch, conv string, seq uint64, req *core.AppendRequest) error {
+	users := req.MemberUsers()
+	if len(users) == 0 {
+		return nil
 	}
-	for _, u := range remove {
-		final[u] = false
-	}
-	for u, member := range final {
-		_, was, err := s.get(memberKey(conv, u))
+	cur := make(map[string]core.Member, len(users))
+	for _, u := range users {
+		v, found, err := s.get(memberKey(conv, u))
 		if err != nil {
 			return err
 		}
-		switch {
-		case member && !was:
-			if err := errors.Join(
-				b.Set(memberKey(conv, u), encodeSeq(seq), nil),
-				b.Set(userConvKey(u, conv), nil, nil),
-			); err != nil {
-				return err
-			}
-		case !member && was:
-			if err := errors.Join(
-				b.Delete(memberKey(conv, u), nil),
-				b.Delete(userConvKey(u, conv), nil),
-			); err != nil {
-				return err
-			}
+		if !found {
+			continue
+		}
+		if cur[u], err = decodeMember(u, v); err != nil {
+			return fmt.Errorf("member %s: %w", u, err)
+		}
+	}
+	put, del := core.MemberChanges(cur, seq, req)
+	for _, m := range put {
+		if err := errors.Join(
+			b.Set(memberKey(conv, m.User), encodeMember(m), nil),
+			b.Set(userConvKey(m.User, conv), nil, nil),
+		); err != nil {
+			return err
+		}
+	}
+	for _, u := range del {
+		if err := errors.Join(
+			b.Delete(memberKey(conv, u), nil),
+			b.Delete(userConvKey(u, conv), nil),
+		); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -550,11 +558,11 @@ func (s *Store) Members(ctx context.Context, conv string) ([]core.Member, error)
 	p := memberPrefix(conv)
 	var out []core.Member
 	err := s.scan(p, func(k, v []byte) (bool, error) {
-		seq, err := decodeSeq(v)
+		m, err := decodeMember(string(k[len(p):]), v)
 		if err != nil {
-			return false, err
+			return false, fmt.Errorf("pebblestore: members of %s: %w", conv, err)
 		}
-		out = append(out, core.Member{User: string(k[len(p):]), JoinedSeq: seq})
+		out = append(out, m)
 		return true, nil
 	})
 	return out, err

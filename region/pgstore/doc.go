@@ -60,7 +60,11 @@
 // Append reads the idempotency key first (so a replay always succeeds and
 // changes nothing), then locks the conversation row FOR UPDATE, checks the
 // epoch, inserts the entry, moves the head and applies membership changes
-// in the same transaction. Concurrent appenders of one conversation — even
+// in the same transaction. Membership changes (core.MemberChanges, the
+// rule both stores share) read the affected member rows, then upsert the
+// changed rows with one INSERT ... SELECT FROM unnest(...) ON CONFLICT DO
+// UPDATE and delete the removed ones; roles and invitations are the admin
+// and invited columns of members (migration 0004). Concurrent appenders of one conversation — even
 // in different processes — therefore serialize on that row; there is no
 // in-process lock. Reads run outside transactions on the pool.
 //

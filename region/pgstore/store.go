@@ -328,21 +328,7 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 		return core.AppendResult{}, fmt.Errorf("pgstore: epoch %d out of range: %w", req.Epoch, core.ErrInvalidArgument)
 	}
 	conv, sender := m.ConvId, core.KeyOf(m.Sender)
-	final := map[string]bool{} // removes win over adds
-	for _, u := range req.AddMembers {
-		final[u] = true
-	}
-	for _, u := range req.RemoveMembers {
-		final[u] = false
-	}
-	var add, remove []string
-	for u, member := range final {
-		if member {
-			add = append(add, u)
-		} else {
-			remove = append(remove, u)
-		}
-	}
+	touched := req.MemberUsers()
 
 	var res core.AppendResult
 	err := s.tx(ctx, "append to "+conv, func(ctx context.Context, tx pgx.Tx) error {
@@ -383,8 +369,11 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 			return fmt.Errorf("pgstore: conversation %s at epoch %d, writer at %d: %w", conv, c.Epoch, req.Epoch, core.ErrFenced)
 		}
 
-		// 3. Entry, new head, membership.
+		// 3. Entry, new head, title, membership.
 		seq := c.Head + 1
+		if req.Title != nil {
+			c.Title = *req.Title
+		}
 		stored := proto.Clone(m).(*pb.Message)
 		stored.Seq, stored.Epoch = seq, req.Epoch
 		body, err = proto.Marshal(stored)
@@ -392,7 +381,7 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 			return fmt.Errorf("pgstore: marshal message: %w", err)
 		}
 		if exists {
-			_, err = tx.Exec(ctx, "UPDATE conversations SET head = $2, epoch = $3 WHERE id = $1", conv, i64(seq), i64(req.Epoch))
+			_, err = tx.Exec(ctx, "UPDATE conversations SET head = $2, epoch = $3, title = $4 WHERE id = $1", conv, i64(seq), i64(req.Epoch), c.Title)
 		} else {
 			_, err = tx.Exec(ctx, "INSERT INTO conversations (id, kind, title, home_region, epoch, head, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
 				conv, int32(c.Kind), c.Title, c.HomeRegion, i64(req.Epoch), i64(seq), c.CreatedAtMs)
@@ -404,14 +393,8 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 			conv, i64(seq), sender.User, int64(sender.Device), m.ClientMsgId, body); err != nil {
 			return err
 		}
-		if len(add) > 0 {
-			if _, err := tx.Exec(ctx, "INSERT INTO members (conv_id, user_id, joined_seq) SELECT $1, u, $2 FROM unnest($3::TEXT[]) AS t(u) ON CONFLICT (conv_id, user_id) DO NOTHING",
-				conv, i64(seq), add); err != nil {
-				return err
-			}
-		}
-		if len(remove) > 0 {
-			if _, err := tx.Exec(ctx, "DELETE FROM members WHERE conv_id = $1 AND user_id = ANY($2::TEXT[])", conv, remove); err != nil {
+		if len(touched) > 0 {
+			if err := applyMembers(ctx, tx, conv, seq, touched, &req); err != nil {
 				return err
 			}
 		}
@@ -422,6 +405,52 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 		return core.AppendResult{}, err
 	}
 	return res, nil
+}
+
+// applyMembers writes the membership effects of req (core.MemberChanges)
+// for the entry at seq. The caller holds the conversation's row lock, so
+// the rows read here cannot change before the writes.
+func applyMembers(ctx context.Context, tx pgx.Tx, conv string, seq uint64, touched []string, req *core.AppendRequest) error {
+	rows, err := tx.Query(ctx, "SELECT user_id, joined_seq, admin, invited FROM members WHERE conv_id = $1 AND user_id = ANY($2::TEXT[])", conv, touched)
+	if err != nil {
+		return err
+	}
+	list, err := pgx.CollectRows(rows, scanMember)
+	if err != nil {
+		return err
+	}
+	cur := make(map[string]core.Member, len(list))
+	for _, m := range list {
+		cur[m.User] = m
+	}
+	put, del := core.MemberChanges(cur, seq, req)
+	if len(put) > 0 {
+		users, seqs := make([]string, len(put)), make([]int64, len(put))
+		admin, invited := make([]bool, len(put)), make([]bool, len(put))
+		for i, m := range put {
+			users[i], seqs[i], admin[i], invited[i] = m.User, i64(m.JoinedSeq), m.Admin, m.Invited
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO members (conv_id, user_id, joined_seq, admin, invited)
+			SELECT $1, u, s, a, i FROM unnest($2::TEXT[], $3::BIGINT[], $4::BOOL[], $5::BOOL[]) AS t(u, s, a, i)
+			ON CONFLICT (conv_id, user_id) DO UPDATE SET joined_seq = excluded.joined_seq, admin = excluded.admin, invited = excluded.invited`,
+			conv, users, seqs, admin, invited); err != nil {
+			return err
+		}
+	}
+	if len(del) > 0 {
+		if _, err := tx.Exec(ctx, "DELETE FROM members WHERE conv_id = $1 AND user_id = ANY($2::TEXT[])", conv, del); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func scanMember(r pgx.CollectableRow) (core.Member, error) {
+	var m core.Member
+	var seq int64
+	err := r.Scan(&m.User, &seq, &m.Admin, &m.Invited)
+	m.JoinedSeq = u64(seq)
+	return m, err
 }
 
 // Conversation implements core.Store.
@@ -446,17 +475,11 @@ func (s *Store) Members(ctx context.Context, conv string) ([]core.Member, error)
 	if _, err := s.Conversation(ctx, conv); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, "SELECT user_id, joined_seq FROM members WHERE conv_id = $1 ORDER BY user_id", conv)
+	rows, err := s.pool.Query(ctx, "SELECT user_id, joined_seq, admin, invited FROM members WHERE conv_id = $1 ORDER BY user_id", conv)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: members of %s: %w", conv, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (core.Member, error) {
-		var m core.Member
-		var seq int64
-		err := r.Scan(&m.User, &seq)
-		m.JoinedSeq = u64(seq)
-		return m, err
-	})
+	out, err := pgx.CollectRows(rows, scanMember)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: members of %s: %w", conv, err)
 	}

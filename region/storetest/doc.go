@@ -21,7 +21,13 @@
 // missing user, DeviceByStatic), Append (create-on-append, gapless seqs,
 // idempotency-key replay returning the first stored entry with Duplicate set
 // and nothing changed — also after later appends and after fencing, epoch
-// fencing, missing conversation, membership effects with JoinedSeq),
+// fencing, missing conversation, membership effects with JoinedSeq; roles:
+// the creator promoted on CREATE, promote/demote, the last admin's leave
+// with a promotion in the same entry, a re-added admin as a plain member;
+// invitations: invite on CREATE and later, invitee listed by
+// UserConversations, accept as AddMembers of an invited user, decline and
+// cancel as RemoveMembers, re-invitation; the title replaced by Title;
+// replays and fenced appends changing none of them),
 // Messages paging, a protobuf round trip of every Message field, cursors,
 // routes and last-seen, and concurrency: many goroutines appending to one
 // conversation with distinct and duplicate keys (gapless seqs 1..N, exactly
@@ -61,6 +67,14 @@
 //   - Messages of a missing conversation is ErrNotFound; limit <= 0 means
 //     core.DefaultPageSize and limits above core.MaxPageSize are clamped
 //     (the clamp is not exercised: it would need more than 1000 appends).
+//   - The membership fields apply as core.MemberChanges defines (adds, then
+//     invitations, then removes, then promotions, then demotions): a user
+//     added or invited and removed by one entry ends up removed, a user
+//     promoted and demoted by one entry ends up not admin, Invite of a
+//     member or invited user and Promote of an invited user or non-member
+//     are no-ops. Members lists invitations (Invited set) with members.
+//   - Title "" clears the title; Title on a creating append wins over
+//     Create.Title.
 //   - Cursors of the two kinds are independent; an unknown kind is
 //     ErrInvalidArgument. AdvanceCursor does not require the conversation to
 //     exist.

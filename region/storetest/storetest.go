@@ -40,6 +40,10 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"AppendFencing", testAppendFencing},
 		{"Membership", testMembership},
 		{"UserConversations", testUserConversations},
+		{"MemberRoles", testMemberRoles},
+		{"Invitations", testInvitations},
+		{"Title", testTitle},
+		{"AppendDuplicateRolesAndTitle", testAppendDuplicateRoles},
 		{"MessagesPaging", testMessagesPaging},
 		{"MessageRoundTrip", testRoundTrip},
 		{"Cursors", testCursors},
@@ -605,6 +609,161 @@ func testUserConversations(t *testing.T, s core.Store) {
 	mustAppend(t, s, core.AppendRequest{Epoch: 1, Create: group("g:z"), Message: userMsg("g:z", "ab", 1, "x"), AddMembers: []string{"ab"}})
 	equal(t, "ab's conversations", uc("ab"), []string{"g:z"})
 	equal(t, "a's conversations after ab joined", uc("a"), []string{"d:a:b", "g:a", "g:b", "g:c"})
+}
+
+// membershipMsg is a MEMBERSHIP entry of conv by actor's device 1.
+func membershipMsg(conv, actor, cmid string, op pb.MembershipOp, users ...string) *pb.Message {
+	return &pb.Message{ConvId: conv, MsgId: "01M" + cmid, Sender: &pb.DeviceAddr{UserId: actor, DeviceId: 1}, ClientMsgId: cmid,
+		Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP, Membership: &pb.MembershipChange{Op: op, Actor: actor, Users: users}}
+}
+
+func userConvs(t *testing.T, s core.Store, user string) []string {
+	t.Helper()
+	ids, err := s.UserConversations(t.Context(), user)
+	if err != nil {
+		t.Fatalf("UserConversations(%s): %v", user, err)
+	}
+	if ids == nil {
+		ids = []string{}
+	}
+	return ids
+}
+
+func testMemberRoles(t *testing.T, s core.Store) {
+	const conv = "g:roles"
+	admin := func(u string, seq uint64) core.Member { return core.Member{User: u, JoinedSeq: seq, Admin: true} }
+	plain := func(u string, seq uint64) core.Member { return core.Member{User: u, JoinedSeq: seq} }
+	// CREATE: the creator is added and promoted in the same entry.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Create: group(conv), Message: membershipMsg(conv, "b", "c1", pb.MembershipOp_MEMBERSHIP_OP_CREATE, "a", "c"),
+		AddMembers: []string{"b", "a", "c"}, Promote: []string{"b"}})
+	equal(t, "members after create", members(t, s, conv), []core.Member{plain("a", 1), admin("b", 1), plain("c", 1)})
+
+	// A user message changes no roles.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: userMsg(conv, "a", 1, "hello")})
+	// PROMOTE of a member, an admin (no-op) and a non-member (no-op: no row appears).
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "b", "p", pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, "a", "b", "zz"),
+		Promote: []string{"a", "b", "zz"}})
+	equal(t, "members after promote", members(t, s, conv), []core.Member{admin("a", 1), admin("b", 1), plain("c", 1)})
+	// DEMOTE of an admin and of a plain member (no-op).
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "d", pb.MembershipOp_MEMBERSHIP_OP_DEMOTE, "b", "c"),
+		Demote: []string{"b", "c"}})
+	equal(t, "members after demote", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), plain("c", 1)})
+	// The last admin leaves and the longest-standing member is promoted in
+	// the same entry (the sequencer chooses; the store applies both).
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "leave", pb.MembershipOp_MEMBERSHIP_OP_LEAVE),
+		RemoveMembers: []string{"a"}, Promote: []string{"b"}})
+	equal(t, "members after last admin left", members(t, s, conv), []core.Member{admin("b", 1), plain("c", 1)})
+	// A removed admin who is added again is a plain member from the new seq.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "b", "readd", pb.MembershipOp_MEMBERSHIP_OP_ADD, "a"),
+		AddMembers: []string{"a"}})
+	equal(t, "members after re-add", members(t, s, conv), []core.Member{plain("a", 6), admin("b", 1), plain("c", 1)})
+	// Promote and demote of one user in one entry: demote wins.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "b", "both", pb.MembershipOp_MEMBERSHIP_OP_DEMOTE, "c"),
+		Promote: []string{"c"}, Demote: []string{"c"}})
+	equal(t, "members after promote+demote", members(t, s, conv), []core.Member{plain("a", 6), admin("b", 1), plain("c", 1)})
+	// Removing an admin removes the role with the membership.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "b", "p2", pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, "c"), Promote: []string{"c"}})
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "b", "rm", pb.MembershipOp_MEMBERSHIP_OP_REMOVE, "c"), RemoveMembers: []string{"c"}})
+	equal(t, "members after removing an admin", members(t, s, conv), []core.Member{plain("a", 6), admin("b", 1)})
+	if h := conversation(t, s, conv).Head; h != 9 {
+		t.Fatalf("head %d, want 9", h)
+	}
+	// Fenced appends change no roles either.
+	_, err := s.Append(t.Context(), core.AppendRequest{Epoch: 0, Message: membershipMsg(conv, "b", "stale", pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, "a"), Promote: []string{"a"}})
+	wantErr(t, "stale promote", err, core.ErrFenced)
+	equal(t, "members after fenced promote", members(t, s, conv), []core.Member{plain("a", 6), admin("b", 1)})
+}
+
+func testInvitations(t *testing.T, s core.Store) {
+	const conv = "g:inv"
+	inv := func(u string, seq uint64) core.Member { return core.Member{User: u, JoinedSeq: seq, Invited: true} }
+	plain := func(u string, seq uint64) core.Member { return core.Member{User: u, JoinedSeq: seq} }
+	admin := func(u string, seq uint64) core.Member { return core.Member{User: u, JoinedSeq: seq, Admin: true} }
+	// CREATE with one direct add and one invitation.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Create: group(conv), Message: membershipMsg(conv, "a", "c", pb.MembershipOp_MEMBERSHIP_OP_CREATE, "b"),
+		AddMembers: []string{"a", "b"}, Invite: []string{"c"}, Promote: []string{"a"}})
+	equal(t, "members after create", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), inv("c", 1)})
+	// The invitee's conversation list includes the conversation (the
+	// caller tells invitations from memberships by the flag).
+	equal(t, "invitee's conversations", userConvs(t, s, "c"), []string{conv})
+
+	// Inviting a member or an invited user changes nothing; promoting an
+	// invited user neither.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "i2", pb.MembershipOp_MEMBERSHIP_OP_ADD), Invite: []string{"b", "c", "d"}, Promote: []string{"c"}})
+	equal(t, "members after second invite", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), inv("c", 1), inv("d", 2)})
+
+	// ACCEPT is AddMembers of the invited user: a member from the new seq.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "c", "acc", pb.MembershipOp_MEMBERSHIP_OP_ACCEPT, "c"), AddMembers: []string{"c"}})
+	equal(t, "members after accept", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), plain("c", 3), inv("d", 2)})
+	// Adding an existing member keeps its JoinedSeq (accept replayed as a
+	// new entry is a no-op on the row).
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "add-c", pb.MembershipOp_MEMBERSHIP_OP_ADD, "c"), AddMembers: []string{"c"}})
+	equal(t, "members after adding a member", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), plain("c", 3), inv("d", 2)})
+
+	// DECLINE (or an admin's REMOVE) deletes the invitation, and the
+	// conversation leaves the user's list.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "d", "dec", pb.MembershipOp_MEMBERSHIP_OP_DECLINE, "d"), RemoveMembers: []string{"d"}})
+	equal(t, "members after decline", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), plain("c", 3)})
+	equal(t, "decliner's conversations", userConvs(t, s, "d"), []string{})
+
+	// Invited and removed in one entry: removed.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "ir", pb.MembershipOp_MEMBERSHIP_OP_ADD), Invite: []string{"e"}, RemoveMembers: []string{"e"}})
+	equal(t, "members after invite+remove", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), plain("c", 3)})
+	equal(t, "conversations of e", userConvs(t, s, "e"), []string{})
+
+	// An invitation re-issued after a decline has the new seq.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "again", pb.MembershipOp_MEMBERSHIP_OP_ADD), Invite: []string{"d"}})
+	equal(t, "members after re-invite", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), plain("c", 3), inv("d", 7)})
+	equal(t, "re-invited user's conversations", userConvs(t, s, "d"), []string{conv})
+	// An admin's REMOVE cancels it.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "cancel", pb.MembershipOp_MEMBERSHIP_OP_REMOVE, "d"), RemoveMembers: []string{"d"}})
+	equal(t, "members after cancel", members(t, s, conv), []core.Member{admin("a", 1), plain("b", 1), plain("c", 3)})
+	equal(t, "cancelled invitee's conversations", userConvs(t, s, "d"), []string{})
+}
+
+func testTitle(t *testing.T, s core.Store) {
+	const conv = "g:title"
+	title := func(v string) *string { return &v }
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Create: group(conv), Message: userMsg(conv, "a", 1, "x")})
+	equal(t, "title after create", conversation(t, s, conv).Title, "title of "+conv)
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "t1", pb.MembershipOp_MEMBERSHIP_OP_SET_TITLE), Title: title("Ünïcode ✓")})
+	c := conversation(t, s, conv)
+	if c.Title != "Ünïcode ✓" || c.Head != 2 || c.Kind != pb.ConversationKind_CONVERSATION_KIND_GROUP || c.HomeRegion != "eu" || c.CreatedAtMs != 1700000000999 {
+		t.Fatalf("conversation after SET_TITLE: %+v", c)
+	}
+	// Appends without Title keep it; an empty Title clears it.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: userMsg(conv, "a", 1, "y")})
+	equal(t, "title after a message", conversation(t, s, conv).Title, "Ünïcode ✓")
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "t2", pb.MembershipOp_MEMBERSHIP_OP_SET_TITLE), Title: title("")})
+	equal(t, "title after clearing", conversation(t, s, conv).Title, "")
+	// Title on the creating append wins over Create.Title.
+	mustAppend(t, s, core.AppendRequest{Epoch: 1, Create: group("g:t2"), Message: userMsg("g:t2", "a", 1, "x"), Title: title("given")})
+	equal(t, "title of a conversation created with Title", conversation(t, s, "g:t2").Title, "given")
+	// A fenced append does not change it.
+	mustAppend(t, s, core.AppendRequest{Epoch: 3, Message: userMsg(conv, "a", 1, "owner3")})
+	_, err := s.Append(t.Context(), core.AppendRequest{Epoch: 2, Message: membershipMsg(conv, "a", "t3", pb.MembershipOp_MEMBERSHIP_OP_SET_TITLE), Title: title("stale")})
+	wantErr(t, "stale SET_TITLE", err, core.ErrFenced)
+	equal(t, "title after fenced SET_TITLE", conversation(t, s, conv).Title, "")
+}
+
+func testAppendDuplicateRoles(t *testing.T, s core.Store) {
+	// Duplicate detection comes first: a replay of a membership entry with
+	// different role, invitation and title effects changes nothing.
+	const conv = "g:duproles"
+	title := "first"
+	first := mustAppend(t, s, core.AppendRequest{Epoch: 1, Create: group(conv), Message: membershipMsg(conv, "a", "k", pb.MembershipOp_MEMBERSHIP_OP_CREATE, "b"),
+		AddMembers: []string{"a", "b"}, Invite: []string{"c"}, Promote: []string{"a"}, Title: &title})
+	before, beforeConv := members(t, s, conv), conversation(t, s, conv)
+	other := "replayed"
+	res := mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: membershipMsg(conv, "a", "k", pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, "b"),
+		AddMembers: []string{"c", "d"}, Invite: []string{"e"}, Promote: []string{"b"}, Demote: []string{"a"}, RemoveMembers: []string{"c"}, Title: &other})
+	if !res.Duplicate {
+		t.Fatalf("replay not reported as duplicate")
+	}
+	protoEqual(t, "replay result", res.Message, first.Message)
+	equal(t, "members after replay", members(t, s, conv), before)
+	equal(t, "conversation after replay", conversation(t, s, conv), beforeConv)
+	equal(t, "conversations of e after replay", userConvs(t, s, "e"), []string{})
 }
 
 func testMessagesPaging(t *testing.T, s core.Store) {
