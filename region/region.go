@@ -115,6 +115,8 @@ type Region struct {
 
 	members *memberCache
 	devices *deviceCache
+	// presence caches presence permissions and privacy settings (presence.go).
+	presence *presenceCache
 
 	notifyCh chan core.PushNotification
 	stats    counters
@@ -160,6 +162,7 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		entropy:  ulid.Monotonic(rand.Reader, 0),
 		members:  newMemberCache(),
 		devices:  newDeviceCache(cfg.Now, 10*time.Second),
+		presence: newPresenceCache(cfg.Now),
 		notifyCh: make(chan core.PushNotification, cfg.NotifyQueue),
 	}
 	return r, nil
