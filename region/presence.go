@@ -23,28 +23,28 @@ import (
 // snapshot returned. Live events are published once (to every edge), with
 // last_seen_ms already cleared for users who hide it.
 //
-// Cost is bounded: a requester's peers are computed from their own
-// conversation list — 1:1 peers from the conversation ids alone, group
-// peers from the member sets of at most MaxPresenceGroups of their groups
-// (one conversation read each, member sets from the member cache) — and
-// cached per requester for peerCacheTTL, so re-subscribing costs nothing
-// until then. Membership changes reach presence permissions within that
-// TTL; a session keeps the subscriptions it was granted until it
-// subscribes again.
+// Cost is bounded. Each snapshot reads the requester's conversation list
+// (one read, so 1:1 peers and the list of groups are always current); the
+// member sets of at most MaxPresenceGroups of their groups come from a
+// region-wide cache that keeps each group's set for groupCacheTTL (a miss
+// costs one conversation read, plus a member read when the member cache
+// has not got the head; a cached set that lacks the requester is reloaded).
+// Other members joining or leaving an existing group thus reach presence
+// permissions within groupCacheTTL; a session keeps the subscriptions it
+// was granted until it subscribes again.
 const (
 	// MaxPresenceGroups bounds the groups whose members count as a
 	// requester's peers (the first ones by id; 1:1 peers are not bounded).
 	MaxPresenceGroups = 1000
-	peerCacheTTL      = 5 * time.Second
+	groupCacheTTL     = 5 * time.Second
 	privacyCacheTTL   = 5 * time.Second
-	peerCacheMax      = 10_000
+	presenceCacheMax  = 10_000
 )
 
 // peers is what one user may see presence of.
 type peers struct {
 	direct map[string]struct{} // 1:1 peers
 	groups []core.MemberSet    // member sets of groups the user is a member of
-	at     time.Time
 }
 
 func (p *peers) has(self, u string) bool {
@@ -62,14 +62,19 @@ func (p *peers) has(self, u string) bool {
 	return false
 }
 
-// presenceCache holds peers per requester and privacy settings per user,
+// presenceCache holds groups' member sets and users' privacy settings,
 // each for a short TTL, bounded in entries (cleared when full, like the
-// other caches: entries are cheap to recompute).
+// other caches: entries are cheap to reload).
 type presenceCache struct {
 	now     func() time.Time
 	mu      sync.Mutex
-	peers   map[string]*peers
+	groups  map[string]groupEntry
 	privacy map[string]privacyEntry
+}
+
+type groupEntry struct {
+	set core.MemberSet // nil: the group does not exist
+	at  time.Time
 }
 
 type privacyEntry struct {
@@ -78,24 +83,42 @@ type privacyEntry struct {
 }
 
 func newPresenceCache(now func() time.Time) *presenceCache {
-	return &presenceCache{now: now, peers: map[string]*peers{}, privacy: map[string]privacyEntry{}}
+	return &presenceCache{now: now, groups: map[string]groupEntry{}, privacy: map[string]privacyEntry{}}
 }
 
-// peersOf returns the peers of user, computed at most once per TTL.
-func (a *API) peersOf(ctx context.Context, user string) (*peers, error) {
+// groupMembers returns a group's member set, at most groupCacheTTL old
+// and holding user (whose conversation list names the group: a cached set
+// without them predates their joining, and is reloaded); nil when the
+// group does not exist.
+func (a *API) groupMembers(ctx context.Context, conv, user string) (core.MemberSet, error) {
 	pc := a.r.presence
 	now := pc.now()
 	pc.mu.Lock()
-	p := pc.peers[user]
+	e, ok := pc.groups[conv]
 	pc.mu.Unlock()
-	if p != nil && now.Sub(p.at) < peerCacheTTL {
-		return p, nil
+	if _, holds := e.set[user]; ok && holds && now.Sub(e.at) < groupCacheTTL {
+		return e.set, nil
 	}
+	_, set, err := a.r.loadMembers(ctx, conv)
+	if err != nil && !errors.Is(err, core.ErrNotFound) {
+		return nil, err
+	}
+	pc.mu.Lock()
+	if len(pc.groups) >= presenceCacheMax {
+		clear(pc.groups)
+	}
+	pc.groups[conv] = groupEntry{set: set, at: now}
+	pc.mu.Unlock()
+	return set, nil
+}
+
+// peersOf returns the peers of user.
+func (a *API) peersOf(ctx context.Context, user string) (*peers, error) {
 	convs, err := a.r.store.UserConversations(ctx, user)
 	if err != nil {
 		return nil, fmt.Errorf("peers of %s: %w", user, err)
 	}
-	p = &peers{direct: map[string]struct{}{}, at: now}
+	p := &peers{direct: map[string]struct{}{}}
 	for _, conv := range convs {
 		if x, y, ok := core.ParseDirect(conv); ok {
 			switch user {
@@ -109,10 +132,7 @@ func (a *API) peersOf(ctx context.Context, user string) (*peers, error) {
 		if !core.IsGroupID(conv) || len(p.groups) >= MaxPresenceGroups {
 			continue
 		}
-		_, set, err := a.r.loadMembers(ctx, conv)
-		if errors.Is(err, core.ErrNotFound) {
-			continue
-		}
+		set, err := a.groupMembers(ctx, conv, user)
 		if err != nil {
 			return nil, fmt.Errorf("peers of %s: %s: %w", user, conv, err)
 		}
@@ -120,12 +140,6 @@ func (a *API) peersOf(ctx context.Context, user string) (*peers, error) {
 			p.groups = append(p.groups, set)
 		}
 	}
-	pc.mu.Lock()
-	if len(pc.peers) >= peerCacheMax {
-		clear(pc.peers)
-	}
-	pc.peers[user] = p
-	pc.mu.Unlock()
 	return p, nil
 }
 
@@ -145,7 +159,7 @@ func (a *API) cachedPrivacy(ctx context.Context, user string) (core.Privacy, err
 		return core.Privacy{}, err
 	}
 	pc.mu.Lock()
-	if len(pc.privacy) >= peerCacheMax {
+	if len(pc.privacy) >= presenceCacheMax {
 		clear(pc.privacy)
 	}
 	pc.privacy[user] = privacyEntry{p: p, at: now}

@@ -125,6 +125,20 @@ func TestPresenceOnlyForPeers(t *testing.T) {
 	if k := keys(h.snapshot(mallory, "alice", "bob", "carol", "dave")); len(k) != 0 {
 		t.Fatalf("a stranger sees %v, want nothing", k)
 	}
+	// Once mallory writes to dave they are peers, at once (no stale cache).
+	h.send(mallory, 4, 1, core.DirectConvID("dave", "mallory"), "x1", "hello")
+	h.waitFor("mallory's send", func(recs []*pb.EdgeRecord) bool { return responses(recs, 4)[1] != nil })
+	if k := keys(h.snapshot(mallory, "alice", "dave")); !slices.Equal(k, []string{"dave"}) {
+		t.Fatalf("mallory sees %v after writing to dave, want [dave]", k)
+	}
+	// Joining a group makes its members peers at once too.
+	h.ingress(carol, 3, 2, &pb.IngressRecord{Op: &pb.IngressRecord_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{
+		ConvId: group, Op: pb.MembershipOp_MEMBERSHIP_OP_ADD, Users: []string{"mallory"},
+	}}}, group)
+	h.waitFor("add mallory", func(recs []*pb.EdgeRecord) bool { return responses(recs, 3)[2] != nil })
+	if k := keys(h.snapshot(mallory, "alice", "carol", "bob")); !slices.Equal(k, []string{"alice", "carol"}) {
+		t.Fatalf("mallory sees %v after joining the group, want [alice carol]", k)
+	}
 }
 
 // TestHideLastSeen: set_privacy{hide_last_seen} clears last_seen_ms for
