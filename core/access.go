@@ -18,10 +18,10 @@ func OutsiderError(op, conv string) error {
 // seq they joined at; anyone else gets OutsiderError(op, conv). A pending
 // invitation is not a member (MemberSet does not hold invitations).
 //
-// Both the region's API (history) and the sequencer (send, read, ack,
-// typing, modify_members) decide membership here, so the answer for a
-// missing conversation and for an existing one the caller is not part of
-// cannot drift apart.
+// Every read or write of a conversation must decide membership here — the
+// region's history, and the sequencer's send, read, ack, typing and
+// modify_members — so the answer for a missing conversation and for an
+// existing one the caller is not part of cannot drift apart.
 func CheckMember(op, conv string, set MemberSet, user string) (joined uint64, err error) {
 	joined, ok := set[user]
 	if !ok {
