@@ -895,8 +895,16 @@ func interactiveLine(ctx context.Context, c *client.Client, me core.DeviceKey, o
 		if err != nil {
 			return false, err
 		}
+		shown := map[string]bool{}
 		for _, p := range ps {
 			printPresence(out, p)
+			shown[p.User] = true
+		}
+		for _, u := range f[1:] {
+			if !shown[u] {
+				fmt.Fprintf(out, "• %s: unknown (not a conversation peer)\n", u)
+				shown[u] = true
+			}
 		}
 	case "/safety":
 		if len(f) != 2 {
