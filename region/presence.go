@@ -31,7 +31,10 @@ import (
 // has not got the head; a cached set that lacks the requester is reloaded).
 // Other members joining or leaving an existing group thus reach presence
 // permissions within groupCacheTTL; a session keeps the subscriptions it
-// was granted until it subscribes again.
+// was granted until it subscribes again. Snapshots read privacy settings
+// through a cache too (privacyCacheTTL): a change applies at once to live
+// events and to this process's snapshots, and within privacyCacheTTL to
+// snapshots served by other processes of the region.
 const (
 	// MaxPresenceGroups bounds the groups whose members count as a
 	// requester's peers (the first ones by id; 1:1 peers are not bounded).
