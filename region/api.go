@@ -286,7 +286,7 @@ func (a *API) history(ctx context.Context, dev core.DeviceKey, req *pb.HistoryRe
 		return nil, fmt.Errorf("history %s: %w", conv, err)
 	}
 	// A non-member gets the same answer whether conv exists or not.
-	joined, err := core.CheckMember("history", conv, set, dev.User)
+	joined, err := core.CheckMember("history", set, dev.User)
 	if err != nil {
 		return nil, err
 	}

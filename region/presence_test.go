@@ -203,7 +203,8 @@ func TestHideLastSeen(t *testing.T) {
 
 // TestHistoryOutsiderAnswer: an outsider's history request gets a
 // byte-identical answer before and after the conversation exists, for a
-// 1:1 and a group alike.
+// 1:1 and a group alike, and the same for an existing 1:1 as for one that
+// never existed.
 func TestHistoryOutsiderAnswer(t *testing.T) {
 	h := newHarness(t)
 	alice := h.register("alice", 1)
@@ -224,6 +225,7 @@ func TestHistoryOutsiderAnswer(t *testing.T) {
 		return b
 	}
 	before := map[string][]byte{direct: ask(direct), group: ask(group)}
+	never := core.DirectConvID("alice", "mallory2") // never exists
 	h.send(alice, 1, 1, direct, "m1", "hi")
 	h.ingress(alice, 1, 2, &pb.IngressRecord{Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{
 		ConvId: group, Members: []string{"bob"},
@@ -233,6 +235,10 @@ func TestHistoryOutsiderAnswer(t *testing.T) {
 		if after := ask(conv); string(after) != string(b) {
 			t.Fatalf("outsider answers for %s differ once it exists:\n before %x\n after  %x", conv, b, after)
 		}
+	}
+	// An existing 1:1 and one that never existed: the same bytes too.
+	if a, b := ask(direct), ask(never); string(a) != string(b) {
+		t.Fatalf("outsider answers differ between an existing and a missing 1:1:\n existing %x\n missing  %x", a, b)
 	}
 	// Members still read it.
 	resp, _ := h.api.Query(h.ctx, alice, &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: direct}}})
