@@ -1098,7 +1098,10 @@ func presenceFrame(users []string) *pb.ClientFrame {
 }
 
 // SubscribePresence replaces the presence subscription set (kept across
-// reconnects) and returns the current presence of those users.
+// reconnects) and returns the current presence of those users that the
+// server lets the user see: the user themselves and their conversation
+// peers (users sharing a 1:1 or group conversation with them). Others are
+// left out of the result, and no events about them arrive.
 func (c *Client) SubscribePresence(ctx context.Context, users []string) ([]PresenceEvent, error) {
 	c.mu.Lock()
 	c.presence = slices.Clone(users)
@@ -1112,6 +1115,19 @@ func (c *Client) SubscribePresence(ctx context.Context, users []string) ([]Prese
 		out = append(out, PresenceEvent{User: p.GetUserId(), Online: p.GetOnline(), LastSeenMs: p.GetLastSeenMs()})
 	}
 	return out, nil
+}
+
+// SetPrivacy replaces the user's privacy settings (shared by all the
+// user's devices): with p.HideLastSeen, everyone else sees the user online
+// or offline but with no last-seen time; p.AddPolicy says who may add the
+// user to a group directly. Retried across reconnects until ctx ends (it
+// is idempotent).
+func (c *Client) SetPrivacy(ctx context.Context, p core.Privacy) error {
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_SetPrivacy{SetPrivacy: &pb.SetPrivacyRequest{
+		HideLastSeen: p.HideLastSeen, AddPolicy: p.AddPolicy,
+	}}}
+	_, err := c.request(ctx, "set privacy", f, true)
+	return err
 }
 
 // NewGroupID returns a fresh group conversation id ("g:" + ULID).

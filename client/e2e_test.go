@@ -238,10 +238,11 @@ func TestE2ELinkReceiptsPresence(t *testing.T) {
 		t.Fatalf("lookup bob: %v %v", devs, err)
 	}
 
-	// Presence: bob is online.
+	// Presence: alice and bob share no conversation yet, so alice learns
+	// nothing about bob, not even that he is online.
 	ps, err := alice.SubscribePresence(ctx, []string{"bob"})
-	if err != nil || len(ps) != 1 || !ps[0].Online {
-		t.Fatalf("presence %v %v", ps, err)
+	if err != nil || len(ps) != 0 {
+		t.Fatalf("presence of a stranger %v %v, want nothing", ps, err)
 	}
 
 	// Both of bob's devices get the message; their acks become ✓✓ for alice,
@@ -250,6 +251,11 @@ func TestE2ELinkReceiptsPresence(t *testing.T) {
 	res, err := alice.WaitSent(ctx, id)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Now they are peers: bob is online.
+	ps, err = alice.SubscribePresence(ctx, []string{"bob"})
+	if err != nil || len(ps) != 1 || !ps[0].Online {
+		t.Fatalf("presence %v %v", ps, err)
 	}
 	for _, c := range []*client.Client{bob, phone} {
 		if m := collect(t, c, 1); string(m[0].Body) != "ping" {

@@ -190,6 +190,13 @@ type Store interface {
 	// has one.
 	LastSeen(ctx context.Context, users []string) (map[string]int64, error)
 
+	// SetPrivacy replaces a user's privacy settings (ErrNotFound when the
+	// user does not exist). The caller validates p.
+	SetPrivacy(ctx context.Context, user string, p Privacy) error
+	// Privacy returns a user's privacy settings: the zero value when never
+	// set, ErrNotFound when the user does not exist.
+	Privacy(ctx context.Context, user string) (Privacy, error)
+
 	// Close releases the store.
 	Close() error
 }

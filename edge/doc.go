@@ -21,9 +21,10 @@
 // session's two token buckets: pure reads (sync, history,
 // list_conversations, lookup_user, fetch_bundle, fetch_device_list) to the
 // read bucket, and are answered concurrently, up to 8 at a time; every
-// other frame to the message bucket. Reads and key-material calls (the
-// reads plus presence_subscribe, upload_prekeys, publish_device_list) go
-// to Backend.Query; ping is answered here; writes
+// other frame to the message bucket. Reads, key-material calls and
+// settings (the reads plus presence_subscribe, upload_prekeys,
+// publish_device_list, set_privacy) go to Backend.Query; ping is answered
+// here; writes
 // (send, ack, read, create_group, modify_members, typing) are validated and
 // produced as pb.IngressRecord to Config.IngressTopic keyed by conversation
 // id, with an Origin naming this edge, the session, the request id and the
@@ -31,7 +32,11 @@
 // pb.EdgeRecord: with session_id to that session only, otherwise to every
 // session of every target device, a delivery's per-device ciphertexts
 // stripped to the receiving device's own. pb.PresenceRecord events on
-// Config.PresenceTopic go to the sessions that subscribed to the user.
+// Config.PresenceTopic go to the sessions subscribed to the user; a
+// session is subscribed only to the users its presence snapshot (the
+// region's decision of who it may see) returned — events arriving while
+// the snapshot is read are held, then delivered after it for those users
+// and dropped for the rest (presence.go).
 //
 // # What it does not do
 //

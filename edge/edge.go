@@ -57,10 +57,11 @@ type Backend interface {
 	SessionClosed(ctx context.Context, dev core.DeviceKey, session uint64) error
 	// EdgeStarted clears stale routes of this edge id (a previous process).
 	EdgeStarted(ctx context.Context, edgeID string) error
-	// Query answers reads and the end-to-end key-material calls: sync,
-	// history, list_conversations, lookup_user, presence_subscribe
-	// (snapshot), upload_prekeys, fetch_bundle, publish_device_list,
-	// fetch_device_list.
+	// Query answers reads, the end-to-end key-material calls and settings:
+	// sync, history, list_conversations, lookup_user, presence_subscribe
+	// (snapshot: the edge subscribes the session to exactly the users it
+	// returns), upload_prekeys, fetch_bundle, publish_device_list,
+	// fetch_device_list, set_privacy.
 	Query(ctx context.Context, dev core.DeviceKey, f *pb.ClientFrame) (*pb.Response, error)
 }
 

@@ -228,6 +228,9 @@ func TestPresence(t *testing.T) {
 		t.Fatalf("presence %v (carol must not arrive)", p)
 	}
 	// Replacing the set with carol: bob's events stop.
+	v.be.mu.Lock()
+	v.be.snapshot = nil // permit everyone
+	v.be.mu.Unlock()
 	sub.GetPresenceSubscribe().Users = []string{"carol"}
 	c.call(sub)
 	v.produce("presence", "bob", &pb.PresenceRecord{Event: &pb.PresenceEvent{UserId: "bob", Online: false}})

@@ -57,14 +57,14 @@ func (s *session) handle(pt []byte) {
 		s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED, "register first")
 		return
 	}
-	switch b := f.GetBody().(type) {
+	switch f.GetBody().(type) {
 	case *pb.ClientFrame_Sync, *pb.ClientFrame_History, *pb.ClientFrame_ListConversations, *pb.ClientFrame_LookupUser,
 		*pb.ClientFrame_FetchBundle, *pb.ClientFrame_FetchDeviceList:
 		// Pure reads run concurrently: a client starting sessions with the
 		// 499 other members of a group fetches hundreds of bundles, and one
 		// at a time each waits a full round trip to the region.
 		s.queryConcurrently(&f)
-	case *pb.ClientFrame_UploadPrekeys, *pb.ClientFrame_PublishDeviceList:
+	case *pb.ClientFrame_UploadPrekeys, *pb.ClientFrame_PublishDeviceList, *pb.ClientFrame_SetPrivacy:
 		// End-to-end key material: reads and writes of the region's store,
 		// answered synchronously like sync. Each frame, an upload of up to
 		// 200 one-time prekeys included, has been charged to the device's
@@ -72,13 +72,7 @@ func (s *session) handle(pt []byte) {
 		// another device's one-time prekeys with fetch_bundle.
 		s.query(&f)
 	case *pb.ClientFrame_PresenceSubscribe:
-		if len(b.PresenceSubscribe.GetUsers()) > MaxPresenceSubscriptions {
-			s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, fmt.Sprintf("at most %d users", MaxPresenceSubscriptions))
-			return
-		}
-		// Subscribe before the snapshot so no event between them is lost.
-		e.setSubscriptions(s, b.PresenceSubscribe.GetUsers())
-		s.query(&f)
+		s.presenceSubscribe(&f) // presence.go
 	default:
 		rec, err := s.ingress(&f)
 		if err != nil {
@@ -344,53 +338,4 @@ func frameFor(f *pb.ServerFrame, dev core.DeviceKey) *pb.ServerFrame {
 		return f
 	}
 	return &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: core.ForDevice(m, dev)}}
-}
-
-// handlePresence pushes a presence event to the sessions subscribed to its user.
-func (e *Edge) handlePresence(_ context.Context, rec core.BusRecord) error {
-	var r pb.PresenceRecord
-	if err := proto.Unmarshal(rec.Value, &r); err != nil || r.GetEvent() == nil {
-		e.log.Warn("bad presence record skipped", "offset", rec.Offset, "err", err)
-		return nil
-	}
-	e.n.presence.Add(1)
-	e.mu.Lock()
-	var to []*session
-	for s := range e.subs[r.GetEvent().GetUserId()] {
-		to = append(to, s)
-	}
-	e.mu.Unlock()
-	if len(to) == 0 {
-		return nil
-	}
-	b, err := marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Presence{Presence: r.GetEvent()}})
-	if err != nil {
-		return nil
-	}
-	for _, s := range to {
-		s.pushBytes(b)
-	}
-	return nil
-}
-
-// setSubscriptions replaces s's presence subscription set.
-func (e *Edge) setSubscriptions(s *session, users []string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for u := range s.subs {
-		e.unsubscribeLocked(s, u)
-	}
-	s.subs = make(map[string]struct{}, len(users))
-	if e.sessions[s.id] != s { // already unregistered
-		return
-	}
-	for _, u := range users {
-		s.subs[u] = struct{}{}
-		m := e.subs[u]
-		if m == nil {
-			m = map[*session]struct{}{}
-			e.subs[u] = m
-		}
-		m[s] = struct{}{}
-	}
 }

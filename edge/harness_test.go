@@ -36,7 +36,12 @@ type regionDouble struct {
 	closed   []core.Route
 	started  []string
 	queries  []string
-	snapshot *pb.PresenceSnapshot
+	snapshot *pb.PresenceSnapshot // presence_subscribe answer; nil: permit (below)
+	// permit, when non-nil, is the set of users a presence_subscribe may
+	// see (the region's peer rule); nil permits everyone. beforeSnapshot,
+	// if set, runs (without mu) before a presence_subscribe is answered.
+	permit         map[string]bool
+	beforeSnapshot func()
 }
 
 func newRegionDouble() *regionDouble {
@@ -91,14 +96,29 @@ func (r *regionDouble) EdgeStarted(_ context.Context, id string) error {
 
 func (r *regionDouble) Query(_ context.Context, dev core.DeviceKey, f *pb.ClientFrame) (*pb.Response, error) {
 	r.mu.Lock()
+	hook := r.beforeSnapshot
+	r.mu.Unlock()
+	if f.GetPresenceSubscribe() != nil && hook != nil {
+		hook()
+	}
+	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.queries = append(r.queries, dev.String())
-	switch f.GetBody().(type) {
+	switch b := f.GetBody().(type) {
 	case *pb.ClientFrame_ListConversations:
 		return &pb.Response{Body: &pb.Response_Conversations{Conversations: &pb.ListConversationsResponse{
 			Conversations: []*pb.ConversationInfo{{ConvId: "g:owned" + dev.User}}}}}, nil
 	case *pb.ClientFrame_PresenceSubscribe:
-		return &pb.Response{Body: &pb.Response_Presence{Presence: r.snapshot}}, nil
+		if r.snapshot != nil {
+			return &pb.Response{Body: &pb.Response_Presence{Presence: r.snapshot}}, nil
+		}
+		snap := &pb.PresenceSnapshot{}
+		for _, u := range b.PresenceSubscribe.GetUsers() {
+			if r.permit == nil || r.permit[u] {
+				snap.Users = append(snap.Users, &pb.PresenceEvent{UserId: u})
+			}
+		}
+		return &pb.Response{Body: &pb.Response_Presence{Presence: snap}}, nil
 	case *pb.ClientFrame_LookupUser:
 		return nil, fmt.Errorf("user: %w", core.ErrNotFound)
 	}

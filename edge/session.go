@@ -41,7 +41,11 @@ type session struct {
 	// afterwards it is read under e.mu by the dispatchers.
 	dev    core.DeviceKey
 	authed bool
-	subs   map[string]struct{} // guarded by e.mu
+	subs   map[string]struct{} // guarded by e.mu; presence: live subscriptions (presence.go)
+	// pending (guarded by e.mu) is non-nil while a presence_subscribe
+	// awaits its snapshot: the requested users, each with the latest event
+	// held for it meanwhile (presence.go).
+	pending map[string][]byte
 
 	// reads run concurrently (at most cap(readSlots) at a time); the
 	// session waits for them before it ends.
@@ -195,10 +199,7 @@ func (e *Edge) unregister(s *session) {
 			delete(e.byDevice, s.dev)
 		}
 	}
-	for u := range s.subs {
-		e.unsubscribeLocked(s, u)
-	}
-	s.subs = nil
+	e.clearSubscriptionsLocked(s)
 }
 
 func (e *Edge) unsubscribeLocked(s *session, user string) {

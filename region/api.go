@@ -164,7 +164,10 @@ func (a *API) announceIfOffline(ctx context.Context, users []string, now int64) 
 	return nil
 }
 
+// publishPresence broadcasts ev to every edge, last seen cleared when its
+// user hides it (presence.go).
 func (a *API) publishPresence(ctx context.Context, ev *pb.PresenceEvent) error {
+	a.hideLastSeen(ctx, ev)
 	b, err := proto.Marshal(&pb.PresenceRecord{Event: ev})
 	if err != nil {
 		return fmt.Errorf("presence: encode: %w", err)
@@ -191,7 +194,9 @@ func (a *API) Query(ctx context.Context, dev core.DeviceKey, f *pb.ClientFrame) 
 	case *pb.ClientFrame_LookupUser:
 		resp, err = a.lookupUser(ctx, b.LookupUser.GetUserId())
 	case *pb.ClientFrame_PresenceSubscribe:
-		resp, err = a.presenceSnapshot(ctx, b.PresenceSubscribe.GetUsers())
+		resp, err = a.presenceSnapshot(ctx, dev, b.PresenceSubscribe.GetUsers())
+	case *pb.ClientFrame_SetPrivacy:
+		resp, err = a.setPrivacy(ctx, dev, b.SetPrivacy)
 	case *pb.ClientFrame_UploadPrekeys:
 		resp, err = a.uploadPrekeys(ctx, dev, b.UploadPrekeys)
 	case *pb.ClientFrame_FetchBundle:
@@ -277,12 +282,13 @@ func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest)
 func (a *API) history(ctx context.Context, dev core.DeviceKey, req *pb.HistoryRequest) (*pb.Response, error) {
 	conv := req.GetConvId()
 	c, set, err := a.r.loadMembers(ctx, conv)
-	if err != nil {
+	if err != nil && !errors.Is(err, core.ErrNotFound) {
 		return nil, fmt.Errorf("history %s: %w", conv, err)
 	}
-	joined, ok := set[dev.User]
-	if !ok {
-		return nil, fmt.Errorf("history %s: %s: %w", conv, dev.User, core.ErrNotMember)
+	// A non-member gets the same answer whether conv exists or not.
+	joined, err := core.CheckMember("history", set, dev.User)
+	if err != nil {
+		return nil, err
 	}
 	limit := uint64(clampLimit(req.GetLimit()))
 	before := req.GetBeforeSeq()
@@ -338,27 +344,4 @@ func (a *API) lookupUser(ctx context.Context, user string) (*pb.Response, error)
 		out.Devices = append(out.Devices, &pb.DeviceInfo{DeviceId: d.Key.Device, IdentityKey: d.IdentityKey, NoiseStatic: d.NoiseStatic})
 	}
 	return &pb.Response{Body: &pb.Response_User{User: out}}, nil
-}
-
-func (a *API) presenceSnapshot(ctx context.Context, users []string) (*pb.Response, error) {
-	if len(users) > core.MaxPresenceUsers {
-		return nil, fmt.Errorf("presence: more than %d users: %w", core.MaxPresenceUsers, core.ErrInvalidArgument)
-	}
-	routes, err := a.r.store.Routes(ctx, users)
-	if err != nil {
-		return nil, fmt.Errorf("presence: %w", err)
-	}
-	seen, err := a.r.store.LastSeen(ctx, users)
-	if err != nil {
-		return nil, fmt.Errorf("presence: %w", err)
-	}
-	online := map[string]bool{}
-	for _, rt := range routes {
-		online[rt.Device.User] = true
-	}
-	out := &pb.PresenceSnapshot{}
-	for _, u := range users {
-		out.Users = append(out.Users, &pb.PresenceEvent{UserId: u, Online: online[u], LastSeenMs: seen[u]})
-	}
-	return &pb.Response{Body: &pb.Response_Presence{Presence: out}}, nil
 }

@@ -30,13 +30,23 @@
 //
 // API implements the edge's Backend: device authentication by Noise static
 // key, registration, session open/close (routes and presence), and queries
-// (sync, history, conversation list, user lookup, presence snapshots) and
+// (sync, history, conversation list, user lookup, presence snapshots,
+// privacy settings) and
 // the end-to-end key material (prekey uploads and bundles, each one-time
 // prekey handed out at most once; signed device lists — see prekeys.go),
 // verifying every signature it can and storing public keys only. A
 // session's route is stored before the session serves requests, and the
 // fan-out reads routes after the append, so every entry is either in the
 // session's first sync or pushed to it live.
+//
+// # Privacy
+//
+// Presence (snapshots and live events) is shown only to a user's
+// conversation peers, and without last seen for users who hide it
+// (presence.go has the rule and its cost bounds). Every request about a
+// conversation by a non-member is answered by core.CheckMember's
+// OutsiderError — the same NOT_FOUND whether the conversation exists or
+// not.
 //
 // # Concurrency
 //

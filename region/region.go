@@ -141,6 +141,8 @@ type Region struct {
 	deadReasons map[string]uint64
 	consuming   atomic.Bool
 	lastErr     atomic.Pointer[error]
+	// presence caches presence permissions and privacy settings (presence.go).
+	presence *presenceCache
 
 	notifyCh chan core.PushNotification
 	stats    counters
@@ -196,6 +198,7 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 
 		deadReasons: map[string]uint64{},
 		devices:     newDeviceCache(cfg.Now, 10*time.Second),
+		presence:    newPresenceCache(cfg.Now),
 		notifyCh:    make(chan core.PushNotification, cfg.NotifyQueue),
 	}
 	return r, nil

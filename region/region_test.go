@@ -334,7 +334,7 @@ func TestGroupMembershipAndErrors(t *testing.T) {
 	}
 	// History for the removed member is refused; for bob it has 4 entries.
 	resp, _ := h.api.Query(h.ctx, carol, &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: conv}}})
-	if resp.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_NOT_MEMBER {
+	if resp.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_NOT_FOUND {
 		t.Fatalf("history for removed member: %v", resp)
 	}
 	resp, _ = h.api.Query(h.ctx, bob, &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: conv, Limit: 10}}})

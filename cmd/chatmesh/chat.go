@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,7 +49,10 @@ commands:
   group accept CONV             join a group you were invited to
   group decline CONV            refuse an invitation
   group info CONV               print title, members, admins (*) and invitations
-  presence USER...              print the users' presence
+  presence USER...              print the users' presence (only your conversation peers' is shown)
+  privacy [--hide-last-seen=true|false] [--add-policy everyone|contacts]
+                                set who sees your last seen and who may add you to groups
+                                (replaces both settings; an omitted flag takes its default)
   whoami                        print this device
   safety USER                   print the safety number with USER (compare it in person)
   trust USER                    accept USER's changed identity (after comparing the safety number)
@@ -148,6 +150,8 @@ func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		return chatGroup(ctx, g, cargs)
 	case "presence":
 		return chatPresence(ctx, g, cargs)
+	case "privacy":
+		return chatPrivacy(ctx, g, cargs)
 	case "whoami":
 		return chatWhoami(ctx, g)
 	case "safety":
@@ -804,8 +808,18 @@ func chatPresence(ctx context.Context, g *chatGlobals, args []string) error {
 	if err != nil {
 		return err
 	}
-	sort.Slice(ps, func(i, j int) bool { return ps[i].User < ps[j].User })
+	byUser := map[string]client.PresenceEvent{}
 	for _, p := range ps {
+		byUser[p.User] = p
+	}
+	users := slices.Clone(args)
+	slices.Sort(users)
+	for _, u := range slices.Compact(users) {
+		p, ok := byUser[u]
+		if !ok { // the server shows only conversation peers
+			fmt.Fprintf(g.stdout, "%s\tunknown (not a conversation peer)\n", u)
+			continue
+		}
 		state := "offline"
 		if p.Online {
 			state = "online"
@@ -816,6 +830,44 @@ func chatPresence(ctx context.Context, g *chatGlobals, args []string) error {
 		}
 		fmt.Fprintf(g.stdout, "%s\t%s%s\n", p.User, state, last)
 	}
+	return nil
+}
+
+func chatPrivacy(ctx context.Context, g *chatGlobals, args []string) error {
+	fs := flag.NewFlagSet("privacy", flag.ContinueOnError)
+	fs.SetOutput(g.stderr)
+	hide := fs.Bool("hide-last-seen", false, "show others your online state but no last-seen time")
+	policy := fs.String("add-policy", "everyone", "who may add you to a group directly: everyone, or contacts (users you have a 1:1 conversation with; others' adds become invitations)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return errors.New("chat: usage: privacy [--hide-last-seen=true|false] [--add-policy everyone|contacts]")
+	}
+	p := core.Privacy{HideLastSeen: *hide}
+	switch *policy {
+	case "everyone":
+		p.AddPolicy = pb.AddPolicy_ADD_POLICY_EVERYONE
+	case "contacts":
+		p.AddPolicy = pb.AddPolicy_ADD_POLICY_CONTACTS
+	default:
+		return fmt.Errorf("chat: --add-policy must be everyone or contacts, not %q", *policy)
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.connected(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetPrivacy(ctx, p); err != nil {
+		return err
+	}
+	last := "shown"
+	if p.HideLastSeen {
+		last = "hidden"
+	}
+	fmt.Fprintf(g.stdout, "privacy: last seen %s, add policy %s\n", last, *policy)
 	return nil
 }
 
@@ -986,8 +1038,16 @@ func interactiveLine(ctx context.Context, c *client.Client, me core.DeviceKey, o
 		if err != nil {
 			return false, err
 		}
+		shown := map[string]bool{}
 		for _, p := range ps {
 			printPresence(out, p)
+			shown[p.User] = true
+		}
+		for _, u := range f[1:] {
+			if !shown[u] {
+				fmt.Fprintf(out, "• %s: unknown (not a conversation peer)\n", u)
+				shown[u] = true
+			}
 		}
 	case "/safety":
 		if len(f) != 2 {

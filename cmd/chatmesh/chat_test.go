@@ -135,8 +135,23 @@ func TestChatCLIEndToEnd(t *testing.T) {
 		t.Fatalf("history: %q", out)
 	}
 	bob.must("read", "@alice", "2")
-	if out := bob.must("presence", "alice"); !strings.HasPrefix(out, "alice\toffline") {
+	if out := bob.must("presence", "alice"); !strings.HasPrefix(out, "alice\toffline last seen ") {
 		t.Fatalf("presence: %q", out)
+	}
+	// Privacy: alice hides her last seen; bob (a peer) still sees her
+	// offline, without a time. Nobody sees a non-peer's presence.
+	if out := alice.must("privacy", "--hide-last-seen=true", "--add-policy", "contacts"); out != "privacy: last seen hidden, add policy contacts\n" {
+		t.Fatalf("privacy: %q", out)
+	}
+	if _, err := alice.run("", "privacy", "--add-policy", "nobody"); err == nil {
+		t.Fatal("privacy --add-policy nobody accepted")
+	}
+	if out := bob.must("presence", "alice", "zed"); out != "alice\toffline\nzed\tunknown (not a conversation peer)\n" {
+		t.Fatalf("presence with last seen hidden: %q", out)
+	}
+	alice.must("privacy", "--hide-last-seen=false")
+	if out := bob.must("presence", "alice"); !strings.HasPrefix(out, "alice\toffline last seen ") {
+		t.Fatalf("presence with last seen shown again: %q", out)
 	}
 
 	// A second device for bob via link-request / link / register --link.

@@ -25,6 +25,7 @@ const (
 	tagRoute      = 'r'
 	tagEdgeRoute  = 'e'
 	tagLastSeen   = 'l'
+	tagPrivacy    = 'h' // privacy.go
 
 	// End-to-end key material (prekeys.go).
 	tagPrekeys     = 'p'

@@ -78,6 +78,7 @@
 //	'r' user 0 dev:BE32                       -> edge, session, since      (routes)
 //	'e' edge 0 user 0 dev:BE32                -> (empty)                   (routes by edge)
 //	'l' user                                  -> last seen ms
+//	'h' user                                  -> hide last seen, add policy (privacy settings)
 //	'p' user 0 dev:BE32                       -> identity, signed prekey, KEM prekey (prekeys)
 //	'o' user 0 dev:BE32 id:BE32               -> one-time prekey           (unused, by id)
 //	't' user 0 dev:BE32 id:BE32               -> (empty)                   (handed-out one-time ids)

@@ -50,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"CursorListings", testCursorListings},
 		{"Routes", testRoutes},
 		{"ClearEdgeRoutes", testClearEdgeRoutes},
+		{"Privacy", testPrivacy},
 		{"ConcurrentAppend", testConcurrentAppend},
 		{"ConcurrentAppendManyConversations", testConcurrentAppendMany},
 		{"ConcurrentCursor", testConcurrentCursor},
