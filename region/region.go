@@ -61,6 +61,12 @@ type Config struct {
 	// ReceiptScanLimit bounds how many messages a cursor move scans to find
 	// the senders to notify (default 1000).
 	ReceiptScanLimit int
+	// MaxConcurrentReads bounds the reads (API.Query) the process serves
+	// at once (default DefaultMaxConcurrentReads); see reads.go.
+	MaxConcurrentReads int
+	// ReadWait is how long a read waits for a free slot before it is
+	// answered UNAVAILABLE with retry_after_ms (default DefaultReadWait).
+	ReadWait time.Duration
 	// PrekeyLowWater: when a bundle fetch leaves a device with fewer
 	// one-time prekeys than this, the device is told to upload more
 	// (default 20; see prekeys.go for how often).
@@ -98,6 +104,12 @@ func (c *Config) fill() {
 	if c.ReceiptScanLimit <= 0 {
 		c.ReceiptScanLimit = 1000
 	}
+	if c.MaxConcurrentReads <= 0 {
+		c.MaxConcurrentReads = DefaultMaxConcurrentReads
+	}
+	if c.ReadWait <= 0 {
+		c.ReadWait = DefaultReadWait
+	}
 	if c.PrekeyLowWater <= 0 {
 		c.PrekeyLowWater = 20
 	}
@@ -117,6 +129,7 @@ type Region struct {
 	devices *deviceCache
 
 	notifyCh chan core.PushNotification
+	reads    chan struct{} // read slots (Config.MaxConcurrentReads)
 	stats    counters
 
 	mu       sync.Mutex
@@ -139,11 +152,13 @@ type Stats struct {
 	NotifyFailed    uint64 // push notifications the notifier failed
 	ReceiptsSent    uint64 // receipt records produced
 	TypingFannedOut uint64 // typing records produced
+	ReadsRefused    uint64 // reads answered UNAVAILABLE: no free read slot in time
 }
 
 type counters struct {
 	appended, duplicates, rejected, malformed, edgeRecords, undeliverable atomic.Uint64
 	notified, notifyDropped, notifyFailed, receipts, typing               atomic.Uint64
+	readsRefused                                                          atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -161,6 +176,7 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		members:  newMemberCache(),
 		devices:  newDeviceCache(cfg.Now, 10*time.Second),
 		notifyCh: make(chan core.PushNotification, cfg.NotifyQueue),
+		reads:    make(chan struct{}, cfg.MaxConcurrentReads),
 	}
 	return r, nil
 }
@@ -248,6 +264,7 @@ func (r *Region) Stats() Stats {
 		Malformed: c.malformed.Load(), EdgeRecords: c.edgeRecords.Load(), Undeliverable: c.undeliverable.Load(), Notified: c.notified.Load(),
 		NotifyDropped: c.notifyDropped.Load(), NotifyFailed: c.notifyFailed.Load(),
 		ReceiptsSent: c.receipts.Load(), TypingFannedOut: c.typing.Load(),
+		ReadsRefused: c.readsRefused.Load(),
 	}
 }
 

@@ -185,7 +185,7 @@ func (r *Region) seqCreateGroup(ctx context.Context, in *pb.IngressRecord, cg *p
 	const createKey = "create"
 	if c, err := r.store.Conversation(ctx, conv); err == nil {
 		// Idempotent retry by the creator, or a clash.
-		first, err := r.store.Messages(ctx, conv, 0, 1)
+		first, err := r.store.Messages(ctx, conv, 0, 1, 0)
 		if err != nil {
 			return err
 		}
@@ -335,7 +335,7 @@ func (r *Region) seqCursor(ctx context.Context, in *pb.IngressRecord, conv strin
 		if seq-from > uint64(r.cfg.ReceiptScanLimit) {
 			from = seq - uint64(r.cfg.ReceiptScanLimit)
 		}
-		msgs, err := r.store.Messages(ctx, conv, from, int(seq-from))
+		msgs, err := r.store.Messages(ctx, conv, from, int(seq-from), unboundedBytes)
 		if err != nil {
 			return err
 		}
