@@ -82,7 +82,7 @@ func (s *countingStore) take() (int, int) {
 // readRig is a region API over a real Pebble store (observed by a
 // countingStore) whose data the test writes straight into the store.
 type readRig struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	store *countingStore
 	api   *region.API
@@ -95,7 +95,7 @@ var sharedBus struct {
 	err  error
 }
 
-func newReadRig(t *testing.T, adjust ...func(*region.Config)) *readRig {
+func newReadRig(t testing.TB, adjust ...func(*region.Config)) *readRig {
 	t.Helper()
 	// Reads never touch the bus, but a region needs one; the tests share it.
 	sharedBus.once.Do(func() {
@@ -142,7 +142,7 @@ func (r *readRig) appendEntry(conv string, m *pb.Message, members ...string) *pb
 
 // entry is a user entry of conv from sender whose stored form takes
 // exactly size bytes (size 0: a small entry).
-func entry(t *testing.T, conv, sender, cmid string, seq uint64, size int) *pb.Message {
+func entry(t testing.TB, conv, sender, cmid string, seq uint64, size int) *pb.Message {
 	t.Helper()
 	m := &pb.Message{
 		ConvId: conv, MsgId: "01JAAAAAAAAAAAAAAAAAAAAAAA", Sender: &pb.DeviceAddr{UserId: sender, DeviceId: 1},
@@ -184,7 +184,7 @@ func (r *readRig) query(dev core.DeviceKey, f *pb.ClientFrame) *pb.Response {
 
 // assertFitsFrame fails when the response, as the edge frames it, would
 // not fit one Noise transport message.
-func assertFitsFrame(t *testing.T, resp *pb.Response) {
+func assertFitsFrame(t testing.TB, resp *pb.Response) {
 	t.Helper()
 	if n := proto.Size(&pb.ServerFrame{Body: &pb.ServerFrame_Response{Response: resp}}); n > core.MaxFramePlaintext {
 		t.Fatalf("response frame of %d bytes > MaxFramePlaintext %d", n, core.MaxFramePlaintext)
