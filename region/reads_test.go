@@ -49,7 +49,11 @@ func (s *countingStore) wait(ctx context.Context) {
 	if gate == nil {
 		return
 	}
-	held <- struct{}{}
+	select {
+	case held <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
 	select {
 	case <-gate:
 	case <-ctx.Done():
@@ -422,7 +426,9 @@ func TestConcurrentReadsBounded(t *testing.T) {
 	}
 	<-held
 	<-held
-	resp, err := r.api.Query(r.ctx, bob, hist())
+	ctx, cancel := context.WithTimeout(r.ctx, 10*time.Second) // with no bound, it would wait for the gate
+	defer cancel()
+	resp, err := r.api.Query(ctx, bob, hist())
 	if err != nil || resp.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || resp.GetError().GetRetryAfterMs() == 0 || resp.GetReqId() != 7 {
 		t.Fatalf("third read: %v %v", resp, err)
 	}
