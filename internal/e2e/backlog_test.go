@@ -125,8 +125,13 @@ func TestMaxEnvelopeDeliveredEverywhere(t *testing.T) {
 		if _, err := alice.CreateGroupWithID(ctx, conv, "max", []string{bob.name, carol.name}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := alice.Send(ctx, conv, []byte("small")); err != nil {
-			t.Fatal(err)
+		// Four 1 KB messages first: with them, the max envelope does not
+		// fit in a page with everything before it.
+		const pre = 4
+		for i := range pre {
+			if _, err := alice.Send(ctx, conv, []byte(fmt.Sprintf("%01000d", i))); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := alice.WaitIdle(ctx); err != nil {
 			t.Fatal(err)
@@ -145,9 +150,9 @@ func TestMaxEnvelopeDeliveredEverywhere(t *testing.T) {
 		if err != nil {
 			t.Fatalf("envelope of exactly %d bytes: %v", core.MaxEnvelopeBytes, err)
 		}
-		seq := r.GetSend().GetSeq()
-		if seq != 3 { // create, small, this one: the refused one took no seq
-			t.Fatalf("max envelope stored at seq %d, want 3", seq)
+		const maxSeq, last = pre + 2, pre + 3 // after the create entry and pre; then "after"
+		if seq := r.GetSend().GetSeq(); seq != maxSeq { // the refused one took no seq
+			t.Fatalf("max envelope stored at seq %d, want %d", seq, maxSeq)
 		}
 		if _, err := alice.Send(ctx, conv, []byte("after")); err != nil {
 			t.Fatal(err)
@@ -157,22 +162,22 @@ func TestMaxEnvelopeDeliveredEverywhere(t *testing.T) {
 		}
 		isMax := func(m *pb.Message) bool { return proto.Equal(m.GetEnvelope(), env) }
 		// Push: bob was online throughout.
-		waitFor(t, time.Minute, "bob gets the max envelope and what follows", func() bool { return len(bob.seqs(conv)) >= 4 })
+		waitFor(t, time.Minute, "bob gets the max envelope and what follows", func() bool { return len(bob.seqs(conv)) >= last })
 		// Sync: carol connects afterwards.
 		carol.start(t)
-		waitFor(t, time.Minute, "carol gets the max envelope and what follows", func() bool { return len(carol.seqs(conv)) >= 4 })
+		waitFor(t, time.Minute, "carol gets the max envelope and what follows", func() bool { return len(carol.seqs(conv)) >= last })
 		for _, m := range []*tclient{bob, carol} {
-			checkExactlyOnceInOrder(t, m, conv, 1, 4)
+			checkExactlyOnceInOrder(t, m, conv, 1, last)
 			m.rec.mu.Lock()
-			got := m.rec.msgs[conv][2]
+			got := m.rec.msgs[conv][maxSeq-1]
 			m.rec.mu.Unlock()
 			if !isMax(got) {
-				t.Fatalf("%s: entry 3 is not the max envelope (%d bytes)", m.name, proto.Size(got.GetEnvelope()))
+				t.Fatalf("%s: entry %d is not the max envelope (%d bytes)", m.name, maxSeq, proto.Size(got.GetEnvelope()))
 			}
 		}
 		// History: every page fits, the max envelope included.
 		hist, err := carol.FetchHistory(ctx, conv, 0, 1000)
-		if err != nil || len(hist) != 4 || !isMax(hist[2]) {
+		if err != nil || len(hist) != last || !isMax(hist[maxSeq-1]) {
 			t.Fatalf("history: %d entries, %v", len(hist), err)
 		}
 		for _, m := range []*tclient{alice, bob, carol} {
