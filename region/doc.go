@@ -38,6 +38,15 @@
 // fan-out reads routes after the append, so every entry is either in the
 // session's first sync or pushed to it live.
 //
+// Every read is bounded (reads.go): sync, history and list_conversations
+// pages in count and in encoded bytes so that each response fits one
+// Noise transport message (core.MaxPageBytes), the store reads of a page
+// in bytes (core.Store.Messages / MessagesBefore stop early), and the
+// reads one process serves at once (Config.MaxConcurrentReads, default
+// 64; UNAVAILABLE with retry_after_ms beyond it). The stores refuse an
+// entry larger than core.MaxMessageBytes, so every stored entry fits a
+// page and a push on its own.
+//
 // # Concurrency
 //
 // Region and API are safe for concurrent use. Region.Start launches the
