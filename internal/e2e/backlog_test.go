@@ -150,7 +150,7 @@ func TestMaxEnvelopeDeliveredEverywhere(t *testing.T) {
 		if err != nil {
 			t.Fatalf("envelope of exactly %d bytes: %v", core.MaxEnvelopeBytes, err)
 		}
-		const maxSeq, last = pre + 2, pre + 3 // after the create entry and pre; then "after"
+		const maxSeq, last = pre + 2, pre + 3           // after the create entry and pre; then "after"
 		if seq := r.GetSend().GetSeq(); seq != maxSeq { // the refused one took no seq
 			t.Fatalf("max envelope stored at seq %d, want %d", seq, maxSeq)
 		}
