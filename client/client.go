@@ -1256,51 +1256,82 @@ func (c *Client) History(conv string, after uint64, limit int) ([]*pb.Message, e
 	return c.store.Messages(conv, after, limit)
 }
 
-// FetchHistory asks the server for up to limit entries of conv before
-// beforeSeq (0: the newest). Returned entries also feed the local store
-// when they continue it.
+// FetchHistory asks the server for the newest entries of conv before
+// beforeSeq (0: the newest), up to limit of them (limit <= 0: one page of
+// the server's default size). The server bounds each page in bytes as
+// well as in count (a page of large messages may hold only one), so
+// FetchHistory pages further back with before_seq = the lowest seq
+// returned until it has limit entries or reaches the start of what the
+// device may read. The result is ascending. Returned entries also feed
+// the local store when they continue it.
 func (c *Client) FetchHistory(ctx context.Context, conv string, beforeSeq uint64, limit int) ([]*pb.Message, error) {
-	f := &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: conv, BeforeSeq: beforeSeq, Limit: uint32(max(limit, 0))}}}
-	r, err := c.request(ctx, "history", f, true)
-	if err != nil {
-		return nil, err
+	var out []*pb.Message
+	for page := 0; page < maxHistoryPages; page++ {
+		want := 0
+		if limit > 0 {
+			want = limit - len(out)
+		}
+		f := &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: conv, BeforeSeq: beforeSeq, Limit: uint32(min(want, core.MaxPageSize))}}}
+		r, err := c.request(ctx, "history", f, true)
+		if err != nil {
+			return nil, err
+		}
+		msgs := r.GetHistory().GetMessages()
+		c.mu.Lock()
+		s := c.sess
+		c.mu.Unlock()
+		if s != nil {
+			c.ingest(s, msgs, false)
+		}
+		if len(msgs) == 0 {
+			break
+		}
+		lowest := msgs[0].GetSeq()
+		if beforeSeq != 0 && lowest >= beforeSeq {
+			return nil, fmt.Errorf("client: history of %s: page before %d starts at %d", conv, beforeSeq, lowest)
+		}
+		out = append(msgs, out...)
+		if limit <= 0 || len(out) >= limit || lowest <= 1 {
+			break
+		}
+		beforeSeq = lowest
 	}
-	msgs := r.GetHistory().GetMessages()
-	c.mu.Lock()
-	s := c.sess
-	c.mu.Unlock()
-	if s != nil {
-		c.ingest(s, msgs, false)
-	}
-	return msgs, nil
+	return out, nil
 }
+
+// maxHistoryPages bounds one FetchHistory.
+const maxHistoryPages = 10000
+
+// maxListPages bounds one ListConversations.
+const maxListPages = 10000
 
 // Conversations lists the locally stored conversations.
 func (c *Client) Conversations() []ConvSummary { return c.store.Conversations() }
 
-// maxConvPages bounds the pages ListConversations reads.
-const maxConvPages = 10000
-
 // ListConversations asks the server for the user's conversations and
-// pending group invitations (the user is then in ConversationInfo.invited),
-// reading every page.
+// pending group invitations (the user is then in ConversationInfo.invited), page
+// by page (after_conv_id = the last id of the previous page while the
+// server says more), in id order.
 func (c *Client) ListConversations(ctx context.Context) ([]*pb.ConversationInfo, error) {
 	var out []*pb.ConversationInfo
 	after := ""
-	for range maxConvPages {
+	for range maxListPages {
 		f := &pb.ClientFrame{Body: &pb.ClientFrame_ListConversations{ListConversations: &pb.ListConversationsRequest{AfterConvId: after}}}
 		r, err := c.request(ctx, "list conversations", f, true)
 		if err != nil {
 			return nil, err
 		}
-		cs := r.GetConversations().GetConversations()
-		out = append(out, cs...)
-		if !r.GetConversations().GetMore() || len(cs) == 0 || cs[len(cs)-1].GetConvId() <= after {
-			break
+		page := r.GetConversations()
+		out = append(out, page.GetConversations()...)
+		if !page.GetMore() {
+			return out, nil
 		}
-		after = cs[len(cs)-1].GetConvId()
+		if n := len(page.GetConversations()); n == 0 || page.GetConversations()[n-1].GetConvId() <= after {
+			return nil, fmt.Errorf("client: list conversations: server says more but the page does not advance")
+		}
+		after = page.GetConversations()[len(page.GetConversations())-1].GetConvId()
 	}
-	return out, nil
+	return nil, fmt.Errorf("client: list conversations: more than %d pages", maxListPages)
 }
 
 // LookupUser returns a user's devices.

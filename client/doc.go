@@ -106,7 +106,10 @@
 // stored head is a duplicate and dropped; head+1 is stored (fsync) and
 // any buffered successors with it; anything further ahead is buffered in
 // memory and triggers a sync. Each session starts with a full sync
-// (every known cursor, paged until more=false). The stored head is the
+// (every known cursor, paged until more=false). The server bounds pages in
+// bytes as well as in count, so a page may hold a single large message:
+// sync follows more, FetchHistory pages back by before_seq until it has
+// what was asked for, and ListConversations pages by after_conv_id. The stored head is the
 // delivery cursor and is derived from the stored data, so the two cannot
 // disagree after a crash.
 //

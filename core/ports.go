@@ -143,7 +143,10 @@ type Store interface {
 	// DeviceByStatic finds the device whose NoiseStatic equals static (ErrNotFound).
 	DeviceByStatic(ctx context.Context, static []byte) (Device, error)
 
-	// Append sequences one entry; see AppendRequest and AppendResult.
+	// Append sequences one entry; see AppendRequest and AppendResult. An
+	// entry that core.CheckStorable refuses (larger than MaxMessageBytes
+	// once stored) is not stored: the error wraps a *WireError with code
+	// MESSAGE_TOO_LARGE.
 	// Duplicate detection happens before the epoch check and before the
 	// existence check, so a replay of an appended entry always succeeds.
 	Append(ctx context.Context, req AppendRequest) (AppendResult, error)
@@ -161,8 +164,20 @@ type Store interface {
 	// UserConversations lists the ids of the conversations the user is a
 	// member of or invited to (callers check Member.Invited), ordered by id.
 	UserConversations(ctx context.Context, user string) ([]string, error)
-	// Messages returns up to limit entries with seq > after, ascending.
-	Messages(ctx context.Context, conv string, after uint64, limit int) ([]*pb.Message, error)
+	// Messages returns entries with seq > after, ascending: at most limit
+	// of them (limit <= 0: DefaultPageSize; at most MaxPageSize), stopping
+	// before the entry that would make the sum of their encoded sizes
+	// (proto.Size) exceed maxBytes (maxBytes <= 0: MaxPageBytes). Since no
+	// stored entry exceeds MaxMessageBytes, maxBytes >= MaxMessageBytes
+	// returns at least one entry when one exists. Implementations read
+	// only what they return (plus at most one entry), never the whole range.
+	Messages(ctx context.Context, conv string, after uint64, limit, maxBytes int) ([]*pb.Message, error)
+	// MessagesBefore returns the newest entries with after < seq < before,
+	// in ascending order: walking down from before, at most limit of them
+	// (as in Messages), stopping before the entry that would make the sum
+	// of their encoded sizes exceed maxBytes (as in Messages). It serves
+	// history pages, which fill from the newest end.
+	MessagesBefore(ctx context.Context, conv string, before, after uint64, limit, maxBytes int) ([]*pb.Message, error)
 
 	// AdvanceCursor moves a device's cursor of the given kind to seq if seq
 	// is greater than the stored value (cursors never move back). It returns

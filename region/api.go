@@ -180,8 +180,16 @@ func (a *API) publishPresence(ctx context.Context, ev *pb.PresenceEvent) error {
 	return nil
 }
 
-// Query answers a read request of device dev.
+// Query answers a read request of device dev. At most
+// Config.MaxConcurrentReads run at once in a process (see reads.go); a
+// read that finds no free slot in time is answered UNAVAILABLE with
+// retry_after_ms.
 func (a *API) Query(ctx context.Context, dev core.DeviceKey, f *pb.ClientFrame) (*pb.Response, error) {
+	release, ok := a.acquireRead(ctx)
+	if !ok {
+		return busy(f.GetReqId()), nil
+	}
+	defer release()
 	var resp *pb.Response
 	var err error
 	switch b := f.GetBody().(type) {
@@ -190,7 +198,7 @@ func (a *API) Query(ctx context.Context, dev core.DeviceKey, f *pb.ClientFrame) 
 	case *pb.ClientFrame_History:
 		resp, err = a.history(ctx, dev, b.History)
 	case *pb.ClientFrame_ListConversations:
-		resp, err = a.listConversations(ctx, dev)
+		resp, err = a.listConversations(ctx, dev, b.ListConversations)
 	case *pb.ClientFrame_LookupUser:
 		resp, err = a.lookupUser(ctx, b.LookupUser.GetUserId())
 	case *pb.ClientFrame_PresenceSubscribe:
@@ -226,8 +234,13 @@ func clampLimit(n uint32) int {
 	}
 }
 
-// sync returns every entry after the device's cursors in each of the
-// user's conversations, in (conversation, seq) order, one page at a time.
+// sync returns the entries after the device's cursors in each of the
+// user's conversations, in (conversation, seq) order, one page at a time:
+// at most limit entries and core.MaxPageBytes of entries and heads (see
+// reads.go). heads carries the head of each conversation the page has
+// entries of. more says that entries are left: the client asks again with
+// its advanced cursors. A page always holds at least one entry when any
+// is left, so every page moves a cursor.
 func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest) (*pb.Response, error) {
 	limit := clampLimit(req.GetLimit())
 	after := map[string]uint64{}
@@ -239,6 +252,7 @@ func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest)
 		return nil, fmt.Errorf("sync %s: %w", dev, err)
 	}
 	out := &pb.SyncResponse{}
+	budget := core.MaxPageBytes - moreBytes
 	for _, conv := range convs {
 		c, set, err := a.r.loadMembers(ctx, conv)
 		if errors.Is(err, core.ErrNotFound) {
@@ -255,30 +269,64 @@ func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest)
 		if joined > 0 && from < joined-1 {
 			from = joined - 1
 		}
-		out.Heads = append(out.Heads, &pb.ConvCursor{ConvId: conv, AfterSeq: c.Head})
 		if from >= c.Head {
 			continue
 		}
-		room := limit - len(out.Messages)
-		if room <= 0 {
+		head := &pb.ConvCursor{ConvId: conv, AfterSeq: c.Head}
+		room, left := limit-len(out.Messages), budget-fieldBytes(proto.Size(head))
+		if room <= 0 || left <= 0 {
 			out.More = true
 			break
 		}
-		msgs, err := a.r.store.Messages(ctx, conv, from, room)
+		msgs, err := a.r.store.Messages(ctx, conv, from, room, left)
 		if err != nil {
 			return nil, fmt.Errorf("sync %s: %w", conv, err)
 		}
-		for _, m := range msgs {
-			out.Messages = append(out.Messages, core.ForDevice(m, dev))
+		var used, took int
+		out.Messages, used, took = fitUp(out.Messages, msgs, dev, left)
+		if took == 0 {
+			if len(out.Heads) > 0 {
+				out.More = true // the next page starts with this conversation
+				break
+			}
+			m, err := a.oversized(ctx, conv, from)
+			if err != nil {
+				return nil, fmt.Errorf("sync %s: %w", conv, err)
+			}
+			if out.Messages, used, took = fitUp(out.Messages, []*pb.Message{m}, dev, left); took == 0 {
+				return nil, fmt.Errorf("sync %s: entry %d fits no page: %w", conv, m.GetSeq(), core.ErrLimitExceeded)
+			}
 		}
-		if len(msgs) == room && from+uint64(room) < c.Head {
-			out.More = true
+		out.Heads = append(out.Heads, head)
+		budget -= fieldBytes(proto.Size(head)) + used
+		if last := out.Messages[len(out.Messages)-1].GetSeq(); last < c.Head {
+			out.More = true // bytes or count ran out inside this conversation
 			break
 		}
 	}
 	return &pb.Response{Body: &pb.Response_Sync{Sync: out}}, nil
 }
 
+// oversized reads the single entry after from, which does not fit an empty
+// page (see withoutEnvelope), and logs it.
+func (a *API) oversized(ctx context.Context, conv string, from uint64) (*pb.Message, error) {
+	ms, err := a.r.store.Messages(ctx, conv, from, 1, unboundedBytes)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) == 0 {
+		return nil, fmt.Errorf("entry %d of %s missing: %w", from+1, conv, core.ErrUnavailable)
+	}
+	a.r.log.Warn("stored entry larger than a frame: delivered without its envelope",
+		"conv", conv, "seq", ms[0].GetSeq(), "bytes", proto.Size(ms[0]))
+	return withoutEnvelope(ms[0]), nil
+}
+
+// history returns the newest entries of a conversation below before_seq
+// (0: the head) that fit one page: at most limit entries and
+// core.MaxPageBytes of them, never from before the caller joined. The
+// client pages further back with before_seq = the lowest seq returned;
+// an empty page (or seq 1, or the caller's join point) is the start.
 func (a *API) history(ctx context.Context, dev core.DeviceKey, req *pb.HistoryRequest) (*pb.Response, error) {
 	conv := req.GetConvId()
 	c, set, err := a.r.loadMembers(ctx, conv)
@@ -290,38 +338,66 @@ func (a *API) history(ctx context.Context, dev core.DeviceKey, req *pb.HistoryRe
 	if err != nil {
 		return nil, err
 	}
-	limit := uint64(clampLimit(req.GetLimit()))
+	limit := clampLimit(req.GetLimit())
 	before := req.GetBeforeSeq()
 	if before == 0 || before > c.Head+1 {
 		before = c.Head + 1
 	}
-	var from uint64
-	if before > limit+1 {
-		from = before - 1 - limit
-	}
-	if joined > 0 && from < joined-1 {
-		from = joined - 1
+	var floor uint64 // entries after floor
+	if joined > 0 {
+		floor = joined - 1
 	}
 	out := &pb.HistoryResponse{}
-	if before > from+1 {
-		msgs, err := a.r.store.Messages(ctx, conv, from, int(before-1-from))
+	if before > floor+1 {
+		msgs, err := a.r.store.MessagesBefore(ctx, conv, before, floor, limit, core.MaxPageBytes)
 		if err != nil {
 			return nil, fmt.Errorf("history %s: %w", conv, err)
 		}
-		for _, m := range msgs {
-			out.Messages = append(out.Messages, core.ForDevice(m, dev))
+		out.Messages = fitDown(msgs, dev, core.MaxPageBytes)
+		if len(out.Messages) == 0 {
+			m, err := a.oversizedBefore(ctx, conv, before, floor)
+			if err != nil {
+				return nil, fmt.Errorf("history %s: %w", conv, err)
+			}
+			out.Messages = fitDown([]*pb.Message{m}, dev, core.MaxPageBytes)
 		}
 	}
 	return &pb.Response{Body: &pb.Response_History{History: out}}, nil
 }
 
-func (a *API) listConversations(ctx context.Context, dev core.DeviceKey) (*pb.Response, error) {
+// oversizedBefore is oversized for the entry just below before.
+func (a *API) oversizedBefore(ctx context.Context, conv string, before, floor uint64) (*pb.Message, error) {
+	ms, err := a.r.store.MessagesBefore(ctx, conv, before, floor, 1, unboundedBytes)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) == 0 {
+		return nil, fmt.Errorf("entry %d of %s missing: %w", before-1, conv, core.ErrUnavailable)
+	}
+	a.r.log.Warn("stored entry larger than a frame: delivered without its envelope",
+		"conv", conv, "seq", ms[0].GetSeq(), "bytes", proto.Size(ms[0]))
+	return withoutEnvelope(ms[0]), nil
+}
+
+// listConversations returns the user's conversations with id >
+// after_conv_id, in id order, one page at a time: at most
+// core.DefaultPageSize of them and core.MaxPageBytes of encoded infos;
+// more says the client should ask again from the last id returned.
+func (a *API) listConversations(ctx context.Context, dev core.DeviceKey, req *pb.ListConversationsRequest) (*pb.Response, error) {
 	convs, err := a.r.store.UserConversations(ctx, dev.User)
 	if err != nil {
 		return nil, fmt.Errorf("list conversations: %w", err)
 	}
 	out := &pb.ListConversationsResponse{}
+	budget := core.MaxPageBytes - moreBytes
 	for _, conv := range convs {
+		if conv <= req.GetAfterConvId() {
+			continue
+		}
+		if len(out.Conversations) >= core.DefaultPageSize {
+			out.More = true
+			break
+		}
 		c, e, err := a.r.loadConv(ctx, conv)
 		if errors.Is(err, core.ErrNotFound) {
 			continue
@@ -329,7 +405,17 @@ func (a *API) listConversations(ctx context.Context, dev core.DeviceKey) (*pb.Re
 		if err != nil {
 			return nil, fmt.Errorf("list conversations: %s: %w", conv, err)
 		}
-		out.Conversations = append(out.Conversations, core.ConvInfo(c, e.members))
+		info := core.ConvInfo(c, e.members)
+		n := fieldBytes(proto.Size(info))
+		if n > budget {
+			if len(out.Conversations) == 0 {
+				return nil, fmt.Errorf("list conversations: info of %s takes %d bytes, more than a page: %w", conv, n, core.ErrLimitExceeded)
+			}
+			out.More = true
+			break
+		}
+		budget -= n
+		out.Conversations = append(out.Conversations, info)
 	}
 	return &pb.Response{Body: &pb.Response_Conversations{Conversations: out}}, nil
 }

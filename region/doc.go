@@ -48,6 +48,15 @@
 // OutsiderError — the same NOT_FOUND whether the conversation exists or
 // not.
 //
+// Every read is bounded (reads.go): sync, history and list_conversations
+// pages in count and in encoded bytes so that each response fits one
+// Noise transport message (core.MaxPageBytes), the store reads of a page
+// in bytes (core.Store.Messages / MessagesBefore stop early), and the
+// reads one process serves at once (Config.MaxConcurrentReads, default
+// 64; UNAVAILABLE with retry_after_ms beyond it). The stores refuse an
+// entry larger than core.MaxMessageBytes, so every stored entry fits a
+// page and a push on its own.
+//
 // # Concurrency
 //
 // Region and API are safe for concurrent use. Region.Start launches the

@@ -71,6 +71,12 @@ type Config struct {
 	// ReceiptScanLimit bounds how many messages a cursor move scans to find
 	// the senders to notify (default 1000).
 	ReceiptScanLimit int
+	// MaxConcurrentReads bounds the reads (API.Query) the process serves
+	// at once (default DefaultMaxConcurrentReads); see reads.go.
+	MaxConcurrentReads int
+	// ReadWait is how long a read waits for a free slot before it is
+	// answered UNAVAILABLE with retry_after_ms (default DefaultReadWait).
+	ReadWait time.Duration
 	// PrekeyLowWater: when a bundle fetch leaves a device with fewer
 	// one-time prekeys than this, the device is told to upload more
 	// (default 20; see prekeys.go for how often).
@@ -117,6 +123,12 @@ func (c *Config) fill() {
 	if c.ReceiptScanLimit <= 0 {
 		c.ReceiptScanLimit = 1000
 	}
+	if c.MaxConcurrentReads <= 0 {
+		c.MaxConcurrentReads = DefaultMaxConcurrentReads
+	}
+	if c.ReadWait <= 0 {
+		c.ReadWait = DefaultReadWait
+	}
 	if c.PrekeyLowWater <= 0 {
 		c.PrekeyLowWater = 20
 	}
@@ -145,6 +157,7 @@ type Region struct {
 	presence *presenceCache
 
 	notifyCh chan core.PushNotification
+	reads    chan struct{} // read slots (Config.MaxConcurrentReads)
 	stats    counters
 
 	mu       sync.Mutex
@@ -172,12 +185,14 @@ type Stats struct {
 	StateLoads      uint64 // conversation states loaded from the store (cache misses)
 	ReceiptScans    uint64 // cursor moves that had to read entries to find senders
 	Restarts        uint64 // times the sequencer's consumer stopped and was restarted
+	ReadsRefused    uint64 // reads answered UNAVAILABLE: no free read slot in time
 }
 
 type counters struct {
 	appended, duplicates, rejected, malformed, edgeRecords, undeliverable atomic.Uint64
 	notified, notifyDropped, notifyFailed, receipts, typing               atomic.Uint64
 	deadLettered, panics, stateLoads, receiptScans, restarts              atomic.Uint64
+	readsRefused                                                          atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -200,6 +215,7 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		devices:     newDeviceCache(cfg.Now, 10*time.Second),
 		presence:    newPresenceCache(cfg.Now),
 		notifyCh:    make(chan core.PushNotification, cfg.NotifyQueue),
+		reads:       make(chan struct{}, cfg.MaxConcurrentReads),
 	}
 	return r, nil
 }
@@ -341,6 +357,7 @@ func (r *Region) Stats() Stats {
 		ReceiptsSent: c.receipts.Load(), TypingFannedOut: c.typing.Load(),
 		DeadLettered: c.deadLettered.Load(), Panics: c.panics.Load(), StateLoads: c.stateLoads.Load(),
 		ReceiptScans: c.receiptScans.Load(), Restarts: c.restarts.Load(),
+		ReadsRefused: c.readsRefused.Load(),
 	}
 }
 

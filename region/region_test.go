@@ -223,7 +223,7 @@ func TestDirectSendAckDeliverDedupe(t *testing.T) {
 	if err != nil || c.Head != n {
 		t.Fatalf("head = %d, %v; want %d", c.Head, err, n)
 	}
-	msgs, err := h.store.Messages(h.ctx, conv, 0, 100)
+	msgs, err := h.store.Messages(h.ctx, conv, 0, 100, 0)
 	if err != nil || len(msgs) != n {
 		t.Fatalf("stored %d, %v", len(msgs), err)
 	}

@@ -316,7 +316,7 @@ func (r *Region) userFacts(ctx context.Context, actor string, users []string) (m
 		if _, done := facts[u]; done || u == actor || !core.ValidUserID(u) {
 			continue
 		}
-		p, err := storePrivacy(ctx, r.store, u)
+		p, err := r.store.Privacy(ctx, u)
 		if errors.Is(err, core.ErrNotFound) {
 			facts[u] = core.UserFacts{}
 			continue
@@ -538,7 +538,7 @@ func (r *Region) scanSenders(ctx context.Context, mv core.CursorMove) ([]string,
 		from = mv.Seq - uint64(r.cfg.ReceiptScanLimit)
 	}
 	r.stats.receiptScans.Add(1)
-	msgs, err := storeMessages(ctx, r.store, mv.Conv, from, int(mv.Seq-from), receiptScanBytes)
+	msgs, err := r.store.Messages(ctx, mv.Conv, from, int(mv.Seq-from), receiptScanBytes)
 	if err != nil {
 		return nil, fmt.Errorf("receipt scan %s: %w", mv.Conv, err)
 	}

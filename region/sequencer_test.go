@@ -18,20 +18,20 @@ import (
 	"github.com/chatmesh/chatmesh/region/kafkabus"
 )
 
-// countingStore counts Members reads and can fail appends to one
+// seqStore counts Members reads and can fail appends to one
 // conversation (a record that can never be stored while the store is fine).
-type countingStore struct {
+type seqStore struct {
 	core.Store
 	members  atomic.Int64
 	poisoned string
 }
 
-func (s *countingStore) Members(ctx context.Context, conv string) ([]core.Member, error) {
+func (s *seqStore) Members(ctx context.Context, conv string) ([]core.Member, error) {
 	s.members.Add(1)
 	return s.Store.Members(ctx, conv)
 }
 
-func (s *countingStore) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
+func (s *seqStore) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
 	if s.poisoned != "" && req.Message.GetConvId() == s.poisoned {
 		return core.AppendResult{}, errors.New("injected: this entry can never be written")
 	}
@@ -57,8 +57,8 @@ func modify(h *harness, actor core.DeviceKey, session, reqID uint64, conv, key s
 
 // Defect 4: back-to-back sends must not re-read the member list.
 func TestSequencerKeepsMemberStateAcrossSends(t *testing.T) {
-	var cs *countingStore
-	h := newHarnessWrapped(t, func(s core.Store) core.Store { cs = &countingStore{Store: s}; return cs }, nil)
+	var cs *seqStore
+	h := newHarnessWrapped(t, func(s core.Store) core.Store { cs = &seqStore{Store: s}; return cs }, nil)
 	alice := h.register("alice", 1)
 	h.register("bob", 2)
 	h.register("carol", 3)
@@ -83,8 +83,8 @@ func TestSequencerKeepsMemberStateAcrossSends(t *testing.T) {
 // topic after bounded attempts, and the partition moves on.
 func TestSequencerDeadLettersPoisonRecord(t *testing.T) {
 	poison := core.GroupID("alice", "poison")
-	var cs *countingStore
-	h := newHarnessWrapped(t, func(s core.Store) core.Store { cs = &countingStore{Store: s}; return cs }, nil,
+	var cs *seqStore
+	h := newHarnessWrapped(t, func(s core.Store) core.Store { cs = &seqStore{Store: s}; return cs }, nil,
 		func(c *region.Config) { c.MaxAttempts = 3; c.IngressPartitions = 1 })
 	alice := h.register("alice", 1)
 	h.register("bob", 2)

@@ -136,7 +136,7 @@ func canaryRun(t *testing.T, b backend, sealer client.Sealer, perConv int) (foun
 	hay := map[string][][]byte{}
 	hay["logs"] = append(hay["logs"], logs.Bytes())
 	for _, conv := range []string{direct, info.GetConvId()} {
-		msgs, err := s.Store.Messages(ctx, conv, 0, 1_000_000)
+		msgs, err := s.Store.Messages(ctx, conv, 0, 1_000_000, 1<<40) // every entry
 		if err != nil {
 			t.Fatal(err)
 		}

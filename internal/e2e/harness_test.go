@@ -91,6 +91,8 @@ type recorder struct {
 	receipts []client.ReceiptEvent
 	presence []client.PresenceEvent
 	typing   []client.TypingEvent
+	// disconnects counts the sessions that ended (DisconnectedEvent).
+	disconnects int
 }
 
 type tclient struct {
@@ -169,6 +171,8 @@ func (tc *tclient) drain(ctx context.Context) {
 				r.presence = append(r.presence, e)
 			case client.TypingEvent:
 				r.typing = append(r.typing, e)
+			case client.DisconnectedEvent:
+				r.disconnects++
 			}
 			r.mu.Unlock()
 		}
@@ -213,6 +217,13 @@ func (tc *tclient) hasReceipt(conv string, kind pb.ReceiptKind, seq uint64) bool
 		}
 	}
 	return false
+}
+
+// disconnects returns how many of the client's sessions have ended.
+func (tc *tclient) disconnects() int {
+	tc.rec.mu.Lock()
+	defer tc.rec.mu.Unlock()
+	return tc.rec.disconnects
 }
 
 func (tc *tclient) ackCount() int {

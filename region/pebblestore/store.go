@@ -459,6 +459,9 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	}
 	stored := proto.Clone(m).(*pb.Message)
 	stored.Seq, stored.Epoch = seq, req.Epoch
+	if err := core.CheckStorable(stored); err != nil {
+		return core.AppendResult{}, fmt.Errorf("pebblestore: append to %s: %w", conv, err)
+	}
 	body, err := proto.Marshal(stored)
 	if err != nil {
 		return core.AppendResult{}, fmt.Errorf("pebblestore: marshal message: %w", err)
@@ -582,35 +585,76 @@ func (s *Store) UserConversations(ctx context.Context, user string) ([]string, e
 	return out, err
 }
 
-// Messages implements core.Store.
-func (s *Store) Messages(ctx context.Context, conv string, after uint64, limit int) ([]*pb.Message, error) {
+// Messages implements core.Store. It iterates from after+1 and stops at
+// the first entry that would pass limit or maxBytes, decoding only the
+// entries it returns.
+func (s *Store) Messages(ctx context.Context, conv string, after uint64, limit, maxBytes int) ([]*pb.Message, error) {
 	c, err := s.Conversation(ctx, conv)
 	if err != nil {
 		return nil, err
 	}
+	if after >= c.Head {
+		return nil, nil
+	}
+	return s.readMessages(conv, after+1, c.Head+1, false, limit, maxBytes)
+}
+
+// MessagesBefore implements core.Store: it iterates down from before-1.
+func (s *Store) MessagesBefore(ctx context.Context, conv string, before, after uint64, limit, maxBytes int) ([]*pb.Message, error) {
+	c, err := s.Conversation(ctx, conv)
+	if err != nil {
+		return nil, err
+	}
+	before = min(before, c.Head+1)
+	if before <= after+1 {
+		return nil, nil
+	}
+	return s.readMessages(conv, after+1, before, true, limit, maxBytes)
+}
+
+// readMessages reads the entries of conv with lo <= seq < hi, ascending or
+// (down) descending, within the page bounds of core.Store.Messages; the
+// result is always ascending.
+func (s *Store) readMessages(conv string, lo, hi uint64, down bool, limit, maxBytes int) ([]*pb.Message, error) {
 	if limit <= 0 {
 		limit = core.DefaultPageSize
 	}
 	limit = min(limit, core.MaxPageSize)
-	if after >= c.Head {
-		return nil, nil
+	if maxBytes <= 0 {
+		maxBytes = core.MaxPageBytes
 	}
-	var out []*pb.Message
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: messageKey(conv, after+1), UpperBound: prefixEnd(messagePrefix(conv))})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: messageKey(conv, lo), UpperBound: messageKey(conv, hi)})
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: iterate: %w", err)
 	}
 	defer it.Close()
-	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+	first, next := it.First, it.Next
+	if down {
+		first, next = it.Last, it.Prev
+	}
+	var out []*pb.Message
+	total := 0
+	for ok := first(); ok && len(out) < limit; ok = next() {
 		v, err := it.ValueAndErr()
 		if err != nil {
 			return nil, fmt.Errorf("pebblestore: messages of %s: %w", conv, err)
 		}
+		// The value is the entry's encoding: its length is proto.Size.
+		if total+len(v) > maxBytes {
+			break
+		}
+		total += len(v)
 		m := &pb.Message{}
 		if err := proto.Unmarshal(v, m); err != nil {
 			return nil, fmt.Errorf("pebblestore: messages of %s: %w: %w", conv, ErrCorrupt, err)
 		}
 		out = append(out, m)
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("pebblestore: messages of %s: %w", conv, err)
+	}
+	if down {
+		slices.Reverse(out)
 	}
 	return out, nil
 }

@@ -376,6 +376,9 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 		}
 		stored := proto.Clone(m).(*pb.Message)
 		stored.Seq, stored.Epoch = seq, req.Epoch
+		if err := core.CheckStorable(stored); err != nil {
+			return fmt.Errorf("pgstore: append to %s: %w", conv, err)
+		}
 		body, err = proto.Marshal(stored)
 		if err != nil {
 			return fmt.Errorf("pgstore: marshal message: %w", err)
@@ -502,31 +505,83 @@ func (s *Store) UserConversations(ctx context.Context, user string) ([]string, e
 	return out, nil
 }
 
-// Messages implements core.Store.
-func (s *Store) Messages(ctx context.Context, conv string, after uint64, limit int) ([]*pb.Message, error) {
+// Messages implements core.Store. The byte bound is applied by the
+// server (a running sum of octet_length(body) — the entry's encoded size —
+// over at most limit rows), so no row past the page crosses the wire, and
+// the rows are decoded as they stream in.
+func (s *Store) Messages(ctx context.Context, conv string, after uint64, limit, maxBytes int) ([]*pb.Message, error) {
 	c, err := s.Conversation(ctx, conv)
 	if err != nil {
 		return nil, err
 	}
+	if after >= c.Head {
+		return nil, nil
+	}
+	return s.readMessages(ctx, conv, after, c.Head+1, false, limit, maxBytes)
+}
+
+// MessagesBefore implements core.Store: the running sum goes down from before-1.
+func (s *Store) MessagesBefore(ctx context.Context, conv string, before, after uint64, limit, maxBytes int) ([]*pb.Message, error) {
+	c, err := s.Conversation(ctx, conv)
+	if err != nil {
+		return nil, err
+	}
+	before = min(before, c.Head+1)
+	if before <= after+1 {
+		return nil, nil
+	}
+	return s.readMessages(ctx, conv, after, before, true, limit, maxBytes)
+}
+
+// Page queries for readMessages: the entries with $2 < seq < $3 in the
+// given direction, at most $4 of them, while the running total of their
+// sizes stays within $5; returned ascending.
+const (
+	pageUpSQL = `SELECT body FROM (
+	SELECT seq, body, sum(octet_length(body)) OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS total
+	FROM (SELECT seq, body FROM messages WHERE conv_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT $4) AS page
+) AS t WHERE total <= $5 ORDER BY seq`
+	pageDownSQL = `SELECT body FROM (
+	SELECT seq, body, sum(octet_length(body)) OVER (ORDER BY seq DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS total
+	FROM (SELECT seq, body FROM messages WHERE conv_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq DESC LIMIT $4) AS page
+) AS t WHERE total <= $5 ORDER BY seq`
+)
+
+func (s *Store) readMessages(ctx context.Context, conv string, after, before uint64, down bool, limit, maxBytes int) ([]*pb.Message, error) {
 	if limit <= 0 {
 		limit = core.DefaultPageSize
 	}
 	limit = min(limit, core.MaxPageSize)
-	if after >= c.Head {
-		return nil, nil
+	if maxBytes <= 0 {
+		maxBytes = core.MaxPageBytes
 	}
-	rows, err := s.pool.Query(ctx, "SELECT body FROM messages WHERE conv_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", conv, i64(after), limit)
+	q := pageUpSQL
+	if down {
+		q = pageDownSQL
+	}
+	rows, err := s.pool.Query(ctx, q, conv, i64(after), i64(before), limit, int64(maxBytes))
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: messages of %s: %w", conv, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*pb.Message, error) {
+	defer rows.Close()
+	var out []*pb.Message
+	total := 0
+	for rows.Next() {
 		var body []byte
-		if err := r.Scan(&body); err != nil {
-			return nil, err
+		if err := rows.Scan(&body); err != nil {
+			return nil, fmt.Errorf("pgstore: messages of %s: %w", conv, err)
 		}
-		return decodeMessage(body)
-	})
-	if err != nil {
+		if total+len(body) > maxBytes { // the server already cut the page; belt and braces
+			break
+		}
+		total += len(body)
+		m, err := decodeMessage(body)
+		if err != nil {
+			return nil, fmt.Errorf("pgstore: messages of %s: %w", conv, err)
+		}
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("pgstore: messages of %s: %w", conv, err)
 	}
 	return out, nil

@@ -193,7 +193,7 @@ func TestTwoStoresOneConversation(t *testing.T) {
 			t.Fatalf("key %d: first-append flags %v and %v, want exactly one", k, firsts[0][k], firsts[1][k])
 		}
 	}
-	ms, err := stores[0].Messages(t.Context(), "g:two", 0, 0)
+	ms, err := stores[0].Messages(t.Context(), "g:two", 0, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,10 @@
 // UserConversations, accept as AddMembers of an invited user, decline and
 // cancel as RemoveMembers, re-invitation; the title replaced by Title;
 // replays and fenced appends changing none of them),
-// Messages paging, a protobuf round trip of every Message field, cursors,
+// Messages paging (by count and by bytes, exactly at the bound, up with
+// Messages and down with MessagesBefore, over many near-maximum entries),
+// Append's size limit (an entry of exactly MaxMessageBytes stored, one
+// byte more refused with MESSAGE_TOO_LARGE and no trace), a protobuf round trip of every Message field, cursors,
 // routes and last-seen, and concurrency: many goroutines appending to one
 // conversation with distinct and duplicate keys (gapless seqs 1..N, exactly
 // one non-duplicate result per key, the same seq for every replay of a key),

@@ -45,6 +45,9 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"Title", testTitle},
 		{"AppendDuplicateRolesAndTitle", testAppendDuplicateRoles},
 		{"MessagesPaging", testMessagesPaging},
+		{"MessagesByteBound", testMessagesByteBound},
+		{"MessagesManyLarge", testMessagesManyLarge},
+		{"AppendTooLarge", testAppendTooLarge},
 		{"MessageRoundTrip", testRoundTrip},
 		{"Cursors", testCursors},
 		{"CursorListings", testCursorListings},
@@ -158,7 +161,7 @@ func conversation(t *testing.T, s core.Store, id string) core.Conversation {
 
 func messages(t *testing.T, s core.Store, conv string, after uint64, limit int) []*pb.Message {
 	t.Helper()
-	ms, err := s.Messages(t.Context(), conv, after, limit)
+	ms, err := s.Messages(t.Context(), conv, after, limit, 0)
 	if err != nil {
 		t.Fatalf("Messages(%s, %d, %d): %v", conv, after, limit, err)
 	}
@@ -429,7 +432,7 @@ func testAppendMissing(t *testing.T, s core.Store) {
 	wantErr(t, "Conversation after failed append", err, core.ErrNotFound)
 	_, err = s.Members(ctx, "g:none")
 	wantErr(t, "Members of missing", err, core.ErrNotFound)
-	_, err = s.Messages(ctx, "g:none", 0, 10)
+	_, err = s.Messages(ctx, "g:none", 0, 10, 0)
 	wantErr(t, "Messages of missing", err, core.ErrNotFound)
 	// The failed append stored no idempotency key: creating now gives seq 1.
 	res := mustAppend(t, s, core.AppendRequest{Epoch: 1, Create: group("g:none"), Message: userMsg("g:none", "a", 1, "x")})
