@@ -43,11 +43,18 @@
 //
 // # Sessions and REPLACED
 //
-// One session per device per edge: when a device connects again, the older
-// session receives Disconnect{REPLACED, reconnect=false} and is closed,
-// after the new one has been reported with SessionOpened (so the route
-// never disappears and presence does not flicker). This matches the
-// store's single route per device. Because of it the token bucket of a
+// One session per device per edge, and the newest always wins: sessions
+// are numbered (a generation) under the edge's lock when their Noise
+// handshake completes, and of two sessions of one device the later
+// handshake wins, whatever order their backend calls return in. A per-
+// device lock orders SessionOpened, the switch of pushes to the new session
+// and SessionClosed of the old one, so the route the region holds always
+// names the session the edge pushes to. The older session receives
+// Disconnect{REPLACED, reconnect=false} and is closed — after the new one
+// has been reported with SessionOpened (so the route never disappears and
+// presence does not flicker), or at once, without touching the route, if
+// it completes authentication after a newer one is already in place. This
+// matches the store's single route per device. Because of it the token bucket of a
 // session is the device's rate limit on this edge; a replacing session
 // inherits the old one's bucket, so reconnecting does not refill it.
 //

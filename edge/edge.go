@@ -222,9 +222,11 @@ type Edge struct {
 	mu        sync.Mutex
 	started   bool
 	closing   bool
-	live      map[*session]struct{} // every session past the handshake
-	sessions  map[uint64]*session   // authenticated sessions by id
-	byDevice  map[core.DeviceKey]map[uint64]*session
+	live      map[*session]struct{}            // every session past the handshake
+	sessions  map[uint64]*session              // authenticated sessions by id
+	byDevice  map[core.DeviceKey]*session      // the one session of each device
+	devLocks  map[core.DeviceKey]*devLock      // see lockDevice
+	nextGen   uint64                           // last session.gen given out
 	subs      map[string]map[*session]struct{} // presence subscriptions by user
 	perIP     map[string]int
 	wsURL     string
@@ -270,7 +272,8 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 		cfg: cfg, be: be, bus: bus, log: cfg.Logger.With("edge", cfg.ID), hello: hello,
 		live:     map[*session]struct{}{},
 		sessions: map[uint64]*session{},
-		byDevice: map[core.DeviceKey]map[uint64]*session{},
+		byDevice: map[core.DeviceKey]*session{},
+		devLocks: map[core.DeviceKey]*devLock{},
 		subs:     map[string]map[*session]struct{}{},
 		perIP:    map[string]int{},
 		shutDone: make(chan struct{}),

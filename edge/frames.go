@@ -328,7 +328,7 @@ func (e *Edge) targets(r *pb.EdgeRecord) []target {
 	var out []target
 	for _, a := range r.GetTargets() {
 		k := core.KeyOf(a)
-		for _, s := range e.byDevice[k] {
+		if s := e.byDevice[k]; s != nil {
 			out = append(out, target{s, k})
 		}
 	}
