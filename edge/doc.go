@@ -17,7 +17,10 @@
 // Backend.SessionClosed at the end; an unregistered key gets a session that
 // accepts only register and ping until Register succeeds.
 //
-// Each ClientFrame is size-checked, decoded, and charged to one of the
+// Each ClientFrame is size-checked (Config.MaxFrameBytes, at most
+// core.MaxClientFrameBytes, advertised as ServerHello.max_frame_bytes;
+// a send's envelope at most core.MaxEnvelopeBytes, advertised as
+// max_envelope_bytes), decoded, and charged to one of the
 // session's two token buckets: pure reads (sync, history,
 // list_conversations, lookup_user, fetch_bundle, fetch_device_list) to the
 // read bucket, and are answered concurrently, up to 8 at a time; every
@@ -96,12 +99,20 @@
 // 4000+ErrorCode, WebTransport session error code = ErrorCode
 // (TOO_MANY_CONNECTIONS, HANDSHAKE_FAILED, SHUTTING_DOWN). Afterwards a
 // failed request is a Response with an error code and the session goes on
-// (MALFORMED_FRAME, FRAME_TOO_LARGE, RATE_LIMITED, INVALID_ARGUMENT,
+// (MALFORMED_FRAME, FRAME_TOO_LARGE, MESSAGE_TOO_LARGE, RATE_LIMITED, INVALID_ARGUMENT,
 // UNAUTHENTICATED, UNAVAILABLE when the ingress produce failed — the
 // client retries with the same ids); a fatal condition is a Disconnect frame
 // followed by the close code (a transport message that fails to decrypt,
 // one above the 65535-byte Noise limit, idle timeout, replacement, slow
 // consumer, shutdown).
+//
+// Every frame the edge sends fits one Noise transport message: the limits
+// above leave room for the region's framing. A frame that still would not
+// (a bug elsewhere) is never sent, because sending it would end the
+// session: it is counted (Stats.TooLargeToSend) and logged at error, a
+// Response becomes an INTERNAL error for the same req_id, and anything
+// else is dropped (sync repairs a missed delivery). A failed write to the
+// client ends the session, counted (Stats.WriteErrors) and logged.
 //
 // # Observability
 //

@@ -87,8 +87,10 @@ type Config struct {
 	// browser origins allowed to connect cross-origin. Requests without an
 	// Origin header (native clients) are always allowed.
 	OriginPatterns []string
-	// MaxFrameBytes is the largest ClientFrame accepted (default and
-	// maximum noiseconn.MaxPlaintext).
+	// MaxFrameBytes is the largest ClientFrame accepted, advertised as
+	// ServerHello.max_frame_bytes (default and maximum
+	// core.MaxClientFrameBytes, which leaves room for the framing the
+	// region adds: whatever is accepted can be delivered).
 	MaxFrameBytes int
 	// MessagesPerSecond and Burst form each session's token bucket
 	// (default 50/s, burst 100). With one session per device (see REPLACED
@@ -128,8 +130,8 @@ func (c *Config) defaults() error {
 	if c.ID == "" {
 		return fmt.Errorf("%w: ID is required", ErrConfig)
 	}
-	if c.MaxFrameBytes <= 0 || c.MaxFrameBytes > noiseconn.MaxPlaintext {
-		c.MaxFrameBytes = noiseconn.MaxPlaintext
+	if c.MaxFrameBytes <= 0 || c.MaxFrameBytes > core.MaxClientFrameBytes {
+		c.MaxFrameBytes = core.MaxClientFrameBytes
 	}
 	if c.MessagesPerSecond <= 0 {
 		c.MessagesPerSecond = 50
@@ -189,7 +191,9 @@ type Stats struct {
 	RateLimited        uint64
 	TypingDropped      uint64 // typing frames dropped silently over budget
 	Malformed          uint64
-	TooLarge           uint64
+	TooLarge           uint64 // client frames above MaxFrameBytes or the Noise limit
+	TooLargeToSend     uint64 // server frames above core.MaxFramePlaintext, not sent (see push)
+	WriteErrors        uint64 // sessions ended because a write to the client failed
 	DroppedSlowClient  uint64 // sessions closed because their queue was full ("slow consumer")
 	IdleTimeouts       uint64
 	Replaced           uint64 // sessions closed because the device connected again
@@ -202,6 +206,7 @@ type counters struct {
 	sessions                                                                 atomic.Int64
 	framesIn, framesOut, produced, produceErrors, rateLimited, typingDropped atomic.Uint64
 	malformed, tooLarge, slowClient, idle, replaced, edgeRecords, presence   atomic.Uint64
+	tooLargeToSend, writeErrors                                              atomic.Uint64
 }
 
 // Edge terminates client connections. Create it with New, then Start, then
@@ -264,6 +269,7 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 		Region:               cfg.Region,
 		MaxFrameBytes:        uint32(cfg.MaxFrameBytes),
 		MaxMessagesPerSecond: uint32(cfg.MessagesPerSecond),
+		MaxEnvelopeBytes:     core.MaxEnvelopeBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: server hello: %w", err)
@@ -316,6 +322,7 @@ func (e *Edge) Stats() Stats {
 		TypingDropped: n.typingDropped.Load(), Malformed: n.malformed.Load(), TooLarge: n.tooLarge.Load(),
 		DroppedSlowClient: n.slowClient.Load(), IdleTimeouts: n.idle.Load(), Replaced: n.replaced.Load(),
 		EdgeRecordsHandled: n.edgeRecords.Load(), PresenceHandled: n.presence.Load(),
+		TooLargeToSend: n.tooLargeToSend.Load(), WriteErrors: n.writeErrors.Load(),
 	}
 }
 

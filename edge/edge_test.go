@@ -31,7 +31,8 @@ func TestHandshakeBothTransports(t *testing.T) {
 			}
 			h := c.hello
 			if h.GetProtocolVersion() != 1 || h.GetEdgeId() != "e1" || h.GetRegion() != "r1" ||
-				h.GetMaxFrameBytes() != noiseconn.MaxPlaintext || h.GetMaxMessagesPerSecond() != 50 {
+				h.GetMaxFrameBytes() != core.MaxClientFrameBytes || h.GetMaxEnvelopeBytes() != core.MaxEnvelopeBytes ||
+				h.GetMaxMessagesPerSecond() != 50 || h.GetRegisterPowBits() != 0 {
 				t.Fatalf("server hello %v", h)
 			}
 			c.ping()

@@ -30,6 +30,8 @@ var metricDefs = []metricDef{
 	{"typing_dropped_total", "Typing frames dropped over the rate limit.", false, func(s Stats) float64 { return float64(s.TypingDropped) }},
 	{"malformed_total", "Malformed frames.", false, func(s Stats) float64 { return float64(s.Malformed) }},
 	{"too_large_total", "Frames above the size limit.", false, func(s Stats) float64 { return float64(s.TooLarge) }},
+	{"too_large_to_send_total", "Server frames above the Noise limit, not sent.", false, func(s Stats) float64 { return float64(s.TooLargeToSend) }},
+	{"write_errors_total", "Sessions ended by a failed write to the client.", false, func(s Stats) float64 { return float64(s.WriteErrors) }},
 	{"dropped_slow_consumer_total", "Sessions closed because their send queue overflowed.", false, func(s Stats) float64 { return float64(s.DroppedSlowClient) }},
 	{"idle_timeouts_total", "Sessions closed for idleness.", false, func(s Stats) float64 { return float64(s.IdleTimeouts) }},
 	{"replaced_total", "Sessions replaced by a newer session of the same device.", false, func(s Stats) float64 { return float64(s.Replaced) }},

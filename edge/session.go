@@ -313,17 +313,39 @@ func (s *session) terminate(code pb.ErrorCode, detail string, reconnect bool) {
 
 // push queues a frame without blocking. A full queue closes the session
 // (drop reason "slow consumer"): the client resyncs when it reconnects.
+// A frame that would not fit one Noise transport message is never sent
+// (sending it would end the session): it is counted and logged, a
+// Response is replaced by an INTERNAL error for the same request, and any
+// other frame is dropped (the client's sync repairs a missed delivery).
 func (s *session) push(f *pb.ServerFrame) {
 	b, err := marshal(f)
 	if err != nil {
 		s.e.log.Error("encode frame", "err", err)
 		return
 	}
+	if len(b) > core.MaxFramePlaintext {
+		s.tooLargeToSend(fmt.Sprintf("%T", f.GetBody()), len(b))
+		if r := f.GetResponse(); r != nil {
+			s.fail(r.GetReqId(), pb.ErrorCode_ERROR_CODE_INTERNAL, "response too large to send")
+		}
+		return
+	}
 	s.pushBytes(b)
+}
+
+// tooLargeToSend counts and logs a frame that cannot be sent (never its
+// contents).
+func (s *session) tooLargeToSend(kind string, n int) {
+	s.e.n.tooLargeToSend.Add(1)
+	s.e.log.Error("frame too large to send; dropped", "kind", kind, "bytes", n, "limit", core.MaxFramePlaintext, "device", s.dev)
 }
 
 func (s *session) pushBytes(b []byte) {
 	if !s.live() {
+		return
+	}
+	if len(b) > core.MaxFramePlaintext {
+		s.tooLargeToSend("encoded", len(b))
 		return
 	}
 	select {
@@ -361,6 +383,8 @@ func (s *session) writeLoop() {
 		select {
 		case b := <-s.queue:
 			if err := s.write(b); err != nil {
+				e.n.writeErrors.Add(1)
+				e.log.Info("session ended: write to client failed", "device", s.dev, "session", s.id, "err", err)
 				s.terminate(pb.ErrorCode_ERROR_CODE_OK, "", false)
 				_ = s.tr.Close()
 				return
