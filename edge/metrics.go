@@ -19,7 +19,11 @@ type metricDef struct {
 
 var metricDefs = []metricDef{
 	{"connections_total", "Transport connections accepted.", false, func(s Stats) float64 { return float64(s.Connections) }},
-	{"rejected_per_ip_total", "Connections refused by the per-IP limit.", false, func(s Stats) float64 { return float64(s.RejectedPerIP) }},
+	{"rejected_per_ip_total", "Sessions refused by the per-IP limit.", false, func(s Stats) float64 { return float64(s.RejectedPerIP) }},
+	{"open_connections", "Transport connections open.", true, func(s Stats) float64 { return float64(s.OpenConns) }},
+	{"rejected_at_accept_total", "Connections closed at accept by the total or per-IP limit.", false, func(s Stats) float64 { return float64(s.RejectedAtAccept) }},
+	{"accept_errors_total", "Failed Accept calls (retried after a backoff).", false, func(s Stats) float64 { return float64(s.AcceptErrors) }},
+	{"listener_failures_total", "Listeners that stopped while the edge was running.", false, func(s Stats) float64 { return float64(s.ListenerFailures) }},
 	{"handshake_failures_total", "Failed Noise handshakes.", false, func(s Stats) float64 { return float64(s.HandshakeFailures) }},
 	{"sessions", "Established sessions.", true, func(s Stats) float64 { return float64(s.Sessions) }},
 	{"frames_in_total", "Frames received from clients.", false, func(s Stats) float64 { return float64(s.FramesIn) }},
