@@ -1,6 +1,8 @@
 package edge_test
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -9,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/webtransport-go"
+
+	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/edge"
 )
 
@@ -80,4 +85,27 @@ func TestConnectionLimitsBeforeUpgrade(t *testing.T) {
 	}
 	again, _ := v.registered("ws", "honest2")
 	again.ping()
+}
+
+// TestQUICConnectionLimit: QUIC connections over the per-IP accept limit
+// are closed at accept; the admitted ones keep working.
+func TestQUICConnectionLimit(t *testing.T) {
+	v := newEnv(t, func(c *edge.Config) { c.MaxAcceptPerIP = 2 })
+	a := v.connect("wt", newKey(t), nil)
+	b := v.connect("wt", newKey(t), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d := &webtransport.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	defer d.Close()
+	if _, sess, err := d.Dial(ctx, v.e.WTURL(), nil); err == nil {
+		// The session may be set up before the close arrives: it must end.
+		if code := wtCode(t, sess); code == pb.ErrorCode_ERROR_CODE_OK {
+			t.Fatal("third QUIC connection served")
+		}
+	}
+	if st := v.e.Stats(); st.RejectedAtAccept != 1 || st.OpenConns != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	a.ping()
+	b.ping()
 }
