@@ -9,9 +9,18 @@
 //
 // A connection is accepted on /v1/ws (one binary WebSocket message per
 // Noise message) or /v1/wt (one client-opened WebTransport stream, each
-// Noise message prefixed with a 2-byte big-endian length). The per-IP
-// connection limit is applied first, then the XX handshake with a
-// ServerHello payload; the client's proven static key is passed to
+// Noise message prefixed with a 2-byte big-endian length). Every TCP and
+// QUIC connection is counted at accept, before a byte is read, against a
+// total and a per-IP cap (Config.MaxConns, MaxAcceptPerIP; excess is closed
+// at once), and everything before a session exists is bounded by
+// Config.HandshakeTimeout (HTTP request headers and body, an idle
+// kept-alive HTTP connection, the QUIC and Noise handshakes). An Accept
+// error (EMFILE, ...) never ends a listener: it is counted and retried
+// after a backoff. A listener that stops anyway while the edge runs is
+// logged at error, counted and reported on Edge.Failed; the process
+// should then exit non-zero (chatmesh dev and chatmesh edge do). After
+// the upgrade the per-IP session limit (MaxConnsPerIP) applies, then the
+// XX handshake with a ServerHello payload; the client's proven static key is passed to
 // Backend.Authenticate. A registered device's session is reported with
 // Backend.SessionOpened (before it serves any request) and
 // Backend.SessionClosed at the end; an unregistered key gets a session that
