@@ -384,7 +384,7 @@ func (s *session) writeLoop() {
 		case b := <-s.queue:
 			if err := s.write(b); err != nil {
 				e.n.writeErrors.Add(1)
-				e.log.Info("session ended: write to client failed", "device", s.dev, "session", s.id, "err", err)
+				e.log.Info("session ended: write to client failed", "session", s.id, "err", err)
 				s.terminate(pb.ErrorCode_ERROR_CODE_OK, "", false)
 				_ = s.tr.Close()
 				return
