@@ -9,15 +9,27 @@
 //
 // A connection is accepted on /v1/ws (one binary WebSocket message per
 // Noise message) or /v1/wt (one client-opened WebTransport stream, each
-// Noise message prefixed with a 2-byte big-endian length). The per-IP
-// connection limit is applied first, then the XX handshake with a
-// ServerHello payload; the client's proven static key is passed to
+// Noise message prefixed with a 2-byte big-endian length). Every TCP and
+// QUIC connection is counted at accept, before a byte is read, against a
+// total and a per-IP cap (Config.MaxConns, MaxAcceptPerIP; excess is closed
+// at once), and everything before a session exists is bounded by
+// Config.HandshakeTimeout (HTTP request headers and body, an idle
+// kept-alive HTTP connection, the QUIC and Noise handshakes). An Accept
+// error (EMFILE, ...) never ends a listener: it is counted and retried
+// after a backoff. A listener that stops anyway while the edge runs is
+// logged at error, counted and reported on Edge.Failed; the process
+// should then exit non-zero (chatmesh dev and chatmesh edge do). After
+// the upgrade the per-IP session limit (MaxConnsPerIP) applies, then the
+// XX handshake with a ServerHello payload; the client's proven static key is passed to
 // Backend.Authenticate. A registered device's session is reported with
 // Backend.SessionOpened (before it serves any request) and
 // Backend.SessionClosed at the end; an unregistered key gets a session that
 // accepts only register and ping until Register succeeds.
 //
-// Each ClientFrame is size-checked, decoded, and charged to one of the
+// Each ClientFrame is size-checked (Config.MaxFrameBytes, at most
+// core.MaxClientFrameBytes, advertised as ServerHello.max_frame_bytes;
+// a send's envelope at most core.MaxEnvelopeBytes, advertised as
+// max_envelope_bytes), decoded, and charged to one of the
 // session's two token buckets: pure reads (sync, history,
 // list_conversations, lookup_user, fetch_bundle, fetch_device_list) to the
 // read bucket, and are answered concurrently, up to 8 at a time; every
@@ -48,11 +60,18 @@
 //
 // # Sessions and REPLACED
 //
-// One session per device per edge: when a device connects again, the older
-// session receives Disconnect{REPLACED, reconnect=false} and is closed,
-// after the new one has been reported with SessionOpened (so the route
-// never disappears and presence does not flicker). This matches the
-// store's single route per device. Because of it the token bucket of a
+// One session per device per edge, and the newest always wins: sessions
+// are numbered (a generation) under the edge's lock when their Noise
+// handshake completes, and of two sessions of one device the later
+// handshake wins, whatever order their backend calls return in. A per-
+// device lock orders SessionOpened, the switch of pushes to the new session
+// and SessionClosed of the old one, so the route the region holds always
+// names the session the edge pushes to. The older session receives
+// Disconnect{REPLACED, reconnect=false} and is closed — after the new one
+// has been reported with SessionOpened (so the route never disappears and
+// presence does not flicker), or at once, without touching the route, if
+// it completes authentication after a newer one is already in place. This
+// matches the store's single route per device. Because of it the token bucket of a
 // session is the device's rate limit on this edge; a replacing session
 // inherits the old one's bucket, so reconnecting does not refill it.
 //
@@ -94,12 +113,20 @@
 // 4000+ErrorCode, WebTransport session error code = ErrorCode
 // (TOO_MANY_CONNECTIONS, HANDSHAKE_FAILED, SHUTTING_DOWN). Afterwards a
 // failed request is a Response with an error code and the session goes on
-// (MALFORMED_FRAME, FRAME_TOO_LARGE, RATE_LIMITED, INVALID_ARGUMENT,
+// (MALFORMED_FRAME, FRAME_TOO_LARGE, MESSAGE_TOO_LARGE, RATE_LIMITED, INVALID_ARGUMENT,
 // UNAUTHENTICATED, UNAVAILABLE when the ingress produce failed — the
 // client retries with the same ids); a fatal condition is a Disconnect frame
 // followed by the close code (a transport message that fails to decrypt,
 // one above the 65535-byte Noise limit, idle timeout, replacement, slow
 // consumer, shutdown).
+//
+// Every frame the edge sends fits one Noise transport message: the limits
+// above leave room for the region's framing. A frame that still would not
+// (a bug elsewhere) is never sent, because sending it would end the
+// session: it is counted (Stats.TooLargeToSend) and logged at error, a
+// Response becomes an INTERNAL error for the same req_id, and anything
+// else is dropped (sync repairs a missed delivery). A failed write to the
+// client ends the session, counted (Stats.WriteErrors) and logged.
 //
 // # Observability
 //

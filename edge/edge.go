@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/quic-go/webtransport-go"
 
 	"github.com/chatmesh/chatmesh/core"
@@ -88,8 +89,10 @@ type Config struct {
 	// browser origins allowed to connect cross-origin. Requests without an
 	// Origin header (native clients) are always allowed.
 	OriginPatterns []string
-	// MaxFrameBytes is the largest ClientFrame accepted (default and
-	// maximum noiseconn.MaxPlaintext).
+	// MaxFrameBytes is the largest ClientFrame accepted, advertised as
+	// ServerHello.max_frame_bytes (default and maximum
+	// core.MaxClientFrameBytes, which leaves room for the framing the
+	// region adds: whatever is accepted can be delivered).
 	MaxFrameBytes int
 	// MessagesPerSecond and Burst form each session's token bucket
 	// (default 50/s, burst 100). With one session per device (see REPLACED
@@ -105,11 +108,23 @@ type Config struct {
 	// one-time prekeys.
 	ReadsPerSecond float64
 	ReadBurst      int
-	// MaxConnsPerIP bounds concurrent connections per client IP (default 64).
+	// MaxConnsPerIP bounds the sessions of one client IP (default 64); one
+	// more is refused with TOO_MANY_CONNECTIONS after the upgrade.
 	MaxConnsPerIP int
+	// MaxConns and MaxAcceptPerIP bound the open transport connections
+	// (TCP connections of the WebSocket listener, QUIC connections of the
+	// WebTransport one) in total and per client IP, counted from accept,
+	// before a byte is read; a connection over either is closed at once.
+	// Defaults: 10,000 (keep it well below the process's file descriptor
+	// limit) and 2×MaxConnsPerIP (so that a client at its session limit
+	// still gets the typed refusal).
+	MaxConns, MaxAcceptPerIP int
 	// IdleTimeout closes a session that sent nothing for this long (default
-	// 2 min; clients ping). HandshakeTimeout bounds the Noise handshake and
-	// the authentication that follows (default 10 s).
+	// 2 min; clients ping). HandshakeTimeout bounds everything before a
+	// session exists (default 10 s): the HTTP request that upgrades to a
+	// WebSocket (read header and read timeout), an idle keep-alive HTTP
+	// connection (idle timeout), the QUIC handshake, and the Noise
+	// handshake and the authentication that follows.
 	IdleTimeout, HandshakeTimeout time.Duration
 	// WriteTimeout bounds one write to a client and one produce to the bus
 	// (default 10 s). BackendTimeout bounds one Backend call made for a
@@ -129,8 +144,8 @@ func (c *Config) defaults() error {
 	if c.ID == "" {
 		return fmt.Errorf("%w: ID is required", ErrConfig)
 	}
-	if c.MaxFrameBytes <= 0 || c.MaxFrameBytes > noiseconn.MaxPlaintext {
-		c.MaxFrameBytes = noiseconn.MaxPlaintext
+	if c.MaxFrameBytes <= 0 || c.MaxFrameBytes > core.MaxClientFrameBytes {
+		c.MaxFrameBytes = core.MaxClientFrameBytes
 	}
 	if c.MessagesPerSecond <= 0 {
 		c.MessagesPerSecond = 50
@@ -146,6 +161,12 @@ func (c *Config) defaults() error {
 	}
 	if c.MaxConnsPerIP <= 0 {
 		c.MaxConnsPerIP = 64
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 10000
+	}
+	if c.MaxAcceptPerIP <= 0 {
+		c.MaxAcceptPerIP = 2 * c.MaxConnsPerIP
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 2 * time.Minute
@@ -180,7 +201,11 @@ func (c *Config) defaults() error {
 // Stats are cumulative counters (Sessions is a gauge).
 type Stats struct {
 	Connections        uint64 // transport connections accepted
-	RejectedPerIP      uint64 // refused: too many connections from one IP
+	OpenConns          int64  // transport connections open now (gauge)
+	RejectedAtAccept   uint64 // closed at accept: over MaxConns or MaxAcceptPerIP
+	AcceptErrors       uint64 // failed Accept calls, retried after a backoff
+	ListenerFailures   uint64 // listeners that stopped while the edge was running (see Failed)
+	RejectedPerIP      uint64 // sessions refused: too many from one IP
 	HandshakeFailures  uint64
 	Sessions           int64 // currently established
 	FramesIn           uint64
@@ -190,7 +215,9 @@ type Stats struct {
 	RateLimited        uint64
 	TypingDropped      uint64 // typing frames dropped silently over budget
 	Malformed          uint64
-	TooLarge           uint64
+	TooLarge           uint64 // client frames above MaxFrameBytes or the Noise limit
+	TooLargeToSend     uint64 // server frames above core.MaxFramePlaintext, not sent (see push)
+	WriteErrors        uint64 // sessions ended because a write to the client failed
 	DroppedSlowClient  uint64 // sessions closed because their queue was full ("slow consumer")
 	IdleTimeouts       uint64
 	Replaced           uint64 // sessions closed because the device connected again
@@ -203,6 +230,8 @@ type counters struct {
 	sessions                                                                 atomic.Int64
 	framesIn, framesOut, produced, produceErrors, rateLimited, typingDropped atomic.Uint64
 	malformed, tooLarge, slowClient, idle, replaced, edgeRecords, presence   atomic.Uint64
+	tooLargeToSend, writeErrors                                              atomic.Uint64
+	rejectedAtAccept, acceptErrors, listenerFailures                         atomic.Uint64
 }
 
 // Edge terminates client connections. Create it with New, then Start, then
@@ -223,16 +252,21 @@ type Edge struct {
 	mu        sync.Mutex
 	started   bool
 	closing   bool
-	live      map[*session]struct{} // every session past the handshake
-	sessions  map[uint64]*session   // authenticated sessions by id
-	byDevice  map[core.DeviceKey]map[uint64]*session
+	live      map[*session]struct{}            // every session past the handshake
+	sessions  map[uint64]*session              // authenticated sessions by id
+	byDevice  map[core.DeviceKey]*session      // the one session of each device
+	devLocks  map[core.DeviceKey]*devLock      // see lockDevice
+	nextGen   uint64                           // last session.gen given out
 	subs      map[string]map[*session]struct{} // presence subscriptions by user
 	perIP     map[string]int
 	wsURL     string
 	wtURL     string
 	httpSrv   *http.Server
 	wtSrv     *webtransport.Server
+	quicLn    *quic.EarlyListener
 	udpConn   net.PacketConn
+	conns     *connLimiter // open transport connections (MaxConns, MaxAcceptPerIP)
+	failed    chan error   // see Failed
 	shutOnce  sync.Once
 	shutDone  chan struct{}
 	shutError error
@@ -263,6 +297,7 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 		Region:               cfg.Region,
 		MaxFrameBytes:        uint32(cfg.MaxFrameBytes),
 		MaxMessagesPerSecond: uint32(cfg.MessagesPerSecond),
+		MaxEnvelopeBytes:     core.MaxEnvelopeBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: server hello: %w", err)
@@ -271,10 +306,13 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 		cfg: cfg, be: be, bus: bus, log: cfg.Logger.With("edge", cfg.ID), hello: hello,
 		live:     map[*session]struct{}{},
 		sessions: map[uint64]*session{},
-		byDevice: map[core.DeviceKey]map[uint64]*session{},
+		byDevice: map[core.DeviceKey]*session{},
+		devLocks: map[core.DeviceKey]*devLock{},
 		subs:     map[string]map[*session]struct{}{},
 		perIP:    map[string]int{},
 		shutDone: make(chan struct{}),
+		conns:    newConnLimiter(cfg.MaxConns, cfg.MaxAcceptPerIP),
+		failed:   make(chan error, 2),
 	}
 	e.tls = cfg.TLSConfig
 	if e.tls == nil {
@@ -314,6 +352,38 @@ func (e *Edge) Stats() Stats {
 		TypingDropped: n.typingDropped.Load(), Malformed: n.malformed.Load(), TooLarge: n.tooLarge.Load(),
 		DroppedSlowClient: n.slowClient.Load(), IdleTimeouts: n.idle.Load(), Replaced: n.replaced.Load(),
 		EdgeRecordsHandled: n.edgeRecords.Load(), PresenceHandled: n.presence.Load(),
+		TooLargeToSend: n.tooLargeToSend.Load(), WriteErrors: n.writeErrors.Load(),
+		OpenConns: int64(e.conns.open()), RejectedAtAccept: n.rejectedAtAccept.Load(),
+		AcceptErrors: n.acceptErrors.Load(), ListenerFailures: n.listenerFailures.Load(),
+	}
+}
+
+// Failed delivers the error of a listener that stopped while the edge was
+// running (the edge then no longer accepts connections on it). Such a
+// stop is also logged at error and counted (Stats.ListenerFailures). The
+// process should treat it as fatal: shut down and exit non-zero, or
+// restart the edge. Accept errors alone never stop a listener.
+func (e *Edge) Failed() <-chan error { return e.failed }
+
+// serveUntilShutdown runs serve, a listener's accept loop, and reports it
+// loudly if it returns before Shutdown.
+func (e *Edge) serveUntilShutdown(name string, serve func() error) {
+	err := serve()
+	e.mu.Lock()
+	closing := e.closing
+	e.mu.Unlock()
+	if closing {
+		return
+	}
+	if err == nil || errors.Is(err, http.ErrServerClosed) {
+		err = errors.New("stopped without an error")
+	}
+	err = fmt.Errorf("edge: %s listener stopped: %w", name, err)
+	e.n.listenerFailures.Add(1)
+	e.log.Error("listener stopped; the edge accepts no more connections on it", "listener", name, "err", err)
+	select {
+	case e.failed <- err:
+	default:
 	}
 }
 
@@ -440,7 +510,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		defer close(e.shutDone)
 		e.mu.Lock()
 		e.closing = true
-		httpSrv, wtSrv, udp := e.httpSrv, e.wtSrv, e.udpConn
+		httpSrv, wtSrv, quicLn, udp := e.httpSrv, e.wtSrv, e.quicLn, e.udpConn
 		var all []*session
 		for s := range e.live {
 			all = append(all, s)
@@ -449,6 +519,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		e.mu.Unlock()
 		if httpSrv != nil {
 			_ = httpSrv.Close() // listeners; hijacked WebSockets stay up
+		}
+		if quicLn != nil {
+			_ = quicLn.Close() // accepts no more; open connections stay up
 		}
 		for _, s := range all {
 			s.terminate(pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN, "edge shutting down", true)

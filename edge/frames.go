@@ -178,7 +178,7 @@ func checkUsers(users []string) error {
 }
 
 // ingress validates a write and wraps it as an IngressRecord; the error
-// wraps core.ErrInvalidArgument.
+// carries the wire code (INVALID_ARGUMENT, GROUP_FULL, MESSAGE_TOO_LARGE).
 func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 	rec := &pb.IngressRecord{
 		Origin:       &pb.Origin{EdgeId: s.e.cfg.ID, SessionId: s.id, ReqId: f.GetReqId(), Device: s.dev.Addr()},
@@ -186,17 +186,12 @@ func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 	}
 	switch b := f.GetBody().(type) {
 	case *pb.ClientFrame_Send:
-		m := b.Send
-		if err := checkConv(m.GetConvId()); err != nil {
+		// INVALID_ARGUMENT, or MESSAGE_TOO_LARGE for an envelope above
+		// core.MaxEnvelopeBytes (ServerHello.max_envelope_bytes).
+		if err := core.ValidateSend(b.Send); err != nil {
 			return nil, err
 		}
-		if n := len(m.GetClientMsgId()); n < 1 || n > core.MaxClientMsgIDLen {
-			return nil, invalid("client_msg_id must be 1..%d bytes", core.MaxClientMsgIDLen)
-		}
-		if m.GetEnvelope() == nil {
-			return nil, invalid("envelope missing")
-		}
-		rec.Op = &pb.IngressRecord_Send{Send: m}
+		rec.Op = &pb.IngressRecord_Send{Send: b.Send}
 	case *pb.ClientFrame_Ack:
 		if err := checkConv(b.Ack.GetConvId()); err != nil {
 			return nil, err
@@ -322,7 +317,7 @@ func (e *Edge) targets(r *pb.EdgeRecord) []target {
 	var out []target
 	for _, a := range r.GetTargets() {
 		k := core.KeyOf(a)
-		for _, s := range e.byDevice[k] {
+		if s := e.byDevice[k]; s != nil {
 			out = append(out, target{s, k})
 		}
 	}

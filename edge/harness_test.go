@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -42,10 +43,35 @@ type regionDouble struct {
 	// if set, runs (without mu) before a presence_subscribe is answered.
 	permit         map[string]bool
 	beforeSnapshot func()
+	// routes behaves like core.Store's routes: SessionOpened overwrites,
+	// SessionClosed removes only a route that still names its session. A
+	// device with a route is online.
+	routes map[core.DeviceKey]core.Route
+	// jitter, if set, delays each route call by up to this long before it
+	// takes effect and again before it returns, as a real backend's latency
+	// varies.
+	jitter time.Duration
 }
 
 func newRegionDouble() *regionDouble {
-	return &regionDouble{devices: map[string]core.DeviceKey{}, next: map[string]uint32{}}
+	return &regionDouble{devices: map[string]core.DeviceKey{}, next: map[string]uint32{}, routes: map[core.DeviceKey]core.Route{}}
+}
+
+func (r *regionDouble) delay() {
+	r.mu.Lock()
+	j := r.jitter
+	r.mu.Unlock()
+	if j > 0 {
+		time.Sleep(time.Duration(mrand.Int64N(int64(j))))
+	}
+}
+
+// route is the device's current route (false: offline).
+func (r *regionDouble) route(dev core.DeviceKey) (core.Route, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rt, ok := r.routes[dev]
+	return rt, ok
 }
 
 func (r *regionDouble) Authenticate(_ context.Context, static []byte) (core.DeviceKey, error) {
@@ -74,16 +100,24 @@ func (r *regionDouble) Register(_ context.Context, static []byte, req *pb.Regist
 }
 
 func (r *regionDouble) SessionOpened(_ context.Context, rt core.Route) error {
+	r.delay()
+	defer r.delay()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.opened = append(r.opened, rt)
+	r.routes[rt.Device] = rt
 	return nil
 }
 
 func (r *regionDouble) SessionClosed(_ context.Context, dev core.DeviceKey, session uint64) error {
+	r.delay()
+	defer r.delay()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.closed = append(r.closed, core.Route{Device: dev, Session: session})
+	if r.routes[dev].Session == session {
+		delete(r.routes, dev)
+	}
 	return nil
 }
 
@@ -347,18 +381,40 @@ func (v *env) connect(kind string, key noiseconn.Keypair, dev *pb.DeviceAddr) *c
 		c.wt, str = v.dialWTRaw()
 		mc = wtClientConn{c.wt, str}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	nc, err := noiseconn.Client(ctx, mc, noiseconn.ClientConfig{Static: key, Payload: clientHello(dev), ServerStatic: v.e.PublicKey(), UseIK: v.ik})
-	if err != nil {
-		v.t.Fatal(err)
-	}
-	c.nc = nc
-	c.hello = new(pb.ServerHello)
-	if err := proto.Unmarshal(nc.PeerPayload(), c.hello); err != nil {
+	if err := c.handshake(v, mc, dev); err != nil {
 		v.t.Fatal(err)
 	}
 	return c
+}
+
+// connectWS is connect over WebSocket for other goroutines than the
+// test's: it returns its error instead of failing the test.
+func (v *env) connectWS(key noiseconn.Keypair, dev *pb.DeviceAddr) (*client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, v.e.WSURL(), nil)
+	if err != nil {
+		return nil, err
+	}
+	ws.SetReadLimit(1 << 20)
+	v.t.Cleanup(func() { _ = ws.CloseNow() })
+	c := &client{t: v.t, key: key, ws: ws}
+	if err := c.handshake(v, wsClientConn{ws}, dev); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *client) handshake(v *env, mc noiseconn.MsgConn, dev *pb.DeviceAddr) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := noiseconn.Client(ctx, mc, noiseconn.ClientConfig{Static: c.key, Payload: clientHello(dev), ServerStatic: v.e.PublicKey(), UseIK: v.ik})
+	if err != nil {
+		return err
+	}
+	c.nc = nc
+	c.hello = new(pb.ServerHello)
+	return proto.Unmarshal(nc.PeerPayload(), c.hello)
 }
 
 // registered connects a new key and registers it as a device of user.

@@ -124,7 +124,7 @@ func TestSlowConsumerDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait until the session is registered for pushes.
-	for e.Stats().Sessions == 0 || func() bool { e.mu.Lock(); defer e.mu.Unlock(); return len(e.byDevice[dev]) == 0 }() {
+	for e.Stats().Sessions == 0 || func() bool { e.mu.Lock(); defer e.mu.Unlock(); return e.byDevice[dev] == nil }() {
 		time.Sleep(5 * time.Millisecond)
 	}
 	rec, _ := proto.Marshal(&pb.EdgeRecord{Targets: []*pb.DeviceAddr{dev.Addr()},

@@ -19,7 +19,11 @@ type metricDef struct {
 
 var metricDefs = []metricDef{
 	{"connections_total", "Transport connections accepted.", false, func(s Stats) float64 { return float64(s.Connections) }},
-	{"rejected_per_ip_total", "Connections refused by the per-IP limit.", false, func(s Stats) float64 { return float64(s.RejectedPerIP) }},
+	{"rejected_per_ip_total", "Sessions refused by the per-IP limit.", false, func(s Stats) float64 { return float64(s.RejectedPerIP) }},
+	{"open_connections", "Transport connections open.", true, func(s Stats) float64 { return float64(s.OpenConns) }},
+	{"rejected_at_accept_total", "Connections closed at accept by the total or per-IP limit.", false, func(s Stats) float64 { return float64(s.RejectedAtAccept) }},
+	{"accept_errors_total", "Failed Accept calls (retried after a backoff).", false, func(s Stats) float64 { return float64(s.AcceptErrors) }},
+	{"listener_failures_total", "Listeners that stopped while the edge was running.", false, func(s Stats) float64 { return float64(s.ListenerFailures) }},
 	{"handshake_failures_total", "Failed Noise handshakes.", false, func(s Stats) float64 { return float64(s.HandshakeFailures) }},
 	{"sessions", "Established sessions.", true, func(s Stats) float64 { return float64(s.Sessions) }},
 	{"frames_in_total", "Frames received from clients.", false, func(s Stats) float64 { return float64(s.FramesIn) }},
@@ -30,6 +34,8 @@ var metricDefs = []metricDef{
 	{"typing_dropped_total", "Typing frames dropped over the rate limit.", false, func(s Stats) float64 { return float64(s.TypingDropped) }},
 	{"malformed_total", "Malformed frames.", false, func(s Stats) float64 { return float64(s.Malformed) }},
 	{"too_large_total", "Frames above the size limit.", false, func(s Stats) float64 { return float64(s.TooLarge) }},
+	{"too_large_to_send_total", "Server frames above the Noise limit, not sent.", false, func(s Stats) float64 { return float64(s.TooLargeToSend) }},
+	{"write_errors_total", "Sessions ended by a failed write to the client.", false, func(s Stats) float64 { return float64(s.WriteErrors) }},
 	{"dropped_slow_consumer_total", "Sessions closed because their send queue overflowed.", false, func(s Stats) float64 { return float64(s.DroppedSlowClient) }},
 	{"idle_timeouts_total", "Sessions closed for idleness.", false, func(s Stats) float64 { return float64(s.IdleTimeouts) }},
 	{"replaced_total", "Sessions replaced by a newer session of the same device.", false, func(s Stats) float64 { return float64(s.Replaced) }},

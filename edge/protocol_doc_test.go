@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/crypto/noiseconn"
 )
@@ -54,7 +55,7 @@ func (c tapConn) WriteMessage(ctx context.Context, b []byte) error {
 func protocolVectors(t *testing.T) string {
 	cs, ce := mustPair(t, "client static"), mustPair(t, "client ephemeral")
 	ss, se := mustPair(t, "server static"), mustPair(t, "server ephemeral")
-	serverHello, _ := marshal(&pb.ServerHello{ProtocolVersion: 1, EdgeId: "e1", Region: "eu", MaxFrameBytes: noiseconn.MaxPlaintext, MaxMessagesPerSecond: 50})
+	serverHello, _ := marshal(&pb.ServerHello{ProtocolVersion: 1, EdgeId: "e1", Region: "eu", MaxFrameBytes: core.MaxClientFrameBytes, MaxMessagesPerSecond: 50, MaxEnvelopeBytes: core.MaxEnvelopeBytes})
 	clientHello, _ := marshal(&pb.ClientHello{ProtocolVersion: 1, ClientName: "example/1"})
 	ping, _ := marshal(&pb.ClientFrame{ReqId: 1, Body: &pb.ClientFrame_Ping{Ping: &pb.Ping{ClientTimeMs: 1767225600000}}})
 	pong, _ := marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Response{Response: &pb.Response{ReqId: 1,

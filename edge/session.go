@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,9 +38,16 @@ type session struct {
 	finished   chan struct{}                 // closed when the session has fully ended
 	lastActive atomic.Int64                  // unix nanos of the last frame received
 
+	// gen orders the sessions of this edge by handshake completion; it is
+	// assigned under e.mu before the session is visible and never changes.
+	// Of two sessions of one device, the one with the larger gen wins.
+	gen uint64
 	// dev is set once, by the session goroutine, when the device is known;
-	// afterwards it is read under e.mu by the dispatchers.
+	// afterwards it is read under e.mu by the dispatchers. opened says
+	// SessionOpened was called for it (so SessionClosed must follow);
+	// authed says it succeeded. Both belong to the session goroutine.
 	dev    core.DeviceKey
+	opened bool
 	authed bool
 	subs   map[string]struct{} // guarded by e.mu; presence: live subscriptions (presence.go)
 	// pending (guarded by e.mu) is non-nil while a presence_subscribe
@@ -89,6 +97,8 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	e.mu.Lock()
 	closing := e.closing
 	if !closing {
+		e.nextGen++
+		s.gen = e.nextGen
 		e.live[s] = struct{}{}
 	}
 	e.mu.Unlock()
@@ -135,12 +145,29 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	s.reads.Wait()
 	writer.Wait()
 	e.unregister(s)
-	if s.authed {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), e.cfg.BackendTimeout)
-		if err := e.be.SessionClosed(ctx, s.dev, s.id); err != nil {
-			e.log.Warn("session closed report failed", "device", s.dev, "err", err)
-		}
-		cancel()
+	if s.opened {
+		s.reportClosed()
+	}
+}
+
+// reportClosed tells the backend the session ended. It holds the device's
+// lock, so it is ordered with the SessionOpened of a newer session on this
+// edge: the route names the newer session by then, and the conditional
+// clear leaves it alone.
+func (s *session) reportClosed() {
+	e := s.e
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(e.ctx), e.cfg.BackendTimeout)
+	defer cancel()
+	unlock, err := e.lockDevice(ctx, s.dev)
+	if err != nil {
+		// Clearing without the lock is still safe (it only removes a
+		// route naming this session); it may just race a newer open.
+		e.log.Warn("session closed without the device lock", "device", s.dev, "err", err)
+		unlock = func() {}
+	}
+	defer unlock()
+	if err := e.be.SessionClosed(ctx, s.dev, s.id); err != nil {
+		e.log.Warn("session closed report failed", "device", s.dev, "err", err)
 	}
 }
 
@@ -154,35 +181,92 @@ func (s *session) closeEarly(code pb.ErrorCode, detail string) {
 	s.tr.closeWith(code, detail)
 }
 
-// becomeDevice reports the route and registers the session for pushes; an
-// older session of the same device on this edge is closed with REPLACED.
+// becomeDevice reports the route and registers the session for pushes.
+//
+// Of the sessions of one device on this edge, the one with the largest gen
+// (the latest completed handshake) always wins, whatever the order in
+// which their backend calls return: the device's lock (lockDevice) orders
+// SessionOpened, the swap in byDevice and SessionClosed, so the route the
+// backend holds and the session the edge pushes to always agree. A session
+// that finds a newer one already installed is ended with REPLACED without
+// touching the route; an older installed one is ended with REPLACED after
+// the route names s (so the route never disappears and presence does not
+// flicker).
 func (s *session) becomeDevice(ctx context.Context, dev core.DeviceKey) error {
 	e := s.e
+	unlock, err := e.lockDevice(ctx, dev)
+	if err != nil {
+		return fmt.Errorf("edge: open session of %s: %w", dev, core.ErrUnavailable)
+	}
+	defer unlock()
+	e.mu.Lock()
+	if cur := e.byDevice[dev]; cur != nil && cur.gen > s.gen {
+		e.mu.Unlock()
+		e.n.replaced.Add(1)
+		s.terminate(pb.ErrorCode_ERROR_CODE_REPLACED, "a newer session of this device exists", false)
+		return nil
+	}
+	e.mu.Unlock()
+	s.dev, s.opened = dev, true
 	if err := e.be.SessionOpened(ctx, core.Route{Device: dev, Edge: e.cfg.ID, Session: s.id, SinceMs: e.cfg.Now().UnixMilli()}); err != nil {
 		return err
 	}
-	s.dev, s.authed = dev, true
+	s.authed = true
 	e.mu.Lock()
 	if e.closing {
 		e.mu.Unlock()
 		s.terminate(pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN, "edge shutting down", true)
 		return nil
 	}
-	old := e.byDevice[dev]
+	old := e.byDevice[dev] // older than s: a newer one would have stopped s above
 	e.sessions[s.id] = s
-	e.byDevice[dev] = map[uint64]*session{s.id: s}
-	for _, o := range old {
-		s.bucket.Store(o.bucket.Load()) // the device's budget survives a reconnect
-		if rb := o.readBucket.Load(); rb != nil {
+	e.byDevice[dev] = s
+	if old != nil {
+		s.bucket.Store(old.bucket.Load()) // the device's budget survives a reconnect
+		if rb := old.readBucket.Load(); rb != nil {
 			s.readBucket.Store(rb)
 		}
 	}
 	e.mu.Unlock()
-	for _, o := range old {
+	if old != nil {
 		e.n.replaced.Add(1)
-		o.terminate(pb.ErrorCode_ERROR_CODE_REPLACED, "the device connected again", false)
+		old.terminate(pb.ErrorCode_ERROR_CODE_REPLACED, "the device connected again", false)
 	}
 	return nil
+}
+
+// devLock serializes the backend calls of one device's sessions on this
+// edge; refs counts its holders and waiters (guarded by Edge.mu).
+type devLock struct {
+	ch   chan struct{}
+	refs int
+}
+
+// lockDevice takes the device's lock, waiting at most until ctx ends, and
+// returns the function that releases it.
+func (e *Edge) lockDevice(ctx context.Context, dev core.DeviceKey) (func(), error) {
+	e.mu.Lock()
+	l := e.devLocks[dev]
+	if l == nil {
+		l = &devLock{ch: make(chan struct{}, 1)}
+		e.devLocks[dev] = l
+	}
+	l.refs++
+	e.mu.Unlock()
+	release := func() {
+		e.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(e.devLocks, dev)
+		}
+		e.mu.Unlock()
+	}
+	select {
+	case l.ch <- struct{}{}:
+		return func() { <-l.ch; release() }, nil
+	case <-ctx.Done():
+		release()
+		return nil, fmt.Errorf("edge: lock device %s: %w", dev, ctx.Err())
+	}
 }
 
 // unregister removes s from every index; it is idempotent.
@@ -193,11 +277,8 @@ func (e *Edge) unregister(s *session) {
 	if e.sessions[s.id] == s {
 		delete(e.sessions, s.id)
 	}
-	if m := e.byDevice[s.dev]; m != nil && m[s.id] == s {
-		delete(m, s.id)
-		if len(m) == 0 {
-			delete(e.byDevice, s.dev)
-		}
+	if e.byDevice[s.dev] == s {
+		delete(e.byDevice, s.dev)
 	}
 	e.clearSubscriptionsLocked(s)
 }
@@ -233,17 +314,39 @@ func (s *session) terminate(code pb.ErrorCode, detail string, reconnect bool) {
 
 // push queues a frame without blocking. A full queue closes the session
 // (drop reason "slow consumer"): the client resyncs when it reconnects.
+// A frame that would not fit one Noise transport message is never sent
+// (sending it would end the session): it is counted and logged, a
+// Response is replaced by an INTERNAL error for the same request, and any
+// other frame is dropped (the client's sync repairs a missed delivery).
 func (s *session) push(f *pb.ServerFrame) {
 	b, err := marshal(f)
 	if err != nil {
 		s.e.log.Error("encode frame", "err", err)
 		return
 	}
+	if len(b) > core.MaxFramePlaintext {
+		s.tooLargeToSend(fmt.Sprintf("%T", f.GetBody()), len(b))
+		if r := f.GetResponse(); r != nil {
+			s.fail(r.GetReqId(), pb.ErrorCode_ERROR_CODE_INTERNAL, "response too large to send")
+		}
+		return
+	}
 	s.pushBytes(b)
+}
+
+// tooLargeToSend counts and logs a frame that cannot be sent (never its
+// contents).
+func (s *session) tooLargeToSend(kind string, n int) {
+	s.e.n.tooLargeToSend.Add(1)
+	s.e.log.Error("frame too large to send; dropped", "kind", kind, "bytes", n, "limit", core.MaxFramePlaintext, "device", s.dev)
 }
 
 func (s *session) pushBytes(b []byte) {
 	if !s.live() {
+		return
+	}
+	if len(b) > core.MaxFramePlaintext {
+		s.tooLargeToSend("encoded", len(b))
 		return
 	}
 	select {
@@ -281,6 +384,8 @@ func (s *session) writeLoop() {
 		select {
 		case b := <-s.queue:
 			if err := s.write(b); err != nil {
+				e.n.writeErrors.Add(1)
+				e.log.Info("session ended: write to client failed", "session", s.id, "err", err)
 				s.terminate(pb.ErrorCode_ERROR_CODE_OK, "", false)
 				_ = s.tr.Close()
 				return

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -80,10 +81,21 @@ func (w *wsConn) closeWith(code pb.ErrorCode, reason string) {
 }
 
 func (e *Edge) listenWS() error {
-	ln, err := net.Listen("tcp", e.cfg.WSAddr)
+	tcp, err := net.Listen("tcp", e.cfg.WSAddr)
 	if err != nil {
 		return fmt.Errorf("edge: listen ws: %w", err)
 	}
+	return e.serveWSOn(tcp)
+}
+
+// serveWSOn serves WebSocket upgrades on ln. Every connection is limited
+// (MaxConns, MaxAcceptPerIP) at accept, before TLS and HTTP, and timed out
+// until it has upgraded: HandshakeTimeout to send its request headers and
+// body, to receive the response, and between requests on a kept-alive
+// connection. A hijacked (upgraded) connection has no deadlines; the
+// session's idle timeout takes over.
+func (e *Edge) serveWSOn(tcp net.Listener) error {
+	var ln net.Listener = newLimitListener(tcp, e.conns, e.log, &e.n.rejectedAtAccept, &e.n.acceptErrors)
 	scheme := "ws"
 	if e.cfg.WSTLS {
 		ln = tls.NewListener(ln, e.tls)
@@ -91,16 +103,14 @@ func (e *Edge) listenWS() error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(WSPath, e.serveWS)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	t := e.cfg.HandshakeTimeout
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: t, ReadTimeout: t, WriteTimeout: t, IdleTimeout: t,
+		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}
 	e.mu.Lock()
 	e.httpSrv = srv
 	e.wsURL = scheme + "://" + ln.Addr().String() + WSPath
 	e.mu.Unlock()
-	if !e.goTracked(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			e.log.Error("websocket server stopped", "err", err)
-		}
-	}) {
+	if !e.goTracked(func() { e.serveUntilShutdown("websocket", func() error { return srv.Serve(ln) }) }) {
 		_ = ln.Close()
 		return ErrClosed
 	}
@@ -218,9 +228,10 @@ func (e *Edge) listenWT() error {
 		return fmt.Errorf("edge: listen wt: %w", err)
 	}
 	mux := http.NewServeMux()
+	qc := &quic.Config{EnableDatagrams: true, EnableStreamResetPartialDelivery: true, HandshakeIdleTimeout: e.cfg.HandshakeTimeout}
 	h3 := &http3.Server{
 		TLSConfig:  http3.ConfigureTLSConfig(e.tls.Clone()),
-		QUICConfig: &quic.Config{EnableDatagrams: true, EnableStreamResetPartialDelivery: true},
+		QUICConfig: qc,
 		Handler:    mux,
 	}
 	webtransport.ConfigureHTTP3Server(h3)
@@ -241,19 +252,49 @@ func (e *Edge) listenWT() error {
 			_ = sess.CloseWithError(webtransport.SessionErrorCode(pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN), "shutting down")
 		}
 	})
+	ln, err := quic.ListenEarly(udp, h3.TLSConfig, qc)
+	if err != nil {
+		_ = udp.Close()
+		return fmt.Errorf("edge: listen wt: %w", err)
+	}
 	e.mu.Lock()
-	e.wtSrv, e.udpConn = srv, udp
+	e.wtSrv, e.udpConn, e.quicLn = srv, udp, ln
 	e.wtURL = "https://" + udp.LocalAddr().String() + WTPath
 	e.mu.Unlock()
-	if !e.goTracked(func() {
-		if err := srv.Serve(udp); err != nil && e.ctx.Err() == nil {
-			e.log.Debug("webtransport server stopped", "err", err)
-		}
-	}) {
+	if !e.goTracked(func() { e.serveUntilShutdown("webtransport", func() error { return e.acceptQUIC(ln, srv) }) }) {
+		_ = ln.Close()
 		_ = udp.Close()
 		return ErrClosed
 	}
 	return nil
+}
+
+// acceptQUIC accepts QUIC connections and serves each with srv, after
+// the connection limits (MaxConns, MaxAcceptPerIP): a connection over them
+// is closed at once. It returns only when the listener is closed (quic-go's
+// Accept fails for no other reason).
+func (e *Edge) acceptQUIC(ln *quic.EarlyListener, srv *webtransport.Server) error {
+	for {
+		conn, err := ln.Accept(e.ctx)
+		if err != nil {
+			return err
+		}
+		ip := clientIP(conn.RemoteAddr().String())
+		if reason := e.conns.acquire(ip); reason != "" {
+			e.n.rejectedAtAccept.Add(1)
+			e.log.Debug("connection refused at accept", "ip", ip, "limit", reason)
+			_ = conn.CloseWithError(quic.ApplicationErrorCode(pb.ErrorCode_ERROR_CODE_TOO_MANY_CONNECTIONS), "too many connections")
+			continue
+		}
+		context.AfterFunc(conn.Context(), func() { e.conns.release(ip) })
+		if !e.goTracked(func() {
+			if err := srv.ServeQUICConn(conn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				e.log.Debug("quic connection ended", "ip", ip, "err", err)
+			}
+		}) {
+			_ = conn.CloseWithError(0, "shutting down")
+		}
+	}
 }
 
 func (e *Edge) serveWT(sess *webtransport.Session, ip string) {

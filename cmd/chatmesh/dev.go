@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -70,9 +71,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if f, ok := stdout.(*os.File); ok {
 		_ = f.Sync()
 	}
-	<-ctx.Done()
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-s.Edge.Failed(): // a listener died: exit non-zero
+		logger.Error("edge failed", "err", failed)
+	}
 	logger.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return s.Shutdown(sctx)
+	return errors.Join(failed, s.Shutdown(sctx))
 }

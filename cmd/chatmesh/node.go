@@ -90,7 +90,8 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("region: %w", err)
 	}
-	srv := &http.Server{Handler: reg.API().Handler(*token), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: reg.API().Handler(*token), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 	go srv.Serve(ln)
 	defer srv.Close()
 	if err := reg.Start(ctx); err != nil {
@@ -173,8 +174,13 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "  WebTransport %s (cert sha256 %s)\n", ends.WT, ends.CertHash)
 	}
 	fmt.Fprintf(stdout, "ENDPOINTS %s\n", b)
-	<-ctx.Done()
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-e.Failed(): // a listener died: exit non-zero so a supervisor restarts us
+		logger.Error("edge failed; shutting down", "err", failed)
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return e.Shutdown(sctx)
+	return errors.Join(failed, e.Shutdown(sctx))
 }
