@@ -76,7 +76,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	if cfg.DataDir != "" {
 		// Refuse a damaged directory before kfake loads it: kfake cuts
 		// damaged bytes off (changing the files) with one warning.
-		if err := checkEmbeddedData(cfg.DataDir); err != nil {
+		if err := CheckEmbeddedData(cfg.DataDir); err != nil {
 			return nil, err
 		}
 	}

@@ -28,19 +28,21 @@ const embeddedRecovery = "the broker refuses to start rather than stall or silen
 	"to start over instead, remove the whole data directory and every client's state. " +
 	"See README, Operations: damaged data"
 
-// checkEmbeddedData verifies kfake's on-disk layout in dir without
+// CheckEmbeddedData verifies kfake's on-disk layout in dir without
 // changing it: every segment file (partitions/<topic>-<n>/<base>.dat) must
 // be a sequence of whole record batches with valid CRCs, the last record
 // must reach the high watermark the partition's snapshot.json recorded at
 // the last clean shutdown, and segment data without meta.json is refused
 // (kfake would ignore it and start an empty cluster). A directory that
-// does not exist yet is fine.
+// does not exist yet is fine. StartEmbedded runs it first; a caller that
+// opens other data before the broker (internal/stack opens the store
+// first) runs it before that, so that a refusal changes nothing anywhere.
 //
 // The layout is kfake's (persist.go of the pinned version): segment files
 // hold Kafka v2 record batches back to back — base offset (8 bytes), batch
 // length (4), leader epoch (4), magic (1), CRC-32C (4) of everything after
 // it, attributes (2), last offset delta (4), ...
-func checkEmbeddedData(dir string) error {
+func CheckEmbeddedData(dir string) error {
 	parts, err := filepath.Glob(filepath.Join(dir, "partitions", "*"))
 	if err != nil {
 		return fmt.Errorf("kafkabus: check embedded data %s: %w", dir, err)
