@@ -59,7 +59,7 @@ func (r *Region) checkData(ctx context.Context) error {
 			"and the sequencer would skip every record written until the log grows past the committed offset. "+
 			"To recover: restore the broker data together with the store from the same backup; "+
 			"with an external Kafka, if the store is intact, move the group to the log end once (kafka-consumer-groups.sh --group %s --topic %s --reset-offsets --to-latest --execute); "+
-			"for `chatmesh dev` without a backup, start over by removing the whole -data directory. See README, Operations: damaged data",
+			"for `chatmesh dev` without a backup, start over by removing the whole -data directory. See deploy/README.md, section Damaged data",
 			ErrBusTruncated, r.cfg.SequencerGroup, r.cfg.IngressTopic, strings.Join(beyond, "; "), r.cfg.SequencerGroup, r.cfg.IngressTopic)
 	}
 
@@ -83,7 +83,7 @@ func (r *Region) checkData(ctx context.Context) error {
 			"(it handled about %d records): the store that sequenced them is missing (deleted, or this process points at the wrong directory, schema or database). "+
 			"Starting would hand out seqs that devices already hold, and they would drop the new messages as duplicates. "+
 			"To recover: point the region at the right store, or restore it from a backup; "+
-			"to start over instead, remove the broker data as well (for `chatmesh dev`: the whole -data directory) and every client's state. See README, Operations: damaged data",
+			"to start over instead, remove the broker data as well (for `chatmesh dev`: the whole -data directory) and every client's state. See deploy/README.md, section Damaged data",
 			ErrStoreMissing, r.cfg.SequencerGroup, r.cfg.IngressTopic, handled)
 	}
 	if err := m.MarkInitialized(ctx); err != nil {

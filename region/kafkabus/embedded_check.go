@@ -26,7 +26,7 @@ const embeddedRecovery = "the broker refuses to start rather than stall or silen
 	"To recover: stop the process, move the data directory aside (keep it for inspection) and restore the whole " +
 	"data directory (broker and store together) from a backup taken while the process was stopped; " +
 	"to start over instead, remove the whole data directory and every client's state. " +
-	"See README, Operations: damaged data"
+	"See deploy/README.md, section Damaged data"
 
 // CheckEmbeddedData verifies kfake's on-disk layout in dir without
 // changing it: every segment file (partitions/<topic>-<n>/<base>.dat) must

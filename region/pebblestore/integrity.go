@@ -29,7 +29,7 @@ const recoveryHint = "the store refuses to start rather than lose acknowledged m
 	"and restore the whole data directory (store and broker together) from a backup taken while the process was stopped. " +
 	"Do not delete the store to start fresh: devices hold seqs from it and would drop new messages as duplicates; " +
 	"starting over means deleting the store, the broker data and every client's state together " +
-	"(for `chatmesh dev`: remove the whole -data directory). See README, Operations: damaged data"
+	"(for `chatmesh dev`: remove the whole -data directory). See deploy/README.md, section Damaged data"
 
 // ------------------------------------------------------------------ open-time verification
 
