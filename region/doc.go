@@ -26,6 +26,20 @@
 // partition as the conversation's messages, so they are ordered with them.
 // Typing indicators are fanned out and never stored.
 //
+// # Start-up checks
+//
+// Before the sequencer consumes, Start checks the store against the bus
+// (integrity.go), with the optional capabilities core.OffsetInspector
+// (kafkabus) and core.StoreMarker (both stores): a committed offset of the
+// sequencer group beyond the end of an ingress partition is
+// ErrBusTruncated, and a store that is new (never marked, no data) while
+// the group has committed offsets is ErrStoreMissing — a previous store
+// sequenced those records, and this one would hand out the same seqs
+// again. Otherwise the store is marked initialized. Both errors say how to
+// recover (deploy/README.md, Damaged data); neither changes anything, so a
+// refused start refuses again. The stores refuse their own damage at Open
+// (pebblestore.ErrCorrupt).
+//
 // # Read path
 //
 // API implements the edge's Backend: device authentication by Noise static

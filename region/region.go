@@ -234,6 +234,9 @@ func (r *Region) Start(ctx context.Context) error {
 	r.started = true
 	r.mu.Unlock()
 
+	if err := r.checkData(ctx); err != nil { // integrity.go
+		return err
+	}
 	if err := r.bus.EnsureTopic(ctx, r.cfg.IngressTopic, r.cfg.IngressPartitions); err != nil {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.IngressTopic, err)
 	}

@@ -10,6 +10,12 @@
 // certificate are kept in DataDir, so clients that pinned them keep
 // working across restarts.
 //
+// Start checks before it changes anything in DataDir: the embedded
+// broker's data (kafkabus.CheckEmbeddedData), then the store, whose Open
+// verifies before writing; then it starts the broker and the region, whose
+// Start checks the store against the bus. A damaged or mismatched data
+// directory is an error from Start that says how to recover.
+//
 // Start returns a running Stack; Shutdown stops the edge first (sessions
 // get a SHUTTING_DOWN disconnect), then the region, then the bus and the
 // store. Shutdown is idempotent.

@@ -116,10 +116,36 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}()
 
+	// Read-only integrity checks first, then the store (whose Open verifies
+	// before it writes), then the broker: a damaged directory is refused
+	// before anything in DataDir changes. The region's Start checks the
+	// store against the bus (region/integrity.go).
+	kafkaDir := filepath.Join(cfg.DataDir, "kafka")
+	if len(cfg.KafkaBrokers) == 0 {
+		if err := kafkabus.CheckEmbeddedData(kafkaDir); err != nil {
+			return nil, fmt.Errorf("stack: embedded kafka: %w", err)
+		}
+	}
+	// Assign s.Store only on success: a nil *Store in the interface would
+	// be "closed" by Shutdown.
+	if cfg.PostgresDSN != "" {
+		st, err := pgstore.Open(ctx, cfg.PostgresDSN, pgstore.Options{Logger: cfg.Logger, Schema: cfg.PGSchema})
+		if err != nil {
+			return nil, fmt.Errorf("stack: store: %w", err)
+		}
+		s.Store, s.ends.Store = st, "postgres"
+	} else {
+		st, err := pebblestore.Open(filepath.Join(cfg.DataDir, "pebble"), pebblestore.Options{Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("stack: store: %w", err)
+		}
+		s.Store, s.ends.Store = st, "pebble"
+	}
+
 	brokers := cfg.KafkaBrokers
 	s.ends.Kafka = "external"
 	if len(brokers) == 0 {
-		s.embedded, err = kafkabus.StartEmbedded(ctx, kafkabus.EmbeddedConfig{DataDir: filepath.Join(cfg.DataDir, "kafka"), Logger: cfg.Logger})
+		s.embedded, err = kafkabus.StartEmbedded(ctx, kafkabus.EmbeddedConfig{DataDir: kafkaDir, Logger: cfg.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("stack: embedded kafka: %w", err)
 		}
@@ -133,16 +159,6 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	s.EdgeBus, err = kafkabus.New(kafkabus.Config{Brokers: brokers, ClientID: "chatmesh-" + cfg.EdgeID, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("stack: kafka: %w", err)
-	}
-	if cfg.PostgresDSN != "" {
-		s.Store, err = pgstore.Open(ctx, cfg.PostgresDSN, pgstore.Options{Logger: cfg.Logger, Schema: cfg.PGSchema})
-		s.ends.Store = "postgres"
-	} else {
-		s.Store, err = pebblestore.Open(filepath.Join(cfg.DataDir, "pebble"), pebblestore.Options{Logger: cfg.Logger})
-		s.ends.Store = "pebble"
-	}
-	if err != nil {
-		return nil, fmt.Errorf("stack: store: %w", err)
 	}
 	rcfg := region.Config{
 		Name: cfg.Region, IngressPartitions: cfg.Partitions, Logger: cfg.Logger, Notifier: cfg.Notifier,

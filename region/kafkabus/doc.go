@@ -110,6 +110,39 @@
 // a SIGKILLed broker process: acknowledged records and committed group
 // offsets survive both.
 //
+// A damaged directory is refused: kfake, loading a segment file with bytes
+// that are not a whole record batch, cuts them off (changing the file) with
+// one warning and runs on, and the sequencer group's committed offset,
+// now beyond the partition's end, stalled the partition's conversations
+// (kafka-go waits for the log to grow back past it, skipping every record
+// written meanwhile). CheckEmbeddedData, which StartEmbedded runs first,
+// reads the directory without changing it and returns ErrDamaged, with
+// the file, the offset and how to recover, when a segment holds a torn or
+// corrupted batch (framing and CRC-32C of each v2 record batch), when a
+// partition's records end below the high watermark its snapshot.json
+// recorded at the last clean shutdown (a segment cut at a batch boundary
+// or deleted), or when segments exist without meta.json. Damage the
+// snapshot cannot see (after a SIGKILL it is stale) is caught by the
+// region at start, from GroupOffsets: a committed offset beyond the log's
+// end (region.ErrBusTruncated).
+//
+// kfake's accept loop returns on its first Accept error and never starts
+// again; every client then hangs without an error. An error like EMFILE
+// (the process ran out of file descriptors, e.g. under a connection flood)
+// is transient, so StartEmbedded gives kfake (kfake.ListenFn) a listener
+// that retries failed Accepts with backoff (5 ms doubling to 1 s, as
+// net/http does), logs each streak of failures at error level and a
+// recovery at warn level, and fails only once closed. Embedded.AcceptErrors
+// counts the retried errors for health reporting.
+// TestEmbeddedListenerSurvivesAcceptErrors injects EMFILE below it.
+//
+// # Offsets
+//
+// GroupOffsets (core.OffsetInspector) returns, per partition of a topic, a
+// group's committed offset (-1 if none) and the log's first offset and
+// high watermark, read fresh from the coordinator and the partition
+// leaders; the region uses it to check its store against the bus at start.
+//
 // # Life cycle and concurrency
 //
 // New makes a Bus without contacting the brokers. Every method is safe for

@@ -32,12 +32,17 @@ type EmbeddedConfig struct {
 	// GroupMinSessionTimeout is the smallest group session timeout the broker
 	// accepts. Default 1s (kfake's own default is 6s).
 	GroupMinSessionTimeout time.Duration
+
+	// innerListener, if set, wraps the broker's TCP listener under the
+	// resilient one (tests inject Accept errors with it).
+	innerListener func(net.Listener) net.Listener
 }
 
 // Embedded is a running in-process broker (franz-go's kfake).
 type Embedded struct {
 	c         *kfake.Cluster
 	addrs     []string
+	lns       []*resilientListener
 	closeOnce sync.Once
 }
 
@@ -68,7 +73,33 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.DataDir != "" {
+		// Refuse a damaged directory before kfake loads it: kfake cuts
+		// damaged bytes off (changing the files) with one warning.
+		if err := CheckEmbeddedData(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	var (
+		lnMu sync.Mutex
+		lns  []*resilientListener
+	)
+	listen := func(network, addr string) (net.Listener, error) {
+		l, err := net.Listen(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.innerListener != nil {
+			l = cfg.innerListener(l)
+		}
+		rl := &resilientListener{Listener: l, log: log.With("component", "kfake")}
+		lnMu.Lock()
+		lns = append(lns, rl)
+		lnMu.Unlock()
+		return rl, nil
+	}
 	opts := []kfake.Opt{
+		kfake.ListenFn(listen),
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
 		kfake.ClusterID("chatmesh-embedded"),
@@ -96,7 +127,9 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		if r.err != nil {
 			return nil, fmt.Errorf("kafkabus: start embedded broker: %w", r.err)
 		}
-		return &Embedded{c: r.c, addrs: r.c.ListenAddrs()}, nil
+		lnMu.Lock()
+		defer lnMu.Unlock()
+		return &Embedded{c: r.c, addrs: r.c.ListenAddrs(), lns: lns}, nil
 	case <-ctx.Done():
 		// The start goroutine finishes on its own; close what it built.
 		go func() {
@@ -111,6 +144,17 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 // Addrs returns the broker's listen addresses (host:port), to use as
 // Config.Brokers.
 func (e *Embedded) Addrs() []string { return append([]string(nil), e.addrs...) }
+
+// AcceptErrors returns how many Accept errors the broker's listeners
+// retried since the start (see the package documentation, Embedded
+// broker): non-zero means the process ran out of descriptors at some point.
+func (e *Embedded) AcceptErrors() int64 {
+	var n int64
+	for _, l := range e.lns {
+		n += l.failures.Load()
+	}
+	return n
+}
 
 // Close stops the broker; with a DataDir it first saves its state. It is
 // idempotent.

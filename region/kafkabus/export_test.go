@@ -1,8 +1,37 @@
 package kafkabus
 
+import (
+	"net"
+	"sync/atomic"
+)
+
 // WriterBatchStats reports the writer's average batch size and average
 // produce request time since the last call (for benchmarks).
 func (b *Bus) WriterBatchStats() (avgBatch float64, avgWriteMs float64) {
 	s := b.writer.Stats()
 	return float64(s.BatchSize.Avg), float64(s.WriteTime.Avg.Milliseconds())
+}
+
+// InjectAcceptErrors makes the first n Accept calls of the embedded
+// broker's TCP listener fail with err (as EMFILE does when the process runs
+// out of descriptors), below the resilient listener.
+func InjectAcceptErrors(cfg *EmbeddedConfig, n int64, err error) {
+	cfg.innerListener = func(l net.Listener) net.Listener {
+		f := &failingListener{Listener: l, err: err}
+		f.left.Store(n)
+		return f
+	}
+}
+
+type failingListener struct {
+	net.Listener
+	err  error
+	left atomic.Int64
+}
+
+func (f *failingListener) Accept() (net.Conn, error) {
+	if f.left.Add(-1) >= 0 {
+		return nil, f.err
+	}
+	return f.Listener.Accept()
 }

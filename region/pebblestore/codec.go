@@ -36,8 +36,11 @@ const (
 
 const sep = 0x00
 
-// ErrCorrupt means a stored value did not decode.
-var ErrCorrupt = errors.New("pebblestore: corrupt value")
+// ErrCorrupt means the store's files are damaged: a stored value did not
+// decode, or Open found a checksum mismatch, a missing file or committed
+// writes missing from the write-ahead log (see the package documentation,
+// Integrity). Open refuses such a store.
+var ErrCorrupt = errors.New("pebblestore: store damaged")
 
 // ------------------------------------------------------------------ keys
 

@@ -79,7 +79,7 @@ func (s *Store) PutPrekeys(ctx context.Context, dev core.DeviceKey, up core.Prek
 		_ = b.Close()
 		return fmt.Errorf("pebblestore: prekeys of %s: %w", dev, err)
 	}
-	return commit(b)
+	return s.commit(b)
 }
 
 // TakeBundle implements core.PrekeyStore. It is ErrNotFound until the
@@ -136,7 +136,7 @@ func (s *Store) TakeBundle(ctx context.Context, dev core.DeviceKey) (core.Prekey
 		_ = b.Close()
 		return core.PrekeyBundle{}, fmt.Errorf("pebblestore: take one-time key of %s: %w", dev, err)
 	}
-	if err := commit(b); err != nil {
+	if err := s.commit(b); err != nil {
 		return core.PrekeyBundle{}, err
 	}
 	return out, nil
@@ -191,7 +191,7 @@ func (s *Store) PutDeviceList(ctx context.Context, user string, version uint64, 
 		_ = b.Close()
 		return fmt.Errorf("pebblestore: device list of %s: %w", user, err)
 	}
-	return commit(b)
+	return s.commit(b)
 }
 
 // DeviceList implements core.PrekeyStore.

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/chatmesh/chatmesh/core"
@@ -31,6 +33,10 @@ type Options struct {
 	// Stripes is the number of lock stripes for conversations and cursors;
 	// 0 means 256.
 	Stripes int
+	// SkipVerifyScan skips reading every key at Open (the checksum scan of
+	// an existing store; see the package documentation, Integrity). The
+	// witness check still runs. For stores too large to scan at each start.
+	SkipVerifyScan bool
 }
 
 // Store is a core.Store on an embedded Pebble database. See the package
@@ -38,6 +44,8 @@ type Options struct {
 type Store struct {
 	db     *pebble.DB
 	cache  *pebble.Cache
+	lock   *pebble.Lock
+	wit    *witness
 	log    *slog.Logger
 	seed   maphash.Seed
 	closed atomic.Bool
@@ -55,7 +63,12 @@ var _ core.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the database in dir. The directory must
 // not be opened by another process or another Store at the same time.
-func Open(dir string, opts Options) (*Store, error) {
+//
+// An existing database is verified before it is opened for writing (see the
+// package documentation, Integrity): a database whose write-ahead log lost
+// committed writes, or whose files fail their checksums, is refused with
+// ErrCorrupt and left exactly as it was.
+func Open(dir string, opts Options) (_ *Store, err error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -68,19 +81,71 @@ func Open(dir string, opts Options) (*Store, error) {
 	if stripes <= 0 {
 		stripes = 256
 	}
+	plog := pebbleLogger{log: log.With("component", "pebble")}
+
+	exists, err := dbExists(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !exists {
+		// A witness without a database: the database files were deleted.
+		if _, found, err := readWitness(dir); err != nil || found {
+			if err == nil {
+				err = fmt.Errorf("pebblestore: open %s: %w: the database files are missing but %s says the store held data; %s",
+					dir, ErrCorrupt, WitnessFile, recoveryHint)
+			}
+			return nil, err
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+		}
+	}
+	// One lock held across verification and the read-write open.
+	lock, err := pebble.LockDirectory(dir, vfs.Default)
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = lock.Close()
+		}
+	}()
+	if exists {
+		haveWit, err := verifyExisting(dir, lock, plog, opts.SkipVerifyScan)
+		if err != nil {
+			return nil, err
+		}
+		if !haveWit {
+			log.Warn("pebblestore: no integrity witness (a store made by an older version); creating one now: damage before this start cannot be detected", "dir", dir)
+		}
+	}
+
 	cache := pebble.NewCache(cacheBytes)
 	po := &pebble.Options{
-		Cache:  cache,
-		Logger: pebbleLogger{log: log.With("component", "pebble")},
+		Cache:         cache,
+		Logger:        plog,
+		Lock:          lock,
+		EventListener: corruptionListener(plog),
+		// Open verified the database above; creating one is only for a
+		// directory that had none.
+		ErrorIfNotExists: exists,
 	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		cache.Unref()
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
+	wit, err := openWitness(dir, visibleSeqNum(db))
+	if err != nil {
+		_ = db.Close()
+		cache.Unref()
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
 	return &Store{
 		db:       db,
 		cache:    cache,
+		lock:     lock,
+		wit:      wit,
 		log:      log,
 		seed:     maphash.MakeSeed(),
 		convMu:   make([]sync.Mutex, stripes),
@@ -94,11 +159,12 @@ func Open(dir string, opts Options) (*Store, error) {
 func (s *Store) Close() error {
 	s.once.Do(func() {
 		s.closed.Store(true)
-		s.closeErr = s.db.Close()
+		err := s.db.Close()
 		s.cache.Unref()
-		if s.closeErr != nil {
-			s.closeErr = fmt.Errorf("pebblestore: close: %w", s.closeErr)
+		if err != nil {
+			err = fmt.Errorf("pebblestore: close: %w", err)
 		}
+		s.closeErr = errors.Join(err, s.wit.close(), s.lock.Close())
 	})
 	return s.closeErr
 }
@@ -129,7 +195,7 @@ func (s *Store) check() error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	return nil
+	return s.wit.failed()
 }
 
 // get returns a copy of the value at k, or nil, false.
@@ -186,15 +252,19 @@ func commitNoSync(b *pebble.Batch) error {
 	return nil
 }
 
-func commit(b *pebble.Batch) error {
+// commit commits b synced, then advances the integrity witness past it
+// before returning, so that a write acknowledged to a caller is covered by
+// the witness (see the package documentation, Integrity).
+func (s *Store) commit(b *pebble.Batch) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		_ = b.Close()
 		return fmt.Errorf("pebblestore: commit: %w", err)
 	}
+	end := uint64(b.SeqNum()) + uint64(b.Count())
 	if err := b.Close(); err != nil {
 		return fmt.Errorf("pebblestore: commit: %w", err)
 	}
-	return nil
+	return s.wit.advance(end)
 }
 
 // checkID rejects ids that would break the key layout (0x00 separates key
@@ -280,7 +350,7 @@ func (s *Store) RegisterDevice(ctx context.Context, u core.User, d core.Device, 
 		_ = b.Close()
 		return core.Device{}, fmt.Errorf("pebblestore: batch: %w", err)
 	}
-	if err := commit(b); err != nil {
+	if err := s.commit(b); err != nil {
 		return core.Device{}, err
 	}
 	return d, nil
@@ -477,7 +547,7 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 		_ = b.Close()
 		return core.AppendResult{}, fmt.Errorf("pebblestore: append to %s: %w", conv, err)
 	}
-	if err := commit(b); err != nil {
+	if err := s.commit(b); err != nil {
 		return core.AppendResult{}, err
 	}
 	return core.AppendResult{Message: stored}, nil
@@ -778,7 +848,7 @@ func (s *Store) SetRoute(ctx context.Context, r core.Route) error {
 		_ = b.Close()
 		return fmt.Errorf("pebblestore: batch: %w", err)
 	}
-	return commit(b)
+	return s.commit(b)
 }
 
 func (s *Store) route(dev core.DeviceKey) (core.Route, bool, error) {
@@ -838,7 +908,7 @@ func (s *Store) ClearRoute(ctx context.Context, dev core.DeviceKey, session uint
 		_ = b.Close()
 		return false, fmt.Errorf("pebblestore: clear route: %w", err)
 	}
-	if err := commit(b); err != nil {
+	if err := s.commit(b); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -880,7 +950,7 @@ func (s *Store) ClearEdgeRoutes(ctx context.Context, edge string, atMs int64) ([
 			return nil, fmt.Errorf("pebblestore: clear routes of edge %s: %w", edge, err)
 		}
 	}
-	if err := commit(b); err != nil {
+	if err := s.commit(b); err != nil {
 		return nil, err
 	}
 	return out, nil

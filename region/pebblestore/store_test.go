@@ -110,3 +110,7 @@ func TestPrekeyContract(t *testing.T) {
 func BenchmarkPrekeys(b *testing.B) {
 	storetest.BenchPrekeys(b, func(b *testing.B) core.Store { return open(b) })
 }
+
+func TestMarkerContract(t *testing.T) {
+	storetest.RunMarker(t, func(t *testing.T) core.Store { return open(t) })
+}

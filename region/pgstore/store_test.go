@@ -231,3 +231,8 @@ func BenchmarkPrekeys(b *testing.B) {
 	dsn(b)
 	storetest.BenchPrekeys(b, func(b *testing.B) core.Store { return open(b) })
 }
+
+func TestMarkerContract(t *testing.T) {
+	dsn(t)
+	storetest.RunMarker(t, func(t *testing.T) core.Store { return open(t) })
+}
