@@ -42,7 +42,7 @@ func (s *Store) SetPrivacy(ctx context.Context, user string, p core.Privacy) err
 		_ = b.Close()
 		return fmt.Errorf("pebblestore: batch: %w", err)
 	}
-	return commit(b)
+	return s.commit(b)
 }
 
 // Privacy implements core.Store.
