@@ -206,7 +206,7 @@ func (s *ConvState) PlanCursor(dev DeviceKey, kind CursorKind, seq uint64) (mv C
 		if _, invited := s.Members[dev.User]; invited {
 			return CursorMove{}, false, fmt.Errorf("cursor %s: %s: invited, not a member: %w", s.Conv.ID, dev.User, ErrNotMember)
 		}
-		return CursorMove{}, false, ConvNotFound(s.Conv.ID)
+		return CursorMove{}, false, OutsiderError(kind.op())
 	}
 	if seq > s.Conv.Head {
 		seq = s.Conv.Head
@@ -272,8 +272,9 @@ func (s *ConvState) ReceiptSenders(mv CursorMove) (senders []string, complete bo
 	return senders, true
 }
 
-// ConvNotFound is the one answer an outsider gets about a conversation,
-// whether or not it exists: the text names only what the caller sent.
-func ConvNotFound(conv string) error {
-	return fmt.Errorf("conversation %s: %w", conv, Errorf(pb.ErrorCode_ERROR_CODE_NOT_FOUND, "conversation not found"))
+func (k CursorKind) op() string {
+	if k == CursorRead {
+		return "read"
+	}
+	return "ack"
 }

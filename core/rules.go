@@ -202,7 +202,7 @@ func PlanGroupChange(st *ConvState, actor string, req *pb.ModifyMembersRequest, 
 	op := req.GetOp()
 	switch {
 	case !known:
-		return MembershipPlan{}, ConvNotFound(conv)
+		return MembershipPlan{}, OutsiderError("modify_members")
 	case me.Invited && op != pb.MembershipOp_MEMBERSHIP_OP_ACCEPT && op != pb.MembershipOp_MEMBERSHIP_OP_DECLINE:
 		return MembershipPlan{}, fmt.Errorf("modify %s: %s is invited; accept first: %w", conv, actor, ErrNotMember)
 	}

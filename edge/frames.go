@@ -222,10 +222,25 @@ func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 		if !core.IsGroupID(m.GetConvId()) {
 			return nil, invalid("malformed group id")
 		}
+		if n := len(m.GetClientMsgId()); n == 0 || n > core.MaxClientMsgIDLen {
+			return nil, invalid("client_msg_id must be 1..%d bytes", core.MaxClientMsgIDLen)
+		}
 		switch m.GetOp() {
-		case pb.MembershipOp_MEMBERSHIP_OP_ADD, pb.MembershipOp_MEMBERSHIP_OP_REMOVE, pb.MembershipOp_MEMBERSHIP_OP_LEAVE:
+		case pb.MembershipOp_MEMBERSHIP_OP_ADD, pb.MembershipOp_MEMBERSHIP_OP_REMOVE,
+			pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, pb.MembershipOp_MEMBERSHIP_OP_DEMOTE:
+			if len(m.GetUsers()) == 0 {
+				return nil, invalid("%v names no users", m.GetOp())
+			}
+		case pb.MembershipOp_MEMBERSHIP_OP_LEAVE, pb.MembershipOp_MEMBERSHIP_OP_SET_TITLE,
+			pb.MembershipOp_MEMBERSHIP_OP_ACCEPT, pb.MembershipOp_MEMBERSHIP_OP_DECLINE:
+			if len(m.GetUsers()) != 0 {
+				return nil, invalid("%v takes no users", m.GetOp())
+			}
 		default:
-			return nil, invalid("op must be ADD, REMOVE or LEAVE")
+			return nil, invalid("op must be ADD, REMOVE, LEAVE, PROMOTE, DEMOTE, SET_TITLE, ACCEPT or DECLINE")
+		}
+		if len(m.GetTitle()) > core.MaxTitleLen {
+			return nil, invalid("title longer than %d bytes", core.MaxTitleLen)
 		}
 		if len(m.GetUsers()) > core.MaxGroupMembers {
 			return nil, fmt.Errorf("more than %d users: %w", core.MaxGroupMembers, core.ErrGroupFull)

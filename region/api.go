@@ -254,16 +254,22 @@ func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest)
 	out := &pb.SyncResponse{}
 	budget := core.MaxPageBytes - moreBytes
 	for _, conv := range convs {
-		c, set, err := a.r.loadMembers(ctx, conv)
+		c, e, err := a.r.loadConv(ctx, conv)
 		if errors.Is(err, core.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("sync %s: %w", conv, err)
 		}
-		joined, ok := set[dev.User]
+		joined, ok := e.set[dev.User]
 		if !ok {
-			continue
+			// A pending invitation shows the invitee only the entry that
+			// invited them: the conversation ends there for them.
+			at, invited := invitedAt(e.members, dev.User)
+			if !invited {
+				continue
+			}
+			joined, c.Head = at, at
 		}
 		from := after[conv]
 		if joined > 0 && from < joined-1 {
@@ -278,7 +284,7 @@ func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest)
 			out.More = true
 			break
 		}
-		msgs, err := a.r.store.Messages(ctx, conv, from, room, left)
+		msgs, err := a.r.store.Messages(ctx, conv, from, min(room, int(c.Head-from)), left)
 		if err != nil {
 			return nil, fmt.Errorf("sync %s: %w", conv, err)
 		}
@@ -329,12 +335,15 @@ func (a *API) oversized(ctx context.Context, conv string, from uint64) (*pb.Mess
 // an empty page (or seq 1, or the caller's join point) is the start.
 func (a *API) history(ctx context.Context, dev core.DeviceKey, req *pb.HistoryRequest) (*pb.Response, error) {
 	conv := req.GetConvId()
-	c, set, err := a.r.loadMembers(ctx, conv)
+	c, e, err := a.r.loadConv(ctx, conv)
 	if err != nil && !errors.Is(err, core.ErrNotFound) {
 		return nil, fmt.Errorf("history %s: %w", conv, err)
 	}
+	if _, invited := invitedAt(e.members, dev.User); invited {
+		return nil, fmt.Errorf("history %s: %s is invited; accept first: %w", conv, dev.User, core.ErrNotMember)
+	}
 	// A non-member gets the same answer whether conv exists or not.
-	joined, err := core.CheckMember("history", set, dev.User)
+	joined, err := core.CheckMember("history", e.set, dev.User)
 	if err != nil {
 		return nil, err
 	}

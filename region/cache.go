@@ -195,3 +195,14 @@ func (c *stateCache) evictLocked() {
 		delete(c.m, it.conv)
 	}
 }
+
+// invitedAt reports whether user holds a pending invitation in members,
+// and the seq of the entry that invited them.
+func invitedAt(members []core.Member, user string) (uint64, bool) {
+	for _, m := range members {
+		if m.User == user && m.Invited {
+			return m.JoinedSeq, true
+		}
+	}
+	return 0, false
+}

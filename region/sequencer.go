@@ -244,14 +244,14 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 	var refuse error
 	switch {
 	case st != nil && !st.IsMember(sender.User):
-		refuse = core.ConvNotFound(conv)
+		refuse = core.OutsiderError("send")
 		if _, invited := st.Members[sender.User]; invited {
 			refuse = fmt.Errorf("send to %s: %s is invited; accept first: %w", conv, sender.User, core.ErrNotMember)
 		}
 	case st == nil:
 		a, bb, direct := core.ParseDirect(conv)
 		if !direct || (sender.User != a && sender.User != bb) {
-			refuse = core.ConvNotFound(conv)
+			refuse = core.OutsiderError("send")
 			break
 		}
 		other := a
@@ -424,7 +424,7 @@ func (r *Region) seqModify(ctx context.Context, b *batch, in *pb.IngressRecord, 
 		return err
 	}
 	if st == nil {
-		return core.ConvNotFound(conv)
+		return core.OutsiderError("modify_members")
 	}
 	var facts map[string]core.UserFacts
 	if mm.GetOp() == pb.MembershipOp_MEMBERSHIP_OP_ADD && st.IsMember(actor.User) {
@@ -489,7 +489,10 @@ func (r *Region) seqCursor(ctx context.Context, b *batch, in *pb.IngressRecord, 
 		return err
 	}
 	if st == nil {
-		return core.ConvNotFound(conv)
+		if kind == core.CursorRead {
+			return core.OutsiderError("read")
+		}
+		return core.OutsiderError("ack")
 	}
 	mv, moved, err := st.PlanCursor(dev, kind, seq)
 	if err != nil {
@@ -556,7 +559,7 @@ func (r *Region) seqTyping(ctx context.Context, b *batch, in *pb.IngressRecord, 
 		return err
 	}
 	if st == nil || !st.IsMember(dev.User) {
-		return core.ConvNotFound(conv)
+		return core.OutsiderError("typing")
 	}
 	var others []string
 	for _, u := range st.MemberSet().Users() {
