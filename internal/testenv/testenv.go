@@ -113,7 +113,7 @@ const (
 // CHATMESH_KAFKA_DIR, with at least minNodes brokers, and takes its restart
 // lock. A missing variable or a smaller cluster skips the test, or fails
 // it if CHATMESH_REQUIRE_KAFKA=1.
-func RealKafkaCluster(t *testing.T, minNodes int) *KafkaCluster {
+func RealKafkaCluster(t testing.TB, minNodes int) *KafkaCluster {
 	t.Helper()
 	brokers := KafkaBrokers(t)
 	required := os.Getenv(EnvRequireKafka) == "1"
@@ -134,9 +134,12 @@ func RealKafkaCluster(t *testing.T, minNodes int) *KafkaCluster {
 		t.Fatal(err)
 	}
 	c := &KafkaCluster{Brokers: brokers, Dir: dir, script: filepath.Join(root, "deploy", "kafka", "cluster.sh"), stopped: map[int]bool{}}
-	unlock, err := lockFile(filepath.Join(dir, "test-restart.lock"), lockWait)
+	unlock, waited, err := lockFile(filepath.Join(dir, "test-restart.lock"), lockWait)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if waited > time.Second {
+		t.Logf("waited %v for another test to finish restarting brokers of %s", waited.Round(time.Second), dir)
 	}
 	t.Cleanup(unlock)
 	// Registered after unlock, so it runs before it. Starting a node that
@@ -153,7 +156,7 @@ func RealKafkaCluster(t *testing.T, minNodes int) *KafkaCluster {
 
 // Stop stops node i (1-based): SIGKILL when kill, else SIGTERM (controlled
 // shutdown). It returns once the process is gone.
-func (c *KafkaCluster) Stop(t *testing.T, i int, kill bool) {
+func (c *KafkaCluster) Stop(t testing.TB, i int, kill bool) {
 	t.Helper()
 	args := []string{"stop-one", fmt.Sprint(i)}
 	if kill {
@@ -167,7 +170,7 @@ func (c *KafkaCluster) Stop(t *testing.T, i int, kill bool) {
 
 // Start starts node i again and returns once it answers metadata listing
 // every node.
-func (c *KafkaCluster) Start(t *testing.T, i int) {
+func (c *KafkaCluster) Start(t testing.TB, i int) {
 	t.Helper()
 	if err := c.run("start-one", fmt.Sprint(i)); err != nil {
 		t.Fatal(err)
@@ -212,13 +215,13 @@ func moduleRoot() (string, error) {
 }
 
 // lockFile takes an exclusive flock on path, polling for at most wait, and
-// returns the function that releases it.
-func lockFile(path string, wait time.Duration) (func(), error) {
+// returns the function that releases it and how long it waited.
+func lockFile(path string, wait time.Duration) (unlock func(), waited time.Duration, err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("testenv: lock %s: %w", path, err)
+		return nil, 0, fmt.Errorf("testenv: lock %s: %w", path, err)
 	}
-	deadline := time.Now().Add(wait)
+	start := time.Now()
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
@@ -226,16 +229,16 @@ func lockFile(path string, wait time.Duration) (func(), error) {
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return nil, fmt.Errorf("testenv: lock %s: %w", path, err)
+			return nil, 0, fmt.Errorf("testenv: lock %s: %w", path, err)
 		}
-		if time.Now().After(deadline) {
+		if time.Since(start) > wait {
 			f.Close()
-			return nil, fmt.Errorf("testenv: lock %s still held by another test after %v", path, wait)
+			return nil, 0, fmt.Errorf("testenv: lock %s still held by another test after %v", path, wait)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	return func() {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		f.Close()
-	}, nil
+	}, time.Since(start), nil
 }
