@@ -105,8 +105,8 @@ type KafkaCluster struct {
 // How long a test waits for another test's restart lock, and for one
 // cluster.sh command.
 const (
-	lockWait    = 10 * time.Minute
-	commandWait = 4 * time.Minute
+	lockWait    = 8 * time.Minute
+	commandWait = 3 * time.Minute
 )
 
 // RealKafkaCluster returns the cluster named by CHATMESH_KAFKA_BROKERS and
