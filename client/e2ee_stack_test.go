@@ -85,19 +85,19 @@ func needKeyDirectory(t testing.TB, c *client.Client, user string) {
 	}
 }
 
-// outcome records how a helper ended a test, without ending this one.
-type outcome struct {
+// guardOutcome records how a helper ended a test, without ending this one.
+type guardOutcome struct {
 	testing.TB
 	failed, skipped bool
 	msg             string
 }
 
-func (o *outcome) Helper() {}
-func (o *outcome) Fatalf(format string, args ...any) {
+func (o *guardOutcome) Helper() {}
+func (o *guardOutcome) Fatalf(format string, args ...any) {
 	o.failed, o.msg = true, fmt.Sprintf(format, args...)
 	runtime.Goexit()
 }
-func (o *outcome) Skipf(format string, args ...any) {
+func (o *guardOutcome) Skipf(format string, args ...any) {
 	o.skipped, o.msg = true, fmt.Sprintf(format, args...)
 	runtime.Goexit()
 }
@@ -110,7 +110,7 @@ func TestNeedKeyDirectoryFailsOnMissingList(t *testing.T) {
 	ends := startStack(t)
 	alice, _ := e2eeUser(t, ends, "alice")
 	needKeyDirectory(t, alice, "alice") // served: passes
-	o := &outcome{TB: t}
+	o := &guardOutcome{TB: t}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
