@@ -13,6 +13,7 @@ import (
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/internal/testenv"
 )
 
 // These tests run the client against the real in-process stack (edge +
@@ -21,9 +22,7 @@ import (
 
 func startStack(t *testing.T, edgeCfg ...func(*edge.Config)) stack.Endpoints {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs the in-process stack")
-	}
+	testenv.SkipShort(t, "needs the in-process stack")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cfg := stack.Config{DataDir: t.TempDir()}

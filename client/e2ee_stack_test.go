@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -24,9 +25,8 @@ import (
 	"github.com/chatmesh/chatmesh/internal/stack"
 )
 
-// End-to-end encryption against the in-process stack. These tests need the
-// region's prekey and device-list endpoints (issue 3, server side); until
-// they exist the tests skip.
+// End-to-end encryption against the in-process stack, which serves the
+// prekey and device-list endpoints (issue 3): these tests always run.
 
 func e2eeClient(t *testing.T, ends stack.Endpoints, dir string) *client.Client {
 	t.Helper()
@@ -61,15 +61,66 @@ func e2eeUser(t *testing.T, ends stack.Endpoints, user string) (*client.Client, 
 	return c, dir
 }
 
-// needKeyDirectory skips when the server does not serve device lists yet.
-func needKeyDirectory(t *testing.T, c *client.Client, user string) {
+// needKeyDirectory fails the test unless the server serves user's signed
+// device list (published when the device registered): the end-to-end tests
+// below depend on it, and a server that stopped serving it is a regression,
+// never a reason to skip.
+func needKeyDirectory(t testing.TB, c *client.Client, user string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	r, err := c.Request(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_FetchDeviceList{FetchDeviceList: &pb.FetchDeviceListRequest{UserId: user}}})
-	if err != nil || len(r.GetDeviceList().GetDeviceList()) == 0 {
-		t.Skipf("server side of issue 3 (prekeys, device lists) not available: %v", err)
+	if err != nil {
+		t.Fatalf("fetch %s's device list: %v", user, err)
 	}
+	if e := r.GetError(); e != nil {
+		t.Fatalf("fetch %s's device list: %v %s", user, e.GetCode(), e.GetDetail())
+	}
+	l, err := identity.ParseDeviceList(r.GetDeviceList().GetDeviceList())
+	if err != nil {
+		t.Fatalf("%s's device list from the server does not parse: %v", user, err)
+	}
+	if l.UserID != user || len(l.Devices) == 0 {
+		t.Fatalf("device list for %s names user %q with %d devices", user, l.UserID, len(l.Devices))
+	}
+}
+
+// guardOutcome records how a helper ended a test, without ending this one.
+type guardOutcome struct {
+	testing.TB
+	failed, skipped bool
+	msg             string
+}
+
+func (o *guardOutcome) Helper() {}
+func (o *guardOutcome) Fatalf(format string, args ...any) {
+	o.failed, o.msg = true, fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+func (o *guardOutcome) Skipf(format string, args ...any) {
+	o.skipped, o.msg = true, fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+// TestNeedKeyDirectoryFailsOnMissingList: when the server does not serve a
+// device list (here: for a user that has none, as a regressed server would
+// answer for everyone), the guard of the end-to-end tests fails the test
+// instead of skipping it.
+func TestNeedKeyDirectoryFailsOnMissingList(t *testing.T) {
+	ends := startStack(t)
+	alice, _ := e2eeUser(t, ends, "alice")
+	needKeyDirectory(t, alice, "alice") // served: passes
+	o := &guardOutcome{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		needKeyDirectory(o, alice, "nobody")
+	}()
+	<-done
+	if !o.failed || o.skipped {
+		t.Fatalf("needKeyDirectory for a user without a device list: failed %v, skipped %v (%s); want a failure", o.failed, o.skipped, o.msg)
+	}
+	t.Logf("guard failed as it should: %s", o.msg)
 }
 
 // nextBody waits for the next user message event of conv.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make test: starts the real servers the tests need (PostgreSQL 15 from
 # Debian, a 3-broker KRaft Kafka from Maven Central jars), runs the whole
-# test suite against them with the real-server tests required, then runs
-# every fuzz target briefly. Idempotent; safe on a fresh machine (as root).
+# test suite against them with the real-server tests required, prints a
+# summary (and fails on any skipped test), then runs every fuzz target
+# briefly. Idempotent; safe on a fresh machine (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
@@ -26,12 +27,36 @@ export CHATMESH_KAFKA_DIR="$kafka_dir"
 export CHATMESH_REQUIRE_PG=1
 export CHATMESH_REQUIRE_KAFKA=1
 
+# Skips make test accepts, one "NAME=REASON" each (NAME: Test/sub or
+# importpath.Test/sub). Empty: every test runs here, the real-server and
+# end-to-end ones included, and any skip fails the run.
+allow_skips=()
+
 echo "== go vet"
 go vet ./...
 echo "== go test"
-go test -count=1 -timeout 25m -p 2 ./... 2>&1 | tee /tmp/chatmesh-test.log
-status=${PIPESTATUS[0]}
-[ "$status" -eq 0 ] || { echo "go test failed"; exit "$status"; }
+report_bin=$(mktemp -d)/testreport
+go build -o "$report_bin" ./internal/testreport
+allow_args=()
+for a in "${allow_skips[@]}"; do allow_args+=(-allow "$a"); done
+# -json feeds the reporter, which prints what plain go test prints (a line
+# per package, the whole output of each failed test) and then the summary:
+# passed/failed/skipped, every skip with its reason, the slowest packages
+# and tests. The full verbose output goes to /tmp/chatmesh-test.log, the
+# raw events to /tmp/chatmesh-test.json.
+set +e
+# CHATMESH_TEST_PKGS narrows the run (default ./..., what make test runs).
+# shellcheck disable=SC2086
+go test -json -count=1 -timeout 25m -p 2 ${CHATMESH_TEST_PKGS:-./...} 2>&1 | tee /tmp/chatmesh-test.json |
+	"$report_bin" -no-skips -log /tmp/chatmesh-test.log "${allow_args[@]}"
+statuses=("${PIPESTATUS[@]}")
+set -e
+rm -rf "$(dirname "$report_bin")"
+echo "   full output: /tmp/chatmesh-test.log, events: /tmp/chatmesh-test.json"
+if [ "${statuses[0]}" -ne 0 ] || [ "${statuses[2]}" -ne 0 ]; then
+	echo "go test failed (go test exit ${statuses[0]}, report exit ${statuses[2]})"
+	exit 1
+fi
 
 echo "== fuzz (short)"
 FUZZTIME=${FUZZTIME:-8s} ./scripts/fuzz.sh

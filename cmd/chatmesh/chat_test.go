@@ -11,6 +11,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/internal/testenv"
 )
 
 func TestResolveConv(t *testing.T) {
@@ -88,9 +89,7 @@ func receiveJSON(t *testing.T, c chatCLI) []messageJSON {
 }
 
 func TestChatCLIEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs the in-process stack")
-	}
+	testenv.SkipShort(t, "needs the in-process stack")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	s, err := stack.Start(ctx, stack.Config{DataDir: t.TempDir()})

@@ -26,7 +26,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LIB="${CHATMESH_KAFKA_LIB:-$HOME/.cache/chatmesh/kafka/lib}"
-BASE="${CHATMESH_KAFKA_PORT_BASE:-19092}"
+BASE_ENV="${CHATMESH_KAFKA_PORT_BASE:-}"
 HEAP="${CHATMESH_KAFKA_HEAP:-512m}"
 DIR="${CHATMESH_KAFKA_DIR:-/tmp/chatmesh-kafka}"
 BROKERS=3
@@ -51,6 +51,19 @@ while [ $# -gt 0 ]; do
 	*) die "unknown argument $1" ;;
 	esac
 done
+# The port base: start takes $CHATMESH_KAFKA_PORT_BASE (else the one DIR
+# recorded, else 19092) and records it in DIR/port_base; every other command
+# uses the recorded one, so start-one and status need no environment.
+if [ "$cmd" != start ] && [ -f "$DIR/port_base" ]; then
+	BASE="$(cat "$DIR/port_base")"
+elif [ -n "$BASE_ENV" ]; then
+	BASE="$BASE_ENV"
+elif [ -f "$DIR/port_base" ]; then
+	BASE="$(cat "$DIR/port_base")"
+else
+	BASE=19092
+fi
+case "$BASE" in ''|*[!0-9]*) die "port base must be a number (got '$BASE')" ;; esac
 case "$BROKERS" in ''|*[!0-9]*) die "--brokers must be a number" ;; esac
 [ "$BROKERS" -ge 1 ] || die "--brokers must be >= 1"
 
@@ -235,6 +248,7 @@ start)
 		die "$DIR holds a $(cat "$DIR/brokers")-node cluster; use that count or another --dir"
 	fi
 	echo "$BROKERS" >"$DIR/brokers"
+	echo "$BASE" >"$DIR/port_base"
 	# A cluster id is 16 random bytes in unpadded base64url (what
 	# `StorageTool random-uuid` prints), made here to spare a JVM start.
 	[ -f "$DIR/cluster.id" ] || head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$DIR/cluster.id"

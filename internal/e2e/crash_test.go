@@ -17,6 +17,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/internal/testenv"
 )
 
 var (
@@ -242,25 +243,9 @@ func TestCrashRestartRegionProcess(t *testing.T) {
 func TestKafkaBrokerRestart(t *testing.T) {
 	b, ok := realBackend(t)
 	if !ok {
-		t.Skip("real Kafka not configured")
+		t.Skip(notReal)
 	}
-	dir := os.Getenv("CHATMESH_KAFKA_DIR")
-	if dir == "" {
-		if os.Getenv("CHATMESH_REQUIRE_KAFKA") == "1" {
-			t.Fatal("CHATMESH_KAFKA_DIR (the cluster.sh --dir) is needed to restart a broker")
-		}
-		t.Skip("CHATMESH_KAFKA_DIR not set")
-	}
-	script, err := filepath.Abs("../../deploy/kafka/cluster.sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	broker := func(args ...string) {
-		out, err := exec.Command(script, append(args, "--dir", dir)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("cluster.sh %v: %v\n%s", args, err, out)
-		}
-	}
+	cluster := testenv.RealKafkaCluster(t, 3)
 	s := startStack(t, b, nil)
 	edges := []string{s.Endpoints().WS}
 	alice := newClient(t, edges, uniq("alice"))
@@ -273,12 +258,14 @@ func TestKafkaBrokerRestart(t *testing.T) {
 	const n = 150
 	var wg sync.WaitGroup
 	streamSends(t, ctx, n, 10*time.Millisecond, func() {
-		broker("stop-one", "2", "--kill")
+		cluster.Stop(t, 2, true)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			time.Sleep(2 * time.Second)
-			broker("start-one", "2")
+			if err := cluster.StartErr(2); err != nil {
+				t.Error(err)
+			}
 		}()
 	}, map[*tclient]string{alice: direct})
 	if err := alice.WaitIdle(ctx); err != nil {
@@ -296,7 +283,7 @@ func TestKafkaBrokerRestart(t *testing.T) {
 func TestCrashRegionBehindLiveEdge(t *testing.T) {
 	b, ok := realBackend(t)
 	if !ok {
-		t.Skip("needs real Kafka: the region and the edge are separate processes")
+		t.Skip(notReal + "; the region and the edge are separate processes on real Kafka")
 	}
 	ns := uniq("split")
 	regionArgs := []string{"region", "--kafka", strings.Join(b.brokers, ","), "--pg", b.dsn, "--pg-schema", ns,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/internal/testenv"
 )
 
 // A 1:1 conversation: messages sent while the recipient is offline arrive
@@ -83,9 +84,7 @@ func TestDirectConversation(t *testing.T) {
 // in order, including the devices that were offline during the sends.
 func TestGroup500(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		if testing.Short() {
-			t.Skip("short")
-		}
+		testenv.SkipShort(t, "500 members take long")
 		s := startStack(t, b, nil)
 		edges := []string{s.Endpoints().WS}
 		const n, offlineEvery, senders, perSender = core.MaxGroupMembers, 5, 5, 4

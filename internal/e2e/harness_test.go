@@ -17,6 +17,7 @@ import (
 	"github.com/chatmesh/chatmesh/client"
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/internal/testenv"
 )
 
 // backend names a store+bus combination to run a test on.
@@ -26,16 +27,25 @@ type backend struct {
 	dsn     string
 }
 
-func realBackend(t *testing.T) (backend, bool) {
-	brokers, dsn := os.Getenv("CHATMESH_KAFKA_BROKERS"), os.Getenv("CHATMESH_PG_DSN")
+// realBackend returns real Kafka + PostgreSQL from the environment
+// (internal/testenv). ok is false only when they are not configured and not
+// required: with CHATMESH_REQUIRE_KAFKA=1 or CHATMESH_REQUIRE_PG=1 (make
+// test) a missing one fails the test here.
+func realBackend(t *testing.T) (b backend, ok bool) {
+	t.Helper()
+	brokers, dsn := os.Getenv(testenv.EnvKafkaBrokers), os.Getenv(testenv.EnvPGDSN)
 	if brokers == "" || dsn == "" {
-		if os.Getenv("CHATMESH_REQUIRE_KAFKA") == "1" || os.Getenv("CHATMESH_REQUIRE_PG") == "1" {
-			t.Fatalf("real Kafka and PostgreSQL required but CHATMESH_KAFKA_BROKERS=%q CHATMESH_PG_DSN=%q", brokers, dsn)
+		if testenv.Required() {
+			t.Fatalf("real Kafka and PostgreSQL required but %s=%q %s=%q", testenv.EnvKafkaBrokers, brokers, testenv.EnvPGDSN, dsn)
 		}
 		return backend{}, false
 	}
 	return backend{name: "kafka+postgres", brokers: strings.Split(brokers, ","), dsn: dsn}, true
 }
+
+// notReal is the skip reason of a real-server test without the servers.
+const notReal = "real Kafka + PostgreSQL not configured: set " + testenv.EnvKafkaBrokers + " and " + testenv.EnvPGDSN +
+	" (make test does, and requires them)"
 
 // forEachBackend runs f on the embedded default and, when configured, on
 // real Kafka + PostgreSQL.
@@ -44,7 +54,7 @@ func forEachBackend(t *testing.T, f func(t *testing.T, b backend)) {
 	if b, ok := realBackend(t); ok {
 		t.Run("real", func(t *testing.T) { f(t, b) })
 	} else {
-		t.Run("real", func(t *testing.T) { t.Skip("CHATMESH_KAFKA_BROKERS / CHATMESH_PG_DSN not set") })
+		t.Run("real", func(t *testing.T) { t.Skip(notReal) })
 	}
 }
 

@@ -27,6 +27,9 @@ const (
 
 // RealKafkaBrokers returns the brokers named by CHATMESH_KAFKA_BROKERS. When
 // it is unset the test is skipped, or fails if CHATMESH_REQUIRE_KAFKA=1.
+//
+// Deprecated: tests use internal/testenv.KafkaBrokers, the one place that
+// decides between skipping and failing (this package may not import it).
 func RealKafkaBrokers(t testing.TB) []string {
 	t.Helper()
 	v := strings.TrimSpace(os.Getenv(EnvBrokers))

@@ -162,5 +162,7 @@
 //
 // deploy/kafka/cluster.sh starts a three-node KRaft cluster on loopback for
 // the integration tests (CHATMESH_KAFKA_BROKERS=... go test ./region/kafkabus/
-// runs the contract suite against it); see deploy/kafka/README.md.
+// runs the contract suite against it; with CHATMESH_KAFKA_DIR=<its --dir>
+// too, TestRealKafkaBrokerKill SIGKILLs and restarts node 2 under load);
+// see deploy/kafka/README.md. make test sets both and requires them.
 package kafkabus

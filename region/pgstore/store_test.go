@@ -16,23 +16,17 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/internal/testenv"
 	"github.com/chatmesh/chatmesh/region/pgstore"
 	"github.com/chatmesh/chatmesh/region/storetest"
 )
 
-// dsn returns the test database DSN from CHATMESH_PG_DSN. Without it the
-// test is skipped, unless CHATMESH_REQUIRE_PG=1 (CI), where it fails.
+// dsn returns the test database DSN (CHATMESH_PG_DSN). Without it the test
+// is skipped, unless CHATMESH_REQUIRE_PG=1 (make test), where it fails.
 // deploy/postgres/ensure.sh prints a DSN to use.
 func dsn(tb testing.TB) string {
 	tb.Helper()
-	d := os.Getenv("CHATMESH_PG_DSN")
-	if d == "" {
-		if os.Getenv("CHATMESH_REQUIRE_PG") == "1" {
-			tb.Fatal("CHATMESH_REQUIRE_PG=1 but CHATMESH_PG_DSN is unset; run deploy/postgres/ensure.sh")
-		}
-		tb.Skip("CHATMESH_PG_DSN unset: skipping PostgreSQL tests (export CHATMESH_PG_DSN=\"$(deploy/postgres/ensure.sh)\")")
-	}
-	return d
+	return testenv.PostgresDSN(tb)
 }
 
 // freshSchema returns the name of a new schema that is dropped when tb ends,
