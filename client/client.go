@@ -1130,14 +1130,19 @@ func (c *Client) SetPrivacy(ctx context.Context, p core.Privacy) error {
 	return err
 }
 
-// NewGroupID returns a fresh group conversation id ("g:" + ULID).
-func NewGroupID() string { return "g:" + ulid.Make().String() }
+// NewGroupID returns a fresh id for a group the user creates: a ULID
+// bound to its creator (core.GroupID), so only they can create it.
+func NewGroupID(creator string) string { return core.GroupID(creator, ulid.Make().String()) }
 
 // CreateGroup creates a group with the given title and other members (the
 // caller is added) and returns its info. The id is chosen here, so the
 // request is safely retried.
 func (c *Client) CreateGroup(ctx context.Context, title string, members []string) (*pb.ConversationInfo, error) {
-	return c.CreateGroupWithID(ctx, NewGroupID(), title, members)
+	dev, ok := c.Device()
+	if !ok {
+		return nil, fmt.Errorf("%w: register before creating groups", ErrBadArgument)
+	}
+	return c.CreateGroupWithID(ctx, NewGroupID(dev.User), title, members)
 }
 
 // CreateGroupWithID is CreateGroup with a caller-chosen id (see NewGroupID).

@@ -121,7 +121,11 @@ func TestMaxEnvelopeDeliveredEverywhere(t *testing.T) {
 		bob.start(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		conv := "g:" + strings.Repeat("Z", 56) + strings.ToUpper(uniq(""))
+		u := strings.ToUpper(uniq(""))
+		conv := core.GroupID(alice.name, strings.Repeat("Z", 54-len(u))+u) // the longest group id
+		if len(conv) != 66 {
+			t.Fatalf("group id %q is not the longest", conv)
+		}
 		if _, err := alice.CreateGroupWithID(ctx, conv, "max", []string{bob.name, carol.name}); err != nil {
 			t.Fatal(err)
 		}
@@ -206,13 +210,13 @@ func TestManyConversationsSync(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		const n = 300
-		prefix := "g:" + strings.ToUpper(uniq(""))
+		prefix := strings.ToUpper(uniq(""))
 		convs := make([]string, n)
 		errs := make(chan error, n)
 		sem := make(chan struct{}, 16)
 		var wg sync.WaitGroup
 		for i := range convs {
-			convs[i] = fmt.Sprintf("%s%0*d", prefix, 66-len(prefix), i)
+			convs[i] = core.GroupID(creators[i%len(creators)].name, fmt.Sprintf("%s%0*d", prefix, 54-len(prefix), i))
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
