@@ -172,9 +172,9 @@ func TestE2EDirectAndGroup(t *testing.T) {
 		}
 	}
 
-	// Non-members are refused for good.
+	// Non-members are refused for good, and told nothing (NOT_FOUND, as for a conversation that does not exist).
 	id, _ = carol.Send(ctx, dm, []byte("intrude"))
-	if _, err := carol.WaitSent(ctx, id); core.Code(err) != pb.ErrorCode_ERROR_CODE_NOT_MEMBER {
+	if _, err := carol.WaitSent(ctx, id); core.Code(err) != pb.ErrorCode_ERROR_CODE_NOT_FOUND {
 		t.Fatalf("carol into alice/bob: %v", err)
 	}
 }

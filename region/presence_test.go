@@ -98,7 +98,7 @@ func TestPresenceOnlyForPeers(t *testing.T) {
 	mallory := h.register("mallory", 4)
 	h.register("dave", 5) // online, talks to nobody
 	h.send(alice, 1, 1, core.DirectConvID("alice", "bob"), "m1", "hi")
-	const group = "g:peers"
+	group := core.GroupID("carol", "peers")
 	h.ingress(carol, 3, 1, &pb.IngressRecord{Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{
 		ConvId: group, Members: []string{"alice"},
 	}}}, group)
@@ -133,7 +133,7 @@ func TestPresenceOnlyForPeers(t *testing.T) {
 	}
 	// Joining a group makes its members peers at once too.
 	h.ingress(carol, 3, 2, &pb.IngressRecord{Op: &pb.IngressRecord_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{
-		ConvId: group, Op: pb.MembershipOp_MEMBERSHIP_OP_ADD, Users: []string{"mallory"},
+		ConvId: group, Op: pb.MembershipOp_MEMBERSHIP_OP_ADD, Users: []string{"mallory"}, ClientMsgId: "add-mallory",
 	}}}, group)
 	h.waitFor("add mallory", func(recs []*pb.EdgeRecord) bool { return responses(recs, 3)[2] != nil })
 	if k := keys(h.snapshot(mallory, "alice", "carol", "bob")); !slices.Equal(k, []string{"alice", "carol"}) {
@@ -210,7 +210,7 @@ func TestHistoryOutsiderAnswer(t *testing.T) {
 	alice := h.register("alice", 1)
 	h.register("bob", 2)
 	mallory := h.register("mallory", 3)
-	const group = "g:secret"
+	group := core.GroupID("alice", "secret")
 	direct := core.DirectConvID("alice", "bob")
 	ask := func(conv string) []byte {
 		t.Helper()
