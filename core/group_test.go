@@ -214,3 +214,11 @@ func TestConvStateApplyAndCursors(t *testing.T) {
 		t.Fatalf("outsider cursor: %v", err)
 	}
 }
+
+// TestGroupIDVector pins the creator binding of PROTOCOL.md §7.5 so a
+// second implementation can check its own.
+func TestGroupIDVector(t *testing.T) {
+	if got, want := GroupID("owner", "01J0000000000000000000000A"), "g:01J0000000000000000000000AKV2DHYZZWZ"; got != want {
+		t.Fatalf("GroupID = %q, want %q (PROTOCOL.md §7.5)", got, want)
+	}
+}

@@ -216,6 +216,9 @@ func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 		if err := checkUsers(m.GetMembers()); err != nil {
 			return nil, err
 		}
+		if !core.GroupCreatedBy(m.GetConvId(), s.dev.User) {
+			return nil, invalid("group id not bound to its creator (PROTOCOL.md §7.5)")
+		}
 		rec.Op = &pb.IngressRecord_CreateGroup{CreateGroup: m}
 	case *pb.ClientFrame_ModifyMembers:
 		m := b.ModifyMembers
