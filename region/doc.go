@@ -8,23 +8,46 @@
 // # Write path
 //
 // Edges produce pb.IngressRecord to the ingress topic keyed by conversation
-// id. The sequencer (consumer group "sequencer") handles one record at a
-// time per partition: it validates membership, calls Store.Append (which
-// de-duplicates on conversation + sender device + client message id and
-// assigns the next gapless seq in one transaction), then produces the ack to
-// the origin session and one pb.EdgeRecord per edge hosting an online member
-// device (fan-out per edge, not per member), and only then returns so the
-// bus commits the offset. With a bus that batches (core.BatchConsumer) the
-// sequencer takes up to MaxBatch records a partition already holds, stores
-// them one by one in order, and produces all their outputs in one call:
-// one Kafka round trip per batch instead of per record under load, and no
-// waiting when idle. A replay after a crash finds the idempotency key,
-// gets the stored entry back and re-emits the ack and deliveries; clients
-// drop duplicates by (conversation, seq).
+// id. The sequencer (consumer group "sequencer", sequencer.go) handles the
+// records of a partition in order, up to MaxBatch that the bus already
+// holds at a time (core.BatchConsumer). Each record is one step:
+//
+//  1. the conversation's state (core.ConvState: conversation, members with
+//     roles and invitations, every device's cursors, the newest senders),
+//     kept by the partition worker in a byte-bounded cache and checked
+//     against the store's head once per batch (another process may have
+//     owned the partition meanwhile);
+//  2. the decision, pure (core): core.PlanCreateGroup / PlanGroupChange
+//     (roles, consent, the last admin's heir), ConvState.PlanCursor (moves
+//     only forward, clamped to the head, receipts from the reader's join
+//     point), membership for sends — an outsider gets core.OutsiderError,
+//     the same answer whether the conversation exists or not;
+//  3. the store write (Store.Append de-duplicates on conversation + sender
+//     device + client message id and assigns the next gapless seq in one
+//     transaction; a request about to be refused is first looked up by its
+//     idempotency key, so a resend of an entry stored before the refusal
+//     applied gets its original answer);
+//  4. the state moved past the write (ConvState.Apply) and the readers'
+//     member cache kept in step;
+//  5. the outputs collected: the ack (or the conversation's info), one
+//     pb.EdgeRecord per edge hosting an online member device (fan-out per
+//     edge, not per member), receipts, push notifications.
+//
+// When the batch's records are done, all outputs go out in one produce,
+// then the batch's cursor moves are persisted, then the bus commits the
+// offsets. A failed produce retries the whole batch: entries dedupe and
+// re-emit, cursor moves were not persisted and are recomputed, so neither a
+// message nor a receipt is lost. Clients drop duplicates by (conversation,
+// seq). A record that fails Config.MaxAttempts times in a row while the
+// store answers a probe goes to the dead-letter topic (pb.DeadLetter with
+// its reason, counted per reason) and the partition moves on; a consumer
+// that stops is restarted, counted (Stats.Restarts) and reported by Health.
 //
 // Membership changes, delivery acks and read markers travel the same
 // partition as the conversation's messages, so they are ordered with them.
-// Typing indicators are fanned out and never stored.
+// Every write carries a client idempotency key: client_msg_id for sends and
+// modify_members; the creator-bound group id for create_group. Typing
+// indicators are fanned out and never stored.
 //
 // # Start-up checks
 //

@@ -53,7 +53,15 @@ func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) (err er
 		}
 	}()
 	for _, rec := range recs {
+		outs, moves := len(b.out), len(b.cursors)
 		if err := r.stepGuarded(ctx, b, rec); err != nil {
+			// Whatever the failed step did to the cached state or the
+			// batch's outputs is undone: its conversations reload.
+			b.out, b.cursors = b.out[:outs], b.cursors[:moves]
+			for conv := range b.touched {
+				r.states.drop(conv)
+				delete(b.validated, conv)
+			}
 			if dl := r.failed(ctx, rec, err); dl != nil {
 				return dl
 			}
