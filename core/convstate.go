@@ -140,8 +140,8 @@ func ConvInfo(c Conversation, members []Member) *pb.ConversationInfo {
 }
 
 // Apply moves the state past a newly stored entry: the head, the epoch,
-// the membership effects of req (exactly as the stores apply them), the
-// title, and the recent-senders window.
+// the membership effects of req (MemberChanges, exactly as the stores
+// apply them), the title, and the recent-senders window.
 func (s *ConvState) Apply(req AppendRequest, stored *pb.Message) {
 	seq := stored.GetSeq()
 	if req.Create != nil && s.Conv.Head == 0 {
@@ -151,29 +151,12 @@ func (s *ConvState) Apply(req AppendRequest, stored *pb.Message) {
 	if req.Title != nil {
 		s.Conv.Title = *req.Title
 	}
-	for _, u := range req.Invite {
-		if _, ok := s.Members[u]; !ok {
-			s.Members[u] = Member{User: u, JoinedSeq: seq, Invited: true}
-		}
+	// The stores persist exactly MemberChanges; the state applies the same.
+	put, del := MemberChanges(s.Members, seq, &req)
+	for _, m := range put {
+		s.Members[m.User] = m
 	}
-	for _, u := range req.AddMembers {
-		if m, ok := s.Members[u]; !ok || m.Invited {
-			s.Members[u] = Member{User: u, JoinedSeq: seq}
-		}
-	}
-	for _, u := range req.Promote {
-		if m, ok := s.Members[u]; ok && !m.Invited {
-			m.Admin = true
-			s.Members[u] = m
-		}
-	}
-	for _, u := range req.Demote {
-		if m, ok := s.Members[u]; ok {
-			m.Admin = false
-			s.Members[u] = m
-		}
-	}
-	for _, u := range req.RemoveMembers {
+	for _, u := range del {
 		delete(s.Members, u)
 	}
 	if stored.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
