@@ -469,3 +469,20 @@ func TestOriginPatterns(t *testing.T) {
 		}
 	}
 }
+
+// A session whose device connected again on another edge is ended by the
+// region (an EdgeRecord naming the session with Disconnect REPLACED): it
+// gets the Disconnect and closes; other sessions are untouched.
+func TestRegionEndsSessionReplacedElsewhere(t *testing.T) {
+	v := newEnv(t, nil)
+	a1, dA1 := v.registered("ws", "alice")
+	b1, _ := v.registered("ws", "bob")
+	rtA1, _ := v.be.routeOf(dA1)
+	v.produce(edge.EdgeTopic("e1"), "k", &pb.EdgeRecord{SessionId: rtA1.Session, Targets: []*pb.DeviceAddr{dA1.Addr()},
+		Frame: &pb.ServerFrame{Body: &pb.ServerFrame_Disconnect{Disconnect: &pb.Disconnect{Code: pb.ErrorCode_ERROR_CODE_REPLACED, Detail: "elsewhere"}}}})
+	code, d := a1.expectClosed()
+	if code != pb.ErrorCode_ERROR_CODE_REPLACED || d.GetCode() != pb.ErrorCode_ERROR_CODE_REPLACED {
+		t.Fatalf("replaced elsewhere: code %v, disconnect %v", code, d)
+	}
+	b1.ping()
+}

@@ -313,6 +313,13 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	}
 	e.n.edgeRecords.Add(1)
 	for _, t := range e.targets(&r) {
+		if d := r.GetFrame().GetDisconnect(); d != nil && r.GetSessionId() != 0 {
+			// The region ends a session: the device connected again on
+			// another edge, whose session is now the routed one.
+			e.n.replaced.Add(1)
+			t.s.terminate(d.GetCode(), d.GetDetail(), d.GetReconnect())
+			continue
+		}
 		t.s.push(frameFor(r.GetFrame(), t.dev))
 	}
 	return nil

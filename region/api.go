@@ -104,8 +104,34 @@ func (a *API) Register(ctx context.Context, static []byte, req *pb.RegisterReque
 // It returns after the route is durable, so the session's first sync and
 // the live pushes that follow cover every entry between them.
 func (a *API) SessionOpened(ctx context.Context, rt core.Route) error {
+	prev, err := a.r.store.Routes(ctx, []string{rt.Device.User})
+	if err != nil {
+		return fmt.Errorf("session opened %s: %w", rt.Device, err)
+	}
 	if err := a.r.store.SetRoute(ctx, rt); err != nil {
 		return fmt.Errorf("session opened %s: %w", rt.Device, err)
+	}
+	// A session of the device on another edge is no longer the routed one:
+	// it must not live on without pushes. Its edge ends it (REPLACED).
+	// (Sessions on the same edge are replaced by the edge itself.)
+	for _, old := range prev {
+		if old.Device != rt.Device || old.Edge == rt.Edge {
+			continue
+		}
+		b, err := proto.Marshal(&pb.EdgeRecord{
+			Targets: []*pb.DeviceAddr{old.Device.Addr()}, SessionId: old.Session,
+			Frame: &pb.ServerFrame{Body: &pb.ServerFrame_Disconnect{Disconnect: &pb.Disconnect{
+				Code: pb.ErrorCode_ERROR_CODE_REPLACED, Detail: "the device connected again elsewhere",
+			}}},
+		})
+		if err != nil {
+			return fmt.Errorf("session opened %s: %w", rt.Device, err)
+		}
+		rec := core.BusRecord{Topic: EdgeTopic(old.Edge), Key: []byte(old.Edge), Value: b}
+		if err := a.r.produceNow(ctx, rec); err != nil {
+			// Best effort: the old session still idles out; log it.
+			a.r.log.Warn("replacing a session on another edge failed", "device", rt.Device.String(), "edge", old.Edge, "err", err)
+		}
 	}
 	return a.publishPresence(ctx, &pb.PresenceEvent{UserId: rt.Device.User, Online: true, LastSeenMs: rt.SinceMs})
 }

@@ -313,3 +313,28 @@ func TestReceiptsRespectJoinPoint(t *testing.T) {
 		}
 	}
 }
+
+// A device that connects on another edge ends its session on the first
+// edge: the region tells that edge (Disconnect REPLACED to the session).
+func TestSessionOnAnotherEdgeReplaced(t *testing.T) {
+	h := newHarness(t)
+	alice := h.register("alice", 7) // session 7 on the harness edge
+	if err := h.bus.EnsureTopic(h.ctx, region.EdgeTopic("e2"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.api.SessionOpened(h.ctx, core.Route{Device: alice, Edge: "e2", Session: 9, SinceMs: 2}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor("replace", func(recs []*pb.EdgeRecord) bool {
+		for _, r := range recs {
+			if d := r.GetFrame().GetDisconnect(); d != nil && r.GetSessionId() == 7 && d.GetCode() == pb.ErrorCode_ERROR_CODE_REPLACED {
+				return true
+			}
+		}
+		return false
+	})
+	// A reconnect on the same edge is the edge's business: no record.
+	if err := h.api.SessionOpened(h.ctx, core.Route{Device: alice, Edge: "e2", Session: 10, SinceMs: 3}); err != nil {
+		t.Fatal(err)
+	}
+}
