@@ -65,6 +65,9 @@ type Config struct {
 	// one-time prekeys than this, the device is told to upload more
 	// (default 20; see prekeys.go for how often).
 	PrekeyLowWater int
+	// PrekeyFetch limits how fast bundle fetches take one-time prekeys
+	// (see PrekeyFetchLimits in prekeys.go).
+	PrekeyFetch PrekeyFetchLimits
 }
 
 func (c *Config) fill() {
@@ -101,6 +104,7 @@ func (c *Config) fill() {
 	if c.PrekeyLowWater <= 0 {
 		c.PrekeyLowWater = 20
 	}
+	c.PrekeyFetch.fill()
 }
 
 // Region runs a region's services on a store and a bus.
@@ -115,6 +119,7 @@ type Region struct {
 
 	members *memberCache
 	devices *deviceCache
+	bundles *bundleLimiter
 
 	notifyCh chan core.PushNotification
 	stats    counters
@@ -161,6 +166,7 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		members:  newMemberCache(),
 		devices:  newDeviceCache(cfg.Now, 10*time.Second),
 		notifyCh: make(chan core.PushNotification, cfg.NotifyQueue),
+		bundles:  newBundleLimiter(cfg.PrekeyFetch),
 	}
 	return r, nil
 }

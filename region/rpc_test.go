@@ -30,8 +30,9 @@ func TestRemoteAPI(t *testing.T) {
 	if _, err := r.Authenticate(ctx, static); !errors.Is(err, core.ErrNotFound) {
 		t.Fatalf("unregistered: %v", err)
 	}
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	reg, err := r.Register(ctx, static, &pb.RegisterRequest{UserId: "erin", IdentityKey: pub})
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	proof := ed25519.Sign(priv, core.RegisterProofMessage("erin", static))
+	reg, err := r.Register(ctx, static, &pb.RegisterRequest{UserId: "erin", IdentityKey: pub, IdentityProof: proof})
 	if err != nil || reg.GetDevice().GetDeviceId() != 1 {
 		t.Fatalf("register: %v %v", reg, err)
 	}
