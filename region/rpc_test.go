@@ -62,3 +62,23 @@ func TestRemoteAPI(t *testing.T) {
 		t.Fatalf("history of missing conv: %v", resp)
 	}
 }
+
+// TestCheckInternalListen: without a token the internal API may listen on
+// loopback only; with one, anywhere.
+func TestCheckInternalListen(t *testing.T) {
+	for addr, open := range map[string]bool{
+		"127.0.0.1:7490": true, "[::1]:7490": true, "localhost:7490": true, "127.0.0.9:0": true,
+		":7490": false, "0.0.0.0:7490": false, "[::]:7490": false, "10.0.0.5:7490": false, "region.internal:7490": false,
+	} {
+		err := region.CheckInternalListen(addr, "")
+		if open != (err == nil) {
+			t.Errorf("%s without token: %v", addr, err)
+		}
+		if !open && !errors.Is(err, region.ErrOpenInternalAPI) {
+			t.Errorf("%s: error %v does not wrap ErrOpenInternalAPI", addr, err)
+		}
+		if err := region.CheckInternalListen(addr, "s3cret"); err != nil {
+			t.Errorf("%s with token: %v", addr, err)
+		}
+	}
+}

@@ -45,8 +45,8 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	pgSchema := fs.String("pg-schema", "", "PostgreSQL schema (created if absent)")
 	data := fs.String("data", ".chatmesh/region", "data directory for Pebble")
 	name := fs.String("region", "local", "region name")
-	listen := fs.String("listen", "127.0.0.1:7490", "internal API listen address (for edges)")
-	token := fs.String("token", os.Getenv("CHATMESH_REGION_TOKEN"), "shared secret edges must present (env CHATMESH_REGION_TOKEN)")
+	listen := fs.String("listen", "127.0.0.1:7490", "internal API listen address (for edges); off loopback --token is required")
+	token := fs.String("token", os.Getenv("CHATMESH_REGION_TOKEN"), "shared secret edges must present (env CHATMESH_REGION_TOKEN); required unless --listen is loopback")
 	namespace := fs.String("namespace", "", "prefix for topics and the sequencer group")
 	partitions := fs.Int("partitions", 8, "ingress partitions (when creating the topic)")
 	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
@@ -56,6 +56,9 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if *kafka == "" {
 		return errors.New("region: --kafka is required (the embedded broker lives in `chatmesh dev`)")
+	}
+	if err := region.CheckInternalListen(*listen, *token); err != nil {
+		return err
 	}
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
@@ -89,6 +92,10 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("region: %w", err)
+	}
+	if err := region.CheckInternalListen(ln.Addr().String(), *token); err != nil {
+		ln.Close()
+		return err
 	}
 	srv := &http.Server{Handler: reg.API().Handler(*token), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
