@@ -106,6 +106,10 @@ type Config struct {
 	ReadBurst      int
 	// MaxConnsPerIP bounds concurrent connections per client IP (default 64).
 	MaxConnsPerIP int
+	// Admission: registration limits (per IP, proof of work, operator
+	// tokens), per-IP budgets shared by all sessions of an IP, and the
+	// process-wide ingress limit (see AdmissionConfig, admission.go).
+	Admission AdmissionConfig
 	// IdleTimeout closes a session that sent nothing for this long (default
 	// 2 min; clients ping). HandshakeTimeout bounds the Noise handshake and
 	// the authentication that follows (default 10 s).
@@ -145,6 +149,9 @@ func (c *Config) defaults() error {
 	}
 	if c.MaxConnsPerIP <= 0 {
 		c.MaxConnsPerIP = 64
+	}
+	if err := c.Admission.defaults(); err != nil {
+		return err
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 2 * time.Minute
@@ -212,6 +219,7 @@ type Edge struct {
 	bus   core.Bus
 	log   *slog.Logger
 	hello []byte // serialized ServerHello
+	adm   *admission
 	tls   *tls.Config
 	cert  []byte // sha256 of the leaf certificate
 
@@ -262,12 +270,14 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 		Region:               cfg.Region,
 		MaxFrameBytes:        uint32(cfg.MaxFrameBytes),
 		MaxMessagesPerSecond: uint32(cfg.MessagesPerSecond),
+		RegisterPowBits:      cfg.Admission.RegisterPowBits,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: server hello: %w", err)
 	}
 	e := &Edge{
 		cfg: cfg, be: be, bus: bus, log: cfg.Logger.With("edge", cfg.ID), hello: hello,
+		adm:      newAdmission(cfg.Admission),
 		live:     map[*session]struct{}{},
 		sessions: map[uint64]*session{},
 		byDevice: map[core.DeviceKey]map[uint64]*session{},
