@@ -21,15 +21,23 @@ import (
 
 func startStack(t *testing.T, edgeCfg ...func(*edge.Config)) stack.Endpoints {
 	t.Helper()
+	return startStackWith(t, func(c *stack.Config) {
+		if len(edgeCfg) > 0 {
+			c.EdgeConfig = edgeCfg[0]
+		}
+	})
+}
+
+// startStackWith starts the in-process stack with adjust applied to its config.
+func startStackWith(t *testing.T, adjust func(*stack.Config)) stack.Endpoints {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("needs the in-process stack")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cfg := stack.Config{DataDir: t.TempDir()}
-	if len(edgeCfg) > 0 {
-		cfg.EdgeConfig = edgeCfg[0]
-	}
+	adjust(&cfg)
 	s, err := stack.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
