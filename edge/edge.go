@@ -99,9 +99,9 @@ type Config struct {
 	// history, conversation list, user lookup, device-list and bundle
 	// fetches), so that starting sessions with every device of a 500-member
 	// group (about a thousand fetches) does not eat the message budget or
-	// wait on it (default 200/s, burst 2000). Bundle fetches stay bounded:
-	// this bucket is also what limits how fast one device can drain others'
-	// one-time prekeys.
+	// wait on it (default 200/s, burst 2000). Frames are charged by cost
+	// (frameCost). How many one-time prekeys fetches may take is limited
+	// by the region (region.PrekeyFetchLimits).
 	ReadsPerSecond float64
 	ReadBurst      int
 	// MaxConnsPerIP bounds concurrent connections per client IP (default 64).

@@ -62,10 +62,8 @@ func (s *session) handle(pt []byte) {
 		s.queryConcurrently(&f)
 	case *pb.ClientFrame_UploadPrekeys, *pb.ClientFrame_PublishDeviceList:
 		// End-to-end key material: reads and writes of the region's store,
-		// answered synchronously like sync. Each frame, an upload of up to
-		// 200 one-time prekeys included, has been charged to the device's
-		// token bucket above, which also bounds how fast a caller can drain
-		// another device's one-time prekeys with fetch_bundle.
+		// answered synchronously like sync, charged by size above. How many
+		// one-time prekeys fetch_bundle may take is the region's limit.
 		s.query(&f)
 	case *pb.ClientFrame_PresenceSubscribe:
 		if len(b.PresenceSubscribe.GetUsers()) > MaxPresenceSubscriptions {
