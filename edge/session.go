@@ -25,7 +25,7 @@ type session struct {
 	tr     transport
 	nc     *noiseconn.Conn
 	static []byte
-	ip     string // client IP, for the per-IP limits (admission.go)
+	ip     string                 // client IP, for the per-IP limits (admission.go)
 	bucket atomic.Pointer[bucket] // replaced once if the session takes over an older one's
 	// reads is the bucket of read requests (Config.ReadsPerSecond); nil
 	// charges reads to bucket.
