@@ -87,9 +87,10 @@ func (c *rawClient) send(ctx context.Context, f *pb.ClientFrame) error {
 
 // register registers the raw client as user (identity proof included) and
 // waits for the answer.
-func (c *rawClient) register(ctx context.Context, user string) (*pb.Response, error) {
+func (c *rawClient) register(ctx context.Context, user, token string) (*pb.Response, error) {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	req := &pb.RegisterRequest{UserId: user, IdentityKey: pub, IdentityProof: ed25519.Sign(priv, core.RegisterProofMessage(user, c.static))}
+	req := &pb.RegisterRequest{UserId: user, IdentityKey: pub, IdentityProof: ed25519.Sign(priv, core.RegisterProofMessage(user, c.static)),
+		RegistrationToken: token}
 	if err := c.send(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Register{Register: req}}); err != nil {
 		return nil, err
 	}
@@ -124,10 +125,13 @@ func (c *rawClient) drain(ctx context.Context) {
 
 // abuse runs one abuse until ctx ends; it returns a short description of
 // what it achieved.
-type abuse func(ctx context.Context, b *testing.B, wsURL string) string
+// The flood and presence abusers' accounts were made earlier (here: with
+// the token), as from many addresses; they then all run from abuserIP.
+// An abuse that cannot start returns why instead of failing the run.
+type abuse func(ctx context.Context, wsURL, token string) string
 
 // flood: 20 accounts, each at the per-session limit of 50 messages/s.
-func flood(ctx context.Context, b *testing.B, wsURL string) string {
+func flood(ctx context.Context, wsURL, token string) string {
 	const accounts, rate = 20, 50
 	var sent atomic.Int64
 	var wg sync.WaitGroup
@@ -135,10 +139,10 @@ func flood(ctx context.Context, b *testing.B, wsURL string) string {
 	for i := range accounts {
 		c, err := dialRaw(ctx, wsURL)
 		if err != nil {
-			b.Fatal(err)
+			return fmt.Sprintf("flood: dial: %v", err)
 		}
-		if r, err := c.register(ctx, fmt.Sprintf("flood%d", i)); err != nil || r.GetError() != nil {
-			b.Fatalf("abuser register: %v %v", err, r.GetError())
+		if r, err := c.register(ctx, fmt.Sprintf("flood%d", i), token); err != nil || r.GetError() != nil {
+			return fmt.Sprintf("flood: register: %v %v", err, r.GetError())
 		}
 		clients = append(clients, c)
 	}
@@ -177,7 +181,7 @@ func flood(ctx context.Context, b *testing.B, wsURL string) string {
 }
 
 // presence: 20 accounts re-subscribing to 500 users as fast as answered.
-func presence(ctx context.Context, b *testing.B, wsURL string) string {
+func presence(ctx context.Context, wsURL, token string) string {
 	const accounts = 20
 	users := make([]string, core.MaxPresenceUsers)
 	for i := range users {
@@ -188,10 +192,10 @@ func presence(ctx context.Context, b *testing.B, wsURL string) string {
 	for i := range accounts {
 		c, err := dialRaw(ctx, wsURL)
 		if err != nil {
-			b.Fatal(err)
+			return fmt.Sprintf("presence: dial: %v", err)
 		}
-		if r, err := c.register(ctx, fmt.Sprintf("watch%d", i)); err != nil || r.GetError() != nil {
-			b.Fatalf("abuser register: %v %v", err, r.GetError())
+		if r, err := c.register(ctx, fmt.Sprintf("watch%d", i), token); err != nil || r.GetError() != nil {
+			return fmt.Sprintf("presence: register: %v %v", err, r.GetError())
 		}
 		wg.Go(func() {
 			defer c.nc.Close()
@@ -222,7 +226,7 @@ func presence(ctx context.Context, b *testing.B, wsURL string) string {
 }
 
 // register: fresh accounts registered as fast as answered, 8 at a time.
-func register(ctx context.Context, b *testing.B, wsURL string) string {
+func register(ctx context.Context, wsURL, _ string) string {
 	var ok, refused atomic.Int64
 	var wg sync.WaitGroup
 	for w := range 8 {
@@ -232,7 +236,7 @@ func register(ctx context.Context, b *testing.B, wsURL string) string {
 				if err != nil {
 					return
 				}
-				r, err := c.register(ctx, fmt.Sprintf("reg%d-%d", w, n))
+				r, err := c.register(ctx, fmt.Sprintf("reg%d-%d", w, n), "")
 				c.nc.Close()
 				if err != nil {
 					return
@@ -288,7 +292,7 @@ func runAbuseCase(b *testing.B, ab abuse, admission bool) {
 	actx, stopAbuse := context.WithCancel(ctx)
 	what := make(chan string, 1)
 	if ab != nil {
-		go func() { what <- ab(actx, b, ws) }()
+		go func() { what <- ab(actx, ws, token) }()
 		time.Sleep(time.Second) // let the abuse ramp up
 	} else {
 		what <- "none"
