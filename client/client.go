@@ -92,6 +92,11 @@ type Config struct {
 	ManualCommit bool
 	// Rand is the source for key generation. Default crypto/rand.
 	Rand io.Reader
+	// RegistrationToken, if set, is sent with Register and RegisterLinked:
+	// an operator-issued token that lets the registration past the edge's
+	// per-IP registration limit and proof of work. Empty: none (the client
+	// solves the proof of work when the edge asks for one).
+	RegistrationToken string
 }
 
 func (c *Config) defaults() {
@@ -364,14 +369,17 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.De
 		return core.DeviceKey{}, ErrAlreadyRegistered
 	}
 	req.IdentityKey = c.id.IdentityPublic()
+	noiseStatic := slices.Clone(c.id.NoisePublic)
+	req.IdentityProof = c.id.RegisterProof(req.GetUserId())
 	c.mu.Unlock()
+	req.RegistrationToken = c.cfg.RegistrationToken
 	if len(c.cfg.Edges) == 0 {
 		return core.DeviceKey{}, ErrNoEdges
 	}
 	var lastErr error
 	for attempt := 1; ; attempt++ {
 		for _, edge := range c.cfg.Edges {
-			r, err := c.oneShot(ctx, edge, &pb.ClientFrame{ReqId: 1, Body: &pb.ClientFrame_Register{Register: req}})
+			r, err := c.registerAt(ctx, edge, noiseStatic, req)
 			if err == nil {
 				key := keyOf(r.GetRegister().GetDevice())
 				if key.User == "" || key.Device == 0 {
@@ -411,15 +419,24 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.De
 	}
 }
 
-// oneShot dials edge, performs the handshake, sends f and returns the
-// response to f.ReqId.
-func (c *Client) oneShot(ctx context.Context, edge string, f *pb.ClientFrame) (*pb.Response, error) {
-	nc, _, err := c.handshake(ctx, edge)
+// registerAt sends req to edge on a short session of its own. When the
+// edge's ServerHello asks for a proof of work and no registration token is
+// configured, it first solves it (the nonce depends on the device's Noise
+// key and the user only, so it is kept for the next edge).
+func (c *Client) registerAt(ctx context.Context, edge string, noiseStatic []byte, req *pb.RegisterRequest) (*pb.Response, error) {
+	nc, hello, err := c.handshake(ctx, edge)
 	if err != nil {
 		return nil, err
 	}
 	defer nc.Close()
-	return (&connRequester{nc: nc}).Request(ctx, f)
+	if bits := hello.GetRegisterPowBits(); bits > 0 && req.GetRegistrationToken() == "" &&
+		!core.CheckPow(bits, noiseStatic, req.GetUserId(), req.GetPowNonce()) {
+		c.log.Info("client: solving the edge's registration proof of work", "bits", bits)
+		if req.PowNonce, err = core.SolvePow(ctx, bits, noiseStatic, req.GetUserId()); err != nil {
+			return nil, fmt.Errorf("client: register: %w", err)
+		}
+	}
+	return (&connRequester{nc: nc}).Request(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Register{Register: req}})
 }
 
 // connRequester runs requests one at a time over a bare Noise session

@@ -22,13 +22,21 @@ import (
 
 func startStack(t *testing.T, edgeCfg ...func(*edge.Config)) stack.Endpoints {
 	t.Helper()
+	return startStackWith(t, func(c *stack.Config) {
+		if len(edgeCfg) > 0 {
+			c.EdgeConfig = edgeCfg[0]
+		}
+	})
+}
+
+// startStackWith starts the in-process stack with adjust applied to its config.
+func startStackWith(t *testing.T, adjust func(*stack.Config)) stack.Endpoints {
+	t.Helper()
 	testenv.SkipShort(t, "needs the in-process stack")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cfg := stack.Config{DataDir: t.TempDir()}
-	if len(edgeCfg) > 0 {
-		cfg.EdgeConfig = edgeCfg[0]
-	}
+	adjust(&cfg)
 	s, err := stack.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -455,5 +463,50 @@ func TestE2EMemberAddedLaterReadsFromJoin(t *testing.T) {
 	}
 	if m := collect(t, carol2, 1)[0]; m.Seq() != later || string(m.Body) != "while carol was away" {
 		t.Fatalf("after restart: #%d %q", m.Seq(), m.Body)
+	}
+}
+
+// TestRegisterProofOfWorkAndToken: against an edge that asks for a proof
+// of work, the SDK solves it (and sends its identity proof, which the
+// region requires); with a registration token it skips the work and the
+// per-IP limit; over the per-IP limit without a token it gets
+// RATE_LIMITED and is not registered; registered clients keep working.
+func TestRegisterProofOfWorkAndToken(t *testing.T) {
+	ends := startStack(t, func(c *edge.Config) {
+		c.Admission.RegisterPowBits = 14
+		c.Admission.RegisterBurst = 2
+		c.Admission.RegistrationTokens = []string{"invite-7"}
+	})
+	ctx := e2eCtx(t)
+	alice, _ := e2eUser(t, ends, "alice", false) // solves the proof of work
+	open := func(token string) *client.Client {
+		key, _ := hex.DecodeString(ends.EdgeKey)
+		c, err := client.Open(context.Background(), client.Config{Sealer: client.InsecurePlaintextSealer{}, StateDir: t.TempDir(),
+			Edges: []string{ends.WS}, ServerKey: key, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+			RegistrationToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	if _, err := open("").Register(ctx, "bob"); err != nil { // second of the burst of 2
+		t.Fatalf("bob: %v", err)
+	}
+	if _, err := open("").Register(ctx, "carol"); core.Code(err) != pb.ErrorCode_ERROR_CODE_RATE_LIMITED {
+		t.Fatalf("carol over the per-IP limit: %v, want RATE_LIMITED", err)
+	}
+	if _, err := open("wrong").Register(ctx, "carol"); core.Code(err) != pb.ErrorCode_ERROR_CODE_FORBIDDEN {
+		t.Fatalf("carol with an unknown token: %v, want FORBIDDEN", err)
+	}
+	dave := open("invite-7")
+	if _, err := dave.Register(ctx, "dave"); err != nil {
+		t.Fatalf("dave with a token: %v", err)
+	}
+	if err := dave.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendDirect(ctx, "dave", []byte("welcome")); err != nil {
+		t.Fatalf("send after the registration flood: %v", err)
 	}
 }

@@ -22,7 +22,9 @@ import (
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/crypto/identity"
 	"github.com/chatmesh/chatmesh/crypto/prekey"
+	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/region"
 )
 
 // End-to-end encryption against the in-process stack, which serves the
@@ -324,7 +326,8 @@ func TestE2EEPeerLinksDevice(t *testing.T) {
 // envelopes before it (the distributions to 59 new devices exceed one
 // frame); members get exactly the message as an event.
 func TestE2EELargeGroup(t *testing.T) {
-	ends := startStack(t)
+	// 60 users registering from one address: above the default per-IP limit.
+	ends := startStack(t, func(c *edge.Config) { c.Admission.RegisterBurst = 100 })
 	ctx := e2eCtx(t)
 	const n = 60
 	var cs []*client.Client
@@ -380,7 +383,10 @@ func TestE2EELargeGroup(t *testing.T) {
 // TestE2EEPrekeyReplenish: bob uploads 25 one-time prekeys; as fetches
 // drain them the region pushes prekey_status low and bob uploads more.
 func TestE2EEPrekeyReplenish(t *testing.T) {
-	ends := startStack(t)
+	// alice drains bob on purpose: lift the per-pair fetch limit.
+	ends := startStackWith(t, func(c *stack.Config) {
+		c.RegionConfig = func(r *region.Config) { r.PrekeyFetch.PairBurst = 1000 }
+	})
 	ctx := e2eCtx(t)
 	alice, _ := e2eeUser(t, ends, "alice")
 	needKeyDirectory(t, alice, "alice")

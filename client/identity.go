@@ -70,6 +70,14 @@ func (id *Identity) unify(rand io.Reader) (bool, error) {
 	return created, nil
 }
 
+// RegisterProof is RegisterRequest.identity_proof for registering as a
+// device of user: the identity key's signature over
+// core.RegisterProofMessage(user, Noise static key), which proves to the
+// region that this device holds the identity key it registers.
+func (id *Identity) RegisterProof(user string) []byte {
+	return ed25519.Sign(ed25519.PrivateKey(id.IdentityPrivate), core.RegisterProofMessage(user, id.NoisePublic))
+}
+
 // Registered reports whether the identity has a user and device number.
 func (id *Identity) Registered() bool { return id.User != "" && id.Device != 0 }
 

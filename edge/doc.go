@@ -29,14 +29,21 @@
 // Each ClientFrame is size-checked (Config.MaxFrameBytes, at most
 // core.MaxClientFrameBytes, advertised as ServerHello.max_frame_bytes;
 // a send's envelope at most core.MaxEnvelopeBytes, advertised as
-// max_envelope_bytes), decoded, and charged to one of the
-// session's two token buckets: pure reads (sync, history,
-// list_conversations, lookup_user, fetch_bundle, fetch_device_list) to the
-// read bucket, and are answered concurrently, up to 8 at a time; every
-// other frame to the message bucket. Reads, key-material calls and
-// settings (the reads plus presence_subscribe, upload_prekeys,
-// publish_device_list, set_privacy) go to Backend.Query; ping is answered
-// here; writes
+// max_envelope_bytes), decoded, and charged by its cost (the
+// cost table, frameCost in admission.go) to one of the session's two token
+// buckets and to the same budget of its client IP, shared by all sessions
+// from that IP: reads (sync, history, list_conversations, lookup_user,
+// fetch_bundle, fetch_device_list, presence_subscribe) to the read
+// budget — the pure reads are answered concurrently, up to 8 at a time —
+// and every other frame to the message budget. A register from a session
+// that is not a device yet passes the registration limits first (per-IP
+// bucket, optional proof of work, operator tokens; AdmissionConfig), and
+// at most AdmissionConfig.MaxIngressInFlight ingress writes are in flight
+// in the process; anything over a limit is RATE_LIMITED with
+// retry_after_ms. Reads and key-material calls (the
+// reads plus presence_subscribe, upload_prekeys, publish_device_list,
+// set_privacy) go
+// to Backend.Query; ping is answered here; writes
 // (send, ack, read, create_group, modify_members, typing) are validated and
 // produced as pb.IngressRecord to Config.IngressTopic keyed by conversation
 // id, with an Origin naming this edge, the session, the request id and the

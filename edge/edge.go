@@ -103,9 +103,9 @@ type Config struct {
 	// history, conversation list, user lookup, device-list and bundle
 	// fetches), so that starting sessions with every device of a 500-member
 	// group (about a thousand fetches) does not eat the message budget or
-	// wait on it (default 200/s, burst 2000). Bundle fetches stay bounded:
-	// this bucket is also what limits how fast one device can drain others'
-	// one-time prekeys.
+	// wait on it (default 200/s, burst 2000). Frames are charged by cost
+	// (frameCost). How many one-time prekeys fetches may take is limited
+	// by the region (region.PrekeyFetchLimits).
 	ReadsPerSecond float64
 	ReadBurst      int
 	// MaxConnsPerIP bounds the sessions of one client IP (default 64); one
@@ -119,6 +119,10 @@ type Config struct {
 	// limit) and 2×MaxConnsPerIP (so that a client at its session limit
 	// still gets the typed refusal).
 	MaxConns, MaxAcceptPerIP int
+	// Admission: registration limits (per IP, proof of work, operator
+	// tokens), per-IP budgets shared by all sessions of an IP, and the
+	// process-wide ingress limit (see AdmissionConfig, admission.go).
+	Admission AdmissionConfig
 	// IdleTimeout closes a session that sent nothing for this long (default
 	// 2 min; clients ping). HandshakeTimeout bounds everything before a
 	// session exists (default 10 s): the HTTP request that upgrades to a
@@ -167,6 +171,9 @@ func (c *Config) defaults() error {
 	}
 	if c.MaxAcceptPerIP <= 0 {
 		c.MaxAcceptPerIP = 2 * c.MaxConnsPerIP
+	}
+	if err := c.Admission.defaults(); err != nil {
+		return err
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 2 * time.Minute
@@ -242,6 +249,7 @@ type Edge struct {
 	bus   core.Bus
 	log   *slog.Logger
 	hello []byte // serialized ServerHello
+	adm   *admission
 	tls   *tls.Config
 	cert  []byte // sha256 of the leaf certificate
 
@@ -298,12 +306,14 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 		MaxFrameBytes:        uint32(cfg.MaxFrameBytes),
 		MaxMessagesPerSecond: uint32(cfg.MessagesPerSecond),
 		MaxEnvelopeBytes:     core.MaxEnvelopeBytes,
+		RegisterPowBits:      cfg.Admission.RegisterPowBits,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: server hello: %w", err)
 	}
 	e := &Edge{
 		cfg: cfg, be: be, bus: bus, log: cfg.Logger.With("edge", cfg.ID), hello: hello,
+		adm:      newAdmission(cfg.Admission),
 		live:     map[*session]struct{}{},
 		sessions: map[uint64]*session{},
 		byDevice: map[core.DeviceKey]*session{},

@@ -29,19 +29,15 @@ func (s *session) handle(pt []byte) {
 		s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_MALFORMED_FRAME, "frame has no known body")
 		return
 	}
-	b := s.bucket.Load()
-	if isRead(&f) {
-		if rb := s.readBucket.Load(); rb != nil {
-			b = rb
-		}
-	}
-	if !b.take(e.cfg.Now()) {
+	// Charged by the cost table (admission.go) to the session's and its
+	// IP's budgets.
+	if ok, wait := s.charge(&f); !ok {
 		if _, ok := f.GetBody().(*pb.ClientFrame_Typing); ok {
 			e.n.typingDropped.Add(1)
 			return
 		}
 		e.n.rateLimited.Add(1)
-		s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many messages per second")
+		s.respond(&pb.Response{ReqId: f.GetReqId(), Error: rateLimited("too many requests per second", wait)})
 		return
 	}
 	switch b := f.GetBody().(type) {
@@ -66,10 +62,8 @@ func (s *session) handle(pt []byte) {
 		s.queryConcurrently(&f)
 	case *pb.ClientFrame_UploadPrekeys, *pb.ClientFrame_PublishDeviceList, *pb.ClientFrame_SetPrivacy:
 		// End-to-end key material: reads and writes of the region's store,
-		// answered synchronously like sync. Each frame, an upload of up to
-		// 200 one-time prekeys included, has been charged to the device's
-		// token bucket above, which also bounds how fast a caller can drain
-		// another device's one-time prekeys with fetch_bundle.
+		// answered synchronously like sync, charged by size above. How many
+		// one-time prekeys fetch_bundle may take is the region's limit.
 		s.query(&f)
 	case *pb.ClientFrame_PresenceSubscribe:
 		s.presenceSubscribe(&f) // presence.go
@@ -85,6 +79,12 @@ func (s *session) handle(pt []byte) {
 
 func (s *session) register(reqID uint64, req *pb.RegisterRequest) {
 	e := s.e
+	if !s.authed { // a new device: the registration limits apply
+		if werr := s.admitRegistration(req); werr != nil {
+			s.respond(&pb.Response{ReqId: reqID, Error: werr})
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.BackendTimeout)
 	defer cancel()
 	resp, err := e.be.Register(ctx, s.static, req)
@@ -104,16 +104,6 @@ func (s *session) register(reqID uint64, req *pb.RegisterRequest) {
 		}
 	}
 	s.respond(&pb.Response{ReqId: reqID, Body: &pb.Response_Register{Register: resp}})
-}
-
-// isRead reports whether f is a read, charged to the session's read bucket.
-func isRead(f *pb.ClientFrame) bool {
-	switch f.GetBody().(type) {
-	case *pb.ClientFrame_Sync, *pb.ClientFrame_History, *pb.ClientFrame_ListConversations, *pb.ClientFrame_LookupUser,
-		*pb.ClientFrame_FetchBundle, *pb.ClientFrame_FetchDeviceList:
-		return true
-	}
-	return false
 }
 
 // maxConcurrentReads bounds the reads of one session in flight at once.
@@ -290,6 +280,12 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
 		s.fail(reqID, pb.ErrorCode_ERROR_CODE_INTERNAL, "encode failed")
 		return
 	}
+	if !e.adm.enterIngress() {
+		e.n.rateLimited.Add(1)
+		s.respond(&pb.Response{ReqId: reqID, Error: rateLimited("edge busy; retry", ingressRetry)})
+		return
+	}
+	defer e.adm.leaveIngress()
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.WriteTimeout)
 	defer cancel()
 	if err := e.bus.Produce(ctx, core.BusRecord{Topic: e.cfg.IngressTopic, Key: []byte(convOf(rec)), Value: b}); err != nil {

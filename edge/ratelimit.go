@@ -21,15 +21,33 @@ func newBucket(rate float64, burst int, now time.Time) *bucket {
 
 // take spends one token if there is one.
 func (b *bucket) take(now time.Time) bool {
+	ok, _ := b.takeN(now, 1)
+	return ok
+}
+
+// takeN spends n tokens if there are that many; otherwise it takes nothing
+// and returns how long until there will be (n above the burst never passes:
+// callers clamp).
+func (b *bucket) takeN(now time.Time, n float64) (bool, time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if dt := now.Sub(b.last).Seconds(); dt > 0 {
 		b.tokens = min(b.burst, b.tokens+dt*b.rate)
 		b.last = now
 	}
-	if b.tokens < 1 {
-		return false
+	if b.tokens >= n {
+		b.tokens -= n
+		return true, 0
 	}
-	b.tokens--
-	return true
+	if b.rate <= 0 {
+		return false, 0
+	}
+	return false, time.Duration((n - b.tokens) / b.rate * float64(time.Second))
+}
+
+// refund gives back n tokens taken by takeN (a later limit refused the frame).
+func (b *bucket) refund(n float64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tokens = min(b.burst, b.tokens+n)
 }

@@ -26,6 +26,7 @@ type session struct {
 	tr     transport
 	nc     *noiseconn.Conn
 	static []byte
+	ip     string                 // client IP, for the per-IP limits (admission.go)
 	bucket atomic.Pointer[bucket] // replaced once if the session takes over an older one's
 	// reads is the bucket of read requests (Config.ReadsPerSecond); nil
 	// charges reads to bucket.
@@ -84,7 +85,7 @@ func (e *Edge) serveConn(tr transport, ip string) {
 		return
 	}
 	s := &session{
-		e: e, id: newSessionID(), tr: tr, nc: nc, static: nc.PeerStatic(),
+		e: e, id: newSessionID(), tr: tr, nc: nc, static: nc.PeerStatic(), ip: ip,
 		queue:     make(chan []byte, e.cfg.SendQueue),
 		stop:      make(chan struct{}),
 		finished:  make(chan struct{}),

@@ -39,9 +39,14 @@ func (a *API) Authenticate(ctx context.Context, static []byte) (core.DeviceKey, 
 	return d.Key, nil
 }
 
-// Register registers the device whose Noise static key is static. A
-// user's first device creates the user; any further device must carry a
-// link signature by an existing device of the user.
+// Register registers the device whose Noise static key is static. Every
+// request must carry identity_proof, the Ed25519 signature by identity_key
+// over core.RegisterProofMessage (INVALID_ARGUMENT when missing, FORBIDDEN
+// when wrong; nothing is stored). A user's first device creates the user;
+// any further device must carry a link signature by an existing device of
+// the user, and a user has at most core.MaxDevicesPerUser devices
+// (LIMIT_EXCEEDED). Per-IP limits, proof of work and registration tokens
+// are the edge's (edge/admission.go).
 func (a *API) Register(ctx context.Context, static []byte, req *pb.RegisterRequest) (*pb.RegisterResponse, error) {
 	user := req.GetUserId()
 	if !core.ValidUserID(user) {
@@ -49,6 +54,14 @@ func (a *API) Register(ctx context.Context, static []byte, req *pb.RegisterReque
 	}
 	if len(static) != 32 || len(req.GetIdentityKey()) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("register: keys must be 32 bytes: %w", core.ErrInvalidArgument)
+	}
+	// Proof of possession: without it anyone could register (or link)
+	// someone else's identity key as their own.
+	if len(req.GetIdentityProof()) != ed25519.SignatureSize {
+		return nil, fmt.Errorf("register: identity_proof (a %d-byte Ed25519 signature) is required: %w", ed25519.SignatureSize, core.ErrInvalidArgument)
+	}
+	if !ed25519.Verify(req.GetIdentityKey(), core.RegisterProofMessage(user, static), req.GetIdentityProof()) {
+		return nil, fmt.Errorf("register: identity_proof does not verify with identity_key: %w", core.ErrForbidden)
 	}
 	if d, err := a.r.store.DeviceByStatic(ctx, static); err == nil {
 		if d.Key.User != user {
@@ -79,6 +92,11 @@ func (a *API) Register(ctx context.Context, static []byte, req *pb.RegisterReque
 	devs, err := a.r.store.Devices(ctx, user)
 	if err != nil {
 		return nil, fmt.Errorf("register %s: %w", user, err)
+	}
+	// Checked before the insert: two racing links of one user may pass it
+	// together, but both need signatures by the user's own devices.
+	if len(devs) >= core.MaxDevicesPerUser {
+		return nil, fmt.Errorf("register %s: already %d devices (at most %d): %w", user, len(devs), core.MaxDevicesPerUser, core.ErrLimitExceeded)
 	}
 	var signer *core.Device
 	for i := range devs {
@@ -234,7 +252,7 @@ func (a *API) Query(ctx context.Context, dev core.DeviceKey, f *pb.ClientFrame) 
 	case *pb.ClientFrame_UploadPrekeys:
 		resp, err = a.uploadPrekeys(ctx, dev, b.UploadPrekeys)
 	case *pb.ClientFrame_FetchBundle:
-		resp, err = a.fetchBundle(ctx, b.FetchBundle)
+		resp, err = a.fetchBundle(ctx, dev, b.FetchBundle)
 	case *pb.ClientFrame_PublishDeviceList:
 		resp, err = a.publishDeviceList(ctx, dev, b.PublishDeviceList)
 	case *pb.ClientFrame_FetchDeviceList:

@@ -66,11 +66,13 @@
 // # Read path
 //
 // API implements the edge's Backend: device authentication by Noise static
-// key, registration, session open/close (routes and presence), and queries
-// (sync, history, conversation list, user lookup, presence snapshots,
-// privacy settings) and
+// key, registration (with a required proof of possession of the identity
+// key and at most core.MaxDevicesPerUser devices), session open/close
+// (routes and presence), and queries (sync, history, conversation list,
+// user lookup, presence snapshots, privacy settings) and
 // the end-to-end key material (prekey uploads and bundles, each one-time
-// prekey handed out at most once; signed device lists — see prekeys.go),
+// prekey handed out at most once and at a limited rate per requester and
+// per target, PrekeyFetchLimits; signed device lists — see prekeys.go),
 // verifying every signature it can and storing public keys only. A
 // session's route is stored before the session serves requests, and the
 // fan-out reads routes after the append, so every entry is either in the

@@ -3,6 +3,7 @@ package region
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -46,7 +47,10 @@ func fuzzRegion(f *testing.F) *Region {
 	api := r.API()
 	for _, u := range []string{"alice", "bob"} {
 		static := bytes.Repeat([]byte(u[:1]), 32)
-		if _, err := api.Register(ctx, static, &pb.RegisterRequest{UserId: u, IdentityKey: bytes.Repeat([]byte{1}, 32)}); err != nil {
+		priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte(u[:1]), ed25519.SeedSize))
+		req := &pb.RegisterRequest{UserId: u, IdentityKey: priv.Public().(ed25519.PublicKey),
+			IdentityProof: ed25519.Sign(priv, core.RegisterProofMessage(u, static))}
+		if _, err := api.Register(ctx, static, req); err != nil {
 			f.Fatal(err)
 		}
 	}

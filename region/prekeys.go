@@ -40,6 +40,25 @@ package region
 // be offline): every upload reply carries the same status, so a client that
 // uploads (or sends an empty upload) on connect learns it anyway. Fetches
 // that find no one-time prekey push nothing.
+//
+// Draining is limited (Config.PrekeyFetch, PrekeyFetchLimits): a fetch takes
+// a one-time prekey only while both the (requesting device, target device)
+// bucket and the target device's bucket have a token; the pair is charged
+// first, so a stranger hammering one device spends its own pair budget and
+// never the target's, and the device's honest contacts keep getting
+// one-time prekeys. Over either limit the fetch still succeeds, with the
+// target's bundle WITHOUT a one-time prekey (the same answer as when the
+// device ran out): a legitimate session can always start, from the signed
+// prekey and the KEM prekey alone. What that loses (PROTOCOL.md, "Prekey
+// bundles"): the first message's key no longer depends on a key that is
+// deleted after one use, so until the signed prekey is rotated, someone who
+// later steals the device's signed prekey private key and recorded the first
+// message can read it, and a replayed first message is not detected by the
+// prekey's disappearance. The KEM prekey keeps the post-quantum part. The
+// buckets are in memory, per region process, bounded by MaxKeys each
+// (core.KeyedLimiter: least recently used evicted, an evicted key starts
+// full); a restart or another region process starts with full buckets,
+// which only allows what the limits allow anyway, once more.
 
 import (
 	"context"
@@ -47,6 +66,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
+	"time"
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
@@ -158,7 +179,84 @@ func (a *API) uploadPrekeys(ctx context.Context, dev core.DeviceKey, req *pb.Upl
 	}}}, nil
 }
 
-func (a *API) fetchBundle(ctx context.Context, req *pb.FetchBundleRequest) (*pb.Response, error) {
+// PrekeyFetchLimits bound how many one-time prekeys bundle fetches take
+// (see the comment at the top of this file). Zero values get the defaults.
+type PrekeyFetchLimits struct {
+	// PairBurst one-time prekeys one requesting device may take from one
+	// target device, refilled at PairPerHour (defaults 5 and 6 per hour).
+	// An honest device takes one per session it starts with the target,
+	// and starts another only after losing its session state.
+	PairBurst   int
+	PairPerHour float64
+	// TargetBurst one-time prekeys all requesters together may take from
+	// one device, refilled at TargetPerHour (defaults 500 — everyone in
+	// the largest group starting a session at once — and 600 per hour).
+	TargetBurst   int
+	TargetPerHour float64
+	// MaxKeys bounds the entries of each of the two limiters (default
+	// 100,000, about 100 bytes each).
+	MaxKeys int
+}
+
+func (l *PrekeyFetchLimits) fill() {
+	if l.PairBurst <= 0 {
+		l.PairBurst = 5
+	}
+	if l.PairPerHour <= 0 {
+		l.PairPerHour = 6
+	}
+	if l.TargetBurst <= 0 {
+		l.TargetBurst = core.MaxGroupMembers
+	}
+	if l.TargetPerHour <= 0 {
+		l.TargetPerHour = 600
+	}
+	if l.MaxKeys <= 0 {
+		l.MaxKeys = 100_000
+	}
+}
+
+// bundleLimiter holds the two fetch limiters of a region.
+type bundleLimiter struct {
+	pair, target *core.KeyedLimiter
+	limited      atomic.Uint64 // fetches answered without a one-time prekey because of a limit
+}
+
+func newBundleLimiter(l PrekeyFetchLimits) *bundleLimiter {
+	return &bundleLimiter{
+		pair:   core.NewKeyedLimiter(l.PairPerHour/3600, l.PairBurst, l.MaxKeys),
+		target: core.NewKeyedLimiter(l.TargetPerHour/3600, l.TargetBurst, l.MaxKeys),
+	}
+}
+
+// allow charges one fetch of target by requester; false means the fetch
+// must not take a one-time prekey.
+func (b *bundleLimiter) allow(requester, target core.DeviceKey, now time.Time) bool {
+	pairKey := requester.String() + ">" + target.String()
+	if ok, _ := b.pair.Allow(pairKey, now, 1); !ok {
+		b.limited.Add(1)
+		return false
+	}
+	if ok, _ := b.target.Allow(target.String(), now, 1); !ok {
+		b.pair.Refund(pairKey, 1)
+		b.limited.Add(1)
+		return false
+	}
+	return true
+}
+
+// bundlePeeker is the store capability fetch_bundle needs over the limit:
+// the target's bundle without taking a one-time prekey (OneTime nil,
+// Remaining the one-time prekeys left). Both stores implement it.
+type bundlePeeker interface {
+	PeekBundle(ctx context.Context, dev core.DeviceKey) (core.PrekeyBundle, error)
+}
+
+// PrekeyFetchesLimited counts bundle fetches answered without a one-time
+// prekey because a PrekeyFetchLimits bucket was empty.
+func (r *Region) PrekeyFetchesLimited() uint64 { return r.bundles.limited.Load() }
+
+func (a *API) fetchBundle(ctx context.Context, requester core.DeviceKey, req *pb.FetchBundleRequest) (*pb.Response, error) {
 	ps, err := a.prekeyStore()
 	if err != nil {
 		return nil, err
@@ -167,7 +265,15 @@ func (a *API) fetchBundle(ctx context.Context, req *pb.FetchBundleRequest) (*pb.
 	if !core.ValidUserID(target.User) || target.Device == 0 {
 		return nil, fmt.Errorf("fetch bundle: bad device address: %w", core.ErrInvalidArgument)
 	}
-	sb, err := ps.TakeBundle(ctx, target)
+	var sb core.PrekeyBundle
+	if a.r.bundles.allow(requester, target, a.r.cfg.Now()) {
+		sb, err = ps.TakeBundle(ctx, target)
+	} else if peek, ok := ps.(bundlePeeker); ok {
+		sb, err = peek.PeekBundle(ctx, target)
+	} else {
+		return &pb.Response{Error: &pb.Error{Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED,
+			Detail: "too many bundle fetches of this device", RetryAfterMs: 60_000}}, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("fetch bundle %s: %w", target, err)
 	}

@@ -32,7 +32,8 @@ func (h *harness) registerE2E(user string, session uint64, linkedBy *e2eDevice) 
 	}
 	d := &e2eDevice{id: id}
 	rand.Read(d.static[:])
-	req := &pb.RegisterRequest{UserId: user, IdentityKey: id.Public().Sign}
+	req := &pb.RegisterRequest{UserId: user, IdentityKey: id.Public().Sign,
+		IdentityProof: id.Sign(core.RegisterProofMessage(user, d.static[:]))}
 	if linkedBy != nil {
 		req.LinkedByDevice = linkedBy.key.Device
 		req.LinkSignature = linkedBy.id.SignLink(user, d.static[:], req.IdentityKey)
@@ -249,7 +250,7 @@ func TestPrekeyUploadRejected(t *testing.T) {
 // without a one-time key, the device is pushed PrekeyStatus{low} at the
 // documented points only, and a replenish restores the supply.
 func TestPrekeyExhaustionAndLowPush(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, noFetchLimits)
 	alice := h.registerE2E("alice", 1, nil)
 	bob := h.registerE2E("bob", 2, nil)
 	keys := newPrekeys(t, alice.id, 1, 25)
@@ -308,7 +309,7 @@ func TestPrekeyExhaustionAndLowPush(t *testing.T) {
 // TestPrekeyConcurrentFetch: senders racing for one device's bundles never
 // share a one-time prekey, and each key is handed out once.
 func TestPrekeyConcurrentFetch(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, noFetchLimits)
 	alice := h.registerE2E("alice", 0, nil)
 	const keys, senders = 40, 8
 	pk := newPrekeys(t, alice.id, 1, keys)
@@ -366,6 +367,63 @@ func TestPrekeyConcurrentFetch(t *testing.T) {
 	}
 	if len(got) != keys || exhausted != senders {
 		t.Fatalf("%d distinct keys handed out (want %d), %d senders saw exhaustion (want %d)", len(got), keys, exhausted, senders)
+	}
+}
+
+// noFetchLimits lifts the bundle fetch limits for tests that drain a
+// device on purpose.
+func noFetchLimits(c *region.Config) {
+	c.PrekeyFetch.PairBurst, c.PrekeyFetch.TargetBurst = 1_000_000, 1_000_000
+}
+
+// TestPrekeyDrainLimited: a stranger hammering an online victim's bundle
+// takes at most PairBurst one-time prekeys — every further fetch still
+// gets a verifying bundle, without a one-time prekey — and the victim's
+// honest contacts still get one-time prekeys afterwards. Many strangers
+// together take at most TargetBurst; a stranger refused by the target
+// limit is not charged for it.
+func TestPrekeyDrainLimited(t *testing.T) {
+	const pairBurst, targetBurst = 5, 12
+	h := newHarness(t, func(c *region.Config) {
+		c.PrekeyFetch.PairBurst, c.PrekeyFetch.TargetBurst = pairBurst, targetBurst
+	})
+	victim := h.registerE2E("victim", 1, nil)
+	keys := newPrekeys(t, victim.id, 1, 100)
+	if resp := h.query(victim.key, uploadFrame(identityBytes(t, victim.id), keys.upload(t, true))); resp.GetError() != nil {
+		t.Fatal(resp.GetError())
+	}
+	mallory := h.registerE2E("mallory", 0, nil)
+	took := 0
+	for i := 0; i < 200; i++ { // bounded hammering
+		b, remaining := h.fetch(mallory, victim)
+		if b.OneTime != nil {
+			took++
+		} else if remaining != uint32(100-took) {
+			t.Fatalf("limited fetch %d reports %d remaining, want %d", i, remaining, 100-took)
+		}
+	}
+	if took != pairBurst {
+		t.Fatalf("the stranger took %d one-time prekeys, want at most %d", took, pairBurst)
+	}
+	for _, name := range []string{"bob", "carol"} {
+		c := h.registerE2E(name, 0, nil)
+		if b, _ := h.fetch(c, victim); b.OneTime == nil {
+			t.Fatalf("honest contact %s got no one-time prekey after the stranger's attack", name)
+		}
+	}
+	// Sybils: the target's bucket (12) has 12-5-2 = 5 left; the two
+	// sybils together take those and nothing more.
+	s1, s2 := h.registerE2E("sybil1", 0, nil), h.registerE2E("sybil2", 0, nil)
+	for i := 0; i < 10; i++ {
+		h.fetch(s1, victim)
+		h.fetch(s2, victim)
+	}
+	ps := h.store.(core.PrekeyStore)
+	if n, err := ps.OneTimeCount(h.ctx, victim.key); err != nil || n != 100-targetBurst {
+		t.Fatalf("victim has %d one-time prekeys left (%v), want %d", n, err, 100-targetBurst)
+	}
+	if got := h.reg.PrekeyFetchesLimited(); got == 0 {
+		t.Fatal("limited fetches not counted")
 	}
 }
 

@@ -81,6 +81,9 @@ type Config struct {
 	// one-time prekeys than this, the device is told to upload more
 	// (default 20; see prekeys.go for how often).
 	PrekeyLowWater int
+	// PrekeyFetch limits how fast bundle fetches take one-time prekeys
+	// (see PrekeyFetchLimits in prekeys.go).
+	PrekeyFetch PrekeyFetchLimits
 }
 
 func (c *Config) fill() {
@@ -132,6 +135,7 @@ func (c *Config) fill() {
 	if c.PrekeyLowWater <= 0 {
 		c.PrekeyLowWater = 20
 	}
+	c.PrekeyFetch.fill()
 }
 
 // Region runs a region's services on a store and a bus.
@@ -155,6 +159,7 @@ type Region struct {
 	lastErr     atomic.Pointer[error]
 	// presence caches presence permissions and privacy settings (presence.go).
 	presence *presenceCache
+	bundles  *bundleLimiter
 
 	notifyCh chan core.PushNotification
 	reads    chan struct{} // read slots (Config.MaxConcurrentReads)
@@ -216,6 +221,7 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		presence:    newPresenceCache(cfg.Now),
 		notifyCh:    make(chan core.PushNotification, cfg.NotifyQueue),
 		reads:       make(chan struct{}, cfg.MaxConcurrentReads),
+		bundles:     newBundleLimiter(cfg.PrekeyFetch),
 	}
 	return r, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -110,13 +111,19 @@ func newHarnessWrapped(t *testing.T, wrapStore func(core.Store) core.Store, wrap
 	return h
 }
 
+// proven sets req's identity_proof, signed by priv (req.IdentityKey's key).
+func proven(priv ed25519.PrivateKey, static []byte, req *pb.RegisterRequest) *pb.RegisterRequest {
+	req.IdentityProof = ed25519.Sign(priv, core.RegisterProofMessage(req.GetUserId(), static))
+	return req
+}
+
 // register makes a user with one device online at the harness edge.
 func (h *harness) register(user string, session uint64) core.DeviceKey {
 	h.t.Helper()
 	static := make([]byte, 32)
 	rand.Read(static)
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	resp, err := h.api.Register(h.ctx, static, &pb.RegisterRequest{UserId: user, IdentityKey: pub})
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	resp, err := h.api.Register(h.ctx, static, proven(priv, static, &pb.RegisterRequest{UserId: user, IdentityKey: pub}))
 	if err != nil {
 		h.t.Fatalf("register %s: %v", user, err)
 	}
@@ -348,27 +355,97 @@ func TestRegisterLinkedDevice(t *testing.T) {
 	static1 := make([]byte, 32)
 	rand.Read(static1)
 	pub1, priv1, _ := ed25519.GenerateKey(rand.Reader)
-	if _, err := h.api.Register(h.ctx, static1, &pb.RegisterRequest{UserId: "dana", IdentityKey: pub1}); err != nil {
+	if _, err := h.api.Register(h.ctx, static1, proven(priv1, static1, &pb.RegisterRequest{UserId: "dana", IdentityKey: pub1})); err != nil {
 		t.Fatal(err)
 	}
 	static2 := make([]byte, 32)
 	rand.Read(static2)
-	pub2, _, _ := ed25519.GenerateKey(rand.Reader)
+	pub2, priv2, _ := ed25519.GenerateKey(rand.Reader)
 	// Without a link: refused.
-	if _, err := h.api.Register(h.ctx, static2, &pb.RegisterRequest{UserId: "dana", IdentityKey: pub2}); core.Code(err) != pb.ErrorCode_ERROR_CODE_ALREADY_EXISTS {
+	if _, err := h.api.Register(h.ctx, static2, proven(priv2, static2, &pb.RegisterRequest{UserId: "dana", IdentityKey: pub2})); core.Code(err) != pb.ErrorCode_ERROR_CODE_ALREADY_EXISTS {
 		t.Fatalf("unlinked second device: %v", err)
 	}
 	// With a bad signature: forbidden.
 	bad := ed25519.Sign(priv1, []byte("something else"))
-	if _, err := h.api.Register(h.ctx, static2, &pb.RegisterRequest{UserId: "dana", IdentityKey: pub2, LinkedByDevice: 1, LinkSignature: bad}); core.Code(err) != pb.ErrorCode_ERROR_CODE_FORBIDDEN {
+	if _, err := h.api.Register(h.ctx, static2, proven(priv2, static2, &pb.RegisterRequest{UserId: "dana", IdentityKey: pub2, LinkedByDevice: 1, LinkSignature: bad})); core.Code(err) != pb.ErrorCode_ERROR_CODE_FORBIDDEN {
 		t.Fatalf("bad link: %v", err)
 	}
 	sig := ed25519.Sign(priv1, region.LinkMessage("dana", static2, pub2))
-	resp, err := h.api.Register(h.ctx, static2, &pb.RegisterRequest{UserId: "dana", IdentityKey: pub2, LinkedByDevice: 1, LinkSignature: sig})
+	resp, err := h.api.Register(h.ctx, static2, proven(priv2, static2, &pb.RegisterRequest{UserId: "dana", IdentityKey: pub2, LinkedByDevice: 1, LinkSignature: sig}))
 	if err != nil || resp.GetDevice().GetDeviceId() != 2 {
 		t.Fatalf("linked device: %v %v", resp, err)
 	}
 	if k, err := h.api.Authenticate(h.ctx, static2); err != nil || k.Device != 2 {
 		t.Fatalf("authenticate: %v %v", k, err)
+	}
+}
+
+// TestRegisterRequiresIdentityProof: a registration without a proof of
+// possession of its identity key, or with a proof by another key or for
+// another user or Noise key, is refused with a typed error and stores
+// nothing; someone else's identity key cannot be registered.
+func TestRegisterRequiresIdentityProof(t *testing.T) {
+	h := newHarness(t)
+	static := make([]byte, 32)
+	rand.Read(static)
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
+	cases := []struct {
+		name  string
+		proof []byte
+		code  pb.ErrorCode
+	}{
+		{"missing", nil, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT},
+		{"truncated", ed25519.Sign(priv, core.RegisterProofMessage("frank", static))[:10], pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT},
+		{"someone else's key", ed25519.Sign(otherPriv, core.RegisterProofMessage("frank", static)), pb.ErrorCode_ERROR_CODE_FORBIDDEN},
+		{"another user", ed25519.Sign(priv, core.RegisterProofMessage("frankie", static)), pb.ErrorCode_ERROR_CODE_FORBIDDEN},
+		{"another noise key", ed25519.Sign(priv, core.RegisterProofMessage("frank", make([]byte, 32))), pb.ErrorCode_ERROR_CODE_FORBIDDEN},
+	}
+	for _, c := range cases {
+		_, err := h.api.Register(h.ctx, static, &pb.RegisterRequest{UserId: "frank", IdentityKey: pub, IdentityProof: c.proof})
+		if got := core.Code(err); got != c.code {
+			t.Fatalf("%s: %v (%v), want %v", c.name, got, err, c.code)
+		}
+		if _, err := h.api.Authenticate(h.ctx, static); !errors.Is(err, core.ErrNotFound) {
+			t.Fatalf("%s: device stored: %v", c.name, err)
+		}
+		if _, err := h.store.User(h.ctx, "frank"); !errors.Is(err, core.ErrNotFound) {
+			t.Fatalf("%s: user stored: %v", c.name, err)
+		}
+	}
+	resp, err := h.api.Register(h.ctx, static, proven(priv, static, &pb.RegisterRequest{UserId: "frank", IdentityKey: pub}))
+	if err != nil || resp.GetDevice().GetDeviceId() != 1 {
+		t.Fatalf("proven registration: %v %v", resp, err)
+	}
+}
+
+// TestRegisterDeviceLimit: a user has at most core.MaxDevicesPerUser
+// devices; the next link is refused with LIMIT_EXCEEDED and stores nothing.
+func TestRegisterDeviceLimit(t *testing.T) {
+	h := newHarness(t)
+	static1 := make([]byte, 32)
+	rand.Read(static1)
+	pub1, priv1, _ := ed25519.GenerateKey(rand.Reader)
+	if _, err := h.api.Register(h.ctx, static1, proven(priv1, static1, &pb.RegisterRequest{UserId: "gina", IdentityKey: pub1})); err != nil {
+		t.Fatal(err)
+	}
+	link := func() error {
+		static := make([]byte, 32)
+		rand.Read(static)
+		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+		sig := ed25519.Sign(priv1, region.LinkMessage("gina", static, pub))
+		_, err := h.api.Register(h.ctx, static, proven(priv, static, &pb.RegisterRequest{UserId: "gina", IdentityKey: pub, LinkedByDevice: 1, LinkSignature: sig}))
+		return err
+	}
+	for i := 2; i <= core.MaxDevicesPerUser; i++ {
+		if err := link(); err != nil {
+			t.Fatalf("device %d: %v", i, err)
+		}
+	}
+	if err := link(); !errors.Is(err, core.ErrLimitExceeded) || core.Code(err) != pb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED {
+		t.Fatalf("device %d: %v, want LIMIT_EXCEEDED", core.MaxDevicesPerUser+1, err)
+	}
+	if devs, err := h.store.Devices(h.ctx, "gina"); err != nil || len(devs) != core.MaxDevicesPerUser {
+		t.Fatalf("%d devices stored (%v), want %d", len(devs), err, core.MaxDevicesPerUser)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -21,9 +23,37 @@ const BackendPath = "/internal/v1/backend"
 
 const maxRPCBody = 1 << 20
 
+// ErrOpenInternalAPI is returned by CheckInternalListen for an address
+// that is not loopback when no token is configured.
+var ErrOpenInternalAPI = errors.New("region: the internal API needs a token off loopback")
+
+// CheckInternalListen refuses to serve the internal API (Handler) on addr
+// without authentication: an empty token is allowed only when addr's host
+// is a loopback address or "localhost". An empty host, an unspecified
+// address (0.0.0.0, ::) or any other name or address needs a token. Call it
+// with the configured address before listening and with the listener's
+// actual address after.
+func CheckInternalListen(addr, token string) error {
+	if token != "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Unmap().IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%w: %q is reachable from other hosts; set a shared secret with --token or CHATMESH_REGION_TOKEN (the edges send the same), or listen on 127.0.0.1", ErrOpenInternalAPI, addr)
+}
+
 // Handler serves the API to edges in other processes: POST BackendPath with
 // a pb.BackendCall, answered by a pb.BackendReply. If token is not empty,
-// callers must send "Authorization: Bearer <token>". Serve it on an
+// callers must send "Authorization: Bearer <token>"; an empty token serves
+// everyone and is only for loopback (CheckInternalListen). Serve it on an
 // internal network only.
 func (a *API) Handler(token string) http.Handler {
 	mux := http.NewServeMux()

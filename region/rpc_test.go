@@ -30,8 +30,9 @@ func TestRemoteAPI(t *testing.T) {
 	if _, err := r.Authenticate(ctx, static); !errors.Is(err, core.ErrNotFound) {
 		t.Fatalf("unregistered: %v", err)
 	}
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	reg, err := r.Register(ctx, static, &pb.RegisterRequest{UserId: "erin", IdentityKey: pub})
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	proof := ed25519.Sign(priv, core.RegisterProofMessage("erin", static))
+	reg, err := r.Register(ctx, static, &pb.RegisterRequest{UserId: "erin", IdentityKey: pub, IdentityProof: proof})
 	if err != nil || reg.GetDevice().GetDeviceId() != 1 {
 		t.Fatalf("register: %v %v", reg, err)
 	}
@@ -59,5 +60,25 @@ func TestRemoteAPI(t *testing.T) {
 	resp, _ = r.Query(ctx, dev, &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: "g:nope"}}})
 	if resp.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_NOT_FOUND {
 		t.Fatalf("history of missing conv: %v", resp)
+	}
+}
+
+// TestCheckInternalListen: without a token the internal API may listen on
+// loopback only; with one, anywhere.
+func TestCheckInternalListen(t *testing.T) {
+	for addr, open := range map[string]bool{
+		"127.0.0.1:7490": true, "[::1]:7490": true, "localhost:7490": true, "127.0.0.9:0": true,
+		":7490": false, "0.0.0.0:7490": false, "[::]:7490": false, "10.0.0.5:7490": false, "region.internal:7490": false,
+	} {
+		err := region.CheckInternalListen(addr, "")
+		if open != (err == nil) {
+			t.Errorf("%s without token: %v", addr, err)
+		}
+		if !open && !errors.Is(err, region.ErrOpenInternalAPI) {
+			t.Errorf("%s: error %v does not wrap ErrOpenInternalAPI", addr, err)
+		}
+		if err := region.CheckInternalListen(addr, "s3cret"); err != nil {
+			t.Errorf("%s with token: %v", addr, err)
+		}
 	}
 }

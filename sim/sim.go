@@ -3,6 +3,7 @@ package sim
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -169,8 +170,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if users <= 0 {
 		users = 20
 	}
+	// Every simulated user registers from this host: they use a token.
+	token := "sim-" + rand.Text()
 	r := &region{bin: cfg.Binary, log: cfg.Logger, args: []string{"dev", "--data", cfg.DataDir, "--ws", ws, "--wt", "-",
-		"--log", "warn", "--max-conns-per-ip", fmt.Sprint(users + 16)}}
+		"--log", "warn", "--max-conns-per-ip", fmt.Sprint(users + 16), "--registration-token", token}}
 	if err := r.start(ctx); err != nil {
 		return rep, err
 	}
@@ -178,6 +181,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 
 	load := cfg.Load
 	load.Edges = []string{r.ws}
+	if load.RegistrationToken == "" {
+		load.RegistrationToken = token
+	}
 	load.Logger = cfg.Logger
 	faultsDone := make(chan struct{})
 	stopFaults := make(chan struct{})

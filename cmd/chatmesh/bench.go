@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/loadgen"
 	"github.com/chatmesh/chatmesh/internal/stack"
 )
@@ -35,6 +37,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	drain := fs.Duration("drain", 60*time.Second, "max wait for acks and deliveries after sending")
 	size := fs.Int("size", 128, "message body bytes")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (clients and in-process region) to this file")
+	regToken := fs.String("registration-token", os.Getenv("CHATMESH_REGISTRATION_TOKEN"), "with --edge: registration token for the clients (they all register from this host)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,7 +54,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg := loadgen.Config{
 		Users: *users, Groups: *groups, GroupSize: *groupSize, DirectRate: *directRate, GroupRate: *groupRate,
-		Duration: *duration, Drain: *drain, BodySize: *size,
+		Duration: *duration, Drain: *drain, BodySize: *size, RegistrationToken: *regToken,
 	}
 	if *edgeURL != "" {
 		cfg.Edges = strings.Split(*edgeURL, ",")
@@ -69,6 +72,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer os.RemoveAll(dir)
 		sc := stack.Config{DataDir: dir, PostgresDSN: *pg, MaxConnsPerIP: *users + 16, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		// Every client runs on this host, so they share one IP: they
+		// register with a token and the per-IP budgets are lifted.
+		cfg.RegistrationToken = "bench-" + rand.Text()
+		sc.EdgeConfig = func(c *edge.Config) {
+			c.Admission.RegistrationTokens = []string{cfg.RegistrationToken}
+			c.Admission.IPMessagesPerSecond, c.Admission.IPMessageBurst = 1e9, 1e9
+			c.Admission.IPReadsPerSecond, c.Admission.IPReadBurst = 1e9, 1e9
+		}
 		if *kafka != "" {
 			sc.KafkaBrokers = strings.Split(*kafka, ",")
 			// Fresh topics and sequencer group per run: a previous run's

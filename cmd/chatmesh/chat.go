@@ -28,6 +28,9 @@ const chatUsage = `usage: chatmesh chat --state DIR --edge URL [--edge URL...] [
 commands:
   register USER                 register this device as the first device of USER
   register --link TOKEN         register this device with a link token from an existing device
+                                (both: --registration-token T sends an operator-issued token that
+                                skips the edge's per-IP limit and proof of work; env
+                                CHATMESH_REGISTRATION_TOKEN)
   link-request                  print this (new) device's link request token
   link REQUEST                  sign a new device's link request; prints the link token (the signed
                                 device list naming the new device is published when this device
@@ -67,7 +70,8 @@ type chatGlobals struct {
 	srvKey   []byte
 	timeout  time.Duration
 	verbose  bool
-	insecure bool // no end-to-end encryption (control runs only)
+	insecure bool   // no end-to-end encryption (control runs only)
+	regToken string // RegisterRequest.registration_token
 	stdin    io.Reader
 	stdout   io.Writer
 	stderr   io.Writer
@@ -185,6 +189,7 @@ func (g *chatGlobals) open(ctx context.Context, manualCommit bool) (*client.Clie
 	cfg := client.Config{
 		StateDir: g.state, Edges: g.edges, CertHash: g.certHash, ServerKey: g.srvKey,
 		Logger: logger, ManualCommit: manualCommit, ClientName: "chatmesh-cli/" + Version,
+		RegistrationToken: g.regToken,
 	}
 	if g.insecure {
 		cfg.Sealer = client.InsecurePlaintextSealer{}
@@ -233,6 +238,7 @@ func chatRegister(ctx context.Context, g *chatGlobals, args []string) error {
 	fs := flag.NewFlagSet("register", flag.ContinueOnError)
 	fs.SetOutput(g.stderr)
 	link := fs.String("link", "", "link token from an existing device (`chatmesh chat link`)")
+	fs.StringVar(&g.regToken, "registration-token", os.Getenv("CHATMESH_REGISTRATION_TOKEN"), "operator-issued registration token (skips the per-IP limit and proof of work); env CHATMESH_REGISTRATION_TOKEN")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
 )
@@ -30,6 +31,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	namespace := fs.String("namespace", "", "prefix for the ingress/presence topics and the sequencer group (several regions on one Kafka)")
 	pgSchema := fs.String("pg-schema", "", "PostgreSQL schema to use (created if absent)")
 	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit of the edge (0: edge default)")
+	adm := addAdmissionFlags(fs)
 	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -42,6 +44,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		DataDir: *data, PostgresDSN: *pg, Region: *regionName, EdgeID: *edgeID,
 		WSAddr: *ws, WTAddr: *wt, Logger: logger, MaxConnsPerIP: *maxConns,
 		Namespace: *namespace, PGSchema: *pgSchema,
+		EdgeConfig: func(c *edge.Config) { adm.apply(&c.Admission) },
 	}
 	if *kafka != "" {
 		cfg.KafkaBrokers = strings.Split(*kafka, ",")

@@ -45,8 +45,8 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	pgSchema := fs.String("pg-schema", "", "PostgreSQL schema (created if absent)")
 	data := fs.String("data", ".chatmesh/region", "data directory for Pebble")
 	name := fs.String("region", "local", "region name")
-	listen := fs.String("listen", "127.0.0.1:7490", "internal API listen address (for edges)")
-	token := fs.String("token", os.Getenv("CHATMESH_REGION_TOKEN"), "shared secret edges must present (env CHATMESH_REGION_TOKEN)")
+	listen := fs.String("listen", "127.0.0.1:7490", "internal API listen address (for edges); off loopback --token is required")
+	token := fs.String("token", os.Getenv("CHATMESH_REGION_TOKEN"), "shared secret edges must present (env CHATMESH_REGION_TOKEN); required unless --listen is loopback")
 	namespace := fs.String("namespace", "", "prefix for topics and the sequencer group")
 	partitions := fs.Int("partitions", 8, "ingress partitions (when creating the topic)")
 	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
@@ -56,6 +56,9 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if *kafka == "" {
 		return errors.New("region: --kafka is required (the embedded broker lives in `chatmesh dev`)")
+	}
+	if err := region.CheckInternalListen(*listen, *token); err != nil {
+		return err
 	}
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
@@ -90,6 +93,10 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("region: %w", err)
 	}
+	if err := region.CheckInternalListen(ln.Addr().String(), *token); err != nil {
+		ln.Close()
+		return err
+	}
 	srv := &http.Server{Handler: reg.API().Handler(*token), ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 	go srv.Serve(ln)
@@ -122,6 +129,7 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	wt := fs.String("wt", "127.0.0.1:7443", "WebTransport (UDP) listen address; - disables")
 	namespace := fs.String("namespace", "", "prefix for topics (must match the region's)")
 	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit (0: edge default)")
+	adm := addAdmissionFlags(fs)
 	logLevel := fs.String("log", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -148,6 +156,7 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	names := region.NamesFor(*namespace)
 	cfg := edge.Config{ID: *id, Region: *name, Static: key, WSAddr: *ws, Logger: logger,
 		IngressTopic: names.Ingress, PresenceTopic: names.Presence, MaxConnsPerIP: *maxConns}
+	adm.apply(&cfg.Admission)
 	var certHash []byte
 	if *wt != "-" {
 		var tc *tls.Config
@@ -183,4 +192,37 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return errors.Join(failed, e.Shutdown(sctx))
+}
+
+// admissionFlags are the edge's registration and admission flags, shared
+// by `chatmesh dev` and `chatmesh edge`.
+type admissionFlags struct {
+	tokens stringList
+	pow    uint
+	burst  int
+	perIP  float64
+}
+
+func addAdmissionFlags(fs *flag.FlagSet) *admissionFlags {
+	a := &admissionFlags{}
+	if env := os.Getenv("CHATMESH_REGISTRATION_TOKENS"); env != "" {
+		_ = a.tokens.Set(env)
+	}
+	fs.Var(&a.tokens, "registration-token", "operator-issued registration token that skips the per-IP registration limit and proof of work; repeatable or comma-separated; env CHATMESH_REGISTRATION_TOKENS")
+	fs.UintVar(&a.pow, "register-pow-bits", 0, "proof of work asked of registrations without a token, in leading zero bits (0: none; 20 is about a second of one core)")
+	fs.IntVar(&a.burst, "register-burst", 0, "registrations one client IP may start at once (0: edge default 10)")
+	fs.Float64Var(&a.perIP, "ip-messages-per-second", 0, "message budget shared by all sessions of one client IP (0: edge default 100/s); raise it for many users behind one NAT")
+	return a
+}
+
+func (a *admissionFlags) apply(c *edge.AdmissionConfig) {
+	c.RegistrationTokens = append(c.RegistrationTokens, a.tokens...)
+	c.RegisterPowBits = uint32(a.pow)
+	if a.burst > 0 {
+		c.RegisterBurst = a.burst
+	}
+	if a.perIP > 0 {
+		c.IPMessagesPerSecond = a.perIP
+		c.IPMessageBurst = int(4 * a.perIP)
+	}
 }

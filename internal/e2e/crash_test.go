@@ -187,7 +187,8 @@ func checkStream(t *testing.T, conv string, members []*tclient, total uint64, fr
 func TestCrashRestartRegionProcess(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ws := freePort(t)
-		args := []string{"dev", "--data", t.TempDir(), "--ws", ws, "--wt", "-", "--log", "warn", "--max-conns-per-ip", "100"}
+		args := []string{"dev", "--data", t.TempDir(), "--ws", ws, "--wt", "-", "--log", "warn", "--max-conns-per-ip", "100",
+			"--register-burst", "1000", "--ip-messages-per-second", "100000"} // every client is on 127.0.0.1
 		if b.brokers != nil {
 			ns := uniq("crash")
 			args = append(args, "--kafka", strings.Join(b.brokers, ","), "--pg", b.dsn, "--pg-schema", ns, "--namespace", ns, "--edge-id", ns)
@@ -291,7 +292,7 @@ func TestCrashRegionBehindLiveEdge(t *testing.T) {
 	reg := startDev(t, regionArgs, "")
 	ed := startDev(t, []string{"edge", "--kafka", strings.Join(b.brokers, ","), "--region-url", reg.region,
 		"--namespace", ns, "--edge-id", ns + "-edge", "--data", t.TempDir(), "--ws", freePort(t), "--wt", "-",
-		"--log", "warn", "--max-conns-per-ip", "100"}, "")
+		"--log", "warn", "--max-conns-per-ip", "100", "--register-burst", "1000", "--ip-messages-per-second", "100000"}, "")
 	edges := []string{ed.ends.WS}
 	alice := newClient(t, edges, uniq("alice"))
 	bob := newClient(t, edges, uniq("bob"))

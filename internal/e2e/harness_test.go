@@ -16,6 +16,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/client"
 	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/internal/testenv"
 )
@@ -77,6 +78,13 @@ func startStack(t *testing.T, b backend, adjust func(*stack.Config)) *stack.Stac
 	if adjust != nil {
 		adjust(&cfg)
 	}
+	tuned := cfg.EdgeConfig
+	cfg.EdgeConfig = func(c *edge.Config) {
+		oneAddress(c)
+		if tuned != nil {
+			tuned(c)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	s, err := stack.Start(ctx, cfg)
@@ -89,6 +97,14 @@ func startStack(t *testing.T, b backend, adjust func(*stack.Config)) *stack.Stac
 		s.Shutdown(ctx)
 	})
 	return s
+}
+
+// oneAddress lifts the edge's per-IP registration limit and budgets: every
+// test client connects from 127.0.0.1, standing for many users' addresses.
+func oneAddress(c *edge.Config) {
+	c.Admission.RegisterBurst = 1_000_000
+	c.Admission.IPMessagesPerSecond, c.Admission.IPMessageBurst = 1e9, 1e9
+	c.Admission.IPReadsPerSecond, c.Admission.IPReadBurst = 1e9, 1e9
 }
 
 // recorder drains a client's events and keeps what a test asserts on.

@@ -34,6 +34,10 @@ type Config struct {
 	Drain                 time.Duration // max wait for acks and deliveries after sending, default 60 s
 	BodySize              int           // bytes per body, min 24, default 64
 	Logger                *slog.Logger
+	// RegistrationToken is sent with every registration (the edge's
+	// per-IP registration limit would refuse most of Users from one
+	// address otherwise; see edge.AdmissionConfig).
+	RegistrationToken string
 	// OnSending, if set, is called once sending has started (tests use it
 	// to inject faults in the middle of the stream).
 	OnSending func()
@@ -145,7 +149,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			name := fmt.Sprintf("%s%04d", cfg.Prefix, i)
 			c, err := client.Open(ctx, client.Config{
 				StateDir: filepath.Join(cfg.StateDir, name), Edges: cfg.Edges, CertHash: cfg.CertHash,
-				Logger: cfg.Logger, EventBuffer: 4096,
+				Logger: cfg.Logger, EventBuffer: 4096, RegistrationToken: cfg.RegistrationToken,
 			})
 			if err != nil {
 				errs <- err

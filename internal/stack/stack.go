@@ -54,6 +54,9 @@ type Config struct {
 	// EdgeConfig, if set, adjusts the edge's configuration before start
 	// (limits, timeouts).
 	EdgeConfig func(*edge.Config)
+	// RegionConfig, if set, adjusts the region's configuration before
+	// start (e.g. its prekey fetch limits).
+	RegionConfig func(*region.Config)
 }
 
 // Endpoints are what a client needs to connect.
@@ -165,6 +168,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	names := region.NamesFor(cfg.Namespace)
 	rcfg.IngressTopic, rcfg.PresenceTopic, rcfg.SequencerGroup = names.Ingress, names.Presence, names.SequencerGroup
+	if cfg.RegionConfig != nil {
+		cfg.RegionConfig(&rcfg)
+	}
 	s.Region, err = region.New(rcfg, s.Store, s.Bus)
 	if err != nil {
 		return nil, err

@@ -142,6 +142,36 @@ func (s *Store) TakeBundle(ctx context.Context, dev core.DeviceKey) (core.Prekey
 	return out, nil
 }
 
+// PeekBundle returns what TakeBundle would, without taking a one-time
+// prekey: OneTime is nil and Remaining is the number left. The region
+// answers with it when a fetch is over its limits (region/prekeys.go).
+func (s *Store) PeekBundle(ctx context.Context, dev core.DeviceKey) (core.PrekeyBundle, error) {
+	if err := s.check(); err != nil {
+		return core.PrekeyBundle{}, err
+	}
+	if err := checkID("user id", dev.User); err != nil {
+		return core.PrekeyBundle{}, err
+	}
+	v, found, err := s.get(prekeysKey(dev))
+	if err != nil {
+		return core.PrekeyBundle{}, err
+	}
+	var row prekeyRow
+	if found {
+		if row, err = decodePrekeys(v); err != nil {
+			return core.PrekeyBundle{}, err
+		}
+	}
+	if len(row.identity) == 0 || len(row.signed) == 0 || len(row.kem) == 0 {
+		return core.PrekeyBundle{}, fmt.Errorf("pebblestore: prekey bundle of %s: %w", dev, core.ErrNotFound)
+	}
+	n, err := s.OneTimeCount(ctx, dev)
+	if err != nil {
+		return core.PrekeyBundle{}, err
+	}
+	return core.PrekeyBundle{Identity: row.identity, SignedPrekey: row.signed, KEMPrekey: row.kem, Remaining: n}, nil
+}
+
 // OneTimeCount implements core.PrekeyStore (0 for a device without uploads).
 func (s *Store) OneTimeCount(ctx context.Context, dev core.DeviceKey) (int, error) {
 	if err := s.check(); err != nil {

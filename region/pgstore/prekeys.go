@@ -104,6 +104,24 @@ func (s *Store) TakeBundle(ctx context.Context, dev core.DeviceKey) (core.Prekey
 	return out, nil
 }
 
+// PeekBundle returns what TakeBundle would, without taking a one-time
+// prekey: OneTime is nil and Remaining is the number left. The region
+// answers with it when a fetch is over its limits (region/prekeys.go).
+func (s *Store) PeekBundle(ctx context.Context, dev core.DeviceKey) (core.PrekeyBundle, error) {
+	var out core.PrekeyBundle
+	err := s.pool.QueryRow(ctx, `SELECT p.identity, p.signed_prekey, p.kem_prekey,
+		(SELECT count(*) FROM one_time_prekeys o WHERE o.user_id = p.user_id AND o.device_id = p.device_id)
+		FROM prekeys p WHERE p.user_id = $1 AND p.device_id = $2`,
+		dev.User, int64(dev.Device)).Scan(&out.Identity, &out.SignedPrekey, &out.KEMPrekey, &out.Remaining)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return core.PrekeyBundle{}, fmt.Errorf("pgstore: prekey bundle of %s: %w", dev, err)
+	}
+	if len(out.Identity) == 0 || len(out.SignedPrekey) == 0 || len(out.KEMPrekey) == 0 {
+		return core.PrekeyBundle{}, fmt.Errorf("pgstore: prekey bundle of %s: %w", dev, core.ErrNotFound)
+	}
+	return out, nil
+}
+
 // OneTimeCount implements core.PrekeyStore (0 for a device without uploads).
 func (s *Store) OneTimeCount(ctx context.Context, dev core.DeviceKey) (int, error) {
 	var n int

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -29,6 +30,7 @@ func RunPrekeys(t *testing.T, open func(t *testing.T) core.Store) {
 		{"ConcurrentTake", testPrekeysConcurrentTake},
 		{"DeviceListVersions", testDeviceListVersions},
 		{"ConcurrentDeviceList", testDeviceListConcurrent},
+		{"PeekBundle", testPrekeysPeek},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -424,4 +426,34 @@ func testDeviceListConcurrent(t *testing.T, s core.PrekeyStore) {
 	if v != n || !bytes.Equal(l, fakeBytes(fmt.Sprintf("list-%d", n), 200)) {
 		t.Fatalf("stored v%d, want v%d", v, n)
 	}
+}
+
+// testPrekeysPeek: PeekBundle (the optional capability the region uses
+// over its fetch limits) returns the bundle parts and the one-time count
+// without taking a one-time key; ErrNotFound before a complete upload.
+func testPrekeysPeek(t *testing.T, s core.PrekeyStore) {
+	peek, ok := s.(interface {
+		PeekBundle(context.Context, core.DeviceKey) (core.PrekeyBundle, error)
+	})
+	if !ok {
+		t.Fatalf("%T does not implement PeekBundle", s)
+	}
+	ctx := t.Context()
+	dev := core.DeviceKey{User: "peeked", Device: 1}
+	_, err := peek.PeekBundle(ctx, dev)
+	wantErr(t, "PeekBundle before any upload", err, core.ErrNotFound)
+	up := fullUpload("p", 1, 2)
+	put(t, s, dev, up)
+	for i := 0; i < 3; i++ {
+		b, err := peek.PeekBundle(ctx, dev)
+		if err != nil {
+			t.Fatalf("PeekBundle: %v", err)
+		}
+		if b.OneTime != nil || b.Remaining != 2 || !bytes.Equal(b.Identity, up.Identity) ||
+			!bytes.Equal(b.SignedPrekey, up.SignedPrekey) || !bytes.Equal(b.KEMPrekey, up.KEMPrekey) {
+			t.Fatalf("peek %d: one-time %+v remaining %d, parts equal %v", i, b.OneTime, b.Remaining, bytes.Equal(b.KEMPrekey, up.KEMPrekey))
+		}
+	}
+	equal(t, "count after peeks", count(t, s, dev), 2)
+	equal(t, "first take after peeks", takeID(t, s, dev), int64(1))
 }
