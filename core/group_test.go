@@ -222,3 +222,17 @@ func TestGroupIDVector(t *testing.T) {
 		t.Fatalf("GroupID = %q, want %q (PROTOCOL.md §7.5)", got, want)
 	}
 }
+
+// When the last admin left while only invitations remained, the first to
+// accept becomes an admin: a group never has members and no admin.
+func TestAcceptPromotesWhenNoAdmin(t *testing.T) {
+	st := groupState(nil, nil, []string{"ivy", "joe"})
+	p, err := PlanGroupChange(st, "ivy", &pb.ModifyMembersRequest{ConvId: "g:x", Op: pb.MembershipOp_MEMBERSHIP_OP_ACCEPT}, nil)
+	if err != nil || !slices.Equal(p.Add, []string{"ivy"}) || !slices.Equal(p.Promote, []string{"ivy"}) || !slices.Equal(p.Change.GetPromoted(), []string{"ivy"}) {
+		t.Fatalf("accept into an admin-less group: %+v %v", p, err)
+	}
+	st = groupState([]string{"alice"}, nil, []string{"ivy"})
+	if p, _ := PlanGroupChange(st, "ivy", &pb.ModifyMembersRequest{ConvId: "g:x", Op: pb.MembershipOp_MEMBERSHIP_OP_ACCEPT}, nil); len(p.Promote) != 0 {
+		t.Fatalf("accept with an admin present promoted %v", p.Promote)
+	}
+}

@@ -316,6 +316,12 @@ func PlanGroupChange(st *ConvState, actor string, req *pb.ModifyMembersRequest, 
 		}
 		p.Add = []string{actor}
 		p.Change.Users = p.Add
+		if len(st.admins()) == 0 {
+			// The last admin left while only invitations remained: the
+			// first to accept keeps the group administrable.
+			p.Promote = []string{actor}
+			p.Change.Promoted = p.Promote
+		}
 	case pb.MembershipOp_MEMBERSHIP_OP_DECLINE:
 		if !me.Invited {
 			return MembershipPlan{}, fmt.Errorf("modify %s: %s has no invitation: %w", conv, actor, ErrInvalidArgument)

@@ -38,13 +38,15 @@ type partKey struct {
 type stuck struct {
 	offset int64
 	n      int
+	since  time.Time // first failure while the store answered
 }
 
 // failed decides what happens to a record whose step failed with err. It
 // returns err (the bus retries the batch after a backoff) until the record
-// has failed Config.MaxAttempts times in a row while the store answers a
-// probe — a record that fails while the store is down is not its fault
-// and is retried for as long as it takes. Then the record goes to the
+// has failed Config.MaxAttempts times in a row, over at least
+// Config.DeadLetterAfter, while the store answered a probe each time — a
+// record that fails while the store is down is not its fault: its count
+// starts again and it is retried for as long as it takes. Then the record goes to the
 // dead-letter topic with its reason, is counted, and failed returns nil:
 // the partition moves on. The client's outbox resends a message whose
 // record was dead-lettered; if the cause was the record, the resend fails
@@ -54,15 +56,24 @@ func (r *Region) failed(ctx context.Context, rec core.BusRecord, err error) erro
 		return err
 	}
 	k := partKey{rec.Topic, rec.Partition}
+	healthy := r.storeAnswers(ctx)
+	now := r.cfg.Now()
 	r.attempts.mu.Lock()
 	s := r.attempts.m[k]
-	if s.offset != rec.Offset {
+	if s.offset != rec.Offset || !healthy {
+		// A failure while the store is down is not the record's fault:
+		// the count starts again once the store answers.
 		s = stuck{offset: rec.Offset}
 	}
-	s.n++
+	if healthy {
+		if s.n == 0 {
+			s.since = now
+		}
+		s.n++
+	}
 	r.attempts.m[k] = s
 	r.attempts.mu.Unlock()
-	if s.n < r.cfg.MaxAttempts || !r.storeAnswers(ctx) {
+	if !healthy || s.n < r.cfg.MaxAttempts || now.Sub(s.since) < r.cfg.DeadLetterAfter {
 		return err
 	}
 	reason := "store"

@@ -54,9 +54,12 @@ type Config struct {
 	PresenceTopic     string // default "presence"
 	SequencerGroup    string // consumer group of the sequencer, default "sequencer"
 	DeadLetterTopic   string // default "deadletter"
-	// MaxAttempts: a record that fails this many times in a row while the
-	// store answers goes to DeadLetterTopic (default 5).
-	MaxAttempts int
+	// MaxAttempts and DeadLetterAfter: a record that fails this many times
+	// in a row, over at least this long, while the store answers goes to
+	// DeadLetterTopic (defaults 5 and 30 s: a brief hiccup of the store or
+	// the bus never dead-letters anything).
+	MaxAttempts     int
+	DeadLetterAfter time.Duration
 	// StateCacheBytes bounds the sequencer's cached conversation state
 	// (members, cursors), by estimated size (default 64 MiB).
 	StateCacheBytes int
@@ -110,6 +113,9 @@ func (c *Config) fill() {
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 5
+	}
+	if c.DeadLetterAfter <= 0 {
+		c.DeadLetterAfter = 30 * time.Second
 	}
 	if c.StateCacheBytes <= 0 {
 		c.StateCacheBytes = 64 << 20
@@ -167,6 +173,7 @@ type Region struct {
 
 	mu       sync.Mutex
 	started  bool
+	stopped  bool
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	shutOnce sync.Once
@@ -233,9 +240,9 @@ func (r *Region) API() *API { return &API{r: r} }
 // Shutdown. It returns once the sequencer holds its partitions.
 func (r *Region) Start(ctx context.Context) error {
 	r.mu.Lock()
-	if r.started {
+	if r.started || r.stopped {
 		r.mu.Unlock()
-		return errors.New("region: already started")
+		return errors.New("region: already started or shut down")
 	}
 	r.started = true
 	r.mu.Unlock()
@@ -253,7 +260,13 @@ func (r *Region) Start(ctx context.Context) error {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.DeadLetterTopic, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
+	r.mu.Lock()
 	r.cancel = cancel
+	stopped := r.stopped
+	r.mu.Unlock()
+	if stopped { // Shutdown ran while Start was checking and creating topics
+		cancel()
+	}
 	ready := make(chan struct{})
 	var once sync.Once
 	errc := make(chan error, 1)
@@ -342,8 +355,12 @@ func (r *Region) Health() error {
 // Shutdown stops the sequencer and notifier and waits for them. Idempotent.
 func (r *Region) Shutdown(ctx context.Context) error {
 	r.shutOnce.Do(func() {
-		if r.cancel != nil {
-			r.cancel()
+		r.mu.Lock()
+		r.stopped = true
+		cancel := r.cancel
+		r.mu.Unlock()
+		if cancel != nil {
+			cancel()
 		}
 	})
 	done := make(chan struct{})

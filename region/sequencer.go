@@ -24,12 +24,18 @@ const MaxBatch = 256
 type batch struct {
 	out       []core.BusRecord
 	cursors   []core.CursorMove
-	touched   map[string]bool
+	touched   map[string]bool // conversations whose cached state this batch changed
+	stepTouch map[string]bool // the same, for the current step only
 	validated map[string]bool
 }
 
 func newBatch() *batch {
-	return &batch{touched: map[string]bool{}, validated: map[string]bool{}}
+	return &batch{touched: map[string]bool{}, stepTouch: map[string]bool{}, validated: map[string]bool{}}
+}
+
+func (b *batch) touch(conv string) {
+	b.touched[conv] = true
+	b.stepTouch[conv] = true
 }
 
 // handleBatch handles consecutive records of one partition. Each record
@@ -54,11 +60,13 @@ func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) (err er
 	}()
 	for _, rec := range recs {
 		outs, moves := len(b.out), len(b.cursors)
+		clear(b.stepTouch)
 		if err := r.stepGuarded(ctx, b, rec); err != nil {
 			// Whatever the failed step did to the cached state or the
-			// batch's outputs is undone: its conversations reload.
+			// batch's outputs is undone: its conversations reload (with
+			// the batch's earlier, not yet persisted, cursor moves).
 			b.out, b.cursors = b.out[:outs], b.cursors[:moves]
-			for conv := range b.touched {
+			for conv := range b.stepTouch {
 				r.states.drop(conv)
 				delete(b.validated, conv)
 			}
@@ -177,6 +185,11 @@ func (r *Region) state(ctx context.Context, b *batch, conv string) (*core.ConvSt
 		return nil, fmt.Errorf("cursors of %s: %w", conv, err)
 	}
 	st = core.NewConvState(c, ms, cs)
+	for _, mv := range b.cursors {
+		if mv.Conv == conv { // moved by this batch, not persisted yet
+			st.MoveCursor(mv)
+		}
+	}
 	r.states.put(conv, st)
 	return st, nil
 }
@@ -186,13 +199,18 @@ func (r *Region) state(ctx context.Context, b *batch, conv string) (*core.ConvSt
 // state was loaded after it, or applied when it was first stored).
 func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, req core.AppendRequest) (*pb.Message, *core.ConvState, error) {
 	conv := req.Message.GetConvId()
-	b.touched[conv] = true
+	b.touch(conv)
 	res, err := r.store.Append(ctx, req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("append to %s: %w", conv, err)
 	}
 	if res.Duplicate {
 		r.stats.duplicates.Add(1)
+		if res.Message.GetKind() != req.Message.GetKind() {
+			// The key names an entry of another kind (a send reusing a
+			// group change's key, or "create"): never ack one as the other.
+			return nil, nil, fmt.Errorf("append to %s: client_msg_id %q already names another kind of entry: %w", conv, req.Message.GetClientMsgId(), core.ErrAlreadyExists)
+		}
 		if st == nil { // a replay of the entry that created the conversation
 			st, err = r.state(ctx, b, conv)
 			if err != nil || st == nil {
@@ -208,6 +226,17 @@ func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, 
 		r.states.put(conv, st)
 		b.validated[conv] = true
 	}
+	if res.Message.GetSeq() != st.Conv.Head+1 {
+		// Someone else appended meanwhile (an overlapping owner during a
+		// rebalance): the cached state is not this entry's predecessor.
+		r.states.drop(conv)
+		delete(b.validated, conv)
+		if st, err = r.state(ctx, b, conv); err != nil || st == nil {
+			return nil, nil, fmt.Errorf("append to %s: state after a concurrent append: %w", conv, errors.Join(err, core.ErrUnavailable))
+		}
+		r.members.put(conv, st.Conv.Head, st.MemberList())
+		return res.Message, st, nil
+	}
 	st.Apply(req, res.Message)
 	// Keep the readers' member cache in step: the new head is valid now.
 	r.members.put(conv, st.Conv.Head, st.MemberList())
@@ -217,13 +246,16 @@ func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, 
 // replay answers a request whose idempotency key is already stored, as
 // the first answer was: dedupe comes before every check that may have
 // changed since (a sender removed meanwhile still gets the original ack).
-func (r *Region) replay(ctx context.Context, conv string, sender core.DeviceKey, key string) (*pb.Message, error) {
+func (r *Region) replay(ctx context.Context, conv string, sender core.DeviceKey, key string, kind pb.MessageKind) (*pb.Message, error) {
 	if key == "" {
 		return nil, nil
 	}
 	m, err := r.store.Lookup(ctx, conv, sender, key)
 	if errors.Is(err, core.ErrNotFound) {
 		return nil, nil
+	}
+	if err == nil && m.GetKind() != kind {
+		return nil, fmt.Errorf("%s: client_msg_id %q already names another kind of entry: %w", conv, key, core.ErrAlreadyExists)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lookup %s: %w", conv, err)
@@ -281,9 +313,12 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 	if refuse != nil {
 		// A resend of an entry stored before the refusal applied (the
 		// sender was removed since) gets its original ack.
-		m, err := r.replay(ctx, conv, sender, s.GetClientMsgId())
-		if err != nil || m == nil {
-			return errors.Join(err, refuse)
+		m, err := r.replay(ctx, conv, sender, s.GetClientMsgId(), pb.MessageKind_MESSAGE_KIND_USER)
+		if err != nil {
+			return err // transient (retried) or a key clash, never the refusal
+		}
+		if m == nil {
+			return refuse
 		}
 		return r.sendOutputs(ctx, b, in, m, st)
 	}
@@ -299,7 +334,14 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 func (r *Region) sendOutputs(ctx context.Context, b *batch, in *pb.IngressRecord, m *pb.Message, st *core.ConvState) error {
 	var users []string
 	if st != nil {
-		users = st.MemberSet().Users()
+		// Members who joined after this entry (a resend re-emits an old
+		// one) do not get it: they read from their join point.
+		for u, joined := range st.MemberSet() {
+			if joined <= m.GetSeq() {
+				users = append(users, u)
+			}
+		}
+		slices.Sort(users)
 	}
 	recs, err := r.fanout(ctx, m, users)
 	if err != nil {
@@ -363,7 +405,7 @@ func (r *Region) seqCreateGroup(ctx context.Context, b *batch, in *pb.IngressRec
 	if st != nil {
 		// Only the creator can name this id: a replay (or a second create
 		// by another of the creator's devices) is answered with the group.
-		if m, err := r.replay(ctx, conv, actor, createKey); err != nil || m != nil {
+		if m, err := r.replay(ctx, conv, actor, createKey, pb.MessageKind_MESSAGE_KIND_MEMBERSHIP); err != nil || m != nil {
 			if err != nil {
 				return err
 			}
@@ -417,7 +459,7 @@ func (r *Region) seqModify(ctx context.Context, b *batch, in *pb.IngressRecord, 
 	}
 	// Dedupe first: the replay of a change answers as the change did,
 	// even if the actor's rights have changed since.
-	if m, err := r.replay(ctx, conv, actor, key); err != nil || m != nil {
+	if m, err := r.replay(ctx, conv, actor, key, pb.MessageKind_MESSAGE_KIND_MEMBERSHIP); err != nil || m != nil {
 		if err != nil {
 			return err
 		}
@@ -529,7 +571,7 @@ func (r *Region) seqCursor(ctx context.Context, b *batch, in *pb.IngressRecord, 
 			b.out = append(b.out, rr...)
 		}
 		st.MoveCursor(mv)
-		b.touched[conv] = true
+		b.touch(conv)
 		b.cursors = append(b.cursors, mv)
 	}
 	if in.GetOrigin().GetReqId() != 0 {
@@ -549,7 +591,7 @@ func (r *Region) scanSenders(ctx context.Context, mv core.CursorMove) ([]string,
 		from = mv.Seq - uint64(r.cfg.ReceiptScanLimit)
 	}
 	r.stats.receiptScans.Add(1)
-	msgs, err := r.store.Messages(ctx, mv.Conv, from, int(mv.Seq-from), receiptScanBytes)
+	msgs, err := r.store.MessagesBefore(ctx, mv.Conv, mv.Seq+1, from, int(mv.Seq-from), receiptScanBytes)
 	if err != nil {
 		return nil, fmt.Errorf("receipt scan %s: %w", mv.Conv, err)
 	}

@@ -23,7 +23,15 @@ import (
 type seqStore struct {
 	core.Store
 	members  atomic.Int64
-	poisoned string
+	poisoned atomic.Pointer[string] // appends to this conversation fail
+	down     atomic.Bool            // every call fails: the store is unreachable
+}
+
+func (s *seqStore) User(ctx context.Context, id string) (core.User, error) {
+	if s.down.Load() {
+		return core.User{}, errors.New("injected: store unreachable")
+	}
+	return s.Store.User(ctx, id)
 }
 
 func (s *seqStore) Members(ctx context.Context, conv string) ([]core.Member, error) {
@@ -32,7 +40,7 @@ func (s *seqStore) Members(ctx context.Context, conv string) ([]core.Member, err
 }
 
 func (s *seqStore) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
-	if s.poisoned != "" && req.Message.GetConvId() == s.poisoned {
+	if p := s.poisoned.Load(); s.down.Load() || (p != nil && req.Message.GetConvId() == *p) {
 		return core.AppendResult{}, errors.New("injected: this entry can never be written")
 	}
 	return s.Store.Append(ctx, req)
@@ -85,11 +93,15 @@ func TestSequencerDeadLettersPoisonRecord(t *testing.T) {
 	poison := core.GroupID("alice", "poison")
 	var cs *seqStore
 	h := newHarnessWrapped(t, func(s core.Store) core.Store { cs = &seqStore{Store: s}; return cs }, nil,
-		func(c *region.Config) { c.MaxAttempts = 3; c.IngressPartitions = 1 })
+		func(c *region.Config) {
+			c.MaxAttempts = 3
+			c.DeadLetterAfter = 200 * time.Millisecond
+			c.IngressPartitions = 1
+		})
 	alice := h.register("alice", 1)
 	h.register("bob", 2)
 	createGroup(h, alice, 1, 1, poison, "bob")
-	cs.poisoned = poison
+	cs.poisoned.Store(&poison)
 	// Read the dead-letter topic from its start.
 	var dlMu sync.Mutex
 	var dls []*pb.DeadLetter
@@ -126,7 +138,7 @@ func TestSequencerDeadLettersPoisonRecord(t *testing.T) {
 	dl := dls[0]
 	dlMu.Unlock()
 	var in pb.IngressRecord
-	if err := proto.Unmarshal(dl.GetValue(), &in); err != nil || in.GetSend().GetClientMsgId() != "p1" || dl.GetAttempts() != 3 || !strings.Contains(dl.GetError(), "injected") {
+	if err := proto.Unmarshal(dl.GetValue(), &in); err != nil || in.GetSend().GetClientMsgId() != "p1" || dl.GetAttempts() < 3 || !strings.Contains(dl.GetError(), "injected") {
 		t.Fatalf("dead letter %+v (record %v, %v)", dl, &in, err)
 	}
 }
@@ -336,5 +348,67 @@ func TestSessionOnAnotherEdgeReplaced(t *testing.T) {
 	// A reconnect on the same edge is the edge's business: no record.
 	if err := h.api.SessionOpened(h.ctx, core.Route{Device: alice, Edge: "e2", Session: 10, SinceMs: 3}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Failures while the store is unreachable are not the record's fault, and
+// a brief failure of writes (reads still answering) is not long enough: a
+// record retried through either is never dead-lettered, and goes through
+// when the store is back.
+func TestStoreOutageDoesNotDeadLetter(t *testing.T) {
+	direct := core.DirectConvID("alice", "bob")
+	var ss *seqStore
+	h := newHarnessWrapped(t, func(s core.Store) core.Store { ss = &seqStore{Store: s}; return ss }, nil,
+		func(c *region.Config) {
+			c.MaxAttempts = 2
+			c.DeadLetterAfter = 20 * time.Second
+			c.IngressPartitions = 1
+		})
+	alice := h.register("alice", 1)
+	h.register("bob", 2)
+	ss.down.Store(true)
+	h.send(alice, 1, 1, direct, "m1", "through the outage")
+	time.Sleep(1500 * time.Millisecond) // many attempts fail meanwhile (the bus backs off)
+	ss.down.Store(false)
+	recs := h.waitFor("ack after the outage", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[1] != nil })
+	if ack := responses(recs, 1)[1].GetSend(); ack.GetSeq() != 1 {
+		t.Fatalf("after the outage: %v", responses(recs, 1)[1])
+	}
+	// Writes to the conversation fail while reads answer: a hiccup, not
+	// a poison record, as long as it is shorter than DeadLetterAfter.
+	ss.poisoned.Store(&direct)
+	h.send(alice, 1, 2, direct, "m2", "through the hiccup")
+	time.Sleep(1500 * time.Millisecond)
+	ss.poisoned.Store(nil)
+	recs = h.waitFor("ack after the hiccup", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[2] != nil })
+	if ack := responses(recs, 1)[2].GetSend(); ack.GetSeq() != 2 {
+		t.Fatalf("after the hiccup: %v", responses(recs, 1)[2])
+	}
+	if n := h.reg.Stats().DeadLettered; n != 0 {
+		t.Fatalf("%d records dead-lettered during an outage", n)
+	}
+}
+
+// A client_msg_id names one entry: a send reusing a group change's key is
+// refused, never acked as that change (nor the change as a send).
+func TestKeyReusedAcrossKindsRefused(t *testing.T) {
+	h := newHarness(t)
+	alice := h.register("alice", 1)
+	h.register("bob", 2)
+	conv := core.GroupID("alice", "kinds")
+	createGroup(h, alice, 1, 1, conv, "bob")
+	h.send(alice, 1, 2, conv, "create", "a send with the creation's key")
+	modify(h, alice, 1, 3, conv, "k1", pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, "bob")
+	h.send(alice, 1, 4, conv, "k1", "a send with the change's key")
+	h.send(alice, 1, 5, conv, "m1", "a real message")
+	modify(h, alice, 1, 6, conv, "m1", pb.MembershipOp_MEMBERSHIP_OP_DEMOTE, "bob")
+	recs := h.waitFor("answers", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[6] != nil })
+	for _, id := range []uint64{2, 4, 6} {
+		if c := responses(recs, 1)[id].GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_ALREADY_EXISTS {
+			t.Fatalf("request %d reusing another entry's key: %v", id, responses(recs, 1)[id])
+		}
+	}
+	if ack := responses(recs, 1)[5].GetSend(); ack == nil {
+		t.Fatalf("real message: %v", responses(recs, 1)[5])
 	}
 }
