@@ -373,15 +373,28 @@ func (b *Bus) refreshTopic(ctx context.Context, topic string) (bool, error) {
 
 // freshMetadata reads cluster metadata bypassing every cache: it uses a
 // transport of its own, closed before returning.
+//
+// A broker that is restarting (connection refused or reset) is not a
+// reason to fail: it retries a few times with backoff, starting each
+// attempt at the next broker of the list.
 func (b *Bus) freshMetadata(ctx context.Context, topics ...string) (*kafka.MetadataResponse, error) {
 	t := b.newTransport()
 	defer t.CloseIdleConnections()
-	c := &kafka.Client{Addr: kafka.TCP(b.cfg.Brokers...), Transport: t, Timeout: b.cfg.DialTimeout}
-	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
-	if err != nil {
-		return nil, fmt.Errorf("kafkabus: metadata: %w", err)
+	const attempts = 6
+	var err error
+	for i := range attempts {
+		brokers := append(slices.Clone(b.cfg.Brokers[i%len(b.cfg.Brokers):]), b.cfg.Brokers[:i%len(b.cfg.Brokers)]...)
+		c := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: t, Timeout: b.cfg.DialTimeout}
+		var md *kafka.MetadataResponse
+		if md, err = c.Metadata(ctx, &kafka.MetadataRequest{Topics: topics}); err == nil {
+			return md, nil
+		}
+		if i == attempts-1 || !sleepCtx(ctx, backoff(i, 100*time.Millisecond, 2*time.Second)) {
+			break
+		}
+		b.log.Debug("metadata request failed; retrying", "attempt", i+1, "err", err)
 	}
-	return md, nil
+	return nil, fmt.Errorf("kafkabus: metadata: %w", err)
 }
 
 func topicExists(md *kafka.MetadataResponse, topic string) bool {
