@@ -29,7 +29,9 @@ func devEdges() geo.StaticEdges {
 	}
 }
 
-func devDB(t *testing.T) string {
+func devDB(t *testing.T) string { return devDBFor(t) }
+
+func devDBFor(t testing.TB) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "dev-city.mmdb")
 	if err := geo.GenerateCityDB(path, geo.DevCities()); err != nil {
