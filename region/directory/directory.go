@@ -350,8 +350,8 @@ func (d *Directory) applyLocal(b []byte) (Result, error) {
 		switch {
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return Result{}, errRetry // never entered the log
-		case errors.Is(err, raft.ErrRaftShutdown):
-			return Result{}, ErrClosed
+		case errors.Is(err, raft.ErrRaftShutdown): // it may be in the log already
+			return Result{}, fmt.Errorf("%w: %w", ErrUncertain, ErrClosed)
 		default: // leadership lost and the like: it may still commit
 			return Result{}, fmt.Errorf("%w: %w", ErrUncertain, err)
 		}
