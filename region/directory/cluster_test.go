@@ -64,7 +64,7 @@ func (c *cluster) start(i int) {
 			ID: c.peers[i].ID, Dir: c.dirs[i], Peers: c.peers,
 			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
 			LeaderLeaseTimeout: 100 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
-			ApplyTimeout: 2 * time.Second, SnapshotThreshold: 64,
+			ApplyTimeout: 2 * time.Second, SnapshotThreshold: 32, SnapshotInterval: 100 * time.Millisecond, TrailingLogs: 8,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
 		if err == nil {

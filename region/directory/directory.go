@@ -42,6 +42,8 @@ type Config struct {
 	LeaderLeaseTimeout time.Duration // default raft's (500ms)
 	CommitTimeout      time.Duration // default raft's (50ms)
 	SnapshotThreshold  uint64        // default raft's (8192)
+	SnapshotInterval   time.Duration // default raft's (120s)
+	TrailingLogs       uint64        // log entries kept after a snapshot; default raft's (10240)
 	WatchBuffer        int           // per watcher; default 256
 
 	Logger *slog.Logger // default slog.Default()
@@ -128,6 +130,12 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	}
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
 	}
 
 	ok := false
