@@ -261,3 +261,42 @@ func TestWatchOverflowResyncs(t *testing.T) {
 		t.Fatal("channel not closed after ctx end")
 	}
 }
+
+func TestOpenRejectsBadConfig(t *testing.T) {
+	ctx := context.Background()
+	p := Peer{ID: "a", RaftAddr: "127.0.0.1:1", HTTPAddr: "127.0.0.1:2"}
+	for name, cfg := range map[string]Config{
+		"not a peer":   {ID: "b", Dir: t.TempDir(), Peers: []Peer{p}},
+		"peer no addr": {ID: "a", Dir: t.TempDir(), Peers: []Peer{{ID: "a"}}},
+	} {
+		if d, err := Open(ctx, cfg); err == nil {
+			d.Close()
+			t.Errorf("%s: Open succeeded", name)
+		}
+	}
+}
+
+func TestWriteOnClosedDirectory(t *testing.T) {
+	c := newCluster(t, 1)
+	c.leader()
+	d := c.node(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.PutRegion(ctx, Region{Name: "fra"}); err != nil {
+		t.Fatal(err)
+	}
+	w := d.Watch(ctx)
+	c.kill(0)
+	if err := d.PutRegion(ctx, Region{Name: "iad"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after close: %v, want ErrClosed", err)
+	}
+	if err := d.Sync(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("sync after close: %v, want ErrClosed", err)
+	}
+	if _, ok := <-w; ok {
+		t.Fatal("watch channel not closed by Close")
+	}
+	if r, ok := d.Region("fra"); !ok || r.Name != "fra" {
+		t.Fatal("local read after close lost state")
+	}
+}

@@ -214,15 +214,17 @@ func (d *Directory) Close() error {
 // release closes whatever Open created, in reverse order.
 func (d *Directory) release() error {
 	var errs []error
+	// Raft first: forwarded requests still in flight fail fast (their
+	// callers see ErrUncertain) instead of holding up the server shutdown.
+	if d.raft != nil {
+		errs = append(errs, d.raft.Shutdown().Error())
+	}
 	if d.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		errs = append(errs, d.httpSrv.Shutdown(ctx))
 		cancel()
 	} else if d.httpLn != nil {
 		errs = append(errs, d.httpLn.Close())
-	}
-	if d.raft != nil {
-		errs = append(errs, d.raft.Shutdown().Error())
 	}
 	if d.trans != nil {
 		errs = append(errs, d.trans.Close())
