@@ -1,0 +1,628 @@
+package directory
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+)
+
+// Peer is one voter: its raft id, its raft TCP address and the address of
+// its forwarding HTTP endpoint.
+type Peer struct {
+	ID       string
+	RaftAddr string // host:port, concrete (not 0.0.0.0, not port 0)
+	HTTPAddr string // host:port, concrete
+}
+
+// Config configures one voter. Zero durations take the defaults noted.
+type Config struct {
+	ID    string // this voter; must be one of Peers
+	Dir   string // data dir: raft.db (bolt log + stable store) and snapshots/
+	Peers []Peer // every voter, this one included; identical on every voter
+
+	ApplyTimeout       time.Duration // per raft.Apply/Barrier; default 5s
+	HeartbeatTimeout   time.Duration // default raft's (1s)
+	ElectionTimeout    time.Duration // default raft's (1s)
+	LeaderLeaseTimeout time.Duration // default raft's (500ms)
+	CommitTimeout      time.Duration // default raft's (50ms)
+	SnapshotThreshold  uint64        // default raft's (8192)
+	SnapshotInterval   time.Duration // default raft's (120s)
+	TrailingLogs       uint64        // log entries kept after a snapshot; default raft's (10240)
+	WatchBuffer        int           // per watcher; default 256
+
+	Logger *slog.Logger // default slog.Default()
+}
+
+// Directory is one voter of the directory plus the client API. Reads are
+// served from the local applied copy; writes and Sync go through the leader.
+type Directory struct {
+	cfg     Config
+	self    Peer
+	log     *slog.Logger
+	fsm     *FSM
+	raft    *raft.Raft
+	trans   *raft.NetworkTransport
+	store   *raftboltdb.BoltStore
+	httpLn  net.Listener
+	httpSrv *http.Server
+	client  *http.Client
+	peers   map[raft.ServerID]Peer
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+	closed    chan struct{}
+
+	wmu      sync.Mutex
+	watchers map[*watcher]struct{}
+}
+
+type watcher struct{ ch chan Change }
+
+// Open starts (or restarts from cfg.Dir) one voter.
+//
+// Bootstrap: when cfg.Dir holds no raft state, the voter bootstraps the
+// cluster with the full cfg.Peers as voters. Every voter does the same with
+// the same configuration, which raft accepts as one bootstrap.
+func Open(ctx context.Context, cfg Config) (*Directory, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ApplyTimeout <= 0 {
+		cfg.ApplyTimeout = 5 * time.Second
+	}
+	if cfg.WatchBuffer <= 0 {
+		cfg.WatchBuffer = 256
+	}
+	d := &Directory{cfg: cfg, log: cfg.Logger.With("component", "directory", "node", cfg.ID), closed: make(chan struct{}),
+		watchers: map[*watcher]struct{}{}, peers: map[raft.ServerID]Peer{}}
+	found := false
+	var servers []raft.Server
+	for _, p := range cfg.Peers {
+		if p.ID == "" || p.RaftAddr == "" || p.HTTPAddr == "" {
+			return nil, fmt.Errorf("directory: peer %+v: id, raft and http addresses are required", p)
+		}
+		d.peers[raft.ServerID(p.ID)] = p
+		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)})
+		if p.ID == cfg.ID {
+			d.self, found = p, true
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("directory: node %q is not in the peer set", cfg.ID)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("directory: data dir: %w", err)
+	}
+	d.fsm = NewFSM(d.broadcast)
+
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: &slogWriter{log: d.log}, DisableTime: true})
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = hl
+	if cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	}
+	if cfg.ElectionTimeout > 0 {
+		rc.ElectionTimeout = cfg.ElectionTimeout
+	}
+	if cfg.LeaderLeaseTimeout > 0 {
+		rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	}
+	if cfg.CommitTimeout > 0 {
+		rc.CommitTimeout = cfg.CommitTimeout
+	}
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.SnapshotInterval > 0 {
+		rc.SnapshotInterval = cfg.SnapshotInterval
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
+
+	ok := false
+	defer func() {
+		if !ok {
+			d.release()
+		}
+	}()
+	var err error
+	d.store, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("directory: open log store: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hl)
+	if err != nil {
+		return nil, fmt.Errorf("directory: open snapshot store: %w", err)
+	}
+	addr, err := net.ResolveTCPAddr("tcp", d.self.RaftAddr)
+	if err != nil {
+		return nil, fmt.Errorf("directory: raft address %q: %w", d.self.RaftAddr, err)
+	}
+	d.trans, err = raft.NewTCPTransportWithLogger(d.self.RaftAddr, addr, 3, 2*time.Second, hl)
+	if err != nil {
+		return nil, fmt.Errorf("directory: raft transport: %w", err)
+	}
+	existing, err := raft.HasExistingState(d.store, d.store, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("directory: inspect state: %w", err)
+	}
+	if !existing {
+		if err := raft.BootstrapCluster(rc, d.store, d.store, snaps, d.trans, raft.Configuration{Servers: servers}); err != nil {
+			return nil, fmt.Errorf("directory: bootstrap: %w", err)
+		}
+	}
+	d.httpLn, err = (&net.ListenConfig{}).Listen(ctx, "tcp", d.self.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("directory: forwarding listener: %w", err)
+	}
+	d.raft, err = raft.NewRaft(rc, d.fsm, d.store, d.store, snaps, d.trans)
+	if err != nil {
+		return nil, fmt.Errorf("directory: start raft: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+pathApply, d.handleApply)
+	mux.HandleFunc("POST "+pathBarrier, d.handleBarrier)
+	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	d.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.httpSrv.Serve(d.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("forwarding server stopped", "err", err)
+		}
+	}()
+	ok = true
+	d.log.Info("directory voter started", "raft", d.self.RaftAddr, "http", d.self.HTTPAddr, "bootstrapped", !existing)
+	return d, nil
+}
+
+// Close stops the voter: raft, the forwarding server, the transport and the
+// log store; every watch channel is closed. Idempotent.
+func (d *Directory) Close() error {
+	d.closeOnce.Do(func() {
+		close(d.closed)
+		d.closeErr = d.release()
+		d.wmu.Lock()
+		for w := range d.watchers {
+			close(w.ch)
+			delete(d.watchers, w)
+		}
+		d.wmu.Unlock()
+	})
+	return d.closeErr
+}
+
+// release closes whatever Open created, in reverse order.
+func (d *Directory) release() error {
+	var errs []error
+	// Raft first: forwarded requests still in flight fail fast (their
+	// callers see ErrUncertain) instead of holding up the server shutdown.
+	if d.raft != nil {
+		errs = append(errs, d.raft.Shutdown().Error())
+	}
+	if d.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, d.httpSrv.Shutdown(ctx))
+		cancel()
+	} else if d.httpLn != nil {
+		errs = append(errs, d.httpLn.Close())
+	}
+	if d.trans != nil {
+		errs = append(errs, d.trans.Close())
+	}
+	if d.store != nil {
+		errs = append(errs, d.store.Close())
+	}
+	if d.client != nil {
+		d.client.CloseIdleConnections()
+	}
+	d.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// ID returns this voter's id.
+func (d *Directory) ID() string { return d.cfg.ID }
+
+// IsLeader reports whether this voter currently believes it leads.
+func (d *Directory) IsLeader() bool { return d.raft.State() == raft.Leader }
+
+// Leader returns the id of the leader this voter knows of ("" if none).
+func (d *Directory) Leader() string {
+	_, id := d.raft.LeaderWithID()
+	return string(id)
+}
+
+// --- local (stale but monotonic) reads ---
+
+// Region returns a region from the local applied copy.
+func (d *Directory) Region(name string) (Region, bool) { return d.fsm.Region(name) }
+
+// Regions returns every region from the local applied copy.
+func (d *Directory) Regions() []Region { return d.fsm.Regions() }
+
+// UserHome returns a user's home region from the local applied copy.
+func (d *Directory) UserHome(user string) (string, bool) { return d.fsm.UserHome(user) }
+
+// Conv returns a conversation's home and epoch from the local applied copy.
+func (d *Directory) Conv(conv string) (ConvHome, bool) { return d.fsm.Conv(conv) }
+
+// State returns a deep copy of the local applied state.
+func (d *Directory) State() State { return d.fsm.State() }
+
+// AppliedIndex returns the index of the last command applied locally.
+func (d *Directory) AppliedIndex() uint64 {
+	i, _ := d.fsm.Index()
+	return i
+}
+
+// --- writes ---
+
+// PutRegion creates or replaces a region.
+func (d *Directory) PutRegion(ctx context.Context, r Region) error {
+	_, err := d.write(ctx, Command{Op: OpPutRegion, Region: &r})
+	return err
+}
+
+// SetUserHome homes user in region. With ifAbsent, a user already homed is
+// left alone and ErrExists is returned with the stored home.
+func (d *Directory) SetUserHome(ctx context.Context, user, region string, ifAbsent bool) (string, error) {
+	r, err := d.write(ctx, Command{Op: OpSetUserHome, User: user, Home: region, IfAbsent: ifAbsent})
+	return r.Home, err
+}
+
+// SetConvHome sets conv's home if its stored epoch is expectEpoch (0 for a
+// conversation not yet in the directory) and returns the new epoch,
+// expectEpoch+1. Otherwise it returns an *EpochError (errors.Is
+// core.ErrFenced) carrying the stored epoch.
+func (d *Directory) SetConvHome(ctx context.Context, conv, region string, expectEpoch uint64) (uint64, error) {
+	r, err := d.write(ctx, Command{Op: OpSetConvHome, Conv: conv, Home: region, ExpectEpoch: expectEpoch})
+	if err != nil {
+		return 0, err
+	}
+	return r.Epoch, nil
+}
+
+// errRetry marks an attempt that certainly did not apply and may be retried.
+var errRetry = errors.New("directory: retry")
+
+func (d *Directory) write(ctx context.Context, c Command) (Result, error) {
+	b, err := EncodeCommand(c)
+	if err != nil {
+		return Result{}, err
+	}
+	var res Result
+	err = d.retry(ctx, func(ctx context.Context) error {
+		if d.IsLeader() {
+			res, err = d.applyLocal(b)
+		} else {
+			res, err = d.forwardApply(ctx, b)
+		}
+		return err
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("directory: %s: %w", c.Op, err)
+	}
+	return res, res.err(c)
+}
+
+// retry runs attempt until it returns something other than errRetry,
+// backing off a little, until ctx ends or the Directory closes.
+func (d *Directory) retry(ctx context.Context, attempt func(context.Context) error) error {
+	backoff := 10 * time.Millisecond
+	for {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+		}
+		select {
+		case <-d.closed:
+			return ErrClosed
+		default:
+		}
+		err := attempt(ctx)
+		if !errors.Is(err, errRetry) {
+			return err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-d.closed:
+			t.Stop()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+// applyLocal applies an encoded command on this (leader) voter once.
+func (d *Directory) applyLocal(b []byte) (Result, error) {
+	f := d.raft.Apply(b, d.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		switch {
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
+			return Result{}, errRetry // never entered the log
+		case errors.Is(err, raft.ErrRaftShutdown): // it may be in the log already
+			return Result{}, fmt.Errorf("%w: %w", ErrUncertain, ErrClosed)
+		default: // leadership lost and the like: it may still commit
+			return Result{}, fmt.Errorf("%w: %w", ErrUncertain, err)
+		}
+	}
+	res, ok := f.Response().(Result)
+	if !ok {
+		return Result{}, fmt.Errorf("%w: unexpected FSM response %T", ErrBadCommand, f.Response())
+	}
+	return res, nil
+}
+
+// --- linearizable reads ---
+
+// Sync waits until the local applied copy reflects every write that
+// completed before Sync was called (a read index through the leader). Reads
+// made after Sync returns are linearizable.
+func (d *Directory) Sync(ctx context.Context) error {
+	var idx uint64
+	err := d.retry(ctx, func(ctx context.Context) error {
+		var err error
+		if d.IsLeader() {
+			idx, err = d.barrierLocal()
+		} else {
+			idx, err = d.forwardBarrier(ctx)
+		}
+		if errors.Is(err, ErrUncertain) {
+			return errRetry // a barrier is a read: always safe to repeat
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("directory: sync: %w", err)
+	}
+	for {
+		cur, next := d.fsm.Index()
+		if cur >= idx {
+			return nil
+		}
+		select {
+		case <-next:
+		case <-ctx.Done():
+			return fmt.Errorf("directory: sync: wait for index %d (at %d): %w", idx, cur, ctx.Err())
+		case <-d.closed:
+			return ErrClosed
+		}
+	}
+}
+
+// ConvLinearizable is Sync followed by Conv.
+func (d *Directory) ConvLinearizable(ctx context.Context, conv string) (ConvHome, bool, error) {
+	if err := d.Sync(ctx); err != nil {
+		return ConvHome{}, false, err
+	}
+	h, ok := d.Conv(conv)
+	return h, ok, nil
+}
+
+// UserHomeLinearizable is Sync followed by UserHome.
+func (d *Directory) UserHomeLinearizable(ctx context.Context, user string) (string, bool, error) {
+	if err := d.Sync(ctx); err != nil {
+		return "", false, err
+	}
+	h, ok := d.UserHome(user)
+	return h, ok, nil
+}
+
+// barrierLocal commits a barrier as leader and returns the applied index
+// after it: every write acknowledged before the call is at or below it.
+func (d *Directory) barrierLocal() (uint64, error) {
+	if err := d.raft.Barrier(d.cfg.ApplyTimeout).Error(); err != nil {
+		switch {
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
+			return 0, errRetry
+		case errors.Is(err, raft.ErrRaftShutdown):
+			return 0, ErrClosed
+		default:
+			return 0, fmt.Errorf("%w: %w", ErrUncertain, err)
+		}
+	}
+	i, _ := d.fsm.Index()
+	return i, nil
+}
+
+// --- forwarding ---
+
+const (
+	pathApply   = "/directory/v1/apply"
+	pathBarrier = "/directory/v1/barrier"
+)
+
+type barrierReply struct {
+	Index uint64 `json:"index"`
+}
+
+// Forwarding status codes: 200 done (body is the reply), 421 this node is
+// not the leader (nothing applied), 503 outcome unknown, 400 bad request.
+func (d *Directory) handleApply(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCommandBytes))
+	if err != nil {
+		http.Error(w, "body", http.StatusBadRequest)
+		return
+	}
+	if _, err := DecodeCommand(b); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !d.IsLeader() {
+		http.Error(w, "not leader", http.StatusMisdirectedRequest)
+		return
+	}
+	res, err := d.applyLocal(b)
+	d.reply(w, res, err)
+}
+
+func (d *Directory) handleBarrier(w http.ResponseWriter, r *http.Request) {
+	if !d.IsLeader() {
+		http.Error(w, "not leader", http.StatusMisdirectedRequest)
+		return
+	}
+	idx, err := d.barrierLocal()
+	d.reply(w, barrierReply{Index: idx}, err)
+}
+
+func (d *Directory) reply(w http.ResponseWriter, v any, err error) {
+	switch {
+	case errors.Is(err, errRetry):
+		http.Error(w, "not leader", http.StatusMisdirectedRequest)
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	default:
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(v)
+	}
+}
+
+func (d *Directory) forwardApply(ctx context.Context, b []byte) (Result, error) {
+	var res Result
+	err := d.forward(ctx, pathApply, b, &res)
+	return res, err
+}
+
+func (d *Directory) forwardBarrier(ctx context.Context) (uint64, error) {
+	var rep barrierReply
+	err := d.forward(ctx, pathBarrier, nil, &rep)
+	return rep.Index, err
+}
+
+// forward posts body to the leader's forwarding endpoint. It returns
+// errRetry when the request certainly did nothing (no leader known, the
+// connection was refused, the peer is not the leader) and ErrUncertain when
+// it may have been applied.
+func (d *Directory) forward(ctx context.Context, path string, body []byte, out any) error {
+	_, id := d.raft.LeaderWithID()
+	p, ok := d.peers[id]
+	if id == "" || !ok {
+		return errRetry
+	}
+	actx, cancel := context.WithTimeout(ctx, d.cfg.ApplyTimeout+time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, "http://"+p.HTTPAddr+path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("directory: forward: %w", err)
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return errRetry
+		}
+		return fmt.Errorf("%w: forward to %s: %w", ErrUncertain, id, err)
+	}
+	defer resp.Body.Close()
+	rb, err := io.ReadAll(io.LimitReader(resp.Body, maxCommandBytes))
+	if err != nil {
+		return fmt.Errorf("%w: forward to %s: %w", ErrUncertain, id, err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if err := json.Unmarshal(rb, out); err != nil {
+			return fmt.Errorf("%w: forward to %s: reply: %w", ErrUncertain, id, err)
+		}
+		return nil
+	case http.StatusMisdirectedRequest:
+		return errRetry
+	case http.StatusBadRequest:
+		return fmt.Errorf("%w: %s", ErrBadCommand, strings.TrimSpace(string(rb)))
+	default:
+		return fmt.Errorf("%w: forward to %s: %s: %s", ErrUncertain, id, resp.Status, strings.TrimSpace(string(rb)))
+	}
+}
+
+// --- watch ---
+
+// Watch returns a channel of changes applied on this voter from now on. The
+// channel is bounded (Config.WatchBuffer); a watcher that falls behind loses
+// its buffered changes and receives one ChangeResync instead, as it does
+// when a snapshot replaces the state. The channel is closed when ctx ends
+// or the Directory closes.
+func (d *Directory) Watch(ctx context.Context) <-chan Change {
+	w := &watcher{ch: make(chan Change, d.cfg.WatchBuffer)}
+	d.wmu.Lock()
+	select {
+	case <-d.closed:
+		close(w.ch)
+		d.wmu.Unlock()
+		return w.ch
+	default:
+	}
+	d.watchers[w] = struct{}{}
+	d.wmu.Unlock()
+	context.AfterFunc(ctx, func() {
+		d.wmu.Lock()
+		defer d.wmu.Unlock()
+		if _, ok := d.watchers[w]; ok {
+			delete(d.watchers, w)
+			close(w.ch)
+		}
+	})
+	return w.ch
+}
+
+// broadcast is the FSM's notify hook; it never blocks.
+func (d *Directory) broadcast(c Change) {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	for w := range d.watchers {
+		select {
+		case w.ch <- c:
+			continue
+		default:
+		}
+	drain: // full: drop what is buffered, tell the watcher to resync
+		for {
+			select {
+			case <-w.ch:
+			default:
+				break drain
+			}
+		}
+		select {
+		case w.ch <- Change{Index: c.Index, Kind: ChangeResync}:
+		default:
+		}
+	}
+}
+
+// slogWriter routes hclog lines (already filtered to warn and above) to slog.
+type slogWriter struct{ log *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	sc := bufio.NewScanner(bytes.NewReader(p))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		lvl := slog.LevelWarn
+		if strings.Contains(line, "[ERROR]") {
+			lvl = slog.LevelError
+		}
+		w.log.Log(context.Background(), lvl, "raft", "line", line)
+	}
+	return len(p), nil
+}

@@ -1,0 +1,100 @@
+// Package directory is chatmesh's global directory: a hashicorp/raft group
+// with one voter per region that holds the slowly changing placement of the
+// mesh (../shared/DESIGN.md §4). It is not on the per-message path: every
+// region reads its local applied copy and watches it for changes.
+//
+// # What it holds
+//
+//   - regions: name, lat/long, public edge URLs, Noise static key (hex),
+//     link endpoint, healthy flag (Region);
+//   - users → home region;
+//   - conversations → (home region, owner epoch) (ConvHome).
+//
+// # Writes
+//
+// Every write is a Command, applied deterministically by the FSM:
+//
+//   - PutRegion: create or replace a region (unconditional).
+//   - SetUserHome(user, region, ifAbsent): with ifAbsent an already homed
+//     user is left alone and ErrExists is returned with the stored home
+//     ("a user's home is the region they first register in").
+//   - SetConvHome(conv, region, expectEpoch): compare-and-set on the owner
+//     epoch. If the stored epoch (0 when the conversation is absent, so
+//     expectEpoch 0 means create-if-absent) equals expectEpoch, the home is
+//     set and the epoch becomes expectEpoch+1; otherwise nothing changes and
+//     an *EpochError carrying the stored epoch is returned, which matches
+//     core.ErrFenced under errors.Is.
+//
+// Writes naming a region that was never put fail with ErrUnknownRegion. A
+// refused command changes nothing (only the applied index advances).
+//
+// Writes may be issued on any voter: the leader applies them with
+// raft.Apply (Config.ApplyTimeout); a follower forwards the encoded command
+// to the leader's forwarding endpoint (POST /directory/v1/apply on
+// Peer.HTTPAddr) and retries, with backoff, while it certainly was not
+// applied (no leader known, connection refused, "not leader" reply, raft
+// ErrNotLeader/ErrEnqueueTimeout). When the outcome is unknown (leadership
+// lost after the entry was appended, the leader shut down or the reply was
+// lost) the write returns ErrUncertain; because writes are conditional the
+// caller re-reads (Sync) and retries. The forwarding endpoint is plain HTTP
+// with no authentication yet: bind it to a private/loopback address.
+//
+// # Command and snapshot encoding
+//
+// A command in the raft log (and a forwarded request body) is one version
+// byte (1) followed by the JSON of Command ({"op":"set_conv_home",
+// "conv":…, "home":…, "expect_epoch":…}); unknown versions, ops or fields
+// are refused with ErrBadCommand, deterministically on every voter. At most
+// 64 KiB. The FSM's result (Result: code, stored home and epoch) is also the
+// body of a forwarded reply. A snapshot is one version byte (1) followed by
+// the JSON of State (all three maps plus the index of the last applied
+// command), written by FSM.Snapshot/Persist and read by FSM.Restore.
+//
+// # Bootstrap and storage
+//
+// Config.Peers is the full, identical voter set on every voter. When
+// Config.Dir holds no raft state (raft.HasExistingState), the voter calls
+// raft.BootstrapCluster with all peers as voters; every voter doing so with
+// the same configuration is one bootstrap, and the first election decides
+// the leader. A voter with existing state just restarts and catches up from
+// the leader's log or an installed snapshot. Membership changes are not
+// supported yet. Dir holds raft.db (raft-boltdb/v2: log and stable store)
+// and snapshots/ (file snapshot store, 2 retained). The raft transport is
+// TCP bound to Peer.RaftAddr, which must be a concrete host:port.
+//
+// # Reads
+//
+// Region, Regions, UserHome, Conv and State read the local applied copy:
+// possibly stale, but monotonic on one voter (the copy only moves forward,
+// also across a restart since the voter replays its own log). Sync is the
+// linearizable read barrier (a read index): the leader commits a
+// raft.Barrier and reports its applied index, the caller waits until its
+// local copy has applied at least that far; reads made after Sync returns
+// observe every write that completed before Sync was called.
+// ConvLinearizable and UserHomeLinearizable are Sync plus the read. Sync is
+// forwarded like writes and retried on any failure (it changes nothing).
+//
+// # Watch
+//
+// Watch(ctx) returns a bounded channel (Config.WatchBuffer, default 256) of
+// Changes applied on this voter after the call, in log order. A watcher that
+// falls behind loses its buffered changes and gets one ChangeResync instead
+// (never blocking raft); a snapshot restore also sends ChangeResync. On
+// ChangeResync re-read what you cache (Regions/State). The channel closes
+// when ctx ends or the Directory closes.
+//
+// # Life cycle
+//
+// Open starts a voter (raft, its transport, the forwarding server); Close
+// stops them all, closes the stores and every watch channel and waits for
+// the goroutines it started; it is idempotent. raft's hclog output is routed
+// to the injected slog logger at warn and above; info is discarded.
+//
+// # Not done yet
+//
+// Wiring into region/ and edge/ (the sequencer's per-conversation epoch
+// fencing, geo-routing from Regions), the `chatmesh directory status |
+// move-user | move-conversation` CLI, `dev` starting the voters, region
+// failure detection and automatic moves, membership changes, and
+// authentication of the forwarding endpoint (Noise or mTLS).
+package directory

@@ -1,0 +1,397 @@
+package directory
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/chatmesh/chatmesh/core"
+)
+
+// Errors returned by the directory. Conditional-write failures are typed so
+// a caller can act on them without parsing strings.
+var (
+	// ErrExists: SetUserHome with ifAbsent found the user already homed.
+	ErrExists = errors.New("directory: already exists")
+	// ErrUnknownRegion: a write named a region that PutRegion never stored.
+	ErrUnknownRegion = errors.New("directory: unknown region")
+	// ErrBadCommand: a command that does not decode or fails validation.
+	ErrBadCommand = errors.New("directory: bad command")
+	// ErrUncertain: the write may or may not have been applied (leadership
+	// lost or the leader went away after the command was handed over).
+	// Conditional writes make a re-read and retry safe.
+	ErrUncertain = errors.New("directory: outcome unknown")
+	// ErrNoLeader: no leader could be reached before the context ended.
+	ErrNoLeader = errors.New("directory: no leader")
+	// ErrClosed: the Directory was closed.
+	ErrClosed = errors.New("directory: closed")
+)
+
+// EpochError is returned by SetConvHome when the stored owner epoch differs
+// from the expected one. It matches core.ErrFenced with errors.Is.
+type EpochError struct {
+	Conv     string
+	Stored   uint64
+	Expected uint64
+}
+
+func (e *EpochError) Error() string {
+	return fmt.Sprintf("directory: conversation %q: stored epoch %d, expected %d: %v", e.Conv, e.Stored, e.Expected, core.ErrFenced)
+}
+
+// Unwrap makes errors.Is(err, core.ErrFenced) true.
+func (e *EpochError) Unwrap() error { return core.ErrFenced }
+
+// Region is one region of the mesh as the directory knows it.
+type Region struct {
+	Name         string   `json:"name"`
+	Lat          float64  `json:"lat"`
+	Long         float64  `json:"long"`
+	EdgeURLs     []string `json:"edge_urls,omitempty"`
+	NoiseKeyHex  string   `json:"noise_key_hex,omitempty"`
+	LinkEndpoint string   `json:"link_endpoint,omitempty"`
+	Healthy      bool     `json:"healthy"`
+}
+
+func (r Region) clone() Region {
+	r.EdgeURLs = append([]string(nil), r.EdgeURLs...)
+	return r
+}
+
+// ConvHome is where a conversation is sequenced and under which owner epoch.
+type ConvHome struct {
+	Region string `json:"region"`
+	Epoch  uint64 `json:"epoch"`
+}
+
+// Command encoding (see doc.go): one version byte, then a JSON object.
+const cmdVersion byte = 1
+
+// Op names a command.
+type Op string
+
+const (
+	OpPutRegion   Op = "put_region"
+	OpSetUserHome Op = "set_user_home"
+	OpSetConvHome Op = "set_conv_home"
+)
+
+// Command is one replicated write.
+type Command struct {
+	Op          Op      `json:"op"`
+	Region      *Region `json:"region,omitempty"`       // put_region
+	User        string  `json:"user,omitempty"`         // set_user_home
+	Conv        string  `json:"conv,omitempty"`         // set_conv_home
+	Home        string  `json:"home,omitempty"`         // set_user_home, set_conv_home
+	IfAbsent    bool    `json:"if_absent,omitempty"`    // set_user_home
+	ExpectEpoch uint64  `json:"expect_epoch,omitempty"` // set_conv_home
+}
+
+// maxCommandBytes bounds one encoded command (and a forwarded request body).
+const maxCommandBytes = 64 << 10
+
+// EncodeCommand returns the wire/log form of c.
+func EncodeCommand(c Command) ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("directory: encode %s: %w", c.Op, err)
+	}
+	out := append([]byte{cmdVersion}, b...)
+	if len(out) > maxCommandBytes {
+		return nil, fmt.Errorf("directory: %s is %d bytes: %w", c.Op, len(out), core.ErrLimitExceeded)
+	}
+	return out, nil
+}
+
+// DecodeCommand parses the output of EncodeCommand.
+func DecodeCommand(b []byte) (Command, error) {
+	var c Command
+	if len(b) == 0 || b[0] != cmdVersion {
+		return c, fmt.Errorf("%w: unknown version", ErrBadCommand)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b[1:]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("%w: %v", ErrBadCommand, err)
+	}
+	return c, nil
+}
+
+// Result is what applying a command returns (also the forwarding reply).
+type Result struct {
+	Code  string `json:"code,omitempty"` // "" ok; see resultErr
+	Msg   string `json:"msg,omitempty"`
+	Home  string `json:"home,omitempty"`  // the stored home after the command
+	Epoch uint64 `json:"epoch,omitempty"` // the stored epoch after the command
+}
+
+const (
+	codeExists        = "exists"
+	codeFenced        = "fenced"
+	codeUnknownRegion = "unknown_region"
+	codeBadCommand    = "bad_command"
+)
+
+// err turns a Result into the error the caller sees.
+func (r Result) err(c Command) error {
+	switch r.Code {
+	case "":
+		return nil
+	case codeExists:
+		return fmt.Errorf("directory: user %q homed in %q: %w", c.User, r.Home, ErrExists)
+	case codeFenced:
+		return &EpochError{Conv: c.Conv, Stored: r.Epoch, Expected: c.ExpectEpoch}
+	case codeUnknownRegion:
+		return fmt.Errorf("directory: region %q: %w", c.Home, ErrUnknownRegion)
+	default:
+		return fmt.Errorf("%w: %s", ErrBadCommand, r.Msg)
+	}
+}
+
+// ChangeKind names what a Change is about.
+type ChangeKind string
+
+const (
+	ChangeRegion ChangeKind = "region"
+	ChangeUser   ChangeKind = "user"
+	ChangeConv   ChangeKind = "conv"
+	// ChangeResync: changes were dropped (slow watcher) or the state was
+	// replaced by a snapshot; re-read what you cache.
+	ChangeResync ChangeKind = "resync"
+)
+
+// Change is one applied change, delivered by Watch.
+type Change struct {
+	Index  uint64     // raft log index that produced it
+	Kind   ChangeKind //
+	Key    string     // region name, user id or conversation id
+	Region Region     // ChangeRegion
+	Home   string     // ChangeUser, ChangeConv
+	Epoch  uint64     // ChangeConv
+}
+
+// State is a deep copy of the whole directory.
+type State struct {
+	Index   uint64              `json:"index"` // last applied command index
+	Regions map[string]Region   `json:"regions"`
+	Users   map[string]string   `json:"users"`
+	Convs   map[string]ConvHome `json:"convs"`
+}
+
+func newState() State {
+	return State{Regions: map[string]Region{}, Users: map[string]string{}, Convs: map[string]ConvHome{}}
+}
+
+func (s State) clone() State {
+	c := State{Index: s.Index, Regions: make(map[string]Region, len(s.Regions)), Users: make(map[string]string, len(s.Users)), Convs: make(map[string]ConvHome, len(s.Convs))}
+	for k, v := range s.Regions {
+		c.Regions[k] = v.clone()
+	}
+	for k, v := range s.Users {
+		c.Users[k] = v
+	}
+	for k, v := range s.Convs {
+		c.Convs[k] = v
+	}
+	return c
+}
+
+// FSM is the replicated state machine (raft.FSM). Apply, Snapshot and
+// Restore are called by raft from one goroutine; the read methods may be
+// called concurrently from any goroutine.
+type FSM struct {
+	mu      sync.RWMutex
+	st      State
+	applied chan struct{} // closed and replaced on every apply/restore
+	notify  func(Change)  // called under mu from Apply/Restore; must not block
+}
+
+// NewFSM returns an empty FSM. notify (may be nil) sees every applied change.
+func NewFSM(notify func(Change)) *FSM {
+	return &FSM{st: newState(), applied: make(chan struct{}), notify: notify}
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// Apply applies one committed log entry. It is deterministic: the result
+// depends only on the state and the command.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	res := f.applyLocked(l.Index, l.Data)
+	if l.Index > f.st.Index {
+		f.st.Index = l.Index
+	}
+	close(f.applied)
+	f.applied = make(chan struct{})
+	return res
+}
+
+func (f *FSM) applyLocked(idx uint64, data []byte) Result {
+	c, err := DecodeCommand(data)
+	if err != nil {
+		return Result{Code: codeBadCommand, Msg: err.Error()}
+	}
+	switch c.Op {
+	case OpPutRegion:
+		if c.Region == nil || c.Region.Name == "" {
+			return Result{Code: codeBadCommand, Msg: "put_region without a name"}
+		}
+		r := c.Region.clone()
+		f.st.Regions[r.Name] = r
+		f.emit(Change{Index: idx, Kind: ChangeRegion, Key: r.Name, Region: r.clone()})
+		return Result{Home: r.Name}
+	case OpSetUserHome:
+		if c.User == "" {
+			return Result{Code: codeBadCommand, Msg: "set_user_home without a user"}
+		}
+		if cur, ok := f.st.Users[c.User]; ok && c.IfAbsent {
+			return Result{Code: codeExists, Home: cur}
+		}
+		if _, ok := f.st.Regions[c.Home]; !ok {
+			return Result{Code: codeUnknownRegion}
+		}
+		f.st.Users[c.User] = c.Home
+		f.emit(Change{Index: idx, Kind: ChangeUser, Key: c.User, Home: c.Home})
+		return Result{Home: c.Home}
+	case OpSetConvHome:
+		if c.Conv == "" {
+			return Result{Code: codeBadCommand, Msg: "set_conv_home without a conversation"}
+		}
+		cur := f.st.Convs[c.Conv] // zero epoch when absent
+		if cur.Epoch != c.ExpectEpoch {
+			return Result{Code: codeFenced, Home: cur.Region, Epoch: cur.Epoch}
+		}
+		if _, ok := f.st.Regions[c.Home]; !ok {
+			return Result{Code: codeUnknownRegion, Home: cur.Region, Epoch: cur.Epoch}
+		}
+		h := ConvHome{Region: c.Home, Epoch: c.ExpectEpoch + 1}
+		f.st.Convs[c.Conv] = h
+		f.emit(Change{Index: idx, Kind: ChangeConv, Key: c.Conv, Home: h.Region, Epoch: h.Epoch})
+		return Result{Home: h.Region, Epoch: h.Epoch}
+	default:
+		return Result{Code: codeBadCommand, Msg: fmt.Sprintf("unknown op %q", c.Op)}
+	}
+}
+
+func (f *FSM) emit(c Change) {
+	if f.notify != nil {
+		f.notify(c)
+	}
+}
+
+// Snapshot captures the whole state (a deep copy; Persist runs later,
+// concurrently with Apply).
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return &fsmSnapshot{st: f.st.clone()}, nil
+}
+
+// Snapshot format: one version byte, then the JSON of State.
+const snapVersion byte = 1
+
+// Restore replaces the state with a snapshot written by Persist.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("directory: read snapshot: %w", err)
+	}
+	if len(b) == 0 || b[0] != snapVersion {
+		return fmt.Errorf("directory: snapshot: %w: unknown version", ErrBadCommand)
+	}
+	st := newState()
+	if err := json.Unmarshal(b[1:], &st); err != nil {
+		return fmt.Errorf("directory: decode snapshot: %w", err)
+	}
+	if st.Regions == nil {
+		st.Regions = map[string]Region{}
+	}
+	if st.Users == nil {
+		st.Users = map[string]string{}
+	}
+	if st.Convs == nil {
+		st.Convs = map[string]ConvHome{}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st = st
+	close(f.applied)
+	f.applied = make(chan struct{})
+	f.emit(Change{Index: st.Index, Kind: ChangeResync})
+	return nil
+}
+
+type fsmSnapshot struct{ st State }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	b, err := json.Marshal(s.st)
+	if err == nil {
+		_, err = sink.Write(append([]byte{snapVersion}, b...))
+	}
+	if err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("directory: persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}
+
+// Region returns a stored region.
+func (f *FSM) Region(name string) (Region, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	r, ok := f.st.Regions[name]
+	return r.clone(), ok
+}
+
+// Regions returns every region, sorted by name.
+func (f *FSM) Regions() []Region {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]Region, 0, len(f.st.Regions))
+	for _, r := range f.st.Regions {
+		out = append(out, r.clone())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// UserHome returns a user's home region.
+func (f *FSM) UserHome(user string) (string, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	h, ok := f.st.Users[user]
+	return h, ok
+}
+
+// Conv returns a conversation's home and owner epoch.
+func (f *FSM) Conv(conv string) (ConvHome, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	h, ok := f.st.Convs[conv]
+	return h, ok
+}
+
+// State returns a deep copy of the whole state.
+func (f *FSM) State() State {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.clone()
+}
+
+// Index returns the index of the last applied command and a channel closed
+// at the next apply or restore.
+func (f *FSM) Index() (uint64, <-chan struct{}) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.Index, f.applied
+}
