@@ -580,6 +580,7 @@ func (e *Edge) goTracked(f func()) bool {
 // when the IP is at its limit. Every admitted connection is released with
 // releaseIP.
 func (e *Edge) admit(ip string) bool {
+	ip = ipKey(ip) // an IPv6 /64 counts as one client
 	e.n.connections.Add(1)
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -592,6 +593,7 @@ func (e *Edge) admit(ip string) bool {
 }
 
 func (e *Edge) releaseIP(ip string) {
+	ip = ipKey(ip)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.perIP[ip]--; e.perIP[ip] <= 0 {

@@ -27,7 +27,10 @@ func newConnLimiter(maxTotal, maxPerIP int) *connLimiter {
 }
 
 // acquire takes a slot for ip; it returns "" or the reason it refused.
+// acquire and release count per client network: an IPv4 address or an
+// IPv6 /64 (ipKey), since one IPv6 host holds a whole /64.
 func (l *connLimiter) acquire(ip string) string {
+	ip = ipKey(ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.total >= l.maxTotal {
@@ -42,6 +45,7 @@ func (l *connLimiter) acquire(ip string) string {
 }
 
 func (l *connLimiter) release(ip string) {
+	ip = ipKey(ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--

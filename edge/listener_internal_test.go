@@ -163,3 +163,22 @@ func TestConnLimiter(t *testing.T) {
 		t.Fatalf("after release: %q, open %d, %v", got, l.open(), l.perIP)
 	}
 }
+
+// One IPv6 host holds a whole /64: addresses of one /64 share its per-IP
+// cap (else ~80 addresses of one host would fill the total cap), and a
+// v4-mapped address counts as its IPv4 address.
+func TestConnLimiterIPv6Prefix(t *testing.T) {
+	l := newConnLimiter(100, 2)
+	for _, c := range []struct{ ip, want string }{
+		{"2001:db8:1:2::1", ""}, {"2001:db8:1:2::ffff", ""}, {"2001:db8:1:2:aaaa::9", "per-ip"},
+		{"2001:db8:1:3::1", ""}, {"::ffff:192.0.2.7", ""}, {"192.0.2.7", ""}, {"192.0.2.7", "per-ip"},
+	} {
+		if got := l.acquire(c.ip); got != c.want {
+			t.Fatalf("acquire %s: %q, want %q", c.ip, got, c.want)
+		}
+	}
+	l.release("2001:db8:1:2::5") // any address of the /64 releases its slot
+	if got := l.acquire("2001:db8:1:2::77"); got != "" {
+		t.Fatalf("after release: %q", got)
+	}
+}

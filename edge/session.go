@@ -207,6 +207,10 @@ func (s *session) becomeDevice(ctx context.Context, dev core.DeviceKey) error {
 		s.terminate(pb.ErrorCode_ERROR_CODE_REPLACED, "a newer session of this device exists", false)
 		return nil
 	}
+	// Known by id before the route names it: a Disconnect the region
+	// sends this session meanwhile (the device connected on another edge)
+	// finds it. Pushes to the device still go to the installed session.
+	e.sessions[s.id] = s
 	e.mu.Unlock()
 	s.dev, s.opened = dev, true
 	if err := e.be.SessionOpened(ctx, core.Route{Device: dev, Edge: e.cfg.ID, Session: s.id, SinceMs: e.cfg.Now().UnixMilli()}); err != nil {

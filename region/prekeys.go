@@ -66,6 +66,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -264,6 +265,16 @@ func (a *API) fetchBundle(ctx context.Context, requester core.DeviceKey, req *pb
 	target := core.DeviceKey{User: req.GetUserId(), Device: req.GetDeviceId()}
 	if !core.ValidUserID(target.User) || target.Device == 0 {
 		return nil, fmt.Errorf("fetch bundle: bad device address: %w", core.ErrInvalidArgument)
+	}
+	// Only a registered device is charged: fetches of made-up devices must
+	// not create (and so evict) limiter entries, or a requester could
+	// reset a real target's buckets by flooding the limiter's LRU.
+	devs, err := a.r.devices.devices(ctx, a.r.store, target.User)
+	if err != nil {
+		return nil, fmt.Errorf("fetch bundle %s: %w", target, err)
+	}
+	if !slices.ContainsFunc(devs, func(d core.Device) bool { return d.Key == target }) {
+		return nil, fmt.Errorf("fetch bundle %s: %w", target, core.ErrNotFound)
 	}
 	var sb core.PrekeyBundle
 	if a.r.bundles.allow(requester, target, a.r.cfg.Now()) {

@@ -122,6 +122,7 @@ func (a *API) peersOf(ctx context.Context, user string) (*peers, error) {
 		return nil, fmt.Errorf("peers of %s: %w", user, err)
 	}
 	p := &peers{direct: map[string]struct{}{}}
+	loaded := 0 // groups looked at, invitations included: the work is bounded
 	for _, conv := range convs {
 		if x, y, ok := core.ParseDirect(conv); ok {
 			switch user {
@@ -132,9 +133,10 @@ func (a *API) peersOf(ctx context.Context, user string) (*peers, error) {
 			}
 			continue
 		}
-		if !core.IsGroupID(conv) || len(p.groups) >= MaxPresenceGroups {
+		if !core.IsGroupID(conv) || loaded >= MaxPresenceGroups {
 			continue
 		}
+		loaded++
 		set, err := a.groupMembers(ctx, conv, user)
 		if err != nil {
 			return nil, fmt.Errorf("peers of %s: %s: %w", user, conv, err)

@@ -166,6 +166,8 @@ type Region struct {
 	// presence caches presence permissions and privacy settings (presence.go).
 	presence *presenceCache
 	bundles  *bundleLimiter
+	// routeLocks serialize SessionOpened per user (striped).
+	routeLocks [64]sync.Mutex
 
 	notifyCh chan core.PushNotification
 	reads    chan struct{} // read slots (Config.MaxConcurrentReads)

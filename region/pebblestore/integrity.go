@@ -224,7 +224,27 @@ func openWitness(dir string, seq uint64) (*witness, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if !found {
+		// Created whole or not at all: a crash while creating must not
+		// leave an empty witness that the next Open reads as damage.
+		tmp := path + ".tmp"
+		b := make([]byte, 2*slotSize) // generation 1 lives in the second slot
+		copy(b[slotSize:], encodeSlot(1, seq))
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			return nil, fmt.Errorf("pebblestore: integrity witness: %w", err)
+		}
+		if err := syncFile(tmp); err != nil {
+			return nil, err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return nil, fmt.Errorf("pebblestore: integrity witness: %w", err)
+		}
+		if err := syncDir(dir); err != nil {
+			return nil, err
+		}
+		gen, cur, found = 1, seq, true
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: integrity witness: %w", err)
 	}
@@ -360,4 +380,17 @@ func (s *Store) MarkInitialized(ctx context.Context) error {
 		return fmt.Errorf("pebblestore: batch: %w", err)
 	}
 	return s.commit(b)
+}
+
+// syncFile fsyncs a file by name.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("pebblestore: integrity witness: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("pebblestore: integrity witness: sync: %w", err)
+	}
+	return nil
 }

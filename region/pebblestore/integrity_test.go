@@ -364,3 +364,36 @@ func TestSIGKILLNoFalseAlarm(t *testing.T) {
 		s.Close()
 	}
 }
+
+// A crash while the witness is being created leaves at most a partial
+// temporary file, never an empty witness: the next Open creates the
+// witness again instead of refusing a healthy store.
+func TestWitnessCreationCrash(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill(t, s, 0, 3, false)
+	s.Close()
+	if err := os.Remove(filepath.Join(dir, WitnessFile)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, WitnessFile+".tmp"), []byte("torn"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("store after a crash during witness creation: %v", err)
+	}
+	fill(t, s, 3, 3, false)
+	s.Close()
+	b, err := os.ReadFile(filepath.Join(dir, WitnessFile))
+	if err != nil || len(b) != 2*slotSize {
+		t.Fatalf("witness: %d bytes, %v", len(b), err)
+	}
+	if s, err = Open(dir, Options{}); err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	s.Close()
+}
