@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chatmesh/chatmesh/internal/testenv"
 )
 
 // stop ends the process with SIGTERM (a clean shutdown) and reaps it.
@@ -52,25 +53,6 @@ func copyTree(t *testing.T, src, dst string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-// treeDigest is a digest of every file's path and content under dir.
-func treeDigest(t *testing.T, dir string) string {
-	t.Helper()
-	h := sha256.New()
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		fmt.Fprintf(h, "%s %d\n", p, len(b))
-		h.Write(b)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
 // refusedStart runs `chatmesh dev` on dataDir and requires it to exit
@@ -141,9 +123,9 @@ func TestDamagedDataRefusedAtStart(t *testing.T) {
 		if err := os.WriteFile(wal, b[:len(b)/2], 0o600); err != nil {
 			t.Fatal(err)
 		}
-		before := treeDigest(t, d)
+		before := testenv.TreeDigest(t, d)
 		refusedStart(t, d, "store damaged", "committed writes are missing", "restore")
-		if treeDigest(t, d) != before {
+		if testenv.TreeDigest(t, d) != before {
 			t.Fatal("the refused start changed the data directory")
 		}
 	})
@@ -178,9 +160,9 @@ func TestDamagedDataRefusedAtStart(t *testing.T) {
 		if !cut {
 			t.Fatalf("no ingress segment with records among %v", segs)
 		}
-		before := treeDigest(t, d)
+		before := testenv.TreeDigest(t, d)
 		refusedStart(t, d, "embedded broker data damaged", "restore")
-		if treeDigest(t, d) != before {
+		if testenv.TreeDigest(t, d) != before {
 			t.Fatal("the refused start changed the data directory")
 		}
 	})

@@ -2,11 +2,9 @@ package kafkabus_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +14,8 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/region/kafkabus"
+
+	"github.com/chatmesh/chatmesh/internal/testenv"
 )
 
 // TestEmbeddedListenerSurvivesAcceptErrors: the broker's listener fails
@@ -128,24 +128,6 @@ func segment(t *testing.T, dir, topic string) (string, []int) {
 	return m[0], starts
 }
 
-func treeHash(t *testing.T, dir string) string {
-	t.Helper()
-	h := sha256.New()
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		fmt.Fprintf(h, "%s %d\n", p, len(b))
-		h.Write(b)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("%x", h.Sum(nil))
-}
-
 // TestEmbeddedRefusesDamagedPartition: a persisted partition whose segment
 // file was cut mid-batch, cut at a batch boundary, or corrupted makes
 // StartEmbedded refuse with ErrDamaged and a recovery hint, without
@@ -193,7 +175,7 @@ func TestEmbeddedRefusesDamagedPartition(t *testing.T) {
 			if err := os.WriteFile(path, tc.damage(raw, starts), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			before := treeHash(t, dir)
+			before := testenv.TreeDigest(t, dir)
 			for attempt := 1; attempt <= 2; attempt++ {
 				e, err := kafkabus.StartEmbedded(ctx, kafkabus.EmbeddedConfig{DataDir: dir})
 				if err == nil {
@@ -203,7 +185,7 @@ func TestEmbeddedRefusesDamagedPartition(t *testing.T) {
 				if !errors.Is(err, kafkabus.ErrDamaged) || !strings.Contains(err.Error(), "restore") {
 					t.Fatalf("attempt %d: want ErrDamaged with a recovery hint, got %v", attempt, err)
 				}
-				if after := treeHash(t, dir); after != before {
+				if after := testenv.TreeDigest(t, dir); after != before {
 					t.Fatalf("attempt %d: a refused start changed the data directory", attempt)
 				}
 			}

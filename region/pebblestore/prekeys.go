@@ -98,20 +98,10 @@ func (s *Store) TakeBundle(ctx context.Context, dev core.DeviceKey) (core.Prekey
 	if err := ctx.Err(); err != nil {
 		return core.PrekeyBundle{}, err
 	}
-	v, found, err := s.get(prekeysKey(dev))
+	out, err := s.bundleParts(dev)
 	if err != nil {
 		return core.PrekeyBundle{}, err
 	}
-	var row prekeyRow
-	if found {
-		if row, err = decodePrekeys(v); err != nil {
-			return core.PrekeyBundle{}, err
-		}
-	}
-	if len(row.identity) == 0 || len(row.signed) == 0 || len(row.kem) == 0 {
-		return core.PrekeyBundle{}, fmt.Errorf("pebblestore: prekey bundle of %s: %w", dev, core.ErrNotFound)
-	}
-	out := core.PrekeyBundle{Identity: row.identity, SignedPrekey: row.signed, KEMPrekey: row.kem}
 	p := oneTimePrefix(dev)
 	n := 0
 	err = s.scan(p, func(k, v []byte) (bool, error) {
@@ -152,24 +142,14 @@ func (s *Store) PeekBundle(ctx context.Context, dev core.DeviceKey) (core.Prekey
 	if err := checkID("user id", dev.User); err != nil {
 		return core.PrekeyBundle{}, err
 	}
-	v, found, err := s.get(prekeysKey(dev))
+	out, err := s.bundleParts(dev)
 	if err != nil {
 		return core.PrekeyBundle{}, err
 	}
-	var row prekeyRow
-	if found {
-		if row, err = decodePrekeys(v); err != nil {
-			return core.PrekeyBundle{}, err
-		}
-	}
-	if len(row.identity) == 0 || len(row.signed) == 0 || len(row.kem) == 0 {
-		return core.PrekeyBundle{}, fmt.Errorf("pebblestore: prekey bundle of %s: %w", dev, core.ErrNotFound)
-	}
-	n, err := s.OneTimeCount(ctx, dev)
-	if err != nil {
+	if out.Remaining, err = s.OneTimeCount(ctx, dev); err != nil {
 		return core.PrekeyBundle{}, err
 	}
-	return core.PrekeyBundle{Identity: row.identity, SignedPrekey: row.signed, KEMPrekey: row.kem, Remaining: n}, nil
+	return out, nil
 }
 
 // OneTimeCount implements core.PrekeyStore (0 for a device without uploads).
@@ -284,4 +264,23 @@ func decodeDeviceList(v []byte) (uint64, []byte, error) {
 		return 0, nil, fmt.Errorf("pebblestore: device list: %w", err)
 	}
 	return version, list, nil
+}
+
+// bundleParts reads a device's identity, signed prekey and KEM prekey
+// (ErrNotFound until it has uploaded all three); one-time keys not included.
+func (s *Store) bundleParts(dev core.DeviceKey) (core.PrekeyBundle, error) {
+	v, found, err := s.get(prekeysKey(dev))
+	if err != nil {
+		return core.PrekeyBundle{}, err
+	}
+	var row prekeyRow
+	if found {
+		if row, err = decodePrekeys(v); err != nil {
+			return core.PrekeyBundle{}, err
+		}
+	}
+	if len(row.identity) == 0 || len(row.signed) == 0 || len(row.kem) == 0 {
+		return core.PrekeyBundle{}, fmt.Errorf("pebblestore: prekey bundle of %s: %w", dev, core.ErrNotFound)
+	}
+	return core.PrekeyBundle{Identity: row.identity, SignedPrekey: row.signed, KEMPrekey: row.kem}, nil
 }
