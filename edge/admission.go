@@ -249,7 +249,7 @@ func (s *session) charge(f *pb.ClientFrame) (bool, time.Duration) {
 	if ok, wait := b.takeN(now, tokens); !ok {
 		return false, wait
 	}
-	if ok, wait := ipl.Allow(ipKey(s.ip), now, tokens); !ok {
+	if ok, wait := ipl.Allow(s.ip, now, tokens); !ok {
 		b.refund(tokens)
 		e.adm.ipLimited.Add(1)
 		return false, wait
@@ -276,7 +276,7 @@ func (s *session) admitRegistration(req *pb.RegisterRequest) *pb.Error {
 		return &pb.Error{Code: pb.ErrorCode_ERROR_CODE_FORBIDDEN,
 			Detail: fmt.Sprintf("registration needs a proof of work of %d bits (ServerHello.register_pow_bits)", bits)}
 	}
-	if ok, wait := a.register.Allow(ipKey(s.ip), s.e.cfg.Now(), 1); !ok {
+	if ok, wait := a.register.Allow(s.ip, s.e.cfg.Now(), 1); !ok {
 		a.regLimited.Add(1)
 		return rateLimited("too many registrations from this address", wait)
 	}
@@ -309,4 +309,26 @@ func rateLimited(detail string, wait time.Duration) *pb.Error {
 		ms = int64((wait + time.Millisecond - 1) / time.Millisecond)
 	}
 	return &pb.Error{Code: pb.ErrorCode_ERROR_CODE_RATE_LIMITED, Detail: detail, RetryAfterMs: uint32(min(ms, int64(^uint32(0))))}
+}
+
+// shapeError refuses, before anything is charged, a frame whose user list
+// is over its limit: the cost table charges by list length, so without
+// this an oversized list would be answered RATE_LIMITED instead of with
+// its real, permanent error.
+func shapeError(f *pb.ClientFrame) error {
+	switch b := f.GetBody().(type) {
+	case *pb.ClientFrame_PresenceSubscribe:
+		if n := len(b.PresenceSubscribe.GetUsers()); n > MaxPresenceSubscriptions {
+			return core.Errorf(pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "presence_subscribe: %d users, at most %d", n, MaxPresenceSubscriptions)
+		}
+	case *pb.ClientFrame_CreateGroup:
+		if n := len(b.CreateGroup.GetMembers()) + 1; n > core.MaxGroupMembers {
+			return fmt.Errorf("create_group: %d members, more than %d: %w", n, core.MaxGroupMembers, core.ErrGroupFull)
+		}
+	case *pb.ClientFrame_ModifyMembers:
+		if n := len(b.ModifyMembers.GetUsers()); n > core.MaxGroupMembers {
+			return fmt.Errorf("modify_members: %d users, more than %d: %w", n, core.MaxGroupMembers, core.ErrGroupFull)
+		}
+	}
+	return nil
 }

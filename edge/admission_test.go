@@ -218,3 +218,42 @@ func TestPerIPAggregateBudget(t *testing.T) {
 		other.ping()
 	}
 }
+
+// TestPresenceSubscribeLimitEdges: a set of exactly MaxPresenceSubscriptions
+// users is accepted; one more, or ten times as many, is INVALID_ARGUMENT
+// (and charged nothing: a following full set still passes), and the
+// session keeps working.
+func TestPresenceSubscribeLimitEdges(t *testing.T) {
+	v := newEnv(t, frozen)
+	c, _ := v.registered("ws", "watcher")
+	set := func(n int) []string {
+		users := make([]string, n)
+		for i := range users {
+			users[i] = fmt.Sprintf("p%d", i)
+		}
+		return users
+	}
+	sub := func(n int) *pb.Response {
+		return c.call(&pb.ClientFrame{Body: &pb.ClientFrame_PresenceSubscribe{PresenceSubscribe: &pb.PresenceSubscribe{Users: set(n)}}})
+	}
+	for _, n := range []int{edge.MaxPresenceSubscriptions + 1, 10 * edge.MaxPresenceSubscriptions} {
+		if code := sub(n).GetError().GetCode(); code != pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT {
+			t.Fatalf("%d users: %v, want INVALID_ARGUMENT", n, code)
+		}
+	}
+	if r := sub(edge.MaxPresenceSubscriptions); r.GetError() != nil {
+		t.Fatalf("exactly %d users: %v", edge.MaxPresenceSubscriptions, r.GetError())
+	}
+	// The same for group lists: 10x a full group is GROUP_FULL, not
+	// RATE_LIMITED (its cost would exceed the message burst).
+	big := set(10 * core.MaxGroupMembers)
+	for _, f := range []*pb.ClientFrame{
+		{Body: &pb.ClientFrame_CreateGroup{CreateGroup: &pb.CreateGroupRequest{ConvId: core.GroupID("watcher", "big"), Members: big}}},
+		{Body: &pb.ClientFrame_ModifyMembers{ModifyMembers: &pb.ModifyMembersRequest{ConvId: "g:x", Op: pb.MembershipOp_MEMBERSHIP_OP_ADD, Users: big, ClientMsgId: "k"}}},
+	} {
+		if code := c.call(f).GetError().GetCode(); code != pb.ErrorCode_ERROR_CODE_GROUP_FULL {
+			t.Fatalf("%T with %d users: %v, want GROUP_FULL", f.GetBody(), len(big), code)
+		}
+	}
+	c.ping()
+}

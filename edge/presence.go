@@ -2,7 +2,6 @@ package edge
 
 import (
 	"context"
-	"fmt"
 
 	"google.golang.org/protobuf/proto"
 
@@ -29,11 +28,7 @@ import (
 // goroutine.
 func (s *session) presenceSubscribe(f *pb.ClientFrame) {
 	e := s.e
-	users := f.GetPresenceSubscribe().GetUsers()
-	if len(users) > MaxPresenceSubscriptions {
-		s.fail(f.GetReqId(), pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, fmt.Sprintf("at most %d users", MaxPresenceSubscriptions))
-		return
-	}
+	users := f.GetPresenceSubscribe().GetUsers() // at most MaxPresenceSubscriptions (shapeError)
 	e.beginSubscriptions(s, users)
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.BackendTimeout)
 	resp, err := e.be.Query(ctx, s.dev, f)

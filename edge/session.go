@@ -26,7 +26,7 @@ type session struct {
 	tr     transport
 	nc     *noiseconn.Conn
 	static []byte
-	ip     string                 // client IP, for the per-IP limits (admission.go)
+	ip     string                 // client network (ipKey: the IPv4 address or IPv6 /64), keyed once for the per-IP limits
 	bucket atomic.Pointer[bucket] // replaced once if the session takes over an older one's
 	// reads is the bucket of read requests (Config.ReadsPerSecond); nil
 	// charges reads to bucket.
@@ -85,7 +85,7 @@ func (e *Edge) serveConn(tr transport, ip string) {
 		return
 	}
 	s := &session{
-		e: e, id: newSessionID(), tr: tr, nc: nc, static: nc.PeerStatic(), ip: ip,
+		e: e, id: newSessionID(), tr: tr, nc: nc, static: nc.PeerStatic(), ip: ipKey(ip),
 		queue:     make(chan []byte, e.cfg.SendQueue),
 		stop:      make(chan struct{}),
 		finished:  make(chan struct{}),

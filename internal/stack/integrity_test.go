@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +15,8 @@ import (
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
 	"github.com/chatmesh/chatmesh/region/kafkabus"
+
+	"github.com/chatmesh/chatmesh/internal/testenv"
 )
 
 // broker starts an in-memory embedded broker shared by the stacks of a
@@ -87,13 +88,7 @@ func forEachStore(t *testing.T, f func(t *testing.T, cfg func() stack.Config)) {
 		f(t, func() stack.Config { return stack.Config{DataDir: t.TempDir(), WTAddr: "-"} })
 	})
 	t.Run("postgres", func(t *testing.T) {
-		dsn := os.Getenv("CHATMESH_PG_DSN")
-		if dsn == "" {
-			if os.Getenv("CHATMESH_REQUIRE_PG") == "1" {
-				t.Fatal("CHATMESH_REQUIRE_PG=1 but CHATMESH_PG_DSN is unset")
-			}
-			t.Skip("CHATMESH_PG_DSN unset")
-		}
+		dsn := testenv.PostgresDSN(t) // fails under CHATMESH_REQUIRE_PG=1
 		f(t, func() stack.Config {
 			return stack.Config{DataDir: t.TempDir(), WTAddr: "-", PostgresDSN: dsn, PGSchema: uniq("integrity_")}
 		})
