@@ -26,10 +26,38 @@ type KeyedLimiter struct {
 }
 
 type keyedBucket struct {
-	key    string
-	tokens float64
-	last   time.Time
+	key string
+	Tokens
 }
+
+// Tokens is the state of one token bucket; its owner keeps the rate and
+// burst (and any lock). The edge's per-session buckets and KeyedLimiter
+// share this one arithmetic.
+type Tokens struct {
+	N    float64   // tokens available at Last
+	Last time.Time // when N was computed
+}
+
+// Take charges cost tokens at now, refilling rate per second up to burst
+// first. It reports whether they were available (and taken) and, if not,
+// how long until they will be (for ever, as MaxInt64, when rate <= 0).
+func (t *Tokens) Take(now time.Time, cost, rate, burst float64) (bool, time.Duration) {
+	if dt := now.Sub(t.Last).Seconds(); dt > 0 {
+		t.N = min(burst, t.N+dt*rate)
+		t.Last = now
+	}
+	if t.N >= cost {
+		t.N -= cost
+		return true, 0
+	}
+	if rate <= 0 {
+		return false, time.Duration(math.MaxInt64)
+	}
+	return false, time.Duration((cost - t.N) / rate * float64(time.Second))
+}
+
+// Refund gives back cost tokens (a later limit refused the request).
+func (t *Tokens) Refund(cost, burst float64) { t.N = min(burst, t.N+cost) }
 
 // NewKeyedLimiter makes a limiter that refills rate tokens per second up to
 // burst for each key, holding at most maxKeys keys (minimum 1).
@@ -46,19 +74,7 @@ func (l *KeyedLimiter) Allow(key string, now time.Time, cost float64) (bool, tim
 	cost = min(max(cost, 0), l.burst)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.bucket(key, now)
-	if dt := now.Sub(b.last).Seconds(); dt > 0 {
-		b.tokens = min(l.burst, b.tokens+dt*l.rate)
-		b.last = now
-	}
-	if b.tokens >= cost {
-		b.tokens -= cost
-		return true, 0
-	}
-	if l.rate <= 0 {
-		return false, time.Duration(math.MaxInt64)
-	}
-	return false, time.Duration((cost - b.tokens) / l.rate * float64(time.Second))
+	return l.bucket(key, now).Take(now, cost, l.rate, l.burst)
 }
 
 // Refund returns cost tokens to key (a request charged here was refused by
@@ -67,8 +83,7 @@ func (l *KeyedLimiter) Refund(key string, cost float64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if e, ok := l.m[key]; ok {
-		b := e.Value.(*keyedBucket)
-		b.tokens = min(l.burst, b.tokens+cost)
+		e.Value.(*keyedBucket).Refund(cost, l.burst)
 	}
 }
 
@@ -91,7 +106,7 @@ func (l *KeyedLimiter) bucket(key string, now time.Time) *keyedBucket {
 		l.lru.Remove(old)
 		delete(l.m, old.Value.(*keyedBucket).key)
 	}
-	b := &keyedBucket{key: key, tokens: l.burst, last: now}
+	b := &keyedBucket{key: key, Tokens: Tokens{N: l.burst, Last: now}}
 	l.m[key] = l.lru.PushFront(b)
 	return b
 }

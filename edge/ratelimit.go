@@ -3,6 +3,8 @@ package edge
 import (
 	"sync"
 	"time"
+
+	"github.com/chatmesh/chatmesh/core"
 )
 
 // bucket is a token bucket: rate tokens per second up to burst. A bucket
@@ -10,13 +12,13 @@ import (
 // replaces it (so reconnecting does not refill it); the mutex covers the
 // short overlap of the two.
 type bucket struct {
-	mu                  sync.Mutex
-	rate, burst, tokens float64
-	last                time.Time
+	mu          sync.Mutex
+	rate, burst float64
+	t           core.Tokens
 }
 
 func newBucket(rate float64, burst int, now time.Time) *bucket {
-	return &bucket{rate: rate, burst: float64(burst), tokens: float64(burst), last: now}
+	return &bucket{rate: rate, burst: float64(burst), t: core.Tokens{N: float64(burst), Last: now}}
 }
 
 // take spends one token if there is one.
@@ -31,23 +33,12 @@ func (b *bucket) take(now time.Time) bool {
 func (b *bucket) takeN(now time.Time, n float64) (bool, time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if dt := now.Sub(b.last).Seconds(); dt > 0 {
-		b.tokens = min(b.burst, b.tokens+dt*b.rate)
-		b.last = now
-	}
-	if b.tokens >= n {
-		b.tokens -= n
-		return true, 0
-	}
-	if b.rate <= 0 {
-		return false, 0
-	}
-	return false, time.Duration((n - b.tokens) / b.rate * float64(time.Second))
+	return b.t.Take(now, n, b.rate, b.burst)
 }
 
 // refund gives back n tokens taken by takeN (a later limit refused the frame).
 func (b *bucket) refund(n float64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.tokens = min(b.burst, b.tokens+n)
+	b.t.Refund(n, b.burst)
 }
