@@ -12,8 +12,9 @@ import (
 	"golang.org/x/crypto/curve25519"
 )
 
-// vectorsPath is the cacophony file, relative to this package
-// (repository root's ../shared/vectors/noise), overridable for CI layouts.
+// vectorsPath is the cacophony vectors file (testdata), overridable with
+// CHATMESH_NOISE_VECTORS (e.g. the full cacophony.txt).
+
 func vectorsPath() string {
 	if p := os.Getenv("CHATMESH_NOISE_VECTORS"); p != "" {
 		return p
