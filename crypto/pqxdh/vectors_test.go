@@ -14,7 +14,6 @@ import (
 
 // vectorsPath is the cacophony vectors file (testdata), overridable with
 // CHATMESH_NOISE_VECTORS (e.g. the full cacophony.txt).
-
 func vectorsPath() string {
 	if p := os.Getenv("CHATMESH_NOISE_VECTORS"); p != "" {
 		return p
