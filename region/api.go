@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"hash/fnv"
 
 	"google.golang.org/protobuf/proto"
 
@@ -125,7 +126,9 @@ func (a *API) SessionOpened(ctx context.Context, rt core.Route) error {
 	// Reading the previous route and writing the new one are one step per
 	// user in this process, so of two sessions opening at once on two
 	// edges, the second always sees (and replaces) the first.
-	mu := &a.r.routeLocks[fnv32(rt.Device.User)%uint32(len(a.r.routeLocks))]
+	h := fnv.New32a()
+	h.Write([]byte(rt.Device.User))
+	mu := &a.r.routeLocks[h.Sum32()%uint32(len(a.r.routeLocks))]
 	mu.Lock()
 	defer mu.Unlock()
 	prev, err := a.r.store.Routes(ctx, []string{rt.Device.User})
@@ -489,14 +492,4 @@ func (a *API) lookupUser(ctx context.Context, user string) (*pb.Response, error)
 		out.Devices = append(out.Devices, &pb.DeviceInfo{DeviceId: d.Key.Device, IdentityKey: d.IdentityKey, NoiseStatic: d.NoiseStatic})
 	}
 	return &pb.Response{Body: &pb.Response_User{User: out}}, nil
-}
-
-// fnv32 hashes s (FNV-1a) to pick a lock stripe.
-func fnv32(s string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(s); i++ {
-		h ^= uint32(s[i])
-		h *= 16777619
-	}
-	return h
 }

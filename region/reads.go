@@ -44,9 +44,9 @@ const DefaultReadWait = 2 * time.Second
 // readRetryAfterMs is the retry_after_ms of a read refused for lack of a slot.
 const readRetryAfterMs = 200
 
-// unboundedBytes lifts the byte bound of a store read, for callers that
-// bound it by count and keep only a digest of the entries (the
-// sequencer's receipt scan keeps the senders).
+// unboundedBytes lifts the byte bound of a store read of one entry (the
+// oversized-entry fallback of sync and history, which must return it
+// whatever its size).
 const unboundedBytes = math.MaxInt
 
 // pageFrameOverhead bounds what a ServerFrame{Response{req_id, body}} adds
