@@ -76,6 +76,11 @@ type Route struct {
 	Edge    string
 	Session uint64
 	SinceMs int64
+	// Region is the region of the edge: a home region delivers to a
+	// remote region's edge over the link to that region. "" is the
+	// region reading the route (single-region deployments, and routes
+	// stored before the mesh).
+	Region string
 }
 
 // AppendRequest is the sequencer's single write: one new conversation entry,

@@ -402,6 +402,55 @@ func (ReceiptKind) EnumDescriptor() ([]byte, []int) {
 	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{5}
 }
 
+type LinkRecord_Dest int32
+
+const (
+	LinkRecord_DEST_UNSPECIFIED LinkRecord_Dest = 0
+	LinkRecord_DEST_INGRESS     LinkRecord_Dest = 1
+	LinkRecord_DEST_EDGE        LinkRecord_Dest = 2
+)
+
+// Enum value maps for LinkRecord_Dest.
+var (
+	LinkRecord_Dest_name = map[int32]string{
+		0: "DEST_UNSPECIFIED",
+		1: "DEST_INGRESS",
+		2: "DEST_EDGE",
+	}
+	LinkRecord_Dest_value = map[string]int32{
+		"DEST_UNSPECIFIED": 0,
+		"DEST_INGRESS":     1,
+		"DEST_EDGE":        2,
+	}
+)
+
+func (x LinkRecord_Dest) Enum() *LinkRecord_Dest {
+	p := new(LinkRecord_Dest)
+	*p = x
+	return p
+}
+
+func (x LinkRecord_Dest) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LinkRecord_Dest) Descriptor() protoreflect.EnumDescriptor {
+	return file_chatmesh_v1_chatmesh_proto_enumTypes[6].Descriptor()
+}
+
+func (LinkRecord_Dest) Type() protoreflect.EnumType {
+	return &file_chatmesh_v1_chatmesh_proto_enumTypes[6]
+}
+
+func (x LinkRecord_Dest) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LinkRecord_Dest.Descriptor instead.
+func (LinkRecord_Dest) EnumDescriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51, 0}
+}
+
 // DeviceAddr names one device of one user.
 type DeviceAddr struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3886,11 +3935,14 @@ func (x *ServerHello) GetRegisterPowBits() uint32 {
 
 // Origin says where to send the reply to an ingress record.
 type Origin struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EdgeId        string                 `protobuf:"bytes,1,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"`
-	SessionId     uint64                 `protobuf:"varint,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	ReqId         uint64                 `protobuf:"varint,3,opt,name=req_id,json=reqId,proto3" json:"req_id,omitempty"`
-	Device        *DeviceAddr            `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	EdgeId    string                 `protobuf:"bytes,1,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"`
+	SessionId uint64                 `protobuf:"varint,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	ReqId     uint64                 `protobuf:"varint,3,opt,name=req_id,json=reqId,proto3" json:"req_id,omitempty"`
+	Device    *DeviceAddr            `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	// region of the edge (the region whose ingress the record entered);
+	// replies travel back to it over a link. Empty: the local region.
+	Region        string `protobuf:"bytes,5,opt,name=region,proto3" json:"region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3953,6 +4005,13 @@ func (x *Origin) GetDevice() *DeviceAddr {
 	return nil
 }
 
+func (x *Origin) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
 // IngressRecord is produced by an edge to its region's ingress topic, keyed by
 // conversation id, so all operations on one conversation are serialized.
 type IngressRecord struct {
@@ -3967,7 +4026,12 @@ type IngressRecord struct {
 	//	*IngressRecord_CreateGroup
 	//	*IngressRecord_ModifyMembers
 	//	*IngressRecord_Typing
-	Op            isIngressRecord_Op `protobuf_oneof:"op"`
+	Op isIngressRecord_Op `protobuf_oneof:"op"`
+	// hops counts how often regions forwarded this record to another
+	// region's ingress (a conversation homed elsewhere). A region that gets a
+	// forwarded record re-reads the directory linearizably before forwarding
+	// it again; past MaxHops the origin gets UNAVAILABLE.
+	Hops          uint32 `protobuf:"varint,3,opt,name=hops,proto3" json:"hops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4077,6 +4141,13 @@ func (x *IngressRecord) GetTyping() *TypingRequest {
 	return nil
 }
 
+func (x *IngressRecord) GetHops() uint32 {
+	if x != nil {
+		return x.Hops
+	}
+	return 0
+}
+
 type isIngressRecord_Op interface {
 	isIngressRecord_Op()
 }
@@ -4179,6 +4250,88 @@ func (x *EdgeRecord) GetFrame() *ServerFrame {
 	return nil
 }
 
+// LinkRecord is what a region produces to its outbound link topic
+// "<ns>.link.<remote region>"; the link worker for that remote region
+// consumes it and produces `value` under `key` to the remote cluster:
+// to the remote region's ingress topic (INGRESS: a record forwarded to the
+// conversation's home) or to the topic of one of its edges (EDGE: an
+// EdgeRecord for devices connected there).
+type LinkRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Dest          LinkRecord_Dest        `protobuf:"varint,1,opt,name=dest,proto3,enum=chatmesh.v1.LinkRecord_Dest" json:"dest,omitempty"`
+	EdgeId        string                 `protobuf:"bytes,2,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"` // DEST_EDGE: the remote edge
+	Key           []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`                                      // an IngressRecord or an EdgeRecord
+	ProducedAtMs  int64                  `protobuf:"varint,5,opt,name=produced_at_ms,json=producedAtMs,proto3" json:"produced_at_ms,omitempty"` // when the source region produced it (link lag)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkRecord) Reset() {
+	*x = LinkRecord{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkRecord) ProtoMessage() {}
+
+func (x *LinkRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkRecord.ProtoReflect.Descriptor instead.
+func (*LinkRecord) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *LinkRecord) GetDest() LinkRecord_Dest {
+	if x != nil {
+		return x.Dest
+	}
+	return LinkRecord_DEST_UNSPECIFIED
+}
+
+func (x *LinkRecord) GetEdgeId() string {
+	if x != nil {
+		return x.EdgeId
+	}
+	return ""
+}
+
+func (x *LinkRecord) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *LinkRecord) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *LinkRecord) GetProducedAtMs() int64 {
+	if x != nil {
+		return x.ProducedAtMs
+	}
+	return 0
+}
+
 // DeadLetter is what the sequencer writes to its dead-letter topic for an
 // ingress record it could not process after bounded retries: the record
 // as consumed and the reason. Operators inspect and may re-inject it.
@@ -4199,7 +4352,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4211,7 +4364,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4224,7 +4377,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *DeadLetter) GetReason() string {
@@ -4300,7 +4453,7 @@ type PresenceRecord struct {
 
 func (x *PresenceRecord) Reset() {
 	*x = PresenceRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4312,7 +4465,7 @@ func (x *PresenceRecord) String() string {
 func (*PresenceRecord) ProtoMessage() {}
 
 func (x *PresenceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4325,7 +4478,7 @@ func (x *PresenceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRecord.ProtoReflect.Descriptor instead.
 func (*PresenceRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{52}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PresenceRecord) GetEvent() *PresenceEvent {
@@ -4359,7 +4512,7 @@ type BackendCall struct {
 
 func (x *BackendCall) Reset() {
 	*x = BackendCall{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4371,7 +4524,7 @@ func (x *BackendCall) String() string {
 func (*BackendCall) ProtoMessage() {}
 
 func (x *BackendCall) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4384,7 +4537,7 @@ func (x *BackendCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendCall.ProtoReflect.Descriptor instead.
 func (*BackendCall) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{53}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *BackendCall) GetCall() isBackendCall_Call {
@@ -4498,7 +4651,7 @@ type BackendRegister struct {
 
 func (x *BackendRegister) Reset() {
 	*x = BackendRegister{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4510,7 +4663,7 @@ func (x *BackendRegister) String() string {
 func (*BackendRegister) ProtoMessage() {}
 
 func (x *BackendRegister) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4523,7 +4676,7 @@ func (x *BackendRegister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendRegister.ProtoReflect.Descriptor instead.
 func (*BackendRegister) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{54}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *BackendRegister) GetNoiseStatic() []byte {
@@ -4552,7 +4705,7 @@ type BackendRoute struct {
 
 func (x *BackendRoute) Reset() {
 	*x = BackendRoute{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4564,7 +4717,7 @@ func (x *BackendRoute) String() string {
 func (*BackendRoute) ProtoMessage() {}
 
 func (x *BackendRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4577,7 +4730,7 @@ func (x *BackendRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendRoute.ProtoReflect.Descriptor instead.
 func (*BackendRoute) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{55}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *BackendRoute) GetDevice() *DeviceAddr {
@@ -4618,7 +4771,7 @@ type BackendQuery struct {
 
 func (x *BackendQuery) Reset() {
 	*x = BackendQuery{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4630,7 +4783,7 @@ func (x *BackendQuery) String() string {
 func (*BackendQuery) ProtoMessage() {}
 
 func (x *BackendQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4643,7 +4796,7 @@ func (x *BackendQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendQuery.ProtoReflect.Descriptor instead.
 func (*BackendQuery) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{56}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *BackendQuery) GetDevice() *DeviceAddr {
@@ -4672,7 +4825,7 @@ type BackendReply struct {
 
 func (x *BackendReply) Reset() {
 	*x = BackendReply{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4684,7 +4837,7 @@ func (x *BackendReply) String() string {
 func (*BackendReply) ProtoMessage() {}
 
 func (x *BackendReply) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4697,7 +4850,7 @@ func (x *BackendReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendReply.ProtoReflect.Descriptor instead.
 func (*BackendReply) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{57}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *BackendReply) GetError() *Error {
@@ -4980,13 +5133,14 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x0fmax_frame_bytes\x18\x04 \x01(\rR\rmaxFrameBytes\x125\n" +
 	"\x17max_messages_per_second\x18\x05 \x01(\rR\x14maxMessagesPerSecond\x12,\n" +
 	"\x12max_envelope_bytes\x18\x06 \x01(\rR\x10maxEnvelopeBytes\x12*\n" +
-	"\x11register_pow_bits\x18\a \x01(\rR\x0fregisterPowBits\"\x88\x01\n" +
+	"\x11register_pow_bits\x18\a \x01(\rR\x0fregisterPowBits\"\xa0\x01\n" +
 	"\x06Origin\x12\x17\n" +
 	"\aedge_id\x18\x01 \x01(\tR\x06edgeId\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\x04R\tsessionId\x12\x15\n" +
 	"\x06req_id\x18\x03 \x01(\x04R\x05reqId\x12/\n" +
-	"\x06device\x18\x04 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x06device\"\xbd\x03\n" +
+	"\x06device\x18\x04 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x06device\x12\x16\n" +
+	"\x06region\x18\x05 \x01(\tR\x06region\"\xd1\x03\n" +
 	"\rIngressRecord\x12+\n" +
 	"\x06origin\x18\x01 \x01(\v2\x13.chatmesh.v1.OriginR\x06origin\x12$\n" +
 	"\x0ereceived_at_ms\x18\x02 \x01(\x03R\freceivedAtMs\x12.\n" +
@@ -4996,14 +5150,26 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x04read\x18\f \x01(\v2\x17.chatmesh.v1.ReadMarkerH\x00R\x04read\x12D\n" +
 	"\fcreate_group\x18\r \x01(\v2\x1f.chatmesh.v1.CreateGroupRequestH\x00R\vcreateGroup\x12J\n" +
 	"\x0emodify_members\x18\x0e \x01(\v2!.chatmesh.v1.ModifyMembersRequestH\x00R\rmodifyMembers\x124\n" +
-	"\x06typing\x18\x0f \x01(\v2\x1a.chatmesh.v1.TypingRequestH\x00R\x06typingB\x04\n" +
+	"\x06typing\x18\x0f \x01(\v2\x1a.chatmesh.v1.TypingRequestH\x00R\x06typing\x12\x12\n" +
+	"\x04hops\x18\x03 \x01(\rR\x04hopsB\x04\n" +
 	"\x02op\"\x8e\x01\n" +
 	"\n" +
 	"EdgeRecord\x121\n" +
 	"\atargets\x18\x01 \x03(\v2\x17.chatmesh.v1.DeviceAddrR\atargets\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\x04R\tsessionId\x12.\n" +
-	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\"\xdf\x01\n" +
+	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\"\xe4\x01\n" +
+	"\n" +
+	"LinkRecord\x120\n" +
+	"\x04dest\x18\x01 \x01(\x0e2\x1c.chatmesh.v1.LinkRecord.DestR\x04dest\x12\x17\n" +
+	"\aedge_id\x18\x02 \x01(\tR\x06edgeId\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\x04 \x01(\fR\x05value\x12$\n" +
+	"\x0eproduced_at_ms\x18\x05 \x01(\x03R\fproducedAtMs\"=\n" +
+	"\x04Dest\x12\x14\n" +
+	"\x10DEST_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fDEST_INGRESS\x10\x01\x12\r\n" +
+	"\tDEST_EDGE\x10\x02\"\xdf\x01\n" +
 	"\n" +
 	"DeadLetter\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
@@ -5104,8 +5270,8 @@ func file_chatmesh_v1_chatmesh_proto_rawDescGZIP() []byte {
 	return file_chatmesh_v1_chatmesh_proto_rawDescData
 }
 
-var file_chatmesh_v1_chatmesh_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_chatmesh_v1_chatmesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(ConversationKind)(0),             // 0: chatmesh.v1.ConversationKind
 	(MessageKind)(0),                  // 1: chatmesh.v1.MessageKind
@@ -5113,158 +5279,161 @@ var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(AddPolicy)(0),                    // 3: chatmesh.v1.AddPolicy
 	(ErrorCode)(0),                    // 4: chatmesh.v1.ErrorCode
 	(ReceiptKind)(0),                  // 5: chatmesh.v1.ReceiptKind
-	(*DeviceAddr)(nil),                // 6: chatmesh.v1.DeviceAddr
-	(*Envelope)(nil),                  // 7: chatmesh.v1.Envelope
-	(*DeviceCiphertext)(nil),          // 8: chatmesh.v1.DeviceCiphertext
-	(*MembershipChange)(nil),          // 9: chatmesh.v1.MembershipChange
-	(*Message)(nil),                   // 10: chatmesh.v1.Message
-	(*ClientFrame)(nil),               // 11: chatmesh.v1.ClientFrame
-	(*RegisterRequest)(nil),           // 12: chatmesh.v1.RegisterRequest
-	(*SendRequest)(nil),               // 13: chatmesh.v1.SendRequest
-	(*DeliveryAck)(nil),               // 14: chatmesh.v1.DeliveryAck
-	(*ReadMarker)(nil),                // 15: chatmesh.v1.ReadMarker
-	(*ConvCursor)(nil),                // 16: chatmesh.v1.ConvCursor
-	(*SyncRequest)(nil),               // 17: chatmesh.v1.SyncRequest
-	(*HistoryRequest)(nil),            // 18: chatmesh.v1.HistoryRequest
-	(*CreateGroupRequest)(nil),        // 19: chatmesh.v1.CreateGroupRequest
-	(*ModifyMembersRequest)(nil),      // 20: chatmesh.v1.ModifyMembersRequest
-	(*PresenceSubscribe)(nil),         // 21: chatmesh.v1.PresenceSubscribe
-	(*TypingRequest)(nil),             // 22: chatmesh.v1.TypingRequest
-	(*Ping)(nil),                      // 23: chatmesh.v1.Ping
-	(*ListConversationsRequest)(nil),  // 24: chatmesh.v1.ListConversationsRequest
-	(*SetPrivacyRequest)(nil),         // 25: chatmesh.v1.SetPrivacyRequest
-	(*LookupUserRequest)(nil),         // 26: chatmesh.v1.LookupUserRequest
-	(*UploadPrekeysRequest)(nil),      // 27: chatmesh.v1.UploadPrekeysRequest
-	(*FetchBundleRequest)(nil),        // 28: chatmesh.v1.FetchBundleRequest
-	(*PublishDeviceListRequest)(nil),  // 29: chatmesh.v1.PublishDeviceListRequest
-	(*FetchDeviceListRequest)(nil),    // 30: chatmesh.v1.FetchDeviceListRequest
-	(*ServerFrame)(nil),               // 31: chatmesh.v1.ServerFrame
-	(*Error)(nil),                     // 32: chatmesh.v1.Error
-	(*Response)(nil),                  // 33: chatmesh.v1.Response
-	(*BundleResponse)(nil),            // 34: chatmesh.v1.BundleResponse
-	(*DeviceListResponse)(nil),        // 35: chatmesh.v1.DeviceListResponse
-	(*PrekeyStatus)(nil),              // 36: chatmesh.v1.PrekeyStatus
-	(*Empty)(nil),                     // 37: chatmesh.v1.Empty
-	(*RegisterResponse)(nil),          // 38: chatmesh.v1.RegisterResponse
-	(*SendAck)(nil),                   // 39: chatmesh.v1.SendAck
-	(*SyncResponse)(nil),              // 40: chatmesh.v1.SyncResponse
-	(*HistoryResponse)(nil),           // 41: chatmesh.v1.HistoryResponse
-	(*ConversationInfo)(nil),          // 42: chatmesh.v1.ConversationInfo
-	(*ListConversationsResponse)(nil), // 43: chatmesh.v1.ListConversationsResponse
-	(*LookupUserResponse)(nil),        // 44: chatmesh.v1.LookupUserResponse
-	(*DeviceInfo)(nil),                // 45: chatmesh.v1.DeviceInfo
-	(*Pong)(nil),                      // 46: chatmesh.v1.Pong
-	(*Receipt)(nil),                   // 47: chatmesh.v1.Receipt
-	(*PresenceEvent)(nil),             // 48: chatmesh.v1.PresenceEvent
-	(*PresenceSnapshot)(nil),          // 49: chatmesh.v1.PresenceSnapshot
-	(*TypingEvent)(nil),               // 50: chatmesh.v1.TypingEvent
-	(*Disconnect)(nil),                // 51: chatmesh.v1.Disconnect
-	(*ClientHello)(nil),               // 52: chatmesh.v1.ClientHello
-	(*ServerHello)(nil),               // 53: chatmesh.v1.ServerHello
-	(*Origin)(nil),                    // 54: chatmesh.v1.Origin
-	(*IngressRecord)(nil),             // 55: chatmesh.v1.IngressRecord
-	(*EdgeRecord)(nil),                // 56: chatmesh.v1.EdgeRecord
-	(*DeadLetter)(nil),                // 57: chatmesh.v1.DeadLetter
-	(*PresenceRecord)(nil),            // 58: chatmesh.v1.PresenceRecord
-	(*BackendCall)(nil),               // 59: chatmesh.v1.BackendCall
-	(*BackendRegister)(nil),           // 60: chatmesh.v1.BackendRegister
-	(*BackendRoute)(nil),              // 61: chatmesh.v1.BackendRoute
-	(*BackendQuery)(nil),              // 62: chatmesh.v1.BackendQuery
-	(*BackendReply)(nil),              // 63: chatmesh.v1.BackendReply
+	(LinkRecord_Dest)(0),              // 6: chatmesh.v1.LinkRecord.Dest
+	(*DeviceAddr)(nil),                // 7: chatmesh.v1.DeviceAddr
+	(*Envelope)(nil),                  // 8: chatmesh.v1.Envelope
+	(*DeviceCiphertext)(nil),          // 9: chatmesh.v1.DeviceCiphertext
+	(*MembershipChange)(nil),          // 10: chatmesh.v1.MembershipChange
+	(*Message)(nil),                   // 11: chatmesh.v1.Message
+	(*ClientFrame)(nil),               // 12: chatmesh.v1.ClientFrame
+	(*RegisterRequest)(nil),           // 13: chatmesh.v1.RegisterRequest
+	(*SendRequest)(nil),               // 14: chatmesh.v1.SendRequest
+	(*DeliveryAck)(nil),               // 15: chatmesh.v1.DeliveryAck
+	(*ReadMarker)(nil),                // 16: chatmesh.v1.ReadMarker
+	(*ConvCursor)(nil),                // 17: chatmesh.v1.ConvCursor
+	(*SyncRequest)(nil),               // 18: chatmesh.v1.SyncRequest
+	(*HistoryRequest)(nil),            // 19: chatmesh.v1.HistoryRequest
+	(*CreateGroupRequest)(nil),        // 20: chatmesh.v1.CreateGroupRequest
+	(*ModifyMembersRequest)(nil),      // 21: chatmesh.v1.ModifyMembersRequest
+	(*PresenceSubscribe)(nil),         // 22: chatmesh.v1.PresenceSubscribe
+	(*TypingRequest)(nil),             // 23: chatmesh.v1.TypingRequest
+	(*Ping)(nil),                      // 24: chatmesh.v1.Ping
+	(*ListConversationsRequest)(nil),  // 25: chatmesh.v1.ListConversationsRequest
+	(*SetPrivacyRequest)(nil),         // 26: chatmesh.v1.SetPrivacyRequest
+	(*LookupUserRequest)(nil),         // 27: chatmesh.v1.LookupUserRequest
+	(*UploadPrekeysRequest)(nil),      // 28: chatmesh.v1.UploadPrekeysRequest
+	(*FetchBundleRequest)(nil),        // 29: chatmesh.v1.FetchBundleRequest
+	(*PublishDeviceListRequest)(nil),  // 30: chatmesh.v1.PublishDeviceListRequest
+	(*FetchDeviceListRequest)(nil),    // 31: chatmesh.v1.FetchDeviceListRequest
+	(*ServerFrame)(nil),               // 32: chatmesh.v1.ServerFrame
+	(*Error)(nil),                     // 33: chatmesh.v1.Error
+	(*Response)(nil),                  // 34: chatmesh.v1.Response
+	(*BundleResponse)(nil),            // 35: chatmesh.v1.BundleResponse
+	(*DeviceListResponse)(nil),        // 36: chatmesh.v1.DeviceListResponse
+	(*PrekeyStatus)(nil),              // 37: chatmesh.v1.PrekeyStatus
+	(*Empty)(nil),                     // 38: chatmesh.v1.Empty
+	(*RegisterResponse)(nil),          // 39: chatmesh.v1.RegisterResponse
+	(*SendAck)(nil),                   // 40: chatmesh.v1.SendAck
+	(*SyncResponse)(nil),              // 41: chatmesh.v1.SyncResponse
+	(*HistoryResponse)(nil),           // 42: chatmesh.v1.HistoryResponse
+	(*ConversationInfo)(nil),          // 43: chatmesh.v1.ConversationInfo
+	(*ListConversationsResponse)(nil), // 44: chatmesh.v1.ListConversationsResponse
+	(*LookupUserResponse)(nil),        // 45: chatmesh.v1.LookupUserResponse
+	(*DeviceInfo)(nil),                // 46: chatmesh.v1.DeviceInfo
+	(*Pong)(nil),                      // 47: chatmesh.v1.Pong
+	(*Receipt)(nil),                   // 48: chatmesh.v1.Receipt
+	(*PresenceEvent)(nil),             // 49: chatmesh.v1.PresenceEvent
+	(*PresenceSnapshot)(nil),          // 50: chatmesh.v1.PresenceSnapshot
+	(*TypingEvent)(nil),               // 51: chatmesh.v1.TypingEvent
+	(*Disconnect)(nil),                // 52: chatmesh.v1.Disconnect
+	(*ClientHello)(nil),               // 53: chatmesh.v1.ClientHello
+	(*ServerHello)(nil),               // 54: chatmesh.v1.ServerHello
+	(*Origin)(nil),                    // 55: chatmesh.v1.Origin
+	(*IngressRecord)(nil),             // 56: chatmesh.v1.IngressRecord
+	(*EdgeRecord)(nil),                // 57: chatmesh.v1.EdgeRecord
+	(*LinkRecord)(nil),                // 58: chatmesh.v1.LinkRecord
+	(*DeadLetter)(nil),                // 59: chatmesh.v1.DeadLetter
+	(*PresenceRecord)(nil),            // 60: chatmesh.v1.PresenceRecord
+	(*BackendCall)(nil),               // 61: chatmesh.v1.BackendCall
+	(*BackendRegister)(nil),           // 62: chatmesh.v1.BackendRegister
+	(*BackendRoute)(nil),              // 63: chatmesh.v1.BackendRoute
+	(*BackendQuery)(nil),              // 64: chatmesh.v1.BackendQuery
+	(*BackendReply)(nil),              // 65: chatmesh.v1.BackendReply
 }
 var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
-	8,  // 0: chatmesh.v1.Envelope.per_device:type_name -> chatmesh.v1.DeviceCiphertext
-	6,  // 1: chatmesh.v1.DeviceCiphertext.device:type_name -> chatmesh.v1.DeviceAddr
+	9,  // 0: chatmesh.v1.Envelope.per_device:type_name -> chatmesh.v1.DeviceCiphertext
+	7,  // 1: chatmesh.v1.DeviceCiphertext.device:type_name -> chatmesh.v1.DeviceAddr
 	2,  // 2: chatmesh.v1.MembershipChange.op:type_name -> chatmesh.v1.MembershipOp
-	6,  // 3: chatmesh.v1.Message.sender:type_name -> chatmesh.v1.DeviceAddr
+	7,  // 3: chatmesh.v1.Message.sender:type_name -> chatmesh.v1.DeviceAddr
 	1,  // 4: chatmesh.v1.Message.kind:type_name -> chatmesh.v1.MessageKind
-	7,  // 5: chatmesh.v1.Message.envelope:type_name -> chatmesh.v1.Envelope
-	9,  // 6: chatmesh.v1.Message.membership:type_name -> chatmesh.v1.MembershipChange
-	12, // 7: chatmesh.v1.ClientFrame.register:type_name -> chatmesh.v1.RegisterRequest
-	13, // 8: chatmesh.v1.ClientFrame.send:type_name -> chatmesh.v1.SendRequest
-	14, // 9: chatmesh.v1.ClientFrame.ack:type_name -> chatmesh.v1.DeliveryAck
-	15, // 10: chatmesh.v1.ClientFrame.read:type_name -> chatmesh.v1.ReadMarker
-	17, // 11: chatmesh.v1.ClientFrame.sync:type_name -> chatmesh.v1.SyncRequest
-	18, // 12: chatmesh.v1.ClientFrame.history:type_name -> chatmesh.v1.HistoryRequest
-	19, // 13: chatmesh.v1.ClientFrame.create_group:type_name -> chatmesh.v1.CreateGroupRequest
-	20, // 14: chatmesh.v1.ClientFrame.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
-	21, // 15: chatmesh.v1.ClientFrame.presence_subscribe:type_name -> chatmesh.v1.PresenceSubscribe
-	22, // 16: chatmesh.v1.ClientFrame.typing:type_name -> chatmesh.v1.TypingRequest
-	23, // 17: chatmesh.v1.ClientFrame.ping:type_name -> chatmesh.v1.Ping
-	24, // 18: chatmesh.v1.ClientFrame.list_conversations:type_name -> chatmesh.v1.ListConversationsRequest
-	26, // 19: chatmesh.v1.ClientFrame.lookup_user:type_name -> chatmesh.v1.LookupUserRequest
-	27, // 20: chatmesh.v1.ClientFrame.upload_prekeys:type_name -> chatmesh.v1.UploadPrekeysRequest
-	28, // 21: chatmesh.v1.ClientFrame.fetch_bundle:type_name -> chatmesh.v1.FetchBundleRequest
-	29, // 22: chatmesh.v1.ClientFrame.publish_device_list:type_name -> chatmesh.v1.PublishDeviceListRequest
-	30, // 23: chatmesh.v1.ClientFrame.fetch_device_list:type_name -> chatmesh.v1.FetchDeviceListRequest
-	25, // 24: chatmesh.v1.ClientFrame.set_privacy:type_name -> chatmesh.v1.SetPrivacyRequest
-	7,  // 25: chatmesh.v1.SendRequest.envelope:type_name -> chatmesh.v1.Envelope
-	16, // 26: chatmesh.v1.SyncRequest.cursors:type_name -> chatmesh.v1.ConvCursor
+	8,  // 5: chatmesh.v1.Message.envelope:type_name -> chatmesh.v1.Envelope
+	10, // 6: chatmesh.v1.Message.membership:type_name -> chatmesh.v1.MembershipChange
+	13, // 7: chatmesh.v1.ClientFrame.register:type_name -> chatmesh.v1.RegisterRequest
+	14, // 8: chatmesh.v1.ClientFrame.send:type_name -> chatmesh.v1.SendRequest
+	15, // 9: chatmesh.v1.ClientFrame.ack:type_name -> chatmesh.v1.DeliveryAck
+	16, // 10: chatmesh.v1.ClientFrame.read:type_name -> chatmesh.v1.ReadMarker
+	18, // 11: chatmesh.v1.ClientFrame.sync:type_name -> chatmesh.v1.SyncRequest
+	19, // 12: chatmesh.v1.ClientFrame.history:type_name -> chatmesh.v1.HistoryRequest
+	20, // 13: chatmesh.v1.ClientFrame.create_group:type_name -> chatmesh.v1.CreateGroupRequest
+	21, // 14: chatmesh.v1.ClientFrame.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
+	22, // 15: chatmesh.v1.ClientFrame.presence_subscribe:type_name -> chatmesh.v1.PresenceSubscribe
+	23, // 16: chatmesh.v1.ClientFrame.typing:type_name -> chatmesh.v1.TypingRequest
+	24, // 17: chatmesh.v1.ClientFrame.ping:type_name -> chatmesh.v1.Ping
+	25, // 18: chatmesh.v1.ClientFrame.list_conversations:type_name -> chatmesh.v1.ListConversationsRequest
+	27, // 19: chatmesh.v1.ClientFrame.lookup_user:type_name -> chatmesh.v1.LookupUserRequest
+	28, // 20: chatmesh.v1.ClientFrame.upload_prekeys:type_name -> chatmesh.v1.UploadPrekeysRequest
+	29, // 21: chatmesh.v1.ClientFrame.fetch_bundle:type_name -> chatmesh.v1.FetchBundleRequest
+	30, // 22: chatmesh.v1.ClientFrame.publish_device_list:type_name -> chatmesh.v1.PublishDeviceListRequest
+	31, // 23: chatmesh.v1.ClientFrame.fetch_device_list:type_name -> chatmesh.v1.FetchDeviceListRequest
+	26, // 24: chatmesh.v1.ClientFrame.set_privacy:type_name -> chatmesh.v1.SetPrivacyRequest
+	8,  // 25: chatmesh.v1.SendRequest.envelope:type_name -> chatmesh.v1.Envelope
+	17, // 26: chatmesh.v1.SyncRequest.cursors:type_name -> chatmesh.v1.ConvCursor
 	2,  // 27: chatmesh.v1.ModifyMembersRequest.op:type_name -> chatmesh.v1.MembershipOp
 	3,  // 28: chatmesh.v1.SetPrivacyRequest.add_policy:type_name -> chatmesh.v1.AddPolicy
-	33, // 29: chatmesh.v1.ServerFrame.response:type_name -> chatmesh.v1.Response
-	10, // 30: chatmesh.v1.ServerFrame.delivery:type_name -> chatmesh.v1.Message
-	47, // 31: chatmesh.v1.ServerFrame.receipt:type_name -> chatmesh.v1.Receipt
-	48, // 32: chatmesh.v1.ServerFrame.presence:type_name -> chatmesh.v1.PresenceEvent
-	50, // 33: chatmesh.v1.ServerFrame.typing:type_name -> chatmesh.v1.TypingEvent
-	51, // 34: chatmesh.v1.ServerFrame.disconnect:type_name -> chatmesh.v1.Disconnect
-	36, // 35: chatmesh.v1.ServerFrame.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
+	34, // 29: chatmesh.v1.ServerFrame.response:type_name -> chatmesh.v1.Response
+	11, // 30: chatmesh.v1.ServerFrame.delivery:type_name -> chatmesh.v1.Message
+	48, // 31: chatmesh.v1.ServerFrame.receipt:type_name -> chatmesh.v1.Receipt
+	49, // 32: chatmesh.v1.ServerFrame.presence:type_name -> chatmesh.v1.PresenceEvent
+	51, // 33: chatmesh.v1.ServerFrame.typing:type_name -> chatmesh.v1.TypingEvent
+	52, // 34: chatmesh.v1.ServerFrame.disconnect:type_name -> chatmesh.v1.Disconnect
+	37, // 35: chatmesh.v1.ServerFrame.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
 	4,  // 36: chatmesh.v1.Error.code:type_name -> chatmesh.v1.ErrorCode
-	32, // 37: chatmesh.v1.Response.error:type_name -> chatmesh.v1.Error
-	38, // 38: chatmesh.v1.Response.register:type_name -> chatmesh.v1.RegisterResponse
-	39, // 39: chatmesh.v1.Response.send:type_name -> chatmesh.v1.SendAck
-	40, // 40: chatmesh.v1.Response.sync:type_name -> chatmesh.v1.SyncResponse
-	41, // 41: chatmesh.v1.Response.history:type_name -> chatmesh.v1.HistoryResponse
-	42, // 42: chatmesh.v1.Response.conversation:type_name -> chatmesh.v1.ConversationInfo
-	46, // 43: chatmesh.v1.Response.pong:type_name -> chatmesh.v1.Pong
-	43, // 44: chatmesh.v1.Response.conversations:type_name -> chatmesh.v1.ListConversationsResponse
-	44, // 45: chatmesh.v1.Response.user:type_name -> chatmesh.v1.LookupUserResponse
-	49, // 46: chatmesh.v1.Response.presence:type_name -> chatmesh.v1.PresenceSnapshot
-	37, // 47: chatmesh.v1.Response.empty:type_name -> chatmesh.v1.Empty
-	34, // 48: chatmesh.v1.Response.bundle:type_name -> chatmesh.v1.BundleResponse
-	35, // 49: chatmesh.v1.Response.device_list:type_name -> chatmesh.v1.DeviceListResponse
-	36, // 50: chatmesh.v1.Response.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
-	6,  // 51: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
-	10, // 52: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
-	16, // 53: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
-	10, // 54: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
+	33, // 37: chatmesh.v1.Response.error:type_name -> chatmesh.v1.Error
+	39, // 38: chatmesh.v1.Response.register:type_name -> chatmesh.v1.RegisterResponse
+	40, // 39: chatmesh.v1.Response.send:type_name -> chatmesh.v1.SendAck
+	41, // 40: chatmesh.v1.Response.sync:type_name -> chatmesh.v1.SyncResponse
+	42, // 41: chatmesh.v1.Response.history:type_name -> chatmesh.v1.HistoryResponse
+	43, // 42: chatmesh.v1.Response.conversation:type_name -> chatmesh.v1.ConversationInfo
+	47, // 43: chatmesh.v1.Response.pong:type_name -> chatmesh.v1.Pong
+	44, // 44: chatmesh.v1.Response.conversations:type_name -> chatmesh.v1.ListConversationsResponse
+	45, // 45: chatmesh.v1.Response.user:type_name -> chatmesh.v1.LookupUserResponse
+	50, // 46: chatmesh.v1.Response.presence:type_name -> chatmesh.v1.PresenceSnapshot
+	38, // 47: chatmesh.v1.Response.empty:type_name -> chatmesh.v1.Empty
+	35, // 48: chatmesh.v1.Response.bundle:type_name -> chatmesh.v1.BundleResponse
+	36, // 49: chatmesh.v1.Response.device_list:type_name -> chatmesh.v1.DeviceListResponse
+	37, // 50: chatmesh.v1.Response.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
+	7,  // 51: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
+	11, // 52: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
+	17, // 53: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
+	11, // 54: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
 	0,  // 55: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
-	42, // 56: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
-	45, // 57: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
-	6,  // 58: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
+	43, // 56: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
+	46, // 57: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
+	7,  // 58: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
 	5,  // 59: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
-	48, // 60: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
-	6,  // 61: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
+	49, // 60: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
+	7,  // 61: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
 	4,  // 62: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
-	6,  // 63: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
-	6,  // 64: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
-	54, // 65: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
-	13, // 66: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
-	14, // 67: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
-	15, // 68: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
-	19, // 69: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
-	20, // 70: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
-	22, // 71: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
-	6,  // 72: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
-	31, // 73: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
-	48, // 74: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
-	60, // 75: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
-	61, // 76: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
-	61, // 77: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
-	62, // 78: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
-	12, // 79: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
-	6,  // 80: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
-	6,  // 81: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
-	11, // 82: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
-	32, // 83: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
-	6,  // 84: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
-	38, // 85: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
-	33, // 86: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
-	87, // [87:87] is the sub-list for method output_type
-	87, // [87:87] is the sub-list for method input_type
-	87, // [87:87] is the sub-list for extension type_name
-	87, // [87:87] is the sub-list for extension extendee
-	0,  // [0:87] is the sub-list for field type_name
+	7,  // 63: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
+	7,  // 64: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
+	55, // 65: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
+	14, // 66: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
+	15, // 67: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
+	16, // 68: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
+	20, // 69: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
+	21, // 70: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
+	23, // 71: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
+	7,  // 72: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
+	32, // 73: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
+	6,  // 74: chatmesh.v1.LinkRecord.dest:type_name -> chatmesh.v1.LinkRecord.Dest
+	49, // 75: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
+	62, // 76: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
+	63, // 77: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
+	63, // 78: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
+	64, // 79: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
+	13, // 80: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
+	7,  // 81: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
+	7,  // 82: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
+	12, // 83: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
+	33, // 84: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
+	7,  // 85: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
+	39, // 86: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
+	34, // 87: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
+	88, // [88:88] is the sub-list for method output_type
+	88, // [88:88] is the sub-list for method input_type
+	88, // [88:88] is the sub-list for extension type_name
+	88, // [88:88] is the sub-list for extension extendee
+	0,  // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_chatmesh_v1_chatmesh_proto_init() }
@@ -5324,7 +5493,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*IngressRecord_ModifyMembers)(nil),
 		(*IngressRecord_Typing)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[53].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[54].OneofWrappers = []any{
 		(*BackendCall_Authenticate)(nil),
 		(*BackendCall_Register)(nil),
 		(*BackendCall_SessionOpened)(nil),
@@ -5337,8 +5506,8 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatmesh_v1_chatmesh_proto_rawDesc), len(file_chatmesh_v1_chatmesh_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   58,
+			NumEnums:      7,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -300,11 +300,18 @@ func decodeCursor(v []byte) (delivered, read uint64, err error) {
 	return delivered, read, d.done()
 }
 
-func encodeRoute(r core.Route) []byte { return enc(nil).s(r.Edge).u(r.Session).i(r.SinceMs).bytes() }
+// encodeRoute: edge, session, since, region. Routes written before the
+// mesh end after since (region "").
+func encodeRoute(r core.Route) []byte {
+	return enc(nil).s(r.Edge).u(r.Session).i(r.SinceMs).s(r.Region).bytes()
+}
 
 func decodeRoute(dev core.DeviceKey, v []byte) (core.Route, error) {
 	d := dec{buf: v}
 	r := core.Route{Device: dev, Edge: d.s(), Session: d.u(), SinceMs: d.i()}
+	if d.err == nil && len(d.buf) > 0 {
+		r.Region = d.s()
+	}
 	return r, d.done()
 }
 

@@ -666,12 +666,12 @@ func compareKey(a, b core.DeviceKey) int {
 
 // ------------------------------------------------------------------ routes
 
-const routeCols = "user_id, device_id, edge, session, since_ms"
+const routeCols = "user_id, device_id, edge, session, since_ms, region"
 
 func scanRoute(r pgx.CollectableRow) (core.Route, error) {
 	var rt core.Route
 	var dev, session int64
-	err := r.Scan(&rt.Device.User, &dev, &rt.Edge, &session, &rt.SinceMs)
+	err := r.Scan(&rt.Device.User, &dev, &rt.Edge, &session, &rt.SinceMs, &rt.Region)
 	rt.Device.Device, rt.Session = uint32(dev), u64(session)
 	return rt, err
 }
@@ -679,9 +679,9 @@ func scanRoute(r pgx.CollectableRow) (core.Route, error) {
 // SetRoute implements core.Store.
 func (s *Store) SetRoute(ctx context.Context, r core.Route) error {
 	return s.tx(ctx, "set route", func(ctx context.Context, tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, "INSERT INTO routes ("+routeCols+`) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT (user_id, device_id) DO UPDATE SET edge = excluded.edge, session = excluded.session, since_ms = excluded.since_ms`,
-			r.Device.User, int64(r.Device.Device), r.Edge, i64(r.Session), r.SinceMs)
+		_, err := tx.Exec(ctx, "INSERT INTO routes ("+routeCols+`) VALUES ($1, $2, $3, $4, $5, $6)
+			ON CONFLICT (user_id, device_id) DO UPDATE SET edge = excluded.edge, session = excluded.session, since_ms = excluded.since_ms, region = excluded.region`,
+			r.Device.User, int64(r.Device.Device), r.Edge, i64(r.Session), r.SinceMs, r.Region)
 		return err
 	})
 }

@@ -1027,8 +1027,8 @@ func testRoutes(t *testing.T, s core.Store) {
 	// Ordering by device across users; only the named users.
 	rs := []core.Route{
 		{Device: core.DeviceKey{User: "c", Device: 1}, Edge: "e1", Session: 5, SinceMs: 1},
-		{Device: core.DeviceKey{User: "b", Device: 1}, Edge: "e2", Session: 6, SinceMs: 2},
-		{Device: core.DeviceKey{User: "a", Device: 10}, Edge: "e1", Session: 7, SinceMs: 3},
+		{Device: core.DeviceKey{User: "b", Device: 1}, Edge: "e2", Session: 6, SinceMs: 2, Region: "us-east"},
+		{Device: core.DeviceKey{User: "a", Device: 10}, Edge: "e1", Session: 7, SinceMs: 3, Region: "eu-central"},
 		{Device: core.DeviceKey{User: "a", Device: 2}, Edge: "e1", Session: 8, SinceMs: 4},
 		{Device: core.DeviceKey{User: "ab", Device: 1}, Edge: "e1", Session: 9, SinceMs: 5},
 	}
