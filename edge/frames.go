@@ -178,7 +178,7 @@ func checkUsers(users []string) error {
 // carries the wire code (INVALID_ARGUMENT, GROUP_FULL, MESSAGE_TOO_LARGE).
 func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 	rec := &pb.IngressRecord{
-		Origin:       &pb.Origin{EdgeId: s.e.cfg.ID, SessionId: s.id, ReqId: f.GetReqId(), Device: s.dev.Addr()},
+		Origin:       &pb.Origin{EdgeId: s.e.cfg.ID, SessionId: s.id, ReqId: f.GetReqId(), Device: s.dev.Addr(), Region: s.e.cfg.Region},
 		ReceivedAtMs: s.e.cfg.Now().UnixMilli(),
 	}
 	switch b := f.GetBody().(type) {

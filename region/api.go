@@ -82,6 +82,16 @@ func (a *API) Register(ctx context.Context, static []byte, req *pb.RegisterReque
 			return nil, fmt.Errorf("register %s: %w", user, err)
 		}
 		a.r.devices.forget(user)
+		if p := a.r.cfg.Placement; p != nil {
+			// A user's home is the region they first register in. Best
+			// effort: without it their conversations are homed where
+			// they are first used.
+			cctx, cancel := context.WithTimeout(ctx, claimTimeout)
+			if _, err := p.ClaimUser(cctx, user, a.r.cfg.Name); err != nil {
+				a.r.log.Warn("directory: homing a new user failed", "user", user, "err", err)
+			}
+			cancel()
+		}
 		return &pb.RegisterResponse{Device: d.Key.Addr()}, nil
 	case err != nil:
 		return nil, fmt.Errorf("register %s: %w", user, err)
@@ -131,6 +141,7 @@ func (a *API) SessionOpened(ctx context.Context, rt core.Route) error {
 	mu := &a.r.routeLocks[h.Sum32()%uint32(len(a.r.routeLocks))]
 	mu.Lock()
 	defer mu.Unlock()
+	rt.Region = a.r.cfg.Name // the edge calling us is one of ours
 	prev, err := a.r.store.Routes(ctx, []string{rt.Device.User})
 	if err != nil {
 		return fmt.Errorf("session opened %s: %w", rt.Device, err)
@@ -154,8 +165,7 @@ func (a *API) SessionOpened(ctx context.Context, rt core.Route) error {
 		if err != nil {
 			return fmt.Errorf("session opened %s: %w", rt.Device, err)
 		}
-		rec := core.BusRecord{Topic: EdgeTopic(old.Edge), Key: []byte(old.Edge), Value: b}
-		if err := a.r.produceNow(ctx, rec); err != nil {
+		if err := a.r.produceNow(ctx, a.r.edgeOut(old.Region, old.Edge, b)); err != nil {
 			// Best effort: the old session still idles out; log it.
 			a.r.log.Warn("replacing a session on another edge failed", "device", rt.Device.String(), "edge", old.Edge, "err", err)
 		}
@@ -227,7 +237,20 @@ func (a *API) publishPresence(ctx context.Context, ev *pb.PresenceEvent) error {
 	}
 	// Presence is best effort: a lost event is corrected by the next one or
 	// by a snapshot; do not fail the session for it.
-	if err := a.r.bus.Produce(ctx, core.BusRecord{Topic: a.r.cfg.PresenceTopic, Key: []byte(ev.GetUserId()), Value: b}); err != nil {
+	recs := []core.BusRecord{{Topic: a.r.cfg.PresenceTopic, Key: []byte(ev.GetUserId()), Value: b}}
+	if p := a.r.cfg.Placement; p != nil {
+		// Every region's edges serve subscribers of this user.
+		for _, other := range p.Regions() {
+			if other != a.r.cfg.Name {
+				recs = append(recs, a.r.linkOut(other, &pb.LinkRecord{Dest: pb.LinkRecord_DEST_PRESENCE, Key: []byte(ev.GetUserId()), Value: b}))
+			}
+		}
+	}
+	if err := a.r.ensureLinks(ctx, recs); err != nil {
+		a.r.log.Warn("presence publish failed", "err", err)
+		return nil
+	}
+	if err := a.r.bus.Produce(ctx, recs...); err != nil {
 		a.r.log.Warn("presence publish failed", "err", err)
 	}
 	return nil

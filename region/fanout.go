@@ -66,6 +66,7 @@ func (r *Region) toUsers(ctx context.Context, users []string, frame *pb.ServerFr
 // perEdge groups routes by edge and encodes one EdgeRecord per edge.
 func (r *Region) perEdge(routes []core.Route, frame *pb.ServerFrame) ([]core.BusRecord, error) {
 	byEdge := map[string][]*pb.DeviceAddr{}
+	regionOf := map[string]string{}
 	var edges []string
 	seen := map[core.DeviceKey]bool{}
 	for _, rt := range routes {
@@ -75,6 +76,7 @@ func (r *Region) perEdge(routes []core.Route, frame *pb.ServerFrame) ([]core.Bus
 		seen[rt.Device] = true
 		if _, ok := byEdge[rt.Edge]; !ok {
 			edges = append(edges, rt.Edge)
+			regionOf[rt.Edge] = rt.Region
 		}
 		byEdge[rt.Edge] = append(byEdge[rt.Edge], rt.Device.Addr())
 	}
@@ -85,7 +87,7 @@ func (r *Region) perEdge(routes []core.Route, frame *pb.ServerFrame) ([]core.Bus
 		if err != nil {
 			return nil, fmt.Errorf("region: encode edge record: %w", err)
 		}
-		recs = append(recs, core.BusRecord{Topic: EdgeTopic(e), Key: []byte(e), Value: b})
+		recs = append(recs, r.edgeOut(regionOf[e], e, b))
 	}
 	return recs, nil
 }
@@ -103,13 +105,16 @@ func (r *Region) replyRecord(o *pb.Origin, resp *pb.Response) core.BusRecord {
 		// rather than crash the sequencer.
 		r.log.Error("encode reply", "err", err)
 	}
-	return core.BusRecord{Topic: EdgeTopic(o.GetEdgeId()), Key: []byte(o.GetEdgeId()), Value: b}
+	return r.edgeOut(o.GetRegion(), o.GetEdgeId(), b)
 }
 
 // produceNow sends records to Kafka, dropping those whose topic is gone.
 func (r *Region) produceNow(ctx context.Context, recs ...core.BusRecord) error {
 	if len(recs) == 0 {
 		return nil
+	}
+	if err := r.ensureLinks(ctx, recs); err != nil {
+		return err
 	}
 	err := r.bus.Produce(ctx, recs...)
 	if errors.Is(err, core.ErrUnknownTopic) && len(recs) > 1 {

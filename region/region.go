@@ -29,6 +29,9 @@ const (
 // Names are the topic and group names of one region's bus.
 type Names struct {
 	Ingress, Presence, SequencerGroup, DeadLetter string
+	// LinkPrefix prefixes the outbound link topics ("<prefix><remote>")
+	// and the link workers' consumer groups.
+	LinkPrefix string
 }
 
 // NamesFor returns the names under a namespace: the defaults when ns is
@@ -36,9 +39,10 @@ type Names struct {
 // several regions (or test runs) can share one Kafka cluster. Edge topics
 // are already unique per edge id.
 func NamesFor(ns string) Names {
-	n := Names{Ingress: DefaultIngressTopic, Presence: DefaultPresenceTopic, SequencerGroup: SequencerGroup, DeadLetter: DefaultDeadLetterTopic}
+	n := Names{Ingress: DefaultIngressTopic, Presence: DefaultPresenceTopic, SequencerGroup: SequencerGroup, DeadLetter: DefaultDeadLetterTopic, LinkPrefix: DefaultLinkPrefix}
 	if ns != "" {
-		n = Names{Ingress: ns + "." + n.Ingress, Presence: ns + "." + n.Presence, SequencerGroup: ns + "." + n.SequencerGroup, DeadLetter: ns + "." + n.DeadLetter}
+		n = Names{Ingress: ns + "." + n.Ingress, Presence: ns + "." + n.Presence, SequencerGroup: ns + "." + n.SequencerGroup, DeadLetter: ns + "." + n.DeadLetter,
+			LinkPrefix: ns + "." + n.LinkPrefix}
 	}
 	return n
 }
@@ -63,7 +67,16 @@ type Config struct {
 	// StateCacheBytes bounds the sequencer's cached conversation state
 	// (members, cursors), by estimated size (default 64 MiB).
 	StateCacheBytes int
-	Epoch           uint64 // owner epoch this region sequences at, default 1
+	// Epoch is the owner epoch of every conversation when Placement is
+	// nil (one region), default 1.
+	Epoch uint64
+	// Placement, when set, makes the region one of a mesh: conversations
+	// are sequenced only in their home region at the directory's epoch,
+	// and records for others are forwarded over links (placement.go,
+	// link.go). nil: a single region that homes everything.
+	Placement Placement
+	// LinkPrefix prefixes the outbound link topics, default "link.".
+	LinkPrefix string
 	Logger          *slog.Logger
 	Now             func() time.Time
 	// Notifier receives push notifications for offline devices; nil: none.
@@ -107,6 +120,9 @@ func (c *Config) fill() {
 	}
 	if c.Epoch == 0 {
 		c.Epoch = 1
+	}
+	if c.LinkPrefix == "" {
+		c.LinkPrefix = DefaultLinkPrefix
 	}
 	if c.DeadLetterTopic == "" {
 		c.DeadLetterTopic = DefaultDeadLetterTopic
@@ -169,6 +185,8 @@ type Region struct {
 	// routeLocks serialize SessionOpened per user (striped).
 	routeLocks [64]sync.Mutex
 
+	linkTopics linkSet // outbound link topics created (link.go)
+
 	notifyCh chan core.PushNotification
 	reads    chan struct{} // read slots (Config.MaxConcurrentReads)
 	stats    counters
@@ -200,13 +218,17 @@ type Stats struct {
 	ReceiptScans    uint64 // cursor moves that had to read entries to find senders
 	Restarts        uint64 // times the sequencer's consumer stopped and was restarted
 	ReadsRefused    uint64 // reads answered UNAVAILABLE: no free read slot in time
+	Forwarded       uint64 // ingress records forwarded to another region (the conversation's home)
+	HopsExceeded    uint64 // records refused after MaxHops forwards
+	Fenced          uint64 // appends the store fenced (a newer owner epoch): re-resolved and forwarded or retried
+	Claims          uint64 // conversations homed here through the directory
 }
 
 type counters struct {
 	appended, duplicates, rejected, malformed, edgeRecords, undeliverable atomic.Uint64
 	notified, notifyDropped, notifyFailed, receipts, typing               atomic.Uint64
 	deadLettered, panics, stateLoads, receiptScans, restarts              atomic.Uint64
-	readsRefused                                                          atomic.Uint64
+	readsRefused, forwarded, hopsExceeded, fenced, claims                 atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -385,7 +407,8 @@ func (r *Region) Stats() Stats {
 		ReceiptsSent: c.receipts.Load(), TypingFannedOut: c.typing.Load(),
 		DeadLettered: c.deadLettered.Load(), Panics: c.panics.Load(), StateLoads: c.stateLoads.Load(),
 		ReceiptScans: c.receiptScans.Load(), Restarts: c.restarts.Load(),
-		ReadsRefused: c.readsRefused.Load(),
+		ReadsRefused: c.readsRefused.Load(), Forwarded: c.forwarded.Load(), HopsExceeded: c.hopsExceeded.Load(),
+		Fenced: c.fenced.Load(), Claims: c.claims.Load(),
 	}
 }
 

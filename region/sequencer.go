@@ -27,6 +27,16 @@ type batch struct {
 	touched   map[string]bool // conversations whose cached state this batch changed
 	stepTouch map[string]bool // the same, for the current step only
 	validated map[string]bool
+	// place is where the current step's conversation lives (placement.go).
+	place stepPlace
+}
+
+// stepPlace is the current step's conversation and its placement: known
+// means the directory homes it here at epoch.
+type stepPlace struct {
+	conv  string
+	known bool
+	epoch uint64
 }
 
 func newBatch() *batch {
@@ -116,38 +126,73 @@ func (r *Region) step(ctx context.Context, b *batch, rec core.BusRecord) error {
 		r.log.Warn("dropping malformed ingress record", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 		return nil
 	}
-	var err error
-	switch op := in.Op.(type) {
-	case *pb.IngressRecord_Send:
-		err = r.seqSend(ctx, b, &in, op.Send)
-	case *pb.IngressRecord_Ack:
-		err = r.seqCursor(ctx, b, &in, op.Ack.GetConvId(), op.Ack.GetSeq(), core.CursorDelivered)
-	case *pb.IngressRecord_Read:
-		err = r.seqCursor(ctx, b, &in, op.Read.GetConvId(), op.Read.GetSeq(), core.CursorRead)
-	case *pb.IngressRecord_CreateGroup:
-		err = r.seqCreateGroup(ctx, b, &in, op.CreateGroup)
-	case *pb.IngressRecord_ModifyMembers:
-		err = r.seqModify(ctx, b, &in, op.ModifyMembers)
-	case *pb.IngressRecord_Typing:
-		err = r.seqTyping(ctx, b, &in, op.Typing)
-	default:
-		err = fmt.Errorf("region: ingress record without op: %w", core.ErrInvalidArgument)
+	if in.GetHops() == 0 && in.GetOrigin() != nil {
+		// Straight from one of our edges (whatever region name it was
+		// configured with): replies come back here.
+		in.Origin.Region = r.cfg.Name
+	}
+	forwarded, err := r.placeStep(ctx, b, &in)
+	if err == nil && forwarded {
+		return nil
+	}
+	if err == nil {
+		err = r.dispatch(ctx, b, &in)
+	}
+	if errors.Is(err, core.ErrFenced) && r.cfg.Placement != nil && !isWireError(err) {
+		// The store holds a newer owner epoch than our copy of the
+		// directory: we were deposed. Re-read the directory and follow it.
+		r.stats.fenced.Add(1)
+		err = r.refenced(ctx, b, &in)
+		if err == nil {
+			return nil
+		}
 	}
 	if err == nil || !isRequestError(err) {
 		return err
 	}
 	r.stats.rejected.Add(1)
 	if in.GetOrigin().GetEdgeId() != "" {
-		b.out = append(b.out, r.replyRecord(in.GetOrigin(), &pb.Response{Error: core.ToWire(err)}))
+		we := core.ToWire(err)
+		if errors.Is(err, errNotHome) {
+			we.RetryAfterMs = 1000
+		}
+		b.out = append(b.out, r.replyRecord(in.GetOrigin(), &pb.Response{Error: we}))
 	}
 	return nil
+}
+
+func isWireError(err error) bool {
+	var we *core.WireError
+	return errors.As(err, &we)
+}
+
+// dispatch runs the step of one decoded ingress record.
+func (r *Region) dispatch(ctx context.Context, b *batch, in *pb.IngressRecord) error {
+	var err error
+	switch op := in.Op.(type) {
+	case *pb.IngressRecord_Send:
+		err = r.seqSend(ctx, b, in, op.Send)
+	case *pb.IngressRecord_Ack:
+		err = r.seqCursor(ctx, b, in, op.Ack.GetConvId(), op.Ack.GetSeq(), core.CursorDelivered)
+	case *pb.IngressRecord_Read:
+		err = r.seqCursor(ctx, b, in, op.Read.GetConvId(), op.Read.GetSeq(), core.CursorRead)
+	case *pb.IngressRecord_CreateGroup:
+		err = r.seqCreateGroup(ctx, b, in, op.CreateGroup)
+	case *pb.IngressRecord_ModifyMembers:
+		err = r.seqModify(ctx, b, in, op.ModifyMembers)
+	case *pb.IngressRecord_Typing:
+		err = r.seqTyping(ctx, b, in, op.Typing)
+	default:
+		err = fmt.Errorf("region: ingress record without op: %w", core.ErrInvalidArgument)
+	}
+	return err
 }
 
 // isRequestError tells errors that are the request's fault (answered to the
 // client) from transient ones (retried).
 func isRequestError(err error) bool {
 	var we *core.WireError
-	return errors.As(err, &we) ||
+	return errors.As(err, &we) || errors.Is(err, errNotHome) ||
 		errors.Is(err, core.ErrNotFound) || errors.Is(err, core.ErrNotMember) ||
 		errors.Is(err, core.ErrGroupFull) || errors.Is(err, core.ErrInvalidArgument) ||
 		errors.Is(err, core.ErrForbidden) || errors.Is(err, core.ErrAlreadyExists) ||
@@ -274,7 +319,7 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 	if err != nil {
 		return err
 	}
-	req := core.AppendRequest{Epoch: r.cfg.Epoch}
+	req := core.AppendRequest{Epoch: b.place.epoch}
 	now := r.cfg.Now()
 	req.Message = &pb.Message{
 		ConvId: conv, MsgId: r.newMsgID(now), Sender: sender.Addr(),
@@ -306,7 +351,7 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 		}
 		req.Create = &core.Conversation{
 			ID: conv, Kind: pb.ConversationKind_CONVERSATION_KIND_DIRECT,
-			HomeRegion: r.cfg.Name, Epoch: r.cfg.Epoch, CreatedAtMs: now.UnixMilli(),
+			HomeRegion: r.cfg.Name, Epoch: b.place.epoch, CreatedAtMs: now.UnixMilli(),
 		}
 		req.AddMembers = []string{a, bb}
 	}
@@ -429,10 +474,10 @@ func (r *Region) seqCreateGroup(ctx context.Context, b *batch, in *pb.IngressRec
 	now := r.cfg.Now()
 	c := core.Conversation{
 		ID: conv, Kind: pb.ConversationKind_CONVERSATION_KIND_GROUP, Title: cg.GetTitle(),
-		HomeRegion: r.cfg.Name, Epoch: r.cfg.Epoch, CreatedAtMs: now.UnixMilli(),
+		HomeRegion: r.cfg.Name, Epoch: b.place.epoch, CreatedAtMs: now.UnixMilli(),
 	}
 	req := core.AppendRequest{
-		Epoch: r.cfg.Epoch,
+		Epoch: b.place.epoch,
 		Message: &pb.Message{
 			ConvId: conv, MsgId: r.newMsgID(now), Sender: actor.Addr(), ClientMsgId: createKey,
 			SentAtMs: now.UnixMilli(), Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP, Membership: plan.Change,
@@ -495,7 +540,7 @@ func (r *Region) seqModify(ctx context.Context, b *batch, in *pb.IngressRecord, 
 	}
 	now := r.cfg.Now()
 	req := core.AppendRequest{
-		Epoch: r.cfg.Epoch,
+		Epoch: b.place.epoch,
 		Message: &pb.Message{
 			ConvId: conv, MsgId: r.newMsgID(now), Sender: actor.Addr(), ClientMsgId: key,
 			SentAtMs: now.UnixMilli(), Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP, Membership: plan.Change,

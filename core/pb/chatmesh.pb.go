@@ -408,6 +408,7 @@ const (
 	LinkRecord_DEST_UNSPECIFIED LinkRecord_Dest = 0
 	LinkRecord_DEST_INGRESS     LinkRecord_Dest = 1
 	LinkRecord_DEST_EDGE        LinkRecord_Dest = 2
+	LinkRecord_DEST_PRESENCE    LinkRecord_Dest = 3 // a PresenceRecord for the remote region's presence topic
 )
 
 // Enum value maps for LinkRecord_Dest.
@@ -416,11 +417,13 @@ var (
 		0: "DEST_UNSPECIFIED",
 		1: "DEST_INGRESS",
 		2: "DEST_EDGE",
+		3: "DEST_PRESENCE",
 	}
 	LinkRecord_Dest_value = map[string]int32{
 		"DEST_UNSPECIFIED": 0,
 		"DEST_INGRESS":     1,
 		"DEST_EDGE":        2,
+		"DEST_PRESENCE":    3,
 	}
 )
 
@@ -4254,8 +4257,10 @@ func (x *EdgeRecord) GetFrame() *ServerFrame {
 // "<ns>.link.<remote region>"; the link worker for that remote region
 // consumes it and produces `value` under `key` to the remote cluster:
 // to the remote region's ingress topic (INGRESS: a record forwarded to the
-// conversation's home) or to the topic of one of its edges (EDGE: an
-// EdgeRecord for devices connected there).
+// conversation's home), to the topic of one of its edges (EDGE: an
+// EdgeRecord for devices connected there), or to its presence topic
+// (PRESENCE: a user's online/offline event, which every region's edges
+// need for their subscribers).
 type LinkRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Dest          LinkRecord_Dest        `protobuf:"varint,1,opt,name=dest,proto3,enum=chatmesh.v1.LinkRecord_Dest" json:"dest,omitempty"`
@@ -5158,18 +5163,19 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\atargets\x18\x01 \x03(\v2\x17.chatmesh.v1.DeviceAddrR\atargets\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\x04R\tsessionId\x12.\n" +
-	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\"\xe4\x01\n" +
+	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\"\xf7\x01\n" +
 	"\n" +
 	"LinkRecord\x120\n" +
 	"\x04dest\x18\x01 \x01(\x0e2\x1c.chatmesh.v1.LinkRecord.DestR\x04dest\x12\x17\n" +
 	"\aedge_id\x18\x02 \x01(\tR\x06edgeId\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x04 \x01(\fR\x05value\x12$\n" +
-	"\x0eproduced_at_ms\x18\x05 \x01(\x03R\fproducedAtMs\"=\n" +
+	"\x0eproduced_at_ms\x18\x05 \x01(\x03R\fproducedAtMs\"P\n" +
 	"\x04Dest\x12\x14\n" +
 	"\x10DEST_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDEST_INGRESS\x10\x01\x12\r\n" +
-	"\tDEST_EDGE\x10\x02\"\xdf\x01\n" +
+	"\tDEST_EDGE\x10\x02\x12\x11\n" +
+	"\rDEST_PRESENCE\x10\x03\"\xdf\x01\n" +
 	"\n" +
 	"DeadLetter\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
