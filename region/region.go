@@ -77,8 +77,8 @@ type Config struct {
 	Placement Placement
 	// LinkPrefix prefixes the outbound link topics, default "link.".
 	LinkPrefix string
-	Logger          *slog.Logger
-	Now             func() time.Time
+	Logger     *slog.Logger
+	Now        func() time.Time
 	// Notifier receives push notifications for offline devices; nil: none.
 	Notifier core.Notifier
 	// NotifyQueue bounds pending push notifications (default 4096); when full
