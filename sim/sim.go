@@ -172,7 +172,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	// Every simulated user registers from this host: they use a token.
 	token := "sim-" + rand.Text()
-	r := &region{bin: cfg.Binary, log: cfg.Logger, args: []string{"dev", "--data", cfg.DataDir, "--ws", ws, "--wt", "-",
+	r := &region{bin: cfg.Binary, log: cfg.Logger, args: []string{"dev", "--regions", "1", "--data", cfg.DataDir, "--ws", ws, "--wt", "-",
 		"--log", "warn", "--max-conns-per-ip", fmt.Sprint(users + 16), "--registration-token", token}}
 	if err := r.start(ctx); err != nil {
 		return rep, err

@@ -33,12 +33,22 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit of the edge (0: edge default)")
 	adm := addAdmissionFlags(fs)
 	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
+	regions := fs.Int("regions", 3, "regions to run: 1 (a single region) or 2..3 (a mesh: eu-central on 127.0.1.1, us-east on 127.0.2.1, ap-southeast on 127.0.3.1)")
+	locate := fs.String("locate", "127.0.0.1:7470", "mesh only: also serve the locator (GET /v1/locate) here; - disables")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
+	}
+	if *regions < 1 || *regions > len(stack.DevRegions()) {
+		return fmt.Errorf("dev: --regions must be 1..%d", len(stack.DevRegions()))
+	}
+	if *regions > 1 {
+		mc := meshDev{data: *data, ws: *ws, wt: *wt, kafka: *kafka, pg: *pg, pgSchema: *pgSchema, regions: *regions,
+			locate: *locate, maxConns: *maxConns, adm: adm, webhook: *webhook}
+		return mc.run(ctx, logger, stdout)
 	}
 	cfg := stack.Config{
 		DataDir: *data, PostgresDSN: *pg, Region: *regionName, EdgeID: *edgeID,

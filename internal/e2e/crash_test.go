@@ -187,7 +187,7 @@ func checkStream(t *testing.T, conv string, members []*tclient, total uint64, fr
 func TestCrashRestartRegionProcess(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		ws := freePort(t)
-		args := []string{"dev", "--data", t.TempDir(), "--ws", ws, "--wt", "-", "--log", "warn", "--max-conns-per-ip", "100",
+		args := []string{"dev", "--regions", "1", "--data", t.TempDir(), "--ws", ws, "--wt", "-", "--log", "warn", "--max-conns-per-ip", "100",
 			"--register-burst", "1000", "--ip-messages-per-second", "100000"} // every client is on 127.0.0.1
 		if b.brokers != nil {
 			ns := uniq("crash")

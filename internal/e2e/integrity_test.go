@@ -61,7 +61,7 @@ func refusedStart(t *testing.T, dataDir string, wants ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, chatmeshBinary(t), "dev", "--data", dataDir, "--ws", freePort(t), "--wt", "-", "--log", "warn")
+	cmd := exec.CommandContext(ctx, chatmeshBinary(t), "dev", "--regions", "1", "--data", dataDir, "--ws", freePort(t), "--wt", "-", "--log", "warn")
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || ctx.Err() != nil {
@@ -83,7 +83,7 @@ func refusedStart(t *testing.T, dataDir string, wants ...string) {
 // stalled the partition. The undamaged original then starts normally.
 func TestDamagedDataRefusedAtStart(t *testing.T) {
 	data := t.TempDir()
-	p := startDev(t, []string{"dev", "--data", data, "--ws", freePort(t), "--wt", "-", "--log", "warn"}, "")
+	p := startDev(t, []string{"dev", "--regions", "1", "--data", data, "--ws", freePort(t), "--wt", "-", "--log", "warn"}, "")
 	edges := []string{p.ends.WS}
 	alice := newClient(t, edges, uniq("alice"))
 	bob := newClient(t, edges, uniq("bob"))
@@ -167,7 +167,7 @@ func TestDamagedDataRefusedAtStart(t *testing.T) {
 		}
 	})
 	t.Run("UndamagedStarts", func(t *testing.T) {
-		p := startDev(t, []string{"dev", "--data", data, "--ws", freePort(t), "--wt", "-", "--log", "warn"}, "")
+		p := startDev(t, []string{"dev", "--regions", "1", "--data", data, "--ws", freePort(t), "--wt", "-", "--log", "warn"}, "")
 		p.stop(t)
 	})
 }
