@@ -60,6 +60,11 @@ func (p DirectoryPlacement) ClaimConv(ctx context.Context, conv, home string) (s
 	for attempt := 0; ; attempt++ {
 		epoch, err := p.D.SetConvHome(ctx, conv, home, 0)
 		if err == nil {
+			// Our copy applies the claim before the next record of the
+			// conversation is placed (else it would look absent again).
+			if err := p.D.Sync(ctx); err != nil {
+				return "", 0, fmt.Errorf("claim %s for %s: %w", conv, home, err)
+			}
 			return home, epoch, nil
 		}
 		var fenced *directory.EpochError
