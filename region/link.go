@@ -68,7 +68,7 @@ func (r *Region) linkOut(to string, lr *pb.LinkRecord) core.BusRecord {
 func (r *Region) forward(b *batch, in *pb.IngressRecord, conv, home string) error {
 	if in.GetHops() >= MaxHops {
 		r.stats.hopsExceeded.Add(1)
-		return fmt.Errorf("conversation %s: forwarded %d times between regions without reaching its home; retry: %w", conv, in.GetHops(), core.ErrUnavailable)
+		return fmt.Errorf("conversation %s: forwarded %d times between regions without reaching its home; retry: %w: %w", conv, in.GetHops(), errNotHome, core.ErrUnavailable)
 	}
 	fwd := proto.Clone(in).(*pb.IngressRecord)
 	fwd.Hops++
