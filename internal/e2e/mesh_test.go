@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,5 +161,163 @@ func TestMeshMoveConversationWhileFlowing(t *testing.T) {
 	}
 	if eu.Region.Stats().Forwarded == 0 {
 		t.Fatal("the old home forwarded nothing after the move")
+	}
+}
+
+// The embedded three-region mesh end to end (issue 7, shown item 2): users
+// homed in three regions; a 30-member group spread over them with some
+// members offline; one user with devices in two regions; one user who
+// connects through a region that is not their home. Every device gets
+// every entry exactly once, in one order; sent, delivered and read,
+// presence and typing cross regions.
+func TestMeshThreeRegions(t *testing.T) {
+	m := startMesh(t, nil)
+	regions := []*stack.MeshNode{m.Node("eu-central"), m.Node("us-east"), m.Node("ap-southeast")}
+	const n = 30
+	prefix := uniq("m")
+	members := make([]*tclient, n)
+	for i := range members {
+		r := regions[i%3]
+		members[i] = newClient(t, []string{r.Ends.WS}, fmt.Sprintf("%s-%02d-%s", prefix, i, r.Spec.Name))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	for i, c := range members {
+		want := regions[i%3].Spec.Name
+		home, ok, err := regions[0].Directory.UserHomeLinearizable(ctx, c.name)
+		if err != nil || !ok || home != want {
+			t.Fatalf("%s homed in %q (%v, %v), want %q (where it registered)", c.name, home, ok, err, want)
+		}
+	}
+	// members[2] (homed in ap-southeast) travels: it connects through eu-central.
+	traveller := members[2]
+	traveller.close()
+	members[2] = openClient(t, []string{regions[0].Ends.WS}, traveller.name, traveller.dir)
+	// members[0] (eu-central) has a second device connected in us-east.
+	alice := members[0]
+	phone := openClient(t, []string{regions[1].Ends.WS}, alice.name+"-phone", filepath.Join(t.TempDir(), "phone"))
+	tok, err := alice.Link(phone.LinkRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := phone.RegisterLinked(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	// Every fifth member stays offline until the sends are done.
+	offline := func(i int) bool { return i%5 == 4 }
+	for i, c := range members {
+		if !offline(i) {
+			c.start(t)
+		}
+	}
+	phone.start(t)
+	if err := alice.PublishLinkedDevices(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Presence across regions: a us-east member watches alice (eu-central).
+	watcher := members[1]
+	var names []string
+	for _, c := range members[1:] {
+		names = append(names, c.name)
+	}
+	info, err := alice.CreateGroup(ctx, "three regions", names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv := info.GetConvId()
+	if h, ok, err := regions[2].Directory.ConvLinearizable(ctx, conv); err != nil || !ok || h.Region != "eu-central" {
+		t.Fatalf("group homed at %+v (%v %v), want the creator's home eu-central", h, ok, err)
+	}
+	if _, err := watcher.SubscribePresence(ctx, []string{alice.name}); err != nil {
+		t.Fatal(err)
+	}
+	// Senders in all three regions (and the traveller through a non-home region).
+	senders := []*tclient{members[0], members[1], members[2], members[5], phone}
+	const perSender = 4
+	for k, s := range senders {
+		for j := 0; j < perSender; j++ {
+			if _, err := s.Send(ctx, conv, []byte(fmt.Sprintf("from %d #%d", k, j))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, s := range senders {
+		if err := s.WaitIdle(ctx); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+	}
+	// Typing from ap-southeast reaches eu-central.
+	if err := members[5].SetTyping(ctx, conv, true); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range members {
+		if offline(i) {
+			c.start(t)
+		}
+	}
+	total := 1 + len(senders)*perSender // the CREATE entry + the messages
+	everyone := append(slices.Clone(members), phone)
+	waitFor(t, 3*time.Minute, "every device has every entry", func() bool {
+		for _, c := range everyone {
+			if len(c.seqs(conv)) < total {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(300 * time.Millisecond)
+	checkSameStream(t, conv, everyone, total)
+	for _, b := range members[n-1].bodies(conv)[1:] {
+		if !strings.HasPrefix(b, "from ") {
+			t.Fatalf("a member could not read a group message: %q", b)
+		}
+	}
+	// Delivered and read receipts from other regions reach the sender in eu-central.
+	last := members[0].seqs(conv)
+	head := last[len(last)-1]
+	if err := members[4].MarkRead(ctx, conv, head); err != nil { // us-east, was offline
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "delivered ✓✓ from other regions", func() bool {
+		return alice.hasReceipt(conv, pb.ReceiptKind_RECEIPT_KIND_DELIVERED, 2)
+	})
+	waitFor(t, time.Minute, "read receipt from us-east", func() bool {
+		return alice.hasReceipt(conv, pb.ReceiptKind_RECEIPT_KIND_READ, head)
+	})
+	waitFor(t, time.Minute, "typing from ap-southeast reaches eu-central", func() bool {
+		alice.rec.mu.Lock()
+		defer alice.rec.mu.Unlock()
+		for _, e := range alice.rec.typing {
+			if e.Conv == conv && e.From.User == members[5].name && e.Typing {
+				return true
+			}
+		}
+		return false
+	})
+	// Presence: alice's devices go offline; the us-east watcher sees it.
+	alice.close()
+	phone.close()
+	waitFor(t, time.Minute, "presence from eu-central reaches us-east", func() bool {
+		watcher.rec.mu.Lock()
+		defer watcher.rec.mu.Unlock()
+		for _, e := range watcher.rec.presence {
+			if e.User == alice.name && !e.Online {
+				return true
+			}
+		}
+		return false
+	})
+	var fwd uint64
+	for _, r := range regions {
+		fwd += r.Region.Stats().Forwarded
+		for to, l := range r.Links {
+			if err := l.Health(); err != nil {
+				t.Errorf("link %s→%s: %v", r.Spec.Name, to, err)
+			}
+		}
+	}
+	if fwd == 0 {
+		t.Fatal("no region forwarded anything to the group's home")
 	}
 }
