@@ -172,3 +172,30 @@ func TestForwardingIsBounded(t *testing.T) {
 		t.Fatalf("stats = %+v", st)
 	}
 }
+
+// A record that reaches the home twice (a link retry, or a resend through
+// another region) is stored once; both copies are answered with the same
+// ack.
+func TestForwardedTwiceStoredOnce(t *testing.T) {
+	p := &stalePlacement{local: map[string][2]any{}, cur: map[string][2]any{}, regions: []string{"local", "other"}}
+	h := newHarness(t, func(c *region.Config) { c.Placement = p })
+	a := h.register("alice", 1)
+	h.register("bob", 0)
+	conv := core.DirectConvID("alice", "bob")
+	for i, req := range []uint64{1, 2} {
+		h.ingress(a, 1, req, &pb.IngressRecord{Hops: uint32(i + 1), Op: &pb.IngressRecord_Send{Send: &pb.SendRequest{
+			ConvId: conv, ClientMsgId: "same", Envelope: &pb.Envelope{Ciphertext: []byte("x")},
+		}}}, conv)
+	}
+	recs := h.waitFor("both answers", func(r []*pb.EdgeRecord) bool { return len(responses(r, 1)) >= 2 })
+	r1, r2 := responses(recs, 1)[1].GetSend(), responses(recs, 1)[2].GetSend()
+	if r1.GetSeq() != 1 || r2.GetSeq() != 1 || r1.GetMsgId() != r2.GetMsgId() {
+		t.Fatalf("acks = %v / %v, want the same entry twice", r1, r2)
+	}
+	if st := h.reg.Stats(); st.Appended != 1 || st.Duplicates != 1 || st.Claims != 1 {
+		t.Fatalf("stats = %+v, want one append (after one claim) and one duplicate", st)
+	}
+	if home, epoch, ok := p.Conv(conv); !ok || home != "local" || epoch != 1 {
+		t.Fatalf("claimed %s %d %v", home, epoch, ok)
+	}
+}
