@@ -96,6 +96,49 @@
 // entry larger than core.MaxMessageBytes, so every stored entry fits a
 // page and a push on its own.
 //
+// # The mesh (several regions)
+//
+// With Config.Placement set (placement.go; DirectoryPlacement reads the
+// Raft directory of region/directory) the region is one of a mesh. The
+// store is one logical store shared by every region (CockroachDB
+// multi-region in production, PostgreSQL in tests, one Pebble store in
+// `dev`), so every read above is served by the region the edge belongs
+// to; only sequencing is bound to a conversation's home region:
+//
+//   - Before a record's step, placeStep looks the conversation up in the
+//     directory's applied copy (memory; the directory is never on the
+//     per-message path). Homed here: the step appends at the directory's
+//     owner epoch for that conversation. Homed elsewhere: the record is
+//     forwarded (IngressRecord.hops+1) over the link to its home.
+//   - Absent from the directory: a creating record (the first send of a
+//     1:1 by one of its users to an existing peer, create_group by the
+//     group's creator) is forwarded to the initiator's home region (a
+//     user's home is where they first registered), which claims it with
+//     a compare-and-set on the epoch (0 → 1); a conversation already in
+//     the store is claimed the same way, which returns the real home if
+//     another region got there first. Anything else runs here and is
+//     refused as for a conversation that does not exist, without a
+//     directory write.
+//   - The store fences every append by the conversation's owner epoch. A
+//     deposed home (its copy not yet showing a move) is refused by the
+//     store (ErrFenced) once the new home wrote; it re-reads the directory
+//     linearizably and forwards the record to the new home (refenced) —
+//     never drops it. A record forwarded MaxHops times, or one no home
+//     can take (directory unreachable), is answered UNAVAILABLE with
+//     retry_after_ms; the client's outbox resends, the home deduplicates.
+//   - Outputs for devices on another region's edge (routes carry their
+//     region; replies go to Origin.region) and presence events for the
+//     other regions' edges go to the local outbound topic
+//     "<ns>.link.<remote>" as pb.LinkRecord. A Link worker per remote
+//     region (link.go) consumes it and produces to the remote cluster with
+//     acks=all, committing after; a retried link batch repeats records,
+//     which the home's dedupe and the clients' seq dedupe absorb.
+//
+// Exactly once and one order per conversation still come from the home's
+// idempotency keys, gapless seqs and client dedupe; a planned move (a
+// directory compare-and-set of the epoch) makes the new home continue from
+// the stored head. Region failure and automatic moves are issue 8.
+//
 // # Concurrency
 //
 // Region and API are safe for concurrent use. Region.Start launches the
