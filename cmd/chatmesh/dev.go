@@ -35,6 +35,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
 	regions := fs.Int("regions", 3, "regions to run: 1 (a single region) or 2..3 (a mesh: eu-central on 127.0.1.1, us-east on 127.0.2.1, ap-southeast on 127.0.3.1)")
 	locate := fs.String("locate", "127.0.0.1:7470", "mesh only: also serve the locator (GET /v1/locate) here; - disables")
+	raftPort := fs.Int("raft-port", 7491, "mesh only: each region's directory voter's raft port (on its 127.0.N.1); keep it across restarts")
+	dirPort := fs.Int("dir-port", 7492, "mesh only: each region's directory voter's HTTP port")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -47,7 +49,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if *regions > 1 {
 		mc := meshDev{data: *data, ws: *ws, wt: *wt, kafka: *kafka, pg: *pg, pgSchema: *pgSchema, regions: *regions,
-			locate: *locate, maxConns: *maxConns, adm: adm, webhook: *webhook}
+			locate: *locate, maxConns: *maxConns, adm: adm, webhook: *webhook, raftPort: *raftPort, dirPort: *dirPort}
 		return mc.run(ctx, logger, stdout)
 	}
 	cfg := stack.Config{

@@ -22,7 +22,7 @@ import (
 // meshDev is `chatmesh dev --regions N` (N > 1): the mesh in one process.
 type meshDev struct {
 	data, ws, wt, kafka, pg, pgSchema, locate, webhook string
-	regions, maxConns                                  int
+	regions, maxConns, raftPort, dirPort               int
 	adm                                                *admissionFlags
 }
 
@@ -51,7 +51,7 @@ func (d meshDev) run(ctx context.Context, logger *slog.Logger, stdout io.Writer)
 		r := &regions[i]
 		// Fixed ports on each region's own loopback address: raft keeps
 		// its peers' addresses, so a restart must find them again.
-		r.WSPort, r.WTPort, r.RaftPort, r.DirPort = wsPort, wtPort, 7491, 7492
+		r.WSPort, r.WTPort, r.RaftPort, r.DirPort = wsPort, wtPort, d.raftPort, d.dirPort
 		if d.kafka != "" { // one external cluster shared by the regions
 			r.KafkaBrokers, r.Namespace = strings.Split(d.kafka, ","), r.Name
 		}
