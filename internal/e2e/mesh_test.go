@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +18,7 @@ import (
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/region/geo"
 )
 
 // startMesh runs the three dev regions in this process on the embedded
@@ -320,4 +324,51 @@ func TestMeshThreeRegions(t *testing.T) {
 	if fwd == 0 {
 		t.Fatal("no region forwarded anything to the group's home")
 	}
+}
+
+// locateFrom asks the locator as a client whose address is local.
+func locateFrom(t *testing.T, url, local string) geo.Answer {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 5 * time.Second}
+	hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}, Timeout: 10 * time.Second}
+	resp, err := hc.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var a geo.Answer
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// The locator (shown item 5): a client from each simulated city gets its
+// own region's edge first; a region marked unhealthy is left out.
+func TestMeshLocator(t *testing.T) {
+	m := startMesh(t, func(c *stack.MeshConfig) { c.LocateAddr = "127.0.0.1:0" })
+	for _, c := range []struct{ from, want string }{
+		{"127.0.1.7", "eu-central"}, {"127.0.2.7", "us-east"}, {"127.0.3.7", "ap-southeast"},
+	} {
+		a := locateFrom(t, m.LocateURL, c.from)
+		if len(a.Edges) != 3 || a.Edges[0].Region != c.want || a.Edges[0].WS != m.Node(c.want).Ends.WS ||
+			a.Edges[0].NoiseKey != m.Node(c.want).Ends.EdgeKey || a.TTLS <= 0 {
+			t.Fatalf("client at %s was told %+v, want %s's edge first", c.from, a, c.want)
+		}
+	}
+	eu := m.Node("eu-central")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, _ := eu.Directory.Region("us-east")
+	r.Healthy = false
+	if err := eu.Directory.PutRegion(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := eu.Directory.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "us-east left out", func() bool {
+		a := locateFrom(t, m.LocateURL, "127.0.2.7")
+		return len(a.Edges) == 2 && a.Edges[0].Region == "eu-central" && a.Edges[1].Region == "ap-southeast"
+	})
 }
