@@ -272,3 +272,56 @@ func (r *Region) refenced(ctx context.Context, b *batch, in *pb.IngressRecord) e
 		return fmt.Errorf("conversation %s: store and directory disagree on the owner epoch: %w: %w", conv, errNotHome, core.ErrUnavailable)
 	}
 }
+
+// HomeChange is a conversation whose home or owner epoch changed.
+type HomeChange struct {
+	Conv, Home string
+	Epoch      uint64
+}
+
+// HomeWatcher is a Placement that streams home changes as its copy
+// applies them (DirectoryPlacement does). The region watches them to
+// stop caching conversations that moved away and to log moves.
+type HomeWatcher interface {
+	WatchHomes(ctx context.Context) <-chan HomeChange
+}
+
+// WatchHomes implements HomeWatcher over directory.Watch.
+func (p DirectoryPlacement) WatchHomes(ctx context.Context) <-chan HomeChange {
+	src := p.D.Watch(ctx)
+	out := make(chan HomeChange, 64)
+	go func() {
+		defer close(out)
+		for c := range src {
+			if c.Kind != directory.ChangeConv {
+				continue
+			}
+			select {
+			case out <- HomeChange{Conv: c.Key, Home: c.Home, Epoch: c.Epoch}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// watchHomes follows the placement's changes until ctx ends: a
+// conversation that moved away leaves the state cache (its new home
+// writes now), and every move of a conversation into or out of this
+// region is counted and logged for operators.
+func (r *Region) watchHomes(ctx context.Context, w HomeWatcher) {
+	for c := range w.WatchHomes(ctx) {
+		switch {
+		case c.Home != r.cfg.Name:
+			if r.states.get(c.Conv) != nil {
+				r.states.drop(c.Conv)
+				r.stats.movedAway.Add(1)
+				r.log.Info("conversation moved away; forwarding its records from now on", "conv", c.Conv, "home", c.Home, "epoch", c.Epoch)
+			}
+		case c.Epoch > 1:
+			r.stats.movedIn.Add(1)
+			r.log.Info("conversation moved here", "conv", c.Conv, "epoch", c.Epoch)
+		}
+	}
+}

@@ -222,6 +222,8 @@ type Stats struct {
 	HopsExceeded    uint64 // records refused after MaxHops forwards
 	Fenced          uint64 // appends the store fenced (a newer owner epoch): re-resolved and forwarded or retried
 	Claims          uint64 // conversations homed here through the directory
+	MovedIn         uint64 // conversations moved here (a directory epoch > 1 naming this region)
+	MovedAway       uint64 // cached conversations that moved to another region
 }
 
 type counters struct {
@@ -229,6 +231,7 @@ type counters struct {
 	notified, notifyDropped, notifyFailed, receipts, typing               atomic.Uint64
 	deadLettered, panics, stateLoads, receiptScans, restarts              atomic.Uint64
 	readsRefused, forwarded, hopsExceeded, fenced, claims                 atomic.Uint64
+	movedIn, movedAway                                                    atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -303,6 +306,13 @@ func (r *Region) Start(ctx context.Context) error {
 		defer r.wg.Done()
 		r.runNotifier(runCtx)
 	}()
+	if w, ok := r.cfg.Placement.(HomeWatcher); ok {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.watchHomes(runCtx, w)
+		}()
+	}
 	select {
 	case <-ready:
 		return nil
@@ -408,7 +418,7 @@ func (r *Region) Stats() Stats {
 		DeadLettered: c.deadLettered.Load(), Panics: c.panics.Load(), StateLoads: c.stateLoads.Load(),
 		ReceiptScans: c.receiptScans.Load(), Restarts: c.restarts.Load(),
 		ReadsRefused: c.readsRefused.Load(), Forwarded: c.forwarded.Load(), HopsExceeded: c.hopsExceeded.Load(),
-		Fenced: c.fenced.Load(), Claims: c.claims.Load(),
+		Fenced: c.fenced.Load(), Claims: c.claims.Load(), MovedIn: c.movedIn.Load(), MovedAway: c.movedAway.Load(),
 	}
 }
 

@@ -166,6 +166,9 @@ func TestMeshMoveConversationWhileFlowing(t *testing.T) {
 	if eu.Region.Stats().Forwarded == 0 {
 		t.Fatal("the old home forwarded nothing after the move")
 	}
+	if us.Region.Stats().MovedIn != 1 || eu.Region.Stats().MovedAway != 1 {
+		t.Fatalf("moves seen: us-east in %d, eu-central away %d; want 1 and 1", us.Region.Stats().MovedIn, eu.Region.Stats().MovedAway)
+	}
 }
 
 // The embedded three-region mesh end to end (issue 7, shown item 2): users
