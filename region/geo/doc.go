@@ -67,12 +67,11 @@
 //
 // # Not wired yet
 //
-//   - No edge mounts Handler at Path yet, and `dev` does not generate the
-//     database yet.
+//   - An edge serves Handler at Path when given it (edge.Config.Locate,
+//     with LocateClientAddr = ClientAddr for its per-client budget), but
+//     `dev` does not generate the database or set it yet.
 //   - No EdgeSource reads the region directory or health; StaticEdges (a
 //     fixed list) is the only implementation.
-//   - The client SDK and CLI do not take --locate, nor fail over down the
-//     list or re-locate.
 //   - The database is opened once; reloading a newer GeoLite2 file needs a
 //     new Locator.
 package geo
