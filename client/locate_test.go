@@ -232,6 +232,7 @@ func TestLocateDecodesTheLocatorsAnswer(t *testing.T) {
 	k1, k2 := randomKey(t), randomKey(t)
 	e2 := geoEdge("us-east", "wss://us.example:443/v1/ws", k2, virginia)
 	e2.WT = "https://us.example:443/v1/wt"
+	e2.CertHash = hex.EncodeToString(k1) // any 32 bytes
 	src := &edgeSource{lists: [][]geo.Edge{{e2, geoEdge("eu-central", "ws://127.0.1.1:7000/v1/ws", k1, frankfurt)}}}
 	loc, err := Locate(testCtx(t), startLocator(t, src, 90*time.Second), nil)
 	if err != nil {
@@ -242,7 +243,7 @@ func TestLocateDecodesTheLocatorsAnswer(t *testing.T) {
 	}
 	a, b := loc.Edges[0], loc.Edges[1]
 	if a.Region != "eu-central" || a.WS != "ws://127.0.1.1:7000/v1/ws" || a.WT != "" || string(a.NoiseKey) != string(k1) || a.CertHash != nil ||
-		b.Region != "us-east" || b.WT != "https://us.example:443/v1/wt" || string(b.NoiseKey) != string(k2) {
+		b.Region != "us-east" || b.WT != "https://us.example:443/v1/wt" || string(b.NoiseKey) != string(k2) || string(b.CertHash) != string(k1) {
 		t.Fatalf("located %+v", loc)
 	}
 }
