@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	mrand "math/rand/v2"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -27,19 +28,37 @@ import (
 
 var keyOf = core.KeyOf
 
-// Config configures a Client. Only StateDir is required (and Edges to
-// connect); every other zero value picks the documented default.
+// Config configures a Client. Only StateDir is required (and Edges or
+// LocateURL to connect); every other zero value picks the documented
+// default.
 type Config struct {
 	// StateDir holds the device identity, the outbox and the local
 	// message store. Created with mode 0700 when missing.
 	StateDir string
 	// Edges are edge URLs (ws://host:port, https://host:port for
 	// WebTransport). The client uses them in order and moves to the next
-	// one after a failure.
+	// one after a failure. With LocateURL they are the last resort (see
+	// LocateURL).
 	Edges []string
+	// LocateURL, if set, is a locator (an edge's GET /v1/locate; https, or
+	// http on loopback, see Locate). The client locates first, connects to
+	// the first (nearest) edge of the answer and fails over down the list,
+	// each attempt bounded by DialTimeout; it locates again when every
+	// edge of the list failed in a row, or when the answer's TTL has
+	// expired at reconnect time. A session that stayed up 30 s makes the
+	// next reconnect start from the top of the list again. Edges, if also
+	// set, follow the located edges and are used alone while the locator
+	// cannot be reached. Each located edge is authenticated against the
+	// Noise key of the answer unless ServerKey is set.
+	LocateURL string
+	// HTTPClient is used for LocateURL (TLS settings, proxies). nil: a
+	// plain http.Client with the default transport.
+	HTTPClient *http.Client
 	// CertHash pins the SHA-256 of the edges' TLS certificate (dev edges).
+	// A located edge's cert_hash, when the answer has one, replaces it.
 	CertHash []byte
-	// ServerKey pins the edges' Noise static public key (optional).
+	// ServerKey pins the edges' Noise static public key (optional). When
+	// set it is pinned for located edges too, instead of the answer's key.
 	ServerKey []byte
 	// Logger receives operational logs; never message bodies or keys.
 	// Default: discard.
@@ -200,6 +219,8 @@ type Client struct {
 	wg     sync.WaitGroup
 	runErr error // guarded by mu; set when the started Run ends
 
+	now func() time.Time // clock of the connection loop's edge list and session age (tests replace it before Start)
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -236,6 +257,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		recv:    map[string]*recvState{},
 		emitted: map[string]uint64{}, dirty: map[string]struct{}{},
 		events: make(chan Event, cfg.EventBuffer), dispatchWake: make(chan struct{}, 1),
+		now: time.Now,
 	}
 	if c.sealer == nil {
 		sl, err := e2ee.New(e2ee.Config{
@@ -373,12 +395,17 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.De
 	req.IdentityProof = c.id.RegisterProof(req.GetUserId())
 	c.mu.Unlock()
 	req.RegistrationToken = c.cfg.RegistrationToken
-	if len(c.cfg.Edges) == 0 {
+	if len(c.cfg.Edges) == 0 && c.cfg.LocateURL == "" {
 		return core.DeviceKey{}, ErrNoEdges
 	}
+	edges := c.newEdgeList()
 	var lastErr error
 	for attempt := 1; ; attempt++ {
-		for _, edge := range c.cfg.Edges {
+		round, err := edges.all(ctx)
+		if err != nil {
+			lastErr = err
+		}
+		for _, edge := range round {
 			r, err := c.registerAt(ctx, edge, noiseStatic, req)
 			if err == nil {
 				key := keyOf(r.GetRegister().GetDevice())
@@ -409,11 +436,12 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.De
 			if errors.As(err, &we) && !retryable(we.Code) {
 				return core.DeviceKey{}, fmt.Errorf("client: register: %w", err)
 			}
+			edges.done(false)
 		}
 		if attempt >= 3 {
 			return core.DeviceKey{}, fmt.Errorf("client: register: %w", lastErr)
 		}
-		if err := sleepCtx(ctx, backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)); err != nil {
+		if err := sleepCtx(ctx, max(backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(lastErr))); err != nil {
 			return core.DeviceKey{}, err
 		}
 	}
@@ -423,7 +451,7 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.De
 // edge's ServerHello asks for a proof of work and no registration token is
 // configured, it first solves it (the nonce depends on the device's Noise
 // key and the user only, so it is kept for the next edge).
-func (c *Client) registerAt(ctx context.Context, edge string, noiseStatic []byte, req *pb.RegisterRequest) (*pb.Response, error) {
+func (c *Client) registerAt(ctx context.Context, edge edgeTarget, noiseStatic []byte, req *pb.RegisterRequest) (*pb.Response, error) {
 	nc, hello, err := c.handshake(ctx, edge)
 	if err != nil {
 		return nil, err
@@ -483,7 +511,7 @@ func (r *connRequester) Request(ctx context.Context, f *pb.ClientFrame) (*pb.Res
 // and publishes its end-to-end keys (device list, prekeys), so others can
 // write to it before it ever connects for good. A failure is logged and
 // repeated on the next connect.
-func (c *Client) setupAfterRegister(ctx context.Context, edge string) {
+func (c *Client) setupAfterRegister(ctx context.Context, edge edgeTarget) {
 	nc, _, err := c.handshake(ctx, edge)
 	if err == nil {
 		defer nc.Close()
@@ -494,8 +522,9 @@ func (c *Client) setupAfterRegister(ctx context.Context, edge string) {
 	}
 }
 
-// handshake dials an edge and runs the Noise handshake.
-func (c *Client) handshake(ctx context.Context, edge string) (*noiseconn.Conn, *pb.ServerHello, error) {
+// handshake dials an edge and runs the Noise handshake, pinning the
+// target's Noise key and certificate hash when it has them.
+func (c *Client) handshake(ctx context.Context, edge edgeTarget) (*noiseconn.Conn, *pb.ServerHello, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
 	c.mu.Lock()
@@ -509,19 +538,19 @@ func (c *Client) handshake(ctx context.Context, edge string) (*noiseconn.Conn, *
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: encode hello: %w", err)
 	}
-	mc, err := Dial(ctx, edge, DialOptions{CertHash: c.cfg.CertHash})
+	mc, err := Dial(ctx, edge.url, DialOptions{CertHash: edge.certHash})
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := noiseconn.Client(ctx, mc, noiseconn.ClientConfig{Static: kp, Payload: payload, ServerStatic: c.cfg.ServerKey})
+	nc, err := noiseconn.Client(ctx, mc, noiseconn.ClientConfig{Static: kp, Payload: payload, ServerStatic: edge.key})
 	if err != nil {
 		_ = mc.Close()
-		return nil, nil, fmt.Errorf("client: %s: %w", edge, err)
+		return nil, nil, fmt.Errorf("client: %s: %w", edge.url, err)
 	}
 	sh := new(pb.ServerHello)
 	if err := proto.Unmarshal(nc.PeerPayload(), sh); err != nil {
 		_ = nc.Close()
-		return nil, nil, fmt.Errorf("client: %s: malformed ServerHello: %w", edge, err)
+		return nil, nil, fmt.Errorf("client: %s: malformed ServerHello: %w", edge.url, err)
 	}
 	return nc, sh, nil
 }
@@ -561,7 +590,8 @@ func (c *Client) Err() error {
 }
 
 // Run connects, keeps the device connected (reconnecting with backoff,
-// rotating through Config.Edges) and returns when ctx ends, the client is
+// rotating through Config.Edges, or down the located edges with
+// Config.LocateURL) and returns when ctx ends, the client is
 // closed, or an edge rejects the device for good (UNAUTHENTICATED,
 // REPLACED, FORBIDDEN). Run at most once at a time; Start is the managed form.
 func (c *Client) Run(ctx context.Context) error {
@@ -575,15 +605,23 @@ func (c *Client) Run(ctx context.Context) error {
 	return c.run(ctx)
 }
 
+// healthySession is how long a session must have lasted for its end not to
+// count as a failure of its edge: the backoff starts over, and with a
+// locator the next attempt starts from the top of the list.
+const healthySession = 30 * time.Second
+
 func (c *Client) run(ctx context.Context) error {
-	if len(c.cfg.Edges) == 0 {
+	if len(c.cfg.Edges) == 0 && c.cfg.LocateURL == "" {
 		return ErrNoEdges
 	}
-	attempt, idx := 0, 0
+	edges := c.newEdgeList()
+	attempt := 0
 	for {
-		edge := c.cfg.Edges[idx%len(c.cfg.Edges)]
-		started := time.Now()
-		err := c.runSession(ctx, edge)
+		started := c.now()
+		edge, err := edges.pick(ctx)
+		if err == nil {
+			err = c.runSession(ctx, edge)
+		}
 		if ctx.Err() != nil {
 			if c.ctx.Err() != nil {
 				return ErrClosed
@@ -591,16 +629,19 @@ func (c *Client) run(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if fatal(err) {
-			c.log.Error("client: rejected by edge; not reconnecting", "edge", edge, "err", err)
+			c.log.Error("client: rejected by edge; not reconnecting", "edge", edge.url, "err", err)
 			return err
 		}
-		if time.Since(started) > 30*time.Second {
+		healthy := c.now().Sub(started) > healthySession
+		if healthy {
 			attempt = 0
 		}
+		if edge.url != "" {
+			edges.done(healthy)
+		}
 		attempt++
-		idx++
-		d := backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
-		c.log.Info("client: session ended; reconnecting", "edge", edge, "err", err, "in", d)
+		d := max(backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(err))
+		c.log.Info("client: session ended; reconnecting", "edge", edge.url, "err", err, "in", d)
 		if sleepCtx(ctx, d) != nil {
 			if c.ctx.Err() != nil {
 				return ErrClosed
@@ -645,8 +686,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 // runSession runs one session to its end and returns why it ended.
-func (c *Client) runSession(ctx context.Context, edge string) error {
-	nc, hello, err := c.handshake(ctx, edge)
+func (c *Client) runSession(ctx context.Context, target edgeTarget) error {
+	edge := target.url
+	nc, hello, err := c.handshake(ctx, target)
 	if err != nil {
 		return err
 	}

@@ -138,7 +138,20 @@
 // key) and keeps one session up. Any session end — transport error,
 // Disconnect, failed sync, unanswered keepalive ping (Config.KeepAlive) —
 // leads to a reconnect with exponential backoff and full jitter, to the next
-// edge in the list. Only UNAUTHENTICATED, FORBIDDEN and REPLACED stop the
+// edge in the list.
+//
+// With Config.LocateURL the list comes from a locator (Locate, GET
+// /v1/locate on any edge): the healthy edges nearest first, each with its
+// URLs and Noise key, and a TTL. The client connects to the first and
+// fails over down the list (each attempt bounded by DialTimeout), and
+// locates again when every edge of the list failed in a row or the TTL
+// has expired at reconnect time; a session that stayed up 30 s sends the
+// next reconnect back to the top of the list. Each located edge must
+// prove the Noise key of the answer (unless Config.ServerKey pins one
+// key for all): the locator is what the client trusts about which edge
+// is which, so outside development it must be served over HTTPS (Locate
+// refuses plain http except to loopback). A locator's 429/503 with
+// Retry-After lengthens the backoff (at most 5 min). Only UNAUTHENTICATED, FORBIDDEN and REPLACED stop the
 // loop (Run returns the error; with Start, Err reports it): retrying cannot
 // help there. An edge that rejects a connection before the handshake
 // finishes signals the code by WebSocket close status 4000+code or

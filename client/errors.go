@@ -16,7 +16,7 @@ var (
 	ErrNotRegistered = errors.New("client: device not registered")
 	// ErrAlreadyRegistered: Register on a device that already has a user.
 	ErrAlreadyRegistered = errors.New("client: device already registered")
-	// ErrNoEdges: Config.Edges is empty.
+	// ErrNoEdges: Config.Edges and Config.LocateURL are both empty.
 	ErrNoEdges = errors.New("client: no edge urls configured")
 	// ErrDial: the transport to an edge could not be opened.
 	ErrDial = errors.New("client: dial failed")

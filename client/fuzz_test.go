@@ -77,3 +77,27 @@ func mustMarshal(f *testing.F, m *pb.Message) []byte {
 	}
 	return b
 }
+
+// FuzzDecodeLocate feeds arbitrary bodies to the locate answer decoder: it
+// must not panic, and whatever it accepts keeps the documented limits.
+func FuzzDecodeLocate(f *testing.F) {
+	key := "abababababababababababababababababababababababababababababababab"
+	f.Add([]byte(`{"edges":[{"region":"eu","ws":"ws://127.0.0.1:1/v1/ws","noise_key":"` + key + `"}],"ttl_s":60}`))
+	f.Add([]byte(`{"edges":[{"wt":"https://h:443/v1/wt","noise_key":"` + key + `","cert_hash":"` + key + `"}],"ttl_s":0,"client":{}}`))
+	f.Add([]byte(`{"edges":[],"ttl_s":60}`))
+	f.Add([]byte(`{"edges":null}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		loc, err := decodeLocate(body)
+		if err != nil {
+			return
+		}
+		if len(loc.Edges) == 0 || len(loc.Edges) > MaxLocatedEdges || loc.TTL < 0 || loc.TTL > MaxLocateTTL {
+			t.Fatalf("accepted %d edges, ttl %v", len(loc.Edges), loc.TTL)
+		}
+		for _, e := range loc.Edges {
+			if len(e.NoiseKey) != 32 || (e.CertHash != nil && len(e.CertHash) != 32) || (e.WS == "" && e.WT == "") {
+				t.Fatalf("accepted edge %+v", e)
+			}
+		}
+	})
+}

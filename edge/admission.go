@@ -57,6 +57,12 @@ type AdmissionConfig struct {
 	// (defaults 1000/s, burst 10,000).
 	IPReadsPerSecond float64
 	IPReadBurst      int
+	// LocatePerSecond and LocateBurst bound the GET /v1/locate requests
+	// of one client (Config.LocateClientAddr, else the TCP peer; defaults
+	// 2/s, burst 20): a client locates once per answer TTL or after all
+	// its edges failed, so this is far above honest use.
+	LocatePerSecond float64
+	LocateBurst     int
 	// MaxTrackedIPs bounds each per-IP limiter (default 100,000).
 	MaxTrackedIPs int
 	// MaxIngressInFlight bounds the ingress produces in flight in the
@@ -86,6 +92,12 @@ func (c *AdmissionConfig) defaults() error {
 	if c.IPReadBurst <= 0 {
 		c.IPReadBurst = 10_000
 	}
+	if c.LocatePerSecond <= 0 {
+		c.LocatePerSecond = 2
+	}
+	if c.LocateBurst <= 0 {
+		c.LocateBurst = 20
+	}
 	if c.MaxTrackedIPs <= 0 {
 		c.MaxTrackedIPs = 100_000
 	}
@@ -114,7 +126,8 @@ type admission struct {
 	cfg             AdmissionConfig
 	register        *core.KeyedLimiter
 	ipMsgs, ipReads *core.KeyedLimiter
-	ingress         chan struct{} // one slot per ingress produce in flight
+	locate          *core.KeyedLimiter // GET /v1/locate per client
+	ingress         chan struct{}      // one slot per ingress produce in flight
 
 	regLimited, powFail, badToken, tokens, ipLimited, ingressFull atomic.Uint64
 }
@@ -125,6 +138,7 @@ func newAdmission(c AdmissionConfig) *admission {
 		register: core.NewKeyedLimiter(c.RegisterPerHour/3600, c.RegisterBurst, c.MaxTrackedIPs),
 		ipMsgs:   core.NewKeyedLimiter(c.IPMessagesPerSecond, c.IPMessageBurst, c.MaxTrackedIPs),
 		ipReads:  core.NewKeyedLimiter(c.IPReadsPerSecond, c.IPReadBurst, c.MaxTrackedIPs),
+		locate:   core.NewKeyedLimiter(c.LocatePerSecond, c.LocateBurst, c.MaxTrackedIPs),
 		ingress:  make(chan struct{}, c.MaxIngressInFlight),
 	}
 }

@@ -57,6 +57,14 @@
 // the snapshot is read are held, then delivered after it for those users
 // and dropped for the rest (presence.go).
 //
+// With Config.Locate set (a region/geo Locator's Handler), the WebSocket
+// listener also serves GET /v1/locate (LocatePath): the nearest healthy
+// edges for the asking client. Such requests pass the same accept limits
+// and timeouts, and each client (Config.LocateClientAddr, which believes
+// X-Forwarded-For only from trusted proxies, else the TCP peer) is
+// charged to a locate budget (AdmissionConfig.LocatePerSecond,
+// LocateBurst); over it: 429 with Retry-After (locate.go).
+//
 // # What it does not do
 //
 // It never reads the database or the directory, never parses envelopes

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,6 +124,20 @@ type Config struct {
 	// tokens), per-IP budgets shared by all sessions of an IP, and the
 	// process-wide ingress limit (see AdmissionConfig, admission.go).
 	Admission AdmissionConfig
+	// Locate, if set, is served at LocatePath (GET /v1/locate) on the
+	// WebSocket listener, beside WSPath: normally a region/geo Locator's
+	// Handler. nil: that path is 404, as any other. Locate requests pass
+	// the listener's connection limits and timeouts and are charged to a
+	// per-client budget (AdmissionConfig.LocatePerSecond, LocateBurst);
+	// over it they are answered 429 with Retry-After and Locate is not
+	// called. Nothing is served there when WSAddr is "".
+	Locate http.Handler
+	// LocateClientAddr, if set, names the client a locate request is
+	// charged to: pass the locator's ClientAddr (geo.Locator.ClientAddr),
+	// which believes X-Forwarded-For only from its trusted proxies, so
+	// that clients behind a trusted load balancer get a budget each. nil
+	// (or an invalid result): the TCP peer.
+	LocateClientAddr func(*http.Request) netip.Addr
 	// IdleTimeout closes a session that sent nothing for this long (default
 	// 2 min; clients ping). HandshakeTimeout bounds everything before a
 	// session exists (default 10 s): the HTTP request that upgrades to a
@@ -230,6 +245,8 @@ type Stats struct {
 	Replaced           uint64 // sessions closed because the device connected again
 	EdgeRecordsHandled uint64
 	PresenceHandled    uint64
+	LocateRequests     uint64 // GET /v1/locate requests received (Config.Locate set)
+	LocateLimited      uint64 // locate requests answered 429 (per-client budget)
 }
 
 type counters struct {
@@ -239,6 +256,7 @@ type counters struct {
 	malformed, tooLarge, slowClient, idle, replaced, edgeRecords, presence   atomic.Uint64
 	tooLargeToSend, writeErrors                                              atomic.Uint64
 	rejectedAtAccept, acceptErrors, listenerFailures                         atomic.Uint64
+	locateRequests, locateLimited                                            atomic.Uint64
 }
 
 // Edge terminates client connections. Create it with New, then Start, then
@@ -365,6 +383,7 @@ func (e *Edge) Stats() Stats {
 		TooLargeToSend: n.tooLargeToSend.Load(), WriteErrors: n.writeErrors.Load(),
 		OpenConns: int64(e.conns.open()), RejectedAtAccept: n.rejectedAtAccept.Load(),
 		AcceptErrors: n.acceptErrors.Load(), ListenerFailures: n.listenerFailures.Load(),
+		LocateRequests: n.locateRequests.Load(), LocateLimited: n.locateLimited.Load(),
 	}
 }
 

@@ -40,6 +40,8 @@ var metricDefs = []metricDef{
 	{"idle_timeouts_total", "Sessions closed for idleness.", false, func(s Stats) float64 { return float64(s.IdleTimeouts) }},
 	{"replaced_total", "Sessions replaced by a newer session of the same device.", false, func(s Stats) float64 { return float64(s.Replaced) }},
 	{"edge_records_total", "Edge-topic records handled.", false, func(s Stats) float64 { return float64(s.EdgeRecordsHandled) }},
+	{"locate_requests_total", "GET /v1/locate requests received.", false, func(s Stats) float64 { return float64(s.LocateRequests) }},
+	{"locate_limited_total", "Locate requests answered 429 by the per-client budget.", false, func(s Stats) float64 { return float64(s.LocateLimited) }},
 	{"presence_records_total", "Presence records handled.", false, func(s Stats) float64 { return float64(s.PresenceHandled) }},
 }
 

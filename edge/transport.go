@@ -88,7 +88,8 @@ func (e *Edge) listenWS() error {
 	return e.serveWSOn(tcp)
 }
 
-// serveWSOn serves WebSocket upgrades on ln. Every connection is limited
+// serveWSOn serves WebSocket upgrades on ln, and Config.Locate at
+// LocatePath when set. Every connection is limited
 // (MaxConns, MaxAcceptPerIP) at accept, before TLS and HTTP, and timed out
 // until it has upgraded: HandshakeTimeout to send its request headers and
 // body, to receive the response, and between requests on a kept-alive
@@ -103,6 +104,9 @@ func (e *Edge) serveWSOn(tcp net.Listener) error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(WSPath, e.serveWS)
+	if e.cfg.Locate != nil {
+		mux.HandleFunc(LocatePath, e.serveLocate)
+	}
 	t := e.cfg.HandshakeTimeout
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: t, ReadTimeout: t, WriteTimeout: t, IdleTimeout: t,
 		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)}

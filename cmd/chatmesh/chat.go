@@ -24,6 +24,13 @@ import (
 )
 
 const chatUsage = `usage: chatmesh chat --state DIR --edge URL [--edge URL...] [--cert-hash HEX] [--server-key HEX] <command>
+       chatmesh chat --state DIR --locate URL <command>
+
+  --locate URL asks a locator (any edge's /v1/locate; https, or http on loopback) for the
+  nearest healthy edges and their Noise keys: the CLI connects to the first, fails over down
+  the list and locates again when all failed (env CHATMESH_LOCATE). It replaces --edge and
+  --server-key (each edge is authenticated against the key in the answer); --edge URLs given
+  as well are tried after the located ones, and alone while the locator is unreachable.
 
 commands:
   register USER                 register this device as the first device of USER
@@ -66,6 +73,7 @@ commands:
 type chatGlobals struct {
 	state    string
 	edges    []string
+	locate   string // locator URL (client.Config.LocateURL)
 	certHash []byte
 	srvKey   []byte
 	timeout  time.Duration
@@ -115,7 +123,8 @@ func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	edges := stringList{}
 	fs.Var(&edges, "edge", "edge URL (ws://host:port or https://host:port for WebTransport); repeatable; env CHATMESH_EDGE")
 	fs.Var(hexFlag{&g.certHash}, "cert-hash", "hex SHA-256 of the edge's TLS certificate (self-signed dev edges)")
-	fs.Var(hexFlag{&g.srvKey}, "server-key", "hex Noise static key of the edge to pin (optional)")
+	fs.Var(hexFlag{&g.srvKey}, "server-key", "hex Noise static key of the edge to pin (optional; with --locate it replaces the located keys)")
+	fs.StringVar(&g.locate, "locate", os.Getenv("CHATMESH_LOCATE"), "locator URL (an edge's /v1/locate): connect to the nearest healthy edge it names; env CHATMESH_LOCATE")
 	fs.DurationVar(&g.timeout, "timeout", 30*time.Second, "time limit of one-shot commands")
 	fs.BoolVar(&g.verbose, "v", false, "log connection events to stderr")
 	fs.BoolVar(&g.insecure, "insecure-plaintext", os.Getenv("CHATMESH_INSECURE_PLAINTEXT") == "1", "send and read bodies WITHOUT end-to-end encryption (control runs only); env CHATMESH_INSECURE_PLAINTEXT=1")
@@ -187,7 +196,7 @@ func (g *chatGlobals) open(ctx context.Context, manualCommit bool) (*client.Clie
 		logger = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	cfg := client.Config{
-		StateDir: g.state, Edges: g.edges, CertHash: g.certHash, ServerKey: g.srvKey,
+		StateDir: g.state, Edges: g.edges, LocateURL: g.locate, CertHash: g.certHash, ServerKey: g.srvKey,
 		Logger: logger, ManualCommit: manualCommit, ClientName: "chatmesh-cli/" + Version,
 		RegistrationToken: g.regToken,
 	}
@@ -197,10 +206,16 @@ func (g *chatGlobals) open(ctx context.Context, manualCommit bool) (*client.Clie
 	return client.Open(ctx, cfg)
 }
 
+// errNoEdge: neither --edge nor --locate (nor their environment variables).
+var errNoEdge = errors.New("chat: --edge or --locate is required")
+
+// online reports whether the CLI knows where to connect.
+func (g *chatGlobals) online() bool { return len(g.edges) > 0 || g.locate != "" }
+
 // connected opens the state and starts the connection loop.
 func (g *chatGlobals) connected(ctx context.Context, manualCommit bool) (*client.Client, error) {
-	if len(g.edges) == 0 {
-		return nil, errors.New("chat: --edge is required")
+	if !g.online() {
+		return nil, errNoEdge
 	}
 	c, err := g.open(ctx, manualCommit)
 	if err != nil {
@@ -242,8 +257,8 @@ func chatRegister(ctx context.Context, g *chatGlobals, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if len(g.edges) == 0 {
-		return errors.New("chat: --edge is required")
+	if !g.online() {
+		return errNoEdge
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
@@ -354,7 +369,7 @@ func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
 	}
 	// Connect first when possible: sealing to a device for the first time
 	// needs its device list and prekey bundle from the server.
-	if len(g.edges) > 0 {
+	if g.online() {
 		if err := c.Start(); err != nil {
 			return err
 		}
@@ -367,8 +382,8 @@ func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
 		fmt.Fprintf(g.stdout, "queued %s %s\n", conv, id)
 		return nil
 	}
-	if len(g.edges) == 0 {
-		return errors.New("chat: --edge is required")
+	if !g.online() {
+		return errNoEdge
 	}
 	res, err := waitSent(ctx, c, id)
 	if err != nil {

@@ -21,8 +21,8 @@
 //
 // Locate asks the EdgeSource for the candidate edges on every call and keeps
 // the healthy ones whose coordinates are in range, that have a WS or WT URL
-// and whose NoiseKey is NoiseKeyLen bytes of hex (the others are left out,
-// the malformed ones logged). They are ordered by distance from the client;
+// and whose NoiseKey is NoiseKeyLen bytes of hex and CertHash (optional)
+// 32 bytes of hex (the others are left out, the malformed ones logged). They are ordered by distance from the client;
 // ties, and every edge when the client's location is unknown (address not
 // in the database, no coordinates, unparsable peer), follow the default
 // order: Region, then WS, WT, NoiseKey, compared byte-wise. At most
@@ -42,7 +42,9 @@
 //	}
 //
 // client.city is "" and client.lat/long and every distance_km are null when
-// the location is unknown; ws or wt is omitted when the edge has none.
+// the location is unknown; ws or wt is omitted when the edge has none;
+// "cert_hash" (hex SHA-256 of a self-signed WebTransport certificate) is
+// there only when the edge has one.
 // "edges" may be empty (no healthy edge): the client should retry after
 // ttl_s. Cache-Control is "private, max-age=<ttl_s>". Any method but GET is
 // 405 with Allow: GET; the body is never read; an EdgeSource failure is 503
@@ -67,12 +69,11 @@
 //
 // # Not wired yet
 //
-//   - No edge mounts Handler at Path yet, and `dev` does not generate the
-//     database yet.
+//   - An edge serves Handler at Path when given it (edge.Config.Locate,
+//     with LocateClientAddr = ClientAddr for its per-client budget), but
+//     `dev` does not generate the database or set it yet.
 //   - No EdgeSource reads the region directory or health; StaticEdges (a
 //     fixed list) is the only implementation.
-//   - The client SDK and CLI do not take --locate, nor fail over down the
-//     list or re-locate.
 //   - The database is opened once; reloading a newer GeoLite2 file needs a
 //     new Locator.
 package geo

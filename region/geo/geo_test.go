@@ -112,6 +112,7 @@ func TestUnhealthyAndInvalidEdgesLeftOut(t *testing.T) {
 		geo.Edge{Region: "bad-key", WS: "ws://x", NoiseKey: "zz", Lat: 50, Long: 8, Healthy: true},
 		geo.Edge{Region: "bad-lat", WS: "ws://x", NoiseKey: key(5), Lat: 91, Long: 8, Healthy: true},
 		geo.Edge{Region: "no-url", NoiseKey: key(6), Lat: 50, Long: 8, Healthy: true},
+		geo.Edge{Region: "bad-cert-hash", WT: "https://x", NoiseKey: key(7), CertHash: "abcd", Lat: 50, Long: 8, Healthy: true},
 	)
 	l := newLocator(t, edges, geo.Config{})
 	a, err := l.Locate(context.Background(), netip.MustParseAddr("127.0.1.1"))

@@ -47,6 +47,10 @@ type Edge struct {
 	// NoiseKey is the hex of the edge's Noise static public key
 	// (NoiseKeyLen bytes).
 	NoiseKey string `json:"noise_key"`
+	// CertHash, optional, is the hex SHA-256 of the edge's TLS leaf
+	// certificate (a self-signed WebTransport certificate the client
+	// pins, like the browser's serverCertificateHashes).
+	CertHash string `json:"cert_hash,omitempty"`
 	// Lat and Long place the edge, in degrees.
 	Lat  float64 `json:"lat"`
 	Long float64 `json:"long"`
@@ -184,8 +188,9 @@ func (l *Locator) Where(addr netip.Addr) Client {
 // great-circle distance, at most Config.MaxEdges of them. Edges at equal
 // distance, and all edges when the client's location is unknown, come in
 // the stable default order: by Region, then WS, WT and NoiseKey (byte-wise).
-// Unhealthy edges, and edges with out-of-range coordinates or a NoiseKey
-// that is not NoiseKeyLen bytes of hex, are left out (the last two logged).
+// Unhealthy edges, and edges with out-of-range coordinates, a NoiseKey
+// that is not NoiseKeyLen bytes of hex or a CertHash that is neither empty
+// nor 32 bytes of hex, are left out (the malformed ones logged).
 // An EdgeSource failure is returned wrapped in ErrEdges.
 func (l *Locator) Locate(ctx context.Context, addr netip.Addr) (Answer, error) {
 	client := l.Where(addr)
@@ -199,7 +204,7 @@ func (l *Locator) Locate(ctx context.Context, addr netip.Addr) (Answer, error) {
 			continue
 		}
 		if !validEdge(e) {
-			l.log.Warn("geo: edge left out: bad coordinates or noise key", "region", e.Region, "ws", e.WS, "wt", e.WT)
+			l.log.Warn("geo: edge left out: bad coordinates, noise key or cert hash", "region", e.Region, "ws", e.WS, "wt", e.WT)
 			continue
 		}
 		re := RankedEdge{Edge: e}
@@ -220,9 +225,17 @@ func validEdge(e Edge) bool {
 	if !validCoord(e.Lat, e.Long) || (e.WS == "" && e.WT == "") {
 		return false
 	}
+	if e.CertHash != "" {
+		if h, err := hex.DecodeString(e.CertHash); err != nil || len(h) != certHashLen {
+			return false
+		}
+	}
 	k, err := hex.DecodeString(e.NoiseKey)
 	return err == nil && len(k) == NoiseKeyLen
 }
+
+// certHashLen is the length in bytes of Edge.CertHash (SHA-256).
+const certHashLen = 32
 
 // compareRanked orders by distance (when known), then the default order.
 func compareRanked(a, b RankedEdge) int {
