@@ -104,4 +104,24 @@ func TestDevMeshQuickStart(t *testing.T) {
 	if out := alice.must("receive", "--timeout", "10s"); !strings.Contains(out, "hi from Virginia") {
 		t.Fatalf("alice received %q", out)
 	}
+	// carol knows only a locator: any edge's /v1/locate.
+	carolState := t.TempDir()
+	carol := func(args ...string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		var out, errb strings.Builder
+		locate := strings.TrimSuffix(ends["ap-southeast"].WS, "/v1/ws") + "/v1/locate"
+		locate = "http" + strings.TrimPrefix(locate, "ws")
+		full := append([]string{"--state", carolState, "--locate", locate, "--timeout", "20s"}, args...)
+		if err := runChat(ctx, full, strings.NewReader(""), &out, &errb); err != nil {
+			t.Fatalf("chat --locate %v: %v (%s)", args, err, errb.String())
+		}
+		return out.String()
+	}
+	carol("register", "carol")
+	carol("send", "@alice", "hello via the locator")
+	if out := alice.must("receive", "--timeout", "10s"); !strings.Contains(out, "hello via the locator") {
+		t.Fatalf("alice received %q", out)
+	}
 }

@@ -359,6 +359,13 @@ func TestMeshLocator(t *testing.T) {
 			t.Fatalf("client at %s was told %+v, want %s's edge first", c.from, a, c.want)
 		}
 	}
+	// Every edge serves the same locator.
+	for _, n := range m.Nodes {
+		url := "http" + strings.TrimPrefix(strings.TrimSuffix(n.Ends.WS, "/v1/ws"), "ws") + "/v1/locate"
+		if a := locateFrom(t, url, "127.0.3.7"); len(a.Edges) != 3 || a.Edges[0].Region != "ap-southeast" {
+			t.Fatalf("%s's edge locates a Singapore client to %+v", n.Spec.Name, a.Edges)
+		}
+	}
 	eu := m.Node("eu-central")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

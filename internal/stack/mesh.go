@@ -294,6 +294,20 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		}
 	}
 
+	// The locator.
+	dbPath := cfg.GeoDB
+	if dbPath == "" {
+		dbPath = filepath.Join(cfg.DataDir, "geo", "dev-city.mmdb")
+		if err := os.MkdirAll(filepath.Dir(dbPath), 0o700); err != nil {
+			return nil, fmt.Errorf("stack: %w", err)
+		}
+		if err := geo.GenerateCityDB(dbPath, geo.DevCities()); err != nil {
+			return nil, fmt.Errorf("stack: geo database: %w", err)
+		}
+	}
+	if m.Locator, err = geo.Open(dbPath, meshEdges{m}, geo.Config{Logger: cfg.Logger}); err != nil {
+		return nil, fmt.Errorf("stack: locator: %w", err)
+	}
 	// Edges.
 	for _, n := range m.Nodes {
 		r := n.Spec
@@ -318,6 +332,8 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		if cfg.MaxConnsPerIP > 0 {
 			ecfg.MaxConnsPerIP = cfg.MaxConnsPerIP
 		}
+		// Every edge serves the locator (GET /v1/locate).
+		ecfg.Locate, ecfg.LocateClientAddr = m.Locator.Handler(), m.Locator.ClientAddr
 		if cfg.EdgeConfig != nil {
 			cfg.EdgeConfig(r.Name, &ecfg)
 		}
@@ -342,20 +358,6 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		}
 	}
 
-	// The locator.
-	dbPath := cfg.GeoDB
-	if dbPath == "" {
-		dbPath = filepath.Join(cfg.DataDir, "geo", "dev-city.mmdb")
-		if err := os.MkdirAll(filepath.Dir(dbPath), 0o700); err != nil {
-			return nil, fmt.Errorf("stack: %w", err)
-		}
-		if err := geo.GenerateCityDB(dbPath, geo.DevCities()); err != nil {
-			return nil, fmt.Errorf("stack: geo database: %w", err)
-		}
-	}
-	if m.Locator, err = geo.Open(dbPath, meshEdges{m}, geo.Config{Logger: cfg.Logger}); err != nil {
-		return nil, fmt.Errorf("stack: locator: %w", err)
-	}
 	if cfg.LocateAddr != "" {
 		ln, err := net.Listen("tcp", cfg.LocateAddr)
 		if err != nil {
