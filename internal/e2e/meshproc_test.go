@@ -198,7 +198,11 @@ func receiveUntil(t *testing.T, state string, ends stack.Endpoints, body string)
 // is forwarded over the us-east → eu-central link, sequenced at the home,
 // and its ack and alice's delivery come back over the eu-central → us-east
 // link. The region processes' link counters (printed when they stop) show
-// both links carried records.
+// both links carried records. (A one-shot `chat receive` also syncs from
+// the shared store when it connects, so bob's receipt alone would not
+// prove the eu→us link; bob's "sent … seq 2" does need both links — with
+// the link workers disabled the test fails there, checked once — and the
+// counters cover the rest.)
 //
 // make test offers one Kafka cluster (CHATMESH_KAFKA_BROKERS), so the two
 // regions share it under distinct --namespace values and each link names
