@@ -188,6 +188,29 @@ func receiveUntil(t *testing.T, state string, ends stack.Endpoints, body string)
 	return nil
 }
 
+// checkReceived asserts that got holds want exactly once (same conversation,
+// seq and sender) and no seq twice. (A device's first receive may also
+// print the messages it sent itself.)
+func checkReceived(t *testing.T, who string, got []chatMessage, want chatMessage) {
+	t.Helper()
+	seen, found := map[uint64]bool{}, 0
+	for _, m := range got {
+		if seen[m.Seq] {
+			t.Fatalf("%s received seq %d twice: %+v", who, m.Seq, got)
+		}
+		seen[m.Seq] = true
+		if m.Body == want.Body {
+			found++
+			if m.Conv != want.Conv || m.Seq != want.Seq || m.From != want.From {
+				t.Fatalf("%s received %+v, want %+v", who, m, want)
+			}
+		}
+	}
+	if found != 1 {
+		t.Fatalf("%s received %q %d times: %+v", who, want.Body, found, got)
+	}
+}
+
 // The production path of the mesh (issue 7): two regions as separate OS
 // processes — per region a `chatmesh region` (directory voter, sequencer,
 // link worker towards the other region) and a `chatmesh edge` — on real
@@ -287,20 +310,16 @@ func TestMeshRegionProcesses(t *testing.T) {
 	if out := chatOS(t, aliceState, eu.edge, "send", "@"+bob, "hello from Frankfurt"); out != "sent "+conv+" seq 1\n" {
 		t.Fatalf("alice send: %q", out)
 	}
-	got := receiveUntil(t, bobState, us.edge, "hello from Frankfurt")
-	if len(got) != 1 || got[0].Conv != conv || got[0].Seq != 1 || got[0].From != alice+".1" {
-		t.Fatalf("bob received %+v", got)
-	}
+	checkReceived(t, "bob", receiveUntil(t, bobState, us.edge, "hello from Frankfurt"),
+		chatMessage{Conv: conv, Seq: 1, From: alice + ".1", Body: "hello from Frankfurt"})
 
 	// us → eu: bob's reply is forwarded to the home and acked back over
 	// the link ("sent ... seq 2" is that ack).
 	if out := chatOS(t, bobState, us.edge, "send", "@"+alice, "hello from Virginia"); out != "sent "+conv+" seq 2\n" {
 		t.Fatalf("bob send: %q", out)
 	}
-	got = receiveUntil(t, aliceState, eu.edge, "hello from Virginia")
-	if len(got) != 1 || got[0].Conv != conv || got[0].Seq != 2 || got[0].From != bob+".1" {
-		t.Fatalf("alice received %+v", got)
-	}
+	checkReceived(t, "alice", receiveUntil(t, aliceState, eu.edge, "hello from Virginia"),
+		chatMessage{Conv: conv, Seq: 2, From: bob + ".1", Body: "hello from Virginia"})
 
 	// Stop the regions and read their link counters.
 	for _, r := range regions {
