@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,18 @@ import (
 
 // BackendPath is where a region serves the edge RPC.
 const BackendPath = "/internal/v1/backend"
+
+// InfoPath is where a region says who it is (GET, JSON RegionInfo), so an
+// edge in another process can check that it was started for this region.
+const InfoPath = "/internal/v1/info"
+
+// RegionInfo is the body of GET InfoPath.
+type RegionInfo struct {
+	// Region is the region's name (Config.Name): the name its edges must
+	// carry in Origin.region, or deliveries and acks for their sessions
+	// are routed to another region.
+	Region string `json:"region"`
+}
 
 const maxRPCBody = 1 << 20
 
@@ -57,9 +70,22 @@ func CheckInternalListen(addr, token string) error {
 // internal network only.
 func (a *API) Handler(token string) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+BackendPath, func(w http.ResponseWriter, req *http.Request) {
+	authorized := func(w http.ResponseWriter, req *http.Request) bool {
 		if token != "" && subtle.ConstantTimeCompare([]byte(req.Header.Get("Authorization")), []byte("Bearer "+token)) != 1 {
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return false
+		}
+		return true
+	}
+	mux.HandleFunc("GET "+InfoPath, func(w http.ResponseWriter, req *http.Request) {
+		if !authorized(w, req) {
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(RegionInfo{Region: a.r.cfg.Name})
+	})
+	mux.HandleFunc("POST "+BackendPath, func(w http.ResponseWriter, req *http.Request) {
+		if !authorized(w, req) {
 			return
 		}
 		body, err := io.ReadAll(io.LimitReader(req.Body, maxRPCBody+1))
@@ -167,6 +193,44 @@ func (r *RemoteAPI) call(ctx context.Context, call *pb.BackendCall) (*pb.Backend
 		return &reply, err
 	}
 	return &reply, nil
+}
+
+// ErrNoInfo: the region does not serve InfoPath (an older release).
+var ErrNoInfo = errors.New("region: the region API has no info endpoint")
+
+// Info asks the region who it is (GET InfoPath). A region that predates
+// the endpoint gives ErrNoInfo; an unreachable one core.ErrUnavailable.
+func (r *RemoteAPI) Info(ctx context.Context) (RegionInfo, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL+InfoPath, nil)
+	if err != nil {
+		return RegionInfo{}, fmt.Errorf("remote api: %w", err)
+	}
+	if r.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.Token)
+	}
+	c := r.Client
+	if c == nil {
+		c = &http.Client{Timeout: 10 * time.Second}
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return RegionInfo{}, fmt.Errorf("remote api: info: %w: %w", core.ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return RegionInfo{}, ErrNoInfo
+	case http.StatusUnauthorized:
+		return RegionInfo{}, fmt.Errorf("remote api: info: the region refused the token: %w", core.ErrForbidden)
+	default:
+		return RegionInfo{}, fmt.Errorf("remote api: info: status %d: %w", resp.StatusCode, core.ErrUnavailable)
+	}
+	var info RegionInfo
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&info); err != nil {
+		return RegionInfo{}, fmt.Errorf("remote api: info: decode: %w", err)
+	}
+	return info, nil
 }
 
 // Authenticate implements the edge backend.

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 
@@ -80,5 +81,26 @@ func TestCheckInternalListen(t *testing.T) {
 		if err := region.CheckInternalListen(addr, "s3cret"); err != nil {
 			t.Errorf("%s with token: %v", addr, err)
 		}
+	}
+}
+
+// Info tells an edge in another process which region it talks to; a wrong
+// token is refused, and a region without the endpoint says so.
+func TestRemoteAPIInfo(t *testing.T) {
+	h := newHarness(t)
+	srv := httptest.NewServer(h.api.Handler("s3cret"))
+	defer srv.Close()
+	ctx := context.Background()
+	info, err := (&region.RemoteAPI{URL: srv.URL, Token: "s3cret"}).Info(ctx)
+	if err != nil || info.Region != "local" {
+		t.Fatalf("info: %+v %v, want region local", info, err)
+	}
+	if _, err := (&region.RemoteAPI{URL: srv.URL, Token: "wrong"}).Info(ctx); !errors.Is(err, core.ErrForbidden) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	old := httptest.NewServer(http.NotFoundHandler())
+	defer old.Close()
+	if _, err := (&region.RemoteAPI{URL: old.URL}).Info(ctx); !errors.Is(err, region.ErrNoInfo) {
+		t.Fatalf("region without the endpoint: %v", err)
 	}
 }

@@ -4,7 +4,10 @@
 //	                  WebTransport), region services, an embedded Kafka
 //	                  broker (or --kafka) and a Pebble store (or --pg)
 //	chatmesh region   the region services alone: sequencer (consumer-group
-//	                  member) and the HTTP API edges call; needs --kafka
+//	                  member) and the HTTP API edges call; needs --kafka.
+//	                  With --directory-peers a mesh member: the region's
+//	                  directory voter and a link worker per --link
+//	                  (deploy/mesh/README.md)
 //	chatmesh edge     one edge alone: --kafka for writes and pushes,
 //	                  --region-url for reads and sessions
 //	chatmesh chat     the command-line client, interactive or scriptable

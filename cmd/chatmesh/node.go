@@ -51,11 +51,18 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	partitions := fs.Int("partitions", 8, "ingress partitions (when creating the topic)")
 	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
 	logLevel := fs.String("log", "info", "log level")
+	mf := addMeshFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kafka == "" {
 		return errors.New("region: --kafka is required (the embedded broker lives in `chatmesh dev`)")
+	}
+	if err := mf.check(fs); err != nil {
+		return err
+	}
+	if mf.active() && *pg == "" {
+		return errors.New("region: a mesh member needs the shared store (--pg: CockroachDB, or PostgreSQL in tests); Pebble is local to one process")
 	}
 	if err := region.CheckInternalListen(*listen, *token); err != nil {
 		return err
@@ -85,6 +92,16 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *webhook != "" {
 		cfg.Notifier = &region.WebhookNotifier{URL: *webhook}
 	}
+	var mesh *meshMember
+	if mf.active() {
+		fmt.Fprintf(stdout, "chatmesh region %q: mesh member\n", *name)
+		if mesh, err = openMesh(ctx, mf, *name, *kafka, *data, logger, stdout); err != nil {
+			return err
+		}
+		defer mesh.close()
+		cfg.Placement = region.DirectoryPlacement{D: mesh.dir}
+		cfg.LinkPrefix, cfg.DeadLetterTopic = names.LinkPrefix, names.DeadLetter
+	}
 	reg, err := region.New(cfg, st, bus)
 	if err != nil {
 		return err
@@ -104,6 +121,14 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := reg.Start(ctx); err != nil {
 		return err
 	}
+	if mesh != nil {
+		// Links once the sequencer runs; they stop after it (what they
+		// have not forwarded stays in the local link topics).
+		if err := mesh.startLinks(mf, bus, names, *namespace, stdout); err != nil {
+			_ = reg.Shutdown(context.Background())
+			return err
+		}
+	}
 	url := "http://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "chatmesh region %q: sequencer running; API for edges at %s\n", *name, url)
 	fmt.Fprintf(stdout, "REGION %s\n", url)
@@ -111,7 +136,11 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
-	return reg.Shutdown(sctx)
+	err = reg.Shutdown(sctx)
+	if mesh != nil {
+		mesh.report(stdout)
+	}
+	return err
 }
 
 // runEdge runs one edge that talks to a region over Kafka (writes) and
@@ -124,7 +153,7 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	token := fs.String("token", os.Getenv("CHATMESH_REGION_TOKEN"), "shared secret for the region API (env CHATMESH_REGION_TOKEN)")
 	data := fs.String("data", ".chatmesh/edge", "directory for the edge's Noise key and dev certificate")
 	id := fs.String("edge-id", "edge-1", "edge id, stable across restarts")
-	name := fs.String("region", "local", "region name")
+	name := fs.String("region", "local", "region name; must be the region's (default: the name the region API reports)")
 	ws := fs.String("ws", "127.0.0.1:7480", "WebSocket listen address")
 	wt := fs.String("wt", "127.0.0.1:7443", "WebTransport (UDP) listen address; - disables")
 	namespace := fs.String("namespace", "", "prefix for topics (must match the region's)")
@@ -166,7 +195,14 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		cfg.WTAddr, cfg.TLSConfig = *wt, tc
 	}
-	e, err := edge.New(cfg, &region.RemoteAPI{URL: strings.TrimRight(*regionURL, "/"), Token: *token}, bus)
+	api := &region.RemoteAPI{URL: strings.TrimRight(*regionURL, "/"), Token: *token}
+	regionSet := false
+	fs.Visit(func(f *flag.Flag) { regionSet = regionSet || f.Name == "region" })
+	if cfg.Region, err = edgeRegion(ctx, api, *name, regionSet, logger); err != nil {
+		return err
+	}
+	*name = cfg.Region
+	e, err := edge.New(cfg, api, bus)
 	if err != nil {
 		return err
 	}
@@ -192,6 +228,32 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return errors.Join(failed, e.Shutdown(sctx))
+}
+
+// edgeRegion returns the region name an edge runs under: the name the
+// region API reports (an edge's sessions carry it as Origin.region; in a
+// mesh a wrong name routes their deliveries and acks to another region).
+// An explicit --region that differs is refused; without --region the
+// region's name is taken. A region that cannot say (an older release, or
+// not reachable yet) leaves the flag's value, with a warning.
+func edgeRegion(ctx context.Context, api *region.RemoteAPI, flagName string, explicit bool, logger *slog.Logger) (string, error) {
+	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := api.Info(ictx)
+	switch {
+	case errors.Is(err, core.ErrForbidden):
+		return "", fmt.Errorf("edge: region API %s: %w", api.URL, err)
+	case err != nil:
+		logger.Warn("could not ask the region its name; using --region", "region", flagName, "err", err)
+		return flagName, nil
+	case info.Region == flagName:
+		return flagName, nil
+	case explicit:
+		return "", fmt.Errorf("edge: --region %q but the region API at %s is region %q: start the edge with --region %s (or without --region)", flagName, api.URL, info.Region, info.Region)
+	default:
+		logger.Info("region name from the region API", "region", info.Region)
+		return info.Region, nil
+	}
 }
 
 // admissionFlags are the edge's registration and admission flags, shared

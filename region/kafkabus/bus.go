@@ -2,6 +2,7 @@ package kafkabus
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -79,6 +80,14 @@ type Config struct {
 	// membership. Defaults 10s, 1s and 10s. The broker bounds SessionTimeout
 	// (Kafka's group.min.session.timeout.ms defaults to 6s).
 	SessionTimeout, HeartbeatInterval, RebalanceTimeout time.Duration
+
+	// TLS, if set, encrypts every broker connection and verifies the
+	// brokers' certificates (RootCAs; ServerName defaults to the broker's
+	// host). Default: plaintext. TLS 1.2 is the minimum.
+	TLS *tls.Config
+	// SASL authenticates every broker connection (PLAIN, SCRAM-SHA-256 or
+	// SCRAM-SHA-512). Default: none. See SASL.
+	SASL SASL
 }
 
 func (c *Config) setDefaults() {
@@ -124,6 +133,7 @@ type Bus struct {
 	dialer    *kafka.Dialer
 	transport *kafka.Transport
 	writer    *kafka.Writer
+	sec       security // TLS and SASL of every connection
 
 	closing   context.Context // done when Close starts
 	stop      context.CancelFunc
@@ -151,8 +161,12 @@ func New(cfg Config) (*Bus, error) {
 	}
 	cfg.Brokers = append([]string(nil), cfg.Brokers...)
 	cfg.setDefaults()
-	b := &Bus{cfg: cfg, log: cfg.Logger.With("component", "kafkabus")}
-	b.dialer = &kafka.Dialer{ClientID: cfg.ClientID, Timeout: cfg.DialTimeout}
+	sec, err := newSecurity(cfg)
+	if err != nil {
+		return nil, err
+	}
+	b := &Bus{cfg: cfg, log: cfg.Logger.With("component", "kafkabus"), sec: sec}
+	b.dialer = &kafka.Dialer{ClientID: cfg.ClientID, Timeout: cfg.DialTimeout, TLS: sec.tls, SASLMechanism: sec.sasl}
 	b.transport = b.newTransport()
 	b.writer = &kafka.Writer{
 		Addr:         kafka.TCP(cfg.Brokers...),
@@ -178,6 +192,8 @@ func (b *Bus) newTransport() *kafka.Transport {
 		DialTimeout: b.cfg.DialTimeout,
 		ClientID:    b.cfg.ClientID,
 		MetadataTTL: b.cfg.MetadataTTL,
+		TLS:         b.sec.tls,
+		SASL:        b.sec.sasl,
 	}
 }
 

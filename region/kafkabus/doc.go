@@ -158,6 +158,19 @@
 // Config.Logger with topic, partition, group and offset. Record keys and
 // values are never logged.
 //
+// # TLS and SASL
+//
+// Config.TLS (encryption and broker certificate verification, TLS 1.2 at
+// least) and Config.SASL (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with a user
+// and password) apply to every connection the Bus makes: the producer's
+// Transport, the Dialer of group consumers and controller connections, and
+// the short-lived Transports of metadata and offset reads. A region's link
+// workers use them to reach another region's cluster (deploy/README.md,
+// "Three regions"). TestTLSAndSASLAgainstBroker runs every mechanism over
+// TLS against kfake with a TLS listener and SASL users; Apache Kafka's
+// SASL_SSL listener is configured as in deploy/mesh/ but not started by
+// the tests.
+//
 // # Real Kafka
 //
 // deploy/kafka/cluster.sh starts a three-node KRaft cluster on loopback for
