@@ -88,7 +88,7 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer st.Close()
 	names := region.NamesFor(*namespace)
 	cfg := region.Config{Name: *name, IngressTopic: names.Ingress, PresenceTopic: names.Presence, SequencerGroup: names.SequencerGroup,
-		IngressPartitions: *partitions, Logger: logger}
+		DeadLetterTopic: names.DeadLetter, IngressPartitions: *partitions, Logger: logger}
 	if *webhook != "" {
 		cfg.Notifier = &region.WebhookNotifier{URL: *webhook}
 	}

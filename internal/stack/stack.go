@@ -168,6 +168,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	names := region.NamesFor(cfg.Namespace)
 	rcfg.IngressTopic, rcfg.PresenceTopic, rcfg.SequencerGroup = names.Ingress, names.Presence, names.SequencerGroup
+	rcfg.DeadLetterTopic = names.DeadLetter
 	if cfg.RegionConfig != nil {
 		cfg.RegionConfig(&rcfg)
 	}
