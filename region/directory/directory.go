@@ -301,6 +301,26 @@ func (d *Directory) SetConvHome(ctx context.Context, conv, region string, expect
 	return r.Epoch, nil
 }
 
+// PutEdge creates or replaces (by ID) an edge of region. Edge IDs are
+// global: an edge stored under another region moves to this one.
+func (d *Directory) PutEdge(ctx context.Context, region string, e Edge) error {
+	_, err := d.write(ctx, Command{Op: OpPutEdge, Name: region, Edge: &e})
+	return err
+}
+
+// SetEdgeHealth marks one edge of region healthy or not. An edge the
+// region does not hold gives ErrUnknownEdge.
+func (d *Directory) SetEdgeHealth(ctx context.Context, region, id string, healthy bool) error {
+	_, err := d.write(ctx, Command{Op: OpSetEdgeHealth, Name: region, EdgeID: id, Healthy: &healthy})
+	return err
+}
+
+// SetRegionHealth marks a region healthy or not, keeping everything else.
+func (d *Directory) SetRegionHealth(ctx context.Context, region string, healthy bool) error {
+	_, err := d.write(ctx, Command{Op: OpSetRegionHealth, Name: region, Healthy: &healthy})
+	return err
+}
+
 // errRetry marks an attempt that certainly did not apply and may be retried.
 var errRetry = errors.New("directory: retry")
 

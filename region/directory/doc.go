@@ -6,7 +6,9 @@
 // # What it holds
 //
 //   - regions: name, lat/long, public edge URLs, Noise static key (hex),
-//     link endpoint, healthy flag (Region);
+//     link endpoint, healthy flag, and the region's edges (Region, Edge:
+//     id, WebSocket and WebTransport URLs, certificate hash, Noise key,
+//     healthy flag);
 //   - users → home region;
 //   - conversations → (home region, owner epoch) (ConvHome).
 //
@@ -14,7 +16,19 @@
 //
 // Every write is a Command, applied deterministically by the FSM:
 //
-//   - PutRegion: create or replace a region (unconditional).
+//   - PutRegion: create or replace a region (unconditional). A region
+//     whose Edges is nil keeps the edges stored for it (regions announce
+//     themselves at every start, edges separately); an empty, non-nil list
+//     removes them. Edges given here are validated like PutEdge's.
+//   - PutEdge(region, edge): create or replace an edge by ID inside an
+//     existing region. Edge IDs are unique across the directory: an ID
+//     held by another region moves (it is removed there, and both regions
+//     emit a ChangeRegion). An edge needs an ID (at most 128 bytes), a WS
+//     or WT URL, and hex CertHash / NoiseKeyHex (either may be empty); a
+//     region holds at most MaxEdgesPerRegion (256) edges.
+//   - SetEdgeHealth(region, id, healthy): ErrUnknownEdge when the region
+//     does not hold that edge.
+//   - SetRegionHealth(region, healthy).
 //   - SetUserHome(user, region, ifAbsent): with ifAbsent an already homed
 //     user is left alone and ErrExists is returned with the stored home
 //     ("a user's home is the region they first register in").
