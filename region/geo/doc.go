@@ -59,6 +59,15 @@
 // entry or after 16 entries. With no trusted proxies configured (the zero
 // Config) the header is never read.
 //
+// # Edge sources
+//
+// StaticEdges is a fixed list. DirectoryEdges reads the region directory
+// (region/directory) through RegionLister, which *directory.Directory
+// satisfies with its local applied copy: every edge of every healthy
+// region, at its region's coordinates, with the edge's own health flag;
+// the edges of a region marked unhealthy are not listed. It reads on every
+// Locate, so a health change in the directory is seen by the next request.
+//
 // # Concurrency and life cycle
 //
 // A Locator is safe for concurrent use; it starts no goroutines. Close
@@ -69,8 +78,11 @@
 //
 //   - No edge mounts Handler at Path yet, and `dev` does not generate the
 //     database yet.
-//   - No EdgeSource reads the region directory or health; StaticEdges (a
-//     fixed list) is the only implementation.
+//   - DirectoryEdges exists but nothing constructs a Locator over it yet;
+//     nothing marks edges unhealthy automatically (operators use `chatmesh
+//     directory edge-health`). An Answer does not carry the edge's
+//     WebTransport certificate hash (directory.Edge.CertHash), which a
+//     client pinning a self-signed certificate would need.
 //   - The client SDK and CLI do not take --locate, nor fail over down the
 //     list or re-locate.
 //   - The database is opened once; reloading a newer GeoLite2 file needs a
