@@ -22,6 +22,8 @@ type cluster struct {
 	dirs  []string
 	mu    sync.Mutex
 	nodes []*Directory // nil while a voter is down
+	// tokens[i] is voter i's Config.Token (all "" by default).
+	tokens []string
 }
 
 func freeAddr(t *testing.T) string {
@@ -36,7 +38,16 @@ func freeAddr(t *testing.T) string {
 
 func newCluster(t *testing.T, n int) *cluster {
 	t.Helper()
-	c := &cluster{t: t, nodes: make([]*Directory, n)}
+	return newClusterWithToken(t, n, "")
+}
+
+// newClusterWithToken starts n voters that all have token.
+func newClusterWithToken(t *testing.T, n int, token string) *cluster {
+	t.Helper()
+	c := &cluster{t: t, nodes: make([]*Directory, n), tokens: make([]string, n)}
+	for i := range c.tokens {
+		c.tokens[i] = token
+	}
 	base := t.TempDir()
 	for i := range n {
 		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("r%d", i), RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t)})
@@ -61,7 +72,7 @@ func (c *cluster) start(i int) {
 	var err error
 	for range 50 { // the port may linger briefly after a restart
 		d, err = Open(ctx, Config{
-			ID: c.peers[i].ID, Dir: c.dirs[i], Peers: c.peers,
+			ID: c.peers[i].ID, Dir: c.dirs[i], Peers: c.peers, Token: c.tokens[i],
 			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
 			LeaderLeaseTimeout: 100 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
 			ApplyTimeout: 2 * time.Second, SnapshotThreshold: 32, SnapshotInterval: 100 * time.Millisecond, TrailingLogs: 8,

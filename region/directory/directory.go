@@ -25,9 +25,9 @@ import (
 // Peer is one voter: its raft id, its raft TCP address and the address of
 // its forwarding HTTP endpoint.
 type Peer struct {
-	ID       string
-	RaftAddr string // host:port, concrete (not 0.0.0.0, not port 0)
-	HTTPAddr string // host:port, concrete
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"` // host:port, concrete (not 0.0.0.0, not port 0)
+	HTTPAddr string `json:"http_addr"` // host:port, concrete
 }
 
 // Config configures one voter. Zero durations take the defaults noted.
@@ -45,6 +45,13 @@ type Config struct {
 	SnapshotInterval   time.Duration // default raft's (120s)
 	TrailingLogs       uint64        // log entries kept after a snapshot; default raft's (10240)
 	WatchBuffer        int           // per watcher; default 256
+
+	// Token is the shared secret of the HTTP endpoints (forwarding, admin,
+	// reads): every request must carry "Authorization: Bearer <Token>", and
+	// this voter sends it when it forwards to the leader, so every voter
+	// needs the same Token. Empty means no authentication, which Open
+	// accepts only when Peer.HTTPAddr is a loopback address (CheckListen).
+	Token string
 
 	Logger *slog.Logger // default slog.Default()
 }
@@ -106,6 +113,9 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	}
 	if !found {
 		return nil, fmt.Errorf("directory: node %q is not in the peer set", cfg.ID)
+	}
+	if err := CheckListen(d.self.HTTPAddr, cfg.Token); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("directory: data dir: %w", err)
@@ -181,7 +191,8 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+pathApply, d.handleApply)
 	mux.HandleFunc("POST "+pathBarrier, d.handleBarrier)
-	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	d.adminRoutes(mux)
+	d.httpSrv = &http.Server{Handler: d.authorize(mux), ReadHeaderTimeout: 5 * time.Second}
 	d.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}}
 	d.wg.Add(1)
 	go func() {
@@ -329,8 +340,20 @@ func (d *Directory) write(ctx context.Context, c Command) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	res, err := d.applyAnywhere(ctx, b)
+	if err != nil {
+		return Result{}, fmt.Errorf("directory: %s: %w", c.Op, err)
+	}
+	return res, res.err(c)
+}
+
+// applyAnywhere applies an encoded command through the leader, wherever it
+// is: locally when this voter leads, else forwarded, retried while it
+// certainly did not apply.
+func (d *Directory) applyAnywhere(ctx context.Context, b []byte) (Result, error) {
 	var res Result
-	err = d.retry(ctx, func(ctx context.Context) error {
+	err := d.retry(ctx, func(ctx context.Context) error {
+		var err error
 		if d.IsLeader() {
 			res, err = d.applyLocal(b)
 		} else {
@@ -338,10 +361,7 @@ func (d *Directory) write(ctx context.Context, c Command) (Result, error) {
 		}
 		return err
 	})
-	if err != nil {
-		return Result{}, fmt.Errorf("directory: %s: %w", c.Op, err)
-	}
-	return res, res.err(c)
+	return res, err
 }
 
 // retry runs attempt until it returns something other than errRetry,
@@ -470,6 +490,10 @@ func (d *Directory) barrierLocal() (uint64, error) {
 const (
 	pathApply   = "/directory/v1/apply"
 	pathBarrier = "/directory/v1/barrier"
+	// hdrForwarded marks a request one voter forwards to the one it
+	// believes leads: a receiver that does not lead answers 421 instead of
+	// forwarding again.
+	hdrForwarded = "X-Chatmesh-Directory-Forwarded"
 )
 
 type barrierReply struct {
@@ -478,6 +502,10 @@ type barrierReply struct {
 
 // Forwarding status codes: 200 done (body is the reply), 421 this node is
 // not the leader (nothing applied), 503 outcome unknown, 400 bad request.
+//
+// A request without hdrForwarded (an operator's, through AdminClient) is
+// applied through the leader wherever it is, like a local write; its
+// errors are JSON (see writeAdminError).
 func (d *Directory) handleApply(w http.ResponseWriter, r *http.Request) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCommandBytes))
 	if err != nil {
@@ -486,6 +514,10 @@ func (d *Directory) handleApply(w http.ResponseWriter, r *http.Request) {
 	}
 	if _, err := DecodeCommand(b); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if r.Header.Get(hdrForwarded) == "" {
+		d.handleAdminApply(w, r, b)
 		return
 	}
 	if !d.IsLeader() {
@@ -545,6 +577,10 @@ func (d *Directory) forward(ctx context.Context, path string, body []byte, out a
 	if err != nil {
 		return fmt.Errorf("directory: forward: %w", err)
 	}
+	req.Header.Set(hdrForwarded, "1")
+	if d.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.cfg.Token)
+	}
 	resp, err := d.client.Do(req)
 	if err != nil {
 		var op *net.OpError
@@ -566,6 +602,8 @@ func (d *Directory) forward(ctx context.Context, path string, body []byte, out a
 		return nil
 	case http.StatusMisdirectedRequest:
 		return errRetry
+	case http.StatusUnauthorized: // nothing was applied; retrying will not help
+		return fmt.Errorf("%w: forward to %s: the voters' tokens differ", ErrUnauthorized, id)
 	case http.StatusBadRequest:
 		return fmt.Errorf("%w: %s", ErrBadCommand, strings.TrimSpace(string(rb)))
 	default:

@@ -50,8 +50,60 @@
 // ErrNotLeader/ErrEnqueueTimeout). When the outcome is unknown (leadership
 // lost after the entry was appended, the leader shut down or the reply was
 // lost) the write returns ErrUncertain; because writes are conditional the
-// caller re-reads (Sync) and retries. The forwarding endpoint is plain HTTP
-// with no authentication yet: bind it to a private/loopback address.
+// caller re-reads (Sync) and retries. A forwarded request carries the
+// header X-Chatmesh-Directory-Forwarded; a voter that receives one and does
+// not lead answers 421 rather than forwarding again.
+//
+// # HTTP endpoints, authentication, operators
+//
+// Every voter serves, on Peer.HTTPAddr:
+//
+//	POST /directory/v1/apply      an encoded Command. From a voter (marked
+//	                              forwarded): applied if this voter leads,
+//	                              else 421. From anyone else (AdminClient):
+//	                              applied through the leader wherever it is,
+//	                              like a local write. 200 with the Result
+//	                              JSON (its code carries a refusal).
+//	POST /directory/v1/barrier    the leader's read index (voters only)
+//	GET  /directory/v1/status     Status: id, leader, is_leader,
+//	                              applied_index, voters, state {regions with
+//	                              their edges, users: count, convs: count}
+//	GET  /directory/v1/conv?id=   {conv, region, epoch, applied_index}
+//	GET  /directory/v1/user?id=   {user, home, applied_index}
+//	GET  /directory/v1/convs?after=&limit=
+//	                              {convs: [{conv, region, epoch}], next,
+//	                              applied_index}: conversations in id order
+//	                              after `after`, limit 1..1000 (default
+//	                              100); pass next as after for the next
+//	                              page ("" at the end)
+//
+// The GETs answer from the voter's applied copy; with linearizable=1 the
+// voter runs Sync first. Status never lists users or conversations (there
+// may be millions): it counts them; ConvsAfter pages scan the map under the
+// read lock (O(n log limit)), an operator's tool. Errors of everything but
+// the voter-to-voter path are JSON {"code", "error"}: 400 bad_request or
+// bad_command, 401 unauthorized, 404 not_found, 503 uncertain or closed,
+// 504 no_leader (no leader answered within 3×ApplyTimeout).
+//
+// Authentication: with Config.Token set, every request must carry
+// "Authorization: Bearer <token>" (compared in constant time), and voters
+// send it when they forward, so all voters share one token; a voter whose
+// token differs gets ErrUnauthorized on forwarded writes rather than
+// retrying forever. Without a token Open refuses a non-loopback HTTPAddr
+// (CheckListen, ErrOpenEndpoint): off loopback a token is required. The
+// token covers HTTP only: the raft TCP transport (Peer.RaftAddr) is not
+// authenticated and must stay on a private network.
+//
+// AdminClient is the client of these endpoints (`chatmesh directory`):
+// Status, Conv, UserHome, Convs, Apply, PutEdge, SetEdgeHealth,
+// SetRegionHealth, and the two moves. MoveConversation reads the epoch
+// linearizably, then compare-and-sets the new home on it; a concurrent
+// change (EpochError) or an uncertain outcome makes it re-read and retry,
+// up to 5 times; moving to the current home is a no-op that reports it.
+// MoveUser sets the user's home unconditionally: it decides where the
+// user's NEW conversations are homed. Existing conversations stay where
+// they are and are moved with MoveConversation: the directory does not
+// know who is in a conversation, so it cannot list a user's conversations.
 //
 // # Command and snapshot encoding
 //
@@ -107,8 +159,10 @@
 // # Not done yet
 //
 // Wiring into region/ and edge/ (the sequencer's per-conversation epoch
-// fencing, geo-routing from Regions), the `chatmesh directory status |
-// move-user | move-conversation` CLI, `dev` starting the voters, region
-// failure detection and automatic moves, membership changes, and
-// authentication of the forwarding endpoint (Noise or mTLS).
+// fencing, edges announcing themselves with PutEdge, a Locator over
+// geo.DirectoryEdges), `dev` starting the voters, region and edge failure
+// detection and automatic moves (health is set by operators only),
+// membership changes, TLS on the HTTP endpoints (the bearer token travels
+// in clear: keep them on a private network), and authentication of the
+// raft transport.
 package directory

@@ -589,6 +589,55 @@ func (f *FSM) State() State {
 	return f.st.clone()
 }
 
+// Summary returns the applied index, every region (sorted by name) and the
+// number of homed users and conversations, read at one point.
+func (f *FSM) Summary() (uint64, Counts) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	c := Counts{Regions: make([]Region, 0, len(f.st.Regions)), Users: len(f.st.Users), Convs: len(f.st.Convs)}
+	for _, r := range f.st.Regions {
+		c.Regions = append(c.Regions, r.clone())
+	}
+	sort.Slice(c.Regions, func(i, j int) bool { return c.Regions[i].Name < c.Regions[j].Name })
+	return f.st.Index, c
+}
+
+// ConvsAfter returns the first limit (at least 1) conversations whose id
+// sorts after after, in id order, with the cursor of the next page. It
+// scans every conversation under the read lock (O(n log limit) time,
+// O(limit) memory): an operator's tool, not a hot path.
+func (f *FSM) ConvsAfter(after string, limit int) ConvPage {
+	limit = max(limit, 1)
+	keep := limit + 1 // one more tells whether there is a next page
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	buf := make([]string, 0, 2*keep)
+	var cut string // the largest id kept once buf was first trimmed
+	trimmed := false
+	for k := range f.st.Convs {
+		if k <= after || (trimmed && k >= cut) {
+			continue
+		}
+		buf = append(buf, k)
+		if len(buf) == cap(buf) {
+			slices.Sort(buf)
+			buf = buf[:keep]
+			cut, trimmed = buf[keep-1], true
+		}
+	}
+	slices.Sort(buf)
+	p := ConvPage{AppliedIndex: f.st.Index, Convs: make([]ConvEntry, 0, min(len(buf), limit))}
+	if len(buf) > limit {
+		buf = buf[:limit]
+		p.Next = buf[limit-1]
+	}
+	for _, k := range buf {
+		h := f.st.Convs[k]
+		p.Convs = append(p.Convs, ConvEntry{Conv: k, Region: h.Region, Epoch: h.Epoch})
+	}
+	return p
+}
+
 // Index returns the index of the last applied command and a channel closed
 // at the next apply or restore.
 func (f *FSM) Index() (uint64, <-chan struct{}) {
