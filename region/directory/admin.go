@@ -62,7 +62,7 @@ func (d *Directory) authorize(next http.Handler) http.Handler {
 	want := []byte("Bearer " + d.cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			writeAdminError(w, http.StatusUnauthorized, codeUnauthorized, "missing or wrong bearer token")
+			writeAdminError(w, http.StatusUnauthorized, codeUnauthorized, "unauthorized: missing or wrong bearer token (--token / CHATMESH_DIRECTORY_TOKEN)")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -335,6 +335,9 @@ func (c *AdminClient) do(ctx context.Context, method, path string, q url.Values,
 	if json.Unmarshal(b, &ae) != nil || ae.Code == "" {
 		ae = adminError{Error: strings.TrimSpace(string(b))}
 	}
+	if ae.Error == "" {
+		ae.Error = resp.Status
+	}
 	var kind error
 	switch ae.Code {
 	case codeNotFound:
@@ -356,14 +359,27 @@ func (c *AdminClient) do(ctx context.Context, method, path string, q url.Values,
 			kind = errors.New(resp.Status)
 		}
 	}
-	return fmt.Errorf("directory: %s %s: %w: %s", method, path, kind, ae.Error)
+	return &remoteError{kind: kind, msg: fmt.Sprintf("directory: %s %s: %s", method, path, ae.Error)}
 }
 
+// remoteError is a voter's refusal: its message, matching kind under
+// errors.Is.
+type remoteError struct {
+	kind error
+	msg  string
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.kind }
+
 // Status returns what the voter knows: leader, applied index, regions
-// with their edges, and how many users and conversations are homed.
-func (c *AdminClient) Status(ctx context.Context) (Status, error) {
+// with their edges, and how many users and conversations are homed. With
+// linearizable the voter runs Sync first (so it reflects every write that
+// completed before the call; fails without a leader); otherwise it answers
+// from its applied copy, which works without a leader but may be stale.
+func (c *AdminClient) Status(ctx context.Context, linearizable bool) (Status, error) {
 	var st Status
-	err := c.do(ctx, http.MethodGet, pathStatus, nil, nil, &st)
+	err := c.do(ctx, http.MethodGet, pathStatus, linQuery(url.Values{}, linearizable), nil, &st)
 	return st, err
 }
 

@@ -148,10 +148,10 @@ func TestAdminTokenRequired(t *testing.T) {
 	}
 	// The admin client with the token works; without it gets ErrUnauthorized.
 	ac := &AdminClient{URL: base, Token: token}
-	if st, err := ac.Status(ctx); err != nil || len(st.State.Regions) != 1 {
+	if st, err := ac.Status(ctx, true); err != nil || len(st.State.Regions) != 1 {
 		t.Fatalf("status with token: %+v %v", st, err)
 	}
-	if _, err := (&AdminClient{URL: base}).Status(ctx); !errors.Is(err, ErrUnauthorized) {
+	if _, err := (&AdminClient{URL: base}).Status(ctx, false); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("status without token: %v, want ErrUnauthorized", err)
 	}
 
@@ -229,7 +229,7 @@ func TestAdminClient(t *testing.T) {
 		t.Fatalf("absent user: %v", err)
 	}
 
-	st, err := ac.Status(ctx)
+	st, err := ac.Status(ctx, true)
 	if err != nil {
 		t.Fatal(err)
 	}
