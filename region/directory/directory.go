@@ -78,6 +78,9 @@ type Directory struct {
 
 	wmu      sync.Mutex
 	watchers map[*watcher]struct{}
+
+	connMu   sync.Mutex
+	newConns map[net.Conn]struct{} // HTTP connections that have not sent a request yet
 }
 
 type watcher struct{ ch chan Change }
@@ -192,7 +195,8 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	mux.HandleFunc("POST "+pathApply, d.handleApply)
 	mux.HandleFunc("POST "+pathBarrier, d.handleBarrier)
 	d.adminRoutes(mux)
-	d.httpSrv = &http.Server{Handler: d.authorize(mux), ReadHeaderTimeout: 5 * time.Second}
+	d.newConns = map[net.Conn]struct{}{}
+	d.httpSrv = &http.Server{Handler: d.authorize(mux), ReadHeaderTimeout: 5 * time.Second, ConnState: d.trackConn}
 	d.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}}
 	d.wg.Add(1)
 	go func() {
@@ -231,9 +235,7 @@ func (d *Directory) release() error {
 		errs = append(errs, d.raft.Shutdown().Error())
 	}
 	if d.httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		errs = append(errs, d.httpSrv.Shutdown(ctx))
-		cancel()
+		errs = append(errs, d.shutdownHTTP())
 	} else if d.httpLn != nil {
 		errs = append(errs, d.httpLn.Close())
 	}
@@ -248,6 +250,46 @@ func (d *Directory) release() error {
 	}
 	d.wg.Wait()
 	return errors.Join(errs...)
+}
+
+// trackConn (http.Server.ConnState) keeps the connections that have not
+// sent a request yet.
+func (d *Directory) trackConn(c net.Conn, st http.ConnState) {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	if st == http.StateNew {
+		d.newConns[c] = struct{}{}
+	} else {
+		delete(d.newConns, c)
+	}
+}
+
+// shutdownHTTP stops the HTTP server, waiting up to 5 s for requests in
+// flight. http.Server.Shutdown counts a connection that has not sent a
+// request as busy for its first 5 s (Go's Transport leaves such a
+// connection behind when a request is cancelled while it dials, and anyone
+// can open one), so those are closed while Shutdown waits: no request is
+// lost by it, the client sees its connection close.
+func (d *Directory) shutdownHTTP() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.httpSrv.Shutdown(ctx) }()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			d.connMu.Lock()
+			for c := range d.newConns {
+				c.Close()
+				delete(d.newConns, c)
+			}
+			d.connMu.Unlock()
+		}
+	}
 }
 
 // ID returns this voter's id.
@@ -355,7 +397,7 @@ func (d *Directory) applyAnywhere(ctx context.Context, b []byte) (Result, error)
 	err := d.retry(ctx, func(ctx context.Context) error {
 		var err error
 		if d.IsLeader() {
-			res, err = d.applyLocal(b)
+			res, err = d.applyLocal(ctx, b)
 		} else {
 			res, err = d.forwardApply(ctx, b)
 		}
@@ -393,10 +435,31 @@ func (d *Directory) retry(ctx context.Context, attempt func(context.Context) err
 	}
 }
 
+// waitFuture is f.Error() that also gives up when ctx ends or the
+// Directory closes. hashicorp/raft (v1.7.3) never answers the future of a
+// committed entry that was still queued for the FSM when raft shut down
+// (runFSM returns without draining its queue, and log futures have no
+// shutdown channel), so f.Error() alone can block forever: a local writer
+// would hang and a forwarding handler would hold up Close. The goroutine
+// left waiting on such a future ends if raft ever answers it; there is at
+// most one per request in flight at Close.
+func (d *Directory) waitFuture(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-d.closed:
+		return raft.ErrRaftShutdown
+	case <-ctx.Done():
+		return fmt.Errorf("directory: gave up waiting for raft: %w", ctx.Err())
+	}
+}
+
 // applyLocal applies an encoded command on this (leader) voter once.
-func (d *Directory) applyLocal(b []byte) (Result, error) {
+func (d *Directory) applyLocal(ctx context.Context, b []byte) (Result, error) {
 	f := d.raft.Apply(b, d.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
+	if err := d.waitFuture(ctx, f); err != nil {
 		switch {
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return Result{}, errRetry // never entered the log
@@ -423,7 +486,7 @@ func (d *Directory) Sync(ctx context.Context) error {
 	err := d.retry(ctx, func(ctx context.Context) error {
 		var err error
 		if d.IsLeader() {
-			idx, err = d.barrierLocal()
+			idx, err = d.barrierLocal(ctx)
 		} else {
 			idx, err = d.forwardBarrier(ctx)
 		}
@@ -470,8 +533,8 @@ func (d *Directory) UserHomeLinearizable(ctx context.Context, user string) (stri
 
 // barrierLocal commits a barrier as leader and returns the applied index
 // after it: every write acknowledged before the call is at or below it.
-func (d *Directory) barrierLocal() (uint64, error) {
-	if err := d.raft.Barrier(d.cfg.ApplyTimeout).Error(); err != nil {
+func (d *Directory) barrierLocal(ctx context.Context) (uint64, error) {
+	if err := d.waitFuture(ctx, d.raft.Barrier(d.cfg.ApplyTimeout)); err != nil {
 		switch {
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return 0, errRetry
@@ -524,7 +587,7 @@ func (d *Directory) handleApply(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not leader", http.StatusMisdirectedRequest)
 		return
 	}
-	res, err := d.applyLocal(b)
+	res, err := d.applyLocal(r.Context(), b)
 	d.reply(w, res, err)
 }
 
@@ -533,7 +596,7 @@ func (d *Directory) handleBarrier(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not leader", http.StatusMisdirectedRequest)
 		return
 	}
-	idx, err := d.barrierLocal()
+	idx, err := d.barrierLocal(r.Context())
 	d.reply(w, barrierReply{Index: idx}, err)
 }
 

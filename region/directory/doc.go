@@ -153,7 +153,13 @@
 //
 // Open starts a voter (raft, its transport, the forwarding server); Close
 // stops them all, closes the stores and every watch channel and waits for
-// the goroutines it started; it is idempotent. raft's hclog output is routed
+// the goroutines it started; it is idempotent. Writes and barriers in
+// flight at Close end with ErrUncertain/ErrClosed: waiting on a raft
+// future also ends at Close or when the caller's context does, because
+// raft (v1.7.3) leaves the futures of committed entries still queued for
+// the FSM unanswered when it shuts down. The HTTP server gets up to 5 s for
+// requests in flight; connections that never sent a request are closed
+// (http.Server.Shutdown alone would wait 5 s for each). raft's hclog output is routed
 // to the injected slog logger at warn and above; info is discarded.
 //
 // # Not done yet
