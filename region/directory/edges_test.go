@@ -246,7 +246,7 @@ func TestClusterEdges(t *testing.T) {
 	c.kill(down)
 	live := c.node((down + 1) % 3)
 	for i := range 60 {
-		if _, err := live.SetConvHome(ctx, fmt.Sprintf("k%d", i), "fra", 0); err != nil {
+		if _, err := casRetry(ctx, live, fmt.Sprintf("k%d", i), "fra", 0); err != nil {
 			t.Fatal(err)
 		}
 	}
