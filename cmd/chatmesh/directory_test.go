@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strings"
@@ -27,13 +28,36 @@ func loopback(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// voterAddr returns a free loopback address with a port below the
+// kernel's ephemeral range, which a voter started first could otherwise
+// take for an outgoing connection before a later voter binds it.
+func voterAddr(t *testing.T, used map[int]bool) string {
+	t.Helper()
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		if used[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		used[port] = true
+		return ln.Addr().String()
+	}
+	t.Fatal("no free port")
+	return ""
+}
+
 // startVoters starts three directory voters on loopback with token and
 // returns them once one leads.
 func startVoters(t *testing.T, token string) ([]*directory.Directory, []directory.Peer) {
 	t.Helper()
 	var peers []directory.Peer
+	used := map[int]bool{}
 	for i := range 3 {
-		peers = append(peers, directory.Peer{ID: fmt.Sprintf("d%d", i), RaftAddr: loopback(t), HTTPAddr: loopback(t)})
+		peers = append(peers, directory.Peer{ID: fmt.Sprintf("d%d", i), RaftAddr: voterAddr(t, used), HTTPAddr: voterAddr(t, used)})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -41,8 +65,8 @@ func startVoters(t *testing.T, token string) ([]*directory.Directory, []director
 	var ds []*directory.Directory
 	for _, p := range peers {
 		d, err := directory.Open(ctx, directory.Config{ID: p.ID, Dir: filepath.Join(base, p.ID), Peers: peers, Token: token,
-			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
-			LeaderLeaseTimeout: 100 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
+			HeartbeatTimeout: 400 * time.Millisecond, ElectionTimeout: 400 * time.Millisecond,
+			LeaderLeaseTimeout: 300 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
 			Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
