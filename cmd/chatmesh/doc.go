@@ -14,6 +14,10 @@
 //	chatmesh bench    the load generator: N clients over the real protocol
 //	chatmesh sim      the region simulator: traffic while the region process
 //	                  is SIGKILLed and restarted; checks the invariants
+//	chatmesh directory  operator commands for the region directory (status,
+//	                  conv, user, convs, move-conversation, move-user,
+//	                  edge-health, region-health, put-edge); exits 0 done,
+//	                  1 failed, 2 usage error
 //	chatmesh version  print the version
 //
 // Run any subcommand with -h for its flags.

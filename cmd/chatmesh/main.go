@@ -20,7 +20,7 @@ func main() {
 	stop()
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "chatmesh:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
@@ -33,6 +33,7 @@ commands:
   chat      the command-line chat client
   bench     load generator over the real protocol
   sim       region simulator: traffic + SIGKILLs of the region, checks nothing is lost/duplicated/reordered
+  directory operate the region directory: status, move-user, move-conversation, conv, user, edge-health
   version   print the version
 `
 
@@ -54,6 +55,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runSim(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return runBench(ctx, args[1:], stdout, stderr)
+	case "directory":
+		return runDirectory(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "chatmesh", Version)
 		return nil

@@ -219,17 +219,13 @@ func openMesh(ctx context.Context, m *meshFlags, name, kafka, data string, logge
 	if _, ok := m.links[name]; ok {
 		return nil, fmt.Errorf("region: --link %s names this region itself", name)
 	}
-	// TODO(dircli): branch dircli adds directory.Config.Token (bearer auth
-	// on the forwarding, admin and read endpoints). Once merged, set
-	// dc.Token = m.dirToken below and drop this refusal.
-	if m.dirToken != "" {
-		return nil, errors.New("region: --directory-token / CHATMESH_DIRECTORY_TOKEN: this build's directory has no token authentication yet; bind the directory's HTTP address to a private network and unset the token")
-	}
 	dirDir := m.dirDir
 	if dirDir == "" {
 		dirDir = filepath.Join(data, "directory")
 	}
-	dc := directory.Config{ID: id, Dir: dirDir, Peers: peers, Logger: logger}
+	// The token guards every directory HTTP endpoint (forwarding between
+	// voters included); Open refuses a non-loopback address without one.
+	dc := directory.Config{ID: id, Dir: dirDir, Peers: peers, Logger: logger, Token: m.dirToken}
 	mm := &meshMember{name: name, links: map[string]*region.Link{}, log: logger.With("component", "mesh", "region", name)}
 	if mm.dir, err = directory.Open(ctx, dc); err != nil {
 		return nil, fmt.Errorf("region: directory: %w", err)

@@ -381,4 +381,15 @@ func TestMeshLocator(t *testing.T) {
 		a := locateFrom(t, m.LocateURL, "127.0.2.7")
 		return len(a.Edges) == 2 && a.Edges[0].Region == "eu-central" && a.Edges[1].Region == "ap-southeast"
 	})
+	// One edge marked unhealthy (by an operator: `chatmesh directory edge-health`).
+	if err := eu.Directory.SetEdgeHealth(ctx, "eu-central", eu.Ends.EdgeID, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := eu.Directory.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "eu-central's edge left out", func() bool {
+		a := locateFrom(t, m.LocateURL, "127.0.1.7")
+		return len(a.Edges) == 1 && a.Edges[0].Region == "ap-southeast"
+	})
 }

@@ -305,7 +305,7 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 			return nil, fmt.Errorf("stack: geo database: %w", err)
 		}
 	}
-	if m.Locator, err = geo.Open(dbPath, meshEdges{m}, geo.Config{Logger: cfg.Logger}); err != nil {
+	if m.Locator, err = geo.Open(dbPath, geo.DirectoryEdges{Dir: m.Nodes[0].Directory}, geo.Config{Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("stack: locator: %w", err)
 	}
 	// Edges.
@@ -348,16 +348,25 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		if ecfg.WTAddr != "" {
 			n.Ends.WT, n.Ends.CertHash = n.Edge.WTURL(), hex.EncodeToString(certHash)
 		}
-		// The edge's public URLs and key for the locator.
+		// The edge's public URLs, key and certificate hash for the locator.
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err = n.Directory.PutRegion(wctx, directory.Region{Name: r.Name, Lat: r.Lat, Long: r.Long, Healthy: true,
-			EdgeURLs: []string{n.Ends.WS}, NoiseKeyHex: n.Ends.EdgeKey})
+		err = n.Directory.PutEdge(wctx, r.Name, directory.Edge{ID: edgeID, WS: n.Ends.WS, WT: n.Ends.WT, CertHash: n.Ends.CertHash,
+			NoiseKeyHex: n.Ends.EdgeKey, Healthy: true})
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("stack: region %s: announce the edge: %w", r.Name, err)
 		}
 	}
 
+	// Every voter has applied every announcement before anyone asks.
+	for _, n := range m.Nodes {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := n.Directory.Sync(wctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("stack: region %s: directory sync: %w", n.Spec.Name, err)
+		}
+	}
 	if cfg.LocateAddr != "" {
 		ln, err := net.Listen("tcp", cfg.LocateAddr)
 		if err != nil {
@@ -371,26 +380,6 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		go func() { defer m.wg.Done(); _ = m.locSrv.Serve(ln) }()
 	}
 	return m, nil
-}
-
-// meshEdges lists the edges the directory knows (every voter holds the
-// same copy; the first running one answers).
-type meshEdges struct{ m *Mesh }
-
-func (s meshEdges) Edges(ctx context.Context) ([]geo.Edge, error) {
-	for _, n := range s.m.Nodes {
-		if n.Directory == nil {
-			continue
-		}
-		var out []geo.Edge
-		for _, r := range n.Directory.Regions() {
-			for _, u := range r.EdgeURLs {
-				out = append(out, geo.Edge{Region: r.Name, WS: u, NoiseKey: r.NoiseKeyHex, Lat: r.Lat, Long: r.Long, Healthy: r.Healthy})
-			}
-		}
-		return out, nil
-	}
-	return nil, errors.New("stack: no directory")
 }
 
 // Endpoints lists every region's endpoints.

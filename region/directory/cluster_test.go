@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"sync"
@@ -22,21 +23,64 @@ type cluster struct {
 	dirs  []string
 	mu    sync.Mutex
 	nodes []*Directory // nil while a voter is down
+	// tokens[i] is voter i's Config.Token (all "" by default).
+	tokens []string
 }
 
+// freeAddr returns a loopback address with a port that was free. Ports
+// come from below the kernel's ephemeral range (32768-60999 here): a voter
+// started first dials its peers from ephemeral ports, and one of them
+// could take a later voter's port before it binds it.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		if !portsHandedOut.add(port) {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port")
+	return ""
+}
+
+// portSet remembers the ports freeAddr handed out in this process, so two
+// voters never get the same one.
+type portSet struct {
+	mu sync.Mutex
+	m  map[int]bool
+}
+
+var portsHandedOut = &portSet{m: map[int]bool{}}
+
+func (s *portSet) add(p int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m[p] {
+		return false
+	}
+	s.m[p] = true
+	return true
 }
 
 func newCluster(t *testing.T, n int) *cluster {
 	t.Helper()
-	c := &cluster{t: t, nodes: make([]*Directory, n)}
+	return newClusterWithToken(t, n, "")
+}
+
+// newClusterWithToken starts n voters that all have token.
+func newClusterWithToken(t *testing.T, n int, token string) *cluster {
+	t.Helper()
+	c := &cluster{t: t, nodes: make([]*Directory, n), tokens: make([]string, n)}
+	for i := range c.tokens {
+		c.tokens[i] = token
+	}
 	base := t.TempDir()
 	for i := range n {
 		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("r%d", i), RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t)})
@@ -61,9 +105,11 @@ func (c *cluster) start(i int) {
 	var err error
 	for range 50 { // the port may linger briefly after a restart
 		d, err = Open(ctx, Config{
-			ID: c.peers[i].ID, Dir: c.dirs[i], Peers: c.peers,
-			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond,
-			LeaderLeaseTimeout: 100 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
+			ID: c.peers[i].ID, Dir: c.dirs[i], Peers: c.peers, Token: c.tokens[i],
+			// A lease long enough that a loaded machine (2 shared cores, -race)
+			// does not depose a healthy leader mid-test.
+			HeartbeatTimeout: 400 * time.Millisecond, ElectionTimeout: 400 * time.Millisecond,
+			LeaderLeaseTimeout: 300 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
 			ApplyTimeout: 2 * time.Second, SnapshotThreshold: 32, SnapshotInterval: 100 * time.Millisecond, TrailingLogs: 8,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
@@ -204,11 +250,11 @@ func TestClusterFollowerWritesAndLeaderRestart(t *testing.T) {
 		survivor = c.node(nl)
 	}
 	for i := range 100 { // enough to cross SnapshotThreshold: the restarted voter may catch up from a snapshot
-		if _, err := survivor.SetConvHome(ctx, fmt.Sprintf("k%d", i), "iad", 0); err != nil {
+		if _, err := casRetry(ctx, survivor, fmt.Sprintf("k%d", i), "iad", 0); err != nil {
 			t.Fatalf("write %d after failover: %v", i, err)
 		}
 	}
-	if e, err := survivor.SetConvHome(ctx, "c1", "fra", 2); err != nil || e != 3 {
+	if e, err := casRetry(ctx, survivor, "c1", "fra", 2); err != nil || e != 3 {
 		t.Fatalf("move after failover: %d %v", e, err)
 	}
 
@@ -239,6 +285,33 @@ func TestClusterFollowerWritesAndLeaderRestart(t *testing.T) {
 			t.Fatalf("states differ after sync: r0 %d convs %d users, r%d %d convs %d users", len(s0.Convs), len(s0.Users), i, len(si.Convs), len(si.Users))
 		}
 	}
+}
+
+// casRetry is SetConvHome as the package doc tells a caller to use it: an
+// ErrUncertain outcome is retried, and a retry fenced at exactly the epoch
+// this write would have produced, with the home it would have set, means
+// the earlier attempt applied. (A loaded machine can lose leadership in
+// the middle of a commit.)
+func casRetry(ctx context.Context, d *Directory, conv, region string, expect uint64) (uint64, error) {
+	var err error
+	for range 10 {
+		var e uint64
+		e, err = d.SetConvHome(ctx, conv, region, expect)
+		var ee *EpochError
+		switch {
+		case err == nil:
+			return e, nil
+		case errors.Is(err, ErrUncertain):
+			continue
+		case errors.As(err, &ee) && ee.Stored == expect+1:
+			h, ok, rerr := d.ConvLinearizable(ctx, conv)
+			if rerr == nil && ok && h.Region == region {
+				return h.Epoch, nil
+			}
+		}
+		return 0, err
+	}
+	return 0, err
 }
 
 func TestWatchOverflowResyncs(t *testing.T) {

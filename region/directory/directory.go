@@ -25,9 +25,9 @@ import (
 // Peer is one voter: its raft id, its raft TCP address and the address of
 // its forwarding HTTP endpoint.
 type Peer struct {
-	ID       string
-	RaftAddr string // host:port, concrete (not 0.0.0.0, not port 0)
-	HTTPAddr string // host:port, concrete
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"` // host:port, concrete (not 0.0.0.0, not port 0)
+	HTTPAddr string `json:"http_addr"` // host:port, concrete
 }
 
 // Config configures one voter. Zero durations take the defaults noted.
@@ -45,6 +45,13 @@ type Config struct {
 	SnapshotInterval   time.Duration // default raft's (120s)
 	TrailingLogs       uint64        // log entries kept after a snapshot; default raft's (10240)
 	WatchBuffer        int           // per watcher; default 256
+
+	// Token is the shared secret of the HTTP endpoints (forwarding, admin,
+	// reads): every request must carry "Authorization: Bearer <Token>", and
+	// this voter sends it when it forwards to the leader, so every voter
+	// needs the same Token. Empty means no authentication, which Open
+	// accepts only when Peer.HTTPAddr is a loopback address (CheckListen).
+	Token string
 
 	Logger *slog.Logger // default slog.Default()
 }
@@ -71,6 +78,9 @@ type Directory struct {
 
 	wmu      sync.Mutex
 	watchers map[*watcher]struct{}
+
+	connMu   sync.Mutex
+	newConns map[net.Conn]struct{} // HTTP connections that have not sent a request yet
 }
 
 type watcher struct{ ch chan Change }
@@ -106,6 +116,9 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	}
 	if !found {
 		return nil, fmt.Errorf("directory: node %q is not in the peer set", cfg.ID)
+	}
+	if err := CheckListen(d.self.HTTPAddr, cfg.Token); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("directory: data dir: %w", err)
@@ -181,7 +194,9 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+pathApply, d.handleApply)
 	mux.HandleFunc("POST "+pathBarrier, d.handleBarrier)
-	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	d.adminRoutes(mux)
+	d.newConns = map[net.Conn]struct{}{}
+	d.httpSrv = &http.Server{Handler: d.authorize(mux), ReadHeaderTimeout: 5 * time.Second, ConnState: d.trackConn}
 	d.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}}
 	d.wg.Add(1)
 	go func() {
@@ -220,9 +235,7 @@ func (d *Directory) release() error {
 		errs = append(errs, d.raft.Shutdown().Error())
 	}
 	if d.httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		errs = append(errs, d.httpSrv.Shutdown(ctx))
-		cancel()
+		errs = append(errs, d.shutdownHTTP())
 	} else if d.httpLn != nil {
 		errs = append(errs, d.httpLn.Close())
 	}
@@ -237,6 +250,46 @@ func (d *Directory) release() error {
 	}
 	d.wg.Wait()
 	return errors.Join(errs...)
+}
+
+// trackConn (http.Server.ConnState) keeps the connections that have not
+// sent a request yet.
+func (d *Directory) trackConn(c net.Conn, st http.ConnState) {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	if st == http.StateNew {
+		d.newConns[c] = struct{}{}
+	} else {
+		delete(d.newConns, c)
+	}
+}
+
+// shutdownHTTP stops the HTTP server, waiting up to 5 s for requests in
+// flight. http.Server.Shutdown counts a connection that has not sent a
+// request as busy for its first 5 s (Go's Transport leaves such a
+// connection behind when a request is cancelled while it dials, and anyone
+// can open one), so those are closed while Shutdown waits: no request is
+// lost by it, the client sees its connection close.
+func (d *Directory) shutdownHTTP() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.httpSrv.Shutdown(ctx) }()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			d.connMu.Lock()
+			for c := range d.newConns {
+				c.Close()
+				delete(d.newConns, c)
+			}
+			d.connMu.Unlock()
+		}
+	}
 }
 
 // ID returns this voter's id.
@@ -301,6 +354,26 @@ func (d *Directory) SetConvHome(ctx context.Context, conv, region string, expect
 	return r.Epoch, nil
 }
 
+// PutEdge creates or replaces (by ID) an edge of region. Edge IDs are
+// global: an edge stored under another region moves to this one.
+func (d *Directory) PutEdge(ctx context.Context, region string, e Edge) error {
+	_, err := d.write(ctx, Command{Op: OpPutEdge, Name: region, Edge: &e})
+	return err
+}
+
+// SetEdgeHealth marks one edge of region healthy or not. An edge the
+// region does not hold gives ErrUnknownEdge.
+func (d *Directory) SetEdgeHealth(ctx context.Context, region, id string, healthy bool) error {
+	_, err := d.write(ctx, Command{Op: OpSetEdgeHealth, Name: region, EdgeID: id, Healthy: &healthy})
+	return err
+}
+
+// SetRegionHealth marks a region healthy or not, keeping everything else.
+func (d *Directory) SetRegionHealth(ctx context.Context, region string, healthy bool) error {
+	_, err := d.write(ctx, Command{Op: OpSetRegionHealth, Name: region, Healthy: &healthy})
+	return err
+}
+
 // errRetry marks an attempt that certainly did not apply and may be retried.
 var errRetry = errors.New("directory: retry")
 
@@ -309,19 +382,28 @@ func (d *Directory) write(ctx context.Context, c Command) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	res, err := d.applyAnywhere(ctx, b)
+	if err != nil {
+		return Result{}, fmt.Errorf("directory: %s: %w", c.Op, err)
+	}
+	return res, res.err(c)
+}
+
+// applyAnywhere applies an encoded command through the leader, wherever it
+// is: locally when this voter leads, else forwarded, retried while it
+// certainly did not apply.
+func (d *Directory) applyAnywhere(ctx context.Context, b []byte) (Result, error) {
 	var res Result
-	err = d.retry(ctx, func(ctx context.Context) error {
+	err := d.retry(ctx, func(ctx context.Context) error {
+		var err error
 		if d.IsLeader() {
-			res, err = d.applyLocal(b)
+			res, err = d.applyLocal(ctx, b)
 		} else {
 			res, err = d.forwardApply(ctx, b)
 		}
 		return err
 	})
-	if err != nil {
-		return Result{}, fmt.Errorf("directory: %s: %w", c.Op, err)
-	}
-	return res, res.err(c)
+	return res, err
 }
 
 // retry runs attempt until it returns something other than errRetry,
@@ -353,10 +435,31 @@ func (d *Directory) retry(ctx context.Context, attempt func(context.Context) err
 	}
 }
 
+// waitFuture is f.Error() that also gives up when ctx ends or the
+// Directory closes. hashicorp/raft (v1.7.3) never answers the future of a
+// committed entry that was still queued for the FSM when raft shut down
+// (runFSM returns without draining its queue, and log futures have no
+// shutdown channel), so f.Error() alone can block forever: a local writer
+// would hang and a forwarding handler would hold up Close. The goroutine
+// left waiting on such a future ends if raft ever answers it; there is at
+// most one per request in flight at Close.
+func (d *Directory) waitFuture(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-d.closed:
+		return raft.ErrRaftShutdown
+	case <-ctx.Done():
+		return fmt.Errorf("directory: gave up waiting for raft: %w", ctx.Err())
+	}
+}
+
 // applyLocal applies an encoded command on this (leader) voter once.
-func (d *Directory) applyLocal(b []byte) (Result, error) {
+func (d *Directory) applyLocal(ctx context.Context, b []byte) (Result, error) {
 	f := d.raft.Apply(b, d.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
+	if err := d.waitFuture(ctx, f); err != nil {
 		switch {
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return Result{}, errRetry // never entered the log
@@ -383,7 +486,7 @@ func (d *Directory) Sync(ctx context.Context) error {
 	err := d.retry(ctx, func(ctx context.Context) error {
 		var err error
 		if d.IsLeader() {
-			idx, err = d.barrierLocal()
+			idx, err = d.barrierLocal(ctx)
 		} else {
 			idx, err = d.forwardBarrier(ctx)
 		}
@@ -430,8 +533,8 @@ func (d *Directory) UserHomeLinearizable(ctx context.Context, user string) (stri
 
 // barrierLocal commits a barrier as leader and returns the applied index
 // after it: every write acknowledged before the call is at or below it.
-func (d *Directory) barrierLocal() (uint64, error) {
-	if err := d.raft.Barrier(d.cfg.ApplyTimeout).Error(); err != nil {
+func (d *Directory) barrierLocal(ctx context.Context) (uint64, error) {
+	if err := d.waitFuture(ctx, d.raft.Barrier(d.cfg.ApplyTimeout)); err != nil {
 		switch {
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrEnqueueTimeout):
 			return 0, errRetry
@@ -450,6 +553,10 @@ func (d *Directory) barrierLocal() (uint64, error) {
 const (
 	pathApply   = "/directory/v1/apply"
 	pathBarrier = "/directory/v1/barrier"
+	// hdrForwarded marks a request one voter forwards to the one it
+	// believes leads: a receiver that does not lead answers 421 instead of
+	// forwarding again.
+	hdrForwarded = "X-Chatmesh-Directory-Forwarded"
 )
 
 type barrierReply struct {
@@ -458,6 +565,10 @@ type barrierReply struct {
 
 // Forwarding status codes: 200 done (body is the reply), 421 this node is
 // not the leader (nothing applied), 503 outcome unknown, 400 bad request.
+//
+// A request without hdrForwarded (an operator's, through AdminClient) is
+// applied through the leader wherever it is, like a local write; its
+// errors are JSON (see writeAdminError).
 func (d *Directory) handleApply(w http.ResponseWriter, r *http.Request) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCommandBytes))
 	if err != nil {
@@ -468,11 +579,15 @@ func (d *Directory) handleApply(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if r.Header.Get(hdrForwarded) == "" {
+		d.handleAdminApply(w, r, b)
+		return
+	}
 	if !d.IsLeader() {
 		http.Error(w, "not leader", http.StatusMisdirectedRequest)
 		return
 	}
-	res, err := d.applyLocal(b)
+	res, err := d.applyLocal(r.Context(), b)
 	d.reply(w, res, err)
 }
 
@@ -481,7 +596,7 @@ func (d *Directory) handleBarrier(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not leader", http.StatusMisdirectedRequest)
 		return
 	}
-	idx, err := d.barrierLocal()
+	idx, err := d.barrierLocal(r.Context())
 	d.reply(w, barrierReply{Index: idx}, err)
 }
 
@@ -525,6 +640,10 @@ func (d *Directory) forward(ctx context.Context, path string, body []byte, out a
 	if err != nil {
 		return fmt.Errorf("directory: forward: %w", err)
 	}
+	req.Header.Set(hdrForwarded, "1")
+	if d.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.cfg.Token)
+	}
 	resp, err := d.client.Do(req)
 	if err != nil {
 		var op *net.OpError
@@ -546,6 +665,8 @@ func (d *Directory) forward(ctx context.Context, path string, body []byte, out a
 		return nil
 	case http.StatusMisdirectedRequest:
 		return errRetry
+	case http.StatusUnauthorized: // nothing was applied; retrying will not help
+		return fmt.Errorf("%w: forward to %s: the voters' tokens differ", ErrUnauthorized, id)
 	case http.StatusBadRequest:
 		return fmt.Errorf("%w: %s", ErrBadCommand, strings.TrimSpace(string(rb)))
 	default:

@@ -6,7 +6,9 @@
 // # What it holds
 //
 //   - regions: name, lat/long, public edge URLs, Noise static key (hex),
-//     link endpoint, healthy flag (Region);
+//     link endpoint, healthy flag, and the region's edges (Region, Edge:
+//     id, WebSocket and WebTransport URLs, certificate hash, Noise key,
+//     healthy flag);
 //   - users → home region;
 //   - conversations → (home region, owner epoch) (ConvHome).
 //
@@ -14,7 +16,19 @@
 //
 // Every write is a Command, applied deterministically by the FSM:
 //
-//   - PutRegion: create or replace a region (unconditional).
+//   - PutRegion: create or replace a region (unconditional). A region
+//     whose Edges is nil keeps the edges stored for it (regions announce
+//     themselves at every start, edges separately); an empty, non-nil list
+//     removes them. Edges given here are validated like PutEdge's.
+//   - PutEdge(region, edge): create or replace an edge by ID inside an
+//     existing region. Edge IDs are unique across the directory: an ID
+//     held by another region moves (it is removed there, and both regions
+//     emit a ChangeRegion). An edge needs an ID (at most 128 bytes), a WS
+//     or WT URL, and hex CertHash / NoiseKeyHex (either may be empty); a
+//     region holds at most MaxEdgesPerRegion (256) edges.
+//   - SetEdgeHealth(region, id, healthy): ErrUnknownEdge when the region
+//     does not hold that edge.
+//   - SetRegionHealth(region, healthy).
 //   - SetUserHome(user, region, ifAbsent): with ifAbsent an already homed
 //     user is left alone and ErrExists is returned with the stored home
 //     ("a user's home is the region they first register in").
@@ -36,8 +50,60 @@
 // ErrNotLeader/ErrEnqueueTimeout). When the outcome is unknown (leadership
 // lost after the entry was appended, the leader shut down or the reply was
 // lost) the write returns ErrUncertain; because writes are conditional the
-// caller re-reads (Sync) and retries. The forwarding endpoint is plain HTTP
-// with no authentication yet: bind it to a private/loopback address.
+// caller re-reads (Sync) and retries. A forwarded request carries the
+// header X-Chatmesh-Directory-Forwarded; a voter that receives one and does
+// not lead answers 421 rather than forwarding again.
+//
+// # HTTP endpoints, authentication, operators
+//
+// Every voter serves, on Peer.HTTPAddr:
+//
+//	POST /directory/v1/apply      an encoded Command. From a voter (marked
+//	                              forwarded): applied if this voter leads,
+//	                              else 421. From anyone else (AdminClient):
+//	                              applied through the leader wherever it is,
+//	                              like a local write. 200 with the Result
+//	                              JSON (its code carries a refusal).
+//	POST /directory/v1/barrier    the leader's read index (voters only)
+//	GET  /directory/v1/status     Status: id, leader, is_leader,
+//	                              applied_index, voters, state {regions with
+//	                              their edges, users: count, convs: count}
+//	GET  /directory/v1/conv?id=   {conv, region, epoch, applied_index}
+//	GET  /directory/v1/user?id=   {user, home, applied_index}
+//	GET  /directory/v1/convs?after=&limit=
+//	                              {convs: [{conv, region, epoch}], next,
+//	                              applied_index}: conversations in id order
+//	                              after `after`, limit 1..1000 (default
+//	                              100); pass next as after for the next
+//	                              page ("" at the end)
+//
+// The GETs answer from the voter's applied copy; with linearizable=1 the
+// voter runs Sync first. Status never lists users or conversations (there
+// may be millions): it counts them; ConvsAfter pages scan the map under the
+// read lock (O(n log limit)), an operator's tool. Errors of everything but
+// the voter-to-voter path are JSON {"code", "error"}: 400 bad_request or
+// bad_command, 401 unauthorized, 404 not_found, 503 uncertain or closed,
+// 504 no_leader (no leader answered within 3×ApplyTimeout).
+//
+// Authentication: with Config.Token set, every request must carry
+// "Authorization: Bearer <token>" (compared in constant time), and voters
+// send it when they forward, so all voters share one token; a voter whose
+// token differs gets ErrUnauthorized on forwarded writes rather than
+// retrying forever. Without a token Open refuses a non-loopback HTTPAddr
+// (CheckListen, ErrOpenEndpoint): off loopback a token is required. The
+// token covers HTTP only: the raft TCP transport (Peer.RaftAddr) is not
+// authenticated and must stay on a private network.
+//
+// AdminClient is the client of these endpoints (`chatmesh directory`):
+// Status, Conv, UserHome, Convs, Apply, PutEdge, SetEdgeHealth,
+// SetRegionHealth, and the two moves. MoveConversation reads the epoch
+// linearizably, then compare-and-sets the new home on it; a concurrent
+// change (EpochError) or an uncertain outcome makes it re-read and retry,
+// up to 5 times; moving to the current home is a no-op that reports it.
+// MoveUser sets the user's home unconditionally: it decides where the
+// user's NEW conversations are homed. Existing conversations stay where
+// they are and are moved with MoveConversation: the directory does not
+// know who is in a conversation, so it cannot list a user's conversations.
 //
 // # Command and snapshot encoding
 //
@@ -87,14 +153,22 @@
 //
 // Open starts a voter (raft, its transport, the forwarding server); Close
 // stops them all, closes the stores and every watch channel and waits for
-// the goroutines it started; it is idempotent. raft's hclog output is routed
+// the goroutines it started; it is idempotent. Writes and barriers in
+// flight at Close end with ErrUncertain/ErrClosed: waiting on a raft
+// future also ends at Close or when the caller's context does, because
+// raft (v1.7.3) leaves the futures of committed entries still queued for
+// the FSM unanswered when it shuts down. The HTTP server gets up to 5 s for
+// requests in flight; connections that never sent a request are closed
+// (http.Server.Shutdown alone would wait 5 s for each). raft's hclog output is routed
 // to the injected slog logger at warn and above; info is discarded.
 //
 // # Not done yet
 //
 // Wiring into region/ and edge/ (the sequencer's per-conversation epoch
-// fencing, geo-routing from Regions), the `chatmesh directory status |
-// move-user | move-conversation` CLI, `dev` starting the voters, region
-// failure detection and automatic moves, membership changes, and
-// authentication of the forwarding endpoint (Noise or mTLS).
+// fencing, edges announcing themselves with PutEdge, a Locator over
+// geo.DirectoryEdges), `dev` starting the voters, region and edge failure
+// detection and automatic moves (health is set by operators only),
+// membership changes, TLS on the HTTP endpoints (the bearer token travels
+// in clear: keep them on a private network), and authentication of the
+// raft transport.
 package directory

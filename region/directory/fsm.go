@@ -2,11 +2,14 @@ package directory
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -31,6 +34,9 @@ var (
 	ErrNoLeader = errors.New("directory: no leader")
 	// ErrClosed: the Directory was closed.
 	ErrClosed = errors.New("directory: closed")
+	// ErrUnknownEdge: set_edge_health named an edge the region does not
+	// hold.
+	ErrUnknownEdge = errors.New("directory: unknown edge")
 )
 
 // EpochError is returned by SetConvHome when the stored owner epoch differs
@@ -57,11 +63,65 @@ type Region struct {
 	NoiseKeyHex  string   `json:"noise_key_hex,omitempty"`
 	LinkEndpoint string   `json:"link_endpoint,omitempty"`
 	Healthy      bool     `json:"healthy"`
+	// Edges are the region's edges, sorted by ID. In a put_region command
+	// nil ("edges": null or absent) keeps the stored edges, so a region
+	// can re-announce itself without knowing its edges; an empty list
+	// removes them all. Stored regions hold nil rather than an empty list.
+	Edges []Edge `json:"edges"`
 }
 
 func (r Region) clone() Region {
 	r.EdgeURLs = append([]string(nil), r.EdgeURLs...)
+	if len(r.Edges) == 0 {
+		r.Edges = nil
+	} else {
+		r.Edges = append([]Edge(nil), r.Edges...)
+	}
 	return r
+}
+
+// Edge is one edge of a region: where clients connect and how they
+// authenticate it. Edge IDs are unique across the whole directory.
+type Edge struct {
+	ID string `json:"id"`
+	// WS and WT are the edge's WebSocket and WebTransport URLs; at least
+	// one is set.
+	WS string `json:"ws,omitempty"`
+	WT string `json:"wt,omitempty"`
+	// CertHash is the hex SHA-256 of the WebTransport certificate, for
+	// clients that pin it (self-signed certificates); may be empty.
+	CertHash string `json:"cert_hash,omitempty"`
+	// NoiseKeyHex is the hex of the edge's Noise static public key.
+	NoiseKeyHex string `json:"noise_key_hex,omitempty"`
+	Healthy     bool   `json:"healthy"`
+}
+
+// Bounds on edges, checked by the FSM (a violation is ErrBadCommand).
+const (
+	MaxEdgesPerRegion = 256
+	maxEdgeIDBytes    = 128
+	maxEdgeFieldBytes = 2048 // each URL / hex field
+)
+
+// validate reports what is wrong with e, or "".
+func (e Edge) validate() string {
+	switch {
+	case e.ID == "":
+		return "edge without an id"
+	case len(e.ID) > maxEdgeIDBytes:
+		return fmt.Sprintf("edge id longer than %d bytes", maxEdgeIDBytes)
+	case e.WS == "" && e.WT == "":
+		return fmt.Sprintf("edge %q has neither a ws nor a wt url", e.ID)
+	case len(e.WS) > maxEdgeFieldBytes || len(e.WT) > maxEdgeFieldBytes || len(e.CertHash) > maxEdgeFieldBytes || len(e.NoiseKeyHex) > maxEdgeFieldBytes:
+		return fmt.Sprintf("edge %q: a field is longer than %d bytes", e.ID, maxEdgeFieldBytes)
+	}
+	if _, err := hex.DecodeString(e.CertHash); err != nil {
+		return fmt.Sprintf("edge %q: cert_hash is not hex", e.ID)
+	}
+	if _, err := hex.DecodeString(e.NoiseKeyHex); err != nil {
+		return fmt.Sprintf("edge %q: noise_key_hex is not hex", e.ID)
+	}
+	return ""
 }
 
 // ConvHome is where a conversation is sequenced and under which owner epoch.
@@ -77,9 +137,12 @@ const cmdVersion byte = 1
 type Op string
 
 const (
-	OpPutRegion   Op = "put_region"
-	OpSetUserHome Op = "set_user_home"
-	OpSetConvHome Op = "set_conv_home"
+	OpPutRegion       Op = "put_region"
+	OpSetUserHome     Op = "set_user_home"
+	OpSetConvHome     Op = "set_conv_home"
+	OpPutEdge         Op = "put_edge"
+	OpSetEdgeHealth   Op = "set_edge_health"
+	OpSetRegionHealth Op = "set_region_health"
 )
 
 // Command is one replicated write.
@@ -91,6 +154,10 @@ type Command struct {
 	Home        string  `json:"home,omitempty"`         // set_user_home, set_conv_home
 	IfAbsent    bool    `json:"if_absent,omitempty"`    // set_user_home
 	ExpectEpoch uint64  `json:"expect_epoch,omitempty"` // set_conv_home
+	Name        string  `json:"name,omitempty"`         // region: put_edge, set_edge_health, set_region_health
+	Edge        *Edge   `json:"edge,omitempty"`         // put_edge
+	EdgeID      string  `json:"edge_id,omitempty"`      // set_edge_health
+	Healthy     *bool   `json:"healthy,omitempty"`      // set_edge_health, set_region_health (required)
 }
 
 // maxCommandBytes bounds one encoded command (and a forwarded request body).
@@ -136,6 +203,7 @@ const (
 	codeFenced        = "fenced"
 	codeUnknownRegion = "unknown_region"
 	codeBadCommand    = "bad_command"
+	codeUnknownEdge   = "unknown_edge"
 )
 
 // err turns a Result into the error the caller sees.
@@ -148,7 +216,13 @@ func (r Result) err(c Command) error {
 	case codeFenced:
 		return &EpochError{Conv: c.Conv, Stored: r.Epoch, Expected: c.ExpectEpoch}
 	case codeUnknownRegion:
-		return fmt.Errorf("directory: region %q: %w", c.Home, ErrUnknownRegion)
+		name := c.Home
+		if c.Name != "" {
+			name = c.Name
+		}
+		return fmt.Errorf("directory: region %q: %w", name, ErrUnknownRegion)
+	case codeUnknownEdge:
+		return fmt.Errorf("directory: region %q: edge %q: %w", c.Name, c.EdgeID, ErrUnknownEdge)
 	default:
 		return fmt.Errorf("%w: %s", ErrBadCommand, r.Msg)
 	}
@@ -240,12 +314,22 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 	}
 	switch c.Op {
 	case OpPutRegion:
-		if c.Region == nil || c.Region.Name == "" {
-			return Result{Code: codeBadCommand, Msg: "put_region without a name"}
+		return f.putRegion(idx, c)
+	case OpPutEdge:
+		return f.putEdge(idx, c)
+	case OpSetEdgeHealth:
+		return f.setEdgeHealth(idx, c)
+	case OpSetRegionHealth:
+		if c.Name == "" || c.Healthy == nil {
+			return Result{Code: codeBadCommand, Msg: "set_region_health needs a name and healthy"}
 		}
-		r := c.Region.clone()
+		r, ok := f.st.Regions[c.Name]
+		if !ok {
+			return Result{Code: codeUnknownRegion}
+		}
+		r.Healthy = *c.Healthy
 		f.st.Regions[r.Name] = r
-		f.emit(Change{Index: idx, Kind: ChangeRegion, Key: r.Name, Region: r.clone()})
+		f.emitRegion(idx, r)
 		return Result{Home: r.Name}
 	case OpSetUserHome:
 		if c.User == "" {
@@ -278,6 +362,123 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 	default:
 		return Result{Code: codeBadCommand, Msg: fmt.Sprintf("unknown op %q", c.Op)}
 	}
+}
+
+func (f *FSM) putRegion(idx uint64, c Command) Result {
+	if c.Region == nil || c.Region.Name == "" {
+		return Result{Code: codeBadCommand, Msg: "put_region without a name"}
+	}
+	r := c.Region.clone()
+	if c.Region.Edges == nil { // re-announcement: keep the stored edges
+		r.Edges = f.st.Regions[r.Name].clone().Edges
+		f.st.Regions[r.Name] = r
+		f.emitRegion(idx, r)
+		return Result{Home: r.Name}
+	}
+	if len(r.Edges) > MaxEdgesPerRegion {
+		return Result{Code: codeBadCommand, Msg: fmt.Sprintf("region %q: more than %d edges", r.Name, MaxEdgesPerRegion)}
+	}
+	seen := make(map[string]bool, len(r.Edges))
+	for _, e := range r.Edges {
+		if msg := e.validate(); msg != "" {
+			return Result{Code: codeBadCommand, Msg: msg}
+		}
+		if seen[e.ID] {
+			return Result{Code: codeBadCommand, Msg: fmt.Sprintf("region %q: edge %q twice", r.Name, e.ID)}
+		}
+		seen[e.ID] = true
+	}
+	sort.Slice(r.Edges, func(i, j int) bool { return r.Edges[i].ID < r.Edges[j].ID })
+	// Edge ids are global: an edge listed here leaves any other region.
+	for _, e := range r.Edges {
+		f.removeEdgeElsewhere(idx, e.ID, r.Name)
+	}
+	f.st.Regions[r.Name] = r.clone()
+	f.emitRegion(idx, r)
+	return Result{Home: r.Name}
+}
+
+func (f *FSM) putEdge(idx uint64, c Command) Result {
+	if c.Name == "" || c.Edge == nil {
+		return Result{Code: codeBadCommand, Msg: "put_edge needs a region name and an edge"}
+	}
+	if msg := c.Edge.validate(); msg != "" {
+		return Result{Code: codeBadCommand, Msg: msg}
+	}
+	r, ok := f.st.Regions[c.Name]
+	if !ok {
+		return Result{Code: codeUnknownRegion}
+	}
+	e := *c.Edge
+	i, found := edgeIndex(r.Edges, e.ID)
+	if !found && len(r.Edges) >= MaxEdgesPerRegion {
+		return Result{Code: codeBadCommand, Msg: fmt.Sprintf("region %q already has %d edges", r.Name, MaxEdgesPerRegion)}
+	}
+	f.removeEdgeElsewhere(idx, e.ID, r.Name)
+	r = r.clone()
+	if found {
+		r.Edges[i] = e
+	} else {
+		r.Edges = slices.Insert(r.Edges, i, e)
+	}
+	f.st.Regions[r.Name] = r
+	f.emitRegion(idx, r)
+	return Result{Home: r.Name}
+}
+
+func (f *FSM) setEdgeHealth(idx uint64, c Command) Result {
+	if c.Name == "" || c.EdgeID == "" || c.Healthy == nil {
+		return Result{Code: codeBadCommand, Msg: "set_edge_health needs a region name, an edge id and healthy"}
+	}
+	r, ok := f.st.Regions[c.Name]
+	if !ok {
+		return Result{Code: codeUnknownRegion}
+	}
+	i, found := edgeIndex(r.Edges, c.EdgeID)
+	if !found {
+		return Result{Code: codeUnknownEdge}
+	}
+	r = r.clone()
+	r.Edges[i].Healthy = *c.Healthy
+	f.st.Regions[r.Name] = r
+	f.emitRegion(idx, r)
+	return Result{Home: r.Name}
+}
+
+// removeEdgeElsewhere removes edge id from every region but keep (at most
+// one holds it), emitting a ChangeRegion for each region changed. Regions
+// are visited in name order so the emitted changes are deterministic.
+func (f *FSM) removeEdgeElsewhere(idx uint64, id, keep string) {
+	names := make([]string, 0, len(f.st.Regions))
+	for n := range f.st.Regions {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if n == keep {
+			continue
+		}
+		r := f.st.Regions[n]
+		i, found := edgeIndex(r.Edges, id)
+		if !found {
+			continue
+		}
+		r = r.clone()
+		r.Edges = slices.Delete(r.Edges, i, i+1)
+		r = r.clone() // empty becomes nil
+		f.st.Regions[n] = r
+		f.emitRegion(idx, r)
+	}
+}
+
+// edgeIndex finds id in edges (sorted by ID): its index, or where it would
+// be inserted.
+func edgeIndex(edges []Edge, id string) (int, bool) {
+	return slices.BinarySearchFunc(edges, id, func(e Edge, id string) int { return strings.Compare(e.ID, id) })
+}
+
+func (f *FSM) emitRegion(idx uint64, r Region) {
+	f.emit(Change{Index: idx, Kind: ChangeRegion, Key: r.Name, Region: r.clone()})
 }
 
 func (f *FSM) emit(c Change) {
@@ -386,6 +587,55 @@ func (f *FSM) State() State {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.st.clone()
+}
+
+// Summary returns the applied index, every region (sorted by name) and the
+// number of homed users and conversations, read at one point.
+func (f *FSM) Summary() (uint64, Counts) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	c := Counts{Regions: make([]Region, 0, len(f.st.Regions)), Users: len(f.st.Users), Convs: len(f.st.Convs)}
+	for _, r := range f.st.Regions {
+		c.Regions = append(c.Regions, r.clone())
+	}
+	sort.Slice(c.Regions, func(i, j int) bool { return c.Regions[i].Name < c.Regions[j].Name })
+	return f.st.Index, c
+}
+
+// ConvsAfter returns the first limit (at least 1) conversations whose id
+// sorts after after, in id order, with the cursor of the next page. It
+// scans every conversation under the read lock (O(n log limit) time,
+// O(limit) memory): an operator's tool, not a hot path.
+func (f *FSM) ConvsAfter(after string, limit int) ConvPage {
+	limit = max(limit, 1)
+	keep := limit + 1 // one more tells whether there is a next page
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	buf := make([]string, 0, 2*keep)
+	var cut string // the largest id kept once buf was first trimmed
+	trimmed := false
+	for k := range f.st.Convs {
+		if k <= after || (trimmed && k >= cut) {
+			continue
+		}
+		buf = append(buf, k)
+		if len(buf) == cap(buf) {
+			slices.Sort(buf)
+			buf = buf[:keep]
+			cut, trimmed = buf[keep-1], true
+		}
+	}
+	slices.Sort(buf)
+	p := ConvPage{AppliedIndex: f.st.Index, Convs: make([]ConvEntry, 0, min(len(buf), limit))}
+	if len(buf) > limit {
+		buf = buf[:limit]
+		p.Next = buf[limit-1]
+	}
+	for _, k := range buf {
+		h := f.st.Convs[k]
+		p.Convs = append(p.Convs, ConvEntry{Conv: k, Region: h.Region, Epoch: h.Epoch})
+	}
+	return p
 }
 
 // Index returns the index of the last applied command and a channel closed

@@ -21,19 +21,23 @@ func mustEncode(t *testing.T, c Command) []byte {
 	return b
 }
 
+// fsmCase is one command applied to an FSM after pre.
+type fsmCase struct {
+	name    string
+	pre     []Command
+	cmd     Command
+	raw     []byte // instead of cmd
+	want    Result
+	wantErr error
+	changes int // changes a successful command emits; 0 means 1
+	check   func(t *testing.T, f *FSM)
+}
+
 func TestFSMApply(t *testing.T) {
 	fra := Region{Name: "fra", Lat: 50.1, Long: 8.7, EdgeURLs: []string{"wss://fra/ws"}, NoiseKeyHex: "ab", LinkEndpoint: "fra:9000", Healthy: true}
 	iad := Region{Name: "iad", Lat: 38.9, Long: -77.0, Healthy: true}
 	setup := []Command{{Op: OpPutRegion, Region: &fra}, {Op: OpPutRegion, Region: &iad}}
-	tests := []struct {
-		name    string
-		pre     []Command
-		cmd     Command
-		raw     []byte // instead of cmd
-		want    Result
-		wantErr error
-		check   func(t *testing.T, f *FSM)
-	}{
+	tests := []fsmCase{
 		{name: "put region", cmd: Command{Op: OpPutRegion, Region: &fra}, want: Result{Home: "fra"},
 			check: func(t *testing.T, f *FSM) {
 				if r, ok := f.Region("fra"); !ok || !reflect.DeepEqual(r, fra) {
@@ -76,6 +80,11 @@ func TestFSMApply(t *testing.T) {
 		{name: "empty", raw: []byte{}, wantErr: ErrBadCommand},
 		{name: "unknown field", raw: append([]byte{cmdVersion}, `{"op":"put_region","bogus":1}`...), wantErr: ErrBadCommand},
 	}
+	runFSMCases(t, tests)
+}
+
+func runFSMCases(t *testing.T, tests []fsmCase) {
+	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var changes []Change
@@ -111,8 +120,16 @@ func TestFSMApply(t *testing.T) {
 				}
 			} else if err != nil {
 				t.Fatalf("err = %v", err)
-			} else if len(changes) != nChanges+1 || changes[len(changes)-1].Index != idx {
-				t.Fatalf("changes = %+v, want one at index %d", changes[nChanges:], idx)
+			} else {
+				want := max(tc.changes, 1)
+				if len(changes) != nChanges+want {
+					t.Fatalf("changes = %+v, want %d at index %d", changes[nChanges:], want, idx)
+				}
+				for _, ch := range changes[nChanges:] {
+					if ch.Index != idx || ch.Kind != changes[len(changes)-1].Kind {
+						t.Fatalf("change %+v, want index %d", ch, idx)
+					}
+				}
 			}
 			if tc.want.Code != "" || tc.wantErr == nil {
 				if tc.want != res {
@@ -156,6 +173,10 @@ func TestFSMSnapshotRestore(t *testing.T) {
 		{Op: OpSetConvHome, Conv: "c1", Home: "fra"},
 		{Op: OpSetConvHome, Conv: "c1", Home: "sin", ExpectEpoch: 1},
 		{Op: OpSetConvHome, Conv: "c2", Home: "sin"},
+		{Op: OpPutEdge, Name: "fra", Edge: &Edge{ID: "fra-1", WS: "ws://fra-1", CertHash: "ab", NoiseKeyHex: "cd", Healthy: true}},
+		{Op: OpPutEdge, Name: "fra", Edge: &Edge{ID: "fra-2", WT: "https://fra-2", Healthy: true}},
+		{Op: OpSetEdgeHealth, Name: "fra", EdgeID: "fra-2", Healthy: no()},
+		{Op: OpSetRegionHealth, Name: "sin", Healthy: yes()},
 	}
 	for i, c := range cmds {
 		if r := f.Apply(&raft.Log{Index: uint64(i + 1), Data: mustEncode(t, c)}).(Result); r.Code != "" {
@@ -167,7 +188,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Writes after Snapshot must not leak into the persisted copy.
-	f.Apply(&raft.Log{Index: 8, Data: mustEncode(t, Command{Op: OpSetUserHome, User: "carol", Home: "fra"})})
+	f.Apply(&raft.Log{Index: uint64(len(cmds) + 1), Data: mustEncode(t, Command{Op: OpSetUserHome, User: "carol", Home: "fra"})})
 	var sink memSink
 	if err := snap.Persist(&sink); err != nil {
 		t.Fatal(err)
@@ -182,7 +203,10 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	}
 	want := f.State()
 	delete(want.Users, "carol")
-	want.Index = 7
+	want.Index = uint64(len(cmds))
+	if r := want.Regions["fra"]; len(r.Edges) != 2 || r.Edges[1].Healthy || !want.Regions["sin"].Healthy {
+		t.Fatalf("edges before snapshot: %+v", want.Regions)
+	}
 	if got := g.State(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("restored:\n%+v\nwant:\n%+v", got, want)
 	}
@@ -190,7 +214,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 		t.Fatalf("changes = %+v, want a resync after restore", changes)
 	}
 	// The restored FSM keeps working and stays conditional.
-	r := g.Apply(&raft.Log{Index: 9, Data: mustEncode(t, Command{Op: OpSetConvHome, Conv: "c1", Home: "fra", ExpectEpoch: 1})}).(Result)
+	r := g.Apply(&raft.Log{Index: uint64(len(cmds) + 2), Data: mustEncode(t, Command{Op: OpSetConvHome, Conv: "c1", Home: "fra", ExpectEpoch: 1})}).(Result)
 	if r.Code != codeFenced || r.Epoch != 2 {
 		t.Fatalf("stale CAS after restore: %+v", r)
 	}

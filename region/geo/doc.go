@@ -61,6 +61,15 @@
 // entry or after 16 entries. With no trusted proxies configured (the zero
 // Config) the header is never read.
 //
+// # Edge sources
+//
+// StaticEdges is a fixed list. DirectoryEdges reads the region directory
+// (region/directory) through RegionLister, which *directory.Directory
+// satisfies with its local applied copy: every edge of every healthy
+// region, at its region's coordinates, with the edge's own health flag;
+// the edges of a region marked unhealthy are not listed. It reads on every
+// Locate, so a health change in the directory is seen by the next request.
+//
 // # Concurrency and life cycle
 //
 // A Locator is safe for concurrent use; it starts no goroutines. Close
@@ -69,11 +78,12 @@
 //
 // # Not wired yet
 //
-//   - An edge serves Handler at Path when given it (edge.Config.Locate,
-//     with LocateClientAddr = ClientAddr for its per-client budget), but
-//     `dev` does not generate the database or set it yet.
-//   - No EdgeSource reads the region directory or health; StaticEdges (a
-//     fixed list) is the only implementation.
+//   - Every edge of `chatmesh dev` serves Handler at Path
+//     (edge.Config.Locate, LocateClientAddr = ClientAddr for its
+//     per-client budget) over DirectoryEdges and a generated database;
+//     production edges (`chatmesh edge`) do not yet take a database file.
+//   - Nothing marks edges unhealthy automatically yet (issue 8); operators
+//     use `chatmesh directory edge-health` / `region-health`.
 //   - The database is opened once; reloading a newer GeoLite2 file needs a
 //     new Locator.
 package geo
