@@ -46,7 +46,7 @@ func (p *stalePlacement) SyncConv(_ context.Context, conv string) (string, uint6
 	return h[0].(string), h[1].(uint64), true, nil
 }
 
-func (p *stalePlacement) ClaimConv(ctx context.Context, conv, home string) (string, uint64, error) {
+func (p *stalePlacement) ClaimConv(ctx context.Context, conv, home, _ string) (string, uint64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if h, ok := p.cur[conv]; ok {

@@ -25,9 +25,10 @@ type Placement interface {
 	// every directory write that completed before the call.
 	SyncConv(ctx context.Context, conv string) (home string, epoch uint64, ok bool, err error)
 	// ClaimConv homes an absent conversation at home with epoch 1 (a
-	// compare-and-set from "absent"). When the conversation already has a
+	// compare-and-set from "absent"), recording owner (the user whose home
+	// placed it; "" when unknown). When the conversation already has a
 	// home, that home and epoch are returned without error.
-	ClaimConv(ctx context.Context, conv, home string) (string, uint64, error)
+	ClaimConv(ctx context.Context, conv, home, owner string) (string, uint64, error)
 	// UserHome returns a user's home region from the local copy.
 	UserHome(user string) (string, bool)
 	// ClaimUser homes a user at region unless they already have a home;
@@ -56,9 +57,9 @@ func (p DirectoryPlacement) SyncConv(ctx context.Context, conv string) (string, 
 }
 
 // ClaimConv implements Placement.
-func (p DirectoryPlacement) ClaimConv(ctx context.Context, conv, home string) (string, uint64, error) {
+func (p DirectoryPlacement) ClaimConv(ctx context.Context, conv, home, owner string) (string, uint64, error) {
 	for attempt := 0; ; attempt++ {
-		epoch, err := p.D.SetConvHome(ctx, conv, home, 0)
+		epoch, err := p.D.ClaimConvHome(ctx, conv, home, 0, owner)
 		if err == nil {
 			// Our copy applies the claim before the next record of the
 			// conversation is placed (else it would look absent again).
@@ -185,7 +186,7 @@ func (r *Region) placeStep(ctx context.Context, b *batch, in *pb.IngressRecord) 
 		}
 		return true, r.forward(b, in, conv, home)
 	}
-	want, claim, err := r.wantHome(ctx, in, conv)
+	want, owner, claim, err := r.wantHome(ctx, in, conv)
 	if err != nil || !claim {
 		return false, err
 	}
@@ -193,7 +194,7 @@ func (r *Region) placeStep(ctx context.Context, b *batch, in *pb.IngressRecord) 
 		return true, r.forward(b, in, conv, want)
 	}
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
-	home, epoch, err = p.ClaimConv(cctx, conv, self)
+	home, epoch, err = p.ClaimConv(cctx, conv, self, owner)
 	cancel()
 	if err != nil {
 		r.log.Warn("directory: claiming a conversation failed", "conv", conv, "err", err)
@@ -208,8 +209,9 @@ func (r *Region) placeStep(ctx context.Context, b *batch, in *pb.IngressRecord) 
 }
 
 // wantHome says whether a conversation absent from the directory is to be
-// claimed now, and for which region (see placeStep).
-func (r *Region) wantHome(ctx context.Context, in *pb.IngressRecord, conv string) (string, bool, error) {
+// claimed now, for which region, and who owns it (the creator or 1:1
+// initiator; "" for a conversation found in the store) (see placeStep).
+func (r *Region) wantHome(ctx context.Context, in *pb.IngressRecord, conv string) (string, string, bool, error) {
 	sender := in.GetOrigin().GetDevice().GetUserId()
 	initiator := func() string {
 		if h, ok := r.cfg.Placement.UserHome(sender); ok && h != "" {
@@ -220,9 +222,9 @@ func (r *Region) wantHome(ctx context.Context, in *pb.IngressRecord, conv string
 	switch op := in.Op.(type) {
 	case *pb.IngressRecord_CreateGroup:
 		if core.GroupCreatedBy(conv, sender) {
-			return initiator(), true, nil
+			return initiator(), sender, true, nil
 		}
-		return "", false, nil
+		return "", "", false, nil
 	case *pb.IngressRecord_Send:
 		if a, c, direct := core.ParseDirect(op.Send.GetConvId()); direct && (sender == a || sender == c) {
 			peer := a
@@ -231,23 +233,23 @@ func (r *Region) wantHome(ctx context.Context, in *pb.IngressRecord, conv string
 			}
 			_, err := r.store.User(ctx, peer)
 			if err == nil {
-				return initiator(), true, nil
+				return initiator(), sender, true, nil
 			}
 			if !errors.Is(err, core.ErrNotFound) {
-				return "", false, fmt.Errorf("send to %s: %w", conv, err)
+				return "", "", false, fmt.Errorf("send to %s: %w", conv, err)
 			}
 		}
 	}
 	_, err := r.store.Conversation(ctx, conv)
 	if errors.Is(err, core.ErrNotFound) {
-		return "", false, nil
+		return "", "", false, nil
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("conversation %s: %w", conv, err)
+		return "", "", false, fmt.Errorf("conversation %s: %w", conv, err)
 	}
 	// Claimed for ourselves: the claim returns the real home if another
 	// region homed it meanwhile.
-	return r.cfg.Name, true, nil
+	return r.cfg.Name, "", true, nil
 }
 
 // refenced handles a step the store fenced: our copy of the directory is

@@ -291,7 +291,8 @@ func dirConv(ctx context.Context, ac *directory.AdminClient, f *dirFlags, args [
 type userJSON struct {
 	User string `json:"user"`
 	Home string `json:"home"`
-	From string `json:"from,omitempty"` // move-user: the home before
+	From  string `json:"from,omitempty"`  // move-user: the home before
+	Moved int    `json:"moved,omitempty"` // move-user: owned conversations moved
 }
 
 func dirUser(ctx context.Context, ac *directory.AdminClient, f *dirFlags, args []string) error {
@@ -344,14 +345,14 @@ func dirMoveConv(ctx context.Context, ac *directory.AdminClient, f *dirFlags, ar
 }
 
 func dirMoveUser(ctx context.Context, ac *directory.AdminClient, f *dirFlags, args []string) error {
-	from, err := ac.MoveUser(ctx, args[0], args[1])
+	from, moved, err := ac.MoveUser(ctx, args[0], args[1])
 	if err != nil {
 		return err
 	}
 	if f.asJSON {
-		return f.printJSON(userJSON{User: args[0], Home: args[1], From: from})
+		return f.printJSON(userJSON{User: args[0], Home: args[1], From: from, Moved: moved})
 	}
-	fmt.Fprintf(f.stdout, "user %s: home %s (was %s); new conversations are homed there, existing ones stay (move-conversation)\n", args[0], args[1], from)
+	fmt.Fprintf(f.stdout, "user %s: home %s (was %s); %d conversation(s) they own moved with them (epoch + 1 each)\n", args[0], args[1], from, moved)
 	return nil
 }
 

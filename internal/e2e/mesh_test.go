@@ -393,3 +393,81 @@ func TestMeshLocator(t *testing.T) {
 		return len(a.Edges) == 1 && a.Edges[0].Region == "ap-southeast"
 	})
 }
+
+// Moving a user (shown with the directory's MoveUser, what `chatmesh
+// directory move-user` runs) moves the conversations they own with them,
+// each at a new epoch; messages continue exactly once, in order, and the
+// user's next conversation is homed in the new region.
+func TestMeshMoveUser(t *testing.T) {
+	m := startMesh(t, nil)
+	eu, us, ap := m.Node("eu-central"), m.Node("us-east"), m.Node("ap-southeast")
+	alice := newClient(t, []string{eu.Ends.WS}, uniq("alice"))
+	bob := newClient(t, []string{us.Ends.WS}, uniq("bob"))
+	carol := newClient(t, []string{ap.Ends.WS}, uniq("carol"))
+	for _, c := range []*tclient{alice, bob, carol} {
+		c.start(t)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dm := core.DirectConvID(alice.name, bob.name)
+	info, err := alice.CreateGroup(ctx, "moving", []string{bob.name, carol.name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := info.GetConvId()
+	send := func(c *tclient, conv, body string) {
+		t.Helper()
+		if _, err := c.Send(ctx, conv, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(alice, dm, "before 1")
+	send(bob, group, "before 2")
+	for _, c := range []*tclient{alice, bob} {
+		if err := c.WaitIdle(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moved, err := ap.Directory.MoveUser(ctx, alice.name, "us-east")
+	if err != nil || moved != 2 {
+		t.Fatalf("move user: %d moved, %v (want the 1:1 and the group)", moved, err)
+	}
+	for _, conv := range []string{dm, group} {
+		h, ok, err := eu.Directory.ConvLinearizable(ctx, conv)
+		if err != nil || !ok || h.Region != "us-east" || h.Epoch != 2 {
+			t.Fatalf("%s after the move: %+v %v %v", conv, h, ok, err)
+		}
+	}
+	send(alice, dm, "after 1")
+	send(bob, dm, "after 2")
+	send(carol, group, "after 3")
+	send(alice, group, "after 4")
+	for _, c := range []*tclient{alice, bob, carol} {
+		if err := c.WaitIdle(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, time.Minute, "the 1:1 complete", func() bool { return len(bob.seqs(dm)) >= 3 && len(alice.seqs(dm)) >= 3 })
+	waitFor(t, time.Minute, "the group complete", func() bool {
+		return len(carol.seqs(group)) >= 4 && len(bob.seqs(group)) >= 4 && len(alice.seqs(group)) >= 4
+	})
+	time.Sleep(300 * time.Millisecond)
+	for _, c := range []*tclient{alice, bob} {
+		checkExactlyOnceInOrder(t, c, dm, 1, 3)
+	}
+	checkSameStream(t, group, []*tclient{alice, bob, carol}, 4)
+	for _, conv := range []string{dm, group} {
+		if st, err := m.Store.Conversation(ctx, conv); err != nil || st.Epoch != 2 {
+			t.Fatalf("stored %s: %+v %v, want epoch 2 (written by the new home)", conv, st, err)
+		}
+	}
+	// alice's next conversation is homed where she lives now.
+	dm2 := core.DirectConvID(alice.name, carol.name)
+	send(alice, dm2, "new home")
+	if err := alice.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h, ok, err := ap.Directory.ConvLinearizable(ctx, dm2); err != nil || !ok || h.Region != "us-east" {
+		t.Fatalf("alice's new 1:1 homed at %+v %v %v, want us-east", h, ok, err)
+	}
+}

@@ -470,29 +470,27 @@ func (c *AdminClient) MoveConversation(ctx context.Context, conv, to string) (Co
 	return ConvHome{}, fmt.Errorf("directory: move conversation %q: gave up after %d attempts: %w", conv, moveAttempts, last)
 }
 
-// MoveUser changes a user's home region and returns the previous one. The
-// home decides where the user's NEW conversations are homed; conversations
-// that exist stay where they are and are moved one by one with
-// MoveConversation (the directory does not know who is in a conversation,
-// so it cannot list a user's conversations). A user not in the directory
-// gives ErrNotFound (users are homed when they register).
-func (c *AdminClient) MoveUser(ctx context.Context, user, to string) (string, error) {
+// MoveUser homes a user in region to and moves every conversation the
+// user owns (a group they created, a 1:1 they started: ConvHome.Owner)
+// there, each at its epoch + 1, in one replicated step (OpMoveUser). It
+// returns the previous home and how many conversations moved. A user not
+// in the directory gives ErrNotFound (users are homed when they
+// register). Unconditional, so repeating it is safe (and moves owned
+// conversations that were moved away one by one since).
+func (c *AdminClient) MoveUser(ctx context.Context, user, to string) (string, int, error) {
 	from, err := c.UserHome(ctx, user, true)
 	if err != nil {
-		return "", err
-	}
-	if from == to {
-		return from, nil
+		return "", 0, err
 	}
 	var last error
-	for range moveAttempts { // unconditional, so repeating it is safe
-		_, err := c.Apply(ctx, Command{Op: OpSetUserHome, User: user, Home: to})
+	for range moveAttempts {
+		res, err := c.Apply(ctx, Command{Op: OpMoveUser, User: user, Home: to})
 		if !errors.Is(err, ErrUncertain) {
-			return from, err
+			return from, res.Moved, err
 		}
 		last = err
 	}
-	return from, fmt.Errorf("directory: move user %q: gave up after %d attempts: %w", user, moveAttempts, last)
+	return from, 0, fmt.Errorf("directory: move user %q: gave up after %d attempts: %w", user, moveAttempts, last)
 }
 
 // PutEdge creates or replaces (by ID) an edge of region; see

@@ -279,19 +279,19 @@ func TestAdminClient(t *testing.T) {
 	if _, err := ac.MoveConversation(ctx, "nope", "iad"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("move unknown conv: %v", err)
 	}
-	if from, err := ac.MoveUser(ctx, "alice", "sin"); err != nil || from != "fra" {
+	if from, _, err := ac.MoveUser(ctx, "alice", "sin"); err != nil || from != "fra" {
 		t.Fatalf("move user: %q %v", from, err)
 	}
 	if h, _ := ac.UserHome(ctx, "alice", true); h != "sin" {
 		t.Fatalf("user home after move: %q", h)
 	}
-	if from, err := ac.MoveUser(ctx, "alice", "sin"); err != nil || from != "sin" {
+	if from, _, err := ac.MoveUser(ctx, "alice", "sin"); err != nil || from != "sin" {
 		t.Fatalf("move user to current home: %q %v", from, err)
 	}
-	if _, err := ac.MoveUser(ctx, "nope", "sin"); !errors.Is(err, ErrNotFound) {
+	if _, _, err := ac.MoveUser(ctx, "nope", "sin"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("move unknown user: %v", err)
 	}
-	if _, err := ac.MoveUser(ctx, "alice", "mars"); !errors.Is(err, ErrUnknownRegion) {
+	if _, _, err := ac.MoveUser(ctx, "alice", "mars"); !errors.Is(err, ErrUnknownRegion) {
 		t.Fatalf("move user to unknown region: %v", err)
 	}
 

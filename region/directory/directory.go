@@ -347,11 +347,25 @@ func (d *Directory) SetUserHome(ctx context.Context, user, region string, ifAbse
 // expectEpoch+1. Otherwise it returns an *EpochError (errors.Is
 // core.ErrFenced) carrying the stored epoch.
 func (d *Directory) SetConvHome(ctx context.Context, conv, region string, expectEpoch uint64) (uint64, error) {
-	r, err := d.write(ctx, Command{Op: OpSetConvHome, Conv: conv, Home: region, ExpectEpoch: expectEpoch})
+	return d.ClaimConvHome(ctx, conv, region, expectEpoch, "")
+}
+
+// ClaimConvHome is SetConvHome that records owner (the user whose home
+// placed the conversation) when it creates the entry (expectEpoch 0).
+func (d *Directory) ClaimConvHome(ctx context.Context, conv, region string, expectEpoch uint64, owner string) (uint64, error) {
+	r, err := d.write(ctx, Command{Op: OpSetConvHome, Conv: conv, Home: region, ExpectEpoch: expectEpoch, Owner: owner})
 	if err != nil {
 		return 0, err
 	}
 	return r.Epoch, nil
+}
+
+// MoveUser homes user in region and moves every conversation the user
+// owns there, each at its epoch + 1, in one replicated step; it returns
+// how many conversations moved. Unconditional, so repeating it is safe.
+func (d *Directory) MoveUser(ctx context.Context, user, region string) (int, error) {
+	r, err := d.write(ctx, Command{Op: OpMoveUser, User: user, Home: region})
+	return r.Moved, err
 }
 
 // PutEdge creates or replaces (by ID) an edge of region. Edge IDs are

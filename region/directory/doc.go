@@ -100,10 +100,13 @@
 // linearizably, then compare-and-sets the new home on it; a concurrent
 // change (EpochError) or an uncertain outcome makes it re-read and retry,
 // up to 5 times; moving to the current home is a no-op that reports it.
-// MoveUser sets the user's home unconditionally: it decides where the
-// user's NEW conversations are homed. Existing conversations stay where
-// they are and are moved with MoveConversation: the directory does not
-// know who is in a conversation, so it cannot list a user's conversations.
+// MoveUser (OpMoveUser) sets the user's home and moves every conversation
+// the user owns — ConvHome.Owner, recorded when the conversation was
+// claimed: a group's creator, a 1:1's initiator — to it, each at its epoch
+// + 1, in one replicated step. Conversations the user is only a member of
+// stay where they are (move them with MoveConversation). The step scans
+// every conversation of the applied copy: an operator action, not a
+// per-message one.
 //
 // # Command and snapshot encoding
 //

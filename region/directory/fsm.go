@@ -128,6 +128,10 @@ func (e Edge) validate() string {
 type ConvHome struct {
 	Region string `json:"region"`
 	Epoch  uint64 `json:"epoch"`
+	// Owner is the user whose home placed the conversation (a group's
+	// creator, a 1:1's initiator), when known: move_user takes the
+	// conversations it owns along.
+	Owner string `json:"owner,omitempty"`
 }
 
 // Command encoding (see doc.go): one version byte, then a JSON object.
@@ -143,6 +147,9 @@ const (
 	OpPutEdge         Op = "put_edge"
 	OpSetEdgeHealth   Op = "set_edge_health"
 	OpSetRegionHealth Op = "set_region_health"
+	// OpMoveUser sets a user's home and moves every conversation the user
+	// owns (ConvHome.Owner) to it, each with its epoch + 1, in one step.
+	OpMoveUser Op = "move_user"
 )
 
 // Command is one replicated write.
@@ -158,6 +165,7 @@ type Command struct {
 	Edge        *Edge   `json:"edge,omitempty"`         // put_edge
 	EdgeID      string  `json:"edge_id,omitempty"`      // set_edge_health
 	Healthy     *bool   `json:"healthy,omitempty"`      // set_edge_health, set_region_health (required)
+	Owner       string  `json:"owner,omitempty"`        // set_conv_home creating a conversation
 }
 
 // maxCommandBytes bounds one encoded command (and a forwarded request body).
@@ -196,6 +204,7 @@ type Result struct {
 	Msg   string `json:"msg,omitempty"`
 	Home  string `json:"home,omitempty"`  // the stored home after the command
 	Epoch uint64 `json:"epoch,omitempty"` // the stored epoch after the command
+	Moved int    `json:"moved,omitempty"` // move_user: conversations moved
 }
 
 const (
@@ -355,10 +364,37 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 		if _, ok := f.st.Regions[c.Home]; !ok {
 			return Result{Code: codeUnknownRegion, Home: cur.Region, Epoch: cur.Epoch}
 		}
-		h := ConvHome{Region: c.Home, Epoch: c.ExpectEpoch + 1}
+		h := ConvHome{Region: c.Home, Epoch: c.ExpectEpoch + 1, Owner: cur.Owner}
+		if c.ExpectEpoch == 0 {
+			h.Owner = c.Owner
+		}
 		f.st.Convs[c.Conv] = h
 		f.emit(Change{Index: idx, Kind: ChangeConv, Key: c.Conv, Home: h.Region, Epoch: h.Epoch})
 		return Result{Home: h.Region, Epoch: h.Epoch}
+	case OpMoveUser:
+		if c.User == "" {
+			return Result{Code: codeBadCommand, Msg: "move_user without a user"}
+		}
+		if _, ok := f.st.Regions[c.Home]; !ok {
+			return Result{Code: codeUnknownRegion}
+		}
+		f.st.Users[c.User] = c.Home
+		f.emit(Change{Index: idx, Kind: ChangeUser, Key: c.User, Home: c.Home})
+		// Every voter moves the same set; changes go out in id order.
+		var owned []string
+		for id, h := range f.st.Convs {
+			if h.Owner == c.User && h.Region != c.Home {
+				owned = append(owned, id)
+			}
+		}
+		sort.Strings(owned)
+		for _, id := range owned {
+			h := f.st.Convs[id]
+			h.Region, h.Epoch = c.Home, h.Epoch+1
+			f.st.Convs[id] = h
+			f.emit(Change{Index: idx, Kind: ChangeConv, Key: id, Home: h.Region, Epoch: h.Epoch})
+		}
+		return Result{Home: c.Home, Moved: len(owned)}
 	default:
 		return Result{Code: codeBadCommand, Msg: fmt.Sprintf("unknown op %q", c.Op)}
 	}
