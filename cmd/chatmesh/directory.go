@@ -289,8 +289,8 @@ func dirConv(ctx context.Context, ac *directory.AdminClient, f *dirFlags, args [
 }
 
 type userJSON struct {
-	User string `json:"user"`
-	Home string `json:"home"`
+	User  string `json:"user"`
+	Home  string `json:"home"`
 	From  string `json:"from,omitempty"`  // move-user: the home before
 	Moved int    `json:"moved,omitempty"` // move-user: owned conversations moved
 }
