@@ -69,11 +69,19 @@
 // region, at its region's coordinates, with the edge's own health flag;
 // the edges of a region marked unhealthy are not listed. It reads on every
 // Locate, so a health change in the directory is seen by the next request.
+// CachedEdges is for a process that is not a voter (`chatmesh edge`): it
+// reads GET /directory/v1/regions through a RegionFetcher
+// (*directory.AdminClient) every CacheConfig.Refresh (default 5 s; faster
+// until the first read succeeds), maps it like DirectoryEdges, and answers
+// every Locate from that copy. A failed read keeps the last good copy,
+// served for as long as the directory is unreachable; only before the
+// first good read does it fail (ErrNoCopy, so Locate's ErrEdges, a 503).
 //
 // # Concurrency and life cycle
 //
 // A Locator is safe for concurrent use; it starts no goroutines. Close
-// releases the database. The EdgeSource is called from request goroutines
+// releases the database. CachedEdges starts none either: its owner runs
+// CachedEdges.Run in a goroutine and cancels and waits for it. The EdgeSource is called from request goroutines
 // concurrently and must honour the context if it blocks.
 //
 // # Not wired yet
