@@ -86,10 +86,14 @@
 //
 // # Not wired yet
 //
-//   - Every edge of `chatmesh dev` serves Handler at Path
+//   - Wired: every edge of `chatmesh dev` serves Handler at Path
 //     (edge.Config.Locate, LocateClientAddr = ClientAddr for its
 //     per-client budget) over DirectoryEdges and a generated database;
-//     production edges (`chatmesh edge`) do not yet take a database file.
+//     `chatmesh edge --geoip-db FILE --directory-addr URL` serves it over
+//     CachedEdges (--trusted-proxy sets TrustedProxies), and announces
+//     the edge itself with PutEdge.
+//   - CachedEdges reads through one voter; while it is down the last
+//     copy is served (no fail-over to another voter).
 //   - Nothing marks edges unhealthy automatically yet (issue 8); operators
 //     use `chatmesh directory edge-health` / `region-health`.
 //   - The database is opened once; reloading a newer GeoLite2 file needs a
