@@ -172,9 +172,13 @@
 //
 // # Not done yet
 //
-// Wiring into region/ and edge/ (the sequencer's per-conversation epoch
-// fencing, edges announcing themselves with PutEdge, a Locator over
-// geo.DirectoryEdges), `dev` starting the voters, region and edge failure
+// (Edges announce themselves with PutEdge and mark themselves unhealthy
+// on a clean stop — in `dev` and `chatmesh edge --directory-addr` — and
+// their locators read DirectoryEdges or, out of process, GET
+// /directory/v1/regions through geo.CachedEdges.)
+//
+// Wiring into region/ (the sequencer's per-conversation epoch fencing),
+// `dev` starting the voters, region and edge failure
 // detection and automatic moves (health is set by operators only),
 // membership changes, TLS on the HTTP endpoints (the bearer token travels
 // in clear: keep them on a private network), and authentication of the
