@@ -9,7 +9,12 @@
 //	                  directory voter and a link worker per --link
 //	                  (deploy/mesh/README.md)
 //	chatmesh edge     one edge alone: --kafka for writes and pushes,
-//	                  --region-url for reads and sessions
+//	                  --region-url for reads and sessions. With
+//	                  --directory-addr a mesh edge: it announces itself in
+//	                  the directory (PutEdge, retried with backoff; marked
+//	                  unhealthy on a clean stop) with --public-ws/--public-wt,
+//	                  and with --geoip-db serves GET /v1/locate from a cached
+//	                  copy of the directory's edges (deploy/mesh/README.md)
 //	chatmesh chat     the command-line client, interactive or scriptable
 //	chatmesh bench    the load generator: N clients over the real protocol
 //	chatmesh sim      the region simulator: traffic while the region process

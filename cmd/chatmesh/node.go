@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/hex"
@@ -21,6 +22,7 @@ import (
 	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
+	"github.com/chatmesh/chatmesh/region/directory"
 	"github.com/chatmesh/chatmesh/region/kafkabus"
 	"github.com/chatmesh/chatmesh/region/pebblestore"
 	"github.com/chatmesh/chatmesh/region/pgstore"
@@ -159,12 +161,16 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	namespace := fs.String("namespace", "", "prefix for topics (must match the region's)")
 	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit (0: edge default)")
 	adm := addAdmissionFlags(fs)
+	mf := addEdgeMeshFlags(fs)
 	logLevel := fs.String("log", "info", "log level")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kafka == "" || *regionURL == "" {
 		return errors.New("edge: --kafka and --region-url are required")
+	}
+	if err := mf.check(fs, *ws, *wt); err != nil {
+		return err
 	}
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
@@ -202,6 +208,16 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	*name = cfg.Region
+	// The locator (--geoip-db) reads the directory's edges in the
+	// background from now on, so it usually has a copy by the first request.
+	loc, err := mf.openLocator(logger)
+	if err != nil {
+		return err
+	}
+	if loc != nil {
+		defer loc.close()
+		cfg.Locate, cfg.LocateClientAddr = loc.Handler(), loc.ClientAddr
+	}
 	e, err := edge.New(cfg, api, bus)
 	if err != nil {
 		return err
@@ -219,11 +235,28 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "  WebTransport %s (cert sha256 %s)\n", ends.WT, ends.CertHash)
 	}
 	fmt.Fprintf(stdout, "ENDPOINTS %s\n", b)
+	var ann *announcer
+	if mf.active() {
+		pub := directory.Edge{ID: *id, WS: cmp.Or(mf.publicWS, ends.WS), NoiseKeyHex: ends.EdgeKey, CertHash: ends.CertHash, Healthy: true}
+		if ends.WT != "" {
+			pub.WT = cmp.Or(mf.publicWT, ends.WT)
+		}
+		fmt.Fprintf(stdout, "  announced in the directory at %s as %q of region %q: %s %s\n", mf.dirAddr, pub.ID, *name, pub.WS, pub.WT)
+		ann = startAnnounce(mf.client(), *name, pub, logger)
+	}
+	if loc != nil {
+		fmt.Fprintf(stdout, "  locator %s\n", locateURL(ends.WS))
+		fmt.Fprintf(stdout, "LOCATE %s\n", locateURL(ends.WS))
+	}
 	var failed error
 	select {
 	case <-ctx.Done():
 	case failed = <-e.Failed(): // a listener died: exit non-zero so a supervisor restarts us
 		logger.Error("edge failed; shutting down", "err", failed)
+	}
+	if ann != nil {
+		// Out of the locators' answers before the sessions are closed.
+		ann.leave()
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()

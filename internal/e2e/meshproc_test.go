@@ -4,8 +4,13 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,6 +18,7 @@ import (
 	"time"
 
 	"github.com/chatmesh/chatmesh/internal/stack"
+	"github.com/chatmesh/chatmesh/region/geo"
 )
 
 // meshProc is a chatmesh child process whose stdout lines the test reads
@@ -227,6 +233,17 @@ func checkReceived(t *testing.T, who string, got []chatMessage, want chatMessage
 // the link workers disabled the test fails there, checked once — and the
 // counters cover the rest.)
 //
+// The edges announce themselves in the directory through their region's
+// voter (with the voters' token, which the regions require), and the
+// eu-central edge serves GET /v1/locate from the directory's edges over a
+// generated City database: a client from 127.0.2.x (Virginia) gets
+// us-east's edge first, one from 127.0.1.x (Frankfurt) eu-central's, each
+// with the URL and Noise key the edge process printed; after us-east's
+// edge is stopped cleanly (it marks itself unhealthy) the locator leaves
+// it out — with the edge's leave disabled the test fails there, checked
+// once. The edges listen on 127.0.0.1; the test's locate requests come
+// from the Virginia and Frankfurt source addresses.
+//
 // make test offers one Kafka cluster (CHATMESH_KAFKA_BROKERS), so the two
 // regions share it under distinct --namespace values and each link names
 // the other region's namespace (--link-namespace); the link workers still
@@ -245,7 +262,11 @@ func TestMeshRegionProcesses(t *testing.T) {
 		proc                *meshProc
 		url                 string
 		edge                stack.Endpoints
+		edgeProc            *meshProc
 	}
+	// The voters' token: the regions' voters require it, and the edges
+	// present it when they announce themselves and read the edges.
+	const dirToken = "meshproc-directory-token"
 	regions := []*spec{
 		{name: "eu-central", ns: run + "-eu", lat: "50.11", long: "8.68"},
 		{name: "us-east", ns: run + "-us", lat: "39.04", long: "-77.49"},
@@ -261,7 +282,7 @@ func TestMeshRegionProcesses(t *testing.T) {
 		other := regions[1-i]
 		r.proc = spawn(t, "region "+r.name, "region", "--region", r.name, "--kafka", brokers, "--pg", b.dsn, "--pg-schema", run,
 			"--namespace", r.ns, "--listen", r.api, "--partitions", "4", "--data", t.TempDir(), "--log", "warn",
-			"--directory-peers", strings.Join(peers, ","), "--lat", r.lat, "--long", r.long,
+			"--directory-peers", strings.Join(peers, ","), "--directory-token", dirToken, "--lat", r.lat, "--long", r.long,
 			"--link", other.name+"="+brokers, "--link-namespace", other.name+"="+other.ns, "--link-health-every", "1s")
 	}
 	for _, r := range regions {
@@ -280,16 +301,39 @@ func TestMeshRegionProcesses(t *testing.T) {
 		t.Fatal("an edge with --region us-east against eu-central's region API is still running")
 	}
 
-	for _, r := range regions {
-		p := spawn(t, "edge "+r.name, "edge", "--region", r.name, "--region-url", r.url, "--kafka", brokers, "--namespace", r.ns,
-			"--edge-id", r.ns+"-edge", "--data", t.TempDir(), "--ws", freePort(t), "--wt", "-", "--log", "warn")
-		if err := json.Unmarshal([]byte(p.wait(t, "ENDPOINTS ", 2*time.Minute)), &r.edge); err != nil {
+	// Each edge announces itself through its own region's voter; the
+	// eu-central edge also serves GET /v1/locate from the directory's
+	// edges, with a City database that places 127.0.1.0/24 in Frankfurt
+	// and 127.0.2.0/24 in Virginia (geo.DevCities).
+	cityDB := filepath.Join(t.TempDir(), "city.mmdb")
+	if err := geo.GenerateCityDB(cityDB, geo.DevCities()); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range regions {
+		args := []string{"edge", "--region", r.name, "--region-url", r.url, "--kafka", brokers, "--namespace", r.ns,
+			"--edge-id", r.ns + "-edge", "--data", t.TempDir(), "--ws", freePort(t), "--wt", "-", "--log", "warn",
+			"--directory-addr", "http://" + r.dir, "--directory-token", dirToken}
+		if i == 0 {
+			args = append(args, "--geoip-db", cityDB, "--locate-refresh", "500ms")
+		}
+		r.edgeProc = spawn(t, "edge "+r.name, args...)
+		if err := json.Unmarshal([]byte(r.edgeProc.wait(t, "ENDPOINTS ", 2*time.Minute)), &r.edge); err != nil {
 			t.Fatal(err)
 		}
 		if r.edge.Region != r.name {
 			t.Fatalf("edge of %s says region %q", r.name, r.edge.Region)
 		}
 	}
+	locate := regions[0].edgeProc.wait(t, "LOCATE ", time.Minute)
+	if want := strings.Replace(strings.Replace(regions[0].edge.WS, "ws://", "http://", 1), "/v1/ws", geo.Path, 1); locate != want {
+		t.Fatalf("LOCATE %s, want %s", locate, want)
+	}
+	// A client in Virginia gets us-east's edge first, one in Frankfurt
+	// eu-central's; both with the edges' URLs and Noise keys.
+	want := map[string]stack.Endpoints{"eu-central": regions[0].edge, "us-east": regions[1].edge}
+	fromVirginia := waitLocate(t, locate, "127.0.2.5", func(a geo.Answer) bool { return len(a.Edges) == 2 })
+	checkLocate(t, fromVirginia, want, "us-east", "eu-central")
+	checkLocate(t, waitLocate(t, locate, "127.0.1.5", func(a geo.Answer) bool { return len(a.Edges) == 2 }), want, "eu-central", "us-east")
 
 	eu, us := regions[0], regions[1]
 	alice, bob := uniq("alice"), uniq("bob")
@@ -321,6 +365,14 @@ func TestMeshRegionProcesses(t *testing.T) {
 	checkReceived(t, "alice", receiveUntil(t, aliceState, eu.edge, "hello from Virginia"),
 		chatMessage{Conv: conv, Seq: 2, From: bob + ".1", Body: "hello from Virginia"})
 
+	// us-east's edge stops cleanly: it marks itself unhealthy in the
+	// directory, and the locator leaves it out.
+	us.edgeProc.stop()
+	if !us.edgeProc.cmd.ProcessState.Success() {
+		t.Fatalf("us-east edge exited with %v", us.edgeProc.cmd.ProcessState)
+	}
+	checkLocate(t, waitLocate(t, locate, "127.0.2.5", func(a geo.Answer) bool { return len(a.Edges) == 1 }), want, "eu-central")
+
 	// Stop the regions and read their link counters.
 	for _, r := range regions {
 		r.proc.stop()
@@ -341,5 +393,56 @@ func TestMeshRegionProcesses(t *testing.T) {
 			t.Fatalf("region %s link reports %+v: want one link that forwarded records", r.name, reports)
 		}
 		t.Logf("link %+v", reports[0])
+	}
+}
+
+// waitLocate asks the locator at url, as a client at from (a loopback
+// source address), until the answer satisfies done (bounded: 60 tries
+// about a second apart, within the locator's per-client budget).
+func waitLocate(t *testing.T, url, from string, done func(geo.Answer) bool) geo.Answer {
+	t.Helper()
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true}}
+	var last string
+	for range 60 {
+		resp, err := client.Get(url)
+		if err != nil {
+			last = err.Error()
+		} else {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			last = fmt.Sprintf("%d %s", resp.StatusCode, body)
+			var a geo.Answer
+			if resp.StatusCode == http.StatusOK {
+				if err := json.Unmarshal(body, &a); err != nil {
+					t.Fatalf("locate: %v in %s", err, body)
+				}
+				if a.Client.IP != from {
+					t.Fatalf("locate saw client %q, want %s", a.Client.IP, from)
+				}
+				if done(a) {
+					return a
+				}
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("locate from %s never gave the expected answer; last: %s", from, last)
+	return geo.Answer{}
+}
+
+// checkLocate asserts the answer lists exactly the edges of the regions
+// given, in that order, each with the URL and Noise key its edge process
+// printed.
+func checkLocate(t *testing.T, a geo.Answer, edges map[string]stack.Endpoints, order ...string) {
+	t.Helper()
+	if len(a.Edges) != len(order) {
+		t.Fatalf("locate from %s (%s): %d edges %+v, want %v", a.Client.IP, a.Client.City, len(a.Edges), a.Edges, order)
+	}
+	for i, r := range order {
+		got, e := a.Edges[i], edges[r]
+		if got.Region != r || got.WS != e.WS || got.NoiseKey != e.EdgeKey || got.NoiseKey == "" {
+			t.Fatalf("locate from %s (%s): edge %d is %+v, want region %s at %s with key %s", a.Client.IP, a.Client.City, i, got.Edge, r, e.WS, e.EdgeKey)
+		}
 	}
 }

@@ -75,6 +75,10 @@ const (
 	pathConv   = "/directory/v1/conv"
 	pathUser   = "/directory/v1/user"
 	pathConvs  = "/directory/v1/convs"
+	// pathRegions lists every region with its edges: bounded, because
+	// regions are few and each holds at most MaxEdgesPerRegion edges (see
+	// doc.go).
+	pathRegions = "/directory/v1/regions"
 
 	// MaxConvsPage bounds one page of GET /directory/v1/convs.
 	MaxConvsPage = 1000
@@ -135,6 +139,12 @@ type convReply struct {
 	AppliedIndex uint64 `json:"applied_index"`
 }
 
+// regionsReply is the body of GET /directory/v1/regions.
+type regionsReply struct {
+	Regions      []Region `json:"regions"`
+	AppliedIndex uint64   `json:"applied_index"`
+}
+
 type userReply struct {
 	User         string `json:"user"`
 	Home         string `json:"home"`
@@ -181,6 +191,7 @@ func (d *Directory) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+pathConv, d.handleConv)
 	mux.HandleFunc("GET "+pathUser, d.handleUser)
 	mux.HandleFunc("GET "+pathConvs, d.handleConvs)
+	mux.HandleFunc("GET "+pathRegions, d.handleRegions)
 }
 
 // handleAdminApply applies an operator's command through the leader.
@@ -222,6 +233,15 @@ func (d *Directory) handleStatus(w http.ResponseWriter, r *http.Request) {
 	st := Status{ID: d.cfg.ID, Leader: d.Leader(), IsLeader: d.IsLeader(), Voters: slices.Clone(d.cfg.Peers)}
 	st.AppliedIndex, st.State = d.fsm.Summary()
 	writeJSON(w, st)
+}
+
+func (d *Directory) handleRegions(w http.ResponseWriter, r *http.Request) {
+	if !d.syncIfAsked(w, r) {
+		return
+	}
+	// Index first: the regions read after it are at least that fresh.
+	idx := d.AppliedIndex()
+	writeJSON(w, regionsReply{Regions: d.Regions(), AppliedIndex: idx})
 }
 
 func (d *Directory) handleConv(w http.ResponseWriter, r *http.Request) {
@@ -417,6 +437,19 @@ func (c *AdminClient) Convs(ctx context.Context, after string, limit int) (ConvP
 	}
 	err := c.do(ctx, http.MethodGet, pathConvs, q, nil, &p)
 	return p, err
+}
+
+// Regions returns every region with its edges, by name (edges by ID),
+// from the voter's applied copy; with linearizable the voter runs Sync
+// first. The reply is bounded: regions are few and each holds at most
+// MaxEdgesPerRegion edges. This is what an edge's locator reads
+// (geo.CachedEdges).
+func (c *AdminClient) Regions(ctx context.Context, linearizable bool) ([]Region, error) {
+	var r regionsReply
+	if err := c.do(ctx, http.MethodGet, pathRegions, linQuery(url.Values{}, linearizable), nil, &r); err != nil {
+		return nil, err
+	}
+	return r.Regions, nil
 }
 
 // Apply applies one command through the leader and returns its Result and

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -127,7 +128,7 @@ func TestAdminTokenRequired(t *testing.T) {
 	f := c.node((l + 1) % 3)
 	base := "http://" + c.peers[(l+1)%3].HTTPAddr
 	for _, ep := range []struct{ method, path string }{
-		{"GET", pathStatus}, {"GET", pathConv + "?id=x"}, {"GET", pathUser + "?id=x"}, {"GET", pathConvs},
+		{"GET", pathStatus}, {"GET", pathConv + "?id=x"}, {"GET", pathUser + "?id=x"}, {"GET", pathConvs}, {"GET", pathRegions},
 		{"POST", pathApply}, {"POST", pathBarrier},
 	} {
 		for _, tok := range []string{"", "wrong", token + "x"} {
@@ -153,6 +154,9 @@ func TestAdminTokenRequired(t *testing.T) {
 	}
 	if _, err := (&AdminClient{URL: base}).Status(ctx, false); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("status without token: %v, want ErrUnauthorized", err)
+	}
+	if _, err := (&AdminClient{URL: base, Token: "wrong"}).Regions(ctx, false); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("regions with a wrong token: %v, want ErrUnauthorized", err)
 	}
 
 	// A voter whose token differs from the leader's gets ErrUnauthorized for
@@ -239,6 +243,27 @@ func TestAdminClient(t *testing.T) {
 	}
 	if r := st.State.Regions[0]; r.Name != "fra" || len(r.Edges) != 1 || r.Edges[0].Healthy || st.State.Regions[2].Healthy {
 		t.Fatalf("status regions: %+v", st.State.Regions)
+	}
+
+	// Regions, with their edges, as the leader has them.
+	rs, err := ac.Regions(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := ld.Regions(); !reflect.DeepEqual(rs, want) {
+		t.Fatalf("regions:\n%+v\nwant\n%+v", rs, want)
+	}
+	fra1 := edge("fra-1")
+	fra1.Healthy = false
+	if len(rs) != 3 || rs[0].Name != "fra" || len(rs[0].Edges) != 1 || rs[0].Edges[0] != fra1 || !rs[1].Healthy || rs[2].Healthy {
+		t.Fatalf("regions: %+v", rs)
+	}
+	if rs, err := ac.Regions(ctx, false); err != nil || len(rs) != 3 {
+		t.Fatalf("regions from the applied copy: %+v %v", rs, err)
+	}
+	// A bad linearizable value is a bad request, as on the other GETs.
+	if code := rawDo(t, "GET", ac.URL+pathRegions+"?linearizable=maybe", "tok"); code != http.StatusBadRequest {
+		t.Fatalf("regions?linearizable=maybe: %d, want 400", code)
 	}
 
 	// Paging.

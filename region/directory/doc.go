@@ -76,10 +76,18 @@
 //	                              after `after`, limit 1..1000 (default
 //	                              100); pass next as after for the next
 //	                              page ("" at the end)
+//	GET  /directory/v1/regions    {regions: [Region with its edges], applied_index}:
+//	                              every region by name, edges by id (what
+//	                              an edge's locator reads, geo.CachedEdges)
 //
 // The GETs answer from the voter's applied copy; with linearizable=1 the
 // voter runs Sync first. Status never lists users or conversations (there
-// may be millions): it counts them; ConvsAfter pages scan the map under the
+// may be millions): it counts them; the regions reply (and Status's
+// regions) is bounded because regions are few (one per data-centre area, a
+// handful) and each holds at most MaxEdgesPerRegion (256) edges of at most
+// a few hundred bytes (each field at most 2 KiB): about 100 KiB for a
+// region with 256 typical edges, within the 16 MiB an AdminClient reads
+// of a reply; ConvsAfter pages scan the map under the
 // read lock (O(n log limit)), an operator's tool. Errors of everything but
 // the voter-to-voter path are JSON {"code", "error"}: 400 bad_request or
 // bad_command, 401 unauthorized, 404 not_found, 503 uncertain or closed,
@@ -95,7 +103,7 @@
 // authenticated and must stay on a private network.
 //
 // AdminClient is the client of these endpoints (`chatmesh directory`):
-// Status, Conv, UserHome, Convs, Apply, PutEdge, SetEdgeHealth,
+// Status, Regions, Conv, UserHome, Convs, Apply, PutEdge, SetEdgeHealth,
 // SetRegionHealth, and the two moves. MoveConversation reads the epoch
 // linearizably, then compare-and-sets the new home on it; a concurrent
 // change (EpochError) or an uncertain outcome makes it re-read and retry,
@@ -167,9 +175,13 @@
 //
 // # Not done yet
 //
-// Wiring into region/ and edge/ (the sequencer's per-conversation epoch
-// fencing, edges announcing themselves with PutEdge, a Locator over
-// geo.DirectoryEdges), `dev` starting the voters, region and edge failure
+// (Edges announce themselves with PutEdge and mark themselves unhealthy
+// on a clean stop — in `dev` and `chatmesh edge --directory-addr` — and
+// their locators read DirectoryEdges or, out of process, GET
+// /directory/v1/regions through geo.CachedEdges.)
+//
+// Wiring into region/ (the sequencer's per-conversation epoch fencing),
+// `dev` starting the voters, region and edge failure
 // detection and automatic moves (health is set by operators only),
 // membership changes, TLS on the HTTP endpoints (the bearer token travels
 // in clear: keep them on a private network), and authentication of the

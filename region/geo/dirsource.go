@@ -25,8 +25,14 @@ type DirectoryEdges struct {
 // Edges lists the edges of the healthy regions, in the directory's order
 // (regions by name, edges by ID).
 func (s DirectoryEdges) Edges(context.Context) ([]Edge, error) {
+	return edgesOf(s.Dir.Regions()), nil
+}
+
+// edgesOf maps directory regions to candidate edges: every edge of every
+// healthy region, at its region's coordinates, with its own health flag.
+func edgesOf(regions []directory.Region) []Edge {
 	var out []Edge
-	for _, r := range s.Dir.Regions() {
+	for _, r := range regions {
 		if !r.Healthy {
 			continue
 		}
@@ -43,5 +49,5 @@ func (s DirectoryEdges) Edges(context.Context) ([]Edge, error) {
 			})
 		}
 	}
-	return out, nil
+	return out
 }

@@ -69,19 +69,31 @@
 // region, at its region's coordinates, with the edge's own health flag;
 // the edges of a region marked unhealthy are not listed. It reads on every
 // Locate, so a health change in the directory is seen by the next request.
+// CachedEdges is for a process that is not a voter (`chatmesh edge`): it
+// reads GET /directory/v1/regions through a RegionFetcher
+// (*directory.AdminClient) every CacheConfig.Refresh (default 5 s; faster
+// until the first read succeeds), maps it like DirectoryEdges, and answers
+// every Locate from that copy. A failed read keeps the last good copy,
+// served for as long as the directory is unreachable; only before the
+// first good read does it fail (ErrNoCopy, so Locate's ErrEdges, a 503).
 //
 // # Concurrency and life cycle
 //
 // A Locator is safe for concurrent use; it starts no goroutines. Close
-// releases the database. The EdgeSource is called from request goroutines
+// releases the database. CachedEdges starts none either: its owner runs
+// CachedEdges.Run in a goroutine and cancels and waits for it. The EdgeSource is called from request goroutines
 // concurrently and must honour the context if it blocks.
 //
 // # Not wired yet
 //
-//   - Every edge of `chatmesh dev` serves Handler at Path
+//   - Wired: every edge of `chatmesh dev` serves Handler at Path
 //     (edge.Config.Locate, LocateClientAddr = ClientAddr for its
 //     per-client budget) over DirectoryEdges and a generated database;
-//     production edges (`chatmesh edge`) do not yet take a database file.
+//     `chatmesh edge --geoip-db FILE --directory-addr URL` serves it over
+//     CachedEdges (--trusted-proxy sets TrustedProxies), and announces
+//     the edge itself with PutEdge.
+//   - CachedEdges reads through one voter; while it is down the last
+//     copy is served (no fail-over to another voter).
 //   - Nothing marks edges unhealthy automatically yet (issue 8); operators
 //     use `chatmesh directory edge-health` / `region-health`.
 //   - The database is opened once; reloading a newer GeoLite2 file needs a
