@@ -300,17 +300,24 @@ func decodeCursor(v []byte) (delivered, read uint64, err error) {
 	return delivered, read, d.done()
 }
 
-// encodeRoute: edge, session, since, region. Routes written before the
-// mesh end after since (region "").
+// encodeRoute: edge, session, since, then the region only when it is set
+// (routes written before the mesh, and single-region ones, end after
+// since). One encoding per value: an explicitly empty region is corrupt.
 func encodeRoute(r core.Route) []byte {
-	return enc(nil).s(r.Edge).u(r.Session).i(r.SinceMs).s(r.Region).bytes()
+	e := enc(nil).s(r.Edge).u(r.Session).i(r.SinceMs)
+	if r.Region != "" {
+		e = e.s(r.Region)
+	}
+	return e.bytes()
 }
 
 func decodeRoute(dev core.DeviceKey, v []byte) (core.Route, error) {
 	d := dec{buf: v}
 	r := core.Route{Device: dev, Edge: d.s(), Session: d.u(), SinceMs: d.i()}
 	if d.err == nil && len(d.buf) > 0 {
-		r.Region = d.s()
+		if r.Region = d.s(); d.err == nil && r.Region == "" {
+			d.err = ErrCorrupt
+		}
 	}
 	return r, d.done()
 }

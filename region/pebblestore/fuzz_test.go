@@ -15,6 +15,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encodeConv(core.Conversation{ID: "g:x", Title: "t", Epoch: 2, Head: 9}))
 	f.Add(encodeCursor(3, 2))
 	f.Add(encodeRoute(core.Route{Edge: "e", Session: 7, SinceMs: 1}))
+	f.Add(encodeRoute(core.Route{Edge: "e", Session: 7, SinceMs: 1, Region: "eu-central"}))
 	f.Add(encodeMember(core.Member{JoinedSeq: 4, Admin: true}))
 	f.Add(encodeMember(core.Member{JoinedSeq: 5, Invited: true}))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
