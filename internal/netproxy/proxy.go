@@ -255,7 +255,7 @@ func resetConn(c net.Conn) {
 type conn struct {
 	p              *Proxy
 	client, server net.Conn
-	queues         [2]*queue // up, down; set before the conn is shared
+	queues         [2]*queue     // up, down; set before the conn is shared
 	done           chan struct{} // closed by abort or finish
 	once           sync.Once
 	open           atomic.Int32 // directions that have not finished
