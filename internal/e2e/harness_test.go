@@ -113,7 +113,7 @@ type recorder struct {
 	msgs     map[string][]*pb.Message // conv -> entries in the order handed to the app
 	bodies   map[string][]string
 	at       map[string][]time.Time // when each entry of msgs was handed over
-	acks     map[string]uint64 // client msg id -> seq
+	acks     map[string]uint64      // client msg id -> seq
 	failed   map[string]error
 	receipts []client.ReceiptEvent
 	presence []client.PresenceEvent
