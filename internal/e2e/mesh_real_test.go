@@ -189,6 +189,8 @@ func measureMeshLatency(t *testing.T, rm *realMesh) {
 		}
 	}
 	for _, c := range cases {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		errc := make(chan error, pairs)
@@ -239,13 +241,13 @@ func sendOneByOne(ctx context.Context, p latencyPair, n int) ([]time.Duration, e
 			return nil, err
 		}
 		for {
-			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("message %d not delivered and acked: %w", i, err)
-			}
 			at, got := p.recipient.handedAt(p.conv, body)
 			p.sender.rec.mu.Lock()
 			_, acked := p.sender.rec.acks[id]
 			p.sender.rec.mu.Unlock()
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("message %d (sent %v ago): delivered %v, acked %v: %w", i, time.Since(sent).Round(time.Millisecond), got, acked, err)
+			}
 			if got && acked {
 				out = append(out, at.Sub(sent))
 				break
