@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make test: starts the real servers the tests need (PostgreSQL 15 from
-# Debian, a 3-broker KRaft Kafka from Maven Central jars), runs the whole
+# Debian, a 3-broker KRaft Kafka from Maven Central jars, and three
+# single-broker clusters, one per region of the multi-region test), runs the whole
 # test suite against them with the real-server tests required, prints a
 # summary (and fails on any skipped test), then runs every fuzz target
 # briefly. Idempotent; safe on a fresh machine (as root).
@@ -18,7 +19,26 @@ kafka_dir=${CHATMESH_KAFKA_DIR:-/tmp/chatmesh-kafka-test}
 brokers_line=$(./deploy/kafka/cluster.sh start --brokers 3 --dir "$kafka_dir" | grep '^CHATMESH_KAFKA_BROKERS=' | tail -1)
 brokers=${brokers_line#CHATMESH_KAFKA_BROKERS=}
 echo "   $brokers"
-cleanup() { ./deploy/kafka/cluster.sh stop --dir "$kafka_dir" >/dev/null 2>&1 || true; }
+
+# One single-broker cluster per region of the multi-region test
+# (internal/e2e/mesh_real_test.go), started in the background while go vet
+# runs (the Kafka jars are resolved by now, so the three starts do not race
+# on the cache). Ports: client $base, controller $base+1.
+mesh_bases=(19200 19210 19220)
+mesh_dirs=()
+mesh_pids=()
+for i in 0 1 2; do
+	d="$kafka_dir-mesh-$((i + 1))"
+	mesh_dirs+=("$d")
+	./deploy/kafka/cluster.sh stop --dir "$d" >/dev/null 2>&1 || true
+	CHATMESH_KAFKA_PORT_BASE=${mesh_bases[$i]} CHATMESH_KAFKA_HEAP=384m \
+		./deploy/kafka/cluster.sh start --brokers 1 --dir "$d" >"$d.start.log" 2>&1 &
+	mesh_pids+=($!)
+done
+cleanup() {
+	./deploy/kafka/cluster.sh stop --dir "$kafka_dir" >/dev/null 2>&1 || true
+	for d in "${mesh_dirs[@]}"; do ./deploy/kafka/cluster.sh stop --dir "$d" >/dev/null 2>&1 || true; done
+}
 trap cleanup EXIT
 
 export CHATMESH_PG_DSN="$pg_dsn"
@@ -34,6 +54,21 @@ allow_skips=()
 
 echo "== go vet"
 go vet ./...
+
+echo "== Kafka (3 single-broker clusters, one per region)"
+mesh=""
+for i in 0 1 2; do
+	if ! wait "${mesh_pids[$i]}"; then
+		cat "${mesh_dirs[$i]}.start.log"
+		echo "starting the region cluster in ${mesh_dirs[$i]} failed"
+		exit 1
+	fi
+	line=$(grep '^CHATMESH_KAFKA_BROKERS=' "${mesh_dirs[$i]}.start.log" | tail -1)
+	mesh="${mesh:+$mesh;}${line#CHATMESH_KAFKA_BROKERS=}"
+done
+echo "   $mesh"
+export CHATMESH_MESH_KAFKA="$mesh"
+
 echo "== go test"
 report_bin=$(mktemp -d)/testreport
 go build -o "$report_bin" ./internal/testreport

@@ -9,4 +9,10 @@
 // process (or a Kafka broker) in the middle of a stream of sends, restart
 // it, and check that every acknowledged message reaches every member
 // exactly once and in order.
+//
+// The mesh tests run three regions in one process: on the embedded
+// default, and (TestMeshRealServers) on a Kafka cluster per region
+// (CHATMESH_MESH_KAFKA) with PostgreSQL as the shared store and every link
+// through an internal/netproxy proxy adding 40 ms one way; that test also
+// reports in-region vs cross-region delivery latency.
 package e2e

@@ -112,7 +112,8 @@ type recorder struct {
 	mu       sync.Mutex
 	msgs     map[string][]*pb.Message // conv -> entries in the order handed to the app
 	bodies   map[string][]string
-	acks     map[string]uint64 // client msg id -> seq
+	at       map[string][]time.Time // when each entry of msgs was handed over
+	acks     map[string]uint64      // client msg id -> seq
 	failed   map[string]error
 	receipts []client.ReceiptEvent
 	presence []client.PresenceEvent
@@ -161,7 +162,7 @@ func openClientWith(t *testing.T, edges []string, name, dir string, sealer clien
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tc := &tclient{Client: c, name: name, dir: dir, stop: cancel, done: make(chan struct{}), rec: &recorder{
-		msgs: map[string][]*pb.Message{}, bodies: map[string][]string{}, acks: map[string]uint64{}, failed: map[string]error{},
+		msgs: map[string][]*pb.Message{}, bodies: map[string][]string{}, at: map[string][]time.Time{}, acks: map[string]uint64{}, failed: map[string]error{},
 	}}
 	go tc.drain(ctx)
 	t.Cleanup(tc.close)
@@ -187,6 +188,7 @@ func (tc *tclient) drain(ctx context.Context) {
 			case client.MessageEvent:
 				r.msgs[e.Conv()] = append(r.msgs[e.Conv()], e.Message)
 				r.bodies[e.Conv()] = append(r.bodies[e.Conv()], string(e.Body))
+				r.at[e.Conv()] = append(r.at[e.Conv()], time.Now())
 			case client.SendAckedEvent:
 				r.acks[e.ClientMsgID] = e.Seq
 			case client.SendFailedEvent:

@@ -176,9 +176,15 @@ func TestMeshMoveConversationWhileFlowing(t *testing.T) {
 // members offline; one user with devices in two regions; one user who
 // connects through a region that is not their home. Every device gets
 // every entry exactly once, in one order; sent, delivered and read,
-// presence and typing cross regions.
+// presence and typing cross regions. TestMeshRealServers runs the same on
+// real servers.
 func TestMeshThreeRegions(t *testing.T) {
-	m := startMesh(t, nil)
+	checkMeshThreeRegions(t, startMesh(t, nil))
+}
+
+// checkMeshThreeRegions is the body of TestMeshThreeRegions, on a running
+// mesh of the three dev regions.
+func checkMeshThreeRegions(t *testing.T, m *stack.Mesh) {
 	regions := []*stack.MeshNode{m.Node("eu-central"), m.Node("us-east"), m.Node("ap-southeast")}
 	const n = 30
 	prefix := uniq("m")

@@ -317,6 +317,9 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 			return nil, err
 		}
 		edgeID := "edge-" + r.Name
+		if r.Namespace != "" { // edge topics are not namespaced: keep ids unique per cluster
+			edgeID = r.Namespace + "-edge-" + r.Name
+		}
 		ecfg := edge.Config{ID: edgeID, Region: r.Name, Static: key, Logger: cfg.Logger,
 			WSAddr:       net.JoinHostPort(r.Host, fmt.Sprint(r.WSPort)),
 			IngressTopic: n.Names.Ingress, PresenceTopic: n.Names.Presence}
@@ -343,6 +346,7 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		if err := n.Edge.Start(ctx); err != nil {
 			return nil, fmt.Errorf("stack: region %s: edge: %w", r.Name, err)
 		}
+		edgeID = ecfg.ID // as EdgeConfig left it
 		n.Ends = Endpoints{Region: r.Name, EdgeID: edgeID, WS: n.Edge.WSURL(), EdgeKey: hex.EncodeToString(key.Public),
 			Kafka: n.Ends.Kafka, Store: "shared"}
 		if ecfg.WTAddr != "" {

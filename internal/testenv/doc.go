@@ -5,6 +5,9 @@
 //   - PostgresDSN: CHATMESH_PG_DSN; required when CHATMESH_REQUIRE_PG=1.
 //   - KafkaBrokers: CHATMESH_KAFKA_BROKERS; required when
 //     CHATMESH_REQUIRE_KAFKA=1.
+//   - MeshKafka: CHATMESH_MESH_KAFKA, one cluster per region of a
+//     multi-region test ("a1,a2;b1;c1"); required when
+//     CHATMESH_REQUIRE_KAFKA=1.
 //   - RealKafkaCluster: the brokers plus CHATMESH_KAFKA_DIR (the
 //     deploy/kafka/cluster.sh --dir), for tests that stop and restart a
 //     broker; it serializes such tests across test processes with a file

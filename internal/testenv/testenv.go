@@ -25,6 +25,11 @@ const (
 	// EnvKafkaDir is that cluster's deploy/kafka/cluster.sh --dir, needed
 	// by the tests that stop and restart one of its brokers.
 	EnvKafkaDir = "CHATMESH_KAFKA_DIR"
+	// EnvMeshKafka lists one Kafka cluster per region of a multi-region
+	// test: clusters separated by ";", each cluster's bootstrap brokers by
+	// "," (scripts/test.sh starts three single-broker clusters and sets it,
+	// e.g. "127.0.0.1:19200;127.0.0.1:19210;127.0.0.1:19220").
+	EnvMeshKafka = "CHATMESH_MESH_KAFKA"
 	// EnvRequireKafka, when "1", turns a missing EnvKafkaBrokers or
 	// EnvKafkaDir (or a cluster of fewer nodes than a test needs) into a
 	// failure.
@@ -73,6 +78,32 @@ func KafkaBrokers(tb testing.TB) []string {
 			"deploy/kafka/cluster.sh start prints it")
 	}
 	return out
+}
+
+// MeshKafka returns the first regions clusters named by
+// CHATMESH_MESH_KAFKA, each a list of bootstrap brokers. When it is unset
+// or names fewer clusters, the test is skipped, or fails if
+// CHATMESH_REQUIRE_KAFKA=1.
+func MeshKafka(tb testing.TB, regions int) [][]string {
+	tb.Helper()
+	var out [][]string
+	for _, cluster := range strings.Split(os.Getenv(EnvMeshKafka), ";") {
+		var brokers []string
+		for _, b := range strings.Split(cluster, ",") {
+			if b = strings.TrimSpace(b); b != "" {
+				brokers = append(brokers, b)
+			}
+		}
+		if len(brokers) > 0 {
+			out = append(out, brokers)
+		}
+	}
+	if len(out) < regions {
+		missing(tb, os.Getenv(EnvRequireKafka) == "1", EnvRequireKafka,
+			fmt.Sprintf("%s names %d Kafka clusters, this test needs %d (one per region)", EnvMeshKafka, len(out), regions),
+			"scripts/test.sh starts them; by hand: deploy/kafka/cluster.sh start --brokers 1 with a --dir and CHATMESH_KAFKA_PORT_BASE per region")
+	}
+	return out[:regions]
 }
 
 // SkipShort skips tb under `go test -short` with reason (an in-process

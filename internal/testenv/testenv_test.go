@@ -44,10 +44,12 @@ func TestMissingServerSkipsOrFails(t *testing.T) {
 	}{
 		{"postgres", EnvRequirePG, func(tb testing.TB) { PostgresDSN(tb) }},
 		{"kafka", EnvRequireKafka, func(tb testing.TB) { KafkaBrokers(tb) }},
+		{"mesh-kafka", EnvRequireKafka, func(tb testing.TB) { MeshKafka(tb, 3) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(EnvPGDSN, "")
 			t.Setenv(EnvKafkaBrokers, " , ")
+			t.Setenv(EnvMeshKafka, "127.0.0.1:1; ,")
 			t.Setenv(EnvRequirePG, "")
 			t.Setenv(EnvRequireKafka, "")
 			if o := run(t, tc.get); !o.skipped || o.failed {
@@ -66,6 +68,10 @@ func TestMissingServerSkipsOrFails(t *testing.T) {
 	}
 	if b := KafkaBrokers(t); len(b) != 2 || b[0] != "a:1" || b[1] != "b:2" {
 		t.Fatalf("brokers %q", b)
+	}
+	t.Setenv(EnvMeshKafka, " a:1,a:2 ; b:1;c:1;")
+	if m := MeshKafka(t, 3); len(m) != 3 || len(m[0]) != 2 || m[0][1] != "a:2" || m[1][0] != "b:1" || m[2][0] != "c:1" {
+		t.Fatalf("mesh clusters %q", m)
 	}
 }
 

@@ -58,6 +58,11 @@ type Config struct {
 	MaxPendingBytes int
 	// DialTimeout for every broker connection. Default 10s.
 	DialTimeout time.Duration
+	// Dial, if set, opens every broker connection (the bootstrap brokers
+	// and those learned from metadata; producer, consumers, admin), e.g.
+	// through a latency proxy in tests (internal/netproxy.DialVia).
+	// Default: a plain TCP dial.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// MetadataTTL is how long the producer trusts cached metadata. Default 2s.
 	MetadataTTL time.Duration
 
@@ -166,7 +171,7 @@ func New(cfg Config) (*Bus, error) {
 		return nil, err
 	}
 	b := &Bus{cfg: cfg, log: cfg.Logger.With("component", "kafkabus"), sec: sec}
-	b.dialer = &kafka.Dialer{ClientID: cfg.ClientID, Timeout: cfg.DialTimeout, TLS: sec.tls, SASLMechanism: sec.sasl}
+	b.dialer = &kafka.Dialer{ClientID: cfg.ClientID, Timeout: cfg.DialTimeout, TLS: sec.tls, SASLMechanism: sec.sasl, DialFunc: cfg.Dial}
 	b.transport = b.newTransport()
 	b.writer = &kafka.Writer{
 		Addr:         kafka.TCP(cfg.Brokers...),
@@ -186,9 +191,12 @@ func New(cfg Config) (*Bus, error) {
 }
 
 func (b *Bus) newTransport() *kafka.Transport {
-	d := &net.Dialer{Timeout: b.cfg.DialTimeout}
+	dial := (&net.Dialer{Timeout: b.cfg.DialTimeout}).DialContext
+	if b.cfg.Dial != nil {
+		dial = b.cfg.Dial
+	}
 	return &kafka.Transport{
-		Dial:        d.DialContext,
+		Dial:        dial,
 		DialTimeout: b.cfg.DialTimeout,
 		ClientID:    b.cfg.ClientID,
 		MetadataTTL: b.cfg.MetadataTTL,

@@ -35,3 +35,23 @@ func (f *failingListener) Accept() (net.Conn, error) {
 	}
 	return f.Listener.Accept()
 }
+
+// CountAccepts makes the embedded broker count the connections it accepts.
+func CountAccepts(cfg *EmbeddedConfig) *atomic.Int64 {
+	n := new(atomic.Int64)
+	cfg.innerListener = func(l net.Listener) net.Listener { return &countingListener{Listener: l, n: n} }
+	return n
+}
+
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (c *countingListener) Accept() (net.Conn, error) {
+	conn, err := c.Listener.Accept()
+	if err == nil {
+		c.n.Add(1)
+	}
+	return conn, err
+}
