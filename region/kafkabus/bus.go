@@ -335,6 +335,16 @@ func (b *Bus) writeRound(reqs []*produceReq, n int) {
 	}
 	var werrs kafka.WriteErrors
 	isWrite := errors.As(err, &werrs) && len(werrs) == len(msgs)
+	if err != nil && !isWrite && len(reqs) > 1 && errors.Is(err, kafka.UnknownTopicOrPartition) {
+		// The whole round failed for a topic that does not exist, without
+		// per-record outcomes: do not blame the other callers' records
+		// (they would drop them as undeliverable). Write each call on its
+		// own so each gets its own answer.
+		for _, r := range reqs {
+			b.writeRound([]*produceReq{r}, len(r.msgs))
+		}
+		return
+	}
 	off := 0
 	for _, r := range reqs {
 		var rerr error
