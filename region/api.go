@@ -237,21 +237,24 @@ func (a *API) publishPresence(ctx context.Context, ev *pb.PresenceEvent) error {
 	}
 	// Presence is best effort: a lost event is corrected by the next one or
 	// by a snapshot; do not fail the session for it.
-	recs := []core.BusRecord{{Topic: a.r.cfg.PresenceTopic, Key: []byte(ev.GetUserId()), Value: b}}
+	if err := a.r.bus.Produce(ctx, core.BusRecord{Topic: a.r.cfg.PresenceTopic, Key: []byte(ev.GetUserId()), Value: b}); err != nil {
+		a.r.log.Warn("presence publish failed", "err", err)
+	}
 	if p := a.r.cfg.Placement; p != nil {
 		// Every region's edges serve subscribers of this user.
+		var recs []core.BusRecord
 		for _, other := range p.Regions() {
 			if other != a.r.cfg.Name {
 				recs = append(recs, a.r.linkOut(other, &pb.LinkRecord{Dest: pb.LinkRecord_DEST_PRESENCE, Key: []byte(ev.GetUserId()), Value: b}))
 			}
 		}
-	}
-	if err := a.r.ensureLinks(ctx, recs); err != nil {
-		a.r.log.Warn("presence publish failed", "err", err)
-		return nil
-	}
-	if err := a.r.bus.Produce(ctx, recs...); err != nil {
-		a.r.log.Warn("presence publish failed", "err", err)
+		err := a.r.ensureLinks(ctx, recs)
+		if err == nil {
+			err = a.r.bus.Produce(ctx, recs...)
+		}
+		if err != nil {
+			a.r.log.Warn("presence publish to other regions failed", "err", err)
+		}
 	}
 	return nil
 }

@@ -174,6 +174,15 @@ func (c *stateCache) put(conv string, st *core.ConvState) {
 	c.evictLocked()
 }
 
+// clear forgets every cached state.
+func (c *stateCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ll.Init()
+	clear(c.m)
+	c.bytes = 0
+}
+
 func (c *stateCache) drop(conv string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

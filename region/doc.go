@@ -114,14 +114,18 @@
 //     1:1 by one of its users to an existing peer, create_group by the
 //     group's creator) is forwarded to the initiator's home region (a
 //     user's home is where they first registered), which claims it with
-//     a compare-and-set on the epoch (0 → 1); a conversation already in
-//     the store is claimed the same way, which returns the real home if
-//     another region got there first. Anything else runs here and is
+//     a compare-and-set on the epoch (0 → 1), recording the owner; a
+//     conversation already in the store is claimed the same way by the
+//     region that sees it, and the claim returns the real home if another
+//     region got there first. Anything else runs here unplaced and is
 //     refused as for a conversation that does not exist, without a
-//     directory write.
+//     directory write; an unplaced step never appends. The first
+//     directory failure of a batch is latched: the batch's later records
+//     that need the directory are answered UNAVAILABLE at once.
 //   - The store fences every append by the conversation's owner epoch. A
-//     deposed home (its copy not yet showing a move) is refused by the
-//     store (ErrFenced) once the new home wrote; it re-reads the directory
+//     deposed home (its copy not yet showing a move) may still append at
+//     the old epoch until the new home's first write (the one store orders
+//     both), and is refused by the store (ErrFenced) from then on; it re-reads the directory
 //     linearizably and forwards the record to the new home (refenced) —
 //     never drops it. A record forwarded MaxHops times, or one no home
 //     can take (directory unreachable), is answered UNAVAILABLE with

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -126,6 +127,12 @@ func (r *Region) produceNow(ctx context.Context, recs ...core.BusRecord) error {
 			}
 		}
 		return nil
+	}
+	if errors.Is(err, core.ErrUnknownTopic) && strings.HasPrefix(recs[0].Topic, r.cfg.LinkPrefix) {
+		// An outbound link topic is never dropped from: it carries
+		// forwarded requests and replies. Create it again and retry.
+		r.linkTopics.Delete(recs[0].Topic)
+		return fmt.Errorf("region: link topic %s missing: %w", recs[0].Topic, err)
 	}
 	if errors.Is(err, core.ErrUnknownTopic) {
 		// Undeliverable: nobody consumes a missing topic. The devices

@@ -176,9 +176,13 @@ func (l *Link) Health() error {
 // dies silently.
 func (l *Link) Run(ctx context.Context) {
 	for attempt := 0; ; attempt++ {
+		var ready atomic.Bool
 		err := l.cfg.Local.EnsureTopic(ctx, l.cfg.Topic, LinkPartitions)
 		if err == nil {
-			spec := core.ConsumeSpec{Topic: l.cfg.Topic, Group: l.cfg.Group, OnReady: func() { l.consuming.Store(true) }}
+			spec := core.ConsumeSpec{Topic: l.cfg.Topic, Group: l.cfg.Group, OnReady: func() {
+				l.consuming.Store(true)
+				ready.Store(true)
+			}}
 			if bc, ok := l.cfg.Local.(core.BatchConsumer); ok {
 				err = bc.ConsumeBatch(ctx, spec, MaxBatch, l.handle)
 			} else {
@@ -190,6 +194,9 @@ func (l *Link) Run(ctx context.Context) {
 		l.consuming.Store(false)
 		if ctx.Err() != nil {
 			return
+		}
+		if ready.Load() {
+			attempt = 0 // a run that got going restarts from the shortest backoff
 		}
 		if err == nil {
 			err = errors.New("consumer returned without error")

@@ -155,9 +155,11 @@ func ingressConv(in *pb.IngressRecord) string {
 //     the group's creator) goes to the initiator's home region, which
 //     claims it; a conversation that exists in the store but not in the
 //     directory (stored before the mesh, or created a moment ago by a
-//     region whose directory write we have not applied yet) is claimed
-//     for its stored home; anything else runs here and is refused by the
-//     step as for a conversation that does not exist.
+//     region whose directory write we have not applied yet) is claimed by
+//     this region, and the claim answers with the real home if another
+//     region has it; anything else runs here, unplaced: the step refuses
+//     it as for a conversation that does not exist, and never appends
+//     (appendEntry refuses an unplaced write with UNAVAILABLE).
 //
 // A record another region forwarded to us is checked against a
 // linearizable read first: the forwarder saw a directory at least as new.
@@ -171,12 +173,14 @@ func (r *Region) placeStep(ctx context.Context, b *batch, in *pb.IngressRecord) 
 	}
 	self := r.cfg.Name
 	home, epoch, ok := p.Conv(conv)
-	if (!ok || home != self) && in.GetHops() > 0 {
+	if (!ok || home != self) && in.GetHops() > 0 && b.dirDown == nil {
 		sctx, cancel := context.WithTimeout(ctx, claimTimeout)
 		h, e, o, err := p.SyncConv(sctx, conv)
 		cancel()
 		if err == nil {
 			home, epoch, ok = h, e, o
+		} else {
+			b.dirDown = err
 		}
 	}
 	if ok {
@@ -193,10 +197,14 @@ func (r *Region) placeStep(ctx context.Context, b *batch, in *pb.IngressRecord) 
 	if want != self && in.GetHops() == 0 {
 		return true, r.forward(b, in, conv, want)
 	}
+	if b.dirDown != nil {
+		return false, fmt.Errorf("conversation %s: %w: %w (directory: %v)", conv, errNotHome, core.ErrUnavailable, b.dirDown)
+	}
 	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
 	home, epoch, err = p.ClaimConv(cctx, conv, self, owner)
 	cancel()
 	if err != nil {
+		b.dirDown = err
 		r.log.Warn("directory: claiming a conversation failed", "conv", conv, "err", err)
 		return false, fmt.Errorf("conversation %s: %w: %w (%v)", conv, errNotHome, core.ErrUnavailable, err)
 	}
@@ -257,9 +265,15 @@ func (r *Region) wantHome(ctx context.Context, in *pb.IngressRecord, conv string
 // current home, or retries it here at the newer epoch.
 func (r *Region) refenced(ctx context.Context, b *batch, in *pb.IngressRecord) error {
 	conv := b.place.conv
+	if b.dirDown != nil {
+		return fmt.Errorf("conversation %s fenced, directory unreachable: %w: %w (%v)", conv, errNotHome, core.ErrUnavailable, b.dirDown)
+	}
 	sctx, cancel := context.WithTimeout(ctx, claimTimeout)
 	home, epoch, ok, err := r.cfg.Placement.SyncConv(sctx, conv)
 	cancel()
+	if err != nil {
+		b.dirDown = err
+	}
 	switch {
 	case err != nil:
 		return fmt.Errorf("conversation %s fenced, directory unreachable: %w: %w (%v)", conv, errNotHome, core.ErrUnavailable, err)
@@ -275,10 +289,12 @@ func (r *Region) refenced(ctx context.Context, b *batch, in *pb.IngressRecord) e
 	}
 }
 
-// HomeChange is a conversation whose home or owner epoch changed.
+// HomeChange is a conversation whose home or owner epoch changed, or
+// (Resync) word that changes were missed: forget what depends on them.
 type HomeChange struct {
 	Conv, Home string
 	Epoch      uint64
+	Resync     bool
 }
 
 // HomeWatcher is a Placement that streams home changes as its copy
@@ -295,11 +311,17 @@ func (p DirectoryPlacement) WatchHomes(ctx context.Context) <-chan HomeChange {
 	go func() {
 		defer close(out)
 		for c := range src {
-			if c.Kind != directory.ChangeConv {
+			var hc HomeChange
+			switch c.Kind {
+			case directory.ChangeConv:
+				hc = HomeChange{Conv: c.Key, Home: c.Home, Epoch: c.Epoch}
+			case directory.ChangeResync:
+				hc = HomeChange{Resync: true}
+			default:
 				continue
 			}
 			select {
-			case out <- HomeChange{Conv: c.Key, Home: c.Home, Epoch: c.Epoch}:
+			case out <- hc:
 			case <-ctx.Done():
 				return
 			}
@@ -315,6 +337,9 @@ func (p DirectoryPlacement) WatchHomes(ctx context.Context) <-chan HomeChange {
 func (r *Region) watchHomes(ctx context.Context, w HomeWatcher) {
 	for c := range w.WatchHomes(ctx) {
 		switch {
+		case c.Resync:
+			// Moves were missed: every cached state reloads from the store.
+			r.states.clear()
 		case c.Home != r.cfg.Name:
 			if r.states.get(c.Conv) != nil {
 				r.states.drop(c.Conv)
@@ -322,6 +347,9 @@ func (r *Region) watchHomes(ctx context.Context, w HomeWatcher) {
 				r.log.Info("conversation moved away; forwarding its records from now on", "conv", c.Conv, "home", c.Home, "epoch", c.Epoch)
 			}
 		case c.Epoch > 1:
+			// A state cached from an earlier ownership may lack cursor
+			// moves the other home made: reload it.
+			r.states.drop(c.Conv)
 			r.stats.movedIn.Add(1)
 			r.log.Info("conversation moved here", "conv", c.Conv, "epoch", c.Epoch)
 		}

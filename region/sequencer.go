@@ -29,6 +29,10 @@ type batch struct {
 	validated map[string]bool
 	// place is where the current step's conversation lives (placement.go).
 	place stepPlace
+	// dirDown latches the first directory failure of the batch: later
+	// records that need the directory are answered at once instead of
+	// each waiting for its own timeout.
+	dirDown error
 }
 
 // stepPlace is the current step's conversation and its placement: known
@@ -244,6 +248,13 @@ func (r *Region) state(ctx context.Context, b *batch, conv string) (*core.ConvSt
 // state was loaded after it, or applied when it was first stored).
 func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, req core.AppendRequest) (*pb.Message, *core.ConvState, error) {
 	conv := req.Message.GetConvId()
+	if r.cfg.Placement != nil && !b.place.known {
+		// Only a home the directory named writes (placeStep claims
+		// creating records first). A conversation that became creatable
+		// after placeStep looked (its peer registered meanwhile) is
+		// answered UNAVAILABLE; the resend is placed and claimed.
+		return nil, nil, fmt.Errorf("append to %s: not placed in the directory: %w: %w", conv, errNotHome, core.ErrUnavailable)
+	}
 	b.touch(conv)
 	res, err := r.store.Append(ctx, req)
 	if err != nil {

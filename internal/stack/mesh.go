@@ -440,15 +440,18 @@ func (m *Mesh) Shutdown(ctx context.Context) error {
 		if m.locSrv != nil {
 			errs = append(errs, m.locSrv.Close())
 		}
-		if m.cancel != nil {
-			m.cancel()
-		}
-		m.wg.Wait()
+		// Sequencers first, so their last outputs are in the link topics
+		// while the link workers still run (the workers carry them on at
+		// the next start otherwise).
 		for _, n := range m.Nodes {
 			if n.Region != nil {
 				errs = append(errs, n.Region.Shutdown(ctx))
 			}
 		}
+		if m.cancel != nil {
+			m.cancel()
+		}
+		m.wg.Wait()
 		for _, n := range m.Nodes {
 			for _, b := range n.linkBus {
 				errs = append(errs, b.Close())
