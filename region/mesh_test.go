@@ -199,3 +199,57 @@ func TestForwardedTwiceStoredOnce(t *testing.T) {
 		t.Fatalf("claimed %s %d %v", home, epoch, ok)
 	}
 }
+
+// lateUserStore answers the first lookup of one user NotFound (the user
+// registers a moment later): placement sees no peer, the step then does.
+type lateUserStore struct {
+	core.Store
+	user string
+	mu   sync.Mutex
+	seen bool
+}
+
+func (s *lateUserStore) User(ctx context.Context, id string) (core.User, error) {
+	s.mu.Lock()
+	first := id == s.user && !s.seen
+	if id == s.user {
+		s.seen = true
+	}
+	s.mu.Unlock()
+	if first {
+		return core.User{}, core.ErrNotFound
+	}
+	return s.Store.User(ctx, id)
+}
+
+// A step the directory did not place never appends: a 1:1 whose peer
+// registered between placement and the step is answered UNAVAILABLE (with
+// retry_after_ms) instead of being created outside the directory; the
+// resend is placed, claimed and stored at epoch 1.
+func TestUnplacedStepNeverAppends(t *testing.T) {
+	p := &stalePlacement{local: map[string][2]any{}, cur: map[string][2]any{}, regions: []string{"local"}}
+	late := &lateUserStore{}
+	h := newHarnessWrapped(t, func(s core.Store) core.Store { late.Store = s; return late }, nil, func(c *region.Config) { c.Placement = p })
+	a := h.register("alice", 1)
+	h.register("bob", 0)
+	late.mu.Lock()
+	late.user = "bob" // from now on, the first lookup of bob misses once
+	late.mu.Unlock()
+	conv := core.DirectConvID("alice", "bob")
+	h.send(a, 1, 1, conv, "c1", "hi")
+	recs := h.waitFor("the answer", func(r []*pb.EdgeRecord) bool { return responses(r, 1)[1] != nil })
+	if e := responses(recs, 1)[1].GetError(); e.GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || e.GetRetryAfterMs() == 0 {
+		t.Fatalf("answer = %v, want UNAVAILABLE with retry_after_ms", responses(recs, 1)[1])
+	}
+	if _, err := h.store.Conversation(h.ctx, conv); err == nil {
+		t.Fatal("the unplaced step created the conversation")
+	}
+	h.send(a, 1, 2, conv, "c1", "hi") // the resend
+	recs = h.waitFor("the ack", func(r []*pb.EdgeRecord) bool { return responses(r, 1)[2] != nil })
+	if ack := responses(recs, 1)[2].GetSend(); ack.GetSeq() != 1 {
+		t.Fatalf("resend answered %v", responses(recs, 1)[2])
+	}
+	if c, err := h.store.Conversation(h.ctx, conv); err != nil || c.Epoch != 1 {
+		t.Fatalf("stored %+v %v, want epoch 1", c, err)
+	}
+}
