@@ -6,6 +6,7 @@ import (
 	"io"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -226,5 +227,50 @@ func TestFSMFailRegionSnapshotRestore(t *testing.T) {
 	}
 	if c, _ := g.Conv("c"); c != (ConvHome{Region: "iad", Epoch: 2, Owner: "alice"}) {
 		t.Fatalf("restored conv = %+v", c)
+	}
+}
+
+// The detector, driven with made-up times: a follower judges nobody; a
+// new leader judges nobody before FailAfter has passed since it took over
+// (it has no history); then a healthy region silent for FailAfter is due,
+// one that beat recently or is already unhealthy is not; an attempt
+// spaces the next one by FailAfter; a new term starts a new grace.
+func TestDetectorGraceAndSilence(t *testing.T) {
+	const fa = 5 * time.Second
+	t0 := time.Unix(1_000_000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	regions := []Region{{Name: "ams", Healthy: true}, {Name: "fra", Healthy: true}, {Name: "iad", Healthy: false}}
+	dt := newDetector(fa)
+	dt.beat("ams", at(0))
+	if got := dt.due(at(time.Hour), regions); got != nil {
+		t.Fatalf("a follower judged %v", got)
+	}
+	dt.lead(7, at(10*time.Second))
+	dt.beat("fra", at(11*time.Second))
+	if got := dt.due(at(10*time.Second+fa-time.Millisecond), regions); len(got) != 0 {
+		t.Fatalf("judged %v within the grace period", got)
+	}
+	// ams's last beat predates the leadership: counted from the takeover.
+	if got := dt.due(at(10*time.Second+fa), regions); !reflect.DeepEqual(got, []string{"ams"}) {
+		t.Fatalf("due at the end of the grace = %v, want [ams]", got)
+	}
+	dt.tried("ams", at(15*time.Second))
+	if got := dt.due(at(16*time.Second), regions); !reflect.DeepEqual(got, []string{"fra"}) {
+		t.Fatalf("due = %v, want [fra] (ams was just tried)", got)
+	}
+	if got := dt.due(at(20*time.Second), regions); !reflect.DeepEqual(got, []string{"ams", "fra"}) {
+		t.Fatalf("due = %v, want both again", got)
+	}
+	dt.lead(7, at(30*time.Second)) // same term: no new grace
+	if got := dt.due(at(30*time.Second), regions); len(got) != 2 {
+		t.Fatalf("same term restarted the grace: %v", got)
+	}
+	dt.follow()
+	dt.lead(9, at(40*time.Second)) // a new term: a new grace
+	if got := dt.due(at(44*time.Second), regions); len(got) != 0 {
+		t.Fatalf("judged %v in a new term's grace", got)
+	}
+	if got := dt.due(at(45*time.Second), regions); len(got) != 2 {
+		t.Fatalf("due after the new grace = %v", got)
 	}
 }
