@@ -233,10 +233,14 @@ type detector struct {
 	term     uint64    // the term this voter leads in; 0 when it does not
 	since    time.Time // when it was first seen leading in term
 	lastSeen map[string]time.Time
+	// healthySince is when due first saw each region healthy (since it
+	// was last seen unhealthy): a region just put, or restored, also gets
+	// FailAfter before it is judged.
+	healthySince map[string]time.Time
 }
 
 func newDetector(failAfter time.Duration) *detector {
-	return &detector{failAfter: failAfter, lastSeen: map[string]time.Time{}}
+	return &detector{failAfter: failAfter, lastSeen: map[string]time.Time{}, healthySince: map[string]time.Time{}}
 }
 
 // beat records a heartbeat of region at now.
@@ -267,8 +271,9 @@ func (dt *detector) follow() {
 }
 
 // due returns the healthy regions (in the order given) not heard from for
-// failAfter at now, counting from the start of the leadership at the
-// earliest; nil when this voter does not lead.
+// failAfter at now, counting at the earliest from the start of the
+// leadership and from when due first saw the region healthy; nil when
+// this voter does not lead.
 func (dt *detector) due(now time.Time, regions []Region) []string {
 	dt.mu.Lock()
 	defer dt.mu.Unlock()
@@ -278,11 +283,19 @@ func (dt *detector) due(now time.Time, regions []Region) []string {
 	var out []string
 	for _, r := range regions {
 		if !r.Healthy {
+			delete(dt.healthySince, r.Name)
 			continue
 		}
+		hs, ok := dt.healthySince[r.Name]
+		if !ok {
+			hs = now
+			dt.healthySince[r.Name] = now
+		}
 		last := dt.lastSeen[r.Name]
-		if last.Before(dt.since) {
-			last = dt.since
+		for _, t := range []time.Time{dt.since, hs} {
+			if last.Before(t) {
+				last = t
+			}
 		}
 		if now.Sub(last) >= dt.failAfter {
 			out = append(out, r.Name)

@@ -246,6 +246,9 @@ func TestDetectorGraceAndSilence(t *testing.T) {
 		t.Fatalf("a follower judged %v", got)
 	}
 	dt.lead(7, at(10*time.Second))
+	if got := dt.due(at(10*time.Second), regions); len(got) != 0 { // the first tick as leader
+		t.Fatalf("judged %v at the takeover", got)
+	}
 	dt.beat("fra", at(11*time.Second))
 	if got := dt.due(at(10*time.Second+fa-time.Millisecond), regions); len(got) != 0 {
 		t.Fatalf("judged %v within the grace period", got)
@@ -272,5 +275,15 @@ func TestDetectorGraceAndSilence(t *testing.T) {
 	}
 	if got := dt.due(at(45*time.Second), regions); len(got) != 2 {
 		t.Fatalf("due after the new grace = %v", got)
+	}
+	// A region that appears (put) or turns healthy (restored) also gets
+	// FailAfter from when the detector first sees it healthy.
+	regions = append(regions, Region{Name: "sin", Healthy: true})
+	regions[2].Healthy = true // iad restored
+	if got := dt.due(at(46*time.Second), regions); !reflect.DeepEqual(got, []string{"ams", "fra"}) {
+		t.Fatalf("due = %v, want the new and restored regions spared", got)
+	}
+	if got := dt.due(at(46*time.Second+fa), regions); !reflect.DeepEqual(got, []string{"ams", "fra", "iad", "sin"}) {
+		t.Fatalf("due = %v, want all four", got)
 	}
 }
