@@ -64,7 +64,8 @@ type Config struct {
 	FailAfter time.Duration
 	// Lease is how long a region may sequence without a successful
 	// heartbeat reply (the region side enforces it; HeartbeatReply
-	// carries it); default DefaultLease (2s). Must be below FailAfter.
+	// carries it); default DefaultLease (2s), or FailAfter/2 when that is
+	// shorter. Must be below FailAfter.
 	Lease time.Duration
 	// DetectInterval is how often the detector judges; default
 	// FailAfter/10.
