@@ -180,8 +180,8 @@
 // The lease contract (the region side, not implemented here): a region
 // must stop sequencing when it has had no successful heartbeat reply for
 // Config.Lease (default 2 s or FailAfter/2 if shorter; always below
-// FailAfter: Open refuses
-// otherwise), measured from when it SENT the heartbeat whose reply was
+// FailAfter: Open refuses otherwise), measured from when it SENT the
+// heartbeat whose reply was
 // the last successful one, and also as soon as a reply says Healthy=false.
 // Because the leader answered only after confirming its leadership with a
 // quorum after the request was sent, no other leader can have been
