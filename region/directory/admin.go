@@ -362,6 +362,8 @@ func (c *AdminClient) do(ctx context.Context, method, path string, q url.Values,
 	switch ae.Code {
 	case codeNotFound:
 		kind = ErrNotFound
+	case codeUnknownRegion:
+		kind = ErrUnknownRegion
 	case codeUnauthorized:
 		kind = ErrUnauthorized
 	case codeBadCommand, codeBadRequest:

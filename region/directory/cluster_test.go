@@ -25,6 +25,8 @@ type cluster struct {
 	nodes []*Directory // nil while a voter is down
 	// tokens[i] is voter i's Config.Token (all "" by default).
 	tokens []string
+	// tweak, when set, adjusts every voter's Config before Open.
+	tweak func(*Config)
 }
 
 // freeAddr returns a loopback address with a port that was free. Ports
@@ -77,7 +79,14 @@ func newCluster(t *testing.T, n int) *cluster {
 // newClusterWithToken starts n voters that all have token.
 func newClusterWithToken(t *testing.T, n int, token string) *cluster {
 	t.Helper()
-	c := &cluster{t: t, nodes: make([]*Directory, n), tokens: make([]string, n)}
+	return newClusterWith(t, n, token, nil)
+}
+
+// newClusterWith starts n voters that all have token, each Config
+// adjusted by tweak (may be nil).
+func newClusterWith(t *testing.T, n int, token string, tweak func(*Config)) *cluster {
+	t.Helper()
+	c := &cluster{t: t, nodes: make([]*Directory, n), tokens: make([]string, n), tweak: tweak}
 	for i := range c.tokens {
 		c.tokens[i] = token
 	}
@@ -104,7 +113,7 @@ func (c *cluster) start(i int) {
 	var d *Directory
 	var err error
 	for range 50 { // the port may linger briefly after a restart
-		d, err = Open(ctx, Config{
+		cfg := Config{
 			ID: c.peers[i].ID, Dir: c.dirs[i], Peers: c.peers, Token: c.tokens[i],
 			// A lease long enough that a loaded machine (2 shared cores, -race)
 			// does not depose a healthy leader mid-test.
@@ -112,7 +121,11 @@ func (c *cluster) start(i int) {
 			LeaderLeaseTimeout: 300 * time.Millisecond, CommitTimeout: 5 * time.Millisecond,
 			ApplyTimeout: 2 * time.Second, SnapshotThreshold: 32, SnapshotInterval: 100 * time.Millisecond, TrailingLogs: 8,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		})
+		}
+		if c.tweak != nil {
+			c.tweak(&cfg)
+		}
+		d, err = Open(ctx, cfg)
 		if err == nil {
 			break
 		}

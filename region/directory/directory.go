@@ -53,6 +53,26 @@ type Config struct {
 	// accepts only when Peer.HTTPAddr is a loopback address (CheckListen).
 	Token string
 
+	// DetectFailures runs the failure detector on whichever voter leads:
+	// a healthy region that has not heartbeaten for FailAfter is failed
+	// (fail_region). Off by default: only once every region heartbeats
+	// (Heartbeat) may it be turned on, or silent regions are failed.
+	DetectFailures bool
+	// FailAfter is the silence after which the detector fails a region;
+	// default DefaultFailAfter (5s). A new leader also waits FailAfter
+	// before judging anyone.
+	FailAfter time.Duration
+	// Lease is how long a region may sequence without a successful
+	// heartbeat reply (the region side enforces it; HeartbeatReply
+	// carries it); default DefaultLease (2s), or FailAfter/2 when that is
+	// shorter. Must be below FailAfter.
+	Lease time.Duration
+	// DetectInterval is how often the detector judges; default
+	// FailAfter/10.
+	DetectInterval time.Duration
+	// Now is the detector's clock; default time.Now.
+	Now func() time.Time
+
 	Logger *slog.Logger // default slog.Default()
 }
 
@@ -70,6 +90,7 @@ type Directory struct {
 	httpSrv *http.Server
 	client  *http.Client
 	peers   map[raft.ServerID]Peer
+	det     *detector // heartbeats and failure detection (failover.go)
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -100,8 +121,23 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	if cfg.WatchBuffer <= 0 {
 		cfg.WatchBuffer = 256
 	}
+	if cfg.FailAfter <= 0 {
+		cfg.FailAfter = DefaultFailAfter
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = min(DefaultLease, cfg.FailAfter/2)
+	}
+	if cfg.Lease >= cfg.FailAfter {
+		return nil, fmt.Errorf("directory: lease %v must be below fail-after %v", cfg.Lease, cfg.FailAfter)
+	}
+	if cfg.DetectInterval <= 0 {
+		cfg.DetectInterval = cfg.FailAfter / 10
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	d := &Directory{cfg: cfg, log: cfg.Logger.With("component", "directory", "node", cfg.ID), closed: make(chan struct{}),
-		watchers: map[*watcher]struct{}{}, peers: map[raft.ServerID]Peer{}}
+		watchers: map[*watcher]struct{}{}, peers: map[raft.ServerID]Peer{}, det: newDetector(cfg.FailAfter)}
 	found := false
 	var servers []raft.Server
 	for _, p := range cfg.Peers {
@@ -194,6 +230,7 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+pathApply, d.handleApply)
 	mux.HandleFunc("POST "+pathBarrier, d.handleBarrier)
+	mux.HandleFunc("POST "+pathHeartbeat, d.handleHeartbeat)
 	d.adminRoutes(mux)
 	d.newConns = map[net.Conn]struct{}{}
 	d.httpSrv = &http.Server{Handler: d.authorize(mux), ReadHeaderTimeout: 5 * time.Second, ConnState: d.trackConn}
@@ -205,6 +242,10 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 			d.log.Error("forwarding server stopped", "err", err)
 		}
 	}()
+	if cfg.DetectFailures {
+		d.wg.Add(1)
+		go d.detect()
+	}
 	ok = true
 	d.log.Info("directory voter started", "raft", d.self.RaftAddr, "http", d.self.HTTPAddr, "bootstrapped", !existing)
 	return d, nil

@@ -38,6 +38,18 @@
 //     set and the epoch becomes expectEpoch+1; otherwise nothing changes and
 //     an *EpochError carrying the stored epoch is returned, which matches
 //     core.ErrFenced under errors.Is.
+//   - FailRegion(name) (fail_region): marks the region unhealthy and
+//     moves every user and every conversation homed there to the nearest
+//     other healthy region, each conversation at its epoch + 1 (owner
+//     kept), in one replicated step; see "Heartbeats, failure detection
+//     and failover". Without another healthy region it is refused with
+//     ErrNoHealthyRegion and changes nothing. On a region already
+//     unhealthy it only moves what is still (or again) homed there, so
+//     repeating it is harmless. Result: Home = where they went, Moved =
+//     conversations, MovedUsers = users.
+//   - RestoreRegion(name) (restore_region): marks it healthy again. Homes
+//     stay where failover put them: moving back is a planned move
+//     (MoveUser, MoveConversation).
 //
 // Writes naming a region that was never put fail with ErrUnknownRegion. A
 // refused command changes nothing (only the applied index advances).
@@ -65,6 +77,10 @@
 //	                              like a local write. 200 with the Result
 //	                              JSON (its code carries a refusal).
 //	POST /directory/v1/barrier    the leader's read index (voters only)
+//	POST /directory/v1/heartbeat  {"region": name}: a region's heartbeat,
+//	                              answered by the leader (forwarded like
+//	                              apply) with HeartbeatReply JSON; 404
+//	                              unknown_region for a region never put
 //	GET  /directory/v1/status     Status: id, leader, is_leader,
 //	                              applied_index, voters, state {regions with
 //	                              their edges, users: count, convs: count}
@@ -104,7 +120,8 @@
 //
 // AdminClient is the client of these endpoints (`chatmesh directory`):
 // Status, Regions, Conv, UserHome, Convs, Apply, PutEdge, SetEdgeHealth,
-// SetRegionHealth, and the two moves. MoveConversation reads the epoch
+// SetRegionHealth, FailRegion, RestoreRegion, Heartbeat (for a region
+// process that is not a voter), and the two moves. MoveConversation reads the epoch
 // linearizably, then compare-and-sets the new home on it; a concurrent
 // change (EpochError) or an uncertain outcome makes it re-read and retry,
 // up to 5 times; moving to the current home is a no-op that reports it.
@@ -115,6 +132,68 @@
 // stay where they are (move them with MoveConversation). The step scans
 // every conversation of the applied copy: an operator action, not a
 // per-message one.
+//
+// # Heartbeats, failure detection and failover
+//
+// Every region heartbeats: Directory.Heartbeat(ctx, region) on its own
+// voter, or AdminClient.Heartbeat (POST /directory/v1/heartbeat) from a
+// process that is not one. A heartbeat goes to the leader wherever it is
+// (forwarded like a write, retried while no leader answers) and is never
+// written to the raft log: the leader keeps, in memory, when it last heard
+// from each region. Before answering, the leader confirms with a quorum
+// that it still leads (raft VerifyLeader) and lets its FSM catch up with
+// the log it holds, then records the beat and replies with HeartbeatReply:
+// the region's health in its applied copy, its applied index, its id and
+// term, and the lease (LeaseMS).
+//
+// With Config.DetectFailures, the voter that leads runs the failure
+// detector every Config.DetectInterval (default FailAfter/10): a healthy
+// region it has not heard from for Config.FailAfter (default 5 s) is
+// failed with fail_region through raft, in one deterministic step. Silence
+// is counted from the latest of: the region's last heartbeat, the moment
+// this voter was first seen leading in its current term, and the moment
+// the detector first saw the region healthy (just put, or restored). So a
+// new leader, which has no history, judges nobody before FailAfter has
+// passed since it took over (the grace period): killing the leader does
+// not fail every region at once. A refused or uncertain attempt is not
+// repeated for that region before another FailAfter. Times come from
+// Config.Now (default time.Now). DetectFailures is off by default: turn it
+// on only once every region heartbeats, or silent regions are failed.
+//
+// The nearest healthy region is the one at the smallest great-circle
+// distance (haversine, mean Earth radius) from the failed region's
+// lat/long, compared in whole metres, ties broken by the smaller name.
+// Rounding to metres keeps voters built for different CPUs (where Go may
+// fuse a multiply and an add) in agreement unless a distance falls within
+// an ulp of a half metre; the voters of one directory should run one
+// build.
+//
+// A failed region that heartbeats again is told Healthy=false and stays
+// failed: it must learn it was deposed (its homes moved, at higher
+// epochs), forward what it still holds to the current homes and rejoin;
+// only restore_region (an operator, or later automation that has checked
+// the region rejoined cleanly) makes it healthy again. Automatic restore
+// would let a flapping region bounce its homes. Note that put_region sets
+// Healthy as given: a region that re-announces itself with Healthy=true
+// restores itself.
+//
+// The lease contract (the region side, not implemented here): a region
+// must stop sequencing when it has had no successful heartbeat reply for
+// Config.Lease (default 2 s or FailAfter/2 if shorter; always below
+// FailAfter: Open refuses otherwise), measured from when it SENT the
+// heartbeat whose reply was
+// the last successful one, and also as soon as a reply says Healthy=false.
+// Because the leader answered only after confirming its leadership with a
+// quorum after the request was sent, no other leader can have been
+// elected before the send time, and any leader judges a region only after
+// FailAfter of silence counted from its own takeover at the earliest. So a
+// region cut off from the directory majority stops at most Lease after
+// its last answered send, before the directory can have failed it (at
+// least FailAfter after that send). This holds with clocks that run at
+// about the same rate (FailAfter - Lease is the margin for drift and
+// scheduling); it needs no synchronised clocks. Where it does not (a
+// paused process, a clock jump), the store's per-conversation epoch fence
+// still keeps two sequencers from both writing one conversation.
 //
 // # Command and snapshot encoding
 //
@@ -181,9 +260,9 @@
 // /directory/v1/regions through geo.CachedEdges.)
 //
 // Wiring into region/ (the sequencer's per-conversation epoch fencing),
-// `dev` starting the voters, region and edge failure
-// detection and automatic moves (health is set by operators only),
-// membership changes, TLS on the HTTP endpoints (the bearer token travels
+// `dev` starting the voters, the region side of failover (heartbeating,
+// the lease, turning DetectFailures on, forwarding what a deposed region
+// holds), edge failure detection, membership changes, TLS on the HTTP endpoints (the bearer token travels
 // in clear: keep them on a private network), and authentication of the
 // raft transport.
 package directory

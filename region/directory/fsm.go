@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -37,6 +38,9 @@ var (
 	// ErrUnknownEdge: set_edge_health named an edge the region does not
 	// hold.
 	ErrUnknownEdge = errors.New("directory: unknown edge")
+	// ErrNoHealthyRegion: fail_region found no other healthy region to
+	// move the failed region's homes to; nothing was changed.
+	ErrNoHealthyRegion = errors.New("directory: no healthy region left")
 )
 
 // EpochError is returned by SetConvHome when the stored owner epoch differs
@@ -150,6 +154,13 @@ const (
 	// OpMoveUser sets a user's home and moves every conversation the user
 	// owns (ConvHome.Owner) to it, each with its epoch + 1, in one step.
 	OpMoveUser Op = "move_user"
+	// OpFailRegion marks a region unhealthy and moves every user and
+	// conversation homed there to the nearest healthy region (conversations
+	// at epoch + 1), in one step; see failRegion.
+	OpFailRegion Op = "fail_region"
+	// OpRestoreRegion marks a failed region healthy again; homes stay
+	// where they are (moving back is a planned move).
+	OpRestoreRegion Op = "restore_region"
 )
 
 // Command is one replicated write.
@@ -161,7 +172,7 @@ type Command struct {
 	Home        string  `json:"home,omitempty"`         // set_user_home, set_conv_home
 	IfAbsent    bool    `json:"if_absent,omitempty"`    // set_user_home
 	ExpectEpoch uint64  `json:"expect_epoch,omitempty"` // set_conv_home
-	Name        string  `json:"name,omitempty"`         // region: put_edge, set_edge_health, set_region_health
+	Name        string  `json:"name,omitempty"`         // region: put_edge, set_edge_health, set_region_health, fail_region, restore_region
 	Edge        *Edge   `json:"edge,omitempty"`         // put_edge
 	EdgeID      string  `json:"edge_id,omitempty"`      // set_edge_health
 	Healthy     *bool   `json:"healthy,omitempty"`      // set_edge_health, set_region_health (required)
@@ -204,7 +215,9 @@ type Result struct {
 	Msg   string `json:"msg,omitempty"`
 	Home  string `json:"home,omitempty"`  // the stored home after the command
 	Epoch uint64 `json:"epoch,omitempty"` // the stored epoch after the command
-	Moved int    `json:"moved,omitempty"` // move_user: conversations moved
+	Moved int    `json:"moved,omitempty"` // move_user, fail_region: conversations moved
+	// MovedUsers: fail_region: users moved.
+	MovedUsers int `json:"moved_users,omitempty"`
 }
 
 const (
@@ -213,6 +226,7 @@ const (
 	codeUnknownRegion = "unknown_region"
 	codeBadCommand    = "bad_command"
 	codeUnknownEdge   = "unknown_edge"
+	codeNoHealthy     = "no_healthy_region"
 )
 
 // err turns a Result into the error the caller sees.
@@ -232,6 +246,8 @@ func (r Result) err(c Command) error {
 		return fmt.Errorf("directory: region %q: %w", name, ErrUnknownRegion)
 	case codeUnknownEdge:
 		return fmt.Errorf("directory: region %q: edge %q: %w", c.Name, c.EdgeID, ErrUnknownEdge)
+	case codeNoHealthy:
+		return fmt.Errorf("directory: fail region %q: %w", c.Name, ErrNoHealthyRegion)
 	default:
 		return fmt.Errorf("%w: %s", ErrBadCommand, r.Msg)
 	}
@@ -395,9 +411,114 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 			f.emit(Change{Index: idx, Kind: ChangeConv, Key: id, Home: h.Region, Epoch: h.Epoch})
 		}
 		return Result{Home: c.Home, Moved: len(owned)}
+	case OpFailRegion:
+		return f.failRegion(idx, c)
+	case OpRestoreRegion:
+		if c.Name == "" {
+			return Result{Code: codeBadCommand, Msg: "restore_region without a name"}
+		}
+		r, ok := f.st.Regions[c.Name]
+		if !ok {
+			return Result{Code: codeUnknownRegion}
+		}
+		if !r.Healthy {
+			r.Healthy = true
+			f.st.Regions[r.Name] = r
+			f.emitRegion(idx, r)
+		}
+		return Result{Home: r.Name}
 	default:
 		return Result{Code: codeBadCommand, Msg: fmt.Sprintf("unknown op %q", c.Op)}
 	}
+}
+
+// failRegion applies fail_region: the region c.Name becomes unhealthy,
+// and every user and conversation homed there moves to the nearest other
+// healthy region (conversations at epoch + 1, owners kept). Without a
+// healthy region to move to it refuses (codeNoHealthy) and changes
+// nothing. A region already unhealthy only has what is still homed there
+// moved, so repeating the command is harmless. Changes are emitted in a
+// fixed order: the region (when its health changed), then the moved users
+// by id, then the moved conversations by id.
+func (f *FSM) failRegion(idx uint64, c Command) Result {
+	if c.Name == "" {
+		return Result{Code: codeBadCommand, Msg: "fail_region without a name"}
+	}
+	failed, ok := f.st.Regions[c.Name]
+	if !ok {
+		return Result{Code: codeUnknownRegion}
+	}
+	to, ok := nearestHealthy(failed, f.st.Regions)
+	if !ok {
+		return Result{Code: codeNoHealthy}
+	}
+	if failed.Healthy {
+		failed.Healthy = false
+		f.st.Regions[failed.Name] = failed
+		f.emitRegion(idx, failed)
+	}
+	var users, convs []string
+	for u, h := range f.st.Users {
+		if h == failed.Name {
+			users = append(users, u)
+		}
+	}
+	for id, h := range f.st.Convs {
+		if h.Region == failed.Name {
+			convs = append(convs, id)
+		}
+	}
+	sort.Strings(users)
+	sort.Strings(convs)
+	for _, u := range users {
+		f.st.Users[u] = to
+		f.emit(Change{Index: idx, Kind: ChangeUser, Key: u, Home: to})
+	}
+	for _, id := range convs {
+		h := f.st.Convs[id]
+		h.Region, h.Epoch = to, h.Epoch+1
+		f.st.Convs[id] = h
+		f.emit(Change{Index: idx, Kind: ChangeConv, Key: id, Home: h.Region, Epoch: h.Epoch})
+	}
+	return Result{Home: to, Moved: len(convs), MovedUsers: len(users)}
+}
+
+// nearestHealthy returns the healthy region other than from that is
+// nearest to it by great-circle distance, ties (equal distance in whole
+// metres) broken by the smaller name.
+//
+// Every voter must choose the same region. The distance is rounded to
+// whole metres before comparing, so the last-bit differences that
+// floating point may show between builds for different CPUs (Go may
+// fuse a multiply and an add on some) decide nothing unless a distance
+// falls within an ulp of a half metre; regions are a handful of
+// data-centre areas, hundreds of kilometres apart.
+func nearestHealthy(from Region, regions map[string]Region) (string, bool) {
+	best, bestM := "", int64(0)
+	for name, r := range regions {
+		if name == from.Name || !r.Healthy {
+			continue
+		}
+		m := int64(math.Round(haversineKM(from.Lat, from.Long, r.Lat, r.Long) * 1000))
+		if best == "" || m < bestM || (m == bestM && name < best) {
+			best, bestM = name, m
+		}
+	}
+	return best, best != ""
+}
+
+// earthRadiusKM is the mean Earth radius (IUGG), as region/geo uses.
+const earthRadiusKM = 6371.0088
+
+// haversineKM is the great-circle distance in kilometres between two
+// points given in degrees.
+func haversineKM(lat1, long1, lat2, long2 float64) float64 {
+	const rad = math.Pi / 180
+	dLat := (lat2 - lat1) * rad
+	dLong := (long2 - long1) * rad
+	sLat, sLong := math.Sin(dLat/2), math.Sin(dLong/2)
+	a := sLat*sLat + math.Cos(lat1*rad)*math.Cos(lat2*rad)*sLong*sLong
+	return 2 * earthRadiusKM * math.Asin(math.Sqrt(min(1, a)))
 }
 
 func (f *FSM) putRegion(idx uint64, c Command) Result {
