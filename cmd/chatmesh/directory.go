@@ -31,10 +31,15 @@ commands:
   move-conversation <conversation> <region>
                                        move a conversation's home (compare-and-set on its epoch;
                                        the old home is fenced); a no-op if already there
-  move-user <user> <region>            change the home of the user's NEW conversations; existing
-                                       ones stay where they are (move them with move-conversation)
+  move-user <user> <region>            home the user there and move the conversations they own
+                                       (created or started) with them, each at epoch + 1
   edge-health <region> <edge-id> up|down
   region-health <region> up|down
+  fail-region <region>                 fail a region over by hand: mark it unhealthy and move every
+                                       user and conversation homed there to the nearest healthy
+                                       region, each conversation at epoch + 1 (one step)
+  restore-region <region>              mark a failed region healthy again (homes stay; move them
+                                       back with move-conversation / move-user)
   put-edge <region> --id ID [--ws URL] [--wt URL] [--cert-hash HEX] [--noise-key HEX] [--down]
                                        add or replace an edge (an id held by another region moves)
 
@@ -166,6 +171,10 @@ func directoryCommand(name string) (dirCommand, int, bool) {
 		return dirRegionHealth, 2, true
 	case "put-edge":
 		return dirPutEdge, 1, true
+	case "fail-region":
+		return dirFailRegion, 1, true
+	case "restore-region":
+		return dirRestoreRegion, 1, true
 	}
 	return nil, 0, false
 }
@@ -399,6 +408,34 @@ func dirRegionHealth(ctx context.Context, ac *directory.AdminClient, f *dirFlags
 		return f.printJSON(healthJSON{Region: args[0], Healthy: up})
 	}
 	fmt.Fprintf(f.stdout, "region %s: %s\n", args[0], args[1])
+	return nil
+}
+
+func dirFailRegion(ctx context.Context, ac *directory.AdminClient, f *dirFlags, args []string) error {
+	fo, err := ac.FailRegion(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	if f.asJSON {
+		return f.printJSON(struct {
+			Region string `json:"region"`
+			To     string `json:"to"`
+			Users  int    `json:"users"`
+			Convs  int    `json:"convs"`
+		}{args[0], fo.To, fo.Users, fo.Convs})
+	}
+	fmt.Fprintf(f.stdout, "region %s failed over to %s: %d user(s) and %d conversation(s) moved (epoch + 1 each)\n", args[0], fo.To, fo.Users, fo.Convs)
+	return nil
+}
+
+func dirRestoreRegion(ctx context.Context, ac *directory.AdminClient, f *dirFlags, args []string) error {
+	if err := ac.RestoreRegion(ctx, args[0]); err != nil {
+		return err
+	}
+	if f.asJSON {
+		return f.printJSON(healthJSON{Region: args[0], Healthy: true})
+	}
+	fmt.Fprintf(f.stdout, "region %s: healthy again; its former homes stay where they are\n", args[0])
 	return nil
 }
 

@@ -197,6 +197,20 @@ func TestDirectoryCLI(t *testing.T) {
 	if out := ok("convs", "--limit", "1"); !strings.Contains(strings.Join(strings.Fields(out), " "), "d:alice:bob us-east 2") {
 		t.Fatalf("convs: %q", out)
 	}
+	// A failover by hand: us-east's conversation goes to the nearest
+	// healthy region (ap-southeast is down), at epoch + 1.
+	if out := ok("fail-region", "us-east"); strings.TrimSpace(out) != "region us-east failed over to eu-central: 0 user(s) and 1 conversation(s) moved (epoch + 1 each)" {
+		t.Fatalf("fail-region: %q", out)
+	}
+	if out := ok("conv", "d:alice:bob"); strings.TrimSpace(out) != "conversation d:alice:bob: home eu-central, epoch 3" {
+		t.Fatalf("conv after fail-region: %q", out)
+	}
+	if out := ok("restore-region", "us-east"); !strings.Contains(out, "region us-east: healthy again") {
+		t.Fatalf("restore-region: %q", out)
+	}
+	if out := ok("conv", "d:alice:bob"); !strings.Contains(out, "home eu-central, epoch 3") {
+		t.Fatalf("restore moved a home back: %q", out)
+	}
 
 	// Failures: exit 1.
 	for _, args := range [][]string{
@@ -262,7 +276,7 @@ func TestDirectoryCLI(t *testing.T) {
 	if _, _, code := dirCLI(t, append([]string{"conv", "d:alice:bob", "--timeout", "1s"}, flags...)...); code != 1 {
 		t.Fatalf("linearizable conv without a leader: exit %d, want 1", code)
 	}
-	if out, _, code := dirCLI(t, append([]string{"conv", "d:alice:bob", "--local"}, flags...)...); code != 0 || !strings.Contains(out, "us-east") {
+	if out, _, code := dirCLI(t, append([]string{"conv", "d:alice:bob", "--local"}, flags...)...); code != 0 || !strings.Contains(out, "eu-central, epoch 3") {
 		t.Fatalf("local conv without a leader: exit %d %q", code, out)
 	}
 }

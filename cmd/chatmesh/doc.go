@@ -21,7 +21,7 @@
 //	                  is SIGKILLed and restarted; checks the invariants
 //	chatmesh directory  operator commands for the region directory (status,
 //	                  conv, user, convs, move-conversation, move-user,
-//	                  edge-health, region-health, put-edge); exits 0 done,
+//	                  edge-health, region-health, put-edge, fail-region, restore-region); exits 0 done,
 //	                  1 failed, 2 usage error
 //	chatmesh version  print the version
 //

@@ -477,3 +477,75 @@ func TestMeshMoveUser(t *testing.T) {
 		t.Fatalf("alice's new 1:1 homed at %+v %v %v, want us-east", h, ok, err)
 	}
 }
+
+// A region lost, failed over by hand (`chatmesh directory fail-region`,
+// before issue 8's automatic detection): its users and conversations move
+// to the nearest healthy region at a new epoch, its clients fail over to
+// the next edge in their list, and the conversation continues exactly
+// once, in order.
+func TestMeshManualFailover(t *testing.T) {
+	m := startMesh(t, nil)
+	eu, ap := m.Node("eu-central"), m.Node("ap-southeast")
+	alice := newClient(t, []string{eu.Ends.WS}, uniq("alice"))
+	carol := newClient(t, []string{ap.Ends.WS, eu.Ends.WS}, uniq("carol")) // registers in Singapore
+	alice.start(t)
+	carol.start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	conv := core.DirectConvID(alice.name, carol.name)
+	send := func(c *tclient, body string) {
+		t.Helper()
+		if _, err := c.Send(ctx, conv, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(carol, "c1") // carol starts it: homed in ap-southeast
+	send(alice, "a1")
+	for _, c := range []*tclient{alice, carol} {
+		if err := c.WaitIdle(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h, ok, err := eu.Directory.ConvLinearizable(ctx, conv); err != nil || !ok || h.Region != "ap-southeast" || h.Epoch != 1 {
+		t.Fatalf("home before the failure: %+v %v %v", h, ok, err)
+	}
+	// ap-southeast's edge and sequencer die.
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := ap.Edge.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ap.Region.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	scancel()
+	failed := time.Now()
+	fo, err := eu.Directory.FailRegion(ctx, "ap-southeast")
+	if err != nil || fo.To != "eu-central" || fo.Convs != 1 || fo.Users != 1 {
+		t.Fatalf("fail-region: %+v %v (want carol and the 1:1 moved to eu-central, Singapore's nearest)", fo, err)
+	}
+	send(carol, "c2") // through the next edge in carol's list
+	if err := carol.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("manual failover: carol's first message after fail-region acked in %v", time.Since(failed).Round(time.Millisecond))
+	send(alice, "a2")
+	if err := alice.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*tclient{alice, carol} {
+		waitFor(t, time.Minute, c.name+" has all four", func() bool { return len(c.seqs(conv)) >= 4 })
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, c := range []*tclient{alice, carol} {
+		checkExactlyOnceInOrder(t, c, conv, 1, 4)
+		if got := c.bodies(conv); !slices.Equal(got, []string{"c1", "a1", "c2", "a2"}) {
+			t.Fatalf("%s saw %q", c.name, got)
+		}
+	}
+	if st, err := m.Store.Conversation(ctx, conv); err != nil || st.Epoch != 2 {
+		t.Fatalf("stored %+v %v, want epoch 2 (written by eu-central)", st, err)
+	}
+	if h, _, _ := eu.Directory.UserHomeLinearizable(ctx, carol.name); h != "eu-central" {
+		t.Fatalf("carol's home after the failover: %q", h)
+	}
+}
