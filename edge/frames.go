@@ -254,24 +254,6 @@ func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 	return rec, nil
 }
 
-func convOf(rec *pb.IngressRecord) string {
-	switch op := rec.GetOp().(type) {
-	case *pb.IngressRecord_Send:
-		return op.Send.GetConvId()
-	case *pb.IngressRecord_Ack:
-		return op.Ack.GetConvId()
-	case *pb.IngressRecord_Read:
-		return op.Read.GetConvId()
-	case *pb.IngressRecord_CreateGroup:
-		return op.CreateGroup.GetConvId()
-	case *pb.IngressRecord_ModifyMembers:
-		return op.ModifyMembers.GetConvId()
-	case *pb.IngressRecord_Typing:
-		return op.Typing.GetConvId()
-	}
-	return ""
-}
-
 // produce writes rec to the ingress topic keyed by its conversation. The
 // reply arrives later on the edge topic; only a failure is answered here.
 func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
@@ -289,7 +271,7 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
 	defer e.adm.leaveIngress()
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.WriteTimeout)
 	defer cancel()
-	if err := e.bus.Produce(ctx, core.BusRecord{Topic: e.cfg.IngressTopic, Key: []byte(convOf(rec)), Value: b}); err != nil {
+	if err := e.bus.Produce(ctx, core.BusRecord{Topic: e.cfg.IngressTopic, Key: []byte(core.IngressConv(rec)), Value: b}); err != nil {
 		e.n.produceErrors.Add(1)
 		e.log.Warn("produce failed", "err", err)
 		s.fail(reqID, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "ingress unavailable; retry with the same ids")

@@ -126,25 +126,6 @@ var errNotHome = errors.New("region: no home region could take the record")
 // claimTimeout bounds one directory write made by the sequencer.
 const claimTimeout = 5 * time.Second
 
-// ingressConv is the conversation an ingress record is about.
-func ingressConv(in *pb.IngressRecord) string {
-	switch op := in.Op.(type) {
-	case *pb.IngressRecord_Send:
-		return op.Send.GetConvId()
-	case *pb.IngressRecord_Ack:
-		return op.Ack.GetConvId()
-	case *pb.IngressRecord_Read:
-		return op.Read.GetConvId()
-	case *pb.IngressRecord_CreateGroup:
-		return op.CreateGroup.GetConvId()
-	case *pb.IngressRecord_ModifyMembers:
-		return op.ModifyMembers.GetConvId()
-	case *pb.IngressRecord_Typing:
-		return op.Typing.GetConvId()
-	}
-	return ""
-}
-
 // placeStep decides where the step's conversation is sequenced, before
 // anything else looks at it:
 //
@@ -164,7 +145,7 @@ func ingressConv(in *pb.IngressRecord) string {
 // A record another region forwarded to us is checked against a
 // linearizable read first: the forwarder saw a directory at least as new.
 func (r *Region) placeStep(ctx context.Context, b *batch, in *pb.IngressRecord) (forwarded bool, err error) {
-	conv := ingressConv(in)
+	conv := core.IngressConv(in)
 	b.place = stepPlace{conv: conv}
 	p := r.cfg.Placement
 	if p == nil || conv == "" {

@@ -8,9 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -47,17 +45,7 @@ var ErrOpenInternalAPI = errors.New("region: the internal API needs a token off 
 // with the configured address before listening and with the listener's
 // actual address after.
 func CheckInternalListen(addr, token string) error {
-	if token != "" {
-		return nil
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		host = addr
-	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip, err := netip.ParseAddr(host); err == nil && ip.Unmap().IsLoopback() {
+	if token != "" || core.LoopbackOnly(addr) {
 		return nil
 	}
 	return fmt.Errorf("%w: %q is reachable from other hosts; set a shared secret with --token or CHATMESH_REGION_TOKEN (the edges send the same), or listen on 127.0.0.1", ErrOpenInternalAPI, addr)

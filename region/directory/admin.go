@@ -9,14 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/chatmesh/chatmesh/core"
 )
 
 // Errors of the HTTP surface.
@@ -37,17 +37,7 @@ var (
 // Peer.HTTPAddr; a command that takes the address from a flag can call it
 // first to fail before anything starts.
 func CheckListen(addr, token string) error {
-	if token != "" {
-		return nil
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		host = addr
-	}
-	if host == "localhost" {
-		return nil
-	}
-	if ip, err := netip.ParseAddr(host); err == nil && ip.Unmap().IsLoopback() {
+	if token != "" || core.LoopbackOnly(addr) {
 		return nil
 	}
 	return fmt.Errorf("%w: %q is reachable from other hosts; give every voter the same Config.Token (operators pass it with --token), or listen on 127.0.0.1", ErrOpenEndpoint, addr)
