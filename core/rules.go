@@ -403,7 +403,7 @@ func ForDevice(m *pb.Message, dev DeviceKey) *pb.Message {
 	out := &pb.Message{
 		ConvId: m.ConvId, Seq: m.Seq, MsgId: m.MsgId, Sender: m.Sender,
 		ClientMsgId: m.ClientMsgId, SentAtMs: m.SentAtMs, Kind: m.Kind,
-		Membership: m.Membership, Epoch: m.Epoch,
+		Membership: m.Membership, Epoch: m.Epoch, Region: m.Region,
 		Envelope: &pb.Envelope{Ciphertext: env.Ciphertext, PerDevice: keep, ContentHint: env.ContentHint},
 	}
 	return out

@@ -256,6 +256,9 @@ func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, 
 		return nil, nil, fmt.Errorf("append to %s: not placed in the directory: %w: %w", conv, errNotHome, core.ErrUnavailable)
 	}
 	b.touch(conv)
+	// The writer signs its entries with its region: with the epoch, the
+	// simulator's checker proves one writer per (conversation, epoch).
+	req.Message.Region = r.cfg.Name
 	res, err := r.store.Append(ctx, req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("append to %s: %w", conv, err)

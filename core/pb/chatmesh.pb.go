@@ -726,6 +726,7 @@ type Message struct {
 	Envelope      *Envelope              `protobuf:"bytes,8,opt,name=envelope,proto3" json:"envelope,omitempty"`     // for USER messages
 	Membership    *MembershipChange      `protobuf:"bytes,9,opt,name=membership,proto3" json:"membership,omitempty"` // for MEMBERSHIP messages
 	Epoch         uint64                 `protobuf:"varint,10,opt,name=epoch,proto3" json:"epoch,omitempty"`         // owner epoch of the sequencer that wrote it
+	Region        string                 `protobuf:"bytes,11,opt,name=region,proto3" json:"region,omitempty"`        // region whose sequencer wrote it (the home at that epoch)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -828,6 +829,13 @@ func (x *Message) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *Message) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
 }
 
 type ClientFrame struct {
@@ -4913,7 +4921,7 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x05users\x18\x03 \x03(\tR\x05users\x12\x14\n" +
 	"\x05title\x18\x04 \x01(\tR\x05title\x12\x18\n" +
 	"\ainvited\x18\x05 \x03(\tR\ainvited\x12\x1a\n" +
-	"\bpromoted\x18\x06 \x03(\tR\bpromoted\"\xf4\x02\n" +
+	"\bpromoted\x18\x06 \x03(\tR\bpromoted\"\x8c\x03\n" +
 	"\aMessage\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x15\n" +
@@ -4928,7 +4936,8 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"membership\x18\t \x01(\v2\x1d.chatmesh.v1.MembershipChangeR\n" +
 	"membership\x12\x14\n" +
 	"\x05epoch\x18\n" +
-	" \x01(\x04R\x05epoch\"\xbc\t\n" +
+	" \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06region\x18\v \x01(\tR\x06region\"\xbc\t\n" +
 	"\vClientFrame\x12\x15\n" +
 	"\x06req_id\x18\x01 \x01(\x04R\x05reqId\x12:\n" +
 	"\bregister\x18\n" +

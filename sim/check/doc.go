@@ -1,0 +1,3 @@
+// Package check holds what the region simulator records (History) and
+// the invariants it checks over it.
+package check
