@@ -355,7 +355,7 @@ func locateFrom(t *testing.T, url, local string) geo.Answer {
 // The locator (shown item 5): a client from each simulated city gets its
 // own region's edge first; a region marked unhealthy is left out.
 func TestMeshLocator(t *testing.T) {
-	m := startMesh(t, func(c *stack.MeshConfig) { c.LocateAddr = "127.0.0.1:0" })
+	m := startMesh(t, func(c *stack.MeshConfig) { c.LocateAddr, c.ManualFailover = "127.0.0.1:0", true })
 	for _, c := range []struct{ from, want string }{
 		{"127.0.1.7", "eu-central"}, {"127.0.2.7", "us-east"}, {"127.0.3.7", "ap-southeast"},
 	} {
@@ -375,9 +375,7 @@ func TestMeshLocator(t *testing.T) {
 	eu := m.Node("eu-central")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r, _ := eu.Directory.Region("us-east")
-	r.Healthy = false
-	if err := eu.Directory.PutRegion(ctx, r); err != nil {
+	if err := eu.Directory.SetRegionHealth(ctx, "us-east", false); err != nil {
 		t.Fatal(err)
 	}
 	if err := eu.Directory.Sync(ctx); err != nil {
@@ -500,6 +498,9 @@ func TestMeshManualFailover(t *testing.T) {
 		}
 	}
 	send(carol, "c1") // carol starts it: homed in ap-southeast
+	if err := carol.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
 	send(alice, "a1")
 	for _, c := range []*tclient{alice, carol} {
 		if err := c.WaitIdle(ctx); err != nil {
@@ -573,7 +574,10 @@ func TestMeshAutomaticFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	send(carol, "c1")
+	send(carol, "c1") // carol starts it: homed in ap-southeast
+	if err := carol.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
 	send(alice, "a1")
 	for _, c := range []*tclient{alice, carol} {
 		if err := c.WaitIdle(ctx); err != nil {
