@@ -184,11 +184,11 @@ func CheckWith(h *History, opts Options) Result {
 // one device's deliveries does (it is the order the device saw). It is
 // safe for concurrent use.
 //
-// Memory: per distinct message about 200 bytes (its identity, seq, writer;
-// the strings are shared with the caller's events, not copied); per
-// delivery one bit in its device's seq set; per directory operation the
-// DirOp itself. Each event costs O(1) map work; Snapshot and Final sort
-// each conversation's seqs, O(n log n).
+// Memory: per distinct message about 450 bytes (its identity, seq and
+// writer, map overhead included; the strings are shared with the caller's
+// events, not copied); per delivery one bit in its device's seq set; per
+// directory operation the DirOp itself. Each event costs O(1) map work;
+// Snapshot and Final sort each conversation's seqs, O(n log n).
 type Checker struct {
 	mu       sync.Mutex
 	opts     Options
@@ -222,7 +222,7 @@ type msgState struct {
 // who wrote it.
 type seqEntry struct {
 	from, id string // identity (id "" = a system entry: membership, ...)
-	where    string // who told us (for examples)
+	how, who string // who told us, for examples: ("ack to" | "delivery to", device)
 	epoch    uint64
 	region   string
 	writerBy string
@@ -287,7 +287,7 @@ func (c *Checker) Acked(a Acked) {
 	m := c.msg(msgKey{a.Conv, a.Device, a.MsgID})
 	m.acked = true
 	// Two acks with different seqs: bind reports the message sequenced twice.
-	c.bind(a.Conv, a.Seq, a.Device, a.MsgID, "ack to "+a.Device, m)
+	c.bind(a.Conv, a.Seq, a.Device, a.MsgID, "ack to", a.Device, m)
 }
 
 // Delivered feeds one Delivered event; one device's deliveries must be fed
@@ -319,7 +319,7 @@ func (c *Checker) Delivered(d Delivered) {
 		m = c.msg(msgKey{d.Conv, d.From, d.MsgID})
 		m.delivered = true
 	}
-	e := c.bind(d.Conv, d.Seq, d.From, d.MsgID, "delivery to "+d.Device, m)
+	e := c.bind(d.Conv, d.Seq, d.From, d.MsgID, "delivery to", d.Device, m)
 
 	// The writer: one per (conv, seq), one region per (conv, epoch).
 	if d.Epoch == 0 && d.Region == "" {
@@ -357,10 +357,11 @@ func (c *Checker) msg(k msgKey) *msgState {
 	return m
 }
 
-// bind records that (conv, seq) is the entry (from, id), as told by where;
+// bind records that (conv, seq) is the entry (from, id), as told by an
+// ack to or a delivery to (how) a device (who);
 // a conflict with what is known is a violation: two entries at one seq
 // (Reordered); else one message at two seqs (Duplicated).
-func (c *Checker) bind(conv string, seq uint64, from, id, where string, m *msgState) *seqEntry {
+func (c *Checker) bind(conv string, seq uint64, from, id, how, who string, m *msgState) *seqEntry {
 	cs := c.convs[conv]
 	if cs == nil {
 		cs = &convState{seqs: map[uint64]*seqEntry{}, writers: map[uint64]string{}}
@@ -369,22 +370,22 @@ func (c *Checker) bind(conv string, seq uint64, from, id, where string, m *msgSt
 	e := cs.seqs[seq]
 	switch {
 	case e == nil:
-		e = &seqEntry{from: from, id: id, where: where}
+		e = &seqEntry{from: from, id: id, how: how, who: who}
 		cs.seqs[seq] = e
 	case e.from != from || e.id != id:
 		// Observers disagree on what seq is; that the message also sits
 		// at another seq is the same disagreement, not a second copy.
 		m = nil
 		c.violate(Reordered, fmt.Sprintf("seq/%s/%d/%s/%s", conv, seq, from, id),
-			"conv %s: seq %d is message %s/%s per %s but %s/%s per %s",
-			conv, seq, e.from, idOrSystem(e.id), e.where, from, idOrSystem(id), where)
+			"conv %s: seq %d is message %s/%s per %s %s but %s/%s per %s %s",
+			conv, seq, e.from, idOrSystem(e.id), e.how, e.who, from, idOrSystem(id), how, who)
 	}
 	if m != nil {
 		if m.seq == 0 {
 			m.seq = seq
 		} else if m.seq != seq {
 			c.violate(Duplicated, fmt.Sprintf("msg/%s/%s/%s/%d", conv, from, id, seq),
-				"conv %s: message %s/%s sequenced twice, at seq %d and seq %d (%s)", conv, from, id, m.seq, seq, where)
+				"conv %s: message %s/%s sequenced twice, at seq %d and seq %d (%s %s)", conv, from, id, m.seq, seq, how, who)
 		}
 	}
 	return e
