@@ -57,8 +57,14 @@ type Result struct {
 	// Deliveries counts every Delivered event.
 	Deliveries int `json:"deliveries"`
 	// Required is the number of (message, member device) deliveries the
-	// Lost check demanded (Final only).
+	// Lost check demands. In a snapshot, Pending of them have not
+	// happened yet (in a final result they are Lost instead).
 	Required int `json:"required"`
+	Pending  int `json:"pending,omitempty"`
+	// Unchecked counts conversations with sent messages but no member
+	// devices (no Members entry, no span): Lost is vacuous for them, so a
+	// caller should expect 0.
+	Unchecked int `json:"unchecked_conversations"`
 	// DirOps is the number of directory operations checked.
 	DirOps int `json:"dir_ops"`
 	// Linearizability is LinOK, LinIllegal or LinUnknown ("" in a
@@ -422,7 +428,8 @@ func addTally(m map[Kind]*Tally, k Kind, maxEx int, ex string) {
 }
 
 // Snapshot returns the violations found so far, without the checks that
-// need the run to be over (Lost, Gap, linearizability).
+// need the run to be over (Lost, Gap, linearizability); deliveries still
+// missing are counted as Pending.
 func (c *Checker) Snapshot() Result {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -499,8 +506,8 @@ func (c *Checker) result(final bool) Result {
 		}
 	}
 
+	c.checkLost(&r, add, final)
 	if final {
-		c.checkLost(&r, add)
 		c.checkDir(&r, add)
 	}
 	for _, k := range Kinds {
@@ -525,7 +532,9 @@ type required struct {
 	from, to uint64
 }
 
-func (c *Checker) checkLost(r *Result, add func(Kind, string, ...any)) {
+// checkLost walks every (message, member device) pair due; a missing
+// delivery is Lost in a final result, Pending in a snapshot.
+func (c *Checker) checkLost(r *Result, add func(Kind, string, ...any), final bool) {
 	duty := map[string][]required{}
 	for conv, devs := range c.members {
 		for _, d := range devs {
@@ -538,11 +547,16 @@ func (c *Checker) checkLost(r *Result, add func(Kind, string, ...any)) {
 		duty[dc.conv] = append(duty[dc.conv], required{dev: dc.dev, from: s.From, to: s.To})
 	}
 	keys := make([]msgKey, 0, len(c.msgs))
+	unchecked := map[string]bool{}
 	for k, m := range c.msgs {
+		if m.sent && len(duty[k.conv]) == 0 {
+			unchecked[k.conv] = true
+		}
 		if m.sent && m.seq != 0 && (m.acked || m.delivered) {
 			keys = append(keys, k)
 		}
 	}
+	r.Unchecked = len(unchecked)
 	// Sorted so the examples are the same from run to run.
 	slices.SortFunc(keys, func(a, b msgKey) int {
 		return cmpStrings(a.conv, b.conv, a.from, b.from, a.id, b.id)
@@ -555,6 +569,10 @@ func (c *Checker) checkLost(r *Result, add func(Kind, string, ...any)) {
 			}
 			r.Required++
 			if ds := c.devs[devConv{d.dev, k.conv}]; ds == nil || !ds.seen.has(m.seq) {
+				if !final {
+					r.Pending++
+					continue
+				}
 				add(Lost, "conv %s: message %s/%s (seq %d, %s) never delivered to %s", k.conv, k.from, k.id, m.seq, ackedOr(m), d.dev)
 			}
 		}

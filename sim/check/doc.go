@@ -56,7 +56,11 @@
 // store is gapless from its join point, so it cannot skip one. A message
 // delivered to one device but never acked is in the log and is required
 // everywhere too. Outbox entries the driver did not send (key
-// distribution) are not required anywhere. Checked only at the end.
+// distribution) are not required anywhere. Checked only at the end; a
+// snapshot counts the missing deliveries as Result.Pending instead. A
+// conversation with sent messages but no members is counted in
+// Result.Unchecked (Lost is vacuous there; expect 0). Deliveries to a
+// device that is not a member are not checked.
 //
 // Duplicated — no device receives one (conversation, seq) twice, and no
 // message is sequenced twice: a message (conversation, sender, client
