@@ -291,6 +291,10 @@ func (c *Checker) Acked(a Acked) {
 	defer c.mu.Unlock()
 	c.acks++
 	m := c.msg(msgKey{a.Conv, a.Device, a.MsgID})
+	if a.Seq == 0 {
+		c.violate(Gap, "", "conv %s: message %s/%s acked with seq 0", a.Conv, a.Device, a.MsgID)
+		return
+	}
 	m.acked = true
 	// Two acks with different seqs: bind reports the message sequenced twice.
 	c.bind(a.Conv, a.Seq, a.Device, a.MsgID, "ack to", a.Device, m)
