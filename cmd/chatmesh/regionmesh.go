@@ -218,9 +218,9 @@ type meshMember struct {
 	lease       *region.Lease
 	leaseCancel context.CancelFunc
 	leaseDone   chan struct{}
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	log    *slog.Logger
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	log         *slog.Logger
 }
 
 // openMesh opens the directory voter and announces the region in it. It
