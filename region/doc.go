@@ -141,7 +141,28 @@
 // Exactly once and one order per conversation still come from the home's
 // idempotency keys, gapless seqs and client dedupe; a planned move (a
 // directory compare-and-set of the epoch) makes the new home continue from
-// the stored head. Region failure and automatic moves are issue 8.
+// the stored head.
+//
+// # Failover: the lease
+//
+// A mesh region holds a Lease from the directory (lease.go): it heartbeats
+// to the leader every quarter lease (500 ms by default) and the lease runs
+// until the SEND time of the last answered heartbeat plus the lease (2 s),
+// counted only once the region's own copy of the directory has applied
+// the index the leader answered at. The sequencer checks it before every
+// step: without it the batch waits (up to 1 s) and is retried — not a
+// record failure, never dead-lettered — and Health reports ErrLeaseLost.
+// The directory fails a region only after FailAfter (5 s) of silence
+// counted from that same send at the earliest, so a region cut off from
+// the directory majority has stopped writing before its conversations
+// move; the store's epoch fence covers a process paused past its lease.
+// A reply saying the region was failed (Healthy=false) keeps the lease:
+// the copy shows every home moved away, so the sequencer forwards what it
+// still holds in its ingress to the current homes (placement), and the
+// directory refuses to home anything new in a failed region. After
+// RejoinAfter (10 s) of answered heartbeats the Lease calls restore_region
+// (Rejoin): new users and conversations may be homed here again; moved
+// homes stay where they are until a planned move.
 //
 // # Concurrency
 //

@@ -16,7 +16,8 @@
 //
 // Every write is a Command, applied deterministically by the FSM:
 //
-//   - PutRegion: create or replace a region (unconditional). A region
+//   - PutRegion: create or replace a region (unconditional, but an
+//     existing region keeps its stored health: see failover). A region
 //     whose Edges is nil keeps the edges stored for it (regions announce
 //     themselves at every start, edges separately); an empty, non-nil list
 //     removes them. Edges given here are validated like PutEdge's.
@@ -171,13 +172,17 @@
 // A failed region that heartbeats again is told Healthy=false and stays
 // failed: it must learn it was deposed (its homes moved, at higher
 // epochs), forward what it still holds to the current homes and rejoin;
-// only restore_region (an operator, or later automation that has checked
-// the region rejoined cleanly) makes it healthy again. Automatic restore
-// would let a flapping region bounce its homes. Note that put_region sets
-// Healthy as given: a region that re-announces itself with Healthy=true
-// restores itself.
+// only restore_region makes it healthy again (an operator, or the
+// region's own Lease after RejoinAfter of answered heartbeats). Restoring
+// moves no home back, so a flapping region cannot bounce its homes.
+// put_region of a region that exists keeps its stored health (a region
+// re-announcing itself at start does not restore itself), and nothing is
+// homed in a failed region: set_user_home, set_conv_home (claims and
+// moves) and move_user naming one are refused with ErrRegionUnhealthy
+// (code region_unhealthy), so a deposed region that has not yet learnt
+// it cannot claim new conversations.
 //
-// The lease contract (the region side, not implemented here): a region
+// The lease contract (the region side is region.Lease): a region
 // must stop sequencing when it has had no successful heartbeat reply for
 // Config.Lease (default 2 s or FailAfter/2 if shorter; always below
 // FailAfter: Open refuses otherwise), measured from when it SENT the
@@ -259,10 +264,11 @@
 // their locators read DirectoryEdges or, out of process, GET
 // /directory/v1/regions through geo.CachedEdges.)
 //
-// Wiring into region/ (the sequencer's per-conversation epoch fencing),
-// `dev` starting the voters, the region side of failover (heartbeating,
-// the lease, turning DetectFailures on, forwarding what a deposed region
-// holds), edge failure detection, membership changes, TLS on the HTTP endpoints (the bearer token travels
-// in clear: keep them on a private network), and authentication of the
-// raft transport.
+// (The region side of failover is region.Lease: heartbeats, the lease
+// gating the sequencer, a deposed region forwarding and rejoining; `dev`
+// and `chatmesh region` turn DetectFailures on unless --manual-failover.)
+//
+// Edge failure detection, membership changes, TLS on the HTTP endpoints
+// (the bearer token travels in clear: keep them on a private network),
+// and authentication of the raft transport.
 package directory
