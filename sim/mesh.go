@@ -702,3 +702,28 @@ func parseKV(dsn string) map[string]string {
 	}
 	return out
 }
+
+// PathStats is one proxy's counters: an inter-region path (Kind "link",
+// "directory-raft" or "directory-http", From dials To) or a region's path
+// to the store (Kind "store", To "").
+type PathStats struct {
+	Kind     string `json:"kind"`
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Upstream string `json:"upstream"`
+	netproxy.Stats
+}
+
+// PathStats returns the counters of every proxy, inter-region paths first
+// (in creation order), then the store paths in region order.
+func (m *Mesh) PathStats() []PathStats {
+	var out []PathStats
+	for _, p := range m.paths {
+		out = append(out, PathStats{Kind: string(p.kind), From: p.from, To: p.to, Upstream: p.px.Upstream(), Stats: p.px.Stats()})
+	}
+	for _, r := range m.regions {
+		px := m.store[r.spec.Name]
+		out = append(out, PathStats{Kind: "store", From: r.spec.Name, Upstream: px.Upstream(), Stats: px.Stats()})
+	}
+	return out
+}

@@ -172,9 +172,6 @@ func TestMeshProcessesSurviveFaults(t *testing.T) {
 	if got := m.Regions(); len(got) != 3 || len(m.DirectoryAddrs()) != 3 || m.DirectoryToken() == "" {
 		t.Fatalf("regions %v, directory %v", got, m.DirectoryAddrs())
 	}
-	if _, err := m.Leader(ctx); err != nil {
-		t.Fatalf("leader: %v", err)
-	}
 
 	run := time.Now().Format("150405.000")
 	alice := openMeshUser(t, m, "eu-central", "alice"+run)
@@ -187,6 +184,24 @@ func TestMeshProcessesSurviveFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBodies(t, m, time.Minute, conv, []string{"m1"}, alice, []string{id1}, alice, bob)
+
+	// Every region reached the store, its links and the leader its
+	// followers through the proxies: the faults below cut real paths.
+	leader, err := m.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ps := range m.PathStats() {
+		used := ps.Accepted > 0
+		switch {
+		case ps.Kind == "store" && !used:
+			t.Fatalf("%s reached the store around its proxy: %+v", ps.From, ps)
+		case ps.Kind == "link" && ps.From == "eu-central" && ps.To == "us-east" && (!used || ps.BytesUp == 0):
+			t.Fatalf("eu-central's link to us-east carried nothing through its proxy: %+v", ps)
+		case ps.Kind == "directory-raft" && ps.From == leader && !used:
+			t.Fatalf("the leader %s reached %s's voter around its proxy: %+v", leader, ps.To, ps)
+		}
+	}
 
 	// 2. eu-central's links partitioned both ways: alice's message is
 	// sequenced at home (eu-central) but cannot reach bob until healed.
