@@ -7,7 +7,8 @@
 //	                  member) and the HTTP API edges call; needs --kafka.
 //	                  With --directory-peers a mesh member: the region's
 //	                  directory voter and a link worker per --link
-//	                  (deploy/mesh/README.md)
+//	                  (deploy/mesh/README.md); --directory-via and
+//	                  --link-via ADDR=VIA send a path through a proxy
 //	chatmesh edge     one edge alone: --kafka for writes and pushes,
 //	                  --region-url for reads and sessions. With
 //	                  --directory-addr a mesh edge: it announces itself in
@@ -15,6 +16,9 @@
 //	                  unhealthy on a clean stop) with --public-ws/--public-wt,
 //	                  and with --geoip-db serves GET /v1/locate from a cached
 //	                  copy of the directory's edges (deploy/mesh/README.md)
+//	chatmesh broker   the embedded Kafka broker as a process of its own
+//	                  (--listen, --data; prints BROKER {json}): the region
+//	                  simulator's per-region Kafka, which it SIGKILLs
 //	chatmesh chat     the command-line client, interactive or scriptable
 //	chatmesh bench    the load generator: N clients over the real protocol
 //	chatmesh sim      the region simulator: traffic while the region process

@@ -30,6 +30,7 @@ commands:
   dev       run a whole region in one process (embedded Kafka + Pebble by default)
   region    run the region services only (sequencer + API for edges); needs --kafka
   edge      run an edge only, talking to a region (--region-url) and Kafka (--kafka)
+  broker    run the embedded Kafka-protocol broker as its own process (region simulator)
   chat      the command-line chat client
   bench     load generator over the real protocol
   sim       region simulator: traffic + SIGKILLs of the region, checks nothing is lost/duplicated/reordered
@@ -49,6 +50,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runRegion(ctx, args[1:], stdout, stderr)
 	case "edge":
 		return runEdge(ctx, args[1:], stdout, stderr)
+	case "broker":
+		return runBroker(ctx, args[1:], stdout, stderr)
 	case "chat":
 		return runChat(ctx, args[1:], stdin, stdout, stderr)
 	case "sim":

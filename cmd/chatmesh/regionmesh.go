@@ -33,6 +33,7 @@ type meshFlags struct {
 	dirID, dirPeers, dirDir, dirToken string
 	lat, long                         float64
 	links                             linkFlag
+	dirVia, linkVia                   viaFlag
 	linkNS                            linkFlag
 	linkEndpoint                      string
 	linkTLS                           bool
@@ -47,7 +48,7 @@ type meshFlags struct {
 }
 
 func addMeshFlags(fs *flag.FlagSet) *meshFlags {
-	m := &meshFlags{links: linkFlag{}, linkNS: linkFlag{}}
+	m := &meshFlags{links: linkFlag{}, linkNS: linkFlag{}, dirVia: viaFlag{}, linkVia: viaFlag{}}
 	fs.StringVar(&m.dirID, "directory-id", "", "this region's directory voter id (default: --region)")
 	fs.StringVar(&m.dirPeers, "directory-peers", "", "every directory voter, identical on every region: name=raftHost:port=httpHost:port,... (turns on the mesh)")
 	fs.StringVar(&m.dirDir, "directory-dir", "", "directory voter data (raft log, snapshots); default <--data>/directory")
@@ -64,6 +65,8 @@ func addMeshFlags(fs *flag.FlagSet) *meshFlags {
 	fs.StringVar(&m.linkSASL.Password, "link-sasl-password", os.Getenv("CHATMESH_LINK_SASL_PASSWORD"), "SASL password towards remote clusters (env CHATMESH_LINK_SASL_PASSWORD; prefer the env)")
 	fs.DurationVar(&m.announceTimeout, "directory-wait", 5*time.Minute, "how long to wait for a directory quorum (the other voters) when starting")
 	fs.DurationVar(&m.linkHealthEvery, "link-health-every", 10*time.Second, "how often link health is checked and logged")
+	fs.Var(m.dirVia, "directory-via", "ADDR=VIA: this voter reaches another voter's raft or HTTP address ADDR by dialing VIA (a proxy); repeatable; the peer list stays identical (region simulator)")
+	fs.Var(m.linkVia, "link-via", "ADDR=VIA: the link workers reach remote broker ADDR (as --link and Kafka metadata name it) by dialing VIA (a proxy); repeatable (region simulator)")
 	m.addFailoverFlags(fs)
 	return m
 }
@@ -89,7 +92,7 @@ func (m *meshFlags) check(fs *flag.FlagSet) error {
 			switch f.Name {
 			case "directory-id", "directory-dir", "directory-token", "lat", "long", "link", "link-namespace", "link-endpoint",
 				"link-tls", "link-tls-ca", "link-sasl-mechanism", "link-sasl-user", "link-sasl-password", "directory-wait", "link-health-every",
-				"manual-failover", "fail-after", "rejoin-after":
+				"manual-failover", "fail-after", "rejoin-after", "directory-via", "link-via":
 				set = append(set, "--"+f.Name)
 			}
 		})
@@ -245,7 +248,7 @@ func openMesh(ctx context.Context, m *meshFlags, name, kafka, data string, logge
 	}
 	// The token guards every directory HTTP endpoint (forwarding between
 	// voters included); Open refuses a non-loopback address without one.
-	dc := directory.Config{ID: id, Dir: dirDir, Peers: peers, Logger: logger, Token: m.dirToken}
+	dc := directory.Config{ID: id, Dir: dirDir, Peers: peers, Logger: logger, Token: m.dirToken, Dial: m.dirVia.dial()}
 	dc.DetectFailures, dc.FailAfter = !m.manualFailover, m.failAfter
 	mm := &meshMember{name: name, links: map[string]*region.Link{}, log: logger.With("component", "mesh", "region", name)}
 	if mm.dir, err = directory.Open(ctx, dc); err != nil {
@@ -353,7 +356,7 @@ func (mm *meshMember) startLinks(m *meshFlags, local core.Bus, names region.Name
 			return fmt.Errorf("region: --link %s= names no brokers", to)
 		}
 		remote, err := kafkabus.New(kafkabus.Config{Brokers: brokers, ClientID: "chatmesh-link-" + mm.name + "-" + to,
-			Logger: mm.log, TLS: tc, SASL: m.linkSASL})
+			Logger: mm.log, TLS: tc, SASL: m.linkSASL, Dial: m.linkVia.dial()})
 		if err != nil {
 			return fmt.Errorf("region: link %s→%s: %w", mm.name, to, err)
 		}

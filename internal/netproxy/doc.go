@@ -6,7 +6,7 @@
 //
 // It stands in for Shopify's toxiproxy, which the module proxy here does
 // not serve: only the two toxics chatmesh needs (latency, partition) are
-// written, in a few hundred lines.
+// written (and a one-way drop), in a few hundred lines.
 //
 // # Latency
 //
@@ -36,6 +36,17 @@
 // models a region that cannot be reached and whose clients notice quickly
 // (their reconnects fail until Partition(false)); a black hole that stalls
 // connections until the peers' own timeouts fire is not modelled.
+//
+// # One-way loss
+//
+// Drop(up, down) discards every byte read in a direction (its end of
+// stream too) while the other direction flows, on open and new
+// connections: a one-way partition. The region simulator drops a → b on
+// both paths between two regions: the up direction of a's proxy towards
+// b (a's requests) and the down direction of b's proxy towards a (a's
+// replies to b's requests). A stream with a hole cannot resume, so when
+// the drop ends every connection that lost bytes is reset (counted in
+// Stats.Reset); the others go on. Stats.Dropped counts discarded bytes.
 //
 // # Routing Kafka
 //

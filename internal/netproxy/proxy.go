@@ -44,7 +44,8 @@ type Config struct {
 type Stats struct {
 	Accepted   uint64 // connections accepted and forwarded
 	Refused    uint64 // connections reset at once because of a partition
-	Reset      uint64 // open connections reset by Partition(true)
+	Reset      uint64 // open connections reset by Partition(true), or by Drop ending on a connection that lost bytes
+	Dropped    uint64 // bytes discarded by Drop
 	DialFailed uint64 // connections closed because the upstream did not answer
 	Active     int64  // connections open now
 	BytesUp    uint64 // bytes written to the upstream
@@ -60,6 +61,7 @@ type Proxy struct {
 
 	up, down    atomic.Int64 // latencies in ns
 	partitioned atomic.Bool
+	drop        [2]atomic.Bool // per direction (up, down): discard what is read
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{}
@@ -67,8 +69,8 @@ type Proxy struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	accepted, refused, reset, dialFailed, bytesUp, bytesDown atomic.Uint64
-	active                                                   atomic.Int64
+	accepted, refused, reset, dialFailed, bytesUp, bytesDown, dropped atomic.Uint64
+	active                                                            atomic.Int64
 }
 
 // Listen starts a proxy to upstream on a free loopback port, with no
@@ -144,13 +146,42 @@ func (p *Proxy) Partition(on bool) {
 	}
 }
 
+// Drop turns one-way loss on or off per direction: while a direction is
+// dropped, every byte read in it (and its end of stream) is discarded, on
+// open and new connections alike, while the other direction flows. This is
+// a one-way partition: with Drop(true, false) the client's requests never
+// reach the upstream (nor does its FIN), the upstream's bytes still reach
+// the client. A stream that lost bytes cannot be resumed, so when a
+// direction stops being dropped every connection that lost bytes in it is
+// reset; the others go on.
+func (p *Proxy) Drop(up, down bool) {
+	p.mu.Lock()
+	wasUp, wasDown := p.drop[0].Swap(up), p.drop[1].Swap(down)
+	var victims []*conn
+	for c := range p.conns {
+		if (wasUp && !up && c.lost[0].Load()) || (wasDown && !down && c.lost[1].Load()) {
+			victims = append(victims, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range victims {
+		if c.abort() {
+			p.reset.Add(1)
+		}
+	}
+}
+
+// Dropping reports which directions Drop discards.
+func (p *Proxy) Dropping() (up, down bool) { return p.drop[0].Load(), p.drop[1].Load() }
+
 // Partitioned reports whether the partition is on.
 func (p *Proxy) Partitioned() bool { return p.partitioned.Load() }
 
 // Stats returns the counters.
 func (p *Proxy) Stats() Stats {
 	return Stats{Accepted: p.accepted.Load(), Refused: p.refused.Load(), Reset: p.reset.Load(),
-		DialFailed: p.dialFailed.Load(), Active: p.active.Load(), BytesUp: p.bytesUp.Load(), BytesDown: p.bytesDown.Load()}
+		DialFailed: p.dialFailed.Load(), Active: p.active.Load(), BytesUp: p.bytesUp.Load(), BytesDown: p.bytesDown.Load(),
+		Dropped: p.dropped.Load()}
 }
 
 // Close stops listening, resets every connection and waits for the
@@ -226,9 +257,9 @@ func (p *Proxy) serve(cc net.Conn) {
 	p.active.Add(1)
 	p.mu.Unlock()
 
-	p.wg.Go(func() { c.read(cc, upQ, &p.up) })
+	p.wg.Go(func() { c.read(cc, 0, upQ, &p.up) })
 	p.wg.Go(func() { c.write(sc, upQ, &p.bytesUp) })
-	p.wg.Go(func() { c.read(sc, downQ, &p.down) })
+	p.wg.Go(func() { c.read(sc, 1, downQ, &p.down) })
 	p.wg.Go(func() { c.write(cc, downQ, &p.bytesDown) })
 }
 
@@ -258,7 +289,8 @@ type conn struct {
 	queues         [2]*queue     // up, down; set before the conn is shared
 	done           chan struct{} // closed by abort or finish
 	once           sync.Once
-	open           atomic.Int32 // directions that have not finished
+	open           atomic.Int32   // directions that have not finished
+	lost           [2]atomic.Bool // per direction: Drop discarded bytes of it
 }
 
 // abort resets both sides and stops both directions. It reports whether
@@ -290,11 +322,20 @@ func (c *conn) finish() {
 
 const readChunk = 32 << 10
 
-// read copies src into q, each chunk stamped with now + the latency.
-func (c *conn) read(src net.Conn, q *queue, latency *atomic.Int64) {
+// read copies src into q, each chunk stamped with now + the latency;
+// dir is the direction (0 up, 1 down), whose bytes Drop may discard.
+func (c *conn) read(src net.Conn, dir int, q *queue, latency *atomic.Int64) {
 	buf := make([]byte, readChunk)
 	for {
 		n, err := src.Read(buf)
+		if c.p.drop[dir].Load() && (n > 0 || errors.Is(err, io.EOF)) {
+			c.lost[dir].Store(true)
+			c.p.dropped.Add(uint64(n))
+			if err != nil {
+				return // the end of stream is lost too; Drop(false) resets the connection
+			}
+			continue
+		}
 		if n > 0 {
 			at := time.Now().Add(time.Duration(latency.Load()))
 			if !q.push(chunk{b: append([]byte(nil), buf[:n]...), at: at}) {

@@ -420,3 +420,74 @@ func TestDialVia(t *testing.T) {
 		t.Fatalf("unrouted address: %v, want ErrNoRoute", err)
 	}
 }
+
+// Drop discards one direction while the other flows: with the down
+// direction dropped the upstream gets the client's bytes but its echo is
+// lost; with the up direction dropped nothing reaches the upstream. When
+// the drop ends, a connection that lost bytes is reset and one that lost
+// nothing goes on.
+func TestDropOneWay(t *testing.T) {
+	u := startUpstream(t, true)
+	p := startProxy(t, Config{Upstream: u.addr()})
+	echo := func(c net.Conn, msg string, wait time.Duration) error {
+		_ = c.SetDeadline(time.Now().Add(wait))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, b); err != nil {
+			return err
+		}
+		if string(b) != msg {
+			return errors.New("echo mismatch: " + string(b))
+		}
+		return nil
+	}
+	lossy, idle := dial(t, p.Addr()), dial(t, p.Addr())
+	if err := echo(lossy, "a", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(idle, "b", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	p.Drop(false, true)
+	if up, down := p.Dropping(); up || !down {
+		t.Fatalf("Dropping() = %v, %v", up, down)
+	}
+	if err := echo(lossy, "c", 500*time.Millisecond); err == nil {
+		t.Fatal("the echo crossed a dropped down direction")
+	}
+	waitFor(t, "c reaches the upstream", func() bool { return bytes.Equal(u.received(), []byte("abc")) })
+	if s := p.Stats(); s.Dropped != 1 {
+		t.Fatalf("dropped %d bytes, want 1", s.Dropped)
+	}
+
+	p.Drop(false, false)
+	waitFor(t, "the lossy connection reset", func() bool { return p.Stats().Reset == 1 })
+	_ = lossy.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := lossy.Read(make([]byte, 8)); err == nil || errors.Is(err, io.EOF) {
+		t.Fatalf("read on the lossy connection after the drop: %v, want a reset", err)
+	}
+	if err := echo(idle, "d", 10*time.Second); err != nil {
+		t.Fatalf("a connection that lost nothing after the drop: %v", err)
+	}
+
+	lossy = dial(t, p.Addr())
+	p.Drop(true, false)
+	if err := echo(lossy, "e", 500*time.Millisecond); err == nil {
+		t.Fatal("an echo crossed a dropped up direction")
+	}
+	waitFor(t, "e counted as dropped", func() bool { return p.Stats().Dropped == 2 })
+	if got := string(u.received()); got != "abcd" {
+		t.Fatalf("upstream received %q across a dropped up direction", got)
+	}
+	p.Drop(false, false)
+	waitFor(t, "the second lossy connection reset", func() bool { return p.Stats().Reset == 2 })
+	if err := echo(idle, "f", 10*time.Second); err != nil {
+		t.Fatalf("a connection that lost nothing after the drop: %v", err)
+	}
+	if err := echo(dial(t, p.Addr()), "g", 10*time.Second); err != nil {
+		t.Fatalf("a new connection after the drop: %v", err)
+	}
+}

@@ -73,6 +73,14 @@ type Config struct {
 	// Now is the detector's clock; default time.Now.
 	Now func() time.Time
 
+	// Dial, if set, opens every connection this voter makes to another
+	// voter: raft's (to Peer.RaftAddr) and the forwarding client's (to
+	// Peer.HTTPAddr). The peer set stays the same on every voter (raft
+	// replicates it); Dial only decides how this voter reaches an address
+	// — the region simulator sends each path through its own fault proxy
+	// (`chatmesh region --directory-via`). Default: a plain TCP dial.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
 	Logger *slog.Logger // default slog.Default()
 }
 
@@ -202,14 +210,11 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("directory: open snapshot store: %w", err)
 	}
-	addr, err := net.ResolveTCPAddr("tcp", d.self.RaftAddr)
+	stream, err := listenStream(ctx, d.self.RaftAddr, cfg.Dial)
 	if err != nil {
-		return nil, fmt.Errorf("directory: raft address %q: %w", d.self.RaftAddr, err)
+		return nil, err
 	}
-	d.trans, err = raft.NewTCPTransportWithLogger(d.self.RaftAddr, addr, 3, 2*time.Second, hl)
-	if err != nil {
-		return nil, fmt.Errorf("directory: raft transport: %w", err)
-	}
+	d.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: 2 * time.Second, Logger: hl})
 	existing, err := raft.HasExistingState(d.store, d.store, snaps)
 	if err != nil {
 		return nil, fmt.Errorf("directory: inspect state: %w", err)
@@ -234,7 +239,7 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 	d.adminRoutes(mux)
 	d.newConns = map[net.Conn]struct{}{}
 	d.httpSrv = &http.Server{Handler: d.authorize(mux), ReadHeaderTimeout: 5 * time.Second, ConnState: d.trackConn}
-	d.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}}
+	d.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second, DialContext: cfg.Dial}}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -811,4 +816,36 @@ func (w *slogWriter) Write(p []byte) (int, error) {
 		w.log.Log(context.Background(), lvl, "raft", "line", line)
 	}
 	return len(p), nil
+}
+
+// streamLayer is raft's TCP stream layer (as raft.NewTCPTransport builds
+// it: a listener on the voter's concrete raft address, which it
+// advertises) whose outgoing connections go through Config.Dial.
+type streamLayer struct {
+	net.Listener
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// listenStream listens on addr (a concrete host:port, as raft advertises
+// it to the other voters).
+func listenStream(ctx context.Context, addr string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (*streamLayer, error) {
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("directory: raft transport: %w", err)
+	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || ta.IP == nil || ta.IP.IsUnspecified() {
+		ln.Close()
+		return nil, fmt.Errorf("directory: raft transport: %q is not an address other voters can dial", addr)
+	}
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	return &streamLayer{Listener: ln, dial: dial}, nil
+}
+
+// Dial implements raft.StreamLayer.
+func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return s.dial(ctx, "tcp", string(address))
 }

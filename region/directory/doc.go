@@ -119,6 +119,12 @@
 // token covers HTTP only: the raft TCP transport (Peer.RaftAddr) is not
 // authenticated and must stay on a private network.
 //
+// Config.Dial, when set, opens every connection a voter makes to another
+// (raft's stream layer and the forwarding client): the region simulator
+// routes each ordered pair of voters through its own fault proxy with it
+// (`chatmesh region --directory-via ADDR=VIA`). The raft listener and the
+// advertised peer addresses are unchanged.
+//
 // AdminClient is the client of these endpoints (`chatmesh directory`):
 // Status, Regions, Conv, UserHome, Convs, Apply, PutEdge, SetEdgeHealth,
 // SetRegionHealth, FailRegion, RestoreRegion, Heartbeat (for a region
