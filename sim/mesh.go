@@ -97,6 +97,11 @@ type MeshConfig struct {
 	// StopGrace is how long Stop waits for a clean exit after SIGTERM
 	// before SIGKILL. Default 20 s.
 	StopGrace time.Duration
+	// EdgeArgs are extra flags for every edge process (the simulator's
+	// registration token and per-IP limits: every client is on loopback).
+	EdgeArgs []string
+	// RegionArgs are extra flags for every region process.
+	RegionArgs []string
 	// LogLevel of the child processes. Default "warn".
 	LogLevel string
 	// Logger receives the harness's own events (starts, kills, faults).
@@ -371,6 +376,7 @@ func (m *Mesh) regionArgs(r *meshRegion) []string {
 		"--listen", r.apiAddr, "--partitions", fmt.Sprint(m.cfg.Partitions), "--data", filepath.Join(r.dir, "region"),
 		"--log", m.cfg.LogLevel, "--directory-peers", strings.Join(peers, ","), "--directory-token", m.cfg.DirectoryToken,
 		"--lat", fmt.Sprint(r.spec.Lat), "--long", fmt.Sprint(r.spec.Long), "--link-health-every", "1s"}
+	args = append(args, m.cfg.RegionArgs...)
 	for _, o := range m.regions {
 		if o != r {
 			args = append(args, "--link", o.spec.Name+"="+strings.Join(o.brokers, ","), "--link-namespace", o.spec.Name+"="+o.spec.Name)
@@ -416,11 +422,11 @@ func (m *Mesh) waitRegion(ctx context.Context, r *meshRegion) error {
 
 // startEdge starts r's edge and waits for its ENDPOINTS line.
 func (m *Mesh) startEdge(ctx context.Context, r *meshRegion) error {
-	p, err := startChild("edge "+r.spec.Name, m.cfg.Binary, m.logPath(r, "edge"), []string{"edge",
+	p, err := startChild("edge "+r.spec.Name, m.cfg.Binary, m.logPath(r, "edge"), append([]string{"edge",
 		"--region", r.spec.Name, "--region-url", "http://" + r.apiAddr, "--kafka", strings.Join(r.brokers, ","),
 		"--namespace", r.spec.Name, "--edge-id", r.spec.Name + "-edge", "--data", filepath.Join(r.dir, "edge"),
 		"--ws", r.wsAddr, "--wt", "-", "--log", m.cfg.LogLevel,
-		"--directory-addr", "http://" + r.dirHTTPAddr, "--directory-token", m.cfg.DirectoryToken})
+		"--directory-addr", "http://" + r.dirHTTPAddr, "--directory-token", m.cfg.DirectoryToken}, m.cfg.EdgeArgs...))
 	if err != nil {
 		return err
 	}

@@ -85,6 +85,9 @@ type RTO struct {
 	NeverRecovered int         `json:"never_recovered"`
 	NoTraffic      int         `json:"no_traffic"`
 	Times          Percentiles `json:"times"`
+	// SamplesMs is every recovered conversation's time, in milliseconds
+	// (a soak aggregates them over runs).
+	SamplesMs []float64 `json:"samples_ms,omitempty"`
 }
 
 // Options tune Build. The zero value works.
@@ -305,6 +308,9 @@ func rtos(h *check.History, firstAck map[msgKey]check.Acked, kinds []string) ([]
 			}
 		}
 		rto.Times = percentiles(times)
+		for _, t := range times {
+			rto.SamplesMs = append(rto.SamplesMs, float64(t.Microseconds())/1000)
+		}
 		all = append(all, times...)
 		out = append(out, rto)
 	}

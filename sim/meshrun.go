@@ -1,0 +1,264 @@
+package sim
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/chatmesh/chatmesh/region/directory"
+	"github.com/chatmesh/chatmesh/sim/check"
+	"github.com/chatmesh/chatmesh/sim/driver"
+	"github.com/chatmesh/chatmesh/sim/report"
+)
+
+// MeshSimConfig configures RunMeshSim: the multi-region simulation.
+// Binary and PostgresDSN are required; zero values get the defaults of
+// `chatmesh sim`.
+type MeshSimConfig struct {
+	// Binary is the chatmesh executable that runs every process.
+	Binary string
+	// PostgresDSN is the global store (CockroachDB's stand-in).
+	PostgresDSN string
+	// Kafka, if set, is a real Kafka cluster per region (see
+	// MeshConfig.Kafka); default an embedded broker process per region.
+	Kafka [][]string
+	// Regions is the number of regions, 2..3 (default 3).
+	Regions int
+	// Seed makes the run: the fault schedule, the users, conversations,
+	// senders and moves. 0 draws one (printed in the result).
+	Seed uint64
+	// Duration is the sending time, with faults (default 2 min); Drain
+	// bounds the wait afterwards for every ack and delivery (default 2
+	// min).
+	Duration, Drain time.Duration
+	// Traffic (driver.Config's fields of the same names).
+	Users, SecondDevices, Directs, Groups, GroupSize, Moves int
+	DirectRate, GroupRate                                 float64
+	// Faults are the fault classes to inject (default FaultKinds, every
+	// class at least once); NoFaults runs none.
+	Faults   []string
+	NoFaults bool
+	// Slot is the time given to one fault (ScheduleConfig.Slot).
+	Slot time.Duration
+	// ProbeEvery is how often the directory is read (linearizably, from a
+	// random voter) for the linearizability check; MoveEvery how often a
+	// conversation is moved by a planned move (default 250 ms and 7 s; a
+	// negative MoveEvery moves nothing).
+	ProbeEvery, MoveEvery time.Duration
+	// ReportDir, if set, receives report.json, timeline.svg and
+	// directory.html (porcupine's view of the directory history).
+	ReportDir string
+	// Logger receives progress (faults, phases). Default: discard.
+	Logger *slog.Logger
+}
+
+// MeshSimResult is what a multi-region simulation did and found.
+type MeshSimResult struct {
+	Seed     uint64           `json:"seed"`
+	Schedule []ScheduledFault `json:"schedule"`
+	Traffic  driver.Stats     `json:"traffic"`
+	Moves    int              `json:"directory_moves"`
+	Report   report.Report    `json:"report"`
+	// Files written under ReportDir.
+	Files []string `json:"files,omitempty"`
+}
+
+// ErrInvariant: the checker found a violation (lost, duplicated or
+// reordered messages, a gap, a second writer, an epoch going back, a
+// non-linearizable directory history). The error names the seed that
+// reproduces the run.
+var ErrInvariant = errors.New("sim: invariant violated")
+
+func (c *MeshSimConfig) defaults() error {
+	if c.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
+		c.Binary = exe
+	}
+	if c.PostgresDSN == "" {
+		return errors.New("sim: the multi-region simulation needs PostgreSQL as its global store (--pg or CHATMESH_PG_DSN)")
+	}
+	if c.Regions == 0 {
+		c.Regions = 3
+	}
+	if c.Regions < 2 || c.Regions > 3 {
+		return fmt.Errorf("sim: %d regions: want 2 or 3", c.Regions)
+	}
+	for c.Seed == 0 {
+		c.Seed = mrand.Uint64()
+	}
+	if c.Duration <= 0 {
+		c.Duration = 2 * time.Minute
+	}
+	if c.Drain <= 0 {
+		c.Drain = 2 * time.Minute
+	}
+	if c.ProbeEvery <= 0 {
+		c.ProbeEvery = 250 * time.Millisecond
+	}
+	if c.MoveEvery == 0 {
+		c.MoveEvery = 7 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// RunMeshSim runs the region simulator: the mesh as separate processes
+// (StartMesh), clients with durable outboxes across its regions
+// (sim/driver), the seeded fault schedule (NewSchedule, RunSchedule) and
+// a directory prober while the traffic runs; then, with every fault
+// healed and the traffic drained, the checker (sim/check) over everything
+// recorded and the report (sim/report). A violation returns ErrInvariant
+// with the seed; the result is filled either way.
+func RunMeshSim(ctx context.Context, cfg MeshSimConfig) (MeshSimResult, error) {
+	if err := cfg.defaults(); err != nil {
+		return MeshSimResult{}, err
+	}
+	res := MeshSimResult{Seed: cfg.Seed}
+	log := cfg.Logger.With("seed", cfg.Seed)
+	dataDir, err := os.MkdirTemp("", "chatmesh-sim-")
+	if err != nil {
+		return res, fmt.Errorf("sim: %w", err)
+	}
+	defer os.RemoveAll(dataDir)
+	token := "sim-" + rand.Text()
+	m, err := StartMesh(ctx, MeshConfig{
+		Binary: cfg.Binary, Regions: DefaultMeshRegions(cfg.Regions), DataDir: filepath.Join(dataDir, "mesh"),
+		PostgresDSN: cfg.PostgresDSN, Kafka: cfg.Kafka, Logger: log,
+		// Every simulated client connects from loopback: lift the per-IP
+		// limits that would refuse most of them, keep the rest.
+		EdgeArgs: []string{"--registration-token", token, "--max-conns-per-ip", "5000", "--ip-messages-per-second", "100000"},
+	})
+	if err != nil {
+		return res, err
+	}
+	defer m.Stop()
+	log.Info("sim: mesh up", "regions", m.Regions())
+
+	var regions []driver.Region
+	var voters []Voter
+	for _, name := range m.Regions() {
+		ep, err := m.Endpoints(name)
+		if err != nil {
+			return res, err
+		}
+		regions = append(regions, driver.Region{Name: name, Edges: []driver.Edge{{URL: ep.EdgeWS, NoiseKey: ep.EdgeKey}}})
+		voters = append(voters, Voter{Name: name, Client: &directory.AdminClient{URL: ep.DirectoryHTTP, Token: m.DirectoryToken()}})
+	}
+	d, err := driver.New(driver.Config{
+		Regions: regions, StateDir: filepath.Join(dataDir, "clients"), Seed: cfg.Seed,
+		Users: cfg.Users, SecondDevices: cfg.SecondDevices, Directs: cfg.Directs, Groups: cfg.Groups, GroupSize: cfg.GroupSize,
+		DirectRate: cfg.DirectRate, GroupRate: cfg.GroupRate, Duration: cfg.Duration, Drain: cfg.Drain, Moves: cfg.Moves,
+		RegistrationToken: token, Logger: log,
+	})
+	if err != nil {
+		return res, err
+	}
+	if !cfg.NoFaults {
+		res.Schedule, err = NewSchedule(ScheduleConfig{Seed: cfg.Seed, Duration: cfg.Duration, Regions: m.Regions(), Kinds: cfg.Faults, Slot: cfg.Slot})
+		if err != nil {
+			return res, err
+		}
+	}
+	if err := d.Start(ctx); err != nil {
+		return res, fmt.Errorf("sim: seed %d: traffic setup: %w", cfg.Seed, err)
+	}
+	log.Info("sim: traffic running", "users", len(d.Plan().Users), "faults", len(res.Schedule))
+
+	// Faults and the prober run beside the traffic; both end with it.
+	bg, stopBG := context.WithCancel(ctx)
+	faultErr := make(chan error, 1)
+	go func() { faultErr <- RunSchedule(bg, m, res.Schedule, log) }()
+	pr := &prober{voters: voters, rng: mrand.New(mrand.NewPCG(cfg.Seed, 0x70c0)), record: d.AddDirOp,
+		readEvery: cfg.ProbeEvery, moveEvery: max(cfg.MoveEvery, 0), timeout: 3 * time.Second,
+		convs: func() []string {
+			h := d.Snapshot()
+			out := make([]string, 0, len(h.Members))
+			for c := range h.Members {
+				out = append(out, c)
+			}
+			slices.Sort(out)
+			return out
+		}}
+	probeDone := make(chan struct{})
+	go func() { defer close(probeDone); pr.run(bg) }()
+	// The schedule ends within Duration; the prober stops when the
+	// traffic has drained.
+	ferr := <-faultErr
+	stats, werr := d.Wait()
+	stopBG()
+	<-probeDone
+	res.Traffic, res.Moves = stats, pr.moves
+	if ferr != nil && ctx.Err() == nil {
+		return res, fmt.Errorf("sim: seed %d: faults: %w", cfg.Seed, ferr)
+	}
+	if werr != nil {
+		return res, fmt.Errorf("sim: seed %d: traffic: %w", cfg.Seed, werr)
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+
+	h := d.History()
+	h.Faults = m.Faults()
+	opts := check.Options{}
+	if cfg.ReportDir != "" {
+		if err := os.MkdirAll(cfg.ReportDir, 0o755); err != nil {
+			return res, fmt.Errorf("sim: %w", err)
+		}
+		opts.VisualizePath = filepath.Join(cfg.ReportDir, "directory.html")
+	}
+	result := check.CheckWith(h, opts)
+	res.Report = report.Build(h, result, report.Options{})
+	res.Report.Seed = cfg.Seed
+	if cfg.ReportDir != "" {
+		if err := res.writeFiles(cfg.ReportDir); err != nil {
+			return res, err
+		}
+		if result.Visualization != "" {
+			res.Files = append(res.Files, result.Visualization)
+		}
+	}
+	if err := result.Err(); err != nil {
+		return res, fmt.Errorf("%w (reproduce with seed %d): %w", ErrInvariant, cfg.Seed, err)
+	}
+	return res, nil
+}
+
+// writeFiles writes report.json and timeline.svg under dir.
+func (r *MeshSimResult) writeFiles(dir string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("sim: report: %w", err)
+	}
+	jp := filepath.Join(dir, "report.json")
+	if err := os.WriteFile(jp, b, 0o644); err != nil {
+		return fmt.Errorf("sim: report: %w", err)
+	}
+	sp := filepath.Join(dir, "timeline.svg")
+	f, err := os.Create(sp)
+	if err != nil {
+		return fmt.Errorf("sim: timeline: %w", err)
+	}
+	if err := report.WriteSVG(f, &r.Report); err != nil {
+		f.Close()
+		return fmt.Errorf("sim: timeline: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("sim: timeline: %w", err)
+	}
+	r.Files = append(r.Files, jp, sp)
+	return nil
+}
