@@ -92,7 +92,10 @@ type Config struct {
 	// MaxInflight bounds in-flight sends over all conversations. Default 256.
 	MaxInflight int
 	// AckTimeout is how long a send waits for its SendAck before it is
-	// sent again (the server deduplicates). Default 30 s.
+	// sent again (the server deduplicates). Default 10 s: a send forwarded
+	// to a region that is then lost waits this long before its resend
+	// reaches the conversation's new home, so it bounds how long a
+	// conversation stalls after a failover.
 	AckTimeout time.Duration
 	// DialTimeout bounds dialing plus the Noise handshake. Default 10 s.
 	DialTimeout time.Duration
@@ -138,7 +141,7 @@ func (c *Config) defaults() {
 		c.MaxInflight = 256
 	}
 	if c.AckTimeout <= 0 {
-		c.AckTimeout = 30 * time.Second
+		c.AckTimeout = 10 * time.Second
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second

@@ -75,6 +75,12 @@ type Config struct {
 	// and records for others are forwarded over links (placement.go,
 	// link.go). nil: a single region that homes everything.
 	Placement Placement
+	// Lease, when set, gates the sequencer: it sequences only while the
+	// region holds its lease from the directory (lease.go). Its owner runs
+	// it (Lease.Run), from the moment the region is announced in the
+	// directory: the failure detector judges the region from then on.
+	// nil: no lease (a single region, or a mesh without failover).
+	Lease *Lease
 	// LinkPrefix prefixes the outbound link topics, default "link.".
 	LinkPrefix string
 	Logger     *slog.Logger
@@ -374,10 +380,13 @@ func (r *Region) runSequencer(ctx context.Context, onReady func(), errc chan<- e
 	}
 }
 
-// Health reports whether the sequencer is consuming its ingress topic:
-// nil when it is, else why not.
+// Health reports whether the sequencer is consuming its ingress topic
+// and, with a Lease, holds its lease: nil when it is, else why not.
 func (r *Region) Health() error {
 	if r.consuming.Load() {
+		if l := r.cfg.Lease; l != nil {
+			return l.Health()
+		}
 		return nil
 	}
 	if p := r.lastErr.Load(); p != nil {

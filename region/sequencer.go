@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -73,6 +74,15 @@ func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) (err er
 		}
 	}()
 	for _, rec := range recs {
+		if l := r.cfg.Lease; l != nil {
+			// Without the directory's lease another region may be taking
+			// over our conversations: stop before the step. The batch is
+			// retried (never dead-lettered) once the lease is back; what
+			// it already stored dedupes.
+			if err := l.Await(ctx, time.Second); err != nil {
+				return fmt.Errorf("sequencer: %w", err)
+			}
+		}
 		outs, moves := len(b.out), len(b.cursors)
 		clear(b.stepTouch)
 		if err := r.stepGuarded(ctx, b, rec); err != nil {

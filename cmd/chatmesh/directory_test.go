@@ -181,6 +181,11 @@ func TestDirectoryCLI(t *testing.T) {
 	if out := ok("move-conversation", "d:alice:bob", "us-east"); !strings.Contains(out, "home us-east, epoch 2") {
 		t.Fatalf("move to the current home: %q", out)
 	}
+	// Nothing is homed in a region that is down.
+	if _, errs, code := dirCLI(t, append([]string{"move-user", "alice", "ap-southeast"}, flags...)...); code != 1 || !strings.Contains(errs, "failed (unhealthy)") {
+		t.Fatalf("move-user to a region that is down: exit %d, %s", code, errs)
+	}
+	ok("region-health", "ap-southeast", "up")
 	var u userJSON
 	if err := json.Unmarshal([]byte(ok("move-user", "alice", "ap-southeast", "--json")), &u); err != nil || u.From != "eu-central" || u.Home != "ap-southeast" {
 		t.Fatalf("move-user: %+v %v", u, err)
@@ -199,6 +204,7 @@ func TestDirectoryCLI(t *testing.T) {
 	}
 	// A failover by hand: us-east's conversation goes to the nearest
 	// healthy region (ap-southeast is down), at epoch + 1.
+	ok("region-health", "ap-southeast", "down")
 	if out := ok("fail-region", "us-east"); strings.TrimSpace(out) != "region us-east failed over to eu-central: 0 user(s) and 1 conversation(s) moved (epoch + 1 each)" {
 		t.Fatalf("fail-region: %q", out)
 	}

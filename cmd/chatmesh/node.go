@@ -101,7 +101,7 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		defer mesh.close()
-		cfg.Placement = region.DirectoryPlacement{D: mesh.dir}
+		cfg.Placement, cfg.Lease = region.DirectoryPlacement{D: mesh.dir}, mesh.lease
 		cfg.LinkPrefix, cfg.DeadLetterTopic = names.LinkPrefix, names.DeadLetter
 	}
 	reg, err := region.New(cfg, st, bus)

@@ -40,6 +40,10 @@ type meshFlags struct {
 	linkSASL                          kafkabus.SASL
 	announceTimeout                   time.Duration
 	linkHealthEvery                   time.Duration
+	// failover (issue 8)
+	manualFailover bool
+	failAfter      time.Duration
+	rejoinAfter    time.Duration
 }
 
 func addMeshFlags(fs *flag.FlagSet) *meshFlags {
@@ -60,7 +64,17 @@ func addMeshFlags(fs *flag.FlagSet) *meshFlags {
 	fs.StringVar(&m.linkSASL.Password, "link-sasl-password", os.Getenv("CHATMESH_LINK_SASL_PASSWORD"), "SASL password towards remote clusters (env CHATMESH_LINK_SASL_PASSWORD; prefer the env)")
 	fs.DurationVar(&m.announceTimeout, "directory-wait", 5*time.Minute, "how long to wait for a directory quorum (the other voters) when starting")
 	fs.DurationVar(&m.linkHealthEvery, "link-health-every", 10*time.Second, "how often link health is checked and logged")
+	m.addFailoverFlags(fs)
 	return m
+}
+
+// addFailoverFlags adds the flags of automatic failover: every region
+// heartbeats to the directory and sequences only under its lease; the
+// directory's leader fails a region silent for --fail-after.
+func (m *meshFlags) addFailoverFlags(fs *flag.FlagSet) {
+	fs.BoolVar(&m.manualFailover, "manual-failover", false, "no failure detector and no lease: a region is failed only by an operator (chatmesh directory fail-region); every voter must agree")
+	fs.DurationVar(&m.failAfter, "fail-after", directory.DefaultFailAfter, "the directory fails a region that has not heartbeaten for this long (the region's lease is below it); give every voter the same value")
+	fs.DurationVar(&m.rejoinAfter, "rejoin-after", 10*time.Second, "a region the directory failed rejoins (restore_region) after holding its lease this long; negative: only an operator restores it")
 }
 
 // active reports whether the region runs as a mesh member.
@@ -74,7 +88,8 @@ func (m *meshFlags) check(fs *flag.FlagSet) error {
 		fs.Visit(func(f *flag.Flag) {
 			switch f.Name {
 			case "directory-id", "directory-dir", "directory-token", "lat", "long", "link", "link-namespace", "link-endpoint",
-				"link-tls", "link-tls-ca", "link-sasl-mechanism", "link-sasl-user", "link-sasl-password", "directory-wait", "link-health-every":
+				"link-tls", "link-tls-ca", "link-sasl-mechanism", "link-sasl-user", "link-sasl-password", "directory-wait", "link-health-every",
+				"manual-failover", "fail-after", "rejoin-after":
 				set = append(set, "--"+f.Name)
 			}
 		})
@@ -198,9 +213,14 @@ type meshMember struct {
 	dir    *directory.Directory
 	links  map[string]*region.Link
 	remote []core.Bus
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	log    *slog.Logger
+	// lease is the region's directory lease (nil with --manual-failover);
+	// it runs from the announcement until close.
+	lease       *region.Lease
+	leaseCancel context.CancelFunc
+	leaseDone   chan struct{}
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	log         *slog.Logger
 }
 
 // openMesh opens the directory voter and announces the region in it. It
@@ -226,6 +246,7 @@ func openMesh(ctx context.Context, m *meshFlags, name, kafka, data string, logge
 	// The token guards every directory HTTP endpoint (forwarding between
 	// voters included); Open refuses a non-loopback address without one.
 	dc := directory.Config{ID: id, Dir: dirDir, Peers: peers, Logger: logger, Token: m.dirToken}
+	dc.DetectFailures, dc.FailAfter = !m.manualFailover, m.failAfter
 	mm := &meshMember{name: name, links: map[string]*region.Link{}, log: logger.With("component", "mesh", "region", name)}
 	if mm.dir, err = directory.Open(ctx, dc); err != nil {
 		return nil, fmt.Errorf("region: directory: %w", err)
@@ -269,6 +290,22 @@ func openMesh(ctx context.Context, m *meshFlags, name, kafka, data string, logge
 		case <-wctx.Done():
 		case <-time.After(time.Second):
 		}
+	}
+	if !m.manualFailover {
+		// Heartbeats start with the announcement: the failure detector
+		// judges the region from then on.
+		mm.lease, err = region.NewLease(region.LeaseConfig{Region: name, Heartbeat: mm.dir.Heartbeat, WaitApplied: mm.dir.WaitApplied,
+			Rejoin: mm.dir.RestoreRegion, RejoinAfter: m.rejoinAfter, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		lctx, lcancel := context.WithCancel(context.Background())
+		mm.leaseCancel, mm.leaseDone = lcancel, make(chan struct{})
+		go func() { defer close(mm.leaseDone); mm.lease.Run(lctx) }()
+		if r, ok := mm.dir.Region(name); ok && !r.Healthy {
+			fmt.Fprintf(stdout, "  the directory holds %s failed: it forwards what it holds to the current homes and rejoins after %v of heartbeats\n", name, m.rejoinAfter)
+		}
+		fmt.Fprintf(stdout, "  failover: heartbeats to the directory; fail after %v of silence\n", m.failAfter)
 	}
 	if missing := mm.missingLinks(m.links); len(missing) > 0 {
 		return nil, fmt.Errorf("region: the directory knows region(s) %s but no --link names their Kafka cluster (add --link %s=broker:9092,...)",
@@ -424,6 +461,10 @@ func (mm *meshMember) report(stdout io.Writer) {
 // close stops the links, closes the remote clients and the voter.
 func (mm *meshMember) close() error {
 	mm.stopLinks()
+	if mm.leaseCancel != nil {
+		mm.leaseCancel()
+		<-mm.leaseDone
+	}
 	var errs []error
 	for _, b := range mm.remote {
 		errs = append(errs, b.Close())

@@ -355,7 +355,7 @@ func locateFrom(t *testing.T, url, local string) geo.Answer {
 // The locator (shown item 5): a client from each simulated city gets its
 // own region's edge first; a region marked unhealthy is left out.
 func TestMeshLocator(t *testing.T) {
-	m := startMesh(t, func(c *stack.MeshConfig) { c.LocateAddr = "127.0.0.1:0" })
+	m := startMesh(t, func(c *stack.MeshConfig) { c.LocateAddr, c.ManualFailover = "127.0.0.1:0", true })
 	for _, c := range []struct{ from, want string }{
 		{"127.0.1.7", "eu-central"}, {"127.0.2.7", "us-east"}, {"127.0.3.7", "ap-southeast"},
 	} {
@@ -375,9 +375,7 @@ func TestMeshLocator(t *testing.T) {
 	eu := m.Node("eu-central")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r, _ := eu.Directory.Region("us-east")
-	r.Healthy = false
-	if err := eu.Directory.PutRegion(ctx, r); err != nil {
+	if err := eu.Directory.SetRegionHealth(ctx, "us-east", false); err != nil {
 		t.Fatal(err)
 	}
 	if err := eu.Directory.Sync(ctx); err != nil {
@@ -484,7 +482,7 @@ func TestMeshMoveUser(t *testing.T) {
 // the next edge in their list, and the conversation continues exactly
 // once, in order.
 func TestMeshManualFailover(t *testing.T) {
-	m := startMesh(t, nil)
+	m := startMesh(t, func(c *stack.MeshConfig) { c.ManualFailover = true })
 	eu, ap := m.Node("eu-central"), m.Node("ap-southeast")
 	alice := newClient(t, []string{eu.Ends.WS}, uniq("alice"))
 	carol := newClient(t, []string{ap.Ends.WS, eu.Ends.WS}, uniq("carol")) // registers in Singapore
@@ -500,6 +498,9 @@ func TestMeshManualFailover(t *testing.T) {
 		}
 	}
 	send(carol, "c1") // carol starts it: homed in ap-southeast
+	if err := carol.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
 	send(alice, "a1")
 	for _, c := range []*tclient{alice, carol} {
 		if err := c.WaitIdle(ctx); err != nil {
@@ -547,5 +548,89 @@ func TestMeshManualFailover(t *testing.T) {
 	}
 	if h, _, _ := eu.Directory.UserHomeLinearizable(ctx, carol.name); h != "eu-central" {
 		t.Fatalf("carol's home after the failover: %q", h)
+	}
+}
+
+// TestMeshAutomaticFailover: ap-southeast is lost whole (edge, sequencer,
+// heartbeats, directory voter) with nobody acting. The directory's leader
+// fails it after FailAfter of silence and moves carol and her 1:1 to
+// eu-central, Singapore's nearest, at epoch 2; carol's client fails over
+// to the next edge in its list, her outbox resends, and the conversation
+// continues exactly once, in order. The time from the loss to carol's
+// first acked message is the region's RTO for this conversation.
+func TestMeshAutomaticFailover(t *testing.T) {
+	m := startMesh(t, nil)
+	eu, ap := m.Node("eu-central"), m.Node("ap-southeast")
+	alice := newClient(t, []string{eu.Ends.WS}, uniq("alice"))
+	carol := newClient(t, []string{ap.Ends.WS, eu.Ends.WS}, uniq("carol"))
+	alice.start(t)
+	carol.start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	conv := core.DirectConvID(alice.name, carol.name)
+	send := func(c *tclient, body string) {
+		t.Helper()
+		if _, err := c.Send(ctx, conv, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(carol, "c1") // carol starts it: homed in ap-southeast
+	if err := carol.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	send(alice, "a1")
+	for _, c := range []*tclient{alice, carol} {
+		if err := c.WaitIdle(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h, ok, err := eu.Directory.ConvLinearizable(ctx, conv); err != nil || !ok || h.Region != "ap-southeast" || h.Epoch != 1 {
+		t.Fatalf("home before the loss: %+v %v %v", h, ok, err)
+	}
+	// ap-southeast is lost: edge, sequencer, heartbeats and voter.
+	lost := time.Now()
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	ap.StopLease()
+	if err := ap.Edge.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ap.Region.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	scancel()
+	if err := ap.Directory.Close(); err != nil {
+		t.Fatal(err)
+	}
+	send(carol, "c2") // queued in carol's outbox; resent through eu-central
+	if err := carol.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rto := time.Since(lost)
+	if h, ok, err := eu.Directory.ConvLinearizable(ctx, conv); err != nil || !ok || h.Region != "eu-central" || h.Epoch != 2 {
+		t.Fatalf("home after the loss: %+v %v %v", h, ok, err)
+	}
+	if r, _ := eu.Directory.Region("ap-southeast"); r.Healthy {
+		t.Fatal("ap-southeast still healthy in the directory")
+	}
+	t.Logf("automatic failover: carol's first message after the loss of ap-southeast acked %v later (RTO)", rto.Round(time.Millisecond))
+	send(alice, "a2")
+	if err := alice.WaitIdle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*tclient{alice, carol} {
+		waitFor(t, time.Minute, c.name+" has all four", func() bool { return len(c.seqs(conv)) >= 4 })
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, c := range []*tclient{alice, carol} {
+		checkExactlyOnceInOrder(t, c, conv, 1, 4)
+		if got := c.bodies(conv); !slices.Equal(got, []string{"c1", "a1", "c2", "a2"}) {
+			t.Fatalf("%s saw %q", c.name, got)
+		}
+	}
+	if st, err := m.Store.Conversation(ctx, conv); err != nil || st.Epoch != 2 {
+		t.Fatalf("stored %+v %v, want epoch 2 (written by eu-central)", st, err)
+	}
+	if st := eu.Lease.Stats(); !st.Held || st.Deposed {
+		t.Fatalf("eu-central's lease: %+v", st)
 	}
 }

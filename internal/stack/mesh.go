@@ -80,6 +80,11 @@ type MeshConfig struct {
 	RegionConfig  func(c *region.Config)
 	// DirectoryConfig adjusts every voter's configuration (timeouts).
 	DirectoryConfig func(c *directory.Config)
+	// ManualFailover turns the failure detector and the regions' leases
+	// off: a region that stops is failed only by an operator
+	// (fail_region). Default: every region heartbeats and holds a lease,
+	// and the directory fails a region silent for FailAfter.
+	ManualFailover bool
 	// LinkBus, if set, returns the client a link worker uses to produce
 	// to region `to`'s cluster (tests put a latency proxy in between);
 	// nil: a kafkabus client of to's brokers.
@@ -97,10 +102,22 @@ type MeshNode struct {
 	Region    *region.Region
 	Edge      *edge.Edge
 	Links     map[string]*region.Link // by destination region
-	Ends      Endpoints
+	// Lease is the region's directory lease (nil with ManualFailover).
+	Lease *region.Lease
+	Ends  Endpoints
 
-	embedded *kafkabus.Embedded
-	linkBus  []core.Bus
+	embedded    *kafkabus.Embedded
+	linkBus     []core.Bus
+	leaseCancel context.CancelFunc
+}
+
+// StopLease stops the region's heartbeats (a test's region loss: the
+// directory fails the region FailAfter later) and waits for nothing: the
+// lease simply runs out.
+func (n *MeshNode) StopLease() {
+	if n.leaseCancel != nil {
+		n.leaseCancel()
+	}
 }
 
 // Mesh is a running multi-region mesh in one process.
@@ -138,6 +155,14 @@ func freePort(host string) (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// NewDirectoryLease is the lease of a region whose directory voter runs
+// in the same process: heartbeats through it, its copy waited on, and
+// restore_region to rejoin after a failover.
+func NewDirectoryLease(name string, d *directory.Directory, logger *slog.Logger) (*region.Lease, error) {
+	return region.NewLease(region.LeaseConfig{Region: name, Heartbeat: d.Heartbeat, WaitApplied: d.WaitApplied,
+		Rejoin: d.RestoreRegion, Logger: logger})
 }
 
 // StartMesh brings a mesh up: store, brokers, voters (waiting for a
@@ -217,7 +242,8 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		if n.EdgeBus, err = kafkabus.New(kafkabus.Config{Brokers: n.Brokers, ClientID: "chatmesh-edge-" + r.Name, Logger: cfg.Logger}); err != nil {
 			return nil, fmt.Errorf("stack: region %s: kafka: %w", r.Name, err)
 		}
-		dc := directory.Config{ID: r.Name, Dir: filepath.Join(cfg.DataDir, r.Name, "directory"), Peers: peers, Logger: cfg.Logger}
+		dc := directory.Config{ID: r.Name, Dir: filepath.Join(cfg.DataDir, r.Name, "directory"), Peers: peers, Logger: cfg.Logger,
+			DetectFailures: !cfg.ManualFailover}
 		if cfg.DirectoryConfig != nil {
 			cfg.DirectoryConfig(&dc)
 		}
@@ -247,12 +273,28 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		}
 	}
 
+	runCtx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	// Leases: every region heartbeats from now on (the failure detector
+	// judges it from its announcement).
+	if !cfg.ManualFailover {
+		for _, n := range m.Nodes {
+			if n.Lease, err = NewDirectoryLease(n.Spec.Name, n.Directory, cfg.Logger); err != nil {
+				return nil, err
+			}
+			lctx, lcancel := context.WithCancel(runCtx)
+			n.leaseCancel = lcancel
+			m.wg.Add(1)
+			go func() { defer m.wg.Done(); n.Lease.Run(lctx) }()
+		}
+	}
+
 	// Sequencers.
 	for _, n := range m.Nodes {
 		rcfg := region.Config{Name: n.Spec.Name, Logger: cfg.Logger,
 			IngressTopic: n.Names.Ingress, PresenceTopic: n.Names.Presence, SequencerGroup: n.Names.SequencerGroup,
 			DeadLetterTopic: n.Names.DeadLetter, LinkPrefix: n.Names.LinkPrefix,
-			Placement: region.DirectoryPlacement{D: n.Directory}}
+			Placement: region.DirectoryPlacement{D: n.Directory}, Lease: n.Lease}
 		if cfg.RegionConfig != nil {
 			cfg.RegionConfig(&rcfg)
 		}
@@ -265,8 +307,6 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 	}
 
 	// Links: one worker per ordered pair of regions.
-	runCtx, cancel := context.WithCancel(context.Background())
-	m.cancel = cancel
 	for _, from := range m.Nodes {
 		for _, to := range m.Nodes {
 			if from == to {

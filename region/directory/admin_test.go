@@ -57,7 +57,7 @@ func TestOpenRefusesOpenEndpoint(t *testing.T) {
 
 func TestConvsAfterPages(t *testing.T) {
 	f := NewFSM(nil)
-	f.Apply(&raft.Log{Index: 1, Data: mustEncode(t, Command{Op: OpPutRegion, Region: &Region{Name: "fra"}})})
+	f.Apply(&raft.Log{Index: 1, Data: mustEncode(t, Command{Op: OpPutRegion, Region: &Region{Name: "fra", Healthy: true}})})
 	rng := rand.New(rand.NewPCG(1, 2))
 	var ids []string
 	for i := range 500 {
@@ -104,7 +104,7 @@ func TestConvsAfterPages(t *testing.T) {
 // rawGet issues a GET with an optional bearer token and returns the status.
 func rawDo(t *testing.T, method, url, token string) int {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, strings.NewReader(string(mustEncode(t, Command{Op: OpPutRegion, Region: &Region{Name: "evil"}}))))
+	req, _ := http.NewRequest(method, url, strings.NewReader(string(mustEncode(t, Command{Op: OpPutRegion, Region: &Region{Name: "evil", Healthy: true}}))))
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -141,7 +141,7 @@ func TestAdminTokenRequired(t *testing.T) {
 		t.Fatal("an unauthenticated apply was applied")
 	}
 	// Follower → leader forwarding carries the token.
-	if err := f.PutRegion(ctx, Region{Name: "fra"}); err != nil {
+	if err := f.PutRegion(ctx, Region{Name: "fra", Healthy: true}); err != nil {
 		t.Fatalf("forwarded write: %v", err)
 	}
 	if _, ok, err := f.ConvLinearizable(ctx, "c"); err != nil || ok {
@@ -170,7 +170,7 @@ func TestAdminTokenRequired(t *testing.T) {
 	if l == odd {
 		writer = c.node((odd + 1) % 3)
 	}
-	if err := writer.PutRegion(ctx, Region{Name: "iad"}); !errors.Is(err, ErrUnauthorized) {
+	if err := writer.PutRegion(ctx, Region{Name: "iad", Healthy: true}); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("write forwarded with a different token: %v, want ErrUnauthorized", err)
 	}
 }
@@ -304,6 +304,12 @@ func TestAdminClient(t *testing.T) {
 	if _, err := ac.MoveConversation(ctx, "nope", "iad"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("move unknown conv: %v", err)
 	}
+	if _, _, err := ac.MoveUser(ctx, "alice", "sin"); !errors.Is(err, ErrRegionUnhealthy) {
+		t.Fatalf("move user to a failed region: %v", err)
+	}
+	if err := ac.SetRegionHealth(ctx, "sin", true); err != nil {
+		t.Fatal(err)
+	}
 	if from, _, err := ac.MoveUser(ctx, "alice", "sin"); err != nil || from != "fra" {
 		t.Fatalf("move user: %q %v", from, err)
 	}
@@ -322,7 +328,7 @@ func TestAdminClient(t *testing.T) {
 
 	// A forwarded request to a non-leader is refused (421), not forwarded
 	// again: no loops between voters.
-	req, _ := http.NewRequest(http.MethodPost, ac.URL+pathApply, strings.NewReader(string(mustEncode(t, Command{Op: OpPutRegion, Region: &Region{Name: "x"}}))))
+	req, _ := http.NewRequest(http.MethodPost, ac.URL+pathApply, strings.NewReader(string(mustEncode(t, Command{Op: OpPutRegion, Region: &Region{Name: "x", Healthy: true}}))))
 	req.Header.Set("Authorization", "Bearer tok")
 	req.Header.Set(hdrForwarded, "1")
 	resp, err := http.DefaultClient.Do(req)
@@ -344,7 +350,7 @@ func TestMoveConversationRetriesOnEpochRace(t *testing.T) {
 	defer cancel()
 	ld := c.node(c.leader())
 	for _, r := range []string{"fra", "iad", "sin"} {
-		if err := ld.PutRegion(ctx, Region{Name: r}); err != nil {
+		if err := ld.PutRegion(ctx, Region{Name: r, Healthy: true}); err != nil {
 			t.Fatal(err)
 		}
 	}

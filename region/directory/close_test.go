@@ -32,7 +32,7 @@ func TestCloseWithCommittedEntriesQueued(t *testing.T) {
 			defer cancel()
 			l := c.leader()
 			ld, fd := c.node(l), c.node((l+1)%3)
-			if err := ld.PutRegion(ctx, Region{Name: "fra"}); err != nil {
+			if err := ld.PutRegion(ctx, Region{Name: "fra", Healthy: true}); err != nil {
 				t.Fatal(err)
 			}
 			commit := func() uint64 {

@@ -368,12 +368,12 @@ func TestWriteOnClosedDirectory(t *testing.T) {
 	d := c.node(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := d.PutRegion(ctx, Region{Name: "fra"}); err != nil {
+	if err := d.PutRegion(ctx, Region{Name: "fra", Healthy: true}); err != nil {
 		t.Fatal(err)
 	}
 	w := d.Watch(ctx)
 	c.kill(0)
-	if err := d.PutRegion(ctx, Region{Name: "iad"}); !errors.Is(err, ErrClosed) {
+	if err := d.PutRegion(ctx, Region{Name: "iad", Healthy: true}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("write after close: %v, want ErrClosed", err)
 	}
 	if err := d.Sync(ctx); !errors.Is(err, ErrClosed) {

@@ -368,6 +368,25 @@ func (d *Directory) AppliedIndex() uint64 {
 	return i
 }
 
+// WaitApplied waits until the local copy has applied index idx (for
+// example a HeartbeatReply's AppliedIndex: the copy then reflects every
+// failover the leader had applied when it answered).
+func (d *Directory) WaitApplied(ctx context.Context, idx uint64) error {
+	for {
+		cur, next := d.fsm.Index()
+		if cur >= idx {
+			return nil
+		}
+		select {
+		case <-next:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for index %d (at %d): %w", idx, cur, ctx.Err())
+		case <-d.closed:
+			return ErrClosed
+		}
+	}
+}
+
 // --- writes ---
 
 // PutRegion creates or replaces a region.
@@ -553,19 +572,10 @@ func (d *Directory) Sync(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("directory: sync: %w", err)
 	}
-	for {
-		cur, next := d.fsm.Index()
-		if cur >= idx {
-			return nil
-		}
-		select {
-		case <-next:
-		case <-ctx.Done():
-			return fmt.Errorf("directory: sync: wait for index %d (at %d): %w", idx, cur, ctx.Err())
-		case <-d.closed:
-			return ErrClosed
-		}
+	if err := d.WaitApplied(ctx, idx); err != nil {
+		return fmt.Errorf("directory: sync: %w", err)
 	}
+	return nil
 }
 
 // ConvLinearizable is Sync followed by Conv.

@@ -91,11 +91,11 @@ func TestFSMEdges(t *testing.T) {
 		{name: "edge limit allows an upsert", pre: full, cmd: put("fra", edge("x000")), want: Result{Home: "fra"}},
 		{name: "edge limit allows a move in", pre: full, cmd: put("iad", edge("x000")), want: Result{Home: "iad"}, changes: 2},
 
-		{name: "put region keeps stored edges", pre: with(put("fra", e1)),
+		{name: "put region keeps stored edges and health", pre: with(put("fra", e1)),
 			cmd: Command{Op: OpPutRegion, Region: &Region{Name: "fra", Lat: 1, Long: 2}}, want: Result{Home: "fra"},
 			check: func(t *testing.T, f *FSM) {
 				r, _ := f.Region("fra")
-				if r.Lat != 1 || r.Healthy || !reflect.DeepEqual(r.Edges, []Edge{e1}) {
+				if r.Lat != 1 || !r.Healthy || !reflect.DeepEqual(r.Edges, []Edge{e1}) {
 					t.Fatalf("region = %+v", r)
 				}
 			}},
@@ -151,8 +151,8 @@ func TestFSMEdgeChangesInOrder(t *testing.T) {
 	f := NewFSM(func(c Change) { changes = append(changes, c) })
 	e1 := edge("e1")
 	for i, c := range []Command{
-		{Op: OpPutRegion, Region: &Region{Name: "fra"}},
-		{Op: OpPutRegion, Region: &Region{Name: "iad"}},
+		{Op: OpPutRegion, Region: &Region{Name: "fra", Healthy: true}},
+		{Op: OpPutRegion, Region: &Region{Name: "iad", Healthy: true}},
 		{Op: OpPutEdge, Name: "fra", Edge: &e1},
 		{Op: OpPutEdge, Name: "iad", Edge: &e1},
 	} {

@@ -109,20 +109,30 @@ func TestFSMFailRegionMovesToNearestHealthy(t *testing.T) {
 		t.Fatal("a repeated fail_region changed the state")
 	}
 
-	// A failed region keeps nothing: what is homed there later (an
-	// operator's move, a registration that raced) moves on the next one,
-	// and only that; the region stays unhealthy without a new change.
-	h.apply(Command{Op: OpSetConvHome, Conv: "g:3", Home: "fra", ExpectEpoch: 1})
+	// Nothing is homed in a failed region: a move, a claim or a user home
+	// there is refused (ErrRegionUnhealthy) and changes nothing, so a
+	// deposed region that has not learnt it yet cannot claim new homes.
+	for _, c := range []Command{
+		{Op: OpSetConvHome, Conv: "g:3", Home: "fra", ExpectEpoch: 1},
+		{Op: OpSetConvHome, Conv: "new", Home: "fra"},
+		{Op: OpSetUserHome, User: "dave", Home: "fra", IfAbsent: true},
+		{Op: OpMoveUser, User: "bob", Home: "fra"},
+	} {
+		r := h.apply(c)
+		if r.Code != codeUnhealthy || !errors.Is(r.err(c), ErrRegionUnhealthy) {
+			t.Fatalf("%+v on a failed region = %+v", c, r)
+		}
+	}
+	if got := h.keys(); len(got) != 0 {
+		t.Fatalf("refused homes emitted %v", got)
+	}
+	// A failed region re-announcing itself (put_region, as a restarted
+	// region does) stays failed.
+	h.apply(Command{Op: OpPutRegion, Region: &Region{Name: "fra", Lat: 50.11, Long: 8.68, Healthy: true}})
+	if r, _ := h.f.Region("fra"); r.Healthy {
+		t.Fatal("put_region restored a failed region")
+	}
 	h.keys()
-	if r := h.apply(Command{Op: OpFailRegion, Name: "fra"}); r != (Result{Home: "lhr", Moved: 1}) {
-		t.Fatalf("second fail = %+v", r)
-	}
-	if got := h.keys(); !reflect.DeepEqual(got, []string{"conv:g:3"}) {
-		t.Fatalf("second fail changes = %v", got)
-	}
-	if got, _ := h.f.Conv("g:3"); got != (ConvHome{Region: "lhr", Epoch: 3, Owner: "bob"}) {
-		t.Fatalf("g:3 = %+v", got)
-	}
 
 	// restore_region makes it healthy again and moves nothing back.
 	if r := h.apply(Command{Op: OpRestoreRegion, Name: "fra"}); r != (Result{Home: "fra"}) {

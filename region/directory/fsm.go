@@ -41,6 +41,11 @@ var (
 	// ErrNoHealthyRegion: fail_region found no other healthy region to
 	// move the failed region's homes to; nothing was changed.
 	ErrNoHealthyRegion = errors.New("directory: no healthy region left")
+	// ErrRegionUnhealthy: a write would home a user or a conversation in a
+	// region that is failed (unhealthy). Nothing is homed in a failed
+	// region: its homes moved away, and a deposed region that has not
+	// learnt it yet must not claim new ones (restore_region first).
+	ErrRegionUnhealthy = errors.New("directory: region is failed (unhealthy)")
 )
 
 // EpochError is returned by SetConvHome when the stored owner epoch differs
@@ -227,6 +232,7 @@ const (
 	codeBadCommand    = "bad_command"
 	codeUnknownEdge   = "unknown_edge"
 	codeNoHealthy     = "no_healthy_region"
+	codeUnhealthy     = "region_unhealthy"
 )
 
 // err turns a Result into the error the caller sees.
@@ -248,6 +254,8 @@ func (r Result) err(c Command) error {
 		return fmt.Errorf("directory: region %q: edge %q: %w", c.Name, c.EdgeID, ErrUnknownEdge)
 	case codeNoHealthy:
 		return fmt.Errorf("directory: fail region %q: %w", c.Name, ErrNoHealthyRegion)
+	case codeUnhealthy:
+		return fmt.Errorf("directory: home %q for %s: %w", c.Home, c.User+c.Conv, ErrRegionUnhealthy)
 	default:
 		return fmt.Errorf("%w: %s", ErrBadCommand, r.Msg)
 	}
@@ -363,8 +371,8 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 		if cur, ok := f.st.Users[c.User]; ok && c.IfAbsent {
 			return Result{Code: codeExists, Home: cur}
 		}
-		if _, ok := f.st.Regions[c.Home]; !ok {
-			return Result{Code: codeUnknownRegion}
+		if code := f.homeable(c.Home); code != "" {
+			return Result{Code: code}
 		}
 		f.st.Users[c.User] = c.Home
 		f.emit(Change{Index: idx, Kind: ChangeUser, Key: c.User, Home: c.Home})
@@ -377,8 +385,8 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 		if cur.Epoch != c.ExpectEpoch {
 			return Result{Code: codeFenced, Home: cur.Region, Epoch: cur.Epoch}
 		}
-		if _, ok := f.st.Regions[c.Home]; !ok {
-			return Result{Code: codeUnknownRegion, Home: cur.Region, Epoch: cur.Epoch}
+		if code := f.homeable(c.Home); code != "" {
+			return Result{Code: code, Home: cur.Region, Epoch: cur.Epoch}
 		}
 		h := ConvHome{Region: c.Home, Epoch: c.ExpectEpoch + 1, Owner: cur.Owner}
 		if c.ExpectEpoch == 0 {
@@ -391,8 +399,8 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 		if c.User == "" {
 			return Result{Code: codeBadCommand, Msg: "move_user without a user"}
 		}
-		if _, ok := f.st.Regions[c.Home]; !ok {
-			return Result{Code: codeUnknownRegion}
+		if code := f.homeable(c.Home); code != "" {
+			return Result{Code: code}
 		}
 		f.st.Users[c.User] = c.Home
 		f.emit(Change{Index: idx, Kind: ChangeUser, Key: c.User, Home: c.Home})
@@ -521,11 +529,31 @@ func haversineKM(lat1, long1, lat2, long2 float64) float64 {
 	return 2 * earthRadiusKM * math.Asin(math.Sqrt(min(1, a)))
 }
 
+// homeable says whether users and conversations may be homed in region:
+// "" when they may, else the refusal's code (unknown or failed region).
+func (f *FSM) homeable(region string) string {
+	r, ok := f.st.Regions[region]
+	switch {
+	case !ok:
+		return codeUnknownRegion
+	case !r.Healthy:
+		return codeUnhealthy
+	}
+	return ""
+}
+
 func (f *FSM) putRegion(idx uint64, c Command) Result {
 	if c.Region == nil || c.Region.Name == "" {
 		return Result{Code: codeBadCommand, Msg: "put_region without a name"}
 	}
 	r := c.Region.clone()
+	if old, ok := f.st.Regions[r.Name]; ok {
+		// A region re-announcing itself keeps its health: a failed region
+		// that restarts must not restore itself (restore_region does),
+		// and health changes only through set_region_health, fail_region
+		// and restore_region.
+		r.Healthy = old.Healthy
+	}
 	if c.Region.Edges == nil { // re-announcement: keep the stored edges
 		r.Edges = f.st.Regions[r.Name].clone().Edges
 		f.st.Regions[r.Name] = r

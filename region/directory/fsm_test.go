@@ -168,6 +168,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	cmds := []Command{
 		{Op: OpPutRegion, Region: &Region{Name: "fra", Lat: 50.1, Long: 8.7, EdgeURLs: []string{"a", "b"}, NoiseKeyHex: "00ff", LinkEndpoint: "l:1", Healthy: true}},
 		{Op: OpPutRegion, Region: &Region{Name: "sin", Lat: 1.3, Long: 103.8}},
+		{Op: OpSetRegionHealth, Name: "sin", Healthy: yes()},
 		{Op: OpSetUserHome, User: "alice", Home: "fra"},
 		{Op: OpSetUserHome, User: "bob", Home: "sin"},
 		{Op: OpSetConvHome, Conv: "c1", Home: "fra"},
@@ -197,7 +198,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 
 	var changes []Change
 	g := NewFSM(func(c Change) { changes = append(changes, c) })
-	g.Apply(&raft.Log{Index: 1, Data: mustEncode(t, Command{Op: OpPutRegion, Region: &Region{Name: "old"}})})
+	g.Apply(&raft.Log{Index: 1, Data: mustEncode(t, Command{Op: OpPutRegion, Region: &Region{Name: "old", Healthy: true}})})
 	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatal(err)
 	}

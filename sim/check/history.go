@@ -12,6 +12,11 @@ type History struct {
 	// Members is every conversation's member devices: each must receive
 	// every acknowledged message of the conversation exactly once.
 	Members map[string][]string `json:"members"`
+	// Spans narrows membership for devices that joined or left a
+	// conversation during the run (optional): such a device must receive
+	// exactly the messages whose seq lies in its span. A (conv, device)
+	// named here need not be in Members; one that is, is narrowed.
+	Spans []MemberSpan `json:"spans,omitempty"`
 	// Sent is every send the driver attempted (a client outbox accepted it).
 	Sent []Sent `json:"-"`
 	// Acked is every acknowledgement a sender received (sent ✓), including
@@ -25,6 +30,18 @@ type History struct {
 	Dir []DirOp `json:"-"`
 	// Faults is the fault schedule as it ran.
 	Faults []Fault `json:"faults"`
+}
+
+// MemberSpan says that Device is a member of Conv for the seqs
+// From..To (inclusive; To 0 = to the end of the run): it must receive
+// every message of the conversation in that range and is not expected to
+// receive any other (a device added to a group reads from its join point
+// on, see client's join points).
+type MemberSpan struct {
+	Conv   string `json:"conv"`
+	Device string `json:"device"`
+	From   uint64 `json:"from"`
+	To     uint64 `json:"to,omitempty"`
 }
 
 // Sent is one message handed to a client's durable outbox.
