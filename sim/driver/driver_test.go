@@ -124,6 +124,19 @@ func assertExactlyOnceInOrder(t *testing.T, h *check.History) {
 	}
 }
 
+// checkHistory runs the simulator's checker (sim/check) over a drained
+// run's history and fails with the seed when an invariant is violated.
+func checkHistory(t *testing.T, seed uint64, h *check.History) {
+	t.Helper()
+	res := check.Check(h)
+	if err := res.Err(); err != nil {
+		t.Fatalf("seed %d: %v", seed, err)
+	}
+	if res.Unchecked != 0 {
+		t.Fatalf("seed %d: %d conversations with messages but no members", seed, res.Unchecked)
+	}
+}
+
 // A short seeded run over three regions: users homed in every region,
 // second devices in other regions, 1:1 pairs within and across regions,
 // groups spanning the regions, devices moving between regions while
@@ -179,6 +192,7 @@ func TestDriverThreeRegions(t *testing.T) {
 		t.Fatalf("timeline: %d seconds, %d sent in it", len(st.PerSecond), secSent)
 	}
 	assertExactlyOnceInOrder(t, h)
+	checkHistory(t, cfg.Seed, h)
 
 	// The plan's shape reached the mesh: members include second devices,
 	// every region wrote, users are homed where the plan put them.
@@ -248,6 +262,7 @@ func TestDriverDeadFirstEdge(t *testing.T) {
 		t.Fatalf("not drained: %+v", st)
 	}
 	assertExactlyOnceInOrder(t, h)
+	checkHistory(t, cfg.Seed, h)
 	p, _ := NewPlan(cfg)
 	sentBy := map[string]int{}
 	for _, s := range h.Sent {
