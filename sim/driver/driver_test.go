@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -281,5 +282,65 @@ func TestDriverDeadFirstEdge(t *testing.T) {
 	}
 	if euSent == 0 {
 		t.Fatal("no eu-central user sent anything")
+	}
+}
+
+// A region's edge dies in the middle of the traffic: its devices fail
+// over to the next region's edge, their outboxes resend, and the run
+// still drains with every acked message delivered exactly once, in order.
+// The fault is recorded in the history.
+func TestDriverEdgeLost(t *testing.T) {
+	m := startMesh(t)
+	cfg := Config{
+		Regions: meshRegions(m), StateDir: t.TempDir(), Seed: 3, Prefix: "el-",
+		Users: 12, SecondDevices: 3, Directs: 6, Groups: 1, GroupSize: 8,
+		DirectRate: 20, GroupRate: 3, Duration: 6 * time.Second, Drain: 90 * time.Second, Logger: testLogger(),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	ap := m.Node("ap-southeast")
+	fi := d.AddFault(check.Fault{Kind: "kill-edge", Target: "ap-southeast", Start: time.Now()})
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := ap.Edge.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	scancel()
+	d.EndFault(fi, time.Now())
+	st, err := d.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := d.History()
+	t.Logf("stats: sent %d acked %d delivered %d disconnects %d send %v drain %v errors %v",
+		st.Sent, st.Acked, st.Delivered, st.Disconnects, st.SendTime.Round(time.Millisecond), st.DrainTime.Round(time.Millisecond), st.Errors)
+	if !st.Drained || st.Unacked != 0 || st.MissingDeliveries != 0 || st.Acked != st.Sent {
+		t.Fatalf("not drained: %+v", st)
+	}
+	if st.Disconnects == 0 || len(h.Faults) != 1 || h.Faults[0].End.IsZero() {
+		t.Fatalf("%d disconnects, faults %+v", st.Disconnects, h.Faults)
+	}
+	assertExactlyOnceInOrder(t, h)
+	checkHistory(t, cfg.Seed, h)
+	// Devices of ap-southeast sent after the edge died.
+	p := d.Plan()
+	after := 0
+	for _, s := range h.Sent {
+		u, _, _ := strings.Cut(s.Device, "/")
+		for _, pu := range p.Users {
+			if pu.Name == u && pu.Region == 2 && s.At.After(h.Faults[0].End) {
+				after++
+			}
+		}
+	}
+	if after == 0 {
+		t.Fatal("no ap-southeast user sent after its edge died")
 	}
 }
