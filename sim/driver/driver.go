@@ -42,7 +42,9 @@ type Stats struct {
 	// Drained: every sent message was acked and delivered to every
 	// member device (or failed) before Drain ran out.
 	Drained bool `json:"drained"`
-	// Disconnects counts client sessions that ended (DisconnectedEvent).
+	// Connects and Disconnects count client sessions that started
+	// (ConnectedEvent) and ended (DisconnectedEvent).
+	Connects    int64 `json:"connects"`
 	Disconnects int64 `json:"disconnects"`
 
 	SetupTime time.Duration `json:"setup_ns"`
@@ -76,7 +78,9 @@ type Driver struct {
 	stats     Stats
 	err       error
 
+	started     atomic.Bool
 	moves       atomic.Int64
+	connects    atomic.Int64
 	disconnects atomic.Int64
 }
 
@@ -98,6 +102,9 @@ type device struct {
 	// receiver touches it while it runs; a move reads it after stopping
 	// the receiver.
 	lastSeq map[string]uint64
+	// connected is the region named in the ServerHello of the device's
+	// latest session ("" before the first).
+	connected atomic.Value
 
 	queue chan SendEvent
 }
@@ -156,6 +163,7 @@ func Run(ctx context.Context, cfg Config) (*check.History, Stats, error) {
 func (d *Driver) Start(ctx context.Context) error {
 	err := errors.New("driver: Start called twice")
 	d.startOnce.Do(func() {
+		d.started.Store(true)
 		d.ctx, d.cancel = context.WithCancel(context.Background())
 		stop := context.AfterFunc(ctx, d.cancel)
 		t0 := time.Now()
@@ -192,6 +200,9 @@ func (d *Driver) Stop() {
 // only when setup failed; lost, unacked or duplicated messages are for
 // the checker to judge over History.
 func (d *Driver) Wait() (Stats, error) {
+	if !d.started.Load() {
+		return Stats{}, ErrNotStarted
+	}
 	<-d.done
 	return d.stats, d.err
 }
@@ -213,6 +224,27 @@ func (d *Driver) EndFault(i int, at time.Time) { d.rec.endFault(i, at) }
 
 // AddDirOp records a directory operation the harness made.
 func (d *Driver) AddDirOp(op check.DirOp) { d.rec.addDirOp(op) }
+
+// ErrNotStarted is returned by Wait before Start.
+var ErrNotStarted = errors.New("driver: not started")
+
+// Connected returns, for every registered device, the region of its
+// latest session (from the edge's ServerHello; "" if it never
+// connected): where a moved or failed-over device is now.
+func (d *Driver) Connected() map[string]string {
+	out := map[string]string{}
+	for _, dev := range d.allDevices() {
+		dev.mu.Lock()
+		name := dev.name
+		dev.mu.Unlock()
+		if name == "" {
+			continue
+		}
+		r, _ := dev.connected.Load().(string)
+		out[name] = r
+	}
+	return out
+}
 
 // ---------------------------------------------------------------- setup
 
@@ -266,7 +298,9 @@ func (d *Driver) setup(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("driver: register %s: %w", name, err)
 		}
+		dev.mu.Lock()
 		dev.name = deviceName(key)
+		dev.mu.Unlock()
 		return nil
 	}); err != nil {
 		return err
@@ -291,7 +325,9 @@ func (d *Driver) setup(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("driver: register a linked device of %s: %w", d.plan.Users[dev.user].Name, err)
 		}
+		dev.mu.Lock()
 		dev.name = deviceName(key)
+		dev.mu.Unlock()
 		return nil
 	}); err != nil {
 		return err
@@ -461,6 +497,9 @@ func (dev *device) receive(ctx context.Context, c *client.Client) {
 			rec.recordAcked(check.Acked{At: now, Device: dev.name, Conv: e.Conv, MsgID: e.ClientMsgID, Seq: e.Seq})
 		case client.SendFailedEvent:
 			rec.recordFailed(dev.name, e.Conv, e.ClientMsgID, "send-failed:"+core.Code(e.Err).String())
+		case client.ConnectedEvent:
+			dev.d.connects.Add(1)
+			dev.connected.Store(e.Hello.GetRegion())
 		case client.DisconnectedEvent:
 			dev.d.disconnects.Add(1)
 		}
@@ -504,7 +543,7 @@ drain:
 	d.stats.Users, d.stats.Devices = len(d.devs), len(d.allDevices())
 	d.stats.Directs, d.stats.Groups = len(d.plan.Directs), len(d.plan.Groups)
 	d.stats.Moves = int(d.moves.Load())
-	d.stats.Disconnects = d.disconnects.Load()
+	d.stats.Connects, d.stats.Disconnects = d.connects.Load(), d.disconnects.Load()
 	d.cfg.Logger.Info("driver: done", "sent", d.stats.Sent, "acked", d.stats.Acked, "unacked", d.stats.Unacked,
 		"missing", d.stats.MissingDeliveries, "drained", d.stats.Drained)
 }

@@ -217,6 +217,20 @@ func TestDriverThreeRegions(t *testing.T) {
 			t.Fatalf("group %s: %d member devices recorded, want %d", g.ID, len(h.Members[g.ID]), want)
 		}
 	}
+	// Moved devices are connected to the region they moved to last.
+	conn := d.Connected()
+	final := map[string]string{}
+	for _, mv := range p.Moves {
+		final[fmt.Sprintf("%s/%d", p.Users[mv.User].Name, mv.Slot+1)] = cfg.Regions[mv.To].Name
+	}
+	for dev, r := range final {
+		if conn[dev] != r {
+			t.Fatalf("%s moved to %s but is connected to %q", dev, r, conn[dev])
+		}
+	}
+	if len(conn) != st.Devices {
+		t.Fatalf("%d devices known to Connected, %d in the run", len(conn), st.Devices)
+	}
 	for _, u := range p.Users {
 		home, ok, err := m.Nodes[0].Directory.UserHomeLinearizable(ctx, u.Name)
 		if err != nil || !ok || home != cfg.Regions[u.Region].Name {
