@@ -92,7 +92,7 @@ type Config struct {
 	// MaxInflight bounds in-flight sends over all conversations. Default 256.
 	MaxInflight int
 	// AckTimeout is how long a send waits for its SendAck before it is
-	// sent again (the server deduplicates). Default 10 s: a send forwarded
+	// sent again (the server deduplicates). Default 5 s: a send forwarded
 	// to a region that is then lost waits this long before its resend
 	// reaches the conversation's new home, so it bounds how long a
 	// conversation stalls after a failover.
@@ -141,7 +141,7 @@ func (c *Config) defaults() {
 		c.MaxInflight = 256
 	}
 	if c.AckTimeout <= 0 {
-		c.AckTimeout = 10 * time.Second
+		c.AckTimeout = 5 * time.Second
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second

@@ -84,6 +84,9 @@ type Lease struct {
 
 	beats, failures, lapses, rejoins atomic.Uint64
 	deposed                          atomic.Bool
+	// silent is the leader's latest list of regions it has not heard from
+	// (HeartbeatReply.Silent).
+	silent atomic.Pointer[[]string]
 
 	mu           sync.Mutex
 	deposedSince time.Time // first answered heartbeat of the current deposed stretch
@@ -142,6 +145,23 @@ func (l *Lease) Await(ctx context.Context, max time.Duration) error {
 	}
 }
 
+// Silent reports whether the directory's leader, at the last answered
+// heartbeat, had not heard from region for more than half a lease: it is
+// likely lost and about to be failed over. The sequencer does not forward
+// records to such a region (the sender retries shortly).
+func (l *Lease) Silent(region string) bool {
+	p := l.silent.Load()
+	if p == nil {
+		return false
+	}
+	for _, s := range *p {
+		if s == region {
+			return true
+		}
+	}
+	return false
+}
+
 // Stats returns the counters.
 func (l *Lease) Stats() LeaseStats {
 	return LeaseStats{Beats: l.beats.Load(), Failures: l.failures.Load(), Lapses: l.lapses.Load(),
@@ -194,6 +214,8 @@ func (l *Lease) beat(ctx context.Context) {
 		return
 	}
 	l.beats.Add(1)
+	silent := rep.Silent
+	l.silent.Store(&silent)
 	if rep.LeaseMS > 0 {
 		lease = time.Duration(rep.LeaseMS) * time.Millisecond
 		l.lease.Store(int64(lease))

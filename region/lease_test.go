@@ -177,3 +177,39 @@ func TestSequencerStopsWithoutLease(t *testing.T) {
 		t.Fatalf("health with the lease back: %v", err)
 	}
 }
+
+// A record whose home the directory's leader reports silent (likely lost,
+// not failed over yet) is not forwarded into that region's ingress: the
+// sender is told UNAVAILABLE with retry_after_ms and resends, reaching
+// the new home once the failover is done.
+func TestNoForwardToSilentHome(t *testing.T) {
+	l, err := region.NewLease(region.LeaseConfig{Region: "local", Lease: time.Minute, Every: time.Hour,
+		Heartbeat: func(context.Context, string) (directory.HeartbeatReply, error) {
+			return directory.HeartbeatReply{Healthy: true, LeaseMS: 60_000, Silent: []string{"other"}}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); l.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "the lease", func() bool { return l.Health() == nil })
+	if !l.Silent("other") || l.Silent("local") {
+		t.Fatal("Silent does not follow the reply")
+	}
+	p := &stalePlacement{local: map[string][2]any{}, cur: map[string][2]any{}, regions: []string{"local", "other"}}
+	h := newHarness(t, func(c *region.Config) { c.Placement, c.Lease = p, l })
+	a := h.register("alice", 1)
+	conv := core.DirectConvID("alice", "zed")
+	p.local[conv] = [2]any{"other", uint64(1)}
+	p.cur[conv] = [2]any{"other", uint64(1)}
+	h.send(a, 1, 9, conv, "c1", "to a silent home")
+	recs := h.waitFor("the refusal", func(r []*pb.EdgeRecord) bool { return responses(r, 1)[9] != nil })
+	if e := responses(recs, 1)[9].GetError(); e.GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || e.GetRetryAfterMs() == 0 {
+		t.Fatalf("answer = %v, want UNAVAILABLE with retry_after_ms", e)
+	}
+	if st := h.reg.Stats(); st.ForwardRefused != 1 || st.Forwarded != 0 {
+		t.Fatalf("stats = %+v", st)
+	}
+}

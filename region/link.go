@@ -70,6 +70,13 @@ func (r *Region) forward(b *batch, in *pb.IngressRecord, conv, home string) erro
 		r.stats.hopsExceeded.Add(1)
 		return fmt.Errorf("conversation %s: forwarded %d times between regions without reaching its home; retry: %w: %w", conv, in.GetHops(), errNotHome, core.ErrUnavailable)
 	}
+	if l := r.cfg.Lease; l != nil && l.Silent(home) {
+		// The home is likely lost and about to be failed over: a record
+		// forwarded there would wait in its ingress until the client's
+		// ack timeout. Refuse it; the resend reaches the new home.
+		r.stats.forwardRefused.Add(1)
+		return fmt.Errorf("conversation %s: its home %s is not heartbeating to the directory; retry: %w: %w", conv, home, errNotHome, core.ErrUnavailable)
+	}
 	fwd := proto.Clone(in).(*pb.IngressRecord)
 	fwd.Hops++
 	if fwd.GetOrigin() != nil && fwd.GetOrigin().GetRegion() == "" {

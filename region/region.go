@@ -226,6 +226,7 @@ type Stats struct {
 	ReadsRefused    uint64 // reads answered UNAVAILABLE: no free read slot in time
 	Forwarded       uint64 // ingress records forwarded to another region (the conversation's home)
 	HopsExceeded    uint64 // records refused after MaxHops forwards
+	ForwardRefused  uint64 // records not forwarded because their home is silent (Lease.Silent); the sender retries
 	Fenced          uint64 // appends the store fenced (a newer owner epoch): re-resolved and forwarded or retried
 	Claims          uint64 // conversations homed here through the directory
 	MovedIn         uint64 // conversations moved here (a directory epoch > 1 naming this region)
@@ -236,7 +237,7 @@ type counters struct {
 	appended, duplicates, rejected, malformed, edgeRecords, undeliverable atomic.Uint64
 	notified, notifyDropped, notifyFailed, receipts, typing               atomic.Uint64
 	deadLettered, panics, stateLoads, receiptScans, restarts              atomic.Uint64
-	readsRefused, forwarded, hopsExceeded, fenced, claims                 atomic.Uint64
+	readsRefused, forwarded, hopsExceeded, fenced, claims, forwardRefused atomic.Uint64
 	movedIn, movedAway                                                    atomic.Uint64
 }
 
@@ -426,7 +427,7 @@ func (r *Region) Stats() Stats {
 		ReceiptsSent: c.receipts.Load(), TypingFannedOut: c.typing.Load(),
 		DeadLettered: c.deadLettered.Load(), Panics: c.panics.Load(), StateLoads: c.stateLoads.Load(),
 		ReceiptScans: c.receiptScans.Load(), Restarts: c.restarts.Load(),
-		ReadsRefused: c.readsRefused.Load(), Forwarded: c.forwarded.Load(), HopsExceeded: c.hopsExceeded.Load(),
+		ReadsRefused: c.readsRefused.Load(), Forwarded: c.forwarded.Load(), HopsExceeded: c.hopsExceeded.Load(), ForwardRefused: c.forwardRefused.Load(),
 		Fenced: c.fenced.Load(), Claims: c.claims.Load(), MovedIn: c.movedIn.Load(), MovedAway: c.movedAway.Load(),
 	}
 }

@@ -66,6 +66,13 @@ type HeartbeatReply struct {
 	// this heartbeat the region may go on sequencing without another
 	// successful reply.
 	LeaseMS int64 `json:"lease_ms"`
+	// Silent names the healthy regions the leader has not heard from for
+	// more than half a lease (two missed heartbeats), once it has led for
+	// that long: likely lost, not failed yet. Other regions stop
+	// forwarding to them (the sender retries; after the failover the
+	// retry reaches the new home) instead of leaving records in a lost
+	// region's ingress until the client's ack timeout.
+	Silent []string `json:"silent,omitempty"`
 }
 
 // heartbeatRequest is the body of POST /directory/v1/heartbeat.
@@ -155,10 +162,11 @@ func (d *Directory) heartbeatLocal(ctx context.Context, region string) (heartbea
 	if !ok {
 		return heartbeatResult{Code: codeUnknownRegion}, nil
 	}
-	d.det.beat(region, d.cfg.Now())
+	now := d.cfg.Now()
+	d.det.beat(region, now)
 	return heartbeatResult{HeartbeatReply: HeartbeatReply{
 		Region: region, Healthy: r.Healthy, AppliedIndex: d.AppliedIndex(), Leader: d.cfg.ID, Term: term,
-		LeaseMS: d.cfg.Lease.Milliseconds(),
+		LeaseMS: d.cfg.Lease.Milliseconds(), Silent: d.det.silent(now, d.cfg.Lease/2, d.fsm.Regions()),
 	}}, nil
 }
 
@@ -298,6 +306,24 @@ func (dt *detector) due(now time.Time, regions []Region) []string {
 			}
 		}
 		if now.Sub(last) >= dt.failAfter {
+			out = append(out, r.Name)
+		}
+	}
+	return out
+}
+
+// silent returns the healthy regions not heard from for more than after
+// at now, when this voter has led for at least after (nil otherwise: a
+// new leader knows nobody's silence yet).
+func (dt *detector) silent(now time.Time, after time.Duration, regions []Region) []string {
+	dt.mu.Lock()
+	defer dt.mu.Unlock()
+	if dt.term == 0 || now.Sub(dt.since) < after {
+		return nil
+	}
+	var out []string
+	for _, r := range regions {
+		if r.Healthy && now.Sub(dt.lastSeen[r.Name]) > after {
 			out = append(out, r.Name)
 		}
 	}

@@ -3,6 +3,7 @@ package directory
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -156,7 +157,16 @@ func TestFailoverSilentRegionIsFailed(t *testing.T) {
 	f := c.node((l + 1) % 3)
 	watch := f.Watch(ctx)
 
+	if rep, _ := beaters["ams"].reply(); len(rep.Silent) != 0 {
+		t.Fatalf("silent regions while all heartbeat: %v", rep.Silent)
+	}
 	lastBeat := beaters["fra"].pause()
+	// Before it is failed, the others hear that fra went silent (they
+	// stop forwarding to it).
+	eventually(t, "fra reported silent", func() bool {
+		rep, _ := beaters["ams"].reply()
+		return slices.Contains(rep.Silent, "fra") && !slices.Contains(rep.Silent, "iad")
+	})
 	var failedAt time.Time
 	eventually(t, "fra failed", func() bool {
 		r, _ := f.Region("fra")

@@ -82,8 +82,11 @@ type Config struct {
 	// that failed on the same record. Defaults 10ms and 2s.
 	RetryMin, RetryMax time.Duration
 	// SessionTimeout, HeartbeatInterval and RebalanceTimeout configure group
-	// membership. Defaults 10s, 1s and 10s. The broker bounds SessionTimeout
-	// (Kafka's group.min.session.timeout.ms defaults to 6s).
+	// membership. Defaults 6s, 1s and 10s. The broker bounds SessionTimeout
+	// (Kafka's group.min.session.timeout.ms defaults to 6s). A consumer
+	// that was SIGKILLed keeps its partitions until its session expires:
+	// a restarted sequencer waits up to SessionTimeout for them, which is
+	// part of a region's recovery time.
 	SessionTimeout, HeartbeatInterval, RebalanceTimeout time.Duration
 
 	// TLS, if set, encrypts every broker connection and verifies the
@@ -114,7 +117,7 @@ func (c *Config) setDefaults() {
 	def(&c.CommitInterval, 10*time.Millisecond)
 	def(&c.RetryMin, 10*time.Millisecond)
 	def(&c.RetryMax, 2*time.Second)
-	def(&c.SessionTimeout, 10*time.Second)
+	def(&c.SessionTimeout, 6*time.Second)
 	def(&c.HeartbeatInterval, time.Second)
 	def(&c.RebalanceTimeout, 10*time.Second)
 	if c.BatchSize <= 0 {
