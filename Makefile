@@ -2,9 +2,9 @@
 SHELL := /bin/bash
 GO ?= go
 
-.PHONY: run build test test-unit fuzz bench soak generate vet clean
+.PHONY: run build test test-unit fuzz bench soak soak-one-region generate vet clean
 
-## run: start the whole mesh (one region) on its embedded default: kfake + Pebble
+## run: start the whole mesh (three regions in one process) on its embedded default: kfake + Pebble
 run:
 	$(GO) run ./cmd/chatmesh dev --data .chatmesh/dev
 
@@ -26,9 +26,17 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
 
-## soak: a 10-minute simulation, the region SIGKILLed every 20 s (not part of make test)
+## soak: 30 minutes of the three-region simulator, seed after seed (PostgreSQL from Debian; not part of make test)
+## SOAK=30m SEED=1 override the budget and the first seed; reports go to .chatmesh/soak/seed-N/
+SOAK ?= 30m
+SEED ?= 1
 soak: build
-	bin/chatmesh sim --duration 10m --crash-every 20s --clients 50 --groups 2 --group-size 20 --rate 50 --group-rate 5 -v
+	CHATMESH_PG_DSN="$$(./deploy/postgres/ensure.sh | tail -1)" bin/chatmesh sim --regions 3 --soak $(SOAK) --seed $(SEED) \
+		--duration 2m --clients 16 --groups 2 --group-size 10 --report .chatmesh/soak
+
+## soak-one-region: a 10-minute single-region simulation, the region SIGKILLed every 20 s
+soak-one-region: build
+	bin/chatmesh sim --regions 1 --duration 10m --crash-every 20s --clients 50 --groups 2 --group-size 20 --rate 50 --group-rate 5 -v
 
 ## generate: regenerate core/pb from proto/ (needs protoc; installs protoc-gen-go at the pinned version)
 generate:
