@@ -116,7 +116,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	p := newPlan(&cfg)
 	maxSec := int((cfg.Duration+cfg.Drain)/time.Second) + 60
-	d := &Driver{cfg: cfg, plan: p, rec: newRecorder(maxSec), done: make(chan struct{})}
+	d := &Driver{cfg: cfg, plan: p, rec: newRecorder(maxSec, cfg.Checker), done: make(chan struct{})}
 	for u, pu := range p.Users {
 		slots := []*device{d.newDevice(u, 0, pu.Region)}
 		if pu.Second >= 0 {

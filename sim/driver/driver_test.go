@@ -149,7 +149,7 @@ func TestDriverThreeRegions(t *testing.T) {
 		Regions: meshRegions(m), StateDir: t.TempDir(), Seed: 1, Prefix: "tr-",
 		Users: 18, SecondDevices: 5, Directs: 10, Groups: 2, GroupSize: 9,
 		DirectRate: 25, GroupRate: 4, Duration: 8 * time.Second, Drain: 90 * time.Second,
-		Moves: 4, Logger: testLogger(),
+		Moves: 4, Logger: testLogger(), Checker: check.NewChecker(check.Options{}),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -163,6 +163,9 @@ func TestDriverThreeRegions(t *testing.T) {
 	// Snapshots while the run goes on are consistent prefixes.
 	time.Sleep(2 * time.Second)
 	snap := d.Snapshot()
+	if res := cfg.Checker.Snapshot(); res.Err() != nil || res.Sent == 0 {
+		t.Fatalf("continuous check after 2 s: %d sent, %v", res.Sent, res.Err())
+	}
 	st, err := d.Wait()
 	if err != nil {
 		t.Fatal(err)
@@ -194,6 +197,12 @@ func TestDriverThreeRegions(t *testing.T) {
 	}
 	assertExactlyOnceInOrder(t, h)
 	checkHistory(t, cfg.Seed, h)
+	// The fed checker saw what the history holds.
+	res := cfg.Checker.Final()
+	if err := res.Err(); err != nil || res.Sent != len(h.Sent) || res.Deliveries != len(h.Delivered) || res.AckEvents != len(h.Acked) {
+		t.Fatalf("fed checker: %v; %d sent, %d deliveries, %d acks; history %d, %d, %d",
+			err, res.Sent, res.Deliveries, res.AckEvents, len(h.Sent), len(h.Delivered), len(h.Acked))
+	}
 
 	// The plan's shape reached the mesh: members include second devices,
 	// every region wrote, users are homed where the plan put them.
