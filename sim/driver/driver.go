@@ -22,8 +22,11 @@ type Stats struct {
 	Devices int `json:"devices"`
 	Directs int `json:"directs"`
 	Groups  int `json:"groups"`
-	// Moves is the number of device moves done.
-	Moves int `json:"moves"`
+	// Moves is the number of device moves done; OutboxAtMoves the
+	// messages waiting in the moved devices' outboxes when they closed
+	// (carried over to the reopened client).
+	Moves         int   `json:"moves"`
+	OutboxAtMoves int64 `json:"outbox_at_moves"`
 
 	Sent      int64 `json:"sent"`      // accepted by an outbox
 	Acked     int64 `json:"acked"`     // distinct messages acknowledged
@@ -80,6 +83,7 @@ type Driver struct {
 
 	started     atomic.Bool
 	moves       atomic.Int64
+	carried     atomic.Int64
 	connects    atomic.Int64
 	disconnects atomic.Int64
 }
@@ -542,7 +546,7 @@ drain:
 	d.rec.stats(&d.stats)
 	d.stats.Users, d.stats.Devices = len(d.devs), len(d.allDevices())
 	d.stats.Directs, d.stats.Groups = len(d.plan.Directs), len(d.plan.Groups)
-	d.stats.Moves = int(d.moves.Load())
+	d.stats.Moves, d.stats.OutboxAtMoves = int(d.moves.Load()), d.carried.Load()
 	d.stats.Connects, d.stats.Disconnects = d.connects.Load(), d.disconnects.Load()
 	d.cfg.Logger.Info("driver: done", "sent", d.stats.Sent, "acked", d.stats.Acked, "unacked", d.stats.Unacked,
 		"missing", d.stats.MissingDeliveries, "drained", d.stats.Drained)
@@ -560,6 +564,8 @@ func (d *Driver) scheduleLoop(start time.Time) {
 	for {
 		ev, ok := s.Next()
 		if !ok {
+			// The sending phase lasts Duration, also past the last send.
+			_ = sleepUntil(d.ctx, start.Add(d.cfg.Duration))
 			return
 		}
 		if sleepUntil(d.ctx, start.Add(ev.At)) != nil {
@@ -661,6 +667,7 @@ func (dev *device) move(to int) {
 	dev.stopReceiver()
 	dev.commit()
 	unfinished := d.rec.unfinished(dev.name)
+	d.carried.Add(int64(dev.c.Outbox().Len()))
 	d.closeClient(dev)
 	from := dev.region
 	dev.region = to

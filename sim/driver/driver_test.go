@@ -367,3 +367,64 @@ func TestDriverEdgeLost(t *testing.T) {
 		t.Fatal("no ap-southeast user sent after its edge died")
 	}
 }
+
+// A device that moves right after sending closes with the message still
+// in its durable outbox; the client reopened on another region's edges
+// sends it from there, and it is acked and delivered exactly once.
+func TestDriverMoveCarriesOutbox(t *testing.T) {
+	m := startMesh(t)
+	cfg := Config{
+		Regions: meshRegions(m), StateDir: t.TempDir(), Seed: 4, Prefix: "mo-",
+		Users: 4, SecondDevices: -1, Directs: 2, Groups: -1, DirectRate: -1, GroupRate: -1,
+		Duration: 5 * time.Second, Drain: time.Minute, Logger: testLogger(),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := d.Plan()
+	u := p.Directs[0].Users[0]
+	dev := d.devs[u][0]
+	const moves = 6
+	for k := range moves {
+		// Two sends, then a move at once: the second is almost surely
+		// still unacknowledged when the client closes.
+		for j := range 2 {
+			dev.send(SendEvent{N: uint64(2*k + j + 1), Conv: 0, User: u})
+		}
+		dev.move((p.Users[u].Region + 1 + k%2) % len(cfg.Regions))
+	}
+	st, err := d.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := d.History()
+	t.Logf("stats: sent %d acked %d inferred %d moves %d carried %d errors %v", st.Sent, st.Acked, st.AcksInferred, st.Moves, st.OutboxAtMoves, st.Errors)
+	if !st.Drained || st.Sent != 2*moves || st.Acked != st.Sent || st.Moves != moves || st.MissingDeliveries != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if st.OutboxAtMoves == 0 {
+		t.Fatal("no move closed a client with a message in its outbox")
+	}
+	assertExactlyOnceInOrder(t, h)
+	checkHistory(t, cfg.Seed, h)
+	// In the order sent.
+	var got []string
+	for _, dl := range h.Delivered {
+		if dl.Device == dev.name {
+			got = append(got, dl.MsgID)
+		}
+	}
+	var want []string
+	for _, s := range h.Sent {
+		want = append(want, s.MsgID)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the sender's device saw its messages as %v, sent as %v", got, want)
+	}
+}
