@@ -121,6 +121,7 @@ func New(cfg Config) (*Driver, error) {
 	p := newPlan(&cfg)
 	maxSec := int((cfg.Duration+cfg.Drain)/time.Second) + 60
 	d := &Driver{cfg: cfg, plan: p, rec: newRecorder(maxSec, cfg.Checker), done: make(chan struct{})}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	for u, pu := range p.Users {
 		slots := []*device{d.newDevice(u, 0, pu.Region)}
 		if pu.Second >= 0 {
@@ -168,10 +169,9 @@ func (d *Driver) Start(ctx context.Context) error {
 	err := errors.New("driver: Start called twice")
 	d.startOnce.Do(func() {
 		d.started.Store(true)
-		d.ctx, d.cancel = context.WithCancel(context.Background())
 		stop := context.AfterFunc(ctx, d.cancel)
 		t0 := time.Now()
-		err = d.setup(ctx)
+		err = d.setup(d.ctx)
 		d.stats.SetupTime = time.Since(t0)
 		if err != nil {
 			d.closeAll()
@@ -191,13 +191,10 @@ func (d *Driver) Start(ctx context.Context) error {
 	return err
 }
 
-// Stop ends the run early: sending stops, the drain is cut short, and the
-// clients are closed. Wait returns when that is done. Idempotent.
-func (d *Driver) Stop() {
-	if d.cancel != nil {
-		d.cancel()
-	}
-}
+// Stop ends the run early: setup fails, or sending stops, the drain is
+// cut short and the clients are closed. Wait returns when that is done.
+// Idempotent; safe from any goroutine.
+func (d *Driver) Stop() { d.cancel() }
 
 // Wait waits for the run to end (Duration of sending, then the drain,
 // then every client closed) and returns its counts. It returns an error

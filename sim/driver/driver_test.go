@@ -428,3 +428,46 @@ func TestDriverMoveCarriesOutbox(t *testing.T) {
 		t.Fatalf("the sender's device saw its messages as %v, sent as %v", got, want)
 	}
 }
+
+// Stop ends a run early: sending stops, the drain is cut short, every
+// client is closed, and Wait returns what was recorded.
+func TestDriverStop(t *testing.T) {
+	m := startMesh(t)
+	cfg := Config{
+		Regions: meshRegions(m), StateDir: t.TempDir(), Seed: 5, Prefix: "st-",
+		Users: 4, SecondDevices: -1, Directs: 2, Groups: -1, DirectRate: 10,
+		Duration: 10 * time.Minute, Drain: 10 * time.Minute, Logger: testLogger(),
+	}
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Wait(); err != ErrNotStarted {
+		t.Fatalf("Wait before Start: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	d.Stop()
+	st, err := d.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Sent == 0 || st.Sent >= 6000 || st.Drained && st.Unacked != 0 {
+		t.Fatalf("stopped run: %+v", st)
+	}
+	for _, ds := range d.devs {
+		for _, dev := range ds {
+			if dev.c != nil || dev.recvCancel != nil {
+				t.Fatalf("%s still open after Wait", dev.name)
+			}
+		}
+	}
+	if err := d.Start(ctx); err == nil {
+		t.Fatal("a second Start was accepted")
+	}
+	d.Stop() // idempotent
+}
