@@ -631,13 +631,15 @@ func (dev *device) send(ev SendEvent) {
 	at := time.Now()
 	msgID, err := c.Send(ctx, id, body)
 	cancel()
+	if err == nil {
+		// Under dev.mu, so a move's bookkeeping (unfinished) sees it.
+		d.rec.recordSent(check.Sent{At: at, Device: dev.name, Conv: id, MsgID: msgID})
+	}
 	dev.mu.Unlock()
 	if err != nil {
 		d.rec.addErr("send", 1)
 		d.cfg.Logger.Warn("driver: send", "device", dev.name, "conv", id, "err", err)
-		return
 	}
-	d.rec.recordSent(check.Sent{At: at, Device: dev.name, Conv: id, MsgID: msgID})
 }
 
 // moveLoop runs the plan's moves at their times.
