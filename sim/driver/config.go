@@ -9,6 +9,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/client"
 	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/sim/check"
 )
 
 // ErrConfig is returned by New and Run for a configuration that cannot be
@@ -105,6 +106,11 @@ type Config struct {
 	// StateDir, Edges, Sealer and ManualCommit are the driver's and are
 	// set again after it.
 	Client func(*client.Config)
+	// Checker, if set, is fed every event as the driver records it
+	// (members, sends, acks, deliveries, the harness's directory
+	// operations), so the harness can call its Snapshot while the run
+	// goes on and Final after it.
+	Checker *check.Checker
 	// Logger receives the driver's own logs (default: discard). Clients
 	// log to it too at Warn and above.
 	Logger *slog.Logger

@@ -14,7 +14,11 @@
 //	h = d.History()
 //
 // Run(ctx, cfg) is New, Start and Wait in one call. Stop ends a run early.
-// Start's ctx bounds the setup and the whole run.
+// Start's ctx bounds the setup and the whole run. For continuous checks,
+// set Config.Checker (a check.NewChecker): the driver feeds it every
+// event as it records it, and the harness calls its Snapshot while the
+// run goes on (Snapshot of the driver gives the raw History instead).
+// Connected tells where each device is connected now.
 //
 // # What it does
 //

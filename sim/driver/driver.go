@@ -22,8 +22,11 @@ type Stats struct {
 	Devices int `json:"devices"`
 	Directs int `json:"directs"`
 	Groups  int `json:"groups"`
-	// Moves is the number of device moves done.
-	Moves int `json:"moves"`
+	// Moves is the number of device moves done; OutboxAtMoves the
+	// messages waiting in the moved devices' outboxes when they closed
+	// (carried over to the reopened client).
+	Moves         int   `json:"moves"`
+	OutboxAtMoves int64 `json:"outbox_at_moves"`
 
 	Sent      int64 `json:"sent"`      // accepted by an outbox
 	Acked     int64 `json:"acked"`     // distinct messages acknowledged
@@ -80,6 +83,7 @@ type Driver struct {
 
 	started     atomic.Bool
 	moves       atomic.Int64
+	carried     atomic.Int64
 	connects    atomic.Int64
 	disconnects atomic.Int64
 }
@@ -116,7 +120,8 @@ func New(cfg Config) (*Driver, error) {
 	}
 	p := newPlan(&cfg)
 	maxSec := int((cfg.Duration+cfg.Drain)/time.Second) + 60
-	d := &Driver{cfg: cfg, plan: p, rec: newRecorder(maxSec), done: make(chan struct{})}
+	d := &Driver{cfg: cfg, plan: p, rec: newRecorder(maxSec, cfg.Checker), done: make(chan struct{})}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	for u, pu := range p.Users {
 		slots := []*device{d.newDevice(u, 0, pu.Region)}
 		if pu.Second >= 0 {
@@ -164,10 +169,9 @@ func (d *Driver) Start(ctx context.Context) error {
 	err := errors.New("driver: Start called twice")
 	d.startOnce.Do(func() {
 		d.started.Store(true)
-		d.ctx, d.cancel = context.WithCancel(context.Background())
 		stop := context.AfterFunc(ctx, d.cancel)
 		t0 := time.Now()
-		err = d.setup(ctx)
+		err = d.setup(d.ctx)
 		d.stats.SetupTime = time.Since(t0)
 		if err != nil {
 			d.closeAll()
@@ -187,13 +191,10 @@ func (d *Driver) Start(ctx context.Context) error {
 	return err
 }
 
-// Stop ends the run early: sending stops, the drain is cut short, and the
-// clients are closed. Wait returns when that is done. Idempotent.
-func (d *Driver) Stop() {
-	if d.cancel != nil {
-		d.cancel()
-	}
-}
+// Stop ends the run early: setup fails, or sending stops, the drain is
+// cut short and the clients are closed. Wait returns when that is done.
+// Idempotent; safe from any goroutine.
+func (d *Driver) Stop() { d.cancel() }
 
 // Wait waits for the run to end (Duration of sending, then the drain,
 // then every client closed) and returns its counts. It returns an error
@@ -542,7 +543,7 @@ drain:
 	d.rec.stats(&d.stats)
 	d.stats.Users, d.stats.Devices = len(d.devs), len(d.allDevices())
 	d.stats.Directs, d.stats.Groups = len(d.plan.Directs), len(d.plan.Groups)
-	d.stats.Moves = int(d.moves.Load())
+	d.stats.Moves, d.stats.OutboxAtMoves = int(d.moves.Load()), d.carried.Load()
 	d.stats.Connects, d.stats.Disconnects = d.connects.Load(), d.disconnects.Load()
 	d.cfg.Logger.Info("driver: done", "sent", d.stats.Sent, "acked", d.stats.Acked, "unacked", d.stats.Unacked,
 		"missing", d.stats.MissingDeliveries, "drained", d.stats.Drained)
@@ -560,6 +561,8 @@ func (d *Driver) scheduleLoop(start time.Time) {
 	for {
 		ev, ok := s.Next()
 		if !ok {
+			// The sending phase lasts Duration, also past the last send.
+			_ = sleepUntil(d.ctx, start.Add(d.cfg.Duration))
 			return
 		}
 		if sleepUntil(d.ctx, start.Add(ev.At)) != nil {
@@ -628,13 +631,15 @@ func (dev *device) send(ev SendEvent) {
 	at := time.Now()
 	msgID, err := c.Send(ctx, id, body)
 	cancel()
+	if err == nil {
+		// Under dev.mu, so a move's bookkeeping (unfinished) sees it.
+		d.rec.recordSent(check.Sent{At: at, Device: dev.name, Conv: id, MsgID: msgID})
+	}
 	dev.mu.Unlock()
 	if err != nil {
 		d.rec.addErr("send", 1)
 		d.cfg.Logger.Warn("driver: send", "device", dev.name, "conv", id, "err", err)
-		return
 	}
-	d.rec.recordSent(check.Sent{At: at, Device: dev.name, Conv: id, MsgID: msgID})
 }
 
 // moveLoop runs the plan's moves at their times.
@@ -661,6 +666,7 @@ func (dev *device) move(to int) {
 	dev.stopReceiver()
 	dev.commit()
 	unfinished := d.rec.unfinished(dev.name)
+	d.carried.Add(int64(dev.c.Outbox().Len()))
 	d.closeClient(dev)
 	from := dev.region
 	dev.region = to

@@ -149,7 +149,7 @@ func TestDriverThreeRegions(t *testing.T) {
 		Regions: meshRegions(m), StateDir: t.TempDir(), Seed: 1, Prefix: "tr-",
 		Users: 18, SecondDevices: 5, Directs: 10, Groups: 2, GroupSize: 9,
 		DirectRate: 25, GroupRate: 4, Duration: 8 * time.Second, Drain: 90 * time.Second,
-		Moves: 4, Logger: testLogger(),
+		Moves: 4, Logger: testLogger(), Checker: check.NewChecker(check.Options{}),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -163,6 +163,9 @@ func TestDriverThreeRegions(t *testing.T) {
 	// Snapshots while the run goes on are consistent prefixes.
 	time.Sleep(2 * time.Second)
 	snap := d.Snapshot()
+	if res := cfg.Checker.Snapshot(); res.Err() != nil || res.Sent == 0 {
+		t.Fatalf("continuous check after 2 s: %d sent, %v", res.Sent, res.Err())
+	}
 	st, err := d.Wait()
 	if err != nil {
 		t.Fatal(err)
@@ -194,6 +197,12 @@ func TestDriverThreeRegions(t *testing.T) {
 	}
 	assertExactlyOnceInOrder(t, h)
 	checkHistory(t, cfg.Seed, h)
+	// The fed checker saw what the history holds.
+	res := cfg.Checker.Final()
+	if err := res.Err(); err != nil || res.Sent != len(h.Sent) || res.Deliveries != len(h.Delivered) || res.AckEvents != len(h.Acked) {
+		t.Fatalf("fed checker: %v; %d sent, %d deliveries, %d acks; history %d, %d, %d",
+			err, res.Sent, res.Deliveries, res.AckEvents, len(h.Sent), len(h.Delivered), len(h.Acked))
+	}
 
 	// The plan's shape reached the mesh: members include second devices,
 	// every region wrote, users are homed where the plan put them.
@@ -357,4 +366,108 @@ func TestDriverEdgeLost(t *testing.T) {
 	if after == 0 {
 		t.Fatal("no ap-southeast user sent after its edge died")
 	}
+}
+
+// A device that moves right after sending closes with the message still
+// in its durable outbox; the client reopened on another region's edges
+// sends it from there, and it is acked and delivered exactly once.
+func TestDriverMoveCarriesOutbox(t *testing.T) {
+	m := startMesh(t)
+	cfg := Config{
+		Regions: meshRegions(m), StateDir: t.TempDir(), Seed: 4, Prefix: "mo-",
+		Users: 4, SecondDevices: -1, Directs: 2, Groups: -1, DirectRate: -1, GroupRate: -1,
+		Duration: 5 * time.Second, Drain: time.Minute, Logger: testLogger(),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := d.Plan()
+	u := p.Directs[0].Users[0]
+	dev := d.devs[u][0]
+	const moves = 6
+	for k := range moves {
+		// Two sends, then a move at once: the second is almost surely
+		// still unacknowledged when the client closes.
+		for j := range 2 {
+			dev.send(SendEvent{N: uint64(2*k + j + 1), Conv: 0, User: u})
+		}
+		dev.move((p.Users[u].Region + 1 + k%2) % len(cfg.Regions))
+	}
+	st, err := d.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := d.History()
+	t.Logf("stats: sent %d acked %d inferred %d moves %d carried %d errors %v", st.Sent, st.Acked, st.AcksInferred, st.Moves, st.OutboxAtMoves, st.Errors)
+	if !st.Drained || st.Sent != 2*moves || st.Acked != st.Sent || st.Moves != moves || st.MissingDeliveries != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if st.OutboxAtMoves == 0 {
+		t.Fatal("no move closed a client with a message in its outbox")
+	}
+	assertExactlyOnceInOrder(t, h)
+	checkHistory(t, cfg.Seed, h)
+	// In the order sent.
+	var got []string
+	for _, dl := range h.Delivered {
+		if dl.Device == dev.name {
+			got = append(got, dl.MsgID)
+		}
+	}
+	var want []string
+	for _, s := range h.Sent {
+		want = append(want, s.MsgID)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the sender's device saw its messages as %v, sent as %v", got, want)
+	}
+}
+
+// Stop ends a run early: sending stops, the drain is cut short, every
+// client is closed, and Wait returns what was recorded.
+func TestDriverStop(t *testing.T) {
+	m := startMesh(t)
+	cfg := Config{
+		Regions: meshRegions(m), StateDir: t.TempDir(), Seed: 5, Prefix: "st-",
+		Users: 4, SecondDevices: -1, Directs: 2, Groups: -1, DirectRate: 10,
+		Duration: 10 * time.Minute, Drain: 10 * time.Minute, Logger: testLogger(),
+	}
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Wait(); err != ErrNotStarted {
+		t.Fatalf("Wait before Start: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	d.Stop()
+	st, err := d.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Sent == 0 || st.Sent >= 6000 || st.Drained && st.Unacked != 0 {
+		t.Fatalf("stopped run: %+v", st)
+	}
+	for _, ds := range d.devs {
+		for _, dev := range ds {
+			if dev.c != nil || dev.recvCancel != nil {
+				t.Fatalf("%s still open after Wait", dev.name)
+			}
+		}
+	}
+	if err := d.Start(ctx); err == nil {
+		t.Fatal("a second Start was accepted")
+	}
+	d.Stop() // idempotent
 }

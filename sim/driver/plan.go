@@ -226,7 +226,17 @@ type Schedule struct {
 
 const never = time.Duration(math.MaxInt64)
 
-// NewSchedule starts the schedule of p under cfg (after its defaults).
+// NewSchedule returns the send schedule of cfg (what a run of cfg sends,
+// in order), without running anything.
+func NewSchedule(cfg Config) (*Schedule, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	p := newPlan(&cfg)
+	return newSchedule(&p, &cfg), nil
+}
+
+// newSchedule starts the schedule of p under cfg (after its defaults).
 func newSchedule(p *Plan, cfg *Config) *Schedule {
 	s := &Schedule{p: p, rng: rand.New(rand.NewPCG(cfg.Seed, streamSchedule)), end: cfg.Duration, nextD: never, nextG: never}
 	if cfg.DirectRate > 0 && len(p.Directs) > 0 {

@@ -57,6 +57,16 @@ func TestPlanDeterministic(t *testing.T) {
 	if reflect.DeepEqual(s1, s3) {
 		t.Fatal("seeds 7 and 8 gave the same schedule")
 	}
+	// NewSchedule gives the same schedule a run uses.
+	pub, err := NewSchedule(planConfig(7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range s1 {
+		if ev, ok := pub.Next(); !ok || ev != s1[i] {
+			t.Fatalf("NewSchedule event %d: %+v, want %+v", i, ev, s1[i])
+		}
+	}
 	// A different rate changes the schedule but not the plan.
 	c := planConfig(7)
 	c.DirectRate = 10

@@ -51,10 +51,14 @@ type recorder struct {
 	deliv    int64
 	inferred int64
 	errs     map[string]int64
+	// chk, if set, is fed every event as it is recorded (under mu, so
+	// in the History's order).
+	chk *check.Checker
 }
 
-func newRecorder(maxSeconds int) *recorder {
+func newRecorder(maxSeconds int, chk *check.Checker) *recorder {
 	return &recorder{
+		chk:     chk,
 		h:       check.History{Members: map[string][]string{}},
 		maxSec:  maxSeconds,
 		members: map[string]map[string]bool{},
@@ -76,6 +80,9 @@ func (r *recorder) setMembers(conv string, devices []string) {
 		set[d] = true
 	}
 	r.members[conv] = set
+	if r.chk != nil {
+		r.chk.AddMembers(conv, ds...)
+	}
 }
 
 // startTraffic marks the start of the timeline.
@@ -125,6 +132,9 @@ func (r *recorder) recordSent(s check.Sent) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.h.Sent = append(r.h.Sent, s)
+	if r.chk != nil {
+		r.chk.Sent(s)
+	}
 	r.sent++
 	if b := r.second(s.At); b != nil {
 		b.Sent++
@@ -143,6 +153,9 @@ func (r *recorder) recordAcked(a check.Acked) {
 
 func (r *recorder) ackLocked(a check.Acked) {
 	r.h.Acked = append(r.h.Acked, a)
+	if r.chk != nil {
+		r.chk.Acked(a)
+	}
 	if b := r.second(a.At); b != nil {
 		b.Acked++
 	}
@@ -177,6 +190,9 @@ func (r *recorder) recordDelivered(d check.Delivered) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.h.Delivered = append(r.h.Delivered, d)
+	if r.chk != nil {
+		r.chk.Delivered(d)
+	}
 	r.deliv++
 	if b := r.second(d.At); b != nil {
 		b.Delivered++
@@ -277,6 +293,9 @@ func (r *recorder) addDirOp(op check.DirOp) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.h.Dir = append(r.h.Dir, op)
+	if r.chk != nil {
+		r.chk.DirOp(op)
+	}
 }
 
 // snapshot copies the history: the append-only slices are cut to their

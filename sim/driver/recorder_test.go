@@ -10,7 +10,7 @@ import (
 )
 
 func TestRecorderPending(t *testing.T) {
-	r := newRecorder(10)
+	r := newRecorder(10, nil)
 	r.setMembers("d:a:b", []string{"b/1", "a/1", "a/2"})
 	now := time.Now()
 	r.startTraffic(now)
@@ -54,7 +54,7 @@ func TestRecorderPending(t *testing.T) {
 // Acks lost with a closed client are recorded from the message's first
 // delivery: at once when it was delivered already, else when it is.
 func TestRecorderInferAcks(t *testing.T) {
-	r := newRecorder(10)
+	r := newRecorder(10, nil)
 	r.setMembers("d:a:b", []string{"a/1", "b/1"})
 	now := time.Now()
 	for _, id := range []string{"m1", "m2", "m3"} {
@@ -84,7 +84,7 @@ func TestRecorderInferAcks(t *testing.T) {
 
 // Snapshots are stable copies while many goroutines record (run with -race).
 func TestRecorderSnapshotConcurrent(t *testing.T) {
-	r := newRecorder(10)
+	r := newRecorder(10, nil)
 	r.startTraffic(time.Now())
 	fi := r.addFault(check.Fault{Kind: "kill-region", Target: "a", Start: time.Now()})
 	var wg sync.WaitGroup
