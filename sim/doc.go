@@ -1,20 +1,48 @@
-// Package sim is the region simulator: it runs a whole chatmesh region as
-// a child process (`chatmesh dev`, embedded Kafka broker and Pebble store),
-// drives it with many real clients over the real protocol
-// (internal/loadgen), injects faults — SIGKILL of the region process at a
-// fixed interval, then a restart on the same data — and proves from what
-// the clients saw that nothing acknowledged was lost, duplicated or
-// reordered: every member device received every acknowledged message
-// exactly once, and all devices agree on each conversation's order.
+// Package sim is the region simulator: it runs chatmesh as separate OS
+// processes under faults, drives it with real clients over the real
+// protocol, and proves from what the clients and the directory saw that
+// nothing acknowledged was lost, duplicated or reordered.
 //
-// `chatmesh sim` is its command-line front end; `make soak` runs a long
-// simulation. Today it simulates one region and one fault kind; the
-// multi-region mesh (directory, home regions, region failover, network
-// partitions via nftables on per-node loopback addresses) is future work
-// built on the same loop.
+// # The multi-region simulation (RunMeshSim, `chatmesh sim --regions 3`)
 //
-// Run owns the child process and every goroutine it starts; it returns
-// when traffic has drained or ctx ends, with the child stopped.
+// RunMeshSim composes four parts, each documented on its own:
+//
+//   - the mesh as processes (StartMesh, below): per region a broker, a
+//     region (sequencer, directory voter, link workers) and an edge, with
+//     a fault proxy on every path between regions and from each region to
+//     PostgreSQL, the global store;
+//   - the traffic (sim/driver): users homed in every region with durable
+//     outboxes, 1:1s within and across regions, groups spanning regions,
+//     second devices in other regions, devices moving between regions;
+//     every send, ack and delivery recorded in a check.History;
+//   - the faults: a seeded schedule (NewSchedule) of every class at least
+//     once — SIGKILL of a region's processes, of the directory leader, of
+//     a broker; partitions of a region from the directory, from the store,
+//     from the other regions' links; one-way partitions; link latency
+//     spikes — applied in real time (RunSchedule), never overlapping, so
+//     a quorum of voters stays up; and a directory prober (dirprobe.go)
+//     that reads conversations' homes linearizably from random voters and
+//     moves some by planned moves, recording each operation;
+//   - the verdict (sim/check, sim/report): after the faults are healed and
+//     the traffic drained, every acked message delivered to every member
+//     device exactly once, one order per conversation on every device,
+//     gapless seqs, one writer region per (conversation, epoch), epochs
+//     that only grow, and porcupine over the directory history; then a
+//     report (JSON: faults, invariants, RTO per region loss, latency
+//     during and outside faults) and a timeline SVG.
+//
+// Same seed, same plan, schedule and send order (the timing of a real
+// mesh still varies); a violation returns ErrInvariant naming the seed.
+// `make test` runs TestMeshSimulation (96 s of traffic, every fault
+// class); `make soak` runs seed after seed for 30 minutes.
+//
+// # The single-region simulation (Run, `chatmesh sim --regions 1`)
+//
+// Run runs one `chatmesh dev --regions 1` region as a child process
+// (embedded broker, Pebble), drives it with internal/loadgen and SIGKILLs
+// it at a fixed interval, restarting it on the same data. Run owns the
+// child process and every goroutine it starts; it returns when traffic
+// has drained or ctx ends, with the child stopped.
 //
 // # The mesh harness (StartMesh)
 //
