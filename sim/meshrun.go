@@ -53,6 +53,11 @@ type MeshSimConfig struct {
 	// conversation is moved by a planned move (default 250 ms and 7 s; a
 	// negative MoveEvery moves nothing).
 	ProbeEvery, MoveEvery time.Duration
+	// CheckEvery is how often the continuous checks run while the
+	// traffic flows (duplicates, orders, writers, epochs so far; default
+	// 5 s). A violation found then is logged at once; the run goes on to
+	// the final check, which decides.
+	CheckEvery time.Duration
 	// ReportDir, if set, receives report.json, timeline.svg and
 	// directory.html (porcupine's view of the directory history).
 	ReportDir string
@@ -66,6 +71,9 @@ type MeshSimResult struct {
 	Schedule []ScheduledFault `json:"schedule"`
 	Traffic  driver.Stats     `json:"traffic"`
 	Moves    int              `json:"directory_moves"`
+	// LiveViolations counts the violations the continuous checks saw
+	// while the traffic ran (the final check repeats and decides).
+	LiveViolations int `json:"live_violations"`
 	Report   report.Report    `json:"report"`
 	// Files written under ReportDir.
 	Files []string `json:"files,omitempty"`
@@ -108,6 +116,9 @@ func (c *MeshSimConfig) defaults() error {
 	}
 	if c.MoveEvery == 0 {
 		c.MoveEvery = 7 * time.Second
+	}
+	if c.CheckEvery <= 0 {
+		c.CheckEvery = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -157,7 +168,9 @@ func RunMeshSim(ctx context.Context, cfg MeshSimConfig) (MeshSimResult, error) {
 		regions = append(regions, driver.Region{Name: name, Edges: []driver.Edge{{URL: ep.EdgeWS, NoiseKey: ep.EdgeKey}}})
 		voters = append(voters, Voter{Name: name, Client: &directory.AdminClient{URL: ep.DirectoryHTTP, Token: m.DirectoryToken()}})
 	}
+	live := check.NewChecker(check.Options{})
 	d, err := driver.New(driver.Config{
+		Checker: live,
 		Regions: regions, StateDir: filepath.Join(dataDir, "clients"), Seed: cfg.Seed,
 		Users: cfg.Users, SecondDevices: cfg.SecondDevices, Directs: cfg.Directs, Groups: cfg.Groups, GroupSize: cfg.GroupSize,
 		DirectRate: cfg.DirectRate, GroupRate: cfg.GroupRate, Duration: cfg.Duration, Drain: cfg.Drain, Moves: cfg.Moves,
@@ -194,12 +207,15 @@ func RunMeshSim(ctx context.Context, cfg MeshSimConfig) (MeshSimResult, error) {
 		}}
 	probeDone := make(chan struct{})
 	go func() { defer close(probeDone); pr.run(bg) }()
+	liveDone := make(chan struct{})
+	go func() { defer close(liveDone); res.LiveViolations = watchLive(bg, live, cfg.CheckEvery, log) }()
 	// The schedule ends within Duration; the prober stops when the
 	// traffic has drained.
 	ferr := <-faultErr
 	stats, werr := d.Wait()
 	stopBG()
 	<-probeDone
+	<-liveDone
 	res.Traffic, res.Moves = stats, pr.moves
 	if ferr != nil && ctx.Err() == nil {
 		return res, fmt.Errorf("sim: seed %d: faults: %w", cfg.Seed, ferr)
@@ -261,4 +277,32 @@ func (r *MeshSimResult) writeFiles(dir string) error {
 	}
 	r.Files = append(r.Files, jp, sp)
 	return nil
+}
+
+// watchLive runs the continuous checks every every until ctx ends: each
+// new violation is logged at once (with the seed, in log). It returns the
+// most violations seen.
+func watchLive(ctx context.Context, c *check.Checker, every time.Duration, log *slog.Logger) int {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	reported := map[check.Kind]int{}
+	most := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return most
+		case <-t.C:
+		}
+		r := c.Snapshot()
+		total := 0
+		for k, tally := range r.Violations {
+			total += tally.Count
+			if tally.Count > reported[k] {
+				reported[k] = tally.Count
+				log.Error("sim: invariant violated while running", "kind", k, "count", tally.Count, "examples", tally.Examples)
+			}
+		}
+		most = max(most, total)
+		log.Info("sim: live check", "acked", r.Acked, "deliveries", r.Deliveries, "pending", r.Pending, "violations", total)
+	}
 }

@@ -190,6 +190,19 @@ func dirStatus(ctx context.Context, ac *directory.AdminClient, f *dirFlags, _ []
 	if err != nil {
 		return err
 	}
+	if st.HeartbeatAgeMS == nil && st.Leader != "" && !st.IsLeader {
+		// Only the leader knows when each region last heartbeat: ask it
+		// (best effort; the rest of the status stands without it).
+		for _, p := range st.Voters {
+			if p.ID == st.Leader {
+				lac := *ac
+				lac.URL = "http://" + p.HTTPAddr
+				if lst, err := lac.Status(ctx, false); err == nil && lst.IsLeader {
+					st.HeartbeatAgeMS = lst.HeartbeatAgeMS
+				}
+			}
+		}
+	}
 	if f.asJSON {
 		return f.printJSON(st)
 	}
@@ -209,7 +222,7 @@ func dirStatus(ctx context.Context, ac *directory.AdminClient, f *dirFlags, _ []
 	fmt.Fprintf(w, "voters: %s\n", strings.Join(voters, ", "))
 	fmt.Fprintf(w, "users: %d  conversations: %d\n\n", st.State.Users, st.State.Convs)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REGION\tHEALTH\tLAT\tLONG\tLINK\tEDGES (UP/ALL)")
+	fmt.Fprintln(tw, "REGION\tHEALTH\tLAST HEARTBEAT\tLAT\tLONG\tLINK\tEDGES (UP/ALL)")
 	for _, r := range st.State.Regions {
 		up := 0
 		for _, e := range r.Edges {
@@ -217,7 +230,11 @@ func dirStatus(ctx context.Context, ac *directory.AdminClient, f *dirFlags, _ []
 				up++
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.2f\t%s\t%d/%d\n", r.Name, health(r.Healthy), r.Lat, r.Long, dash(r.LinkEndpoint), up, len(r.Edges))
+		beat := "-"
+		if age, ok := st.HeartbeatAgeMS[r.Name]; ok && age >= 0 {
+			beat = (time.Duration(age) * time.Millisecond).Round(100*time.Millisecond).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.2f\t%s\t%d/%d\n", r.Name, health(r.Healthy), beat, r.Lat, r.Long, dash(r.LinkEndpoint), up, len(r.Edges))
 	}
 	if len(st.State.Regions) == 0 {
 		fmt.Fprintln(tw, "(no regions)")

@@ -97,6 +97,10 @@ type Status struct {
 	AppliedIndex uint64 `json:"applied_index"`
 	Voters       []Peer `json:"voters"`
 	State        Counts `json:"state"`
+	// HeartbeatAgeMS is, on the leader with failure detection on, how
+	// long ago each region last heartbeat, in milliseconds (-1: not since
+	// this voter leads); empty elsewhere (ask the leader).
+	HeartbeatAgeMS map[string]int64 `json:"heartbeat_age_ms,omitempty"`
 }
 
 // Counts summarises the applied state: every region (with its edges) and
@@ -222,6 +226,9 @@ func (d *Directory) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	st := Status{ID: d.cfg.ID, Leader: d.Leader(), IsLeader: d.IsLeader(), Voters: slices.Clone(d.cfg.Peers)}
 	st.AppliedIndex, st.State = d.fsm.Summary()
+	if d.IsLeader() {
+		st.HeartbeatAgeMS = d.det.ages(d.cfg.Now(), st.State.Regions)
+	}
 	writeJSON(w, st)
 }
 

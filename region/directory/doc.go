@@ -84,7 +84,10 @@
 //	                              unknown_region for a region never put
 //	GET  /directory/v1/status     Status: id, leader, is_leader,
 //	                              applied_index, voters, state {regions with
-//	                              their edges, users: count, convs: count}
+//	                              their edges, users: count, convs: count};
+//	                              on the leader with DetectFailures also
+//	                              heartbeat_age_ms {region: ms since its
+//	                              last heartbeat, -1 none since it leads}
 //	GET  /directory/v1/conv?id=   {conv, region, epoch, applied_index}
 //	GET  /directory/v1/user?id=   {user, home, applied_index}
 //	GET  /directory/v1/convs?after=&limit=

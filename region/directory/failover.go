@@ -330,6 +330,27 @@ func (dt *detector) silent(now time.Time, after time.Duration, regions []Region)
 	return out
 }
 
+// ages returns how long ago each region last heartbeat, in milliseconds
+// (-1 when not heard from since this voter leads); nil when it does not
+// lead (the detector runs only with DetectFailures).
+func (dt *detector) ages(now time.Time, regions []Region) map[string]int64 {
+	dt.mu.Lock()
+	defer dt.mu.Unlock()
+	if dt.term == 0 {
+		return nil
+	}
+	out := make(map[string]int64, len(regions))
+	for _, r := range regions {
+		last, ok := dt.lastSeen[r.Name]
+		if !ok || last.Before(dt.since) {
+			out[r.Name] = -1
+			continue
+		}
+		out[r.Name] = now.Sub(last).Milliseconds()
+	}
+	return out
+}
+
 // tried notes an attempt to fail region at now: the next one, if the
 // region is still healthy (the attempt was refused or its outcome lost),
 // comes no sooner than failAfter later.

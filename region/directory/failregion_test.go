@@ -297,3 +297,35 @@ func TestDetectorGraceAndSilence(t *testing.T) {
 		t.Fatalf("due = %v, want all four", got)
 	}
 }
+
+// Silent regions and heartbeat ages, with made-up times: nothing before
+// this voter has led for the threshold; then the healthy regions not heard
+// from for more than it; ages count from the takeover (-1 before any beat
+// in this leadership).
+func TestDetectorSilentAndAges(t *testing.T) {
+	t0 := time.Unix(2_000_000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	regions := []Region{{Name: "ams", Healthy: true}, {Name: "fra", Healthy: true}, {Name: "iad", Healthy: false}}
+	dt := newDetector(5 * time.Second)
+	if got := dt.silent(at(0), time.Second, regions); got != nil {
+		t.Fatalf("a follower reports %v silent", got)
+	}
+	if got := dt.ages(at(0), regions); got != nil {
+		t.Fatalf("a follower reports ages %v", got)
+	}
+	dt.lead(3, at(0))
+	dt.beat("ams", at(500*time.Millisecond))
+	if got := dt.silent(at(900*time.Millisecond), time.Second, regions); got != nil {
+		t.Fatalf("silent %v before leading for the threshold", got)
+	}
+	if got := dt.silent(at(1400*time.Millisecond), time.Second, regions); !reflect.DeepEqual(got, []string{"fra"}) {
+		t.Fatalf("silent = %v, want [fra] (ams beat, iad is failed)", got)
+	}
+	if got := dt.silent(at(1600*time.Millisecond), time.Second, regions); !reflect.DeepEqual(got, []string{"ams", "fra"}) {
+		t.Fatalf("silent = %v, want [ams fra]", got)
+	}
+	want := map[string]int64{"ams": 1100, "fra": -1, "iad": -1}
+	if got := dt.ages(at(1600*time.Millisecond), regions); !reflect.DeepEqual(got, want) {
+		t.Fatalf("ages = %v, want %v", got, want)
+	}
+}
