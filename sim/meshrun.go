@@ -41,7 +41,7 @@ type MeshSimConfig struct {
 	Duration, Drain time.Duration
 	// Traffic (driver.Config's fields of the same names).
 	Users, SecondDevices, Directs, Groups, GroupSize, Moves int
-	DirectRate, GroupRate                                 float64
+	DirectRate, GroupRate                                   float64
 	// Faults are the fault classes to inject (default FaultKinds, every
 	// class at least once); NoFaults runs none.
 	Faults   []string
@@ -73,8 +73,8 @@ type MeshSimResult struct {
 	Moves    int              `json:"directory_moves"`
 	// LiveViolations counts the violations the continuous checks saw
 	// while the traffic ran (the final check repeats and decides).
-	LiveViolations int `json:"live_violations"`
-	Report   report.Report    `json:"report"`
+	LiveViolations int           `json:"live_violations"`
+	Report         report.Report `json:"report"`
 	// Files written under ReportDir.
 	Files []string `json:"files,omitempty"`
 }
