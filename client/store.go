@@ -1,6 +1,7 @@
 package client
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -26,7 +27,16 @@ const (
 	// it are not for this device (it joined, or was let back in, after
 	// them) and will never be stored. The next message continues from it.
 	recSkip byte = 4
+	// recConv: payload the conversation id. The first record of a log
+	// whose file name is a hash ("h-<sha256 hex>.log"): ids whose hex
+	// encoding would not fit a file name (a 1:1 of two long user ids is
+	// up to 131 bytes; most file systems allow 255-byte names).
+	recConv byte = 5
 )
+
+// maxHexName is the longest hex-encoded conversation id used as a file
+// name; longer ids are stored under a hash of the id.
+const maxHexName = 200
 
 // maxRecord bounds one log record; larger lengths mean corruption.
 const maxRecord = 4 << 20
@@ -55,6 +65,7 @@ type Store struct {
 
 type convLog struct {
 	path  string
+	conv  string    // the conversation id (read from a hashed log's recConv)
 	segs  []segment // stored entries, in seq order
 	head  uint64    // highest stored or skipped seq
 	size  int64
@@ -111,6 +122,18 @@ func OpenStore(dir string) (*Store, error) {
 		if !ok || e.IsDir() {
 			continue
 		}
+		if hashed, ok := strings.CutPrefix(name, "h-"); ok {
+			cl, err := loadConvLog(filepath.Join(dir, e.Name()))
+			if err != nil {
+				return nil, err
+			}
+			sum := sha256.Sum256([]byte(cl.conv))
+			if cl.conv == "" || hex.EncodeToString(sum[:]) != hashed {
+				continue // its id record was torn: nothing after it was written either
+			}
+			s.convs[cl.conv] = cl
+			continue
+		}
 		raw, err := hex.DecodeString(name)
 		if err != nil {
 			continue
@@ -164,6 +187,11 @@ scan:
 			if len(payload) == 8 {
 				cl.acked = max(cl.acked, binary.BigEndian.Uint64(payload))
 			}
+		case recConv:
+			if off != 0 {
+				break scan // only ever the first record
+			}
+			cl.conv = string(payload)
 		}
 		off += int64(n)
 	}
@@ -206,7 +234,23 @@ func appendRecord(dst []byte, typ byte, payload []byte) []byte {
 }
 
 func (s *Store) logPath(conv string) string {
-	return filepath.Join(s.dir, hex.EncodeToString([]byte(conv))+".log")
+	if h := hex.EncodeToString([]byte(conv)); len(h) <= maxHexName {
+		return filepath.Join(s.dir, h+".log")
+	}
+	sum := sha256.Sum256([]byte(conv))
+	return filepath.Join(s.dir, "h-"+hex.EncodeToString(sum[:])+".log")
+}
+
+// newLog returns the log of a conversation not stored yet; a log under a
+// hashed file name starts with the conversation's id (recConv).
+func (s *Store) newLog(conv string) (*convLog, error) {
+	cl := &convLog{path: s.logPath(conv), conv: conv}
+	if strings.HasPrefix(filepath.Base(cl.path), "h-") {
+		if err := s.writeSync(cl, appendRecord(nil, recConv, []byte(conv)), true, true); err != nil {
+			return nil, err
+		}
+	}
+	return cl, nil
 }
 
 // Head returns the highest stored or skipped seq of conv (0 when unknown).
@@ -242,7 +286,10 @@ func (s *Store) Append(conv string, msgs []*pb.Message) error {
 	cl := s.convs[conv]
 	created := false
 	if cl == nil {
-		cl = &convLog{path: s.logPath(conv)}
+		var err error
+		if cl, err = s.newLog(conv); err != nil {
+			return err
+		}
 		created = true
 	}
 	head := cl.head
@@ -283,7 +330,10 @@ func (s *Store) Skip(conv string, seq uint64) error {
 	cl := s.convs[conv]
 	created := false
 	if cl == nil {
-		cl = &convLog{path: s.logPath(conv)}
+		var err error
+		if cl, err = s.newLog(conv); err != nil {
+			return err
+		}
 		created = true
 	}
 	if seq <= cl.head {

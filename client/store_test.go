@@ -5,8 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 )
 
@@ -244,5 +246,76 @@ func TestStoreSkipJoinPoints(t *testing.T) {
 	}
 	if cs := s2.Conversations(); len(cs) != 2 || cs[1] != (ConvSummary{Conv: conv, Head: 7, Seen: 6}) {
 		t.Fatalf("conversations %v", cs)
+	}
+}
+
+// A 1:1 of two users with the longest ids (131 bytes) has an id whose hex
+// encoding does not fit a file name: its log lives under a hash of the id
+// and starts with the id, and reopens with its entries, skips and
+// cursors; short ids keep their hex names. A log whose id record was
+// torn is left out, like a torn tail.
+func TestStoreLongConversationIDs(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := core.DirectConvID(strings.Repeat("a", core.MaxUserIDLen), strings.Repeat("b", core.MaxUserIDLen))
+	if len(long) != 131 {
+		t.Fatalf("longest 1:1 id has %d bytes", len(long))
+	}
+	const short = "d:alice:bob"
+	if err := s.Skip(long, 2); err != nil {
+		t.Fatal(err)
+	}
+	for _, conv := range []string{long, short} {
+		from := s.Head(conv) + 1
+		if err := s.Append(conv, []*pb.Message{userMsg(conv, from, "x"), userMsg(conv, from+1, "y")}); err != nil {
+			t.Fatalf("append to %d-byte id: %v", len(conv), err)
+		}
+	}
+	if err := s.SetSeen(long, 4); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	var hashed int
+	for _, n := range names {
+		if len(filepath.Base(n)) > 255 {
+			t.Fatalf("file name of %d bytes", len(filepath.Base(n)))
+		}
+		if strings.HasPrefix(filepath.Base(n), "h-") {
+			hashed++
+		}
+	}
+	if len(names) != 2 || hashed != 1 {
+		t.Fatalf("logs %v", names)
+	}
+	s2, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, seen := s2.Head(long), s2.Seen(long); h != 4 || seen != 4 {
+		t.Fatalf("long id after reopen: head %d seen %d, want 4 4", h, seen)
+	}
+	if ms, err := s2.Messages(long, 2, 0); err != nil || len(ms) != 2 || ms[0].GetSeq() != 3 || ms[0].GetConvId() != long {
+		t.Fatalf("long id entries after reopen: %v %v", ms, err)
+	}
+	if s2.Head(short) != 2 || len(s2.Conversations()) != 2 {
+		t.Fatalf("short id after reopen: head %d, %d conversations", s2.Head(short), len(s2.Conversations()))
+	}
+	// A torn id record: the log is left out.
+	for _, n := range names {
+		if strings.HasPrefix(filepath.Base(n), "h-") {
+			if err := os.Truncate(n, 5); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s3, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s3.Head(long) != 0 || len(s3.Conversations()) != 1 {
+		t.Fatalf("torn id record: head %d, %d conversations", s3.Head(long), len(s3.Conversations()))
 	}
 }

@@ -13,8 +13,12 @@ const (
 	MaxUserIDLen      = 64
 	MaxClientMsgIDLen = 64
 	MaxTitleLen       = 200
-	DefaultPageSize   = 256
-	MaxPageSize       = 1000
+	// MaxRegionNameLen bounds a region's name: every stored entry carries
+	// the name of the region that wrote it (pb.Message.region), inside
+	// MaxMessageBytes.
+	MaxRegionNameLen = 32
+	DefaultPageSize  = 256
+	MaxPageSize      = 1000
 	// MaxPresenceUsers bounds one session's presence subscription set (and
 	// one presence snapshot, which must fit in one frame: 500 events of
 	// the longest user id take about 41 KB).
@@ -45,8 +49,9 @@ const (
 	// MaxEnvelopeBytes envelope with the longest ids takes 64,219 bytes.
 	MaxClientFrameBytes = 64512
 	// MaxMessageBytes bounds proto.Size of a stored entry (pb.Message): a
-	// USER entry with a MaxEnvelopeBytes envelope and the longest ids is
-	// 64,341 bytes; a membership entry of a full group about 34 KB.
+	// USER entry with a MaxEnvelopeBytes envelope, the longest ids (a 1:1
+	// of two 64-byte user ids) and the longest region name is 64,353
+	// bytes; a membership entry of a full group about 34 KB.
 	MaxMessageBytes = 64512
 	// MaxPageBytes bounds the encoded entries (messages plus per-
 	// conversation heads) of one sync or history page; with the response

@@ -247,6 +247,9 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		return nil, errors.New("region: store and bus are required")
 	}
 	cfg.fill()
+	if len(cfg.Name) > core.MaxRegionNameLen {
+		return nil, fmt.Errorf("region: name %q longer than %d bytes", cfg.Name, core.MaxRegionNameLen)
+	}
 	r := &Region{
 		cfg:      cfg,
 		store:    store,

@@ -201,6 +201,9 @@ func (tc *tclient) drain(ctx context.Context) {
 				r.typing = append(r.typing, e)
 			case client.DisconnectedEvent:
 				r.disconnects++
+				if os.Getenv("CHATMESH_TEST_DISCONNECTS") != "" {
+					fmt.Fprintf(os.Stderr, "disconnect %s: %v\n", e.Edge, e.Err)
+				}
 			}
 			r.mu.Unlock()
 		}

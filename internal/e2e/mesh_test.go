@@ -19,6 +19,7 @@ import (
 	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region/geo"
+	"google.golang.org/protobuf/proto"
 )
 
 // startMesh runs the three dev regions in this process on the embedded
@@ -632,5 +633,59 @@ func TestMeshAutomaticFailover(t *testing.T) {
 	}
 	if st := eu.Lease.Stats(); !st.Held || st.Deposed {
 		t.Fatalf("eu-central's lease: %+v", st)
+	}
+}
+
+// A frame the edge accepts is deliverable across regions too: an envelope
+// of exactly MaxEnvelopeBytes, from and to users with the longest ids, in
+// a 1:1 homed in the sender's region (delivered over the link to the
+// peer's edge) and in one homed in the recipient's region (the send is
+// forwarded over the link first), with the longest client_msg_id. Both
+// reach both devices once, in order, byte for byte.
+func TestMeshMaxEnvelopeAcrossRegions(t *testing.T) {
+	m := startMesh(t, nil)
+	eu, us := m.Node("eu-central"), m.Node("us-east")
+	alice := plainClient(t, []string{eu.Ends.WS}, longName("a"))
+	bob := plainClient(t, []string{us.Ends.WS}, longName("b"))
+	alice.start(t)
+	bob.start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, n := range m.Nodes {
+			t.Logf("%s: region %+v", n.Spec.Name, n.Region.Stats())
+			t.Logf("%s: edge %+v", n.Spec.Name, n.Edge.Stats())
+			for to, l := range n.Links {
+				t.Logf("%s→%s: link %+v", n.Spec.Name, to, l.Stats())
+			}
+		}
+	})
+	conv := core.DirectConvID(alice.name, bob.name)
+	env := envelopeOf(t, core.MaxEnvelopeBytes)
+	send := func(c *tclient, cmid string) {
+		t.Helper()
+		r, err := c.Request(ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Send{Send: &pb.SendRequest{ConvId: conv, ClientMsgId: cmid, Envelope: env}}})
+		if err != nil || r.GetSend().GetSeq() == 0 {
+			t.Fatalf("%s: max envelope across regions: %v %v", c.name, r, err)
+		}
+	}
+	// alice starts it: homed in eu-central; bob's copy crosses the link.
+	send(alice, strings.Repeat("a", core.MaxClientMsgIDLen))
+	// bob answers from us-east: forwarded to eu-central, sequenced there,
+	// and delivered back over the link.
+	send(bob, strings.Repeat("b", core.MaxClientMsgIDLen))
+	for _, c := range []*tclient{alice, bob} {
+		waitFor(t, time.Minute, c.name+" has both max envelopes", func() bool { return len(c.seqs(conv)) >= 2 })
+		checkExactlyOnceInOrder(t, c, conv, 1, 2)
+		c.rec.mu.Lock()
+		for i, m := range c.rec.msgs[conv] {
+			if !proto.Equal(m.GetEnvelope(), env) || m.GetRegion() != "eu-central" || m.GetEpoch() != 1 {
+				t.Errorf("%s: entry %d: %d bytes, written by %q at epoch %d", c.name, i+1, proto.Size(m.GetEnvelope()), m.GetRegion(), m.GetEpoch())
+			}
+		}
+		c.rec.mu.Unlock()
 	}
 }

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/chatmesh/chatmesh/core"
 )
 
 // fsmHarness applies commands to one FSM at increasing indexes and
@@ -327,5 +330,20 @@ func TestDetectorSilentAndAges(t *testing.T) {
 	want := map[string]int64{"ams": 1100, "fra": -1, "iad": -1}
 	if got := dt.ages(at(1600*time.Millisecond), regions); !reflect.DeepEqual(got, want) {
 		t.Fatalf("ages = %v, want %v", got, want)
+	}
+}
+
+// A region's name is at most core.MaxRegionNameLen bytes (every stored
+// entry carries it).
+func TestPutRegionNameLimit(t *testing.T) {
+	f := NewFSM(nil)
+	for i, tc := range []struct {
+		n    int
+		code string
+	}{{core.MaxRegionNameLen, ""}, {core.MaxRegionNameLen + 1, codeBadCommand}} {
+		c := Command{Op: OpPutRegion, Region: &Region{Name: strings.Repeat("r", tc.n), Healthy: true}}
+		if r := f.Apply(&raft.Log{Index: uint64(i + 1), Data: mustEncode(t, c)}).(Result); r.Code != tc.code {
+			t.Fatalf("name of %d bytes: %+v", tc.n, r)
+		}
 	}
 }

@@ -546,6 +546,9 @@ func (f *FSM) putRegion(idx uint64, c Command) Result {
 	if c.Region == nil || c.Region.Name == "" {
 		return Result{Code: codeBadCommand, Msg: "put_region without a name"}
 	}
+	if len(c.Region.Name) > core.MaxRegionNameLen {
+		return Result{Code: codeBadCommand, Msg: fmt.Sprintf("region name of %d bytes (at most %d)", len(c.Region.Name), core.MaxRegionNameLen)}
+	}
 	r := c.Region.clone()
 	if old, ok := f.st.Regions[r.Name]; ok {
 		// A region re-announcing itself keeps its health: a failed region
