@@ -146,23 +146,34 @@
 // # Failover: the lease
 //
 // A mesh region holds a Lease from the directory (lease.go): it heartbeats
-// to the leader every quarter lease (500 ms by default) and the lease runs
-// until the SEND time of the last answered heartbeat plus the lease (2 s),
-// counted only once the region's own copy of the directory has applied
-// the index the leader answered at. The sequencer checks it before every
-// step: without it the batch waits (up to 1 s) and is retried — not a
-// record failure, never dead-lettered — and Health reports ErrLeaseLost.
-// The directory fails a region only after FailAfter (5 s) of silence
-// counted from that same send at the earliest, so a region cut off from
-// the directory majority has stopped writing before its conversations
-// move; the store's epoch fence covers a process paused past its lease.
+// to the leader every quarter lease (500 ms by default), echoing the token
+// of the last reply it acted on, and a reply renews the lease to the SEND
+// time of its heartbeat plus the lease (2 s) — only once the region's own
+// copy of the directory has applied the index the leader answered at, and
+// only when that heartbeat followed the echoed reply within FailAfter - 2
+// x lease (the contract in region/directory's doc.go). The sequencer
+// checks it before every step: without it the batch waits (up to 1 s) and
+// is retried — not a record failure, never dead-lettered — and Health
+// reports ErrLeaseLost. The directory fails a region no sooner than
+// FailAfter (5 s) after the last reply it echoed, so a region cut off from
+// the directory majority (or from its replies) stops sequencing before its
+// conversations move; the store's per-conversation epoch fence is what
+// guarantees one writer even when a step outlives the lease or the
+// process pauses. The leader also names regions it has not heard from for
+// three heartbeat intervals (Lease.Silent): the sequencer does not forward
+// into them (the sender gets UNAVAILABLE with retry_after_ms and its
+// resend reaches the new home after the failover) instead of leaving
+// records in a lost region's ingress until the client's ack timeout.
+//
 // A reply saying the region was failed (Healthy=false) keeps the lease:
 // the copy shows every home moved away, so the sequencer forwards what it
 // still holds in its ingress to the current homes (placement), and the
 // directory refuses to home anything new in a failed region. After
-// RejoinAfter (10 s) of answered heartbeats the Lease calls restore_region
-// (Rejoin): new users and conversations may be homed here again; moved
-// homes stay where they are until a planned move.
+// RejoinAfter (10 s) of answered heartbeats the Lease rejoins (restore
+// By "rejoin") if the failure detector failed the region; a region an
+// operator failed waits for the operator. New users and conversations may
+// then be homed here again; moved homes stay where they are until a
+// planned move.
 //
 // # Concurrency
 //

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,26 +24,30 @@ var ErrLeaseLost = fmt.Errorf("region: no directory lease: %w", core.ErrUnavaila
 type LeaseConfig struct {
 	// Region is this region's name in the directory.
 	Region string
-	// Heartbeat sends one heartbeat and returns the leader's reply
-	// (directory.Directory.Heartbeat, or AdminClient.Heartbeat).
-	Heartbeat func(ctx context.Context, region string) (directory.HeartbeatReply, error)
+	// Heartbeat sends one heartbeat, echoing the token of the last reply
+	// acted on, and returns the leader's reply (directory.Directory.
+	// Heartbeat, or AdminClient.Heartbeat).
+	Heartbeat func(ctx context.Context, region string, echo directory.HeartbeatToken) (directory.HeartbeatReply, error)
 	// WaitApplied waits until the region's copy of the directory has
 	// applied an index (directory.Directory.WaitApplied); nil when the
 	// region reads the leader's copy itself.
 	WaitApplied func(ctx context.Context, index uint64) error
-	// Rejoin marks the region healthy again (restore_region) once it has
-	// been deposed and has then held its lease for RejoinAfter; nil: an
-	// operator restores it.
+	// Rejoin marks the region healthy again once the failure detector
+	// failed it and it has then held its lease for RejoinAfter
+	// (directory.Directory.Rejoin: refused with ErrHeldByOperator when an
+	// operator failed it); nil: an operator restores it.
 	Rejoin func(ctx context.Context, region string) error
 	// RejoinAfter is how long a deposed region must hold its lease (every
 	// heartbeat answered, its copy caught up, so it forwards everything
 	// it holds to the current homes) before it rejoins. Default 10 s;
 	// negative: never rejoin by itself.
 	RejoinAfter time.Duration
-	// Lease is the lease used until a reply carries the directory's
-	// (HeartbeatReply.LeaseMS); default directory.DefaultLease.
-	Lease time.Duration
-	// Every is the heartbeat interval; default a quarter of the lease.
+	// Lease and FailAfter are used until a reply carries the directory's
+	// (HeartbeatReply.LeaseMS, FailAfterMS); defaults
+	// directory.DefaultLease and directory.DefaultFailAfter.
+	Lease, FailAfter time.Duration
+	// Every is the heartbeat interval until a reply carries the lease;
+	// then a quarter of the directory's lease.
 	Every  time.Duration
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -54,43 +59,56 @@ type LeaseStats struct {
 	Failures uint64 `json:"failures"` // heartbeats that got no answer
 	Lapses   uint64 `json:"lapses"`   // times the lease ran out
 	Deposed  bool   `json:"deposed"`  // the directory holds this region failed
-	Rejoins  uint64 `json:"rejoins"`  // restore_region calls that succeeded
+	Rejoins  uint64 `json:"rejoins"`  // rejoins (restore_region) that succeeded
 	Held     bool   `json:"held"`     // the lease is held now
 }
 
 // Lease is a region's lease from the directory (the region side of the
 // contract in region/directory's doc.go, "Heartbeats, failure detection
-// and failover"). Run heartbeats to the directory's leader every Every;
-// each answered heartbeat, once the region's own copy of the directory
-// has applied the leader's index at the answer, extends the lease to the
-// time the heartbeat was SENT plus the lease. The sequencer sequences only
-// while the lease is held (Valid), so a region cut off from the
-// directory majority stops before the directory can fail it (FailAfter,
-// counted from the same send at the earliest, is longer than the lease).
+// and failover"). Run heartbeats to the directory's leader every quarter
+// lease. Each heartbeat echoes the token of the last reply the region
+// acted on; the leader counts the region as alive at that reply's time,
+// so a region whose replies are lost is failed like a silent one. A reply
+// extends the lease — once the region's own copy of the directory has
+// applied the index the leader answered at — to the time the heartbeat
+// was SENT plus the lease, but only when that heartbeat was sent within
+// FailAfter - 2 x Lease of receiving the reply whose token it echoed (and
+// that reply came within a lease of its own send): then the leader, which
+// fails a region no sooner than FailAfter after the echoed reply, cannot
+// fail it before the lease ends. The sequencer sequences only while the
+// lease is held (Valid). Times are the process's monotonic clock.
 //
 // A reply with Healthy=false means the directory failed the region: its
 // homes moved away at higher epochs. The region keeps its lease (its copy
 // shows the moves, so its sequencer forwards every record it still holds
 // to the current homes instead of writing), and after RejoinAfter of
-// answered heartbeats it rejoins (Rejoin: restore_region), which only
+// answered heartbeats it rejoins (Rejoin) if the failure detector failed
+// it; a region an operator failed waits for the operator. Rejoining only
 // lets new users and conversations be homed here again: homes that moved
 // away stay where they are until a planned move brings them back.
 type Lease struct {
-	cfg   LeaseConfig
-	log   *slog.Logger
-	until atomic.Int64 // unix nanoseconds; the lease is held before it
-	// lease is the current lease length (the directory's, once known).
-	lease atomic.Int64
-
-	beats, failures, lapses, rejoins atomic.Uint64
-	deposed                          atomic.Bool
+	cfg  LeaseConfig
+	log  *slog.Logger
+	base time.Time // monotonic origin of until
+	// until is the lease's end, in nanoseconds after base.
+	until atomic.Int64
 	// silent is the leader's latest list of regions it has not heard from
 	// (HeartbeatReply.Silent).
 	silent atomic.Pointer[[]string]
 
-	mu           sync.Mutex
-	deposedSince time.Time // first answered heartbeat of the current deposed stretch
-	lapsed       bool
+	beats, failures, lapses, rejoins atomic.Uint64
+	deposed                          atomic.Bool
+
+	mu sync.Mutex
+	// echo is the token of the last reply acted on, and echoRecv when it
+	// arrived (zero: none yet).
+	echo     directory.HeartbeatToken
+	echoRecv time.Time
+	// lease, failAfter and every follow the directory's replies.
+	lease, failAfter, every time.Duration
+	deposedSince          time.Time // first answered heartbeat of the current deposed stretch
+	lapsed                bool
+	held                  bool // an operator holds the region failed: do not ask to rejoin
 }
 
 // NewLease returns a Lease; Run starts it.
@@ -100,6 +118,9 @@ func NewLease(cfg LeaseConfig) (*Lease, error) {
 	}
 	if cfg.Lease <= 0 {
 		cfg.Lease = directory.DefaultLease
+	}
+	if cfg.FailAfter <= 0 {
+		cfg.FailAfter = directory.DefaultFailAfter
 	}
 	if cfg.Every <= 0 {
 		cfg.Every = cfg.Lease / 4
@@ -113,13 +134,14 @@ func NewLease(cfg LeaseConfig) (*Lease, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Lease{cfg: cfg, log: cfg.Logger.With("component", "lease", "region", cfg.Region)}
-	l.lease.Store(int64(cfg.Lease))
+	l := &Lease{cfg: cfg, log: cfg.Logger.With("component", "lease", "region", cfg.Region), base: cfg.Now(),
+		lease: cfg.Lease, failAfter: cfg.FailAfter, every: cfg.Every}
+	l.until.Store(-1)
 	return l, nil
 }
 
 // Valid reports whether the lease is held at now.
-func (l *Lease) Valid(now time.Time) bool { return now.UnixNano() < l.until.Load() }
+func (l *Lease) Valid(now time.Time) bool { return int64(now.Sub(l.base)) < l.until.Load() }
 
 // Await waits up to max for the lease to be held: nil once it is,
 // ErrLeaseLost if it still is not after max, ctx's error if ctx ends.
@@ -146,20 +168,12 @@ func (l *Lease) Await(ctx context.Context, max time.Duration) error {
 }
 
 // Silent reports whether the directory's leader, at the last answered
-// heartbeat, had not heard from region for more than half a lease: it is
-// likely lost and about to be failed over. The sequencer does not forward
-// records to such a region (the sender retries shortly).
+// heartbeat, had not heard from region for three heartbeat intervals: it
+// is likely lost and about to be failed over. The sequencer does not
+// forward records to such a region (the sender retries shortly).
 func (l *Lease) Silent(region string) bool {
 	p := l.silent.Load()
-	if p == nil {
-		return false
-	}
-	for _, s := range *p {
-		if s == region {
-			return true
-		}
-	}
-	return false
+	return p != nil && slices.Contains(*p, region)
 }
 
 // Stats returns the counters.
@@ -180,10 +194,19 @@ func (l *Lease) Health() error {
 // heartbeat is counted, logged when the lease runs out, and retried at the
 // next tick.
 func (l *Lease) Run(ctx context.Context) {
-	t := time.NewTicker(l.cfg.Every)
+	l.mu.Lock()
+	every := l.every
+	l.mu.Unlock()
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		l.beat(ctx)
+		l.mu.Lock()
+		if l.every != every {
+			every = l.every
+			t.Reset(every)
+		}
+		l.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
@@ -192,18 +215,25 @@ func (l *Lease) Run(ctx context.Context) {
 	}
 }
 
-// beat sends one heartbeat and extends the lease if it is answered.
+// beat sends one heartbeat and extends the lease if the reply allows it.
 func (l *Lease) beat(ctx context.Context) {
+	l.mu.Lock()
+	echo, echoRecv, lease := l.echo, l.echoRecv, l.lease
+	l.mu.Unlock()
 	sent := l.cfg.Now()
-	lease := time.Duration(l.lease.Load())
-	// No answer after a lease is worthless: it could not extend anything.
+	// A reply later than a lease is worthless: it could not extend
+	// anything (and the contract needs replies within a lease).
 	hctx, cancel := context.WithTimeout(ctx, lease)
 	defer cancel()
-	rep, err := l.cfg.Heartbeat(hctx, l.cfg.Region)
+	rep, err := l.cfg.Heartbeat(hctx, l.cfg.Region, echo)
 	if err == nil && l.cfg.WaitApplied != nil {
 		// The lease is only as good as our copy: the sequencer must see
 		// every failover the leader had applied when it answered.
 		err = l.cfg.WaitApplied(hctx, rep.AppliedIndex)
+	}
+	recv := l.cfg.Now()
+	if err == nil && recv.Sub(sent) >= lease {
+		err = fmt.Errorf("reply after %v, more than the lease", recv.Sub(sent))
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -216,21 +246,31 @@ func (l *Lease) beat(ctx context.Context) {
 	l.beats.Add(1)
 	silent := rep.Silent
 	l.silent.Store(&silent)
-	if rep.LeaseMS > 0 {
-		lease = time.Duration(rep.LeaseMS) * time.Millisecond
-		l.lease.Store(int64(lease))
-	}
-	until := sent.Add(lease).UnixNano()
-	for {
-		cur := l.until.Load()
-		if until <= cur || l.until.CompareAndSwap(cur, until) {
-			break
-		}
-	}
 	l.mu.Lock()
-	if l.lapsed {
-		l.lapsed = false
-		l.log.Info("directory lease held again; sequencing resumes", "leader", rep.Leader, "term", rep.Term)
+	if rep.LeaseMS > 0 {
+		l.lease = time.Duration(rep.LeaseMS) * time.Millisecond
+		l.every = max(l.lease/4, 10*time.Millisecond)
+	}
+	if rep.FailAfterMS > 0 {
+		l.failAfter = time.Duration(rep.FailAfterMS) * time.Millisecond
+	}
+	// Extend only from a heartbeat that followed the echoed reply closely
+	// enough (see Lease): the leader fails us no sooner than FailAfter
+	// after that reply.
+	extend := !echoRecv.IsZero() && sent.Sub(echoRecv) <= l.failAfter-2*l.lease
+	l.echo, l.echoRecv = rep.Token, recv
+	if extend {
+		until := int64(sent.Sub(l.base) + l.lease)
+		for {
+			cur := l.until.Load()
+			if until <= cur || l.until.CompareAndSwap(cur, until) {
+				break
+			}
+		}
+		if l.lapsed {
+			l.lapsed = false
+			l.log.Info("directory lease held again; sequencing resumes", "leader", rep.Leader, "term", rep.Term)
+		}
 	}
 	l.mu.Unlock()
 	l.noteHealth(ctx, rep.Healthy, sent)
@@ -258,6 +298,9 @@ func (l *Lease) noteHealth(ctx context.Context, healthy bool, at time.Time) {
 		if l.deposed.Swap(false) {
 			l.log.Info("region is healthy in the directory again")
 		}
+		l.mu.Lock()
+		l.held, l.deposedSince = false, time.Time{}
+		l.mu.Unlock()
 		return
 	}
 	if !l.deposed.Swap(true) {
@@ -267,12 +310,22 @@ func (l *Lease) noteHealth(ctx context.Context, healthy bool, at time.Time) {
 	if l.deposedSince.IsZero() {
 		l.deposedSince = at
 	}
-	since := l.deposedSince
+	since, held, lease := l.deposedSince, l.held, l.lease
 	l.mu.Unlock()
-	if l.cfg.Rejoin == nil || l.cfg.RejoinAfter < 0 || at.Sub(since) < l.cfg.RejoinAfter {
+	if held || l.cfg.Rejoin == nil || l.cfg.RejoinAfter < 0 || at.Sub(since) < l.cfg.RejoinAfter {
 		return
 	}
-	if err := l.cfg.Rejoin(ctx, l.cfg.Region); err != nil {
+	rctx, cancel := context.WithTimeout(ctx, lease)
+	err := l.cfg.Rejoin(rctx, l.cfg.Region)
+	cancel()
+	switch {
+	case errors.Is(err, directory.ErrHeldByOperator):
+		l.mu.Lock()
+		l.held = true
+		l.mu.Unlock()
+		l.log.Warn("an operator failed this region: it stays failed until an operator restores it (chatmesh directory restore-region)")
+		return
+	case err != nil:
 		l.log.Warn("rejoin (restore_region) failed; retrying at the next heartbeat", "err", err)
 		return
 	}

@@ -23,7 +23,7 @@ type fakeDirectory struct {
 	beats       atomic.Int32
 }
 
-func (f *fakeDirectory) heartbeat(ctx context.Context, region string) (directory.HeartbeatReply, error) {
+func (f *fakeDirectory) heartbeat(ctx context.Context, region string, _ directory.HeartbeatToken) (directory.HeartbeatReply, error) {
 	f.beats.Add(1)
 	if !f.up.Load() {
 		<-ctx.Done() // a leader that does not answer
@@ -183,9 +183,9 @@ func TestSequencerStopsWithoutLease(t *testing.T) {
 // sender is told UNAVAILABLE with retry_after_ms and resends, reaching
 // the new home once the failover is done.
 func TestNoForwardToSilentHome(t *testing.T) {
-	l, err := region.NewLease(region.LeaseConfig{Region: "local", Lease: time.Minute, Every: time.Hour,
-		Heartbeat: func(context.Context, string) (directory.HeartbeatReply, error) {
-			return directory.HeartbeatReply{Healthy: true, LeaseMS: 60_000, Silent: []string{"other"}}, nil
+	l, err := region.NewLease(region.LeaseConfig{Region: "local", Lease: 2 * time.Second, Every: 50 * time.Millisecond,
+		Heartbeat: func(context.Context, string, directory.HeartbeatToken) (directory.HeartbeatReply, error) {
+			return directory.HeartbeatReply{Healthy: true, LeaseMS: 20_000, FailAfterMS: 60_000, Silent: []string{"other"}}, nil
 		}})
 	if err != nil {
 		t.Fatal(err)

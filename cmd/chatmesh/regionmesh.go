@@ -298,7 +298,7 @@ func openMesh(ctx context.Context, m *meshFlags, name, kafka, data string, logge
 		// Heartbeats start with the announcement: the failure detector
 		// judges the region from then on.
 		mm.lease, err = region.NewLease(region.LeaseConfig{Region: name, Heartbeat: mm.dir.Heartbeat, WaitApplied: mm.dir.WaitApplied,
-			Rejoin: mm.dir.RestoreRegion, RejoinAfter: m.rejoinAfter, Logger: logger})
+			Rejoin: mm.dir.Rejoin, RejoinAfter: m.rejoinAfter, Logger: logger})
 		if err != nil {
 			return nil, err
 		}

@@ -162,7 +162,7 @@ func freePort(host string) (int, error) {
 // restore_region to rejoin after a failover.
 func NewDirectoryLease(name string, d *directory.Directory, logger *slog.Logger) (*region.Lease, error) {
 	return region.NewLease(region.LeaseConfig{Region: name, Heartbeat: d.Heartbeat, WaitApplied: d.WaitApplied,
-		Rejoin: d.RestoreRegion, Logger: logger})
+		Rejoin: d.Rejoin, Logger: logger})
 }
 
 // StartMesh brings a mesh up: store, brokers, voters (waiting for a

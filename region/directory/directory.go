@@ -99,6 +99,8 @@ type Directory struct {
 	client  *http.Client
 	peers   map[raft.ServerID]Peer
 	det     *detector // heartbeats and failure detection (failover.go)
+	// detMu orders failure-detector steps and heartbeat answers (failover.go).
+	detMu sync.Mutex
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -133,10 +135,10 @@ func Open(ctx context.Context, cfg Config) (*Directory, error) {
 		cfg.FailAfter = DefaultFailAfter
 	}
 	if cfg.Lease <= 0 {
-		cfg.Lease = min(DefaultLease, cfg.FailAfter/2)
+		cfg.Lease = min(DefaultLease, cfg.FailAfter*2/5)
 	}
-	if cfg.Lease >= cfg.FailAfter {
-		return nil, fmt.Errorf("directory: lease %v must be below fail-after %v", cfg.Lease, cfg.FailAfter)
+	if cfg.Lease*5 > cfg.FailAfter*2 {
+		return nil, fmt.Errorf("directory: lease %v must be at most 2/5 of fail-after %v (a region renews its lease only from a heartbeat sent within fail-after - 2 x lease of the previous reply)", cfg.Lease, cfg.FailAfter)
 	}
 	if cfg.DetectInterval <= 0 {
 		cfg.DetectInterval = cfg.FailAfter / 10

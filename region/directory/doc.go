@@ -145,17 +145,24 @@
 //
 // # Heartbeats, failure detection and failover
 //
-// Every region heartbeats: Directory.Heartbeat(ctx, region) on its own
-// voter, or AdminClient.Heartbeat (POST /directory/v1/heartbeat) from a
-// process that is not one. A heartbeat goes to the leader wherever it is
-// (forwarded like a write, retried while no leader answers) and is never
-// written to the raft log: the leader keeps, in memory, when it last heard
-// from each region. Before answering, the leader confirms with a quorum
-// that it still leads (raft VerifyLeader) and lets its FSM catch up with
-// the log it holds, then records the beat and replies with HeartbeatReply:
-// the region's health in its applied copy, its applied index, its id and
-// term, and the lease (LeaseMS).
-//
+// Every region heartbeats: Directory.Heartbeat(ctx, region, echo) on its
+// own voter, or AdminClient.Heartbeat (POST /directory/v1/heartbeat,
+// {"region", "echo"}) from a process that is not one. A heartbeat goes to
+// the leader wherever it is (forwarded like a write, retried while no
+// leader answers) and is never written to the raft log. Before answering,
+// the leader confirms with a quorum that it still leads (raft
+// VerifyLeader) and lets its FSM catch up with the log it holds, then
+// replies with HeartbeatReply: the region's health in its applied copy,
+// its applied index, its id and term, the lease (LeaseMS) and FailAfterMS,
+// the regions it has not heard from for three heartbeat intervals
+// (Silent: likely lost; others stop forwarding to them), and a Token (its
+// term and its clock when it answered). The region echoes the token of
+// the last reply it acted on in its next heartbeat, and the leader keeps,
+// in memory, the time of the newest echoed reply of its own term as when
+// it last heard from the region: a request alone proves nothing, since a
+// region whose replies are lost (a one-way partition) cannot renew its
+// lease either, and must be failed like a silent one.
+
 // With Config.DetectFailures, the voter that leads runs the failure
 // detector every Config.DetectInterval (default FailAfter/10): a healthy
 // region it has not heard from for Config.FailAfter (default 5 s) is
@@ -179,36 +186,47 @@
 // build.
 //
 // A failed region that heartbeats again is told Healthy=false and stays
-// failed: it must learn it was deposed (its homes moved, at higher
-// epochs), forward what it still holds to the current homes and rejoin;
-// only restore_region makes it healthy again (an operator, or the
-// region's own Lease after RejoinAfter of answered heartbeats). Restoring
-// moves no home back, so a flapping region cannot bounce its homes.
-// put_region of a region that exists keeps its stored health (a region
-// re-announcing itself at start does not restore itself), and nothing is
-// homed in a failed region: set_user_home, set_conv_home (claims and
-// moves) and move_user naming one are refused with ErrRegionUnhealthy
-// (code region_unhealthy), so a deposed region that has not yet learnt
-// it cannot claim new conversations.
+// failed: it learns it was deposed (its homes moved, at higher epochs),
+// forwards what it still holds to the current homes and, after RejoinAfter
+// of answered heartbeats, rejoins with restore_region By "rejoin" — which
+// the FSM grants only when the failure detector failed the region
+// (Region.FailedBy "detector"). A region an operator failed (fail_region
+// or set_region_health down by anyone but the detector, also after the
+// detector) is held until an operator restores it (ErrHeldByOperator).
+// Restoring moves no home back, so a flapping region cannot bounce its
+// homes. put_region of a region that exists keeps its stored health and
+// FailedBy (a region re-announcing itself at start does not restore
+// itself), and nothing is homed in a failed region: set_user_home,
+// set_conv_home (claims and moves) and move_user naming one are refused
+// with ErrRegionUnhealthy (code region_unhealthy), so a deposed region that
+// has not yet learnt it cannot claim new conversations.
 //
-// The lease contract (the region side is region.Lease): a region
-// must stop sequencing when it has had no successful heartbeat reply for
-// Config.Lease (default 2 s or FailAfter/2 if shorter; always below
-// FailAfter: Open refuses otherwise), measured from when it SENT the
-// heartbeat whose reply was
-// the last successful one, and also as soon as a reply says Healthy=false.
-// Because the leader answered only after confirming its leadership with a
-// quorum after the request was sent, no other leader can have been
-// elected before the send time, and any leader judges a region only after
-// FailAfter of silence counted from its own takeover at the earliest. So a
-// region cut off from the directory majority stops at most Lease after
-// its last answered send, before the directory can have failed it (at
-// least FailAfter after that send). This holds with clocks that run at
-// about the same rate (FailAfter - Lease is the margin for drift and
-// scheduling); it needs no synchronised clocks. Where it does not (a
-// paused process, a clock jump), the store's per-conversation epoch fence
-// still keeps two sequencers from both writing one conversation.
-//
+// The lease contract (the region side is region.Lease). A region sequences
+// only while it holds its lease. A reply renews it to the SEND time of its
+// heartbeat plus Config.Lease (default 2 s, or 2/5 of FailAfter if
+// shorter; Open refuses a lease above 2/5 of FailAfter), and only when
+// (a) the reply came within a lease of that send and the region's copy
+// has applied the reply's index (it sees every failover the leader had
+// applied), and (b) the heartbeat was sent within FailAfter - 2 x Lease of
+// receiving the reply whose token it echoed. Why that is enough: the
+// leader fails a region no sooner than FailAfter after the newest echoed
+// reply it answered at T. The region received that reply within a lease
+// of T, sent its next heartbeat within FailAfter - 2 x Lease of that, and
+// renews to that send plus a lease: before T + FailAfter. A leader that
+// took over later judges nobody before FailAfter after its takeover, which
+// came after every answer of the old leader (each confirmed its leadership
+// with a quorum first). So a region cut off from the directory majority,
+// or from its replies, stops before the directory can have failed it.
+// This holds with clocks that run at about the same rate (the region
+// measures on its monotonic clock, the leader on its own); it needs no
+// synchronised clocks. A reply with Healthy=false keeps the lease: the
+// region's copy shows every home moved away, so it only forwards. Where
+// the contract does not hold (a paused process, a step that outlives the
+// lease), the store's per-conversation epoch fence still keeps two
+// sequencers from both writing one conversation: the fence, not the
+// lease, is what guarantees one writer; the lease is what keeps a
+// cut-off region from wasting the time until the fence refuses it.
+
 // # Command and snapshot encoding
 //
 // A command in the raft log (and a forwarded request body) is one version

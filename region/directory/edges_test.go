@@ -230,7 +230,7 @@ func TestClusterEdges(t *testing.T) {
 	e1.Healthy = false
 	want := []Region{
 		{Name: "fra", Lat: 50, Healthy: true, Edges: []Edge{e1}},
-		{Name: "iad", Healthy: false, Edges: []Edge{edge("e2")}},
+		{Name: "iad", Healthy: false, FailedBy: FailedByOperator, Edges: []Edge{edge("e2")}},
 	}
 	for i := range 3 {
 		d := c.node(i)

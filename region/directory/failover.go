@@ -48,6 +48,14 @@ func (d *Directory) RestoreRegion(ctx context.Context, region string) error {
 	return err
 }
 
+// Rejoin is a region restoring itself after the failure detector failed
+// it (restore_region By ByRejoin): ErrHeldByOperator when an operator
+// failed it (only an operator restores it then).
+func (d *Directory) Rejoin(ctx context.Context, region string) error {
+	_, err := d.write(ctx, Command{Op: OpRestoreRegion, Name: region, By: ByRejoin})
+	return err
+}
+
 // HeartbeatReply is the leader's answer to a region's heartbeat.
 type HeartbeatReply struct {
 	Region string `json:"region"`
@@ -66,6 +74,14 @@ type HeartbeatReply struct {
 	// this heartbeat the region may go on sequencing without another
 	// successful reply.
 	LeaseMS int64 `json:"lease_ms"`
+	// FailAfterMS is Config.FailAfter in milliseconds. A region extends
+	// its lease from a reply only when it sent the heartbeat within
+	// FailAfter - 2 x Lease of receiving the reply whose token it echoed
+	// (the lease contract in doc.go).
+	FailAfterMS int64 `json:"fail_after_ms"`
+	// Token is this reply's token, to echo in the next heartbeat once the
+	// reply has been acted on.
+	Token HeartbeatToken `json:"token"`
 	// Silent names the healthy regions the leader has not heard from for
 	// more than half a lease (two missed heartbeats), once it has led for
 	// that long: likely lost, not failed yet. Other regions stop
@@ -75,9 +91,22 @@ type HeartbeatReply struct {
 	Silent []string `json:"silent,omitempty"`
 }
 
+// HeartbeatToken identifies one heartbeat reply: the leader's term and
+// its clock when it answered. A region echoes the token of the last reply
+// it received and acted on (its copy caught up, its lease extended), and
+// the leader counts the region as heard from at that token's time — not
+// when a request merely arrived: a region whose replies are lost (a
+// one-way partition) is failed like a silent one, since it cannot hold
+// its lease either.
+type HeartbeatToken struct {
+	Term uint64 `json:"term"`
+	At   int64  `json:"at_unix_nano"`
+}
+
 // heartbeatRequest is the body of POST /directory/v1/heartbeat.
 type heartbeatRequest struct {
-	Region string `json:"region"`
+	Region string         `json:"region"`
+	Echo   HeartbeatToken `json:"echo"`
 }
 
 // heartbeatResult is the reply between voters: the reply or a refusal.
@@ -101,7 +130,11 @@ const (
 // other leader could have failed the region before the request was sent
 // (the lease contract in doc.go). A region the directory does not hold
 // gives ErrUnknownRegion.
-func (d *Directory) Heartbeat(ctx context.Context, region string) (HeartbeatReply, error) {
+//
+// echo is the token of the last reply the region acted on (zero for none):
+// the leader counts the region as alive at that reply, never at a request
+// alone (see HeartbeatToken).
+func (d *Directory) Heartbeat(ctx context.Context, region string, echo HeartbeatToken) (HeartbeatReply, error) {
 	if region == "" {
 		return HeartbeatReply{}, fmt.Errorf("%w: heartbeat without a region", ErrBadCommand)
 	}
@@ -109,9 +142,9 @@ func (d *Directory) Heartbeat(ctx context.Context, region string) (HeartbeatRepl
 	err := d.retry(ctx, func(ctx context.Context) error {
 		var err error
 		if d.IsLeader() {
-			res, err = d.heartbeatLocal(ctx, region)
+			res, err = d.heartbeatLocal(ctx, region, echo)
 		} else {
-			b, _ := json.Marshal(heartbeatRequest{Region: region})
+			b, _ := json.Marshal(heartbeatRequest{Region: region, Echo: echo})
 			res = heartbeatResult{}
 			err = d.forward(ctx, pathHeartbeat, b, &res)
 		}
@@ -130,9 +163,10 @@ func (d *Directory) Heartbeat(ctx context.Context, region string) (HeartbeatRepl
 }
 
 // heartbeatLocal answers a heartbeat on this voter, which believes it
-// leads: it confirms leadership with a quorum, lets the FSM catch up with
-// the log it had then, records the beat and reads the region.
-func (d *Directory) heartbeatLocal(ctx context.Context, region string) (heartbeatResult, error) {
+// leads: it confirms leadership with a quorum, lets the FSM apply the log
+// it had then, records the echoed reply as the region's last sign of life
+// and reads the region.
+func (d *Directory) heartbeatLocal(ctx context.Context, region string, echo HeartbeatToken) (heartbeatResult, error) {
 	if err := d.waitFuture(ctx, d.raft.VerifyLeader()); err != nil {
 		switch {
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost):
@@ -146,8 +180,12 @@ func (d *Directory) heartbeatLocal(ctx context.Context, region string) (heartbea
 	term := d.raft.CurrentTerm()
 	// Everything committed is in the leader's log: once it has been handed
 	// to the FSM, the region's health below reflects every failover that
-	// completed before the beat (up to the FSM consuming the last batch,
-	// which the store's epoch fence covers).
+	// completed before the beat. (raft moves AppliedIndex when it hands
+	// entries to the FSM, a moment before the FSM applies them; the
+	// detector's own failovers are ordered with this answer by detMu, and
+	// an operator's fail_region racing it that closely is covered by the
+	// store's epoch fence. The FSM's own index cannot be awaited: raft's
+	// no-op and configuration entries never reach it.)
 	last := d.raft.LastIndex()
 	for d.raft.AppliedIndex() < last {
 		select {
@@ -158,17 +196,32 @@ func (d *Directory) heartbeatLocal(ctx context.Context, region string) (heartbea
 		case <-time.After(time.Millisecond):
 		}
 	}
+	// One failure-detector step at a time: a region is either judged
+	// before this reply (and the reply says so) or heard from after it.
+	d.detMu.Lock()
+	defer d.detMu.Unlock()
 	r, ok := d.fsm.Region(region)
 	if !ok {
 		return heartbeatResult{Code: codeUnknownRegion}, nil
 	}
 	now := d.cfg.Now()
-	d.det.beat(region, now)
+	if d.cfg.DetectFailures {
+		d.det.lead(term, now)
+	}
+	if echo.Term == term && echo.At > 0 {
+		d.det.beat(region, time.Unix(0, min(echo.At, now.UnixNano())))
+	}
 	return heartbeatResult{HeartbeatReply: HeartbeatReply{
 		Region: region, Healthy: r.Healthy, AppliedIndex: d.AppliedIndex(), Leader: d.cfg.ID, Term: term,
-		LeaseMS: d.cfg.Lease.Milliseconds(), Silent: d.det.silent(now, d.cfg.Lease/2, d.fsm.Regions()),
+		LeaseMS: d.cfg.Lease.Milliseconds(), FailAfterMS: d.cfg.FailAfter.Milliseconds(), Token: HeartbeatToken{Term: term, At: now.UnixNano()},
+		Silent: d.det.silent(now, d.silentAfter(), d.fsm.Regions()),
 	}}, nil
 }
+
+// silentAfter is how long the leader must not have heard from a region
+// before it names it silent: three heartbeat intervals (a quarter lease
+// each), so one late beat does not stop forwarding to it.
+func (d *Directory) silentAfter() time.Duration { return 3 * d.cfg.Lease / 4 }
 
 // handleHeartbeat serves POST /directory/v1/heartbeat: {"region": name}.
 // From a voter (forwarded): answered if this voter leads, else 421. From
@@ -189,13 +242,13 @@ func (d *Directory) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "not leader", http.StatusMisdirectedRequest)
 			return
 		}
-		res, err := d.heartbeatLocal(r.Context(), req.Region)
+		res, err := d.heartbeatLocal(r.Context(), req.Region, req.Echo)
 		d.reply(w, res, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), d.adminTimeout())
 	defer cancel()
-	rep, err := d.Heartbeat(ctx, req.Region)
+	rep, err := d.Heartbeat(ctx, req.Region, req.Echo)
 	switch {
 	case errors.Is(err, ErrUnknownRegion):
 		writeAdminError(w, http.StatusNotFound, codeUnknownRegion, err.Error())
@@ -208,8 +261,8 @@ func (d *Directory) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 
 // Heartbeat sends one heartbeat for region through the voter (see
 // Directory.Heartbeat): for a region process that is not itself a voter.
-func (c *AdminClient) Heartbeat(ctx context.Context, region string) (HeartbeatReply, error) {
-	b, err := json.Marshal(heartbeatRequest{Region: region})
+func (c *AdminClient) Heartbeat(ctx context.Context, region string, echo HeartbeatToken) (HeartbeatReply, error) {
+	b, err := json.Marshal(heartbeatRequest{Region: region, Echo: echo})
 	if err != nil {
 		return HeartbeatReply{}, fmt.Errorf("directory: heartbeat: %w", err)
 	}
@@ -379,11 +432,13 @@ func (d *Directory) detectOnce() {
 		d.det.follow()
 		return
 	}
+	d.detMu.Lock()
+	defer d.detMu.Unlock()
 	now := d.cfg.Now()
 	d.det.lead(d.raft.CurrentTerm(), now)
 	for _, name := range d.det.due(now, d.fsm.Regions()) {
 		d.det.tried(name, now)
-		b, err := EncodeCommand(Command{Op: OpFailRegion, Name: name})
+		b, err := EncodeCommand(Command{Op: OpFailRegion, Name: name, By: ByDetector})
 		if err != nil {
 			d.log.Error("failure detector: encode", "region", name, "err", err)
 			continue

@@ -19,6 +19,7 @@ type beater struct {
 	mu          sync.Mutex // held during a beat, so pause waits for it
 	paused      bool
 	lastAttempt time.Time // when the last beat (answered or not) was sent
+	lastEcho    HeartbeatToken // the token the last answered beat echoed
 	last        HeartbeatReply
 	replies     int
 }
@@ -62,24 +63,32 @@ func (b *beater) beat(ctx context.Context) {
 	b.lastAttempt = time.Now()
 	hctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	rep, err := d.Heartbeat(hctx, b.region)
+	rep, err := d.Heartbeat(hctx, b.region, b.last.Token)
 	if err == nil {
+		b.lastEcho = b.last.Token
 		b.last, b.replies = rep, b.replies+1
 	}
 }
 
-// pause stops the beats and returns when the last one was sent.
-func (b *beater) pause() time.Time {
+// pause stops the beats and returns when the last one was sent and when
+// the leader answered the reply that beat echoed (the last time the leader
+// counts the region as heard from).
+func (b *beater) pause() (time.Time, time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.paused = true
-	return b.lastAttempt
+	return b.lastAttempt, time.Unix(0, b.lastEcho.At)
 }
 
 func (b *beater) resume() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.paused = false
+}
+
+func (b *beater) lastReply() HeartbeatReply {
+	r, _ := b.reply()
+	return r
 }
 
 func (b *beater) reply() (HeartbeatReply, int) {
@@ -160,7 +169,7 @@ func TestFailoverSilentRegionIsFailed(t *testing.T) {
 	if rep, _ := beaters["ams"].reply(); len(rep.Silent) != 0 {
 		t.Fatalf("silent regions while all heartbeat: %v", rep.Silent)
 	}
-	lastBeat := beaters["fra"].pause()
+	lastBeat, lastHeard := beaters["fra"].pause()
 	// Before it is failed, the others hear that fra went silent (they
 	// stop forwarding to it).
 	eventually(t, "fra reported silent", func() bool {
@@ -175,8 +184,14 @@ func TestFailoverSilentRegionIsFailed(t *testing.T) {
 		}
 		return !r.Healthy
 	})
-	if gap := failedAt.Sub(lastBeat); gap < testFailAfter {
-		t.Fatalf("fra failed %v after its last beat, before FailAfter (%v)", gap, testFailAfter)
+	// Failed no sooner than FailAfter after the last reply fra echoed,
+	// and after any lease fra could hold: one renewed from its last beat
+	// runs until that beat's send plus the lease.
+	if gap := failedAt.Sub(lastHeard); gap < testFailAfter {
+		t.Fatalf("fra failed %v after the last reply it echoed, before FailAfter (%v)", gap, testFailAfter)
+	}
+	if lease := time.Duration(beaters["ams"].lastReply().LeaseMS) * time.Millisecond; failedAt.Before(lastBeat.Add(lease)) || lease == 0 {
+		t.Fatalf("fra failed at %v, within the lease (%v) of its last beat at %v", failedAt, lease, lastBeat)
 	}
 	eventually(t, "homes moved on the follower", func() bool {
 		h, _ := f.Conv("g:fra1")
@@ -315,17 +330,17 @@ func TestHeartbeatUnknownRegion(t *testing.T) {
 	defer cancel()
 	l := c.leader()
 	f := c.node((l + 1) % 3)
-	if _, err := f.Heartbeat(ctx, "mars"); !errors.Is(err, ErrUnknownRegion) {
+	if _, err := f.Heartbeat(ctx, "mars", HeartbeatToken{}); !errors.Is(err, ErrUnknownRegion) {
 		t.Fatalf("heartbeat of an unknown region: %v", err)
 	}
 	ac := &AdminClient{URL: "http://" + c.peers[(l+1)%3].HTTPAddr}
-	if _, err := ac.Heartbeat(ctx, "mars"); !errors.Is(err, ErrUnknownRegion) {
+	if _, err := ac.Heartbeat(ctx, "mars", HeartbeatToken{}); !errors.Is(err, ErrUnknownRegion) {
 		t.Fatalf("admin heartbeat of an unknown region: %v", err)
 	}
 	if err := f.PutRegion(ctx, Region{Name: "fra", Healthy: true}); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := ac.Heartbeat(ctx, "fra")
+	rep, err := ac.Heartbeat(ctx, "fra", HeartbeatToken{})
 	if err != nil || !rep.Healthy || rep.Leader != c.peers[l].ID || rep.LeaseMS != DefaultLease.Milliseconds() {
 		t.Fatalf("admin heartbeat = %+v, %v", rep, err)
 	}
@@ -333,4 +348,43 @@ func TestHeartbeatUnknownRegion(t *testing.T) {
 	if _, err := f.FailRegion(ctx, "fra"); !errors.Is(err, ErrNoHealthyRegion) {
 		t.Fatalf("failing the only region: %v", err)
 	}
+}
+
+// A region whose heartbeats reach the leader but whose replies are lost
+// (a one-way partition) cannot hold its lease, so it must be failed like
+// a silent one: the leader counts a region as heard from only at a reply
+// the region echoes back.
+func TestFailoverRepliesLost(t *testing.T) {
+	c := failoverCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	failoverRegions(ctx, t, c)
+	for i, r := range []string{"ams", "iad"} {
+		startBeater(ctx, c, r, i+1)
+	}
+	// fra's requests arrive; it never sees a reply, so it never echoes one.
+	lost := make(chan struct{})
+	go func() {
+		defer close(lost)
+		for ctx.Err() == nil {
+			if d := c.node(c.leader()); d != nil {
+				hctx, hcancel := context.WithTimeout(ctx, time.Second)
+				d.Heartbeat(hctx, "fra", HeartbeatToken{})
+				hcancel()
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	f := c.node((c.leader() + 1) % 3)
+	eventually(t, "fra failed although its requests arrive", func() bool {
+		r, _ := f.Region("fra")
+		return !r.Healthy
+	})
+	if h, _ := f.Conv("g:fra1"); h.Region != "ams" || h.Epoch != 2 {
+		t.Fatalf("g:fra1 = %+v, want ams at epoch 2", h)
+	}
+	t.Logf("fra failed %v after its replies started to be lost", time.Since(start).Round(time.Millisecond))
+	cancel()
+	<-lost
 }

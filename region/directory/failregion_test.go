@@ -347,3 +347,62 @@ func TestPutRegionNameLimit(t *testing.T) {
 		}
 	}
 }
+
+// Who failed a region decides who restores it: a region the failure
+// detector failed may rejoin by itself (restore_region By rejoin); one an
+// operator failed (fail_region, set_region_health down), or one the
+// detector failed and an operator then failed again, is held until an
+// operator restores it. A re-announcement keeps who failed it.
+func TestRejoinOnlyAfterTheDetector(t *testing.T) {
+	h := newFSMHarness(t)
+	h.region("fra", 50.11, 8.68, true)
+	h.region("ams", 52.37, 4.90, true)
+	rejoin := Command{Op: OpRestoreRegion, Name: "fra", By: ByRejoin}
+	failedBy := func() (bool, string) { r, _ := h.f.Region("fra"); return r.Healthy, r.FailedBy }
+
+	h.apply(Command{Op: OpFailRegion, Name: "fra", By: ByDetector})
+	if up, by := failedBy(); up || by != FailedByDetector {
+		t.Fatalf("after the detector: healthy %v by %q", up, by)
+	}
+	h.apply(Command{Op: OpPutRegion, Region: &Region{Name: "fra", Lat: 50.11, Long: 8.68, Healthy: true}})
+	if up, by := failedBy(); up || by != FailedByDetector {
+		t.Fatalf("after a re-announcement: healthy %v by %q", up, by)
+	}
+	if r := h.apply(rejoin); r.Code != "" {
+		t.Fatalf("rejoin after the detector: %+v", r)
+	}
+	if up, by := failedBy(); !up || by != "" {
+		t.Fatalf("after the rejoin: healthy %v by %q", up, by)
+	}
+
+	for _, fail := range []Command{
+		{Op: OpFailRegion, Name: "fra"},
+		{Op: OpSetRegionHealth, Name: "fra", Healthy: no()},
+	} {
+		h.apply(fail)
+		if up, by := failedBy(); up || by != FailedByOperator {
+			t.Fatalf("after %s: healthy %v by %q", fail.Op, up, by)
+		}
+		if r := h.apply(rejoin); r.Code != codeHeld || !errors.Is(r.err(rejoin), ErrHeldByOperator) {
+			t.Fatalf("rejoin after %s: %+v", fail.Op, r)
+		}
+		if up, _ := failedBy(); up {
+			t.Fatal("a held region rejoined")
+		}
+		h.apply(Command{Op: OpRestoreRegion, Name: "fra"})
+		if up, by := failedBy(); !up || by != "" {
+			t.Fatalf("operator restore: healthy %v by %q", up, by)
+		}
+	}
+	// The detector fails it, then an operator fails it too: held.
+	h.apply(Command{Op: OpFailRegion, Name: "fra", By: ByDetector})
+	h.apply(Command{Op: OpFailRegion, Name: "fra"})
+	if r := h.apply(rejoin); r.Code != codeHeld {
+		t.Fatalf("rejoin after the operator took over: %+v", r)
+	}
+	// And the detector repeating itself does not take it back.
+	h.apply(Command{Op: OpFailRegion, Name: "fra", By: ByDetector})
+	if _, by := failedBy(); by != FailedByOperator {
+		t.Fatalf("the detector took an operator's failure back: %q", by)
+	}
+}

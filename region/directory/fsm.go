@@ -41,6 +41,9 @@ var (
 	// ErrNoHealthyRegion: fail_region found no other healthy region to
 	// move the failed region's homes to; nothing was changed.
 	ErrNoHealthyRegion = errors.New("directory: no healthy region left")
+	// ErrHeldByOperator: a region asked to rejoin (restore_region by
+	// itself) but an operator failed it: only an operator restores it.
+	ErrHeldByOperator = errors.New("directory: region failed by an operator: only an operator restores it")
 	// ErrRegionUnhealthy: a write would home a user or a conversation in a
 	// region that is failed (unhealthy). Nothing is homed in a failed
 	// region: its homes moved away, and a deposed region that has not
@@ -72,6 +75,13 @@ type Region struct {
 	NoiseKeyHex  string   `json:"noise_key_hex,omitempty"`
 	LinkEndpoint string   `json:"link_endpoint,omitempty"`
 	Healthy      bool     `json:"healthy"`
+	// FailedBy says who made an unhealthy region unhealthy: FailedByDetector
+	// (the failure detector's fail_region) or FailedByOperator (a
+	// fail_region or set_region_health from anyone else). Only a region the
+	// detector failed rejoins by itself (restore_region with By =
+	// ByRejoin); an operator's failure holds until an operator restores it.
+	// "" while healthy.
+	FailedBy string `json:"failed_by,omitempty"`
 	// Edges are the region's edges, sorted by ID. In a put_region command
 	// nil ("edges": null or absent) keeps the stored edges, so a region
 	// can re-announce itself without knowing its edges; an empty list
@@ -182,7 +192,19 @@ type Command struct {
 	EdgeID      string  `json:"edge_id,omitempty"`      // set_edge_health
 	Healthy     *bool   `json:"healthy,omitempty"`      // set_edge_health, set_region_health (required)
 	Owner       string  `json:"owner,omitempty"`        // set_conv_home creating a conversation
+	// By names who issues fail_region (ByDetector; else an operator) and
+	// restore_region (ByRejoin: the region itself, refused unless the
+	// detector failed it).
+	By string `json:"by,omitempty"`
 }
+
+// Who failed or restores a region (Command.By, Region.FailedBy).
+const (
+	ByDetector       = "detector"
+	ByRejoin         = "rejoin"
+	FailedByDetector = "detector"
+	FailedByOperator = "operator"
+)
 
 // maxCommandBytes bounds one encoded command (and a forwarded request body).
 const maxCommandBytes = 64 << 10
@@ -233,6 +255,7 @@ const (
 	codeUnknownEdge   = "unknown_edge"
 	codeNoHealthy     = "no_healthy_region"
 	codeUnhealthy     = "region_unhealthy"
+	codeHeld          = "held_by_operator"
 )
 
 // err turns a Result into the error the caller sees.
@@ -254,6 +277,8 @@ func (r Result) err(c Command) error {
 		return fmt.Errorf("directory: region %q: edge %q: %w", c.Name, c.EdgeID, ErrUnknownEdge)
 	case codeNoHealthy:
 		return fmt.Errorf("directory: fail region %q: %w", c.Name, ErrNoHealthyRegion)
+	case codeHeld:
+		return fmt.Errorf("directory: rejoin %q: %w", c.Name, ErrHeldByOperator)
 	case codeUnhealthy:
 		return fmt.Errorf("directory: home %q for %s: %w", c.Home, c.User+c.Conv, ErrRegionUnhealthy)
 	default:
@@ -361,6 +386,10 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 			return Result{Code: codeUnknownRegion}
 		}
 		r.Healthy = *c.Healthy
+		r.FailedBy = ""
+		if !r.Healthy {
+			r.FailedBy = FailedByOperator
+		}
 		f.st.Regions[r.Name] = r
 		f.emitRegion(idx, r)
 		return Result{Home: r.Name}
@@ -430,7 +459,10 @@ func (f *FSM) applyLocked(idx uint64, data []byte) Result {
 			return Result{Code: codeUnknownRegion}
 		}
 		if !r.Healthy {
-			r.Healthy = true
+			if c.By == ByRejoin && r.FailedBy != FailedByDetector {
+				return Result{Code: codeHeld, Home: r.Name}
+			}
+			r.Healthy, r.FailedBy = true, ""
 			f.st.Regions[r.Name] = r
 			f.emitRegion(idx, r)
 		}
@@ -460,8 +492,14 @@ func (f *FSM) failRegion(idx uint64, c Command) Result {
 	if !ok {
 		return Result{Code: codeNoHealthy}
 	}
-	if failed.Healthy {
-		failed.Healthy = false
+	by := FailedByOperator
+	if c.By == ByDetector {
+		by = FailedByDetector
+	}
+	if failed.Healthy || (failed.FailedBy != by && by == FailedByOperator) {
+		// An operator's fail_region of a region the detector failed makes
+		// it the operator's to restore; the detector never takes it back.
+		failed.Healthy, failed.FailedBy = false, by
 		f.st.Regions[failed.Name] = failed
 		f.emitRegion(idx, failed)
 	}
@@ -555,7 +593,11 @@ func (f *FSM) putRegion(idx uint64, c Command) Result {
 		// that restarts must not restore itself (restore_region does),
 		// and health changes only through set_region_health, fail_region
 		// and restore_region.
-		r.Healthy = old.Healthy
+		r.Healthy, r.FailedBy = old.Healthy, old.FailedBy
+	} else if !r.Healthy {
+		r.FailedBy = FailedByOperator
+	} else {
+		r.FailedBy = ""
 	}
 	if c.Region.Edges == nil { // re-announcement: keep the stored edges
 		r.Edges = f.st.Regions[r.Name].clone().Edges
