@@ -106,9 +106,9 @@ type Lease struct {
 	echoRecv time.Time
 	// lease, failAfter and every follow the directory's replies.
 	lease, failAfter, every time.Duration
-	deposedSince          time.Time // first answered heartbeat of the current deposed stretch
-	lapsed                bool
-	held                  bool // an operator holds the region failed: do not ask to rejoin
+	deposedSince            time.Time // first answered heartbeat of the current deposed stretch
+	lapsed                  bool
+	held                    bool // an operator holds the region failed: do not ask to rejoin
 }
 
 // NewLease returns a Lease; Run starts it.

@@ -18,7 +18,7 @@ type beater struct {
 
 	mu          sync.Mutex // held during a beat, so pause waits for it
 	paused      bool
-	lastAttempt time.Time // when the last beat (answered or not) was sent
+	lastAttempt time.Time      // when the last beat (answered or not) was sent
 	lastEcho    HeartbeatToken // the token the last answered beat echoed
 	last        HeartbeatReply
 	replies     int
