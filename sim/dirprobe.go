@@ -24,7 +24,7 @@ type Voter struct {
 // between them; check.DirModel allows for those.
 type prober struct {
 	voters    []Voter
-	convs     func() []string
+	convs     []string // the conversations, fixed once the traffic started
 	rng       *rand.Rand
 	record    func(check.DirOp)
 	readEvery time.Duration
@@ -58,11 +58,10 @@ func (p *prober) run(ctx context.Context) {
 }
 
 func (p *prober) pick() (Voter, string, bool) {
-	convs := p.convs()
-	if len(convs) == 0 {
+	if len(p.convs) == 0 {
 		return Voter{}, "", false
 	}
-	return p.voters[p.rng.IntN(len(p.voters))], convs[p.rng.IntN(len(convs))], true
+	return p.voters[p.rng.IntN(len(p.voters))], p.convs[p.rng.IntN(len(p.convs))], true
 }
 
 // readOne records one linearizable read; a failed read says nothing and

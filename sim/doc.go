@@ -24,17 +24,31 @@
 //     that reads conversations' homes linearizably from random voters and
 //     moves some by planned moves, recording each operation;
 //   - the verdict (sim/check, sim/report): after the faults are healed and
-//     the traffic drained, every acked message delivered to every member
+//     the traffic drained (or Drain ran out), every acked message delivered to every member
 //     device exactly once, one order per conversation on every device,
 //     gapless seqs, one writer region per (conversation, epoch), epochs
 //     that only grow, and porcupine over the directory history; then a
 //     report (JSON: faults, invariants, RTO per region loss, latency
 //     during and outside faults) and a timeline SVG.
 //
+// The verdict has two halves. Safety: a checker violation returns
+// ErrInvariant. Liveness (LivenessProblems): the traffic must drain —
+// every sent message acked and delivered to every member device — and
+// every conversation a region loss hit must accept messages again
+// (report.RTO: none NeverRecovered) within MeshSimConfig.MaxRTO (default
+// DefaultMaxRTO, 10 s; negative: no bound); otherwise ErrNotLive, with
+// its findings in MeshSimResult.NotLive. Once the traffic has started,
+// the check runs and the report files are written however the run went
+// (a fault that failed to inject, a traffic error, ctx ending); the error
+// joins all of it, each part naming the seed.
+//
 // Same seed, same plan, schedule and send order (the timing of a real
-// mesh still varies); a violation returns ErrInvariant naming the seed.
+// mesh still varies).
 // `make test` runs TestMeshSimulation (96 s of traffic, every fault
-// class); `make soak` runs seed after seed for 30 minutes.
+// class); `make soak` runs seed after seed for 30 minutes and fails if
+// any run was unsafe or not live; its RTO percentiles are over the
+// recovered conversations, the never recovered and over-bound counted
+// beside them.
 //
 // # The single-region simulation (Run, `chatmesh sim --regions 1`)
 //

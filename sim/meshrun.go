@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/chatmesh/chatmesh/region/directory"
@@ -58,8 +59,13 @@ type MeshSimConfig struct {
 	// 5 s). A violation found then is logged at once; the run goes on to
 	// the final check, which decides.
 	CheckEvery time.Duration
+	// MaxRTO bounds the recovery time of every conversation a region loss
+	// hit (report.RTO); a longer one fails the liveness verdict (default
+	// DefaultMaxRTO, issue 8's bound; negative: no bound).
+	MaxRTO time.Duration
 	// ReportDir, if set, receives report.json, timeline.svg and
-	// directory.html (porcupine's view of the directory history).
+	// directory.html (porcupine's view of the directory history), also
+	// when the run fails.
 	ReportDir string
 	// Logger receives progress (faults, phases). Default: discard.
 	Logger *slog.Logger
@@ -73,8 +79,11 @@ type MeshSimResult struct {
 	Moves    int              `json:"directory_moves"`
 	// LiveViolations counts the violations the continuous checks saw
 	// while the traffic ran (the final check repeats and decides).
-	LiveViolations int           `json:"live_violations"`
-	Report         report.Report `json:"report"`
+	LiveViolations int `json:"live_violations"`
+	// NotLive is the liveness verdict's findings (LivenessProblems):
+	// empty when the run was live.
+	NotLive []string      `json:"not_live,omitempty"`
+	Report  report.Report `json:"report"`
 	// Files written under ReportDir.
 	Files []string `json:"files,omitempty"`
 }
@@ -84,6 +93,75 @@ type MeshSimResult struct {
 // non-linearizable directory history). The error names the seed that
 // reproduces the run.
 var ErrInvariant = errors.New("sim: invariant violated")
+
+// ErrNotLive: the run was safe so far as the checker saw, but not live —
+// the traffic did not drain, or a region loss left conversations that
+// never accepted messages again or took longer than MaxRTO to. The error
+// names the seed and each finding (LivenessProblems).
+var ErrNotLive = errors.New("sim: not live")
+
+// DefaultMaxRTO is MeshSimConfig.MaxRTO's default: issue 8's bound on the
+// recovery time of a region's conversations after its loss.
+const DefaultMaxRTO = 10 * time.Second
+
+// LivenessProblems is the liveness verdict over a run's traffic figures
+// and report, with maxRTO the bound on recovery (≤ 0: none). It lists,
+// in this order:
+//   - the traffic did not drain (st.Drained false);
+//   - st.Unacked > 0: messages sent and never acked nor failed;
+//   - st.MissingDeliveries > 0: (acked message, member device) pairs
+//     never delivered;
+//   - per region-loss entry of rep.RTO with NeverRecovered > 0: those
+//     conversations had messages to write and never accepted one again;
+//   - per entry, when maxRTO > 0, the recovered conversations whose RTO
+//     exceeds maxRTO (from SamplesMs, or Times.MaxMs when it has none).
+//
+// Nil means live. It is a pure function of its arguments.
+func LivenessProblems(st driver.Stats, rep report.Report, maxRTO time.Duration) []string {
+	var out []string
+	if !st.Drained {
+		out = append(out, "traffic did not drain")
+	}
+	if st.Unacked > 0 {
+		out = append(out, fmt.Sprintf("%d messages never acked", st.Unacked))
+	}
+	if st.MissingDeliveries > 0 {
+		out = append(out, fmt.Sprintf("%d deliveries missing", st.MissingDeliveries))
+	}
+	bound := float64(maxRTO) / float64(time.Millisecond)
+	for _, r := range rep.RTO {
+		what := fmt.Sprintf("%s %s at %s", r.Kind, r.Target, r.Start.Format("15:04:05.000"))
+		if r.NeverRecovered > 0 {
+			out = append(out, fmt.Sprintf("%s: %d of %d conversations never recovered", what, r.NeverRecovered, r.Conversations))
+		}
+		if maxRTO <= 0 {
+			continue
+		}
+		over := 0
+		for _, v := range r.SamplesMs {
+			if v > bound {
+				over++
+			}
+		}
+		if over == 0 && len(r.SamplesMs) == 0 && r.Times.MaxMs > bound {
+			over = 1
+		}
+		if over > 0 {
+			out = append(out, fmt.Sprintf("%s: %d of %d recovered conversations took over %v (max %.0f ms)", what, over, r.Recovered, maxRTO, r.Times.MaxMs))
+		}
+	}
+	return out
+}
+
+// Liveness is the liveness verdict on r (LivenessProblems over its
+// Traffic and Report): nil, or ErrNotLive naming r.Seed and each finding.
+func (r *MeshSimResult) Liveness(maxRTO time.Duration) error {
+	p := LivenessProblems(r.Traffic, r.Report, maxRTO)
+	if len(p) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w (reproduce with seed %d): %s", ErrNotLive, r.Seed, strings.Join(p, "; "))
+}
 
 func (c *MeshSimConfig) defaults() error {
 	if c.Binary == "" {
@@ -117,6 +195,9 @@ func (c *MeshSimConfig) defaults() error {
 	if c.MoveEvery == 0 {
 		c.MoveEvery = 7 * time.Second
 	}
+	if c.MaxRTO == 0 {
+		c.MaxRTO = DefaultMaxRTO
+	}
 	if c.CheckEvery <= 0 {
 		c.CheckEvery = 5 * time.Second
 	}
@@ -131,8 +212,12 @@ func (c *MeshSimConfig) defaults() error {
 // (sim/driver), the seeded fault schedule (NewSchedule, RunSchedule) and
 // a directory prober while the traffic runs; then, with every fault
 // healed and the traffic drained, the checker (sim/check) over everything
-// recorded and the report (sim/report). A violation returns ErrInvariant
-// with the seed; the result is filled either way.
+// recorded and the report (sim/report), and the liveness verdict
+// (LivenessProblems). Once the traffic has started, the check, the
+// report and its files (under ReportDir) are made whatever happened; the
+// error then joins, each naming the seed: a fault that could not be
+// injected or healed, a traffic error, ctx's error, ErrNotLive and
+// ErrInvariant. The result is filled either way.
 func RunMeshSim(ctx context.Context, cfg MeshSimConfig) (MeshSimResult, error) {
 	if err := cfg.defaults(); err != nil {
 		return MeshSimResult{}, err
@@ -194,17 +279,14 @@ func RunMeshSim(ctx context.Context, cfg MeshSimConfig) (MeshSimResult, error) {
 	bg, stopBG := context.WithCancel(ctx)
 	faultErr := make(chan error, 1)
 	go func() { faultErr <- RunSchedule(bg, m, res.Schedule, log) }()
+	// The conversations are fixed once the traffic started.
+	var convs []string
+	for _, pc := range slices.Concat(d.Plan().Directs, d.Plan().Groups) {
+		convs = append(convs, pc.ID)
+	}
+	slices.Sort(convs)
 	pr := &prober{voters: voters, rng: mrand.New(mrand.NewPCG(cfg.Seed, 0x70c0)), record: d.AddDirOp,
-		readEvery: cfg.ProbeEvery, moveEvery: max(cfg.MoveEvery, 0), timeout: 3 * time.Second,
-		convs: func() []string {
-			h := d.Snapshot()
-			out := make([]string, 0, len(h.Members))
-			for c := range h.Members {
-				out = append(out, c)
-			}
-			slices.Sort(out)
-			return out
-		}}
+		readEvery: cfg.ProbeEvery, moveEvery: max(cfg.MoveEvery, 0), timeout: 3 * time.Second, convs: convs}
 	probeDone := make(chan struct{})
 	go func() { defer close(probeDone); pr.run(bg) }()
 	liveDone := make(chan struct{})
@@ -217,40 +299,48 @@ func RunMeshSim(ctx context.Context, cfg MeshSimConfig) (MeshSimResult, error) {
 	<-probeDone
 	<-liveDone
 	res.Traffic, res.Moves = stats, pr.moves
+	var errs []error
 	if ferr != nil && ctx.Err() == nil {
-		return res, fmt.Errorf("sim: seed %d: faults: %w", cfg.Seed, ferr)
+		errs = append(errs, fmt.Errorf("sim: seed %d: faults: %w", cfg.Seed, ferr))
 	}
 	if werr != nil {
-		return res, fmt.Errorf("sim: seed %d: traffic: %w", cfg.Seed, werr)
+		errs = append(errs, fmt.Errorf("sim: seed %d: traffic: %w", cfg.Seed, werr))
 	}
 	if err := ctx.Err(); err != nil {
-		return res, err
+		errs = append(errs, fmt.Errorf("sim: seed %d: %w", cfg.Seed, err))
 	}
 
+	// Check and report whatever happened: a failed run needs its report
+	// most.
 	h := d.History()
 	h.Faults = m.Faults()
 	opts := check.Options{}
 	if cfg.ReportDir != "" {
 		if err := os.MkdirAll(cfg.ReportDir, 0o755); err != nil {
-			return res, fmt.Errorf("sim: %w", err)
+			errs = append(errs, fmt.Errorf("sim: %w", err))
+		} else {
+			opts.VisualizePath = filepath.Join(cfg.ReportDir, "directory.html")
 		}
-		opts.VisualizePath = filepath.Join(cfg.ReportDir, "directory.html")
 	}
 	result := check.CheckWith(h, opts)
 	res.Report = report.Build(h, result, report.Options{})
 	res.Report.Seed = cfg.Seed
-	if cfg.ReportDir != "" {
+	res.NotLive = LivenessProblems(res.Traffic, res.Report, cfg.MaxRTO)
+	if opts.VisualizePath != "" {
 		if err := res.writeFiles(cfg.ReportDir); err != nil {
-			return res, err
+			errs = append(errs, err)
 		}
 		if result.Visualization != "" {
 			res.Files = append(res.Files, result.Visualization)
 		}
 	}
-	if err := result.Err(); err != nil {
-		return res, fmt.Errorf("%w (reproduce with seed %d): %w", ErrInvariant, cfg.Seed, err)
+	if err := res.Liveness(cfg.MaxRTO); err != nil {
+		errs = append(errs, err)
 	}
-	return res, nil
+	if err := result.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("%w (reproduce with seed %d): %w", ErrInvariant, cfg.Seed, err))
+	}
+	return res, errors.Join(errs...)
 }
 
 // writeFiles writes report.json and timeline.svg under dir.

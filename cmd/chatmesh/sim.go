@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -30,6 +31,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	faults := fs.String("faults", "", "multi-region: comma-separated fault classes (default all: "+strings.Join(sim.FaultKinds, ",")+"); none: no faults")
 	slot := fs.Duration("slot", 0, "multi-region: time per fault (default duration / number of classes, at most 20 s)")
 	reportDir := fs.String("report", "", "multi-region: write report.json, timeline.svg and directory.html here")
+	maxRTO := fs.Duration("max-rto", sim.DefaultMaxRTO, "multi-region: a conversation a region loss hit must accept messages again within this (liveness); negative: no bound")
 	soak := fs.Duration("soak", 0, "multi-region: run seed after seed (from --seed, or random) until this much time has passed, and print the figures over all runs")
 	users := fs.Int("clients", 0, "users (multi-region default 12; single region 20)")
 	second := fs.Int("second-devices", 0, "multi-region: users with a second device in another region (default clients/4)")
@@ -60,7 +62,10 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	cfg := sim.MeshSimConfig{PostgresDSN: *pg, Regions: *regions, Seed: *seed, Duration: *duration, Drain: *drain,
 		Users: *users, SecondDevices: *second, Groups: *groups, GroupSize: *groupSize, Moves: *moves,
-		DirectRate: *rate, GroupRate: *groupRate, Slot: *slot, ReportDir: *reportDir, Logger: logger}
+		DirectRate: *rate, GroupRate: *groupRate, Slot: *slot, ReportDir: *reportDir, Logger: logger, MaxRTO: *maxRTO}
+	if *maxRTO == 0 {
+		cfg.MaxRTO = -1 // --max-rto 0: no bound
+	}
 	if *kafka != "" {
 		for _, c := range strings.Split(*kafka, ";") {
 			cfg.Kafka = append(cfg.Kafka, splitBrokers(c))
@@ -109,6 +114,10 @@ func printMeshSim(stdout io.Writer, res sim.MeshSimResult) {
 		fmt.Fprintf(stdout, "sim: RTO %s %s at %s: %d conversations, %d recovered, p50 %.0f ms, max %.0f ms, never %d, no traffic %d\n",
 			r.Kind, r.Target, r.Start.Format(time.TimeOnly), r.Conversations, r.Recovered, r.Times.P50Ms, r.Times.MaxMs, r.NeverRecovered, r.NoTraffic)
 	}
+	fmt.Fprintf(stdout, "sim: traffic drained %v, %d unacked, %d deliveries missing\n", res.Traffic.Drained, res.Traffic.Unacked, res.Traffic.MissingDeliveries)
+	for _, p := range res.NotLive {
+		fmt.Fprintf(stdout, "sim: NOT LIVE: %s\n", p)
+	}
 	for _, f := range res.Files {
 		fmt.Fprintf(stdout, "sim: wrote %s\n", f)
 	}
@@ -116,27 +125,49 @@ func printMeshSim(stdout io.Writer, res sim.MeshSimResult) {
 
 // soakSummary is what `chatmesh sim --soak` prints at the end.
 type soakSummary struct {
-	Runs       int      `json:"runs"`
+	Runs  int      `json:"runs"`
+	Seeds []uint64 `json:"seeds"`
+	// Failed is every seed whose run returned an error; of them,
+	// Invariant violated a safety invariant, NotLive failed the liveness
+	// verdict (a run may do both), and the rest failed otherwise (setup,
+	// a fault not injected, cancelled).
 	Failed     []uint64 `json:"failed_seeds"`
-	Seeds      []uint64 `json:"seeds"`
+	Invariant  []uint64 `json:"invariant_violated_seeds"`
+	NotLive    []uint64 `json:"not_live_seeds"`
 	Messages   int64    `json:"messages_acked"`
 	Deliveries int64    `json:"deliveries"`
+	Unacked    int64    `json:"unacked"`
+	Missing    int64    `json:"missing_deliveries"`
 	Faults     int      `json:"faults"`
-	// RTO over every region-loss fault of every run, in milliseconds.
-	RTOP50Ms float64 `json:"rto_p50_ms"`
-	RTOP99Ms float64 `json:"rto_p99_ms"`
-	RTOMaxMs float64 `json:"rto_max_ms"`
-	RTOs     int     `json:"rto_conversations"`
-	Never    int     `json:"rto_never_recovered"`
-	Elapsed  string  `json:"elapsed"`
+	// RTO over every region-loss fault of every run. Conversations is
+	// every conversation a region loss took the writer from; Recovered,
+	// NeverRecovered and NoTraffic split them (report.RTO). The
+	// percentiles (nearest rank, ms) are over the Recovered ones only;
+	// OverBound counts recovered ones slower than MaxRTO, and
+	// NeverRecovered ones are slower than any bound.
+	RTOConversations int     `json:"rto_conversations"`
+	RTORecovered     int     `json:"rto_recovered"`
+	Never            int     `json:"rto_never_recovered"`
+	NoTraffic        int     `json:"rto_no_traffic"`
+	RTOP50Ms         float64 `json:"rto_recovered_p50_ms"`
+	RTOP99Ms         float64 `json:"rto_recovered_p99_ms"`
+	RTOMaxMs         float64 `json:"rto_recovered_max_ms"`
+	MaxRTO           string  `json:"rto_bound"`
+	OverBound        int     `json:"rto_over_bound"`
+	Elapsed          string  `json:"elapsed"`
 }
 
 // runSoak runs seed after seed for about budget and prints the figures.
+// It fails if any run failed: an invariant, the liveness verdict, or the
+// run itself.
 func runSoak(ctx context.Context, stdout, stderr io.Writer, cfg sim.MeshSimConfig, budget time.Duration) error {
 	start := time.Now()
 	seed := cfg.Seed
 	if seed == 0 {
 		seed = rand.Uint64()
+	}
+	if cfg.MaxRTO == 0 {
+		cfg.MaxRTO = sim.DefaultMaxRTO
 	}
 	var sum soakSummary
 	var rtos []float64
@@ -152,13 +183,24 @@ func runSoak(ctx context.Context, stdout, stderr io.Writer, cfg sim.MeshSimConfi
 		sum.Seeds = append(sum.Seeds, seed)
 		sum.Messages += res.Traffic.Acked
 		sum.Deliveries += res.Traffic.Delivered
+		sum.Unacked += res.Traffic.Unacked
+		sum.Missing += res.Traffic.MissingDeliveries
 		sum.Faults += len(res.Schedule)
 		for _, r := range res.Report.RTO {
 			rtos = append(rtos, r.SamplesMs...)
+			sum.RTOConversations += r.Conversations
+			sum.RTORecovered += r.Recovered
 			sum.Never += r.NeverRecovered
+			sum.NoTraffic += r.NoTraffic
 		}
 		if err != nil {
 			sum.Failed = append(sum.Failed, seed)
+			if errors.Is(err, sim.ErrInvariant) {
+				sum.Invariant = append(sum.Invariant, seed)
+			}
+			if errors.Is(err, sim.ErrNotLive) {
+				sum.NotLive = append(sum.NotLive, seed)
+			}
 			fmt.Fprintf(stderr, "sim: soak: seed %d FAILED: %v\n", seed, err)
 			if errors.Is(err, context.Canceled) {
 				break
@@ -168,23 +210,49 @@ func runSoak(ctx context.Context, stdout, stderr io.Writer, cfg sim.MeshSimConfi
 		}
 		seed++
 	}
+	sum.finish(rtos, cfg.MaxRTO)
+	sum.Elapsed = time.Since(start).Round(time.Second).String()
+	b, _ := json.MarshalIndent(sum, "", "  ")
+	fmt.Fprintln(stdout, string(b))
+	fmt.Fprintln(stdout, sum.line())
+	if len(sum.Failed) > 0 {
+		return fmt.Errorf("sim: soak: %d of %d runs failed: seeds %v (invariant violated: %v; not live: %v)",
+			len(sum.Failed), sum.Runs, sum.Failed, sum.Invariant, sum.NotLive)
+	}
+	return nil
+}
+
+// finish computes the RTO figures from the recovered conversations'
+// times (ms) and the bound (≤ 0: none).
+func (s *soakSummary) finish(rtos []float64, bound time.Duration) {
 	slices.Sort(rtos)
 	q := func(p float64) float64 {
 		if len(rtos) == 0 {
 			return 0
 		}
-		return rtos[int(p*float64(len(rtos)-1))]
+		i := int(math.Ceil(p*float64(len(rtos)))) - 1
+		return rtos[min(max(i, 0), len(rtos)-1)]
 	}
-	sum.RTOs, sum.RTOP50Ms, sum.RTOP99Ms, sum.RTOMaxMs = len(rtos), q(0.5), q(0.99), q(1)
-	sum.Elapsed = time.Since(start).Round(time.Second).String()
-	b, _ := json.MarshalIndent(sum, "", "  ")
-	fmt.Fprintln(stdout, string(b))
-	if len(sum.Failed) > 0 {
-		return fmt.Errorf("sim: soak: %d of %d runs violated an invariant or failed: seeds %v", len(sum.Failed), sum.Runs, sum.Failed)
+	s.RTOP50Ms, s.RTOP99Ms, s.RTOMaxMs = q(0.5), q(0.99), q(1)
+	s.MaxRTO, s.OverBound = "none", 0
+	if bound > 0 {
+		s.MaxRTO = bound.String()
+		for _, v := range rtos {
+			if v > float64(bound)/float64(time.Millisecond) {
+				s.OverBound++
+			}
+		}
 	}
-	fmt.Fprintf(stdout, "sim: soak: %d runs, %d messages acked, %d faults, RTO p50 %.0f ms p99 %.0f ms; no invariant violated\n",
-		sum.Runs, sum.Messages, sum.Faults, sum.RTOP50Ms, sum.RTOP99Ms)
-	return nil
+}
+
+// line is the soak's one-line verdict.
+func (s *soakSummary) line() string {
+	verdict := "every run safe and live"
+	if len(s.Failed) > 0 {
+		verdict = fmt.Sprintf("%d runs FAILED (invariant violated: %d, not live: %d)", len(s.Failed), len(s.Invariant), len(s.NotLive))
+	}
+	return fmt.Sprintf("sim: soak: %d runs, %d messages acked, %d faults; region loss hit %d conversations: %d recovered (RTO of those p50 %.0f ms, p99 %.0f ms, max %.0f ms; %d over %s), %d never recovered, %d without traffic; %s",
+		s.Runs, s.Messages, s.Faults, s.RTOConversations, s.RTORecovered, s.RTOP50Ms, s.RTOP99Ms, s.RTOMaxMs, s.OverBound, s.MaxRTO, s.Never, s.NoTraffic, verdict)
 }
 
 // runSimOneRegion is the single-region simulator (one `chatmesh dev`

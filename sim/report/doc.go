@@ -38,18 +38,26 @@
 //   - A conversation has recovered at the first ack, at or after Start, of
 //     a message whose first ack that is (so it was sent after Start or
 //     still unacked at Start) and whose seq was written — per the
-//     deliveries of that seq — by a region other than R or at an epoch
-//     above E. Its RTO is that ack's time minus Start.
+//     deliveries of that seq — by a region other than R, at an epoch
+//     above E, or by R at E once the fault has ended (R came back before
+//     the directory moved the conversation: a short kill, a partition
+//     healed within the failure timeout). Its RTO is that ack's time
+//     minus Start. Acks from R at E while the fault lasts (in flight at a
+//     kill, or before R's lease ran out) show nothing.
 //   - Conversations with nothing to write after Start (no message sent
-//     after it and none pending at it) are counted as NoTraffic; those
-//     with messages to write but no such ack as NeverRecovered.
+//     after it and none pending at it), or whose only such messages R
+//     wrote at E while the fault lasted, are counted as NoTraffic; those
+//     with a message never acked (or acked by a writer the deliveries do
+//     not name) and no recovering ack as NeverRecovered. In a run whose
+//     traffic drained, NeverRecovered is therefore 0 unless a recovering
+//     ack is missing from the history: it is a liveness failure.
 //   - Per fault: how many conversations, recovered, never recovered, no
-//     traffic, and the RTO percentiles (p50, p99, max); RTOAll pools the
-//     RTOs of every region-loss fault.
+//     traffic, and the RTO percentiles (p50, p99, max) over the recovered
+//     ones; RTOAll pools the RTOs of every region-loss fault.
 //
 // A partition-store fault is not a region loss by default: the directory
-// does not move the region's conversations, so they recover at the same
-// writer when it heals, which this definition would call never recovered.
+// does not move the region's conversations and their writer is not
+// gone, only stalled; add it to Options.RegionLoss to measure it too.
 //
 // # The picture
 //

@@ -73,20 +73,20 @@ type RTO struct {
 	Target string    `json:"target"`
 	Start  time.Time `json:"start"`
 	// Conversations is how many conversations were written by Target just
-	// before Start. Recovered of them had a message acked from another
-	// writer (another region, or a higher epoch) after Start. NoTraffic had
-	// nothing to write after Start (no message sent after it, none
-	// pending at it): nothing to measure. NeverRecovered had messages to
-	// write but none acked from another writer (none acked at all, or
-	// only by the lost writer, e.g. after the fault healed without a
-	// failover).
+	// before Start. Recovered of them had a message acked after Start
+	// from another writer (another region, or a higher epoch) or from
+	// Target again after the fault ended. NoTraffic had nothing to write
+	// after Start (no message sent after it, none pending at it, or only
+	// messages Target wrote before it was lost): nothing to measure.
+	// NeverRecovered had a message never acked and no recovering ack.
 	Conversations  int         `json:"conversations"`
 	Recovered      int         `json:"recovered"`
 	NeverRecovered int         `json:"never_recovered"`
 	NoTraffic      int         `json:"no_traffic"`
 	Times          Percentiles `json:"times"`
-	// SamplesMs is every recovered conversation's time, in milliseconds
-	// (a soak aggregates them over runs).
+	// Times and SamplesMs cover the Recovered conversations only:
+	// SamplesMs is each one's time, in milliseconds (a soak aggregates
+	// them over runs).
 	SamplesMs []float64 `json:"samples_ms,omitempty"`
 }
 
@@ -256,6 +256,16 @@ func rtos(h *check.History, firstAck map[msgKey]check.Acked, kinds []string) ([]
 		return false
 	}
 
+	// unacked reports whether conv has a message sent and never acked.
+	unacked := func(conv string) bool {
+		for _, k := range sentBy[conv] {
+			if _, acked := firstAck[k]; !acked {
+				return true
+			}
+		}
+		return false
+	}
+
 	var out []RTO
 	var all []time.Duration
 	for _, f := range h.Faults {
@@ -286,25 +296,39 @@ func rtos(h *check.History, firstAck map[msgKey]check.Acked, kinds []string) ([]
 				continue
 			}
 			rto.Conversations++
-			as := acks[conv]
-			i, _ := slices.BinarySearchFunc(as, f.Start, func(a check.Acked, t time.Time) int { return a.At.Compare(t) })
 			if !demand(conv, f.Start) {
 				rto.NoTraffic++
 				continue
 			}
-			recovered := false
+			// The first ack at or after Start that shows the conversation
+			// writing again: from another writer, or from the lost one
+			// after the fault ended (it came back without a failover).
+			// Acks from the lost writer while the fault lasted (in flight
+			// at a kill, or before its lease ran out) show nothing; a
+			// conversation whose only such messages were those had nothing
+			// left to write once it was lost.
+			recovered, waiting := false, false
+			as := acks[conv]
+			i, _ := slices.BinarySearchFunc(as, f.Start, func(a check.Acked, t time.Time) int { return a.At.Compare(t) })
 			for _, a := range as[i:] {
 				nw, ok := wrote[seqKey{conv, a.Seq}]
-				if ok && (nw.region != f.Target || nw.epoch > w.epoch) {
+				if !ok {
+					waiting = true // acked, but who wrote it is unknown
+					continue
+				}
+				if nw.region != f.Target || nw.epoch > w.epoch || !f.End.IsZero() && !a.At.Before(f.End) {
 					times = append(times, a.At.Sub(f.Start))
 					recovered = true
 					break
 				}
 			}
-			if recovered {
+			switch {
+			case recovered:
 				rto.Recovered++
-			} else {
+			case waiting || unacked(conv):
 				rto.NeverRecovered++
+			default:
+				rto.NoTraffic++
 			}
 		}
 		rto.Times = percentiles(times)

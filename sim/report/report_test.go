@@ -30,16 +30,7 @@ func at(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Seco
 func history() *check.History {
 	h := &check.History{Members: map[string][]string{}}
 	msg := func(conv, id string, seq uint64, sent, acked, delivered float64, epoch uint64, region string) {
-		h.Members[conv] = []string{"u/1", "v/1"}
-		h.Sent = append(h.Sent, check.Sent{At: at(sent), Device: "u/1", Conv: conv, MsgID: id})
-		if acked > 0 {
-			h.Acked = append(h.Acked, check.Acked{At: at(acked), Device: "u/1", Conv: conv, MsgID: id, Seq: seq})
-		}
-		if delivered > 0 {
-			for _, d := range []string{"u/1", "v/1"} {
-				h.Delivered = append(h.Delivered, check.Delivered{At: at(delivered), Device: d, Conv: conv, Seq: seq, MsgID: id, From: "u/1", Epoch: epoch, Region: region})
-			}
-		}
+		addMsg(h, conv, id, seq, sent, acked, delivered, epoch, region)
 	}
 	for i, conv := range []string{"a", "b", "c", "d", "e"} {
 		region := "fra"
@@ -60,6 +51,22 @@ func history() *check.History {
 	return h
 }
 
+// addMsg records message id of conv: sent by u/1 at sent, acked at acked
+// and delivered to u/1 and v/1 at delivered (0: never), written at seq by
+// region at epoch.
+func addMsg(h *check.History, conv, id string, seq uint64, sent, acked, delivered float64, epoch uint64, region string) {
+	h.Members[conv] = []string{"u/1", "v/1"}
+	h.Sent = append(h.Sent, check.Sent{At: at(sent), Device: "u/1", Conv: conv, MsgID: id})
+	if acked > 0 {
+		h.Acked = append(h.Acked, check.Acked{At: at(acked), Device: "u/1", Conv: conv, MsgID: id, Seq: seq})
+	}
+	if delivered > 0 {
+		for _, d := range []string{"u/1", "v/1"} {
+			h.Delivered = append(h.Delivered, check.Delivered{At: at(delivered), Device: d, Conv: conv, Seq: seq, MsgID: id, From: "u/1", Epoch: epoch, Region: region})
+		}
+	}
+}
+
 func TestRTO(t *testing.T) {
 	h := history()
 	r := Build(h, check.Check(h), Options{})
@@ -68,7 +75,7 @@ func TestRTO(t *testing.T) {
 	}
 	got := r.RTO[0]
 	want := RTO{Kind: "kill-region", Target: "fra", Start: at(10), Conversations: 4, Recovered: 2, NeverRecovered: 1, NoTraffic: 1,
-		Times: Percentiles{N: 2, P50Ms: 2000, P99Ms: 4000, P999Ms: 4000, MaxMs: 4000}}
+		Times: Percentiles{N: 2, P50Ms: 2000, P99Ms: 4000, P999Ms: 4000, MaxMs: 4000}, SamplesMs: []float64{4000, 2000}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("RTO\n got %+v\nwant %+v", got, want)
 	}
@@ -79,6 +86,32 @@ func TestRTO(t *testing.T) {
 	// nothing is lost.
 	if !r.Invariants.OK() {
 		t.Fatal(r.Invariants.Err())
+	}
+}
+
+// TestRTOSameWriterReturns: a region that comes back before the
+// directory moved its conversations (a short kill, a partition healed
+// within the failure timeout) writes them again at the same epoch; that
+// is a recovery, at its first ack after the fault ended. A conversation
+// whose only message after the fault began was acked by the lost writer
+// during the fault (in flight at the kill) had nothing left to write.
+func TestRTOSameWriterReturns(t *testing.T) {
+	h := history()
+	// f: written by fra at epoch 1; a message sent during the kill is
+	// acked at 21 s by fra, back at epoch 1 after the fault ended at 20 s.
+	addMsg(h, "f", "f1", 1, 5, 5.05, 5.1, 1, "fra")
+	addMsg(h, "f", "f2", 2, 15, 21, 21.1, 1, "fra")
+	// g: the message pending at the kill was written by fra before it
+	// died (acked at 10.2 s); nothing else.
+	addMsg(h, "g", "g1", 1, 6, 6.05, 6.1, 1, "fra")
+	addMsg(h, "g", "g2", 2, 9.9, 10.2, 10.3, 1, "fra")
+	r := Build(h, check.Check(h), Options{})
+	got := r.RTO[0]
+	if got.Conversations != 6 || got.Recovered != 3 || got.NeverRecovered != 1 || got.NoTraffic != 2 {
+		t.Fatalf("RTO %+v: want 6 conversations, 3 recovered, 1 never (d), 2 without traffic (c, g)", got)
+	}
+	if !reflect.DeepEqual(got.SamplesMs, []float64{4000, 2000, 11000}) || got.Times.MaxMs != 11000 {
+		t.Fatalf("RTO samples %v, times %+v: want a 4 s, e 2 s, f 11 s", got.SamplesMs, got.Times)
 	}
 }
 
