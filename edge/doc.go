@@ -101,6 +101,18 @@
 // pause; when the edge-topic consumer is positioned again every session is
 // ended with Disconnect{UNAVAILABLE, reconnect=true}, because pushes
 // produced in between were missed and a reconnecting client syncs them.
+// With Config.Ready set (the region's readiness: a sequencer that consumes
+// and, in a mesh, holds its directory lease), the edge polls it every
+// ReadyInterval and stops serving once it has said "not ready" for
+// NotReadyGrace in a row (default 1 s, so a blip does not churn
+// sessions): a new connection is closed before the Noise handshake with
+// UNAVAILABLE (close code 4012 / WebTransport 12, reason
+// NotServingDetail), one that completes its handshake meanwhile gets
+// Disconnect{UNAVAILABLE, NotServingDetail, reconnect=true}, and so does
+// every open session — clients move to the next edge of their list,
+// another region's. The first ready answer serves again. The stop and
+// the return are logged once each and counted (Stats.NotServing,
+// NotReadyStops, NotReadyRefused, NotReadyClosed) — ready.go.
 // Shutdown is idempotent: it stops accepting, sends every
 // session Disconnect{SHUTTING_DOWN, reconnect=true}, closes them (each
 // reports SessionClosed), stops the consumers and waits for every
@@ -126,7 +138,8 @@
 //
 // Before the handshake completes errors are close codes: WebSocket status
 // 4000+ErrorCode, WebTransport session error code = ErrorCode
-// (TOO_MANY_CONNECTIONS, HANDSHAKE_FAILED, SHUTTING_DOWN). Afterwards a
+// (TOO_MANY_CONNECTIONS, HANDSHAKE_FAILED, SHUTTING_DOWN, and UNAVAILABLE
+// while the region cannot sequence — see Config.Ready). Afterwards a
 // failed request is a Response with an error code and the session goes on
 // (MALFORMED_FRAME, FRAME_TOO_LARGE, MESSAGE_TOO_LARGE, RATE_LIMITED, INVALID_ARGUMENT,
 // UNAUTHENTICATED, UNAVAILABLE when the ingress produce failed — the

@@ -154,6 +154,21 @@ type Config struct {
 	SendQueue int
 	// IngressTopic (default "ingress") and PresenceTopic (default "presence").
 	IngressTopic, PresenceTopic string
+	// Ready, if set, says whether the edge's region can sequence what the
+	// edge produces: nil when it can, else why not (region.API.Ready, or
+	// region.RemoteAPI.Ready across processes). nil Ready: always. The
+	// edge calls it every ReadyInterval (default 250 ms), each call bounded
+	// by ReadyTimeout (default 1 s; a call that times out counts as not
+	// ready). When every call for NotReadyGrace (default 1 s, so that a
+	// blip does not churn sessions) has said not ready, the edge stops
+	// serving: new connections are refused before the Noise handshake with
+	// close code UNAVAILABLE, and every session is ended with
+	// Disconnect{UNAVAILABLE, NotServingDetail, reconnect=true}, so clients
+	// move down their edge list to another region. The first call that
+	// succeeds serves again. Counted in Stats (NotServing, NotReadyStops,
+	// NotReadyRefused, NotReadyClosed); each transition is logged once.
+	Ready                                      func(ctx context.Context) error
+	NotReadyGrace, ReadyInterval, ReadyTimeout time.Duration
 	// Logger (default: discard) and Now (default time.Now).
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -211,6 +226,15 @@ func (c *Config) defaults() error {
 	if c.PresenceTopic == "" {
 		c.PresenceTopic = "presence"
 	}
+	if c.NotReadyGrace <= 0 {
+		c.NotReadyGrace = time.Second
+	}
+	if c.ReadyInterval <= 0 {
+		c.ReadyInterval = 250 * time.Millisecond
+	}
+	if c.ReadyTimeout <= 0 {
+		c.ReadyTimeout = time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -247,6 +271,10 @@ type Stats struct {
 	PresenceHandled    uint64
 	LocateRequests     uint64 // GET /v1/locate requests received (Config.Locate set)
 	LocateLimited      uint64 // locate requests answered 429 (per-client budget)
+	NotServing         bool   // the edge refuses and closes sessions now: its region cannot sequence (Config.Ready)
+	NotReadyStops      uint64 // times the edge stopped serving (region not ready for NotReadyGrace)
+	NotReadyRefused    uint64 // connections refused because the edge was not serving
+	NotReadyClosed     uint64 // sessions ended because the edge stopped serving
 }
 
 type counters struct {
@@ -257,6 +285,7 @@ type counters struct {
 	tooLargeToSend, writeErrors                                              atomic.Uint64
 	rejectedAtAccept, acceptErrors, listenerFailures                         atomic.Uint64
 	locateRequests, locateLimited                                            atomic.Uint64
+	notReadyStops, notReadyRefused, notReadyClosed                           atomic.Uint64
 }
 
 // Edge terminates client connections. Create it with New, then Start, then
@@ -296,6 +325,10 @@ type Edge struct {
 	shutOnce  sync.Once
 	shutDone  chan struct{}
 	shutError error
+	// notServing (guarded by mu) is set while the region cannot sequence
+	// (ready.go); notServingSince is when that stretch began.
+	notServing      bool
+	notServingSince time.Time
 
 	n counters
 }
@@ -384,6 +417,8 @@ func (e *Edge) Stats() Stats {
 		OpenConns: int64(e.conns.open()), RejectedAtAccept: n.rejectedAtAccept.Load(),
 		AcceptErrors: n.acceptErrors.Load(), ListenerFailures: n.listenerFailures.Load(),
 		LocateRequests: n.locateRequests.Load(), LocateLimited: n.locateLimited.Load(),
+		NotServing: !e.serving(), NotReadyStops: n.notReadyStops.Load(),
+		NotReadyRefused: n.notReadyRefused.Load(), NotReadyClosed: n.notReadyClosed.Load(),
 	}
 }
 
@@ -461,6 +496,10 @@ func (e *Edge) start(ctx context.Context) error {
 	}
 	if err := e.be.EdgeStarted(ctx, e.cfg.ID); err != nil {
 		return fmt.Errorf("edge: edge started: %w", err)
+	}
+	if e.cfg.Ready != nil {
+		// Serving until the region has been not ready for the grace.
+		e.wg.Go(e.watchReady)
 	}
 	if e.cfg.WSAddr != "" {
 		if err := e.listenWS(); err != nil {

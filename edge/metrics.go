@@ -42,6 +42,15 @@ var metricDefs = []metricDef{
 	{"edge_records_total", "Edge-topic records handled.", false, func(s Stats) float64 { return float64(s.EdgeRecordsHandled) }},
 	{"locate_requests_total", "GET /v1/locate requests received.", false, func(s Stats) float64 { return float64(s.LocateRequests) }},
 	{"locate_limited_total", "Locate requests answered 429 by the per-client budget.", false, func(s Stats) float64 { return float64(s.LocateLimited) }},
+	{"not_serving", "1 while the edge refuses and closes sessions because its region cannot sequence.", true, func(s Stats) float64 {
+		if s.NotServing {
+			return 1
+		}
+		return 0
+	}},
+	{"not_ready_stops_total", "Times the edge stopped serving because its region could not sequence.", false, func(s Stats) float64 { return float64(s.NotReadyStops) }},
+	{"not_ready_refused_total", "Connections refused while the edge was not serving.", false, func(s Stats) float64 { return float64(s.NotReadyRefused) }},
+	{"not_ready_closed_total", "Sessions ended because the edge stopped serving.", false, func(s Stats) float64 { return float64(s.NotReadyClosed) }},
 	{"presence_records_total", "Presence records handled.", false, func(s Stats) float64 { return float64(s.PresenceHandled) }},
 }
 

@@ -69,6 +69,12 @@ type session struct {
 func (e *Edge) serveConn(tr transport, ip string) {
 	defer e.releaseIP(ip)
 
+	if !e.serving() {
+		// Refused before any work: the client tries its next edge.
+		e.n.notReadyRefused.Add(1)
+		tr.closeWith(pb.ErrorCode_ERROR_CODE_UNAVAILABLE, NotServingDetail)
+		return
+	}
 	hctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
 	defer cancel()
 	nc, err := noiseconn.Server(hctx, tr, noiseconn.ServerConfig{Static: e.cfg.Static, Payload: e.hello})
@@ -96,8 +102,8 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	s.readBucket.Store(newBucket(e.cfg.ReadsPerSecond, e.cfg.ReadBurst, e.cfg.Now()))
 	s.lastActive.Store(e.cfg.Now().UnixNano())
 	e.mu.Lock()
-	closing := e.closing
-	if !closing {
+	closing, notServing := e.closing, e.notServing
+	if !closing && !notServing {
 		e.nextGen++
 		s.gen = e.nextGen
 		e.live[s] = struct{}{}
@@ -105,6 +111,11 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	e.mu.Unlock()
 	if closing {
 		s.closeEarly(pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN, "edge shutting down")
+		return
+	}
+	if notServing { // stopped serving during the handshake
+		e.n.notReadyRefused.Add(1)
+		s.closeEarly(pb.ErrorCode_ERROR_CODE_UNAVAILABLE, NotServingDetail)
 		return
 	}
 	defer e.unregister(s)

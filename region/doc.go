@@ -175,6 +175,18 @@
 // then be homed here again; moved homes stay where they are until a
 // planned move.
 //
+// The region's edges follow the same rule: the internal API serves GET
+// ReadyPath (/internal/v1/ready; API.Ready in process, RemoteAPI.Ready
+// across processes), 200 while Health is nil and 503 with the reason
+// otherwise, and an edge given it (edge.Config.Ready) stops serving after
+// a second without it — refusing new connections and closing its
+// sessions with UNAVAILABLE — so clients move to another region's edge
+// instead of sending into an ingress nobody sequences. A deposed region
+// that holds its lease is ready (it forwards); only "not sequencing"
+// counts. The in-process mesh and `chatmesh edge` in a mesh wire it; a
+// single region does not (there is nowhere else to go, and a sequencer
+// restart should not close every session).
+//
 // # Concurrency
 //
 // Region and API are safe for concurrent use. Region.Start launches the

@@ -24,6 +24,20 @@ const BackendPath = "/internal/v1/backend"
 // edge in another process can check that it was started for this region.
 const InfoPath = "/internal/v1/info"
 
+// ReadyPath is where a region says whether it can sequence (GET): 200
+// with {"ready": true} while Region.Health is nil, else 503 with
+// {"ready": false, "reason": "..."} — a sequencer that is not consuming,
+// or a mesh region without its directory lease. A deposed region that
+// holds its lease (it forwards to the current homes) is ready. Edges poll
+// it (edge.Config.Ready) and stop serving while it is not.
+const ReadyPath = "/internal/v1/ready"
+
+// Readiness is the body of GET ReadyPath.
+type Readiness struct {
+	Ready  bool   `json:"ready"`
+	Reason string `json:"reason,omitempty"`
+}
+
 // RegionInfo is the body of GET InfoPath.
 type RegionInfo struct {
 	// Region is the region's name (Config.Name): the name its edges must
@@ -71,6 +85,19 @@ func (a *API) Handler(token string) http.Handler {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(RegionInfo{Region: a.r.cfg.Name})
+	})
+	mux.HandleFunc("GET "+ReadyPath, func(w http.ResponseWriter, req *http.Request) {
+		if !authorized(w, req) {
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		if err := a.Ready(req.Context()); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_ = json.NewEncoder(w).Encode(Readiness{Reason: err.Error()})
+			return
+		}
+		_ = json.NewEncoder(w).Encode(Readiness{Ready: true})
 	})
 	mux.HandleFunc("POST "+BackendPath, func(w http.ResponseWriter, req *http.Request) {
 		if !authorized(w, req) {
@@ -181,6 +208,52 @@ func (r *RemoteAPI) call(ctx context.Context, call *pb.BackendCall) (*pb.Backend
 		return &reply, err
 	}
 	return &reply, nil
+}
+
+// Ready reports whether the region can sequence: Region.Health (a
+// sequencer consuming its ingress and, in a mesh, holding its directory
+// lease). It is what edge.Config.Ready wants of an in-process region.
+func (a *API) Ready(context.Context) error { return a.r.Health() }
+
+// ErrNoReadiness: the region does not serve ReadyPath (an older release).
+var ErrNoReadiness = errors.New("region: the region API has no readiness endpoint")
+
+// Ready asks the region whether it can sequence (GET ReadyPath): nil when
+// it can; an error wrapping core.ErrUnavailable with the region's reason
+// when it cannot or cannot be reached; core.ErrForbidden when the token is
+// refused; ErrNoReadiness from a region that predates the endpoint. It is
+// what edge.Config.Ready wants of a region in another process.
+func (r *RemoteAPI) Ready(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL+ReadyPath, nil)
+	if err != nil {
+		return fmt.Errorf("remote api: %w", err)
+	}
+	if r.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.Token)
+	}
+	c := r.Client
+	if c == nil {
+		c = &http.Client{Timeout: 10 * time.Second}
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("remote api: ready: %w: %w", core.ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	var body Readiness
+	_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<12)).Decode(&body)
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return nil
+	case http.StatusServiceUnavailable:
+		return fmt.Errorf("remote api: region not ready: %s: %w", body.Reason, core.ErrUnavailable)
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return ErrNoReadiness
+	case http.StatusUnauthorized:
+		return fmt.Errorf("remote api: ready: the region refused the token: %w", core.ErrForbidden)
+	default:
+		return fmt.Errorf("remote api: ready: status %d: %w", resp.StatusCode, core.ErrUnavailable)
+	}
 }
 
 // ErrNoInfo: the region does not serve InfoPath (an older release).

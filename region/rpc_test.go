@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/chatmesh/chatmesh/core"
@@ -102,5 +103,78 @@ func TestRemoteAPIInfo(t *testing.T) {
 	defer old.Close()
 	if _, err := (&region.RemoteAPI{URL: old.URL}).Info(ctx); !errors.Is(err, region.ErrNoInfo) {
 		t.Fatalf("region without the endpoint: %v", err)
+	}
+}
+
+// GET ReadyPath says whether the region can sequence: ready while its
+// sequencer consumes and it holds its lease — deposed or not (a deposed
+// region forwards) — 503 with the reason once the lease has run out or the
+// sequencer has stopped; the same token rule as the rest of the API.
+func TestRemoteAPIReady(t *testing.T) {
+	f := &fakeDirectory{}
+	f.up.Store(true)
+	f.healthy.Store(true)
+	lease := newFakeLease(t, f, -1)
+	h := newHarness(t, func(c *region.Config) { c.Lease = lease })
+	srv := httptest.NewServer(h.api.Handler("s3cret"))
+	defer srv.Close()
+	ctx := context.Background()
+	r := &region.RemoteAPI{URL: srv.URL, Token: "s3cret"}
+	eventually(t, "ready with the lease held", func() bool { return r.Ready(ctx) == nil })
+	if err := h.api.Ready(ctx); err != nil {
+		t.Fatalf("in-process Ready: %v", err)
+	}
+
+	// Deposed (the directory failed it) but holding the lease: it
+	// forwards what reaches it, so it stays ready.
+	f.healthy.Store(false)
+	eventually(t, "deposed", func() bool { return lease.Stats().Deposed })
+	if err := r.Ready(ctx); err != nil {
+		t.Fatalf("a deposed region holding its lease: %v, want ready", err)
+	}
+
+	// Cut off from the directory: not ready once the lease runs out.
+	f.up.Store(false)
+	eventually(t, "not ready without the lease", func() bool { return r.Ready(ctx) != nil })
+	err := r.Ready(ctx)
+	if !errors.Is(err, core.ErrUnavailable) || !strings.Contains(err.Error(), "no directory lease") {
+		t.Fatalf("without the lease: %v, want unavailable naming the lease", err)
+	}
+	if err := h.api.Ready(ctx); !errors.Is(err, region.ErrLeaseLost) {
+		t.Fatalf("in-process Ready without the lease: %v", err)
+	}
+	resp, err := http.Get(srv.URL + region.ReadyPath) // no token
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no token: status %d, want 401", resp.StatusCode)
+	}
+	if err := (&region.RemoteAPI{URL: srv.URL, Token: "wrong"}).Ready(ctx); !errors.Is(err, core.ErrForbidden) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	f.up.Store(true)
+	eventually(t, "ready with the lease back", func() bool { return r.Ready(ctx) == nil })
+
+	// A stopped sequencer is not ready either.
+	if err := h.reg.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = r.Ready(ctx)
+	if !errors.Is(err, core.ErrUnavailable) || !strings.Contains(err.Error(), "not consuming") {
+		t.Fatalf("stopped sequencer: %v, want unavailable, not consuming", err)
+	}
+
+	// A region that predates the endpoint, and one that cannot be reached.
+	old := httptest.NewServer(http.NotFoundHandler())
+	defer old.Close()
+	if err := (&region.RemoteAPI{URL: old.URL}).Ready(ctx); !errors.Is(err, region.ErrNoReadiness) {
+		t.Fatalf("region without the endpoint: %v", err)
+	}
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close()
+	if err := (&region.RemoteAPI{URL: gone.URL}).Ready(ctx); !errors.Is(err, core.ErrUnavailable) {
+		t.Fatalf("unreachable region: %v", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/chatmesh/chatmesh/core"
@@ -218,6 +219,14 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		defer loc.close()
 		cfg.Locate, cfg.LocateClientAddr = loc.Handler(), loc.ClientAddr
 	}
+	if mf.active() {
+		// A mesh member stops serving while its region cannot sequence
+		// (no directory lease, sequencer stopped, region API unreachable),
+		// so clients move to another region's edge. A single region has
+		// nowhere to send them: its edges keep their sessions, and sends
+		// wait in Kafka until the sequencer is back.
+		cfg.Ready = regionReady(api, logger)
+	}
 	e, err := edge.New(cfg, api, bus)
 	if err != nil {
 		return err
@@ -261,6 +270,23 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return errors.Join(failed, e.Shutdown(sctx))
+}
+
+// regionReady is the edge's readiness check of its region (GET
+// region.ReadyPath). A region that predates the endpoint is taken as
+// ready (logged once).
+func regionReady(api *region.RemoteAPI, logger *slog.Logger) func(context.Context) error {
+	var warned atomic.Bool
+	return func(ctx context.Context) error {
+		err := api.Ready(ctx)
+		if errors.Is(err, region.ErrNoReadiness) {
+			if !warned.Swap(true) {
+				logger.Warn("the region API has no readiness endpoint (an older region); the edge serves regardless", "region_url", api.URL)
+			}
+			return nil
+		}
+		return err
+	}
 }
 
 // edgeRegion returns the region name an edge runs under: the name the

@@ -360,9 +360,12 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 		if r.Namespace != "" { // edge topics are not namespaced: keep ids unique per cluster
 			edgeID = r.Namespace + "-edge-" + r.Name
 		}
+		// Ready: the edge stops serving while its region cannot sequence
+		// (no lease, sequencer stopped), so clients move to another
+		// region's edge (edge.Config.Ready).
 		ecfg := edge.Config{ID: edgeID, Region: r.Name, Static: key, Logger: cfg.Logger,
 			WSAddr:       net.JoinHostPort(r.Host, fmt.Sprint(r.WSPort)),
-			IngressTopic: n.Names.Ingress, PresenceTopic: n.Names.Presence}
+			IngressTopic: n.Names.Ingress, PresenceTopic: n.Names.Presence, Ready: n.Region.API().Ready}
 		var certHash []byte
 		if !cfg.WTDisabled {
 			var tc *tls.Config

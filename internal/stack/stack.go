@@ -195,6 +195,15 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
+	// No edge.Config.Ready here: one region has no other region to send
+	// its clients to. Its Health only reports a stopped sequencer, and a
+	// sequencer restart (backoff from 100 ms, then the consumer group's
+	// join) would turn into closing every session and refusing every
+	// reconnect until it is back, cutting reads that still work, while
+	// the sends meanwhile wait in Kafka and are sequenced after the
+	// restart. (At start-up it would not matter: Region.Start returns
+	// once the sequencer consumes, and the edge starts serving.) The mesh
+	// (mesh.go) and `chatmesh edge` in a mesh set it.
 	ecfg := edge.Config{
 		ID: cfg.EdgeID, Region: cfg.Region, Static: key,
 		WSAddr: cfg.WSAddr, WTAddr: wt, TLSConfig: tlsConf, Logger: cfg.Logger,
