@@ -2,6 +2,7 @@ package region_test
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -22,12 +23,11 @@ func TestWebhookPushForOfflineDevices(t *testing.T) {
 	var raw []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var p region.WebhookPayload
-		b := make([]byte, 4096)
-		n, _ := r.Body.Read(b)
+		b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
 		mu.Lock()
-		raw = append(raw, string(b[:n]))
+		raw = append(raw, string(b))
 		mu.Unlock()
-		if err := json.Unmarshal(b[:n], &p); err != nil {
+		if err := json.Unmarshal(b, &p); err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
@@ -46,6 +46,9 @@ func TestWebhookPushForOfflineDevices(t *testing.T) {
 	h.send(alice, 1, 2, conv, "m1", secret)
 	h.waitFor("ack", func(recs []*pb.EdgeRecord) bool { return responses(recs, 1)[2] != nil })
 	waitUntil(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 1 })
+	// The sender counts a notification once the webhook has answered, a
+	// moment after the handler above has recorded it.
+	waitUntil(t, func() bool { return h.reg.Stats().Notified >= 1 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got) != 1 {
