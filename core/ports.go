@@ -221,6 +221,46 @@ type Store interface {
 	Close() error
 }
 
+// Batcher is the optional Store capability for group commit: the
+// sequencer stores every entry of a consumed batch of ingress records in
+// one WriteBatch and makes them durable with one commit (one fsync),
+// before any of their acks or deliveries leaves. Both store
+// implementations provide it; the region checks for it with a type
+// assertion and falls back to one synced Append per entry without it.
+type Batcher interface {
+	// Begin starts a write batch. The caller must Commit or Discard it.
+	Begin(ctx context.Context) (WriteBatch, error)
+}
+
+// WriteBatch is a view of the store for one sequencer batch. Its Append
+// writes into the batch: the batch's own reads (Lookup, Conversation,
+// Members, ConvCursors, Messages, MessagesBefore and Append's duplicate
+// check) see those writes, nobody else does until Commit. Its other
+// methods act on the store directly, as core.Store's do.
+//
+// Commit makes the batch's appends durable at once (one fsync on Pebble,
+// one transaction on PostgreSQL) or none of them: if another writer
+// appended to one of the batch's conversations after the batch read it,
+// Commit fails with an error wrapping ErrUnavailable and stores nothing,
+// and the caller retries the batch from the store.
+//
+// A write that fails inside the batch may leave it unable to commit (a
+// PostgreSQL transaction is aborted by any failed statement): Err then
+// says so, and the caller discards the batch and redoes its work without
+// one. A step that fails after its Append leaves the entry in the batch,
+// as a failed step without a batch leaves it stored: a retried step finds
+// it by its idempotency key.
+type WriteBatch interface {
+	Store
+	// Err is non-nil once the batch can no longer commit.
+	Err() error
+	Commit(ctx context.Context) error
+	// Discard drops whatever Commit has not stored. It is safe after Commit.
+	Discard()
+	// Appended is how many new entries the batch holds.
+	Appended() int
+}
+
 // OneTimeKey is one opaque one-time prekey.
 type OneTimeKey struct {
 	ID  uint32

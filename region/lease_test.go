@@ -134,6 +134,24 @@ func (s *countStore) Append(ctx context.Context, req core.AppendRequest) (core.A
 	return s.Store.Append(ctx, req)
 }
 
+func (s *countStore) Begin(ctx context.Context) (core.WriteBatch, error) {
+	wb, err := s.Store.(core.Batcher).Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &countBatch{WriteBatch: wb, s: s}, nil
+}
+
+type countBatch struct {
+	core.WriteBatch
+	s *countStore
+}
+
+func (b *countBatch) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
+	b.s.appends.Add(1)
+	return b.WriteBatch.Append(ctx, req)
+}
+
 // Without its lease the sequencer appends nothing and dead-letters
 // nothing, however long it lasts; once the lease is back the waiting
 // message is stored and acked, once.

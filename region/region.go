@@ -64,6 +64,12 @@ type Config struct {
 	// the bus never dead-letters anything).
 	MaxAttempts     int
 	DeadLetterAfter time.Duration
+	// NoGroupCommit turns group commit off: every entry is then its own
+	// synced write, as without a core.Batcher store. By default a store
+	// that is a core.Batcher gets one write batch, and one sync, per
+	// consumed batch of ingress records; acks and deliveries leave only
+	// after it committed.
+	NoGroupCommit bool
 	// StateCacheBytes bounds the sequencer's cached conversation state
 	// (members, cursors), by estimated size (default 64 MiB).
 	StateCacheBytes int
@@ -231,6 +237,11 @@ type Stats struct {
 	Claims          uint64 // conversations homed here through the directory
 	MovedIn         uint64 // conversations moved here (a directory epoch > 1 naming this region)
 	MovedAway       uint64 // cached conversations that moved to another region
+	// Group commit (Config.NoGroupCommit off and a core.Batcher store):
+	Commits          uint64 // write batches committed with at least one entry
+	CommittedEntries uint64 // entries they stored (÷ Commits = entries per sync)
+	CommitNanos      uint64 // time spent in those commits
+	BatchFallbacks   uint64 // batches redone without a write batch after a write broke it
 }
 
 type counters struct {
@@ -239,6 +250,7 @@ type counters struct {
 	deadLettered, panics, stateLoads, receiptScans, restarts              atomic.Uint64
 	readsRefused, forwarded, hopsExceeded, fenced, claims, forwardRefused atomic.Uint64
 	movedIn, movedAway                                                    atomic.Uint64
+	commits, committedEntries, commitNanos, batchFallbacks                atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -432,6 +444,8 @@ func (r *Region) Stats() Stats {
 		ReceiptScans: c.receiptScans.Load(), Restarts: c.restarts.Load(),
 		ReadsRefused: c.readsRefused.Load(), Forwarded: c.forwarded.Load(), HopsExceeded: c.hopsExceeded.Load(), ForwardRefused: c.forwardRefused.Load(),
 		Fenced: c.fenced.Load(), Claims: c.claims.Load(), MovedIn: c.movedIn.Load(), MovedAway: c.movedAway.Load(),
+		Commits: c.commits.Load(), CommittedEntries: c.committedEntries.Load(), CommitNanos: c.commitNanos.Load(),
+		BatchFallbacks: c.batchFallbacks.Load(),
 	}
 }
 

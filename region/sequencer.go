@@ -23,11 +23,20 @@ const MaxBatch = 256
 // conversations it touched (their cached state is dropped if the batch
 // fails, so a retry starts from the store).
 type batch struct {
-	out       []core.BusRecord
-	cursors   []core.CursorMove
-	touched   map[string]bool // conversations whose cached state this batch changed
-	stepTouch map[string]bool // the same, for the current step only
-	validated map[string]bool
+	// st is what the steps read and append through: the store's write
+	// batch (group commit, core.WriteBatch) or, without one, the store.
+	st core.Store
+	// wb is the write batch, nil without group commit.
+	wb core.WriteBatch
+	// memberPuts update the readers' member cache once the batch's
+	// entries are committed (a reader must never find members for a head
+	// that may yet be rolled back).
+	memberPuts []memberPut
+	out        []core.BusRecord
+	cursors    []core.CursorMove
+	touched    map[string]bool // conversations whose cached state this batch changed
+	stepTouch  map[string]bool // the same, for the current step only
+	validated  map[string]bool
 	// place is where the current step's conversation lives (placement.go).
 	place stepPlace
 	// dirDown latches the first directory failure of the batch: later
@@ -44,8 +53,15 @@ type stepPlace struct {
 	epoch uint64
 }
 
-func newBatch() *batch {
-	return &batch{touched: map[string]bool{}, stepTouch: map[string]bool{}, validated: map[string]bool{}}
+// memberPut is a deferred members.put.
+type memberPut struct {
+	conv    string
+	head    uint64
+	members []core.Member
+}
+
+func newBatch(st core.Store) *batch {
+	return &batch{st: st, touched: map[string]bool{}, stepTouch: map[string]bool{}, validated: map[string]bool{}}
 }
 
 func (b *batch) touch(conv string) {
@@ -64,8 +80,38 @@ func (b *batch) touch(conv string) {
 // that keeps failing while the store is healthy goes to the dead-letter
 // topic after Config.MaxAttempts (see deadletter.go), and the partition
 // moves on.
-func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) (err error) {
-	b := newBatch()
+func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) error {
+	if bs, ok := r.store.(core.Batcher); ok && !r.cfg.NoGroupCommit {
+		err := r.runBatch(ctx, recs, bs)
+		if !errors.Is(err, errBatchBroken) {
+			return err
+		}
+		// A write failed inside the store's batch and left it unable to
+		// commit (nothing of it is stored or sent): redo the records one
+		// synced write at a time, so the failing one is retried and
+		// counted on its own.
+		r.stats.batchFallbacks.Add(1)
+		r.log.Warn("sequencer: write batch broken; redoing the batch without group commit", "records", len(recs), "err", err)
+	}
+	return r.runBatch(ctx, recs, nil)
+}
+
+// errBatchBroken reports that the store's write batch can no longer
+// commit; handleBatch redoes the records without one.
+var errBatchBroken = errors.New("region: write batch broken")
+
+// runBatch is handleBatch with a write batch from bs, or without one (bs
+// nil: every entry is its own synced write).
+func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Batcher) (err error) {
+	b := newBatch(r.store)
+	if bs != nil {
+		wb, err := bs.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("sequencer: %w", err)
+		}
+		defer wb.Discard()
+		b.st, b.wb = wb, wb
+	}
 	defer func() {
 		if err != nil {
 			for conv := range b.touched {
@@ -83,13 +129,18 @@ func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) (err er
 				return fmt.Errorf("sequencer: %w", err)
 			}
 		}
-		outs, moves := len(b.out), len(b.cursors)
+		outs, moves, puts := len(b.out), len(b.cursors), len(b.memberPuts)
 		clear(b.stepTouch)
 		if err := r.stepGuarded(ctx, b, rec); err != nil {
+			if b.wb != nil {
+				if berr := b.wb.Err(); berr != nil {
+					return fmt.Errorf("%w: %w (step: %w)", errBatchBroken, berr, err)
+				}
+			}
 			// Whatever the failed step did to the cached state or the
 			// batch's outputs is undone: its conversations reload (with
 			// the batch's earlier, not yet persisted, cursor moves).
-			b.out, b.cursors = b.out[:outs], b.cursors[:moves]
+			b.out, b.cursors, b.memberPuts = b.out[:outs], b.cursors[:moves], b.memberPuts[:puts]
 			for conv := range b.stepTouch {
 				r.states.drop(conv)
 				delete(b.validated, conv)
@@ -100,6 +151,29 @@ func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) (err er
 			continue // dead-lettered: the record is done
 		}
 		r.succeeded(rec)
+	}
+	if b.wb != nil {
+		if l := r.cfg.Lease; l != nil && b.wb.Appended() > 0 {
+			// The entries become visible at the commit: not after the
+			// lease lapsed during the batch.
+			if err := l.Await(ctx, time.Second); err != nil {
+				return fmt.Errorf("sequencer: %w", err)
+			}
+		}
+		n := b.wb.Appended()
+		start := time.Now()
+		if err := b.wb.Commit(ctx); err != nil {
+			return fmt.Errorf("sequencer: commit %d entries: %w", n, err)
+		}
+		if n > 0 {
+			r.stats.appended.Add(uint64(n))
+			r.stats.commits.Add(1)
+			r.stats.committedEntries.Add(uint64(n))
+			r.stats.commitNanos.Add(uint64(time.Since(start)))
+		}
+	}
+	for _, p := range b.memberPuts {
+		r.members.put(p.conv, p.head, p.members)
 	}
 	if err := r.produceNow(ctx, b.out...); err != nil {
 		return err
@@ -222,7 +296,7 @@ func (r *Region) state(ctx context.Context, b *batch, conv string) (*core.ConvSt
 	if st != nil && b.validated[conv] {
 		return st, nil
 	}
-	c, err := r.store.Conversation(ctx, conv)
+	c, err := b.st.Conversation(ctx, conv)
 	if errors.Is(err, core.ErrNotFound) {
 		r.states.drop(conv)
 		return nil, nil
@@ -235,11 +309,11 @@ func (r *Region) state(ctx context.Context, b *batch, conv string) (*core.ConvSt
 		return st, nil
 	}
 	r.stats.stateLoads.Add(1)
-	ms, err := r.store.Members(ctx, conv)
+	ms, err := b.st.Members(ctx, conv)
 	if err != nil {
 		return nil, fmt.Errorf("members of %s: %w", conv, err)
 	}
-	cs, err := r.store.ConvCursors(ctx, conv)
+	cs, err := b.st.ConvCursors(ctx, conv)
 	if err != nil {
 		return nil, fmt.Errorf("cursors of %s: %w", conv, err)
 	}
@@ -269,7 +343,7 @@ func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, 
 	// The writer signs its entries with its region: with the epoch, the
 	// simulator's checker proves one writer per (conversation, epoch).
 	req.Message.Region = r.cfg.Name
-	res, err := r.store.Append(ctx, req)
+	res, err := b.st.Append(ctx, req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("append to %s: %w", conv, err)
 	}
@@ -288,7 +362,9 @@ func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, 
 		}
 		return res.Message, st, nil
 	}
-	r.stats.appended.Add(1)
+	if b.wb == nil {
+		r.stats.appended.Add(1)
+	} // with a write batch: counted once it is committed
 	if st == nil {
 		st = core.NewConvState(*req.Create, nil, nil)
 		st.Conv.Head = 0
@@ -303,23 +379,23 @@ func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, 
 		if st, err = r.state(ctx, b, conv); err != nil || st == nil {
 			return nil, nil, fmt.Errorf("append to %s: state after a concurrent append: %w", conv, errors.Join(err, core.ErrUnavailable))
 		}
-		r.members.put(conv, st.Conv.Head, st.MemberList())
+		b.memberPuts = append(b.memberPuts, memberPut{conv, st.Conv.Head, st.MemberList()})
 		return res.Message, st, nil
 	}
 	st.Apply(req, res.Message)
 	// Keep the readers' member cache in step: the new head is valid now.
-	r.members.put(conv, st.Conv.Head, st.MemberList())
+	b.memberPuts = append(b.memberPuts, memberPut{conv, st.Conv.Head, st.MemberList()})
 	return res.Message, st, nil
 }
 
 // replay answers a request whose idempotency key is already stored, as
 // the first answer was: dedupe comes before every check that may have
 // changed since (a sender removed meanwhile still gets the original ack).
-func (r *Region) replay(ctx context.Context, conv string, sender core.DeviceKey, key string, kind pb.MessageKind) (*pb.Message, error) {
+func (r *Region) replay(ctx context.Context, b *batch, conv string, sender core.DeviceKey, key string, kind pb.MessageKind) (*pb.Message, error) {
 	if key == "" {
 		return nil, nil
 	}
-	m, err := r.store.Lookup(ctx, conv, sender, key)
+	m, err := b.st.Lookup(ctx, conv, sender, key)
 	if errors.Is(err, core.ErrNotFound) {
 		return nil, nil
 	}
@@ -367,7 +443,7 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 		if other == sender.User {
 			other = bb
 		}
-		if _, err := r.store.User(ctx, other); errors.Is(err, core.ErrNotFound) {
+		if _, err := b.st.User(ctx, other); errors.Is(err, core.ErrNotFound) {
 			refuse = fmt.Errorf("send to %s: user %s: %w", conv, other, core.ErrNotFound)
 			break
 		} else if err != nil {
@@ -382,7 +458,7 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 	if refuse != nil {
 		// A resend of an entry stored before the refusal applied (the
 		// sender was removed since) gets its original ack.
-		m, err := r.replay(ctx, conv, sender, s.GetClientMsgId(), pb.MessageKind_MESSAGE_KIND_USER)
+		m, err := r.replay(ctx, b, conv, sender, s.GetClientMsgId(), pb.MessageKind_MESSAGE_KIND_USER)
 		if err != nil {
 			return err // transient (retried) or a key clash, never the refusal
 		}
@@ -429,13 +505,13 @@ func (r *Region) sendOutputs(ctx context.Context, b *batch, in *pb.IngressRecord
 const createKey = "create"
 
 // userFacts looks up what the group rules need to know about users.
-func (r *Region) userFacts(ctx context.Context, actor string, users []string) (map[string]core.UserFacts, error) {
+func (r *Region) userFacts(ctx context.Context, b *batch, actor string, users []string) (map[string]core.UserFacts, error) {
 	facts := make(map[string]core.UserFacts, len(users))
 	for _, u := range users {
 		if _, done := facts[u]; done || u == actor || !core.ValidUserID(u) {
 			continue
 		}
-		p, err := r.store.Privacy(ctx, u)
+		p, err := b.st.Privacy(ctx, u)
 		if errors.Is(err, core.ErrNotFound) {
 			facts[u] = core.UserFacts{}
 			continue
@@ -445,7 +521,7 @@ func (r *Region) userFacts(ctx context.Context, actor string, users []string) (m
 		}
 		f := core.UserFacts{Exists: true, Policy: p.AddPolicy}
 		if p.AddPolicy == pb.AddPolicy_ADD_POLICY_CONTACTS {
-			_, err := r.store.Conversation(ctx, core.DirectConvID(actor, u))
+			_, err := b.st.Conversation(ctx, core.DirectConvID(actor, u))
 			switch {
 			case err == nil:
 				f.Contact = true
@@ -474,7 +550,7 @@ func (r *Region) seqCreateGroup(ctx context.Context, b *batch, in *pb.IngressRec
 	if st != nil {
 		// Only the creator can name this id: a replay (or a second create
 		// by another of the creator's devices) is answered with the group.
-		if m, err := r.replay(ctx, conv, actor, createKey, pb.MessageKind_MESSAGE_KIND_MEMBERSHIP); err != nil || m != nil {
+		if m, err := r.replay(ctx, b, conv, actor, createKey, pb.MessageKind_MESSAGE_KIND_MEMBERSHIP); err != nil || m != nil {
 			if err != nil {
 				return err
 			}
@@ -487,7 +563,7 @@ func (r *Region) seqCreateGroup(ctx context.Context, b *batch, in *pb.IngressRec
 		_, err := core.PlanCreateGroup(actor.User, cg, nil)
 		return err
 	}
-	facts, err := r.userFacts(ctx, actor.User, cg.GetMembers())
+	facts, err := r.userFacts(ctx, b, actor.User, cg.GetMembers())
 	if err != nil {
 		return err
 	}
@@ -528,7 +604,7 @@ func (r *Region) seqModify(ctx context.Context, b *batch, in *pb.IngressRecord, 
 	}
 	// Dedupe first: the replay of a change answers as the change did,
 	// even if the actor's rights have changed since.
-	if m, err := r.replay(ctx, conv, actor, key, pb.MessageKind_MESSAGE_KIND_MEMBERSHIP); err != nil || m != nil {
+	if m, err := r.replay(ctx, b, conv, actor, key, pb.MessageKind_MESSAGE_KIND_MEMBERSHIP); err != nil || m != nil {
 		if err != nil {
 			return err
 		}
@@ -550,7 +626,7 @@ func (r *Region) seqModify(ctx context.Context, b *batch, in *pb.IngressRecord, 
 		if len(mm.GetUsers()) > core.MaxGroupMembers {
 			return fmt.Errorf("modify %s: %d users > %d: %w", conv, len(mm.GetUsers()), core.MaxGroupMembers, core.ErrGroupFull)
 		}
-		if facts, err = r.userFacts(ctx, actor.User, mm.GetUsers()); err != nil {
+		if facts, err = r.userFacts(ctx, b, actor.User, mm.GetUsers()); err != nil {
 			return err
 		}
 	}
@@ -620,7 +696,7 @@ func (r *Region) seqCursor(ctx context.Context, b *batch, in *pb.IngressRecord, 
 	if moved {
 		senders, complete := st.ReceiptSenders(mv)
 		if !complete {
-			if senders, err = r.scanSenders(ctx, mv); err != nil {
+			if senders, err = r.scanSenders(ctx, b, mv); err != nil {
 				return err
 			}
 		}
@@ -654,13 +730,13 @@ func (r *Region) seqCursor(ctx context.Context, b *batch, in *pb.IngressRecord, 
 // ReceiptScanLimit entries and receiptScanBytes bytes, newest first (a
 // device back from a long absence acks a long range; its oldest senders
 // are the least likely to be waiting for a receipt).
-func (r *Region) scanSenders(ctx context.Context, mv core.CursorMove) ([]string, error) {
+func (r *Region) scanSenders(ctx context.Context, b *batch, mv core.CursorMove) ([]string, error) {
 	from := mv.From
 	if mv.Seq-from > uint64(r.cfg.ReceiptScanLimit) {
 		from = mv.Seq - uint64(r.cfg.ReceiptScanLimit)
 	}
 	r.stats.receiptScans.Add(1)
-	msgs, err := r.store.MessagesBefore(ctx, mv.Conv, mv.Seq+1, from, int(mv.Seq-from), receiptScanBytes)
+	msgs, err := b.st.MessagesBefore(ctx, mv.Conv, mv.Seq+1, from, int(mv.Seq-from), receiptScanBytes)
 	if err != nil {
 		return nil, fmt.Errorf("receipt scan %s: %w", mv.Conv, err)
 	}

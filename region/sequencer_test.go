@@ -46,6 +46,40 @@ func (s *seqStore) Append(ctx context.Context, req core.AppendRequest) (core.App
 	return s.Store.Append(ctx, req)
 }
 
+// Begin wraps the store's write batch, so the faults above hit the
+// sequencer's group-commit path too.
+func (s *seqStore) Begin(ctx context.Context) (core.WriteBatch, error) {
+	wb, err := s.Store.(core.Batcher).Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &seqBatch{WriteBatch: wb, s: s}, nil
+}
+
+type seqBatch struct {
+	core.WriteBatch
+	s *seqStore
+}
+
+func (b *seqBatch) User(ctx context.Context, id string) (core.User, error) {
+	if b.s.down.Load() {
+		return core.User{}, errors.New("injected: store unreachable")
+	}
+	return b.WriteBatch.User(ctx, id)
+}
+
+func (b *seqBatch) Members(ctx context.Context, conv string) ([]core.Member, error) {
+	b.s.members.Add(1)
+	return b.WriteBatch.Members(ctx, conv)
+}
+
+func (b *seqBatch) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
+	if p := b.s.poisoned.Load(); b.s.down.Load() || (p != nil && req.Message.GetConvId() == *p) {
+		return core.AppendResult{}, errors.New("injected: this entry can never be written")
+	}
+	return b.WriteBatch.Append(ctx, req)
+}
+
 func createGroup(h *harness, actor core.DeviceKey, session, reqID uint64, conv string, members ...string) {
 	h.t.Helper()
 	h.ingress(actor, session, reqID, &pb.IngressRecord{Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{

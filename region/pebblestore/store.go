@@ -42,6 +42,16 @@ type Options struct {
 // Store is a core.Store on an embedded Pebble database. See the package
 // documentation for the key layout and the concurrency rules.
 type Store struct {
+	*base
+	// rd is what the store reads: the database, or in a write batch's
+	// view (batch.go) the indexed batch over it.
+	rd pebble.Reader
+	// wb is the write batch of a view; nil for the store itself.
+	wb *writeBatch
+}
+
+// base is what a Store and its write-batch views share.
+type base struct {
 	db     *pebble.DB
 	cache  *pebble.Cache
 	lock   *pebble.Lock
@@ -141,7 +151,7 @@ func Open(dir string, opts Options) (_ *Store, err error) {
 		cache.Unref()
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
-	return &Store{
+	st := &Store{base: &base{
 		db:       db,
 		cache:    cache,
 		lock:     lock,
@@ -151,7 +161,9 @@ func Open(dir string, opts Options) (_ *Store, err error) {
 		convMu:   make([]sync.Mutex, stripes),
 		cursorMu: make([]sync.Mutex, stripes),
 		prekeyMu: make([]sync.Mutex, stripes),
-	}, nil
+	}}
+	st.rd = db
+	return st, nil
 }
 
 // Close flushes and closes the database. It is idempotent; calls made after
@@ -200,7 +212,7 @@ func (s *Store) check() error {
 
 // get returns a copy of the value at k, or nil, false.
 func (s *Store) get(k []byte) ([]byte, bool, error) {
-	v, closer, err := s.db.Get(k)
+	v, closer, err := s.rd.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
 	}
@@ -217,7 +229,7 @@ func (s *Store) get(k []byte) ([]byte, bool, error) {
 // scan calls fn for every key with the prefix, in order, until fn returns
 // false or an error.
 func (s *Store) scan(prefix []byte, fn func(k, v []byte) (bool, error)) error {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	it, err := s.rd.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
 		return fmt.Errorf("pebblestore: iterate: %w", err)
 	}
@@ -370,7 +382,7 @@ func (s *Store) device(k core.DeviceKey) (core.Device, error) {
 // lastDevice returns the highest device number of user (0 if none).
 func (s *Store) lastDevice(user string) (uint32, error) {
 	p := devicePrefix(user)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	it, err := s.rd.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
 	if err != nil {
 		return 0, fmt.Errorf("pebblestore: iterate: %w", err)
 	}
@@ -505,6 +517,11 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	if err != nil {
 		return core.AppendResult{}, err
 	}
+	if s.wb != nil {
+		if err := s.wb.note(s, conv); err != nil {
+			return core.AppendResult{}, err
+		}
+	}
 	var c core.Conversation
 	switch {
 	case exists:
@@ -537,6 +554,9 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 		return core.AppendResult{}, fmt.Errorf("pebblestore: marshal message: %w", err)
 	}
 	b := s.db.NewBatch()
+	if s.wb != nil {
+		b = s.wb.b // a write batch's view: into the batch, committed with it
+	}
 	errs := []error{
 		b.Set(messageKey(conv, seq), body, nil),
 		b.Set(dk, encodeSeq(seq), nil),
@@ -544,8 +564,17 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	}
 	memberErr := s.applyMembers(b, conv, seq, &req)
 	if err := errors.Join(append(errs, memberErr)...); err != nil {
+		if s.wb != nil {
+			// The batch may hold part of this entry: it cannot commit.
+			s.wb.broken = fmt.Errorf("pebblestore: append to %s: %w", conv, err)
+			return core.AppendResult{}, s.wb.broken
+		}
 		_ = b.Close()
 		return core.AppendResult{}, fmt.Errorf("pebblestore: append to %s: %w", conv, err)
+	}
+	if s.wb != nil {
+		s.wb.appended++
+		return core.AppendResult{Message: stored}, nil
 	}
 	if err := s.commit(b); err != nil {
 		return core.AppendResult{}, err
@@ -693,7 +722,7 @@ func (s *Store) readMessages(conv string, lo, hi uint64, down bool, limit, maxBy
 	if maxBytes <= 0 {
 		maxBytes = core.MaxPageBytes
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: messageKey(conv, lo), UpperBound: messageKey(conv, hi)})
+	it, err := s.rd.NewIter(&pebble.IterOptions{LowerBound: messageKey(conv, lo), UpperBound: messageKey(conv, hi)})
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: iterate: %w", err)
 	}

@@ -42,10 +42,27 @@ type Options struct {
 
 // Store is a core.Store on PostgreSQL or CockroachDB.
 type Store struct {
+	*base
+	// q answers the reads of a conversation's state (Conversation,
+	// Members, cursors, messages, Lookup): the pool, or in a write batch's
+	// view (batch.go) its transaction.
+	q querier
+	// bt is the transaction of a write batch's view; nil for the store.
+	bt *writeBatch
+}
+
+// base is what a Store and its write-batch views share.
+type base struct {
 	pool       *pgxpool.Pool
 	log        *slog.Logger
 	maxRetries int
 	closeOnce  sync.Once
+}
+
+// querier is what *pgxpool.Pool and pgx.Tx have in common for reads.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 var _ core.Store = (*Store)(nil)
@@ -71,7 +88,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: connect: %w", err)
 	}
-	s := &Store{pool: pool, log: log, maxRetries: opts.MaxRetries}
+	s := &Store{base: &base{pool: pool, log: log, maxRetries: opts.MaxRetries}, q: pool}
 	if s.maxRetries <= 0 {
 		s.maxRetries = 50
 	}
@@ -331,7 +348,7 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	touched := req.MemberUsers()
 
 	var res core.AppendResult
-	err := s.tx(ctx, "append to "+conv, func(ctx context.Context, tx pgx.Tx) error {
+	appendTx := func(ctx context.Context, tx pgx.Tx) error {
 		res = core.AppendResult{}
 		// 1. Duplicate detection first: a replay always succeeds.
 		var body []byte
@@ -403,7 +420,16 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 		}
 		res = core.AppendResult{Message: stored}
 		return nil
-	})
+	}
+	var err error
+	if s.bt != nil {
+		err = s.bt.run(ctx, "append to "+conv, appendTx)
+		if err == nil && !res.Duplicate {
+			s.bt.appended++
+		}
+	} else {
+		err = s.tx(ctx, "append to "+conv, appendTx)
+	}
 	if err != nil {
 		return core.AppendResult{}, err
 	}
@@ -461,7 +487,7 @@ func (s *Store) Conversation(ctx context.Context, id string) (core.Conversation,
 	c := core.Conversation{ID: id}
 	var epoch, head int64
 	var kind int32
-	err := s.pool.QueryRow(ctx, "SELECT kind, title, home_region, epoch, head, created_at_ms FROM conversations WHERE id = $1", id).
+	err := s.q.QueryRow(ctx, "SELECT kind, title, home_region, epoch, head, created_at_ms FROM conversations WHERE id = $1", id).
 		Scan(&kind, &c.Title, &c.HomeRegion, &epoch, &head, &c.CreatedAtMs)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return core.Conversation{}, fmt.Errorf("pgstore: conversation %s: %w", id, core.ErrNotFound)
@@ -478,7 +504,7 @@ func (s *Store) Members(ctx context.Context, conv string) ([]core.Member, error)
 	if _, err := s.Conversation(ctx, conv); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, "SELECT user_id, joined_seq, admin, invited FROM members WHERE conv_id = $1 ORDER BY user_id", conv)
+	rows, err := s.q.Query(ctx, "SELECT user_id, joined_seq, admin, invited FROM members WHERE conv_id = $1 ORDER BY user_id", conv)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: members of %s: %w", conv, err)
 	}
@@ -559,7 +585,7 @@ func (s *Store) readMessages(ctx context.Context, conv string, after, before uin
 	if down {
 		q = pageDownSQL
 	}
-	rows, err := s.pool.Query(ctx, q, conv, i64(after), i64(before), limit, int64(maxBytes))
+	rows, err := s.q.Query(ctx, q, conv, i64(after), i64(before), limit, int64(maxBytes))
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: messages of %s: %w", conv, err)
 	}
@@ -629,7 +655,7 @@ func (s *Store) AdvanceCursor(ctx context.Context, conv string, dev core.DeviceK
 }
 
 func (s *Store) cursors(ctx context.Context, what, where string, args ...any) ([]core.Cursor, error) {
-	rows, err := s.pool.Query(ctx, "SELECT conv_id, user_id, device_id, delivered_seq, read_seq FROM cursors WHERE "+where, args...)
+	rows, err := s.q.Query(ctx, "SELECT conv_id, user_id, device_id, delivered_seq, read_seq FROM cursors WHERE "+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: %s: %w", what, err)
 	}
@@ -777,7 +803,7 @@ func (s *Store) LastSeen(ctx context.Context, users []string) (map[string]int64,
 // Lookup implements core.Store.
 func (s *Store) Lookup(ctx context.Context, conv string, sender core.DeviceKey, clientMsgID string) (*pb.Message, error) {
 	var body []byte
-	err := s.pool.QueryRow(ctx, "SELECT body FROM messages WHERE conv_id = $1 AND sender_user = $2 AND sender_device = $3 AND client_msg_id = $4",
+	err := s.q.QueryRow(ctx, "SELECT body FROM messages WHERE conv_id = $1 AND sender_user = $2 AND sender_device = $3 AND client_msg_id = $4",
 		conv, sender.User, int64(sender.Device), clientMsgID).Scan(&body)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("pgstore: lookup %s: %w", conv, core.ErrNotFound)

@@ -58,6 +58,9 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"ConcurrentAppendManyConversations", testConcurrentAppendMany},
 		{"ConcurrentCursor", testConcurrentCursor},
 		{"ConcurrentRegister", testConcurrentRegister},
+		{"BatchCommit", testBatchCommit},
+		{"BatchDiscard", testBatchDiscard},
+		{"BatchConflict", testBatchConflict},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

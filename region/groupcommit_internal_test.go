@@ -1,0 +1,250 @@
+package region
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/internal/testenv"
+	"github.com/chatmesh/chatmesh/region/kafkabus"
+	"github.com/chatmesh/chatmesh/region/pebblestore"
+	"github.com/chatmesh/chatmesh/region/pgstore"
+)
+
+// groupCommitStores opens a fresh store of each kind: Pebble, and
+// PostgreSQL in a schema of its own (required under make test).
+func groupCommitStores(t *testing.T) map[string]func(t *testing.T) core.Store {
+	return map[string]func(t *testing.T) core.Store{
+		"pebble": func(t *testing.T) core.Store {
+			st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		},
+		"postgres": func(t *testing.T) core.Store {
+			dsn := testenv.PostgresDSN(t)
+			var b [6]byte
+			_, _ = rand.Read(b[:])
+			schema := "gc_" + hex.EncodeToString(b[:])
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				conn, err := pgx.Connect(ctx, dsn)
+				if err != nil {
+					t.Errorf("drop schema %s: %v", schema, err)
+					return
+				}
+				defer conn.Close(ctx)
+				if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+					t.Errorf("drop schema %s: %v", schema, err)
+				}
+			})
+			st, err := pgstore.Open(t.Context(), dsn, pgstore.Options{Schema: schema, MaxConns: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			return st
+		},
+	}
+}
+
+// batchRegion is a region that is not started: the test calls handleBatch
+// itself, so it knows exactly which records form one batch.
+func batchRegion(t *testing.T, st core.Store, adjust ...func(*Config)) *Region {
+	t.Helper()
+	ctx := t.Context()
+	emb, err := kafkabus.StartEmbedded(ctx, kafkabus.EmbeddedConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emb.Close() })
+	bus, err := kafkabus.New(kafkabus.Config{Brokers: emb.Addrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bus.Close() })
+	if err := bus.EnsureTopic(ctx, EdgeTopic("e1"), 1); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Name: "r1", IngressPartitions: 1}
+	for _, f := range adjust {
+		f(&cfg)
+	}
+	r, err := New(cfg, st, bus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func sendRecord(t *testing.T, from core.DeviceKey, reqID uint64, conv, cmid string, offset int64) core.BusRecord {
+	t.Helper()
+	in := &pb.IngressRecord{
+		Origin: &pb.Origin{EdgeId: "e1", SessionId: 1, ReqId: reqID, Device: from.Addr()},
+		Op: &pb.IngressRecord_Send{Send: &pb.SendRequest{
+			ConvId: conv, ClientMsgId: cmid, Envelope: &pb.Envelope{Ciphertext: []byte("opaque " + cmid)},
+		}},
+	}
+	b, err := proto.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return core.BusRecord{Topic: DefaultIngressTopic, Key: []byte(conv), Value: b, Offset: offset}
+}
+
+func registerUser(t *testing.T, st core.Store, user string) core.DeviceKey {
+	t.Helper()
+	static := make([]byte, 32)
+	copy(static, user)
+	d, err := st.RegisterDevice(t.Context(), core.User{ID: user, HomeRegion: "r1", CreatedAtMs: 1}, core.Device{NoiseStatic: static, IdentityKey: make([]byte, 32)}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.Key
+}
+
+// One consumed batch of ingress records is stored with one commit (one
+// sync), in order, resends within the batch deduped; nothing is visible
+// in the store before the commit.
+func TestGroupCommitOneCommitPerBatch(t *testing.T) {
+	for name, open := range groupCommitStores(t) {
+		t.Run(name, func(t *testing.T) {
+			st := open(t)
+			r := batchRegion(t, st)
+			alice, bob := registerUser(t, st, "alice"), registerUser(t, st, "bob")
+			d1, d2 := core.DirectConvID("alice", "bob"), core.DirectConvID("alice", "carol")
+			registerUser(t, st, "carol")
+			var recs []core.BusRecord
+			for i := range 40 {
+				from, conv := alice, d1
+				if i%3 == 1 {
+					from = bob
+				}
+				if i%5 == 4 {
+					from, conv = alice, d2
+				}
+				recs = append(recs, sendRecord(t, from, uint64(i+1), conv, fmt.Sprintf("m%d", i), int64(i)))
+			}
+			recs = append(recs, sendRecord(t, alice, 99, d1, "m0", 40)) // a resend in the same batch
+			if err := r.handleBatch(t.Context(), recs); err != nil {
+				t.Fatal(err)
+			}
+			s := r.Stats()
+			if s.Commits != 1 || s.CommittedEntries != 40 || s.Appended != 40 || s.Duplicates != 1 || s.BatchFallbacks != 0 {
+				t.Fatalf("stats %+v: want 1 commit of 40 entries and 1 duplicate", s)
+			}
+			for conv, want := range map[string]int{d1: 32, d2: 8} {
+				ms, err := st.Messages(t.Context(), conv, 0, 100, 0)
+				if err != nil || len(ms) != want {
+					t.Fatalf("%s: %d entries, %v; want %d", conv, len(ms), err, want)
+				}
+				last := -1
+				for i, m := range ms {
+					var n int
+					fmt.Sscanf(m.GetClientMsgId(), "m%d", &n)
+					if m.GetSeq() != uint64(i+1) || n <= last {
+						t.Fatalf("%s: entry %d is %s at seq %d: out of order", conv, i, m.GetClientMsgId(), m.GetSeq())
+					}
+					last = n
+				}
+			}
+			// A second batch reuses the cached state and commits once more.
+			if err := r.handleBatch(t.Context(), []core.BusRecord{sendRecord(t, alice, 100, d1, "n1", 41), sendRecord(t, bob, 101, d1, "n2", 42)}); err != nil {
+				t.Fatal(err)
+			}
+			if s := r.Stats(); s.Commits != 2 || s.CommittedEntries != 42 {
+				t.Fatalf("after the second batch: %+v", s)
+			}
+			if c, err := st.Conversation(t.Context(), d1); err != nil || c.Head != 34 {
+				t.Fatalf("head %+v, %v; want 34", c, err)
+			}
+		})
+	}
+}
+
+// breakingStore breaks the write batch of its first Begin at the append
+// of one key (as a statement failing inside a PostgreSQL transaction
+// does); later batches work.
+type breakingStore struct {
+	core.Store
+	key    string
+	broken bool
+}
+
+func (s *breakingStore) Begin(ctx context.Context) (core.WriteBatch, error) {
+	wb, err := s.Store.(core.Batcher).Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &breakingBatch{WriteBatch: wb, s: s}, nil
+}
+
+type breakingBatch struct {
+	core.WriteBatch
+	s   *breakingStore
+	err error
+}
+
+func (b *breakingBatch) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
+	if !b.s.broken && req.Message.GetClientMsgId() == b.s.key {
+		b.s.broken = true
+		b.err = errors.New("injected: a statement failed and aborted the batch")
+		return core.AppendResult{}, b.err
+	}
+	return b.WriteBatch.Append(ctx, req)
+}
+
+func (b *breakingBatch) Err() error {
+	if b.err != nil {
+		return b.err
+	}
+	return b.WriteBatch.Err()
+}
+
+// A write that breaks the batch: nothing of the batch is committed or
+// sent from it; the records are redone one synced write at a time, all
+// stored once, in order.
+func TestGroupCommitBrokenBatchFallsBack(t *testing.T) {
+	for name, open := range groupCommitStores(t) {
+		t.Run(name, func(t *testing.T) {
+			inner := open(t)
+			st := &breakingStore{Store: inner, key: "m5"}
+			r := batchRegion(t, st)
+			alice, _ := registerUser(t, inner, "alice"), registerUser(t, inner, "bob")
+			conv := core.DirectConvID("alice", "bob")
+			var recs []core.BusRecord
+			for i := range 10 {
+				recs = append(recs, sendRecord(t, alice, uint64(i+1), conv, fmt.Sprintf("m%d", i), int64(i)))
+			}
+			if err := r.handleBatch(t.Context(), recs); err != nil {
+				t.Fatal(err)
+			}
+			s := r.Stats()
+			if s.BatchFallbacks != 1 || s.Appended != 10 || s.Commits != 0 || s.DeadLettered != 0 {
+				t.Fatalf("stats %+v: want 1 fallback, 10 appended one by one", s)
+			}
+			ms, err := inner.Messages(t.Context(), conv, 0, 100, 0)
+			if err != nil || len(ms) != 10 {
+				t.Fatalf("%d entries, %v", len(ms), err)
+			}
+			for i, m := range ms {
+				if m.GetClientMsgId() != fmt.Sprintf("m%d", i) || m.GetSeq() != uint64(i+1) {
+					t.Fatalf("entry %d: %s at %d", i, m.GetClientMsgId(), m.GetSeq())
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,208 @@
+package storetest
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/chatmesh/chatmesh/core"
+)
+
+func begin(t *testing.T, s core.Store) core.WriteBatch {
+	t.Helper()
+	bs, ok := s.(core.Batcher)
+	if !ok {
+		t.Fatalf("%T does not implement core.Batcher", s)
+	}
+	wb, err := bs.Begin(t.Context())
+	if err != nil {
+		t.Fatalf("Begin: %v", err)
+	}
+	t.Cleanup(wb.Discard)
+	return wb
+}
+
+func head(t *testing.T, s core.Store, conv string) uint64 {
+	t.Helper()
+	c, err := s.Conversation(t.Context(), conv)
+	if errors.Is(err, core.ErrNotFound) {
+		return 0
+	}
+	if err != nil {
+		t.Fatalf("Conversation(%s): %v", conv, err)
+	}
+	return c.Head
+}
+
+// A batch's appends are visible to its own reads, to nobody else before
+// Commit, and to everyone after; a resend in the same batch is a duplicate.
+func testBatchCommit(t *testing.T, s core.Store) {
+	appendN(t, s, "g:a:old", 2)
+	wb := begin(t, s)
+	var seqs []uint64
+	for i := 1; i <= 5; i++ {
+		conv := "g:a:b1"
+		if i%2 == 0 {
+			conv = "g:a:old"
+		}
+		res := mustAppend(t, wb, core.AppendRequest{Epoch: 1, Create: group(conv), Message: userMsg(conv, "a", 1, fmt.Sprintf("b%d", i))})
+		if res.Duplicate {
+			t.Fatalf("append b%d: duplicate", i)
+		}
+		seqs = append(seqs, res.Message.GetSeq())
+	}
+	if want := []uint64{1, 3, 2, 4, 3}; fmt.Sprint(seqs) != fmt.Sprint(want) {
+		t.Fatalf("seqs %v, want %v", seqs, want)
+	}
+	dup := mustAppend(t, wb, core.AppendRequest{Epoch: 1, Message: userMsg("g:a:b1", "a", 1, "b3")})
+	if !dup.Duplicate || dup.Message.GetSeq() != 2 {
+		t.Fatalf("resend in the batch: duplicate=%v seq=%d, want a duplicate of seq 2", dup.Duplicate, dup.Message.GetSeq())
+	}
+	if n := wb.Appended(); n != 5 {
+		t.Fatalf("Appended() = %d, want 5", n)
+	}
+	// The batch reads its own writes.
+	if h := head(t, wb, "g:a:b1"); h != 3 {
+		t.Fatalf("head in the batch %d, want 3", h)
+	}
+	if ms, err := wb.Messages(t.Context(), "g:a:old", 0, 0, 0); err != nil || len(ms) != 4 {
+		t.Fatalf("messages in the batch: %d, %v; want 4", len(ms), err)
+	}
+	if m, err := wb.Lookup(t.Context(), "g:a:b1", core.DeviceKey{User: "a", Device: 1}, "b5"); err != nil || m.GetSeq() != 3 {
+		t.Fatalf("lookup in the batch: %v, %v", m, err)
+	}
+	if ms, err := wb.Members(t.Context(), "g:a:b1"); err != nil || len(ms) != 0 {
+		t.Fatalf("members in the batch: %v, %v", ms, err)
+	}
+	// Nobody else sees them yet.
+	if h := head(t, s, "g:a:b1"); h != 0 {
+		t.Fatalf("head outside the batch before commit %d, want 0 (absent)", h)
+	}
+	if h := head(t, s, "g:a:old"); h != 2 {
+		t.Fatalf("head outside the batch before commit %d, want 2", h)
+	}
+	if _, err := s.Lookup(t.Context(), "g:a:b1", core.DeviceKey{User: "a", Device: 1}, "b1"); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("lookup outside the batch before commit: %v, want ErrNotFound", err)
+	}
+	if err := wb.Err(); err != nil {
+		t.Fatalf("Err: %v", err)
+	}
+	if err := wb.Commit(t.Context()); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if h := head(t, s, "g:a:b1"); h != 3 {
+		t.Fatalf("head after commit %d, want 3", h)
+	}
+	ms, err := s.Messages(t.Context(), "g:a:old", 0, 0, 0)
+	if err != nil || len(ms) != 4 || ms[3].GetClientMsgId() != "b4" {
+		t.Fatalf("messages after commit: %v, %v", ms, err)
+	}
+	again := mustAppend(t, s, core.AppendRequest{Epoch: 1, Message: userMsg("g:a:b1", "a", 1, "b1")})
+	if !again.Duplicate || again.Message.GetSeq() != 1 {
+		t.Fatalf("resend after commit: %+v", again)
+	}
+	if err := wb.Commit(t.Context()); err == nil {
+		t.Fatal("a second Commit succeeded")
+	}
+}
+
+// Discard stores nothing; a batch without appends commits as a no-op; a
+// refused append (fence, missing conversation) leaves the batch usable.
+func testBatchDiscard(t *testing.T, s core.Store) {
+	appendN(t, s, "g:a:d", 1)
+	wb := begin(t, s)
+	mustAppend(t, wb, core.AppendRequest{Epoch: 1, Message: userMsg("g:a:d", "a", 1, "x1")})
+	mustAppend(t, wb, core.AppendRequest{Epoch: 1, Create: group("g:a:new"), Message: userMsg("g:a:new", "a", 1, "x2")})
+	wb.Discard()
+	if h := head(t, s, "g:a:d"); h != 1 {
+		t.Fatalf("head after discard %d, want 1", h)
+	}
+	if h := head(t, s, "g:a:new"); h != 0 {
+		t.Fatalf("discarded creation is visible: head %d", h)
+	}
+
+	empty := begin(t, s)
+	if err := empty.Commit(t.Context()); err != nil {
+		t.Fatalf("empty Commit: %v", err)
+	}
+
+	wb = begin(t, s)
+	if _, err := wb.Append(t.Context(), core.AppendRequest{Epoch: 1, Message: userMsg("g:a:none", "a", 1, "y1")}); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("append to a missing conversation in a batch: %v, want ErrNotFound", err)
+	}
+	mustAppend(t, wb, core.AppendRequest{Epoch: 3, Message: userMsg("g:a:d", "a", 1, "y2")})
+	if _, err := wb.Append(t.Context(), core.AppendRequest{Epoch: 2, Message: userMsg("g:a:d", "a", 1, "y3")}); !errors.Is(err, core.ErrFenced) {
+		t.Fatalf("append below the batch's own epoch: %v, want ErrFenced", err)
+	}
+	if err := wb.Err(); err != nil {
+		t.Fatalf("Err after refusals: %v", err)
+	}
+	if err := wb.Commit(t.Context()); err != nil {
+		t.Fatalf("Commit after refusals: %v", err)
+	}
+	c, err := s.Conversation(t.Context(), "g:a:d")
+	if err != nil || c.Head != 2 || c.Epoch != 3 {
+		t.Fatalf("after commit: %+v, %v; want head 2 epoch 3", c, err)
+	}
+}
+
+// A writer that appends to a conversation the batch also appends to never
+// makes two entries share a seq or an acknowledged entry vanish: either
+// the other writer waits for the batch (PostgreSQL's row lock) or the
+// batch's Commit fails and stores nothing (Pebble).
+func testBatchConflict(t *testing.T, s core.Store) {
+	appendN(t, s, "g:a:c", 1)
+	wb := begin(t, s)
+	bres := mustAppend(t, wb, core.AppendRequest{Epoch: 1, Message: userMsg("g:a:c", "a", 1, "batch")})
+	type result struct {
+		res core.AppendResult
+		err error
+	}
+	direct := make(chan result, 1)
+	go func() {
+		res, err := s.Append(t.Context(), core.AppendRequest{Epoch: 1, Message: userMsg("g:a:c", "a", 2, "direct")})
+		direct <- result{res, err}
+	}()
+	var d result
+	select {
+	case d = <-direct: // Pebble: the direct append does not wait
+	case <-t.Context().Done():
+	default:
+	}
+	cerr := wb.Commit(t.Context())
+	if d.res.Message == nil && d.err == nil {
+		d = <-direct
+	}
+	if d.err != nil {
+		t.Fatalf("direct append: %v", d.err)
+	}
+	ms, err := s.Messages(t.Context(), "g:a:c", 0, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bySeq := map[uint64]string{}
+	for i, m := range ms {
+		if m.GetSeq() != uint64(i+1) {
+			t.Fatalf("seqs not gapless: %d at %d", m.GetSeq(), i)
+		}
+		bySeq[m.GetSeq()] = m.GetClientMsgId()
+	}
+	if bySeq[d.res.Message.GetSeq()] != "direct" {
+		t.Fatalf("direct append acked at seq %d, stored: %v", d.res.Message.GetSeq(), bySeq)
+	}
+	if cerr == nil {
+		if bySeq[bres.Message.GetSeq()] != "batch" {
+			t.Fatalf("batch committed its entry at seq %d, stored: %v", bres.Message.GetSeq(), bySeq)
+		}
+		if len(ms) != 3 {
+			t.Fatalf("%d entries, want 3", len(ms))
+		}
+	} else {
+		if !errors.Is(cerr, core.ErrUnavailable) {
+			t.Fatalf("failed Commit: %v, want ErrUnavailable", cerr)
+		}
+		if len(ms) != 2 {
+			t.Fatalf("a failed Commit stored something: %v", bySeq)
+		}
+	}
+}
