@@ -50,6 +50,15 @@
 // loss — except AdvanceCursor. Routes are synced too, so that a restarted
 // region does not believe in sessions it has already cleared.
 //
+// The sequencer's write batch (Store.Begin, batch.go; core.WriteBatch) is
+// an indexed pebble.Batch: its appends are read back by the batch (reads
+// go through the batch, then the database) and by nobody else until its
+// Commit, which is one synced commit for every entry in it. Commit first
+// takes the stripes of the batch's conversations (in stripe order) and
+// checks that each conversation's committed record is still the one the
+// batch read at its first append to it; if another writer appended
+// meanwhile, Commit stores nothing and fails with core.ErrUnavailable.
+//
 // Cursor moves are committed without waiting for the fsync (they reach the
 // OS at once, so they survive a process kill, and the next synced commit
 // makes them durable against power loss). Cursors are advisory: sync reads

@@ -15,6 +15,20 @@
 // schema in one database) and applies the embedded migrations. Close is
 // idempotent and waits for connections in use.
 //
+// # Group commit
+//
+// Store.Begin (batch.go) opens a REPEATABLE READ transaction for the
+// sequencer's write batch (core.WriteBatch): its Append runs the same
+// statements as Store.Append inside it, and the conversation reads
+// (Conversation, Members, cursors, messages, Lookup) read through it, so
+// the batch sees its own appends; Commit is one transaction commit for
+// every entry. Each append still locks its conversation's row with
+// SELECT … FOR UPDATE, which at REPEATABLE READ fails if another writer
+// changed the row after the batch's snapshot; any failed statement aborts
+// the transaction, Err reports it and the sequencer redoes the batch
+// without one. Not yet done: multi-row statements (an append is still
+// four round trips inside the transaction).
+//
 // # Migrations
 //
 // migrations/NNNN_name.sql files are embedded and applied in version order.
