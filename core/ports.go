@@ -232,6 +232,14 @@ type Batcher interface {
 	Begin(ctx context.Context) (WriteBatch, error)
 }
 
+// IdemKey is an entry's idempotency key: its conversation, its sender
+// device and the client's message id.
+type IdemKey struct {
+	Conv        string
+	Sender      DeviceKey
+	ClientMsgID string
+}
+
 // WriteBatch is a view of the store for one sequencer batch. Its Append
 // writes into the batch: the batch's own reads (Lookup, Conversation,
 // Members, ConvCursors, Messages, MessagesBefore and Append's duplicate
@@ -254,6 +262,11 @@ type WriteBatch interface {
 	Store
 	// Err is non-nil once the batch can no longer commit.
 	Err() error
+	// Prefetch is a hint: the batch is about to append to convs with
+	// these idempotency keys. A store whose reads cost a round trip reads
+	// them all at once (PostgreSQL: the conversations' rows, locked, and
+	// which keys are already stored); others ignore it.
+	Prefetch(ctx context.Context, convs []string, keys []IdemKey) error
 	Commit(ctx context.Context) error
 	// Discard drops whatever Commit has not stored. It is safe after Commit.
 	Discard()

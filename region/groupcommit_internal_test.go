@@ -23,9 +23,9 @@ import (
 
 // groupCommitStores opens a fresh store of each kind: Pebble, and
 // PostgreSQL in a schema of its own (required under make test).
-func groupCommitStores(t *testing.T) map[string]func(t *testing.T) core.Store {
-	return map[string]func(t *testing.T) core.Store{
-		"pebble": func(t *testing.T) core.Store {
+func groupCommitStores(_ testing.TB) map[string]func(t testing.TB) core.Store {
+	return map[string]func(t testing.TB) core.Store{
+		"pebble": func(t testing.TB) core.Store {
 			st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
 			if err != nil {
 				t.Fatal(err)
@@ -33,7 +33,7 @@ func groupCommitStores(t *testing.T) map[string]func(t *testing.T) core.Store {
 			t.Cleanup(func() { st.Close() })
 			return st
 		},
-		"postgres": func(t *testing.T) core.Store {
+		"postgres": func(t testing.TB) core.Store {
 			dsn := testenv.PostgresDSN(t)
 			var b [6]byte
 			_, _ = rand.Read(b[:])
@@ -250,45 +250,43 @@ func TestGroupCommitBrokenBatchFallsBack(t *testing.T) {
 }
 
 // BenchmarkSequencerBatch measures the sequencer's step and store cost per
-// 1:1 message on Pebble, batches of 64 records over 32 conversations,
+// 1:1 message on Pebble and PostgreSQL, batches of 64 records over 32 conversations,
 // with and without group commit:
 //
 //	go test ./region -run '^$' -bench SequencerBatch -benchtime 200x
 func BenchmarkSequencerBatch(b *testing.B) {
-	for _, group := range []bool{true, false} {
-		b.Run(fmt.Sprintf("groupcommit=%v", group), func(b *testing.B) {
-			st, err := pebblestore.Open(b.TempDir(), pebblestore.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer st.Close()
-			r := batchRegion(b, st, func(c *Config) { c.NoGroupCommit = !group })
-			const convs, per = 32, 64
-			var senders []core.DeviceKey
-			var ids []string
-			for i := range convs {
-				a, p := fmt.Sprintf("a%d", i), fmt.Sprintf("p%d", i)
-				senders = append(senders, registerUser(b, st, a))
-				registerUser(b, st, p)
-				ids = append(ids, core.DirectConvID(a, p))
-			}
-			b.ResetTimer()
-			off := int64(0)
-			for n := range b.N {
-				recs := make([]core.BusRecord, 0, per)
-				for i := range per {
-					c := (n*per + i) % convs
-					off++
-					recs = append(recs, sendRecord(b, senders[c], uint64(off), ids[c], fmt.Sprintf("m%d", off), off))
+	for _, kind := range []string{"pebble", "postgres"} {
+		for _, group := range []bool{true, false} {
+			b.Run(fmt.Sprintf("%s/groupcommit=%v", kind, group), func(b *testing.B) {
+				st := groupCommitStores(b)[kind](b)
+				r := batchRegion(b, st, func(c *Config) { c.NoGroupCommit = !group })
+				const convs, per = 32, 64
+				var senders []core.DeviceKey
+				var ids []string
+				for i := range convs {
+					a, p := fmt.Sprintf("a%d", i), fmt.Sprintf("p%d", i)
+					senders = append(senders, registerUser(b, st, a))
+					registerUser(b, st, p)
+					ids = append(ids, core.DirectConvID(a, p))
 				}
-				if err := r.handleBatch(context.Background(), recs); err != nil {
-					b.Fatal(err)
+				b.ResetTimer()
+				off := int64(0)
+				for n := range b.N {
+					recs := make([]core.BusRecord, 0, per)
+					for i := range per {
+						c := (n*per + i) % convs
+						off++
+						recs = append(recs, sendRecord(b, senders[c], uint64(off), ids[c], fmt.Sprintf("m%d", off), off))
+					}
+					if err := r.handleBatch(context.Background(), recs); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-			b.ReportMetric(float64(b.N*per)/b.Elapsed().Seconds(), "msgs/s")
-			if s := r.Stats(); s.Commits > 0 {
-				b.ReportMetric(float64(s.CommittedEntries)/float64(s.Commits), "entries/commit")
-			}
-		})
+				b.ReportMetric(float64(b.N*per)/b.Elapsed().Seconds(), "msgs/s")
+				if s := r.Stats(); s.Commits > 0 {
+					b.ReportMetric(float64(s.CommittedEntries)/float64(s.Commits), "entries/commit")
+				}
+			})
+		}
 	}
 }

@@ -111,6 +111,9 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 		}
 		defer wb.Discard()
 		b.st, b.wb = wb, wb
+		if err := r.prefetch(ctx, wb, recs); err != nil {
+			return fmt.Errorf("sequencer: %w", err)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -184,6 +187,37 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 		}
 	}
 	return nil
+}
+
+// prefetch tells the write batch which conversations and idempotency
+// keys the batch's records name, so a store with remote reads reads them
+// at once. A record that does not decode is left to its step.
+func (r *Region) prefetch(ctx context.Context, wb core.WriteBatch, recs []core.BusRecord) error {
+	if len(recs) < 2 {
+		return nil
+	}
+	convs := make([]string, 0, len(recs))
+	keys := make([]core.IdemKey, 0, len(recs))
+	for _, rec := range recs {
+		var in pb.IngressRecord
+		if proto.Unmarshal(rec.Value, &in) != nil {
+			continue
+		}
+		conv := core.IngressConv(&in)
+		if conv == "" {
+			continue
+		}
+		if p := r.cfg.Placement; p != nil {
+			if home, _, ok := p.Conv(conv); ok && home != r.cfg.Name {
+				continue // forwarded, not stored here
+			}
+		}
+		convs = append(convs, conv)
+		if s := in.GetSend(); s != nil && s.GetClientMsgId() != "" {
+			keys = append(keys, core.IdemKey{Conv: conv, Sender: core.KeyOf(in.GetOrigin().GetDevice()), ClientMsgID: s.GetClientMsgId()})
+		}
+	}
+	return wb.Prefetch(ctx, convs, keys)
 }
 
 // handleIngress handles one record as a batch of one.

@@ -85,6 +85,10 @@ func (s *Store) Begin(ctx context.Context) (core.WriteBatch, error) {
 	return &Batch{Store: &Store{base: s.base, rd: ib, wb: &writeBatch{b: ib, base: map[string][]byte{}}}}, nil
 }
 
+// Prefetch implements core.WriteBatch: Pebble's reads are local, so it
+// does nothing.
+func (b *Batch) Prefetch(context.Context, []string, []core.IdemKey) error { return nil }
+
 // Err implements core.WriteBatch.
 func (b *Batch) Err() error { return b.wb.broken }
 

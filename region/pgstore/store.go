@@ -347,6 +347,18 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	conv, sender := m.ConvId, core.KeyOf(m.Sender)
 	touched := req.MemberUsers()
 
+	if s.bt != nil {
+		if len(touched) == 0 {
+			return s.bt.appendDeferred(ctx, req, conv, sender)
+		}
+		// Membership effects read and write the members table at once:
+		// the deferred rows go first, and the conversation's row is read
+		// again from the transaction afterwards.
+		if err := s.bt.flush(ctx); err != nil {
+			return core.AppendResult{}, err
+		}
+		delete(s.bt.convs, conv)
+	}
 	var res core.AppendResult
 	appendTx := func(ctx context.Context, tx pgx.Tx) error {
 		res = core.AppendResult{}
@@ -426,6 +438,7 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 		err = s.bt.run(ctx, "append to "+conv, appendTx)
 		if err == nil && !res.Duplicate {
 			s.bt.appended++
+			s.bt.keys[idemKey{conv, sender.User, sender.Device, m.ClientMsgId}] = res.Message
 		}
 	} else {
 		err = s.tx(ctx, "append to "+conv, appendTx)
@@ -484,6 +497,11 @@ func scanMember(r pgx.CollectableRow) (core.Member, error) {
 
 // Conversation implements core.Store.
 func (s *Store) Conversation(ctx context.Context, id string) (core.Conversation, error) {
+	if s.bt != nil {
+		if bc, ok := s.bt.convs[id]; ok {
+			return bc.c, nil
+		}
+	}
 	c := core.Conversation{ID: id}
 	var epoch, head int64
 	var kind int32
@@ -580,6 +598,12 @@ func (s *Store) readMessages(ctx context.Context, conv string, after, before uin
 	limit = min(limit, core.MaxPageSize)
 	if maxBytes <= 0 {
 		maxBytes = core.MaxPageBytes
+	}
+	if s.bt != nil {
+		// The batch's deferred entries are part of what it reads.
+		if err := s.bt.flush(ctx); err != nil {
+			return nil, err
+		}
 	}
 	q := pageUpSQL
 	if down {
@@ -802,6 +826,11 @@ func (s *Store) LastSeen(ctx context.Context, users []string) (map[string]int64,
 
 // Lookup implements core.Store.
 func (s *Store) Lookup(ctx context.Context, conv string, sender core.DeviceKey, clientMsgID string) (*pb.Message, error) {
+	if s.bt != nil {
+		if m, ok := s.bt.keys[idemKey{conv, sender.User, sender.Device, clientMsgID}]; ok {
+			return m, nil
+		}
+	}
 	var body []byte
 	err := s.q.QueryRow(ctx, "SELECT body FROM messages WHERE conv_id = $1 AND sender_user = $2 AND sender_device = $3 AND client_msg_id = $4",
 		conv, sender.User, int64(sender.Device), clientMsgID).Scan(&body)
