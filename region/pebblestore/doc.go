@@ -49,6 +49,9 @@
 // effect is in the fsynced write-ahead log and survives a SIGKILL or a power
 // loss — except AdvanceCursor. Routes are synced too, so that a restarted
 // region does not believe in sessions it has already cleared.
+// Route writes of different users run concurrently (a stripe per user,
+// ClearEdgeRoutes alone), so a reconnect storm's route writes share
+// fsyncs instead of queueing for one lock.
 //
 // The sequencer's write batch (Store.Begin, batch.go; core.WriteBatch) is
 // an indexed pebble.Batch: its appends are read back by the batch (reads

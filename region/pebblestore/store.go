@@ -61,12 +61,17 @@ type base struct {
 	closed atomic.Bool
 	once   sync.Once
 
-	regMu    sync.Mutex   // RegisterDevice: static-key uniqueness and device numbers
-	routeMu  sync.Mutex   // routes and last-seen
-	convMu   []sync.Mutex // Append, striped by conversation
-	cursorMu []sync.Mutex // AdvanceCursor, striped by conversation
-	prekeyMu []sync.Mutex // prekeys by device and device lists by user, striped
-	closeErr error
+	regMu sync.Mutex // RegisterDevice: static-key uniqueness and device numbers
+	// routeMu guards routes and last-seen: SetRoute and ClearRoute hold it
+	// shared plus their user's stripe of routeUserMu (so route writes of
+	// different users commit concurrently and share fsyncs), and
+	// ClearEdgeRoutes holds it exclusively.
+	routeMu     sync.RWMutex
+	routeUserMu []sync.Mutex
+	convMu      []sync.Mutex // Append, striped by conversation
+	cursorMu    []sync.Mutex // AdvanceCursor, striped by conversation
+	prekeyMu    []sync.Mutex // prekeys by device and device lists by user, striped
+	closeErr    error
 }
 
 var _ core.Store = (*Store)(nil)
@@ -161,6 +166,8 @@ func Open(dir string, opts Options) (_ *Store, err error) {
 		convMu:   make([]sync.Mutex, stripes),
 		cursorMu: make([]sync.Mutex, stripes),
 		prekeyMu: make([]sync.Mutex, stripes),
+
+		routeUserMu: make([]sync.Mutex, stripes),
 	}}
 	st.rd = db
 	return st, nil
@@ -859,8 +866,11 @@ func (s *Store) SetRoute(ctx context.Context, r core.Route) error {
 	if err := errors.Join(checkID("user id", r.Device.User), checkID("edge id", r.Edge)); err != nil {
 		return err
 	}
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
+	s.routeMu.RLock()
+	defer s.routeMu.RUnlock()
+	mu := s.stripe(s.routeUserMu, r.Device.User)
+	mu.Lock()
+	defer mu.Unlock()
 	old, found, err := s.route(r.Device)
 	if err != nil {
 		return err
@@ -890,7 +900,7 @@ func (s *Store) route(dev core.DeviceKey) (core.Route, bool, error) {
 }
 
 // removeRoute adds the deletion of r and the last-seen update to b.
-// Caller holds routeMu.
+// Caller holds routeMu exclusively, or shared with r's user's stripe.
 func (s *Store) removeRoute(b *pebble.Batch, r core.Route, atMs int64, seen map[string]int64) error {
 	if err := errors.Join(b.Delete(routeKey(r.Device), nil), b.Delete(edgeRouteKey(r.Edge, r.Device), nil)); err != nil {
 		return err
@@ -926,8 +936,11 @@ func (s *Store) ClearRoute(ctx context.Context, dev core.DeviceKey, session uint
 	if err := checkID("user id", dev.User); err != nil {
 		return false, err
 	}
-	s.routeMu.Lock()
-	defer s.routeMu.Unlock()
+	s.routeMu.RLock()
+	defer s.routeMu.RUnlock()
+	mu := s.stripe(s.routeUserMu, dev.User)
+	mu.Lock()
+	defer mu.Unlock()
 	r, found, err := s.route(dev)
 	if err != nil || !found || r.Session != session {
 		return false, err

@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/chatmesh/chatmesh/core"
@@ -204,5 +205,82 @@ func testBatchConflict(t *testing.T, s core.Store) {
 		if len(ms) != 2 {
 			t.Fatalf("a failed Commit stored something: %v", bySeq)
 		}
+	}
+}
+
+// Route writes of many users at once, with an edge's routes cleared in
+// the middle, leave the route table and its per-edge index consistent.
+func testConcurrentRoutes(t *testing.T, s core.Store) {
+	ctx := t.Context()
+	const users, devices, rounds = 8, 3, 15
+	var wg sync.WaitGroup
+	errs := make(chan error, users*devices+1)
+	for u := range users {
+		for d := 1; d <= devices; d++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				dev := core.DeviceKey{User: fmt.Sprintf("u%d", u), Device: uint32(d)}
+				for i := range rounds {
+					edge := "e1"
+					if i%2 == 1 {
+						edge = "e2"
+					}
+					if err := s.SetRoute(ctx, core.Route{Device: dev, Edge: edge, Session: uint64(i + 1), SinceMs: int64(i)}); err != nil {
+						errs <- err
+						return
+					}
+					if i%4 == 3 {
+						if _, err := s.ClearRoute(ctx, dev, uint64(i+1), int64(1000+i)); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}
+				errs <- s.SetRoute(ctx, core.Route{Device: dev, Edge: "e3", Session: 100, SinceMs: 100})
+			}()
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for range 5 {
+			if _, err := s.ClearEdgeRoutes(ctx, "e1", 2000); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	for u := range users {
+		names = append(names, fmt.Sprintf("u%d", u))
+	}
+	rs, err := s.Routes(ctx, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != users*devices {
+		t.Fatalf("%d routes, want %d", len(rs), users*devices)
+	}
+	for _, r := range rs {
+		if r.Edge != "e3" || r.Session != 100 {
+			t.Fatalf("route %+v, want e3 session 100", r)
+		}
+	}
+	for _, e := range []string{"e1", "e2"} {
+		if gone, err := s.ClearEdgeRoutes(ctx, e, 3000); err != nil || len(gone) != 0 {
+			t.Fatalf("ClearEdgeRoutes(%s) = %v, %v: its index names routes that moved", e, gone, err)
+		}
+	}
+	gone, err := s.ClearEdgeRoutes(ctx, "e3", 3000)
+	if err != nil || len(gone) != users*devices {
+		t.Fatalf("ClearEdgeRoutes(e3) removed %d, %v; want %d", len(gone), err, users*devices)
 	}
 }

@@ -61,6 +61,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"BatchCommit", testBatchCommit},
 		{"BatchDiscard", testBatchDiscard},
 		{"BatchConflict", testBatchConflict},
+		{"ConcurrentRoutes", testConcurrentRoutes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
