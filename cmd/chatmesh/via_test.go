@@ -14,16 +14,19 @@ import (
 // sends a listed address to its VIA and any other directly.
 func TestViaFlag(t *testing.T) {
 	v := viaFlag{}
-	for in, ok := range map[string]bool{
-		"127.0.0.1:1=127.0.0.1:2": true,
-		"127.0.0.1:1=127.0.0.1:3": false, // twice
-		"127.0.0.1:4":             false,
-		"127.0.0.1:4=":            false,
-		"127.0.0.1:0=127.0.0.1:5": false,
-		"h:6=:7":                  false,
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{ // in order: the second names an address given by the first
+		{"127.0.0.1:1=127.0.0.1:2", true},
+		{"127.0.0.1:1=127.0.0.1:3", false}, // twice
+		{"127.0.0.1:4", false},
+		{"127.0.0.1:4=", false},
+		{"127.0.0.1:0=127.0.0.1:5", false},
+		{"h:6=:7", false},
 	} {
-		if err := v.Set(in); (err == nil) != ok {
-			t.Errorf("Set(%q): %v, want ok=%v", in, err, ok)
+		if err := v.Set(tc.in); (err == nil) != tc.ok {
+			t.Errorf("Set(%q): %v, want ok=%v", tc.in, err, tc.ok)
 		}
 	}
 	if (viaFlag{}).dial() != nil {
