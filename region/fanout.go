@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -13,55 +14,123 @@ import (
 	"github.com/chatmesh/chatmesh/core/pb"
 )
 
-// fanout builds one delivery record per edge that hosts an online device of
-// the given users, and queues push notifications for their offline devices.
-func (r *Region) fanout(ctx context.Context, m *pb.Message, users []string) ([]core.BusRecord, error) {
-	routes, err := r.store.Routes(ctx, users)
-	if err != nil {
-		return nil, fmt.Errorf("fanout %s/%d: routes: %w", m.GetConvId(), m.GetSeq(), err)
-	}
-	frame := &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: m}}
-	recs, err := r.perEdge(routes, frame)
-	if err != nil {
-		return nil, err
-	}
-	if r.cfg.Notifier != nil && m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
-		online := make(map[core.DeviceKey]bool, len(routes))
-		for _, rt := range routes {
-			online[rt.Device] = true
-		}
-		sender := core.KeyOf(m.GetSender())
-		for _, u := range users {
-			if u == sender.User {
-				continue
-			}
-			devs, err := r.devices.devices(ctx, r.store, u)
-			if err != nil {
-				r.log.Warn("push: device list", "user", u, "err", err)
-				continue
-			}
-			for _, d := range devs {
-				if !online[d.Key] {
-					r.queueNotify(core.PushNotification{
-						Device: d.Key, Conv: m.GetConvId(), Seq: m.GetSeq(), MsgID: m.GetMsgId(), SentAtMs: m.GetSentAtMs(),
-					})
-				}
-			}
-		}
-	}
-	return recs, nil
+// fanIntent is an output addressed to users: a delivery of m (then also
+// push notifications for their offline devices) or frame; counter counts
+// its records. at is its position in the batch's out.
+type fanIntent struct {
+	at      int
+	m       *pb.Message
+	frame   *pb.ServerFrame
+	users   []string
+	counter *atomic.Uint64
 }
 
-// toUsers builds one record per edge hosting an online device of users.
-func (r *Region) toUsers(ctx context.Context, users []string, frame *pb.ServerFrame) ([]core.BusRecord, error) {
+// fanDelivery queues the delivery of m to users' online devices.
+func (b *batch) fanDelivery(m *pb.Message, users []string) {
+	b.fan = append(b.fan, fanIntent{at: len(b.out), m: m, frame: &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: m}}, users: users})
+}
+
+// fanFrame queues frame to users' online devices.
+func (b *batch) fanFrame(users []string, frame *pb.ServerFrame, counter *atomic.Uint64) {
 	if len(users) == 0 {
-		return nil, nil
+		return
 	}
-	routes, err := r.store.Routes(ctx, users)
-	if err != nil {
-		return nil, fmt.Errorf("routes: %w", err)
+	b.fan = append(b.fan, fanIntent{at: len(b.out), frame: frame, users: users, counter: counter})
+}
+
+// routesChunk bounds the users of one Routes read.
+const routesChunk = 1000
+
+// resolveFan reads the routes of every user the batch's intents address,
+// once each and after the batch's entries are committed, and returns the
+// batch's outputs with the intents' records (one per edge hosting an
+// online device) in their places.
+//
+// After the commit, not before: a device's session records its route and
+// then reads its first sync. If the routes were read before the commit,
+// a device could record its route after that read and sync before the
+// commit, and miss the entry both ways. Read after, either the read sees
+// the route (the entry is pushed) or the route came later, and so did the
+// sync, which finds the entry.
+func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, error) {
+	if len(b.fan) == 0 {
+		return b.out, nil
 	}
-	return r.perEdge(routes, frame)
+	want := map[string]bool{}
+	var users []string
+	for _, f := range b.fan {
+		for _, u := range f.users {
+			if !want[u] {
+				want[u] = true
+				users = append(users, u)
+			}
+		}
+	}
+	slices.Sort(users)
+	byUser := make(map[string][]core.Route, len(users))
+	for len(users) > 0 {
+		n := min(len(users), routesChunk)
+		routes, err := r.store.Routes(ctx, users[:n])
+		if err != nil {
+			return nil, fmt.Errorf("fanout: routes: %w", err)
+		}
+		for _, rt := range routes {
+			byUser[rt.Device.User] = append(byUser[rt.Device.User], rt)
+		}
+		users = users[n:]
+	}
+	out := make([]core.BusRecord, 0, len(b.out)+len(b.fan))
+	next := 0
+	for _, f := range b.fan {
+		out = append(out, b.out[next:f.at]...)
+		next = f.at
+		var routes []core.Route
+		for _, u := range f.users {
+			routes = append(routes, byUser[u]...)
+		}
+		recs, err := r.perEdge(routes, f.frame)
+		if err != nil {
+			return nil, err
+		}
+		if f.counter != nil {
+			f.counter.Add(uint64(len(recs)))
+		}
+		out = append(out, recs...)
+		if f.m != nil {
+			r.notifyOffline(ctx, f.m, f.users, routes)
+		}
+	}
+	return append(out, b.out[next:]...), nil
+}
+
+// notifyOffline queues push notifications of a user entry for the offline
+// devices of users (all but the sender's).
+func (r *Region) notifyOffline(ctx context.Context, m *pb.Message, users []string, routes []core.Route) {
+	if r.cfg.Notifier == nil || m.GetKind() != pb.MessageKind_MESSAGE_KIND_USER {
+		return
+	}
+	online := make(map[core.DeviceKey]bool, len(routes))
+	for _, rt := range routes {
+		online[rt.Device] = true
+	}
+	sender := core.KeyOf(m.GetSender())
+	for _, u := range users {
+		if u == sender.User {
+			continue
+		}
+		devs, err := r.devices.devices(ctx, r.store, u)
+		if err != nil {
+			r.log.Warn("push: device list", "user", u, "err", err)
+			continue
+		}
+		for _, d := range devs {
+			if !online[d.Key] {
+				r.queueNotify(core.PushNotification{
+					Device: d.Key, Conv: m.GetConvId(), Seq: m.GetSeq(), MsgID: m.GetMsgId(), SentAtMs: m.GetSentAtMs(),
+				})
+			}
+		}
+	}
 }
 
 // perEdge groups routes by edge and encodes one EdgeRecord per edge.

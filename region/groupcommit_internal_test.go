@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -288,5 +289,94 @@ func BenchmarkSequencerBatch(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// orderStore notes whether routes are read while a write batch holds
+// entries it has not committed.
+type orderStore struct {
+	core.Store
+	pending      atomic.Bool
+	routeReads   atomic.Int32
+	earlyReads   atomic.Int32
+	pendingSeen  atomic.Bool
+	commitsAfter atomic.Int32
+}
+
+func (s *orderStore) Begin(ctx context.Context) (core.WriteBatch, error) {
+	wb, err := s.Store.(core.Batcher).Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &orderBatch{WriteBatch: wb, s: s}, nil
+}
+
+func (s *orderStore) Routes(ctx context.Context, users []string) ([]core.Route, error) {
+	s.routeReads.Add(1)
+	if s.pending.Load() {
+		s.earlyReads.Add(1)
+	}
+	return s.Store.Routes(ctx, users)
+}
+
+type orderBatch struct {
+	core.WriteBatch
+	s *orderStore
+}
+
+func (b *orderBatch) Append(ctx context.Context, req core.AppendRequest) (core.AppendResult, error) {
+	res, err := b.WriteBatch.Append(ctx, req)
+	if err == nil && !res.Duplicate {
+		b.s.pending.Store(true)
+		b.s.pendingSeen.Store(true)
+	}
+	return res, err
+}
+
+func (b *orderBatch) Commit(ctx context.Context) error {
+	err := b.WriteBatch.Commit(ctx)
+	b.s.pending.Store(false)
+	return err
+}
+
+func (b *orderBatch) Discard() {
+	b.WriteBatch.Discard()
+	b.s.pending.Store(false)
+}
+
+// Deliveries, receipts and typing are addressed by routes read after the
+// batch's entries are committed: a device whose session records its route
+// after that read syncs after the commit and finds the entry.
+func TestGroupCommitRoutesReadAfterCommit(t *testing.T) {
+	inner := groupCommitStores(t)["pebble"](t)
+	st := &orderStore{Store: inner}
+	r := batchRegion(t, st)
+	alice, bob := registerUser(t, inner, "alice"), registerUser(t, inner, "bob")
+	for i, d := range []core.DeviceKey{alice, bob} {
+		if err := inner.SetRoute(t.Context(), core.Route{Device: d, Edge: "e1", Session: uint64(7 + i), SinceMs: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conv := core.DirectConvID("alice", "bob")
+	var recs []core.BusRecord
+	for i := range 5 {
+		recs = append(recs, sendRecord(t, alice, uint64(i+1), conv, fmt.Sprintf("m%d", i), int64(i)))
+	}
+	typing, _ := proto.Marshal(&pb.IngressRecord{
+		Origin: &pb.Origin{EdgeId: "e1", SessionId: 8, ReqId: 0, Device: bob.Addr()},
+		Op:     &pb.IngressRecord_Typing{Typing: &pb.TypingRequest{ConvId: conv, Typing: true}},
+	})
+	recs = append(recs, core.BusRecord{Topic: DefaultIngressTopic, Key: []byte(conv), Value: typing, Offset: 5})
+	if err := r.handleBatch(t.Context(), recs); err != nil {
+		t.Fatal(err)
+	}
+	if !st.pendingSeen.Load() || st.routeReads.Load() == 0 {
+		t.Fatalf("the test did not exercise the path: appended %v, route reads %d", st.pendingSeen.Load(), st.routeReads.Load())
+	}
+	if n := st.earlyReads.Load(); n != 0 {
+		t.Fatalf("%d route reads while entries were uncommitted", n)
+	}
+	if s := r.Stats(); s.EdgeRecords == 0 || s.TypingFannedOut != 1 {
+		t.Fatalf("stats %+v: want deliveries to bob's edge and one typing record", s)
 	}
 }

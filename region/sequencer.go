@@ -32,11 +32,16 @@ type batch struct {
 	// entries are committed (a reader must never find members for a head
 	// that may yet be rolled back).
 	memberPuts []memberPut
-	out        []core.BusRecord
-	cursors    []core.CursorMove
-	touched    map[string]bool // conversations whose cached state this batch changed
-	stepTouch  map[string]bool // the same, for the current step only
-	validated  map[string]bool
+	// fan are the outputs addressed to users rather than to a session:
+	// their routes are read after the commit (fanout.go), so that a
+	// device whose route appears after the read finds the entry in its
+	// first sync. Each goes into out at its position.
+	fan       []fanIntent
+	out       []core.BusRecord
+	cursors   []core.CursorMove
+	touched   map[string]bool // conversations whose cached state this batch changed
+	stepTouch map[string]bool // the same, for the current step only
+	validated map[string]bool
 	// place is where the current step's conversation lives (placement.go).
 	place stepPlace
 	// dirDown latches the first directory failure of the batch: later
@@ -132,7 +137,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 				return fmt.Errorf("sequencer: %w", err)
 			}
 		}
-		outs, moves, puts := len(b.out), len(b.cursors), len(b.memberPuts)
+		outs, moves, puts, fans := len(b.out), len(b.cursors), len(b.memberPuts), len(b.fan)
 		clear(b.stepTouch)
 		if err := r.stepGuarded(ctx, b, rec); err != nil {
 			if b.wb != nil {
@@ -143,7 +148,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 			// Whatever the failed step did to the cached state or the
 			// batch's outputs is undone: its conversations reload (with
 			// the batch's earlier, not yet persisted, cursor moves).
-			b.out, b.cursors, b.memberPuts = b.out[:outs], b.cursors[:moves], b.memberPuts[:puts]
+			b.out, b.cursors, b.memberPuts, b.fan = b.out[:outs], b.cursors[:moves], b.memberPuts[:puts], b.fan[:fans]
 			for conv := range b.stepTouch {
 				r.states.drop(conv)
 				delete(b.validated, conv)
@@ -178,7 +183,11 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	for _, p := range b.memberPuts {
 		r.members.put(p.conv, p.head, p.members)
 	}
-	if err := r.produceNow(ctx, b.out...); err != nil {
+	out, err := r.resolveFan(ctx, b)
+	if err != nil {
+		return err
+	}
+	if err := r.produceNow(ctx, out...); err != nil {
 		return err
 	}
 	for _, mv := range b.cursors {
@@ -522,14 +531,10 @@ func (r *Region) sendOutputs(ctx context.Context, b *batch, in *pb.IngressRecord
 		}
 		slices.Sort(users)
 	}
-	recs, err := r.fanout(ctx, m, users)
-	if err != nil {
-		return err
-	}
+	b.fanDelivery(m, users)
 	ack := &pb.Response{Body: &pb.Response_Send{Send: &pb.SendAck{
 		ConvId: m.GetConvId(), ClientMsgId: m.GetClientMsgId(), Seq: m.GetSeq(), MsgId: m.GetMsgId(), SentAtMs: m.GetSentAtMs(),
 	}}}
-	b.out = append(b.out, recs...)
 	b.out = append(b.out, r.replyRecord(in.GetOrigin(), ack))
 	return nil
 }
@@ -702,11 +707,7 @@ func (r *Region) membershipOutputs(ctx context.Context, b *batch, in *pb.Ingress
 			users = append(users, u)
 		}
 	}
-	recs, err := r.fanout(ctx, m, users)
-	if err != nil {
-		return err
-	}
-	b.out = append(b.out, recs...)
+	b.fanDelivery(m, users)
 	b.out = append(b.out, r.replyRecord(in.GetOrigin(), &pb.Response{Body: &pb.Response_Conversation{Conversation: st.Info()}}))
 	return nil
 }
@@ -742,12 +743,7 @@ func (r *Region) seqCursor(ctx context.Context, b *batch, in *pb.IngressRecord, 
 			frame := &pb.ServerFrame{Body: &pb.ServerFrame_Receipt{Receipt: &pb.Receipt{
 				ConvId: conv, From: dev.Addr(), Kind: rk, Seq: mv.Seq,
 			}}}
-			rr, err := r.toUsers(ctx, senders, frame)
-			if err != nil {
-				return err
-			}
-			r.stats.receipts.Add(uint64(len(rr)))
-			b.out = append(b.out, rr...)
+			b.fanFrame(senders, frame, &r.stats.receipts)
 		}
 		st.MoveCursor(mv)
 		b.touch(conv)
@@ -799,11 +795,6 @@ func (r *Region) seqTyping(ctx context.Context, b *batch, in *pb.IngressRecord, 
 	frame := &pb.ServerFrame{Body: &pb.ServerFrame_Typing{Typing: &pb.TypingEvent{
 		ConvId: conv, From: dev.Addr(), Typing: t.GetTyping(),
 	}}}
-	recs, err := r.toUsers(ctx, others, frame)
-	if err != nil {
-		return err
-	}
-	r.stats.typing.Add(uint64(len(recs)))
-	b.out = append(b.out, recs...)
+	b.fanFrame(others, frame, &r.stats.typing)
 	return nil
 }
