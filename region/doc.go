@@ -31,7 +31,11 @@
 //     member cache kept in step;
 //  5. the outputs collected: the ack (or the conversation's info), one
 //     pb.EdgeRecord per edge hosting an online member device (fan-out per
-//     edge, not per member), receipts, push notifications.
+//     edge, not per member), receipts, push notifications. Outputs
+//     addressed to users find their devices' routes after the batch's
+//     commit, in one read for the whole batch (fanout.go, resolveFan): a
+//     device records its route before its first sync, so an entry is
+//     either found by that sync or pushed to the route.
 //
 // Group commit: with a store that is a core.Batcher (both are), the
 // steps of a batch read and append through one core.WriteBatch: its
