@@ -20,8 +20,8 @@ func ValidateSend(s *pb.SendRequest) error {
 	if KindOf(s.GetConvId()) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED {
 		return fmt.Errorf("send: malformed conversation id: %w", ErrInvalidArgument)
 	}
-	if n := len(s.GetClientMsgId()); n == 0 || n > MaxClientMsgIDLen {
-		return fmt.Errorf("send: client_msg_id must be 1..%d bytes: %w", MaxClientMsgIDLen, ErrInvalidArgument)
+	if !ValidClientMsgID(s.GetClientMsgId()) {
+		return fmt.Errorf("send: client_msg_id must be 1..%d bytes without control characters: %w", MaxClientMsgIDLen, ErrInvalidArgument)
 	}
 	if s.GetEnvelope() == nil {
 		return fmt.Errorf("send: missing envelope: %w", ErrInvalidArgument)
@@ -30,6 +30,22 @@ func ValidateSend(s *pb.SendRequest) error {
 		return Errorf(pb.ErrorCode_ERROR_CODE_MESSAGE_TOO_LARGE, "envelope of %d bytes exceeds %d", n, MaxEnvelopeBytes)
 	}
 	return nil
+}
+
+// ValidClientMsgID reports whether id can be an idempotency key: 1 to
+// MaxClientMsgIDLen bytes (valid UTF-8, as every protobuf string is) with
+// no control character (U+0000–U+001F, U+007F). PostgreSQL's TEXT refuses
+// NUL, so one accepted here could never be stored.
+func ValidClientMsgID(id string) bool {
+	if n := len(id); n == 0 || n > MaxClientMsgIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // CheckStorable refuses an entry that could not be delivered in one frame

@@ -2,6 +2,7 @@ package core
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/chatmesh/chatmesh/core/pb"
@@ -61,5 +62,32 @@ func TestSendersToNotify(t *testing.T) {
 	}
 	if got := SendersToNotify("bob", msgs); !slices.Equal(got, []string{"alice"}) {
 		t.Fatalf("got %v", got)
+	}
+}
+
+// An idempotency key is 1..MaxClientMsgIDLen bytes without control
+// characters: at the limit, over it, and with the bytes PostgreSQL's TEXT
+// refuses.
+func TestValidClientMsgID(t *testing.T) {
+	for _, tc := range []struct {
+		id string
+		ok bool
+	}{
+		{"01J9ZQ3V5C8W", true},
+		{strings.Repeat("a", MaxClientMsgIDLen), true},
+		{strings.Repeat("a", MaxClientMsgIDLen+1), false},
+		{"", false},
+		{"a\x00b", false},
+		{"tab\there", false},
+		{"del\x7f", false},
+		{"ünïcødé", true},
+	} {
+		if got := ValidClientMsgID(tc.id); got != tc.ok {
+			t.Errorf("ValidClientMsgID(%q) = %v, want %v", tc.id, got, tc.ok)
+		}
+		err := ValidateSend(&pb.SendRequest{ConvId: "d:a:b", ClientMsgId: tc.id, Envelope: &pb.Envelope{}})
+		if (err == nil) != tc.ok {
+			t.Errorf("ValidateSend(client_msg_id %q) = %v, want ok=%v", tc.id, err, tc.ok)
+		}
 	}
 }

@@ -219,8 +219,8 @@ func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 		if !core.IsGroupID(m.GetConvId()) {
 			return nil, invalid("malformed group id")
 		}
-		if n := len(m.GetClientMsgId()); n == 0 || n > core.MaxClientMsgIDLen {
-			return nil, invalid("client_msg_id must be 1..%d bytes", core.MaxClientMsgIDLen)
+		if !core.ValidClientMsgID(m.GetClientMsgId()) {
+			return nil, invalid("client_msg_id must be 1..%d bytes without control characters", core.MaxClientMsgIDLen)
 		}
 		switch m.GetOp() {
 		case pb.MembershipOp_MEMBERSHIP_OP_ADD, pb.MembershipOp_MEMBERSHIP_OP_REMOVE,

@@ -51,12 +51,12 @@ type stuck struct {
 // the partition moves on. The client's outbox resends a message whose
 // record was dead-lettered; if the cause was the record, the resend fails
 // the same way and the sender sees no ack, never a lost acked message.
-func (r *Region) failed(ctx context.Context, rec core.BusRecord, err error) error {
+func (r *Region) failed(ctx context.Context, st core.Store, rec core.BusRecord, err error) error {
 	if ctx.Err() != nil {
 		return err
 	}
 	k := partKey{rec.Topic, rec.Partition}
-	healthy := r.storeAnswers(ctx)
+	healthy := r.storeAnswers(ctx, st)
 	now := r.cfg.Now()
 	r.attempts.mu.Lock()
 	s := r.attempts.m[k]
@@ -113,10 +113,10 @@ func (r *Region) succeeded(rec core.BusRecord) {
 
 // storeAnswers probes the store with a cheap read: true when it answers
 // (found or not found) within a short time.
-func (r *Region) storeAnswers(ctx context.Context) bool {
+func (r *Region) storeAnswers(ctx context.Context, st core.Store) bool {
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_, err := r.store.User(pctx, "health-probe")
+	_, err := st.User(pctx, "health-probe")
 	return err == nil || errors.Is(err, core.ErrNotFound)
 }
 

@@ -44,12 +44,12 @@
 // to nobody else, and when the batch's records are done it commits with
 // one sync (one Pebble fsync, one PostgreSQL transaction) before any of
 // its acks or deliveries leaves — durability per ack is unchanged, the
-// cost of a sync is shared by up to MaxBatch entries. A commit that finds
-// a conversation changed under it (an overlapping owner) stores nothing
-// and the batch is retried; a write that breaks the batch (a failed
-// statement aborts a PostgreSQL transaction) makes the sequencer redo the
-// batch's records one synced write each (Stats.BatchFallbacks), so a
-// poison record is counted and dead-lettered on its own. The readers'
+// cost of a sync is shared by up to MaxBatch entries. If the batch cannot
+// begin, prefetch or commit (an overlapping owner changed one of its
+// conversations, a statement failed), or any step fails, nothing of it
+// is stored or sent and the sequencer redoes its records one synced write
+// each (Stats.BatchFallbacks): there a record that keeps failing is
+// counted and dead-lettered on its own, once. The readers'
 // member cache learns a new head only after its commit. Config.NoGroupCommit
 // turns it off (go test ./region -bench SequencerBatch compares).
 //

@@ -380,3 +380,90 @@ func TestGroupCommitRoutesReadAfterCommit(t *testing.T) {
 		t.Fatalf("stats %+v: want deliveries to bob's edge and one typing record", s)
 	}
 }
+
+// Concurrent partition workers on a pool smaller than their number: a
+// step never needs a second connection while its batch holds one (users,
+// privacy and conversations are read through the batch, routes after its
+// commit), so every batch completes.
+func TestGroupCommitSmallPool(t *testing.T) {
+	dsn := testenv.PostgresDSN(t)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "gcpool_" + hex.EncodeToString(b[:])
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if conn, err := pgx.Connect(ctx, dsn); err == nil {
+			_, _ = conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+			conn.Close(ctx)
+		}
+	})
+	st, err := pgstore.Open(t.Context(), dsn, pgstore.Options{Schema: schema, MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	r := batchRegion(t, st)
+	const workers = 4
+	var senders []core.DeviceKey
+	for w := range workers {
+		senders = append(senders, registerUser(t, st, fmt.Sprintf("s%d", w)))
+		registerUser(t, st, fmt.Sprintf("p%d", w))
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			var recs []core.BusRecord
+			for i := range 8 {
+				// New 1:1s: each creation reads the peer's user row.
+				conv := core.DirectConvID(fmt.Sprintf("s%d", w), fmt.Sprintf("p%d", (w+i)%workers))
+				recs = append(recs, sendRecord(t, senders[w], uint64(i+1), conv, fmt.Sprintf("w%dm%d", w, i), int64(i)))
+			}
+			errs <- r.handleBatch(ctx, recs)
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatalf("a partition's batch: %v", err)
+		}
+	}
+	if s := r.Stats(); s.Appended != workers*8 {
+		t.Fatalf("stats %+v: want %d appended", s, workers*8)
+	}
+}
+
+// failingPrefetch makes every write batch's Prefetch fail, as a statement
+// that only this batch's keys make would.
+type failingPrefetch struct{ core.Store }
+
+func (s *failingPrefetch) Begin(ctx context.Context) (core.WriteBatch, error) {
+	wb, err := s.Store.(core.Batcher).Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &failingPrefetchBatch{wb}, nil
+}
+
+type failingPrefetchBatch struct{ core.WriteBatch }
+
+func (b *failingPrefetchBatch) Prefetch(context.Context, []string, []core.IdemKey) error {
+	return errors.New("injected: prefetch refused")
+}
+
+// A batch whose prefetch fails is redone without a write batch instead of
+// being retried as it is forever.
+func TestGroupCommitPrefetchFailureFallsBack(t *testing.T) {
+	inner := groupCommitStores(t)["pebble"](t)
+	r := batchRegion(t, &failingPrefetch{inner})
+	alice, _ := registerUser(t, inner, "alice"), registerUser(t, inner, "bob")
+	conv := core.DirectConvID("alice", "bob")
+	recs := []core.BusRecord{sendRecord(t, alice, 1, conv, "m1", 0), sendRecord(t, alice, 2, conv, "m2", 1)}
+	if err := r.handleBatch(t.Context(), recs); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Stats(); s.BatchFallbacks != 1 || s.Appended != 2 {
+		t.Fatalf("stats %+v: want one fallback and both stored", s)
+	}
+}

@@ -171,7 +171,7 @@ func (r *Region) placeStep(ctx context.Context, b *batch, in *pb.IngressRecord) 
 		}
 		return true, r.forward(b, in, conv, home)
 	}
-	want, owner, claim, err := r.wantHome(ctx, in, conv)
+	want, owner, claim, err := r.wantHome(ctx, b, in, conv)
 	if err != nil || !claim {
 		return false, err
 	}
@@ -200,7 +200,7 @@ func (r *Region) placeStep(ctx context.Context, b *batch, in *pb.IngressRecord) 
 // wantHome says whether a conversation absent from the directory is to be
 // claimed now, for which region, and who owns it (the creator or 1:1
 // initiator; "" for a conversation found in the store) (see placeStep).
-func (r *Region) wantHome(ctx context.Context, in *pb.IngressRecord, conv string) (string, string, bool, error) {
+func (r *Region) wantHome(ctx context.Context, b *batch, in *pb.IngressRecord, conv string) (string, string, bool, error) {
 	sender := in.GetOrigin().GetDevice().GetUserId()
 	initiator := func() string {
 		if h, ok := r.cfg.Placement.UserHome(sender); ok && h != "" {
@@ -220,7 +220,7 @@ func (r *Region) wantHome(ctx context.Context, in *pb.IngressRecord, conv string
 			if peer == sender {
 				peer = c
 			}
-			_, err := r.store.User(ctx, peer)
+			_, err := b.st.User(ctx, peer)
 			if err == nil {
 				return initiator(), sender, true, nil
 			}
@@ -229,7 +229,7 @@ func (r *Region) wantHome(ctx context.Context, in *pb.IngressRecord, conv string
 			}
 		}
 	}
-	_, err := r.store.Conversation(ctx, conv)
+	_, err := b.st.Conversation(ctx, conv)
 	if errors.Is(err, core.ErrNotFound) {
 		return "", "", false, nil
 	}

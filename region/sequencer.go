@@ -91,10 +91,10 @@ func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) error {
 		if !errors.Is(err, errBatchBroken) {
 			return err
 		}
-		// A write failed inside the store's batch and left it unable to
-		// commit (nothing of it is stored or sent): redo the records one
-		// synced write at a time, so the failing one is retried and
-		// counted on its own.
+		// The store's batch could not begin, prefetch or commit, or a
+		// write left it unable to commit (nothing of it is stored or
+		// sent): redo the records one synced write at a time, so a
+		// failing one is retried and counted on its own.
 		r.stats.batchFallbacks.Add(1)
 		r.log.Warn("sequencer: write batch broken; redoing the batch without group commit", "records", len(recs), "err", err)
 	}
@@ -112,12 +112,12 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	if bs != nil {
 		wb, err := bs.Begin(ctx)
 		if err != nil {
-			return fmt.Errorf("sequencer: %w", err)
+			return fmt.Errorf("%w: begin: %w", errBatchBroken, err)
 		}
 		defer wb.Discard()
 		b.st, b.wb = wb, wb
 		if err := r.prefetch(ctx, wb, recs); err != nil {
-			return fmt.Errorf("sequencer: %w", err)
+			return fmt.Errorf("%w: prefetch: %w", errBatchBroken, err)
 		}
 	}
 	defer func() {
@@ -141,9 +141,12 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 		clear(b.stepTouch)
 		if err := r.stepGuarded(ctx, b, rec); err != nil {
 			if b.wb != nil {
-				if berr := b.wb.Err(); berr != nil {
-					return fmt.Errorf("%w: %w (step: %w)", errBatchBroken, berr, err)
-				}
+				// A step that fails in a write batch fails the batch
+				// (nothing stored, nothing sent, nothing dead-lettered
+				// yet): handleBatch redoes the records one at a time,
+				// where the failure is counted against its record and a
+				// record that keeps failing is dead-lettered, once.
+				return fmt.Errorf("%w: step: %w", errBatchBroken, err)
 			}
 			// Whatever the failed step did to the cached state or the
 			// batch's outputs is undone: its conversations reload (with
@@ -153,7 +156,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 				r.states.drop(conv)
 				delete(b.validated, conv)
 			}
-			if dl := r.failed(ctx, rec, err); dl != nil {
+			if dl := r.failed(ctx, b.st, rec, err); dl != nil {
 				return dl
 			}
 			continue // dead-lettered: the record is done
@@ -171,7 +174,11 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 		n := b.wb.Appended()
 		start := time.Now()
 		if err := b.wb.Commit(ctx); err != nil {
-			return fmt.Errorf("sequencer: commit %d entries: %w", n, err)
+			// Nothing of the batch is stored or sent. Whatever failed
+			// (a conflict with another writer, a statement only this
+			// batch makes), the records are redone one at a time, where
+			// a record that keeps failing is counted and dead-lettered.
+			return fmt.Errorf("%w: commit %d entries: %w", errBatchBroken, n, err)
 		}
 		if n > 0 {
 			r.stats.appended.Add(uint64(n))
@@ -213,8 +220,14 @@ func (r *Region) prefetch(ctx context.Context, wb core.WriteBatch, recs []core.B
 			continue
 		}
 		conv := core.IngressConv(&in)
-		if conv == "" {
-			continue
+		switch op := in.Op.(type) {
+		case *pb.IngressRecord_Send:
+			if core.ValidateSend(op.Send) != nil {
+				continue // refused by its step, never stored
+			}
+		case *pb.IngressRecord_CreateGroup, *pb.IngressRecord_ModifyMembers:
+		default:
+			continue // cursors and typing write no entry: nothing to lock
 		}
 		if p := r.cfg.Placement; p != nil {
 			if home, _, ok := p.Conv(conv); ok && home != r.cfg.Name {
@@ -222,7 +235,7 @@ func (r *Region) prefetch(ctx context.Context, wb core.WriteBatch, recs []core.B
 			}
 		}
 		convs = append(convs, conv)
-		if s := in.GetSend(); s != nil && s.GetClientMsgId() != "" {
+		if s := in.GetSend(); s != nil {
 			keys = append(keys, core.IdemKey{Conv: conv, Sender: core.KeyOf(in.GetOrigin().GetDevice()), ClientMsgID: s.GetClientMsgId()})
 		}
 	}
@@ -635,8 +648,8 @@ func (r *Region) seqModify(ctx context.Context, b *batch, in *pb.IngressRecord, 
 	actor := core.KeyOf(in.GetOrigin().GetDevice())
 	conv := mm.GetConvId()
 	key := mm.GetClientMsgId()
-	if n := len(key); n == 0 || n > core.MaxClientMsgIDLen {
-		return fmt.Errorf("modify %s: client_msg_id must be 1..%d bytes: %w", conv, core.MaxClientMsgIDLen, core.ErrInvalidArgument)
+	if !core.ValidClientMsgID(key) {
+		return fmt.Errorf("modify %s: client_msg_id must be 1..%d bytes without control characters: %w", conv, core.MaxClientMsgIDLen, core.ErrInvalidArgument)
 	}
 	if !core.IsGroupID(conv) {
 		return fmt.Errorf("modify %s: not a group: %w", conv, core.ErrInvalidArgument)

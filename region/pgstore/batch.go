@@ -292,17 +292,31 @@ SELECT * FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEX
 	return nil
 }
 
-// run runs fn in the batch's transaction. An error the database raised
-// leaves the transaction aborted; Err reports it.
+// run runs fn in the batch's transaction, inside a savepoint: if fn
+// fails, whatever it wrote is rolled back and the batch stays as it was
+// (used for appends with membership effects, which are rare; plain
+// appends are deferred instead).
 func (w *writeBatch) run(ctx context.Context, what string, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	if w.done {
 		return fmt.Errorf("pgstore: %s: the write batch is finished: %w", what, core.ErrInvalidArgument)
 	}
-	err := fn(ctx, w.tx)
-	if err != nil && !isDomain(err) {
-		return fmt.Errorf("pgstore: %s: %w", what, err)
+	sp, err := w.tx.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("pgstore: %s: savepoint: %w", what, err)
 	}
-	return err
+	if err := fn(ctx, sp); err != nil {
+		if rerr := sp.Rollback(ctx); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rerr))
+		}
+		if !isDomain(err) {
+			return fmt.Errorf("pgstore: %s: %w", what, err)
+		}
+		return err
+	}
+	if err := sp.Commit(ctx); err != nil {
+		return fmt.Errorf("pgstore: %s: release savepoint: %w", what, err)
+	}
+	return nil
 }
 
 // Batch is a write batch's view of the store (core.WriteBatch). It is for

@@ -18,16 +18,30 @@
 // # Group commit
 //
 // Store.Begin (batch.go) opens a REPEATABLE READ transaction for the
-// sequencer's write batch (core.WriteBatch): its Append runs the same
-// statements as Store.Append inside it, and the conversation reads
-// (Conversation, Members, cursors, messages, Lookup) read through it, so
-// the batch sees its own appends; Commit is one transaction commit for
-// every entry. Each append still locks its conversation's row with
-// SELECT … FOR UPDATE, which at REPEATABLE READ fails if another writer
-// changed the row after the batch's snapshot; any failed statement aborts
-// the transaction, Err reports it and the sequencer redoes the batch
-// without one. Not yet done: multi-row statements (an append is still
-// four round trips inside the transaction).
+// sequencer's write batch (core.WriteBatch). Prefetch locks the rows of
+// the conversations the batch will append to (SELECT … FOR UPDATE, in id
+// order) and finds which of its idempotency keys are already stored, in
+// one round trip. A plain append then runs in memory: the duplicate check
+// against the batch's keys, the epoch fence against the locked row, the
+// next seq; the batch's own reads (Conversation, Lookup) answer from that
+// memory, and a read of messages flushes first. Flush — before such a
+// read, before an append with membership effects, and at Commit — writes
+// the new conversations, the new heads and the new entries with one
+// multi-row statement per table (unnest over arrays), pipelined in one
+// round trip. An append with membership effects runs Store.Append's
+// statements inside a savepoint, rolled back if it fails. Every read a
+// step makes (users, devices, privacy too) goes through the batch's
+// transaction, so a step never waits for a second pool connection while
+// its batch holds one; routes are read after the commit.
+//
+// At REPEATABLE READ, locking a row another writer changed after the
+// batch's snapshot fails (40001): an overlapping owner shows up there, at
+// Prefetch or at an append, and any failed statement aborts the
+// transaction; the sequencer then redoes the batch without one. (On
+// CockroachDB, REPEATABLE READ is SERIALIZABLE unless its read-committed /
+// repeatable-read settings are on: long batches may then fail at COMMIT
+// with a retryable error, which the sequencer also answers by redoing the
+// batch one record at a time.)
 //
 // # Migrations
 //

@@ -32,7 +32,7 @@ func (s *Store) Privacy(ctx context.Context, user string) (core.Privacy, error) 
 		hide   bool
 		policy int32
 	)
-	err := s.pool.QueryRow(ctx, `SELECT COALESCE(p.hide_last_seen, FALSE), COALESCE(p.add_policy, 0) FROM users u
+	err := s.q.QueryRow(ctx, `SELECT COALESCE(p.hide_last_seen, FALSE), COALESCE(p.add_policy, 0) FROM users u
 		LEFT JOIN privacy p ON p.user_id = u.id WHERE u.id = $1`, user).Scan(&hide, &policy)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):

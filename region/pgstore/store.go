@@ -33,19 +33,26 @@ type Options struct {
 	// every connection, so several stores (tests, simulated regions) can
 	// share one database. Empty means the DSN's default (public).
 	Schema string
-	// MaxConns caps the pool; 0 means pgxpool's default (max(4, NumCPU)).
+	// MaxConns caps the pool; 0 means defaultMaxConns. Every sequencer
+	// partition worker holds one connection for its write batch, so the
+	// pool should exceed the ingress partitions (8 by default) by what
+	// the region's reads need.
 	MaxConns int32
 	// MaxRetries bounds the retries of one transaction after serialization
 	// failures; 0 means 50.
 	MaxRetries int
 }
 
+// defaultMaxConns is the pool size when Options.MaxConns is 0.
+const defaultMaxConns = 24
+
 // Store is a core.Store on PostgreSQL or CockroachDB.
 type Store struct {
 	*base
-	// q answers the reads of a conversation's state (Conversation,
-	// Members, cursors, messages, Lookup): the pool, or in a write batch's
-	// view (batch.go) its transaction.
+	// q answers the reads the sequencer makes in a step (conversations,
+	// members, cursors, messages, Lookup, users, devices, privacy): the
+	// pool, or in a write batch's view (batch.go) its transaction, so a
+	// step never needs a second connection while its batch holds one.
 	q querier
 	// bt is the transaction of a write batch's view; nil for the store.
 	bt *writeBatch
@@ -78,6 +85,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: parse dsn: %w", err)
 	}
+	cfg.MaxConns = defaultMaxConns
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
@@ -281,7 +289,7 @@ func (s *Store) RegisterDevice(ctx context.Context, u core.User, d core.Device, 
 // User implements core.Store.
 func (s *Store) User(ctx context.Context, id string) (core.User, error) {
 	u := core.User{ID: id}
-	err := s.pool.QueryRow(ctx, "SELECT home_region, created_at_ms FROM users WHERE id = $1", id).Scan(&u.HomeRegion, &u.CreatedAtMs)
+	err := s.q.QueryRow(ctx, "SELECT home_region, created_at_ms FROM users WHERE id = $1", id).Scan(&u.HomeRegion, &u.CreatedAtMs)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return core.User{}, fmt.Errorf("pgstore: user %s: %w", id, core.ErrNotFound)
 	}
@@ -296,7 +304,7 @@ func (s *Store) Devices(ctx context.Context, user string) ([]core.Device, error)
 	if _, err := s.User(ctx, user); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, "SELECT "+deviceCols+" FROM devices WHERE user_id = $1 ORDER BY device_id", user)
+	rows, err := s.q.Query(ctx, "SELECT "+deviceCols+" FROM devices WHERE user_id = $1 ORDER BY device_id", user)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: devices of %s: %w", user, err)
 	}
@@ -309,7 +317,7 @@ func (s *Store) Devices(ctx context.Context, user string) ([]core.Device, error)
 
 // DeviceByStatic implements core.Store.
 func (s *Store) DeviceByStatic(ctx context.Context, static []byte) (core.Device, error) {
-	d, err := scanDevice(s.pool.QueryRow(ctx, "SELECT "+deviceCols+" FROM devices WHERE noise_static = $1", nonNil(static)))
+	d, err := scanDevice(s.q.QueryRow(ctx, "SELECT "+deviceCols+" FROM devices WHERE noise_static = $1", nonNil(static)))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return core.Device{}, fmt.Errorf("pgstore: device by static key: %w", core.ErrNotFound)
 	}

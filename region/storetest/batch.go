@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/chatmesh/chatmesh/core"
 )
@@ -164,11 +165,14 @@ func testBatchConflict(t *testing.T, s core.Store) {
 		res, err := s.Append(t.Context(), core.AppendRequest{Epoch: 1, Message: userMsg("g:a:c", "a", 2, "direct")})
 		direct <- result{res, err}
 	}()
+	// Pebble: the direct append does not wait, and the batch's Commit
+	// must then find the conversation changed. PostgreSQL: it waits for
+	// the batch's row lock. Two seconds only chooses which case this run
+	// checks; both outcomes are checked below.
 	var d result
 	select {
-	case d = <-direct: // Pebble: the direct append does not wait
-	case <-t.Context().Done():
-	default:
+	case d = <-direct:
+	case <-time.After(2 * time.Second):
 	}
 	cerr := wb.Commit(t.Context())
 	if d.res.Message == nil && d.err == nil {
