@@ -1,0 +1,204 @@
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/crypto/noiseconn"
+)
+
+// readyBus is a bus double whose consumers are positioned at once and
+// then idle: records are handed to the edge by calling its handlers.
+type readyBus struct{ recordingBus }
+
+func (*readyBus) Consume(ctx context.Context, spec core.ConsumeSpec, _ core.Handler) error {
+	if spec.OnReady != nil {
+		spec.OnReady()
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// keyDevices is a backend double: a static key is the device registered
+// for it (Authenticate), nothing else.
+type keyDevices struct {
+	oneDevice
+	mu   sync.Mutex
+	devs map[string]core.DeviceKey
+}
+
+func (k *keyDevices) Authenticate(_ context.Context, static []byte) (core.DeviceKey, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	d, ok := k.devs[string(static)]
+	if !ok {
+		return d, core.ErrNotFound
+	}
+	return d, nil
+}
+
+// wsMsgClient is a WebSocket client that completed the Noise handshake
+// and then only counts the transport messages it receives (it does not
+// decrypt them, so the benchmark's process allocations are the edge's).
+type wsMsgClient struct{ c *websocket.Conn }
+
+func (w wsMsgClient) ReadMessage(ctx context.Context) ([]byte, error) {
+	_, b, err := w.c.Read(ctx)
+	return b, err
+}
+func (w wsMsgClient) WriteMessage(ctx context.Context, b []byte) error {
+	return w.c.Write(ctx, websocket.MessageBinary, b)
+}
+func (w wsMsgClient) Close() error { return w.c.CloseNow() }
+
+// fanoutEnv is one started edge (WebSocket on loopback, bus double) with
+// members authenticated sessions, each read by a counting client.
+type fanoutEnv struct {
+	e        *Edge
+	members  []core.DeviceKey
+	received atomic.Int64
+	stop     func()
+}
+
+func newFanoutEnv(tb testing.TB, members int) *fanoutEnv {
+	tb.Helper()
+	be := &keyDevices{devs: map[string]core.DeviceKey{}}
+	e, err := New(Config{ID: "fan", WSAddr: "127.0.0.1:0", MaxConnsPerIP: members + 8, MaxAcceptPerIP: 2*members + 16,
+		SendQueue: 1 << 16}, be, &readyBus{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	f := &fanoutEnv{e: e}
+	var wg sync.WaitGroup
+	rctx, rcancel := context.WithCancel(context.Background())
+	for i := range members {
+		key, _ := noiseconn.GenerateKeypair(rand.Reader)
+		dev := core.DeviceKey{User: "m" + strconv.Itoa(i), Device: 1}
+		be.mu.Lock()
+		be.devs[string(key.Public)] = dev
+		be.mu.Unlock()
+		f.members = append(f.members, dev)
+		ws, _, err := websocket.Dial(ctx, e.WSURL(), nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ws.SetReadLimit(1 << 20)
+		hello, _ := proto.Marshal(&pb.ClientHello{ProtocolVersion: ProtocolVersion})
+		if _, err := noiseconn.Client(ctx, wsMsgClient{ws}, noiseconn.ClientConfig{Static: key, Payload: hello}); err != nil {
+			tb.Fatal(err)
+		}
+		wg.Go(func() {
+			defer ws.CloseNow()
+			for {
+				_, r, err := ws.Reader(rctx)
+				if err != nil {
+					return
+				}
+				if _, err := io.Copy(io.Discard, r); err != nil {
+					return
+				}
+				f.received.Add(1)
+			}
+		})
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		e.mu.Lock()
+		n := len(e.byDevice)
+		e.mu.Unlock()
+		if n == members {
+			break
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %d sessions", n, members)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.stop = func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer scancel()
+		_ = e.Shutdown(sctx)
+		rcancel()
+		wg.Wait()
+	}
+	return f
+}
+
+// groupRecord is a delivery of a group message (one sender-key ciphertext
+// for everybody) addressed to every member.
+func (f *fanoutEnv) groupRecord(tb testing.TB, seq uint64, body int) core.BusRecord {
+	r := &pb.EdgeRecord{Frame: &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: &pb.Message{
+		ConvId: "g:bench", Seq: seq, Sender: f.members[0].Addr(), MsgId: "01JBENCHMSGID0000000000000",
+		Envelope: &pb.Envelope{Ciphertext: make([]byte, body)}}}}}
+	for _, m := range f.members {
+		r.Targets = append(r.Targets, m.Addr())
+	}
+	b, err := proto.Marshal(r)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return core.BusRecord{Topic: EdgeTopic("fan"), Value: b}
+}
+
+// BenchmarkGroupFanout pushes deliveries of a 500-member group, all on
+// this edge, from the edge topic's handler to 500 WebSocket clients, and
+// reports delivered frames per second and the process's allocations per
+// delivered frame (the clients count WebSocket messages without
+// decrypting, so almost all allocations are the edge's). One op is one
+// record (500 frames). The time includes draining every frame to the
+// clients.
+//
+//	go test ./edge/ -run '^$' -bench BenchmarkGroupFanout -benchtime=200x
+func BenchmarkGroupFanout(b *testing.B) {
+	const members = 500
+	f := newFanoutEnv(b, members)
+	defer f.stop()
+	recs := make([]core.BusRecord, 64)
+	for i := range recs {
+		recs[i] = f.groupRecord(b, uint64(i+1), 200)
+	}
+	ctx := context.Background()
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	start := time.Now()
+	n := 0
+	for b.Loop() {
+		_ = f.e.handleEdgeRecord(ctx, recs[n%len(recs)])
+		n++
+	}
+	want := int64(n * members)
+	deadline := time.Now().Add(2 * time.Minute)
+	for f.received.Load() < want {
+		if time.Now().After(deadline) {
+			b.Fatalf("received %d of %d frames", f.received.Load(), want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&m1)
+	frames := float64(want)
+	b.ReportMetric(frames/elapsed.Seconds(), "frames/s")
+	b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/frames, "allocs/frame")
+	b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/frames, "B/frame")
+	if st := f.e.Stats(); st.DroppedSlowClient != 0 || st.WriteErrors != 0 {
+		b.Fatalf("dropped %d, write errors %d", st.DroppedSlowClient, st.WriteErrors)
+	}
+}
