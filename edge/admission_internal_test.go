@@ -41,7 +41,7 @@ func TestIngressAdmissionLimit(t *testing.T) {
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	defer e.cancel()
 	newSess := func(id uint64) *session {
-		s := &session{e: e, id: id, ip: "192.0.2.1", queue: make(chan []byte, 4), stop: make(chan struct{}), dev: dev, authed: true}
+		s := &session{e: e, id: id, ip: "192.0.2.1", stop: make(chan struct{}), dev: dev, authed: true}
 		s.bucket.Store(newBucket(100, 100, time.Now()))
 		return s
 	}
@@ -60,7 +60,7 @@ func TestIngressAdmissionLimit(t *testing.T) {
 	}
 	second.handle(send(2)) // must not block: the slot is taken
 	var out pb.ServerFrame
-	if err := proto.Unmarshal(<-second.queue, &out); err != nil {
+	if err := proto.Unmarshal(mustPop(t, second), &out); err != nil {
 		t.Fatal(err)
 	}
 	r := out.GetResponse()
@@ -74,10 +74,8 @@ func TestIngressAdmissionLimit(t *testing.T) {
 	<-done
 	second.handle(send(3)) // the slot is free again
 	<-bus.entered
-	select {
-	case b := <-second.queue:
+	if b, ok := second.popQueued(); ok {
 		t.Fatalf("unexpected answer to a write that should pass: %x", b)
-	default:
 	}
 }
 
