@@ -18,6 +18,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/crypto/noiseconn"
 	"github.com/chatmesh/chatmesh/edge"
 )
@@ -189,5 +190,60 @@ func TestIdleClientsChild(t *testing.T) {
 	_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
 	for _, c := range conns {
 		_ = c.CloseNow()
+	}
+}
+
+// TestIdleSessionGoroutines: an idle authenticated session costs the edge
+// one goroutine (its reader) — no writer, no timer, no handler goroutine
+// held by net/http — and a push starts a drain that ends once the queue
+// is empty. (The clients here are idle in this process and run none.)
+func TestIdleSessionGoroutines(t *testing.T) {
+	const n = 40
+	v := newEnv(t, func(c *edge.Config) { c.WTAddr = "" })
+	_, _, g0 := memNow()
+	clients := make([]*client, n)
+	devs := make([]core.DeviceKey, n)
+	for i := range n {
+		devs[i] = core.DeviceKey{User: "idle" + strconv.Itoa(i), Device: 1}
+		v.be.mu.Lock()
+		v.be.devices[string(idleKey(i).Public)] = devs[i]
+		v.be.mu.Unlock()
+		clients[i] = v.connect("ws", idleKey(i), devs[i].Addr())
+	}
+	for _, d := range devs { // wait (bounded) until each is routed
+		for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+			if _, ok := v.be.route(d); ok {
+				break
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("%s never routed", d)
+			}
+		}
+	}
+	settle := func() int {
+		// Goroutines that end asynchronously (net/http's, a drain) may
+		// take a moment: wait, at most 5 s, for the count to reach the
+		// bound.
+		g := runtime.NumGoroutine()
+		for start := time.Now(); g-g0 > n+n/5 && time.Since(start) < 5*time.Second; g = runtime.NumGoroutine() {
+			time.Sleep(20 * time.Millisecond)
+		}
+		return g
+	}
+	if g := settle() - g0; g > n+n/5 {
+		t.Fatalf("%d idle sessions hold %d goroutines, want about %d", n, g, n)
+	}
+	// A push to every session, read by every client: the drains end.
+	for _, d := range devs {
+		v.produce(edge.EdgeTopic("e1"), "k", &pb.EdgeRecord{Targets: []*pb.DeviceAddr{d.Addr()},
+			Frame: &pb.ServerFrame{Body: &pb.ServerFrame_Typing{Typing: &pb.TypingEvent{ConvId: "g:x"}}}})
+	}
+	for _, c := range clients {
+		if f := c.recv(); f.GetTyping() == nil {
+			t.Fatalf("got %v", f)
+		}
+	}
+	if g := settle() - g0; g > n+n/5 {
+		t.Fatalf("after a push each, %d sessions hold %d goroutines, want about %d", n, g, n)
 	}
 }

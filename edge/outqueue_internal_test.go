@@ -1,0 +1,108 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// TestSendQueueBounds: a session's queue holds at most SendQueue frames
+// and SendQueueBytes bytes; the push that would exceed either ends the
+// session with Disconnect{UNAVAILABLE, "slow consumer", reconnect}.
+func TestSendQueueBounds(t *testing.T) {
+	frame := make([]byte, 1000)
+	for _, c := range []struct {
+		name          string
+		frames, bytes int
+		fit           int // pushes that fit
+	}{
+		{"frames", 5, 1 << 20, 5},
+		{"bytes", 1024, core.MaxFramePlaintext + 3000, (core.MaxFramePlaintext + 3000) / 1000},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e, err := New(Config{ID: "e1", SendQueue: c.frames, SendQueueBytes: c.bytes}, oneDevice{}, &recordingBus{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &session{e: e, id: 1, stop: make(chan struct{})} // no writer: nothing drains
+			for i := range c.fit {
+				s.pushBytes(frame)
+				if !s.live() {
+					t.Fatalf("push %d of %d ended the session", i+1, c.fit)
+				}
+			}
+			if s.queued() != c.fit {
+				t.Fatalf("%d queued, want %d", s.queued(), c.fit)
+			}
+			s.pushBytes(frame) // limit + 1
+			if s.live() {
+				t.Fatal("a push over the limit did not end the session")
+			}
+			if d := s.final.Load(); d.GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE || d.GetDetail() != "slow consumer" || !d.GetReconnect() {
+				t.Fatalf("disconnect %v", d)
+			}
+			if n := e.Stats().DroppedSlowClient; n != 1 {
+				t.Fatalf("DroppedSlowClient %d", n)
+			}
+		})
+	}
+}
+
+// countConn is a net.Conn that records its writes.
+type countConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes [][]byte
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes = append(c.writes, bytes.Clone(p))
+	return len(p), nil
+}
+func (*countConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestCorkWriter: while held, writes are collected and released with one
+// socket write (a larger batch in writes of at most corkBuffer bytes);
+// otherwise they pass through.
+func TestCorkWriter(t *testing.T) {
+	cc := &countConn{}
+	w := &corkWriter{conn: cc}
+	_, _ = w.Write([]byte("direct"))
+	w.hold()
+	for _, p := range []string{"a", "bb", "ccc"} {
+		_, _ = w.Write([]byte(p))
+	}
+	if len(cc.writes) != 1 {
+		t.Fatalf("%d socket writes while held, want only the direct one", len(cc.writes))
+	}
+	if err := w.release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(cc.writes) != 2 || string(cc.writes[1]) != "abbccc" {
+		t.Fatalf("writes %q", cc.writes)
+	}
+	w.hold()
+	big := bytes.Repeat([]byte{1}, corkBuffer/2+1)
+	for range 3 {
+		_, _ = w.Write(big)
+	}
+	_ = w.release(context.Background())
+	total := 0
+	for _, b := range cc.writes[2:] {
+		if len(b) > corkBuffer {
+			t.Fatalf("a socket write of %d bytes", len(b))
+		}
+		total += len(b)
+	}
+	if total != 3*len(big) {
+		t.Fatalf("%d bytes written, want %d", total, 3*len(big))
+	}
+}
