@@ -87,7 +87,6 @@ func newFanoutEnv(tb testing.TB, members int) *fanoutEnv {
 	}
 	f := &fanoutEnv{e: e}
 	var wg sync.WaitGroup
-	rctx, rcancel := context.WithCancel(context.Background())
 	for i := range members {
 		key, _ := noiseconn.GenerateKeypair(rand.Reader)
 		dev := core.DeviceKey{User: "m" + strconv.Itoa(i), Device: 1}
@@ -107,7 +106,7 @@ func newFanoutEnv(tb testing.TB, members int) *fanoutEnv {
 		wg.Go(func() {
 			defer ws.CloseNow()
 			for {
-				_, r, err := ws.Reader(rctx)
+				_, r, err := ws.Reader(context.Background()) // no timer per read: Shutdown closes the connections
 				if err != nil {
 					return
 				}
@@ -135,7 +134,7 @@ func newFanoutEnv(tb testing.TB, members int) *fanoutEnv {
 		sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer scancel()
 		_ = e.Shutdown(sctx)
-		rcancel()
+
 		wg.Wait()
 	}
 	return f

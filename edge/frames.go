@@ -1,9 +1,11 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/chatmesh/chatmesh/core"
@@ -284,6 +286,10 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
 
 // handleEdgeRecord pushes one EdgeRecord to its sessions. Undecodable
 // records are logged and skipped (retrying cannot fix them).
+//
+// The frame is encoded once for all targets: its bytes are taken as they
+// are from the record (framesOf), and only a delivery with per-device
+// ciphertexts is encoded again for each device (frameFor).
 func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	var r pb.EdgeRecord
 	if err := proto.Unmarshal(rec.Value, &r); err != nil || r.GetFrame() == nil {
@@ -291,17 +297,76 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 		return nil
 	}
 	e.n.edgeRecords.Add(1)
-	for _, t := range e.targets(&r) {
-		if d := r.GetFrame().GetDisconnect(); d != nil && r.GetSessionId() != 0 {
-			// The region ends a session: the device connected again on
-			// another edge, whose session is now the routed one.
+	f := r.GetFrame()
+	if d := f.GetDisconnect(); d != nil && r.GetSessionId() != 0 {
+		// The region ends a session: the device connected again on
+		// another edge, whose session is now the routed one.
+		for _, t := range e.targets(&r) {
 			e.n.replaced.Add(1)
 			t.s.terminate(d.GetCode(), d.GetDetail(), d.GetReconnect())
+		}
+		return nil
+	}
+	targets := e.targets(&r)
+	if len(targets) == 0 {
+		return nil
+	}
+	perDevice := len(f.GetDelivery().GetEnvelope().GetPerDevice()) != 0
+	var shared []byte
+	if !perDevice {
+		// A copy: the queues keep it after the handler returns, and the
+		// bus does not promise that rec.Value stays untouched.
+		shared = bytes.Clone(frameBytes(rec.Value))
+		if shared == nil {
+			if b, err := marshal(f); err == nil {
+				shared = b
+			}
+		}
+	}
+	for _, t := range targets {
+		if shared != nil && len(shared) <= core.MaxFramePlaintext {
+			t.s.pushBytes(shared)
 			continue
 		}
-		t.s.push(frameFor(r.GetFrame(), t.dev))
+		t.s.push(frameFor(f, t.dev)) // encodes, and handles a frame too large to send
 	}
 	return nil
+}
+
+// edgeRecordFrameField is EdgeRecord.frame's field number.
+const edgeRecordFrameField = 3
+
+// frameBytes returns the encoded ServerFrame inside an encoded EdgeRecord
+// (its field 3), or nil unless it occurs exactly once (an encoder may
+// split a message field, which the decoder merges).
+func frameBytes(rec []byte) []byte {
+	var out []byte
+	seen := 0
+	for len(rec) > 0 {
+		num, typ, n := protowire.ConsumeTag(rec)
+		if n < 0 {
+			return nil
+		}
+		rec = rec[n:]
+		if num == edgeRecordFrameField && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(rec)
+			if m < 0 {
+				return nil
+			}
+			out, seen = v, seen+1
+			rec = rec[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, rec)
+		if m < 0 {
+			return nil
+		}
+		rec = rec[m:]
+	}
+	if seen != 1 {
+		return nil
+	}
+	return out
 }
 
 type target struct {

@@ -76,25 +76,25 @@ func TestCorkWriter(t *testing.T) {
 	cc := &countConn{}
 	w := &corkWriter{conn: cc}
 	_, _ = w.Write([]byte("direct"))
-	w.hold()
+	w.hold(context.Background())
 	for _, p := range []string{"a", "bb", "ccc"} {
 		_, _ = w.Write([]byte(p))
 	}
 	if len(cc.writes) != 1 {
 		t.Fatalf("%d socket writes while held, want only the direct one", len(cc.writes))
 	}
-	if err := w.release(context.Background()); err != nil {
+	if err := w.release(); err != nil {
 		t.Fatal(err)
 	}
 	if len(cc.writes) != 2 || string(cc.writes[1]) != "abbccc" {
 		t.Fatalf("writes %q", cc.writes)
 	}
-	w.hold()
+	w.hold(context.Background())
 	big := bytes.Repeat([]byte{1}, corkBuffer/2+1)
 	for range 3 {
 		_, _ = w.Write(big)
 	}
-	_ = w.release(context.Background())
+	_ = w.release()
 	total := 0
 	for _, b := range cc.writes[2:] {
 		if len(b) > corkBuffer {

@@ -90,14 +90,17 @@ func (w *wsConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
 		}
 		return nil
 	}
-	w.cork.hold()
+	// The socket writes of the batch are bounded by ctx's deadline (set
+	// on the connection by hold); the library's writes only fill the cork
+	// and get a context without Done, which spares them a timer each.
+	w.cork.hold(ctx)
 	for _, b := range msgs {
-		if err := w.c.Write(ctx, websocket.MessageBinary, b); err != nil {
-			w.cork.release(ctx)
+		if err := w.c.Write(context.WithoutCancel(ctx), websocket.MessageBinary, b); err != nil {
+			_ = w.cork.release()
 			return err
 		}
 	}
-	return w.cork.release(ctx)
+	return w.cork.release()
 }
 
 func (w *wsConn) Close() error { return w.c.CloseNow() }
@@ -221,11 +224,13 @@ func (l *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // call; otherwise it writes through. Writes of the library's own (pongs,
 // close frames) may come from other goroutines; mu orders them.
 type corkWriter struct {
-	mu    sync.Mutex
-	conn  net.Conn
-	held  bool
-	buf   *[]byte // from corkPool while held
-	wrErr error   // sticky: a failed socket write
+	mu   sync.Mutex
+	conn net.Conn
+	held bool
+	buf  *[]byte // from corkPool while held
+	// deadline says hold set a write deadline on conn
+	deadline bool
+	wrErr    error // sticky: a failed socket write
 }
 
 var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkBuffer); return &b }}
@@ -265,24 +270,28 @@ func (w *corkWriter) flushLocked() error {
 	return err
 }
 
-// hold starts collecting writes.
-func (w *corkWriter) hold() {
+// hold starts collecting writes; the socket writes until release are
+// bounded by ctx's deadline.
+func (w *corkWriter) hold(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.held = true
 	w.buf = corkPool.Get().(*[]byte)
-}
-
-// release writes what was collected, bounded by ctx's deadline, and
-// writes through again.
-func (w *corkWriter) release(ctx context.Context) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = w.conn.SetWriteDeadline(dl)
-		defer func() { _ = w.conn.SetWriteDeadline(time.Time{}) }()
+		w.deadline = true
 	}
+}
+
+// release writes what was collected and writes through again.
+func (w *corkWriter) release() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	err := w.flushLocked()
+	if w.deadline {
+		_ = w.conn.SetWriteDeadline(time.Time{})
+		w.deadline = false
+	}
 	w.held = false
 	*w.buf = (*w.buf)[:0]
 	corkPool.Put(w.buf)
