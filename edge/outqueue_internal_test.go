@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 )
@@ -104,5 +107,82 @@ func TestCorkWriter(t *testing.T) {
 	}
 	if total != 3*len(big) {
 		t.Fatalf("%d bytes written, want %d", total, 3*len(big))
+	}
+}
+
+// TestPushEncodesOnce: a frame for many devices is encoded once and the
+// same bytes are queued to every target; a delivery with per-device
+// ciphertexts still reaches each device with its own ciphertext only.
+func TestPushEncodesOnce(t *testing.T) {
+	e, err := New(Config{ID: "e1"}, oneDevice{}, &recordingBus{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs []core.DeviceKey
+	var sessions []*session
+	for i := range 3 {
+		d := core.DeviceKey{User: "u", Device: uint32(i + 1)}
+		s := &session{e: e, id: uint64(i + 1), stop: make(chan struct{}), dev: d}
+		e.byDevice[d], e.sessions[s.id] = s, s
+		devs, sessions = append(devs, d), append(sessions, s)
+	}
+	addrs := func() (out []*pb.DeviceAddr) {
+		for _, d := range devs {
+			out = append(out, d.Addr())
+		}
+		return out
+	}
+	shared := &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: &pb.Message{ConvId: "g:x", Seq: 7,
+		Envelope: &pb.Envelope{Ciphertext: []byte("for everybody")}}}}
+	rec, _ := proto.Marshal(&pb.EdgeRecord{Targets: addrs(), Frame: shared})
+	if err := e.handleEdgeRecord(context.Background(), core.BusRecord{Value: rec}); err != nil {
+		t.Fatal(err)
+	}
+	var first []byte
+	for i, s := range sessions {
+		b := mustPop(t, s)
+		var f pb.ServerFrame
+		if err := proto.Unmarshal(b, &f); err != nil || !proto.Equal(&f, shared) {
+			t.Fatalf("session %d got %v (%v)", i, &f, err)
+		}
+		if i == 0 {
+			first = b
+		} else if &b[0] != &first[0] {
+			t.Fatal("the frame was encoded again for another target")
+		}
+	}
+	var per []*pb.DeviceCiphertext
+	for _, d := range devs {
+		per = append(per, &pb.DeviceCiphertext{Device: d.Addr(), Ciphertext: []byte(d.String())})
+	}
+	rec, _ = proto.Marshal(&pb.EdgeRecord{Targets: addrs(), Frame: &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{
+		Delivery: &pb.Message{ConvId: "d:u:v", Envelope: &pb.Envelope{PerDevice: per}}}}})
+	if err := e.handleEdgeRecord(context.Background(), core.BusRecord{Value: rec}); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range sessions {
+		var f pb.ServerFrame
+		if err := proto.Unmarshal(mustPop(t, s), &f); err != nil {
+			t.Fatal(err)
+		}
+		got := f.GetDelivery().GetEnvelope().GetPerDevice()
+		if len(got) != 1 || string(got[0].GetCiphertext()) != devs[i].String() {
+			t.Fatalf("device %s got %v", devs[i], got)
+		}
+	}
+}
+
+func TestFrameBytes(t *testing.T) {
+	f := &pb.ServerFrame{Body: &pb.ServerFrame_Typing{Typing: &pb.TypingEvent{ConvId: "g:x"}}}
+	fb, _ := proto.Marshal(f)
+	rec, _ := proto.Marshal(&pb.EdgeRecord{SessionId: 9, Targets: []*pb.DeviceAddr{{UserId: "a", DeviceId: 1}}, Frame: f})
+	if got := frameBytes(rec); !bytes.Equal(got, fb) {
+		t.Fatalf("frameBytes %x, want %x", got, fb)
+	}
+	// Field 3 twice (a split message field, which decoding merges): not
+	// taken as is.
+	twice := append(append([]byte(nil), rec...), protowire.AppendBytes(protowire.AppendTag(nil, 3, protowire.BytesType), fb)...)
+	if frameBytes(twice) != nil || frameBytes([]byte{0xff}) != nil || frameBytes(nil) != nil {
+		t.Fatal("frameBytes accepted a record it cannot take as is")
 	}
 }
