@@ -566,9 +566,11 @@ func (e *Edge) runConsumer(topic string, h core.Handler, ready chan<- string, fa
 
 // sweepIdle ends, every IdleTimeout/4 (at least 10 ms), the sessions that
 // have received nothing for IdleTimeout: one goroutine and one ticker for
-// the edge instead of a timer per session.
+// the edge instead of a timer per session. It also frees the in-flight
+// slots of writes whose answer is overdue (ingress.go), ticking at least
+// every IngressAnswerTimeout/4 for them.
 func (e *Edge) sweepIdle() {
-	tick := time.NewTicker(max(e.cfg.IdleTimeout/4, 10*time.Millisecond))
+	tick := time.NewTicker(max(min(e.cfg.IdleTimeout, e.cfg.Admission.IngressAnswerTimeout)/4, 10*time.Millisecond))
 	defer tick.Stop()
 	var idle []*session
 	for {
@@ -584,6 +586,7 @@ func (e *Edge) sweepIdle() {
 			if now.Sub(time.Unix(0, s.lastActive.Load())) >= e.cfg.IdleTimeout && s.live() {
 				idle = append(idle, s)
 			}
+			s.expireInflight(now) // answers lost (ingress.go)
 		}
 		e.mu.Unlock()
 		for _, s := range idle {

@@ -82,7 +82,7 @@ func (s *session) handle(pt []byte) {
 			s.fail(f.GetReqId(), core.Code(err), err.Error())
 			return
 		}
-		s.produce(f.GetReqId(), rec)
+		s.produce(f.GetReqId(), rec, answered(&f))
 	}
 }
 
@@ -257,20 +257,23 @@ func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 }
 
 // produce writes rec to the ingress topic keyed by its conversation. The
-// reply arrives later on the edge topic; only a failure is answered here.
-func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
+// reply arrives later on the edge topic; only a failure, or a refusal by
+// the in-flight bounds (ingress.go), is answered here. ans says the
+// region answers the write.
+func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 	e := s.e
 	b, err := marshal(rec)
 	if err != nil {
 		s.fail(reqID, pb.ErrorCode_ERROR_CODE_INTERNAL, "encode failed")
 		return
 	}
-	if !e.adm.enterIngress() {
+	if werr := s.enterWrite(reqID, ans); werr != nil {
 		e.n.rateLimited.Add(1)
-		s.respond(&pb.Response{ReqId: reqID, Error: rateLimited("edge busy; retry", ingressRetry)})
+		s.respond(&pb.Response{ReqId: reqID, Error: werr})
 		return
 	}
-	defer e.adm.leaveIngress()
+	produced := false
+	defer func() { s.leaveWrite(reqID, ans, produced) }()
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.WriteTimeout)
 	defer cancel()
 	if err := e.bus.Produce(ctx, core.BusRecord{Topic: e.cfg.IngressTopic, Key: []byte(core.IngressConv(rec)), Value: b}); err != nil {
@@ -279,6 +282,7 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
 		s.fail(reqID, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "ingress unavailable; retry with the same ids")
 		return
 	}
+	produced = true
 	e.n.produced.Add(1)
 }
 
@@ -310,6 +314,9 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	targets := e.targets(&r)
 	if len(targets) == 0 {
 		return nil
+	}
+	if resp := f.GetResponse(); resp != nil && r.GetSessionId() != 0 {
+		targets[0].s.settle(resp.GetReqId()) // the region answered a write: its slots are free
 	}
 	perDevice := len(f.GetDelivery().GetEnvelope().GetPerDevice()) != 0
 	var shared []byte

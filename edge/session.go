@@ -57,6 +57,12 @@ type session struct {
 	// held for it meanwhile (presence.go).
 	pending map[string][]byte
 
+	// Writes awaiting the region's answer (ingress.go), guarded by ifMu;
+	// inflight is nil while there are none.
+	ifMu     sync.Mutex
+	inflight map[uint64]inflightEntry
+	ifCount  int
+
 	// reads run concurrently (at most cap(readSlots) at a time); the
 	// session waits for them before it ends.
 	readSlots chan struct{}
@@ -156,6 +162,7 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	s.reads.Wait()
 	s.writers.Wait()
 	e.unregister(s)
+	s.releaseInflight()
 	if s.opened {
 		s.reportClosed()
 	}
