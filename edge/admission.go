@@ -70,9 +70,10 @@ type AdmissionConfig struct {
 	// MaxTrackedIPs bounds each per-IP limiter (default 100,000).
 	MaxTrackedIPs int
 	// MaxIngressInFlight bounds the writes in flight in the edge (default
-	// 4096) and MaxSessionInFlight those of one session (default 256, the
-	// Go client's default MaxInflight): produced to the ingress topic and
-	// not yet answered by the region. A write over either is refused at
+	// 4096) and MaxSessionInFlight those of one session (default 512:
+	// twice the Go client's default MaxInflight of sends, leaving room for
+	// its acks and read markers): produced to the ingress topic and not
+	// yet answered by the region. A write over either is refused at
 	// once, RATE_LIMITED with retry_after_ms (IngressRetryAfter, default
 	// 50 ms). A write whose answer does not come within IngressAnswerTimeout
 	// (default 30 s; the answer was lost or the region is stuck) frees its
@@ -118,7 +119,7 @@ func (c *AdmissionConfig) defaults() error {
 		c.MaxIngressInFlight = 4096
 	}
 	if c.MaxSessionInFlight <= 0 {
-		c.MaxSessionInFlight = 256
+		c.MaxSessionInFlight = 512
 	}
 	if c.IngressRetryAfter <= 0 {
 		c.IngressRetryAfter = 50 * time.Millisecond

@@ -39,7 +39,7 @@
 // that is not a device yet passes the registration limits first (per-IP
 // bucket, optional proof of work, operator tokens; AdmissionConfig), and
 // writes awaiting the region's answer are bounded per session
-// (AdmissionConfig.MaxSessionInFlight, default 256) and per edge
+// (AdmissionConfig.MaxSessionInFlight, default 512) and per edge
 // (MaxIngressInFlight, default 4096) — admission control, ingress.go: a
 // write is counted from its produce until its Response comes back on the
 // edge topic, so an overloaded region shows as refusals, not as queueing;
