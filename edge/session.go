@@ -74,7 +74,12 @@ type session struct {
 // goroutine and waits for it. The caller has counted the connection
 // against its IP (admit); serveConn releases it.
 func (e *Edge) serveConn(tr transport, ip string) {
-	defer e.releaseIP(ip)
+	ipHeld := true
+	defer func() {
+		if ipHeld {
+			e.releaseIP(ip)
+		}
+	}()
 
 	if !e.serving() {
 		// Refused before any work: the client tries its next edge.
@@ -166,6 +171,11 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	if s.opened {
 		s.reportClosed()
 	}
+	// The IP's slot is free before the session stops counting in
+	// Stats.Sessions (deferred above), so whoever sees the count drop can
+	// connect again.
+	e.releaseIP(ip)
+	ipHeld = false
 }
 
 // reportClosed tells the backend the session ended. It holds the device's
