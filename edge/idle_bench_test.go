@@ -48,6 +48,10 @@ func idleKey(i int) noiseconn.Keypair {
 // edge process: heap and stack in use, and goroutines, per session.
 type idleFootprint struct {
 	bytesPerConn, heapPerConn, stackPerConn, goroutinesPerConn float64
+	// connsPerSec is n over the time from starting the child to the last
+	// session established (handshakes included; a rough set-up rate, the
+	// child competing for the same cores).
+	connsPerSec float64
 }
 
 func (f idleFootprint) String() string {
@@ -88,7 +92,8 @@ func measureIdle(t testing.TB, n int) idleFootprint {
 		t.Fatal(err)
 	}
 	cmd.Stderr = os.Stderr
-	cmd.Stdout = os.Stderr
+	cmd.Stdout = io.Discard // the child's test output; its errors go to stderr
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -101,8 +106,9 @@ func measureIdle(t testing.TB, n int) idleFootprint {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d of %d sessions after 2 min", v.e.Stats().Sessions, n)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
+	setup := time.Since(started)
 	time.Sleep(200 * time.Millisecond) // let post-handshake work settle
 	heap1, stack1, g1 := memNow()
 	if p := os.Getenv("CHATMESH_EDGE_IDLE_HEAPPROFILE"); p != "" {
@@ -116,6 +122,7 @@ func measureIdle(t testing.TB, n int) idleFootprint {
 		heapPerConn:       (float64(heap1) - float64(heap0)) / fn,
 		stackPerConn:      (float64(stack1) - float64(stack0)) / fn,
 		goroutinesPerConn: float64(g1-g0) / fn,
+		connsPerSec:       fn / setup.Seconds(),
 	}
 	f.bytesPerConn = f.heapPerConn + f.stackPerConn
 	return f
@@ -139,6 +146,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 	b.ReportMetric(f.heapPerConn, "heapB/conn")
 	b.ReportMetric(f.stackPerConn, "stackB/conn")
 	b.ReportMetric(f.goroutinesPerConn, "goroutines/conn")
+	b.ReportMetric(f.connsPerSec, "setup-conn/s")
 }
 
 // TestIdleClientsChild is the client side of measureIdle; it does nothing
