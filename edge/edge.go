@@ -151,7 +151,8 @@ type Config struct {
 	WriteTimeout, BackendTimeout time.Duration
 	// SendQueue and SendQueueBytes bound each session's outgoing queue:
 	// frames queued or being written to the client (defaults 1024 frames
-	// and 8 MiB). A push beyond either closes the session with
+	// and 8 MiB; at least core.MaxFramePlaintext, so that any frame
+	// fits). A push beyond either closes the session with
 	// Disconnect{UNAVAILABLE, "slow consumer"}. The queue takes memory
 	// only while it holds frames.
 	SendQueue      int
