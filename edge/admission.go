@@ -14,9 +14,13 @@ package edge
 //   - Cost: every frame is charged by frameCost, the one cost table, to
 //     one of its session's two buckets (messages or reads) and to the same
 //     budget of its client IP, shared by every session from that IP.
-//   - Ingress: at most MaxIngressInFlight ingress produces are in flight
-//     in the process; a write beyond that is answered RATE_LIMITED with
-//     retry_after_ms at once instead of queueing behind the others.
+//   - Ingress in flight (ingress.go): a write holds a slot of its
+//     session (MaxSessionInFlight) and of the edge (MaxIngressInFlight)
+//     from its produce until the region's answer comes back on the edge
+//     topic (a write that gets no answer — typing, ack and read with
+//     req_id 0 — only while it is produced). A write beyond either bound
+//     is answered RATE_LIMITED with retry_after_ms at once instead of
+//     queueing: overload shows as typed backpressure, not latency.
 //
 // Per-IP state is core.KeyedLimiter: at most MaxTrackedIPs entries each,
 // least recently used evicted (an evicted IP starts with full buckets).
@@ -65,9 +69,19 @@ type AdmissionConfig struct {
 	LocateBurst     int
 	// MaxTrackedIPs bounds each per-IP limiter (default 100,000).
 	MaxTrackedIPs int
-	// MaxIngressInFlight bounds the ingress produces in flight in the
-	// process (default 1024).
-	MaxIngressInFlight int
+	// MaxIngressInFlight bounds the writes in flight in the edge (default
+	// 4096) and MaxSessionInFlight those of one session (default 512:
+	// twice the Go client's default MaxInflight of sends, leaving room for
+	// its acks and read markers): produced to the ingress topic and not
+	// yet answered by the region. A write over either is refused at
+	// once, RATE_LIMITED with retry_after_ms (IngressRetryAfter, default
+	// 50 ms). A write whose answer does not come within IngressAnswerTimeout
+	// (default 30 s; the answer was lost or the region is stuck) frees its
+	// slots then.
+	MaxIngressInFlight   int
+	MaxSessionInFlight   int
+	IngressRetryAfter    time.Duration
+	IngressAnswerTimeout time.Duration
 }
 
 func (c *AdmissionConfig) defaults() error {
@@ -102,7 +116,16 @@ func (c *AdmissionConfig) defaults() error {
 		c.MaxTrackedIPs = 100_000
 	}
 	if c.MaxIngressInFlight <= 0 {
-		c.MaxIngressInFlight = 1024
+		c.MaxIngressInFlight = 4096
+	}
+	if c.MaxSessionInFlight <= 0 {
+		c.MaxSessionInFlight = 512
+	}
+	if c.IngressRetryAfter <= 0 {
+		c.IngressRetryAfter = 50 * time.Millisecond
+	}
+	if c.IngressAnswerTimeout <= 0 {
+		c.IngressAnswerTimeout = 30 * time.Second
 	}
 	for _, t := range c.RegistrationTokens {
 		if t == "" {
@@ -120,6 +143,9 @@ type AdmissionStats struct {
 	RegisterTokens   uint64 // registrations admitted by a token
 	IPLimited        uint64 // frames refused by a per-IP budget
 	IngressFull      uint64 // writes refused because MaxIngressInFlight were in flight
+	SessionFull      uint64 // writes refused because their session had MaxSessionInFlight in flight
+	AnswerTimeouts   uint64 // writes whose answer did not come within IngressAnswerTimeout
+	InFlight         int64  // writes in flight now (gauge)
 }
 
 type admission struct {
@@ -127,9 +153,10 @@ type admission struct {
 	register        *core.KeyedLimiter
 	ipMsgs, ipReads *core.KeyedLimiter
 	locate          *core.KeyedLimiter // GET /v1/locate per client
-	ingress         chan struct{}      // one slot per ingress produce in flight
+	inFlight        atomic.Int64       // writes in flight in the edge (ingress.go)
 
 	regLimited, powFail, badToken, tokens, ipLimited, ingressFull atomic.Uint64
+	sessionFull, answerTimeouts                                   atomic.Uint64
 }
 
 func newAdmission(c AdmissionConfig) *admission {
@@ -139,7 +166,6 @@ func newAdmission(c AdmissionConfig) *admission {
 		ipMsgs:   core.NewKeyedLimiter(c.IPMessagesPerSecond, c.IPMessageBurst, c.MaxTrackedIPs),
 		ipReads:  core.NewKeyedLimiter(c.IPReadsPerSecond, c.IPReadBurst, c.MaxTrackedIPs),
 		locate:   core.NewKeyedLimiter(c.LocatePerSecond, c.LocateBurst, c.MaxTrackedIPs),
-		ingress:  make(chan struct{}, c.MaxIngressInFlight),
 	}
 }
 
@@ -149,6 +175,7 @@ func (e *Edge) AdmissionStats() AdmissionStats {
 	return AdmissionStats{
 		RegisterLimited: a.regLimited.Load(), RegisterPowFail: a.powFail.Load(), RegisterBadToken: a.badToken.Load(),
 		RegisterTokens: a.tokens.Load(), IPLimited: a.ipLimited.Load(), IngressFull: a.ingressFull.Load(),
+		SessionFull: a.sessionFull.Load(), AnswerTimeouts: a.answerTimeouts.Load(), InFlight: a.inFlight.Load(),
 	}
 }
 
@@ -296,24 +323,6 @@ func (s *session) admitRegistration(req *pb.RegisterRequest) *pb.Error {
 	}
 	return nil
 }
-
-// enterIngress takes an ingress slot without waiting; leaveIngress
-// returns it.
-func (a *admission) enterIngress() bool {
-	select {
-	case a.ingress <- struct{}{}:
-		return true
-	default:
-		a.ingressFull.Add(1)
-		return false
-	}
-}
-
-func (a *admission) leaveIngress() { <-a.ingress }
-
-// ingressRetry is the retry_after_ms of a write refused because the
-// process had MaxIngressInFlight produces in flight.
-const ingressRetry = 50 * time.Millisecond
 
 // rateLimited is a RATE_LIMITED error with retry_after_ms: wait rounded
 // up to a millisecond, 0 when unknown.

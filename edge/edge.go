@@ -149,9 +149,14 @@ type Config struct {
 	// (default 10 s). BackendTimeout bounds one Backend call made for a
 	// request (default 10 s).
 	WriteTimeout, BackendTimeout time.Duration
-	// SendQueue is each session's bounded outgoing queue (default 1024
-	// frames); a full queue closes the session ("slow consumer").
-	SendQueue int
+	// SendQueue and SendQueueBytes bound each session's outgoing queue:
+	// frames queued or being written to the client (defaults 1024 frames
+	// and 8 MiB; at least core.MaxFramePlaintext, so that any frame
+	// fits). A push beyond either closes the session with
+	// Disconnect{UNAVAILABLE, "slow consumer"}. The queue takes memory
+	// only while it holds frames.
+	SendQueue      int
+	SendQueueBytes int
 	// IngressTopic (default "ingress") and PresenceTopic (default "presence").
 	IngressTopic, PresenceTopic string
 	// Ready, if set, says whether the edge's region can sequence what the
@@ -219,6 +224,12 @@ func (c *Config) defaults() error {
 	}
 	if c.SendQueue <= 0 {
 		c.SendQueue = 1024
+	}
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = 8 << 20
+	}
+	if c.SendQueueBytes < core.MaxFramePlaintext {
+		c.SendQueueBytes = core.MaxFramePlaintext // one frame of any size fits
 	}
 	if c.IngressTopic == "" {
 		c.IngressTopic = "ingress"
@@ -497,6 +508,7 @@ func (e *Edge) start(ctx context.Context) error {
 	if err := e.be.EdgeStarted(ctx, e.cfg.ID); err != nil {
 		return fmt.Errorf("edge: edge started: %w", err)
 	}
+	e.wg.Go(e.sweepIdle)
 	if e.cfg.Ready != nil {
 		// Serving until the region has been not ready for the grace.
 		e.wg.Go(e.watchReady)
@@ -550,6 +562,41 @@ func (e *Edge) runConsumer(topic string, h core.Handler, ready chan<- string, fa
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// sweepIdle ends, every IdleTimeout/4 (at least 10 ms), the sessions that
+// have received nothing for IdleTimeout: one goroutine and one ticker for
+// the edge instead of a timer per session. It also frees the in-flight
+// slots of writes whose answer is overdue (ingress.go), ticking at least
+// every IngressAnswerTimeout/4 for them.
+func (e *Edge) sweepIdle() {
+	tick := time.NewTicker(max(min(e.cfg.IdleTimeout, e.cfg.Admission.IngressAnswerTimeout)/4, 10*time.Millisecond))
+	defer tick.Stop()
+	var idle []*session
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := e.cfg.Now()
+		idle = idle[:0]
+		e.mu.Lock()
+		for s := range e.live {
+			if now.Sub(time.Unix(0, s.lastActive.Load())) >= e.cfg.IdleTimeout && s.live() {
+				idle = append(idle, s)
+			}
+			s.expireInflight(now) // answers lost (ingress.go)
+		}
+		e.mu.Unlock()
+		for _, s := range idle {
+			if s.live() {
+				e.n.idle.Add(1)
+				s.terminate(pb.ErrorCode_ERROR_CODE_IDLE_TIMEOUT, "idle timeout", true)
+			}
+		}
+		clear(idle)
 	}
 }
 

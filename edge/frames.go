@@ -1,9 +1,11 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/chatmesh/chatmesh/core"
@@ -80,7 +82,7 @@ func (s *session) handle(pt []byte) {
 			s.fail(f.GetReqId(), core.Code(err), err.Error())
 			return
 		}
-		s.produce(f.GetReqId(), rec)
+		s.produce(f.GetReqId(), rec, answered(&f))
 	}
 }
 
@@ -255,20 +257,23 @@ func (s *session) ingress(f *pb.ClientFrame) (*pb.IngressRecord, error) {
 }
 
 // produce writes rec to the ingress topic keyed by its conversation. The
-// reply arrives later on the edge topic; only a failure is answered here.
-func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
+// reply arrives later on the edge topic; only a failure, or a refusal by
+// the in-flight bounds (ingress.go), is answered here. ans says the
+// region answers the write.
+func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 	e := s.e
 	b, err := marshal(rec)
 	if err != nil {
 		s.fail(reqID, pb.ErrorCode_ERROR_CODE_INTERNAL, "encode failed")
 		return
 	}
-	if !e.adm.enterIngress() {
+	if werr := s.enterWrite(reqID, ans); werr != nil {
 		e.n.rateLimited.Add(1)
-		s.respond(&pb.Response{ReqId: reqID, Error: rateLimited("edge busy; retry", ingressRetry)})
+		s.respond(&pb.Response{ReqId: reqID, Error: werr})
 		return
 	}
-	defer e.adm.leaveIngress()
+	produced := false
+	defer func() { s.leaveWrite(reqID, ans, produced) }()
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.WriteTimeout)
 	defer cancel()
 	if err := e.bus.Produce(ctx, core.BusRecord{Topic: e.cfg.IngressTopic, Key: []byte(core.IngressConv(rec)), Value: b}); err != nil {
@@ -277,6 +282,7 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
 		s.fail(reqID, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "ingress unavailable; retry with the same ids")
 		return
 	}
+	produced = true
 	e.n.produced.Add(1)
 }
 
@@ -284,6 +290,10 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord) {
 
 // handleEdgeRecord pushes one EdgeRecord to its sessions. Undecodable
 // records are logged and skipped (retrying cannot fix them).
+//
+// The frame is encoded once for all targets: its bytes are taken as they
+// are from the record (framesOf), and only a delivery with per-device
+// ciphertexts is encoded again for each device (frameFor).
 func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	var r pb.EdgeRecord
 	if err := proto.Unmarshal(rec.Value, &r); err != nil || r.GetFrame() == nil {
@@ -291,17 +301,79 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 		return nil
 	}
 	e.n.edgeRecords.Add(1)
-	for _, t := range e.targets(&r) {
-		if d := r.GetFrame().GetDisconnect(); d != nil && r.GetSessionId() != 0 {
-			// The region ends a session: the device connected again on
-			// another edge, whose session is now the routed one.
+	f := r.GetFrame()
+	if d := f.GetDisconnect(); d != nil && r.GetSessionId() != 0 {
+		// The region ends a session: the device connected again on
+		// another edge, whose session is now the routed one.
+		for _, t := range e.targets(&r) {
 			e.n.replaced.Add(1)
 			t.s.terminate(d.GetCode(), d.GetDetail(), d.GetReconnect())
+		}
+		return nil
+	}
+	targets := e.targets(&r)
+	if len(targets) == 0 {
+		return nil
+	}
+	if resp := f.GetResponse(); resp != nil && r.GetSessionId() != 0 {
+		targets[0].s.settle(resp.GetReqId()) // the region answered a write: its slots are free
+	}
+	perDevice := len(f.GetDelivery().GetEnvelope().GetPerDevice()) != 0
+	var shared []byte
+	if !perDevice {
+		// A copy: the queues keep it after the handler returns, and the
+		// bus does not promise that rec.Value stays untouched.
+		shared = bytes.Clone(frameBytes(rec.Value))
+		if shared == nil {
+			if b, err := marshal(f); err == nil {
+				shared = b
+			}
+		}
+	}
+	for _, t := range targets {
+		if shared != nil && len(shared) <= core.MaxFramePlaintext {
+			t.s.pushBytes(shared)
 			continue
 		}
-		t.s.push(frameFor(r.GetFrame(), t.dev))
+		t.s.push(frameFor(f, t.dev)) // encodes, and handles a frame too large to send
 	}
 	return nil
+}
+
+// edgeRecordFrameField is EdgeRecord.frame's field number.
+const edgeRecordFrameField = 3
+
+// frameBytes returns the encoded ServerFrame inside an encoded EdgeRecord
+// (its field 3), or nil unless it occurs exactly once (an encoder may
+// split a message field, which the decoder merges).
+func frameBytes(rec []byte) []byte {
+	var out []byte
+	seen := 0
+	for len(rec) > 0 {
+		num, typ, n := protowire.ConsumeTag(rec)
+		if n < 0 {
+			return nil
+		}
+		rec = rec[n:]
+		if num == edgeRecordFrameField && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(rec)
+			if m < 0 {
+				return nil
+			}
+			out, seen = v, seen+1
+			rec = rec[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, rec)
+		if m < 0 {
+			return nil
+		}
+		rec = rec[m:]
+	}
+	if seen != 1 {
+		return nil
+	}
+	return out
 }
 
 type target struct {

@@ -202,18 +202,18 @@ func FuzzHandleFrame(f *testing.F) {
 		}
 		e.ctx, e.cancel = context.WithCancel(context.Background())
 		defer e.cancel()
-		s := &session{e: e, id: 99, queue: make(chan []byte, 4), stop: make(chan struct{}), dev: dev, authed: true}
+		s := &session{e: e, id: 99, stop: make(chan struct{}), dev: dev, authed: true}
 		s.bucket.Store(newBucket(1, 1, time.Now()))
 		e.sessions[s.id] = s
 		s.handle(data)
-		if len(s.queue) > 1 {
-			t.Fatalf("%d responses to one frame", len(s.queue))
+		if s.queued() > 1 {
+			t.Fatalf("%d responses to one frame", s.queued())
 		}
 		var in pb.ClientFrame
 		decoded := proto.Unmarshal(data, &in) == nil && len(data) <= 4096
-		if len(s.queue) == 1 {
+		if s.queued() == 1 {
 			var out pb.ServerFrame
-			if err := proto.Unmarshal(<-s.queue, &out); err != nil || out.GetResponse() == nil {
+			if err := proto.Unmarshal(mustPop(t, s), &out); err != nil || out.GetResponse() == nil {
 				t.Fatalf("bad response frame: %v", err)
 			}
 			if decoded && out.GetResponse().GetReqId() != in.GetReqId() {
@@ -253,13 +253,13 @@ func TestProduceFailureIsUnavailable(t *testing.T) {
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	defer e.cancel()
-	s := &session{e: e, id: 7, queue: make(chan []byte, 4), stop: make(chan struct{}), dev: dev, authed: true}
+	s := &session{e: e, id: 7, stop: make(chan struct{}), dev: dev, authed: true}
 	s.bucket.Store(newBucket(100, 100, time.Now()))
 	frame, _ := proto.Marshal(&pb.ClientFrame{ReqId: 5, Body: &pb.ClientFrame_Send{Send: &pb.SendRequest{
 		ConvId: "g:x", ClientMsgId: "m1", Envelope: &pb.Envelope{}}}})
 	s.handle(frame)
 	var out pb.ServerFrame
-	if err := proto.Unmarshal(<-s.queue, &out); err != nil {
+	if err := proto.Unmarshal(mustPop(t, s), &out); err != nil {
 		t.Fatal(err)
 	}
 	if r := out.GetResponse(); r.GetReqId() != 5 || r.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_UNAVAILABLE {
@@ -355,7 +355,7 @@ func TestConsumerRestartDisconnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
-	s := &session{e: e, id: 1, queue: make(chan []byte, 1), stop: make(chan struct{})}
+	s := &session{e: e, id: 1, stop: make(chan struct{})}
 	e.live[s] = struct{}{}
 	ready, failed := make(chan string, 2), make(chan error, 2)
 	done := make(chan struct{})
@@ -375,5 +375,21 @@ func TestConsumerRestartDisconnects(t *testing.T) {
 	<-done
 	if len(ready) != 0 || len(failed) != 0 || bus.calls != 2 {
 		t.Fatalf("ready %d failed %d calls %d", len(ready), len(failed), bus.calls)
+	}
+}
+
+// mustPop waits (at most 10 s) for the oldest frame queued to s, a session
+// without a writer.
+func mustPop(t testing.TB, s *session) []byte {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, ok := s.popQueued(); ok {
+			return b
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nothing queued to the session")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

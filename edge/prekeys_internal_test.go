@@ -44,14 +44,14 @@ func TestPrekeyFramesAreQueries(t *testing.T) {
 	defer e.cancel()
 	now := time.Now()
 	e.cfg.Now = func() time.Time { return now } // no refill during the test
-	s := &session{e: e, id: 5, queue: make(chan []byte, 8), stop: make(chan struct{}), dev: dev, authed: true}
+	s := &session{e: e, id: 5, stop: make(chan struct{}), dev: dev, authed: true}
 	s.bucket.Store(newBucket(1, len(frames), now))
 	e.sessions[s.id] = s
 	for i, f := range frames {
 		b, _ := proto.Marshal(f)
 		s.handle(b)
 		var out pb.ServerFrame
-		if err := proto.Unmarshal(<-s.queue, &out); err != nil {
+		if err := proto.Unmarshal(mustPop(t, s), &out); err != nil {
 			t.Fatal(err)
 		}
 		r := out.GetResponse()
@@ -66,7 +66,7 @@ func TestPrekeyFramesAreQueries(t *testing.T) {
 	b, _ := proto.Marshal(frames[0])
 	s.handle(b)
 	var out pb.ServerFrame
-	if err := proto.Unmarshal(<-s.queue, &out); err != nil {
+	if err := proto.Unmarshal(mustPop(t, s), &out); err != nil {
 		t.Fatal(err)
 	}
 	if c := out.GetResponse().GetError().GetCode(); c != pb.ErrorCode_ERROR_CODE_RATE_LIMITED || be.n != len(frames) {

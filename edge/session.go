@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -17,9 +16,10 @@ import (
 )
 
 // session is one authenticated-or-not client connection after the Noise
-// handshake. The session goroutine (serveConn) reads; the writer goroutine
-// drains queue. terminate asks the writer to send a final Disconnect and
-// close the transport, which ends the reader.
+// handshake. The session goroutine (serveConn) reads; a drain goroutine,
+// started only while there is something to write, empties out
+// (outqueue.go). terminate has a drain send the final Disconnect and close
+// the transport, which ends the reader.
 type session struct {
 	e      *Edge
 	id     uint64
@@ -32,8 +32,9 @@ type session struct {
 	// charges reads to bucket.
 	readBucket atomic.Pointer[bucket]
 
-	queue      chan []byte   // marshalled ServerFrames; bounded
-	stop       chan struct{} // closed by terminate
+	out        outQueue       // marshalled ServerFrames; bounded (outqueue.go)
+	writers    sync.WaitGroup // the drain goroutines of out
+	stop       chan struct{}  // closed by terminate
 	stopOnce   sync.Once
 	final      atomic.Pointer[pb.Disconnect] // sent by the writer on stop, if set
 	finished   chan struct{}                 // closed when the session has fully ended
@@ -56,6 +57,12 @@ type session struct {
 	// held for it meanwhile (presence.go).
 	pending map[string][]byte
 
+	// Writes awaiting the region's answer (ingress.go), guarded by ifMu;
+	// inflight is nil while there are none.
+	ifMu     sync.Mutex
+	inflight map[uint64]inflightEntry
+	ifCount  int
+
 	// reads run concurrently (at most cap(readSlots) at a time); the
 	// session waits for them before it ends.
 	readSlots chan struct{}
@@ -67,7 +74,12 @@ type session struct {
 // goroutine and waits for it. The caller has counted the connection
 // against its IP (admit); serveConn releases it.
 func (e *Edge) serveConn(tr transport, ip string) {
-	defer e.releaseIP(ip)
+	ipHeld := true
+	defer func() {
+		if ipHeld {
+			e.releaseIP(ip)
+		}
+	}()
 
 	if !e.serving() {
 		// Refused before any work: the client tries its next edge.
@@ -92,7 +104,6 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	}
 	s := &session{
 		e: e, id: newSessionID(), tr: tr, nc: nc, static: nc.PeerStatic(), ip: ipKey(ip),
-		queue:     make(chan []byte, e.cfg.SendQueue),
 		stop:      make(chan struct{}),
 		finished:  make(chan struct{}),
 		readSlots: make(chan struct{}, maxConcurrentReads),
@@ -138,8 +149,7 @@ func (e *Edge) serveConn(tr transport, ip string) {
 		return
 	}
 
-	var writer sync.WaitGroup
-	writer.Go(s.writeLoop)
+	s.enableWriter()
 	e.n.sessions.Add(1)
 	defer e.n.sessions.Add(-1)
 
@@ -155,11 +165,17 @@ func (e *Edge) serveConn(tr transport, ip string) {
 	}
 	s.terminate(pb.ErrorCode_ERROR_CODE_OK, "", false)
 	s.reads.Wait()
-	writer.Wait()
+	s.writers.Wait()
 	e.unregister(s)
+	s.releaseInflight()
 	if s.opened {
 		s.reportClosed()
 	}
+	// The IP's slot is free before the session stops counting in
+	// Stats.Sessions (deferred above), so whoever sees the count drop can
+	// connect again.
+	e.releaseIP(ip)
+	ipHeld = false
 }
 
 // reportClosed tells the backend the session ended. It holds the device's
@@ -325,11 +341,13 @@ func (s *session) terminate(code pb.ErrorCode, detail string, reconnect bool) {
 			s.final.Store(&pb.Disconnect{Code: code, Detail: detail, Reconnect: reconnect})
 		}
 		close(s.stop)
+		s.kick() // a drain sends the Disconnect and closes
 	})
 }
 
-// push queues a frame without blocking. A full queue closes the session
-// (drop reason "slow consumer"): the client resyncs when it reconnects.
+// push queues a frame without blocking. A full queue (Config.SendQueue
+// frames or SendQueueBytes bytes pending) closes the session (drop reason
+// "slow consumer"): the client resyncs when it reconnects.
 // A frame that would not fit one Noise transport message is never sent
 // (sending it would end the session): it is counted and logged, a
 // Response is replaced by an INTERNAL error for the same request, and any
@@ -365,9 +383,7 @@ func (s *session) pushBytes(b []byte) {
 		s.tooLargeToSend("encoded", len(b))
 		return
 	}
-	select {
-	case s.queue <- b:
-	default:
+	if !s.enqueue(b) {
 		s.e.n.slowClient.Add(1)
 		s.e.log.Info("session dropped", "reason", "slow consumer", "device", s.dev)
 		s.terminate(pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "slow consumer", true)
@@ -380,43 +396,6 @@ func (s *session) respond(r *pb.Response) {
 
 func (s *session) fail(reqID uint64, code pb.ErrorCode, detail string) {
 	s.respond(&pb.Response{ReqId: reqID, Error: &pb.Error{Code: code, Detail: detail}})
-}
-
-// writeLoop drains the queue, watches for idleness, and on stop sends the
-// final Disconnect (if any) and closes the transport.
-func (s *session) writeLoop() {
-	e := s.e
-	tick := time.NewTicker(max(e.cfg.IdleTimeout/4, 10*time.Millisecond))
-	defer tick.Stop()
-	for {
-		// A stop outranks queued frames: the final Disconnect goes next
-		// and the rest is abandoned (the client resyncs).
-		select {
-		case <-s.stop:
-			s.finish()
-			return
-		default:
-		}
-		select {
-		case b := <-s.queue:
-			if err := s.write(b); err != nil {
-				e.n.writeErrors.Add(1)
-				e.log.Info("session ended: write to client failed", "session", s.id, "err", err)
-				s.terminate(pb.ErrorCode_ERROR_CODE_OK, "", false)
-				_ = s.tr.Close()
-				return
-			}
-		case <-tick.C:
-			idle := e.cfg.Now().Sub(time.Unix(0, s.lastActive.Load()))
-			if idle >= e.cfg.IdleTimeout {
-				e.n.idle.Add(1)
-				s.terminate(pb.ErrorCode_ERROR_CODE_IDLE_TIMEOUT, "idle timeout", true)
-			}
-		case <-s.stop:
-			s.finish()
-			return
-		}
-	}
 }
 
 // finish sends the final Disconnect, if any, and closes the transport.

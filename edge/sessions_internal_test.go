@@ -39,7 +39,7 @@ func TestNewestGenerationWins(t *testing.T) {
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	defer e.cancel()
 	mk := func(gen uint64) *session {
-		s := &session{e: e, id: 100 + gen, gen: gen, queue: make(chan []byte, 4), stop: make(chan struct{})}
+		s := &session{e: e, id: 100 + gen, gen: gen, stop: make(chan struct{})}
 		s.bucket.Store(newBucket(1, 1, time.Now()))
 		return s
 	}

@@ -1,6 +1,8 @@
 package edge
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -42,8 +44,13 @@ type transport interface {
 
 // ----------------------------------------------------------------- WebSocket
 
-// wsConn adapts a coder/websocket connection: one binary message per Noise message.
-type wsConn struct{ c *websocket.Conn }
+// wsConn adapts a coder/websocket connection: one binary message per Noise
+// message. cork, when set, is the connection's write side (see leanWriter):
+// WriteMessages then writes a batch of messages with one flush.
+type wsConn struct {
+	c    *websocket.Conn
+	cork *corkWriter
+}
 
 var errTextMessage = errors.New("edge: text WebSocket message")
 
@@ -70,6 +77,30 @@ func (w *wsConn) ReadMessage(ctx context.Context) ([]byte, error) {
 
 func (w *wsConn) WriteMessage(ctx context.Context, b []byte) error {
 	return w.c.Write(ctx, websocket.MessageBinary, b)
+}
+
+// WriteMessages writes msgs, one binary message each, with one flush to
+// the socket (noiseconn.BatchWriter).
+func (w *wsConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
+	if w.cork == nil {
+		for _, b := range msgs {
+			if err := w.WriteMessage(ctx, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// The socket writes of the batch are bounded by ctx's deadline (set
+	// on the connection by hold); the library's writes only fill the cork
+	// and get a context without Done, which spares them a timer each.
+	w.cork.hold(ctx)
+	for _, b := range msgs {
+		if err := w.c.Write(context.WithoutCancel(ctx), websocket.MessageBinary, b); err != nil {
+			_ = w.cork.release()
+			return err
+		}
+	}
+	return w.cork.release()
 }
 
 func (w *wsConn) Close() error { return w.c.CloseNow() }
@@ -122,7 +153,8 @@ func (e *Edge) serveWSOn(tcp net.Listener) error {
 }
 
 func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	lw := &leanWriter{ResponseWriter: w}
+	c, err := websocket.Accept(lw, r, &websocket.AcceptOptions{
 		OriginPatterns:  e.cfg.OriginPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -130,23 +162,141 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered
 	}
 	c.SetReadLimit(-1) // enforced per message by wsConn.ReadMessage
+	ws := &wsConn{c: c, cork: lw.cork}
 	ip := clientIP(r.RemoteAddr)
 	if !e.admit(ip) {
-		(&wsConn{c: c}).closeWith(pb.ErrorCode_ERROR_CODE_TOO_MANY_CONNECTIONS, "too many connections from this address")
+		ws.closeWith(pb.ErrorCode_ERROR_CODE_TOO_MANY_CONNECTIONS, "too many connections from this address")
 		return
 	}
-	// The handler goroutine belongs to net/http, but the session is
-	// tracked by e.wg so Shutdown waits for it.
-	done := make(chan struct{})
-	if !e.goTracked(func() {
-		defer close(done)
-		e.serveConn(&wsConn{c: c}, ip)
-	}) {
+	// The session runs on a goroutine tracked by e.wg (so Shutdown waits
+	// for it); this handler returns, and with it net/http's goroutine and
+	// its request state, since the connection is hijacked.
+	if !e.goTracked(func() { e.serveConn(ws, ip) }) {
 		e.releaseIP(ip)
 		_ = c.Close(websocket.StatusCode(CloseCodeBase+int(pb.ErrorCode_ERROR_CODE_SHUTTING_DOWN)), "shutting down")
-		return
 	}
-	<-done
+}
+
+// Buffer sizes of a hijacked WebSocket connection. net/http hands over a
+// 4 KiB reader and a 4 KiB writer; an idle session needs neither, and a
+// busy one reads frame headers and small frames (larger payloads are read
+// past the buffer) and writes through corkWriter, which buffers a batch
+// only while it is being written.
+const (
+	wsReadBuffer  = 512
+	wsWriteBuffer = 64
+	// corkBuffer is the most a corkWriter holds before it writes to the
+	// socket mid-batch.
+	corkBuffer = 64 << 10
+)
+
+// leanWriter lets websocket.Accept hijack the connection with small
+// buffers and a corkWriter (see the sizes above).
+type leanWriter struct {
+	http.ResponseWriter
+	cork *corkWriter
+}
+
+func (l *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(l.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReaderSize(conn, wsReadBuffer)
+	if n := brw.Reader.Buffered(); n > 0 {
+		// Bytes the client sent right after its request: they must be in
+		// the returned reader's buffer (websocket.Accept keeps only those
+		// and reads the rest from conn).
+		b, _ := brw.Reader.Peek(n)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), max(wsReadBuffer, n))
+		if _, err := br.Peek(n); err != nil {
+			_ = conn.Close()
+			return nil, nil, fmt.Errorf("edge: hijack: %w", err)
+		}
+	}
+	l.cork = &corkWriter{conn: conn}
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(l.cork, wsWriteBuffer)), nil
+}
+
+// corkWriter is the socket side of a WebSocket connection's writer. While
+// held (a batch is being written) it collects the bytes — in a pooled
+// buffer of at most corkBuffer bytes — and release writes them with one
+// call; otherwise it writes through. Writes of the library's own (pongs,
+// close frames) may come from other goroutines; mu orders them.
+type corkWriter struct {
+	mu   sync.Mutex
+	conn net.Conn
+	held bool
+	buf  *[]byte // from corkPool while held
+	// deadline says hold set a write deadline on conn
+	deadline bool
+	wrErr    error // sticky: a failed socket write
+}
+
+var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkBuffer); return &b }}
+
+func (w *corkWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.wrErr != nil {
+		return 0, w.wrErr
+	}
+	if !w.held {
+		return w.conn.Write(p)
+	}
+	b := *w.buf
+	if len(b)+len(p) > cap(b) {
+		if err := w.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) >= cap(b) {
+			return w.conn.Write(p)
+		}
+		b = *w.buf
+	}
+	*w.buf = append(b, p...)
+	return len(p), nil
+}
+
+func (w *corkWriter) flushLocked() error {
+	if len(*w.buf) == 0 {
+		return nil
+	}
+	_, err := w.conn.Write(*w.buf)
+	*w.buf = (*w.buf)[:0]
+	if err != nil {
+		w.wrErr = err
+	}
+	return err
+}
+
+// hold starts collecting writes; the socket writes until release are
+// bounded by ctx's deadline.
+func (w *corkWriter) hold(ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.held = true
+	w.buf = corkPool.Get().(*[]byte)
+	if dl, ok := ctx.Deadline(); ok {
+		_ = w.conn.SetWriteDeadline(dl)
+		w.deadline = true
+	}
+}
+
+// release writes what was collected and writes through again.
+func (w *corkWriter) release() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	err := w.flushLocked()
+	if w.deadline {
+		_ = w.conn.SetWriteDeadline(time.Time{})
+		w.deadline = false
+	}
+	w.held = false
+	*w.buf = (*w.buf)[:0]
+	corkPool.Put(w.buf)
+	w.buf = nil
+	return err
 }
 
 // ------------------------------------------------------------- WebTransport
@@ -200,6 +350,31 @@ func (w *wtConn) WriteMessage(ctx context.Context, b []byte) error {
 	buf := make([]byte, 2+len(b))
 	binary.BigEndian.PutUint16(buf, uint16(len(b)))
 	copy(buf[2:], b)
+	_, err := w.str.Write(buf)
+	return ctxErr(ctx, err)
+}
+
+// WriteMessages writes msgs, each length-prefixed, with one stream write
+// (noiseconn.BatchWriter).
+func (w *wtConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
+	n := 0
+	for _, b := range msgs {
+		if len(b) > noiseconn.MaxMessage {
+			return noiseconn.ErrTooLarge
+		}
+		n += 2 + len(b)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = w.str.SetWriteDeadline(time.Now()) })
+	defer func() {
+		if !stop() {
+			_ = w.str.SetWriteDeadline(time.Time{})
+		}
+	}()
+	buf := make([]byte, 0, n)
+	for _, b := range msgs {
+		buf = binary.BigEndian.AppendUint16(buf, uint16(len(b)))
+		buf = append(buf, b...)
+	}
 	_, err := w.str.Write(buf)
 	return ctxErr(ctx, err)
 }

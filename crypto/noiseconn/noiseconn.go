@@ -418,6 +418,58 @@ func (c *Conn) Send(ctx context.Context, plaintext []byte) error {
 	return nil
 }
 
+// BatchWriter is implemented by a MsgConn that can write several messages
+// with one flush to the network (each still its own message on the wire).
+// SendBatch uses it when the MsgConn has it.
+type BatchWriter interface {
+	WriteMessages(ctx context.Context, msgs [][]byte) error
+}
+
+// SendBatch encrypts each plaintext into its own transport message, in
+// order, and writes them: with one flush when the MsgConn is a
+// BatchWriter, else one WriteMessage each. The ciphertexts share one
+// buffer. It fails with ErrTooLarge (sending nothing) if any plaintext
+// exceeds MaxPlaintext. Concurrent Send and SendBatch callers are
+// serialized.
+func (c *Conn) SendBatch(ctx context.Context, plaintexts [][]byte) error {
+	total := 0
+	for _, p := range plaintexts {
+		if len(p) > MaxPlaintext {
+			return fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(p), MaxPlaintext)
+		}
+		total += len(p) + tagLen
+	}
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	select {
+	case <-c.closed:
+		return ErrClosed
+	default:
+	}
+	buf := make([]byte, 0, total)
+	msgs := make([][]byte, len(plaintexts))
+	for i, p := range plaintexts {
+		start := len(buf)
+		var err error
+		if buf, err = c.send.Encrypt(buf, nil, p); err != nil {
+			return fmt.Errorf("noiseconn: encrypt: %w", err)
+		}
+		msgs[i] = buf[start:len(buf):len(buf)]
+	}
+	if bw, ok := c.mc.(BatchWriter); ok {
+		if err := bw.WriteMessages(ctx, msgs); err != nil {
+			return fmt.Errorf("noiseconn: send: %w", err)
+		}
+		return nil
+	}
+	for _, m := range msgs {
+		if err := c.mc.WriteMessage(ctx, m); err != nil {
+			return fmt.Errorf("noiseconn: send: %w", err)
+		}
+	}
+	return nil
+}
+
 // Recv reads and decrypts the next transport message. A message that fails
 // authentication gives ErrDecrypt; one above MaxMessage gives ErrTooLarge.
 // Both are sticky: every later Recv returns the same error, because the

@@ -561,3 +561,60 @@ func BenchmarkTransport1KiB(b *testing.B) {
 		}
 	}
 }
+
+// batchPipe is a pipeEnd that is also a BatchWriter, counting batches.
+type batchPipe struct {
+	*pipeEnd
+	batches int
+}
+
+func (b *batchPipe) WriteMessages(ctx context.Context, msgs [][]byte) error {
+	b.batches++
+	for _, m := range msgs {
+		if err := b.WriteMessage(ctx, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestSendBatch: a batch arrives as one transport message per plaintext,
+// in order, interleaving correctly with Send; a BatchWriter gets the batch
+// in one call; an oversized plaintext sends nothing.
+func TestSendBatch(t *testing.T) {
+	for _, batching := range []bool{false, true} {
+		ck, sk := mustKeypair(t), mustKeypair(t)
+		cli, srv, cerr, serr, _, _ := handshake(t, ClientConfig{Static: ck}, ServerConfig{Static: sk})
+		if cerr != nil || serr != nil {
+			t.Fatal(cerr, serr)
+		}
+		var bp *batchPipe
+		if batching {
+			bp = &batchPipe{pipeEnd: srv.mc.(*pipeEnd)}
+			srv.mc = bp
+		}
+		ctx := context.Background()
+		want := [][]byte{[]byte("a"), {}, bytes.Repeat([]byte{7}, MaxPlaintext), []byte("last")}
+		if err := srv.Send(ctx, []byte("first")); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.SendBatch(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.SendBatch(ctx, [][]byte{[]byte("x"), make([]byte, MaxPlaintext+1)}); !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("oversized batch: %v", err)
+		}
+		if err := srv.Send(ctx, []byte("after")); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range append(append([][]byte{[]byte("first")}, want...), []byte("after")) {
+			got, err := cli.Recv(ctx)
+			if err != nil || !bytes.Equal(got, w) {
+				t.Fatalf("batching %v: got %d bytes (%v), want %d", batching, len(got), err, len(w))
+			}
+		}
+		if batching && bp.batches != 1 {
+			t.Fatalf("%d batch writes, want 1", bp.batches)
+		}
+	}
+}

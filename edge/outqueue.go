@@ -1,0 +1,184 @@
+package edge
+
+import (
+	"context"
+	"sync"
+
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// The outgoing path of a session.
+//
+// A session has no writer goroutine while it has nothing to send: push
+// appends the marshalled frame to the session's queue and, if no drain is
+// running, starts one (tracked by session.writers). The drain takes the
+// queued frames in batches of at most maxBatchFrames / maxBatchBytes,
+// encrypts each into its own Noise transport message and writes the batch
+// with one flush (noiseconn.Conn.SendBatch: on WebSocket, one binary
+// message per frame as the protocol says, but one write to the socket per
+// batch), and exits when the queue is empty. The queue's backing array is
+// allocated at the first push and dropped once drained, so an idle session
+// holds none.
+//
+// Limits: at most Config.SendQueue frames and Config.SendQueueBytes bytes
+// are pending (queued or being written); a push beyond either ends the
+// session with Disconnect{UNAVAILABLE, "slow consumer"}.
+//
+// When the session stops (terminate), the drain — started if none runs —
+// sends the final Disconnect, if any, ahead of what is still queued (a
+// batch already being written completes first) and closes the transport.
+
+const (
+	maxBatchFrames = 64
+	maxBatchBytes  = 256 << 10
+)
+
+type outQueue struct {
+	mu      sync.Mutex
+	frames  [][]byte // queued, oldest first
+	pending int      // frames queued or being written
+	bytes   int      // their bytes
+	enabled bool     // the session serves: pushes and stops start a drain
+	running bool     // a drain goroutine runs
+	done    bool     // the final drain finished: the transport is closed
+}
+
+// enqueue adds b; false when a limit would be exceeded (nothing added).
+// It starts a drain if needed.
+func (s *session) enqueue(b []byte) bool {
+	q := &s.out
+	q.mu.Lock()
+	if q.pending >= s.e.cfg.SendQueue || q.bytes+len(b) > s.e.cfg.SendQueueBytes {
+		q.mu.Unlock()
+		return false
+	}
+	q.frames = append(q.frames, b)
+	q.pending++
+	q.bytes += len(b)
+	start := s.startLocked()
+	q.mu.Unlock()
+	if start {
+		go s.drain()
+	}
+	return true
+}
+
+// startLocked (q.mu held) reports whether the caller must start a drain
+// goroutine, which it has then accounted for in s.writers.
+func (s *session) startLocked() bool {
+	q := &s.out
+	if !q.enabled || q.running || q.done {
+		return false
+	}
+	q.running = true
+	s.writers.Add(1)
+	return true
+}
+
+// enableWriter lets pushes start drains; called once the session serves.
+// Anything queued before, or a stop requested meanwhile, is handled now.
+func (s *session) enableWriter() {
+	q := &s.out
+	q.mu.Lock()
+	q.enabled = true
+	q.mu.Unlock()
+	s.kick()
+}
+
+// kick starts a drain if there is none (it exits at once when there is
+// nothing to do).
+func (s *session) kick() {
+	q := &s.out
+	q.mu.Lock()
+	start := s.startLocked()
+	q.mu.Unlock()
+	if start {
+		go s.drain()
+	}
+}
+
+// drain writes batches until the queue is empty or the session stops; it
+// is the goroutine startLocked accounted for.
+func (s *session) drain() {
+	defer s.writers.Done()
+	q := &s.out
+	for {
+		q.mu.Lock()
+		if !s.live() {
+			q.done, q.running = true, false
+			q.frames = nil
+			q.mu.Unlock()
+			s.finish()
+			return
+		}
+		n, size := 0, 0
+		for n < len(q.frames) && n < maxBatchFrames && (n == 0 || size+len(q.frames[n]) <= maxBatchBytes) {
+			size += len(q.frames[n])
+			n++
+		}
+		if n == 0 {
+			q.running = false
+			q.mu.Unlock()
+			return
+		}
+		batch := q.frames[:n:n]
+		q.frames = q.frames[n:]
+		if len(q.frames) == 0 {
+			q.frames = nil // the next burst starts a small array
+		}
+		q.mu.Unlock()
+
+		err := s.writeBatch(batch)
+
+		q.mu.Lock()
+		q.pending -= n
+		q.bytes -= size
+		q.mu.Unlock()
+		if err != nil {
+			s.e.n.writeErrors.Add(1)
+			s.e.log.Info("session ended: write to client failed", "session", s.id, "err", err)
+			q.mu.Lock()
+			q.done, q.running = true, false
+			q.frames = nil
+			q.mu.Unlock()
+			s.terminate(pb.ErrorCode_ERROR_CODE_OK, "", false)
+			_ = s.tr.Close()
+			return
+		}
+	}
+}
+
+// writeBatch encrypts and writes frames with one flush.
+func (s *session) writeBatch(frames [][]byte) error {
+	ctx, cancel := context.WithTimeout(s.e.ctx, s.e.cfg.WriteTimeout)
+	defer cancel()
+	if err := s.nc.SendBatch(ctx, frames); err != nil {
+		return err
+	}
+	s.e.n.framesOut.Add(uint64(len(frames)))
+	return nil
+}
+
+// popQueued removes and returns the oldest queued frame (tests of
+// sessions without a writer).
+func (s *session) popQueued() ([]byte, bool) {
+	q := &s.out
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.frames) == 0 {
+		return nil, false
+	}
+	b := q.frames[0]
+	q.frames = q.frames[1:]
+	q.pending--
+	q.bytes -= len(b)
+	return b, true
+}
+
+// queued is the number of frames pending.
+func (s *session) queued() int {
+	q := &s.out
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pending
+}
