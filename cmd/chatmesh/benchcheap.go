@@ -164,9 +164,9 @@ func parseSweep(s string) (start, step, maxRate float64, err error) {
 
 // printReport writes the short human table of a report.
 func printReport(w io.Writer, r benchload.Report) {
+	fmt.Fprintf(w, "\n%s / %s, %d devices\n", r.Scenario, r.Target, r.Devices)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	defer tw.Flush()
-	fmt.Fprintf(tw, "\n%s / %s, %d devices\t\n", r.Scenario, r.Target, r.Devices)
 	if len(r.Rounds) > 0 {
 		fmt.Fprintln(tw, "rate\tacked/s\tdelivered/s\tack p50\tp99\tp999\tdeliv p50\tp99\tp999\tcpu s/1k msgs\tcores\tRSS MiB\tmissing\tdups\treorders\trejected\tverdict\t")
 		for _, rd := range r.Rounds {
