@@ -90,3 +90,10 @@ func serverDelta(pid int, a, b ProcSample) *Server {
 	}
 	return s
 }
+
+func (s *Server) rssPerConn() float64 {
+	if s == nil {
+		return 0
+	}
+	return s.RSSPerConnKiB
+}

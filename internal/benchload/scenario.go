@@ -487,29 +487,46 @@ func Group(ctx context.Context, cfg Config) (Report, error) {
 	return rep, ctx.Err()
 }
 
-// Idle registers cfg.Conns devices (each on a short connection of its
-// own, where the server needs a registration), then connects them all
-// again — timed: the connection set-up rate — and holds them idle for
-// cfg.Settle; Server.RSSPerConnKiB is the server's RSS growth over that
-// connect divided by the connections.
+// Idle connects cfg.Conns devices (registering them, where the server
+// needs that) to a server that should be fresh, holds them idle for
+// cfg.Settle and samples the server: Server.RSSPerConnKiB is its RSS
+// growth from before the first connection divided by the connections.
+// Then it closes them all and connects them again, timed: ConnectPerS is
+// the set-up rate of known devices (handshake and authentication, no
+// registration).
 func Idle(ctx context.Context, cfg Config) (Report, error) {
 	if err := cfg.fill(); err != nil {
 		return Report{}, err
 	}
 	rep := Report{Scenario: "idle", Target: cfg.Target.Name(), Devices: cfg.Conns}
 	f := newFleet(&cfg, "i", cfg.Conns)
-	cfg.logf("%s: registering %d devices", cfg.Target.Name(), cfg.Conns)
-	if _, failed, err := f.dialAll(ctx, cfg.DialConcurrency); failed > 0 {
-		f.close()
-		return rep, fmt.Errorf("benchload: %d of %d devices failed to register: %w", failed, cfg.Conns, err)
-	}
-	f.close()
-	select {
-	case <-ctx.Done():
-		return rep, ctx.Err()
-	case <-time.After(cfg.Settle):
+	wait := func() error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(cfg.Settle):
+			return nil
+		}
 	}
 	before := cfg.sample()
+	cfg.logf("%s: connecting %d devices", cfg.Target.Name(), cfg.Conns)
+	if _, failed, err := f.dialAll(ctx, cfg.DialConcurrency); failed > 0 {
+		f.close()
+		return rep, fmt.Errorf("benchload: %d of %d devices failed to connect: %w", failed, cfg.Conns, err)
+	}
+	if err := wait(); err != nil {
+		f.close()
+		return rep, err
+	}
+	after := cfg.sample()
+	if s := serverDelta(cfg.ServerPID, before, after); s != nil {
+		s.RSSPerConnKiB = float64(after.RSSKiB-before.RSSKiB) / float64(cfg.Conns)
+		rep.Server = s
+	}
+	f.close()
+	if err := wait(); err != nil {
+		return rep, err
+	}
 	took, failed, err := f.dialAll(ctx, cfg.DialConcurrency)
 	defer f.close()
 	rep.ConnectS, rep.Failures = took.Seconds(), failed
@@ -517,19 +534,8 @@ func Idle(ctx context.Context, cfg Config) (Report, error) {
 	if err != nil {
 		cfg.logf("%s: %d connections failed, first: %v", cfg.Target.Name(), failed, err)
 	}
-	select {
-	case <-ctx.Done():
-		return rep, ctx.Err()
-	case <-time.After(cfg.Settle):
-	}
-	after := cfg.sample()
-	if s := serverDelta(cfg.ServerPID, before, after); s != nil {
-		if n := int64(cfg.Conns) - failed; n > 0 {
-			s.RSSPerConnKiB = float64(after.RSSKiB-before.RSSKiB) / float64(n)
-		}
-		rep.Server = s
-	}
-	cfg.logf("%s: %d connections in %.2f s (%.0f/s), %d failed", cfg.Target.Name(), cfg.Conns, rep.ConnectS, rep.ConnectPerS, failed)
+	cfg.logf("%s: %d idle connections: server RSS +%.1f KiB each; reconnected in %.2f s (%.0f/s), %d failed",
+		cfg.Target.Name(), cfg.Conns, rep.Server.rssPerConn(), rep.ConnectS, rep.ConnectPerS, failed)
 	return rep, ctx.Err()
 }
 
