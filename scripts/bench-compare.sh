@@ -9,7 +9,7 @@
 # built with `go install` into $BENCH_CACHE/bin (outside the module).
 #
 # Budgets (environment): PAIRS=100 RATE=2000 SWEEP=2000,2000,20000 DURATION=5s
-# GROUP=500 GROUP_RATE=100 CONNS=2000 SCENARIOS="pairs sweep group group-noacks idle reconnect".
+# GROUP=500 GROUP_RATE=100 IDLE_CONNS=5000 RECONNECT_CONNS=2000 SCENARIOS="pairs sweep group group-noacks idle reconnect".
 # A full run takes about 5-10 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,8 @@ SWEEP=${SWEEP:-2000,2000,20000}
 DURATION=${DURATION:-5s}
 GROUP=${GROUP:-500}
 GROUP_RATE=${GROUP_RATE:-100}
-CONNS=${CONNS:-2000}
+IDLE_CONNS=${IDLE_CONNS:-5000}
+RECONNECT_CONNS=${RECONNECT_CONNS:-2000}
 SCENARIOS=${SCENARIOS:-pairs sweep group group-noacks idle reconnect}
 CM_WS=127.0.0.1:7480
 CF_PORT=${CF_PORT:-8100}
@@ -114,8 +115,8 @@ for s in $SCENARIOS; do
         cp "$OUT/group.centrifugo.json" "$OUT/group-noacks.centrifugo.json"
       fi
       ;;
-    idle) bench $target idle --mode idle --conns "$CONNS" ;;
-    reconnect) if [[ $target == chatmesh ]]; then bench $target reconnect --mode reconnect --conns "$CONNS"; fi ;;
+    idle) bench $target idle --mode idle --conns "$IDLE_CONNS" ;;
+    reconnect) if [[ $target == chatmesh ]]; then bench $target reconnect --mode reconnect --conns "$RECONNECT_CONNS"; fi ;;
     esac
   done
 done
