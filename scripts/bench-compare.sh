@@ -8,7 +8,7 @@
 # Centrifugo is a benchmark tool only, never a dependency of chatmesh: it is
 # built with `go install` into $BENCH_CACHE/bin (outside the module).
 #
-# Budgets (environment): PAIRS=100 RATE=2000 SWEEP=2000,2000,20000 DURATION=5s
+# Budgets (environment): PAIRS=100 RATE=2000 SWEEP=1000,1000,20000 DURATION=5s
 # GROUP=500 GROUP_RATE=100 IDLE_CONNS=5000 RECONNECT_CONNS=2000 SCENARIOS="pairs sweep group group-noacks idle reconnect".
 # A full run takes about 5-10 minutes on 2 cores.
 set -euo pipefail
@@ -18,7 +18,7 @@ BENCH_CACHE=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chatmesh/bench}
 OUT=${OUT:-.chatmesh/bench/$(date +%Y%m%d-%H%M%S)}
 PAIRS=${PAIRS:-100}
 RATE=${RATE:-2000}
-SWEEP=${SWEEP:-2000,2000,20000}
+SWEEP=${SWEEP:-1000,1000,20000}
 DURATION=${DURATION:-5s}
 GROUP=${GROUP:-500}
 GROUP_RATE=${GROUP_RATE:-100}
@@ -126,5 +126,5 @@ echo
 echo "chatmesh (Pebble + embedded broker, fsync per commit) vs Centrifugo v6.9.1 (memory engine, nothing durable); reports in $OUT"
 bin/chatmesh bench --mode ratio --results "$OUT" | tee "$OUT/ratio.txt"
 if [[ -f $OUT/reconnect.chatmesh.json ]]; then
-  jq -r '"reconnect (chatmesh only): \(.devices) devices reconnect + handshake + sync in \(.catch_up_s) s, \(.failures) failures, \(.retries) retries"' "$OUT/reconnect.chatmesh.json" | tee -a "$OUT/ratio.txt"
+  jq -r '"reconnect (chatmesh only): \(.devices) devices reconnect + handshake + sync in \(.catch_up_s) s, \(.failures) failures, \(.retries // 0) retries"' "$OUT/reconnect.chatmesh.json" | tee -a "$OUT/ratio.txt"
 fi

@@ -228,9 +228,11 @@ func runBenchRatio(args []string, stdout, stderr io.Writer) error {
 		if err := readReport(f, &a); err != nil {
 			return err
 		}
+		if _, err := os.Stat(filepath.Join(*dir, name+".centrifugo.json")); err != nil {
+			continue // a chatmesh-only scenario (reconnect), or the peer's run failed
+		}
 		if err := readReport(filepath.Join(*dir, name+".centrifugo.json"), &b); err != nil {
-			fmt.Fprintf(stderr, "bench: %s: no centrifugo report: %v\n", name, err)
-			continue
+			return err
 		}
 		for _, m := range ratioMetrics(a, b) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, m.name, fmtNum(m.a), fmtNum(m.b), fmtRatio(m.a, m.b))

@@ -33,9 +33,11 @@ type Chatmesh struct {
 	// clients come from one address, which the edge's per-IP registration
 	// limit would refuse otherwise.
 	RegistrationToken string
-	// Acks makes devices acknowledge every delivery (DeliveryAck with
-	// req_id 0, one per delivery), as a real client acks what it stored;
-	// false sends none.
+	// Acks makes devices acknowledge deliveries as the SDK does once it
+	// has stored them: per conversation, a DeliveryAck for the highest seq
+	// received, at most one in flight (the next goes when the region has
+	// answered the last, for everything received meanwhile). false sends
+	// none.
 	Acks bool
 	// DialTimeout bounds one Dial (default 30 s).
 	DialTimeout time.Duration
@@ -171,6 +173,14 @@ type cmConn struct {
 	err     error
 	done    chan struct{}
 	closing atomic.Bool
+
+	acks map[string]*ackState // reader goroutine only
+}
+
+// ackState is one conversation's delivery acks (reader goroutine only).
+type ackState struct {
+	want, sent uint64
+	inflight   bool
 }
 
 func (c *cmConn) Done() <-chan struct{} { return c.done }
@@ -235,7 +245,7 @@ func (c *cmConn) handle(f *pb.ServerFrame) {
 			c.onPush(Push{Dest: m.GetConvId(), Seq: m.GetSeq(), Body: m.GetEnvelope().GetCiphertext(), At: time.Now()})
 		}
 		if c.t.Acks {
-			_ = c.send(context.Background(), &pb.ClientFrame{Body: &pb.ClientFrame_Ack{Ack: &pb.DeliveryAck{ConvId: m.GetConvId(), Seq: m.GetSeq()}}})
+			c.ack(m.GetConvId(), m.GetSeq())
 		}
 	case *pb.ServerFrame_Receipt:
 		c.t.Receipts.Add(1)
@@ -246,6 +256,34 @@ func (c *cmConn) handle(f *pb.ServerFrame) {
 			c.err = &core.WireError{Code: d.GetCode(), Detail: "disconnect: " + d.GetDetail()}
 		}
 		c.mu.Unlock()
+	}
+}
+
+// ack acknowledges conv up to seq, coalesced: one ack in flight per
+// conversation. It and the response callbacks run in the reader goroutine.
+func (c *cmConn) ack(conv string, seq uint64) {
+	if c.acks == nil {
+		c.acks = map[string]*ackState{}
+	}
+	st := c.acks[conv]
+	if st == nil {
+		st = &ackState{}
+		c.acks[conv] = st
+	}
+	st.want = max(st.want, seq)
+	if st.inflight || st.want <= st.sent {
+		return
+	}
+	st.inflight, st.sent = true, st.want
+	f := &pb.ClientFrame{Body: &pb.ClientFrame_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: st.sent}}}
+	err := c.begin(context.Background(), f, func(r *pb.Response) {
+		st.inflight = false
+		if r != nil && st.want > st.sent {
+			c.ack(conv, st.want)
+		}
+	})
+	if err != nil {
+		st.inflight = false
 	}
 }
 
