@@ -247,14 +247,14 @@ var filler = func() []byte {
 	return b
 }()
 
-// drive sends open loop at rate for cfg.Duration, spreading the slots
+// drive sends open loop at rate for dur, spreading the slots
 // over cfg.Workers pacing goroutines; each message carries its scheduled
 // time. It returns how long sending took.
-func (f *fleet) drive(ctx context.Context, chk *checker, slots []slot, rate float64) time.Duration {
+func (f *fleet) drive(ctx context.Context, chk *checker, slots []slot, rate float64, dur time.Duration) time.Duration {
 	cfg := f.cfg
 	w := min(cfg.Workers, len(slots))
 	start := time.Now()
-	deadline := start.Add(cfg.Duration)
+	deadline := start.Add(dur)
 	interval := time.Duration(float64(time.Second) * float64(w) / rate)
 	var wg sync.WaitGroup
 	for k := range w {
@@ -301,12 +301,12 @@ func (f *fleet) drive(ctx context.Context, chk *checker, slots []slot, rate floa
 
 // round runs one round of traffic at rate and waits (at most cfg.Drain)
 // for every answer and every expected delivery.
-func (f *fleet) round(ctx context.Context, n uint32, members [][]int, slots []slot, rate float64) (Traffic, *Server) {
+func (f *fleet) round(ctx context.Context, n uint32, members [][]int, slots []slot, rate float64, dur time.Duration) (Traffic, *Server) {
 	cfg := f.cfg
 	chk := newChecker(n, len(f.users), members)
 	f.chk.Store(chk)
 	before := cfg.sample()
-	sendTime := f.drive(ctx, chk, slots, rate)
+	sendTime := f.drive(ctx, chk, slots, rate, dur)
 	dctx, cancel := context.WithTimeout(ctx, cfg.Drain)
 	defer cancel()
 	for dctx.Err() == nil {
@@ -413,11 +413,16 @@ func sweep(ctx context.Context, cfg *Config, rates []float64, stopOnFail bool) (
 		return rep, err
 	}
 	defer f.close()
+	// Warm-up, not reported: one message per (sender, conversation), so
+	// that creating the conversations is not measured as throughput.
+	if t, _ := f.round(ctx, 1<<31, members, slots, float64(len(slots)), time.Second); t.Acked < t.Sent {
+		cfg.logf("%s: warm-up: %d of %d acknowledged", cfg.Target.Name(), t.Acked, t.Sent)
+	}
 	for i, rate := range rates {
 		if ctx.Err() != nil {
 			break
 		}
-		t, srv := f.round(ctx, uint32(i+1), members, slots, rate)
+		t, srv := f.round(ctx, uint32(i+1), members, slots, rate, cfg.Duration)
 		pass, why := verdict(cfg, rate, t)
 		rep.Rounds = append(rep.Rounds, Round{Rate: rate, Pass: pass, Why: why, Traffic: t, Server: srv})
 		cfg.logf("%s: pairs %.0f msg/s: acked %.0f/s, ack p50/p99 %.1f/%.1f ms, delivery p99 %.1f ms, missing %d: %s",
@@ -476,7 +481,7 @@ func Group(ctx context.Context, cfg Config) (Report, error) {
 	for s := range cfg.Senders {
 		slots = append(slots, slot{sender: s, dest: dest, conv: 0})
 	}
-	t, srv := f.round(ctx, 1, [][]int{all}, slots, cfg.Rate)
+	t, srv := f.round(ctx, 1, [][]int{all}, slots, cfg.Rate, cfg.Duration)
 	pass, why := verdict(&cfg, cfg.Rate, t)
 	rep.Rounds = []Round{{Rate: cfg.Rate, Pass: pass, Why: why, Traffic: t, Server: srv}}
 	if c, ok := cfg.Target.(*Chatmesh); ok {
@@ -561,8 +566,7 @@ func Reconnect(ctx context.Context, cfg Config) (Report, error) {
 		return rep, fmt.Errorf("benchload: reconnect: %s connections cannot sync", cfg.Target.Name())
 	}
 	// One message each way per pair, sent within one second.
-	cfg.Duration = time.Second
-	t, _ := f.round(ctx, 1, members, slots, float64(len(slots)))
+	t, _ := f.round(ctx, 1, members, slots, float64(len(slots)), time.Second)
 	if t.Acked < t.Sent || t.Checks.Missing > 0 {
 		return rep, fmt.Errorf("benchload: reconnect: warm-up incomplete: %d of %d acked, %d missing", t.Acked, t.Sent, t.Checks.Missing)
 	}
