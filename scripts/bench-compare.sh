@@ -9,7 +9,7 @@
 # built with `go install` into $BENCH_CACHE/bin (outside the module).
 #
 # Budgets (environment): PAIRS=100 RATE=2000 SWEEP=1000,1000,20000 DURATION=5s
-# GROUP=500 GROUP_RATE=100 IDLE_CONNS=5000 RECONNECT_CONNS=2000 SCENARIOS="pairs sweep group group-noacks idle reconnect".
+# GROUP=500 GROUP_RATE=100 GROUP_SWEEP=100,100,1000 GROUP_P99=150ms IDLE_CONNS=5000 RECONNECT_CONNS=2000 SCENARIOS="pairs sweep group group-noacks group-sweep idle reconnect".
 # A full run takes about 5-10 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +22,11 @@ SWEEP=${SWEEP:-1000,1000,20000}
 DURATION=${DURATION:-5s}
 GROUP=${GROUP:-500}
 GROUP_RATE=${GROUP_RATE:-100}
+GROUP_SWEEP=${GROUP_SWEEP:-100,100,1000}
+GROUP_P99=${GROUP_P99:-150ms}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 RECONNECT_CONNS=${RECONNECT_CONNS:-2000}
-SCENARIOS=${SCENARIOS:-pairs sweep group group-noacks idle reconnect}
+SCENARIOS=${SCENARIOS:-pairs sweep group group-noacks group-sweep idle reconnect}
 CM_WS=127.0.0.1:7480
 CF_PORT=${CF_PORT:-8100}
 TOKEN=bench-$RANDOM$RANDOM
@@ -115,6 +117,7 @@ for s in $SCENARIOS; do
         cp "$OUT/group.centrifugo.json" "$OUT/group-noacks.centrifugo.json"
       fi
       ;;
+    group-sweep) bench $target group-sweep --mode group --members "$GROUP" --sweep "$GROUP_SWEEP" --max-p99 "$GROUP_P99" --duration "$DURATION" ;;
     idle) bench $target idle --mode idle --conns "$IDLE_CONNS" ;;
     reconnect) if [[ $target == chatmesh ]]; then bench $target reconnect --mode reconnect --conns "$RECONNECT_CONNS"; fi ;;
     esac

@@ -53,8 +53,8 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	pid := fs.Int("server-pid", 0, "server process to sample for CPU (utime+stime) and RSS from /proc (0: none; the in-process region: this process)")
 	pairs := fs.Int("pairs", 100, "pairs: 1:1 pairs (2 devices each)")
 	rate := fs.Float64("rate", 0, "messages per second in total, open loop (default 1000 for pairs, 100 for group)")
-	sweepSpec := fs.String("sweep", "", "pairs: start,step,max — raise the rate each round on the same connections until a round fails (ack p99 > --max-p99, anything missing, rejected or failed); reports the highest passing rate")
-	maxP99 := fs.Duration("max-p99", time.Second, "pairs --sweep: the ack p99 bound of a passing round")
+	sweepSpec := fs.String("sweep", "", "pairs, group: start,step,max — raise the rate each round on the same connections until a round fails (ack or delivery p99 > --max-p99, anything missing, rejected or failed); reports the highest passing rate")
+	maxP99 := fs.Duration("max-p99", time.Second, "--sweep: the ack and delivery p99 bound of a passing round")
 	members := fs.Int("members", 500, "group: members (at most 500)")
 	senders := fs.Int("senders", 20, "group: members that send")
 	acks := fs.Bool("acks", true, "chatmesh: devices acknowledge every delivery (DeliveryAck); false sends none")
@@ -122,7 +122,15 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 			rep, err = benchload.Pairs(ctx, cfg)
 		}
 	case "group":
-		rep, err = benchload.Group(ctx, cfg)
+		if *sweepSpec != "" {
+			var start, step, maxRate float64
+			if start, step, maxRate, err = parseSweep(*sweepSpec); err != nil {
+				return err
+			}
+			rep, err = benchload.GroupSweep(ctx, cfg, start, step, maxRate)
+		} else {
+			rep, err = benchload.Group(ctx, cfg)
+		}
 	case "idle":
 		rep, err = benchload.Idle(ctx, cfg)
 	case "reconnect":
@@ -261,8 +269,11 @@ type metric struct {
 // scenario (chatmesh first).
 func ratioMetrics(a, b benchload.Report) []metric {
 	var ms []metric
-	if a.Scenario == "pairs" && len(a.Rounds) > 1 || b.Scenario == "pairs" && len(b.Rounds) > 1 {
+	if len(a.Rounds) > 1 || len(b.Rounds) > 1 {
 		ms = append(ms, metric{"highest passing rate (msg/s)", a.MaxPassingRate, b.MaxPassingRate})
+		if a.Scenario == "group" {
+			ms = append(ms, metric{"deliveries/s at that rate", passingDeliveries(a), passingDeliveries(b)})
+		}
 		return ms
 	}
 	if len(a.Rounds) > 0 && len(b.Rounds) > 0 {
@@ -309,4 +320,15 @@ func fmtRatio(a, b float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2fx", a/b)
+}
+
+// passingDeliveries is the delivery rate of a sweep's last passing round.
+func passingDeliveries(r benchload.Report) float64 {
+	v := 0.0
+	for _, rd := range r.Rounds {
+		if rd.Pass {
+			v = rd.Traffic.DeliveredPerS
+		}
+	}
+	return v
 }

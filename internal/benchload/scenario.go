@@ -346,6 +346,8 @@ func verdict(cfg *Config, rate float64, t Traffic) (bool, string) {
 		return false, fmt.Sprintf("%d failed, %d unanswered", t.Failed, t.Unanswered)
 	case t.AckLatency.P99 > float64(cfg.MaxP99.Milliseconds()):
 		return false, fmt.Sprintf("ack p99 %.0f ms > %v", t.AckLatency.P99, cfg.MaxP99)
+	case t.DeliveryLatency.P99 > float64(cfg.MaxP99.Milliseconds()):
+		return false, fmt.Sprintf("delivery p99 %.0f ms > %v", t.DeliveryLatency.P99, cfg.MaxP99)
 	case t.SendS > 0 && float64(t.Sent)/t.SendS < 0.9*rate:
 		return false, fmt.Sprintf("load generator sent only %.0f/s", float64(t.Sent)/t.SendS)
 	case t.SendLag.P99 > float64(cfg.MaxP99.Milliseconds()):
@@ -396,12 +398,9 @@ func Sweep(ctx context.Context, cfg Config, start, step, max float64) (Report, e
 	if err := cfg.fill(); err != nil {
 		return Report{}, err
 	}
-	if start <= 0 || step <= 0 || max < start {
-		return Report{}, fmt.Errorf("benchload: sweep %v,%v,%v: want 0 < start <= max and step > 0", start, step, max)
-	}
-	var rates []float64
-	for r := start; r <= max && len(rates) < 100; r += step {
-		rates = append(rates, r)
+	rates, err := sweepRates(start, step, max)
+	if err != nil {
+		return Report{}, err
 	}
 	return sweep(ctx, &cfg, rates, true)
 }
@@ -455,12 +454,42 @@ func Group(ctx context.Context, cfg Config) (Report, error) {
 	if cfg.Rate <= 0 {
 		cfg.Rate = 100
 	}
+	return group(ctx, &cfg, []float64{cfg.Rate}, false)
+}
+
+// GroupSweep runs the group at start, start+step, ... up to max group
+// messages per second on the same connections, stopping at the first
+// round that fails (as Sweep: ack or delivery p99 above cfg.MaxP99,
+// anything missing, rejected or failed).
+func GroupSweep(ctx context.Context, cfg Config, start, step, max float64) (Report, error) {
+	if err := cfg.fill(); err != nil {
+		return Report{}, err
+	}
+	rates, err := sweepRates(start, step, max)
+	if err != nil {
+		return Report{}, err
+	}
+	return group(ctx, &cfg, rates, true)
+}
+
+func sweepRates(start, step, max float64) ([]float64, error) {
+	if start <= 0 || step <= 0 || max < start {
+		return nil, fmt.Errorf("benchload: sweep %v,%v,%v: want 0 < start <= max and step > 0", start, step, max)
+	}
+	var rates []float64
+	for r := start; r <= max && len(rates) < 100; r += step {
+		rates = append(rates, r)
+	}
+	return rates, nil
+}
+
+func group(ctx context.Context, cfg *Config, rates []float64, stopOnFail bool) (Report, error) {
 	rep := Report{Scenario: "group", Target: cfg.Target.Name(), Devices: cfg.Members, Members: cfg.Members, Senders: cfg.Senders}
 	if c, ok := cfg.Target.(*Chatmesh); ok {
 		acks := c.Acks
 		rep.Acks = &acks
 	}
-	f := newFleet(&cfg, "g", cfg.Members)
+	f := newFleet(cfg, "g", cfg.Members)
 	cfg.logf("%s: connecting %d group members", cfg.Target.Name(), cfg.Members)
 	if _, failed, err := f.dialAll(ctx, cfg.DialConcurrency); failed > 0 {
 		f.close()
@@ -481,14 +510,24 @@ func Group(ctx context.Context, cfg Config) (Report, error) {
 	for s := range cfg.Senders {
 		slots = append(slots, slot{sender: s, dest: dest, conv: 0})
 	}
-	t, srv := f.round(ctx, 1, [][]int{all}, slots, cfg.Rate, cfg.Duration)
-	pass, why := verdict(&cfg, cfg.Rate, t)
-	rep.Rounds = []Round{{Rate: cfg.Rate, Pass: pass, Why: why, Traffic: t, Server: srv}}
+	for i, rate := range rates {
+		if ctx.Err() != nil {
+			break
+		}
+		t, srv := f.round(ctx, uint32(i+1), [][]int{all}, slots, rate, cfg.Duration)
+		pass, why := verdict(cfg, rate, t)
+		rep.Rounds = append(rep.Rounds, Round{Rate: rate, Pass: pass, Why: why, Traffic: t, Server: srv})
+		cfg.logf("%s: group %d members, %.0f msg/s: %.0f deliveries/s, delivery p50/p99 %.1f/%.1f ms, missing %d: %s",
+			cfg.Target.Name(), cfg.Members, rate, t.DeliveredPerS, t.DeliveryLatency.P50, t.DeliveryLatency.P99, t.Checks.Missing, passWord(pass, why))
+		if pass {
+			rep.MaxPassingRate = rate
+		} else if stopOnFail {
+			break
+		}
+	}
 	if c, ok := cfg.Target.(*Chatmesh); ok {
 		rep.Receipts = c.Receipts.Load()
 	}
-	cfg.logf("%s: group %d members, %.0f msg/s: %.0f deliveries/s, delivery p50/p99 %.1f/%.1f ms, missing %d",
-		cfg.Target.Name(), cfg.Members, cfg.Rate, t.DeliveredPerS, t.DeliveryLatency.P50, t.DeliveryLatency.P99, t.Checks.Missing)
 	return rep, ctx.Err()
 }
 
