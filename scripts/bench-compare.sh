@@ -9,7 +9,7 @@
 # built with `go install` into $BENCH_CACHE/bin (outside the module).
 #
 # Budgets (environment): PAIRS=100 RATE=2000 SWEEP=1000,1000,20000 DURATION=5s
-# GROUP=500 GROUP_RATE=100 GROUP_SWEEP=100,100,1000 GROUP_P99=150ms IDLE_CONNS=5000 RECONNECT_CONNS=2000 SCENARIOS="pairs sweep group group-noacks group-sweep idle reconnect".
+# GROUP=500 GROUP_RATE=100 GROUP_SWEEP=50,50,500 GROUP_P99=150ms IDLE_CONNS=5000 RECONNECT_CONNS=2000 SCENARIOS="pairs sweep group group-noacks group-sweep idle reconnect".
 # A full run takes about 5-10 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ SWEEP=${SWEEP:-1000,1000,20000}
 DURATION=${DURATION:-5s}
 GROUP=${GROUP:-500}
 GROUP_RATE=${GROUP_RATE:-100}
-GROUP_SWEEP=${GROUP_SWEEP:-100,100,1000}
+GROUP_SWEEP=${GROUP_SWEEP:-50,50,500}
 GROUP_P99=${GROUP_P99:-150ms}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 RECONNECT_CONNS=${RECONNECT_CONNS:-2000}
