@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO ?= go
 
-.PHONY: run build test test-unit fuzz bench soak soak-one-region generate vet clean
+.PHONY: run build test test-unit fuzz bench bench-compare soak soak-one-region generate vet clean
 
 ## run: start the whole mesh (three regions in one process) on its embedded default: kfake + Pebble
 run:
@@ -25,6 +25,11 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
+
+## bench-compare: chatmesh dev (1 region) vs Centrifugo v6.9.1 (memory engine), cheap clients, ratio table
+## (builds Centrifugo once into ~/.cache/chatmesh/bench/bin; budgets: see scripts/bench-compare.sh)
+bench-compare:
+	./scripts/bench-compare.sh
 
 ## soak: 30 minutes of the three-region simulator, seed after seed (PostgreSQL from Debian; not part of make test)
 ## SOAK=30m SEED=1 override the budget and the first seed; reports go to .chatmesh/soak/seed-N/

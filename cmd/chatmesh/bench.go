@@ -21,7 +21,18 @@ import (
 )
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	mode := benchMode(args)
+	switch mode {
+	case "e2e":
+	case "pairs", "group", "idle", "reconnect":
+		return runBenchCheap(ctx, args, stdout, stderr)
+	case "ratio":
+		return runBenchRatio(args, stdout, stderr)
+	default:
+		return fmt.Errorf("bench: unknown --mode %q (e2e, pairs, group, idle, reconnect, ratio)", mode)
+	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.String("mode", "e2e", "e2e: end-to-end encrypting SDK clients (this mode); pairs, group, idle, reconnect: cheap clients (see chatmesh bench --mode pairs -h); ratio: compare reports")
 	fs.SetOutput(stderr)
 	edgeURL := fs.String("edge", "", "edge URL(s), comma-separated; empty starts an in-process region (embedded, or --kafka/--pg)")
 	certHash := fs.String("cert-hash", "", "hex SHA-256 of the edge's WebTransport certificate")

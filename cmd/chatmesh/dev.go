@@ -13,6 +13,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/edge"
+	"github.com/chatmesh/chatmesh/internal/benchload"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
 )
@@ -32,6 +33,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	pgSchema := fs.String("pg-schema", "", "PostgreSQL schema to use (created if absent)")
 	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit of the edge (0: edge default)")
 	adm := addAdmissionFlags(fs)
+	bench := fs.Bool("bench", false, "benchmark target: lift the edge's per-IP and per-device budgets and per-IP connection limits so that many load clients from this host are served (chatmesh bench --edge); keeps the total connection limit and ingress admission. Load clients register with a --registration-token. Never in production")
 	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
 	regions := fs.Int("regions", 3, "regions to run: 1 (a single region) or 2..3 (a mesh: eu-central on 127.0.1.1, us-east on 127.0.2.1, ap-southeast on 127.0.3.1)")
 	locate := fs.String("locate", "127.0.0.1:7470", "mesh only: also serve the locator (GET /v1/locate) here; - disables")
@@ -49,14 +51,19 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if *regions > 1 {
 		mc := meshDev{data: *data, ws: *ws, wt: *wt, kafka: *kafka, pg: *pg, pgSchema: *pgSchema, regions: *regions,
-			locate: *locate, maxConns: *maxConns, adm: adm, webhook: *webhook, raftPort: *raftPort, dirPort: *dirPort}
+			locate: *locate, maxConns: *maxConns, adm: adm, bench: *bench, webhook: *webhook, raftPort: *raftPort, dirPort: *dirPort}
 		return mc.run(ctx, logger, stdout)
 	}
 	cfg := stack.Config{
 		DataDir: *data, PostgresDSN: *pg, Region: *regionName, EdgeID: *edgeID,
 		WSAddr: *ws, WTAddr: *wt, Logger: logger, MaxConnsPerIP: *maxConns,
 		Namespace: *namespace, PGSchema: *pgSchema,
-		EdgeConfig: func(c *edge.Config) { adm.apply(&c.Admission) },
+		EdgeConfig: func(c *edge.Config) {
+			adm.apply(&c.Admission)
+			if *bench {
+				benchload.LiftLimits(c, "")
+			}
+		},
 	}
 	if *kafka != "" {
 		cfg.KafkaBrokers = strings.Split(*kafka, ",")

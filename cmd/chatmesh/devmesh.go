@@ -15,6 +15,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/edge"
+	"github.com/chatmesh/chatmesh/internal/benchload"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
 )
@@ -24,6 +25,7 @@ type meshDev struct {
 	data, ws, wt, kafka, pg, pgSchema, locate, webhook string
 	regions, maxConns, raftPort, dirPort               int
 	adm                                                *admissionFlags
+	bench                                              bool // benchload.LiftLimits on every edge
 }
 
 // port returns the port of a host:port flag.
@@ -58,7 +60,12 @@ func (d meshDev) run(ctx context.Context, logger *slog.Logger, stdout io.Writer)
 	}
 	cfg := stack.MeshConfig{DataDir: d.data, Regions: regions, PostgresDSN: d.pg, PGSchema: d.pgSchema,
 		WTDisabled: d.wt == "-", MaxConnsPerIP: d.maxConns, Logger: logger,
-		EdgeConfig: func(_ string, c *edge.Config) { d.adm.apply(&c.Admission) }}
+		EdgeConfig: func(_ string, c *edge.Config) {
+			d.adm.apply(&c.Admission)
+			if d.bench {
+				benchload.LiftLimits(c, "")
+			}
+		}}
 	if d.locate != "-" {
 		cfg.LocateAddr = d.locate
 	}

@@ -2,7 +2,9 @@
 //
 //	chatmesh dev      the whole region in one process: edge (WebSocket and
 //	                  WebTransport), region services, an embedded Kafka
-//	                  broker (or --kafka) and a Pebble store (or --pg)
+//	                  broker (or --kafka) and a Pebble store (or --pg);
+//	                  --bench lifts the per-IP and per-device limits for
+//	                  load from one host (benchmarks only)
 //	chatmesh region   the region services alone: sequencer (consumer-group
 //	                  member) and the HTTP API edges call; needs --kafka.
 //	                  With --directory-peers a mesh member: the region's
@@ -20,7 +22,13 @@
 //	                  (--listen, --data; prints BROKER {json}): the region
 //	                  simulator's per-region Kafka, which it SIGKILLs
 //	chatmesh chat     the command-line client, interactive or scriptable
-//	chatmesh bench    the load generator: N clients over the real protocol
+//	chatmesh bench    the load generator: N clients over the real protocol.
+//	                  --mode e2e (default): end-to-end encrypting SDK clients
+//	                  (internal/loadgen); --mode pairs|group|idle|reconnect:
+//	                  cheap clients that measure the server (internal/benchload),
+//	                  against --edge (chatmesh dev --bench, or --target
+//	                  centrifugo) or an in-process region; --mode ratio: the
+//	                  table of make bench-compare
 //	chatmesh sim      the region simulator: traffic while the region process
 //	                  is SIGKILLed and restarted; checks the invariants
 //	chatmesh directory  operator commands for the region directory (status,
