@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -39,8 +40,20 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	locate := fs.String("locate", "127.0.0.1:7470", "mesh only: also serve the locator (GET /v1/locate) here; - disables")
 	raftPort := fs.Int("raft-port", 7491, "mesh only: each region's directory voter's raft port (on its 127.0.N.1); keep it across restarts")
 	dirPort := fs.Int("dir-port", 7492, "mesh only: each region's directory voter's HTTP port")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole process to this file until it stops (for chatmesh bench runs)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
