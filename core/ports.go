@@ -221,6 +221,14 @@ type Store interface {
 	Close() error
 }
 
+// CursorBatcher is the optional Store capability to persist the cursor
+// moves of a sequencer batch at once: the result is that of calling
+// AdvanceCursor for each move in order (cursors only move forward). Both
+// store implementations provide it.
+type CursorBatcher interface {
+	AdvanceCursors(ctx context.Context, moves []CursorMove) error
+}
+
 // Batcher is the optional Store capability for group commit: the
 // sequencer stores every entry of a consumed batch of ingress records in
 // one WriteBatch and makes them durable with one commit (one fsync),

@@ -197,6 +197,12 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	if err := r.produceNow(ctx, out...); err != nil {
 		return err
 	}
+	if cb, ok := r.store.(core.CursorBatcher); ok {
+		if err := cb.AdvanceCursors(ctx, b.cursors); err != nil {
+			return fmt.Errorf("cursors: %w", err)
+		}
+		return nil
+	}
 	for _, mv := range b.cursors {
 		if _, _, err := r.store.AdvanceCursor(ctx, mv.Conv, mv.Dev, mv.Kind, mv.Seq); err != nil {
 			return fmt.Errorf("cursor %s %s: %w", mv.Conv, mv.Dev, err)

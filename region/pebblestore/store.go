@@ -816,6 +816,83 @@ func (s *Store) AdvanceCursor(ctx context.Context, conv string, dev core.DeviceK
 	return prev, true, nil
 }
 
+// AdvanceCursors implements core.CursorBatcher: the moves' stripes taken
+// in order, every cursor moved forward in one batch, committed like
+// AdvanceCursor's without waiting for the fsync.
+func (s *Store) AdvanceCursors(ctx context.Context, moves []core.CursorMove) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if len(moves) == 0 {
+		return nil
+	}
+	idx := make([]uint64, 0, len(moves))
+	for _, mv := range moves {
+		if mv.Kind != core.CursorDelivered && mv.Kind != core.CursorRead {
+			return fmt.Errorf("pebblestore: cursor kind %d: %w", mv.Kind, core.ErrInvalidArgument)
+		}
+		if err := errors.Join(checkID("conversation id", mv.Conv), checkID("user id", mv.Dev.User)); err != nil {
+			return err
+		}
+		idx = append(idx, maphash.String(s.seed, mv.Conv)%uint64(len(s.cursorMu)))
+	}
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	for _, i := range idx {
+		s.cursorMu[i].Lock()
+	}
+	defer func() {
+		for _, i := range idx {
+			s.cursorMu[i].Unlock()
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	type cur struct{ delivered, read uint64 }
+	type key struct {
+		conv string
+		dev  core.DeviceKey
+	}
+	cursors := map[key]*cur{}
+	var order []key
+	for _, mv := range moves {
+		k := key{mv.Conv, mv.Dev}
+		c, ok := cursors[k]
+		if !ok {
+			v, found, err := s.get(cursorConvKey(mv.Conv, mv.Dev))
+			if err != nil {
+				return err
+			}
+			c = &cur{}
+			if found {
+				if c.delivered, c.read, err = decodeCursor(v); err != nil {
+					return err
+				}
+			}
+			cursors[k] = c
+			order = append(order, k)
+		}
+		p := &c.delivered
+		if mv.Kind == core.CursorRead {
+			p = &c.read
+		}
+		*p = max(*p, mv.Seq)
+	}
+	b := s.db.NewBatch()
+	var errs []error
+	for _, k := range order {
+		c := cursors[k]
+		val := encodeCursor(c.delivered, c.read)
+		errs = append(errs, b.Set(cursorConvKey(k.conv, k.dev), val, nil), b.Set(cursorDevKey(k.dev, k.conv), val, nil))
+	}
+	if err := errors.Join(errs...); err != nil {
+		_ = b.Close()
+		return fmt.Errorf("pebblestore: batch: %w", err)
+	}
+	return commitNoSync(b)
+}
+
 // Cursors implements core.Store.
 func (s *Store) Cursors(ctx context.Context, dev core.DeviceKey) ([]core.Cursor, error) {
 	if err := s.check(); err != nil {

@@ -686,6 +686,41 @@ func (s *Store) AdvanceCursor(ctx context.Context, conv string, dev core.DeviceK
 	return prev, moved, nil
 }
 
+// AdvanceCursors implements core.CursorBatcher: one statement, each
+// cursor moved to the greatest of its stored and its moved values.
+func (s *Store) AdvanceCursors(ctx context.Context, moves []core.CursorMove) error {
+	if len(moves) == 0 {
+		return nil
+	}
+	convs, users := make([]string, len(moves)), make([]string, len(moves))
+	devs, ds, rs := make([]int64, len(moves)), make([]int64, len(moves)), make([]int64, len(moves))
+	for i, mv := range moves {
+		if mv.Kind != core.CursorDelivered && mv.Kind != core.CursorRead {
+			return fmt.Errorf("pgstore: cursor kind %d: %w", mv.Kind, core.ErrInvalidArgument)
+		}
+		if mv.Seq > math.MaxInt64 {
+			return fmt.Errorf("pgstore: cursor seq %d out of range: %w", mv.Seq, core.ErrInvalidArgument)
+		}
+		convs[i], users[i], devs[i] = mv.Conv, mv.Dev.User, int64(mv.Dev.Device)
+		if mv.Kind == core.CursorRead {
+			rs[i] = int64(mv.Seq)
+		} else {
+			ds[i] = int64(mv.Seq)
+		}
+	}
+	// Seqs stay below 2^63, so comparing them in SQL (GREATEST) is safe.
+	return s.tx(ctx, "advance cursors", func(ctx context.Context, tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO cursors (conv_id, user_id, device_id, delivered_seq, read_seq)
+SELECT conv_id, user_id, device_id, max(d), max(r)
+FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[]) AS m(conv_id, user_id, device_id, d, r)
+GROUP BY conv_id, user_id, device_id
+ON CONFLICT (conv_id, user_id, device_id) DO UPDATE SET
+	delivered_seq = GREATEST(cursors.delivered_seq, excluded.delivered_seq),
+	read_seq = GREATEST(cursors.read_seq, excluded.read_seq)`, convs, users, devs, ds, rs)
+		return err
+	})
+}
+
 func (s *Store) cursors(ctx context.Context, what, where string, args ...any) ([]core.Cursor, error) {
 	rows, err := s.q.Query(ctx, "SELECT conv_id, user_id, device_id, delivered_seq, read_seq FROM cursors WHERE "+where, args...)
 	if err != nil {

@@ -288,3 +288,55 @@ func testConcurrentRoutes(t *testing.T, s core.Store) {
 		t.Fatalf("ClearEdgeRoutes(e3) removed %d, %v; want %d", len(gone), err, users*devices)
 	}
 }
+
+// AdvanceCursors ends where AdvanceCursor called for each move in order
+// would: cursors only move forward, a device moved twice keeps the
+// greatest, delivered and read move separately, other devices untouched.
+func testAdvanceCursors(t *testing.T, s core.Store) {
+	ctx := t.Context()
+	cb, ok := s.(core.CursorBatcher)
+	if !ok {
+		t.Fatalf("%T does not implement core.CursorBatcher", s)
+	}
+	a1, a2, b1 := core.DeviceKey{User: "a", Device: 1}, core.DeviceKey{User: "a", Device: 2}, core.DeviceKey{User: "b", Device: 1}
+	if _, _, err := s.AdvanceCursor(ctx, "g:x:c", a1, core.CursorDelivered, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.AdvanceCursor(ctx, "g:x:c", b1, core.CursorRead, 4); err != nil {
+		t.Fatal(err)
+	}
+	moves := []core.CursorMove{
+		{Conv: "g:x:c", Dev: a1, Kind: core.CursorDelivered, Seq: 7}, // behind: stays 10
+		{Conv: "g:x:c", Dev: a1, Kind: core.CursorRead, Seq: 6},
+		{Conv: "g:x:c", Dev: a2, Kind: core.CursorDelivered, Seq: 3},
+		{Conv: "g:x:c", Dev: a2, Kind: core.CursorDelivered, Seq: 9}, // twice: the greatest
+		{Conv: "g:x:c", Dev: a2, Kind: core.CursorDelivered, Seq: 5},
+		{Conv: "g:x:d", Dev: a2, Kind: core.CursorRead, Seq: 2},
+		{Conv: "g:x:c", Dev: b1, Kind: core.CursorDelivered, Seq: 8},
+	}
+	if err := cb.AdvanceCursors(ctx, moves); err != nil {
+		t.Fatal(err)
+	}
+	if err := cb.AdvanceCursors(ctx, nil); err != nil {
+		t.Fatalf("no moves: %v", err)
+	}
+	got, err := s.ConvCursors(ctx, "g:x:c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []core.Cursor{
+		{Conv: "g:x:c", Device: a1, Delivered: 10, Read: 6},
+		{Conv: "g:x:c", Device: a2, Delivered: 9},
+		{Conv: "g:x:c", Device: b1, Delivered: 8, Read: 4},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("cursors of g:x:c:\n got %v\nwant %v", got, want)
+	}
+	dev, err := s.Cursors(ctx, a2)
+	if err != nil || len(dev) != 2 || dev[1].Conv != "g:x:d" || dev[1].Read != 2 {
+		t.Fatalf("cursors of a.2: %v, %v", dev, err)
+	}
+	if err := cb.AdvanceCursors(ctx, []core.CursorMove{{Conv: "g:x:c", Dev: a1, Kind: 9, Seq: 1}}); !errors.Is(err, core.ErrInvalidArgument) {
+		t.Fatalf("bad kind: %v", err)
+	}
+}

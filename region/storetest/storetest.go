@@ -62,6 +62,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"BatchDiscard", testBatchDiscard},
 		{"BatchConflict", testBatchConflict},
 		{"ConcurrentRoutes", testConcurrentRoutes},
+		{"AdvanceCursors", testAdvanceCursors},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
