@@ -455,36 +455,24 @@ func (b *Bus) EnsureTopic(ctx context.Context, topic string, partitions int) err
 	if topic == "" || partitions < 1 {
 		return fmt.Errorf("kafkabus: ensure topic %q: %w: need a name and partitions >= 1", topic, core.ErrInvalidArgument)
 	}
-	conn, err := b.dialAny(ctx)
-	if err != nil {
-		return fmt.Errorf("kafkabus: ensure topic %q: %w", topic, err)
-	}
-	brokers, err := conn.Brokers()
-	if err != nil {
-		conn.Close()
-		return fmt.Errorf("kafkabus: ensure topic %q: list brokers: %w", topic, err)
-	}
-	ctrl, err := conn.Controller()
-	conn.Close()
-	if err != nil {
-		return fmt.Errorf("kafkabus: ensure topic %q: find controller: %w", topic, err)
-	}
-	rf := b.cfg.ReplicationFactor
-	if rf <= 0 {
-		rf = min(3, len(brokers))
-	}
-	cc, err := b.dialer.DialContext(ctx, "tcp", net.JoinHostPort(ctrl.Host, fmt.Sprint(ctrl.Port)))
-	if err != nil {
-		return fmt.Errorf("kafkabus: ensure topic %q: dial controller: %w", topic, err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = cc.SetDeadline(dl)
-	}
-	// Conn.CreateTopics treats TopicAlreadyExists as success.
-	err = cc.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: rf})
-	cc.Close()
-	if err != nil {
-		return fmt.Errorf("kafkabus: ensure topic %q: create: %w", topic, err)
+	// A broker may be down or restarting (its metadata still names it, or
+	// it was the controller we were told about): the whole step is retried
+	// for up to ensureTopicRetry, reading the metadata again each time.
+	var brokers []kafka.Broker
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		var err error
+		brokers, err = b.createTopic(ctx, topic, partitions)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !retriableCreate(err) || time.Since(start) > ensureTopicRetry {
+			return fmt.Errorf("kafkabus: ensure topic %q: %w", topic, err)
+		}
+		b.log.Debug("ensure topic: retrying", "topic", topic, "attempt", attempt+1, "err", err)
+		if !sleepCtx(ctx, backoff(attempt, 50*time.Millisecond, time.Second)) {
+			return fmt.Errorf("kafkabus: ensure topic %q: %w (after %w)", topic, ctx.Err(), err)
+		}
 	}
 	// Wait until every broker's metadata shows a leader for every
 	// partition: a client may ask any broker next.
@@ -503,15 +491,67 @@ func (b *Bus) EnsureTopic(ctx context.Context, topic string, partitions int) err
 	}
 }
 
-// topicReadyEverywhere asks each broker for the topic's metadata and reports
-// the partition count and whether every broker shows a leader for every
-// partition.
+// ensureTopicRetry bounds how long EnsureTopic retries creating a topic
+// while brokers are unreachable or too few are up for its replication.
+const ensureTopicRetry = 60 * time.Second
+
+// createTopic creates topic through the controller named by any reachable
+// broker and returns the brokers that metadata listed.
+func (b *Bus) createTopic(ctx context.Context, topic string, partitions int) ([]kafka.Broker, error) {
+	conn, err := b.dialAny(ctx)
+	if err != nil {
+		return nil, err
+	}
+	brokers, err := conn.Brokers()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("list brokers: %w", err)
+	}
+	ctrl, err := conn.Controller()
+	conn.Close()
+	if err != nil {
+		return nil, fmt.Errorf("find controller: %w", err)
+	}
+	rf := b.cfg.ReplicationFactor
+	if rf <= 0 {
+		rf = min(3, len(brokers))
+	}
+	cc, err := b.dialer.DialContext(ctx, "tcp", net.JoinHostPort(ctrl.Host, fmt.Sprint(ctrl.Port)))
+	if err != nil {
+		return nil, fmt.Errorf("dial controller: %w", err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = cc.SetDeadline(dl)
+	}
+	// Conn.CreateTopics treats TopicAlreadyExists as success.
+	err = cc.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: rf})
+	cc.Close()
+	if err != nil {
+		return nil, fmt.Errorf("create: %w", err)
+	}
+	return brokers, nil
+}
+
+// retriableCreate tells a failure worth retrying (a broker unreachable,
+// not the controller, too few up for the replication factor) from one
+// that will not change (an invalid name, a policy).
+func retriableCreate(err error) bool {
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		return ke.Temporary() || ke == kafka.InvalidReplicationFactor || ke == kafka.NotController || ke == kafka.BrokerNotAvailable
+	}
+	return true // dial and I/O errors
+}
+
+// topicReadyEverywhere asks each reachable broker for the topic's
+// metadata and reports the partition count and whether every one of them
+// shows a leader for every partition (false when none answers).
 func (b *Bus) topicReadyEverywhere(ctx context.Context, topic string, brokers []kafka.Broker) (int, bool) {
 	n := -1
 	for _, br := range brokers {
 		c, err := b.dialer.DialContext(ctx, "tcp", net.JoinHostPort(br.Host, fmt.Sprint(br.Port)))
 		if err != nil {
-			return 0, false
+			continue // down: it serves no client either; the others must agree
 		}
 		if dl, ok := ctx.Deadline(); ok {
 			_ = c.SetDeadline(dl)
