@@ -285,8 +285,11 @@ func (c *committer) commit() {
 }
 
 // batchGap is how long runPartition waits for a further, already fetched
-// record before it hands a batch over.
-const batchGap = 200 * time.Microsecond
+// record before it hands a batch over. Records of one fetch response reach
+// the reader's queue microseconds apart, so a short gap still gathers a
+// whole response; every batch waits it once, so it adds to latency (it was
+// 200µs).
+const batchGap = 50 * time.Microsecond
 
 // runPartition fetches one partition from start (an absolute offset or
 // kafka.FirstOffset/LastOffset) and hands its records to h in order, up to

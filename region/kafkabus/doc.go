@@ -18,8 +18,11 @@
 // it with one WriteMessages call, so whatever arrives while a write is in
 // flight goes out together in the next one. This matters because kafka-go
 // sends one batch per partition at a time and closes a batch BatchTimeout
-// (1ms) after its first record: with many callers and a round trip of tens
-// of milliseconds it sends one tiny batch after another. Measured with 64
+// after its first record: with many callers and a round trip of tens of
+// milliseconds it sends one tiny batch after another. Since the flusher
+// already gathers the records, BatchTimeout defaults to 20µs (the records
+// of one WriteMessages call for one partition always share a batch), so a
+// lone record is not held back a millisecond on each of its two produces. Measured with 64
 // concurrent single-record callers on the 3-node cluster (heavily loaded
 // machine): 6.2 ms/record (1 record per batch) without group commit,
 // 1.1-3.9 ms/record (4 per batch) with it, over several runs of
