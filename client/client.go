@@ -824,7 +824,7 @@ func (c *Client) request(ctx context.Context, op string, f *pb.ClientFrame, retr
 		switch {
 		case errors.Is(err, ErrSessionLost):
 		case errors.As(err, &we) && retryable(we.Code):
-			if err := sleepCtx(ctx, backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)); err != nil {
+			if err := sleepCtx(ctx, max(backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(err))); err != nil {
 				return nil, fmt.Errorf("client: %s: %w", op, err)
 			}
 		default:
@@ -996,7 +996,7 @@ func (c *Client) sendDone(s *session, req *pb.SendRequest, r *pb.Response, err e
 	case errors.As(err, &we) && !retryable(we.Code):
 		c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: id, Err: err})
 	default: // transient server error or ack timeout
-		d := backoff(c.outbox.attempts(id), c.cfg.MinBackoff, c.cfg.MaxBackoff)
+		d := max(backoff(c.outbox.attempts(id), c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(err))
 		c.log.Debug("client: send will be retried", "conv", req.GetConvId(), "client_msg_id", id, "err", err, "in", d)
 		c.outbox.release(id, time.Now().Add(d))
 	}

@@ -83,7 +83,8 @@
 // in outbox order, up to Config.SendWindow per conversation at once, and
 // resends with the same client message id after a lost session, an ack
 // timeout, or a transient error (UNAVAILABLE, RATE_LIMITED, ...) with
-// exponential backoff; the server deduplicates on (conversation, device,
+// exponential backoff, waiting at least the error's retry_after_ms (at
+// most 5 min); the server deduplicates on (conversation, device,
 // client message id) and acks a duplicate with the original seq. A
 // SendAck removes the entry and emits SendAckedEvent; a permanent error
 // (NOT_MEMBER, NOT_FOUND, INVALID_ARGUMENT, FORBIDDEN, GROUP_FULL) removes

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"slices"
 	"time"
+
+	"github.com/chatmesh/chatmesh/core"
 )
 
 // edgeTarget is one place the client may connect to, with what it pins.
@@ -154,12 +156,17 @@ func (c *Client) locatedTargets(loc Located) []edgeTarget {
 // maxRetryAfter caps the wait a locator may impose on the client.
 const maxRetryAfter = 5 * time.Minute
 
-// retryAfter is the wait a locator asked for (LocateError.RetryAfter, at
-// most maxRetryAfter), 0 if err is not such a refusal.
+// retryAfter is the wait a locator or the server asked for
+// (LocateError.RetryAfter, or a wire error's retry_after_ms), at most
+// maxRetryAfter; 0 if err carries none.
 func retryAfter(err error) time.Duration {
 	var le *LocateError
 	if errors.As(err, &le) {
 		return min(le.RetryAfter, maxRetryAfter)
+	}
+	var we *core.WireError
+	if errors.As(err, &we) {
+		return min(we.RetryAfter, maxRetryAfter)
 	}
 	return 0
 }

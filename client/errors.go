@@ -2,6 +2,7 @@ package client
 
 import (
 	"errors"
+	"time"
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
@@ -51,5 +52,5 @@ func wireErr(e *pb.Error) error {
 	if e == nil || e.GetCode() == pb.ErrorCode_ERROR_CODE_OK {
 		return nil
 	}
-	return &core.WireError{Code: e.GetCode(), Detail: e.GetDetail()}
+	return &core.WireError{Code: e.GetCode(), Detail: e.GetDetail(), RetryAfter: time.Duration(e.GetRetryAfterMs()) * time.Millisecond}
 }

@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/chatmesh/chatmesh/core/pb"
 )
@@ -32,6 +33,9 @@ var (
 type WireError struct {
 	Code   pb.ErrorCode
 	Detail string
+	// RetryAfter is the server's Error.retry_after_ms (0: none given): the
+	// earliest a retry of the same request can pass.
+	RetryAfter time.Duration
 }
 
 func (e *WireError) Error() string {
@@ -69,7 +73,7 @@ func FromWire(e *pb.Error) error {
 	if e == nil || e.GetCode() == pb.ErrorCode_ERROR_CODE_OK {
 		return nil
 	}
-	return &WireError{Code: e.GetCode(), Detail: e.GetDetail()}
+	return &WireError{Code: e.GetCode(), Detail: e.GetDetail(), RetryAfter: time.Duration(e.GetRetryAfterMs()) * time.Millisecond}
 }
 
 // Errorf builds a WireError.
