@@ -467,3 +467,92 @@ func TestGroupCommitPrefetchFailureFallsBack(t *testing.T) {
 		t.Fatalf("stats %+v: want one fallback and both stored", s)
 	}
 }
+
+// A record that does not decode, inside a group-committed batch, is
+// counted and dropped on its own: the records around it are stored in
+// the batch's one commit, in order (prefetch decodes each record once and
+// hands it to its step).
+func TestGroupCommitMalformedRecordInBatch(t *testing.T) {
+	st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r := batchRegion(t, st)
+	alice := registerUser(t, st, "alice")
+	registerUser(t, st, "bob")
+	d1 := core.DirectConvID("alice", "bob")
+	recs := []core.BusRecord{
+		sendRecord(t, alice, 1, d1, "a", 0),
+		{Topic: DefaultIngressTopic, Key: []byte(d1), Value: []byte{0xff, 0xff, 0xff}, Offset: 1},
+		sendRecord(t, alice, 2, d1, "b", 2),
+	}
+	if err := r.handleBatch(t.Context(), recs); err != nil {
+		t.Fatal(err)
+	}
+	s := r.Stats()
+	if s.Malformed != 1 || s.Commits != 1 || s.CommittedEntries != 2 || s.BatchFallbacks != 0 {
+		t.Fatalf("stats %+v: want 1 malformed, 1 commit of 2 entries", s)
+	}
+	ms, err := st.Messages(t.Context(), d1, 0, 10, 0)
+	if err != nil || len(ms) != 2 || ms[0].GetClientMsgId() != "a" || ms[1].GetClientMsgId() != "b" {
+		t.Fatalf("stored %v, %v", ms, err)
+	}
+}
+
+// A full batch (MaxBatch records) of envelopes at the size limit is one
+// commit on both stores (≈16 MB in one Pebble batch, one PostgreSQL
+// transaction), and every entry reads back whole.
+func TestGroupCommitFullBatchOfMaxSizeEnvelopes(t *testing.T) {
+	for name, open := range groupCommitStores(t) {
+		t.Run(name, func(t *testing.T) {
+			st := open(t)
+			r := batchRegion(t, st)
+			alice := registerUser(t, st, "alice")
+			registerUser(t, st, "bob")
+			d1 := core.DirectConvID("alice", "bob")
+			// The envelope's encoding is exactly MaxEnvelopeBytes: 1 tag
+			// byte and a 3-byte length before the ciphertext.
+			body := make([]byte, core.MaxEnvelopeBytes-4)
+			if n := proto.Size(&pb.Envelope{Ciphertext: body}); n != core.MaxEnvelopeBytes {
+				t.Fatalf("envelope of %d bytes, want %d", n, core.MaxEnvelopeBytes)
+			}
+			recs := make([]core.BusRecord, MaxBatch)
+			for i := range recs {
+				body[0], body[1] = byte(i), byte(i>>8)
+				in := &pb.IngressRecord{
+					Origin: &pb.Origin{EdgeId: "e1", SessionId: 1, ReqId: uint64(i + 1), Device: alice.Addr()},
+					Op: &pb.IngressRecord_Send{Send: &pb.SendRequest{
+						ConvId: d1, ClientMsgId: fmt.Sprintf("m%03d", i), Envelope: &pb.Envelope{Ciphertext: body},
+					}},
+				}
+				v, err := proto.Marshal(in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				recs[i] = core.BusRecord{Topic: DefaultIngressTopic, Key: []byte(d1), Value: v, Offset: int64(i)}
+			}
+			if err := r.handleBatch(t.Context(), recs); err != nil {
+				t.Fatal(err)
+			}
+			if s := r.Stats(); s.Commits != 1 || s.CommittedEntries != MaxBatch || s.BatchFallbacks != 0 || s.Rejected != 0 {
+				t.Fatalf("stats %+v: want one commit of %d entries", s, MaxBatch)
+			}
+			var got int
+			for after := uint64(0); got < MaxBatch; {
+				ms, err := st.Messages(t.Context(), d1, after, MaxBatch, 0)
+				if err != nil || len(ms) == 0 {
+					t.Fatalf("read after %d: %d entries, %v", after, len(ms), err)
+				}
+				for _, m := range ms {
+					c := m.GetEnvelope().GetCiphertext()
+					if len(c) != len(body) || int(c[0])|int(c[1])<<8 != got {
+						t.Fatalf("entry %d: %d bytes, tag %d", got, len(c), int(c[0])|int(c[1])<<8)
+					}
+					got++
+					after = m.GetSeq()
+				}
+			}
+		})
+	}
+}

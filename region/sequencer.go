@@ -48,6 +48,11 @@ type batch struct {
 	// records that need the directory are answered at once instead of
 	// each waiting for its own timeout.
 	dirDown error
+	// decoded holds the records prefetch already decoded (nil where it
+	// did not), by position in the batch; step takes its record from here
+	// instead of decoding it again. cur is the current record's entry.
+	decoded []*pb.IngressRecord
+	cur     *pb.IngressRecord
 }
 
 // stepPlace is the current step's conversation and its placement: known
@@ -116,7 +121,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 		}
 		defer wb.Discard()
 		b.st, b.wb = wb, wb
-		if err := r.prefetch(ctx, wb, recs); err != nil {
+		if err := r.prefetch(ctx, b, wb, recs); err != nil {
 			return fmt.Errorf("%w: prefetch: %w", errBatchBroken, err)
 		}
 	}
@@ -127,7 +132,11 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 			}
 		}
 	}()
-	for _, rec := range recs {
+	for i, rec := range recs {
+		b.cur = nil
+		if i < len(b.decoded) {
+			b.cur = b.decoded[i]
+		}
 		if l := r.cfg.Lease; l != nil {
 			// Without the directory's lease another region may be taking
 			// over our conversations: stop before the step. The batch is
@@ -214,18 +223,20 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 // prefetch tells the write batch which conversations and idempotency
 // keys the batch's records name, so a store with remote reads reads them
 // at once. A record that does not decode is left to its step.
-func (r *Region) prefetch(ctx context.Context, wb core.WriteBatch, recs []core.BusRecord) error {
+func (r *Region) prefetch(ctx context.Context, b *batch, wb core.WriteBatch, recs []core.BusRecord) error {
 	if len(recs) < 2 {
 		return nil
 	}
 	convs := make([]string, 0, len(recs))
 	keys := make([]core.IdemKey, 0, len(recs))
-	for _, rec := range recs {
-		var in pb.IngressRecord
-		if proto.Unmarshal(rec.Value, &in) != nil {
-			continue
+	b.decoded = make([]*pb.IngressRecord, len(recs))
+	for i, rec := range recs {
+		in := new(pb.IngressRecord)
+		if proto.Unmarshal(rec.Value, in) != nil {
+			continue // its step counts and drops it
 		}
-		conv := core.IngressConv(&in)
+		b.decoded[i] = in
+		conv := core.IngressConv(in)
 		switch op := in.Op.(type) {
 		case *pb.IngressRecord_Send:
 			if core.ValidateSend(op.Send) != nil {
@@ -270,29 +281,33 @@ func (r *Region) stepGuarded(ctx context.Context, b *batch, rec core.BusRecord) 
 // worth retrying; a request that is invalid is answered with an error to
 // its origin and consumed.
 func (r *Region) step(ctx context.Context, b *batch, rec core.BusRecord) error {
-	var in pb.IngressRecord
-	if err := proto.Unmarshal(rec.Value, &in); err != nil {
-		r.stats.malformed.Add(1)
-		r.log.Warn("dropping malformed ingress record", "partition", rec.Partition, "offset", rec.Offset, "err", err)
-		return nil
+	in := b.cur
+	b.cur = nil
+	if in == nil {
+		in = new(pb.IngressRecord)
+		if err := proto.Unmarshal(rec.Value, in); err != nil {
+			r.stats.malformed.Add(1)
+			r.log.Warn("dropping malformed ingress record", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			return nil
+		}
 	}
 	if in.GetHops() == 0 && in.GetOrigin() != nil {
 		// Straight from one of our edges (whatever region name it was
 		// configured with): replies come back here.
 		in.Origin.Region = r.cfg.Name
 	}
-	forwarded, err := r.placeStep(ctx, b, &in)
+	forwarded, err := r.placeStep(ctx, b, in)
 	if err == nil && forwarded {
 		return nil
 	}
 	if err == nil {
-		err = r.dispatch(ctx, b, &in)
+		err = r.dispatch(ctx, b, in)
 	}
 	if errors.Is(err, core.ErrFenced) && r.cfg.Placement != nil && !isWireError(err) {
 		// The store holds a newer owner epoch than our copy of the
 		// directory: we were deposed. Re-read the directory and follow it.
 		r.stats.fenced.Add(1)
-		err = r.refenced(ctx, b, &in)
+		err = r.refenced(ctx, b, in)
 		if err == nil {
 			return nil
 		}
