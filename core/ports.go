@@ -371,6 +371,55 @@ type BatchConsumer interface {
 	ConsumeBatch(ctx context.Context, spec ConsumeSpec, maxBatch int, h BatchHandler) error
 }
 
+// Pending is the unfinished end of a pipelined batch's handling (see
+// PipelinedConsumer): Finish is called exactly once, when that work ended.
+type Pending struct {
+	done chan struct{}
+	err  error
+}
+
+// NewPending returns an unfinished Pending.
+func NewPending() *Pending { return &Pending{done: make(chan struct{})} }
+
+// Finish records the outcome (nil: the batch is handled) and wakes every
+// waiter. It must be called exactly once.
+func (p *Pending) Finish(err error) {
+	p.err = err
+	close(p.done)
+}
+
+// Done is closed once Finish was called.
+func (p *Pending) Done() <-chan struct{} { return p.done }
+
+// Err is the outcome passed to Finish; call it after Done is closed.
+func (p *Pending) Err() error {
+	<-p.done
+	return p.err
+}
+
+// PipelinedBatchHandler is a BatchHandler that may leave the end of its
+// work (typically producing the batch's outputs) running when it
+// returns: it returns a Pending for that work, or nil when it is done. An
+// error (returned, or from the Pending) is retried as a BatchHandler's is.
+type PipelinedBatchHandler func(ctx context.Context, recs []BusRecord) (*Pending, error)
+
+// PipelinedConsumer is an optional Bus capability: ConsumePipelined is
+// ConsumeBatch, except that while one batch's Pending is unfinished the
+// bus already hands the partition's next batch to h, so the two overlap
+// (at most one Pending per partition is outstanding when h is called).
+// A batch's offsets are committed only after its Pending finished with
+// nil. When a Pending finishes with an error, that batch and every later
+// one already handed to h are handed to h again, from the failed batch's
+// first record, after a backoff. h must order its own Pendings: a batch
+// that continues after a failed one (its first offset is past the failed
+// batch's last) must fail too, while a batch that starts at or before the
+// failed one's end is the redo and must not. recs stay the handler's (the
+// bus does not reuse them) until the Pending finished. The partition's
+// worker waits for its outstanding Pending before it stops.
+type PipelinedConsumer interface {
+	ConsumePipelined(ctx context.Context, spec ConsumeSpec, maxBatch int, h PipelinedBatchHandler) error
+}
+
 // Bus is the regional message bus (Kafka). Delivery is at-least-once.
 type Bus interface {
 	// Produce writes records with acks from all in-sync replicas, each to the

@@ -57,7 +57,23 @@
 // one produce, then the batch's cursor moves are persisted, then the bus
 // commits the offsets. A failed produce retries the whole batch: entries dedupe and
 // re-emit, cursor moves were not persisted and are recomputed, so neither a
-// message nor a receipt is lost. Clients drop duplicates by (conversation,
+// message nor a receipt is lost.
+//
+// Pipelining (core.PipelinedConsumer; Config.NoPipeline turns it off):
+// the produce and the cursor writes of a batch run in the background
+// while the partition's next batch is fetched, stepped and committed, so
+// at load a partition pays max(commit, produce) per batch instead of the
+// sum. The outputs of a partition's batches still go out in batch order
+// (a batch's produce starts after its predecessor's finished), and the
+// bus commits a batch's offsets only after its produce and cursor writes
+// finished. If they fail, the bus hands that batch and the next one over
+// again (kafkabus rewinds the partition's reader), and the states they
+// touched are dropped from the cache, so the redo re-emits the outputs and
+// recomputes the cursor moves from the store, as above. One cost: a
+// state evicted from the cache while its batch's cursor moves are still
+// being written reloads the older cursors, and the next ack may repeat a
+// receipt (cursors only move forward; clients treat a receipt as "up to
+// seq"). Clients drop duplicates by (conversation,
 // seq). A record that fails Config.MaxAttempts times in a row while the
 // store answers a probe goes to the dead-letter topic (pb.DeadLetter with
 // its reason, counted per reason) and the partition moves on; a consumer

@@ -70,6 +70,11 @@ type Config struct {
 	// consumed batch of ingress records; acks and deliveries leave only
 	// after it committed.
 	NoGroupCommit bool
+	// NoPipeline turns pipelining off: a partition's next batch is then
+	// handled only after this one's outputs are produced. By default, on a
+	// bus that is a core.PipelinedConsumer, the next batch's steps and
+	// commit overlap this one's produce (see handleBatchPipelined).
+	NoPipeline bool
 	// StateCacheBytes bounds the sequencer's cached conversation state
 	// (members, cursors), by estimated size (default 64 MiB).
 	StateCacheBytes int
@@ -185,6 +190,7 @@ type Region struct {
 	members *memberCache // readers' cache, keyed by head; the sequencer keeps it in step
 	devices *deviceCache
 	states  *stateCache // the sequencer's conversation state, per partition worker
+	pipe    pipeTails   // per ingress partition, the newest pipelined batch (sequencer.go)
 
 	attempts    attempts
 	deadMu      sync.Mutex
@@ -365,7 +371,9 @@ func (r *Region) runSequencer(ctx context.Context, onReady func(), errc chan<- e
 			},
 		}
 		var err error
-		if bc, ok := r.bus.(core.BatchConsumer); ok {
+		if pc, ok := r.bus.(core.PipelinedConsumer); ok && !r.cfg.NoPipeline {
+			err = pc.ConsumePipelined(ctx, spec, MaxBatch, r.handleBatchPipelined)
+		} else if bc, ok := r.bus.(core.BatchConsumer); ok {
 			err = bc.ConsumeBatch(ctx, spec, MaxBatch, r.handleBatch)
 		} else {
 			err = r.bus.Consume(ctx, spec, r.handleIngress)

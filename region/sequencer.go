@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -53,6 +54,9 @@ type batch struct {
 	// instead of decoding it again. cur is the current record's entry.
 	decoded []*pb.IngressRecord
 	cur     *pb.IngressRecord
+	// final is every output in order, user-addressed ones resolved to
+	// their sessions after the commit: what finishBatch produces.
+	final []core.BusRecord
 }
 
 // stepPlace is the current step's conversation and its placement: known
@@ -91,10 +95,21 @@ func (b *batch) touch(conv string) {
 // topic after Config.MaxAttempts (see deadletter.go), and the partition
 // moves on.
 func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) error {
+	b, err := r.prepareBatch(ctx, recs)
+	if err != nil {
+		return err
+	}
+	return r.finishBatch(ctx, b)
+}
+
+// prepareBatch runs the records' steps and commits what they stored,
+// leaving the batch's outputs (in b.final) and cursor moves for
+// finishBatch.
+func (r *Region) prepareBatch(ctx context.Context, recs []core.BusRecord) (*batch, error) {
 	if bs, ok := r.store.(core.Batcher); ok && !r.cfg.NoGroupCommit {
-		err := r.runBatch(ctx, recs, bs)
+		b, err := r.runBatch(ctx, recs, bs)
 		if !errors.Is(err, errBatchBroken) {
-			return err
+			return b, err
 		}
 		// The store's batch could not begin, prefetch or commit, or a
 		// write left it unable to commit (nothing of it is stored or
@@ -106,30 +121,102 @@ func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) error {
 	return r.runBatch(ctx, recs, nil)
 }
 
+// handleBatchPipelined is handleBatch for core.PipelinedConsumer: it
+// returns once the batch's entries are committed, and produces its
+// outputs and persists its cursor moves (finishBatch) in the background,
+// after the partition's previous batch finished, so the next batch's
+// steps and commit overlap this one's produce. The outputs of a
+// partition's batches go out in batch order: a batch whose predecessor
+// (of the same consumer generation) failed fails too, and the bus hands
+// both over again. Meanwhile the cached conversation states already hold
+// the batch's cursor moves; a failed finish drops the states it touched,
+// so the redo recomputes those moves (and re-sends their receipts) from
+// the store.
+func (r *Region) handleBatchPipelined(ctx context.Context, recs []core.BusRecord) (*core.Pending, error) {
+	b, err := r.prepareBatch(ctx, recs)
+	if err != nil {
+		return nil, err
+	}
+	p := core.NewPending()
+	first := recs[0].Offset
+	prev := r.pipe.swap(recs[0].Partition, pipeTail{ctx: ctx, p: p, last: recs[len(recs)-1].Offset})
+	go func() {
+		if prev.p != nil {
+			<-prev.p.Done()
+			// Only a batch that continues after a failed one fails with
+			// it. One that starts at or before the failed one's end is the
+			// bus's redo of it; one from an ended generation is redone by
+			// the partition's next owner from its committed offset. For
+			// those the predecessor's end is waited for only for the
+			// order of the outputs.
+			if err := prev.p.Err(); err != nil && prev.ctx == ctx && first > prev.last {
+				r.dropTouched(b)
+				p.Finish(fmt.Errorf("sequencer: the partition's previous batch failed: %w", err))
+				return
+			}
+		}
+		p.Finish(r.finishBatch(ctx, b))
+	}()
+	return p, nil
+}
+
+// pipeTails holds, per ingress partition, the Pending of the newest
+// pipelined batch: the next batch's outputs wait for it.
+type pipeTails struct {
+	mu sync.Mutex
+	m  map[int]pipeTail
+}
+
+// pipeTail is a partition's newest pipelined batch and the context (the
+// consumer generation) it was handled in.
+type pipeTail struct {
+	ctx  context.Context
+	p    *core.Pending
+	last int64 // offset of the batch's last record
+}
+
+// swap makes t the partition's newest batch and returns the one before.
+func (pt *pipeTails) swap(partition int, t pipeTail) pipeTail {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if pt.m == nil {
+		pt.m = map[int]pipeTail{}
+	}
+	prev := pt.m[partition]
+	pt.m[partition] = t
+	return prev
+}
+
+// dropTouched drops the cached state of every conversation b changed, so
+// the next step reloads it from the store.
+func (r *Region) dropTouched(b *batch) {
+	for conv := range b.touched {
+		r.states.drop(conv)
+	}
+}
+
 // errBatchBroken reports that the store's write batch can no longer
 // commit; handleBatch redoes the records without one.
 var errBatchBroken = errors.New("region: write batch broken")
 
 // runBatch is handleBatch with a write batch from bs, or without one (bs
 // nil: every entry is its own synced write).
-func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Batcher) (err error) {
+func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Batcher) (_ *batch, err error) {
 	b := newBatch(r.store)
 	if bs != nil {
 		wb, err := bs.Begin(ctx)
 		if err != nil {
-			return fmt.Errorf("%w: begin: %w", errBatchBroken, err)
+			return nil, fmt.Errorf("%w: begin: %w", errBatchBroken, err)
 		}
 		defer wb.Discard()
 		b.st, b.wb = wb, wb
 		if err := r.prefetch(ctx, b, wb, recs); err != nil {
-			return fmt.Errorf("%w: prefetch: %w", errBatchBroken, err)
+			return nil, fmt.Errorf("%w: prefetch: %w", errBatchBroken, err)
 		}
 	}
 	defer func() {
 		if err != nil {
-			for conv := range b.touched {
-				r.states.drop(conv)
-			}
+			r.dropTouched(b)
 		}
 	}()
 	for i, rec := range recs {
@@ -143,7 +230,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 			// retried (never dead-lettered) once the lease is back; what
 			// it already stored dedupes.
 			if err := l.Await(ctx, time.Second); err != nil {
-				return fmt.Errorf("sequencer: %w", err)
+				return nil, fmt.Errorf("sequencer: %w", err)
 			}
 		}
 		outs, moves, puts, fans := len(b.out), len(b.cursors), len(b.memberPuts), len(b.fan)
@@ -155,7 +242,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 				// yet): handleBatch redoes the records one at a time,
 				// where the failure is counted against its record and a
 				// record that keeps failing is dead-lettered, once.
-				return fmt.Errorf("%w: step: %w", errBatchBroken, err)
+				return nil, fmt.Errorf("%w: step: %w", errBatchBroken, err)
 			}
 			// Whatever the failed step did to the cached state or the
 			// batch's outputs is undone: its conversations reload (with
@@ -166,7 +253,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 				delete(b.validated, conv)
 			}
 			if dl := r.failed(ctx, b.st, rec, err); dl != nil {
-				return dl
+				return nil, dl
 			}
 			continue // dead-lettered: the record is done
 		}
@@ -177,7 +264,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 			// The entries become visible at the commit: not after the
 			// lease lapsed during the batch.
 			if err := l.Await(ctx, time.Second); err != nil {
-				return fmt.Errorf("sequencer: %w", err)
+				return nil, fmt.Errorf("sequencer: %w", err)
 			}
 		}
 		n := b.wb.Appended()
@@ -187,7 +274,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 			// (a conflict with another writer, a statement only this
 			// batch makes), the records are redone one at a time, where
 			// a record that keeps failing is counted and dead-lettered.
-			return fmt.Errorf("%w: commit %d entries: %w", errBatchBroken, n, err)
+			return nil, fmt.Errorf("%w: commit %d entries: %w", errBatchBroken, n, err)
 		}
 		if n > 0 {
 			r.stats.appended.Add(uint64(n))
@@ -201,9 +288,22 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	}
 	out, err := r.resolveFan(ctx, b)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := r.produceNow(ctx, out...); err != nil {
+	b.final = out
+	return b, nil
+}
+
+// finishBatch produces a prepared batch's outputs in one produce, then
+// persists its cursor moves. On failure it drops the cached state of the
+// conversations the batch touched: the retry recomputes the moves.
+func (r *Region) finishBatch(ctx context.Context, b *batch) (err error) {
+	defer func() {
+		if err != nil {
+			r.dropTouched(b)
+		}
+	}()
+	if err := r.produceNow(ctx, b.final...); err != nil {
 		return err
 	}
 	if cb, ok := r.store.(core.CursorBatcher); ok {

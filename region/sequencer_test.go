@@ -199,6 +199,23 @@ func (b *flakyConsumeBus) ConsumeBatch(ctx context.Context, spec core.ConsumeSpe
 	return errors.New("injected: the consumer lost its group for good")
 }
 
+// ConsumePipelined is ConsumeBatch's fault for the pipelined consumer
+// (the region prefers it when the bus has it).
+func (b *flakyConsumeBus) ConsumePipelined(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.PipelinedBatchHandler) error {
+	if b.calls.Add(1) > 1 {
+		return b.Bus.ConsumePipelined(ctx, spec, maxBatch, h)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := spec.OnReady
+	spec.OnReady = func() {
+		ready()
+		time.AfterFunc(100*time.Millisecond, cancel)
+	}
+	_ = b.Bus.ConsumePipelined(cctx, spec, maxBatch, h)
+	return errors.New("injected: the consumer lost its group for good")
+}
+
 // Defect 5: a sequencer whose consumer stops is restarted, counted and
 // reported by Health; messages sent meanwhile are sequenced.
 func TestSequencerConsumerRestarted(t *testing.T) {
@@ -444,5 +461,79 @@ func TestKeyReusedAcrossKindsRefused(t *testing.T) {
 	}
 	if ack := responses(recs, 1)[5].GetSend(); ack == nil {
 		t.Fatalf("real message: %v", responses(recs, 1)[5])
+	}
+}
+
+// failEdgeProducesBus fails chosen produce calls to the edge topic (1 is
+// the first), after letting the calls before them through.
+type failEdgeProducesBus struct {
+	*kafkabus.Bus
+	n    atomic.Int32
+	fail map[int32]bool
+}
+
+func (b *failEdgeProducesBus) Produce(ctx context.Context, recs ...core.BusRecord) error {
+	if len(recs) > 0 && strings.HasPrefix(recs[0].Topic, region.EdgeTopicPrefix) && b.fail[b.n.Add(1)] {
+		return errors.New("injected: broker refused the batch")
+	}
+	return b.Bus.Produce(ctx, recs...)
+}
+
+// Pipelining: while batches' produces fail and are redone, the next
+// batches keep being sequenced, and still every message is acked once
+// stored, delivered in seq order (a redone batch may deliver again: never
+// out of order, never a gap), and every delivery ack gets its receipt.
+func TestPipelinedProduceFailuresKeepOrder(t *testing.T) {
+	fb := &failEdgeProducesBus{fail: map[int32]bool{3: true, 4: true, 7: true}}
+	h := newHarnessWrapped(t, nil, func(b *kafkabus.Bus) core.Bus { fb.Bus = b; return fb }, func(c *region.Config) {
+		c.IngressPartitions = 1
+		c.MaxAttempts = 100
+	})
+	alice := h.register("alice", 1)
+	bob := h.register("bob", 2)
+	conv := core.DirectConvID("alice", "bob")
+	const n = 120
+	for i := 1; i <= n; i++ {
+		h.send(alice, 1, uint64(i), conv, fmt.Sprintf("m%d", i), "x")
+		if i%10 == 0 {
+			// Bob acks what he has so far, in the same partition; a pause
+			// lets the sequencer take the burst as a batch of its own.
+			h.ingress(bob, 2, 0, &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: uint64(i - 5)}}}, conv)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	recs := h.waitFor("every ack", func(recs []*pb.EdgeRecord) bool { return len(responses(recs, 1)) == n })
+	for i := 1; i <= n; i++ {
+		r := responses(recs, 1)[uint64(i)]
+		if r.GetError() != nil || r.GetSend().GetSeq() != uint64(i) {
+			t.Fatalf("message %d answered %v", i, r)
+		}
+	}
+	recs = h.waitFor("every delivery", func(recs []*pb.EdgeRecord) bool {
+		ds := deliveries(recs, conv)[bob]
+		return len(ds) > 0 && ds[len(ds)-1] == n
+	})
+	var next uint64 = 1 // the lowest seq not delivered yet
+	for _, s := range deliveries(recs, conv)[bob] {
+		if s > next {
+			t.Fatalf("seq %d delivered before %d", s, next)
+		}
+		if s == next {
+			next++
+		}
+	}
+	if next != n+1 {
+		t.Fatalf("delivered up to %d of %d", next-1, n)
+	}
+	h.waitFor("the last receipt", func(recs []*pb.EdgeRecord) bool {
+		for _, r := range recs {
+			if rc := r.GetFrame().GetReceipt(); rc != nil && rc.GetSeq() == n-5 {
+				return true
+			}
+		}
+		return false
+	})
+	if fb.n.Load() < 8 {
+		t.Fatalf("only %d edge produces: the injected failures did not all happen", fb.n.Load())
 	}
 }

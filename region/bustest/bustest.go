@@ -65,6 +65,7 @@ func Run(t *testing.T, newBus func(t *testing.T) core.Bus) {
 	t.Run("LiveTailSeesOnlyNew", func(t *testing.T) { testLiveTail(t, newBus) })
 	t.Run("TwoMembersSharePartitions", func(t *testing.T) { testTwoMembers(t, newBus) })
 	t.Run("BatchesInOrderAndRetried", func(t *testing.T) { testBatches(t, newBus) })
+	t.Run("PipelinedOverlapRedoCommit", func(t *testing.T) { testPipelined(t, newBus) })
 }
 
 var unsafeName = regexp.MustCompile(`[^a-zA-Z0-9._-]+`)
@@ -620,4 +621,157 @@ func testBatches(t *testing.T, newBus func(*testing.T) core.Bus) {
 			}
 		}
 	}
+}
+
+// testPipelined checks core.PipelinedConsumer (when the bus has it):
+//   - the next batch is handed over while the one before is still in
+//     flight (its Pending unfinished);
+//   - a Pending that fails makes the bus hand that batch and every later
+//     one over again, from the failed batch's first record, so the records
+//     of the batches that finished with nil are each key's records once,
+//     in order;
+//   - offsets are committed only for batches whose Pending finished with
+//     nil: after a restart of the group, only the records of a batch whose
+//     Pending never finished (the consumer stopped first) come again.
+func testPipelined(t *testing.T, newBus func(*testing.T) core.Bus) {
+	bus := newBus(t)
+	pc, ok := bus.(core.PipelinedConsumer)
+	if !ok {
+		t.Skip("the bus has no pipelined consumer")
+	}
+	topic, group := Name(t, "t"), Name(t, "g")
+	ensure(t, bus, topic, 1)
+	keys := keysN("k", 4)
+	vals := produceKeys(t, bus, topic, keys, 15, 5)
+
+	var (
+		mu       sync.Mutex
+		calls    int
+		overlap  bool // a call came while the previous batch was in flight
+		failedAt = -1 // first offset of the batch whose Pending failed
+		redoneAt = -1 // first offset of the first call after that failure was settled
+		last     *core.Pending
+		lastOff  int64
+		hold     = make(chan struct{}) // the first batch's Pending waits for the second call
+		finished = newSeen()           // records of batches that finished with nil
+		handed   = make(map[string]int)
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- pc.ConsumePipelined(ctx, core.ConsumeSpec{Topic: topic, Group: group}, 8, func(hctx context.Context, recs []core.BusRecord) (*core.Pending, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			n := calls
+			for _, r := range recs {
+				handed[string(r.Value)]++
+			}
+			if last != nil {
+				select {
+				case <-last.Done():
+				default:
+					overlap = true
+				}
+			}
+			if n == 2 {
+				close(hold)
+			}
+			if failedAt >= 0 && redoneAt < 0 && n > 4 {
+				redoneAt = int(recs[0].Offset)
+			}
+			prev, prevLast, p := last, lastOff, core.NewPending()
+			last, lastOff = p, recs[len(recs)-1].Offset
+			first := recs[0].Offset
+			go func() {
+				if n == 1 {
+					select {
+					case <-hold:
+					case <-time.After(waitLimit):
+						t.Errorf("the second batch was never handed over while the first was in flight")
+					}
+				}
+				if prev != nil {
+					if err := prev.Err(); err != nil && first > prevLast {
+						p.Finish(fmt.Errorf("predecessor failed: %w", err))
+						return
+					}
+				}
+				if n == 3 {
+					mu.Lock()
+					failedAt = int(recs[0].Offset)
+					mu.Unlock()
+					p.Finish(errors.New("injected failure after hand-over"))
+					return
+				}
+				for _, r := range recs {
+					finished.add(r, 0)
+				}
+				p.Finish(nil)
+			}()
+			return p, nil
+		})
+	}()
+	finished.waitAll(t, vals)
+	mu.Lock()
+	if !overlap {
+		t.Errorf("no batch was handed over while the one before was in flight")
+	}
+	if failedAt < 0 || redoneAt != failedAt {
+		t.Errorf("batch at offset %d failed; the next batch handed over after it began at %d, want the same", failedAt, redoneAt)
+	}
+	mu.Unlock()
+	if d := finished.duplicates(); d != 0 {
+		t.Errorf("%d records in two finished batches", d)
+	}
+	finished.mu.Lock()
+	for _, k := range keys {
+		for i, n := range finished.order[k] {
+			if n != i {
+				t.Errorf("key %s: record %d finished at position %d", k, n, i)
+				break
+			}
+		}
+	}
+	finished.mu.Unlock()
+
+	// A batch in flight when the consumer stops is not committed.
+	mu.Lock()
+	stuck := newSeen()
+	mu.Unlock()
+	tail := produceKeys(t, bus, topic, []string{"tail"}, 3, 3)
+	// Replace the handler's behaviour: nothing finishes until ctx ends.
+	cancel()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("ConsumePipelined returned %v", err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := make(chan error, 1)
+	go func() {
+		done2 <- pc.ConsumePipelined(ctx2, core.ConsumeSpec{Topic: topic, Group: group}, 8, func(hctx context.Context, recs []core.BusRecord) (*core.Pending, error) {
+			for _, r := range recs {
+				stuck.add(r, 0)
+			}
+			p := core.NewPending()
+			go func() {
+				<-hctx.Done()
+				p.Finish(hctx.Err())
+			}()
+			return p, nil
+		})
+	}()
+	stuck.waitAll(t, tail)
+	cancel2()
+	if err := <-done2; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("ConsumePipelined returned %v", err)
+	}
+	for _, v := range vals {
+		if stuck.count[v] != 0 {
+			t.Fatalf("record %s of a finished batch handed over again after a restart", v)
+		}
+	}
+	again := newSeen()
+	c := startConsumer(t, newBus(t), topic, group, again.handler(0))
+	again.waitAll(t, tail)
+	c.stop(t)
 }

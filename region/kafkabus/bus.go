@@ -165,6 +165,7 @@ type Bus struct {
 	closeErr  error
 
 	backpressure atomic.Uint64
+	redone       atomic.Uint64 // pipelined batches handed over again after their Pending failed
 }
 
 var _ core.Bus = (*Bus)(nil)
@@ -276,6 +277,10 @@ func (b *Bus) Produce(ctx context.Context, recs ...core.BusRecord) error {
 // of earlier records are still waiting to be written (the brokers are slow
 // or down). It wraps core.ErrUnavailable: retry later.
 var ErrBackpressure = fmt.Errorf("kafkabus: too many records waiting to be written: %w", core.ErrUnavailable)
+
+// Redone returns how many pipelined batches failed after they were handed
+// over (their Pending finished with an error) and were handed over again.
+func (b *Bus) Redone() uint64 { return b.redone.Load() }
 
 // Backpressure returns how many Produce calls were refused with ErrBackpressure.
 func (b *Bus) Backpressure() uint64 { return b.backpressure.Load() }

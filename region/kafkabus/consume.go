@@ -41,6 +41,18 @@ func (b *Bus) Consume(ctx context.Context, spec core.ConsumeSpec, h core.Handler
 // failing h is retried with the same batch. Offsets are committed after h
 // returns nil for the whole batch.
 func (b *Bus) ConsumeBatch(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.BatchHandler) error {
+	if h == nil {
+		return fmt.Errorf("kafkabus: consume: %w: need a topic and a handler", core.ErrInvalidArgument)
+	}
+	return b.ConsumePipelined(ctx, spec, maxBatch, func(ctx context.Context, recs []core.BusRecord) (*core.Pending, error) {
+		return nil, h(ctx, recs)
+	})
+}
+
+// ConsumePipelined implements core.PipelinedConsumer: ConsumeBatch, but
+// while a batch's Pending is unfinished the partition's next batch is
+// already fetched and handed to h (see runPartition).
+func (b *Bus) ConsumePipelined(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.PipelinedBatchHandler) error {
 	if h == nil || spec.Topic == "" {
 		return fmt.Errorf("kafkabus: consume: %w: need a topic and a handler", core.ErrInvalidArgument)
 	}
@@ -86,7 +98,7 @@ func (b *Bus) consumeErr(ctx context.Context, err error) error {
 
 // consumeTail reads every partition from the end offsets it resolves
 // before calling OnReady.
-func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.BatchHandler, md *kafka.MetadataResponse) error {
+func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.PipelinedBatchHandler, md *kafka.MetadataResponse) error {
 	var parts []int
 	for _, t := range md.Topics {
 		if t.Name == spec.Topic {
@@ -152,7 +164,7 @@ func (b *Bus) endOffsets(ctx context.Context, topic string, parts []int) (map[in
 
 // consumeGroup is the consumer-group loop: one generation after another
 // until ctx ends.
-func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.BatchHandler) error {
+func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, maxBatch int, h core.PipelinedBatchHandler) error {
 	log := b.log.With("topic", spec.Topic, "group", spec.Group)
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                spec.Group,
@@ -296,7 +308,16 @@ const batchGap = 50 * time.Microsecond
 // maxBatch at a time (only records already fetched: it never waits to fill
 // a batch), retrying failures on the same batch, until ctx ends. handled,
 // if not nil, learns the newest record of each batch that h accepted.
-func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, maxBatch int, h core.BatchHandler, handled func(int, int64)) {
+//
+// Pipelining: when h returns a Pending, the batch is in flight. The worker
+// goes on fetching; the next batch is handed to h while the Pending is
+// unfinished (so its work overlaps the in-flight batch's end), and only
+// then does the worker wait for that Pending. A batch counts as handled
+// (handled learns it, in order) once its Pending finished with nil. A
+// Pending that fails rewinds the reader to its batch's first record: that
+// batch and the one handed over after it are handed to h again, after a
+// backoff. At most one Pending is outstanding when h is called.
+func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, maxBatch int, h core.PipelinedBatchHandler, handled func(int, int64)) {
 	log := b.log.With("topic", topic, "partition", partition)
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:         b.cfg.Brokers,
@@ -316,10 +337,16 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 		log.Warn("set start offset", "offset", start, "err", err)
 		return
 	}
+	w := &partitionWorker{bus: b, log: log, r: r, partition: partition, handled: handled}
+	// No handler work outlives the worker: its context has ended, so an
+	// in-flight Pending finishes soon (unhandled: the next owner redoes it).
+	defer w.drain()
 	fails := 0
-	batch := make([]core.BusRecord, 0, maxBatch)
 	for {
-		m, err := r.FetchMessage(ctx)
+		m, err := w.fetch(ctx)
+		if errors.Is(err, errSettled) {
+			continue // the in-flight batch finished first (or was rewound)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -332,49 +359,193 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 			continue
 		}
 		fails = 0
-		batch = append(batch[:0], toRecord(m))
+		// A new slice per batch: the handler may still read the one in
+		// flight.
+		batch := make([]core.BusRecord, 1, min(maxBatch, 64))
+		batch[0] = toRecord(m)
 		// Take what is already buffered. A fetch abandoned by its deadline
 		// loses nothing: kafka-go keeps the record for the next fetch.
+		fctx, cancel := context.WithTimeout(ctx, batchGap)
 		for len(batch) < maxBatch {
-			fctx, cancel := context.WithTimeout(ctx, batchGap)
 			m, err := r.FetchMessage(fctx)
-			cancel()
 			if err != nil {
 				break
 			}
 			batch = append(batch, toRecord(m))
 		}
-		if !b.handle(ctx, log, h, batch) {
+		cancel()
+		p, res := w.handle(ctx, h, batch)
+		switch res {
+		case stopped:
 			return
+		case rewound:
+			continue // the batch before failed: both come again
 		}
-		if handled != nil {
-			last := batch[len(batch)-1]
-			handled(last.Partition, last.Offset)
+		// The batch before this one must end before this one may count.
+		if !w.settle(ctx) {
+			// It failed and the reader was rewound to it: this batch is
+			// handed over again too, after the one before it.
+			if p != nil {
+				<-p.Done()
+			}
+			continue
 		}
+		if p == nil {
+			w.done(batch[len(batch)-1].Offset)
+			continue
+		}
+		w.inflight = &inflight{first: batch[0].Offset, last: batch[len(batch)-1].Offset, p: p}
 	}
+}
+
+// errSettled: fetch gave up because the in-flight batch finished first.
+var errSettled = errors.New("kafkabus: in-flight batch settled")
+
+// partitionWorker is runPartition's state: the reader and the one batch
+// whose Pending is outstanding.
+type partitionWorker struct {
+	bus       *Bus
+	log       *slog.Logger
+	r         *kafka.Reader
+	partition int
+	handled   func(int, int64)
+	inflight  *inflight
+	redos     int // consecutive failed Pendings
+}
+
+// inflight is a batch handed to the handler whose Pending is unfinished.
+type inflight struct {
+	first, last int64
+	p           *core.Pending
+}
+
+// fetch returns the next record. While a batch is in flight it also waits
+// for that batch's Pending: if the Pending finishes first, fetch settles
+// it and returns errSettled.
+func (w *partitionWorker) fetch(ctx context.Context) (kafka.Message, error) {
+	if w.inflight == nil {
+		return w.r.FetchMessage(ctx)
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	stop := make(chan struct{})
+	pdone := w.inflight.p.Done()
+	go func() {
+		select {
+		case <-pdone:
+			cancel()
+		case <-stop:
+		}
+	}()
+	m, err := w.r.FetchMessage(fctx)
+	close(stop)
+	cancel()
+	if err == nil || ctx.Err() != nil {
+		return m, err
+	}
+	// The fetch was abandoned because the batch in flight finished (the
+	// record, if one had arrived, stays buffered in the reader).
+	w.settle(ctx)
+	return kafka.Message{}, errSettled
+}
+
+// settle waits for the in-flight batch's Pending. It returns true when
+// there is none or it finished with nil (the batch counts as handled);
+// false when it failed, in which case the reader was rewound to the
+// batch's first record after a backoff, or when ctx ended.
+func (w *partitionWorker) settle(ctx context.Context) bool {
+	f := w.inflight
+	if f == nil {
+		return true
+	}
+	select {
+	case <-f.p.Done():
+	case <-ctx.Done():
+		return false
+	}
+	w.inflight = nil
+	err := f.p.Err()
+	if err == nil {
+		w.redos = 0
+		w.done(f.last)
+		return true
+	}
+	w.redos++
+	w.bus.log.Log(ctx, retryLevel(err), "handler failed after the batch was handed over; redoing from its first record", "partition", w.partition, "offset", f.first, "attempt", w.redos, "err", err)
+	w.bus.redone.Add(1)
+	if !sleepCtx(ctx, backoff(w.redos-1, w.bus.cfg.RetryMin, w.bus.cfg.RetryMax)) {
+		return false
+	}
+	if err := w.r.SetOffset(f.first); err != nil {
+		// Only a closed reader refuses: the worker is stopping.
+		w.log.Warn("rewind", "offset", f.first, "err", err)
+	}
+	return false
+}
+
+// done records that the batch ending at offset was handled.
+func (w *partitionWorker) done(offset int64) {
+	if w.handled != nil {
+		w.handled(w.partition, offset)
+	}
+}
+
+// drain waits (bounded) for the in-flight Pending when the worker stops.
+func (w *partitionWorker) drain() {
+	if w.inflight == nil {
+		return
+	}
+	select {
+	case <-w.inflight.p.Done():
+	case <-time.After(drainTimeout):
+		w.log.Error("handler's in-flight batch did not finish after its context ended; leaving it", "offset", w.inflight.first, "waited", drainTimeout)
+	}
+}
+
+// drainTimeout bounds how long a stopping partition worker waits for its
+// in-flight batch.
+const drainTimeout = 30 * time.Second
+
+func retryLevel(err error) slog.Level {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
 }
 
 func toRecord(m kafka.Message) core.BusRecord {
 	return core.BusRecord{Topic: m.Topic, Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset}
 }
 
-// handle calls h until it succeeds; false means ctx ended first.
-func (b *Bus) handle(ctx context.Context, log *slog.Logger, h core.BatchHandler, recs []core.BusRecord) bool {
+// handleResult is how a call of partitionWorker.handle ended.
+type handleResult int
+
+const (
+	accepted handleResult = iota // h took the batch (maybe with a Pending)
+	rewound                      // the batch before failed: the reader was rewound to it, this batch comes again
+	stopped                      // ctx ended
+)
+
+// handle calls h until it accepts the batch. Before retrying a failed
+// call it settles the batch in flight: if that one failed too, the reader
+// was rewound to it and this batch is dropped (it comes again after it).
+func (w *partitionWorker) handle(ctx context.Context, h core.PipelinedBatchHandler, recs []core.BusRecord) (*core.Pending, handleResult) {
 	for attempt := 0; ; attempt++ {
-		err := h(ctx, recs)
+		p, err := h(ctx, recs)
 		if err == nil {
-			return true
+			return p, accepted
 		}
 		if ctx.Err() != nil {
-			return false
+			return nil, stopped
 		}
-		lvl := slog.LevelWarn
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			lvl = slog.LevelDebug
+		w.log.Log(ctx, retryLevel(err), "handler failed; retrying the same records", "offset", recs[0].Offset, "records", len(recs), "attempt", attempt+1, "err", err)
+		if w.inflight != nil && !w.settle(ctx) {
+			if ctx.Err() != nil {
+				return nil, stopped
+			}
+			return nil, rewound
 		}
-		log.Log(ctx, lvl, "handler failed; retrying the same records", "offset", recs[0].Offset, "records", len(recs), "attempt", attempt+1, "err", err)
-		if !sleepCtx(ctx, backoff(attempt, b.cfg.RetryMin, b.cfg.RetryMax)) {
-			return false
+		if !sleepCtx(ctx, backoff(attempt, w.bus.cfg.RetryMin, w.bus.cfg.RetryMax)) {
+			return nil, stopped
 		}
 	}
 }
