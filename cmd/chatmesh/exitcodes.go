@@ -94,9 +94,8 @@ func chatExitCode(err error) int {
 		errors.Is(err, client.ErrSessionLost), errors.Is(err, client.ErrNoEdges):
 		return ExitUnavailable
 	}
-	var we *core.WireError
-	if errors.As(err, &we) {
-		switch we.Code {
+	if code, ok := wireCode(err); ok {
+		switch code {
 		case pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED:
 			return ExitAuth
 		case pb.ErrorCode_ERROR_CODE_REPLACED:
@@ -127,12 +126,12 @@ func chatError(err error) error {
 // else one of the client-side codes IDENTITY_CHANGED, TIMEOUT,
 // INTERRUPTED or CLIENT (see CLI.md, "Error codes").
 func errCode(err error) string {
-	var we *core.WireError
+	if code, ok := wireCode(err); ok {
+		return codeName(code)
+	}
 	switch {
 	case err == nil:
 		return ""
-	case errors.As(err, &we):
-		return codeName(we.Code)
 	case errors.Is(err, errLineTooLong), errors.Is(err, e2ee.ErrTooLarge):
 		return codeName(pb.ErrorCode_ERROR_CODE_MESSAGE_TOO_LARGE)
 	case errors.Is(err, e2ee.ErrIdentityChanged):
@@ -161,4 +160,18 @@ func codeName(c pb.ErrorCode) string {
 		return n[len("ERROR_CODE_"):]
 	}
 	return fmt.Sprint(int32(c))
+}
+
+// wireCode returns the wire error code err carries: a server's error
+// answer (*core.WireError) or the edge's Disconnect (*client.DisconnectError).
+func wireCode(err error) (pb.ErrorCode, bool) {
+	var we *core.WireError
+	var de *client.DisconnectError
+	switch {
+	case errors.As(err, &we):
+		return we.Code, true
+	case errors.As(err, &de):
+		return de.Code, true
+	}
+	return 0, false
 }
