@@ -73,15 +73,15 @@ func (c chatCLI) must(args ...string) string {
 
 // receiveJSON runs `receive --json` and returns its conversation entries
 // (types message, membership and role).
-func receiveJSON(t *testing.T, c chatCLI) []entryJSON {
+func receiveJSON(t *testing.T, c chatCLI) []entryLine {
 	t.Helper()
 	out := c.must("receive", "--json")
-	var ms []entryJSON
+	var ms []entryLine
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line == "" {
 			continue
 		}
-		var m entryJSON
+		var m entryLine
 		if err := json.Unmarshal([]byte(line), &m); err != nil {
 			t.Fatalf("bad json line %q: %v", line, err)
 		}
@@ -95,12 +95,13 @@ func receiveJSON(t *testing.T, c chatCLI) []entryJSON {
 	return ms
 }
 
-func body(m entryJSON) string {
-	if m.Body == nil {
-		return "<nil>"
-	}
-	return *m.Body
+// entryLine decodes any conversation entry line (message, membership, role).
+type entryLine struct {
+	messageJSON
+	Op string `json:"op"`
 }
+
+func body(m entryLine) string { return m.Body }
 
 func TestChatCLIEndToEnd(t *testing.T) {
 	testenv.SkipShort(t, "needs the in-process stack")

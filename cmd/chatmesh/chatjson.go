@@ -37,8 +37,9 @@ const (
 	evQueued     = "queued"
 )
 
-// entryJSON is a conversation entry: type "message", "membership" or "role".
-type entryJSON struct {
+// entryBase is what every conversation entry line (types message,
+// membership and role) has.
+type entryBase struct {
 	Type        string `json:"type"`
 	Conv        string `json:"conv"`
 	Seq         uint64 `json:"seq"`
@@ -50,21 +51,27 @@ type entryJSON struct {
 	SentAtMs    int64  `json:"sent_at_ms"`
 	// Outgoing: sent by this user (this device or another of its devices).
 	Outgoing bool `json:"outgoing"`
+}
 
-	// type message
-	Body          *string `json:"body,omitempty"`            // the plaintext when it is valid UTF-8 ("" otherwise)
-	BodyBase64    string  `json:"body_base64,omitempty"`     // optional: the plaintext when it is not valid UTF-8
-	OpenError     string  `json:"open_error,omitempty"`      // optional: why the body could not be opened
-	OpenErrorCode string  `json:"open_error_code,omitempty"` // optional, with open_error
+// messageJSON is type "message".
+type messageJSON struct {
+	entryBase
+	Body          string `json:"body"`                      // the plaintext when it is valid UTF-8, else ""
+	BodyBase64    string `json:"body_base64,omitempty"`     // optional: the plaintext when it is not valid UTF-8
+	OpenError     string `json:"open_error,omitempty"`      // optional: why the body could not be opened
+	OpenErrorCode string `json:"open_error_code,omitempty"` // optional, with open_error
+}
 
-	// types membership and role
-	Op       string   `json:"op,omitempty"`
-	Actor    string   `json:"actor,omitempty"`
-	Users    []string `json:"users,omitempty"`
-	Invited  []string `json:"invited,omitempty"`
-	Promoted []string `json:"promoted,omitempty"`
-	Title    string   `json:"title,omitempty"`
-	Text     string   `json:"text,omitempty"`
+// changeJSON is type "membership" or "role" (a group membership entry).
+type changeJSON struct {
+	entryBase
+	Op       string   `json:"op"`
+	Actor    string   `json:"actor"`
+	Users    []string `json:"users"`
+	Invited  []string `json:"invited"`
+	Promoted []string `json:"promoted"`
+	Title    string   `json:"title"`
+	Text     string   `json:"text"`
 }
 
 // receiptJSON is type "receipt": status sent (the server sequenced this
@@ -178,35 +185,36 @@ func devFields(k core.DeviceKey) (s, user string, dev uint32) {
 	return k.String(), k.User, k.Device
 }
 
-// entry converts a stored conversation entry with its opened body.
-func (e *emitter) entry(m *pb.Message, body []byte, openErr error) entryJSON {
-	j := entryJSON{Conv: m.GetConvId(), Seq: m.GetSeq(), MsgID: m.GetMsgId(), ClientMsgID: m.GetClientMsgId(), SentAtMs: m.GetSentAtMs()}
+// entry converts a stored conversation entry with its opened body into
+// a messageJSON or a changeJSON.
+func (e *emitter) entry(m *pb.Message, body []byte, openErr error) any {
+	base := entryBase{Conv: m.GetConvId(), Seq: m.GetSeq(), MsgID: m.GetMsgId(), ClientMsgID: m.GetClientMsgId(), SentAtMs: m.GetSentAtMs()}
 	if m.GetSender() != nil {
-		j.From, j.FromUser, j.FromDevice = devFields(core.KeyOf(m.GetSender()))
+		base.From, base.FromUser, base.FromDevice = devFields(core.KeyOf(m.GetSender()))
 	}
-	j.Outgoing = j.FromUser != "" && j.FromUser == e.me.User
+	base.Outgoing = base.FromUser != "" && base.FromUser == e.me.User
 	if mc := m.GetMembership(); m.GetKind() == pb.MessageKind_MESSAGE_KIND_MEMBERSHIP && mc != nil {
-		j.Type = evMembership
+		base.Type = evMembership
 		switch mc.GetOp() {
 		case pb.MembershipOp_MEMBERSHIP_OP_PROMOTE, pb.MembershipOp_MEMBERSHIP_OP_DEMOTE:
-			j.Type = evRole
+			base.Type = evRole
 		}
-		j.Op = strings.ToLower(strings.TrimPrefix(mc.GetOp().String(), "MEMBERSHIP_OP_"))
-		j.Actor, j.Title, j.Text = mc.GetActor(), mc.GetTitle(), describeMembership(mc)
-		j.Users, j.Invited, j.Promoted = nonNil(mc.GetUsers()), nonNil(mc.GetInvited()), nonNil(mc.GetPromoted())
-		return j
+		return changeJSON{entryBase: base,
+			Op:    strings.ToLower(strings.TrimPrefix(mc.GetOp().String(), "MEMBERSHIP_OP_")),
+			Actor: mc.GetActor(), Title: mc.GetTitle(), Text: describeMembership(mc),
+			Users: nonNil(mc.GetUsers()), Invited: nonNil(mc.GetInvited()), Promoted: nonNil(mc.GetPromoted()),
+		}
 	}
-	j.Type = evMessage
-	s := ""
+	base.Type = evMessage
+	j := messageJSON{entryBase: base}
 	switch {
 	case openErr != nil:
 		j.OpenError, j.OpenErrorCode = openErr.Error(), openErrCode(openErr)
 	case utf8.Valid(body):
-		s = string(body)
+		j.Body = string(body)
 	default:
 		j.BodyBase64 = base64.StdEncoding.EncodeToString(body)
 	}
-	j.Body = &s
 	return j
 }
 
@@ -240,20 +248,24 @@ func openErrCode(err error) string {
 
 // message writes a conversation entry.
 func (e *emitter) message(m *pb.Message, body []byte, openErr error) error {
-	j := e.entry(m, body, openErr)
+	v := e.entry(m, body, openErr)
 	if e.json {
-		return e.write(j)
+		return e.write(v)
 	}
-	at := time.UnixMilli(j.SentAtMs).Format("15:04:05")
-	switch {
-	case j.Type != evMessage:
+	at := time.UnixMilli(m.GetSentAtMs()).Format("15:04:05")
+	switch j := v.(type) {
+	case changeJSON:
 		return e.text("[%s #%d %s] * %s", j.Conv, j.Seq, at, j.Text)
-	case openErr != nil:
-		return e.text("[%s #%d %s] %s: [cannot decrypt: %v]", j.Conv, j.Seq, at, j.From, openErr)
-	case j.BodyBase64 != "":
-		return e.text("[%s #%d %s] %s: [binary, %d bytes]", j.Conv, j.Seq, at, j.From, len(body))
+	case messageJSON:
+		switch {
+		case openErr != nil:
+			return e.text("[%s #%d %s] %s: [cannot decrypt: %v]", j.Conv, j.Seq, at, j.From, openErr)
+		case j.BodyBase64 != "":
+			return e.text("[%s #%d %s] %s: [binary, %d bytes]", j.Conv, j.Seq, at, j.From, len(body))
+		}
+		return e.text("[%s #%d %s] %s: %s", j.Conv, j.Seq, at, j.From, j.Body)
 	}
-	return e.text("[%s #%d %s] %s: %s", j.Conv, j.Seq, at, j.From, *j.Body)
+	return nil
 }
 
 // sent writes the "sent" receipt of this device's message (line: the
