@@ -175,7 +175,9 @@
 // in a bounded queue (Config.NoticeQueue);
 // when it is full they are dropped and counted (DroppedNotices). Their
 // state can be re-read: WaitSent and Outbox for sends, SubscribePresence
-// for presence.
+// for presence. Pending counts what waits for the app (stored messages
+// not yet handed, queued notices, the channel), so an app that drains
+// and exits (chatmesh chat receive) knows when it has seen everything.
 //
 // # Concurrency
 //
