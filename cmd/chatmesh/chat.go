@@ -649,7 +649,7 @@ func describeMembership(mc *pb.MembershipChange) string {
 // device's own messages included), and the live events (receipts,
 // presence, typing, identity changes, connection changes, errors).
 // Without --follow it ends once everything pending after the first sync
-// is written; with --follow it runs until --timeout, SIGINT or SIGTERM
+// is written and the outbox is empty; with --follow it runs until --timeout, SIGINT or SIGTERM
 // (exit 0) or a fatal error (an "error" line with fatal true).
 func chatReceive(ctx context.Context, g *chatGlobals, args []string) error {
 	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
@@ -732,9 +732,20 @@ func chatReceive(ctx context.Context, g *chatGlobals, args []string) error {
 			}
 		}
 	}
+	// The outbox entries to see answered before a drain ends.
+	unsent := map[string]bool{}
+	for _, p := range c.Outbox().Pending() {
+		unsent[p.ClientMsgID] = true
+	}
 	show := func(ev client.Event) error {
 		if err := em.event(ev); err != nil {
 			return err
+		}
+		switch x := ev.(type) {
+		case client.SendAckedEvent:
+			delete(unsent, x.ClientMsgID)
+		case client.SendFailedEvent:
+			delete(unsent, x.ClientMsgID)
 		}
 		if m, ok := ev.(client.MessageEvent); ok {
 			return c.Commit(m.Conv(), m.Seq())
@@ -766,7 +777,10 @@ func chatReceive(ctx context.Context, g *chatGlobals, args []string) error {
 			_ = em.fatal("session", err)
 			return err
 		}
-		if !*follow && c.Pending() == 0 {
+		// Drained: every event handed and written, and what earlier
+		// `send --no-wait` runs left in the outbox sent, with its sent
+		// receipts or errors written.
+		if !*follow && c.Pending() == 0 && len(unsent) == 0 {
 			return nil
 		}
 		select {

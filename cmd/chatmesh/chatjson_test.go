@@ -500,6 +500,19 @@ func TestChatSendStdin(t *testing.T) {
 	if code != ExitOK || strings.Count(out, "sent d:alice:bob seq ") != 40 || !strings.HasSuffix(out, "sent d:alice:bob seq 44\n") {
 		t.Fatalf("40 lines: exit %d, %q", code, out)
 	}
+	// receive (without --follow) sends what send --no-wait queued and
+	// writes its sent receipt before it ends.
+	q := parseLines(t, must(t)(alice.offline("send", "--json", "--no-wait", "@bob", "later")))
+	out, code = alice.runExit(ctx, "", "receive", "--json")
+	var got []jsonEvent
+	for _, e := range parseLines(t, out) {
+		if e.str("type") == "receipt" {
+			got = append(got, e)
+		}
+	}
+	if code != ExitOK || len(q) != 1 || len(got) != 1 || got[0].str("status") != "sent" || got[0].str("client_msg_id") != q[0].str("client_msg_id") || got[0].num("seq") != 45 {
+		t.Fatalf("receive after send --no-wait: exit %d, queued %v, receipts %v", code, q, got)
+	}
 	// A single TEXT over the limit is refused the same way (exit 1).
 	out, code = alice.runExit(ctx, "", "send", "--json", "@bob", over)
 	if e := parseLines(t, out); code != ExitFailure || len(e) != 1 || e[0].str("code") != "MESSAGE_TOO_LARGE" {
