@@ -710,8 +710,16 @@ func (c *Client) runSession(ctx context.Context, target edgeTarget) error {
 	c.notify(ConnectedEvent{Edge: edge, Hello: hello})
 	if len(subs) > 0 {
 		s.wg.Go(func() {
-			if _, err := s.call(s.ctx, presenceFrame(subs)); err != nil && s.ctx.Err() == nil {
-				c.log.Warn("client: presence resubscribe failed", "err", err)
+			r, err := s.call(s.ctx, presenceFrame(subs))
+			if err != nil {
+				if s.ctx.Err() == nil {
+					c.log.Warn("client: presence resubscribe failed", "err", err)
+				}
+				return
+			}
+			// The snapshot covers what changed while no session was up.
+			for _, p := range r.GetPresence().GetUsers() {
+				c.notify(PresenceEvent{User: p.GetUserId(), Online: p.GetOnline(), LastSeenMs: p.GetLastSeenMs()})
 			}
 		})
 	}
@@ -1160,7 +1168,9 @@ func presenceFrame(users []string) *pb.ClientFrame {
 }
 
 // SubscribePresence replaces the presence subscription set (kept across
-// reconnects) and returns the current presence of those users that the
+// reconnects: after each reconnect the users' state then arrives as
+// PresenceEvents, covering changes while no session was up) and returns
+// the current presence of those users that the
 // server lets the user see: the user themselves and their conversation
 // peers (users sharing a 1:1 or group conversation with them). Others are
 // left out of the result, and no events about them arrive.
