@@ -226,6 +226,7 @@ type Client struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	lock      *stateLock // StateDir/lock, held until Close
 }
 
 // Open loads (or creates) the device state in cfg.StateDir and starts the
@@ -238,6 +239,16 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if err := mkdirPrivate(cfg.StateDir); err != nil {
 		return nil, err
 	}
+	lock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	opened := false
+	defer func() {
+		if !opened {
+			lock.release()
+		}
+	}()
 	id, err := loadOrCreateIdentity(cfg.StateDir, cfg.Rand)
 	if err != nil {
 		return nil, err
@@ -260,7 +271,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		recv:    map[string]*recvState{},
 		emitted: map[string]uint64{}, dirty: map[string]struct{}{},
 		events: make(chan Event, cfg.EventBuffer), dispatchWake: make(chan struct{}, 1),
-		now: time.Now,
+		now: time.Now, lock: lock,
 	}
 	if c.sealer == nil {
 		sl, err := e2ee.New(e2ee.Config{
@@ -279,6 +290,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Go(func() { c.dispatch(c.ctx) })
+	opened = true
 	return c, nil
 }
 
@@ -295,6 +307,7 @@ func (c *Client) Close() error {
 				c.closeErr = err
 			}
 		}
+		c.lock.release()
 	})
 	return c.closeErr
 }

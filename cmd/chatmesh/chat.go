@@ -75,7 +75,8 @@ commands:
 
 exit status: 0 ok, 1 failed, 2 usage error, 3 not registered / not accepted, 4 edge unreachable or
 no answer within --timeout, 5 send --stdin: some lines not sent, 6 a peer's identity changed
-(trust it first), 7 replaced by another session of this device, 130 interrupted (see CLI.md).
+(trust it first), 7 replaced by another session of this device, 8 state dir in use by another
+process, 130 interrupted (see CLI.md).
 `
 
 // chatGlobals are the flags shared by every chat subcommand.

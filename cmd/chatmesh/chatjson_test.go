@@ -589,6 +589,16 @@ func TestChatExitCodes(t *testing.T) {
 	if _, code := dead.runExit(ctx, "", "receive", "--follow", "--timeout", "500ms"); code != ExitOK {
 		t.Errorf("follow with timeout: exit %d", code)
 	}
+	// One process per device: while a stream runs, another command of the
+	// same state dir is refused (exit 8) and the stream goes on.
+	st := alice.follow()
+	st.waitFor("connected", func(e jsonEvent) bool { return e.str("type") == "connection" && e.str("state") == "connected" })
+	if out, code := alice.runExit(ctx, "", "send", "--json", "@bob", "x"); code != ExitBusy {
+		t.Errorf("send while the stream runs: exit %d %q", code, out)
+	}
+	if err := st.stop(); err != nil {
+		t.Errorf("stream after the refused second process: %v", err)
+	}
 	// An interrupted one-shot command.
 	ictx, icancel := context.WithCancel(ctx)
 	time.AfterFunc(300*time.Millisecond, icancel)
@@ -773,6 +783,7 @@ func TestErrCodes(t *testing.T) {
 		{errors.New("disk on fire"), "CLIENT", ExitFailure},
 		{withExit(ExitPartial, errors.New("2 of 3")), "CLIENT", ExitPartial},
 		{usagef("bad"), "CLIENT", ExitUsage},
+		{fmt.Errorf("open: %w", client.ErrStateInUse), "STATE_IN_USE", ExitBusy},
 	}
 	for _, tc := range cases {
 		if got := errCode(tc.err); got != tc.code {

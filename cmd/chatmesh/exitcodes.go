@@ -34,6 +34,9 @@ const (
 	// ExitReplaced: another session of this device (another process with
 	// the same state dir, or a copy of it) took over (REPLACED).
 	ExitReplaced = 7
+	// ExitBusy: another process has this device's state dir open (one
+	// process per device at a time).
+	ExitBusy = 8
 	// ExitInterrupted: SIGINT or SIGTERM ended a one-shot command
 	// (`receive --follow` ends with ExitOK instead).
 	ExitInterrupted = 130
@@ -86,6 +89,8 @@ func chatExitCode(err error) int {
 		return ExitUsage
 	case errors.Is(err, e2ee.ErrIdentityChanged):
 		return ExitIdentity
+	case errors.Is(err, client.ErrStateInUse):
+		return ExitBusy
 	case errors.Is(err, client.ErrNotRegistered), errors.Is(err, e2ee.ErrNotRegistered):
 		return ExitAuth
 	case errors.Is(err, context.Canceled):
@@ -123,7 +128,7 @@ func chatError(err error) error {
 
 // errCode is the code of err in the JSON output: the wire error code's
 // name (NOT_FOUND, MESSAGE_TOO_LARGE, ...) when err is or maps to one,
-// else one of the client-side codes IDENTITY_CHANGED, TIMEOUT,
+// else one of the client-side codes IDENTITY_CHANGED, STATE_IN_USE, TIMEOUT,
 // INTERRUPTED or CLIENT (see CLI.md, "Error codes").
 func errCode(err error) string {
 	if code, ok := wireCode(err); ok {
@@ -136,6 +141,8 @@ func errCode(err error) string {
 		return codeName(pb.ErrorCode_ERROR_CODE_MESSAGE_TOO_LARGE)
 	case errors.Is(err, e2ee.ErrIdentityChanged):
 		return "IDENTITY_CHANGED"
+	case errors.Is(err, client.ErrStateInUse):
+		return "STATE_IN_USE"
 	case errors.Is(err, client.ErrNotRegistered), errors.Is(err, e2ee.ErrNotRegistered):
 		return codeName(pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED)
 	case errors.Is(err, client.ErrBadArgument):
