@@ -35,6 +35,8 @@
 //	convs/<hex>.log    one append-only log per conversation: its entries in seq
 //	                   order (with skip records at join points), the app's
 //	                   "seen" cursor and the confirmed delivery cursor (see Store)
+//	lock               flock'd from Open to Close: a second Client of the same
+//	                   dir, in any process, gets ErrStateInUse (unix only)
 //
 // Records carry a crc32c; a torn tail left by a crash is cut off on open.
 // Identity, outbox adds and stored entries are fsync'd before the call that
