@@ -362,7 +362,7 @@ func TestReconnectAfterEdgeDropsSessions(t *testing.T) {
 func TestUnknownDeviceIsRejectedForGood(t *testing.T) {
 	p := newTestPeer(t)
 	first, dir := registered(t, p, "alice")
-	first.Close() // one Client per state dir at a time
+	first.Close()           // one Client per state dir at a time
 	other := newTestPeer(t) // knows nothing about alice
 	c, err := Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{other.url()}, MinBackoff: time.Millisecond})
 	if err != nil {
