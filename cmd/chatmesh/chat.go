@@ -501,14 +501,20 @@ type lineSend struct {
 // connection, reading ahead of the acks by at most sendQueue lines, and
 // writes one result per line in input order. A line that fails (too
 // long, refused) is reported and the rest continue: the command then
-// ends with ExitPartial. An ack that does not come within --timeout ends
-// the command (ExitUnavailable; the message stays in the outbox).
+// ends with ExitPartial. An error that would fail every later line too
+// (stopsSending: no answer within --timeout, the peer's identity
+// changed, ...) ends the command with its own status; a message whose
+// ack did not come stays in the outbox.
 func sendLines(ctx context.Context, g *chatGlobals, c *client.Client, em *emitter, conv string, noWait bool) error {
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	queue := make(chan lineSend, sendQueue)
-	var reader sync.WaitGroup
-	reader.Go(func() {
+	// sendMu makes the reader's Send and the end of this function exclusive:
+	// once stopped, the reader sends nothing more (the client is closed
+	// after this returns).
+	var sendMu sync.Mutex
+	stopped := false
+	go func() {
 		defer close(queue)
 		r := bufio.NewReaderSize(g.stdin, 64<<10)
 		for n := 1; ; n++ {
@@ -529,9 +535,15 @@ func sendLines(ctx context.Context, g *chatGlobals, c *client.Client, em *emitte
 			case len(line) == 0:
 				continue // blank lines carry no message
 			default:
+				sendMu.Lock()
+				if stopped {
+					sendMu.Unlock()
+					return
+				}
 				sctx, cancel := context.WithTimeout(rctx, g.timeout)
 				ls.id, ls.err = c.Send(sctx, conv, line)
 				cancel()
+				sendMu.Unlock()
 			}
 			select {
 			case queue <- ls:
@@ -539,26 +551,27 @@ func sendLines(ctx context.Context, g *chatGlobals, c *client.Client, em *emitte
 				return
 			}
 		}
-	})
+	}()
 	// The reader may be blocked reading stdin when this returns early; it
-	// ends at end of input or with the process, like the interactive one.
+	// ends at end of input or with the process, like the interactive one,
+	// and sends nothing after this returns.
 	defer func() {
 		stop()
-		if ctx.Err() == nil {
-			reader.Wait()
-		}
+		sendMu.Lock()
+		stopped = true
+		sendMu.Unlock()
 	}()
 	failed, total := 0, 0
 	for ls := range queue {
 		total++
 		if ls.err != nil && ls.id == "" {
-			failed++
 			if err := em.sendError(conv, "", ls.line, ls.err); err != nil {
 				return err
 			}
-			if errors.Is(ls.err, context.Canceled) {
+			if stopsSending(ls.err) {
 				return ls.err
 			}
+			failed++
 			continue
 		}
 		if noWait {
@@ -590,6 +603,18 @@ func sendLines(ctx context.Context, g *chatGlobals, c *client.Client, em *emitte
 		return withExit(ExitPartial, fmt.Errorf("chat: %d of %d lines not sent", failed, total))
 	}
 	return nil
+}
+
+// stopsSending reports whether a line's error concerns every line after
+// it too (the connection, the device, the peer's identity), so that
+// send --stdin stops with that error's exit status instead of failing
+// the remaining lines one by one.
+func stopsSending(err error) bool {
+	switch chatExitCode(err) {
+	case ExitUnavailable, ExitInterrupted, ExitAuth, ExitIdentity, ExitReplaced, ExitBusy:
+		return true
+	}
+	return false
 }
 
 // waitSent waits for the ack, returning early on a fatal connection error.

@@ -410,6 +410,10 @@ func TestChatJSONStream(t *testing.T) {
 	if code != ExitIdentity || len(ie) != 1 || ie[0].str("type") != "error" || ie[0].str("code") != "IDENTITY_CHANGED" || ie[0].str("op") != "send" {
 		t.Fatalf("send after identity change: exit %d, %q", code, out)
 	}
+	out, code = alice.runExit(ctx, "x\ny\n", "send", "--json", "--stdin", "@bob")
+	if ie := parseLines(t, out); code != ExitIdentity || len(ie) != 1 || ie[0].str("code") != "IDENTITY_CHANGED" || ie[0].num("line") != 1 {
+		t.Fatalf("send --stdin after identity change: exit %d, %q", code, out)
+	}
 	var idev []jsonEvent
 	for _, e := range parseLines(t, alice.must("receive", "--json")) {
 		if e.str("type") == "identity" {
@@ -584,6 +588,12 @@ func TestChatExitCodes(t *testing.T) {
 	out, code := dead.runExit(ctx, "", "--timeout", "1s", "receive", "--json")
 	if e := parseLines(t, out); code != ExitUnavailable || len(e) != 1 || e[0].str("code") != "TIMEOUT" || e[0].num("exit") != ExitUnavailable {
 		t.Errorf("unreachable edge: exit %d, %q", code, out)
+	}
+	// send --stdin stops at the first line that cannot be sent for want of
+	// the network (sealing to bob needs his keys from the server).
+	out, code = dead.runExit(ctx, "a\nb\nc\n", "--timeout", "1s", "send", "--json", "--stdin", "@bob")
+	if e := parseLines(t, out); code != ExitUnavailable || len(e) != 1 || e[0].str("type") != "error" || e[0].num("line") != 1 || e[0].str("code") != "TIMEOUT" {
+		t.Errorf("send --stdin without an edge: exit %d, %q", code, out)
 	}
 	// --follow ends cleanly at its own --timeout even when never connected.
 	if _, code := dead.runExit(ctx, "", "receive", "--follow", "--timeout", "500ms"); code != ExitOK {
