@@ -346,6 +346,12 @@ func TestChatJSONStream(t *testing.T) {
 	if !slices.Equal(de.strs("users"), []string{"alice"}) || de.num("seq") != 6 {
 		t.Fatalf("role demote: %v", de)
 	}
+	bob.must("group", "add", gid, "carol")
+	bob.must("group", "remove", gid, "carol")
+	rm := st.waitFor("remove", func(e jsonEvent) bool { return e.str("type") == "membership" && e.str("op") == "remove" })
+	if !slices.Equal(rm.strs("users"), []string{"carol"}) || rm.str("actor") != "bob" || rm.num("seq") != 8 {
+		t.Fatalf("membership remove: %v", rm)
+	}
 
 	// Each entry appears once, in seq order per conversation.
 	last := map[string]uint64{}
@@ -425,7 +431,7 @@ func TestChatJSONStream(t *testing.T) {
 	}
 	// history --json uses the same schema.
 	h := parseLines(t, alice.must("history", "--json", gid))
-	if len(h) != 6 || h[0].str("type") != "membership" || h[2].str("type") != "role" || h[5].str("op") != "demote" {
+	if len(h) != 8 || h[0].str("type") != "membership" || h[2].str("type") != "role" || h[5].str("op") != "demote" || h[7].str("op") != "remove" {
 		t.Fatalf("history --json: %v", h)
 	}
 }
