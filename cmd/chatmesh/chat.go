@@ -42,9 +42,12 @@ commands:
   link REQUEST                  sign a new device's link request; prints the link token (the signed
                                 device list naming the new device is published when this device
                                 next connects after the new one registered)
-  send CONV|@USER TEXT...       send a message; waits for "sent ✓" unless --no-wait
-  send CONV|@USER --stdin       send each line of standard input as one message (also: send CONV -);
-                                --json prints one result line per message (see CLI.md)
+  send [--json] [--no-wait] CONV|@USER TEXT...
+                                send a message; waits for "sent ✓" unless --no-wait (flags
+                                before CONV: the text after it may start with -)
+  send [--json] [--no-wait] --stdin CONV|@USER   (or: send CONV|@USER -)
+                                send each line of standard input as one message over one
+                                connection; --json prints one result line per message (CLI.md)
   receive [--json] [--follow] [--timeout D] [--presence USER,...]
                                 print messages not printed before and every other event the client
                                 sees (receipts, membership, presence, typing, ...; JSON lines with
@@ -429,7 +432,7 @@ func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
 		return flagError(err)
 	}
 	pos := fs.Args()
-	if len(pos) == 2 && pos[1] == "-" {
+	if len(pos) == 2 && (pos[1] == "-" || pos[1] == "--stdin") {
 		*fromStdin, pos = true, pos[:1]
 	}
 	if len(pos) < 1 || (*fromStdin && len(pos) != 1) || (!*fromStdin && len(pos) < 2) {

@@ -467,7 +467,7 @@ func TestChatSendStdin(t *testing.T) {
 	atLimit := strings.Repeat("x", MaxLineBytes)
 	over := strings.Repeat("y", MaxLineBytes+1)
 	input := "one\n\n" + atLimit + "\n" + over + "\r\ntwo\r\n" + "three" // no final newline
-	out, code := alice.runExit(ctx, input, "send", "--json", "--stdin", "@bob")
+	out, code := alice.runExit(ctx, input, "send", "--json", "@bob", "-")
 	res := parseLines(t, out)
 	if code != ExitPartial || len(res) != 5 {
 		t.Fatalf("exit %d, %d results: %s", code, len(res), out)
@@ -506,7 +506,7 @@ func TestChatSendStdin(t *testing.T) {
 	for i := range 40 {
 		fmt.Fprintf(&b, "line %d\n", i)
 	}
-	out, code = alice.runExit(ctx, b.String(), "send", "@bob", "-")
+	out, code = alice.runExit(ctx, b.String(), "send", "@bob", "--stdin") // also after CONV
 	if code != ExitOK || strings.Count(out, "sent d:alice:bob seq ") != 40 || !strings.HasSuffix(out, "sent d:alice:bob seq 44\n") {
 		t.Fatalf("40 lines: exit %d, %q", code, out)
 	}
