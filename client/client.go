@@ -226,6 +226,7 @@ type Client struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	lock      *stateLock // StateDir/lock, held until Close
 }
 
 // Open loads (or creates) the device state in cfg.StateDir and starts the
@@ -238,6 +239,16 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if err := mkdirPrivate(cfg.StateDir); err != nil {
 		return nil, err
 	}
+	lock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	opened := false
+	defer func() {
+		if !opened {
+			lock.release()
+		}
+	}()
 	id, err := loadOrCreateIdentity(cfg.StateDir, cfg.Rand)
 	if err != nil {
 		return nil, err
@@ -260,7 +271,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		recv:    map[string]*recvState{},
 		emitted: map[string]uint64{}, dirty: map[string]struct{}{},
 		events: make(chan Event, cfg.EventBuffer), dispatchWake: make(chan struct{}, 1),
-		now: time.Now,
+		now: time.Now, lock: lock,
 	}
 	if c.sealer == nil {
 		sl, err := e2ee.New(e2ee.Config{
@@ -279,6 +290,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Go(func() { c.dispatch(c.ctx) })
+	opened = true
 	return c, nil
 }
 
@@ -295,6 +307,7 @@ func (c *Client) Close() error {
 				c.closeErr = err
 			}
 		}
+		c.lock.release()
 	})
 	return c.closeErr
 }
@@ -710,8 +723,16 @@ func (c *Client) runSession(ctx context.Context, target edgeTarget) error {
 	c.notify(ConnectedEvent{Edge: edge, Hello: hello})
 	if len(subs) > 0 {
 		s.wg.Go(func() {
-			if _, err := s.call(s.ctx, presenceFrame(subs)); err != nil && s.ctx.Err() == nil {
-				c.log.Warn("client: presence resubscribe failed", "err", err)
+			r, err := s.call(s.ctx, presenceFrame(subs))
+			if err != nil {
+				if s.ctx.Err() == nil {
+					c.log.Warn("client: presence resubscribe failed", "err", err)
+				}
+				return
+			}
+			// The snapshot covers what changed while no session was up.
+			for _, p := range r.GetPresence().GetUsers() {
+				c.notify(PresenceEvent{User: p.GetUserId(), Online: p.GetOnline(), LastSeenMs: p.GetLastSeenMs()})
 			}
 		})
 	}
@@ -1160,7 +1181,9 @@ func presenceFrame(users []string) *pb.ClientFrame {
 }
 
 // SubscribePresence replaces the presence subscription set (kept across
-// reconnects) and returns the current presence of those users that the
+// reconnects: after each reconnect the users' state then arrives as
+// PresenceEvents, covering changes while no session was up) and returns
+// the current presence of those users that the
 // server lets the user see: the user themselves and their conversation
 // peers (users sharing a 1:1 or group conversation with them). Others are
 // left out of the result, and no events about them arrive.

@@ -361,7 +361,8 @@ func TestReconnectAfterEdgeDropsSessions(t *testing.T) {
 
 func TestUnknownDeviceIsRejectedForGood(t *testing.T) {
 	p := newTestPeer(t)
-	_, dir := registered(t, p, "alice")
+	first, dir := registered(t, p, "alice")
+	first.Close()           // one Client per state dir at a time
 	other := newTestPeer(t) // knows nothing about alice
 	c, err := Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{other.url()}, MinBackoff: time.Millisecond})
 	if err != nil {

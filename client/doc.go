@@ -35,6 +35,8 @@
 //	convs/<hex>.log    one append-only log per conversation: its entries in seq
 //	                   order (with skip records at join points), the app's
 //	                   "seen" cursor and the confirmed delivery cursor (see Store)
+//	lock               flock'd from Open to Close: a second Client of the same
+//	                   dir, in any process, gets ErrStateInUse (unix only)
 //
 // Records carry a crc32c; a torn tail left by a crash is cut off on open.
 // Identity, outbox adds and stored entries are fsync'd before the call that
@@ -176,7 +178,9 @@
 // in a bounded queue (Config.NoticeQueue);
 // when it is full they are dropped and counted (DroppedNotices). Their
 // state can be re-read: WaitSent and Outbox for sends, SubscribePresence
-// for presence.
+// for presence. Pending counts what waits for the app (stored messages
+// not yet handed, queued notices, the channel), so an app that drains
+// and exits (chatmesh chat receive) knows when it has seen everything.
 //
 // # Concurrency
 //

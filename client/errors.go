@@ -31,6 +31,9 @@ var (
 	ErrNoSuchMessage = errors.New("client: no such message")
 	// ErrBadArgument: an argument was rejected locally before reaching the server.
 	ErrBadArgument = errors.New("client: invalid argument")
+	// ErrStateInUse: another Client (in this or another process) has the
+	// state dir open; one device's state is used by one Client at a time.
+	ErrStateInUse = errors.New("client: state dir in use by another client")
 	// ErrUnknownMessage: WaitSent was asked about a client message id this
 	// client neither has pending nor saw acked.
 	ErrUnknownMessage = errors.New("client: unknown client message id")

@@ -200,6 +200,16 @@ func (c *Client) Backlog() int {
 	return n
 }
 
+// Pending returns how many events wait for the app: stored messages not
+// yet handed (Backlog), queued notices and events in the Events channel.
+// Zero means Events has nothing to hand until something new arrives.
+func (c *Client) Pending() int {
+	c.evMu.Lock()
+	n := len(c.notices)
+	c.evMu.Unlock()
+	return c.Backlog() + n + len(c.events)
+}
+
 // markDirty notes that conv has newly stored entries for the dispatcher.
 func (c *Client) markDirty(conv string) {
 	c.evMu.Lock()
@@ -220,19 +230,33 @@ func (c *Client) dispatch(ctx context.Context) {
 		c.markDirty(s.Conv)
 	}
 	for {
-		c.evMu.Lock()
-		notices := c.notices
-		c.notices = nil
-		dirty := c.dirty
-		c.dirty = map[string]struct{}{}
-		c.evMu.Unlock()
-		for _, ev := range notices {
+		// A notice leaves the queue only once handed, so that Pending
+		// counts it until then.
+		handed := 0
+		for {
+			c.evMu.Lock()
+			if len(c.notices) == 0 {
+				c.notices = nil
+				c.evMu.Unlock()
+				break
+			}
+			ev := c.notices[0]
+			c.evMu.Unlock()
 			select {
 			case c.events <- ev:
 			case <-ctx.Done():
 				return
 			}
+			c.evMu.Lock()
+			c.notices[0] = nil
+			c.notices = c.notices[1:]
+			c.evMu.Unlock()
+			handed++
 		}
+		c.evMu.Lock()
+		dirty := c.dirty
+		c.dirty = map[string]struct{}{}
+		c.evMu.Unlock()
 		again := false
 		for conv := range dirty {
 			more, ok := c.dispatchConv(ctx, conv)
@@ -244,7 +268,7 @@ func (c *Client) dispatch(ctx context.Context) {
 				again = true
 			}
 		}
-		if again || len(notices) > 0 {
+		if again || handed > 0 {
 			continue
 		}
 		select {

@@ -47,10 +47,11 @@ type testPeer struct {
 	mutePings  bool           // leave pings unanswered (a half-open connection)
 	pings      int
 	ackFrames  map[core.DeviceKey]int
-	ignoreAcks bool                       // lose acks (as if the session died before they were processed)
-	keys       peerKeys                   // end-to-end key directory (e2ee_peer_test.go)
-	modifies   []*pb.ModifyMembersRequest // every modify_members received, in order
-	dropModify int                        // close the session instead of answering the next n modify_members
+	ignoreAcks bool                         // lose acks (as if the session died before they were processed)
+	keys       peerKeys                     // end-to-end key directory (e2ee_peer_test.go)
+	modifies   []*pb.ModifyMembersRequest   // every modify_members received, in order
+	dropModify int                          // close the session instead of answering the next n modify_members
+	presence   map[string]*pb.PresenceEvent // presence_subscribe answers: the known users' state
 }
 
 type peerSession struct {
@@ -283,6 +284,16 @@ func (p *testPeer) handle(s *peerSession, f *pb.ClientFrame) bool {
 			return false
 		}
 		p.reply(s, f.GetReqId(), &pb.Response{Body: &pb.Response_Conversation{Conversation: info}})
+		return true
+	case *pb.ClientFrame_PresenceSubscribe:
+		snap := &pb.PresenceSnapshot{}
+		for _, u := range b.PresenceSubscribe.GetUsers() {
+			if ev := p.presence[u]; ev != nil {
+				snap.Users = append(snap.Users, proto.Clone(ev).(*pb.PresenceEvent))
+			}
+		}
+		p.mu.Unlock()
+		p.reply(s, f.GetReqId(), &pb.Response{Body: &pb.Response_Presence{Presence: snap}})
 		return true
 	case *pb.ClientFrame_Ping:
 		p.pings++

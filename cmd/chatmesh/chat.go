@@ -2,9 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,9 +42,17 @@ commands:
   link REQUEST                  sign a new device's link request; prints the link token (the signed
                                 device list naming the new device is published when this device
                                 next connects after the new one registered)
-  send CONV|@USER TEXT...       send a message; waits for "sent ✓" unless --no-wait
-  receive [--json] [--follow] [--timeout D]
-                                print messages not printed before (JSON lines with --json)
+  send [--json] [--no-wait] CONV|@USER TEXT...
+                                send a message; waits for "sent ✓" unless --no-wait (flags
+                                before CONV: the text after it may start with -)
+  send [--json] [--no-wait] --stdin CONV|@USER   (or: send CONV|@USER -)
+                                send each line of standard input as one message over one
+                                connection; --json prints one result line per message (CLI.md)
+  receive [--json] [--follow] [--timeout D] [--presence USER,...]
+                                print messages not printed before and every other event the client
+                                sees (receipts, membership, presence, typing, ...; JSON lines with
+                                --json, schema in CLI.md); --follow streams until SIGINT/SIGTERM
+  typing CONV|@USER [on|off]    tell the conversation's members you are (not) typing
   history CONV [--json] [--remote N]
                                 print the local history of CONV (--remote: fetch N from the server first)
   conversations                 list conversations (server view)
@@ -67,6 +75,11 @@ commands:
   safety USER                   print the safety number with USER (compare it in person)
   trust USER                    accept USER's changed identity (after comparing the safety number)
   interactive                   line-based chat (the default): /to @bob, /group g:..., /quit
+
+exit status: 0 ok, 1 failed, 2 usage error, 3 not registered / not accepted, 4 edge unreachable or
+no answer within --timeout, 5 send --stdin: some lines not sent, 6 a peer's identity changed
+(trust it first), 7 replaced by another session of this device, 8 state dir in use by another
+process, 130 interrupted (see CLI.md).
 `
 
 // chatGlobals are the flags shared by every chat subcommand.
@@ -129,7 +142,7 @@ func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	fs.BoolVar(&g.verbose, "v", false, "log connection events to stderr")
 	fs.BoolVar(&g.insecure, "insecure-plaintext", os.Getenv("CHATMESH_INSECURE_PLAINTEXT") == "1", "send and read bodies WITHOUT end-to-end encryption (control runs only); env CHATMESH_INSECURE_PLAINTEXT=1")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return flagError(err)
 	}
 	if len(edges) == 0 {
 		if e := os.Getenv("CHATMESH_EDGE"); e != "" {
@@ -141,7 +154,20 @@ func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	if len(rest) == 0 {
 		rest = []string{"interactive"}
 	}
-	cmd, cargs := rest[0], rest[1:]
+	return chatError(chatCommand(ctx, g, rest[0], rest[1:]))
+}
+
+// flagError makes a flag parsing error a usage error (help stays help).
+func flagError(err error) error {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return usageError{err}
+}
+
+// chatCommand runs one chat command.
+func chatCommand(ctx context.Context, g *chatGlobals, cmd string, cargs []string) error {
+	stdout, stderr := g.stdout, g.stderr
 	switch cmd {
 	case "register":
 		return chatRegister(ctx, g, cargs)
@@ -171,6 +197,8 @@ func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		return chatSafety(ctx, g, cargs)
 	case "trust":
 		return chatTrust(ctx, g, cargs)
+	case "typing":
+		return chatTyping(ctx, g, cargs)
 	case "interactive":
 		return chatInteractive(ctx, g)
 	case "help":
@@ -178,7 +206,7 @@ func runChat(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		return nil
 	default:
 		fmt.Fprint(stderr, chatUsage)
-		return fmt.Errorf("chat: unknown command %q", cmd)
+		return usagef("chat: unknown command %q", cmd)
 	}
 }
 
@@ -189,15 +217,19 @@ func envOr(k, def string) string {
 	return def
 }
 
-// open opens the device state (no network).
-func (g *chatGlobals) open(ctx context.Context, manualCommit bool) (*client.Client, error) {
+// open opens the device state (no network). The app cursor moves only by
+// Commit, after a command has shown a message: a command that does not
+// show messages (send, whoami, group, ...) must not mark them seen, or the
+// next `receive` would skip them (before, `send` marked its own message
+// seen whenever its delivery arrived before the process ended).
+func (g *chatGlobals) open(ctx context.Context) (*client.Client, error) {
 	logger := slog.New(slog.DiscardHandler)
 	if g.verbose {
 		logger = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	cfg := client.Config{
 		StateDir: g.state, Edges: g.edges, LocateURL: g.locate, CertHash: g.certHash, ServerKey: g.srvKey,
-		Logger: logger, ManualCommit: manualCommit, ClientName: "chatmesh-cli/" + Version,
+		Logger: logger, ManualCommit: true, ClientName: "chatmesh-cli/" + Version,
 		RegistrationToken: g.regToken,
 	}
 	if g.insecure {
@@ -213,18 +245,18 @@ var errNoEdge = errors.New("chat: --edge or --locate is required")
 func (g *chatGlobals) online() bool { return len(g.edges) > 0 || g.locate != "" }
 
 // connected opens the state and starts the connection loop.
-func (g *chatGlobals) connected(ctx context.Context, manualCommit bool) (*client.Client, error) {
+func (g *chatGlobals) connected(ctx context.Context) (*client.Client, error) {
 	if !g.online() {
 		return nil, errNoEdge
 	}
-	c, err := g.open(ctx, manualCommit)
+	c, err := g.open(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if err := c.Start(); err != nil {
 		c.Close()
 		if errors.Is(err, client.ErrNotRegistered) {
-			return nil, errors.New("chat: this device is not registered; run `chatmesh chat register USER` first")
+			return nil, fmt.Errorf("chat: this device is not registered; run `chatmesh chat register USER` first: %w", err)
 		}
 		return nil, err
 	}
@@ -255,14 +287,14 @@ func chatRegister(ctx context.Context, g *chatGlobals, args []string) error {
 	link := fs.String("link", "", "link token from an existing device (`chatmesh chat link`)")
 	fs.StringVar(&g.regToken, "registration-token", os.Getenv("CHATMESH_REGISTRATION_TOKEN"), "operator-issued registration token (skips the per-IP limit and proof of work); env CHATMESH_REGISTRATION_TOKEN")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return flagError(err)
 	}
 	if !g.online() {
 		return errNoEdge
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	c, err := g.open(ctx, false)
+	c, err := g.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -274,9 +306,12 @@ func chatRegister(ctx context.Context, g *chatGlobals, args []string) error {
 	case fs.NArg() == 1:
 		key, err = c.Register(ctx, fs.Arg(0))
 	default:
-		return errors.New("chat: usage: register USER | register --link TOKEN")
+		return usagef("chat: usage: register USER | register --link TOKEN")
 	}
 	if err != nil {
+		if chatExitCode(err) == ExitFailure { // refused: taken, forbidden, bad token, ...
+			return withExit(ExitAuth, fmt.Errorf("chat: registration refused: %w", err))
+		}
 		return err
 	}
 	fmt.Fprintf(g.stdout, "registered %s\n", key)
@@ -284,7 +319,7 @@ func chatRegister(ctx context.Context, g *chatGlobals, args []string) error {
 }
 
 func chatLinkRequest(ctx context.Context, g *chatGlobals) error {
-	c, err := g.open(ctx, false)
+	c, err := g.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -298,9 +333,9 @@ func chatLinkRequest(ctx context.Context, g *chatGlobals) error {
 
 func chatLink(ctx context.Context, g *chatGlobals, args []string) error {
 	if len(args) != 1 {
-		return errors.New("chat: usage: link REQUEST-TOKEN (from `chatmesh chat link-request` on the new device)")
+		return usagef("chat: usage: link REQUEST-TOKEN (from `chatmesh chat link-request` on the new device)")
 	}
-	c, err := g.open(ctx, false)
+	c, err := g.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -314,7 +349,7 @@ func chatLink(ctx context.Context, g *chatGlobals, args []string) error {
 }
 
 func chatWhoami(ctx context.Context, g *chatGlobals) error {
-	c, err := g.open(ctx, false)
+	c, err := g.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -332,29 +367,81 @@ func chatWhoami(ctx context.Context, g *chatGlobals) error {
 func resolveConv(me core.DeviceKey, target string) (string, error) {
 	if u, ok := strings.CutPrefix(target, "@"); ok {
 		if !core.ValidUserID(u) {
-			return "", fmt.Errorf("chat: bad user id %q", u)
+			return "", usagef("chat: bad user id %q", u)
 		}
 		return core.DirectConvID(me.User, u), nil
 	}
 	if core.KindOf(target) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED {
-		return "", fmt.Errorf("chat: %q is neither @user nor a conversation id", target)
+		return "", usagef("chat: %q is neither @user nor a conversation id", target)
 	}
 	return target, nil
+}
+
+// MaxLineBytes bounds one message body of `chat send` (a line of --stdin,
+// or the joined TEXT arguments), in bytes, without the line end. A longer
+// line fails with MESSAGE_TOO_LARGE and the next lines are still sent.
+// The sealed message must also fit the edge's max_envelope_bytes: with
+// end-to-end encryption a 1:1 message is encrypted once per recipient
+// device, so to users with many devices a shorter body can still fail
+// with MESSAGE_TOO_LARGE.
+const MaxLineBytes = 16 << 10
+
+// sendQueue bounds the lines of `send --stdin` read ahead of their acks.
+const sendQueue = 256
+
+var errLineTooLong = fmt.Errorf("chat: message longer than %d bytes", MaxLineBytes)
+
+// readLine reads one line of at most max bytes (without "\n" or "\r\n").
+// A longer line is consumed to its end and reported by tooLong. err is
+// io.EOF only when nothing was read.
+func readLine(r *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
+	for {
+		frag, err := r.ReadSlice('\n')
+		if !tooLong {
+			if len(line)+len(frag) > max+2 { // room for "\r\n"
+				tooLong, line = true, nil
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case err == io.EOF && (len(line) > 0 || tooLong):
+			err = nil
+		case err != nil:
+			return nil, false, err
+		}
+		line = bytes.TrimSuffix(line, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) > max {
+			return nil, true, nil
+		}
+		return line, tooLong, nil
+	}
 }
 
 func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
 	fs := flag.NewFlagSet("send", flag.ContinueOnError)
 	fs.SetOutput(g.stderr)
 	noWait := fs.Bool("no-wait", false, "return once the message is in the durable outbox")
+	fromStdin := fs.Bool("stdin", false, "send each line of standard input as one message (same as TEXT -)")
+	asJSON := fs.Bool("json", false, "print one JSON line per message: a sent receipt, queued, or an error (see CLI.md)")
+	// Flags go before CONV: the text after it may start with "-".
 	if err := fs.Parse(args); err != nil {
-		return err
+		return flagError(err)
 	}
-	if fs.NArg() < 2 {
-		return errors.New("chat: usage: send CONV|@USER TEXT...")
+	pos := fs.Args()
+	if len(pos) == 2 && (pos[1] == "-" || pos[1] == "--stdin") {
+		*fromStdin, pos = true, pos[:1]
 	}
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
-	defer cancel()
-	c, err := g.open(ctx, false)
+	if len(pos) < 1 || (*fromStdin && len(pos) != 1) || (!*fromStdin && len(pos) < 2) {
+		return usagef("chat: usage: send CONV|@USER TEXT... | send CONV|@USER --stdin (or -)")
+	}
+	if !*noWait && !g.online() {
+		return errNoEdge
+	}
+	c, err := g.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -363,7 +450,7 @@ func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
 	if !ok {
 		return client.ErrNotRegistered
 	}
-	conv, err := resolveConv(me, fs.Arg(0))
+	conv, err := resolveConv(me, pos[0])
 	if err != nil {
 		return err
 	}
@@ -374,23 +461,163 @@ func chatSend(ctx context.Context, g *chatGlobals, args []string) error {
 			return err
 		}
 	}
-	id, err := c.Send(ctx, conv, []byte(strings.Join(fs.Args()[1:], " ")))
+	em := &emitter{w: g.stdout, json: *asJSON, me: me}
+	if *fromStdin {
+		return sendLines(ctx, g, c, em, conv, *noWait)
+	}
+	body := []byte(strings.Join(pos[1:], " "))
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	id, err := sendOne(ctx, c, conv, body)
 	if err != nil {
+		_ = em.sendError(conv, "", 0, err)
 		return err
 	}
 	if *noWait {
-		fmt.Fprintf(g.stdout, "queued %s %s\n", conv, id)
-		return nil
-	}
-	if !g.online() {
-		return errNoEdge
+		return em.queued(conv, id, 0)
 	}
 	res, err := waitSent(ctx, c, id)
 	if err != nil {
+		_ = em.sendError(conv, id, 0, err)
 		return err
 	}
-	fmt.Fprintf(g.stdout, "sent %s seq %d\n", res.Conv, res.Seq)
+	return em.sent(res, 0)
+}
+
+// sendOne checks the body's size and puts it into the outbox.
+func sendOne(ctx context.Context, c *client.Client, conv string, body []byte) (string, error) {
+	if len(body) > MaxLineBytes {
+		return "", fmt.Errorf("%w (%d bytes)", errLineTooLong, len(body))
+	}
+	return c.Send(ctx, conv, body)
+}
+
+// lineSend is one line of send --stdin on its way: in the outbox as id,
+// or failed with err.
+type lineSend struct {
+	line int
+	id   string
+	err  error
+}
+
+// sendLines sends each non-empty line of stdin as one message over one
+// connection, reading ahead of the acks by at most sendQueue lines, and
+// writes one result per line in input order. A line that fails (too
+// long, refused) is reported and the rest continue: the command then
+// ends with ExitPartial. An error that would fail every later line too
+// (stopsSending: no answer within --timeout, the peer's identity
+// changed, ...) ends the command with its own status; a message whose
+// ack did not come stays in the outbox.
+func sendLines(ctx context.Context, g *chatGlobals, c *client.Client, em *emitter, conv string, noWait bool) error {
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	queue := make(chan lineSend, sendQueue)
+	// sendMu makes the reader's Send and the end of this function exclusive:
+	// once stopped, the reader sends nothing more (the client is closed
+	// after this returns).
+	var sendMu sync.Mutex
+	stopped := false
+	go func() {
+		defer close(queue)
+		r := bufio.NewReaderSize(g.stdin, 64<<10)
+		for n := 1; ; n++ {
+			line, tooLong, err := readLine(r, MaxLineBytes)
+			if err != nil {
+				if err != io.EOF {
+					select {
+					case queue <- lineSend{line: n, err: fmt.Errorf("chat: read stdin: %w", err)}:
+					case <-rctx.Done():
+					}
+				}
+				return
+			}
+			ls := lineSend{line: n}
+			switch {
+			case tooLong:
+				ls.err = fmt.Errorf("%w (line %d)", errLineTooLong, n)
+			case len(line) == 0:
+				continue // blank lines carry no message
+			default:
+				sendMu.Lock()
+				if stopped {
+					sendMu.Unlock()
+					return
+				}
+				sctx, cancel := context.WithTimeout(rctx, g.timeout)
+				ls.id, ls.err = c.Send(sctx, conv, line)
+				cancel()
+				sendMu.Unlock()
+			}
+			select {
+			case queue <- ls:
+			case <-rctx.Done():
+				return
+			}
+		}
+	}()
+	// The reader may be blocked reading stdin when this returns early; it
+	// ends at end of input or with the process, like the interactive one,
+	// and sends nothing after this returns.
+	defer func() {
+		stop()
+		sendMu.Lock()
+		stopped = true
+		sendMu.Unlock()
+	}()
+	failed, total := 0, 0
+	for ls := range queue {
+		total++
+		if ls.err != nil && ls.id == "" {
+			if err := em.sendError(conv, "", ls.line, ls.err); err != nil {
+				return err
+			}
+			if stopsSending(ls.err) {
+				return ls.err
+			}
+			failed++
+			continue
+		}
+		if noWait {
+			if err := em.queued(conv, ls.id, ls.line); err != nil {
+				return err
+			}
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, g.timeout)
+		res, err := waitSent(wctx, c, ls.id)
+		cancel()
+		switch {
+		case err == nil:
+			if err := em.sent(res, ls.line); err != nil {
+				return err
+			}
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), c.Err() != nil:
+			// No ack in time, or the session ended for good: stop here.
+			_ = em.sendError(conv, ls.id, ls.line, err)
+			return err
+		default:
+			failed++
+			if err := em.sendError(conv, ls.id, ls.line, err); err != nil {
+				return err
+			}
+		}
+	}
+	if failed > 0 {
+		return withExit(ExitPartial, fmt.Errorf("chat: %d of %d lines not sent", failed, total))
+	}
 	return nil
+}
+
+// stopsSending reports whether a line's error concerns every line after
+// it too (the connection, the device, the peer's identity), so that
+// send --stdin stops with that error's exit status instead of failing
+// the remaining lines one by one.
+func stopsSending(err error) bool {
+	switch chatExitCode(err) {
+	case ExitUnavailable, ExitInterrupted, ExitAuth, ExitIdentity, ExitReplaced, ExitBusy:
+		return true
+	}
+	return false
 }
 
 // waitSent waits for the ack, returning early on a fatal connection error.
@@ -409,33 +636,6 @@ func waitSent(ctx context.Context, c *client.Client, id string) (client.SendResu
 			return res, e
 		}
 	}
-}
-
-// messageJSON is one line of `receive --json` and `history --json`.
-type messageJSON struct {
-	Conv     string `json:"conv"`
-	Seq      uint64 `json:"seq"`
-	MsgID    string `json:"msg_id"`
-	From     string `json:"from"`
-	SentAtMs int64  `json:"sent_at_ms"`
-	Kind     string `json:"kind"`
-	Body     string `json:"body"`
-}
-
-func toJSON(m *pb.Message, body []byte) messageJSON {
-	j := messageJSON{Conv: m.GetConvId(), Seq: m.GetSeq(), MsgID: m.GetMsgId(), SentAtMs: m.GetSentAtMs()}
-	if m.GetSender() != nil {
-		j.From = core.KeyOf(m.GetSender()).String()
-	}
-	switch m.GetKind() {
-	case pb.MessageKind_MESSAGE_KIND_MEMBERSHIP:
-		j.Kind = "membership"
-		j.Body = describeMembership(m.GetMembership())
-	default:
-		j.Kind = "user"
-		j.Body = string(body)
-	}
-	return j
 }
 
 func describeMembership(mc *pb.MembershipChange) string {
@@ -472,42 +672,36 @@ func describeMembership(mc *pb.MembershipChange) string {
 	return d
 }
 
-func printMessage(w io.Writer, asJSON bool, m *pb.Message, body []byte) error {
-	j := toJSON(m, body)
-	if asJSON {
-		b, err := json.Marshal(j)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(w, "%s\n", b)
-		return err
-	}
-	at := time.UnixMilli(j.SentAtMs).Format("15:04:05")
-	if j.Kind == "membership" {
-		_, err := fmt.Fprintf(w, "[%s #%d %s] * %s\n", j.Conv, j.Seq, at, j.Body)
-		return err
-	}
-	_, err := fmt.Fprintf(w, "[%s #%d %s] %s: %s\n", j.Conv, j.Seq, at, j.From, j.Body)
-	return err
-}
-
-// chatReceive prints every message this device has not printed before,
-// committing the app cursor after each printed line, so repeated runs
-// print each message exactly once.
+// chatReceive writes every event the client sees: each stored message
+// this device has not shown before (committing the app cursor after each
+// written line, so repeated runs show each message exactly once, the
+// device's own messages included), and the live events (receipts,
+// presence, typing, identity changes, connection changes, errors).
+// Without --follow it ends once everything pending after the first sync
+// is written and the outbox is empty; with --follow it runs until --timeout, SIGINT or SIGTERM
+// (exit 0) or a fatal error (an "error" line with fatal true).
 func chatReceive(ctx context.Context, g *chatGlobals, args []string) error {
 	fs := flag.NewFlagSet("receive", flag.ContinueOnError)
 	fs.SetOutput(g.stderr)
-	asJSON := fs.Bool("json", false, "JSON lines: {conv, seq, msg_id, from, sent_at_ms, kind, body}")
-	follow := fs.Bool("follow", false, "keep printing new messages")
+	asJSON := fs.Bool("json", false, "JSON lines, one event each (see CLI.md)")
+	follow := fs.Bool("follow", false, "keep writing events until interrupted (SIGINT/SIGTERM: exit 0)")
 	timeout := fs.Duration("timeout", 0, "with --follow: stop after this long (0: until interrupted); without: connect+sync limit (default --timeout)")
+	var presence stringList
+	fs.Var(&presence, "presence", "subscribe to these users' presence (comma-separated or repeated); their current state is written first")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return flagError(err)
 	}
-	c, err := g.connected(ctx, true)
+	if fs.NArg() != 0 {
+		return usagef("chat: usage: receive [--json] [--follow] [--timeout D] [--presence USER,...]")
+	}
+	em := &emitter{w: g.stdout, json: *asJSON}
+	c, err := g.connected(ctx)
 	if err != nil {
+		_ = em.fatal("connect", err)
 		return err
 	}
 	defer c.Close()
+	em.me, _ = c.Device()
 	runCtx := ctx
 	if *follow && *timeout > 0 || !*follow {
 		d := *timeout
@@ -518,36 +712,114 @@ func chatReceive(ctx context.Context, g *chatGlobals, args []string) error {
 		runCtx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	if err := waitUp(runCtx, c); err != nil {
+	// ended reports the end of runCtx: clean with --follow, else an error.
+	ended := func(op string) error {
+		if *follow {
+			return nil
+		}
+		err := fmt.Errorf("chat: %s: %w", op, runCtx.Err())
+		_ = em.fatal(op, err)
 		return err
 	}
-	out := bufio.NewWriter(g.stdout)
-	defer out.Flush()
+	if err := waitUp(runCtx, c); err != nil {
+		if runCtx.Err() != nil && c.Err() == nil {
+			if *follow {
+				return nil
+			}
+			err = fmt.Errorf("chat: connect: %w", runCtx.Err())
+		}
+		_ = em.fatal("connect", err)
+		return err
+	}
+	// Identity changes not yet trusted (detected by an earlier command)
+	// are state: written at every start until `chat trust`.
+	for _, s := range c.Conversations() {
+		if a, b, ok := core.ParseDirect(s.Conv); ok {
+			peer := a
+			if peer == em.me.User {
+				peer = b
+			}
+			if c.IdentityChanged(peer) {
+				if err := em.identity(peer); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if len(presence) > 0 {
+		ps, err := c.SubscribePresence(runCtx, presence)
+		if err != nil {
+			if runCtx.Err() != nil && c.Err() == nil {
+				return ended("presence")
+			}
+			_ = em.fatal("presence", err)
+			return err
+		}
+		for _, p := range ps {
+			if err := em.presence(p, true); err != nil {
+				return err
+			}
+		}
+	}
+	// The outbox entries to see answered before a drain ends.
+	unsent := map[string]bool{}
+	for _, p := range c.Outbox().Pending() {
+		unsent[p.ClientMsgID] = true
+	}
+	show := func(ev client.Event) error {
+		if err := em.event(ev); err != nil {
+			return err
+		}
+		switch x := ev.(type) {
+		case client.SendAckedEvent:
+			delete(unsent, x.ClientMsgID)
+		case client.SendFailedEvent:
+			delete(unsent, x.ClientMsgID)
+		}
+		if m, ok := ev.(client.MessageEvent); ok {
+			return c.Commit(m.Conv(), m.Seq())
+		}
+		return nil
+	}
+	var dropped uint64
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	for {
-		if !*follow && c.Backlog() == 0 && len(c.Events()) == 0 {
+		if d := c.DroppedNotices(); d > dropped {
+			if err := em.dropped(d-dropped, d); err != nil {
+				return err
+			}
+			dropped = d
+		}
+		if err := c.Err(); err != nil {
+			// The session ended for good: write what is still pending
+			// (the disconnect, at least), then the error.
+			for dl := time.Now().Add(time.Second); c.Pending() > 0 && time.Now().Before(dl); {
+				select {
+				case ev := <-c.Events():
+					if err := show(ev); err != nil {
+						return err
+					}
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			_ = em.fatal("session", err)
+			return err
+		}
+		// Drained: every event handed and written, and what earlier
+		// `send --no-wait` runs left in the outbox sent, with its sent
+		// receipts or errors written.
+		if !*follow && c.Pending() == 0 && len(unsent) == 0 {
 			return nil
 		}
 		select {
 		case ev := <-c.Events():
-			me, ok := ev.(client.MessageEvent)
-			if !ok {
-				continue
-			}
-			if err := printMessage(out, *asJSON, me.Message, me.Body); err != nil {
-				return err
-			}
-			if err := out.Flush(); err != nil {
-				return err
-			}
-			if err := c.Commit(me.Conv(), me.Seq()); err != nil {
+			if err := show(ev); err != nil {
 				return err
 			}
 		case <-runCtx.Done():
-			if *follow && ctx.Err() == nil {
-				return nil // --timeout elapsed
-			}
-			return runCtx.Err()
-		case <-time.After(20 * time.Millisecond):
+			return ended("receive")
+		case <-tick.C:
 		}
 	}
 }
@@ -575,18 +847,18 @@ func chatHistory(ctx context.Context, g *chatGlobals, args []string) error {
 	remote := fs.Int("remote", 0, "first fetch this many newest entries from the server")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
-		return err
+		return flagError(err)
 	}
 	if len(pos) != 1 {
-		return errors.New("chat: usage: history CONV|@USER [--json] [--remote N]")
+		return usagef("chat: usage: history CONV|@USER [--json] [--remote N]")
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	var c *client.Client
 	if *remote > 0 {
-		c, err = g.connected(ctx, true)
+		c, err = g.connected(ctx)
 	} else {
-		c, err = g.open(ctx, true)
+		c, err = g.open(ctx)
 	}
 	if err != nil {
 		return err
@@ -617,7 +889,7 @@ func chatHistory(ctx context.Context, g *chatGlobals, args []string) error {
 func chatConversations(ctx context.Context, g *chatGlobals) error {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	c, err := g.connected(ctx, true)
+	c, err := g.connected(ctx)
 	if err != nil {
 		return err
 	}
@@ -644,15 +916,15 @@ func chatConversations(ctx context.Context, g *chatGlobals) error {
 
 func chatRead(ctx context.Context, g *chatGlobals, args []string) error {
 	if len(args) != 2 {
-		return errors.New("chat: usage: read CONV SEQ")
+		return usagef("chat: usage: read CONV SEQ")
 	}
 	seq, err := strconv.ParseUint(args[1], 10, 64)
 	if err != nil {
-		return fmt.Errorf("chat: bad seq: %w", err)
+		return usagef("chat: bad seq: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	c, err := g.connected(ctx, true)
+	c, err := g.connected(ctx)
 	if err != nil {
 		return err
 	}
@@ -666,6 +938,40 @@ func chatRead(ctx context.Context, g *chatGlobals, args []string) error {
 		return err
 	}
 	fmt.Fprintf(g.stdout, "read %s up to %d\n", conv, seq)
+	return nil
+}
+
+// chatTyping sends a typing indicator (best effort; the members' devices
+// online now see a "typing" event).
+func chatTyping(ctx context.Context, g *chatGlobals, args []string) error {
+	if len(args) < 1 || len(args) > 2 || (len(args) == 2 && args[1] != "on" && args[1] != "off") {
+		return usagef("chat: usage: typing CONV|@USER [on|off]")
+	}
+	on := len(args) == 1 || args[1] == "on"
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	c, err := g.connected(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	me, _ := c.Device()
+	conv, err := resolveConv(me, args[0])
+	if err != nil {
+		return err
+	}
+	if err := waitUp(ctx, c); err != nil {
+		return err
+	}
+	if err := c.SetTyping(ctx, conv, on); err != nil {
+		return err
+	}
+	// Typing has no answer: a ping round trip makes sure the edge read
+	// the frame before the session closes.
+	if _, err := c.Ping(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "typing %s %v\n", conv, on)
 	return nil
 }
 
@@ -721,7 +1027,7 @@ func parseGroupArgs(args []string) (groupCmd, error) {
 		gc.users, err = users(rest)
 	case "title":
 		if len(rest) == 0 {
-			return groupCmd{}, errors.New("chat: usage: group title CONV TITLE...")
+			return groupCmd{}, usagef("chat: usage: group title CONV TITLE...")
 		}
 		gc.title = strings.Join(rest, " ")
 		if len(gc.title) > core.MaxTitleLen {
@@ -774,11 +1080,11 @@ func (gc groupCmd) run(ctx context.Context, c *client.Client) (*pb.ConversationI
 func chatGroup(ctx context.Context, g *chatGlobals, args []string) error {
 	gc, err := parseGroupArgs(args)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	c, err := g.connected(ctx, true)
+	c, err := g.connected(ctx)
 	if err != nil {
 		return err
 	}
@@ -816,11 +1122,11 @@ func formatGroupInfo(info *pb.ConversationInfo) string {
 
 func chatPresence(ctx context.Context, g *chatGlobals, args []string) error {
 	if len(args) == 0 {
-		return errors.New("chat: usage: presence USER...")
+		return usagef("chat: usage: presence USER...")
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	c, err := g.connected(ctx, true)
+	c, err := g.connected(ctx)
 	if err != nil {
 		return err
 	}
@@ -860,10 +1166,10 @@ func chatPrivacy(ctx context.Context, g *chatGlobals, args []string) error {
 	hide := fs.Bool("hide-last-seen", false, "show others your online state but no last-seen time")
 	policy := fs.String("add-policy", "everyone", "who may add you to a group directly: everyone, or contacts (users you have a 1:1 conversation with; others' adds become invitations)")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return flagError(err)
 	}
 	if fs.NArg() != 0 {
-		return errors.New("chat: usage: privacy [--hide-last-seen=true|false] [--add-policy everyone|contacts]")
+		return usagef("chat: usage: privacy [--hide-last-seen=true|false] [--add-policy everyone|contacts]")
 	}
 	p := core.Privacy{HideLastSeen: *hide}
 	switch *policy {
@@ -872,11 +1178,11 @@ func chatPrivacy(ctx context.Context, g *chatGlobals, args []string) error {
 	case "contacts":
 		p.AddPolicy = pb.AddPolicy_ADD_POLICY_CONTACTS
 	default:
-		return fmt.Errorf("chat: --add-policy must be everyone or contacts, not %q", *policy)
+		return usagef("chat: --add-policy must be everyone or contacts, not %q", *policy)
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	c, err := g.connected(ctx, true)
+	c, err := g.connected(ctx)
 	if err != nil {
 		return err
 	}
@@ -914,7 +1220,7 @@ marks: … queued, ✓ sent, ✓✓ delivered, ✓✓ read
 // ends at end of input; when the context ends first it stays blocked in
 // Read until the process exits (an io.Reader cannot be interrupted).
 func chatInteractive(ctx context.Context, g *chatGlobals) error {
-	c, err := g.connected(ctx, false)
+	c, err := g.connected(ctx)
 	if err != nil {
 		return err
 	}
@@ -966,7 +1272,7 @@ func chatInteractive(ctx context.Context, g *chatGlobals) error {
 				for len(pending) > 0 {
 					select {
 					case ev := <-c.Events():
-						interactiveEvent(me, out, ev, pending, reads)
+						interactiveEvent(c, me, out, ev, pending, reads)
 					case <-fctx.Done():
 						fmt.Fprintf(out, "… %d message(s) still in the outbox; they are sent next time\n", c.Outbox().Len())
 						return nil
@@ -982,7 +1288,7 @@ func chatInteractive(ctx context.Context, g *chatGlobals) error {
 				return nil
 			}
 		case ev := <-c.Events():
-			interactiveEvent(me, out, ev, pending, reads)
+			interactiveEvent(c, me, out, ev, pending, reads)
 		}
 	}
 }
@@ -1117,13 +1423,16 @@ func printPresence(out io.Writer, p client.PresenceEvent) {
 	fmt.Fprintf(out, "• %s is offline%s\n", p.User, last)
 }
 
-func interactiveEvent(me core.DeviceKey, out io.Writer, ev client.Event, pending map[string]string, reads chan<- *pb.Message) {
+func interactiveEvent(c *client.Client, me core.DeviceKey, out io.Writer, ev client.Event, pending map[string]string, reads chan<- *pb.Message) {
 	switch e := ev.(type) {
 	case client.MessageEvent:
+		// Shown (or, for our own, already shown when typed): commit.
+		defer func() { _ = c.Commit(e.Conv(), e.Seq()) }()
 		if e.From() == me {
 			return // our own message, already shown when typed
 		}
-		_ = printMessage(out, false, e.Message, e.Body)
+		em := &emitter{w: out, me: me}
+		_ = em.message(e.Message, e.Body, e.OpenErr)
 		if gch, ok := e.GroupChange(); ok && gch.InvitesUser(me.User) {
 			fmt.Fprintf(out, "  → you are invited to %s: /group %s, then /accept or /decline\n", gch.Conv, gch.Conv)
 		}
@@ -1169,19 +1478,18 @@ func interactiveEvent(me core.DeviceKey, out io.Writer, ev client.Event, pending
 // (key-distribution entries are skipped; an entry that does not open is
 // shown with the reason).
 func printHistory(ctx context.Context, c *client.Client, w io.Writer, asJSON bool, msgs []*pb.Message) error {
+	me, _ := c.Device()
+	em := &emitter{w: w, json: asJSON, me: me}
 	for _, m := range msgs {
 		var body []byte
+		var openErr error
 		if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
-			b, err := c.OpenMessage(ctx, m)
-			switch {
-			case errors.Is(err, e2ee.ErrControlMessage):
+			body, openErr = c.OpenMessage(ctx, m)
+			if errors.Is(openErr, e2ee.ErrControlMessage) {
 				continue
-			case err != nil:
-				b = []byte(fmt.Sprintf("[cannot decrypt: %v]", err))
 			}
-			body = b
 		}
-		if err := printMessage(w, asJSON, m, body); err != nil {
+		if err := em.message(m, body, openErr); err != nil {
 			return err
 		}
 	}
@@ -1200,12 +1508,12 @@ func formatSafety(n string) string {
 
 func chatSafety(ctx context.Context, g *chatGlobals, args []string) error {
 	if len(args) != 1 {
-		return errors.New("chat: usage: safety USER")
+		return usagef("chat: usage: safety USER")
 	}
 	user := strings.TrimPrefix(args[0], "@")
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	c, err := g.connected(ctx, true)
+	c, err := g.connected(ctx)
 	if err != nil {
 		return err
 	}
@@ -1226,10 +1534,10 @@ func chatSafety(ctx context.Context, g *chatGlobals, args []string) error {
 
 func chatTrust(ctx context.Context, g *chatGlobals, args []string) error {
 	if len(args) != 1 {
-		return errors.New("chat: usage: trust USER")
+		return usagef("chat: usage: trust USER")
 	}
 	user := strings.TrimPrefix(args[0], "@")
-	c, err := g.open(ctx, true)
+	c, err := g.open(ctx)
 	if err != nil {
 		return err
 	}

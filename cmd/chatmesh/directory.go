@@ -63,20 +63,6 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
-// exitCode is the process exit status for run's error: 0, 2 for a usage
-// error, 1 for anything else.
-func exitCode(err error) int {
-	var ue usageError
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.As(err, &ue):
-		return 2
-	default:
-		return 1
-	}
-}
-
 // dirFlags are the flags every directory command takes.
 type dirFlags struct {
 	addr, token    string

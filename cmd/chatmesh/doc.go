@@ -21,7 +21,11 @@
 //	chatmesh broker   the embedded Kafka broker as a process of its own
 //	                  (--listen, --data; prints BROKER {json}): the region
 //	                  simulator's per-region Kafka, which it SIGKILLs
-//	chatmesh chat     the command-line client, interactive or scriptable
+//	chatmesh chat     the command-line client, interactive or scriptable:
+//	                  receive --json writes every client event as JSON
+//	                  lines, send --stdin sends a message per line; the
+//	                  schema and the exit statuses (exitcodes.go) are in
+//	                  CLI.md
 //	chatmesh bench    the load generator: N clients over the real protocol.
 //	                  --mode e2e (default): end-to-end encrypting SDK clients
 //	                  (internal/loadgen); --mode pairs|group|idle|reconnect:

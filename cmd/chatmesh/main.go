@@ -15,13 +15,19 @@ import (
 const Version = "0.1.0"
 
 func main() {
+	os.Exit(mainExit(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// mainExit runs the command in args until it ends or SIGINT/SIGTERM
+// arrives, prints its error to stderr and returns the exit status.
+func mainExit(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	err := run(ctx, args, stdin, stdout, stderr)
 	stop()
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, "chatmesh:", err)
-		os.Exit(exitCode(err))
+		fmt.Fprintln(stderr, "chatmesh:", err)
 	}
+	return exitCode(err)
 }
 
 const usage = `usage: chatmesh <command> [flags]
