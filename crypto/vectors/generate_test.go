@@ -232,7 +232,7 @@ func Generate() (v *Vectors, err error) {
 			check(bytes.Equal(wire[:pqxdh.HandshakeSize], out.Handshake), "handshake prefix")
 		}
 		check(bytes.Equal(ratchetPart, rec.wire), "message %d bytes", len(v.Messages))
-		v.Messages = append(v.Messages, Message{Index: len(v.Messages), From: from, Plaintext: inner, AD: ad, Initial: initial,
+		v.Messages = append(v.Messages, Message{Index: len(v.Messages), From: from, SentAfter: len(v.Deliveries), Plaintext: inner, AD: ad, Initial: initial,
 			RatchetKey: rec.ratchetPub, PN: rec.pn, N: rec.n, ChainKey: rec.ck, MessageKey: rec.mk, AEADKey: rec.key,
 			Nonce: rec.nonce, FullAD: rec.fullAD, Wire: wire})
 		return len(v.Messages) - 1

@@ -146,6 +146,9 @@ type Setup struct {
 type Message struct {
 	Index int    `json:"index"`
 	From  string `json:"from"` // user id of the sender
+	// SentAfter is how many Deliveries had happened when it was sent (its
+	// sender's state depends on what it had received).
+	SentAfter int `json:"sent_after_deliveries"`
 	// Plaintext is the inner payload (type byte || content, E2E.md §8).
 	Plaintext Hex `json:"plaintext"`
 	// AD is the per-message associated data (E2E.md §8).
