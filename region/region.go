@@ -185,6 +185,7 @@ type Region struct {
 	members *memberCache // readers' cache, keyed by head; the sequencer keeps it in step
 	devices *deviceCache
 	states  *stateCache // the sequencer's conversation state, per partition worker
+	emitted emittedSet  // user entries whose deliveries were produced (emitted.go)
 
 	attempts    attempts
 	deadMu      sync.Mutex
