@@ -84,3 +84,21 @@ func TestTypingHasNoReply(t *testing.T) {
 		t.Fatalf("typing event went to %v, want [%v]", to, bob)
 	}
 }
+
+// TestRegisterRequiresIdentityKey: identity_key (32 bytes) is required;
+// without it (or with another length) registration is INVALID_ARGUMENT
+// before anything else is checked, and nothing is stored.
+func TestRegisterRequiresIdentityKey(t *testing.T) {
+	h := newHarness(t)
+	static := make([]byte, 32)
+	static[0] = 1
+	for _, key := range [][]byte{nil, make([]byte, 31)} {
+		_, err := h.api.Register(h.ctx, static, &pb.RegisterRequest{UserId: "erin", IdentityKey: key, IdentityProof: make([]byte, 64)})
+		if w := core.ToWire(err); w.GetCode() != pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT || w.GetDetail() != "register: keys must be 32 bytes: core: invalid argument" {
+			t.Fatalf("identity_key %d bytes: %v", len(key), w)
+		}
+	}
+	if _, err := h.store.User(h.ctx, "erin"); err == nil {
+		t.Fatal("user stored")
+	}
+}
