@@ -61,8 +61,10 @@ var (
 	ErrControlMessage = errors.New("e2ee: key distribution message (no body)")
 )
 
-// ContentText is the envelope content hint the sealer sets (it matches
-// client.ContentText; the real content type travels encrypted).
+// ContentText is the envelope content hint the sealer sets on every
+// message (it matches client.ContentText). It is not authenticated, and
+// nothing but the body travels encrypted: there is no inner content type
+// (E2E.md §9.2).
 const ContentText = 1
 
 // ContentKeys is the content hint of a key-distribution envelope that

@@ -13,7 +13,7 @@ import (
 )
 
 // TestVectorsAssociatedData ties the sealer's associated data and inner
-// payload framing to the end-to-end test vectors (E2E.md §8), so the
+// payload framing to the end-to-end test vectors (E2E.md §9), so the
 // vectors describe what this client really sends.
 func TestVectorsAssociatedData(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join("..", "..", "crypto", "vectors", "testdata", "e2e-vectors.json"))

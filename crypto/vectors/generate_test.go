@@ -81,7 +81,7 @@ func lp(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// pairAD and groupAD as E2E.md §8 specifies them (client/e2ee checks its
+// pairAD and groupAD as E2E.md §9.1 specifies them (client/e2ee checks its
 // own functions against the vector file).
 func pairAD(conv, from, to string) []byte {
 	return lp(lp(lp([]byte("chatmesh-e2ee-pair-v1"), conv), from), to)
@@ -130,7 +130,7 @@ func Generate() (v *Vectors, err error) {
 	}()
 	v = &Vectors{
 		Comment: []string{
-			"chatmesh end-to-end test vectors; E2E.md section 10 explains every field.",
+			"chatmesh end-to-end test vectors; E2E.md section 11 explains every field.",
 			"Regenerate: go test ./crypto/vectors -run Golden -update (the file must not change).",
 		},
 		Schema:          1,
@@ -180,7 +180,7 @@ func Generate() (v *Vectors, err error) {
 			return ss, ct, err
 		},
 	}))
-	// The model of §5, then Bob's decapsulation must agree.
+	// The model of E2E.md §6, then Bob's decapsulation must agree.
 	dk := must(mlkem.NewDecapsulationKey768(kemSeed))
 	check(bytes.Equal(must(dk.Decapsulate(kemCT)), kemSS), "kem decapsulation")
 	m := modelInitiate(alice.party.IdentityDH, alice.party.IdentityPublic, bob.party.IdentityPublic, spk.Public[:],

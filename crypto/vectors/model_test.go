@@ -120,7 +120,7 @@ func (s *noiseState) split() (k1, k2 []byte) {
 	return o[0], o[1]
 }
 
-// modelSetup is the initiator's computation of E2E.md §5.
+// modelSetup is the initiator's computation of E2E.md §6.
 type modelSetup struct {
 	dhEI, dhEO, dhES, dhSS, psk   []byte
 	header, prologue, noiseMsg, h []byte
@@ -160,7 +160,7 @@ func modelInitiate(ikPriv, ikPayload, bobIdentity, spkPub, ikbDH, opkPub, ephPri
 	return m
 }
 
-// ---- Double Ratchet (E2E.md §6).
+// ---- Double Ratchet (E2E.md §7).
 
 func kdfRK(rk, dh []byte) (newRK, ck []byte) {
 	o := hkdfSHA256(dh, rk, "chatmesh-ratchet-rk-v1", 64)
@@ -260,7 +260,7 @@ func (r *modelRatchet) decrypt(wire, ad []byte) ([]byte, error) {
 	return open(mk)
 }
 
-// ---- Sender Keys (E2E.md §7).
+// ---- Sender Keys (E2E.md §8).
 
 type groupRecord struct {
 	ck, mk, key, nonce, signed, wire []byte
@@ -278,7 +278,7 @@ func modelGroupEncrypt(chain []byte, keyID, iteration uint32, sign ed25519.Priva
 	return next, rec
 }
 
-// ---- Safety numbers (E2E.md §9).
+// ---- Safety numbers (E2E.md §10).
 
 func modelFingerprint(user string, key []byte) []byte {
 	buf := cat([]byte{0, 0}, key, []byte(user))

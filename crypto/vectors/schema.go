@@ -25,7 +25,7 @@ func (h *Hex) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Vectors is the schema of testdata/e2e-vectors.json (E2E.md §10 explains
+// Vectors is the schema of testdata/e2e-vectors.json (E2E.md §11 explains
 // every field). Byte strings are hex; integers are JSON numbers.
 type Vectors struct {
 	Comment []string `json:"comment"`
@@ -117,7 +117,7 @@ type OneTime struct {
 }
 
 // Setup is the session setup Alice runs against Bob's bundle, with every
-// intermediate value of E2E.md §5.
+// intermediate value of E2E.md §6.
 type Setup struct {
 	EphemeralPrivate Hex `json:"ephemeral_private"` // label "alice ephemeral"
 	EphemeralPublic  Hex `json:"ephemeral_public"`
@@ -149,9 +149,9 @@ type Message struct {
 	// SentAfter is how many Deliveries had happened when it was sent (its
 	// sender's state depends on what it had received).
 	SentAfter int `json:"sent_after_deliveries"`
-	// Plaintext is the inner payload (type byte || content, E2E.md §8).
+	// Plaintext is the inner payload (type byte || content, E2E.md §9.2).
 	Plaintext Hex `json:"plaintext"`
-	// AD is the per-message associated data (E2E.md §8).
+	// AD is the per-message associated data (E2E.md §9.1).
 	AD Hex `json:"ad"`
 	// Initial: the message is handshake || ratchet message.
 	Initial bool `json:"initial"`
