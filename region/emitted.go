@@ -1,18 +1,23 @@
 package region
 
 import (
+	"encoding/binary"
+	"hash/maphash"
 	"sync"
 
 	"github.com/chatmesh/chatmesh/core/pb"
 )
 
-// maxEmitted bounds the entries emittedSet remembers (about 5 MB at most).
-const maxEmitted = 1 << 16
+// maxEmitted bounds the entries emittedSet remembers: 2^18 entries of 8
+// bytes (plus the map's overhead, about 8 MB in all), a few tens of
+// seconds of a busy region's messages — a client's resend comes within
+// its resend timeout, seconds after the original.
+const maxEmitted = 1 << 18
 
-type emittedKey struct {
-	conv string
-	seq  uint64
-}
+// emittedKey is a 64-bit hash of (conversation, seq). A collision (about
+// n/2^64 per lookup) could only suppress the re-push of a resend whose
+// original push failed; sync repairs that.
+type emittedKey uint64
 
 // emittedSet remembers the user entries whose deliveries this process has
 // produced, newest maxEmitted, so that a client's resend of a stored
@@ -29,15 +34,31 @@ type emittedKey struct {
 // is ready; safe for concurrent use.
 type emittedSet struct {
 	mu   sync.Mutex
+	seed maphash.Seed
 	set  map[emittedKey]struct{}
 	ring []emittedKey
 	next int
 }
 
+// key hashes (conv, seq); e.mu held.
+func (e *emittedSet) key(conv string, seq uint64) emittedKey {
+	if e.set == nil {
+		e.seed = maphash.MakeSeed()
+		e.set = make(map[emittedKey]struct{})
+	}
+	var h maphash.Hash
+	h.SetSeed(e.seed)
+	h.WriteString(conv)
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	h.Write(b[:])
+	return emittedKey(h.Sum64())
+}
+
 func (e *emittedSet) has(conv string, seq uint64) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	_, ok := e.set[emittedKey{conv, seq}]
+	_, ok := e.set[e.key(conv, seq)]
 	return ok
 }
 
@@ -49,10 +70,7 @@ func (e *emittedSet) addFans(fans []fanIntent) {
 		if f.m == nil || f.m.GetKind() != pb.MessageKind_MESSAGE_KIND_USER {
 			continue
 		}
-		k := emittedKey{f.m.GetConvId(), f.m.GetSeq()}
-		if e.set == nil {
-			e.set = make(map[emittedKey]struct{})
-		}
+		k := e.key(f.m.GetConvId(), f.m.GetSeq())
 		if _, ok := e.set[k]; ok {
 			continue
 		}
