@@ -1,6 +1,7 @@
 package vectors
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,6 +61,21 @@ func TestSpecText(t *testing.T) {
 		fmt.Sprintf("| replay tokens per signed prekey | %d, then the SPK must rotate |", pqxdh.DefaultMaxTokensPerSignedPrekey),
 		fmt.Sprintf("| safety numbers | version %d, %d × SHA-512, 60 digits; scannable version 1, %d bytes |", safety.FingerprintVersion, safety.Iterations, safety.ScannableSize),
 	}
+	// The quick checks of E2E.md §11 are the committed vectors' values.
+	vb, err := os.ReadFile(File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v Vectors
+	if err := json.Unmarshal(vb, &v); err != nil {
+		t.Fatal(err)
+	}
+	rows = append(rows,
+		fmt.Sprintf("handshake hash (setup.handshake_hash)   %x", v.Setup.HandshakeHash),
+		fmt.Sprintf("root key SK (setup.root_key)            %x", v.Setup.RootKey),
+		fmt.Sprintf("message 0 wire length                   %d bytes (%d handshake + %d header + %d body + 16 tag)",
+			len(v.Messages[0].Wire), pqxdh.HandshakeSize, ratchet.HeaderSize, len(v.Messages[0].Plaintext)),
+		fmt.Sprintf("safety number                           %s", v.Safety.Digits))
 	for _, r := range rows {
 		if !strings.Contains(doc, r) {
 			t.Errorf("E2E.md §12 lacks the row\n%s", r)
