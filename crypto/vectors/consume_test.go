@@ -227,6 +227,40 @@ func TestVectorsConsume(t *testing.T) {
 		}
 	}
 
+	// A second session from the bundle without a one-time prekey.
+	n := v.NoOneTime
+	nb, err := prekey.ParseBundle(n.Bundle)
+	if err != nil || nb.OneTime != nil {
+		t.Fatalf("bundle without one-time prekey: %v", err)
+	}
+	if err := nb.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	o, err := pqxdh.Initiate(alice, bobDev.Identity, nb, pqxdh.Config{
+		Rand:    bytes.NewReader(n.Setup.EphemeralPrivate),
+		Ratchet: ratchet.Config{Rand: keys(n.AliceRatchetKeys)},
+		Encapsulate: func(ek *mlkem.EncapsulationKey768) ([]byte, []byte, error) {
+			return mlkemtest.Encapsulate768(ek, n.Setup.KEMRandom)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "handshake without one-time prekey", o.Handshake, n.Setup.Handshake)
+	wire, err := o.Seal(n.Message.Plaintext, n.Message.AD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "message without one-time prekey", wire, n.Message.Wire)
+	acc, err := pqxdh.Accept(bob, store, n.Message.Wire, n.Message.AD, pqxdh.Config{Ratchet: ratchet.Config{Rand: keys(n.BobRatchetKeys)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "plaintext without one-time prekey", acc.Plaintext, n.Message.Plaintext)
+	if _, err := pqxdh.Accept(bob, store, n.Message.Wire, n.Message.AD, pqxdh.Config{}); !errors.Is(err, pqxdh.ErrReplay) {
+		t.Fatalf("replay of a handshake without one-time prekey: %v", err)
+	}
+
 	// Group: the distribution arrived in a pairwise message.
 	g := v.Group
 	inner := plain[g.DistributionMessage]

@@ -9,6 +9,7 @@ import (
 	"encoding/base32"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -283,6 +284,49 @@ func Generate() (v *Vectors, err error) {
 	m6 := send("bob", v.DirectConv, body("two"))
 	deliver(m6, "out of order within a chain")
 	deliver(m5, "the skipped key")
+
+	// ---- a second session from a bundle without a one-time prekey.
+	{
+		n := &v.NoOneTime
+		n.AliceRatchetKeys, n.BobRatchetKeys = []Hex{}, []Hex{}
+		b := &prekey.Bundle{Identity: bob.priv.Public(), SignedPrekey: spk.SignedPrekey, KEM: &kpk.KEMPrekey}
+		n.Bundle = must(b.MarshalBinary())
+		check(bytes.Equal(n.Bundle, cat([]byte{1, 1}, bob.party.IdentityPublic, bob.party.SignedPrekey.Encoded, bob.party.KEMPrekey.Encoded)), "bundle without one-time prekey")
+		eph, kr := rnd("alice ephemeral (no one-time)"), rnd("alice kem encapsulation (no one-time)")
+		var ss, ct []byte
+		o := must(pqxdh.Initiate(alice.priv, bobList.Devices[0].Identity, must(prekey.ParseBundle(n.Bundle)), pqxdh.Config{
+			Rand:    bytes.NewReader(eph),
+			Ratchet: ratchet.Config{Rand: &keyStream{prefix: "alice ratchet key (no one-time)", out: &n.AliceRatchetKeys}},
+			Encapsulate: func(ek *mlkem.EncapsulationKey768) ([]byte, []byte, error) {
+				s, c, err := mlkemtest.Encapsulate768(ek, kr)
+				ss, ct = s, c
+				return s, c, err
+			},
+		}))
+		mm := modelInitiate(alice.party.IdentityDH, alice.party.IdentityPublic, bob.party.IdentityPublic, spk.Public[:],
+			x25519Public(bob.party.IdentityDH), nil, eph, ss, ct, 1, 1, 0)
+		check(bytes.Equal(o.Handshake, cat(mm.header, mm.noiseMsg)), "handshake without one-time prekey")
+		check(bytes.Equal(o.Session.AssociatedData(), mm.h), "handshake hash without one-time prekey")
+		tok := sha256.Sum256(o.Handshake)
+		n.Setup = Setup{EphemeralPrivate: eph, EphemeralPublic: x25519Public(eph), KEMRandom: kr,
+			KEMCiphertext: ct, KEMSharedSecret: ss, DHEphIdentity: mm.dhEI, DHEphOneTime: Hex{},
+			DHEphSigned: mm.dhES, DHIdentSigned: mm.dhSS, PSK: mm.psk, Header: mm.header, Prologue: mm.prologue,
+			NoiseMessage: mm.noiseMsg, Handshake: o.Handshake, HandshakeHash: mm.h, SplitKey1: mm.k1, SplitKey2: mm.k2,
+			RootKey: mm.sk, Token: tok[:]}
+		model := modelInitiator(mm.sk, mm.h, spk.Public[:], modelStream("alice ratchet key (no one-time)"))
+		inner := body("Hello again, without a one-time prekey.")
+		ad := pairAD(v.DirectConv, aliceAddr, bobAddr)
+		wire := must(o.Seal(inner, ad))
+		rec := model.encrypt(inner, ad)
+		check(bytes.Equal(wire[pqxdh.HandshakeSize:], rec.wire), "message without one-time prekey")
+		n.Message = Message{Index: 0, From: "alice", Plaintext: inner, AD: ad, Initial: true, RatchetKey: rec.ratchetPub,
+			PN: rec.pn, N: rec.n, ChainKey: rec.ck, MessageKey: rec.mk, AEADKey: rec.key, Nonce: rec.nonce, FullAD: rec.fullAD, Wire: wire}
+		acc := must(pqxdh.Accept(bob.priv, keys, wire, ad, pqxdh.Config{Ratchet: ratchet.Config{
+			Rand: &keyStream{prefix: "bob ratchet key (no one-time)", out: &n.BobRatchetKeys}}}))
+		check(bytes.Equal(acc.Plaintext, inner) && acc.Token == tok, "accept without one-time prekey")
+		_, err := pqxdh.Accept(bob.priv, keys, wire, ad, pqxdh.Config{})
+		check(errors.Is(err, pqxdh.ErrReplay), "replay without one-time prekey: %v", err)
+	}
 
 	// ---- group: Alice's sender key, distributed over the pairwise session.
 	g := &v.Group

@@ -131,11 +131,15 @@ func modelInitiate(ikPriv, ikPayload, bobIdentity, spkPub, ikbDH, opkPub, ephPri
 	var m modelSetup
 	ephPub := x25519Public(ephPriv)
 	m.dhEI = x25519(ephPriv, ikbDH)
-	m.dhEO = x25519(ephPriv, opkPub)
+	flags := byte(0)
+	if opkPub != nil {
+		m.dhEO = x25519(ephPriv, opkPub)
+		flags = 1
+	}
 	m.dhES = x25519(ephPriv, spkPub)
 	m.dhSS = x25519(ikPriv, spkPub)
 	m.psk = hkdfSHA256(cat(m.dhEI, m.dhEO, kemSS), nil, "chatmesh-pqxdh-v1 psk", 32)
-	m.header = cat([]byte{0x50, 0x01}, be32(spkID), be32(kemID), be32(opkID), kemCT)
+	m.header = cat([]byte{0x50, flags}, be32(spkID), be32(kemID), be32(opkID), kemCT)
 	m.prologue = cat([]byte("chatmesh-pqxdh-v1"), []byte{0}, bobIdentity, m.header)
 
 	s := newNoise("Noise_Xpsk1_25519_ChaChaPoly_SHA256")

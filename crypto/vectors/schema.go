@@ -46,6 +46,12 @@ type Vectors struct {
 	Bundle Hex   `json:"bundle"` // Bob's bundle as fetch_bundle serves it to Alice
 	Setup  Setup `json:"setup"`
 
+	// NoOneTime is a second, independent session setup from a bundle
+	// without a one-time prekey (the region ran out or rate-limited the
+	// fetch): flags 0, opk_id 0, a 64-byte PSK input, replay protection
+	// by the token.
+	NoOneTime NoOneTime `json:"without_one_time_prekey"`
+
 	// Messages are the pairwise (Double Ratchet) messages in the order they
 	// were sent; Deliveries the order in which they are received.
 	Messages   []Message  `json:"messages"`
@@ -140,6 +146,18 @@ type Setup struct {
 	SplitKey2       Hex `json:"split_k2"`
 	RootKey         Hex `json:"root_key"` // SK
 	Token           Hex `json:"token"`    // SHA-256(handshake)
+}
+
+// NoOneTime is a session set up without a one-time prekey, with its
+// first message. Randomness labels: "alice ephemeral (no one-time)",
+// "alice kem encapsulation (no one-time)", and the ratchet keys
+// "alice ratchet key (no one-time) N", "bob ratchet key (no one-time) N".
+type NoOneTime struct {
+	Bundle           Hex     `json:"bundle"`
+	Setup            Setup   `json:"setup"`
+	AliceRatchetKeys []Hex   `json:"alice_ratchet_keys"`
+	BobRatchetKeys   []Hex   `json:"bob_ratchet_keys"`
+	Message          Message `json:"message"`
 }
 
 // Message is one pairwise message with its intermediate values.

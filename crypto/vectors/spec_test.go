@@ -78,7 +78,7 @@ func TestSpecText(t *testing.T) {
 		fmt.Sprintf("safety number                           %s", v.Safety.Digits))
 	for _, r := range rows {
 		if !strings.Contains(doc, r) {
-			t.Errorf("E2E.md §12 lacks the row\n%s", r)
+			t.Errorf("E2E.md lacks the line\n%s", r)
 		}
 	}
 }
