@@ -1,6 +1,8 @@
 // Package crypto is the root of chatmesh's cryptography: everything that
 // makes messages end-to-end encrypted, and nothing else. This file is the
 // manual of the whole tree; each subpackage's doc.go covers its own API.
+// The normative, byte-by-byte specification of everything below is E2E.md
+// at the repository root, with test vectors in crypto/vectors.
 //
 // The tree imports only the Go standard library, golang.org/x/crypto and
 // github.com/flynn/noise — nothing else of this module (not core, not
@@ -13,6 +15,7 @@
 //	crypto/ratchet    Signal Double Ratchet sessions
 //	crypto/senderkey  Signal Sender Keys for groups
 //	crypto/safety     safety numbers (60 digits) and their scannable form
+//	crypto/vectors    the end-to-end test vectors (E2E.md §11) and their tests
 //	crypto/noiseconn  client↔edge transport (separate owner; not covered here)
 //	crypto/internal/wire  the bounds-checked byte reader of the decoders
 //
@@ -40,9 +43,9 @@
 // The account is the set of its devices, published as a DeviceList:
 // versioned, signed by a device. A client verifies the list
 // (DeviceList.VerifyUpdate) against the one it trusts before encrypting to
-// any device: version 1 on first contact must be signed by a device in it
-// (trust on first use, confirmed by safety numbers); every later version
-// must be newer and signed by a device of the trusted list. A new device
+// any device: on first contact the list (of any version) must be signed by
+// a device in it (trust on first use, confirmed by safety numbers); every
+// later version must be newer and signed by a device of the trusted list. A new device
 // joins by a link signature of an existing device, exactly the format the
 // region checks: Ed25519 over "chatmesh-link-v1" || user_id || noise_static
 // || identity_key (identity.SignLink, identity.VerifyLink).
@@ -162,7 +165,7 @@
 // # Safety numbers (crypto/safety)
 //
 // As Signal's NumericFingerprintGenerator: per party, SHA-512 iterated 5200
-// times from version(2) || identity key || user id (each round hashing the
+// times from version (2 bytes, 0) || identity key || user id (each round hashing the
 // previous output || identity key); the first 30 bytes give 30 digits (six
 // 5-byte chunks mod 100000); the two parties' halves are sorted and joined
 // into 60 digits, shown in 12 groups of 5, identical on both sides. The

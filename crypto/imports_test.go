@@ -24,6 +24,8 @@ func TestImports(t *testing.T) {
 		"ratchet":   {},
 		"senderkey": {"ratchet"}, // tests only
 		"pqxdh":     {"identity", "prekey", "ratchet"},
+		// the test vectors (tests only import the tree)
+		"vectors": {"identity", "prekey", "pqxdh", "ratchet", "senderkey", "safety"},
 	}
 	for pkg, internal := range allowed {
 		files, err := filepath.Glob(filepath.Join(pkg, "*.go"))

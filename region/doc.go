@@ -31,7 +31,11 @@
 //     member cache kept in step;
 //  5. the outputs collected: the ack (or the conversation's info), one
 //     pb.EdgeRecord per edge hosting an online member device (fan-out per
-//     edge, not per member), receipts, push notifications. Outputs
+//     edge, not per member, the sending device included), receipts, push
+//     notifications. A client's resend of a stored message is acked
+//     without a second delivery once this process produced the first
+//     (emitted.go); a batch retried after a failed produce delivers its
+//     deduped entries again. Outputs
 //     addressed to users find their devices' routes after the batch's
 //     commit, in one read for the whole batch (fanout.go, resolveFan): a
 //     device records its route before its first sync, so an entry is

@@ -191,6 +191,7 @@ type Region struct {
 	devices *deviceCache
 	states  *stateCache // the sequencer's conversation state, per partition worker
 	pipe    pipeTails   // per ingress partition, the newest pipelined batch (sequencer.go)
+	emitted emittedSet  // user entries whose deliveries were produced (emitted.go)
 
 	attempts    attempts
 	deadMu      sync.Mutex

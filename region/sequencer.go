@@ -306,6 +306,7 @@ func (r *Region) finishBatch(ctx context.Context, b *batch) (err error) {
 	if err := r.produceNow(ctx, b.final...); err != nil {
 		return err
 	}
+	r.emitted.addFans(b.fan)
 	if cb, ok := r.store.(core.CursorBatcher); ok {
 		if err := cb.AdvanceCursors(ctx, b.cursors); err != nil {
 			return fmt.Errorf("cursors: %w", err)
@@ -642,18 +643,20 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 		if m == nil {
 			return refuse
 		}
-		return r.sendOutputs(ctx, b, in, m, st)
+		return r.sendOutputs(ctx, b, in, m, st, true)
 	}
 	m, st, err := r.appendEntry(ctx, b, st, req)
 	if err != nil {
 		return err
 	}
-	return r.sendOutputs(ctx, b, in, m, st)
+	return r.sendOutputs(ctx, b, in, m, st, m.GetMsgId() != req.Message.GetMsgId())
 }
 
 // sendOutputs emits a user entry's deliveries (to the members, offline
-// devices notified) and the sender's ack.
-func (r *Region) sendOutputs(ctx context.Context, b *batch, in *pb.IngressRecord, m *pb.Message, st *core.ConvState) error {
+// devices notified) and the sender's ack. A duplicate (the key was stored
+// already) is acked; it is delivered again only if its deliveries were
+// never produced (a batch retried after the store; emitted.go).
+func (r *Region) sendOutputs(ctx context.Context, b *batch, in *pb.IngressRecord, m *pb.Message, st *core.ConvState, dup bool) error {
 	var users []string
 	if st != nil {
 		// Members who joined after this entry (a resend re-emits an old
@@ -665,7 +668,9 @@ func (r *Region) sendOutputs(ctx context.Context, b *batch, in *pb.IngressRecord
 		}
 		slices.Sort(users)
 	}
-	b.fanDelivery(m, users)
+	if !dup || !(r.emitted.has(m.GetConvId(), m.GetSeq()) || b.fanned(m.GetConvId(), m.GetSeq())) {
+		b.fanDelivery(m, users)
+	}
 	ack := &pb.Response{Body: &pb.Response_Send{Send: &pb.SendAck{
 		ConvId: m.GetConvId(), ClientMsgId: m.GetClientMsgId(), Seq: m.GetSeq(), MsgId: m.GetMsgId(), SentAtMs: m.GetSentAtMs(),
 	}}}

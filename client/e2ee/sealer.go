@@ -61,8 +61,10 @@ var (
 	ErrControlMessage = errors.New("e2ee: key distribution message (no body)")
 )
 
-// ContentText is the envelope content hint the sealer sets (it matches
-// client.ContentText; the real content type travels encrypted).
+// ContentText is the envelope content hint the sealer sets on every
+// message (it matches client.ContentText). It is not authenticated, and
+// nothing but the body travels encrypted: there is no inner content type
+// (E2E.md §9.2).
 const ContentText = 1
 
 // ContentKeys is the content hint of a key-distribution envelope that
@@ -404,6 +406,12 @@ func (s *Sealer) pairSealLocked(ctx context.Context, me, t core.DeviceKey, ad, i
 	return ct, nil
 }
 
+// pqxdhConfig draws every key of a new session (the ephemeral key and the
+// ratchet keys) from Config.Rand, as the stored sessions do after a reload.
+func (s *Sealer) pqxdhConfig() pqxdh.Config {
+	return pqxdh.Config{Rand: s.cfg.Rand, Ratchet: ratchet.Config{Rand: s.cfg.Rand}}
+}
+
 func (s *Sealer) startSessionLocked(ctx context.Context, t core.DeviceKey) (*ratchet.Session, []byte, error) {
 	l, err := s.listLocked(t.User)
 	if err != nil || l == nil {
@@ -424,7 +432,7 @@ func (s *Sealer) startSessionLocked(ctx context.Context, t core.DeviceKey) (*rat
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %s: %w", ErrBadBundle, t, err)
 	}
-	out, err := pqxdh.Initiate(s.cfg.Identity, d.Identity, b, pqxdh.Config{Rand: s.cfg.Rand})
+	out, err := pqxdh.Initiate(s.cfg.Identity, d.Identity, b, s.pqxdhConfig())
 	if err != nil {
 		s.log.Warn("e2ee: bundle rejected", "device", t.String(), "err", err)
 		return nil, nil, fmt.Errorf("%w: %s: %w", ErrBadBundle, t, err)
@@ -805,7 +813,7 @@ func (s *Sealer) pairOpenLocked(ctx context.Context, me, from core.DeviceKey, co
 		}
 		return s.decryptExistingLocked(from, in.Ratchet, ad)
 	}
-	acc, err := pqxdh.Accept(s.cfg.Identity, s.keys, ct, ad, pqxdh.Config{Rand: s.cfg.Rand})
+	acc, err := pqxdh.Accept(s.cfg.Identity, s.keys, ct, ad, s.pqxdhConfig())
 	if err != nil {
 		return nil, fmt.Errorf("e2ee: accept from %s: %w", from, err)
 	}

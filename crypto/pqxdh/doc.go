@@ -34,6 +34,11 @@
 // ErrReplay, ErrUnknownPrekey, ErrMalformed, ErrVersion, and wrapped
 // prekey.ErrBadSignature / prekey.ErrMissingKEM from bundle verification.
 //
+// Known-answer tests: Config.Rand supplies the ephemeral key,
+// Config.Ratchet.Rand the ratchet keys and Config.Encapsulate (nil in real
+// use) the ML-KEM encapsulation, so crypto/vectors can fix every random
+// input. E2E.md §6 specifies the handshake byte by byte.
+//
 // Concurrency: Initiate and Accept are safe to call concurrently; the
 // returned sessions are not (see crypto/ratchet). No goroutines, no I/O.
 package pqxdh

@@ -63,6 +63,19 @@ var (
 type Config struct {
 	Ratchet ratchet.Config // for the resulting session
 	Rand    io.Reader      // ephemeral keys; nil means crypto/rand
+	// Encapsulate replaces ML-KEM-768 encapsulation for known-answer tests
+	// (crypto/vectors passes crypto/mlkem/mlkemtest.Encapsulate768 with
+	// fixed randomness). nil, the only value for real use, means
+	// ek.Encapsulate().
+	Encapsulate func(ek *mlkem.EncapsulationKey768) (sharedKey, ciphertext []byte, err error)
+}
+
+func (c Config) encapsulate(ek *mlkem.EncapsulationKey768) (sharedKey, ciphertext []byte, err error) {
+	if c.Encapsulate == nil {
+		sharedKey, ciphertext = ek.Encapsulate()
+		return sharedKey, ciphertext, nil
+	}
+	return c.Encapsulate(ek)
 }
 
 func (c Config) rand() io.Reader {
@@ -210,7 +223,10 @@ func Initiate(self *identity.Private, recipient identity.Public, bundle *prekey.
 		}
 		h.hasOTP, h.otpID = true, bundle.OneTime.ID
 	}
-	kemSS, kemCT := ek.Encapsulate()
+	kemSS, kemCT, err := cfg.encapsulate(ek)
+	if err != nil || len(kemCT) != mlkem.CiphertextSize768 || len(kemSS) != mlkem.SharedKeySize {
+		return nil, fmt.Errorf("pqxdh: ml-kem encapsulation: %v", err)
+	}
 	h.kemCT = kemCT
 	hdr := h.append(make([]byte, 0, HandshakeSize))
 	pro, err := prologue(recipient, hdr)

@@ -24,6 +24,10 @@
 //	               [KEMPrekey] || n(2) || n × OneTimePrekey       (n ≤ MaxOneTimePerUpload)
 //	*Pair          version(1) || public part || private key (device-local, secret)
 //
+// NewKEMPrekeyFromSeed derives the ML-KEM prekey from its 64-byte seed
+// (the form the *Pair encoding stores); the test vectors use it with a
+// fixed seed. E2E.md §4 is the specification of these encodings.
+//
 // Not here: which one-time prekey to hand out, consuming it at most once,
 // and low-supply notifications are the region's job; replenishing is the
 // client's. All functions are safe for concurrent use; values are plain data.

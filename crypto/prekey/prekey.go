@@ -151,6 +151,18 @@ func NewKEMPrekey(owner *identity.Private, id uint32) (*KEMPrekeyPair, error) {
 	return kemPair(owner, id, dk), nil
 }
 
+// NewKEMPrekeyFromSeed makes the signed ML-KEM-768 prekey whose
+// decapsulation key is derived from the 64-byte FIPS 203 seed (d || z),
+// the form KEMPrekeyPair.MarshalBinary stores. NewKEMPrekey is this with a
+// random seed; known-answer tests (crypto/vectors) use a fixed one.
+func NewKEMPrekeyFromSeed(owner *identity.Private, id uint32, seed []byte) (*KEMPrekeyPair, error) {
+	dk, err := mlkem.NewDecapsulationKey768(seed)
+	if err != nil {
+		return nil, fmt.Errorf("%w: ml-kem seed: %v", ErrMalformed, err)
+	}
+	return kemPair(owner, id, dk), nil
+}
+
 func kemPair(owner *identity.Private, id uint32, dk *mlkem.DecapsulationKey768) *KEMPrekeyPair {
 	p := &KEMPrekeyPair{Private: dk}
 	p.ID = id
