@@ -86,6 +86,7 @@ func (b *batch) touch(conv string) {
 // topic after Config.MaxAttempts (see deadletter.go), and the partition
 // moves on.
 func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) error {
+	r.hists.batchRecords.Observe(float64(len(recs)))
 	if bs, ok := r.store.(core.Batcher); ok && !r.cfg.NoGroupCommit {
 		err := r.runBatch(ctx, recs, bs)
 		if !errors.Is(err, errBatchBroken) {
@@ -184,9 +185,14 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 			r.stats.appended.Add(uint64(n))
 			r.stats.commits.Add(1)
 			r.stats.committedEntries.Add(uint64(n))
-			r.stats.commitNanos.Add(uint64(time.Since(start)))
+			took := time.Since(start)
+			r.stats.commitNanos.Add(uint64(took))
+			r.hists.commitSeconds.Observe(took.Seconds())
+			r.hists.commitEntries.Observe(float64(n))
 		}
 	}
+	r.hists.observeSequenced(recs)
+	committed := time.Now()
 	for _, p := range b.memberPuts {
 		r.members.put(p.conv, p.head, p.members)
 	}
@@ -197,6 +203,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	if err := r.produceNow(ctx, out...); err != nil {
 		return err
 	}
+	r.hists.fanoutDuration.Observe(time.Since(committed).Seconds())
 	if cb, ok := r.store.(core.CursorBatcher); ok {
 		if err := cb.AdvanceCursors(ctx, b.cursors); err != nil {
 			return fmt.Errorf("cursors: %w", err)

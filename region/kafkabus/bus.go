@@ -157,6 +157,7 @@ type Bus struct {
 	closeErr  error
 
 	backpressure atomic.Uint64
+	m            *metrics // Collector
 }
 
 var _ core.Bus = (*Bus)(nil)
@@ -173,7 +174,7 @@ func New(cfg Config) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Bus{cfg: cfg, log: cfg.Logger.With("component", "kafkabus"), sec: sec}
+	b := &Bus{cfg: cfg, log: cfg.Logger.With("component", "kafkabus"), sec: sec, m: newMetrics(cfg.ClientID)}
 	b.dialer = &kafka.Dialer{ClientID: cfg.ClientID, Timeout: cfg.DialTimeout, TLS: sec.tls, SASLMechanism: sec.sasl, DialFunc: cfg.Dial}
 	b.transport = b.newTransport()
 	b.writer = &kafka.Writer{
@@ -247,10 +248,13 @@ func (b *Bus) Produce(ctx context.Context, recs ...core.BusRecord) error {
 	b.pendingB += req.bytes
 	b.cond.Signal()
 	b.mu.Unlock()
+	start := time.Now()
 	select {
 	case err := <-req.done:
+		b.m.observeProduce(start, len(recs), err)
 		return err
 	case <-ctx.Done():
+		b.m.observeProduce(start, len(recs), ctx.Err())
 		// Records not yet taken by a flusher are withdrawn, so callers that
 		// give up and retry cannot grow the queue; records in flight may
 		// still be written.

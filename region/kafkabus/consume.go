@@ -102,7 +102,7 @@ func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, maxBatch i
 	var wg sync.WaitGroup
 	for _, p := range parts {
 		wg.Go(func() {
-			b.runPartition(ctx, spec.Topic, p, ends[p], maxBatch, h, nil)
+			b.runPartition(ctx, spec.Topic, "", p, ends[p], maxBatch, h, nil)
 		})
 	}
 	if spec.OnReady != nil {
@@ -205,7 +205,7 @@ func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, maxBatch 
 				defer cancel()
 				stop := context.AfterFunc(gctx, cancel)
 				defer stop()
-				b.runPartition(pctx, spec.Topic, a.ID, a.Offset, maxBatch, h, cm.handled)
+				b.runPartition(pctx, spec.Topic, spec.Group, a.ID, a.Offset, maxBatch, h, cm.handled)
 				// Returning ends the generation: kafka-go stops a generation
 				// as soon as one of its goroutines returns. That is what we
 				// want when ctx ended; a revoked partition returns only
@@ -293,8 +293,11 @@ const batchGap = 200 * time.Microsecond
 // maxBatch at a time (only records already fetched: it never waits to fill
 // a batch), retrying failures on the same batch, until ctx ends. handled,
 // if not nil, learns the newest record of each batch that h accepted.
-func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, maxBatch int, h core.BatchHandler, handled func(int, int64)) {
+func (b *Bus) runPartition(ctx context.Context, topic, group string, partition int, start int64, maxBatch int, h core.BatchHandler, handled func(int, int64)) {
 	log := b.log.With("topic", topic, "partition", partition)
+	pk := partKey{topic: topic, group: group, partition: partition}
+	ps := b.m.partition(pk)
+	defer b.m.release(pk)
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:         b.cfg.Brokers,
 		Topic:           topic,
@@ -341,8 +344,13 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 			}
 			batch = append(batch, toRecord(m))
 		}
-		if !b.handle(ctx, log, h, batch) {
+		ps.lag.Store(r.Lag())
+		if !b.handle(ctx, log, h, batch, ps) {
 			return
+		}
+		ps.consumed.Add(float64(len(batch)))
+		if t := batch[0].Time; !t.IsZero() {
+			ps.delay.Observe(time.Since(t).Seconds())
 		}
 		if handled != nil {
 			last := batch[len(batch)-1]
@@ -352,16 +360,20 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 }
 
 func toRecord(m kafka.Message) core.BusRecord {
-	return core.BusRecord{Topic: m.Topic, Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset}
+	return core.BusRecord{Topic: m.Topic, Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset, Time: m.Time}
 }
 
 // handle calls h until it succeeds; false means ctx ended first.
-func (b *Bus) handle(ctx context.Context, log *slog.Logger, h core.BatchHandler, recs []core.BusRecord) bool {
+// ps learns that the partition is stalled while h fails.
+func (b *Bus) handle(ctx context.Context, log *slog.Logger, h core.BatchHandler, recs []core.BusRecord, ps *partState) bool {
+	defer ps.stalled.Store(false)
 	for attempt := 0; ; attempt++ {
 		err := h(ctx, recs)
 		if err == nil {
 			return true
 		}
+		ps.stalled.Store(true)
+		ps.retries.Inc()
 		if ctx.Err() != nil {
 			return false
 		}
