@@ -21,6 +21,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/edge"
+	"github.com/chatmesh/chatmesh/internal/admin"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
 	"github.com/chatmesh/chatmesh/region/directory"
@@ -55,11 +56,15 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
 	logLevel := fs.String("log", "info", "log level")
 	mf := addMeshFlags(fs)
+	adminF := addAdminFlags(fs, defaultRegionAdmin)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kafka == "" {
 		return errors.New("region: --kafka is required (the embedded broker lives in `chatmesh dev`)")
+	}
+	if err := adminF.check(*listen); err != nil {
+		return fmt.Errorf("region: %w", err)
 	}
 	if err := mf.check(fs); err != nil {
 		return err
@@ -132,6 +137,22 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	}
+	mreg := admin.NewRegistry(Version)
+	register(mreg, logger, reg, bus)
+	if mesh != nil {
+		for _, l := range mesh.links {
+			register(mreg, logger, l)
+		}
+		for _, b := range mesh.remote {
+			register(mreg, logger, b)
+		}
+	}
+	adminSrv, err := adminF.start(fs, mreg, []admin.Check{regionCheck(reg, *name)}, logger, stdout)
+	if err != nil {
+		_ = reg.Shutdown(context.Background())
+		return fmt.Errorf("region: %w", err)
+	}
+	defer closeAdmin(adminSrv)
 	url := "http://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "chatmesh region %q: sequencer running; API for edges at %s\n", *name, url)
 	fmt.Fprintf(stdout, "REGION %s\n", url)
@@ -164,11 +185,15 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	adm := addAdmissionFlags(fs)
 	mf := addEdgeMeshFlags(fs)
 	logLevel := fs.String("log", "info", "log level")
+	adminF := addAdminFlags(fs, defaultEdgeAdmin)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kafka == "" || *regionURL == "" {
 		return errors.New("edge: --kafka and --region-url are required")
+	}
+	if err := adminF.check(*ws, *wt); err != nil {
+		return fmt.Errorf("edge: %w", err)
 	}
 	if err := mf.check(fs, *ws, *wt); err != nil {
 		return err
@@ -243,6 +268,19 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if ends.WT != "" {
 		fmt.Fprintf(stdout, "  WebTransport %s (cert sha256 %s)\n", ends.WT, ends.CertHash)
 	}
+	mreg := admin.NewRegistry(Version)
+	register(mreg, logger, e, bus)
+	// Ready while the region can sequence (whether or not this edge stops
+	// serving then: a single region's edge keeps its sessions) and while
+	// the edge serves.
+	ready := regionReady(api, logger)
+	checks := []admin.Check{{Name: "region " + *name, Fn: ready}, edgeCheck(e, *id)}
+	adminSrv, err := adminF.start(fs, mreg, checks, logger, stdout)
+	if err != nil {
+		_ = e.Shutdown(context.Background())
+		return fmt.Errorf("edge: %w", err)
+	}
+	defer closeAdmin(adminSrv)
 	fmt.Fprintf(stdout, "ENDPOINTS %s\n", b)
 	var ann *announcer
 	if mf.active() {
