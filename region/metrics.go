@@ -62,6 +62,10 @@ func (h hists) observeSequenced(recs []core.BusRecord) {
 	}
 }
 
+// deadReasons are the dead-letter reasons the sequencer gives
+// (deadletter.go: "store" unless the record's own failure says otherwise).
+var deadReasons = []string{"store", "panic"}
+
 // counterDef is one exported Stats counter.
 type counterDef struct {
 	name, help string
@@ -162,7 +166,13 @@ func (c regionCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.desc(d.name, d.help), prometheus.CounterValue, float64(d.value(s)))
 	}
 	dd := c.desc("dead_letters_total", helpDeadReason, "reason")
-	for reason, n := range r.DeadLetters() {
+	dead := r.DeadLetters()
+	for _, reason := range deadReasons { // exported at 0 too: alerts see a series from the start
+		if _, ok := dead[reason]; !ok {
+			dead[reason] = 0
+		}
+	}
+	for reason, n := range dead {
 		ch <- prometheus.MustNewConstMetric(dd, prometheus.CounterValue, float64(n), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(c.desc("sequencer_consuming", helpConsuming), prometheus.GaugeValue, gauge(r.consuming.Load()))
