@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -345,4 +346,152 @@ func checkDeployReferences(t *testing.T, fams map[string]*dto.MetricFamily) {
 		t.Errorf("deploy/ references series no process exports: %v", missing)
 	}
 	t.Logf("deploy/: %d alerts, %d expressions, %d distinct series, all exported", alerts, len(exprs), len(refs))
+}
+
+// In-process: /readyz of a dev stack is 200 while the sequencer consumes
+// and 503, naming the sequencer, once it stopped; /healthz stays 200.
+func TestAdminReadySequencerStops(t *testing.T) {
+	testenv.SkipShort(t, "needs the in-process stack")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := stack.Start(ctx, stack.Config{DataDir: t.TempDir(), WTAddr: "-"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	reg := admin.NewRegistry(Version)
+	srv, err := admin.Listen(admin.Config{Addr: "127.0.0.1:0", Gatherer: reg, Checks: stackMetrics(reg, s, slog.New(slog.DiscardHandler))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close(context.Background())
+	if code, body := httpGet(t, srv.URL()+admin.ReadyPath); code != 200 {
+		t.Fatalf("/readyz: %d %s", code, body)
+	}
+	if v, ok := metricValue(scrape(t, srv.URL()), "chatmesh_region_sequencer_consuming", nil); !ok || v != 1 {
+		t.Fatalf("chatmesh_region_sequencer_consuming = %v, %v", v, ok)
+	}
+	if err := s.Region.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	code, body := httpGet(t, srv.URL()+admin.ReadyPath)
+	var rd admin.Readiness
+	if err := json.Unmarshal([]byte(body), &rd); err != nil || code != http.StatusServiceUnavailable || rd.Ready ||
+		rd.Checks[0].OK || !strings.Contains(rd.Checks[0].Reason, "sequencer not consuming") {
+		t.Fatalf("/readyz after the sequencer stopped: %d %s", code, body)
+	}
+	if v, _ := metricValue(scrape(t, srv.URL()), "chatmesh_region_sequencer_consuming", nil); v != 0 {
+		t.Fatalf("chatmesh_region_sequencer_consuming = %v after the stop", v)
+	}
+	if code, _ := httpGet(t, srv.URL()+admin.HealthPath); code != 200 {
+		t.Fatalf("/healthz: %d", code)
+	}
+}
+
+// cmdProc is a server command (runRegion, runEdge) running in-process.
+type cmdProc struct {
+	cancel context.CancelFunc
+	done   chan error
+	lines  map[string]string // first line of each prefix (ADMIN, REGION, ENDPOINTS)
+}
+
+// startCmd runs fn with args until stop and waits until it printed every
+// prefix in want.
+func startCmd(t *testing.T, fn func(context.Context, []string, io.Writer, io.Writer) error, args []string, want ...string) *cmdProc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	p := &cmdProc{cancel: cancel, done: make(chan error, 1), lines: map[string]string{}}
+	go func() {
+		err := fn(ctx, args, pw, io.Discard)
+		pw.Close()
+		p.done <- err
+	}()
+	sc := bufio.NewScanner(pr)
+	for len(p.lines) < len(want) && sc.Scan() {
+		for _, w := range want {
+			if rest, ok := strings.CutPrefix(sc.Text(), w+" "); ok && p.lines[w] == "" {
+				p.lines[w] = rest
+			}
+		}
+	}
+	go io.Copy(io.Discard, pr)
+	if len(p.lines) < len(want) {
+		cancel()
+		t.Fatalf("%v: printed %v, want %v (error: %v)", args, p.lines, want, <-p.done)
+	}
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+// stop cancels the command and waits for it (idempotent).
+func (p *cmdProc) stop(t *testing.T) {
+	t.Helper()
+	p.cancel()
+	select {
+	case err, ok := <-p.done:
+		if ok && err != nil {
+			t.Errorf("command: %v", err)
+		}
+		if ok {
+			close(p.done)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("command did not stop")
+	}
+}
+
+// waitReady polls url's /readyz until it answers code (bounded).
+func waitReady(t *testing.T, url string, code int) string {
+	t.Helper()
+	var last string
+	for start := time.Now(); time.Since(start) < 30*time.Second; time.Sleep(100 * time.Millisecond) {
+		c, body := httpGet(t, url+admin.ReadyPath)
+		if c == code {
+			return body
+		}
+		last = strconv.Itoa(c) + " " + body
+	}
+	t.Fatalf("%s/readyz never answered %d; last %s", url, code, last)
+	return ""
+}
+
+// `chatmesh region` and `chatmesh edge` as separate commands: each serves
+// its admin address; the edge's /readyz follows its region — 503 while
+// the region (its sequencer) is down, 200 again once it is back.
+func TestAdminReadyEdgeFollowsRegion(t *testing.T) {
+	testenv.SkipShort(t, "runs a broker, a region and an edge")
+	broker := startCmd(t, runBroker, []string{"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, "BROKER")
+	var br BrokerReady
+	if err := json.Unmarshal([]byte(broker.lines["BROKER"]), &br); err != nil || br.Admin == "" {
+		t.Fatalf("BROKER %s: %v", broker.lines["BROKER"], err)
+	}
+	waitReady(t, br.Admin, 200)
+
+	listen := "127.0.0.1:" + strconv.Itoa(freeTCPPort(t, "127.0.0.1"))
+	regionArgs := []string{"--kafka", br.Addr, "--data", t.TempDir(), "--listen", listen, "--admin", "127.0.0.1:0", "--log", "error"}
+	reg := startCmd(t, runRegion, regionArgs, "ADMIN", "REGION")
+	waitReady(t, reg.lines["ADMIN"], 200)
+	edgeProc := startCmd(t, runEdge, []string{"--kafka", br.Addr, "--region-url", reg.lines["REGION"], "--data", t.TempDir(),
+		"--ws", "127.0.0.1:0", "--wt", "-", "--admin", "127.0.0.1:0", "--log", "error"}, "ENDPOINTS", "ADMIN")
+	edgeAdmin := edgeProc.lines["ADMIN"]
+	waitReady(t, edgeAdmin, 200)
+	fams := scrape(t, edgeAdmin)
+	for _, n := range []string{"chatmesh_edge_sessions", "chatmesh_edge_write_answer_seconds", "chatmesh_bus_produce_seconds", "go_goroutines"} {
+		if _, ok := fams[n]; !ok {
+			t.Errorf("the edge does not export %s", n)
+		}
+	}
+	if _, ok := scrape(t, reg.lines["ADMIN"])["chatmesh_region_commit_seconds"]; !ok {
+		t.Error("the region does not export chatmesh_region_commit_seconds")
+	}
+
+	reg.stop(t) // the region process is gone: nothing sequences
+	body := waitReady(t, edgeAdmin, http.StatusServiceUnavailable)
+	if !strings.Contains(body, `"name":"region local","ok":false`) {
+		t.Fatalf("edge /readyz while the region is down: %s", body)
+	}
+	reg2 := startCmd(t, runRegion, regionArgs, "ADMIN", "REGION")
+	waitReady(t, reg2.lines["ADMIN"], 200)
+	waitReady(t, edgeAdmin, 200)
 }
