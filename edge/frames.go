@@ -280,7 +280,7 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 	defer cancel()
 	if err := e.bus.Produce(ctx, core.BusRecord{Topic: e.cfg.IngressTopic, Key: []byte(core.IngressConv(rec)), Value: b}); err != nil {
 		e.n.produceErrors.Add(1)
-		e.log.Warn("produce failed", "err", err)
+		e.log.Warn("produce failed", "session", s.id, "req_id", reqID, "conv", core.IngressConv(rec), "err", err)
 		s.fail(reqID, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "ingress unavailable; retry with the same ids")
 		return
 	}
@@ -300,7 +300,7 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	var r pb.EdgeRecord
 	if err := proto.Unmarshal(rec.Value, &r); err != nil || r.GetFrame() == nil {
-		e.log.Warn("bad edge record skipped", "offset", rec.Offset, "err", err)
+		e.log.Warn("bad edge record skipped", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 		return nil
 	}
 	e.n.edgeRecords.Add(1)

@@ -30,12 +30,22 @@ import (
 	"github.com/chatmesh/chatmesh/region/pgstore"
 )
 
+// newLogger is every server command's logger: slog key=value lines on
+// stderr, or JSON lines with CHATMESH_LOG_FORMAT=json (for log shippers).
 func newLogger(stderr io.Writer, level string) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch f := os.Getenv("CHATMESH_LOG_FORMAT"); f {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(stderr, opts)), nil
+	default:
+		return nil, fmt.Errorf("CHATMESH_LOG_FORMAT=%q: want text or json", f)
+	}
 }
 
 // runRegion runs the region services without an edge: the sequencer (a
