@@ -89,6 +89,23 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	// The admin server answers from the start: /healthz while the region
+	// waits for its store, Kafka and the directory's quorum, /readyz 503
+	// ("starting") until the sequencer runs.
+	mreg := admin.NewRegistry(Version)
+	var running atomic.Pointer[region.Region]
+	startingCheck := admin.Check{Name: "region " + *name, Fn: func(ctx context.Context) error {
+		r := running.Load()
+		if r == nil {
+			return errors.New("region: starting")
+		}
+		return r.Ready(ctx, admin.DefaultCheckTimeout)
+	}}
+	adminSrv, err := adminF.start(fs, mreg, []admin.Check{startingCheck}, logger, stdout)
+	if err != nil {
+		return fmt.Errorf("region: %w", err)
+	}
+	defer closeAdmin(adminSrv)
 	bus, err := kafkabus.New(kafkabus.Config{Brokers: strings.Split(*kafka, ","), ClientID: "chatmesh-region-" + *name, Logger: logger})
 	if err != nil {
 		return err
@@ -147,7 +164,6 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	}
-	mreg := admin.NewRegistry(Version)
 	register(mreg, logger, reg, bus)
 	if mesh != nil {
 		for _, l := range mesh.links {
@@ -157,12 +173,7 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			register(mreg, logger, b)
 		}
 	}
-	adminSrv, err := adminF.start(fs, mreg, []admin.Check{regionCheck(reg, *name)}, logger, stdout)
-	if err != nil {
-		_ = reg.Shutdown(context.Background())
-		return fmt.Errorf("region: %w", err)
-	}
-	defer closeAdmin(adminSrv)
+	running.Store(reg)
 	url := "http://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "chatmesh region %q: sequencer running; API for edges at %s\n", *name, url)
 	fmt.Fprintf(stdout, "REGION %s\n", url)
