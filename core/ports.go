@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"time"
 
 	"github.com/chatmesh/chatmesh/core/pb"
 )
@@ -335,6 +336,10 @@ type BusRecord struct {
 	Value     []byte
 	Partition int   // set on consumed records
 	Offset    int64 // set on consumed records
+	// Time is set on consumed records: the record's timestamp, taken by
+	// its producer when it wrote the record (zero if the bus has none).
+	// Only metrics read it (stage latencies); nothing orders by it.
+	Time time.Time
 }
 
 // ConsumeSpec says what to consume.

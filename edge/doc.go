@@ -193,6 +193,14 @@
 //
 // Stats returns counters (connections, rejections per reason, frames,
 // produced records, drops); Collector exports the same numbers to
-// Prometheus as chatmesh_edge_* metrics. Logs never contain frame contents
-// or keys.
+// Prometheus as chatmesh_edge_* metrics (labelled edge), plus three
+// latency histograms: chatmesh_edge_ingress_produce_seconds (a write's
+// admission → its ingress record acknowledged by Kafka),
+// chatmesh_edge_write_answer_seconds (admission → the region's answer at
+// the edge: the whole round trip through sequencing and commit, from the
+// in-flight slot's own timestamp, no extra state) and
+// chatmesh_edge_push_seconds (an edge record's Kafka timestamp → its
+// frames queued to the sessions). Each is one atomic observation per
+// write or per edge record. The process serves them on its admin address
+// (internal/admin). Logs never contain frame contents or keys.
 package edge

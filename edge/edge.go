@@ -341,7 +341,8 @@ type Edge struct {
 	notServing      bool
 	notServingSince time.Time
 
-	n counters
+	n      counters
+	stages *stages // latency histograms (metrics.go)
 }
 
 // New checks cfg and prepares an edge; nothing listens until Start.
@@ -385,6 +386,7 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 		shutDone: make(chan struct{}),
 		conns:    newConnLimiter(cfg.MaxConns, cfg.MaxAcceptPerIP),
 		failed:   make(chan error, 2),
+		stages:   newStages(cfg.ID),
 	}
 	e.tls = cfg.TLSConfig
 	if e.tls == nil {

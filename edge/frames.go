@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -274,16 +275,18 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 	}
 	produced := false
 	defer func() { s.leaveWrite(reqID, ans, produced) }()
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.WriteTimeout)
 	defer cancel()
 	if err := e.bus.Produce(ctx, core.BusRecord{Topic: e.cfg.IngressTopic, Key: []byte(core.IngressConv(rec)), Value: b}); err != nil {
 		e.n.produceErrors.Add(1)
-		e.log.Warn("produce failed", "err", err)
+		e.log.Warn("produce failed", "session", s.id, "req_id", reqID, "conv", core.IngressConv(rec), "err", err)
 		s.fail(reqID, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, "ingress unavailable; retry with the same ids")
 		return
 	}
 	produced = true
 	e.n.produced.Add(1)
+	e.stages.produce.Observe(since(start))
 }
 
 // ---------------------------------------------------------------- bus → sessions
@@ -297,7 +300,7 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	var r pb.EdgeRecord
 	if err := proto.Unmarshal(rec.Value, &r); err != nil || r.GetFrame() == nil {
-		e.log.Warn("bad edge record skipped", "offset", rec.Offset, "err", err)
+		e.log.Warn("bad edge record skipped", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 		return nil
 	}
 	e.n.edgeRecords.Add(1)
@@ -316,7 +319,13 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 		return nil
 	}
 	if resp := f.GetResponse(); resp != nil && r.GetSessionId() != 0 {
-		targets[0].s.settle(resp.GetReqId()) // the region answered a write: its slots are free
+		// The region answered a write: its slots are free.
+		if at := targets[0].s.settle(resp.GetReqId()); !at.IsZero() {
+			e.stages.answer.Observe(max(e.cfg.Now().Sub(at), 0).Seconds())
+		}
+	}
+	if !rec.Time.IsZero() {
+		defer e.stages.push.Observe(since(rec.Time))
 	}
 	perDevice := len(f.GetDelivery().GetEnvelope().GetPerDevice()) != 0
 	var shared []byte

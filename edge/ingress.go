@@ -89,13 +89,14 @@ func (s *session) leaveWrite(reqID uint64, ans, produced bool) {
 }
 
 // settle frees the slots of one unanswered write with reqID, if any: the
-// region answered it.
-func (s *session) settle(reqID uint64) {
+// region answered it. It returns when that write was admitted (zero: none
+// was waiting).
+func (s *session) settle(reqID uint64) time.Time {
 	s.ifMu.Lock()
 	defer s.ifMu.Unlock()
 	en, ok := s.inflight[reqID]
 	if !ok {
-		return
+		return time.Time{}
 	}
 	if en.n--; en.n == 0 {
 		delete(s.inflight, reqID)
@@ -107,6 +108,7 @@ func (s *session) settle(reqID uint64) {
 	if len(s.inflight) == 0 {
 		s.inflight = nil // an idle session holds no map
 	}
+	return time.Unix(0, en.deadline-int64(s.e.adm.cfg.IngressAnswerTimeout))
 }
 
 // expireLocked frees the slots of writes unanswered past their deadline.

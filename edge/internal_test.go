@@ -319,7 +319,7 @@ func TestCollector(t *testing.T) {
 			found = m.GetCounter().GetValue() == 3 && m.GetLabel()[0].GetValue() == "e9"
 		}
 	}
-	if !found || len(mfs) != len(metricDefs) {
+	if !found || len(mfs) != len(metricDefs)+len(e.stages.collectors()) {
 		t.Fatalf("found %v, %d families", found, len(mfs))
 	}
 }

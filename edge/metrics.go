@@ -1,11 +1,47 @@
 package edge
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// latencyBuckets are the buckets of the edge's stage histograms, in
+// seconds: 0.5 ms to 10 s.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// stages are the edge's per-stage latency histograms (one atomic
+// observation per write or per edge record; nothing per target).
+type stages struct {
+	produce prometheus.Histogram // write received → ingress record acknowledged by Kafka
+	answer  prometheus.Histogram // write received → the region's answer at the edge
+	push    prometheus.Histogram // edge record's Kafka timestamp (the region's produce) → frames queued to sessions
+}
+
+func newStages(id string) *stages {
+	cl := prometheus.Labels{"edge": id}
+	h := func(name, help string) prometheus.Histogram {
+		return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, ConstLabels: cl, Buckets: latencyBuckets})
+	}
+	return &stages{
+		produce: h("chatmesh_edge_ingress_produce_seconds",
+			"Stage edge receive → ingress: from a write's admission at the edge until its ingress record was acknowledged by Kafka."),
+		answer: h("chatmesh_edge_write_answer_seconds",
+			"Whole path of a write as the edge sees it: from its admission until the region's answer (ack or error) reached the edge (ingress, sequencing, commit, fan-out)."),
+		push: h("chatmesh_edge_push_seconds",
+			"Stage produced → edge push: from an edge record's Kafka timestamp (the region's produce after its commit) until its frames were queued to the sessions."),
+	}
+}
+
+func (s *stages) collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.produce, s.answer, s.push}
+}
+
+func since(t time.Time) float64 { return max(time.Since(t), 0).Seconds() }
+
 // Collector returns a Prometheus collector that exports Stats as
-// chatmesh_edge_* metrics labelled with the edge id. Register it with
+// chatmesh_edge_* metrics labelled with the edge id, and the edge's stage
+// latency histograms. Register it with
 // whatever registry the process uses; the edge registers nothing itself.
 func (e *Edge) Collector() prometheus.Collector { return collector{e} }
 
@@ -62,6 +98,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range metricDefs {
 		ch <- c.desc(d)
 	}
+	for _, h := range c.e.stages.collectors() {
+		h.Describe(ch)
+	}
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -72,5 +111,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			t = prometheus.GaugeValue
 		}
 		ch <- prometheus.MustNewConstMetric(c.desc(d), t, d.value(s))
+	}
+	for _, h := range c.e.stages.collectors() {
+		h.Collect(ch)
 	}
 }

@@ -96,7 +96,7 @@ func (r *Region) failed(ctx context.Context, st core.Store, rec core.BusRecord, 
 	r.stats.deadLettered.Add(1)
 	r.deadByReason(reason)
 	r.log.Error("record dead-lettered after repeated failures",
-		"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset,
+		"topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "conv", string(rec.Key),
 		"attempts", s.n, "reason", reason, "err", err, "dead_letter_topic", r.cfg.DeadLetterTopic)
 	return nil
 }

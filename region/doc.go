@@ -231,4 +231,21 @@
 //
 // Region and API are safe for concurrent use. Region.Start launches the
 // sequencer and the notifier goroutines; Shutdown stops and awaits them.
+//
+// # Metrics
+//
+// Region.Collector exports the Stats counters as chatmesh_region_*_total
+// (labelled region), chatmesh_region_dead_letters_total{reason},
+// chatmesh_region_sequencer_consuming, chatmesh_region_ready, the lease
+// (chatmesh_region_lease_held, _deposed, _beats_total,
+// _beat_failures_total, _lapses_total, _rejoins_total) and five
+// histograms the sequencer observes once per batch (and once per record
+// for the sequencing delay): chatmesh_region_batch_records,
+// chatmesh_region_commit_seconds (the store's commit: its latency),
+// chatmesh_region_commit_entries, chatmesh_region_sequence_seconds (an
+// ingress record's Kafka timestamp → committed) and
+// chatmesh_region_fanout_seconds (commit → outputs acknowledged by Kafka).
+// Link.Collector exports chatmesh_link_* (labelled from, to). Region.Ready
+// is the readiness an admin server's /readyz uses: Health, and a probe
+// read of the store within a timeout (ErrStoreUnreachable).
 package region

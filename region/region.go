@@ -209,6 +209,7 @@ type Region struct {
 	notifyCh chan core.PushNotification
 	reads    chan struct{} // read slots (Config.MaxConcurrentReads)
 	stats    counters
+	hists    hists // metrics.go
 
 	mu       sync.Mutex
 	started  bool
@@ -285,6 +286,7 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		notifyCh:    make(chan core.PushNotification, cfg.NotifyQueue),
 		reads:       make(chan struct{}, cfg.MaxConcurrentReads),
 		bundles:     newBundleLimiter(cfg.PrekeyFetch),
+		hists:       newHists(cfg.Name),
 	}
 	return r, nil
 }

@@ -57,6 +57,9 @@ type batch struct {
 	// final is every output in order, user-addressed ones resolved to
 	// their sessions after the commit: what finishBatch produces.
 	final []core.BusRecord
+	// committed is when the batch's entries were committed (the fan-out
+	// histogram measures from here to the outputs acknowledged).
+	committed time.Time
 }
 
 // stepPlace is the current step's conversation and its placement: known
@@ -106,6 +109,7 @@ func (r *Region) handleBatch(ctx context.Context, recs []core.BusRecord) error {
 // leaving the batch's outputs (in b.final) and cursor moves for
 // finishBatch.
 func (r *Region) prepareBatch(ctx context.Context, recs []core.BusRecord) (*batch, error) {
+	r.hists.batchRecords.Observe(float64(len(recs)))
 	if bs, ok := r.store.(core.Batcher); ok && !r.cfg.NoGroupCommit {
 		b, err := r.runBatch(ctx, recs, bs)
 		if !errors.Is(err, errBatchBroken) {
@@ -280,9 +284,14 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 			r.stats.appended.Add(uint64(n))
 			r.stats.commits.Add(1)
 			r.stats.committedEntries.Add(uint64(n))
-			r.stats.commitNanos.Add(uint64(time.Since(start)))
+			took := time.Since(start)
+			r.stats.commitNanos.Add(uint64(took))
+			r.hists.commitSeconds.Observe(took.Seconds())
+			r.hists.commitEntries.Observe(float64(n))
 		}
 	}
+	r.hists.observeSequenced(recs)
+	b.committed = time.Now()
 	for _, p := range b.memberPuts {
 		r.members.put(p.conv, p.head, p.members)
 	}
@@ -307,6 +316,7 @@ func (r *Region) finishBatch(ctx context.Context, b *batch) (err error) {
 		return err
 	}
 	r.emitted.addFans(b.fan)
+	r.hists.fanoutDuration.Observe(time.Since(b.committed).Seconds())
 	if cb, ok := r.store.(core.CursorBatcher); ok {
 		if err := cb.AdvanceCursors(ctx, b.cursors); err != nil {
 			return fmt.Errorf("cursors: %w", err)

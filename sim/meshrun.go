@@ -69,6 +69,17 @@ type MeshSimConfig struct {
 	ReportDir string
 	// Logger receives progress (faults, phases). Default: discard.
 	Logger *slog.Logger
+	// Progress, if set, is called every ProgressEvery (default 5 s) while
+	// the traffic runs and drains, from a goroutine of its own.
+	Progress      func(MeshProgress)
+	ProgressEvery time.Duration
+}
+
+// MeshProgress is what a run did so far (MeshSimConfig.Progress).
+type MeshProgress struct {
+	Elapsed time.Duration // since the traffic started
+	driver.Counts
+	Scheduled int // faults in the schedule
 }
 
 // MeshSimResult is what a multi-region simulation did and found.
@@ -277,6 +288,24 @@ func RunMeshSim(ctx context.Context, cfg MeshSimConfig) (MeshSimResult, error) {
 
 	// Faults and the prober run beside the traffic; both end with it.
 	bg, stopBG := context.WithCancel(ctx)
+	if cfg.Progress != nil {
+		every := cfg.ProgressEvery
+		if every <= 0 {
+			every = 5 * time.Second
+		}
+		go func(start time.Time) {
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-bg.Done():
+					return
+				case <-t.C:
+					cfg.Progress(MeshProgress{Elapsed: time.Since(start), Counts: d.Counts(), Scheduled: len(res.Schedule)})
+				}
+			}
+		}(time.Now())
+	}
 	faultErr := make(chan error, 1)
 	go func() { faultErr <- RunSchedule(bg, m, res.Schedule, log) }()
 	// The conversations are fixed once the traffic started.

@@ -49,6 +49,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	size := fs.Int("size", 128, "message body bytes")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (clients and in-process region) to this file")
 	regToken := fs.String("registration-token", os.Getenv("CHATMESH_REGISTRATION_TOKEN"), "with --edge: registration token for the clients (they all register from this host)")
+	progress := fs.Duration("progress", 5*time.Second, "print a progress line to stderr this often (elapsed, sent, acked, failed, deliveries); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -66,6 +67,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg := loadgen.Config{
 		Users: *users, Groups: *groups, GroupSize: *groupSize, DirectRate: *directRate, GroupRate: *groupRate,
 		Duration: *duration, Drain: *drain, BodySize: *size, RegistrationToken: *regToken,
+	}
+	if *progress > 0 {
+		cfg.Progress, cfg.ProgressEvery = loadProgress(stderr, "bench"), *progress
 	}
 	if *edgeURL != "" {
 		cfg.Edges = strings.Split(*edgeURL, ",")

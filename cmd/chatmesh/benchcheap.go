@@ -65,6 +65,7 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	workers := fs.Int("workers", 4, "pacing goroutines")
 	dialConc := fs.Int("dial-concurrency", 64, "connections set up at once (the reconnect storm: 4x)")
 	settle := fs.Duration("settle", 2*time.Second, "idle: wait after connecting before sampling the server's RSS")
+	progress := fs.Duration("progress", 5*time.Second, "while a round runs, print its counts so far to stderr this often (elapsed, sent, acked, failed, refused, deliveries)")
 	out := fs.String("out", "", "also write the JSON report to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -72,7 +73,7 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	cfg := benchload.Config{
 		Pairs: *pairs, Rate: *rate, Members: *members, Senders: *senders, Conns: *conns,
 		Duration: *duration, Drain: *drain, BodySize: *size, Workers: *workers, DialConcurrency: *dialConc,
-		MaxP99: *maxP99, Settle: *settle, ServerPID: *pid, Progress: stderr,
+		MaxP99: *maxP99, Settle: *settle, ServerPID: *pid, Progress: stderr, ProgressEvery: *progress,
 	}
 	switch *target {
 	case "chatmesh":

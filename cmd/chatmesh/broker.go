@@ -7,10 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chatmesh/chatmesh/internal/admin"
 	"github.com/chatmesh/chatmesh/region/kafkabus"
 )
 
@@ -20,6 +24,8 @@ type BrokerReady struct {
 	Addr string `json:"addr"` // host:port clients bootstrap from
 	Data string `json:"data"` // the data directory ("" when in memory)
 	PID  int    `json:"pid"`
+	// Admin is the admin server's URL (--admin), "" when off.
+	Admin string `json:"admin,omitempty"`
 }
 
 const brokerUsage = `usage: chatmesh broker [flags]
@@ -35,6 +41,9 @@ broker, not a machine crash) unless --sync fsyncs each batch.
 Once it listens it prints one line on stdout:
 
   BROKER {"addr":"127.0.0.1:PORT","data":"DIR","pid":N}
+
+(with "admin":"http://HOST:PORT" when --admin serves /metrics, /healthz,
+/readyz and /debug/pprof/; off by default).
 
 and runs until SIGTERM or SIGINT, when it saves its state and exits 0.
 kfake listens on 127.0.0.1 only.
@@ -55,8 +64,12 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	syncWrites := fs.Bool("sync", false, "fsync every produced batch before acknowledging it (with --data)")
 	minSession := fs.Duration("group-min-session-timeout", time.Second, "smallest consumer-group session timeout accepted")
 	logLevel := fs.String("log", "warn", "log level")
+	adminF := addAdminFlags(fs, "")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if err := adminF.check(*listen); err != nil {
+		return fmt.Errorf("broker: %w", err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("broker: unexpected arguments %q", strings.Join(fs.Args(), " "))
@@ -80,7 +93,28 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
-	line, _ := json.Marshal(BrokerReady{Addr: b.Addrs()[0], Data: *data, PID: os.Getpid()})
+	mreg := admin.NewRegistry(Version)
+	mreg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "chatmesh_broker_accept_errors_total",
+		Help: "Failed Accept calls of the embedded broker's listener (retried; out of descriptors?)."},
+		func() float64 { return float64(b.AcceptErrors()) }))
+	brokerUp := admin.Check{Name: "broker " + b.Addrs()[0], Fn: func(ctx context.Context) error {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", b.Addrs()[0])
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}}
+	adminSrv, err := adminF.start(fs, mreg, []admin.Check{brokerUp}, logger, io.Discard)
+	if err != nil {
+		_ = b.Close()
+		return fmt.Errorf("broker: %w", err)
+	}
+	defer closeAdmin(adminSrv)
+	ready := BrokerReady{Addr: b.Addrs()[0], Data: *data, PID: os.Getpid()}
+	if adminSrv != nil {
+		ready.Admin = adminSrv.URL()
+	}
+	line, _ := json.Marshal(ready)
 	fmt.Fprintf(stdout, "BROKER %s\n", line)
 	if f, ok := stdout.(*os.File); ok {
 		_ = f.Sync()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/edge"
+	"github.com/chatmesh/chatmesh/internal/admin"
 	"github.com/chatmesh/chatmesh/internal/benchload"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
@@ -41,8 +42,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	raftPort := fs.Int("raft-port", 7491, "mesh only: each region's directory voter's raft port (on its 127.0.N.1); keep it across restarts")
 	dirPort := fs.Int("dir-port", 7492, "mesh only: each region's directory voter's HTTP port")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole process to this file until it stops (for chatmesh bench runs)")
+	adminF := addAdminFlags(fs, defaultDevAdmin)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if err := adminF.check(*ws, *wt); err != nil {
+		return fmt.Errorf("dev: %w", err)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -64,7 +69,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if *regions > 1 {
 		mc := meshDev{data: *data, ws: *ws, wt: *wt, kafka: *kafka, pg: *pg, pgSchema: *pgSchema, regions: *regions,
-			locate: *locate, maxConns: *maxConns, adm: adm, bench: *bench, webhook: *webhook, raftPort: *raftPort, dirPort: *dirPort}
+			locate: *locate, maxConns: *maxConns, adm: adm, bench: *bench, webhook: *webhook, raftPort: *raftPort, dirPort: *dirPort,
+			admin: adminF, fs: fs}
 		return mc.run(ctx, logger, stdout)
 	}
 	cfg := stack.Config{
@@ -101,6 +107,13 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stdout, "  edge key:      %s\n", e.EdgeKey)
 	fmt.Fprintf(stdout, "  endpoints:     %s\n", path)
+	reg := admin.NewRegistry(Version)
+	adminSrv, err := adminF.start(fs, reg, stackMetrics(reg, s, logger), logger, stdout)
+	if err != nil {
+		_ = s.Shutdown(context.Background())
+		return fmt.Errorf("dev: %w", err)
+	}
+	defer closeAdmin(adminSrv)
 	fmt.Fprintf(stdout, "ENDPOINTS %s\n", b)
 	fmt.Fprintf(stdout, "try: chatmesh chat --state /tmp/alice --edge %s register alice\n", e.WS)
 	if f, ok := stdout.(*os.File); ok {

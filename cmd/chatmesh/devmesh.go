@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/edge"
+	"github.com/chatmesh/chatmesh/internal/admin"
 	"github.com/chatmesh/chatmesh/internal/benchload"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
@@ -26,6 +28,8 @@ type meshDev struct {
 	regions, maxConns, raftPort, dirPort               int
 	adm                                                *admissionFlags
 	bench                                              bool // benchload.LiftLimits on every edge
+	admin                                              *adminFlags
+	fs                                                 *flag.FlagSet
 }
 
 // port returns the port of a host:port flag.
@@ -97,6 +101,15 @@ func (d meshDev) run(ctx context.Context, logger *slog.Logger, stdout io.Writer)
 		fmt.Fprintf(stdout, "LOCATE %s\n", m.LocateURL)
 	}
 	fmt.Fprintf(stdout, "  endpoints: %s\n", path)
+	if d.admin != nil {
+		reg := admin.NewRegistry(Version)
+		adm, err := d.admin.start(d.fs, reg, meshMetrics(reg, m, logger), logger, stdout)
+		if err != nil {
+			_ = m.Shutdown(context.Background())
+			return fmt.Errorf("dev: %w", err)
+		}
+		defer closeAdmin(adm)
+	}
 	fmt.Fprintf(stdout, "try: chatmesh chat --state /tmp/alice --edge %s register alice   (Frankfurt)\n", m.Nodes[0].Ends.WS)
 	if len(m.Nodes) > 1 {
 		fmt.Fprintf(stdout, "     chatmesh chat --state /tmp/bob --edge %s register bob       (Virginia)\n", m.Nodes[1].Ends.WS)

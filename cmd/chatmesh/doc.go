@@ -41,5 +41,14 @@
 //	                  1 failed, 2 usage error
 //	chatmesh version  print the version
 //
+// Every server command (dev, region, edge, and broker when asked) serves
+// an admin address (--admin; defaults dev 127.0.0.1:7479, edge
+// 127.0.0.1:7481, region 127.0.0.1:7493, broker off; - disables; off
+// loopback it needs --admin-token) with /metrics, /healthz, /readyz and
+// /debug/pprof/ (internal/admin), and prints "ADMIN http://host:port". A
+// default address already taken is a warning, an explicit one an error.
+// CHATMESH_LOG_FORMAT=json makes every server command log JSON lines.
+// bench and sim print a progress line to stderr every --progress (5 s).
+//
 // Run any subcommand with -h for its flags.
 package main

@@ -21,6 +21,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/edge"
+	"github.com/chatmesh/chatmesh/internal/admin"
 	"github.com/chatmesh/chatmesh/internal/stack"
 	"github.com/chatmesh/chatmesh/region"
 	"github.com/chatmesh/chatmesh/region/directory"
@@ -29,12 +30,22 @@ import (
 	"github.com/chatmesh/chatmesh/region/pgstore"
 )
 
+// newLogger is every server command's logger: slog key=value lines on
+// stderr, or JSON lines with CHATMESH_LOG_FORMAT=json (for log shippers).
 func newLogger(stderr io.Writer, level string) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch f := os.Getenv("CHATMESH_LOG_FORMAT"); f {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(stderr, opts)), nil
+	default:
+		return nil, fmt.Errorf("CHATMESH_LOG_FORMAT=%q: want text or json", f)
+	}
 }
 
 // runRegion runs the region services without an edge: the sequencer (a
@@ -55,11 +66,15 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
 	logLevel := fs.String("log", "info", "log level")
 	mf := addMeshFlags(fs)
+	adminF := addAdminFlags(fs, defaultRegionAdmin)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kafka == "" {
 		return errors.New("region: --kafka is required (the embedded broker lives in `chatmesh dev`)")
+	}
+	if err := adminF.check(*listen); err != nil {
+		return fmt.Errorf("region: %w", err)
 	}
 	if err := mf.check(fs); err != nil {
 		return err
@@ -74,6 +89,23 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	// The admin server answers from the start: /healthz while the region
+	// waits for its store, Kafka and the directory's quorum, /readyz 503
+	// ("starting") until the sequencer runs.
+	mreg := admin.NewRegistry(Version)
+	var running atomic.Pointer[region.Region]
+	startingCheck := admin.Check{Name: "region " + *name, Fn: func(ctx context.Context) error {
+		r := running.Load()
+		if r == nil {
+			return errors.New("region: starting")
+		}
+		return r.Ready(ctx, admin.DefaultCheckTimeout)
+	}}
+	adminSrv, err := adminF.start(fs, mreg, []admin.Check{startingCheck}, logger, stdout)
+	if err != nil {
+		return fmt.Errorf("region: %w", err)
+	}
+	defer closeAdmin(adminSrv)
 	bus, err := kafkabus.New(kafkabus.Config{Brokers: strings.Split(*kafka, ","), ClientID: "chatmesh-region-" + *name, Logger: logger})
 	if err != nil {
 		return err
@@ -132,6 +164,16 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	}
+	register(mreg, logger, reg, bus)
+	if mesh != nil {
+		for _, l := range mesh.links {
+			register(mreg, logger, l)
+		}
+		for _, b := range mesh.remote {
+			register(mreg, logger, b)
+		}
+	}
+	running.Store(reg)
 	url := "http://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "chatmesh region %q: sequencer running; API for edges at %s\n", *name, url)
 	fmt.Fprintf(stdout, "REGION %s\n", url)
@@ -164,11 +206,15 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	adm := addAdmissionFlags(fs)
 	mf := addEdgeMeshFlags(fs)
 	logLevel := fs.String("log", "info", "log level")
+	adminF := addAdminFlags(fs, defaultEdgeAdmin)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kafka == "" || *regionURL == "" {
 		return errors.New("edge: --kafka and --region-url are required")
+	}
+	if err := adminF.check(*ws, *wt); err != nil {
+		return fmt.Errorf("edge: %w", err)
 	}
 	if err := mf.check(fs, *ws, *wt); err != nil {
 		return err
@@ -243,6 +289,19 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if ends.WT != "" {
 		fmt.Fprintf(stdout, "  WebTransport %s (cert sha256 %s)\n", ends.WT, ends.CertHash)
 	}
+	mreg := admin.NewRegistry(Version)
+	register(mreg, logger, e, bus)
+	// Ready while the region can sequence (whether or not this edge stops
+	// serving then: a single region's edge keeps its sessions) and while
+	// the edge serves.
+	ready := regionReady(api, logger)
+	checks := []admin.Check{{Name: "region " + *name, Fn: ready}, edgeCheck(e, *id)}
+	adminSrv, err := adminF.start(fs, mreg, checks, logger, stdout)
+	if err != nil {
+		_ = e.Shutdown(context.Background())
+		return fmt.Errorf("edge: %w", err)
+	}
+	defer closeAdmin(adminSrv)
 	fmt.Fprintf(stdout, "ENDPOINTS %s\n", b)
 	var ann *announcer
 	if mf.active() {

@@ -46,6 +46,7 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	downtime := fs.Duration("downtime", 300*time.Millisecond, "single region: how long the region stays down after a kill")
 	data := fs.String("data", "", "single region: data directory (default: temporary)")
 	verbose := fs.Bool("v", false, "log progress and each injected fault to stderr")
+	progress := fs.Duration("progress", 5*time.Second, "print a progress line to stderr this often (elapsed, sent, acked, delivered, errors, faults); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,15 +55,21 @@ func runSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		logger = slog.New(slog.NewTextHandler(stderr, nil))
 	}
 	if *regions == 1 {
+		load := loadgen.Config{Users: *users, Groups: *groups, GroupSize: *groupSize, DirectRate: cmpOr(*rate, 40),
+			GroupRate: cmpOr(*groupRate, 5), Duration: *duration, Drain: *drain}
+		if *progress > 0 {
+			load.Progress, load.ProgressEvery = loadProgress(stderr, "sim"), *progress
+		}
 		return runSimOneRegion(ctx, stdout, logger, sim.Config{
-			DataDir: *data, CrashEvery: *crashEvery, Downtime: *downtime, Logger: logger,
-			Load: loadgen.Config{Users: *users, Groups: *groups, GroupSize: *groupSize, DirectRate: cmpOr(*rate, 40),
-				GroupRate: cmpOr(*groupRate, 5), Duration: *duration, Drain: *drain},
+			DataDir: *data, CrashEvery: *crashEvery, Downtime: *downtime, Logger: logger, Load: load,
 		})
 	}
 	cfg := sim.MeshSimConfig{PostgresDSN: *pg, Regions: *regions, Seed: *seed, Duration: *duration, Drain: *drain,
 		Users: *users, SecondDevices: *second, Groups: *groups, GroupSize: *groupSize, Moves: *moves,
 		DirectRate: *rate, GroupRate: *groupRate, Slot: *slot, ReportDir: *reportDir, Logger: logger, MaxRTO: *maxRTO}
+	if *progress > 0 {
+		cfg.Progress, cfg.ProgressEvery = meshProgress(stderr), *progress
+	}
 	if *maxRTO == 0 {
 		cfg.MaxRTO = -1 // --max-rto 0: no bound
 	}
@@ -273,4 +280,24 @@ func runSimOneRegion(ctx context.Context, stdout io.Writer, logger *slog.Logger,
 	fmt.Fprintf(stdout, "sim: %d crashes; %d messages acked, %d deliveries; none lost, duplicated or reordered\n",
 		rep.Crashes, rep.Load.Acked, rep.Load.Deliveries)
 	return nil
+}
+
+// loadProgress prints a loadgen run's progress to w, one line each call.
+func loadProgress(w io.Writer, cmd string) func(loadgen.Progress) {
+	return func(p loadgen.Progress) {
+		phase := "sending"
+		if p.Draining {
+			phase = "draining"
+		}
+		fmt.Fprintf(w, "%s: %5.0fs %s: sent %d, acked %d, failed %d, deliveries %d of %d\n",
+			cmd, p.Elapsed.Seconds(), phase, p.Sent, p.Acked, p.Failed, p.Deliveries, p.ExpectedDeliveries)
+	}
+}
+
+// meshProgress prints a multi-region run's progress to w.
+func meshProgress(w io.Writer) func(sim.MeshProgress) {
+	return func(p sim.MeshProgress) {
+		fmt.Fprintf(w, "sim: %5.0fs: sent %d, acked %d, delivered %d, failed %d, faults %d of %d\n",
+			p.Elapsed.Seconds(), p.Sent, p.Acked, p.Delivered, p.Failed, p.Faults, p.Scheduled)
+	}
 }

@@ -252,6 +252,28 @@ func (c *checker) progress() (expected, delivered, pending int64) {
 	return expected, delivered, pending
 }
 
+// roundCounts are a round's counters so far (progress lines).
+type roundCounts struct{ sent, acked, failed, rejected, pending, delivered int64 }
+
+func (c *checker) counts() roundCounts {
+	var rc roundCounts
+	for _, s := range c.send {
+		s.mu.Lock()
+		rc.sent += s.sent
+		rc.acked += s.ackedN
+		rc.failed += s.failed
+		rc.rejected += s.rejected
+		rc.pending += s.pending
+		s.mu.Unlock()
+	}
+	for _, r := range c.recv {
+		r.mu.Lock()
+		rc.delivered += r.deliveries
+		r.mu.Unlock()
+	}
+	return rc
+}
+
 // Checks are the exactly-once and order findings of a run.
 type Checks struct {
 	// Missing: acknowledged messages that did not reach an expected

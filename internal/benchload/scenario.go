@@ -46,8 +46,10 @@ type Config struct {
 	Settle time.Duration
 	// ServerPID, if set, is sampled for CPU and RSS (/proc).
 	ServerPID int
-	// Progress receives a line per step (nil: nothing).
-	Progress io.Writer
+	// Progress receives a line per step, and every ProgressEvery (default
+	// 5 s) while a round runs a line with its counts so far (nil: nothing).
+	Progress      io.Writer
+	ProgressEvery time.Duration
 }
 
 func (c *Config) fill() error {
@@ -306,6 +308,8 @@ func (f *fleet) round(ctx context.Context, n uint32, members [][]int, slots []sl
 	chk := newChecker(n, len(f.users), members)
 	f.chk.Store(chk)
 	before := cfg.sample()
+	stop := f.reportProgress(ctx, chk, rate)
+	defer stop()
 	sendTime := f.drive(ctx, chk, slots, rate, dur)
 	dctx, cancel := context.WithTimeout(ctx, cfg.Drain)
 	defer cancel()
@@ -331,6 +335,38 @@ func (f *fleet) round(ctx context.Context, n uint32, members [][]int, slots []sl
 		}
 	}
 	return t, srv
+}
+
+// reportProgress writes a line every cfg.ProgressEvery until the
+// returned stop is called: elapsed, sent, acked, failed, refused,
+// deliveries of the round so far.
+func (f *fleet) reportProgress(ctx context.Context, chk *checker, rate float64) (stop func()) {
+	cfg := f.cfg
+	if cfg.Progress == nil {
+		return func() {}
+	}
+	every := cfg.ProgressEvery
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-t.C:
+			}
+			c := chk.counts()
+			cfg.logf("%s: %.0f msg/s round, %.0fs: sent %d, acked %d, failed %d, refused %d, pending %d, deliveries %d",
+				cfg.Target.Name(), rate, time.Since(chk.start).Seconds(), c.sent, c.acked, c.failed, c.rejected, c.pending, c.delivered)
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // verdict says whether a round passed the sweep's bar.

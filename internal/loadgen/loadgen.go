@@ -41,6 +41,21 @@ type Config struct {
 	// OnSending, if set, is called once sending has started (tests use it
 	// to inject faults in the middle of the stream).
 	OnSending func()
+	// Progress, if set, is called every ProgressEvery (default 5 s) from
+	// a goroutine of its own while the traffic is sent and drained, with
+	// the counts so far.
+	Progress      func(Progress)
+	ProgressEvery time.Duration
+}
+
+// Progress is what a run did so far (Config.Progress).
+type Progress struct {
+	Elapsed            time.Duration // since sending started
+	Draining           bool          // sending is over; waiting for acks and deliveries
+	Sent, Failed       int64         // sends the clients accepted / refused
+	Acked              int64         // of the sent messages
+	Deliveries         int64
+	ExpectedDeliveries int64 // for the messages sent so far
 }
 
 // Result is what a run measured. Latencies are in milliseconds.
@@ -260,6 +275,31 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			time.Sleep(min(next.Sub(now), 50*time.Millisecond))
 		}
 	}
+	var draining atomic.Bool
+	if cfg.Progress != nil {
+		every := cfg.ProgressEvery
+		if every <= 0 {
+			every = 5 * time.Second
+		}
+		pctx, stopProgress := context.WithCancel(ctx)
+		defer stopProgress()
+		go func() {
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-pctx.Done():
+					return
+				case <-t.C:
+				}
+				tr.mu.Lock()
+				acked := int64(len(tr.ackLat)) // acks of this run's sends
+				tr.mu.Unlock()
+				cfg.Progress(Progress{Elapsed: time.Since(start), Draining: draining.Load(), Sent: sent.Load(), Failed: failed.Load(),
+					Acked: acked, Deliveries: tr.deliveries.Load(), ExpectedDeliveries: expected.Load()})
+			}
+		}()
+	}
 	var swg sync.WaitGroup
 	swg.Add(2)
 	go func() { defer swg.Done(); pace(cfg.DirectRate, directs, 1) }()
@@ -269,6 +309,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	swg.Wait()
 	sendEnd := time.Since(start)
+	draining.Store(true)
 
 	// Drain: wait for every outbox to empty and every delivery to arrive.
 	dctx, cancel := context.WithTimeout(ctx, cfg.Drain)

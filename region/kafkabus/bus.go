@@ -166,6 +166,7 @@ type Bus struct {
 
 	backpressure atomic.Uint64
 	redone       atomic.Uint64 // pipelined batches handed over again after their Pending failed
+	m            *metrics      // Collector
 }
 
 var _ core.Bus = (*Bus)(nil)
@@ -182,7 +183,7 @@ func New(cfg Config) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Bus{cfg: cfg, log: cfg.Logger.With("component", "kafkabus"), sec: sec}
+	b := &Bus{cfg: cfg, log: cfg.Logger.With("component", "kafkabus"), sec: sec, m: newMetrics(cfg.ClientID)}
 	b.dialer = &kafka.Dialer{ClientID: cfg.ClientID, Timeout: cfg.DialTimeout, TLS: sec.tls, SASLMechanism: sec.sasl, DialFunc: cfg.Dial}
 	b.transport = b.newTransport()
 	b.writer = &kafka.Writer{
@@ -256,10 +257,13 @@ func (b *Bus) Produce(ctx context.Context, recs ...core.BusRecord) error {
 	b.pendingB += req.bytes
 	b.cond.Signal()
 	b.mu.Unlock()
+	start := time.Now()
 	select {
 	case err := <-req.done:
+		b.m.observeProduce(start, len(recs), err)
 		return err
 	case <-ctx.Done():
+		b.m.observeProduce(start, len(recs), ctx.Err())
 		// Records not yet taken by a flusher are withdrawn, so callers that
 		// give up and retry cannot grow the queue; records in flight may
 		// still be written.

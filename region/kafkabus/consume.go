@@ -114,7 +114,7 @@ func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, maxBatch i
 	var wg sync.WaitGroup
 	for _, p := range parts {
 		wg.Go(func() {
-			b.runPartition(ctx, spec.Topic, p, ends[p], maxBatch, h, nil)
+			b.runPartition(ctx, spec.Topic, "", p, ends[p], maxBatch, h, nil)
 		})
 	}
 	if spec.OnReady != nil {
@@ -217,7 +217,7 @@ func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, maxBatch 
 				defer cancel()
 				stop := context.AfterFunc(gctx, cancel)
 				defer stop()
-				b.runPartition(pctx, spec.Topic, a.ID, a.Offset, maxBatch, h, cm.handled)
+				b.runPartition(pctx, spec.Topic, spec.Group, a.ID, a.Offset, maxBatch, h, cm.handled)
 				// Returning ends the generation: kafka-go stops a generation
 				// as soon as one of its goroutines returns. That is what we
 				// want when ctx ended; a revoked partition returns only
@@ -317,8 +317,11 @@ const batchGap = 50 * time.Microsecond
 // Pending that fails rewinds the reader to its batch's first record: that
 // batch and the one handed over after it are handed to h again, after a
 // backoff. At most one Pending is outstanding when h is called.
-func (b *Bus) runPartition(ctx context.Context, topic string, partition int, start int64, maxBatch int, h core.PipelinedBatchHandler, handled func(int, int64)) {
+func (b *Bus) runPartition(ctx context.Context, topic, group string, partition int, start int64, maxBatch int, h core.PipelinedBatchHandler, handled func(int, int64)) {
 	log := b.log.With("topic", topic, "partition", partition)
+	pk := partKey{topic: topic, group: group, partition: partition}
+	ps := b.m.partition(pk)
+	defer b.m.release(pk)
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:         b.cfg.Brokers,
 		Topic:           topic,
@@ -337,7 +340,7 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 		log.Warn("set start offset", "offset", start, "err", err)
 		return
 	}
-	w := &partitionWorker{bus: b, log: log, r: r, partition: partition, handled: handled}
+	w := &partitionWorker{bus: b, log: log, r: r, partition: partition, handled: handled, ps: ps}
 	// No handler work outlives the worker: its context has ended, so an
 	// in-flight Pending finishes soon (unhandled: the next owner redoes it).
 	defer w.drain()
@@ -374,12 +377,17 @@ func (b *Bus) runPartition(ctx context.Context, topic string, partition int, sta
 			batch = append(batch, toRecord(m))
 		}
 		cancel()
+		ps.lag.Store(r.Lag())
 		p, res := w.handle(ctx, h, batch)
 		switch res {
 		case stopped:
 			return
 		case rewound:
 			continue // the batch before failed: both come again
+		}
+		ps.consumed.Add(float64(len(batch)))
+		if t := batch[0].Time; !t.IsZero() {
+			ps.delay.Observe(time.Since(t).Seconds())
 		}
 		// The batch before this one must end before this one may count.
 		if !w.settle(ctx) {
@@ -409,6 +417,7 @@ type partitionWorker struct {
 	r         *kafka.Reader
 	partition int
 	handled   func(int, int64)
+	ps        *partState
 	inflight  *inflight
 	redos     int // consecutive failed Pendings
 }
@@ -513,7 +522,7 @@ func retryLevel(err error) slog.Level {
 }
 
 func toRecord(m kafka.Message) core.BusRecord {
-	return core.BusRecord{Topic: m.Topic, Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset}
+	return core.BusRecord{Topic: m.Topic, Key: m.Key, Value: m.Value, Partition: m.Partition, Offset: m.Offset, Time: m.Time}
 }
 
 // handleResult is how a call of partitionWorker.handle ended.
@@ -528,12 +537,16 @@ const (
 // handle calls h until it accepts the batch. Before retrying a failed
 // call it settles the batch in flight: if that one failed too, the reader
 // was rewound to it and this batch is dropped (it comes again after it).
+// w.ps learns that the partition is stalled while h fails.
 func (w *partitionWorker) handle(ctx context.Context, h core.PipelinedBatchHandler, recs []core.BusRecord) (*core.Pending, handleResult) {
+	defer w.ps.stalled.Store(false)
 	for attempt := 0; ; attempt++ {
 		p, err := h(ctx, recs)
 		if err == nil {
 			return p, accepted
 		}
+		w.ps.stalled.Store(true)
+		w.ps.retries.Inc()
 		if ctx.Err() != nil {
 			return nil, stopped
 		}

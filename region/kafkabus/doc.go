@@ -174,6 +174,21 @@
 // SASL_SSL listener is configured as in deploy/mesh/ but not started by
 // the tests.
 //
+// # Metrics
+//
+// Collector exports the bus's series, labelled client (Config.ClientID):
+// chatmesh_bus_produce_seconds (one Produce call, acks=all),
+// chatmesh_bus_produced_records_total, chatmesh_bus_produce_errors_total,
+// chatmesh_bus_backpressure_total, and per consumed topic
+// chatmesh_bus_consume_delay_seconds (the first record of a batch: its
+// producer's timestamp → handled), chatmesh_bus_consumed_records_total and
+// chatmesh_bus_handler_retries_total; per partition a consumer of this bus
+// reads now, chatmesh_bus_consumer_lag_records (the partition's end minus
+// the consumer's position at its last fetch) and
+// chatmesh_bus_consumer_stalled (1 while the handler fails and is
+// retried). Consumed records carry their Kafka timestamp
+// (core.BusRecord.Time) for the stage histograms of region and edge.
+//
 // # Real Kafka
 //
 // deploy/kafka/cluster.sh starts a three-node KRaft cluster on loopback for

@@ -208,6 +208,20 @@ func (d *Driver) Wait() (Stats, error) {
 	return d.stats, d.err
 }
 
+// Counts are a run's counters so far (progress lines).
+type Counts struct {
+	Sent, Acked, Failed, Delivered int64
+	Faults                         int // faults recorded (started)
+}
+
+// Counts returns the counters so far; cheap (no copy of the history).
+func (d *Driver) Counts() Counts {
+	r := d.rec
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Counts{Sent: r.sent, Acked: r.acked, Failed: r.failed, Delivered: r.deliv, Faults: len(r.h.Faults)}
+}
+
 // Snapshot returns a copy of the history recorded so far (for continuous
 // checks while the run goes on). It shares the recorded entries with the
 // driver; they are never modified after being appended.
