@@ -457,8 +457,8 @@ func (c *Client) register(ctx context.Context, req *pb.RegisterRequest) (core.De
 		if attempt >= 3 {
 			return core.DeviceKey{}, fmt.Errorf("client: register: %w", lastErr)
 		}
-		if err := sleepCtx(ctx, max(backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(lastErr))); err != nil {
-			return core.DeviceKey{}, err
+		if err := waitRetry(ctx, max(backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(lastErr)), lastErr); err != nil {
+			return core.DeviceKey{}, fmt.Errorf("client: register: %w", err)
 		}
 	}
 }
@@ -690,6 +690,18 @@ func fatal(err error) bool {
 	return false
 }
 
+// waitRetry sleeps d before a retry of a request that failed with last.
+// When ctx would end first (the server asked for a longer wait than the
+// caller has), it returns last at once instead of sleeping into the
+// deadline, so the caller sees the server's answer (RATE_LIMITED with its
+// retry_after_ms), not a timeout.
+func waitRetry(ctx context.Context, d time.Duration, last error) error {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		return last
+	}
+	return sleepCtx(ctx, d)
+}
+
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -845,7 +857,7 @@ func (c *Client) request(ctx context.Context, op string, f *pb.ClientFrame, retr
 		switch {
 		case errors.Is(err, ErrSessionLost):
 		case errors.As(err, &we) && retryable(we.Code):
-			if err := sleepCtx(ctx, max(backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(err))); err != nil {
+			if err := waitRetry(ctx, max(backoff(attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(err)), err); err != nil {
 				return nil, fmt.Errorf("client: %s: %w", op, err)
 			}
 		default:

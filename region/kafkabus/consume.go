@@ -475,10 +475,13 @@ func (w *partitionWorker) settle(ctx context.Context) bool {
 	err := f.p.Err()
 	if err == nil {
 		w.redos = 0
+		w.ps.stalled.Store(false)
 		w.done(f.last)
 		return true
 	}
 	w.redos++
+	w.ps.stalled.Store(true)
+	w.ps.retries.Inc()
 	w.bus.log.Log(ctx, retryLevel(err), "handler failed after the batch was handed over; redoing from its first record", "partition", w.partition, "offset", f.first, "attempt", w.redos, "err", err)
 	w.bus.redone.Add(1)
 	if !sleepCtx(ctx, backoff(w.redos-1, w.bus.cfg.RetryMin, w.bus.cfg.RetryMax)) {

@@ -24,7 +24,7 @@ type metrics struct {
 	consumed      *prometheus.CounterVec   // topic
 	retries       *prometheus.CounterVec   // topic
 
-	lagDesc, stalledDesc, producedDesc, produceErrDesc, backpressureDesc *prometheus.Desc
+	lagDesc, stalledDesc, producedDesc, produceErrDesc, backpressureDesc, redoneDesc *prometheus.Desc
 
 	mu    sync.Mutex
 	parts map[partKey]*partState // partitions consumed now
@@ -68,6 +68,7 @@ func newMetrics(client string) *metrics {
 		producedDesc:     prometheus.NewDesc("chatmesh_bus_produced_records_total", "Records written by Produce calls that succeeded.", nil, cl),
 		produceErrDesc:   prometheus.NewDesc("chatmesh_bus_produce_errors_total", "Produce calls that failed (some of their records may have been written).", nil, cl),
 		backpressureDesc: prometheus.NewDesc("chatmesh_bus_backpressure_total", "Produce calls refused because too many bytes were waiting to be written.", nil, cl),
+		redoneDesc:       prometheus.NewDesc("chatmesh_bus_redone_batches_total", "Pipelined batches whose background work (the sequencer's produce of their outputs) failed after the next batch was handed over: both were handed over again.", nil, cl),
 		parts:            map[partKey]*partState{},
 	}
 	return m
@@ -125,7 +126,7 @@ func (c busCollector) Describe(ch chan<- *prometheus.Desc) {
 	m.consumeDelay.Describe(ch)
 	m.consumed.Describe(ch)
 	m.retries.Describe(ch)
-	for _, d := range []*prometheus.Desc{m.lagDesc, m.stalledDesc, m.producedDesc, m.produceErrDesc, m.backpressureDesc} {
+	for _, d := range []*prometheus.Desc{m.lagDesc, m.stalledDesc, m.producedDesc, m.produceErrDesc, m.backpressureDesc, m.redoneDesc} {
 		ch <- d
 	}
 }
@@ -139,6 +140,7 @@ func (c busCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.producedDesc, prometheus.CounterValue, float64(m.producedRecs.Load()))
 	ch <- prometheus.MustNewConstMetric(m.produceErrDesc, prometheus.CounterValue, float64(m.produceErrors.Load()))
 	ch <- prometheus.MustNewConstMetric(m.backpressureDesc, prometheus.CounterValue, float64(c.b.backpressure.Load()))
+	ch <- prometheus.MustNewConstMetric(m.redoneDesc, prometheus.CounterValue, float64(c.b.redone.Load()))
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, ps := range m.parts {
