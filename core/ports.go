@@ -282,6 +282,50 @@ type WriteBatch interface {
 	Appended() int
 }
 
+// RetentionMark is a conversation's retention state (core.Retainer).
+type RetentionMark struct {
+	Conv string
+	Head uint64 // seq of the newest entry
+	// Trimmed: every entry with seq <= Trimmed has been deleted, with its
+	// idempotency key (0: none). Entries above it are all still stored.
+	Trimmed uint64
+	// KeysThrough: the idempotency keys of the entries with seq <=
+	// KeysThrough have been deleted (always >= Trimmed): a resend of one
+	// of them is a new entry.
+	KeysThrough uint64
+}
+
+// Retainer is the optional Store capability for retention: it deletes
+// old entries and idempotency keys of one conversation, a bounded range
+// at a time. The store only deletes what it is told; the policy (which
+// entries every member device has acked, the maximum age, the resend
+// window) is region/retention.go's. Both store implementations provide
+// it.
+//
+// A deleted entry is gone for every reader: Messages and MessagesBefore
+// skip it (a sync page then starts above the reader's cursor, and the
+// region tells the device which seqs expired), Lookup and Append no
+// longer find its idempotency key.
+type Retainer interface {
+	// RetentionMarks lists up to limit conversations with id > after,
+	// ascending by id, with their marks (limit <= 0: DefaultPageSize).
+	// (pgstore compares ids in the database's collation; paging from ""
+	// visits every conversation once either way.)
+	RetentionMarks(ctx context.Context, after string, limit int) ([]RetentionMark, error)
+	// RetentionMark returns one conversation's marks (ErrNotFound).
+	RetentionMark(ctx context.Context, conv string) (RetentionMark, error)
+	// Trim deletes the entries with Trimmed < seq <= through and their
+	// idempotency keys, atomically, and sets Trimmed = through (and
+	// KeysThrough to at least through). through <= Trimmed is a no-op;
+	// through > Head is ErrInvalidArgument. The caller bounds the range
+	// (the store deletes it in one write).
+	Trim(ctx context.Context, conv string, through uint64) error
+	// ForgetKeys deletes the idempotency keys of the entries with
+	// KeysThrough < seq <= through, keeping the entries, and sets
+	// KeysThrough = through. Bounds as in Trim.
+	ForgetKeys(ctx context.Context, conv string, through uint64) error
+}
+
 // OneTimeKey is one opaque one-time prekey.
 type OneTimeKey struct {
 	ID  uint32
