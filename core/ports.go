@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"time"
 
 	"github.com/chatmesh/chatmesh/core/pb"
 )
@@ -428,6 +429,29 @@ type Bus interface {
 	Consume(ctx context.Context, spec ConsumeSpec, h Handler) error
 	// Close flushes and releases the bus.
 	Close() error
+}
+
+// TopicRetention is how long a topic keeps records: Kafka's retention.ms
+// and retention.bytes (per partition). Records go when either limit is
+// reached, consumed or not (real Kafka does not look at consumer offsets):
+// for a topic a consumer group must read completely, Time must exceed any
+// lag the group may build up, and Bytes should be unlimited. See
+// region/kafkabus's documentation, Retention.
+type TopicRetention struct {
+	Time  time.Duration // <= 0: the bus's default
+	Bytes int64         // per partition; 0: the bus's default; < 0: no size limit
+}
+
+// LiveTopicRetention is the retention of topics read live, without a
+// consumer group (edge topics, presence): a record missed there is
+// repaired by sync or the next snapshot, so an hour is plenty.
+var LiveTopicRetention = TopicRetention{Time: time.Hour, Bytes: 64 << 20}
+
+// TopicConfigurer is the optional Bus capability to create a topic with a
+// retention, and to set that retention on a topic that exists already
+// (EnsureTopic uses the bus's default retention).
+type TopicConfigurer interface {
+	EnsureTopicRetention(ctx context.Context, topic string, partitions int, r TopicRetention) error
 }
 
 // PushNotification is what a notifier learns about a message for an

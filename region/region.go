@@ -112,6 +112,13 @@ type Config struct {
 	// PrekeyFetch limits how fast bundle fetches take one-time prekeys
 	// (see PrekeyFetchLimits in prekeys.go).
 	PrekeyFetch PrekeyFetchLimits
+	// Retention is the message retention policy (retention.go); the zero
+	// value is the default policy. It runs when the store implements
+	// core.Retainer (both stores do).
+	Retention RetentionConfig
+	// TopicRetention is the retention of the topics the region creates
+	// (topics.go); the zero value is the default.
+	TopicRetention TopicRetention
 }
 
 func (c *Config) fill() {
@@ -170,6 +177,7 @@ func (c *Config) fill() {
 		c.PrekeyLowWater = 20
 	}
 	c.PrekeyFetch.fill()
+	c.TopicRetention.fill()
 }
 
 // Region runs a region's services on a store and a bus.
@@ -198,6 +206,7 @@ type Region struct {
 	routeLocks [64]sync.Mutex
 
 	linkTopics linkSet // outbound link topics created (link.go)
+	retention  *Retention // nil: the store keeps everything
 
 	notifyCh chan core.PushNotification
 	reads    chan struct{} // read slots (Config.MaxConcurrentReads)
@@ -279,8 +288,21 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		reads:       make(chan struct{}, cfg.MaxConcurrentReads),
 		bundles:     newBundleLimiter(cfg.PrekeyFetch),
 	}
+	if _, ok := store.(core.Retainer); ok && !cfg.Retention.Disabled {
+		w, err := NewRetention(store, cfg.Retention, r.log.With("component", "retention"))
+		if err != nil {
+			return nil, err
+		}
+		r.retention = w
+	} else if !cfg.Retention.Disabled {
+		r.log.Warn("retention off: the store cannot delete entries", "store", fmt.Sprintf("%T", store))
+	}
 	return r, nil
 }
+
+// Retention returns the region's retention worker (its Stats), or nil
+// when retention is off.
+func (r *Region) Retention() *Retention { return r.retention }
 
 // API returns the read/session side of the region, which edges call.
 func (r *Region) API() *API { return &API{r: r} }
@@ -299,13 +321,13 @@ func (r *Region) Start(ctx context.Context) error {
 	if err := r.checkData(ctx); err != nil { // integrity.go
 		return err
 	}
-	if err := r.bus.EnsureTopic(ctx, r.cfg.IngressTopic, r.cfg.IngressPartitions); err != nil {
+	if err := r.ensureTopic(ctx, r.bus, r.cfg.IngressTopic, r.cfg.IngressPartitions, r.cfg.TopicRetention.Ingress); err != nil {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.IngressTopic, err)
 	}
-	if err := r.bus.EnsureTopic(ctx, r.cfg.PresenceTopic, 1); err != nil {
+	if err := r.ensureTopic(ctx, r.bus, r.cfg.PresenceTopic, 1, r.cfg.TopicRetention.Live); err != nil {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.PresenceTopic, err)
 	}
-	if err := r.bus.EnsureTopic(ctx, r.cfg.DeadLetterTopic, 1); err != nil {
+	if err := r.ensureTopic(ctx, r.bus, r.cfg.DeadLetterTopic, 1, r.cfg.TopicRetention.DeadLetter); err != nil {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.DeadLetterTopic, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -328,6 +350,13 @@ func (r *Region) Start(ctx context.Context) error {
 		defer r.wg.Done()
 		r.runNotifier(runCtx)
 	}()
+	if r.retention != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.retention.Run(runCtx, r.cfg.Now)
+		}()
+	}
 	if w, ok := r.cfg.Placement.(HomeWatcher); ok {
 		r.wg.Add(1)
 		go func() {
