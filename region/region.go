@@ -205,7 +205,7 @@ type Region struct {
 	// routeLocks serialize SessionOpened per user (striped).
 	routeLocks [64]sync.Mutex
 
-	linkTopics linkSet // outbound link topics created (link.go)
+	linkTopics linkSet    // outbound link topics created (link.go)
 	retention  *Retention // nil: the store keeps everything
 
 	notifyCh chan core.PushNotification
