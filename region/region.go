@@ -197,6 +197,7 @@ type Region struct {
 	attempts    attempts
 	deadMu      sync.Mutex
 	deadReasons map[string]uint64
+	expiredSeen map[string]bool // ingress partitions@offsets reported expired (integrity.go)
 	consuming   atomic.Bool
 	lastErr     atomic.Pointer[error]
 	// presence caches presence permissions and privacy settings (presence.go).
@@ -251,6 +252,9 @@ type Stats struct {
 	CommittedEntries uint64 // entries they stored (÷ Commits = entries per sync)
 	CommitNanos      uint64 // time spent in those commits
 	BatchFallbacks   uint64 // batches redone without a write batch after a write broke it
+	// IngressExpired counts ingress records the broker's retention deleted
+	// before the sequencer read them (ErrBusExpired).
+	IngressExpired uint64
 }
 
 type counters struct {
@@ -260,6 +264,7 @@ type counters struct {
 	readsRefused, forwarded, hopsExceeded, fenced, claims, forwardRefused atomic.Uint64
 	movedIn, movedAway                                                    atomic.Uint64
 	commits, committedEntries, commitNanos, batchFallbacks                atomic.Uint64
+	ingressExpired                                                        atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -350,6 +355,13 @@ func (r *Region) Start(ctx context.Context) error {
 		defer r.wg.Done()
 		r.runNotifier(runCtx)
 	}()
+	if oi, ok := r.bus.(core.OffsetInspector); ok {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.watchIngress(runCtx, oi)
+		}()
+	}
 	if r.retention != nil {
 		r.wg.Add(1)
 		go func() {
@@ -475,6 +487,7 @@ func (r *Region) Stats() Stats {
 		Fenced: c.fenced.Load(), Claims: c.claims.Load(), MovedIn: c.movedIn.Load(), MovedAway: c.movedAway.Load(),
 		Commits: c.commits.Load(), CommittedEntries: c.committedEntries.Load(), CommitNanos: c.commitNanos.Load(),
 		BatchFallbacks: c.batchFallbacks.Load(),
+		IngressExpired: c.ingressExpired.Load(),
 	}
 }
 

@@ -34,6 +34,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	pgSchema := fs.String("pg-schema", "", "PostgreSQL schema to use (created if absent)")
 	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit of the edge (0: edge default)")
 	adm := addAdmissionFlags(fs)
+	ret := addRetentionFlags(fs)
 	bench := fs.Bool("bench", false, "benchmark target: lift the edge's per-IP and per-device budgets and per-IP connection limits so that many load clients from this host are served (chatmesh bench --edge); keeps the total connection limit and ingress admission. Load clients register with a --registration-token. Never in production")
 	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
 	regions := fs.Int("regions", 3, "regions to run: 1 (a single region) or 2..3 (a mesh: eu-central on 127.0.1.1, us-east on 127.0.2.1, ap-southeast on 127.0.3.1)")
@@ -43,6 +44,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole process to this file until it stops (for chatmesh bench runs)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if err := ret.check(); err != nil {
+		return fmt.Errorf("dev: %w", err)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -63,7 +67,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("dev: --regions must be 1..%d", len(stack.DevRegions()))
 	}
 	if *regions > 1 {
-		mc := meshDev{data: *data, ws: *ws, wt: *wt, kafka: *kafka, pg: *pg, pgSchema: *pgSchema, regions: *regions,
+		mc := meshDev{data: *data, ws: *ws, wt: *wt, kafka: *kafka, pg: *pg, pgSchema: *pgSchema, regions: *regions, ret: ret,
 			locate: *locate, maxConns: *maxConns, adm: adm, bench: *bench, webhook: *webhook, raftPort: *raftPort, dirPort: *dirPort}
 		return mc.run(ctx, logger, stdout)
 	}
@@ -71,6 +75,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		DataDir: *data, PostgresDSN: *pg, Region: *regionName, EdgeID: *edgeID,
 		WSAddr: *ws, WTAddr: *wt, Logger: logger, MaxConnsPerIP: *maxConns,
 		Namespace: *namespace, PGSchema: *pgSchema,
+		RegionConfig: ret.apply,
 		EdgeConfig: func(c *edge.Config) {
 			adm.apply(&c.Admission)
 			if *bench {

@@ -55,11 +55,15 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	webhook := fs.String("webhook", "", "push-notification webhook URL for offline devices")
 	logLevel := fs.String("log", "info", "log level")
 	mf := addMeshFlags(fs)
+	ret := addRetentionFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *kafka == "" {
 		return errors.New("region: --kafka is required (the embedded broker lives in `chatmesh dev`)")
+	}
+	if err := ret.check(); err != nil {
+		return err
 	}
 	if err := mf.check(fs); err != nil {
 		return err
@@ -92,6 +96,7 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	names := region.NamesFor(*namespace)
 	cfg := region.Config{Name: *name, IngressTopic: names.Ingress, PresenceTopic: names.Presence, SequencerGroup: names.SequencerGroup,
 		DeadLetterTopic: names.DeadLetter, IngressPartitions: *partitions, Logger: logger}
+	ret.apply(&cfg)
 	if *webhook != "" {
 		cfg.Notifier = &region.WebhookNotifier{URL: *webhook}
 	}
