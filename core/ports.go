@@ -444,8 +444,9 @@ type TopicRetention struct {
 
 // LiveTopicRetention is the retention of topics read live, without a
 // consumer group (edge topics, presence): a record missed there is
-// repaired by sync or the next snapshot, so an hour is plenty.
-var LiveTopicRetention = TopicRetention{Time: time.Hour, Bytes: 64 << 20}
+// repaired by sync or the next snapshot, so ten minutes and 16 MiB per
+// partition are plenty.
+var LiveTopicRetention = TopicRetention{Time: 10 * time.Minute, Bytes: 16 << 20}
 
 // TopicConfigurer is the optional Bus capability to create a topic with a
 // retention, and to set that retention on a topic that exists already

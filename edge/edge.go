@@ -487,7 +487,7 @@ func (e *Edge) Start(ctx context.Context) error {
 
 func (e *Edge) start(ctx context.Context) error {
 	// The edge reads its topic live: a delivery missed is repaired by
-	// sync, so the topic keeps records an hour (core.LiveTopicRetention).
+	// sync, so the topic keeps records ten minutes (core.LiveTopicRetention).
 	ensure := func() error { return e.bus.EnsureTopic(ctx, EdgeTopic(e.cfg.ID), 1) }
 	if tc, ok := e.bus.(core.TopicConfigurer); ok {
 		ensure = func() error { return tc.EnsureTopicRetention(ctx, EdgeTopic(e.cfg.ID), 1, core.LiveTopicRetention) }

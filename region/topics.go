@@ -23,7 +23,7 @@ type TopicRetention struct {
 	Ingress core.TopicRetention
 	// Live is for the presence topic, read live without a group (a
 	// record missed is repaired by the next snapshot). Default
-	// core.LiveTopicRetention: 1 hour, 64 MiB per partition.
+	// core.LiveTopicRetention: 10 minutes, 16 MiB per partition.
 	Live core.TopicRetention
 	// DeadLetter is for the dead-letter topic, kept for the operator.
 	// Default 30 days, 256 MiB.

@@ -57,8 +57,8 @@
 // IncrementalAlterConfigs SET where the values differ (a topic made by an
 // older version or an operator). The region gives its topics: ingress 7
 // days and no size limit; presence and edge topics (read live, without a
-// group; a record missed is repaired by sync or the next snapshot) 1 hour
-// and 64 MiB per partition (core.LiveTopicRetention); dead letters 30 days
+// group; a record missed is repaired by sync or the next snapshot) 10 minutes
+// and 16 MiB per partition (core.LiveTopicRetention); dead letters 30 days
 // and 256 MiB; link topics the bus default.
 //
 // Safety with the sequencer's commit points. Kafka deletes by age and size
@@ -82,7 +82,7 @@
 // always keeps each partition's last record: kfake restores a partition's
 // high watermark from its newest segment file, and an emptied partition
 // would restart at offset 0, below the committed offsets. Records leave
-// the disk a segment at a time (EmbeddedConfig.SegmentBytes, 8 MiB), and
+// the disk a segment at a time (EmbeddedConfig.SegmentBytes, 4 MiB), and
 // a restart loads what is left, not the history (TestEmbeddedTrimBounded:
 // 5 MB streamed through a consumed topic and a size-limited one, 397 KB
 // left on disk after the last trim and at restart, the groups resuming

@@ -17,7 +17,7 @@ const (
 	// DefaultEmbeddedSegmentBytes is EmbeddedConfig.SegmentBytes' default:
 	// the broker deletes whole segment files only, so a partition keeps
 	// up to one segment of records below its log start on disk.
-	DefaultEmbeddedSegmentBytes = 8 << 20
+	DefaultEmbeddedSegmentBytes = 4 << 20
 	// kfakeCleanerOff is the interval given to kfake's own retention
 	// ticker: effectively never, so that only Trim deletes records.
 	kfakeCleanerOff = "315360000000" // 10 years in ms
