@@ -375,9 +375,14 @@ func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest)
 			// Retention deleted the entries after the cursor: say so,
 			// and go on from the first entry still stored.
 			exp := &pb.ConvCursor{ConvId: conv, AfterSeq: through}
+			n := fieldBytes(proto.Size(exp))
+			if n >= left {
+				out.More = true // the marker goes first on the next page
+				break
+			}
 			out.Expired = append(out.Expired, exp)
-			budget -= fieldBytes(proto.Size(exp))
-			left -= fieldBytes(proto.Size(exp))
+			budget -= n
+			left -= n
 			if through >= c.Head {
 				continue
 			}

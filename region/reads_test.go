@@ -517,3 +517,38 @@ func TestSyncAfterExpiry(t *testing.T) {
 		t.Fatalf("sync of a new entry: %d expired, %d entries", len(s.GetExpired()), len(s.GetMessages()))
 	}
 }
+
+// Many conversations expired entirely: the markers are paged like heads,
+// every page fits a frame (query checks), and every marker arrives.
+func TestSyncManyExpiredConversationsPaged(t *testing.T) {
+	r := newReadRig(t)
+	const n = 1500
+	ret := r.store.Store.(core.Retainer)
+	for i := range n {
+		conv := fmt.Sprintf("g:%064d", i)
+		r.appendEntry(conv, entry(t, conv, "alice", "create", 1, 0), "alice", "bob")
+		if err := ret.Trim(r.ctx, conv, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bob := core.DeviceKey{User: "bob", Device: 1}
+	cursors := map[string]uint64{}
+	for page := 1; ; page++ {
+		if page > 100 {
+			t.Fatal("sync does not end")
+		}
+		s := r.query(bob, syncReq(cursors)).GetSync()
+		for _, e := range s.GetExpired() {
+			cursors[e.GetConvId()] = e.GetAfterSeq()
+		}
+		if !s.GetMore() {
+			break
+		}
+		if len(s.GetExpired()) == 0 {
+			t.Fatal("more without progress")
+		}
+	}
+	if len(cursors) != n {
+		t.Fatalf("%d of %d conversations reported expired", len(cursors), n)
+	}
+}
