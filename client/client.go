@@ -938,6 +938,33 @@ func (c *Client) ingest(s *session, msgs []*pb.Message, fromSync bool) bool {
 	return stored
 }
 
+// expire records the seqs the server's retention deleted before this
+// device stored them (SyncResponse.expired, PROTOCOL.md §7.4) as skipped,
+// as for a join point, so the conversation continues after them and the
+// device acks past them.
+func (c *Client) expire(s *session, expired []*pb.ConvCursor) {
+	if len(expired) == 0 {
+		return
+	}
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	for _, e := range expired {
+		conv, through := e.GetConvId(), e.GetAfterSeq()
+		if core.KindOf(conv) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED || through <= c.store.Head(conv) {
+			continue
+		}
+		c.log.Warn("client: entries expired on the server before this device stored them", "conv", conv, "through", through)
+		if err := c.store.Skip(conv, through); err != nil {
+			c.log.Error("client: store expiry", "conv", conv, "err", err)
+			continue
+		}
+		if rs := c.recv[conv]; rs != nil {
+			rs.reset(through)
+		}
+		s.markAck(conv)
+	}
+}
+
 // maxSyncPages bounds one sync run.
 const maxSyncPages = 100000
 
@@ -962,6 +989,7 @@ func (c *Client) syncAll(s *session) error {
 			return fmt.Errorf("client: sync: %w", err)
 		}
 		sr := r.GetSync()
+		c.expire(s, sr.GetExpired())
 		c.ingest(s, sr.GetMessages(), true)
 		if !sr.GetMore() {
 			return nil

@@ -283,6 +283,50 @@ type WriteBatch interface {
 	Appended() int
 }
 
+// RetentionMark is a conversation's retention state (core.Retainer).
+type RetentionMark struct {
+	Conv string
+	Head uint64 // seq of the newest entry
+	// Trimmed: every entry with seq <= Trimmed has been deleted, with its
+	// idempotency key (0: none). Entries above it are all still stored.
+	Trimmed uint64
+	// KeysThrough: the idempotency keys of the entries with seq <=
+	// KeysThrough have been deleted (always >= Trimmed): a resend of one
+	// of them is a new entry.
+	KeysThrough uint64
+}
+
+// Retainer is the optional Store capability for retention: it deletes
+// old entries and idempotency keys of one conversation, a bounded range
+// at a time. The store only deletes what it is told; the policy (which
+// entries every member device has acked, the maximum age, the resend
+// window) is region/retention.go's. Both store implementations provide
+// it.
+//
+// A deleted entry is gone for every reader: Messages and MessagesBefore
+// skip it (a sync page then starts above the reader's cursor, and the
+// region tells the device which seqs expired), Lookup and Append no
+// longer find its idempotency key.
+type Retainer interface {
+	// RetentionMarks lists up to limit conversations with id > after,
+	// ascending by id, with their marks (limit <= 0: DefaultPageSize).
+	// (pgstore compares ids in the database's collation; paging from ""
+	// visits every conversation once either way.)
+	RetentionMarks(ctx context.Context, after string, limit int) ([]RetentionMark, error)
+	// RetentionMark returns one conversation's marks (ErrNotFound).
+	RetentionMark(ctx context.Context, conv string) (RetentionMark, error)
+	// Trim deletes the entries with Trimmed < seq <= through and their
+	// idempotency keys, atomically, and sets Trimmed = through (and
+	// KeysThrough to at least through). through <= Trimmed is a no-op;
+	// through > Head is ErrInvalidArgument. The caller bounds the range
+	// (the store deletes it in one write).
+	Trim(ctx context.Context, conv string, through uint64) error
+	// ForgetKeys deletes the idempotency keys of the entries with
+	// KeysThrough < seq <= through, keeping the entries, and sets
+	// KeysThrough = through. Bounds as in Trim.
+	ForgetKeys(ctx context.Context, conv string, through uint64) error
+}
+
 // OneTimeKey is one opaque one-time prekey.
 type OneTimeKey struct {
 	ID  uint32
@@ -438,6 +482,30 @@ type Bus interface {
 	Consume(ctx context.Context, spec ConsumeSpec, h Handler) error
 	// Close flushes and releases the bus.
 	Close() error
+}
+
+// TopicRetention is how long a topic keeps records: Kafka's retention.ms
+// and retention.bytes (per partition). Records go when either limit is
+// reached, consumed or not (real Kafka does not look at consumer offsets):
+// for a topic a consumer group must read completely, Time must exceed any
+// lag the group may build up, and Bytes should be unlimited. See
+// region/kafkabus's documentation, Retention.
+type TopicRetention struct {
+	Time  time.Duration // <= 0: the bus's default
+	Bytes int64         // per partition; 0: the bus's default; < 0: no size limit
+}
+
+// LiveTopicRetention is the retention of topics read live, without a
+// consumer group (edge topics, presence): a record missed there is
+// repaired by sync or the next snapshot, so ten minutes and 16 MiB per
+// partition are plenty.
+var LiveTopicRetention = TopicRetention{Time: 10 * time.Minute, Bytes: 16 << 20}
+
+// TopicConfigurer is the optional Bus capability to create a topic with a
+// retention, and to set that retention on a topic that exists already
+// (EnsureTopic uses the bus's default retention).
+type TopicConfigurer interface {
+	EnsureTopicRetention(ctx context.Context, topic string, partitions int, r TopicRetention) error
 }
 
 // PushNotification is what a notifier learns about a message for an

@@ -488,7 +488,13 @@ func (e *Edge) Start(ctx context.Context) error {
 }
 
 func (e *Edge) start(ctx context.Context) error {
-	if err := e.bus.EnsureTopic(ctx, EdgeTopic(e.cfg.ID), 1); err != nil {
+	// The edge reads its topic live: a delivery missed is repaired by
+	// sync, so the topic keeps records ten minutes (core.LiveTopicRetention).
+	ensure := func() error { return e.bus.EnsureTopic(ctx, EdgeTopic(e.cfg.ID), 1) }
+	if tc, ok := e.bus.(core.TopicConfigurer); ok {
+		ensure = func() error { return tc.EnsureTopicRetention(ctx, EdgeTopic(e.cfg.ID), 1, core.LiveTopicRetention) }
+	}
+	if err := ensure(); err != nil {
 		return fmt.Errorf("edge: ensure topic: %w", err)
 	}
 	ready := make(chan string, 2)

@@ -367,6 +367,32 @@ func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest)
 		if err != nil {
 			return nil, fmt.Errorf("sync %s: %w", conv, err)
 		}
+		through, err := a.expiredThrough(ctx, conv, from, c.Head, msgs)
+		if err != nil {
+			return nil, fmt.Errorf("sync %s: %w", conv, err)
+		}
+		if through > from {
+			// Retention deleted the entries after the cursor: say so,
+			// and go on from the first entry still stored.
+			exp := &pb.ConvCursor{ConvId: conv, AfterSeq: through}
+			n := fieldBytes(proto.Size(exp))
+			if n >= left {
+				out.More = true // the marker goes first on the next page
+				break
+			}
+			out.Expired = append(out.Expired, exp)
+			budget -= n
+			left -= n
+			if through >= c.Head {
+				continue
+			}
+			if len(msgs) == 0 {
+				from = through
+				if msgs, err = a.r.store.Messages(ctx, conv, from, min(room, int(c.Head-from)), left); err != nil {
+					return nil, fmt.Errorf("sync %s: %w", conv, err)
+				}
+			}
+		}
 		var used, took int
 		out.Messages, used, took = fitUp(out.Messages, msgs, dev, left)
 		if took == 0 {
@@ -390,6 +416,31 @@ func (a *API) sync(ctx context.Context, dev core.DeviceKey, req *pb.SyncRequest)
 		}
 	}
 	return &pb.Response{Body: &pb.Response_Sync{Sync: out}}, nil
+}
+
+// markReader is the part of core.Retainer that reads use.
+type markReader interface {
+	RetentionMark(ctx context.Context, conv string) (core.RetentionMark, error)
+}
+
+// expiredThrough reports up to which seq the entries after from were
+// deleted by retention (from itself when none were): the first entry a
+// page holds lies beyond from+1 (seqs are gapless, and sync starts at the
+// join point, so only retention makes such a gap), or the page is empty
+// and the store's trim mark lies beyond from.
+func (a *API) expiredThrough(ctx context.Context, conv string, from, head uint64, msgs []*pb.Message) (uint64, error) {
+	if len(msgs) > 0 {
+		return max(from, msgs[0].GetSeq()-1), nil
+	}
+	rt, ok := a.r.store.(markReader)
+	if !ok {
+		return from, nil
+	}
+	m, err := rt.RetentionMark(ctx, conv)
+	if err != nil {
+		return 0, err
+	}
+	return max(from, min(m.Trimmed, head)), nil
 }
 
 // oversized reads the single entry after from, which does not fit an empty
@@ -435,6 +486,18 @@ func (a *API) history(ctx context.Context, dev core.DeviceKey, req *pb.HistoryRe
 	if joined > 0 {
 		floor = joined - 1
 	}
+	// Entries up to the trim mark were deleted by retention: the page
+	// ends there and says so (expired_through).
+	var trimmed uint64
+	if rt, ok := a.r.store.(markReader); ok {
+		m, err := rt.RetentionMark(ctx, conv)
+		if err != nil && !errors.Is(err, core.ErrNotFound) {
+			return nil, fmt.Errorf("history %s: %w", conv, err)
+		}
+		trimmed = m.Trimmed
+	}
+	expiredBelow := trimmed > floor
+	floor = max(floor, trimmed)
 	out := &pb.HistoryResponse{}
 	if before > floor+1 {
 		msgs, err := a.r.store.MessagesBefore(ctx, conv, before, floor, limit, core.MaxPageBytes)
@@ -449,6 +512,9 @@ func (a *API) history(ctx context.Context, dev core.DeviceKey, req *pb.HistoryRe
 			}
 			out.Messages = fitDown([]*pb.Message{m}, dev, core.MaxPageBytes)
 		}
+	}
+	if expiredBelow && (len(out.Messages) == 0 || out.Messages[0].GetSeq() == floor+1) {
+		out.ExpiredThrough = floor
 	}
 	return &pb.Response{Body: &pb.Response_History{History: out}}, nil
 }

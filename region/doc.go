@@ -101,7 +101,28 @@
 // again. Otherwise the store is marked initialized. Both errors say how to
 // recover (deploy/README.md, Damaged data); neither changes anything, so a
 // refused start refuses again. The stores refuse their own damage at Open
-// (pebblestore.ErrCorrupt).
+// (pebblestore.ErrCorrupt). A committed offset below a partition's log
+// start (the broker's retention deleted requests the sequencer never read)
+// is not refused but logged as ErrBusExpired and counted
+// (Stats.IngressExpired), at start and every minute.
+//
+// # Retention
+//
+// Retention (retention.go) deletes entries and idempotency keys from a
+// store that implements core.Retainer, by Config.Retention
+// (RetentionConfig; flags --retention-max-age, --retention-history,
+// --resend-window, --retention-off). Start runs it every Interval (1
+// minute); each pass visits up to PassConversations conversations and each
+// deletion is one bounded store write (BatchEntries 256, BatchBytes 1
+// MiB), so the sequencer's appends wait for at most one such write. An
+// entry is deleted when it is older than MaxAge (30 days), or when it is
+// older than the resend window (24 hours) and History and every device
+// that needs it acked it (delivered cursor): the devices of members who
+// joined at or before it, that existed when it was sequenced, other than
+// its sender. Idempotency keys go after the resend window. Reads report
+// what retention deleted (sync: SyncResponse.expired; history:
+// expired_through). Topics get their retention from Config.TopicRetention
+// (topics.go).
 //
 // # Read path
 //

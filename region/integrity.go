@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/chatmesh/chatmesh/core"
 )
@@ -43,6 +44,7 @@ func (r *Region) checkData(ctx context.Context) error {
 			return fmt.Errorf("region: start-up check: %w", err)
 		}
 	}
+	r.noteExpired(offs)
 	var beyond []string
 	handled := int64(0)
 	for _, o := range offs {
@@ -90,4 +92,64 @@ func (r *Region) checkData(ctx context.Context) error {
 		return fmt.Errorf("region: start-up check: %w", err)
 	}
 	return nil
+}
+
+// ErrBusExpired is logged (with Stats.IngressExpired) when the sequencer
+// group's committed offset lies below the start of an ingress partition:
+// the broker's retention (retention.ms / retention.bytes of the ingress
+// topic, TopicRetention.Ingress) deleted requests the sequencer had not
+// consumed. Those requests are lost (their senders never got an answer and
+// resend them from their outboxes); the consumer goes on from the log
+// start. The region does not refuse to run over it: what is lost is lost,
+// and stopping would lose the rest. Raise the ingress retention above the
+// longest outage of the sequencer.
+var ErrBusExpired = errors.New("region: ingress records expired before the sequencer read them")
+
+// ingressCheckInterval is how often a running region compares the
+// sequencer's committed offsets with the ingress log's start.
+const ingressCheckInterval = time.Minute
+
+// noteExpired logs and counts the partitions whose committed offset is
+// below the log start (ErrBusExpired), once per distinct offset pair.
+func (r *Region) noteExpired(offs []core.PartitionOffsets) {
+	for _, o := range offs {
+		if o.Committed < 0 || o.Committed >= o.Start {
+			continue
+		}
+		key := fmt.Sprintf("%d@%d", o.Partition, o.Committed)
+		r.deadMu.Lock()
+		seen := r.expiredSeen[key]
+		if r.expiredSeen == nil {
+			r.expiredSeen = map[string]bool{}
+		}
+		r.expiredSeen[key] = true
+		r.deadMu.Unlock()
+		if seen {
+			continue
+		}
+		r.stats.ingressExpired.Add(uint64(o.Start - o.Committed))
+		r.log.Error("ingress records deleted by the broker's retention before the sequencer read them",
+			"err", ErrBusExpired, "topic", r.cfg.IngressTopic, "group", r.cfg.SequencerGroup,
+			"partition", o.Partition, "committed", o.Committed, "log_start", o.Start, "lost", o.Start-o.Committed)
+	}
+}
+
+// watchIngress checks the sequencer's committed offsets against the
+// ingress log's start every ingressCheckInterval (see ErrBusExpired).
+func (r *Region) watchIngress(ctx context.Context, oi core.OffsetInspector) {
+	t := time.NewTicker(ingressCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		offs, err := oi.GroupOffsets(ctx, r.cfg.IngressTopic, r.cfg.SequencerGroup)
+		if err != nil {
+			r.log.Debug("ingress offset check failed", "err", err)
+			continue
+		}
+		r.noteExpired(offs)
+	}
 }

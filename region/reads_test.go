@@ -444,3 +444,111 @@ func TestConcurrentReadsBounded(t *testing.T) {
 		t.Fatalf("read after the others finished: %v", resp)
 	}
 }
+
+// RetentionMark passes the store's trim marks through (the API reads them).
+func (s *countingStore) RetentionMark(ctx context.Context, conv string) (core.RetentionMark, error) {
+	return s.Store.(core.Retainer).RetentionMark(ctx, conv)
+}
+
+// TestSyncAfterExpiry: a device whose cursor lies below entries deleted by
+// retention gets SyncResponse.expired naming the last deleted seq and the
+// entries from the first one still stored, never a silent hole; when
+// everything after its cursor is gone it gets the marker alone; history
+// ends at the trim mark with expired_through.
+func TestSyncAfterExpiry(t *testing.T) {
+	r := newReadRig(t)
+	conv := core.DirectConvID("alice", "bob")
+	for i := 1; i <= 10; i++ {
+		r.appendEntry(conv, entry(t, conv, "alice", fmt.Sprint(i), uint64(i), 0), "alice", "bob")
+	}
+	ret := r.store.Store.(core.Retainer)
+	if err := ret.Trim(r.ctx, conv, 6); err != nil {
+		t.Fatal(err)
+	}
+	bob := core.DeviceKey{User: "bob", Device: 1}
+	expired := func(s *pb.SyncResponse) map[string]uint64 {
+		out := map[string]uint64{}
+		for _, e := range s.GetExpired() {
+			out[e.GetConvId()] = e.GetAfterSeq()
+		}
+		return out
+	}
+	s := r.query(bob, syncReq(map[string]uint64{conv: 2})).GetSync()
+	if got := expired(s); len(got) != 1 || got[conv] != 6 {
+		t.Fatalf("expired %v, want %s through 6", got, conv)
+	}
+	var seqs []uint64
+	for _, m := range s.GetMessages() {
+		seqs = append(seqs, m.GetSeq())
+	}
+	if !slices.Equal(seqs, []uint64{7, 8, 9, 10}) || s.GetMore() {
+		t.Fatalf("entries %v more=%v, want 7..10", seqs, s.GetMore())
+	}
+	// A cursor at or above the mark sees no marker.
+	if s := r.query(bob, syncReq(map[string]uint64{conv: 6})).GetSync(); len(s.GetExpired()) != 0 || len(s.GetMessages()) != 4 {
+		t.Fatalf("sync from the mark: %d expired, %d entries", len(s.GetExpired()), len(s.GetMessages()))
+	}
+	// History pages down to the mark and says it ends there.
+	h := r.query(bob, &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: conv, Limit: 2}}}).GetHistory()
+	if len(h.GetMessages()) != 2 || h.GetExpiredThrough() != 0 {
+		t.Fatalf("history page 1: %d entries, expired_through %d", len(h.GetMessages()), h.GetExpiredThrough())
+	}
+	h = r.query(bob, &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: conv, BeforeSeq: 9, Limit: 5}}}).GetHistory()
+	if len(h.GetMessages()) != 2 || h.GetMessages()[0].GetSeq() != 7 || h.GetExpiredThrough() != 6 {
+		t.Fatalf("history page 2: %d entries, expired_through %d", len(h.GetMessages()), h.GetExpiredThrough())
+	}
+
+	// Everything gone: the marker alone, no entries, no heads, no more.
+	if err := ret.Trim(r.ctx, conv, 10); err != nil {
+		t.Fatal(err)
+	}
+	s = r.query(bob, syncReq(map[string]uint64{conv: 2})).GetSync()
+	if got := expired(s); got[conv] != 10 || len(s.GetMessages()) != 0 || len(s.GetHeads()) != 0 || s.GetMore() {
+		t.Fatalf("sync after full expiry: expired %v, %d entries, %d heads, more=%v", got, len(s.GetMessages()), len(s.GetHeads()), s.GetMore())
+	}
+	h = r.query(bob, &pb.ClientFrame{Body: &pb.ClientFrame_History{History: &pb.HistoryRequest{ConvId: conv}}}).GetHistory()
+	if len(h.GetMessages()) != 0 || h.GetExpiredThrough() != 10 {
+		t.Fatalf("history after full expiry: %d entries, expired_through %d", len(h.GetMessages()), h.GetExpiredThrough())
+	}
+	// A new entry after the expiry syncs normally.
+	r.appendEntry(conv, entry(t, conv, "alice", "11", 11, 0), "alice", "bob")
+	s = r.query(bob, syncReq(map[string]uint64{conv: 10})).GetSync()
+	if len(s.GetExpired()) != 0 || len(s.GetMessages()) != 1 {
+		t.Fatalf("sync of a new entry: %d expired, %d entries", len(s.GetExpired()), len(s.GetMessages()))
+	}
+}
+
+// Many conversations expired entirely: the markers are paged like heads,
+// every page fits a frame (query checks), and every marker arrives.
+func TestSyncManyExpiredConversationsPaged(t *testing.T) {
+	r := newReadRig(t)
+	const n = 1500
+	ret := r.store.Store.(core.Retainer)
+	for i := range n {
+		conv := fmt.Sprintf("g:%064d", i)
+		r.appendEntry(conv, entry(t, conv, "alice", "create", 1, 0), "alice", "bob")
+		if err := ret.Trim(r.ctx, conv, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bob := core.DeviceKey{User: "bob", Device: 1}
+	cursors := map[string]uint64{}
+	for page := 1; ; page++ {
+		if page > 100 {
+			t.Fatal("sync does not end")
+		}
+		s := r.query(bob, syncReq(cursors)).GetSync()
+		for _, e := range s.GetExpired() {
+			cursors[e.GetConvId()] = e.GetAfterSeq()
+		}
+		if !s.GetMore() {
+			break
+		}
+		if len(s.GetExpired()) == 0 {
+			t.Fatal("more without progress")
+		}
+	}
+	if len(cursors) != n {
+		t.Fatalf("%d of %d conversations reported expired", len(cursors), n)
+	}
+}

@@ -117,6 +117,13 @@ type Config struct {
 	// PrekeyFetch limits how fast bundle fetches take one-time prekeys
 	// (see PrekeyFetchLimits in prekeys.go).
 	PrekeyFetch PrekeyFetchLimits
+	// Retention is the message retention policy (retention.go); the zero
+	// value is the default policy. It runs when the store implements
+	// core.Retainer (both stores do).
+	Retention RetentionConfig
+	// TopicRetention is the retention of the topics the region creates
+	// (topics.go); the zero value is the default.
+	TopicRetention TopicRetention
 }
 
 func (c *Config) fill() {
@@ -175,6 +182,7 @@ func (c *Config) fill() {
 		c.PrekeyLowWater = 20
 	}
 	c.PrekeyFetch.fill()
+	c.TopicRetention.fill()
 }
 
 // Region runs a region's services on a store and a bus.
@@ -196,6 +204,7 @@ type Region struct {
 	attempts    attempts
 	deadMu      sync.Mutex
 	deadReasons map[string]uint64
+	expiredSeen map[string]bool // ingress partitions@offsets reported expired (integrity.go)
 	consuming   atomic.Bool
 	lastErr     atomic.Pointer[error]
 	// presence caches presence permissions and privacy settings (presence.go).
@@ -204,7 +213,8 @@ type Region struct {
 	// routeLocks serialize SessionOpened per user (striped).
 	routeLocks [64]sync.Mutex
 
-	linkTopics linkSet // outbound link topics created (link.go)
+	linkTopics linkSet    // outbound link topics created (link.go)
+	retention  *Retention // nil: the store keeps everything
 
 	notifyCh chan core.PushNotification
 	reads    chan struct{} // read slots (Config.MaxConcurrentReads)
@@ -250,6 +260,9 @@ type Stats struct {
 	CommittedEntries uint64 // entries they stored (÷ Commits = entries per sync)
 	CommitNanos      uint64 // time spent in those commits
 	BatchFallbacks   uint64 // batches redone without a write batch after a write broke it
+	// IngressExpired counts ingress records the broker's retention deleted
+	// before the sequencer read them (ErrBusExpired).
+	IngressExpired uint64
 }
 
 type counters struct {
@@ -259,6 +272,7 @@ type counters struct {
 	readsRefused, forwarded, hopsExceeded, fenced, claims, forwardRefused atomic.Uint64
 	movedIn, movedAway                                                    atomic.Uint64
 	commits, committedEntries, commitNanos, batchFallbacks                atomic.Uint64
+	ingressExpired                                                        atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -288,8 +302,21 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		bundles:     newBundleLimiter(cfg.PrekeyFetch),
 		hists:       newHists(cfg.Name),
 	}
+	if _, ok := store.(core.Retainer); ok && !cfg.Retention.Disabled {
+		w, err := NewRetention(store, cfg.Retention, r.log.With("component", "retention"))
+		if err != nil {
+			return nil, err
+		}
+		r.retention = w
+	} else if !cfg.Retention.Disabled {
+		r.log.Warn("retention off: the store cannot delete entries", "store", fmt.Sprintf("%T", store))
+	}
 	return r, nil
 }
+
+// Retention returns the region's retention worker (its Stats), or nil
+// when retention is off.
+func (r *Region) Retention() *Retention { return r.retention }
 
 // API returns the read/session side of the region, which edges call.
 func (r *Region) API() *API { return &API{r: r} }
@@ -308,13 +335,13 @@ func (r *Region) Start(ctx context.Context) error {
 	if err := r.checkData(ctx); err != nil { // integrity.go
 		return err
 	}
-	if err := r.bus.EnsureTopic(ctx, r.cfg.IngressTopic, r.cfg.IngressPartitions); err != nil {
+	if err := r.ensureTopic(ctx, r.bus, r.cfg.IngressTopic, r.cfg.IngressPartitions, r.cfg.TopicRetention.Ingress); err != nil {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.IngressTopic, err)
 	}
-	if err := r.bus.EnsureTopic(ctx, r.cfg.PresenceTopic, 1); err != nil {
+	if err := r.ensureTopic(ctx, r.bus, r.cfg.PresenceTopic, 1, r.cfg.TopicRetention.Live); err != nil {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.PresenceTopic, err)
 	}
-	if err := r.bus.EnsureTopic(ctx, r.cfg.DeadLetterTopic, 1); err != nil {
+	if err := r.ensureTopic(ctx, r.bus, r.cfg.DeadLetterTopic, 1, r.cfg.TopicRetention.DeadLetter); err != nil {
 		return fmt.Errorf("region: ensure %s: %w", r.cfg.DeadLetterTopic, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -337,6 +364,20 @@ func (r *Region) Start(ctx context.Context) error {
 		defer r.wg.Done()
 		r.runNotifier(runCtx)
 	}()
+	if oi, ok := r.bus.(core.OffsetInspector); ok {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.watchIngress(runCtx, oi)
+		}()
+	}
+	if r.retention != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.retention.Run(runCtx, r.cfg.Now)
+		}()
+	}
 	if w, ok := r.cfg.Placement.(HomeWatcher); ok {
 		r.wg.Add(1)
 		go func() {
@@ -457,6 +498,7 @@ func (r *Region) Stats() Stats {
 		Fenced: c.fenced.Load(), Claims: c.claims.Load(), MovedIn: c.movedIn.Load(), MovedAway: c.movedAway.Load(),
 		Commits: c.commits.Load(), CommittedEntries: c.committedEntries.Load(), CommitNanos: c.commitNanos.Load(),
 		BatchFallbacks: c.batchFallbacks.Load(),
+		IngressExpired: c.ingressExpired.Load(),
 	}
 }
 

@@ -35,6 +35,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	pgSchema := fs.String("pg-schema", "", "PostgreSQL schema to use (created if absent)")
 	maxConns := fs.Int("max-conns-per-ip", 0, "per-IP connection limit of the edge (0: edge default)")
 	adm := addAdmissionFlags(fs)
+	ret := addRetentionFlags(fs)
 	bench := fs.Bool("bench", false, "benchmark target: lift the edge's per-IP and per-device budgets and per-IP connection limits so that many load clients from this host are served (chatmesh bench --edge); keeps the total connection limit and ingress admission. Load clients register with a --registration-token. Never in production")
 	logLevel := fs.String("log", "info", "log level: debug, info, warn, error")
 	regions := fs.Int("regions", 3, "regions to run: 1 (a single region) or 2..3 (a mesh: eu-central on 127.0.1.1, us-east on 127.0.2.1, ap-southeast on 127.0.3.1)")
@@ -47,6 +48,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if err := adminF.check(*ws, *wt); err != nil {
+		return fmt.Errorf("dev: %w", err)
+	}
+	if err := ret.check(); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
 	if *cpuProfile != "" {
@@ -70,13 +74,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *regions > 1 {
 		mc := meshDev{data: *data, ws: *ws, wt: *wt, kafka: *kafka, pg: *pg, pgSchema: *pgSchema, regions: *regions,
 			locate: *locate, maxConns: *maxConns, adm: adm, bench: *bench, webhook: *webhook, raftPort: *raftPort, dirPort: *dirPort,
-			admin: adminF, fs: fs}
+			admin: adminF, fs: fs, ret: ret}
 		return mc.run(ctx, logger, stdout)
 	}
 	cfg := stack.Config{
 		DataDir: *data, PostgresDSN: *pg, Region: *regionName, EdgeID: *edgeID,
 		WSAddr: *ws, WTAddr: *wt, Logger: logger, MaxConnsPerIP: *maxConns,
 		Namespace: *namespace, PGSchema: *pgSchema,
+		RegionConfig: ret.apply,
 		EdgeConfig: func(c *edge.Config) {
 			adm.apply(&c.Admission)
 			if *bench {

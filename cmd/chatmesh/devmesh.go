@@ -30,6 +30,7 @@ type meshDev struct {
 	bench                                              bool // benchload.LiftLimits on every edge
 	admin                                              *adminFlags
 	fs                                                 *flag.FlagSet
+	ret                                                *retentionFlags
 }
 
 // port returns the port of a host:port flag.
@@ -73,8 +74,13 @@ func (d meshDev) run(ctx context.Context, logger *slog.Logger, stdout io.Writer)
 	if d.locate != "-" {
 		cfg.LocateAddr = d.locate
 	}
-	if d.webhook != "" {
-		cfg.RegionConfig = func(c *region.Config) { c.Notifier = core.Notifier(&region.WebhookNotifier{URL: d.webhook}) }
+	cfg.RegionConfig = func(c *region.Config) {
+		if d.ret != nil {
+			d.ret.apply(c)
+		}
+		if d.webhook != "" {
+			c.Notifier = core.Notifier(&region.WebhookNotifier{URL: d.webhook})
+		}
 	}
 	m, err := stack.StartMesh(ctx, cfg)
 	if err != nil {

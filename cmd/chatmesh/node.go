@@ -67,6 +67,7 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	logLevel := fs.String("log", "info", "log level")
 	mf := addMeshFlags(fs)
 	adminF := addAdminFlags(fs, defaultRegionAdmin)
+	ret := addRetentionFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -75,6 +76,9 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if err := adminF.check(*listen); err != nil {
 		return fmt.Errorf("region: %w", err)
+	}
+	if err := ret.check(); err != nil {
+		return err
 	}
 	if err := mf.check(fs); err != nil {
 		return err
@@ -124,6 +128,7 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	names := region.NamesFor(*namespace)
 	cfg := region.Config{Name: *name, IngressTopic: names.Ingress, PresenceTopic: names.Presence, SequencerGroup: names.SequencerGroup,
 		DeadLetterTopic: names.DeadLetter, IngressPartitions: *partitions, Logger: logger}
+	ret.apply(&cfg)
 	if *webhook != "" {
 		cfg.Notifier = &region.WebhookNotifier{URL: *webhook}
 	}

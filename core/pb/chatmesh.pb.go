@@ -3061,10 +3061,15 @@ func (x *SendAck) GetSentAtMs() int64 {
 }
 
 type SyncResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"` // ordered by (conv_id, seq)
-	More          bool                   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`        // call again with advanced cursors
-	Heads         []*ConvCursor          `protobuf:"bytes,3,rep,name=heads,proto3" json:"heads,omitempty"`       // current head seq of each conversation returned
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Messages []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"` // ordered by (conv_id, seq)
+	More     bool                   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`        // call again with advanced cursors
+	Heads    []*ConvCursor          `protobuf:"bytes,3,rep,name=heads,proto3" json:"heads,omitempty"`       // current head seq of each conversation returned
+	// Conversations whose entries just after the request's cursor were
+	// deleted by the server's retention (PROTOCOL.md §7.4): after_seq is the
+	// highest deleted seq; the entries from the cursor up to it will never
+	// arrive, and the conversation goes on at after_seq + 1.
+	Expired       []*ConvCursor `protobuf:"bytes,4,rep,name=expired,proto3" json:"expired,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3120,11 +3125,21 @@ func (x *SyncResponse) GetHeads() []*ConvCursor {
 	return nil
 }
 
+func (x *SyncResponse) GetExpired() []*ConvCursor {
+	if x != nil {
+		return x.Expired
+	}
+	return nil
+}
+
 type HistoryResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Messages      []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"` // ascending seq
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Messages []*Message             `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"` // ascending seq
+	// When > 0: the entries up to this seq were deleted by the server's
+	// retention, and this page reaches down to them: history ends here.
+	ExpiredThrough uint64 `protobuf:"varint,2,opt,name=expired_through,json=expiredThrough,proto3" json:"expired_through,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *HistoryResponse) Reset() {
@@ -3162,6 +3177,13 @@ func (x *HistoryResponse) GetMessages() []*Message {
 		return x.Messages
 	}
 	return nil
+}
+
+func (x *HistoryResponse) GetExpiredThrough() uint64 {
+	if x != nil {
+		return x.ExpiredThrough
+	}
+	return 0
 }
 
 type ConversationInfo struct {
@@ -5082,13 +5104,15 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x15\n" +
 	"\x06msg_id\x18\x04 \x01(\tR\x05msgId\x12\x1c\n" +
 	"\n" +
-	"sent_at_ms\x18\x05 \x01(\x03R\bsentAtMs\"\x83\x01\n" +
+	"sent_at_ms\x18\x05 \x01(\x03R\bsentAtMs\"\xb6\x01\n" +
 	"\fSyncResponse\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.chatmesh.v1.MessageR\bmessages\x12\x12\n" +
 	"\x04more\x18\x02 \x01(\bR\x04more\x12-\n" +
-	"\x05heads\x18\x03 \x03(\v2\x17.chatmesh.v1.ConvCursorR\x05heads\"C\n" +
+	"\x05heads\x18\x03 \x03(\v2\x17.chatmesh.v1.ConvCursorR\x05heads\x121\n" +
+	"\aexpired\x18\x04 \x03(\v2\x17.chatmesh.v1.ConvCursorR\aexpired\"l\n" +
 	"\x0fHistoryResponse\x120\n" +
-	"\bmessages\x18\x01 \x03(\v2\x14.chatmesh.v1.MessageR\bmessages\"\x9f\x02\n" +
+	"\bmessages\x18\x01 \x03(\v2\x14.chatmesh.v1.MessageR\bmessages\x12'\n" +
+	"\x0fexpired_through\x18\x02 \x01(\x04R\x0eexpiredThrough\"\x9f\x02\n" +
 	"\x10ConversationInfo\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x121\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1d.chatmesh.v1.ConversationKindR\x04kind\x12\x14\n" +
@@ -5410,45 +5434,46 @@ var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
 	7,  // 51: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
 	11, // 52: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
 	17, // 53: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
-	11, // 54: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
-	0,  // 55: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
-	43, // 56: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
-	46, // 57: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
-	7,  // 58: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
-	5,  // 59: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
-	49, // 60: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
-	7,  // 61: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
-	4,  // 62: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
-	7,  // 63: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
-	7,  // 64: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
-	55, // 65: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
-	14, // 66: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
-	15, // 67: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
-	16, // 68: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
-	20, // 69: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
-	21, // 70: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
-	23, // 71: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
-	7,  // 72: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
-	32, // 73: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
-	6,  // 74: chatmesh.v1.LinkRecord.dest:type_name -> chatmesh.v1.LinkRecord.Dest
-	49, // 75: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
-	62, // 76: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
-	63, // 77: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
-	63, // 78: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
-	64, // 79: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
-	13, // 80: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
-	7,  // 81: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
-	7,  // 82: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
-	12, // 83: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
-	33, // 84: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
-	7,  // 85: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
-	39, // 86: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
-	34, // 87: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
-	88, // [88:88] is the sub-list for method output_type
-	88, // [88:88] is the sub-list for method input_type
-	88, // [88:88] is the sub-list for extension type_name
-	88, // [88:88] is the sub-list for extension extendee
-	0,  // [0:88] is the sub-list for field type_name
+	17, // 54: chatmesh.v1.SyncResponse.expired:type_name -> chatmesh.v1.ConvCursor
+	11, // 55: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
+	0,  // 56: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
+	43, // 57: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
+	46, // 58: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
+	7,  // 59: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
+	5,  // 60: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
+	49, // 61: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
+	7,  // 62: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
+	4,  // 63: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
+	7,  // 64: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
+	7,  // 65: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
+	55, // 66: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
+	14, // 67: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
+	15, // 68: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
+	16, // 69: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
+	20, // 70: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
+	21, // 71: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
+	23, // 72: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
+	7,  // 73: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
+	32, // 74: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
+	6,  // 75: chatmesh.v1.LinkRecord.dest:type_name -> chatmesh.v1.LinkRecord.Dest
+	49, // 76: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
+	62, // 77: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
+	63, // 78: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
+	63, // 79: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
+	64, // 80: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
+	13, // 81: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
+	7,  // 82: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
+	7,  // 83: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
+	12, // 84: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
+	33, // 85: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
+	7,  // 86: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
+	39, // 87: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
+	34, // 88: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
+	89, // [89:89] is the sub-list for method output_type
+	89, // [89:89] is the sub-list for method input_type
+	89, // [89:89] is the sub-list for extension type_name
+	89, // [89:89] is the sub-list for extension extendee
+	0,  // [0:89] is the sub-list for field type_name
 }
 
 func init() { file_chatmesh_v1_chatmesh_proto_init() }

@@ -43,6 +43,11 @@ type Config struct {
 
 	// ReplicationFactor for EnsureTopic. Default min(3, brokers in the cluster).
 	ReplicationFactor int
+	// TopicRetention is the retention EnsureTopic sets on every topic it
+	// creates or finds (EnsureTopicRetention sets another). Default
+	// DefaultTopicRetention: 7 days, no size limit (see Retention in the
+	// package documentation).
+	TopicRetention core.TopicRetention
 	// BatchTimeout is how long kafka-go's writer waits for more records
 	// before it sends a partition's batch. Default 20µs: Produce already
 	// group-commits (every record queued while a write is in flight goes
@@ -462,10 +467,20 @@ func topicExists(md *kafka.MetadataResponse, topic string) bool {
 
 // EnsureTopic creates topic with the given number of partitions if it does
 // not exist, through the cluster's controller, with replication factor
-// Config.ReplicationFactor (default min(3, brokers in the cluster)). An
-// existing topic is success whatever its partition count (a differing count
-// is logged). It returns once metadata shows a leader for every partition.
+// Config.ReplicationFactor (default min(3, brokers in the cluster)) and
+// retention Config.TopicRetention. An existing topic is success whatever
+// its partition count (a differing count is logged); its retention is set
+// to Config.TopicRetention if it differs. It returns once metadata shows a
+// leader for every partition.
 func (b *Bus) EnsureTopic(ctx context.Context, topic string, partitions int) error {
+	return b.EnsureTopicRetention(ctx, topic, partitions, b.cfg.TopicRetention)
+}
+
+// EnsureTopicRetention implements core.TopicConfigurer: EnsureTopic with
+// retention r (zero fields: Config.TopicRetention's), set at creation and
+// reconciled on an existing topic with IncrementalAlterConfigs.
+func (b *Bus) EnsureTopicRetention(ctx context.Context, topic string, partitions int, r core.TopicRetention) error {
+	r = b.retention(r)
 	if b.closing.Err() != nil {
 		return ErrClosed
 	}
@@ -479,7 +494,7 @@ func (b *Bus) EnsureTopic(ctx context.Context, topic string, partitions int) err
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		var err error
-		brokers, err = b.createTopic(ctx, topic, partitions)
+		brokers, err = b.createTopic(ctx, topic, partitions, r)
 		if err == nil {
 			break
 		}
@@ -500,6 +515,9 @@ func (b *Bus) EnsureTopic(ctx context.Context, topic string, partitions int) err
 				b.log.Warn("topic exists with a different partition count", "topic", topic, "want", partitions, "have", n)
 			}
 			_, _ = b.refreshTopic(ctx, topic)
+			if err := b.reconcileRetention(ctx, topic, r); err != nil {
+				return fmt.Errorf("kafkabus: ensure topic %q: %w", topic, err)
+			}
 			return nil
 		}
 		if !sleepCtx(ctx, backoff(attempt, 20*time.Millisecond, 500*time.Millisecond)) {
@@ -514,7 +532,7 @@ const ensureTopicRetry = 60 * time.Second
 
 // createTopic creates topic through the controller named by any reachable
 // broker and returns the brokers that metadata listed.
-func (b *Bus) createTopic(ctx context.Context, topic string, partitions int) ([]kafka.Broker, error) {
+func (b *Bus) createTopic(ctx context.Context, topic string, partitions int, r core.TopicRetention) ([]kafka.Broker, error) {
 	conn, err := b.dialAny(ctx)
 	if err != nil {
 		return nil, err
@@ -541,7 +559,7 @@ func (b *Bus) createTopic(ctx context.Context, topic string, partitions int) ([]
 		_ = cc.SetDeadline(dl)
 	}
 	// Conn.CreateTopics treats TopicAlreadyExists as success.
-	err = cc.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: rf})
+	err = cc.CreateTopics(kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: rf, ConfigEntries: retentionEntries(r)})
 	cc.Close()
 	if err != nil {
 		return nil, fmt.Errorf("create: %w", err)

@@ -51,6 +51,47 @@
 // fails with ErrUnknownTopic. Partitions added to a topic later are not
 // picked up by running consumers.
 //
+// # Retention
+//
+// Every topic gets retention.ms and retention.bytes: EnsureTopic sets
+// Config.TopicRetention (default DefaultTopicRetention: 7 days, no size
+// limit), EnsureTopicRetention (core.TopicConfigurer) another, both at
+// creation and, on a topic that exists, by DescribeConfigs and then
+// IncrementalAlterConfigs SET where the values differ (a topic made by an
+// older version or an operator). The region gives its topics: ingress 7
+// days and no size limit; presence and edge topics (read live, without a
+// group; a record missed is repaired by sync or the next snapshot) 10 minutes
+// and 16 MiB per partition (core.LiveTopicRetention); dead letters 30 days
+// and 256 MiB; link topics the bus default.
+//
+// Safety with the sequencer's commit points. Kafka deletes by age and size
+// only, never looking at committed offsets, so on a real cluster the rule
+// is: a topic a group must read completely (ingress by the sequencer,
+// links by the receiving region) has no size limit and a time limit far
+// beyond any lag the group may have (7 days against a sequencer that
+// commits every 10 ms and whose readiness fails as soon as it stops). If
+// it is ever exceeded the loss is not silent: the region compares the
+// sequencer group's committed offsets with each ingress partition's log
+// start at start-up and every minute, and logs ErrBusExpired with the
+// number of records lost (region.Stats.IngressExpired).
+//
+// The embedded broker does better, since it sees the groups: kfake's own
+// retention (which ignores commits) is switched off, and Embedded.Trim,
+// every EmbeddedConfig.TrimInterval (30 s), deletes records of a topic on
+// which some group committed only below the lowest committed offset of all
+// those groups (a partition a group has not committed is not trimmed), so
+// an unconsumed record is never deleted however old; topics without any
+// group commit are trimmed by their retention.ms / retention.bytes. It
+// always keeps each partition's last record: kfake restores a partition's
+// high watermark from its newest segment file, and an emptied partition
+// would restart at offset 0, below the committed offsets. Records leave
+// the disk a segment at a time (EmbeddedConfig.SegmentBytes, 4 MiB), and
+// a restart loads what is left, not the history (TestEmbeddedTrimBounded:
+// 5 MB streamed through a consumed topic and a size-limited one, 397 KB
+// left on disk after the last trim and at restart, the groups resuming
+// exactly; a second group that stopped reading held its partitions' log
+// start at its commit until it caught up).
+//
 // # Consuming
 //
 // Consume with a ConsumeSpec.Group joins that consumer group (kafka-go's

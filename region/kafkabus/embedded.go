@@ -32,6 +32,15 @@ type EmbeddedConfig struct {
 	// GroupMinSessionTimeout is the smallest group session timeout the broker
 	// accepts. Default 1s (kfake's own default is 6s).
 	GroupMinSessionTimeout time.Duration
+	// TrimInterval is how often the broker deletes records that every
+	// consumer group has consumed, and records of group-less topics past
+	// their retention (Embedded.Trim). Default 30s; < 0: never (the data
+	// then grows without bound).
+	TrimInterval time.Duration
+	// SegmentBytes is the size at which a partition's segment file is
+	// rolled (kfake's log.segment.bytes); records are deleted from disk a
+	// whole segment at a time. Default DefaultEmbeddedSegmentBytes.
+	SegmentBytes int
 
 	// innerListener, if set, wraps the broker's TCP listener under the
 	// resilient one (tests inject Accept errors with it).
@@ -43,6 +52,9 @@ type Embedded struct {
 	c         *kfake.Cluster
 	addrs     []string
 	lns       []*resilientListener
+	log       *slog.Logger
+	stopTrim  chan struct{}
+	trimDone  chan struct{}
 	closeOnce sync.Once
 }
 
@@ -68,6 +80,12 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	}
 	if cfg.GroupMinSessionTimeout <= 0 {
 		cfg.GroupMinSessionTimeout = time.Second
+	}
+	if cfg.TrimInterval == 0 {
+		cfg.TrimInterval = DefaultEmbeddedTrimInterval
+	}
+	if cfg.SegmentBytes <= 0 {
+		cfg.SegmentBytes = DefaultEmbeddedSegmentBytes
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -105,6 +123,11 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		kfake.ClusterID("chatmesh-embedded"),
 		kfake.WithLogger(kfakeLogger{log.With("component", "kfake")}),
 		kfake.GroupMinSessionTimeout(cfg.GroupMinSessionTimeout),
+		kfake.BrokerConfigs(map[string]string{
+			// Only Trim deletes records (it respects committed offsets).
+			"log.cleaner.backoff.ms": kfakeCleanerOff,
+			"log.segment.bytes":      strconv.Itoa(cfg.SegmentBytes),
+		}),
 	}
 	if cfg.DataDir != "" {
 		opts = append(opts, kfake.DataDir(cfg.DataDir))
@@ -129,7 +152,16 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		}
 		lnMu.Lock()
 		defer lnMu.Unlock()
-		return &Embedded{c: r.c, addrs: r.c.ListenAddrs(), lns: lns}, nil
+		e := &Embedded{c: r.c, addrs: r.c.ListenAddrs(), lns: lns, log: log, stopTrim: make(chan struct{}), trimDone: make(chan struct{})}
+		if cfg.TrimInterval > 0 {
+			go func() {
+				defer close(e.trimDone)
+				e.runTrim(cfg.TrimInterval, e.stopTrim)
+			}()
+		} else {
+			close(e.trimDone)
+		}
+		return e, nil
 	case <-ctx.Done():
 		// The start goroutine finishes on its own; close what it built.
 		go func() {
@@ -159,7 +191,11 @@ func (e *Embedded) AcceptErrors() int64 {
 // Close stops the broker; with a DataDir it first saves its state. It is
 // idempotent.
 func (e *Embedded) Close() error {
-	e.closeOnce.Do(e.c.Close)
+	e.closeOnce.Do(func() {
+		close(e.stopTrim)
+		<-e.trimDone
+		e.c.Close()
+	})
 	return nil
 }
 

@@ -55,3 +55,12 @@ func (c *countingListener) Accept() (net.Conn, error) {
 	}
 	return conn, err
 }
+
+// LogBounds returns each partition's log start offset and high watermark.
+func (e *Embedded) LogBounds(topic string) (start, end []int64) {
+	for _, pi := range e.c.PartitionInfos(topic) {
+		start = append(start, pi.LogStartOffset)
+		end = append(end, pi.HighWatermark)
+	}
+	return start, end
+}

@@ -151,6 +151,7 @@
 //	'o' user 0 dev:BE32 id:BE32               -> one-time prekey           (unused, by id)
 //	't' user 0 dev:BE32 id:BE32               -> (empty)                   (handed-out one-time ids)
 //	'w' user                                  -> version, signed device list
+//	'g' conv                                  -> trimmed, keys through      (retention marks)
 //	'#' "id"                                  -> marked-initialized time    (core.StoreMarker)
 //
 // A 'b' value is the joined seq alone for a plain member; an admin or an
@@ -160,8 +161,19 @@
 // Values other than messages use a compact encoding of unsigned and signed
 // varints and length-prefixed byte strings (codec.go). The 'x'/'y' and
 // 'r'/'e' pairs are written in the same batch, so an index never disagrees
-// with its table. An idempotency key is never deleted; messages are never
-// deleted (retention is future work and would delete 'm' and 'k' together).
+// with its table.
+//
+// # Retention
+//
+// The store implements core.Retainer (retention.go); region/retention.go
+// decides what goes. A 'g' conv record holds the conversation's marks
+// (trimmed, keys through; absent: both 0). Trim deletes the entries of a
+// bounded seq range with one range deletion of 'm' keys plus the point
+// deletions of their 'k' keys (read from the entries), and moves the
+// marks, in one synced batch under the conversation's append stripe, so an
+// Append never finds a key whose entry is gone. ForgetKeys deletes 'k'
+// keys only. Disk space comes back when Pebble compacts the range
+// tombstones.
 //
 // # What it does not do
 //

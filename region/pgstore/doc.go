@@ -110,7 +110,19 @@
 // # What it does not do
 //
 // It does not cache, does not create the database or role
-// (deploy/postgres/ensure.sh does that for tests and CI), and does not
-// delete messages (retention is future work). The semantics that
-// core/ports.go leaves open are listed in region/storetest.
+// (deploy/postgres/ensure.sh does that for tests and CI). The semantics
+// that core/ports.go leaves open are listed in region/storetest.
+//
+// # Retention
+//
+// The store implements core.Retainer (retention.go, migration 0007);
+// region/retention.go decides what goes. The retention table holds each
+// conversation's marks (trimmed, keys_through; no row: both 0). Trim is
+// one transaction: DELETE of a bounded seq range of messages (their
+// idempotency keys are columns of those rows) and the marks moved, the
+// retention row locked FOR UPDATE. ForgetKeys sets client_msg_id to NULL
+// on a bounded range (the column is nullable since 0007; NULLs never
+// collide in the unique index), so a resend is a new entry. Deletion
+// competes with Append only for the rows it deletes, never for the
+// conversation's row.
 package pgstore

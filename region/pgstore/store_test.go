@@ -126,7 +126,7 @@ func TestMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []rec{{1, "init"}, {2, "prekeys"}, {4, "member_roles"}, {5, "privacy"}, {6, "route_region"}}; !slices.Equal(got, want) {
+	if want := []rec{{1, "init"}, {2, "prekeys"}, {4, "member_roles"}, {5, "privacy"}, {6, "route_region"}, {7, "retention"}}; !slices.Equal(got, want) {
 		t.Fatalf("schema_migrations = %+v, want %+v", got, want)
 	}
 }

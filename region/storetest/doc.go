@@ -41,6 +41,24 @@
 // shows up as a failure with high probability, not certainty (removing
 // Pebble's per-conversation lock failed 7 runs of 10).
 //
+// # Retention
+//
+// Run also checks core.Retainer (both stores implement it) and, through
+// region.Retention, the retention policy on the store (retention.go):
+// Trim deletes a prefix of entries with their idempotency keys (Messages,
+// MessagesBefore and Lookup no longer see them; a resend of a deleted key
+// is a new entry), ForgetKeys deletes keys and keeps entries, no-ops and
+// bounds (beyond the head: ErrInvalidArgument; missing conversation:
+// ErrNotFound), paging of RetentionMarks; a device that never acks keeps
+// every entry until MaxAge while keys go after the resend window (the
+// sender's own device, a device linked after the entries and an invited
+// user do not hold entries back; acks release them; MaxAge removes the
+// rest and counts them as expired); history mode keeps acked entries for
+// History; and a steady stream of 40 rounds with a pass per round keeps
+// the stored entries (counted through Messages, equal to Head - Trimmed)
+// within the traffic of the resend window when everyone acks and of
+// MaxAge when a device never does, and the stored keys within the window.
+//
 // # Prekey suite
 //
 // Stores that implement core.PrekeyStore (both do) also run

@@ -63,6 +63,10 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"BatchConflict", testBatchConflict},
 		{"ConcurrentRoutes", testConcurrentRoutes},
 		{"AdvanceCursors", testAdvanceCursors},
+		{"RetentionPrimitives", testRetentionPrimitives},
+		{"RetentionUnackedKept", testRetentionUnackedKept},
+		{"RetentionHistory", testRetentionHistory},
+		{"RetentionBounded", testRetentionBounded},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
