@@ -364,7 +364,7 @@ func (b *Bus) runPartition(ctx context.Context, topic, group string, partition i
 		fails = 0
 		// A new slice per batch: the handler may still read the one in
 		// flight.
-		batch := make([]core.BusRecord, 1, min(maxBatch, 64))
+		batch := make([]core.BusRecord, 1, min(maxBatch, 8))
 		batch[0] = toRecord(m)
 		// Take what is already buffered. A fetch abandoned by its deadline
 		// loses nothing: kafka-go keeps the record for the next fetch.
