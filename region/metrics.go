@@ -100,6 +100,19 @@ var regionCounters = []counterDef{
 	{"commits_total", "Write batches committed with at least one entry (group commit).", func(s Stats) uint64 { return s.Commits }},
 	{"committed_entries_total", "Entries stored by those commits.", func(s Stats) uint64 { return s.CommittedEntries }},
 	{"batch_fallbacks_total", "Batches redone without a write batch after a write broke it.", func(s Stats) uint64 { return s.BatchFallbacks }},
+	{"ingress_expired_total", "Ingress records the broker's retention deleted before the sequencer committed past them (lost; their senders resend).", func(s Stats) uint64 { return s.IngressExpired }},
+}
+
+// retentionCounters are the retention worker's series (chatmesh_region_retention_*).
+var retentionCounters = []struct {
+	name, help string
+	value      func(RetentionStats) int64
+}{
+	{"retention_passes_total", "Retention passes run.", func(s RetentionStats) int64 { return s.Passes }},
+	{"retention_trimmed_total", "Entries deleted by retention.", func(s RetentionStats) int64 { return s.Trimmed }},
+	{"retention_expired_total", "Entries deleted at the maximum age while some member device had not acked them.", func(s RetentionStats) int64 { return s.Expired }},
+	{"retention_keys_forgotten_total", "Idempotency keys deleted after the resend window (their entries kept).", func(s RetentionStats) int64 { return s.KeysForgotten }},
+	{"retention_errors_total", "Conversations retention failed on (retried next pass).", func(s RetentionStats) int64 { return s.Errors }},
 }
 
 // Collector returns a Prometheus collector of the region's series,
@@ -139,6 +152,11 @@ func (c regionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.desc("sequencer_consuming", helpConsuming)
 	ch <- c.desc("ready", helpReady)
 	ch <- c.desc("notify_queue", helpNotifyQueue)
+	if c.r.retention != nil {
+		for _, d := range retentionCounters {
+			ch <- c.desc(d.name, d.help)
+		}
+	}
 	if c.r.cfg.Lease != nil {
 		ch <- c.desc("lease_held", helpLeaseHeld)
 		ch <- c.desc("lease_deposed", helpDeposed)
@@ -178,6 +196,12 @@ func (c regionCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.desc("sequencer_consuming", helpConsuming), prometheus.GaugeValue, gauge(r.consuming.Load()))
 	ch <- prometheus.MustNewConstMetric(c.desc("ready", helpReady), prometheus.GaugeValue, gauge(r.Health() == nil))
 	ch <- prometheus.MustNewConstMetric(c.desc("notify_queue", helpNotifyQueue), prometheus.GaugeValue, float64(len(r.notifyCh)))
+	if rt := r.retention; rt != nil {
+		rs := rt.Stats()
+		for _, d := range retentionCounters {
+			ch <- prometheus.MustNewConstMetric(c.desc(d.name, d.help), prometheus.CounterValue, float64(d.value(rs)))
+		}
+	}
 	if l := r.cfg.Lease; l != nil {
 		ls := l.Stats()
 		ch <- prometheus.MustNewConstMetric(c.desc("lease_held", helpLeaseHeld), prometheus.GaugeValue, gauge(ls.Held))
