@@ -183,14 +183,18 @@ func (c *stateCache) clear() {
 	c.bytes = 0
 }
 
-func (c *stateCache) drop(conv string) {
+// drop removes conv's state and reports whether there was one. It never
+// reads the state itself, so any goroutine may call it.
+func (c *stateCache) drop(conv string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[conv]; ok {
+	e, ok := c.m[conv]
+	if ok {
 		c.bytes -= e.Value.(*stateItem).size
 		c.ll.Remove(e)
 		delete(c.m, conv)
 	}
+	return ok
 }
 
 // evictLocked drops least recently used states over the bound, never the

@@ -108,7 +108,9 @@ func TestLinkForwardsToTheRemoteCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) && (len(ingress()) < 2 || len(presence()) < 1 || len(edgeRecs()) < 2) {
+	// The drop is counted when the link's produce of the "gone" record
+	// fails, which may be after the others arrived.
+	for time.Now().Before(deadline) && (len(ingress()) < 2 || len(presence()) < 1 || len(edgeRecs()) < 2 || l.Stats().Dropped < 1) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if got := ingress(); len(got) != 2 || string(got[0]) != "ingress-1" || string(got[1]) != "ingress-2" {

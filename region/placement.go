@@ -322,8 +322,9 @@ func (r *Region) watchHomes(ctx context.Context, w HomeWatcher) {
 			// Moves were missed: every cached state reloads from the store.
 			r.states.clear()
 		case c.Home != r.cfg.Name:
-			if r.states.get(c.Conv) != nil {
-				r.states.drop(c.Conv)
+			// drop, not get: the state belongs to the partition worker
+			// (get re-estimates its size, reading it from this goroutine).
+			if r.states.drop(c.Conv) {
 				r.stats.movedAway.Add(1)
 				r.log.Info("conversation moved away; forwarding its records from now on", "conv", c.Conv, "home", c.Home, "epoch", c.Epoch)
 			}

@@ -137,6 +137,17 @@ func (r *Region) prepareBatch(ctx context.Context, recs []core.BusRecord) (*batc
 // so the redo recomputes those moves (and re-sends their receipts) from
 // the store.
 func (r *Region) handleBatchPipelined(ctx context.Context, recs []core.BusRecord) (*core.Pending, error) {
+	if t := r.pipe.tail(recs[0].Partition); t.p != nil && t.ctx != ctx {
+		// The partition's last batch belongs to an ended consumer
+		// generation whose end has not finished (the bus stopped waiting
+		// for it): if it fails, it drops cached states holding its cursor
+		// moves, and this batch's steps must not read them before that.
+		select {
+		case <-t.p.Done():
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	b, err := r.prepareBatch(ctx, recs)
 	if err != nil {
 		return nil, err
@@ -177,6 +188,13 @@ type pipeTail struct {
 	ctx  context.Context
 	p    *core.Pending
 	last int64 // offset of the batch's last record
+}
+
+// tail returns the partition's newest batch.
+func (pt *pipeTails) tail(partition int) pipeTail {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	return pt.m[partition]
 }
 
 // swap makes t the partition's newest batch and returns the one before.

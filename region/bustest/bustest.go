@@ -739,12 +739,13 @@ func testPipelined(t *testing.T, newBus func(*testing.T) core.Bus) {
 	mu.Lock()
 	stuck := newSeen()
 	mu.Unlock()
-	tail := produceKeys(t, bus, topic, []string{"tail"}, 3, 3)
-	// Replace the handler's behaviour: nothing finishes until ctx ends.
 	cancel()
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatalf("ConsumePipelined returned %v", err)
 	}
+	// Records produced after the first consumer stopped; the second one's
+	// handler finishes nothing until its ctx ends.
+	tail := produceKeys(t, bus, topic, []string{"tail"}, 3, 3)
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	done2 := make(chan error, 1)
 	go func() {

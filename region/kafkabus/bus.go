@@ -526,10 +526,16 @@ func (b *Bus) EnsureTopicRetention(ctx context.Context, topic string, partitions
 				b.log.Warn("topic exists with a different partition count", "topic", topic, "want", partitions, "have", n)
 			}
 			_, _ = b.refreshTopic(ctx, topic)
-			if err := b.reconcileRetention(ctx, topic, r); err != nil {
+			err := b.reconcileRetention(ctx, topic, r)
+			if err == nil {
+				return nil
+			}
+			// The request went to one broker of the list, which may be
+			// the one that is down or restarting: retry like the create.
+			if ctx.Err() != nil || !retriableCreate(err) || time.Since(start) > ensureTopicRetry {
 				return fmt.Errorf("kafkabus: ensure topic %q: %w", topic, err)
 			}
-			return nil
+			b.log.Debug("ensure topic: retrying the retention settings", "topic", topic, "err", err)
 		}
 		if !sleepCtx(ctx, backoff(attempt, 20*time.Millisecond, 500*time.Millisecond)) {
 			return fmt.Errorf("kafkabus: ensure topic %q: waiting for partition leaders: %w", topic, ctx.Err())

@@ -391,10 +391,12 @@ func (b *Bus) runPartition(ctx context.Context, topic, group string, partition i
 		}
 		// The batch before this one must end before this one may count.
 		if !w.settle(ctx) {
-			// It failed and the reader was rewound to it: this batch is
-			// handed over again too, after the one before it.
+			// It failed and the reader was rewound to it (or ctx ended):
+			// this batch is handed over again too, after the one before
+			// it. Its own end (it fails after its predecessor) is waited
+			// for, bounded, so no handler work overlaps the redo.
 			if p != nil {
-				<-p.Done()
+				w.await(p, batch[0].Offset)
 			}
 			continue
 		}
@@ -501,15 +503,30 @@ func (w *partitionWorker) done(offset int64) {
 	}
 }
 
-// drain waits (bounded) for the in-flight Pending when the worker stops.
+// drain waits (bounded) for the in-flight Pending when the worker stops;
+// a batch that finished cleanly meanwhile counts as handled, so the
+// generation's final commit includes it and the next owner does not redo
+// it.
 func (w *partitionWorker) drain() {
-	if w.inflight == nil {
+	f := w.inflight
+	if f == nil {
 		return
 	}
+	if w.await(f.p, f.first) && f.p.Err() == nil {
+		w.done(f.last)
+	}
+}
+
+// await waits for p at most drainTimeout; false if it did not finish.
+func (w *partitionWorker) await(p *core.Pending, offset int64) bool {
+	t := time.NewTimer(drainTimeout)
+	defer t.Stop()
 	select {
-	case <-w.inflight.p.Done():
-	case <-time.After(drainTimeout):
-		w.log.Error("handler's in-flight batch did not finish after its context ended; leaving it", "offset", w.inflight.first, "waited", drainTimeout)
+	case <-p.Done():
+		return true
+	case <-t.C:
+		w.log.Error("handler's in-flight batch did not finish after its context ended; leaving it", "offset", offset, "waited", drainTimeout)
+		return false
 	}
 }
 
@@ -540,12 +557,15 @@ const (
 // handle calls h until it accepts the batch. Before retrying a failed
 // call it settles the batch in flight: if that one failed too, the reader
 // was rewound to it and this batch is dropped (it comes again after it).
-// w.ps learns that the partition is stalled while h fails.
+// w.ps learns that the partition is stalled while h fails (until a call
+// succeeds or the batch in flight before it does).
 func (w *partitionWorker) handle(ctx context.Context, h core.PipelinedBatchHandler, recs []core.BusRecord) (*core.Pending, handleResult) {
-	defer w.ps.stalled.Store(false)
 	for attempt := 0; ; attempt++ {
 		p, err := h(ctx, recs)
 		if err == nil {
+			if attempt > 0 {
+				w.ps.stalled.Store(false)
+			}
 			return p, accepted
 		}
 		w.ps.stalled.Store(true)

@@ -25,12 +25,20 @@ func testTopicRetention(t *testing.T, brokers []string) {
 	bus := newBus(t, brokers)
 	want := func(topic, ms, bytes string) {
 		t.Helper()
-		got, err := bus.TopicConfigs(ctx, topic)
-		if err != nil {
-			t.Fatalf("TopicConfigs(%s): %v", topic, err)
-		}
-		if got["retention.ms"] != ms || got["retention.bytes"] != bytes {
-			t.Fatalf("%s: retention.ms=%q retention.bytes=%q, want %s and %s", topic, got["retention.ms"], got["retention.bytes"], ms, bytes)
+		// A change reaches every broker of a cluster a moment after the
+		// controller accepted it, and DescribeConfigs may ask any of them.
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			got, err := bus.TopicConfigs(ctx, topic)
+			if err != nil {
+				t.Fatalf("TopicConfigs(%s): %v", topic, err)
+			}
+			if got["retention.ms"] == ms && got["retention.bytes"] == bytes {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: retention.ms=%q retention.bytes=%q, want %s and %s", topic, got["retention.ms"], got["retention.bytes"], ms, bytes)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	plain := bustest.Name(t, "plain")
