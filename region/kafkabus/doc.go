@@ -104,7 +104,7 @@
 // permanent error: a poison record stalls its partition, which is logged
 // at each retry). The offset of a record is committed only after its
 // handler returned nil: handled offsets are committed every
-// Config.CommitInterval (10ms), and once more when the generation ends
+// Config.CommitInterval (250ms), and once more when the generation ends
 // (rebalance, Consume returning), after the partition workers stopped.
 // Delivery is at-least-once: records handled after the last successful
 // commit are handled again by the partition's next owner. A group with no
@@ -195,7 +195,7 @@
 // ends running Consume calls (they return ErrClosed), waits for them,
 // flushes and closes the writer; it is idempotent, and every method returns
 // ErrClosed afterwards. Stopping a consumer takes up to Config.MaxWait
-// (200ms) plus the running handler call. The Embedded broker runs until its
+// (250ms) plus the running handler call. The Embedded broker runs until its
 // Close.
 //
 // Logging: warnings (handler retries, fetch and join failures) go to
