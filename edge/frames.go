@@ -56,7 +56,9 @@ func (s *session) handle(pt []byte) {
 			ClientTimeMs: b.Ping.GetClientTimeMs(), ServerTimeMs: e.cfg.Now().UnixMilli()}}})
 		return
 	case *pb.ClientFrame_Register:
-		s.register(f.GetReqId(), b.Register)
+		// Rare and deep (store writes, the device's session opening): off
+		// the session's stack (onFreshStack), which an idle session keeps.
+		onFreshStack(func() { s.register(f.GetReqId(), b.Register) })
 		return
 	}
 	if !s.authed {
@@ -74,9 +76,9 @@ func (s *session) handle(pt []byte) {
 		// End-to-end key material: reads and writes of the region's store,
 		// answered synchronously like sync, charged by size above. How many
 		// one-time prekeys fetch_bundle may take is the region's limit.
-		s.query(&f)
+		onFreshStack(func() { s.query(&f) })
 	case *pb.ClientFrame_PresenceSubscribe:
-		s.presenceSubscribe(&f) // presence.go
+		onFreshStack(func() { s.presenceSubscribe(&f) }) // presence.go
 	default:
 		rec, err := s.ingress(&f)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -137,6 +138,17 @@ type limitedConn struct {
 	net.Conn
 	release func()
 }
+
+// SyscallConn exposes the socket of a plain TCP connection (the idle wait
+// of a WebSocket session, waitread.go); an error for anything else.
+func (c *limitedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errNoSyscallConn
+}
+
+var errNoSyscallConn = errors.New("edge: connection has no socket")
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()

@@ -50,6 +50,19 @@ type transport interface {
 type wsConn struct {
 	c    *websocket.Conn
 	cork *corkWriter
+	// idle, when set, waits on a shallow stack until the socket has bytes
+	// to read (waitread.go); nil for TLS and other connections.
+	idle *idleWaiter
+}
+
+// waitReadable blocks until the next ReadMessage has something to read
+// (or the connection failed), without reading. A session calls it before
+// each ReadMessage so that it sits idle in a few small frames instead of
+// the library's read path, and the runtime can shrink its stack.
+func (w *wsConn) waitReadable() {
+	if w.idle != nil {
+		w.idle.wait()
+	}
 }
 
 var errTextMessage = errors.New("edge: text WebSocket message")
@@ -106,6 +119,9 @@ func (w *wsConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
 func (w *wsConn) Close() error { return w.c.CloseNow() }
 
 func (w *wsConn) closeWith(code pb.ErrorCode, reason string) {
+	if w.idle != nil {
+		w.idle.close()
+	}
 	// Close writes the close frame after everything written before and
 	// waits (up to 5 s, library-bounded) for the peer's close frame.
 	_ = w.c.Close(websocket.StatusCode(CloseCodeBase+int(code)), reason)
@@ -162,7 +178,7 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered
 	}
 	c.SetReadLimit(-1) // enforced per message by wsConn.ReadMessage
-	ws := &wsConn{c: c, cork: lw.cork}
+	ws := &wsConn{c: c, cork: lw.cork, idle: lw.idle}
 	ip := clientIP(r.RemoteAddr)
 	if !e.admit(ip) {
 		ws.closeWith(pb.ErrorCode_ERROR_CODE_TOO_MANY_CONNECTIONS, "too many connections from this address")
@@ -195,6 +211,7 @@ const (
 type leanWriter struct {
 	http.ResponseWriter
 	cork *corkWriter
+	idle *idleWaiter // for a plain TCP connection (waitread.go)
 }
 
 func (l *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -215,6 +232,7 @@ func (l *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		}
 	}
 	l.cork = &corkWriter{conn: conn}
+	l.idle = newIdleWaiter(conn, br)
 	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(l.cork, wsWriteBuffer)), nil
 }
 
