@@ -132,9 +132,17 @@
 // # Concurrency
 //
 // An idle session has one goroutine, owned by the edge's WaitGroup (the
-// net/http handler that upgraded it returns at once): it performs the
-// handshake and then reads, handling one frame at a time (so a client's
-// requests are processed in order). Pushes never block: they append the
+// net/http handler that upgraded it returns at once): it opens the
+// session and then reads, handling one frame at a time (so a client's
+// requests are processed in order). Work that needs a deep stack but is
+// rare — the handshake, authentication, session opening, registration,
+// key uploads, presence subscriptions — runs on a short-lived goroutine
+// the session waits for (onFreshStack), the set-up function returns
+// before the read loop starts, and between frames a WebSocket session
+// waits for its client's bytes in a shallow poll of the socket (MSG_PEEK,
+// waitread.go) rather than inside the WebSocket library: so the session's
+// own stack stays at 4 KiB, the size the runtime keeps for a goroutine
+// whose deepest call needed it. Pushes never block: they append the
 // encoded frame to the session's bounded queue (Config.SendQueue frames,
 // SendQueueBytes bytes, counted until written) and, if none runs, start a
 // drain goroutine that writes what is queued in batches — each frame its
@@ -152,9 +160,10 @@
 //
 // # Memory per connection
 //
-// An idle authenticated WebSocket session costs about 16 KB (2,000
-// sessions: 7.4–8.1 KB heap, 8.2 KB stack, one goroutine; flat from 500
-// to 5,000 sessions), down from about 68 KB (48 KB heap — of which 24 KiB
+// An idle authenticated WebSocket session costs about 11 KB (2,000 and
+// 5,000 sessions: 7.1–7.2 KB heap, 4.1 KB stack, one goroutine), down
+// from 16 KB (8.2 KB stack: the handshake grew it) and before that about
+// 68 KB (48 KB heap — of which 24 KiB
 // a preallocated 1,024-slot queue, 8 KiB net/http's buffers and 2.5 KB
 // the upgrade request net/http's handler kept alive — 19 KB stack, three
 // goroutines). What is
