@@ -89,6 +89,9 @@ func (w *wsConn) ReadMessage(ctx context.Context) ([]byte, error) {
 }
 
 func (w *wsConn) WriteMessage(ctx context.Context, b []byte) error {
+	if w.cork != nil {
+		return w.WriteMessages(ctx, [][]byte{b})
+	}
 	return w.c.Write(ctx, websocket.MessageBinary, b)
 }
 
@@ -105,10 +108,13 @@ func (w *wsConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
 	}
 	// The socket writes of the batch are bounded by ctx's deadline (set
 	// on the connection by hold); the library's writes only fill the cork
-	// and get a context without Done, which spares them a timer each.
+	// and get a context without Done, which spares them a timer each. Not
+	// ctx itself, nor anything derived from it: the library keeps the
+	// last write's context, and an idle session would hold its handshake's
+	// (a timer and a channel, 224 B) for as long as it lives.
 	w.cork.hold(ctx)
 	for _, b := range msgs {
-		if err := w.c.Write(context.WithoutCancel(ctx), websocket.MessageBinary, b); err != nil {
+		if err := w.c.Write(context.Background(), websocket.MessageBinary, b); err != nil {
 			_ = w.cork.release()
 			return err
 		}
