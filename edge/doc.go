@@ -140,7 +140,7 @@
 // the session waits for (onFreshStack), the set-up function returns
 // before the read loop starts, and between frames a WebSocket session
 // waits for its client's bytes in a shallow poll of the socket (MSG_PEEK,
-// waitread.go) rather than inside the WebSocket library: so the session's
+// waitread_unix.go) rather than inside the WebSocket library: so the session's
 // own stack stays at 4 KiB, the size the runtime keeps for a goroutine
 // whose deepest call needed it. Pushes never block: they append the
 // encoded frame to the session's bounded queue (Config.SendQueue frames,

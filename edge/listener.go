@@ -140,7 +140,7 @@ type limitedConn struct {
 }
 
 // SyscallConn exposes the socket of a plain TCP connection (the idle wait
-// of a WebSocket session, waitread.go); an error for anything else.
+// of a WebSocket session, waitread_unix.go); an error for anything else.
 func (c *limitedConn) SyscallConn() (syscall.RawConn, error) {
 	if sc, ok := c.Conn.(syscall.Conn); ok {
 		return sc.SyscallConn()

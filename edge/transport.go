@@ -51,7 +51,7 @@ type wsConn struct {
 	c    *websocket.Conn
 	cork *corkWriter
 	// idle, when set, waits on a shallow stack until the socket has bytes
-	// to read (waitread.go); nil for TLS and other connections.
+	// to read (waitread_unix.go); nil for TLS and other connections.
 	idle *idleWaiter
 }
 
@@ -88,10 +88,9 @@ func (w *wsConn) ReadMessage(ctx context.Context) ([]byte, error) {
 	return b, nil
 }
 
+// WriteMessage writes one message (the handshake's, a Disconnect) with
+// ctx handed to the library, so cancelling ctx ends the write.
 func (w *wsConn) WriteMessage(ctx context.Context, b []byte) error {
-	if w.cork != nil {
-		return w.WriteMessages(ctx, [][]byte{b})
-	}
 	return w.c.Write(ctx, websocket.MessageBinary, b)
 }
 
@@ -109,9 +108,8 @@ func (w *wsConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
 	// The socket writes of the batch are bounded by ctx's deadline (set
 	// on the connection by hold); the library's writes only fill the cork
 	// and get a context without Done, which spares them a timer each. Not
-	// ctx itself, nor anything derived from it: the library keeps the
-	// last write's context, and an idle session would hold its handshake's
-	// (a timer and a channel, 224 B) for as long as it lives.
+	// one derived from ctx (WithoutCancel keeps its parent): the library
+	// keeps the last write's context for as long as the session lives.
 	w.cork.hold(ctx)
 	for _, b := range msgs {
 		if err := w.c.Write(context.Background(), websocket.MessageBinary, b); err != nil {
@@ -217,7 +215,7 @@ const (
 type leanWriter struct {
 	http.ResponseWriter
 	cork *corkWriter
-	idle *idleWaiter // for a plain TCP connection (waitread.go)
+	idle *idleWaiter // for a plain TCP connection (waitread_unix.go)
 }
 
 func (l *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {

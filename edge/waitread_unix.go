@@ -1,3 +1,5 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
 package edge
 
 import (
@@ -48,7 +50,10 @@ func (w *idleWaiter) close() {
 
 // newIdleWaiter returns nil when conn has no socket of its own (TLS keeps
 // its own buffer, which the socket's readiness does not show, and has no
-// SyscallConn).
+// SyscallConn). A connection that exposes its socket must not buffer
+// bytes of its own either (a wrapper that did — a PROXY-protocol reader,
+// say — would need to hide SyscallConn): serveWSOn only wraps accepted
+// TCP connections in limitedConn, which buffers nothing.
 func newIdleWaiter(conn net.Conn, br *bufio.Reader) *idleWaiter {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
@@ -73,10 +78,16 @@ func (w *idleWaiter) wait() {
 	}
 	err := w.rc.Read(func(fd uintptr) bool {
 		var b [1]byte
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		// EAGAIN: nothing yet, wait for readiness. Otherwise bytes, the
-		// end of the stream or an error: ReadMessage reads or reports it.
-		return err != syscall.EAGAIN && err != syscall.EWOULDBLOCK && err != syscall.EINTR
+		for {
+			_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if err == syscall.EINTR {
+				continue // interrupted: look again (readiness already seen is not reported twice)
+			}
+			// EAGAIN: nothing yet, wait for readiness. Otherwise bytes,
+			// the end of the stream or an error: ReadMessage reads or
+			// reports it.
+			return err != syscall.EAGAIN && err != syscall.EWOULDBLOCK
+		}
 	})
 	if err != nil {
 		w.failed.Store(true)
