@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,11 +25,21 @@ func (e *recordError) Error() string { return e.err.Error() }
 func (e *recordError) Unwrap() error { return e.err }
 
 // attempts counts the consecutive failures of the record each partition
-// is stuck on. It holds at most one entry per partition.
+// is stuck on. It holds at most one entry per partition, and per
+// partition the offsets of its last deadMemory dead-lettered records: a
+// pipelined batch redone after its outputs failed to produce (kafkabus
+// rewinds to it) meets its poison record again, and that record is
+// skipped as before instead of failing MaxAttempts times more and being
+// dead-lettered twice.
 type attempts struct {
-	mu sync.Mutex
-	m  map[partKey]stuck
+	mu   sync.Mutex
+	m    map[partKey]stuck
+	dead map[partKey][]int64 // oldest first, at most deadMemory
 }
+
+// deadMemory bounds the dead-lettered offsets remembered per partition; a
+// redo covers at most the batch in flight and the one after it.
+const deadMemory = 64
 
 type partKey struct {
 	topic     string
@@ -56,6 +67,13 @@ func (r *Region) failed(ctx context.Context, st core.Store, rec core.BusRecord, 
 		return err
 	}
 	k := partKey{rec.Topic, rec.Partition}
+	r.attempts.mu.Lock()
+	done := slices.Contains(r.attempts.dead[k], rec.Offset)
+	r.attempts.mu.Unlock()
+	if done {
+		r.log.Debug("record dead-lettered before, skipped again", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset)
+		return nil
+	}
 	healthy := r.storeAnswers(ctx, st)
 	now := r.cfg.Now()
 	r.attempts.mu.Lock()
@@ -93,6 +111,16 @@ func (r *Region) failed(ctx context.Context, st core.Store, rec core.BusRecord, 
 		return fmt.Errorf("region: dead-letter %s/%d@%d: %w (after %w)", rec.Topic, rec.Partition, rec.Offset, perr, err)
 	}
 	r.succeeded(rec)
+	r.attempts.mu.Lock()
+	if r.attempts.dead == nil {
+		r.attempts.dead = map[partKey][]int64{}
+	}
+	d := append(r.attempts.dead[k], rec.Offset)
+	if len(d) > deadMemory {
+		d = slices.Delete(d, 0, len(d)-deadMemory)
+	}
+	r.attempts.dead[k] = d
+	r.attempts.mu.Unlock()
 	r.stats.deadLettered.Add(1)
 	r.deadByReason(reason)
 	r.log.Error("record dead-lettered after repeated failures",
