@@ -161,7 +161,7 @@
 // # Memory per connection
 //
 // An idle authenticated WebSocket session costs about 11 KB (2,000 and
-// 5,000 sessions: 7.1–7.2 KB heap, 4.1 KB stack, one goroutine), down
+// 5,000 sessions: 6.9–7.2 KB heap, 4.1 KB stack, one goroutine), down
 // from 16 KB (8.2 KB stack: the handshake grew it) and before that about
 // 68 KB (48 KB heap — of which 24 KiB
 // a preallocated 1,024-slot queue, 8 KiB net/http's buffers and 2.5 KB

@@ -112,9 +112,6 @@ func (r *Region) failed(ctx context.Context, st core.Store, rec core.BusRecord, 
 	}
 	r.succeeded(rec)
 	r.attempts.mu.Lock()
-	if r.attempts.dead == nil {
-		r.attempts.dead = map[partKey][]int64{}
-	}
 	d := append(r.attempts.dead[k], rec.Offset)
 	if len(d) > deadMemory {
 		d = slices.Delete(d, 0, len(d)-deadMemory)

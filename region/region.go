@@ -292,7 +292,7 @@ func New(cfg Config, store core.Store, bus core.Bus) (*Region, error) {
 		entropy:  ulid.Monotonic(rand.Reader, 0),
 		members:  newMemberCache(),
 		states:   newStateCache(cfg.StateCacheBytes),
-		attempts: attempts{m: map[partKey]stuck{}},
+		attempts: attempts{m: map[partKey]stuck{}, dead: map[partKey][]int64{}},
 
 		deadReasons: map[string]uint64{},
 		devices:     newDeviceCache(cfg.Now, 10*time.Second),
