@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
 	"github.com/chatmesh/chatmesh/crypto/noiseconn"
 	"github.com/chatmesh/chatmesh/edge"
@@ -169,5 +171,67 @@ func TestPipelinedFramesInOneWrite(t *testing.T) {
 			}
 		}
 		time.Sleep(50 * time.Millisecond) // idle: the session waits on the socket again
+	}
+}
+
+// TestPipelinedLargeFramesInOneWrite: frames far larger than the edge's
+// 512-byte read buffer, at the frame limit and above it, pipelined in one
+// socket write with small ones behind them, are each answered (a pong, or
+// FRAME_TOO_LARGE for the one above the limit) in order.
+func TestPipelinedLargeFramesInOneWrite(t *testing.T) {
+	v := newEnv(t, func(c *edge.Config) { c.WTAddr = "" })
+	ws := dialRawWS(t, v.e.WSURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, err := noiseconn.Client(ctx, ws, noiseconn.ClientConfig{Static: newKey(t), Payload: clientHello(nil), ServerStatic: v.e.PublicKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A ping padded with an unknown field to n bytes in all.
+	ping := func(id uint64, n int) []byte {
+		b, err := proto.Marshal(&pb.ClientFrame{ReqId: id, Body: &pb.ClientFrame_Ping{Ping: &pb.Ping{}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pad := n - len(b) - 6; pad > 0 {
+			b = protowire.AppendTag(b, 9999, protowire.BytesType)
+			b = protowire.AppendBytes(b, make([]byte, pad))
+		}
+		return b
+	}
+	limit := core.MaxClientFrameBytes
+	sizes := []int{0, 600, 5000, limit - 64, 0, 0}
+	if limit+100 <= noiseconn.MaxMessage-16 {
+		sizes = append(sizes, limit+100, 0) // above the frame limit: FRAME_TOO_LARGE, then a small one
+	}
+	var batch [][]byte
+	for i, n := range sizes {
+		batch = append(batch, ping(uint64(i+1), n))
+	}
+	if err := nc.SendBatch(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range sizes {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		b, err := nc.Recv(rctx)
+		rcancel()
+		if err != nil {
+			t.Fatalf("answer %d of %d (frame of %d bytes): %v", i+1, len(sizes), n, err)
+		}
+		var f pb.ServerFrame
+		if err := proto.Unmarshal(b, &f); err != nil {
+			t.Fatal(err)
+		}
+		r := f.GetResponse()
+		if r.GetReqId() != uint64(i+1) {
+			t.Fatalf("answer %d: %v, want req %d", i+1, &f, i+1)
+		}
+		if n > limit {
+			if r.GetError().GetCode() != pb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE {
+				t.Fatalf("frame of %d bytes: %v, want FRAME_TOO_LARGE", n, r)
+			}
+		} else if r.GetPong() == nil {
+			t.Fatalf("frame of %d bytes: %v, want a pong", n, r)
+		}
 	}
 }
