@@ -160,6 +160,7 @@ type linkReport struct {
 
 // chatMessage is one line of `chatmesh chat receive --json`.
 type chatMessage struct {
+	Type string `json:"type"`
 	Conv string `json:"conv"`
 	Seq  uint64 `json:"seq"`
 	From string `json:"from"`
@@ -180,6 +181,9 @@ func receiveUntil(t *testing.T, state string, ends stack.Endpoints, body string)
 			var m chatMessage
 			if err := json.Unmarshal([]byte(line), &m); err != nil {
 				t.Fatalf("receive: bad json %q: %v", line, err)
+			}
+			if m.Type != "message" {
+				continue // receipts and connection events carry seqs too (CLI.md)
 			}
 			all = append(all, m)
 		}
