@@ -84,10 +84,11 @@ type Config struct {
 	// are dropped and counted in DroppedNotices. Default 4096.
 	NoticeQueue int
 	// SendWindow is the number of messages per conversation in flight at
-	// once. Default 1: strict per-conversation order, even when the edge
-	// rejects a message transiently (RATE_LIMITED, UNAVAILABLE — e.g. just
-	// after a region restart) while a later one would pass. Larger windows
-	// pipeline one conversation's sends at the cost of that guarantee.
+	// once. Default 32. Order holds at any window: each send names its
+	// predecessor (after_client_msg_id, PROTOCOL.md §7.1.2) and the region
+	// refuses it OUT_OF_ORDER until that predecessor is stored, so a
+	// message refused transiently (RATE_LIMITED, UNAVAILABLE) is never
+	// overtaken by a later one; the refused ones are sent again in order.
 	SendWindow int
 	// MaxInflight bounds in-flight sends over all conversations. Default 256.
 	MaxInflight int
@@ -135,7 +136,7 @@ func (c *Config) defaults() {
 		c.NoticeQueue = 4096
 	}
 	if c.SendWindow <= 0 {
-		c.SendWindow = 1
+		c.SendWindow = 32
 	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 256
@@ -1054,6 +1055,11 @@ func (c *Client) sendDone(s *session, req *pb.SendRequest, r *pb.Response, err e
 		c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: id, Seq: ack.GetSeq(), MsgID: ack.GetMsgId(), SentAtMs: ack.GetSentAtMs()})
 	case s.ctx.Err() != nil || errors.Is(err, ErrSessionLost):
 		c.outbox.release(id, time.Time{}) // sent again on the next session
+	case errors.As(err, &we) && we.Code == pb.ErrorCode_ERROR_CODE_OUT_OF_ORDER:
+		// Its predecessor was not stored when it arrived: it goes again
+		// right after that one (which, refused transiently, holds back
+		// everything after it in the conversation until its retry).
+		c.outbox.release(id, time.Time{})
 	case errors.As(err, &we) && !retryable(we.Code):
 		c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: id, Err: err})
 	default: // transient server error or ack timeout

@@ -92,15 +92,15 @@
 // (NOT_MEMBER, NOT_FOUND, INVALID_ARGUMENT, FORBIDDEN, GROUP_FULL) removes
 // it and emits SendFailedEvent; so does a message larger than the edge's
 // max_frame_bytes (from its ServerHello), which is failed locally with
-// FRAME_TOO_LARGE instead of being sent. Order: the default SendWindow 1
-// keeps one message per conversation in flight, so a conversation's
-// messages are sequenced in send order. With SendWindow > 1, when the edge
-// rejects one message transiently while a later one of the same
-// conversation, already in flight, is accepted, the two are sequenced out
-// of order (seen after a SIGKILL and restart of the region: the first
-// resend after reconnect got UNAVAILABLE while the next passed). Key-distribution entries of the end-to-end
-// sealer are exempt from that caveat: each is sent alone and acked before
-// anything after it in its conversation is sent.
+// FRAME_TOO_LARGE instead of being sent. Order: up to SendWindow (default
+// 32) messages per conversation are in flight at once, each naming the
+// previous unanswered one of its conversation (after_client_msg_id,
+// PROTOCOL.md §7.1.2); the region refuses a message OUT_OF_ORDER until
+// its predecessor is stored, and the client sends refused ones again in
+// outbox order, so a conversation's messages are sequenced in send order
+// even when the edge refuses one transiently while later ones pass.
+// Key-distribution entries of the end-to-end sealer are in addition sent
+// alone and acked before anything after it in its conversation is sent.
 //
 // # Receiving
 //

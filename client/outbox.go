@@ -280,12 +280,17 @@ func (ob *Outbox) Empty() <-chan struct{} {
 // sendable picks the entries to put on the wire now and marks them in
 // flight. Per conversation at most window entries are in flight, and no
 // entry is picked while an earlier entry of its conversation waits for a
-// retry. It also returns the earliest future retry time (zero if none).
+// retry. Each pick names its predecessor (after_client_msg_id,
+// PROTOCOL.md §7.1.2): the previous entry of its conversation still in
+// the outbox, whose outcome is not known, so the region sequences the
+// pick only after it. It also returns the earliest future retry time
+// (zero if none).
 func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendRequest, wake time.Time) {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
 	inflight := map[string]int{}
 	blocked := map[string]bool{}
+	prev := map[string]string{} // conversation -> the last entry seen
 	for _, e := range ob.entries {
 		if e.inflight {
 			inflight[e.req.GetConvId()]++
@@ -293,6 +298,8 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 	}
 	for _, e := range ob.entries {
 		conv := e.req.GetConvId()
+		after := prev[conv]
+		prev[conv] = e.req.GetClientMsgId()
 		barrier := isKeyDistribution(e.req)
 		if e.inflight {
 			if barrier {
@@ -326,7 +333,9 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 		inflight[conv]++
 		e.inflight = true
 		e.attempts++
-		pick = append(pick, e.req)
+		pick = append(pick, &pb.SendRequest{
+			ConvId: conv, ClientMsgId: e.req.GetClientMsgId(), Envelope: e.req.GetEnvelope(), AfterClientMsgId: after,
+		})
 	}
 	return pick, wake
 }

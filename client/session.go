@@ -193,6 +193,10 @@ func (s *session) handle(f *pb.ServerFrame) {
 	case *pb.ServerFrame_Receipt:
 		r := b.Receipt
 		c.notify(ReceiptEvent{Conv: r.GetConvId(), From: keyOf(r.GetFrom()), Kind: r.GetKind(), Seq: r.GetSeq()})
+	case *pb.ServerFrame_Receipts:
+		for _, r := range b.Receipts.GetReceipts() {
+			c.notify(ReceiptEvent{Conv: r.GetConvId(), From: keyOf(r.GetFrom()), Kind: r.GetKind(), Seq: r.GetSeq()})
+		}
 	case *pb.ServerFrame_Presence:
 		p := b.Presence
 		c.notify(PresenceEvent{User: p.GetUserId(), Online: p.GetOnline(), LastSeenMs: p.GetLastSeenMs()})

@@ -24,6 +24,12 @@ type ConvState struct {
 	recent []recentEntry
 	// trackedAfter: every user entry with a greater seq is in recent.
 	trackedAfter uint64
+	// lastSent is the client_msg_id of each device's newest user entry
+	// applied to this state (not every device: only those that sent
+	// since the state was loaded), so a pipelined send naming its
+	// predecessor (SendRequest.after_client_msg_id) is checked without a
+	// store read.
+	lastSent map[DeviceKey]string
 }
 
 type recentEntry struct {
@@ -49,7 +55,15 @@ func NewConvState(c Conversation, members []Member, cursors []Cursor) *ConvState
 
 // SizeEstimate is a rough byte count of the state, for cache bounds.
 func (s *ConvState) SizeEstimate() int {
-	return 256 + 96*len(s.Members) + 80*len(s.Cursors) + 40*len(s.recent)
+	return 256 + 96*len(s.Members) + 80*len(s.Cursors) + 40*len(s.recent) + 96*len(s.lastSent)
+}
+
+// SentLast reports whether clientMsgID is dev's newest user entry applied
+// to the state. False means only "not known here": the caller looks the
+// key up in the store.
+func (s *ConvState) SentLast(dev DeviceKey, clientMsgID string) bool {
+	last, ok := s.lastSent[dev]
+	return ok && last == clientMsgID
 }
 
 // IsMember reports whether u is a member (not merely invited).
@@ -161,6 +175,10 @@ func (s *ConvState) Apply(req AppendRequest, stored *pb.Message) {
 	}
 	if stored.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
 		s.recent = append(s.recent, recentEntry{seq: seq, sender: stored.GetSender().GetUserId()})
+		if s.lastSent == nil {
+			s.lastSent = map[DeviceKey]string{}
+		}
+		s.lastSent[KeyOf(stored.GetSender())] = stored.GetClientMsgId()
 		if n := len(s.recent) - recentMax; n > 0 {
 			s.trackedAfter = s.recent[n-1].seq
 			s.recent = slices.Delete(s.recent, 0, n)

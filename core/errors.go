@@ -23,6 +23,9 @@ var (
 	ErrUnavailable = errors.New("core: unavailable")
 	// ErrLimitExceeded means a per-user limit is reached (LIMIT_EXCEEDED).
 	ErrLimitExceeded = errors.New("core: limit exceeded")
+	// ErrOutOfOrder means a send names a predecessor
+	// (after_client_msg_id) that is not stored yet (OUT_OF_ORDER).
+	ErrOutOfOrder = errors.New("core: out of order")
 	// ErrRateLimited means the caller is over a rate or admission limit (RATE_LIMITED).
 	ErrRateLimited = errors.New("core: rate limited")
 	// ErrUnknownTopic is a bus error: the topic does not exist.
@@ -64,6 +67,8 @@ func (e *WireError) Unwrap() error {
 		return ErrLimitExceeded
 	case pb.ErrorCode_ERROR_CODE_RATE_LIMITED:
 		return ErrRateLimited
+	case pb.ErrorCode_ERROR_CODE_OUT_OF_ORDER:
+		return ErrOutOfOrder
 	}
 	return nil
 }
@@ -105,6 +110,8 @@ func Code(err error) pb.ErrorCode {
 		return pb.ErrorCode_ERROR_CODE_LIMIT_EXCEEDED
 	case errors.Is(err, ErrRateLimited):
 		return pb.ErrorCode_ERROR_CODE_RATE_LIMITED
+	case errors.Is(err, ErrOutOfOrder):
+		return pb.ErrorCode_ERROR_CODE_OUT_OF_ORDER
 	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrFenced):
 		return pb.ErrorCode_ERROR_CODE_UNAVAILABLE
 	default:

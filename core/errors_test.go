@@ -9,7 +9,7 @@ import (
 )
 
 func TestErrorRoundTrip(t *testing.T) {
-	for _, sentinel := range []error{ErrNotFound, ErrAlreadyExists, ErrNotMember, ErrGroupFull, ErrInvalidArgument, ErrForbidden, ErrUnavailable} {
+	for _, sentinel := range []error{ErrNotFound, ErrAlreadyExists, ErrNotMember, ErrGroupFull, ErrInvalidArgument, ErrForbidden, ErrUnavailable, ErrLimitExceeded, ErrRateLimited, ErrOutOfOrder} {
 		wrapped := fmt.Errorf("op on x: %w", sentinel)
 		back := FromWire(ToWire(wrapped))
 		if !errors.Is(back, sentinel) {

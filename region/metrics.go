@@ -83,6 +83,8 @@ var regionCounters = []counterDef{
 	{"notify_dropped_total", "Push notifications dropped: queue full.", func(s Stats) uint64 { return s.NotifyDropped }},
 	{"notify_failed_total", "Push notifications the notifier failed.", func(s Stats) uint64 { return s.NotifyFailed }},
 	{"receipts_total", "Receipt records produced.", func(s Stats) uint64 { return s.ReceiptsSent }},
+	{"receipts_coalesced_total", "Receipts merged into another receipt's frame: coalesced per batch and senders, or superseded by a later one of the same reader.", func(s Stats) uint64 { return s.ReceiptsCoalesced }},
+	{"out_of_order_total", "Sends refused OUT_OF_ORDER: the predecessor they named was not stored yet.", func(s Stats) uint64 { return s.OutOfOrder }},
 	{"typing_total", "Typing records produced.", func(s Stats) uint64 { return s.TypingFannedOut }},
 	{"dead_lettered_total", "Ingress records sent to the dead-letter topic.", func(s Stats) uint64 { return s.DeadLettered }},
 	{"panics_total", "Records whose handling panicked (then retried or dead-lettered).", func(s Stats) uint64 { return s.Panics }},

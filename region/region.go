@@ -231,16 +231,22 @@ type Region struct {
 
 // Stats counts what the region did; read it with Region.Stats.
 type Stats struct {
-	Appended        uint64 // entries sequenced
-	Duplicates      uint64 // appends that hit an idempotency key
-	Rejected        uint64 // requests answered with an error
-	Malformed       uint64 // ingress records that did not decode (dropped)
-	EdgeRecords     uint64 // records produced to edge topics
-	Undeliverable   uint64 // records dropped because their topic does not exist
-	Notified        uint64 // push notifications handed to the notifier
-	NotifyDropped   uint64 // push notifications dropped: queue full
-	NotifyFailed    uint64 // push notifications the notifier failed
-	ReceiptsSent    uint64 // receipt records produced
+	Appended      uint64 // entries sequenced
+	Duplicates    uint64 // appends that hit an idempotency key
+	Rejected      uint64 // requests answered with an error
+	Malformed     uint64 // ingress records that did not decode (dropped)
+	EdgeRecords   uint64 // records produced to edge topics
+	Undeliverable uint64 // records dropped because their topic does not exist
+	Notified      uint64 // push notifications handed to the notifier
+	NotifyDropped uint64 // push notifications dropped: queue full
+	NotifyFailed  uint64 // push notifications the notifier failed
+	ReceiptsSent  uint64 // receipt records produced (one per edge per receipt frame)
+	// ReceiptsCoalesced counts receipts that went out inside another
+	// receipt's frame (a Receipts frame of n carries n-1 of them).
+	ReceiptsCoalesced uint64
+	// OutOfOrder counts sends refused because the predecessor they named
+	// (after_client_msg_id) was not stored yet.
+	OutOfOrder      uint64
 	TypingFannedOut uint64 // typing records produced
 	DeadLettered    uint64 // ingress records sent to the dead-letter topic
 	Panics          uint64 // records whose handling panicked (then retried / dead-lettered)
@@ -272,7 +278,7 @@ type counters struct {
 	readsRefused, forwarded, hopsExceeded, fenced, claims, forwardRefused atomic.Uint64
 	movedIn, movedAway                                                    atomic.Uint64
 	commits, committedEntries, commitNanos, batchFallbacks                atomic.Uint64
-	ingressExpired                                                        atomic.Uint64
+	ingressExpired, receiptsCoalesced, outOfOrder                         atomic.Uint64
 }
 
 // New builds a region. Call Start to run the sequencer.
@@ -497,8 +503,9 @@ func (r *Region) Stats() Stats {
 		ReadsRefused: c.readsRefused.Load(), Forwarded: c.forwarded.Load(), HopsExceeded: c.hopsExceeded.Load(), ForwardRefused: c.forwardRefused.Load(),
 		Fenced: c.fenced.Load(), Claims: c.claims.Load(), MovedIn: c.movedIn.Load(), MovedAway: c.movedAway.Load(),
 		Commits: c.commits.Load(), CommittedEntries: c.committedEntries.Load(), CommitNanos: c.commitNanos.Load(),
-		BatchFallbacks: c.batchFallbacks.Load(),
-		IngressExpired: c.ingressExpired.Load(),
+		BatchFallbacks:    c.batchFallbacks.Load(),
+		IngressExpired:    c.ingressExpired.Load(),
+		ReceiptsCoalesced: c.receiptsCoalesced.Load(), OutOfOrder: c.outOfOrder.Load(),
 	}
 }
 

@@ -37,7 +37,10 @@ type batch struct {
 	// their routes are read after the commit (fanout.go), so that a
 	// device whose route appears after the read finds the entry in its
 	// first sync. Each goes into out at its position.
-	fan       []fanIntent
+	fan []fanIntent
+	// receipts are the batch's cursor moves' receipts, coalesced into
+	// frames at the end of the batch (flushReceipts).
+	receipts  []pendingReceipt
 	out       []core.BusRecord
 	cursors   []core.CursorMove
 	touched   map[string]bool // conversations whose cached state this batch changed
@@ -255,7 +258,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 				return nil, fmt.Errorf("sequencer: %w", err)
 			}
 		}
-		outs, moves, puts, fans := len(b.out), len(b.cursors), len(b.memberPuts), len(b.fan)
+		outs, moves, puts, fans, rcpts := len(b.out), len(b.cursors), len(b.memberPuts), len(b.fan), len(b.receipts)
 		clear(b.stepTouch)
 		if err := r.stepGuarded(ctx, b, rec); err != nil {
 			if b.wb != nil {
@@ -269,7 +272,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 			// Whatever the failed step did to the cached state or the
 			// batch's outputs is undone: its conversations reload (with
 			// the batch's earlier, not yet persisted, cursor moves).
-			b.out, b.cursors, b.memberPuts, b.fan = b.out[:outs], b.cursors[:moves], b.memberPuts[:puts], b.fan[:fans]
+			b.out, b.cursors, b.memberPuts, b.fan, b.receipts = b.out[:outs], b.cursors[:moves], b.memberPuts[:puts], b.fan[:fans], b.receipts[:rcpts]
 			for conv := range b.stepTouch {
 				r.states.drop(conv)
 				delete(b.validated, conv)
@@ -313,6 +316,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	for _, p := range b.memberPuts {
 		r.members.put(p.conv, p.head, p.members)
 	}
+	r.flushReceipts(b)
 	out, err := r.resolveFan(ctx, b)
 	if err != nil {
 		return nil, err
@@ -490,7 +494,8 @@ func isRequestError(err error) bool {
 		errors.Is(err, core.ErrNotFound) || errors.Is(err, core.ErrNotMember) ||
 		errors.Is(err, core.ErrGroupFull) || errors.Is(err, core.ErrInvalidArgument) ||
 		errors.Is(err, core.ErrForbidden) || errors.Is(err, core.ErrAlreadyExists) ||
-		errors.Is(err, core.ErrFenced) || errors.Is(err, core.ErrLimitExceeded)
+		errors.Is(err, core.ErrFenced) || errors.Is(err, core.ErrLimitExceeded) ||
+		errors.Is(err, core.ErrOutOfOrder)
 }
 
 // state returns the conversation's state: from the partition worker's
@@ -661,6 +666,12 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 		}
 		req.AddMembers = []string{a, bb}
 	}
+	if refuse == nil {
+		refuse, err = r.checkAfter(ctx, b, st, sender, s)
+		if err != nil {
+			return err
+		}
+	}
 	if refuse != nil {
 		// A resend of an entry stored before the refusal applied (the
 		// sender was removed since) gets its original ack.
@@ -669,6 +680,9 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 			return err // transient (retried) or a key clash, never the refusal
 		}
 		if m == nil {
+			if errors.Is(refuse, core.ErrOutOfOrder) {
+				r.stats.outOfOrder.Add(1)
+			}
 			return refuse
 		}
 		return r.sendOutputs(ctx, b, in, m, st, true)
@@ -678,6 +692,33 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 		return err
 	}
 	return r.sendOutputs(ctx, b, in, m, st, m.GetMsgId() != req.Message.GetMsgId())
+}
+
+// checkAfter enforces per-sender order (PROTOCOL.md §5.2): a send that
+// names a predecessor (after_client_msg_id) is sequenced only once that
+// predecessor is stored, so a device may keep many sends in flight and a
+// transient refusal of one never lets a later one overtake it. It returns
+// the refusal (OUT_OF_ORDER), or nil when the send may go on. A resend of
+// an entry already stored gets its original ack whatever its predecessor
+// (the caller replays it on a refusal). A conversation that does not
+// exist yet (st nil) holds no predecessor: a send naming one is refused.
+func (r *Region) checkAfter(ctx context.Context, b *batch, st *core.ConvState, sender core.DeviceKey, s *pb.SendRequest) (refuse, err error) {
+	after := s.GetAfterClientMsgId()
+	if after == "" || after == s.GetClientMsgId() || (st != nil && st.SentLast(sender, after)) {
+		return nil, nil
+	}
+	err = core.ErrNotFound
+	if st != nil {
+		_, err = b.st.Lookup(ctx, s.GetConvId(), sender, after)
+	}
+	switch {
+	case err == nil:
+		return nil, nil
+	case errors.Is(err, core.ErrNotFound):
+		return fmt.Errorf("send to %s: predecessor %q is not stored yet; send again after it: %w", s.GetConvId(), after, core.ErrOutOfOrder), nil
+	default:
+		return nil, fmt.Errorf("send to %s: lookup predecessor: %w", s.GetConvId(), err)
+	}
 }
 
 // sendOutputs emits a user entry's deliveries (to the members, offline
@@ -907,10 +948,9 @@ func (r *Region) seqCursor(ctx context.Context, b *batch, in *pb.IngressRecord, 
 			if kind == core.CursorRead {
 				rk = pb.ReceiptKind_RECEIPT_KIND_READ
 			}
-			frame := &pb.ServerFrame{Body: &pb.ServerFrame_Receipt{Receipt: &pb.Receipt{
+			b.receipts = append(b.receipts, pendingReceipt{users: senders, r: &pb.Receipt{
 				ConvId: conv, From: dev.Addr(), Kind: rk, Seq: mv.Seq,
-			}}}
-			b.fanFrame(senders, frame, &r.stats.receipts)
+			}})
 		}
 		st.MoveCursor(mv)
 		b.touch(conv)

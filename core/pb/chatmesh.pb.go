@@ -276,6 +276,7 @@ const (
 	ErrorCode_ERROR_CODE_REPLACED             ErrorCode = 17 // the same device connected again elsewhere
 	ErrorCode_ERROR_CODE_MESSAGE_TOO_LARGE    ErrorCode = 18 // envelope exceeds ServerHello.max_envelope_bytes; do not retry
 	ErrorCode_ERROR_CODE_LIMIT_EXCEEDED       ErrorCode = 19 // a per-user limit (devices per user, ...) is reached; do not retry
+	ErrorCode_ERROR_CODE_OUT_OF_ORDER         ErrorCode = 20 // SendRequest.after_client_msg_id is not stored yet: send again after it
 )
 
 // Enum value maps for ErrorCode.
@@ -301,6 +302,7 @@ var (
 		17: "ERROR_CODE_REPLACED",
 		18: "ERROR_CODE_MESSAGE_TOO_LARGE",
 		19: "ERROR_CODE_LIMIT_EXCEEDED",
+		20: "ERROR_CODE_OUT_OF_ORDER",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_OK":                   0,
@@ -323,6 +325,7 @@ var (
 		"ERROR_CODE_REPLACED":             17,
 		"ERROR_CODE_MESSAGE_TOO_LARGE":    18,
 		"ERROR_CODE_LIMIT_EXCEEDED":       19,
+		"ERROR_CODE_OUT_OF_ORDER":         20,
 	}
 )
 
@@ -451,7 +454,7 @@ func (x LinkRecord_Dest) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LinkRecord_Dest.Descriptor instead.
 func (LinkRecord_Dest) EnumDescriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51, 0}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{52, 0}
 }
 
 // DeviceAddr names one device of one user.
@@ -1289,12 +1292,19 @@ func (x *RegisterRequest) GetRegistrationToken() string {
 }
 
 type SendRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ConvId        string                 `protobuf:"bytes,1,opt,name=conv_id,json=convId,proto3" json:"conv_id,omitempty"`
-	ClientMsgId   string                 `protobuf:"bytes,2,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"` // 1..64 bytes, unique per sender device
-	Envelope      *Envelope              `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ConvId      string                 `protobuf:"bytes,1,opt,name=conv_id,json=convId,proto3" json:"conv_id,omitempty"`
+	ClientMsgId string                 `protobuf:"bytes,2,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"` // 1..64 bytes, unique per sender device
+	Envelope    *Envelope              `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	// Per-sender pipelining (PROTOCOL.md §7.1.2): the client_msg_id of this
+	// device's previous send to conv_id whose outcome the client does not
+	// know yet (in flight or waiting for a retry). The region sequences this
+	// message only after that one: if it is not stored yet the send is
+	// refused with OUT_OF_ORDER and nothing is stored. Empty: no
+	// predecessor is pending, no order constraint.
+	AfterClientMsgId string `protobuf:"bytes,4,opt,name=after_client_msg_id,json=afterClientMsgId,proto3" json:"after_client_msg_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SendRequest) Reset() {
@@ -1346,6 +1356,13 @@ func (x *SendRequest) GetEnvelope() *Envelope {
 		return x.Envelope
 	}
 	return nil
+}
+
+func (x *SendRequest) GetAfterClientMsgId() string {
+	if x != nil {
+		return x.AfterClientMsgId
+	}
+	return ""
 }
 
 // DeliveryAck says the device has durably stored every message of conv_id up to seq.
@@ -2257,6 +2274,7 @@ type ServerFrame struct {
 	//	*ServerFrame_Typing
 	//	*ServerFrame_Disconnect
 	//	*ServerFrame_PrekeyStatus
+	//	*ServerFrame_Receipts
 	Body          isServerFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2362,6 +2380,15 @@ func (x *ServerFrame) GetPrekeyStatus() *PrekeyStatus {
 	return nil
 }
 
+func (x *ServerFrame) GetReceipts() *Receipts {
+	if x != nil {
+		if x, ok := x.Body.(*ServerFrame_Receipts); ok {
+			return x.Receipts
+		}
+	}
+	return nil
+}
+
 type isServerFrame_Body interface {
 	isServerFrame_Body()
 }
@@ -2394,6 +2421,10 @@ type ServerFrame_PrekeyStatus struct {
 	PrekeyStatus *PrekeyStatus `protobuf:"bytes,7,opt,name=prekey_status,json=prekeyStatus,proto3,oneof"` // pushed when the device's one-time prekeys run low
 }
 
+type ServerFrame_Receipts struct {
+	Receipts *Receipts `protobuf:"bytes,8,opt,name=receipts,proto3,oneof"` // several receipts coalesced into one frame
+}
+
 func (*ServerFrame_Response) isServerFrame_Body() {}
 
 func (*ServerFrame_Delivery) isServerFrame_Body() {}
@@ -2407,6 +2438,8 @@ func (*ServerFrame_Typing) isServerFrame_Body() {}
 func (*ServerFrame_Disconnect) isServerFrame_Body() {}
 
 func (*ServerFrame_PrekeyStatus) isServerFrame_Body() {}
+
+func (*ServerFrame_Receipts) isServerFrame_Body() {}
 
 type Error struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -3581,6 +3614,54 @@ func (x *Receipt) GetSeq() uint64 {
 	return 0
 }
 
+// Receipts carries several receipts in one frame: the region coalesces the
+// receipts one batch of acknowledgements and read markers produces for the
+// same senders (one per conversation, kind and device `from`, the highest
+// seq). Each means exactly what it would mean as a lone Receipt frame.
+type Receipts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Receipts      []*Receipt             `protobuf:"bytes,1,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Receipts) Reset() {
+	*x = Receipts{}
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Receipts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Receipts) ProtoMessage() {}
+
+func (x *Receipts) ProtoReflect() protoreflect.Message {
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Receipts.ProtoReflect.Descriptor instead.
+func (*Receipts) Descriptor() ([]byte, []int) {
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *Receipts) GetReceipts() []*Receipt {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
 type PresenceEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -3592,7 +3673,7 @@ type PresenceEvent struct {
 
 func (x *PresenceEvent) Reset() {
 	*x = PresenceEvent{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3604,7 +3685,7 @@ func (x *PresenceEvent) String() string {
 func (*PresenceEvent) ProtoMessage() {}
 
 func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[42]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3617,7 +3698,7 @@ func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceEvent.ProtoReflect.Descriptor instead.
 func (*PresenceEvent) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{42}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PresenceEvent) GetUserId() string {
@@ -3650,7 +3731,7 @@ type PresenceSnapshot struct {
 
 func (x *PresenceSnapshot) Reset() {
 	*x = PresenceSnapshot{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3662,7 +3743,7 @@ func (x *PresenceSnapshot) String() string {
 func (*PresenceSnapshot) ProtoMessage() {}
 
 func (x *PresenceSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[43]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3675,7 +3756,7 @@ func (x *PresenceSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceSnapshot.ProtoReflect.Descriptor instead.
 func (*PresenceSnapshot) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{43}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PresenceSnapshot) GetUsers() []*PresenceEvent {
@@ -3696,7 +3777,7 @@ type TypingEvent struct {
 
 func (x *TypingEvent) Reset() {
 	*x = TypingEvent{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3708,7 +3789,7 @@ func (x *TypingEvent) String() string {
 func (*TypingEvent) ProtoMessage() {}
 
 func (x *TypingEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[44]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3721,7 +3802,7 @@ func (x *TypingEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TypingEvent.ProtoReflect.Descriptor instead.
 func (*TypingEvent) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{44}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TypingEvent) GetConvId() string {
@@ -3756,7 +3837,7 @@ type Disconnect struct {
 
 func (x *Disconnect) Reset() {
 	*x = Disconnect{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3768,7 +3849,7 @@ func (x *Disconnect) String() string {
 func (*Disconnect) ProtoMessage() {}
 
 func (x *Disconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[45]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3781,7 +3862,7 @@ func (x *Disconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnect.ProtoReflect.Descriptor instead.
 func (*Disconnect) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{45}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Disconnect) GetCode() ErrorCode {
@@ -3819,7 +3900,7 @@ type ClientHello struct {
 
 func (x *ClientHello) Reset() {
 	*x = ClientHello{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3831,7 +3912,7 @@ func (x *ClientHello) String() string {
 func (*ClientHello) ProtoMessage() {}
 
 func (x *ClientHello) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[46]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3844,7 +3925,7 @@ func (x *ClientHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientHello.ProtoReflect.Descriptor instead.
 func (*ClientHello) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{46}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ClientHello) GetProtocolVersion() uint32 {
@@ -3889,7 +3970,7 @@ type ServerHello struct {
 
 func (x *ServerHello) Reset() {
 	*x = ServerHello{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3901,7 +3982,7 @@ func (x *ServerHello) String() string {
 func (*ServerHello) ProtoMessage() {}
 
 func (x *ServerHello) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[47]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3914,7 +3995,7 @@ func (x *ServerHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerHello.ProtoReflect.Descriptor instead.
 func (*ServerHello) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{47}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ServerHello) GetProtocolVersion() uint32 {
@@ -3982,7 +4063,7 @@ type Origin struct {
 
 func (x *Origin) Reset() {
 	*x = Origin{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3994,7 +4075,7 @@ func (x *Origin) String() string {
 func (*Origin) ProtoMessage() {}
 
 func (x *Origin) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[48]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4007,7 +4088,7 @@ func (x *Origin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Origin.ProtoReflect.Descriptor instead.
 func (*Origin) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{48}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Origin) GetEdgeId() string {
@@ -4071,7 +4152,7 @@ type IngressRecord struct {
 
 func (x *IngressRecord) Reset() {
 	*x = IngressRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4083,7 +4164,7 @@ func (x *IngressRecord) String() string {
 func (*IngressRecord) ProtoMessage() {}
 
 func (x *IngressRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[49]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4096,7 +4177,7 @@ func (x *IngressRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngressRecord.ProtoReflect.Descriptor instead.
 func (*IngressRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{49}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *IngressRecord) GetOrigin() *Origin {
@@ -4234,7 +4315,7 @@ type EdgeRecord struct {
 
 func (x *EdgeRecord) Reset() {
 	*x = EdgeRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4246,7 +4327,7 @@ func (x *EdgeRecord) String() string {
 func (*EdgeRecord) ProtoMessage() {}
 
 func (x *EdgeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[50]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4259,7 +4340,7 @@ func (x *EdgeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeRecord.ProtoReflect.Descriptor instead.
 func (*EdgeRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{50}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *EdgeRecord) GetTargets() []*DeviceAddr {
@@ -4304,7 +4385,7 @@ type LinkRecord struct {
 
 func (x *LinkRecord) Reset() {
 	*x = LinkRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4316,7 +4397,7 @@ func (x *LinkRecord) String() string {
 func (*LinkRecord) ProtoMessage() {}
 
 func (x *LinkRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[51]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4329,7 +4410,7 @@ func (x *LinkRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkRecord.ProtoReflect.Descriptor instead.
 func (*LinkRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{51}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *LinkRecord) GetDest() LinkRecord_Dest {
@@ -4387,7 +4468,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4399,7 +4480,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[52]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4412,7 +4493,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{52}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DeadLetter) GetReason() string {
@@ -4488,7 +4569,7 @@ type PresenceRecord struct {
 
 func (x *PresenceRecord) Reset() {
 	*x = PresenceRecord{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4500,7 +4581,7 @@ func (x *PresenceRecord) String() string {
 func (*PresenceRecord) ProtoMessage() {}
 
 func (x *PresenceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[53]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4513,7 +4594,7 @@ func (x *PresenceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRecord.ProtoReflect.Descriptor instead.
 func (*PresenceRecord) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{53}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *PresenceRecord) GetEvent() *PresenceEvent {
@@ -4547,7 +4628,7 @@ type BackendCall struct {
 
 func (x *BackendCall) Reset() {
 	*x = BackendCall{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4559,7 +4640,7 @@ func (x *BackendCall) String() string {
 func (*BackendCall) ProtoMessage() {}
 
 func (x *BackendCall) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[54]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4572,7 +4653,7 @@ func (x *BackendCall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendCall.ProtoReflect.Descriptor instead.
 func (*BackendCall) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{54}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *BackendCall) GetCall() isBackendCall_Call {
@@ -4686,7 +4767,7 @@ type BackendRegister struct {
 
 func (x *BackendRegister) Reset() {
 	*x = BackendRegister{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4698,7 +4779,7 @@ func (x *BackendRegister) String() string {
 func (*BackendRegister) ProtoMessage() {}
 
 func (x *BackendRegister) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[55]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4711,7 +4792,7 @@ func (x *BackendRegister) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendRegister.ProtoReflect.Descriptor instead.
 func (*BackendRegister) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{55}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *BackendRegister) GetNoiseStatic() []byte {
@@ -4740,7 +4821,7 @@ type BackendRoute struct {
 
 func (x *BackendRoute) Reset() {
 	*x = BackendRoute{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4752,7 +4833,7 @@ func (x *BackendRoute) String() string {
 func (*BackendRoute) ProtoMessage() {}
 
 func (x *BackendRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[56]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4765,7 +4846,7 @@ func (x *BackendRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendRoute.ProtoReflect.Descriptor instead.
 func (*BackendRoute) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{56}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *BackendRoute) GetDevice() *DeviceAddr {
@@ -4806,7 +4887,7 @@ type BackendQuery struct {
 
 func (x *BackendQuery) Reset() {
 	*x = BackendQuery{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4818,7 +4899,7 @@ func (x *BackendQuery) String() string {
 func (*BackendQuery) ProtoMessage() {}
 
 func (x *BackendQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[57]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4831,7 +4912,7 @@ func (x *BackendQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendQuery.ProtoReflect.Descriptor instead.
 func (*BackendQuery) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{57}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *BackendQuery) GetDevice() *DeviceAddr {
@@ -4860,7 +4941,7 @@ type BackendReply struct {
 
 func (x *BackendReply) Reset() {
 	*x = BackendReply{}
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[58]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4872,7 +4953,7 @@ func (x *BackendReply) String() string {
 func (*BackendReply) ProtoMessage() {}
 
 func (x *BackendReply) ProtoReflect() protoreflect.Message {
-	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[58]
+	mi := &file_chatmesh_v1_chatmesh_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4885,7 +4966,7 @@ func (x *BackendReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendReply.ProtoReflect.Descriptor instead.
 func (*BackendReply) Descriptor() ([]byte, []int) {
-	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{58}
+	return file_chatmesh_v1_chatmesh_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *BackendReply) GetError() *Error {
@@ -4991,11 +5072,12 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x0elink_signature\x18\x04 \x01(\fR\rlinkSignature\x12%\n" +
 	"\x0eidentity_proof\x18\x05 \x01(\fR\ridentityProof\x12\x1b\n" +
 	"\tpow_nonce\x18\x06 \x01(\fR\bpowNonce\x12-\n" +
-	"\x12registration_token\x18\a \x01(\tR\x11registrationToken\"}\n" +
+	"\x12registration_token\x18\a \x01(\tR\x11registrationToken\"\xac\x01\n" +
 	"\vSendRequest\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12\"\n" +
 	"\rclient_msg_id\x18\x02 \x01(\tR\vclientMsgId\x121\n" +
-	"\benvelope\x18\x03 \x01(\v2\x15.chatmesh.v1.EnvelopeR\benvelope\"8\n" +
+	"\benvelope\x18\x03 \x01(\v2\x15.chatmesh.v1.EnvelopeR\benvelope\x12-\n" +
+	"\x13after_client_msg_id\x18\x04 \x01(\tR\x10afterClientMsgId\"8\n" +
 	"\vDeliveryAck\x12\x17\n" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"7\n" +
@@ -5050,7 +5132,7 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\vdevice_list\x18\x01 \x01(\fR\n" +
 	"deviceList\"1\n" +
 	"\x16FetchDeviceListRequest\x12\x17\n" +
-	"\auser_id\x18\x01 \x01(\tR\x06userId\"\x9b\x03\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"\xd0\x03\n" +
 	"\vServerFrame\x123\n" +
 	"\bresponse\x18\x01 \x01(\v2\x15.chatmesh.v1.ResponseH\x00R\bresponse\x122\n" +
 	"\bdelivery\x18\x02 \x01(\v2\x14.chatmesh.v1.MessageH\x00R\bdelivery\x120\n" +
@@ -5060,7 +5142,8 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\n" +
 	"disconnect\x18\x06 \x01(\v2\x17.chatmesh.v1.DisconnectH\x00R\n" +
 	"disconnect\x12@\n" +
-	"\rprekey_status\x18\a \x01(\v2\x19.chatmesh.v1.PrekeyStatusH\x00R\fprekeyStatusB\x06\n" +
+	"\rprekey_status\x18\a \x01(\v2\x19.chatmesh.v1.PrekeyStatusH\x00R\fprekeyStatus\x123\n" +
+	"\breceipts\x18\b \x01(\v2\x15.chatmesh.v1.ReceiptsH\x00R\breceiptsB\x06\n" +
 	"\x04body\"q\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.chatmesh.v1.ErrorCodeR\x04code\x12\x16\n" +
@@ -5142,7 +5225,9 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\aconv_id\x18\x01 \x01(\tR\x06convId\x12+\n" +
 	"\x04from\x18\x02 \x01(\v2\x17.chatmesh.v1.DeviceAddrR\x04from\x12,\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\x18.chatmesh.v1.ReceiptKindR\x04kind\x12\x10\n" +
-	"\x03seq\x18\x04 \x01(\x04R\x03seq\"b\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\"<\n" +
+	"\bReceipts\x120\n" +
+	"\breceipts\x18\x01 \x03(\v2\x14.chatmesh.v1.ReceiptR\breceipts\"b\n" +
 	"\rPresenceEvent\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12 \n" +
@@ -5269,7 +5354,7 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\tAddPolicy\x12\x1a\n" +
 	"\x16ADD_POLICY_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13ADD_POLICY_EVERYONE\x10\x01\x12\x17\n" +
-	"\x13ADD_POLICY_CONTACTS\x10\x02*\xd5\x04\n" +
+	"\x13ADD_POLICY_CONTACTS\x10\x02*\xf2\x04\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_CODE_OK\x10\x00\x12\x1e\n" +
 	"\x1aERROR_CODE_MALFORMED_FRAME\x10\x01\x12\x1e\n" +
@@ -5291,7 +5376,8 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x13ERROR_CODE_INTERNAL\x10\x10\x12\x17\n" +
 	"\x13ERROR_CODE_REPLACED\x10\x11\x12 \n" +
 	"\x1cERROR_CODE_MESSAGE_TOO_LARGE\x10\x12\x12\x1d\n" +
-	"\x19ERROR_CODE_LIMIT_EXCEEDED\x10\x13*^\n" +
+	"\x19ERROR_CODE_LIMIT_EXCEEDED\x10\x13\x12\x1b\n" +
+	"\x17ERROR_CODE_OUT_OF_ORDER\x10\x14*^\n" +
 	"\vReceiptKind\x12\x1c\n" +
 	"\x18RECEIPT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16RECEIPT_KIND_DELIVERED\x10\x01\x12\x15\n" +
@@ -5310,7 +5396,7 @@ func file_chatmesh_v1_chatmesh_proto_rawDescGZIP() []byte {
 }
 
 var file_chatmesh_v1_chatmesh_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_chatmesh_v1_chatmesh_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(ConversationKind)(0),             // 0: chatmesh.v1.ConversationKind
 	(MessageKind)(0),                  // 1: chatmesh.v1.MessageKind
@@ -5361,23 +5447,24 @@ var file_chatmesh_v1_chatmesh_proto_goTypes = []any{
 	(*DeviceInfo)(nil),                // 46: chatmesh.v1.DeviceInfo
 	(*Pong)(nil),                      // 47: chatmesh.v1.Pong
 	(*Receipt)(nil),                   // 48: chatmesh.v1.Receipt
-	(*PresenceEvent)(nil),             // 49: chatmesh.v1.PresenceEvent
-	(*PresenceSnapshot)(nil),          // 50: chatmesh.v1.PresenceSnapshot
-	(*TypingEvent)(nil),               // 51: chatmesh.v1.TypingEvent
-	(*Disconnect)(nil),                // 52: chatmesh.v1.Disconnect
-	(*ClientHello)(nil),               // 53: chatmesh.v1.ClientHello
-	(*ServerHello)(nil),               // 54: chatmesh.v1.ServerHello
-	(*Origin)(nil),                    // 55: chatmesh.v1.Origin
-	(*IngressRecord)(nil),             // 56: chatmesh.v1.IngressRecord
-	(*EdgeRecord)(nil),                // 57: chatmesh.v1.EdgeRecord
-	(*LinkRecord)(nil),                // 58: chatmesh.v1.LinkRecord
-	(*DeadLetter)(nil),                // 59: chatmesh.v1.DeadLetter
-	(*PresenceRecord)(nil),            // 60: chatmesh.v1.PresenceRecord
-	(*BackendCall)(nil),               // 61: chatmesh.v1.BackendCall
-	(*BackendRegister)(nil),           // 62: chatmesh.v1.BackendRegister
-	(*BackendRoute)(nil),              // 63: chatmesh.v1.BackendRoute
-	(*BackendQuery)(nil),              // 64: chatmesh.v1.BackendQuery
-	(*BackendReply)(nil),              // 65: chatmesh.v1.BackendReply
+	(*Receipts)(nil),                  // 49: chatmesh.v1.Receipts
+	(*PresenceEvent)(nil),             // 50: chatmesh.v1.PresenceEvent
+	(*PresenceSnapshot)(nil),          // 51: chatmesh.v1.PresenceSnapshot
+	(*TypingEvent)(nil),               // 52: chatmesh.v1.TypingEvent
+	(*Disconnect)(nil),                // 53: chatmesh.v1.Disconnect
+	(*ClientHello)(nil),               // 54: chatmesh.v1.ClientHello
+	(*ServerHello)(nil),               // 55: chatmesh.v1.ServerHello
+	(*Origin)(nil),                    // 56: chatmesh.v1.Origin
+	(*IngressRecord)(nil),             // 57: chatmesh.v1.IngressRecord
+	(*EdgeRecord)(nil),                // 58: chatmesh.v1.EdgeRecord
+	(*LinkRecord)(nil),                // 59: chatmesh.v1.LinkRecord
+	(*DeadLetter)(nil),                // 60: chatmesh.v1.DeadLetter
+	(*PresenceRecord)(nil),            // 61: chatmesh.v1.PresenceRecord
+	(*BackendCall)(nil),               // 62: chatmesh.v1.BackendCall
+	(*BackendRegister)(nil),           // 63: chatmesh.v1.BackendRegister
+	(*BackendRoute)(nil),              // 64: chatmesh.v1.BackendRoute
+	(*BackendQuery)(nil),              // 65: chatmesh.v1.BackendQuery
+	(*BackendReply)(nil),              // 66: chatmesh.v1.BackendReply
 }
 var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
 	9,  // 0: chatmesh.v1.Envelope.per_device:type_name -> chatmesh.v1.DeviceCiphertext
@@ -5412,68 +5499,70 @@ var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
 	34, // 29: chatmesh.v1.ServerFrame.response:type_name -> chatmesh.v1.Response
 	11, // 30: chatmesh.v1.ServerFrame.delivery:type_name -> chatmesh.v1.Message
 	48, // 31: chatmesh.v1.ServerFrame.receipt:type_name -> chatmesh.v1.Receipt
-	49, // 32: chatmesh.v1.ServerFrame.presence:type_name -> chatmesh.v1.PresenceEvent
-	51, // 33: chatmesh.v1.ServerFrame.typing:type_name -> chatmesh.v1.TypingEvent
-	52, // 34: chatmesh.v1.ServerFrame.disconnect:type_name -> chatmesh.v1.Disconnect
+	50, // 32: chatmesh.v1.ServerFrame.presence:type_name -> chatmesh.v1.PresenceEvent
+	52, // 33: chatmesh.v1.ServerFrame.typing:type_name -> chatmesh.v1.TypingEvent
+	53, // 34: chatmesh.v1.ServerFrame.disconnect:type_name -> chatmesh.v1.Disconnect
 	37, // 35: chatmesh.v1.ServerFrame.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
-	4,  // 36: chatmesh.v1.Error.code:type_name -> chatmesh.v1.ErrorCode
-	33, // 37: chatmesh.v1.Response.error:type_name -> chatmesh.v1.Error
-	39, // 38: chatmesh.v1.Response.register:type_name -> chatmesh.v1.RegisterResponse
-	40, // 39: chatmesh.v1.Response.send:type_name -> chatmesh.v1.SendAck
-	41, // 40: chatmesh.v1.Response.sync:type_name -> chatmesh.v1.SyncResponse
-	42, // 41: chatmesh.v1.Response.history:type_name -> chatmesh.v1.HistoryResponse
-	43, // 42: chatmesh.v1.Response.conversation:type_name -> chatmesh.v1.ConversationInfo
-	47, // 43: chatmesh.v1.Response.pong:type_name -> chatmesh.v1.Pong
-	44, // 44: chatmesh.v1.Response.conversations:type_name -> chatmesh.v1.ListConversationsResponse
-	45, // 45: chatmesh.v1.Response.user:type_name -> chatmesh.v1.LookupUserResponse
-	50, // 46: chatmesh.v1.Response.presence:type_name -> chatmesh.v1.PresenceSnapshot
-	38, // 47: chatmesh.v1.Response.empty:type_name -> chatmesh.v1.Empty
-	35, // 48: chatmesh.v1.Response.bundle:type_name -> chatmesh.v1.BundleResponse
-	36, // 49: chatmesh.v1.Response.device_list:type_name -> chatmesh.v1.DeviceListResponse
-	37, // 50: chatmesh.v1.Response.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
-	7,  // 51: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
-	11, // 52: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
-	17, // 53: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
-	17, // 54: chatmesh.v1.SyncResponse.expired:type_name -> chatmesh.v1.ConvCursor
-	11, // 55: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
-	0,  // 56: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
-	43, // 57: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
-	46, // 58: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
-	7,  // 59: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
-	5,  // 60: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
-	49, // 61: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
-	7,  // 62: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
-	4,  // 63: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
-	7,  // 64: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
-	7,  // 65: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
-	55, // 66: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
-	14, // 67: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
-	15, // 68: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
-	16, // 69: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
-	20, // 70: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
-	21, // 71: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
-	23, // 72: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
-	7,  // 73: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
-	32, // 74: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
-	6,  // 75: chatmesh.v1.LinkRecord.dest:type_name -> chatmesh.v1.LinkRecord.Dest
-	49, // 76: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
-	62, // 77: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
-	63, // 78: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
-	63, // 79: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
-	64, // 80: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
-	13, // 81: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
-	7,  // 82: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
-	7,  // 83: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
-	12, // 84: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
-	33, // 85: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
-	7,  // 86: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
-	39, // 87: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
-	34, // 88: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
-	89, // [89:89] is the sub-list for method output_type
-	89, // [89:89] is the sub-list for method input_type
-	89, // [89:89] is the sub-list for extension type_name
-	89, // [89:89] is the sub-list for extension extendee
-	0,  // [0:89] is the sub-list for field type_name
+	49, // 36: chatmesh.v1.ServerFrame.receipts:type_name -> chatmesh.v1.Receipts
+	4,  // 37: chatmesh.v1.Error.code:type_name -> chatmesh.v1.ErrorCode
+	33, // 38: chatmesh.v1.Response.error:type_name -> chatmesh.v1.Error
+	39, // 39: chatmesh.v1.Response.register:type_name -> chatmesh.v1.RegisterResponse
+	40, // 40: chatmesh.v1.Response.send:type_name -> chatmesh.v1.SendAck
+	41, // 41: chatmesh.v1.Response.sync:type_name -> chatmesh.v1.SyncResponse
+	42, // 42: chatmesh.v1.Response.history:type_name -> chatmesh.v1.HistoryResponse
+	43, // 43: chatmesh.v1.Response.conversation:type_name -> chatmesh.v1.ConversationInfo
+	47, // 44: chatmesh.v1.Response.pong:type_name -> chatmesh.v1.Pong
+	44, // 45: chatmesh.v1.Response.conversations:type_name -> chatmesh.v1.ListConversationsResponse
+	45, // 46: chatmesh.v1.Response.user:type_name -> chatmesh.v1.LookupUserResponse
+	51, // 47: chatmesh.v1.Response.presence:type_name -> chatmesh.v1.PresenceSnapshot
+	38, // 48: chatmesh.v1.Response.empty:type_name -> chatmesh.v1.Empty
+	35, // 49: chatmesh.v1.Response.bundle:type_name -> chatmesh.v1.BundleResponse
+	36, // 50: chatmesh.v1.Response.device_list:type_name -> chatmesh.v1.DeviceListResponse
+	37, // 51: chatmesh.v1.Response.prekey_status:type_name -> chatmesh.v1.PrekeyStatus
+	7,  // 52: chatmesh.v1.RegisterResponse.device:type_name -> chatmesh.v1.DeviceAddr
+	11, // 53: chatmesh.v1.SyncResponse.messages:type_name -> chatmesh.v1.Message
+	17, // 54: chatmesh.v1.SyncResponse.heads:type_name -> chatmesh.v1.ConvCursor
+	17, // 55: chatmesh.v1.SyncResponse.expired:type_name -> chatmesh.v1.ConvCursor
+	11, // 56: chatmesh.v1.HistoryResponse.messages:type_name -> chatmesh.v1.Message
+	0,  // 57: chatmesh.v1.ConversationInfo.kind:type_name -> chatmesh.v1.ConversationKind
+	43, // 58: chatmesh.v1.ListConversationsResponse.conversations:type_name -> chatmesh.v1.ConversationInfo
+	46, // 59: chatmesh.v1.LookupUserResponse.devices:type_name -> chatmesh.v1.DeviceInfo
+	7,  // 60: chatmesh.v1.Receipt.from:type_name -> chatmesh.v1.DeviceAddr
+	5,  // 61: chatmesh.v1.Receipt.kind:type_name -> chatmesh.v1.ReceiptKind
+	48, // 62: chatmesh.v1.Receipts.receipts:type_name -> chatmesh.v1.Receipt
+	50, // 63: chatmesh.v1.PresenceSnapshot.users:type_name -> chatmesh.v1.PresenceEvent
+	7,  // 64: chatmesh.v1.TypingEvent.from:type_name -> chatmesh.v1.DeviceAddr
+	4,  // 65: chatmesh.v1.Disconnect.code:type_name -> chatmesh.v1.ErrorCode
+	7,  // 66: chatmesh.v1.ClientHello.device:type_name -> chatmesh.v1.DeviceAddr
+	7,  // 67: chatmesh.v1.Origin.device:type_name -> chatmesh.v1.DeviceAddr
+	56, // 68: chatmesh.v1.IngressRecord.origin:type_name -> chatmesh.v1.Origin
+	14, // 69: chatmesh.v1.IngressRecord.send:type_name -> chatmesh.v1.SendRequest
+	15, // 70: chatmesh.v1.IngressRecord.ack:type_name -> chatmesh.v1.DeliveryAck
+	16, // 71: chatmesh.v1.IngressRecord.read:type_name -> chatmesh.v1.ReadMarker
+	20, // 72: chatmesh.v1.IngressRecord.create_group:type_name -> chatmesh.v1.CreateGroupRequest
+	21, // 73: chatmesh.v1.IngressRecord.modify_members:type_name -> chatmesh.v1.ModifyMembersRequest
+	23, // 74: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
+	7,  // 75: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
+	32, // 76: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
+	6,  // 77: chatmesh.v1.LinkRecord.dest:type_name -> chatmesh.v1.LinkRecord.Dest
+	50, // 78: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
+	63, // 79: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
+	64, // 80: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
+	64, // 81: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
+	65, // 82: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
+	13, // 83: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
+	7,  // 84: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
+	7,  // 85: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
+	12, // 86: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
+	33, // 87: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
+	7,  // 88: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
+	39, // 89: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
+	34, // 90: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
+	91, // [91:91] is the sub-list for method output_type
+	91, // [91:91] is the sub-list for method input_type
+	91, // [91:91] is the sub-list for extension type_name
+	91, // [91:91] is the sub-list for extension extendee
+	0,  // [0:91] is the sub-list for field type_name
 }
 
 func init() { file_chatmesh_v1_chatmesh_proto_init() }
@@ -5509,6 +5598,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*ServerFrame_Typing)(nil),
 		(*ServerFrame_Disconnect)(nil),
 		(*ServerFrame_PrekeyStatus)(nil),
+		(*ServerFrame_Receipts)(nil),
 	}
 	file_chatmesh_v1_chatmesh_proto_msgTypes[27].OneofWrappers = []any{
 		(*Response_Register)(nil),
@@ -5525,7 +5615,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*Response_DeviceList)(nil),
 		(*Response_PrekeyStatus)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[49].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[50].OneofWrappers = []any{
 		(*IngressRecord_Send)(nil),
 		(*IngressRecord_Ack)(nil),
 		(*IngressRecord_Read)(nil),
@@ -5533,7 +5623,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 		(*IngressRecord_ModifyMembers)(nil),
 		(*IngressRecord_Typing)(nil),
 	}
-	file_chatmesh_v1_chatmesh_proto_msgTypes[54].OneofWrappers = []any{
+	file_chatmesh_v1_chatmesh_proto_msgTypes[55].OneofWrappers = []any{
 		(*BackendCall_Authenticate)(nil),
 		(*BackendCall_Register)(nil),
 		(*BackendCall_SessionOpened)(nil),
@@ -5547,7 +5637,7 @@ func file_chatmesh_v1_chatmesh_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatmesh_v1_chatmesh_proto_rawDesc), len(file_chatmesh_v1_chatmesh_proto_rawDesc)),
 			NumEnums:      7,
-			NumMessages:   59,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -45,8 +45,9 @@ type Chatmesh struct {
 	mu      sync.Mutex
 	devices map[string]*cmDevice
 
-	// Receipts counts the Receipt frames devices received.
-	Receipts atomic.Int64
+	// Receipts counts the receipts devices received; ReceiptFrames the
+	// frames that carried them (a Receipts frame carries several).
+	Receipts, ReceiptFrames atomic.Int64
 }
 
 type cmDevice struct {
@@ -249,6 +250,10 @@ func (c *cmConn) handle(f *pb.ServerFrame) {
 		}
 	case *pb.ServerFrame_Receipt:
 		c.t.Receipts.Add(1)
+		c.t.ReceiptFrames.Add(1)
+	case *pb.ServerFrame_Receipts:
+		c.t.Receipts.Add(int64(len(b.Receipts.GetReceipts())))
+		c.t.ReceiptFrames.Add(1)
 	case *pb.ServerFrame_Disconnect:
 		d := b.Disconnect
 		c.mu.Lock()

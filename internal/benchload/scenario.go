@@ -163,7 +163,10 @@ type Report struct {
 	Synced   int64   `json:"synced,omitempty"`
 	Retries  int64   `json:"retries,omitempty"`
 	Receipts int64   `json:"receipts,omitempty"`
-	Server   *Server `json:"server,omitempty"`
+	// ReceiptFrames: the frames that carried Receipts (the region
+	// coalesces the receipts of a batch).
+	ReceiptFrames int64   `json:"receipt_frames,omitempty"`
+	Server        *Server `json:"server,omitempty"`
 }
 
 // fleet is a set of connected devices whose pushes go to the current
@@ -469,7 +472,7 @@ func sweep(ctx context.Context, cfg *Config, rates []float64, stopOnFail bool) (
 		}
 	}
 	if c, ok := cfg.Target.(*Chatmesh); ok {
-		rep.Receipts = c.Receipts.Load()
+		rep.Receipts, rep.ReceiptFrames = c.Receipts.Load(), c.ReceiptFrames.Load()
 	}
 	return rep, ctx.Err()
 }
@@ -562,7 +565,10 @@ func group(ctx context.Context, cfg *Config, rates []float64, stopOnFail bool) (
 		}
 	}
 	if c, ok := cfg.Target.(*Chatmesh); ok {
-		rep.Receipts = c.Receipts.Load()
+		rep.Receipts, rep.ReceiptFrames = c.Receipts.Load(), c.ReceiptFrames.Load()
+		if rep.Receipts > 0 {
+			cfg.logf("%s: group: %d receipts in %d frames", cfg.Target.Name(), rep.Receipts, rep.ReceiptFrames)
+		}
 	}
 	return rep, ctx.Err()
 }

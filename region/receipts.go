@@ -1,0 +1,97 @@
+package region
+
+import (
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatmesh/chatmesh/core"
+	"github.com/chatmesh/chatmesh/core/pb"
+)
+
+// pendingReceipt is a receipt a batch owes users (the senders of the
+// entries a cursor move covers; sorted).
+type pendingReceipt struct {
+	users []string
+	r     *pb.Receipt
+}
+
+// Bounds of one coalesced receipt frame: a Receipt is at most a few
+// hundred bytes (ids are bounded), so a frame stays far below any
+// client's frame limit.
+const (
+	maxReceiptsPerFrame = 256
+	maxReceiptFrameSize = 32 << 10
+)
+
+// receiptKey is what a later receipt of the same batch supersedes: the
+// same reader device's receipt of the same kind in the same conversation.
+type receiptKey struct {
+	conv string
+	from core.DeviceKey
+	kind pb.ReceiptKind
+}
+
+// flushReceipts turns the batch's pending receipts into fan-out frames,
+// coalesced: the receipts addressed to the same users go out together,
+// one per (conversation, reader device, kind) with the highest seq, as a
+// lone Receipt frame when there is one and as a Receipts frame of at
+// most maxReceiptsPerFrame (and maxReceiptFrameSize bytes) otherwise. In
+// a busy group every member's delivery ack of a sender's message would
+// otherwise be one frame to each of the sender's devices: the batch
+// bounds the receipt frames a sender gets to about one per batch,
+// however many members ack. Receipts are cumulative, so keeping only the
+// highest seq per reader loses nothing.
+func (r *Region) flushReceipts(b *batch) {
+	if len(b.receipts) == 0 {
+		return
+	}
+	type group struct {
+		users []string
+		list  []*pb.Receipt
+		idx   map[receiptKey]int
+	}
+	var order []*group
+	byUsers := map[string]*group{}
+	for _, pr := range b.receipts {
+		key := strings.Join(pr.users, "\x00")
+		g := byUsers[key]
+		if g == nil {
+			g = &group{users: pr.users, idx: map[receiptKey]int{}}
+			byUsers[key] = g
+			order = append(order, g)
+		}
+		k := receiptKey{conv: pr.r.GetConvId(), from: core.KeyOf(pr.r.GetFrom()), kind: pr.r.GetKind()}
+		if i, ok := g.idx[k]; ok {
+			if pr.r.GetSeq() > g.list[i].GetSeq() {
+				g.list[i] = pr.r
+			}
+			r.stats.receiptsCoalesced.Add(1)
+			continue
+		}
+		g.idx[k] = len(g.list)
+		g.list = append(g.list, pr.r)
+	}
+	b.receipts = nil
+	for _, g := range order {
+		for len(g.list) > 0 {
+			n, size := 0, 0
+			for n < len(g.list) && n < maxReceiptsPerFrame {
+				sz := proto.Size(g.list[n]) + 4
+				if n > 0 && size+sz > maxReceiptFrameSize {
+					break
+				}
+				size += sz
+				n++
+			}
+			chunk := g.list[:n]
+			g.list = g.list[n:]
+			frame := &pb.ServerFrame{Body: &pb.ServerFrame_Receipt{Receipt: chunk[0]}}
+			if n > 1 {
+				frame = &pb.ServerFrame{Body: &pb.ServerFrame_Receipts{Receipts: &pb.Receipts{Receipts: chunk}}}
+				r.stats.receiptsCoalesced.Add(uint64(n - 1))
+			}
+			b.fanFrame(g.users, frame, &r.stats.receipts)
+		}
+	}
+}
