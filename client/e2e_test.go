@@ -510,3 +510,39 @@ func TestRegisterProofOfWorkAndToken(t *testing.T) {
 		t.Fatalf("send after the registration flood: %v", err)
 	}
 }
+
+// TestE2EPipelinedSendsKeepOrderUnderRateLimit: with many sends of one
+// conversation in flight (SendWindow 32) and an edge whose per-session
+// budget refuses most of a burst (RATE_LIMITED) while a refilled token
+// lets a later message through, the messages are still sequenced in send
+// order: the later one names its refused predecessor and is refused
+// OUT_OF_ORDER, then everything is sent again in order (PROTOCOL.md §7.1.2).
+func TestE2EPipelinedSendsKeepOrderUnderRateLimit(t *testing.T) {
+	ends := startStack(t, func(c *edge.Config) { c.MessagesPerSecond, c.Burst = 200, 4 })
+	ctx := e2eCtx(t)
+	alice, _ := e2eUser(t, ends, "alice", false)
+	bob, _ := e2eUser(t, ends, "bob", false)
+	const n = 120
+	var ids []string
+	for i := range n {
+		id, err := alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "burst %d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for i, id := range ids {
+		res, err := alice.WaitSent(ctx, id)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if res.Seq != uint64(i+1) {
+			t.Fatalf("message %d sequenced at %d: out of send order", i, res.Seq)
+		}
+	}
+	for i, m := range collect(t, bob, n) {
+		if m.Seq() != uint64(i+1) || string(m.Body) != fmt.Sprintf("burst %d", i) {
+			t.Fatalf("bob's message %d: #%d %q", i, m.Seq(), m.Body)
+		}
+	}
+}

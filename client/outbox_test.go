@@ -184,6 +184,28 @@ func TestOutboxSchedulingPreservesOrder(t *testing.T) {
 	if want := []string{"a1", "b1", "a2", "a3", "b2"}; !slices.Equal(ids(p), want) {
 		t.Fatalf("after reset %v, want %v", ids(p), want)
 	}
+	// Each pick names the previous pending entry of its conversation
+	// (PROTOCOL.md §7.1.2).
+	var afters []string
+	for _, r := range p {
+		afters = append(afters, r.GetAfterClientMsgId())
+	}
+	if want := []string{"", "", "a1", "a2", "b1"}; !slices.Equal(afters, want) {
+		t.Fatalf("predecessors %q, want %q", afters, want)
+	}
+	// a1 acked: a2 now has no pending predecessor; b2 still names b1.
+	if _, err := ob.Remove("a1"); err != nil {
+		t.Fatal(err)
+	}
+	ob.resetInflight()
+	p, _ = ob.sendable(now.Add(2*time.Second), 8, 100)
+	afters = afters[:0]
+	for _, r := range p {
+		afters = append(afters, r.GetClientMsgId()+"<"+r.GetAfterClientMsgId())
+	}
+	if want := []string{"b1<", "a2<", "a3<a2", "b2<b1"}; !slices.Equal(afters, want) {
+		t.Fatalf("after a1 acked: %q, want %q", afters, want)
+	}
 	ob.resetInflight()
 	// The global limit caps the pick.
 	if p, _ = ob.sendable(now.Add(2*time.Second), 8, 2); len(p) != 2 {
