@@ -58,6 +58,7 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	members := fs.Int("members", 500, "group: members (at most 500)")
 	senders := fs.Int("senders", 20, "group: members that send")
 	acks := fs.Bool("acks", true, "chatmesh: devices acknowledge every delivery (DeliveryAck); false sends none")
+	ordered := fs.Bool("ordered", true, "chatmesh: each send names the device's previous send to the conversation (after_client_msg_id), so the region enforces per-sender order as with the SDK's pipelined sends; false sends without")
 	conns := fs.Int("conns", 1000, "idle, reconnect: devices")
 	duration := fs.Duration("duration", 10*time.Second, "sending time of a round")
 	drain := fs.Duration("drain", 10*time.Second, "most a round waits for acks and deliveries after sending")
@@ -77,7 +78,7 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	switch *target {
 	case "chatmesh":
-		t := &benchload.Chatmesh{Edge: *edgeURL, RegistrationToken: *regToken, Acks: *acks}
+		t := &benchload.Chatmesh{Edge: *edgeURL, RegistrationToken: *regToken, Acks: *acks, Ordered: *ordered}
 		if *edgeURL == "" {
 			dir, err := os.MkdirTemp("", "chatmesh-bench-")
 			if err != nil {

@@ -71,7 +71,7 @@ func TestSmoke(t *testing.T) {
 
 	t.Run("pairs", func(t *testing.T) {
 		cfg := base
-		cfg.Target = &benchload.Chatmesh{Edge: ws, RegistrationToken: token, Acks: true}
+		cfg.Target = &benchload.Chatmesh{Edge: ws, RegistrationToken: token, Acks: true, Ordered: true}
 		cfg.Pairs, cfg.Rate = 10, 100
 		r, err := benchload.Pairs(ctx, cfg)
 		if err != nil {
@@ -85,7 +85,7 @@ func TestSmoke(t *testing.T) {
 	t.Run("group", func(t *testing.T) {
 		for _, acks := range []bool{true, false} {
 			cfg := base
-			target := &benchload.Chatmesh{Edge: ws, RegistrationToken: token, Acks: acks}
+			target := &benchload.Chatmesh{Edge: ws, RegistrationToken: token, Acks: acks, Ordered: true}
 			cfg.Target = target
 			cfg.Members, cfg.Senders, cfg.Rate = 20, 4, 20
 			r, err := benchload.Group(ctx, cfg)
@@ -95,6 +95,9 @@ func TestSmoke(t *testing.T) {
 			checkTraffic(t, r)
 			if got := r.Receipts > 0; got != acks {
 				t.Errorf("acks %v: %d receipts", acks, r.Receipts)
+			}
+			if r.ReceiptFrames > r.Receipts {
+				t.Errorf("%d receipt frames for %d receipts", r.ReceiptFrames, r.Receipts)
 			}
 		}
 	})

@@ -39,6 +39,11 @@ type Chatmesh struct {
 	// answered the last, for everything received meanwhile). false sends
 	// none.
 	Acks bool
+	// Ordered makes each send name the device's previous send to the
+	// same conversation (after_client_msg_id, PROTOCOL.md §7.1.2), as the
+	// SDK does with many sends in flight: the region then checks per-sender
+	// order. A refusal (OUT_OF_ORDER) counts as a failed send.
+	Ordered bool
 	// DialTimeout bounds one Dial (default 30 s).
 	DialTimeout time.Duration
 
@@ -176,6 +181,12 @@ type cmConn struct {
 	closing atomic.Bool
 
 	acks map[string]*ackState // reader goroutine only
+
+	// sendMu keeps an ordered send's predecessor and its place on the
+	// wire together (Chatmesh.Ordered); last is the previous send's
+	// client_msg_id per conversation.
+	sendMu sync.Mutex
+	last   map[string]string
 }
 
 // ackState is one conversation's delivery acks (reader goroutine only).
@@ -305,6 +316,11 @@ func (c *cmConn) send(ctx context.Context, f *pb.ClientFrame) error {
 
 // begin registers fn for the response to f and sends f.
 func (c *cmConn) begin(ctx context.Context, f *pb.ClientFrame, fn func(*pb.Response)) error {
+	s := f.GetSend()
+	if c.t.Ordered && s != nil {
+		c.sendMu.Lock()
+		defer c.sendMu.Unlock()
+	}
 	c.mu.Lock()
 	if c.pending == nil {
 		c.mu.Unlock()
@@ -313,8 +329,15 @@ func (c *cmConn) begin(ctx context.Context, f *pb.ClientFrame, fn func(*pb.Respo
 	c.next++
 	id := c.next
 	f.ReqId = id
-	if s := f.GetSend(); s != nil && s.ClientMsgId == "" {
+	if s != nil && s.ClientMsgId == "" {
 		s.ClientMsgId = strconv.FormatUint(id, 36) // unique per device, as req ids are
+	}
+	if c.t.Ordered && s != nil {
+		if c.last == nil {
+			c.last = map[string]string{}
+		}
+		s.AfterClientMsgId = c.last[s.GetConvId()]
+		c.last[s.GetConvId()] = s.GetClientMsgId()
 	}
 	c.pending[id] = fn
 	c.mu.Unlock()
