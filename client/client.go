@@ -98,6 +98,15 @@ type Config struct {
 	// reaches the conversation's new home, so it bounds how long a
 	// conversation stalls after a failover.
 	AckTimeout time.Duration
+	// AckInterval is the least time between two DeliveryAcks of one
+	// conversation (acks are cumulative: the next covers everything stored
+	// meanwhile). The first ack after a quiet spell goes at once; under a
+	// steady stream — a busy group — a conversation is acked about once
+	// per interval instead of once per message, which bounds the acks and
+	// receipts a group costs the server. Default 100 ms; negative: no
+	// pause (one ack in flight per conversation, the next when it is
+	// answered).
+	AckInterval time.Duration
 	// DialTimeout bounds dialing plus the Noise handshake. Default 10 s.
 	DialTimeout time.Duration
 	// KeepAlive is the ping interval on an otherwise quiet session (edges
@@ -140,6 +149,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 256
+	}
+	if c.AckInterval == 0 {
+		c.AckInterval = 100 * time.Millisecond
 	}
 	if c.AckTimeout <= 0 {
 		c.AckTimeout = 5 * time.Second

@@ -607,3 +607,41 @@ func TestFailsOverToNextEdge(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAcksPacedUnderAStream: a steady stream into one conversation (100
+// messages over about a second) is acknowledged about once per
+// AckInterval (default 100 ms), not once per message, and the last ack
+// covers everything.
+func TestAcksPacedUnderAStream(t *testing.T) {
+	p := newTestPeer(t)
+	alice, _ := registered(t, p, "alice")
+	bob, _ := registered(t, p, "bob")
+	bobKey, _ := bob.Device()
+	ctx := testCtx(t)
+	const n = 100
+	var last string
+	for i := range n {
+		id, err := alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "%d", i))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		last = id
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := alice.WaitSent(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	nextMessages(t, bob, n) // within the event buffer: bob stores and acks without the app reading
+	conv := core.DirectConvID("alice", "bob")
+	eventually(t, "ack of the last message", func() bool { return p.ackOf(conv, bobKey) == n })
+	p.mu.Lock()
+	frames := p.ackFrames[bobKey]
+	p.mu.Unlock()
+	// About 1 s / 100 ms = 10 acks (plus scheduling slack); without the
+	// pacing every message is acked on its own (about 100).
+	if frames > 30 {
+		t.Fatalf("%d ack frames for %d messages arriving over ~1 s", frames, n)
+	}
+	t.Logf("%d ack frames for %d messages", frames, n)
+}

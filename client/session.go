@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -225,7 +226,9 @@ func (s *session) markAck(conv string) {
 
 // acker sends coalesced DeliveryAcks: for each conversation touched since
 // the last round, one ack for the highest contiguous stored seq, at most
-// one in flight per conversation. The region confirms each ack; the
+// one in flight per conversation and, under a steady stream, one per
+// Config.AckInterval (the conversation stays busy until the interval
+// since its last ack has passed). The region confirms each ack; the
 // confirmed cursor is recorded in the store, and whatever is stored but
 // unconfirmed is acked again on the next session (see syncer).
 func (s *session) acker() {
@@ -258,12 +261,29 @@ func (s *session) acker() {
 			if head <= s.c.store.Acked(conv) {
 				continue
 			}
+			sentAt := time.Now()
 			p, err := s.begin(s.ctx, &pb.ClientFrame{Body: &pb.ClientFrame_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: head}}})
 			if err != nil {
 				return
 			}
 			waits.Go(func() {
 				_, err := p.await(s.ctx)
+				defer func() {
+					// Entries stored meanwhile are acked no earlier than
+					// AckInterval after this ack.
+					if d := s.c.cfg.AckInterval - time.Since(sentAt); d > 0 {
+						t := time.NewTimer(d)
+						select {
+						case <-t.C:
+						case <-s.ctx.Done():
+						}
+						t.Stop()
+					}
+					mu.Lock()
+					delete(inflight, conv)
+					mu.Unlock()
+					s.markAck(conv) // newer entries may have arrived meanwhile
+				}()
 				var we *core.WireError
 				switch {
 				case err == nil, errors.As(err, &we) && !retryable(we.Code):
@@ -272,15 +292,7 @@ func (s *session) acker() {
 					if err := s.c.store.SetAcked(conv, head); err != nil {
 						s.c.log.Warn("client: record ack", "conv", conv, "err", err)
 					}
-				default:
-					if s.ctx.Err() != nil {
-						return
-					}
 				}
-				mu.Lock()
-				delete(inflight, conv)
-				mu.Unlock()
-				s.markAck(conv) // newer entries may have arrived meanwhile
 			})
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -58,6 +59,7 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	members := fs.Int("members", 500, "group: members (at most 500)")
 	senders := fs.Int("senders", 20, "group: members that send")
 	acks := fs.Bool("acks", true, "chatmesh: devices acknowledge every delivery (DeliveryAck); false sends none")
+	ackInterval := fs.Duration("ack-interval", 100*time.Millisecond, "chatmesh: least time between two acks of one conversation by one device, as the SDK's AckInterval; a negative value: the next ack goes as soon as the last is answered")
 	ordered := fs.Bool("ordered", true, "chatmesh: each send names the device's previous send to the conversation (after_client_msg_id), so the region enforces per-sender order as with the SDK's pipelined sends; false sends without")
 	conns := fs.Int("conns", 1000, "idle, reconnect: devices")
 	duration := fs.Duration("duration", 10*time.Second, "sending time of a round")
@@ -68,8 +70,20 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	settle := fs.Duration("settle", 2*time.Second, "idle: wait after connecting before sampling the server's RSS")
 	progress := fs.Duration("progress", 5*time.Second, "while a round runs, print its counts so far to stderr this often (elapsed, sent, acked, failed, refused, deliveries)")
 	out := fs.String("out", "", "also write the JSON report to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this load process to this file (with --edge the server is not in it)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("bench: cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	cfg := benchload.Config{
 		Pairs: *pairs, Rate: *rate, Members: *members, Senders: *senders, Conns: *conns,
@@ -78,7 +92,7 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	switch *target {
 	case "chatmesh":
-		t := &benchload.Chatmesh{Edge: *edgeURL, RegistrationToken: *regToken, Acks: *acks, Ordered: *ordered}
+		t := &benchload.Chatmesh{Edge: *edgeURL, RegistrationToken: *regToken, Acks: *acks, AckInterval: *ackInterval, Ordered: *ordered}
 		if *edgeURL == "" {
 			dir, err := os.MkdirTemp("", "chatmesh-bench-")
 			if err != nil {

@@ -39,6 +39,11 @@ type Chatmesh struct {
 	// answered the last, for everything received meanwhile). false sends
 	// none.
 	Acks bool
+	// AckInterval is the least time between two acks of one conversation
+	// by one device, as the SDK's client.Config.AckInterval (whose default,
+	// 100 ms, a zero here also means); negative: none (the next ack goes
+	// as soon as the last is answered).
+	AckInterval time.Duration
 	// Ordered makes each send name the device's previous send to the
 	// same conversation (after_client_msg_id, PROTOCOL.md §7.1.2), as the
 	// SDK does with many sends in flight: the region then checks per-sender
@@ -180,7 +185,8 @@ type cmConn struct {
 	done    chan struct{}
 	closing atomic.Bool
 
-	acks map[string]*ackState // reader goroutine only
+	ackMu sync.Mutex
+	acks  map[string]*ackState
 
 	// sendMu keeps an ordered send's predecessor and its place on the
 	// wire together (Chatmesh.Ordered); last is the previous send's
@@ -189,10 +195,10 @@ type cmConn struct {
 	last   map[string]string
 }
 
-// ackState is one conversation's delivery acks (reader goroutine only).
+// ackState is one conversation's delivery acks (under cmConn.ackMu).
 type ackState struct {
 	want, sent uint64
-	inflight   bool
+	inflight   bool // an ack is in flight, or the interval since the last has not passed
 }
 
 func (c *cmConn) Done() <-chan struct{} { return c.done }
@@ -276,8 +282,10 @@ func (c *cmConn) handle(f *pb.ServerFrame) {
 }
 
 // ack acknowledges conv up to seq, coalesced: one ack in flight per
-// conversation. It and the response callbacks run in the reader goroutine.
+// conversation, and the next no earlier than the ack interval after it.
 func (c *cmConn) ack(conv string, seq uint64) {
+	c.ackMu.Lock()
+	defer c.ackMu.Unlock()
 	if c.acks == nil {
 		c.acks = map[string]*ackState{}
 	}
@@ -291,12 +299,31 @@ func (c *cmConn) ack(conv string, seq uint64) {
 		return
 	}
 	st.inflight, st.sent = true, st.want
+	sentAt := time.Now()
+	interval := c.t.AckInterval
+	if interval == 0 {
+		interval = 100 * time.Millisecond
+	}
 	f := &pb.ClientFrame{Body: &pb.ClientFrame_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: st.sent}}}
 	err := c.begin(context.Background(), f, func(r *pb.Response) {
-		st.inflight = false
-		if r != nil && st.want > st.sent {
-			c.ack(conv, st.want)
+		if r == nil {
+			c.ackMu.Lock()
+			st.inflight = false
+			c.ackMu.Unlock()
+			return
 		}
+		next := func() {
+			c.ackMu.Lock()
+			st.inflight = false
+			want := st.want
+			c.ackMu.Unlock()
+			c.ack(conv, want)
+		}
+		if d := interval - time.Since(sentAt); d > 0 {
+			time.AfterFunc(d, next)
+			return
+		}
+		next()
 	})
 	if err != nil {
 		st.inflight = false
