@@ -610,7 +610,7 @@ func TestFailsOverToNextEdge(t *testing.T) {
 
 // TestAcksPacedUnderAStream: a steady stream into one conversation (100
 // messages over about a second) is acknowledged about once per
-// AckInterval (default 100 ms), not once per message, and the last ack
+// AckInterval (default 250 ms), not once per message, and the last ack
 // covers everything.
 func TestAcksPacedUnderAStream(t *testing.T) {
 	p := newTestPeer(t)
@@ -638,7 +638,7 @@ func TestAcksPacedUnderAStream(t *testing.T) {
 	p.mu.Lock()
 	frames := p.ackFrames[bobKey]
 	p.mu.Unlock()
-	// About 1 s / 100 ms = 10 acks (plus scheduling slack); without the
+	// About 1 s / 250 ms = 4 acks (plus scheduling slack); without the
 	// pacing every message is acked on its own (about 100).
 	if frames > 30 {
 		t.Fatalf("%d ack frames for %d messages arriving over ~1 s", frames, n)

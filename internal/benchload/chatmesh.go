@@ -41,7 +41,7 @@ type Chatmesh struct {
 	Acks bool
 	// AckInterval is the least time between two acks of one conversation
 	// by one device, as the SDK's client.Config.AckInterval (whose default,
-	// 100 ms, a zero here also means); negative: none (the next ack goes
+	// 250 ms, a zero here also means); negative: none (the next ack goes
 	// as soon as the last is answered).
 	AckInterval time.Duration
 	// Ordered makes each send name the device's previous send to the
@@ -302,7 +302,7 @@ func (c *cmConn) ack(conv string, seq uint64) {
 	sentAt := time.Now()
 	interval := c.t.AckInterval
 	if interval == 0 {
-		interval = 100 * time.Millisecond
+		interval = 250 * time.Millisecond
 	}
 	f := &pb.ClientFrame{Body: &pb.ClientFrame_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: st.sent}}}
 	err := c.begin(context.Background(), f, func(r *pb.Response) {
