@@ -21,7 +21,10 @@
 //     (roles, consent, the last admin's heir), ConvState.PlanCursor (moves
 //     only forward, clamped to the head, receipts from the reader's join
 //     point), membership for sends — an outsider gets core.OutsiderError,
-//     the same answer whether the conversation exists or not;
+//     the same answer whether the conversation exists or not — and, for a
+//     send naming its predecessor (after_client_msg_id), that the
+//     predecessor is stored (ConvState.SentLast, else an idempotency-key
+//     lookup; otherwise core.ErrOutOfOrder: per-sender pipelining);
 //  3. the store write (Store.Append de-duplicates on conversation + sender
 //     device + client message id and assigns the next gapless seq in one
 //     transaction; a request about to be refused is first looked up by its
@@ -31,8 +34,10 @@
 //     member cache kept in step;
 //  5. the outputs collected: the ack (or the conversation's info), one
 //     pb.EdgeRecord per edge hosting an online member device (fan-out per
-//     edge, not per member, the sending device included), receipts, push
-//     notifications. A client's resend of a stored message is acked
+//     edge, not per member, the sending device included), receipts
+//     (coalesced at the end of the batch: those for the same senders in
+//     one Receipts frame, one per reader device and kind; receipts.go),
+//     push notifications. A client's resend of a stored message is acked
 //     without a second delivery once this process produced the first
 //     (emitted.go); a batch retried after a failed produce delivers its
 //     deduped entries again. Outputs
