@@ -23,6 +23,9 @@ func ValidateSend(s *pb.SendRequest) error {
 	if !ValidClientMsgID(s.GetClientMsgId()) {
 		return fmt.Errorf("send: client_msg_id must be 1..%d bytes without control characters: %w", MaxClientMsgIDLen, ErrInvalidArgument)
 	}
+	if a := s.GetAfterClientMsgId(); a != "" && !ValidClientMsgID(a) {
+		return fmt.Errorf("send: after_client_msg_id must be empty or 1..%d bytes without control characters: %w", MaxClientMsgIDLen, ErrInvalidArgument)
+	}
 	if s.GetEnvelope() == nil {
 		return fmt.Errorf("send: missing envelope: %w", ErrInvalidArgument)
 	}

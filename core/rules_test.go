@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -88,6 +89,14 @@ func TestValidClientMsgID(t *testing.T) {
 		err := ValidateSend(&pb.SendRequest{ConvId: "d:a:b", ClientMsgId: tc.id, Envelope: &pb.Envelope{}})
 		if (err == nil) != tc.ok {
 			t.Errorf("ValidateSend(client_msg_id %q) = %v, want ok=%v", tc.id, err, tc.ok)
+		}
+		// after_client_msg_id: the same rule, and empty (no predecessor) is fine.
+		err = ValidateSend(&pb.SendRequest{ConvId: "d:a:b", ClientMsgId: "m", AfterClientMsgId: tc.id, Envelope: &pb.Envelope{}})
+		if want := tc.ok || tc.id == ""; (err == nil) != want {
+			t.Errorf("ValidateSend(after_client_msg_id %q) = %v, want ok=%v", tc.id, err, want)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("after_client_msg_id %q: %v, want INVALID_ARGUMENT", tc.id, err)
 		}
 	}
 }
