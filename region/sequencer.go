@@ -694,7 +694,7 @@ func (r *Region) seqSend(ctx context.Context, b *batch, in *pb.IngressRecord, s 
 	return r.sendOutputs(ctx, b, in, m, st, m.GetMsgId() != req.Message.GetMsgId())
 }
 
-// checkAfter enforces per-sender order (PROTOCOL.md §5.2): a send that
+// checkAfter enforces per-sender order (PROTOCOL.md §7.1.2): a send that
 // names a predecessor (after_client_msg_id) is sequenced only once that
 // predecessor is stored, so a device may keep many sends in flight and a
 // transient refusal of one never lets a later one overtake it. It returns
