@@ -222,6 +222,10 @@ type Client struct {
 	results  map[string]SendResult
 	resultQ  []string
 	waiters  map[string][]chan struct{}
+	// finishing holds the outbox entries being settled (finishSend): an
+	// entry is settled once, by its SendAck or by its stored entry coming
+	// back in a push or sync, whichever is first.
+	finishing map[string]bool
 	running  bool
 	linking  bool // a watchLinks goroutine runs
 
@@ -286,7 +290,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg: cfg, log: cfg.Logger, store: store, outbox: ob, sealer: cfg.Sealer,
 		id: id, up: make(chan struct{}),
-		results: map[string]SendResult{}, waiters: map[string][]chan struct{}{},
+		results: map[string]SendResult{}, waiters: map[string][]chan struct{}{}, finishing: map[string]bool{},
 		recv:    map[string]*recvState{},
 		emitted: map[string]uint64{}, dirty: map[string]struct{}{},
 		events: make(chan Event, cfg.EventBuffer), dispatchWake: make(chan struct{}, 1),
@@ -914,6 +918,8 @@ func (c *Client) ingest(s *session, msgs []*pb.Message, fromSync bool) bool {
 		byConv[conv] = append(byConv[conv], m)
 	}
 	stored, gap := false, false
+	self, _ := c.Device()
+	var own []*pb.Message // this device's user entries now stored
 	c.recvMu.Lock()
 	for _, conv := range order {
 		rs := c.recv[conv]
@@ -941,6 +947,11 @@ func (c *Client) ingest(s *session, msgs []*pb.Message, fromSync bool) bool {
 			}
 			stored = true
 			c.markDirty(conv)
+			for _, m := range res.Ready {
+				if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER && core.KeyOf(m.GetSender()) == self {
+					own = append(own, m)
+				}
+			}
 		}
 		if len(res.Ready) > 0 || res.Duplicates > 0 {
 			s.markAck(conv)
@@ -948,6 +959,14 @@ func (c *Client) ingest(s *session, msgs []*pb.Message, fromSync bool) bool {
 		gap = gap || res.Gap
 	}
 	c.recvMu.Unlock()
+	for _, m := range own {
+		// Stored, so sent: an outbox entry still waiting for its SendAck
+		// (lost with a session, or a resend not answered yet) is settled
+		// now, with what the SendAck would have said.
+		if c.outbox.has(m.GetClientMsgId()) {
+			c.finishSend(SendResult{Conv: m.GetConvId(), ClientMsgID: m.GetClientMsgId(), Seq: m.GetSeq(), MsgID: m.GetMsgId(), SentAtMs: m.GetSentAtMs()})
+		}
+	}
 	if stored {
 		c.kickDispatcher()
 	}
@@ -1023,6 +1042,19 @@ func (c *Client) syncAll(s *session) error {
 // itself, in outbox order, and hands each to a goroutine that waits for
 // its SendAck, so the wire order is the outbox order.
 func (c *Client) sender(s *session) {
+	if len(c.outbox.Pending()) > 0 {
+		// Entries left from before this session may be stored already
+		// (their acks lost with the session, or the device was away longer
+		// than the server's resend window, after which a resend would be
+		// stored twice): the session's first sync brings this device's own
+		// stored entries back and settles those (ingest), and only the rest
+		// are sent (PROTOCOL.md §7.1).
+		select {
+		case <-s.synced:
+		case <-s.ctx.Done():
+			return
+		}
+	}
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 	sem := make(chan struct{}, c.cfg.MaxInflight)
@@ -1091,6 +1123,15 @@ func (c *Client) finishSend(res SendResult) {
 	// Record the result before removing the entry, so WaitSent always finds
 	// the message in one of the two places.
 	c.mu.Lock()
+	if c.finishing[res.ClientMsgID] || !c.outbox.has(res.ClientMsgID) {
+		// Settled already: its stored entry came back in a push or a sync
+		// before this attempt's answer (or the other way round). The first
+		// outcome stands; an error of a later attempt of a stored message
+		// must not turn it into a failure.
+		c.mu.Unlock()
+		return
+	}
+	c.finishing[res.ClientMsgID] = true
 	if _, ok := c.results[res.ClientMsgID]; !ok {
 		c.resultQ = append(c.resultQ, res.ClientMsgID)
 		if len(c.resultQ) > maxResults {
@@ -1105,6 +1146,9 @@ func (c *Client) finishSend(res SendResult) {
 	if _, err := c.outbox.Remove(res.ClientMsgID); err != nil {
 		c.log.Error("client: outbox remove", "err", err)
 	}
+	c.mu.Lock()
+	delete(c.finishing, res.ClientMsgID)
+	c.mu.Unlock()
 	for _, w := range ws {
 		close(w)
 	}

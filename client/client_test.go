@@ -149,28 +149,68 @@ func TestSendReceiveInOrder(t *testing.T) {
 	}
 }
 
-func TestLostAckIsResentWithSameID(t *testing.T) {
+// TestLostAckSettledByStoredEntry: a message stored by the server whose
+// SendAck was lost with the session is settled by its stored entry coming
+// back — pushed live to the sending device, or, when that push was lost
+// too, in the next session's first sync, which runs before anything is
+// resent — with the seq the SendAck would have carried, and is not sent
+// again (PROTOCOL.md §7.1: a resend after the server's resend window would
+// be stored twice).
+func TestLostAckSettledByStoredEntry(t *testing.T) {
+	for _, pushLost := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pushLost=%v", pushLost), func(t *testing.T) {
+			p := newTestPeer(t)
+			alice, _ := registered(t, p, "alice")
+			ctx := testCtx(t)
+			p.mu.Lock()
+			p.dropReply = 1
+			if pushLost {
+				p.skipPush[1] = 1
+			}
+			p.mu.Unlock()
+			id, err := alice.SendDirect(ctx, "bob", []byte("once"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := alice.WaitSent(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.sends[id] != 1 {
+				t.Fatalf("server saw the message %d times, want 1 (settled by its stored entry, not resent)", p.sends[id])
+			}
+			if res.Seq != 1 || res.MsgID != "m1" || len(p.convs[core.DirectConvID("alice", "bob")]) != 1 {
+				t.Fatalf("result %+v, stored %d", res, len(p.convs[core.DirectConvID("alice", "bob")]))
+			}
+		})
+	}
+}
+
+// TestUnstoredSendIsResentWithSameID: a send whose connection dropped
+// before the server stored it is sent again on the next session, with the
+// same client message id, once that session's first sync found nothing.
+func TestUnstoredSendIsResentWithSameID(t *testing.T) {
 	p := newTestPeer(t)
 	alice, _ := registered(t, p, "alice")
 	ctx := testCtx(t)
 	p.mu.Lock()
-	p.dropReply = 1
+	p.rejectN = 1 // UNAVAILABLE, nothing stored
 	p.mu.Unlock()
-	id, err := alice.SendDirect(ctx, "bob", []byte("once"))
+	id, err := alice.SendDirect(ctx, "bob", []byte("again"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.dropAll()
 	res, err := alice.WaitSent(ctx, id)
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || res.Seq != 1 {
+		t.Fatalf("%+v %v", res, err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.sends[id] != 2 {
-		t.Fatalf("server saw the message %d times, want 2 (original + resend)", p.sends[id])
-	}
-	if res.Seq != 1 || len(p.convs[core.DirectConvID("alice", "bob")]) != 1 {
-		t.Fatalf("seq %d, stored %d", res.Seq, len(p.convs[core.DirectConvID("alice", "bob")]))
+	if p.sends[id] < 2 || len(p.convs[core.DirectConvID("alice", "bob")]) != 1 {
+		t.Fatalf("sent %d times, stored %d; want a resend with the same id, stored once", p.sends[id], len(p.convs[core.DirectConvID("alice", "bob")]))
 	}
 }
 

@@ -88,7 +88,13 @@
 // exponential backoff, waiting at least the error's retry_after_ms (at
 // most 5 min); the server deduplicates on (conversation, device,
 // client message id) and acks a duplicate with the original seq. A
-// SendAck removes the entry and emits SendAckedEvent; a permanent error
+// SendAck removes the entry and emits SendAckedEvent — as does the
+// message's own stored entry coming back to this device in a push or a
+// sync, whichever comes first (the SendAck may have been lost with the
+// session). A session that starts with entries in the outbox sends
+// nothing until its first sync has settled those already stored, so a
+// device back after longer than the server's resend window does not
+// store them twice (PROTOCOL.md §7.1). A permanent error
 // (NOT_MEMBER, NOT_FOUND, INVALID_ARGUMENT, FORBIDDEN, GROUP_FULL) removes
 // it and emits SendFailedEvent; so does a message larger than the edge's
 // max_frame_bytes (from its ServerHello), which is failed locally with

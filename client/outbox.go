@@ -366,6 +366,13 @@ func (ob *Outbox) resetInflight() {
 	ob.signal()
 }
 
+// has reports whether an entry with the client message id is pending.
+func (ob *Outbox) has(clientMsgID string) bool {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	return slices.ContainsFunc(ob.entries, func(e *outboxEntry) bool { return e.req.GetClientMsgId() == clientMsgID })
+}
+
 // attempts returns how often the entry has been put on the wire.
 func (ob *Outbox) attempts(clientMsgID string) int {
 	ob.mu.Lock()
