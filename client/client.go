@@ -226,8 +226,8 @@ type Client struct {
 	// entry is settled once, by its SendAck or by its stored entry coming
 	// back in a push or sync, whichever is first.
 	finishing map[string]bool
-	running  bool
-	linking  bool // a watchLinks goroutine runs
+	running   bool
+	linking   bool // a watchLinks goroutine runs
 
 	recvMu sync.Mutex
 	recv   map[string]*recvState
