@@ -35,7 +35,7 @@
 //  5. the outputs collected: the ack (or the conversation's info), one
 //     pb.EdgeRecord per edge hosting an online member device (fan-out per
 //     edge, not per member, the sending device included), receipts
-//     (coalesced at the end of the batch: those for the same senders in
+//     (coalesced at the end of the batch: those for the same user in
 //     one Receipts frame, one per reader device and kind; receipts.go),
 //     push notifications. A client's resend of a stored message is acked
 //     without a second delivery once this process produced the first

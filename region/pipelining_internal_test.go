@@ -279,6 +279,58 @@ func TestReceiptsCoalescedPerBatch(t *testing.T) {
 			if single.GetSeq() != head || single.GetKind() != pb.ReceiptKind_RECEIPT_KIND_READ {
 				t.Fatalf("lone receipt %v", single)
 			}
+
+			// Two senders (alice, then u000) in a small group; half the
+			// members ack both messages at once (a receipt for both
+			// senders), half one then the other (one for each): each sender
+			// still gets one frame for the batch, not one per set of senders.
+			small := core.GroupID("alice", "twosenders")
+			if err := st.SetRoute(t.Context(), core.Route{Device: devs[0], Edge: "e1", Session: 2, SinceMs: 1}); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.handleBatch(t.Context(), []core.BusRecord{
+				ingressRecord(t, alice, 30, small, next(), &pb.IngressRecord{Op: &pb.IngressRecord_CreateGroup{CreateGroup: &pb.CreateGroupRequest{ConvId: small, Members: users[:10]}}}),
+				sendAfter(t, alice, 31, small, "a1", "", next()),
+				sendAfter(t, devs[0], 32, small, "u1", "", next()),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			resps = answers(bus.produced(t))
+			h := resps[32].GetSend().GetSeq()
+			if h != 3 {
+				t.Fatalf("setup: %v", resps)
+			}
+			batch = nil
+			for i, d := range devs[1:10] {
+				if i%2 == 0 {
+					batch = append(batch, ingressRecord(t, d, 0, small, next(), &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: small, Seq: h}}}))
+					continue
+				}
+				batch = append(batch,
+					ingressRecord(t, d, 0, small, next(), &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: small, Seq: h - 1}}}),
+					ingressRecord(t, d, 0, small, next(), &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: small, Seq: h}}}))
+			}
+			if err := r.handleBatch(t.Context(), batch); err != nil {
+				t.Fatal(err)
+			}
+			perTarget := map[core.DeviceKey]int{}
+			receipts := map[core.DeviceKey]int{}
+			for _, er := range bus.produced(t) {
+				n := len(er.GetFrame().GetReceipts().GetReceipts())
+				if er.GetFrame().GetReceipt() != nil {
+					n = 1
+				}
+				if n == 0 {
+					continue
+				}
+				for _, tg := range er.GetTargets() {
+					perTarget[core.KeyOf(tg)]++
+					receipts[core.KeyOf(tg)] += n
+				}
+			}
+			if perTarget[alice] != 1 || perTarget[devs[0]] != 1 || receipts[alice] != 9 || receipts[devs[0]] != 9 {
+				t.Fatalf("frames per sender %v, receipts %v; want one frame of 9 receipts each", perTarget, receipts)
+			}
 		})
 	}
 }

@@ -1,7 +1,7 @@
 package region
 
 import (
-	"strings"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -33,65 +33,68 @@ type receiptKey struct {
 }
 
 // flushReceipts turns the batch's pending receipts into fan-out frames,
-// coalesced: the receipts addressed to the same users go out together,
-// one per (conversation, reader device, kind) with the highest seq, as a
-// lone Receipt frame when there is one and as a Receipts frame of at
-// most maxReceiptsPerFrame (and maxReceiptFrameSize bytes) otherwise. In
-// a busy group every member's delivery ack of a sender's message would
-// otherwise be one frame to each of the sender's devices: the batch
-// bounds the receipt frames a sender gets to about one per batch,
-// however many members ack. Receipts are cumulative, so keeping only the
-// highest seq per reader loses nothing.
+// coalesced per target user: each user gets the batch's receipts for it
+// in one frame — one per (conversation, reader device, kind) with the
+// highest seq — a lone Receipt frame when there is one and Receipts
+// frames of at most maxReceiptsPerFrame (and maxReceiptFrameSize bytes)
+// otherwise. In a busy group every member's delivery ack of a sender's
+// message would otherwise be one frame to each of the sender's devices:
+// the batch bounds the receipt frames a sender gets to one per batch
+// (more only past the frame bounds), however many members ack. Receipts
+// are cumulative, so keeping only the highest seq per reader loses
+// nothing.
 func (r *Region) flushReceipts(b *batch) {
 	if len(b.receipts) == 0 {
 		return
 	}
-	type group struct {
-		users []string
-		list  []*pb.Receipt
-		idx   map[receiptKey]int
+	type perUser struct {
+		list []*pb.Receipt
+		idx  map[receiptKey]int
 	}
-	var order []*group
-	byUsers := map[string]*group{}
+	byUser := map[string]*perUser{}
+	var users []string
 	for _, pr := range b.receipts {
-		key := strings.Join(pr.users, "\x00")
-		g := byUsers[key]
-		if g == nil {
-			g = &group{users: pr.users, idx: map[receiptKey]int{}}
-			byUsers[key] = g
-			order = append(order, g)
-		}
 		k := receiptKey{conv: pr.r.GetConvId(), from: core.KeyOf(pr.r.GetFrom()), kind: pr.r.GetKind()}
-		if i, ok := g.idx[k]; ok {
-			if pr.r.GetSeq() > g.list[i].GetSeq() {
-				g.list[i] = pr.r
+		for _, u := range pr.users {
+			g := byUser[u]
+			if g == nil {
+				g = &perUser{idx: map[receiptKey]int{}}
+				byUser[u] = g
+				users = append(users, u)
 			}
-			r.stats.receiptsCoalesced.Add(1)
-			continue
+			if i, ok := g.idx[k]; ok {
+				if pr.r.GetSeq() > g.list[i].GetSeq() {
+					g.list[i] = pr.r
+				}
+				r.stats.receiptsCoalesced.Add(1)
+				continue
+			}
+			g.idx[k] = len(g.list)
+			g.list = append(g.list, pr.r)
 		}
-		g.idx[k] = len(g.list)
-		g.list = append(g.list, pr.r)
 	}
 	b.receipts = nil
-	for _, g := range order {
-		for len(g.list) > 0 {
+	slices.Sort(users)
+	for _, u := range users {
+		list := byUser[u].list
+		for len(list) > 0 {
 			n, size := 0, 0
-			for n < len(g.list) && n < maxReceiptsPerFrame {
-				sz := proto.Size(g.list[n]) + 4
+			for n < len(list) && n < maxReceiptsPerFrame {
+				sz := proto.Size(list[n]) + 4
 				if n > 0 && size+sz > maxReceiptFrameSize {
 					break
 				}
 				size += sz
 				n++
 			}
-			chunk := g.list[:n]
-			g.list = g.list[n:]
+			chunk := list[:n]
+			list = list[n:]
 			frame := &pb.ServerFrame{Body: &pb.ServerFrame_Receipt{Receipt: chunk[0]}}
 			if n > 1 {
 				frame = &pb.ServerFrame{Body: &pb.ServerFrame_Receipts{Receipts: &pb.Receipts{Receipts: chunk}}}
 				r.stats.receiptsCoalesced.Add(uint64(n - 1))
 			}
-			b.fanFrame(g.users, frame, &r.stats.receipts)
+			b.fanFrame([]string{u}, frame, &r.stats.receipts)
 		}
 	}
 }

@@ -241,8 +241,9 @@ type Stats struct {
 	NotifyDropped uint64 // push notifications dropped: queue full
 	NotifyFailed  uint64 // push notifications the notifier failed
 	ReceiptsSent  uint64 // receipt records produced (one per edge per receipt frame)
-	// ReceiptsCoalesced counts receipts that went out inside another
-	// receipt's frame (a Receipts frame of n carries n-1 of them).
+	// ReceiptsCoalesced counts receipts merged into another receipt's
+	// frame: n-1 per Receipts frame of n, plus those superseded by a
+	// later receipt of the same reader in the same batch.
 	ReceiptsCoalesced uint64
 	// OutOfOrder counts sends refused because the predecessor they named
 	// (after_client_msg_id) was not stored yet.

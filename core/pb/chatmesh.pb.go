@@ -3615,9 +3615,9 @@ func (x *Receipt) GetSeq() uint64 {
 }
 
 // Receipts carries several receipts in one frame: the region coalesces the
-// receipts one batch of acknowledgements and read markers produces for the
-// same senders (one per conversation, kind and device `from`, the highest
-// seq). Each means exactly what it would mean as a lone Receipt frame.
+// receipts one batch of acknowledgements and read markers produces for a
+// user (one per conversation, kind and device `from`, the highest seq).
+// Each means exactly what it would mean as a lone Receipt frame.
 type Receipts struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Receipts      []*Receipt             `protobuf:"bytes,1,rep,name=receipts,proto3" json:"receipts,omitempty"`
