@@ -1102,18 +1102,26 @@ func (c *Client) sendDone(s *session, req *pb.SendRequest, r *pb.Response, err e
 	switch {
 	case err == nil:
 		ack := r.GetSend()
+		c.outbox.acked(req.GetConvId(), c.cfg.SendWindow)
 		c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: id, Seq: ack.GetSeq(), MsgID: ack.GetMsgId(), SentAtMs: ack.GetSentAtMs()})
 	case s.ctx.Err() != nil || errors.Is(err, ErrSessionLost):
 		c.outbox.release(id, time.Time{}) // sent again on the next session
 	case errors.As(err, &we) && we.Code == pb.ErrorCode_ERROR_CODE_OUT_OF_ORDER:
 		// Its predecessor was not stored when it arrived: it goes again
-		// right after that one (which, refused transiently, holds back
-		// everything after it in the conversation until its retry).
-		c.outbox.release(id, time.Time{})
+		// once the predecessor's answer is in (a predecessor refused
+		// transiently holds back everything after it until its retry).
+		c.outbox.releaseOutOfOrder(id)
 	case errors.As(err, &we) && !retryable(we.Code):
 		c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: id, Err: err})
 	default: // transient server error or ack timeout
+		c.outbox.congested(req.GetConvId())
 		d := max(backoff(c.outbox.attempts(id), c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(err))
+		if ra := retryAfter(err); ra > 0 && errors.As(err, &we) && we.Code == pb.ErrorCode_ERROR_CODE_RATE_LIMITED {
+			// The edge said when its budget lets this through: that, not
+			// an exponential backoff grown by earlier refusals of a
+			// pipelined burst (the window is one now, so nothing piles up).
+			d = ra
+		}
 		c.log.Debug("client: send will be retried", "conv", req.GetConvId(), "client_msg_id", id, "err", err, "in", d)
 		c.outbox.release(id, time.Now().Add(d))
 	}

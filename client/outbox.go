@@ -50,6 +50,12 @@ type Outbox struct {
 	flushing bool
 	changed  chan struct{} // cap 1: signalled on add, release, remove
 	empty    chan struct{} // closed while the outbox is empty; replaced when it fills
+	// cwnd is the congestion window of conversations whose sends were
+	// refused transiently (RATE_LIMITED, UNAVAILABLE, a timeout): 1
+	// after a refusal, doubled by each SendAck up to the configured
+	// window (then dropped). Without it a whole window of sends would be
+	// refused round after round, each message backing off on its own.
+	cwnd map[string]int
 }
 
 type outboxBatch struct {
@@ -74,6 +80,10 @@ type outboxEntry struct {
 	inflight  bool
 	attempts  int
 	notBefore time.Time
+	// waitPred: refused OUT_OF_ORDER; not sent again while an earlier
+	// entry of its conversation is in flight (its predecessor's outcome
+	// decides whether the resend can pass).
+	waitPred bool
 }
 
 // OutboxEntry is a read-only view of one pending message.
@@ -290,7 +300,8 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 	defer ob.mu.Unlock()
 	inflight := map[string]int{}
 	blocked := map[string]bool{}
-	prev := map[string]string{} // conversation -> the last entry seen
+	prev := map[string]string{}  // conversation -> the last entry seen
+	earlier := map[string]bool{} // conversation -> an entry seen so far is in flight
 	for _, e := range ob.entries {
 		if e.inflight {
 			inflight[e.req.GetConvId()]++
@@ -302,6 +313,7 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 		prev[conv] = e.req.GetClientMsgId()
 		barrier := isKeyDistribution(e.req)
 		if e.inflight {
+			earlier[conv] = true
 			if barrier {
 				blocked[conv] = true // nothing overtakes a key distribution
 			}
@@ -317,10 +329,18 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 			}
 			continue
 		}
+		if e.waitPred && earlier[conv] {
+			blocked[conv] = true // its predecessor's answer is still to come
+			continue
+		}
 		if len(pick) >= limit {
 			break
 		}
-		if inflight[conv] >= window || (barrier && inflight[conv] > 0) {
+		w := window
+		if c, ok := ob.cwnd[conv]; ok && c < w {
+			w = c
+		}
+		if inflight[conv] >= w || (barrier && inflight[conv] > 0) {
 			blocked[conv] = true
 			continue
 		}
@@ -331,7 +351,9 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 			blocked[conv] = true
 		}
 		inflight[conv]++
+		earlier[conv] = true
 		e.inflight = true
+		e.waitPred = false
 		e.attempts++
 		pick = append(pick, &pb.SendRequest{
 			ConvId: conv, ClientMsgId: e.req.GetClientMsgId(), Envelope: e.req.GetEnvelope(), AfterClientMsgId: after,
@@ -353,6 +375,48 @@ func (ob *Outbox) release(clientMsgID string, notBefore time.Time) {
 	}
 	ob.mu.Unlock()
 	ob.signal()
+}
+
+// releaseOutOfOrder returns an entry refused OUT_OF_ORDER to the queue: it
+// goes again as soon as no earlier entry of its conversation is in flight,
+// and the attempt is not counted (it says nothing about the entry itself,
+// so it must not grow its backoff).
+func (ob *Outbox) releaseOutOfOrder(clientMsgID string) {
+	ob.mu.Lock()
+	for _, e := range ob.entries {
+		if e.req.GetClientMsgId() == clientMsgID {
+			e.inflight, e.waitPred = false, true
+			e.notBefore = time.Time{}
+			e.attempts = max(e.attempts-1, 0)
+			break
+		}
+	}
+	ob.mu.Unlock()
+	ob.signal()
+}
+
+// congested shrinks conv's window to one send in flight (a transient
+// refusal); acked grows it back.
+func (ob *Outbox) congested(conv string) {
+	ob.mu.Lock()
+	if ob.cwnd == nil {
+		ob.cwnd = map[string]int{}
+	}
+	ob.cwnd[conv] = 1
+	ob.mu.Unlock()
+}
+
+// acked doubles conv's shrunken window (a SendAck), up to window.
+func (ob *Outbox) acked(conv string, window int) {
+	ob.mu.Lock()
+	if c, ok := ob.cwnd[conv]; ok {
+		if c*2 >= window {
+			delete(ob.cwnd, conv)
+		} else {
+			ob.cwnd[conv] = c * 2
+		}
+	}
+	ob.mu.Unlock()
 }
 
 // resetInflight marks every entry not in flight (the session ended: whatever

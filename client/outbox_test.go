@@ -278,3 +278,83 @@ func TestOutboxKeyDistributionIsABarrier(t *testing.T) {
 	}
 	step("m1")
 }
+
+// TestOutboxCongestionWindow: a transient refusal shrinks its
+// conversation to one send in flight; each SendAck doubles it back; sends
+// refused OUT_OF_ORDER meanwhile keep their attempt count (no backoff
+// grows from them).
+func TestOutboxCongestionWindow(t *testing.T) {
+	ob, err := OpenOutbox(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		ob.Add(sreq("A", fmt.Sprintf("a%d", i)))
+	}
+	now := time.Now()
+	if p, _ := ob.sendable(now, 8, 100); len(p) != 8 {
+		t.Fatalf("first pick %v, want the window of 8", ids(p))
+	}
+	// a0 is RATE_LIMITED; a1..a7, which named it, come back OUT_OF_ORDER.
+	ob.congested("A")
+	ob.release("a0", now)
+	for i := 1; i < 8; i++ {
+		ob.releaseOutOfOrder(fmt.Sprintf("a%d", i))
+	}
+	if p, _ := ob.sendable(now, 8, 100); !slices.Equal(ids(p), []string{"a0"}) {
+		t.Fatalf("after the refusal %v, want a0 alone", ids(p))
+	}
+	if n := ob.attempts("a1"); n != 0 {
+		t.Fatalf("a1 counted %d attempts; the OUT_OF_ORDER one must not count", n)
+	}
+	// a0 acked: two in flight, then four.
+	ob.acked("A", 8)
+	ob.Remove("a0")
+	p, _ := ob.sendable(now, 8, 100)
+	if !slices.Equal(ids(p), []string{"a1", "a2"}) {
+		t.Fatalf("after one ack %v, want a1 a2", ids(p))
+	}
+	ob.acked("A", 8)
+	ob.Remove("a1")
+	if p, _ := ob.sendable(now, 8, 100); !slices.Equal(ids(p), []string{"a3", "a4", "a5"}) { // a2 still in flight: 4 in all
+		t.Fatalf("after two acks %v, want a3 a4 a5", ids(p))
+	}
+	// Back to the full window once it reaches it.
+	ob.acked("A", 8)
+	ob.mu.Lock()
+	_, shrunk := ob.cwnd["A"]
+	ob.mu.Unlock()
+	if shrunk {
+		t.Fatal("window not restored after reaching the configured size")
+	}
+}
+
+// TestOutboxOutOfOrderWaitsForPredecessor: a send refused OUT_OF_ORDER is
+// not sent again while its predecessor is still in flight (it would only
+// be refused again), and goes once the predecessor's answer is in.
+func TestOutboxOutOfOrderWaitsForPredecessor(t *testing.T) {
+	ob, err := OpenOutbox(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob.Add(sreq("A", "a1"))
+	ob.Add(sreq("A", "a2"))
+	now := time.Now()
+	if p, _ := ob.sendable(now, 8, 100); len(p) != 2 {
+		t.Fatalf("first pick %v", ids(p))
+	}
+	ob.releaseOutOfOrder("a2")
+	if p, _ := ob.sendable(now, 8, 100); len(p) != 0 {
+		t.Fatalf("%v sent again while a1 is in flight", ids(p))
+	}
+	// a1 is refused transiently and goes again: a2 still waits behind it.
+	ob.release("a1", now)
+	if p, _ := ob.sendable(now, 8, 100); !slices.Equal(ids(p), []string{"a1"}) {
+		t.Fatalf("%v, want a1 alone", ids(p))
+	}
+	ob.Remove("a1") // acked
+	p, _ := ob.sendable(now, 8, 100)
+	if !slices.Equal(ids(p), []string{"a2"}) || p[0].GetAfterClientMsgId() != "" {
+		t.Fatalf("after a1 acked: %v (after %q), want a2 naming nothing", ids(p), p[0].GetAfterClientMsgId())
+	}
+}

@@ -189,9 +189,11 @@ type cmConn struct {
 	acks  map[string]*ackState
 
 	// sendMu keeps an ordered send's predecessor and its place on the
-	// wire together (Chatmesh.Ordered); last is the previous send's
-	// client_msg_id per conversation.
+	// wire together (Chatmesh.Ordered); last (under lastMu, which the
+	// reader also takes) is the previous send's client_msg_id per
+	// conversation.
 	sendMu sync.Mutex
+	lastMu sync.Mutex
 	last   map[string]string
 }
 
@@ -360,11 +362,13 @@ func (c *cmConn) begin(ctx context.Context, f *pb.ClientFrame, fn func(*pb.Respo
 		s.ClientMsgId = strconv.FormatUint(id, 36) // unique per device, as req ids are
 	}
 	if c.t.Ordered && s != nil {
+		c.lastMu.Lock()
 		if c.last == nil {
 			c.last = map[string]string{}
 		}
 		s.AfterClientMsgId = c.last[s.GetConvId()]
 		c.last[s.GetConvId()] = s.GetClientMsgId()
+		c.lastMu.Unlock()
 	}
 	c.pending[id] = fn
 	c.mu.Unlock()
@@ -409,6 +413,16 @@ func (c *cmConn) Publish(ctx context.Context, dest string, body []byte, done fun
 			done(0, ErrClosed)
 		case r.GetError() != nil:
 			e := r.GetError()
+			if c.t.Ordered {
+				// Not stored: a later send must not name it (this client
+				// never resends), or every send after it would be refused
+				// OUT_OF_ORDER. Those already on the wire are refused once.
+				c.lastMu.Lock()
+				if c.last[dest] == f.GetSend().GetClientMsgId() {
+					c.last[dest] = ""
+				}
+				c.lastMu.Unlock()
+			}
 			var err error = &core.WireError{Code: e.GetCode(), Detail: e.GetDetail()}
 			if e.GetCode() == pb.ErrorCode_ERROR_CODE_RATE_LIMITED {
 				err = fmt.Errorf("%w: %w", ErrRejected, err)
