@@ -546,3 +546,64 @@ func TestE2EPipelinedSendsKeepOrderUnderRateLimit(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPipelinedSendsUnderRateLimit: 120 sends of one conversation
+// against an edge whose per-session budget is 200/s with a burst of 4,
+// the client's default backoffs, at SendWindow 1 and 32; reports the time
+// until all are acked (in send order) and the send attempts per message.
+// go test ./client -run '^$' -bench PipelinedSendsUnderRateLimit -benchtime 1x
+func BenchmarkPipelinedSendsUnderRateLimit(b *testing.B) {
+	for _, window := range []int{1, 32} {
+		b.Run(fmt.Sprintf("window=%d", window), func(b *testing.B) {
+			for b.Loop() {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				s, err := stack.Start(ctx, stack.Config{DataDir: b.TempDir(), WTAddr: "-",
+					EdgeConfig: func(c *edge.Config) { c.MessagesPerSecond, c.Burst = 200, 4 }})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ends := s.Endpoints()
+				key, _ := hex.DecodeString(ends.EdgeKey)
+				open := func(user string) *client.Client {
+					c, err := client.Open(ctx, client.Config{Sealer: client.InsecurePlaintextSealer{}, StateDir: b.TempDir(),
+						Edges: []string{ends.WS}, ServerKey: key, SendWindow: window})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := c.Register(ctx, user); err != nil {
+						b.Fatal(err)
+					}
+					if err := c.Start(); err != nil {
+						b.Fatal(err)
+					}
+					if err := c.WaitConnected(ctx); err != nil {
+						b.Fatal(err)
+					}
+					return c
+				}
+				alice, bob := open("alice"), open("bob")
+				const n = 120
+				start := time.Now()
+				var ids []string
+				for i := range n {
+					id, err := alice.SendDirect(ctx, "bob", fmt.Appendf(nil, "%d", i))
+					if err != nil {
+						b.Fatal(err)
+					}
+					ids = append(ids, id)
+				}
+				for i, id := range ids {
+					if res, err := alice.WaitSent(ctx, id); err != nil || res.Seq != uint64(i+1) {
+						b.Fatalf("message %d: %+v %v", i, res, err)
+					}
+				}
+				b.ReportMetric(time.Since(start).Seconds(), "s-to-ack-all")
+				b.ReportMetric(float64(s.Edge.Stats().FramesIn)/n, "frames-in/msg")
+				alice.Close()
+				bob.Close()
+				s.Shutdown(context.Background())
+				cancel()
+			}
+		})
+	}
+}

@@ -55,7 +55,8 @@ type Outbox struct {
 	// after a refusal, doubled by each SendAck up to the configured
 	// window (then dropped). Without it a whole window of sends would be
 	// refused round after round, each message backing off on its own.
-	cwnd map[string]int
+	cwnd  map[string]int
+	picks uint64 // entries picked so far
 }
 
 type outboxBatch struct {
@@ -80,10 +81,12 @@ type outboxEntry struct {
 	inflight  bool
 	attempts  int
 	notBefore time.Time
-	// waitPred: refused OUT_OF_ORDER; not sent again while an earlier
-	// entry of its conversation is in flight (its predecessor's outcome
-	// decides whether the resend can pass).
-	waitPred bool
+	// pick numbers this entry's latest pick (Outbox.picks). waitPicks,
+	// set when it was refused OUT_OF_ORDER: it is not sent again while an
+	// earlier entry of its conversation picked no later than that is
+	// still in flight (the predecessor's answer decides whether the
+	// resend can pass); entries picked since do not hold it back.
+	pick, waitPicks uint64
 }
 
 // OutboxEntry is a read-only view of one pending message.
@@ -300,8 +303,8 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 	defer ob.mu.Unlock()
 	inflight := map[string]int{}
 	blocked := map[string]bool{}
-	prev := map[string]string{}  // conversation -> the last entry seen
-	earlier := map[string]bool{} // conversation -> an entry seen so far is in flight
+	prev := map[string]string{}   // conversation -> the last entry seen
+	oldest := map[string]uint64{} // conversation -> the lowest pick number in flight so far
 	for _, e := range ob.entries {
 		if e.inflight {
 			inflight[e.req.GetConvId()]++
@@ -313,7 +316,9 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 		prev[conv] = e.req.GetClientMsgId()
 		barrier := isKeyDistribution(e.req)
 		if e.inflight {
-			earlier[conv] = true
+			if o, ok := oldest[conv]; !ok || e.pick < o {
+				oldest[conv] = e.pick
+			}
 			if barrier {
 				blocked[conv] = true // nothing overtakes a key distribution
 			}
@@ -329,7 +334,7 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 			}
 			continue
 		}
-		if e.waitPred && earlier[conv] {
+		if o, ok := oldest[conv]; ok && e.waitPicks > 0 && o <= e.waitPicks {
 			blocked[conv] = true // its predecessor's answer is still to come
 			continue
 		}
@@ -351,9 +356,11 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 			blocked[conv] = true
 		}
 		inflight[conv]++
-		earlier[conv] = true
-		e.inflight = true
-		e.waitPred = false
+		ob.picks++
+		e.inflight, e.pick, e.waitPicks = true, ob.picks, 0
+		if _, ok := oldest[conv]; !ok {
+			oldest[conv] = e.pick
+		}
 		e.attempts++
 		pick = append(pick, &pb.SendRequest{
 			ConvId: conv, ClientMsgId: e.req.GetClientMsgId(), Envelope: e.req.GetEnvelope(), AfterClientMsgId: after,
@@ -378,14 +385,15 @@ func (ob *Outbox) release(clientMsgID string, notBefore time.Time) {
 }
 
 // releaseOutOfOrder returns an entry refused OUT_OF_ORDER to the queue: it
-// goes again as soon as no earlier entry of its conversation is in flight,
+// goes again as soon as no earlier entry of its conversation sent before
+// the refusal is in flight,
 // and the attempt is not counted (it says nothing about the entry itself,
 // so it must not grow its backoff).
 func (ob *Outbox) releaseOutOfOrder(clientMsgID string) {
 	ob.mu.Lock()
 	for _, e := range ob.entries {
 		if e.req.GetClientMsgId() == clientMsgID {
-			e.inflight, e.waitPred = false, true
+			e.inflight, e.waitPicks = false, ob.picks
 			e.notBefore = time.Time{}
 			e.attempts = max(e.attempts-1, 0)
 			break
