@@ -104,7 +104,7 @@ type Config struct {
 	// steady stream — a busy group — a conversation is acked about once
 	// per interval instead of once per message, which bounds the acks and
 	// receipts a group costs the server: in a 500-member group at 100
-	// msg/s the delivery p99 was 193 ms with no pause, 159 ms with 100 ms
+	// msg/s the delivery p99 was 139–193 ms with no pause, 159 ms with 100 ms
 	// and 94 ms with 300 ms (README, *Measured*). Default 250 ms: a
 	// delivered receipt is at most that late under a stream; negative: no
 	// pause (one ack in flight per conversation, the next when it is
