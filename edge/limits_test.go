@@ -52,6 +52,12 @@ func TestSizeLimits(t *testing.T) {
 	if n := proto.Size(sendFrame(1<<62, env)); n > core.MaxClientFrameBytes {
 		t.Fatalf("a maximal send takes %d bytes, above max_frame_bytes %d", n, core.MaxClientFrameBytes)
 	}
+	// Naming the longest predecessor (PROTOCOL.md §7.1.2) still fits.
+	withAfter := sendFrame(1<<62, env)
+	withAfter.GetSend().AfterClientMsgId = strings.Repeat("p", core.MaxClientMsgIDLen)
+	if n := proto.Size(withAfter); n > core.MaxClientFrameBytes {
+		t.Fatalf("a maximal send naming its predecessor takes %d bytes, above max_frame_bytes %d", n, core.MaxClientFrameBytes)
+	}
 	sender.send(sendFrame(1, env))
 	var ir pb.IngressRecord
 	select {
