@@ -272,7 +272,7 @@ type failReceiptsBus struct {
 func (b *failReceiptsBus) Produce(ctx context.Context, recs ...core.BusRecord) error {
 	for _, r := range recs {
 		var er pb.EdgeRecord
-		if proto.Unmarshal(r.Value, &er) == nil && er.GetFrame().GetReceipt() != nil && b.left.Add(-1) >= 0 {
+		if proto.Unmarshal(r.Value, &er) == nil && len(receiptsIn(&er)) > 0 && b.left.Add(-1) >= 0 {
 			return errors.New("injected: broker refused the batch")
 		}
 	}
@@ -294,8 +294,10 @@ func TestReceiptSurvivesFailedProduce(t *testing.T) {
 	h.ingress(bob, 2, 0, &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: 1}}}, conv)
 	h.waitFor("receipt", func(recs []*pb.EdgeRecord) bool {
 		for _, r := range recs {
-			if rc := r.GetFrame().GetReceipt(); rc != nil && rc.GetSeq() == 1 && rc.GetKind() == pb.ReceiptKind_RECEIPT_KIND_DELIVERED {
-				return true
+			for _, rc := range receiptsIn(r) {
+				if rc.GetSeq() == 1 && rc.GetKind() == pb.ReceiptKind_RECEIPT_KIND_DELIVERED {
+					return true
+				}
 			}
 		}
 		return false
@@ -364,15 +366,19 @@ func TestReceiptsRespectJoinPoint(t *testing.T) {
 	h.ingress(bob, 2, 0, &pb.IngressRecord{Op: &pb.IngressRecord_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: c.Head}}}, conv)
 	recs := h.waitFor("bob's receipt", func(recs []*pb.EdgeRecord) bool {
 		for _, r := range recs {
-			if rc := r.GetFrame().GetReceipt(); rc != nil && core.KeyOf(rc.GetFrom()) == bob {
-				return true
+			for _, rc := range receiptsIn(r) {
+				if core.KeyOf(rc.GetFrom()) == bob {
+					return true
+				}
 			}
 		}
 		return false
 	})
 	for _, r := range recs {
-		if rc := r.GetFrame().GetReceipt(); rc != nil && core.KeyOf(rc.GetFrom()) == carol {
-			t.Fatalf("carol's ack receipted messages from before she joined: %v", rc)
+		for _, rc := range receiptsIn(r) {
+			if core.KeyOf(rc.GetFrom()) == carol {
+				t.Fatalf("carol's ack receipted messages from before she joined: %v", rc)
+			}
 		}
 	}
 }
@@ -527,8 +533,10 @@ func TestPipelinedProduceFailuresKeepOrder(t *testing.T) {
 	}
 	h.waitFor("the last receipt", func(recs []*pb.EdgeRecord) bool {
 		for _, r := range recs {
-			if rc := r.GetFrame().GetReceipt(); rc != nil && rc.GetSeq() == n-5 {
-				return true
+			for _, rc := range receiptsIn(r) {
+				if rc.GetSeq() == n-5 {
+					return true
+				}
 			}
 		}
 		return false
