@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,17 +73,11 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return fmt.Errorf("bench: %w", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("bench: cpu profile: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile("bench", *cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	cfg := benchload.Config{
 		Pairs: *pairs, Rate: *rate, Members: *members, Senders: *senders, Conns: *conns,
 		Duration: *duration, Drain: *drain, BodySize: *size, Workers: *workers, DialConcurrency: *dialConc,
@@ -125,7 +118,6 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return fmt.Errorf("bench: unknown --target %q", *target)
 	}
 	var rep benchload.Report
-	var err error
 	switch *mode {
 	case "pairs":
 		if *sweepSpec != "" {

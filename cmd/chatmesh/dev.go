@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -53,17 +52,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := ret.check(); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return fmt.Errorf("dev: %w", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("dev: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile("dev", *cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	logger, err := newLogger(stderr, *logLevel)
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
