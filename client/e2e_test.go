@@ -20,7 +20,7 @@ import (
 // region + embedded Kafka + Pebble) on loopback, over WebSocket and
 // WebTransport.
 
-func startStack(t *testing.T, edgeCfg ...func(*edge.Config)) stack.Endpoints {
+func startStack(t testing.TB, edgeCfg ...func(*edge.Config)) stack.Endpoints {
 	t.Helper()
 	return startStackWith(t, func(c *stack.Config) {
 		if len(edgeCfg) > 0 {
@@ -30,7 +30,7 @@ func startStack(t *testing.T, edgeCfg ...func(*edge.Config)) stack.Endpoints {
 }
 
 // startStackWith starts the in-process stack with adjust applied to its config.
-func startStackWith(t *testing.T, adjust func(*stack.Config)) stack.Endpoints {
+func startStackWith(t testing.TB, adjust func(*stack.Config)) stack.Endpoints {
 	t.Helper()
 	testenv.SkipShort(t, "needs the in-process stack")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -49,13 +49,15 @@ func startStackWith(t *testing.T, adjust func(*stack.Config)) stack.Endpoints {
 	return s.Endpoints()
 }
 
-func e2eCtx(t *testing.T) context.Context {
+func e2eCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func e2eClient(t *testing.T, ends stack.Endpoints, dir string, useWT bool) *client.Client {
+// e2eClient opens a client of the stack; adjust changes its config (the
+// defaults here retry fast: 10 ms to 200 ms backoff).
+func e2eClient(t testing.TB, ends stack.Endpoints, dir string, useWT bool, adjust ...func(*client.Config)) *client.Client {
 	t.Helper()
 	key, _ := hex.DecodeString(ends.EdgeKey)
 	// These tests are about transport, sync and delivery; they use the
@@ -66,6 +68,9 @@ func e2eClient(t *testing.T, ends stack.Endpoints, dir string, useWT bool) *clie
 		cfg.Edges = []string{ends.WT}
 		cfg.CertHash, _ = hex.DecodeString(ends.CertHash)
 	}
+	for _, f := range adjust {
+		f(&cfg)
+	}
 	c, err := client.Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -74,10 +79,10 @@ func e2eClient(t *testing.T, ends stack.Endpoints, dir string, useWT bool) *clie
 	return c
 }
 
-func e2eUser(t *testing.T, ends stack.Endpoints, user string, useWT bool) (*client.Client, string) {
+func e2eUser(t testing.TB, ends stack.Endpoints, user string, useWT bool, adjust ...func(*client.Config)) (*client.Client, string) {
 	t.Helper()
 	dir := t.TempDir()
-	c := e2eClient(t, ends, dir, useWT)
+	c := e2eClient(t, ends, dir, useWT, adjust...)
 	if _, err := c.Register(e2eCtx(t), user); err != nil {
 		t.Fatalf("register %s: %v", user, err)
 	}
@@ -562,26 +567,10 @@ func BenchmarkPipelinedSendsUnderRateLimit(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				ends := s.Endpoints()
-				key, _ := hex.DecodeString(ends.EdgeKey)
-				open := func(user string) *client.Client {
-					c, err := client.Open(ctx, client.Config{Sealer: client.InsecurePlaintextSealer{}, StateDir: b.TempDir(),
-						Edges: []string{ends.WS}, ServerKey: key, SendWindow: window})
-					if err != nil {
-						b.Fatal(err)
-					}
-					if _, err := c.Register(ctx, user); err != nil {
-						b.Fatal(err)
-					}
-					if err := c.Start(); err != nil {
-						b.Fatal(err)
-					}
-					if err := c.WaitConnected(ctx); err != nil {
-						b.Fatal(err)
-					}
-					return c
-				}
-				alice, bob := open("alice"), open("bob")
+				// The client's default backoffs, not the fast ones of the tests.
+				cfg := func(c *client.Config) { c.MinBackoff, c.MaxBackoff, c.SendWindow = 0, 0, window }
+				alice, _ := e2eUser(b, s.Endpoints(), "alice", false, cfg)
+				bob, _ := e2eUser(b, s.Endpoints(), "bob", false, cfg)
 				const n = 120
 				start := time.Now()
 				var ids []string

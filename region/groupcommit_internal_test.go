@@ -80,6 +80,13 @@ func batchRegion(t testing.TB, st core.Store, adjust ...func(*Config)) *Region {
 	if err := bus.EnsureTopic(ctx, EdgeTopic("e1"), 1); err != nil {
 		t.Fatal(err)
 	}
+	return unstartedRegion(t, st, bus, adjust...)
+}
+
+// unstartedRegion is region r1 with one ingress partition on st and bus,
+// not started.
+func unstartedRegion(t testing.TB, st core.Store, bus core.Bus, adjust ...func(*Config)) *Region {
+	t.Helper()
 	cfg := Config{Name: "r1", IngressPartitions: 1}
 	for _, f := range adjust {
 		f(&cfg)

@@ -15,15 +15,7 @@ import (
 func captureRegion(t testing.TB, st core.Store, adjust ...func(*Config)) (*Region, *countingBus) {
 	t.Helper()
 	bus := &countingBus{}
-	cfg := Config{Name: "r1", IngressPartitions: 1}
-	for _, f := range adjust {
-		f(&cfg)
-	}
-	r, err := New(cfg, st, bus)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r, bus
+	return unstartedRegion(t, st, bus, adjust...), bus
 }
 
 // ingressRecord encodes op from dev as an ingress record at offset.
