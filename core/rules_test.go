@@ -77,6 +77,7 @@ func TestValidClientMsgID(t *testing.T) {
 		{"01J9ZQ3V5C8W", true},
 		{strings.Repeat("a", MaxClientMsgIDLen), true},
 		{strings.Repeat("a", MaxClientMsgIDLen+1), false},
+		{strings.Repeat("a", 10*MaxClientMsgIDLen), false},
 		{"", false},
 		{"a\x00b", false},
 		{"tab\there", false},

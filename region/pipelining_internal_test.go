@@ -2,6 +2,7 @@ package region
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -322,6 +323,68 @@ func TestReceiptsCoalescedPerBatch(t *testing.T) {
 			}
 			if perTarget[alice] != 1 || perTarget[devs[0]] != 1 || receipts[alice] != 9 || receipts[devs[0]] != 9 {
 				t.Fatalf("frames per sender %v, receipts %v; want one frame of 9 receipts each", perTarget, receipts)
+			}
+		})
+	}
+}
+
+// TestFlushReceiptsBounds: a user's receipts of one batch are split into
+// frames of at most maxReceiptsPerFrame receipts and maxReceiptFrameSize
+// bytes — at the count limit, one over it, with the longest ids (the byte
+// bound decides), and at 10x the count — and every receipt goes out once.
+func TestFlushReceiptsBounds(t *testing.T) {
+	r, err := New(Config{}, answeringStore{}, &countingBus{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("u", core.MaxUserIDLen)
+	for _, tc := range []struct {
+		name   string
+		n      int
+		user   func(i int) string
+		frames int // 0: only the bounds are checked
+	}{
+		{"limit", maxReceiptsPerFrame, func(i int) string { return fmt.Sprintf("u%d", i) }, 1},
+		{"limit+1", maxReceiptsPerFrame + 1, func(i int) string { return fmt.Sprintf("u%d", i) }, 2},
+		{"longest ids", maxReceiptsPerFrame, func(i int) string { return fmt.Sprintf("%s%04d", long[:core.MaxUserIDLen-4], i) }, 0},
+		{"10x", 10 * maxReceiptsPerFrame, func(i int) string { return fmt.Sprintf("%s%04d", long[:core.MaxUserIDLen-4], i) }, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBatch(r.store)
+			conv := "g:" + strings.Repeat("C", 64)
+			for i := range tc.n {
+				b.receipts = append(b.receipts, pendingReceipt{users: []string{"alice"}, r: &pb.Receipt{
+					ConvId: conv, From: &pb.DeviceAddr{UserId: tc.user(i), DeviceId: 1 << 31}, Kind: pb.ReceiptKind_RECEIPT_KIND_DELIVERED, Seq: 1 << 60,
+				}})
+			}
+			r.flushReceipts(b)
+			seen := map[string]bool{}
+			for _, f := range b.fan {
+				rs := f.frame.GetReceipts().GetReceipts()
+				if rc := f.frame.GetReceipt(); rc != nil {
+					rs = []*pb.Receipt{rc}
+				}
+				if len(rs) > maxReceiptsPerFrame {
+					t.Fatalf("a frame of %d receipts", len(rs))
+				}
+				if n := proto.Size(f.frame); n > maxReceiptFrameSize+64 {
+					t.Fatalf("a frame of %d bytes, bound %d", n, maxReceiptFrameSize)
+				}
+				for _, rc := range rs {
+					if seen[rc.GetFrom().GetUserId()] {
+						t.Fatalf("%s twice", rc.GetFrom().GetUserId())
+					}
+					seen[rc.GetFrom().GetUserId()] = true
+				}
+			}
+			if len(seen) != tc.n {
+				t.Fatalf("%d receipts out of %d", len(seen), tc.n)
+			}
+			if tc.frames > 0 && len(b.fan) != tc.frames {
+				t.Fatalf("%d frames, want %d", len(b.fan), tc.frames)
+			}
+			if tc.frames == 0 && len(b.fan) <= tc.n/maxReceiptsPerFrame {
+				t.Fatalf("%d frames for %d receipts with the longest ids: the byte bound never split one", len(b.fan), tc.n)
 			}
 		})
 	}
