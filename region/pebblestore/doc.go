@@ -53,6 +53,13 @@
 // ClearEdgeRoutes alone), so a reconnect storm's route writes share
 // fsyncs instead of queueing for one lock.
 //
+// Routes are also held in memory (routeindex.go): Open loads every route,
+// and each route write reloads the users it touched from the database once
+// its commit returns, so Routes — read by the sequencer's fan-out for every
+// batch — answers from a map. That is safe only because the store owns its
+// directory: no other process writes routes behind it. A route damaged on
+// disk fails Routes for its user with ErrCorrupt, as the scan did.
+//
 // The sequencer's write batch (Store.Begin, batch.go; core.WriteBatch) is
 // an indexed pebble.Batch: its appends are read back by the batch (reads
 // go through the batch, then the database) and by nobody else until its

@@ -68,6 +68,7 @@ type base struct {
 	// ClearEdgeRoutes holds it exclusively.
 	routeMu     sync.RWMutex
 	routeUserMu []sync.Mutex
+	routes      *routeIndex // every stored route (routeindex.go)
 	convMu      []sync.Mutex // Append, striped by conversation
 	cursorMu    []sync.Mutex // AdvanceCursor, striped by conversation
 	prekeyMu    []sync.Mutex // prekeys by device and device lists by user, striped
@@ -150,6 +151,12 @@ func Open(dir string, opts Options) (_ *Store, err error) {
 		cache.Unref()
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
+	routes, err := loadRouteIndex(db)
+	if err != nil {
+		_ = db.Close()
+		cache.Unref()
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
 	wit, err := openWitness(dir, visibleSeqNum(db))
 	if err != nil {
 		_ = db.Close()
@@ -168,6 +175,7 @@ func Open(dir string, opts Options) (_ *Store, err error) {
 		prekeyMu: make([]sync.Mutex, stripes),
 
 		routeUserMu: make([]sync.Mutex, stripes),
+		routes:      routes,
 	}}
 	st.rd = db
 	return st, nil
@@ -964,6 +972,7 @@ func (s *Store) SetRoute(ctx context.Context, r core.Route) error {
 		_ = b.Close()
 		return fmt.Errorf("pebblestore: batch: %w", err)
 	}
+	defer s.reloadRoutes(r.Device.User)
 	return s.commit(b)
 }
 
@@ -1027,6 +1036,7 @@ func (s *Store) ClearRoute(ctx context.Context, dev core.DeviceKey, session uint
 		_ = b.Close()
 		return false, fmt.Errorf("pebblestore: clear route: %w", err)
 	}
+	defer s.reloadRoutes(dev.User)
 	if err := s.commit(b); err != nil {
 		return false, err
 	}
@@ -1069,43 +1079,31 @@ func (s *Store) ClearEdgeRoutes(ctx context.Context, edge string, atMs int64) ([
 			return nil, fmt.Errorf("pebblestore: clear routes of edge %s: %w", edge, err)
 		}
 	}
+	defer func() {
+		// out is ordered by device, so by user.
+		for i, r := range out {
+			if i == 0 || r.Device.User != out[i-1].Device.User {
+				s.reloadRoutes(r.Device.User)
+			}
+		}
+	}()
 	if err := s.commit(b); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// Routes implements core.Store.
+// Routes implements core.Store. It reads the in-memory route index
+// (routeindex.go), never the database.
 func (s *Store) Routes(ctx context.Context, users []string) ([]core.Route, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	us := slices.Clone(users)
-	slices.Sort(us)
-	us = slices.Compact(us)
-	var out []core.Route
-	for _, u := range us {
-		if err := checkID("user id", u); err != nil {
-			return nil, err
-		}
-		p := routePrefix(u)
-		err := s.scan(p, func(k, v []byte) (bool, error) {
-			dev, err := splitUserDev(k, 1)
-			if err != nil {
-				return false, err
-			}
-			r, err := decodeRoute(dev, v)
-			if err != nil {
-				return false, err
-			}
-			out = append(out, r)
-			return true, nil
-		})
-		if err != nil {
-			return nil, err
-		}
+	us, err := routeUsers(users)
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return s.routes.lookup(us, nil)
 }
 
 // LastSeen implements core.Store.

@@ -1,0 +1,147 @@
+package pebblestore
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/chatmesh/chatmesh/core"
+)
+
+// routeIndex is every stored route in memory, by user, so that Routes —
+// called by the sequencer's fan-out for every batch — reads a map instead
+// of scanning Pebble once per member. The store owns its directory (it is
+// locked), so every route write goes through SetRoute, ClearRoute or
+// ClearEdgeRoutes, and each of them reloads the users it touched from the
+// database after its commit (successful or not): the index is what the
+// database holds, never what a write meant to do. Its size is the route
+// count, which is the number of online devices (an edge's routes are
+// cleared when it restarts).
+type routeIndex struct {
+	mu     sync.RWMutex
+	byUser map[string][]core.Route // sorted by device, as a scan returns them
+	// bad is the decode error a user's stored routes give (a value or key
+	// damaged on disk): Routes returns it for that user, as a scan would.
+	bad map[string]error
+}
+
+// loadRouteIndex reads every route of db.
+func loadRouteIndex(db pebble.Reader) (*routeIndex, error) {
+	ix := &routeIndex{byUser: map[string][]core.Route{}, bad: map[string]error{}}
+	p := []byte{tagRoute}
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: load routes: %w", err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		// A user id has no NUL: the user is the key up to the first one.
+		// A key without one lies under no user's prefix.
+		i := bytes.IndexByte(k[1:], sep)
+		if i < 0 {
+			continue
+		}
+		user := string(k[1 : 1+i])
+		if ix.bad[user] != nil {
+			continue
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: load routes: %w", err)
+		}
+		r, err := decodeRouteKV(k, v)
+		if err != nil {
+			ix.bad[user] = err
+			delete(ix.byUser, user)
+			continue
+		}
+		ix.byUser[user] = append(ix.byUser[user], r)
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("pebblestore: load routes: %w", err)
+	}
+	return ix, nil
+}
+
+// decodeRouteKV decodes one 'r' record.
+func decodeRouteKV(k, v []byte) (core.Route, error) {
+	dev, err := splitUserDev(k, 1)
+	if err != nil {
+		return core.Route{}, err
+	}
+	return decodeRoute(dev, v)
+}
+
+// reload replaces user's entry with what the database holds. The caller
+// excludes other route writes of user (its stripe of routeUserMu, or
+// routeMu exclusively).
+func (s *Store) reloadRoutes(user string) {
+	var (
+		rs  []core.Route
+		bad error
+	)
+	p := routePrefix(user)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		bad = fmt.Errorf("pebblestore: iterate: %w", err)
+	} else {
+		for ok := it.First(); ok && bad == nil; ok = it.Next() {
+			v, err := it.ValueAndErr()
+			if err != nil {
+				bad = fmt.Errorf("pebblestore: iterate: %w", err)
+				break
+			}
+			r, err := decodeRouteKV(it.Key(), v)
+			if err != nil {
+				bad = err
+				break
+			}
+			rs = append(rs, r)
+		}
+		if err := it.Close(); err != nil && bad == nil {
+			bad = fmt.Errorf("pebblestore: iterate: %w", err)
+		}
+	}
+	ix := s.routes
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	delete(ix.byUser, user)
+	delete(ix.bad, user)
+	switch {
+	case bad != nil:
+		ix.bad[user] = bad
+	case len(rs) > 0:
+		ix.byUser[user] = rs
+	}
+}
+
+// lookup appends the routes of users (sorted, without repeats, valid ids)
+// to out.
+func (ix *routeIndex) lookup(users []string, out []core.Route) ([]core.Route, error) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	for _, u := range users {
+		if err := ix.bad[u]; err != nil {
+			return nil, err
+		}
+		out = append(out, ix.byUser[u]...)
+	}
+	return out, nil
+}
+
+// routeUsers is users sorted, without repeats, each checked.
+func routeUsers(users []string) ([]string, error) {
+	us := slices.Clone(users)
+	slices.Sort(us)
+	us = slices.Compact(us)
+	for _, u := range us {
+		if err := checkID("user id", u); err != nil {
+			return nil, err
+		}
+	}
+	return us, nil
+}
