@@ -68,7 +68,7 @@ type base struct {
 	// ClearEdgeRoutes holds it exclusively.
 	routeMu     sync.RWMutex
 	routeUserMu []sync.Mutex
-	routes      *routeIndex // every stored route (routeindex.go)
+	routes      *routeIndex  // every stored route (routeindex.go)
 	convMu      []sync.Mutex // Append, striped by conversation
 	cursorMu    []sync.Mutex // AdvanceCursor, striped by conversation
 	prekeyMu    []sync.Mutex // prekeys by device and device lists by user, striped
