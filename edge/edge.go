@@ -314,6 +314,10 @@ type Edge struct {
 	ctx    context.Context // lives from Start to Shutdown
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // consumers, servers, sessions
+	// drainWork hands a session with frames to send to an idle drain
+	// goroutine (outqueue.go); unbuffered: a send succeeds only when one
+	// waits.
+	drainWork chan *session
 
 	mu        sync.Mutex
 	started   bool
@@ -376,17 +380,18 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 	}
 	e := &Edge{
 		cfg: cfg, be: be, bus: bus, log: cfg.Logger.With("edge", cfg.ID), hello: hello,
-		adm:      newAdmission(cfg.Admission),
-		live:     map[*session]struct{}{},
-		sessions: map[uint64]*session{},
-		byDevice: map[core.DeviceKey]*session{},
-		devLocks: map[core.DeviceKey]*devLock{},
-		subs:     map[string]map[*session]struct{}{},
-		perIP:    map[string]int{},
-		shutDone: make(chan struct{}),
-		conns:    newConnLimiter(cfg.MaxConns, cfg.MaxAcceptPerIP),
-		failed:   make(chan error, 2),
-		stages:   newStages(cfg.ID),
+		adm:       newAdmission(cfg.Admission),
+		live:      map[*session]struct{}{},
+		sessions:  map[uint64]*session{},
+		byDevice:  map[core.DeviceKey]*session{},
+		devLocks:  map[core.DeviceKey]*devLock{},
+		subs:      map[string]map[*session]struct{}{},
+		perIP:     map[string]int{},
+		shutDone:  make(chan struct{}),
+		drainWork: make(chan *session),
+		conns:     newConnLimiter(cfg.MaxConns, cfg.MaxAcceptPerIP),
+		failed:    make(chan error, 2),
+		stages:    newStages(cfg.ID),
 	}
 	e.tls = cfg.TLSConfig
 	if e.tls == nil {
