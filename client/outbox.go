@@ -1,6 +1,8 @@
 package client
 
 import (
+	"cmp"
+	"container/heap"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -43,10 +45,31 @@ type Outbox struct {
 	f    *os.File
 	size int64
 
-	mu       sync.Mutex
-	next     uint64
-	entries  []*outboxEntry // ascending n
-	batch    *outboxBatch   // records queued for the next group commit
+	mu   sync.Mutex
+	next uint64
+	// entries is every entry in ascending n, with removed ones among them
+	// until the next compaction (Remove keeps it amortized O(1)); live
+	// counts the others. byID and convs index the live ones: the
+	// scheduler's work per call is per conversation, not per entry, so a
+	// device back with thousands of queued messages settles them in
+	// linear time (BenchmarkOutboxSettle).
+	entries []*outboxEntry
+	live    int
+	byID    map[string]*outboxEntry
+	convs   map[string]*outboxConv
+	// ready holds the conversations sendable must look at, each once in
+	// readyQ: every change to a conversation's entries or window puts it
+	// back (markReady), and sendable drops one only when it can send
+	// nothing until such a change (a backoff ends with time alone, so a
+	// conversation waiting for one stays). readyQ is a heap by a lower
+	// bound of the oldest entry each could send (its first entry's
+	// number; entries only leave a conversation's head), so sendable
+	// looks at conversations oldest first and stops once it has its
+	// limit of picks older than the rest could offer.
+	ready    map[string]struct{}
+	readyQ   readyHeap
+	window   int          // sendable's window at its last call: a change readies all
+	batch    *outboxBatch // records queued for the next group commit
 	flushing bool
 	changed  chan struct{} // cap 1: signalled on add, release, remove
 	empty    chan struct{} // closed while the outbox is empty; replaced when it fills
@@ -87,6 +110,14 @@ type outboxEntry struct {
 	// still in flight (the predecessor's answer decides whether the
 	// resend can pass); entries picked since do not hold it back.
 	pick, waitPicks uint64
+	removed         bool
+}
+
+// outboxConv is one conversation's live entries, ascending n, and how
+// many of them are in flight.
+type outboxConv struct {
+	q        []*outboxEntry
+	inflight int
 }
 
 // OutboxEntry is a read-only view of one pending message.
@@ -102,6 +133,7 @@ func OpenOutbox(dir string) (*Outbox, error) {
 		return nil, fmt.Errorf("client: outbox: %w", err)
 	}
 	ob := &Outbox{dir: dir, path: filepath.Join(dir, "outbox.log"), next: 1,
+		byID: map[string]*outboxEntry{}, convs: map[string]*outboxConv{}, ready: map[string]struct{}{},
 		changed: make(chan struct{}, 1), empty: make(chan struct{})}
 	data, err := os.ReadFile(ob.path)
 	if err != nil && !os.IsNotExist(err) {
@@ -131,11 +163,13 @@ func OpenOutbox(dir string) (*Outbox, error) {
 		}
 	}
 	var compact []byte
+	loaded := make([]*outboxEntry, 0, len(live))
 	for _, e := range live {
-		ob.entries = append(ob.entries, e)
+		loaded = append(loaded, e)
 	}
-	sort.Slice(ob.entries, func(i, j int) bool { return ob.entries[i].n < ob.entries[j].n })
-	for _, e := range ob.entries {
+	sort.Slice(loaded, func(i, j int) bool { return loaded[i].n < loaded[j].n })
+	ob.insertLocked(loaded)
+	for _, e := range loaded {
 		rec, err := outboxAddRecord(e)
 		if err != nil {
 			return nil, err
@@ -152,7 +186,7 @@ func OpenOutbox(dir string) (*Outbox, error) {
 		return nil, fmt.Errorf("client: outbox: %w", err)
 	}
 	ob.size = int64(len(compact))
-	if len(ob.entries) == 0 {
+	if ob.live == 0 {
 		close(ob.empty)
 	}
 	return ob, nil
@@ -224,16 +258,119 @@ func (ob *Outbox) flush() {
 		ob.fmu.Lock()
 		err := ob.writeLocked(b.buf, true)
 		if err == nil {
-			ob.mu.Lock()
-			if len(ob.entries) == 0 {
-				ob.empty = make(chan struct{})
-			}
-			ob.entries = append(ob.entries, b.entries...) // numbers only grow
-			ob.mu.Unlock()
+			ob.insert(b.entries...)
 		}
 		ob.fmu.Unlock()
 		b.err = err
 		close(b.done)
+	}
+}
+
+// insert adds entries (numbered above every entry present) to the
+// schedule.
+func (ob *Outbox) insert(es ...*outboxEntry) {
+	ob.mu.Lock()
+	defer ob.mu.Unlock()
+	if ob.live == 0 && len(es) > 0 {
+		ob.empty = make(chan struct{})
+	}
+	ob.insertLocked(es)
+}
+
+// insertLocked (mu held) indexes es, ascending n above every entry present.
+// A second entry with an id already present replaces the first, as a
+// reopen would (the log's last add of an id wins).
+func (ob *Outbox) insertLocked(es []*outboxEntry) {
+	for _, e := range es {
+		id := e.req.GetClientMsgId()
+		if old := ob.byID[id]; old != nil {
+			ob.removeLocked(old)
+		}
+		ob.byID[id] = e
+		c := ob.convs[e.req.GetConvId()]
+		if c == nil {
+			c = &outboxConv{}
+			ob.convs[e.req.GetConvId()] = c
+		}
+		c.q = append(c.q, e)
+		ob.markReady(e.req.GetConvId())
+		ob.entries = append(ob.entries, e)
+		ob.live++
+	}
+}
+
+// markReady (mu held) has sendable look at conv again.
+func (ob *Outbox) markReady(conv string) {
+	if _, ok := ob.ready[conv]; ok {
+		return
+	}
+	c := ob.convs[conv]
+	if c == nil || len(c.q) == 0 {
+		return
+	}
+	ob.ready[conv] = struct{}{}
+	heap.Push(&ob.readyQ, readyItem{n: c.q[0].n, conv: conv})
+}
+
+// readyItem is a conversation in Outbox.readyQ: n is at most the number
+// of the oldest entry it could send.
+type readyItem struct {
+	n    uint64
+	conv string
+}
+
+// readyHeap is a min-heap of readyItem by n (container/heap).
+type readyHeap []readyItem
+
+func (h readyHeap) Len() int           { return len(h) }
+func (h readyHeap) Less(i, j int) bool { return h[i].n < h[j].n }
+func (h readyHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *readyHeap) Push(x any)        { *h = append(*h, x.(readyItem)) }
+func (h *readyHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return it
+}
+
+// removeLocked (mu held) takes e out of the schedule.
+func (ob *Outbox) removeLocked(e *outboxEntry) {
+	conv := e.req.GetConvId()
+	c := ob.convs[conv]
+	ob.setInflight(e, false)
+	if len(c.q) > 0 && c.q[0] == e {
+		c.q[0] = nil
+		c.q = c.q[1:] // acks come in order: the common case
+	} else if i := slices.Index(c.q, e); i >= 0 {
+		c.q = slices.Delete(c.q, i, i+1)
+	}
+	if len(c.q) == 0 {
+		delete(ob.convs, conv) // its item in readyQ is dropped when popped
+	} else {
+		ob.markReady(conv)
+	}
+	delete(ob.byID, e.req.GetClientMsgId())
+	e.removed = true
+	ob.live--
+	if dead := len(ob.entries) - ob.live; dead > 64 && dead > ob.live {
+		ob.entries = slices.DeleteFunc(ob.entries, func(e *outboxEntry) bool { return e.removed })
+	}
+}
+
+// setInflight (mu held) marks e in flight or not, keeping its
+// conversation's count.
+func (ob *Outbox) setInflight(e *outboxEntry, v bool) {
+	if e.inflight == v {
+		return
+	}
+	e.inflight = v
+	if c := ob.convs[e.req.GetConvId()]; c != nil {
+		if v {
+			c.inflight++
+		} else {
+			c.inflight--
+			ob.markReady(e.req.GetConvId())
+		}
 	}
 }
 
@@ -269,16 +406,18 @@ func (ob *Outbox) Changed() <-chan struct{} { return ob.changed }
 func (ob *Outbox) Len() int {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
-	return len(ob.entries)
+	return ob.live
 }
 
 // Pending lists the pending entries in order.
 func (ob *Outbox) Pending() []OutboxEntry {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
-	out := make([]OutboxEntry, len(ob.entries))
-	for i, e := range ob.entries {
-		out[i] = OutboxEntry{Conv: e.req.GetConvId(), ClientMsgID: e.req.GetClientMsgId(), Attempts: e.attempts}
+	out := make([]OutboxEntry, 0, ob.live)
+	for _, e := range ob.entries {
+		if !e.removed {
+			out = append(out, OutboxEntry{Conv: e.req.GetConvId(), ClientMsgID: e.req.GetClientMsgId(), Attempts: e.attempts})
+		}
 	}
 	return out
 }
@@ -301,84 +440,126 @@ func (ob *Outbox) Empty() <-chan struct{} {
 func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendRequest, wake time.Time) {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
-	inflight := map[string]int{}
-	blocked := map[string]bool{}
-	prev := map[string]string{}   // conversation -> the last entry seen
-	oldest := map[string]uint64{} // conversation -> the lowest pick number in flight so far
-	for _, e := range ob.entries {
-		if e.inflight {
-			inflight[e.req.GetConvId()]++
+	if limit <= 0 {
+		// No room: an answer to a send in flight frees some and signals.
+		return nil, time.Time{}
+	}
+	if window != ob.window {
+		ob.window = window
+		for conv := range ob.convs {
+			ob.markReady(conv)
 		}
 	}
-	for _, e := range ob.entries {
-		conv := e.req.GetConvId()
-		after := prev[conv]
-		prev[conv] = e.req.GetClientMsgId()
-		barrier := isKeyDistribution(e.req)
-		if e.inflight {
-			if o, ok := oldest[conv]; !ok || e.pick < o {
-				oldest[conv] = e.pick
-			}
-			if barrier {
-				blocked[conv] = true // nothing overtakes a key distribution
-			}
+	// Each conversation's candidates, in its order, are independent of the
+	// others'; the picks are the oldest limit of them all.
+	var (
+		cand  []*outboxEntry
+		again []readyItem // looked at and still ready: back into readyQ
+	)
+	for ob.readyQ.Len() > 0 {
+		top := ob.readyQ[0]
+		if len(cand) >= limit && top.n > cand[limit-1].n {
+			break // nothing older than the picks is left to find
+		}
+		heap.Pop(&ob.readyQ)
+		conv := top.conv
+		c := ob.convs[conv]
+		if c == nil {
+			delete(ob.ready, conv)
 			continue
 		}
-		if blocked[conv] {
+		if first := c.q[0].n; first > top.n {
+			heap.Push(&ob.readyQ, readyItem{n: first, conv: conv}) // a tighter bound
 			continue
-		}
-		if e.notBefore.After(now) {
-			blocked[conv] = true
-			if wake.IsZero() || e.notBefore.Before(wake) {
-				wake = e.notBefore
-			}
-			continue
-		}
-		if o, ok := oldest[conv]; ok && e.waitPicks > 0 && o <= e.waitPicks {
-			blocked[conv] = true // its predecessor's answer is still to come
-			continue
-		}
-		if len(pick) >= limit {
-			break
 		}
 		w := window
-		if c, ok := ob.cwnd[conv]; ok && c < w {
-			w = c
+		if cw, ok := ob.cwnd[conv]; ok && cw < w {
+			w = cw
 		}
-		if inflight[conv] >= w || (barrier && inflight[conv] > 0) {
-			blocked[conv] = true
-			continue
+		inflight := c.inflight
+		var oldest uint64 // the lowest pick number in flight so far; 0: none
+		taken := 0
+		waiting := false // on a backoff: time alone ends it
+	walk:
+		for _, e := range c.q {
+			barrier := isKeyDistribution(e.req)
+			switch {
+			case e.inflight:
+				if oldest == 0 || e.pick < oldest {
+					oldest = e.pick
+				}
+				if barrier {
+					break walk // nothing overtakes a key distribution
+				}
+				continue
+			case e.notBefore.After(now):
+				if wake.IsZero() || e.notBefore.Before(wake) {
+					wake = e.notBefore
+				}
+				waiting = true
+				break walk
+			case oldest != 0 && e.waitPicks > 0 && oldest <= e.waitPicks:
+				break walk // its predecessor's answer is still to come
+			case taken >= limit || inflight >= w || (barrier && inflight > 0):
+				break walk
+			}
+			cand = append(cand, e)
+			taken++
+			inflight++
+			if barrier {
+				// Sent alone, and acked before anything after it is sent, so
+				// the message that needs the key is sequenced after it even
+				// when a send is rejected transiently and retried.
+				break walk
+			}
 		}
-		if barrier {
-			// Sent alone, and acked before anything after it is sent, so
-			// the message that needs the key is sequenced after it even
-			// when a send is rejected transiently and retried.
-			blocked[conv] = true
+		if taken == 0 && !waiting {
+			delete(ob.ready, conv)
+		} else {
+			again = append(again, top)
 		}
-		inflight[conv]++
+		if taken > 0 {
+			slices.SortFunc(cand, func(a, b *outboxEntry) int { return cmp.Compare(a.n, b.n) })
+			if len(cand) > limit {
+				cand = cand[:limit]
+			}
+		}
+	}
+	for _, it := range again {
+		heap.Push(&ob.readyQ, it)
+	}
+	for _, e := range cand {
 		ob.picks++
-		e.inflight, e.pick, e.waitPicks = true, ob.picks, 0
-		if _, ok := oldest[conv]; !ok {
-			oldest[conv] = e.pick
-		}
+		ob.setInflight(e, true)
+		e.pick, e.waitPicks = ob.picks, 0
 		e.attempts++
 		pick = append(pick, &pb.SendRequest{
-			ConvId: conv, ClientMsgId: e.req.GetClientMsgId(), Envelope: e.req.GetEnvelope(), AfterClientMsgId: after,
+			ConvId: e.req.GetConvId(), ClientMsgId: e.req.GetClientMsgId(), Envelope: e.req.GetEnvelope(),
+			AfterClientMsgId: ob.predecessor(e),
 		})
 	}
 	return pick, wake
+}
+
+// predecessor (mu held) is the client message id of the live entry before
+// e in its conversation, "" if none.
+func (ob *Outbox) predecessor(e *outboxEntry) string {
+	q := ob.convs[e.req.GetConvId()].q
+	i := slices.Index(q, e) // within the window: a short scan
+	if i <= 0 {
+		return ""
+	}
+	return q[i-1].req.GetClientMsgId()
 }
 
 // release returns an in-flight entry to the queue, to be sent again no
 // earlier than notBefore.
 func (ob *Outbox) release(clientMsgID string, notBefore time.Time) {
 	ob.mu.Lock()
-	for _, e := range ob.entries {
-		if e.req.GetClientMsgId() == clientMsgID {
-			e.inflight = false
-			e.notBefore = notBefore
-			break
-		}
+	if e := ob.byID[clientMsgID]; e != nil {
+		ob.setInflight(e, false)
+		e.notBefore = notBefore
+		ob.markReady(e.req.GetConvId())
 	}
 	ob.mu.Unlock()
 	ob.signal()
@@ -391,13 +572,12 @@ func (ob *Outbox) release(clientMsgID string, notBefore time.Time) {
 // so it must not grow its backoff).
 func (ob *Outbox) releaseOutOfOrder(clientMsgID string) {
 	ob.mu.Lock()
-	for _, e := range ob.entries {
-		if e.req.GetClientMsgId() == clientMsgID {
-			e.inflight, e.waitPicks = false, ob.picks
-			e.notBefore = time.Time{}
-			e.attempts = max(e.attempts-1, 0)
-			break
-		}
+	if e := ob.byID[clientMsgID]; e != nil {
+		ob.setInflight(e, false)
+		e.waitPicks = ob.picks
+		e.notBefore = time.Time{}
+		e.attempts = max(e.attempts-1, 0)
+		ob.markReady(e.req.GetConvId())
 	}
 	ob.mu.Unlock()
 	ob.signal()
@@ -423,6 +603,9 @@ func (ob *Outbox) acked(conv string, window int) {
 		} else {
 			ob.cwnd[conv] = c * 2
 		}
+		if ob.convs[conv] != nil {
+			ob.markReady(conv)
+		}
 	}
 	ob.mu.Unlock()
 }
@@ -431,8 +614,12 @@ func (ob *Outbox) acked(conv string, window int) {
 // was in flight must be sent again on the next one). Backoffs stay.
 func (ob *Outbox) resetInflight() {
 	ob.mu.Lock()
-	for _, e := range ob.entries {
-		e.inflight = false
+	for conv, c := range ob.convs {
+		for _, e := range c.q {
+			e.inflight = false
+		}
+		c.inflight = 0
+		ob.markReady(conv)
 	}
 	ob.mu.Unlock()
 	ob.signal()
@@ -442,17 +629,15 @@ func (ob *Outbox) resetInflight() {
 func (ob *Outbox) has(clientMsgID string) bool {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
-	return slices.ContainsFunc(ob.entries, func(e *outboxEntry) bool { return e.req.GetClientMsgId() == clientMsgID })
+	return ob.byID[clientMsgID] != nil
 }
 
 // attempts returns how often the entry has been put on the wire.
 func (ob *Outbox) attempts(clientMsgID string) int {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
-	for _, e := range ob.entries {
-		if e.req.GetClientMsgId() == clientMsgID {
-			return e.attempts
-		}
+	if e := ob.byID[clientMsgID]; e != nil {
+		return e.attempts
 	}
 	return 0
 }
@@ -463,13 +648,13 @@ func (ob *Outbox) Remove(clientMsgID string) (bool, error) {
 	ob.fmu.Lock()
 	defer ob.fmu.Unlock()
 	ob.mu.Lock()
-	idx := slices.IndexFunc(ob.entries, func(e *outboxEntry) bool { return e.req.GetClientMsgId() == clientMsgID })
-	if idx < 0 {
+	e := ob.byID[clientMsgID]
+	if e == nil {
 		ob.mu.Unlock()
 		return false, nil
 	}
-	ob.entries = slices.Delete(ob.entries, idx, idx+1)
-	empty := len(ob.entries) == 0
+	ob.removeLocked(e)
+	empty := ob.live == 0
 	if empty {
 		close(ob.empty)
 	}
