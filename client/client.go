@@ -92,6 +92,13 @@ type Config struct {
 	SendWindow int
 	// MaxInflight bounds in-flight sends over all conversations. Default 256.
 	MaxInflight int
+	// MaxOutbox and MaxOutboxBytes bound the messages waiting in the
+	// outbox for their SendAck, and their bytes (the sealed envelopes):
+	// Send fails with ErrOutboxFull, storing nothing, when a message would
+	// take the outbox past either. They bound the device's disk and memory
+	// while it is offline. Defaults 10,000 and 64 MiB; negative: no limit.
+	MaxOutbox      int
+	MaxOutboxBytes int
 	// AckTimeout is how long a send waits for its SendAck before it is
 	// sent again (the server deduplicates). Default 5 s: a send forwarded
 	// to a region that is then lost waits this long before its resend
@@ -137,6 +144,12 @@ type Config struct {
 // DefaultAckInterval is Config.AckInterval's default.
 const DefaultAckInterval = 250 * time.Millisecond
 
+// Config.MaxOutbox's and MaxOutboxBytes' defaults.
+const (
+	DefaultMaxOutbox      = 10000
+	DefaultMaxOutboxBytes = 64 << 20
+)
+
 func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -155,6 +168,12 @@ func (c *Config) defaults() {
 	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 256
+	}
+	if c.MaxOutbox == 0 {
+		c.MaxOutbox = DefaultMaxOutbox
+	}
+	if c.MaxOutboxBytes == 0 {
+		c.MaxOutboxBytes = DefaultMaxOutboxBytes
 	}
 	if c.AckInterval == 0 {
 		c.AckInterval = DefaultAckInterval
@@ -284,6 +303,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	ob.setLimits(max(cfg.MaxOutbox, 0), max(cfg.MaxOutboxBytes, 0))
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -1172,7 +1192,9 @@ func (c *Client) finishSend(res SendResult) {
 // (retried until acked or rejected for good); see WaitSent, WaitIdle and the
 // SendAcked/SendFailed events. Send needs no connection except when the
 // end-to-end sealer encrypts to a device for the first time (it then waits
-// for a session, bounded by ctx).
+// for a session, bounded by ctx). It fails with ErrOutboxFull, storing
+// nothing, when the outbox holds Config.MaxOutbox messages or
+// MaxOutboxBytes bytes waiting for their acks.
 func (c *Client) Send(ctx context.Context, conv string, body []byte) (string, error) {
 	if core.KindOf(conv) == pb.ConversationKind_CONVERSATION_KIND_UNSPECIFIED {
 		return "", fmt.Errorf("%w: conversation id %q", ErrBadArgument, conv)
@@ -1207,10 +1229,9 @@ func (c *Client) Send(ctx context.Context, conv string, body []byte) (string, er
 			return "", fmt.Errorf("%w: message of %d bytes is too large", ErrBadArgument, n)
 		}
 	}
-	for _, req := range reqs {
-		if err := c.outbox.Add(req); err != nil {
-			return "", err
-		}
+	// All or none: a key distribution without its message is no use.
+	if err := c.outbox.Add(reqs...); err != nil {
+		return "", err
 	}
 	return id, nil
 }
@@ -1234,7 +1255,7 @@ func (c *Client) WaitSent(ctx context.Context, clientMsgID string) (SendResult, 
 		c.mu.Unlock()
 		return r, r.Err
 	}
-	pending := slices.ContainsFunc(c.outbox.Pending(), func(e OutboxEntry) bool { return e.ClientMsgID == clientMsgID })
+	pending := c.outbox.has(clientMsgID)
 	if !pending {
 		c.mu.Unlock()
 		return SendResult{}, fmt.Errorf("%w: %s", ErrUnknownMessage, clientMsgID)

@@ -685,3 +685,36 @@ func TestAcksPacedUnderAStream(t *testing.T) {
 	}
 	t.Logf("%d ack frames for %d messages", frames, n)
 }
+
+// TestSendRefusedWhenOutboxFull: an offline device's Send stores up to
+// Config.MaxOutbox messages; the next fails with ErrOutboxFull and stores
+// nothing; a reopened client still holds the ones it accepted.
+func TestSendRefusedWhenOutboxFull(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{"ws://127.0.0.1:1/v1/ws"}, MaxOutbox: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := c.Send(testCtx(t), "g:full", []byte(fmt.Sprint("m", i))); err != nil {
+			t.Fatalf("send %d of 3: %v", i, err)
+		}
+	}
+	for range 30 {
+		if _, err := c.Send(testCtx(t), "g:full", []byte("over")); !errors.Is(err, ErrOutboxFull) {
+			t.Fatalf("send past the limit: %v, want ErrOutboxFull", err)
+		}
+	}
+	if n := len(c.outbox.Pending()); n != 3 {
+		t.Fatalf("%d pending, want 3", n)
+	}
+	c.Close()
+	c, err = Open(context.Background(), Config{Sealer: InsecurePlaintextSealer{}, StateDir: dir, Edges: []string{"ws://127.0.0.1:1/v1/ws"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if n := len(c.outbox.Pending()); n != 3 {
+		t.Fatalf("after reopen %d pending, want 3", n)
+	}
+}

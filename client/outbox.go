@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"container/heap"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -66,13 +67,18 @@ type Outbox struct {
 	// number; entries only leave a conversation's head), so sendable
 	// looks at conversations oldest first and stops once it has its
 	// limit of picks older than the rest could offer.
-	ready    map[string]struct{}
-	readyQ   readyHeap
-	window   int          // sendable's window at its last call: a change readies all
-	batch    *outboxBatch // records queued for the next group commit
-	flushing bool
-	changed  chan struct{} // cap 1: signalled on add, release, remove
-	empty    chan struct{} // closed while the outbox is empty; replaced when it fills
+	ready  map[string]struct{}
+	readyQ readyHeap
+	window int // sendable's window at its last call: a change readies all
+	// held counts the entries and their bytes (marshalled requests) that
+	// are pending or queued for the next group commit; Add refuses what
+	// would take either past maxN / maxBytes (0: no limit).
+	heldN, heldBytes int
+	maxN, maxBytes   int
+	batch            *outboxBatch // records queued for the next group commit
+	flushing         bool
+	changed          chan struct{} // cap 1: signalled on add, release, remove
+	empty            chan struct{} // closed while the outbox is empty; replaced when it fills
 	// cwnd is the congestion window of conversations whose sends were
 	// refused transiently (RATE_LIMITED, UNAVAILABLE, a timeout): 1
 	// after a refusal, doubled by each SendAck up to the configured
@@ -111,6 +117,7 @@ type outboxEntry struct {
 	// resend can pass); entries picked since do not hold it back.
 	pick, waitPicks uint64
 	removed         bool
+	size            int // marshalled request bytes
 }
 
 // outboxConv is one conversation's live entries, ascending n, and how
@@ -155,7 +162,7 @@ func OpenOutbox(dir string) (*Outbox, error) {
 			if proto.Unmarshal(payload[8:], req) != nil {
 				continue
 			}
-			e := &outboxEntry{n: binary.BigEndian.Uint64(payload), req: req}
+			e := &outboxEntry{n: binary.BigEndian.Uint64(payload), req: req, size: len(payload) - 8}
 			live[req.GetClientMsgId()] = e
 			ob.next = max(ob.next, e.n+1)
 		case recOutboxDone:
@@ -169,6 +176,10 @@ func OpenOutbox(dir string) (*Outbox, error) {
 	}
 	sort.Slice(loaded, func(i, j int) bool { return loaded[i].n < loaded[j].n })
 	ob.insertLocked(loaded)
+	for _, e := range loaded {
+		ob.heldN++
+		ob.heldBytes += e.size
+	}
 	for _, e := range loaded {
 		rec, err := outboxAddRecord(e)
 		if err != nil {
@@ -213,22 +224,56 @@ func (ob *Outbox) Close() error {
 	return err
 }
 
-// Add durably appends req; when it returns nil the message survives a crash.
-func (ob *Outbox) Add(req *pb.SendRequest) error {
+// ErrOutboxFull: Add (and so Client.Send) refused messages because the
+// outbox holds its limit of pending messages or bytes (Config.MaxOutbox,
+// MaxOutboxBytes). Nothing was added; retry once sends were acked.
+var ErrOutboxFull = errors.New("client: outbox full")
+
+// setLimits bounds the pending entries and their bytes (0: no limit).
+// Entries already pending stay, even beyond a new limit.
+func (ob *Outbox) setLimits(n, bytes int) {
 	ob.mu.Lock()
-	e := &outboxEntry{n: ob.next, req: req}
-	rec, err := outboxAddRecord(e)
-	if err != nil {
-		ob.mu.Unlock()
-		return err
+	ob.maxN, ob.maxBytes = n, bytes
+	ob.mu.Unlock()
+}
+
+// Add durably appends reqs, all or none; when it returns nil they survive
+// a crash. It fails with ErrOutboxFull, adding nothing, when they would
+// take the outbox past its limits.
+func (ob *Outbox) Add(reqs ...*pb.SendRequest) error {
+	if len(reqs) == 0 {
+		return nil
 	}
-	ob.next++
+	bodies := make([][]byte, len(reqs))
+	size := 0
+	for i, req := range reqs {
+		body, err := proto.Marshal(req)
+		if err != nil {
+			return fmt.Errorf("client: outbox: encode: %w", err)
+		}
+		bodies[i] = body
+		size += len(body)
+	}
+	ob.mu.Lock()
+	if (ob.maxN > 0 && ob.heldN+len(reqs) > ob.maxN) || (ob.maxBytes > 0 && ob.heldBytes+size > ob.maxBytes) {
+		n, b := ob.heldN, ob.heldBytes
+		ob.mu.Unlock()
+		return fmt.Errorf("%w: %d messages of %d bytes pending, limits %d messages and %d bytes; %d more of %d bytes refused",
+			ErrOutboxFull, n, b, ob.maxN, ob.maxBytes, len(reqs), size)
+	}
+	ob.heldN += len(reqs)
+	ob.heldBytes += size
 	if ob.batch == nil {
 		ob.batch = &outboxBatch{done: make(chan struct{})}
 	}
 	b := ob.batch
-	b.buf = append(b.buf, rec...)
-	b.entries = append(b.entries, e)
+	for i, req := range reqs {
+		e := &outboxEntry{n: ob.next, req: req, size: len(bodies[i])}
+		ob.next++
+		payload := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(bodies[i])), e.n)
+		b.buf = appendRecord(b.buf, recOutboxAdd, append(payload, bodies[i]...))
+		b.entries = append(b.entries, e)
+	}
 	leader := !ob.flushing
 	ob.flushing = true
 	ob.mu.Unlock()
@@ -259,6 +304,13 @@ func (ob *Outbox) flush() {
 		err := ob.writeLocked(b.buf, true)
 		if err == nil {
 			ob.insert(b.entries...)
+		} else {
+			ob.mu.Lock()
+			for _, e := range b.entries {
+				ob.heldN--
+				ob.heldBytes -= e.size
+			}
+			ob.mu.Unlock()
 		}
 		ob.fmu.Unlock()
 		b.err = err
@@ -352,6 +404,8 @@ func (ob *Outbox) removeLocked(e *outboxEntry) {
 	delete(ob.byID, e.req.GetClientMsgId())
 	e.removed = true
 	ob.live--
+	ob.heldN--
+	ob.heldBytes -= e.size
 	if dead := len(ob.entries) - ob.live; dead > 64 && dead > ob.live {
 		ob.entries = slices.DeleteFunc(ob.entries, func(e *outboxEntry) bool { return e.removed })
 	}

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -362,5 +363,74 @@ func TestOutboxOutOfOrderWaitsForPredecessor(t *testing.T) {
 	p, _ = ob.sendable(now, 8, 100)
 	if !slices.Equal(ids(p), []string{"a2"}) || p[0].GetAfterClientMsgId() != "" {
 		t.Fatalf("after a1 acked: %v, want a2 naming nothing", ids(p))
+	}
+}
+
+// TestOutboxLimits: the outbox holds at most its limit of entries and of
+// bytes: at the limit Add succeeds, one over it fails with ErrOutboxFull
+// and changes nothing (in memory and on disk), ten times the limit is
+// refused past it, a settled entry makes room, a multi-request Add is all
+// or none, and a reopen counts what it loaded.
+func TestOutboxLimits(t *testing.T) {
+	dir := t.TempDir()
+	ob, err := OpenOutbox(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob.setLimits(4, 0)
+	for i := range 4 {
+		if err := ob.Add(sreq("A", fmt.Sprintf("a%d", i))); err != nil {
+			t.Fatalf("add %d of 4: %v", i, err)
+		}
+	}
+	refused := 0
+	for i := range 40 {
+		if err := ob.Add(sreq("A", fmt.Sprintf("x%d", i))); errors.Is(err, ErrOutboxFull) {
+			refused++
+		} else {
+			t.Fatalf("add past the limit: %v", err)
+		}
+	}
+	if refused != 40 || ob.Len() != 4 {
+		t.Fatalf("refused %d of 40, %d pending; want 40 and 4", refused, ob.Len())
+	}
+	ob.Remove("a0")
+	if err := ob.Add(sreq("A", "a4"), sreq("A", "a5")); !errors.Is(err, ErrOutboxFull) {
+		t.Fatalf("two requests with room for one: %v, want ErrOutboxFull", err)
+	}
+	if ob.has("a4") || ob.Len() != 3 {
+		t.Fatalf("a refused pair left something: %v", ob.Pending())
+	}
+	if err := ob.Add(sreq("A", "a4")); err != nil {
+		t.Fatalf("add after one settled: %v", err)
+	}
+	ob.Close()
+
+	// Bytes: each request below is the same size.
+	ob, err = OpenOutbox(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	var got []string
+	for _, e := range ob.Pending() {
+		got = append(got, e.ClientMsgID)
+	}
+	if !slices.Equal(got, []string{"a1", "a2", "a3", "a4"}) {
+		t.Fatalf("after reopen %v", got)
+	}
+	one := proto.Size(sreq("A", "b0"))
+	ob.setLimits(0, 4*proto.Size(sreq("A", "a0"))+2*one)
+	for i := range 2 {
+		if err := ob.Add(sreq("A", fmt.Sprintf("b%d", i))); err != nil {
+			t.Fatalf("add %d up to the byte limit: %v", i, err)
+		}
+	}
+	if err := ob.Add(sreq("A", "b2")); !errors.Is(err, ErrOutboxFull) {
+		t.Fatalf("one byte-limit entry over: %v, want ErrOutboxFull", err)
+	}
+	ob.setLimits(0, 0)
+	if err := ob.Add(sreq("A", "b2")); err != nil {
+		t.Fatalf("without limits: %v", err)
 	}
 }

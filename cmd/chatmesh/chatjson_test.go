@@ -800,6 +800,7 @@ func TestErrCodes(t *testing.T) {
 		{withExit(ExitPartial, errors.New("2 of 3")), "CLIENT", ExitPartial},
 		{usagef("bad"), "CLIENT", ExitUsage},
 		{fmt.Errorf("open: %w", client.ErrStateInUse), "STATE_IN_USE", ExitBusy},
+		{fmt.Errorf("send: %w", client.ErrOutboxFull), "OUTBOX_FULL", ExitUnavailable},
 	}
 	for _, tc := range cases {
 		if got := errCode(tc.err); got != tc.code {

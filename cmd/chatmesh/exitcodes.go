@@ -96,7 +96,8 @@ func chatExitCode(err error) int {
 	case errors.Is(err, context.Canceled):
 		return ExitInterrupted
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, client.ErrDial),
-		errors.Is(err, client.ErrSessionLost), errors.Is(err, client.ErrNoEdges):
+		errors.Is(err, client.ErrSessionLost), errors.Is(err, client.ErrNoEdges),
+		errors.Is(err, client.ErrOutboxFull):
 		return ExitUnavailable
 	}
 	if code, ok := wireCode(err); ok {
@@ -128,8 +129,8 @@ func chatError(err error) error {
 
 // errCode is the code of err in the JSON output: the wire error code's
 // name (NOT_FOUND, MESSAGE_TOO_LARGE, ...) when err is or maps to one,
-// else one of the client-side codes IDENTITY_CHANGED, STATE_IN_USE, TIMEOUT,
-// INTERRUPTED or CLIENT (see CLI.md, "Error codes").
+// else one of the client-side codes IDENTITY_CHANGED, STATE_IN_USE,
+// OUTBOX_FULL, TIMEOUT, INTERRUPTED or CLIENT (see CLI.md, "Error codes").
 func errCode(err error) string {
 	if code, ok := wireCode(err); ok {
 		return codeName(code)
@@ -143,6 +144,8 @@ func errCode(err error) string {
 		return "IDENTITY_CHANGED"
 	case errors.Is(err, client.ErrStateInUse):
 		return "STATE_IN_USE"
+	case errors.Is(err, client.ErrOutboxFull):
+		return "OUTBOX_FULL"
 	case errors.Is(err, client.ErrNotRegistered), errors.Is(err, e2ee.ErrNotRegistered):
 		return codeName(pb.ErrorCode_ERROR_CODE_UNAUTHENTICATED)
 	case errors.Is(err, client.ErrBadArgument):
