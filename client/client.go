@@ -1094,7 +1094,9 @@ func (c *Client) sender(s *session) {
 			ctx, cancel := context.WithTimeout(s.ctx, c.cfg.AckTimeout)
 			p, err := s.begin(ctx, f)
 			inflight.Go(func() {
-				defer func() { <-sem }()
+				// Free the slot, then wake the loop: a wake-up before the
+				// slot is free finds no room, and nothing would wake it again.
+				defer func() { <-sem; c.outbox.signal() }()
 				defer cancel()
 				var r *pb.Response
 				if err == nil {

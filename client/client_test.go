@@ -718,3 +718,44 @@ func TestSendRefusedWhenOutboxFull(t *testing.T) {
 		t.Fatalf("after reopen %d pending, want 3", n)
 	}
 }
+
+// TestSendsDoNotStallAtMaxInflight: with every in-flight slot taken (one
+// here), each answered send wakes the sender once its slot is free; a
+// wake-up that came before the slot was free used to leave the rest of
+// the outbox unsent.
+func TestSendsDoNotStallAtMaxInflight(t *testing.T) {
+	p := newTestPeer(t)
+	registered(t, p, "bob")
+	c, err := Open(context.Background(), Config{
+		Sealer: InsecurePlaintextSealer{}, StateDir: t.TempDir(), Edges: []string{p.url()}, ServerKey: p.static.Public,
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, MaxInflight: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Register(testCtx(t), "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 5 {
+		var ids []string
+		for i := range 20 {
+			id, err := c.SendDirect(testCtx(t), "bob", fmt.Appendf(nil, "m %d %d", round, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		for i, id := range ids {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := c.WaitSent(ctx, id)
+			cancel()
+			if err != nil {
+				t.Fatalf("round %d message %d of 20 not acked: %v (the sender stalled)", round, i, err)
+			}
+		}
+	}
+}

@@ -239,7 +239,8 @@ func (ob *Outbox) setLimits(n, bytes int) {
 
 // Add durably appends reqs, all or none; when it returns nil they survive
 // a crash. It fails with ErrOutboxFull, adding nothing, when they would
-// take the outbox past its limits.
+// take the outbox past its limits, and with ErrBadArgument when they could
+// never fit them or a client message id is already pending.
 func (ob *Outbox) Add(reqs ...*pb.SendRequest) error {
 	if len(reqs) == 0 {
 		return nil
@@ -255,6 +256,22 @@ func (ob *Outbox) Add(reqs ...*pb.SendRequest) error {
 		size += len(body)
 	}
 	ob.mu.Lock()
+	if (ob.maxN > 0 && len(reqs) > ob.maxN) || (ob.maxBytes > 0 && size > ob.maxBytes) {
+		ob.mu.Unlock()
+		return fmt.Errorf("%w: %d outbox entries of %d bytes can never fit the limits of %d messages and %d bytes",
+			ErrBadArgument, len(reqs), size, ob.maxN, ob.maxBytes)
+	}
+	for i, req := range reqs {
+		id := req.GetClientMsgId()
+		dup := ob.byID[id] != nil || slices.ContainsFunc(reqs[:i], func(r *pb.SendRequest) bool { return r.GetClientMsgId() == id })
+		if b := ob.batch; b != nil && !dup {
+			dup = slices.ContainsFunc(b.entries, func(e *outboxEntry) bool { return e.req.GetClientMsgId() == id })
+		}
+		if dup {
+			ob.mu.Unlock()
+			return fmt.Errorf("%w: client message id %q is already in the outbox", ErrBadArgument, id)
+		}
+	}
 	if (ob.maxN > 0 && ob.heldN+len(reqs) > ob.maxN) || (ob.maxBytes > 0 && ob.heldBytes+size > ob.maxBytes) {
 		n, b := ob.heldN, ob.heldBytes
 		ob.mu.Unlock()
@@ -495,7 +512,7 @@ func (ob *Outbox) sendable(now time.Time, window, limit int) (pick []*pb.SendReq
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
 	if limit <= 0 {
-		// No room: an answer to a send in flight frees some and signals.
+		// No room: a send in flight signals once its slot is free.
 		return nil, time.Time{}
 	}
 	if window != ob.window {

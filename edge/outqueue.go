@@ -34,7 +34,8 @@ import (
 // before it exits. A new goroutine starts small and grows its stack on its
 // way into encryption and the socket write; under a stream of pushes that
 // growth, per burst, was 9% of the server's CPU in the 500-member group
-// benchmark. Reused goroutines keep their grown stacks. A drain is handed
+// benchmark. Reused goroutines keep their grown stacks (until a garbage
+// collection shrinks one that waits). A drain is handed
 // only to a goroutine already waiting, never queued behind a busy one, so
 // a client that does not read holds up only its own drain; an idle edge
 // keeps no drain goroutines.

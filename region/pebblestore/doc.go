@@ -58,7 +58,9 @@
 // its commit returns, so Routes — read by the sequencer's fan-out for every
 // batch — answers from a map. That is safe only because the store owns its
 // directory: no other process writes routes behind it. A route damaged on
-// disk fails Routes for its user with ErrCorrupt, as the scan did.
+// disk fails Routes for its user with ErrCorrupt, as the scan did; a reload
+// that could not read the database marks its user to be read again by the
+// next Routes call.
 //
 // The sequencer's write batch (Store.Begin, batch.go; core.WriteBatch) is
 // an indexed pebble.Batch: its appends are read back by the batch (reads

@@ -26,11 +26,15 @@ type routeIndex struct {
 	// bad is the decode error a user's stored routes give (a value or key
 	// damaged on disk): Routes returns it for that user, as a scan would.
 	bad map[string]error
+	// stale holds users whose reload failed to read the database (not a
+	// damaged record: an I/O error that may pass): Routes reloads them
+	// before it answers, as the scan retried on every call.
+	stale map[string]bool
 }
 
 // loadRouteIndex reads every route of db.
 func loadRouteIndex(db pebble.Reader) (*routeIndex, error) {
-	ix := &routeIndex{byUser: map[string][]core.Route{}, bad: map[string]error{}}
+	ix := &routeIndex{byUser: map[string][]core.Route{}, bad: map[string]error{}, stale: map[string]bool{}}
 	p := []byte{tagRoute}
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
 	if err != nil {
@@ -76,23 +80,25 @@ func decodeRouteKV(k, v []byte) (core.Route, error) {
 	return decodeRoute(dev, v)
 }
 
-// reload replaces user's entry with what the database holds. The caller
-// excludes other route writes of user (its stripe of routeUserMu, or
-// routeMu exclusively).
-func (s *Store) reloadRoutes(user string) {
+// reloadRoutes replaces user's entry with what the database holds and
+// returns the error a read of it gave (a decode error is also kept in bad;
+// any other marks the user stale). The caller excludes other route writes
+// of user (its stripe of routeUserMu, or routeMu exclusively).
+func (s *Store) reloadRoutes(user string) error {
 	var (
-		rs  []core.Route
-		bad error
+		rs      []core.Route
+		bad     error // a damaged record
+		readErr error // the database could not be read
 	)
 	p := routePrefix(user)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
 	if err != nil {
-		bad = fmt.Errorf("pebblestore: iterate: %w", err)
+		readErr = fmt.Errorf("pebblestore: iterate: %w", err)
 	} else {
-		for ok := it.First(); ok && bad == nil; ok = it.Next() {
+		for ok := it.First(); ok; ok = it.Next() {
 			v, err := it.ValueAndErr()
 			if err != nil {
-				bad = fmt.Errorf("pebblestore: iterate: %w", err)
+				readErr = fmt.Errorf("pebblestore: iterate: %w", err)
 				break
 			}
 			r, err := decodeRouteKV(it.Key(), v)
@@ -102,21 +108,44 @@ func (s *Store) reloadRoutes(user string) {
 			}
 			rs = append(rs, r)
 		}
-		if err := it.Close(); err != nil && bad == nil {
-			bad = fmt.Errorf("pebblestore: iterate: %w", err)
+		if err := it.Close(); err != nil && readErr == nil && bad == nil {
+			readErr = fmt.Errorf("pebblestore: iterate: %w", err)
 		}
 	}
 	ix := s.routes
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	if readErr != nil {
+		ix.stale[user] = true // what it holds may be out of date: read again
+		return readErr
+	}
+	delete(ix.stale, user)
 	delete(ix.byUser, user)
 	delete(ix.bad, user)
 	switch {
 	case bad != nil:
 		ix.bad[user] = bad
+		return bad
 	case len(rs) > 0:
 		ix.byUser[user] = rs
 	}
+	return nil
+}
+
+// staleOf returns the users among us whose routes must be read again.
+func (ix *routeIndex) staleOf(us []string) []string {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	if len(ix.stale) == 0 {
+		return nil
+	}
+	var out []string
+	for _, u := range us {
+		if ix.stale[u] {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // lookup appends the routes of users (sorted, without repeats, valid ids)

@@ -1093,6 +1093,16 @@ func (s *Store) ClearEdgeRoutes(ctx context.Context, edge string, atMs int64) ([
 	return out, nil
 }
 
+// reloadStaleRoutes reloads user's routes, excluding its route writes.
+func (s *Store) reloadStaleRoutes(user string) error {
+	s.routeMu.RLock()
+	defer s.routeMu.RUnlock()
+	mu := s.stripe(s.routeUserMu, user)
+	mu.Lock()
+	defer mu.Unlock()
+	return s.reloadRoutes(user)
+}
+
 // Routes implements core.Store. It reads the in-memory route index
 // (routeindex.go), never the database.
 func (s *Store) Routes(ctx context.Context, users []string) ([]core.Route, error) {
@@ -1102,6 +1112,11 @@ func (s *Store) Routes(ctx context.Context, users []string) ([]core.Route, error
 	us, err := routeUsers(users)
 	if err != nil {
 		return nil, err
+	}
+	for _, u := range s.routes.staleOf(us) {
+		if err := s.reloadStaleRoutes(u); err != nil {
+			return nil, err
+		}
 	}
 	return s.routes.lookup(us, nil)
 }
