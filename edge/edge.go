@@ -316,8 +316,10 @@ type Edge struct {
 	wg     sync.WaitGroup // consumers, servers, sessions
 	// drainWork hands a session with frames to send to an idle drain
 	// goroutine (outqueue.go); unbuffered: a send succeeds only when one
-	// waits.
+	// waits. drainers counts those goroutines; Shutdown waits for them
+	// once every session has finished (no drain starts after that).
 	drainWork chan *session
+	drainers  sync.WaitGroup
 
 	mu        sync.Mutex
 	started   bool
@@ -677,6 +679,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		}
 		e.wg.Wait()
 		<-sessionsDone
+		e.drainers.Wait() // idle ones saw the cancel; no session is left to start one
 	})
 	<-e.shutDone
 	return e.shutError

@@ -118,7 +118,7 @@ func (s *session) startDrain() {
 	select {
 	case s.e.drainWork <- s:
 	default:
-		go s.e.drainer(s)
+		s.e.drainers.Go(func() { s.e.drainer(s) })
 	}
 }
 
