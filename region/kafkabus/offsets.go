@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 
@@ -16,8 +17,31 @@ var _ core.OffsetInspector = (*Bus)(nil)
 // GroupOffsets implements core.OffsetInspector: for every partition of
 // topic, group's committed offset (-1 if none) and the log's first offset
 // and high watermark, read fresh from the group coordinator and the
-// partition leaders. A missing topic has no partitions.
+// partition leaders. A missing topic has no partitions. Errors a cluster
+// gives while it settles — the coordinator moved or is still loading the
+// group (as right after a broker or the group's member restarted), a
+// leader election — are retried with backoff for up to
+// groupOffsetsRetryFor.
 func (b *Bus) GroupOffsets(ctx context.Context, topic, group string) ([]core.PartitionOffsets, error) {
+	deadline := time.Now().Add(groupOffsetsRetryFor)
+	for attempt := 1; ; attempt++ {
+		out, err := b.groupOffsets(ctx, topic, group)
+		var ke kafka.Error
+		if err == nil || !errors.As(err, &ke) || !ke.Temporary() || time.Now().After(deadline) {
+			return out, err
+		}
+		b.log.Warn("reading group offsets, retrying", "group", group, "topic", topic, "attempt", attempt, "err", err)
+		if !sleepCtx(ctx, backoff(attempt, b.cfg.RetryMin, b.cfg.RetryMax)) {
+			return nil, fmt.Errorf("%w (then: %w)", err, ctx.Err())
+		}
+	}
+}
+
+// groupOffsetsRetryFor bounds how long GroupOffsets retries a temporary
+// error.
+const groupOffsetsRetryFor = 30 * time.Second
+
+func (b *Bus) groupOffsets(ctx context.Context, topic, group string) ([]core.PartitionOffsets, error) {
 	if b.closing.Err() != nil {
 		return nil, ErrClosed
 	}
