@@ -108,6 +108,12 @@ func TestEdgeStopsServingWhileRegionNotReady(t *testing.T) {
 		case "wt":
 			sess, str := v.dialWTRaw()
 			c.wt = sess
+			if str == nil { // refused before the stream opened
+				if code := wtCode(t, sess); code != pb.ErrorCode_ERROR_CODE_UNAVAILABLE {
+					t.Fatalf("wt: refused with %v, want UNAVAILABLE", code)
+				}
+				continue
+			}
 			err = c.handshake(v, wtClientConn{sess, str}, nil)
 		}
 		if err == nil {
