@@ -128,17 +128,19 @@ func (b *Bus) consumeTail(ctx context.Context, spec core.ConsumeSpec, maxBatch i
 // endOffsets returns the high watermark of each partition, read fresh from
 // the partition leaders.
 func (b *Bus) endOffsets(ctx context.Context, topic string, parts []int) (map[int]int64, error) {
-	t := b.newTransport()
-	defer t.CloseIdleConnections()
-	c := &kafka.Client{Addr: kafka.TCP(b.cfg.Brokers...), Transport: t, Timeout: b.cfg.DialTimeout}
 	reqs := make([]kafka.OffsetRequest, len(parts))
 	for i, p := range parts {
 		reqs[i] = kafka.LastOffsetOf(p)
 	}
+	deadline := time.Now().Add(endOffsetsRetryFor)
 	for attempt := 0; ; attempt++ {
+		// A fresh transport per attempt: a fresh view of the leaders.
+		t := b.newTransport()
+		c := &kafka.Client{Addr: kafka.TCP(b.cfg.Brokers...), Transport: t, Timeout: b.cfg.DialTimeout}
 		resp, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{
 			Topics: map[string][]kafka.OffsetRequest{topic: reqs},
 		})
+		t.CloseIdleConnections()
 		if err == nil {
 			ends := make(map[int]int64, len(parts))
 			for _, po := range resp.Topics[topic] {
@@ -155,12 +157,17 @@ func (b *Bus) endOffsets(ctx context.Context, topic string, parts []int) (map[in
 				err = fmt.Errorf("got %d of %d partitions", len(ends), len(parts))
 			}
 		}
-		// Leadership may be moving (a broker restarts): retry a few times.
-		if attempt >= 5 || !sleepCtx(ctx, backoff(attempt, 50*time.Millisecond, time.Second)) {
-			return nil, fmt.Errorf("kafkabus: consume %q: end offsets: %w", topic, err)
+		// Leadership may be moving (a broker restarts), or a topic just
+		// created not be served by every leader yet (real Kafka has
+		// answered UNKNOWN_SERVER_ERROR then): retry for a while.
+		if time.Now().After(deadline) || !sleepCtx(ctx, backoff(attempt, 50*time.Millisecond, time.Second)) {
+			return nil, fmt.Errorf("kafkabus: consume %q: end offsets (%d attempts): %w", topic, attempt+1, err)
 		}
 	}
 }
+
+// endOffsetsRetryFor bounds how long endOffsets retries.
+const endOffsetsRetryFor = 15 * time.Second
 
 // consumeGroup is the consumer-group loop: one generation after another
 // until ctx ends.
