@@ -1062,7 +1062,7 @@ func (c *Client) syncAll(s *session) error {
 // itself, in outbox order, and hands each to a goroutine that waits for
 // its SendAck, so the wire order is the outbox order.
 func (c *Client) sender(s *session) {
-	if len(c.outbox.Pending()) > 0 {
+	if c.outbox.Len() > 0 {
 		// Entries left from before this session may be stored already
 		// (their acks lost with the session, or the device was away longer
 		// than the server's resend window, after which a resend would be
@@ -1137,8 +1137,9 @@ func (c *Client) sendDone(s *session, req *pb.SendRequest, r *pb.Response, err e
 		c.finishSend(SendResult{Conv: req.GetConvId(), ClientMsgID: id, Err: err})
 	default: // transient server error or ack timeout
 		c.outbox.congested(req.GetConvId())
-		d := max(backoff(c.outbox.attempts(id), c.cfg.MinBackoff, c.cfg.MaxBackoff), retryAfter(err))
-		if ra := retryAfter(err); ra > 0 && errors.As(err, &we) && we.Code == pb.ErrorCode_ERROR_CODE_RATE_LIMITED {
+		ra := retryAfter(err)
+		d := max(backoff(c.outbox.attempts(id), c.cfg.MinBackoff, c.cfg.MaxBackoff), ra)
+		if ra > 0 && core.Code(err) == pb.ErrorCode_ERROR_CODE_RATE_LIMITED {
 			// The edge said when its budget lets this through: that, not
 			// an exponential backoff grown by earlier refusals of a
 			// pipelined burst (the window is one now, so nothing piles up).

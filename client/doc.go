@@ -87,7 +87,7 @@
 // ErrOutboxFull and stores nothing. Its scheduling work is per
 // conversation, not per entry, so a device back online with a full outbox
 // settles it in linear time (BenchmarkOutboxSettle: 10,000 messages in one
-// conversation, 23 ms of scheduling). A sender goroutine per session puts outbox entries on the wire
+// conversation, 14–24 ms of scheduling). A sender goroutine per session puts outbox entries on the wire
 // in outbox order, up to Config.SendWindow per conversation at once, and
 // resends with the same client message id after a lost session, an ack
 // timeout, or a transient error (UNAVAILABLE, RATE_LIMITED, ...) with

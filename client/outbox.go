@@ -91,6 +91,7 @@ type Outbox struct {
 type outboxBatch struct {
 	buf     []byte
 	entries []*outboxEntry
+	ids     map[string]struct{} // client message ids of entries
 	done    chan struct{}
 	err     error
 }
@@ -117,7 +118,8 @@ type outboxEntry struct {
 	// resend can pass); entries picked since do not hold it back.
 	pick, waitPicks uint64
 	removed         bool
-	size            int // marshalled request bytes
+	size            int    // marshalled request bytes
+	rec             []byte // OpenOutbox only: the add record's payload
 }
 
 // outboxConv is one conversation's live entries, ascending n, and how
@@ -163,6 +165,7 @@ func OpenOutbox(dir string) (*Outbox, error) {
 				continue
 			}
 			e := &outboxEntry{n: binary.BigEndian.Uint64(payload), req: req, size: len(payload) - 8}
+			e.rec = payload // for the compacted log; dropped below
 			live[req.GetClientMsgId()] = e
 			ob.next = max(ob.next, e.n+1)
 		case recOutboxDone:
@@ -179,13 +182,8 @@ func OpenOutbox(dir string) (*Outbox, error) {
 	for _, e := range loaded {
 		ob.heldN++
 		ob.heldBytes += e.size
-	}
-	for _, e := range loaded {
-		rec, err := outboxAddRecord(e)
-		if err != nil {
-			return nil, err
-		}
-		compact = append(compact, rec...)
+		compact = appendRecord(compact, recOutboxAdd, e.rec)
+		e.rec = nil
 	}
 	if len(compact) != len(data) {
 		if err := writeFileAtomic(dir, "outbox.log", compact); err != nil {
@@ -203,13 +201,11 @@ func OpenOutbox(dir string) (*Outbox, error) {
 	return ob, nil
 }
 
-func outboxAddRecord(e *outboxEntry) ([]byte, error) {
-	body, err := proto.Marshal(e.req)
-	if err != nil {
-		return nil, fmt.Errorf("client: outbox: encode: %w", err)
-	}
-	payload := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(body)), e.n)
-	return appendRecord(nil, recOutboxAdd, append(payload, body...)), nil
+// outboxAddRecord appends the add record of entry n, whose marshalled
+// request is body, to dst.
+func outboxAddRecord(dst []byte, n uint64, body []byte) []byte {
+	payload := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(body)), n)
+	return appendRecord(dst, recOutboxAdd, append(payload, body...))
 }
 
 // Close closes the log file. The outbox must not be used afterwards.
@@ -263,11 +259,8 @@ func (ob *Outbox) Add(reqs ...*pb.SendRequest) error {
 	}
 	for i, req := range reqs {
 		id := req.GetClientMsgId()
-		dup := ob.byID[id] != nil || slices.ContainsFunc(reqs[:i], func(r *pb.SendRequest) bool { return r.GetClientMsgId() == id })
-		if b := ob.batch; b != nil && !dup {
-			dup = slices.ContainsFunc(b.entries, func(e *outboxEntry) bool { return e.req.GetClientMsgId() == id })
-		}
-		if dup {
+		_, queued := ob.batch.idSet()[id]
+		if ob.byID[id] != nil || queued || slices.ContainsFunc(reqs[:i], func(r *pb.SendRequest) bool { return r.GetClientMsgId() == id }) {
 			ob.mu.Unlock()
 			return fmt.Errorf("%w: client message id %q is already in the outbox", ErrBadArgument, id)
 		}
@@ -281,15 +274,15 @@ func (ob *Outbox) Add(reqs ...*pb.SendRequest) error {
 	ob.heldN += len(reqs)
 	ob.heldBytes += size
 	if ob.batch == nil {
-		ob.batch = &outboxBatch{done: make(chan struct{})}
+		ob.batch = &outboxBatch{ids: map[string]struct{}{}, done: make(chan struct{})}
 	}
 	b := ob.batch
 	for i, req := range reqs {
 		e := &outboxEntry{n: ob.next, req: req, size: len(bodies[i])}
 		ob.next++
-		payload := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(bodies[i])), e.n)
-		b.buf = appendRecord(b.buf, recOutboxAdd, append(payload, bodies[i]...))
+		b.buf = outboxAddRecord(b.buf, e.n, bodies[i])
 		b.entries = append(b.entries, e)
+		b.ids[req.GetClientMsgId()] = struct{}{}
 	}
 	leader := !ob.flushing
 	ob.flushing = true
@@ -302,6 +295,14 @@ func (ob *Outbox) Add(reqs ...*pb.SendRequest) error {
 		ob.signal()
 	}
 	return b.err
+}
+
+// idSet is the batch's ids; nil for no batch.
+func (b *outboxBatch) idSet() map[string]struct{} {
+	if b == nil {
+		return nil
+	}
+	return b.ids
 }
 
 // flush writes queued batches, one write + fsync each, until none is left.

@@ -44,7 +44,8 @@ func TestOutboxSurvivesReopen(t *testing.T) {
 	ob.Close()
 	// A crash in the middle of a later add leaves a torn record.
 	f, _ := os.OpenFile(filepath.Join(dir, "outbox.log"), os.O_WRONLY|os.O_APPEND, 0)
-	rec, _ := outboxAddRecord(&outboxEntry{n: 99, req: sreq("d:a:b", "torn")})
+	body, _ := proto.Marshal(sreq("d:a:b", "torn"))
+	rec := outboxAddRecord(nil, 99, body)
 	f.Write(rec[:len(rec)-3])
 	f.Close()
 

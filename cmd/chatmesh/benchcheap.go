@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/chatmesh/chatmesh/client"
 	"github.com/chatmesh/chatmesh/edge"
 	"github.com/chatmesh/chatmesh/internal/benchload"
 	"github.com/chatmesh/chatmesh/internal/stack"
@@ -58,7 +59,7 @@ func runBenchCheap(ctx context.Context, args []string, stdout, stderr io.Writer)
 	members := fs.Int("members", 500, "group: members (at most 500)")
 	senders := fs.Int("senders", 20, "group: members that send")
 	acks := fs.Bool("acks", true, "chatmesh: devices acknowledge every delivery (DeliveryAck); false sends none")
-	ackInterval := fs.Duration("ack-interval", 250*time.Millisecond, "chatmesh: least time between two acks of one conversation by one device, as the SDK's AckInterval; a negative value: the next ack goes as soon as the last is answered")
+	ackInterval := fs.Duration("ack-interval", client.DefaultAckInterval, "chatmesh: least time between two acks of one conversation by one device, as the SDK's AckInterval; a negative value: the next ack goes as soon as the last is answered")
 	ordered := fs.Bool("ordered", true, "chatmesh: each send names the device's previous send to the conversation (after_client_msg_id), so the region enforces per-sender order as with the SDK's pipelined sends; false sends without")
 	conns := fs.Int("conns", 1000, "idle, reconnect: devices")
 	duration := fs.Duration("duration", 10*time.Second, "sending time of a round")

@@ -304,7 +304,7 @@ func (c *cmConn) ack(conv string, seq uint64) {
 	sentAt := time.Now()
 	interval := c.t.AckInterval
 	if interval == 0 {
-		interval = 250 * time.Millisecond
+		interval = client.DefaultAckInterval
 	}
 	f := &pb.ClientFrame{Body: &pb.ClientFrame_Ack{Ack: &pb.DeliveryAck{ConvId: conv, Seq: st.sent}}}
 	err := c.begin(context.Background(), f, func(r *pb.Response) {

@@ -2,6 +2,7 @@ package pebblestore
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -35,37 +36,27 @@ type routeIndex struct {
 // loadRouteIndex reads every route of db.
 func loadRouteIndex(db pebble.Reader) (*routeIndex, error) {
 	ix := &routeIndex{byUser: map[string][]core.Route{}, bad: map[string]error{}, stale: map[string]bool{}}
-	p := []byte{tagRoute}
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
-	if err != nil {
-		return nil, fmt.Errorf("pebblestore: load routes: %w", err)
-	}
-	defer it.Close()
-	for ok := it.First(); ok; ok = it.Next() {
-		k := it.Key()
+	err := scanIn(db, []byte{tagRoute}, func(k, v []byte) (bool, error) {
 		// A user id has no NUL: the user is the key up to the first one.
 		// A key without one lies under no user's prefix.
 		i := bytes.IndexByte(k[1:], sep)
 		if i < 0 {
-			continue
+			return true, nil
 		}
 		user := string(k[1 : 1+i])
 		if ix.bad[user] != nil {
-			continue
-		}
-		v, err := it.ValueAndErr()
-		if err != nil {
-			return nil, fmt.Errorf("pebblestore: load routes: %w", err)
+			return true, nil
 		}
 		r, err := decodeRouteKV(k, v)
 		if err != nil {
 			ix.bad[user] = err
 			delete(ix.byUser, user)
-			continue
+			return true, nil
 		}
 		ix.byUser[user] = append(ix.byUser[user], r)
-	}
-	if err := it.Error(); err != nil {
+		return true, nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("pebblestore: load routes: %w", err)
 	}
 	return ix, nil
@@ -85,51 +76,29 @@ func decodeRouteKV(k, v []byte) (core.Route, error) {
 // any other marks the user stale). The caller excludes other route writes
 // of user (its stripe of routeUserMu, or routeMu exclusively).
 func (s *Store) reloadRoutes(user string) error {
-	var (
-		rs      []core.Route
-		bad     error // a damaged record
-		readErr error // the database could not be read
-	)
-	p := routePrefix(user)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
-	if err != nil {
-		readErr = fmt.Errorf("pebblestore: iterate: %w", err)
-	} else {
-		for ok := it.First(); ok; ok = it.Next() {
-			v, err := it.ValueAndErr()
-			if err != nil {
-				readErr = fmt.Errorf("pebblestore: iterate: %w", err)
-				break
-			}
-			r, err := decodeRouteKV(it.Key(), v)
-			if err != nil {
-				bad = err
-				break
-			}
-			rs = append(rs, r)
-		}
-		if err := it.Close(); err != nil && readErr == nil && bad == nil {
-			readErr = fmt.Errorf("pebblestore: iterate: %w", err)
-		}
-	}
+	var rs []core.Route
+	err := scanIn(s.db, routePrefix(user), func(k, v []byte) (bool, error) {
+		r, err := decodeRouteKV(k, v)
+		rs = append(rs, r)
+		return err == nil, err
+	})
 	ix := s.routes
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if readErr != nil {
-		ix.stale[user] = true // what it holds may be out of date: read again
-		return readErr
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		ix.stale[user] = true // not read: what it holds may be out of date
+		return err
 	}
 	delete(ix.stale, user)
 	delete(ix.byUser, user)
 	delete(ix.bad, user)
 	switch {
-	case bad != nil:
-		ix.bad[user] = bad
-		return bad
+	case err != nil: // a damaged record
+		ix.bad[user] = err
 	case len(rs) > 0:
 		ix.byUser[user] = rs
 	}
-	return nil
+	return err
 }
 
 // staleOf returns the users among us whose routes must be read again.

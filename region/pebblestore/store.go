@@ -244,7 +244,13 @@ func (s *Store) get(k []byte) ([]byte, bool, error) {
 // scan calls fn for every key with the prefix, in order, until fn returns
 // false or an error.
 func (s *Store) scan(prefix []byte, fn func(k, v []byte) (bool, error)) error {
-	it, err := s.rd.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	return scanIn(s.rd, prefix, fn)
+}
+
+// scanIn is scan over rd. fn's errors are returned as they are; the
+// iterator's are wrapped.
+func scanIn(rd pebble.Reader, prefix []byte, fn func(k, v []byte) (bool, error)) error {
+	it, err := rd.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
 		return fmt.Errorf("pebblestore: iterate: %w", err)
 	}
