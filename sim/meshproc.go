@@ -39,9 +39,7 @@ func startChild(name, bin, logPath string, args []string) (*childProc, error) {
 	fmt.Fprintf(logf, "\n=== %s start %s: %s %s\n", time.Now().Format(time.RFC3339Nano), name, bin, strings.Join(args, " "))
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = logf
-	// Own process group: a test's Ctrl-C reaches the harness, which stops
-	// its children itself.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	setProcGroup(cmd)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		logf.Close()
@@ -132,11 +130,15 @@ func (p *childProc) kill() {
 }
 
 // stop sends SIGTERM and waits up to grace for a clean exit, then SIGKILL.
+// Where there is no SIGTERM (meshproc_other.go) it kills at once.
 func (p *childProc) stop(grace time.Duration) {
 	if p.exited() {
 		return
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if !terminate(p.cmd.Process) {
+		p.kill()
+		return
+	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -245,8 +244,9 @@ func moduleRoot() (string, error) {
 	}
 }
 
-// lockFile takes an exclusive flock on path, polling for at most wait, and
-// returns the function that releases it and how long it waited.
+// lockFile takes an exclusive file lock on path (tryLock: flock on Unix,
+// LockFileEx on Windows), polling for at most wait, and returns the
+// function that releases it and how long it waited.
 func lockFile(path string, wait time.Duration) (unlock func(), waited time.Duration, err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
@@ -254,11 +254,11 @@ func lockFile(path string, wait time.Duration) (unlock func(), waited time.Durat
 	}
 	start := time.Now()
 	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
+		ok, err := tryLock(f)
+		if ok {
 			break
 		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
+		if err != nil {
 			f.Close()
 			return nil, 0, fmt.Errorf("testenv: lock %s: %w", path, err)
 		}
@@ -269,7 +269,7 @@ func lockFile(path string, wait time.Duration) (unlock func(), waited time.Durat
 		time.Sleep(100 * time.Millisecond)
 	}
 	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		unlockFile(f)
 		f.Close()
 	}, time.Since(start), nil
 }
