@@ -59,6 +59,12 @@ allow_skips=(
 echo "== go vet"
 go vet ./...
 
+# The chatmesh binary is also the client CLI: it must build for every
+# desktop platform client developers use, not only this one.
+echo "== cross-build: windows, darwin"
+GOOS=windows GOARCH=amd64 go build -o /dev/null ./cmd/chatmesh
+GOOS=darwin GOARCH=arm64 go build -o /dev/null ./cmd/chatmesh
+
 echo "== Kafka (3 single-broker clusters, one per region)"
 mesh=""
 for i in 0 1 2; do
