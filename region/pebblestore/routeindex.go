@@ -2,6 +2,7 @@ package pebblestore
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -18,7 +19,10 @@ import (
 // locked), so every route write goes through SetRoute, ClearRoute or
 // ClearEdgeRoutes, and each of them reloads the users it touched from the
 // database after its commit (successful or not): the index is what the
-// database holds, never what a write meant to do. Its size is the route
+// database holds, never what a write meant to do: a committed write (a
+// Pebble batch applies whole or not at all) is applied to the index as the
+// same change, under the user's lock, and a failed one reloads the user
+// from the database. Its size is the route
 // count, which is the number of online devices (an edge's routes are
 // cleared when it restarts).
 type routeIndex struct {
@@ -101,6 +105,56 @@ func (s *Store) reloadRoutes(user string) error {
 	return err
 }
 
+// route returns dev's route as the index holds it. ok is false when the
+// index cannot answer for dev's user (a damaged record or a failed
+// reload): the caller reads the database.
+func (ix *routeIndex) route(dev core.DeviceKey) (r core.Route, found, ok bool) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	if ix.bad[dev.User] != nil || ix.stale[dev.User] {
+		return core.Route{}, false, false
+	}
+	rs := ix.byUser[dev.User]
+	i, found := slices.BinarySearchFunc(rs, dev, func(r core.Route, d core.DeviceKey) int { return cmpDevice(r.Device, d) })
+	if !found {
+		return core.Route{}, false, true
+	}
+	return rs[i], true, true
+}
+
+// applied reports a committed route write of one user to the index: r is
+// set (replacing the device's route, if any) or, with del, the device's
+// route is removed. It returns false, changing nothing, when the index
+// does not hold the user's routes (damaged or stale): the caller reloads
+// the user. The caller excludes other route writes of the user.
+func (ix *routeIndex) applied(r core.Route, del bool) bool {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	u := r.Device.User
+	if ix.bad[u] != nil || ix.stale[u] {
+		return false
+	}
+	rs := ix.byUser[u]
+	i, found := slices.BinarySearchFunc(rs, r.Device, func(r core.Route, d core.DeviceKey) int { return cmpDevice(r.Device, d) })
+	switch {
+	case del && found:
+		rs = slices.Delete(slices.Clone(rs), i, i+1)
+	case del:
+		return true
+	case found:
+		rs = slices.Clone(rs)
+		rs[i] = r
+	default:
+		rs = slices.Insert(slices.Clone(rs), i, r)
+	}
+	if len(rs) == 0 {
+		delete(ix.byUser, u)
+	} else {
+		ix.byUser[u] = rs
+	}
+	return true
+}
+
 // staleOf returns the users among us whose routes must be read again.
 func (ix *routeIndex) staleOf(us []string) []string {
 	ix.mu.RLock()
@@ -143,3 +197,7 @@ func routeUsers(users []string) ([]string, error) {
 	}
 	return us, nil
 }
+
+// cmpDevice orders two devices of one user as their route keys sort (the
+// device number, big-endian).
+func cmpDevice(a, b core.DeviceKey) int { return cmp.Compare(a.Device, b.Device) }
