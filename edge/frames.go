@@ -136,10 +136,10 @@ func (s *session) queryConcurrently(f *pb.ClientFrame) {
 		return
 	}
 	s.reads.Add(1)
-	go func() {
+	goOnWorker(func() {
 		defer func() { <-s.readSlots; s.reads.Done() }()
 		s.query(f)
-	}()
+	})
 }
 
 func (s *session) query(f *pb.ClientFrame) {

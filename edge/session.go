@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -215,7 +216,7 @@ func (s *session) serve(ip string) {
 	e.unregister(s)
 	s.releaseInflight()
 	if s.opened {
-		s.reportClosed()
+		onFreshStack(s.reportClosed) // deep (the store), once per session
 	}
 	// The IP's slot is free before the session stops counting in
 	// Stats.Sessions (deferred above), so whoever sees the count drop can
@@ -516,20 +517,58 @@ func marshal(m proto.Message) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(m)
 }
 
-// onFreshStack runs f on a short-lived goroutine and waits for it. A
-// session's goroutine lives as long as its connection, and a goroutine's
-// stack keeps the size its deepest call needed until a GC finds less than
-// a quarter of it in use. Work that is deep but rare — the handshake's
-// cryptography, authentication and session opening, registration, key
-// uploads, presence subscriptions — runs here, so it does not grow the
-// session's stack (BenchmarkIdleConnections: stack 8,241 → 4,194 B per
-// session). Frames that are frequent (messages, acks) stay on the
-// session's goroutine.
+// onFreshStack runs f on another goroutine and waits for it. A session's
+// goroutine lives as long as its connection, and a goroutine's stack keeps
+// the size its deepest call needed until a GC finds less than a quarter of
+// it in use. Work that is deep but rare — the handshake's cryptography,
+// authentication and session opening, registration, key uploads, presence
+// subscriptions — runs here, so it does not grow the session's stack
+// (BenchmarkIdleConnections: stack 8,241 → 4,194 B per session). Frames
+// that are frequent (messages, acks) stay on the session's goroutine.
+//
+// The goroutine is a stack worker: after f it waits up to stackIdle for
+// the next call's work, so during a reconnect storm a few workers whose
+// stacks have already grown to the handshake's depth run every handshake,
+// instead of a new goroutine per call growing (copying) its stack several
+// times on the way into X25519. A call never waits for a busy worker: it
+// hands its work to an idle one or starts one, so there are never more
+// workers than concurrent calls, and none once calls stop for stackIdle.
 func onFreshStack(f func()) {
 	done := make(chan struct{})
-	go func() {
+	goOnWorker(func() {
 		defer close(done)
 		f()
-	}()
+	})
 	<-done
+}
+
+// goOnWorker runs f on a stack worker without waiting for it: the go
+// statement for work that is deep, as onFreshStack's, but concurrent.
+func goOnWorker(f func()) {
+	select {
+	case stackWork <- f:
+	default:
+		go stackWorker(f)
+	}
+}
+
+// stackWork hands work to an idle stack worker (unbuffered: only a worker
+// waiting in its receive takes it).
+var stackWork = make(chan func())
+
+// stackIdle is how long a stack worker waits for more work.
+const stackIdle = time.Second
+
+func stackWorker(w func()) {
+	t := time.NewTimer(stackIdle)
+	defer t.Stop()
+	for {
+		w()
+		t.Reset(stackIdle)
+		select {
+		case w = <-stackWork:
+		case <-t.C:
+			return
+		}
+	}
 }
