@@ -65,12 +65,8 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	minSession := fs.Duration("group-min-session-timeout", time.Second, "smallest consumer-group session timeout accepted")
 	logLevel := fs.String("log", "warn", "log level")
 	adminF := addAdminFlags(fs, "")
-	gcF := addGCFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if err := gcF.check(); err != nil {
-		return fmt.Errorf("broker: %w", err)
 	}
 	if err := adminF.check(*listen); err != nil {
 		return fmt.Errorf("broker: %w", err)
@@ -85,7 +81,6 @@ func runBroker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	defer gcF.start(logger).Stop()
 	if *data != "" {
 		if err := os.MkdirAll(*data, 0o700); err != nil {
 			return fmt.Errorf("broker: --data: %w", err)

@@ -43,12 +43,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	dirPort := fs.Int("dir-port", 7492, "mesh only: each region's directory voter's HTTP port")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole process to this file until it stops (for chatmesh bench runs)")
 	adminF := addAdminFlags(fs, defaultDevAdmin)
-	gcF := addGCFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if err := gcF.check(); err != nil {
-		return fmt.Errorf("dev: %w", err)
 	}
 	if err := adminF.check(*ws, *wt); err != nil {
 		return fmt.Errorf("dev: %w", err)
@@ -65,7 +61,6 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
-	defer gcF.start(logger).Stop()
 	if *regions < 1 || *regions > len(stack.DevRegions()) {
 		return fmt.Errorf("dev: --regions must be 1..%d", len(stack.DevRegions()))
 	}

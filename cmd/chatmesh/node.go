@@ -68,12 +68,8 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	mf := addMeshFlags(fs)
 	adminF := addAdminFlags(fs, defaultRegionAdmin)
 	ret := addRetentionFlags(fs)
-	gcF := addGCFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if err := gcF.check(); err != nil {
-		return fmt.Errorf("region: %w", err)
 	}
 	if *kafka == "" {
 		return errors.New("region: --kafka is required (the embedded broker lives in `chatmesh dev`)")
@@ -97,7 +93,6 @@ func runRegion(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	defer gcF.start(logger).Stop()
 	// The admin server answers from the start: /healthz while the region
 	// waits for its store, Kafka and the directory's quorum, /readyz 503
 	// ("starting") until the sequencer runs.
@@ -217,12 +212,8 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	mf := addEdgeMeshFlags(fs)
 	logLevel := fs.String("log", "info", "log level")
 	adminF := addAdminFlags(fs, defaultEdgeAdmin)
-	gcF := addGCFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
-	}
-	if err := gcF.check(); err != nil {
-		return fmt.Errorf("edge: %w", err)
 	}
 	if *kafka == "" || *regionURL == "" {
 		return errors.New("edge: --kafka and --region-url are required")
@@ -237,7 +228,6 @@ func runEdge(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	defer gcF.start(logger).Stop()
 	if err := os.MkdirAll(*data, 0o700); err != nil {
 		return err
 	}

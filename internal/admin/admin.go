@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"runtime/debug"
-	"runtime/metrics"
 	"strings"
 	"sync"
 	"time"
@@ -95,8 +94,7 @@ func NewRegistry(version string) *prometheus.Registry {
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "chatmesh_build_info", Help: "Always 1; the labels say which build runs.",
 		ConstLabels: prometheus.Labels{"version": version, "go_version": goVersion}})
 	info.Set(1)
-	reg.MustRegister(info, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatmesh_gc_percent",
-		Help: "The Go collector's GOGC now: above 100 while --gc-headroom raises it over a small live heap."}, gcPercent))
+	reg.MustRegister(info)
 	return reg
 }
 
@@ -251,14 +249,4 @@ func SameListener(a, b string) bool {
 	}
 	wild := func(h string) bool { ip := net.ParseIP(h); return h == "" || (ip != nil && ip.IsUnspecified()) }
 	return strings.EqualFold(ah, bh) || wild(ah) || wild(bh)
-}
-
-// gcPercent reads the collector's current GOGC.
-func gcPercent() float64 {
-	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
-	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
-	}
-	return float64(s[0].Value.Uint64())
 }
