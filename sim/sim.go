@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/chatmesh/chatmesh/internal/loadgen"
@@ -116,12 +115,15 @@ func (r *region) stop() {
 	if cmd == nil {
 		return
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
+	grace := 20 * time.Second
+	if !terminate(cmd.Process) {
+		grace = 0 // no SIGTERM here (windows): kill at once
+	}
 	select {
 	case <-done:
-	case <-time.After(20 * time.Second):
+	case <-time.After(grace):
 		cmd.Process.Kill()
 		<-done
 	}
