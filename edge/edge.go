@@ -267,6 +267,7 @@ type Stats struct {
 	Sessions           int64 // currently established
 	FramesIn           uint64
 	FramesOut          uint64
+	WritesOut          uint64 // batches of frames written to clients (one flush each)
 	Produced           uint64 // ingress records produced
 	ProduceErrors      uint64
 	RateLimited        uint64
@@ -289,14 +290,14 @@ type Stats struct {
 }
 
 type counters struct {
-	connections, rejectedPerIP, handshakeFailures                            atomic.Uint64
-	sessions                                                                 atomic.Int64
-	framesIn, framesOut, produced, produceErrors, rateLimited, typingDropped atomic.Uint64
-	malformed, tooLarge, slowClient, idle, replaced, edgeRecords, presence   atomic.Uint64
-	tooLargeToSend, writeErrors                                              atomic.Uint64
-	rejectedAtAccept, acceptErrors, listenerFailures                         atomic.Uint64
-	locateRequests, locateLimited                                            atomic.Uint64
-	notReadyStops, notReadyRefused, notReadyClosed                           atomic.Uint64
+	connections, rejectedPerIP, handshakeFailures                                       atomic.Uint64
+	sessions                                                                            atomic.Int64
+	framesIn, framesOut, writesOut, produced, produceErrors, rateLimited, typingDropped atomic.Uint64
+	malformed, tooLarge, slowClient, idle, replaced, edgeRecords, presence              atomic.Uint64
+	tooLargeToSend, writeErrors                                                         atomic.Uint64
+	rejectedAtAccept, acceptErrors, listenerFailures                                    atomic.Uint64
+	locateRequests, locateLimited                                                       atomic.Uint64
+	notReadyStops, notReadyRefused, notReadyClosed                                      atomic.Uint64
 }
 
 // Edge terminates client connections. Create it with New, then Start, then
@@ -428,7 +429,7 @@ func (e *Edge) Stats() Stats {
 	return Stats{
 		Connections: n.connections.Load(), RejectedPerIP: n.rejectedPerIP.Load(),
 		HandshakeFailures: n.handshakeFailures.Load(), Sessions: n.sessions.Load(),
-		FramesIn: n.framesIn.Load(), FramesOut: n.framesOut.Load(), Produced: n.produced.Load(),
+		FramesIn: n.framesIn.Load(), FramesOut: n.framesOut.Load(), WritesOut: n.writesOut.Load(), Produced: n.produced.Load(),
 		ProduceErrors: n.produceErrors.Load(), RateLimited: n.rateLimited.Load(),
 		TypingDropped: n.typingDropped.Load(), Malformed: n.malformed.Load(), TooLarge: n.tooLarge.Load(),
 		DroppedSlowClient: n.slowClient.Load(), IdleTimeouts: n.idle.Load(), Replaced: n.replaced.Load(),

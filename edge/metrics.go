@@ -64,6 +64,7 @@ var metricDefs = []metricDef{
 	{"sessions", "Established sessions.", true, func(s Stats) float64 { return float64(s.Sessions) }},
 	{"frames_in_total", "Frames received from clients.", false, func(s Stats) float64 { return float64(s.FramesIn) }},
 	{"frames_out_total", "Frames written to clients.", false, func(s Stats) float64 { return float64(s.FramesOut) }},
+	{"writes_out_total", "Batches of frames written to clients, one flush each (frames_out_total / writes_out_total: frames per write).", false, func(s Stats) float64 { return float64(s.WritesOut) }},
 	{"ingress_produced_total", "Ingress records produced.", false, func(s Stats) float64 { return float64(s.Produced) }},
 	{"ingress_errors_total", "Ingress produce failures (answered UNAVAILABLE).", false, func(s Stats) float64 { return float64(s.ProduceErrors) }},
 	{"rate_limited_total", "Frames refused with RATE_LIMITED.", false, func(s Stats) float64 { return float64(s.RateLimited) }},

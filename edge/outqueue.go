@@ -208,6 +208,7 @@ func (s *session) writeBatch(frames [][]byte) error {
 		return err
 	}
 	s.e.n.framesOut.Add(uint64(len(frames)))
+	s.e.n.writesOut.Add(1)
 	return nil
 }
 

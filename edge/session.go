@@ -464,6 +464,7 @@ func (s *session) write(b []byte) error {
 		return err
 	}
 	s.e.n.framesOut.Add(1)
+	s.e.n.writesOut.Add(1)
 	return nil
 }
 

@@ -194,6 +194,7 @@ func TestAdminMetricsDevMesh(t *testing.T) {
 		{"chatmesh_edge_frames_in_total", euEdge},
 		{"chatmesh_edge_ingress_produced_total", euEdge},
 		{"chatmesh_edge_frames_out_total", usEdge},
+		{"chatmesh_edge_writes_out_total", usEdge},
 		{"chatmesh_edge_ingress_produce_seconds", euEdge}, // stage: edge receive → ingress
 		{"chatmesh_edge_write_answer_seconds", euEdge},    // a write until its answer at the edge
 		{"chatmesh_edge_push_seconds", euEdge},            // stage: produced → edge push (the acks)

@@ -375,15 +375,17 @@ func (b *Bus) runPartition(ctx context.Context, topic, group string, partition i
 		batch[0] = toRecord(m)
 		// Take what is already buffered. A fetch abandoned by its deadline
 		// loses nothing: kafka-go keeps the record for the next fetch.
-		fctx, cancel := context.WithTimeout(ctx, batchGap)
-		for len(batch) < maxBatch {
-			m, err := r.FetchMessage(fctx)
-			if err != nil {
-				break
+		if maxBatch > 1 { // (no gap timer for one-record batches)
+			fctx, cancel := context.WithTimeout(ctx, batchGap)
+			for len(batch) < maxBatch {
+				m, err := r.FetchMessage(fctx)
+				if err != nil {
+					break
+				}
+				batch = append(batch, toRecord(m))
 			}
-			batch = append(batch, toRecord(m))
+			cancel()
 		}
-		cancel()
 		ps.lag.Store(r.Lag())
 		p, res := w.handle(ctx, h, batch)
 		switch res {
