@@ -62,15 +62,13 @@ var (
 	ErrClosed = errors.New("noiseconn: closed")
 )
 
-var suite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.HashBLAKE2s)
-
 // GenerateKeypair makes a new X25519 key pair from rand (crypto/rand.Reader if nil).
 func GenerateKeypair(rand io.Reader) (Keypair, error) {
-	k, err := noise.DH25519.GenerateKeypair(rand)
+	k, err := newPrivate(rand)
 	if err != nil {
 		return Keypair{}, fmt.Errorf("noiseconn: generate keypair: %w", err)
 	}
-	return Keypair{Private: k.Private, Public: k.Public}, nil
+	return Keypair{Private: k.Bytes(), Public: k.PublicKey().Bytes()}, nil
 }
 
 // PublicKey derives the X25519 public key of a 32-byte private key.
@@ -78,11 +76,11 @@ func PublicKey(private []byte) ([]byte, error) {
 	if len(private) != KeyLen {
 		return nil, fmt.Errorf("noiseconn: private key length %d, want %d", len(private), KeyLen)
 	}
-	k, err := noise.DH25519.GenerateKeypair(bytes.NewReader(private))
+	k, err := newPrivate(bytes.NewReader(private))
 	if err != nil {
 		return nil, fmt.Errorf("noiseconn: public key: %w", err)
 	}
-	return k.Public, nil
+	return k.PublicKey().Bytes(), nil
 }
 
 // ClientConfig configures the initiator side of a handshake.
@@ -165,7 +163,7 @@ func client(ctx context.Context, c MsgConn, cfg ClientConfig, o options) (*Conn,
 		return clientIK(ctx, c, cfg, o)
 	}
 	hs, err := noise.NewHandshakeState(noise.Config{
-		CipherSuite:   suite,
+		CipherSuite:   newSuite(),
 		Random:        cfg.Rand,
 		Pattern:       noise.HandshakeXX,
 		Initiator:     true,
@@ -223,7 +221,7 @@ func clientIK(ctx context.Context, c MsgConn, cfg ClientConfig, o options) (*Con
 		return nil, fmt.Errorf("%w: IK needs ServerStatic", ErrHandshake)
 	}
 	hs, err := noise.NewHandshakeState(noise.Config{
-		CipherSuite:   suite,
+		CipherSuite:   newSuite(),
 		Random:        cfg.Rand,
 		Pattern:       noise.HandshakeIK,
 		Initiator:     true,
@@ -278,7 +276,7 @@ func server(ctx context.Context, c MsgConn, cfg ServerConfig, o options) (*Conn,
 		return nil, err
 	}
 	hs, err := noise.NewHandshakeState(noise.Config{
-		CipherSuite:   suite,
+		CipherSuite:   newSuite(),
 		Random:        cfg.Rand,
 		Pattern:       noise.HandshakeXX,
 		Initiator:     false,
@@ -334,7 +332,7 @@ func server(ctx context.Context, c MsgConn, cfg ServerConfig, o options) (*Conn,
 // serverIK completes an IK handshake whose message 1 is m1.
 func serverIK(ctx context.Context, c MsgConn, cfg ServerConfig, o options, m1 []byte) (*Conn, error) {
 	hs, err := noise.NewHandshakeState(noise.Config{
-		CipherSuite:   suite,
+		CipherSuite:   newSuite(),
 		Random:        cfg.Rand,
 		Pattern:       noise.HandshakeIK,
 		Initiator:     false,
