@@ -17,14 +17,14 @@ import (
 // called by the sequencer's fan-out for every batch — reads a map instead
 // of scanning Pebble once per member. The store owns its directory (it is
 // locked), so every route write goes through SetRoute, ClearRoute or
-// ClearEdgeRoutes, and each of them reloads the users it touched from the
-// database after its commit (successful or not): the index is what the
-// database holds, never what a write meant to do: a committed write (a
-// Pebble batch applies whole or not at all) is applied to the index as the
-// same change, under the user's lock, and a failed one reloads the user
-// from the database. Its size is the route
-// count, which is the number of online devices (an edge's routes are
-// cleared when it restarts).
+// ClearEdgeRoutes, and the index follows what the database holds, never
+// what a write meant to do: SetRoute and ClearRoute apply a committed
+// write (a Pebble batch applies whole or not at all) to the index as the
+// same change, under the user's lock; a failed one, a user the index
+// cannot answer for, and every ClearEdgeRoutes reload the users they
+// touched from the database. Its size is the route count, which is the
+// number of online devices (an edge's routes are cleared when it
+// restarts).
 type routeIndex struct {
 	mu     sync.RWMutex
 	byUser map[string][]core.Route // sorted by device, as a scan returns them

@@ -147,12 +147,13 @@ func Open(dir string, opts Options) (_ *Store, err error) {
 		// directory that had none.
 		ErrorIfNotExists: exists,
 	}
-	// Point reads (a route, a last-seen time, a user, a device, a
-	// conversation's head) are most of the store's reads; without a filter
-	// a Get consults every table of L0 that may hold its key, and a
-	// reconnect storm's route writes keep L0 deep. A bloom filter per table
-	// (10 bits a key, ~1% false positives) answers "not here" from memory.
-	// Tables written without one (older stores) are read as before.
+	// Point reads (an idempotency key, a last-seen time, a user, a device)
+	// are most of the store's reads, and many look for keys that are not
+	// there (a message's idempotency key, before it is stored); without a
+	// filter such a Get searches every table whose key range covers the
+	// key. A bloom filter per table (10 bits a key, ~1% false positives)
+	// answers "not here" from memory. Tables written without one (older
+	// stores) are read as before.
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
