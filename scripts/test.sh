@@ -15,7 +15,14 @@ echo "   $pg_dsn"
 
 echo "== Kafka (3 brokers, KRaft)"
 kafka_dir=${CHATMESH_KAFKA_DIR:-/tmp/chatmesh-kafka-test}
+# The test clusters start empty every run (their own default directories
+# only, never a CHATMESH_KAFKA_DIR you chose): every run creates topics
+# with fresh names, and after a few dozen runs on one machine the brokers'
+# 512 MiB heaps ran out (OutOfMemoryError) holding ~2,800 old partitions.
+fresh_kafka=""
+[ -z "${CHATMESH_KAFKA_DIR:-}" ] && fresh_kafka=1
 ./deploy/kafka/cluster.sh stop --dir "$kafka_dir" >/dev/null 2>&1 || true
+if [ -n "$fresh_kafka" ]; then rm -rf "$kafka_dir"; fi
 brokers_line=$(./deploy/kafka/cluster.sh start --brokers 3 --dir "$kafka_dir" | grep '^CHATMESH_KAFKA_BROKERS=' | tail -1)
 brokers=${brokers_line#CHATMESH_KAFKA_BROKERS=}
 echo "   $brokers"
@@ -31,6 +38,7 @@ for i in 0 1 2; do
 	d="$kafka_dir-mesh-$((i + 1))"
 	mesh_dirs+=("$d")
 	./deploy/kafka/cluster.sh stop --dir "$d" >/dev/null 2>&1 || true
+	if [ -n "$fresh_kafka" ]; then rm -rf "$d"; fi
 	CHATMESH_KAFKA_PORT_BASE=${mesh_bases[$i]} CHATMESH_KAFKA_HEAP=384m \
 		./deploy/kafka/cluster.sh start --brokers 1 --dir "$d" >"$d.start.log" 2>&1 &
 	mesh_pids+=($!)
