@@ -32,13 +32,25 @@ import (
 // handshake reuses it; a process with many (a load generator) parses each
 // when it misses, which costs what it did per DH before.
 type x25519 struct {
-	eph *ecdh.PrivateKey
+	eph parsedKey
+}
+
+// parsedKey is a private key with the bytes it was parsed from (compared
+// without copying them out of the ecdh key on every DH).
+type parsedKey struct {
+	raw []byte
+	k   *ecdh.PrivateKey
+}
+
+// is reports whether priv is this key's bytes, in constant time.
+func (p *parsedKey) is(priv []byte) bool {
+	return p != nil && p.k != nil && subtle.ConstantTimeCompare(p.raw, priv) == 1
 }
 
 var _ noise.DHFunc = (*x25519)(nil)
 
 // lastStatic is the static private key parsed last (see x25519).
-var lastStatic atomic.Pointer[ecdh.PrivateKey]
+var lastStatic atomic.Pointer[parsedKey]
 
 // newSuite returns the cipher suite of one handshake.
 func newSuite() noise.CipherSuite {
@@ -53,7 +65,7 @@ func (d *x25519) GenerateKeypair(rng io.Reader) (noise.DHKey, error) {
 	if err != nil {
 		return noise.DHKey{}, err
 	}
-	d.eph = k
+	d.eph = parsedKey{raw: k.Bytes(), k: k}
 	return noise.DHKey{Private: k.Bytes(), Public: k.PublicKey().Bytes()}, nil
 }
 
@@ -78,17 +90,17 @@ func (*x25519) DHName() string { return "25519" }
 // static key, or a fresh parse (then cached: in a handshake the only
 // private keys are the ephemeral and the static one).
 func (d *x25519) private(priv []byte) (*ecdh.PrivateKey, error) {
-	if d.eph != nil && subtle.ConstantTimeCompare(d.eph.Bytes(), priv) == 1 {
-		return d.eph, nil
+	if d.eph.is(priv) {
+		return d.eph.k, nil
 	}
-	if k := lastStatic.Load(); k != nil && subtle.ConstantTimeCompare(k.Bytes(), priv) == 1 {
-		return k, nil
+	if p := lastStatic.Load(); p.is(priv) {
+		return p.k, nil
 	}
 	k, err := ecdh.X25519().NewPrivateKey(priv)
 	if err != nil {
 		return nil, err
 	}
-	lastStatic.Store(k)
+	lastStatic.Store(&parsedKey{raw: k.Bytes(), k: k})
 	return k, nil
 }
 

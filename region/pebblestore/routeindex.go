@@ -136,16 +136,16 @@ func (ix *routeIndex) applied(r core.Route, del bool) bool {
 	}
 	rs := ix.byUser[u]
 	i, found := slices.BinarySearchFunc(rs, r.Device, func(r core.Route, d core.DeviceKey) int { return cmpDevice(r.Device, d) })
+	// In place: readers copy routes out under ix.mu (lookup, route).
 	switch {
 	case del && found:
-		rs = slices.Delete(slices.Clone(rs), i, i+1)
+		rs = slices.Delete(rs, i, i+1)
 	case del:
 		return true
 	case found:
-		rs = slices.Clone(rs)
 		rs[i] = r
 	default:
-		rs = slices.Insert(slices.Clone(rs), i, r)
+		rs = slices.Insert(rs, i, r)
 	}
 	if len(rs) == 0 {
 		delete(ix.byUser, u)
