@@ -202,14 +202,37 @@ func (s *session) drain() {
 
 // writeBatch encrypts and writes frames with one flush.
 func (s *session) writeBatch(frames [][]byte) error {
-	ctx, cancel := context.WithTimeout(s.e.ctx, s.e.cfg.WriteTimeout)
-	defer cancel()
+	ctx := writeDeadline{s.e.ctx, time.Now().Add(s.e.cfg.WriteTimeout)}
 	if err := s.nc.SendBatch(ctx, frames); err != nil {
 		return err
 	}
 	s.e.n.framesOut.Add(uint64(len(frames)))
 	s.e.n.writesOut.Add(1)
 	return nil
+}
+
+// writeDeadline is the context of a batch write to a client: the edge's
+// lifetime with the write's deadline, and no timer. A WebSocket connection
+// applies the deadline to its socket (corkWriter.hold), so a context per
+// write made with context.WithTimeout — a timer armed and stopped, and a
+// child registered with the edge's context under its lock, per write of
+// every session — would do nothing but cost (a tenth of the edge's CPU in
+// a 500-member group). A transport that can only end a write through
+// ctx.Done uses timed(ctx) for a context that does fire at the deadline.
+type writeDeadline struct {
+	context.Context
+	at time.Time
+}
+
+func (c writeDeadline) Deadline() (time.Time, bool) { return c.at, true }
+
+// timed returns a context whose Done fires at ctx's deadline: ctx itself
+// unless it is a writeDeadline.
+func timed(ctx context.Context) (context.Context, context.CancelFunc) {
+	if wd, ok := ctx.(writeDeadline); ok {
+		return context.WithDeadline(wd.Context, wd.at)
+	}
+	return ctx, func() {}
 }
 
 // popQueued removes and returns the oldest queued frame (tests of

@@ -3,6 +3,7 @@ package edge
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -60,8 +61,9 @@ func TestSendQueueBounds(t *testing.T) {
 // countConn is a net.Conn that records its writes.
 type countConn struct {
 	net.Conn
-	mu     sync.Mutex
-	writes [][]byte
+	mu        sync.Mutex
+	writes    [][]byte
+	deadlines []time.Time // every SetWriteDeadline
 }
 
 func (c *countConn) Write(p []byte) (int, error) {
@@ -70,7 +72,12 @@ func (c *countConn) Write(p []byte) (int, error) {
 	c.writes = append(c.writes, bytes.Clone(p))
 	return len(p), nil
 }
-func (*countConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *countConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadlines = append(c.deadlines, t)
+	return nil
+}
 
 // TestCorkWriter: while held, writes are collected and released with one
 // socket write (a larger batch in writes of at most corkBuffer bytes);
@@ -107,6 +114,86 @@ func TestCorkWriter(t *testing.T) {
 	}
 	if total != 3*len(big) {
 		t.Fatalf("%d bytes written, want %d", total, 3*len(big))
+	}
+}
+
+// TestCorkWriterDeadline: a batch's socket writes are bounded by its
+// context's deadline, or by the one already set when that is no later and
+// at least half as far away; writes between batches (the library's pongs
+// and close frames) and batches without a deadline have none.
+func TestCorkWriterDeadline(t *testing.T) {
+	cc := &countConn{}
+	w := &corkWriter{conn: cc}
+	last := func() (time.Time, int) {
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		if len(cc.deadlines) == 0 {
+			return time.Time{}, 0
+		}
+		return cc.deadlines[len(cc.deadlines)-1], len(cc.deadlines)
+	}
+	batch := func(ctx context.Context) {
+		t.Helper()
+		w.hold(ctx)
+		_, _ = w.Write([]byte("x"))
+		if err := w.release(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	d1 := now.Add(10 * time.Second)
+	batch(writeDeadline{context.Background(), d1})
+	if dl, n := last(); n != 1 || !dl.Equal(d1) {
+		t.Fatalf("first batch: %d deadlines, last %v, want 1 at %v", n, dl, d1)
+	}
+	// A later deadline with the one set still more than half as far: kept.
+	batch(writeDeadline{context.Background(), d1.Add(time.Second)})
+	if _, n := last(); n != 1 {
+		t.Fatalf("second batch moved the deadline (%d sets)", n)
+	}
+	// An earlier deadline than the one set: moved, never allowed longer.
+	d2 := now.Add(5 * time.Second)
+	batch(writeDeadline{context.Background(), d2})
+	if dl, n := last(); n != 2 || !dl.Equal(d2) {
+		t.Fatalf("earlier deadline: %d sets, last %v, want %v", n, dl, d2)
+	}
+	// The one set is less than half as far as asked: moved.
+	d3 := now.Add(time.Minute)
+	batch(writeDeadline{context.Background(), d3})
+	if dl, n := last(); n != 3 || !dl.Equal(d3) {
+		t.Fatalf("far deadline: %d sets, last %v, want %v", n, dl, d3)
+	}
+	// A write between batches clears it, once.
+	_, _ = w.Write([]byte("pong"))
+	_, _ = w.Write([]byte("pong"))
+	if dl, n := last(); n != 4 || !dl.IsZero() {
+		t.Fatalf("between batches: %d sets, last %v, want 4, zero", n, dl)
+	}
+	batch(writeDeadline{context.Background(), d1})
+	batch(context.Background())
+	if dl, n := last(); n != 6 || !dl.IsZero() {
+		t.Fatalf("batch without deadline: %d sets, last %v, want 6, zero", n, dl)
+	}
+}
+
+// TestTimedContext: timed turns a writeDeadline into a context that ends
+// at the deadline (for transports that watch Done), and leaves any other
+// context alone.
+func TestTimedContext(t *testing.T) {
+	ctx, cancel := timed(writeDeadline{context.Background(), time.Now().Add(20 * time.Millisecond)})
+	defer cancel()
+	select {
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed context did not end at its deadline")
+	}
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatalf("err %v", ctx.Err())
+	}
+	plain := context.Background()
+	if got, cancel := timed(plain); got != plain {
+		cancel()
+		t.Fatal("timed replaced a plain context")
 	}
 }
 

@@ -98,6 +98,8 @@ func (w *wsConn) WriteMessage(ctx context.Context, b []byte) error {
 // the socket (noiseconn.BatchWriter).
 func (w *wsConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
 	if w.cork == nil {
+		ctx, cancel := timed(ctx)
+		defer cancel()
 		for _, b := range msgs {
 			if err := w.WriteMessage(ctx, b); err != nil {
 				return err
@@ -250,9 +252,12 @@ type corkWriter struct {
 	conn net.Conn
 	held bool
 	buf  *[]byte // from corkPool while held
-	// deadline says hold set a write deadline on conn
-	deadline bool
-	wrErr    error // sticky: a failed socket write
+	// dl is the write deadline set on conn (zero: none). A batch keeps
+	// the one already set when it is close enough to its own (armLocked):
+	// two deadline changes per batch — each a runtime timer moved — cost
+	// half as much as the batch's encryption in a busy group.
+	dl    time.Time
+	wrErr error // sticky: a failed socket write
 }
 
 var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkBuffer); return &b }}
@@ -264,6 +269,12 @@ func (w *corkWriter) Write(p []byte) (int, error) {
 		return 0, w.wrErr
 	}
 	if !w.held {
+		// The library's own frames (pongs, close) between batches: no
+		// deadline, as before the first batch.
+		if !w.dl.IsZero() {
+			_ = w.conn.SetWriteDeadline(time.Time{})
+			w.dl = time.Time{}
+		}
 		return w.conn.Write(p)
 	}
 	b := *w.buf
@@ -293,16 +304,31 @@ func (w *corkWriter) flushLocked() error {
 }
 
 // hold starts collecting writes; the socket writes until release are
-// bounded by ctx's deadline.
+// bounded by ctx's deadline (see armLocked).
 func (w *corkWriter) hold(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.held = true
 	w.buf = corkPool.Get().(*[]byte)
 	if dl, ok := ctx.Deadline(); ok {
-		_ = w.conn.SetWriteDeadline(dl)
-		w.deadline = true
+		w.armLocked(time.Now(), dl)
+	} else if !w.dl.IsZero() {
+		_ = w.conn.SetWriteDeadline(time.Time{})
+		w.dl = time.Time{}
 	}
+}
+
+// armLocked bounds the coming socket writes by dl, or by the deadline
+// already set if that is no later than dl and at least half of the time
+// from now to dl away: a busy connection moves its deadline about once per
+// half write timeout rather than twice per batch, and no write is ever
+// allowed longer than asked nor less than half of it.
+func (w *corkWriter) armLocked(now, dl time.Time) {
+	if !w.dl.IsZero() && !w.dl.After(dl) && w.dl.Sub(now) >= dl.Sub(now)/2 {
+		return
+	}
+	_ = w.conn.SetWriteDeadline(dl)
+	w.dl = dl
 }
 
 // release writes what was collected and writes through again.
@@ -310,11 +336,7 @@ func (w *corkWriter) release() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	err := w.flushLocked()
-	if w.deadline {
-		_ = w.conn.SetWriteDeadline(time.Time{})
-		w.deadline = false
-	}
-	w.held = false
+	w.held = false // the deadline stays for the next batch (armLocked)
 	*w.buf = (*w.buf)[:0]
 	corkPool.Put(w.buf)
 	w.buf = nil
@@ -386,6 +408,8 @@ func (w *wtConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
 		}
 		n += 2 + len(b)
 	}
+	ctx, cancel := timed(ctx)
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { _ = w.str.SetWriteDeadline(time.Now()) })
 	defer func() {
 		if !stop() {
