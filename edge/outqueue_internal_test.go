@@ -1,14 +1,24 @@
 package edge
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -79,48 +89,144 @@ func (c *countConn) SetWriteDeadline(t time.Time) error {
 	return nil
 }
 
-// TestCorkWriter: while held, writes are collected and released with one
-// socket write (a larger batch in writes of at most corkBuffer bytes);
-// otherwise they pass through.
+// readFrames parses server frames (unmasked) from b.
+func readFrames(t *testing.T, b []byte) (ops []byte, payloads [][]byte) {
+	t.Helper()
+	for len(b) > 0 {
+		if len(b) < 2 {
+			t.Fatalf("%d stray bytes", len(b))
+		}
+		op, l, h := b[0], int(b[1]&0x7f), 2
+		if b[1]&0x80 != 0 {
+			t.Fatal("masked server frame")
+		}
+		switch l {
+		case 126:
+			l, h = int(binary.BigEndian.Uint16(b[2:4])), 4
+		case 127:
+			l, h = int(binary.BigEndian.Uint64(b[2:10])), 10
+		}
+		if len(b) < h+l {
+			t.Fatalf("frame of %d bytes cut at %d", l, len(b)-h)
+		}
+		ops, payloads = append(ops, op), append(payloads, b[h:h+l])
+		b = b[h+l:]
+	}
+	return ops, payloads
+}
+
+// TestCorkWriter: a batch becomes one binary frame per message (2- and
+// 4-byte headers), in one socket write, or in writes of at most corkBuffer
+// bytes when larger (a message past corkBuffer alone); the library's
+// writes pass through as they come.
 func TestCorkWriter(t *testing.T) {
 	cc := &countConn{}
 	w := &corkWriter{conn: cc}
-	_, _ = w.Write([]byte("direct"))
-	w.hold(context.Background())
-	for _, p := range []string{"a", "bb", "ccc"} {
-		_, _ = w.Write([]byte(p))
-	}
-	if len(cc.writes) != 1 {
-		t.Fatalf("%d socket writes while held, want only the direct one", len(cc.writes))
-	}
-	if err := w.release(); err != nil {
+	_, _ = w.Write([]byte{0x8a, 0}) // a library pong
+	msgs := [][]byte{[]byte("a"), bytes.Repeat([]byte("b"), 125), bytes.Repeat([]byte("c"), 126), bytes.Repeat([]byte("d"), 65535)}
+	if err := w.writeBinary(context.Background(), msgs[:3]); err != nil {
 		t.Fatal(err)
 	}
-	if len(cc.writes) != 2 || string(cc.writes[1]) != "abbccc" {
-		t.Fatalf("writes %q", cc.writes)
+	if len(cc.writes) != 2 {
+		t.Fatalf("%d socket writes, want the pong and one for the batch", len(cc.writes))
 	}
-	w.hold(context.Background())
-	big := bytes.Repeat([]byte{1}, corkBuffer/2+1)
-	for range 3 {
-		_, _ = w.Write(big)
+	ops, got := readFrames(t, cc.writes[1])
+	if len(got) != 3 || ops[0] != 0x82 || ops[2] != 0x82 || len(cc.writes[1]) != 2+1+2+125+4+126 {
+		t.Fatalf("frames %x, %d bytes", ops, len(cc.writes[1]))
 	}
-	_ = w.release()
-	total := 0
-	for _, b := range cc.writes[2:] {
-		if len(b) > corkBuffer {
-			t.Fatalf("a socket write of %d bytes", len(b))
+	for i := range got {
+		if !bytes.Equal(got[i], msgs[i]) {
+			t.Fatalf("message %d differs", i)
 		}
-		total += len(b)
 	}
-	if total != 3*len(big) {
-		t.Fatalf("%d bytes written, want %d", total, 3*len(big))
+	big := bytes.Repeat([]byte{1}, corkBuffer/2)
+	if err := w.writeBinary(context.Background(), [][]byte{big, big, msgs[3], msgs[0]}); err != nil {
+		t.Fatal(err)
+	}
+	var all []byte
+	for i, b := range cc.writes[2:] {
+		if len(b) > corkBuffer && len(b) != 4+65535 {
+			t.Fatalf("socket write %d of %d bytes", i, len(b))
+		}
+		all = append(all, b...)
+	}
+	if _, got := readFrames(t, all); len(got) != 4 || !bytes.Equal(got[2], msgs[3]) || !bytes.Equal(got[3], msgs[0]) {
+		t.Fatalf("large batch: %d frames", len(got))
+	}
+}
+
+// TestCorkWriterLibraryFrames: a batch is refused after the library's close
+// frame, and fails the connection (sticky, nothing written) if the library
+// stopped inside a frame, instead of landing in its middle.
+func TestCorkWriterLibraryFrames(t *testing.T) {
+	cc := &countConn{}
+	w := &corkWriter{conn: cc}
+	_, _ = w.Write([]byte{0x88, 2, 0x03, 0xe8}) // close 1000
+	if err := w.writeBinary(context.Background(), [][]byte{[]byte("x")}); !errors.Is(err, errCloseSent) {
+		t.Fatalf("after close: %v", err)
+	}
+	cc = &countConn{}
+	w = &corkWriter{conn: cc}
+	_, _ = w.Write([]byte{0x82, 126, 0x01}) // a header cut short
+	if err := w.writeBinary(context.Background(), [][]byte{[]byte("x")}); !errors.Is(err, errInterleaved) {
+		t.Fatalf("inside a frame: %v", err)
+	}
+	if _, err := w.Write([]byte{0}); !errors.Is(err, errInterleaved) {
+		t.Fatalf("not sticky: %v", err)
+	}
+	if len(cc.writes) != 1 {
+		t.Fatalf("%d socket writes, want only the library's", len(cc.writes))
+	}
+}
+
+// TestWSFrames: frame boundaries are found whatever the pieces the frames
+// arrive in (all header lengths, masked or not).
+func TestWSFrames(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 200 {
+		var stream []byte
+		var ends []int
+		for range 1 + rng.IntN(5) {
+			n := []int{0, 5, 125, 126, 300, 65535, 65536, 70000}[rng.IntN(8)]
+			var h []byte
+			switch {
+			case n < 126:
+				h = []byte{0x82, byte(n)}
+			case n < 65536:
+				h = []byte{0x82, 126, byte(n >> 8), byte(n)}
+			default:
+				h = binary.BigEndian.AppendUint64([]byte{0x82, 127}, uint64(n))
+			}
+			if rng.IntN(2) == 0 {
+				h[1] |= 0x80
+				h = append(h, 1, 2, 3, 4)
+			}
+			stream = append(append(stream, h...), make([]byte, n)...)
+			ends = append(ends, len(stream))
+		}
+		var f wsFrames
+		pos := 0
+		for pos < len(stream) {
+			k := min(len(stream)-pos, 1+rng.IntN(200))
+			if rng.IntN(4) == 0 {
+				k = min(len(stream)-pos, 1+rng.IntN(70000))
+			}
+			f.feed(stream[pos : pos+k])
+			pos += k
+			if want := slices.Contains(ends, pos); f.boundary() != want {
+				t.Fatalf("round %d: boundary %v at %d, want %v (ends %v)", round, f.boundary(), pos, want, ends)
+			}
+		}
+		if f.closeSent {
+			t.Fatal("closeSent without a close frame")
+		}
 	}
 }
 
 // TestCorkWriterDeadline: a batch's socket writes are bounded by its
 // context's deadline, or by the one already set when that is no later and
-// at least half as far away; writes between batches (the library's pongs
-// and close frames) and batches without a deadline have none.
+// at least half as far away; the library's writes (handshake, pongs, close
+// frames) and batches without a deadline have none.
 func TestCorkWriterDeadline(t *testing.T) {
 	cc := &countConn{}
 	w := &corkWriter{conn: cc}
@@ -134,9 +240,7 @@ func TestCorkWriterDeadline(t *testing.T) {
 	}
 	batch := func(ctx context.Context) {
 		t.Helper()
-		w.hold(ctx)
-		_, _ = w.Write([]byte("x"))
-		if err := w.release(); err != nil {
+		if err := w.writeBinary(ctx, [][]byte{[]byte("x")}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -163,9 +267,9 @@ func TestCorkWriterDeadline(t *testing.T) {
 	if dl, n := last(); n != 3 || !dl.Equal(d3) {
 		t.Fatalf("far deadline: %d sets, last %v, want %v", n, dl, d3)
 	}
-	// A write between batches clears it, once.
-	_, _ = w.Write([]byte("pong"))
-	_, _ = w.Write([]byte("pong"))
+	// A library write between batches clears it, once.
+	_, _ = w.Write([]byte{0x8a, 0})
+	_, _ = w.Write([]byte{0x8a, 0})
 	if dl, n := last(); n != 4 || !dl.IsZero() {
 		t.Fatalf("between batches: %d sets, last %v, want 4, zero", n, dl)
 	}
@@ -272,4 +376,128 @@ func TestFrameBytes(t *testing.T) {
 	if frameBytes(twice) != nil || frameBytes([]byte{0xff}) != nil || frameBytes(nil) != nil {
 		t.Fatal("frameBytes accepted a record it cannot take as is")
 	}
+}
+
+// TestCorkWriterWithLibraryPongs: batches written by corkWriter and the
+// library's pongs share one socket. A raw client sends pings of the largest
+// payload (125 bytes) while the server writes batches; it must read every
+// message intact and in order, and every pong with its ping's payload.
+func TestCorkWriterWithLibraryPongs(t *testing.T) {
+	const perBatch, pings = 7, 300
+	msg := func(n int) []byte {
+		return binary.BigEndian.AppendUint32(bytes.Repeat([]byte{byte(n)}, n%700), uint32(n))
+	}
+	enough := make(chan struct{}) // the client has its pongs: stop writing
+	served := make(chan error, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		lw := &leanWriter{ResponseWriter: rw}
+		c, err := websocket.Accept(lw, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+		if err != nil {
+			served <- err
+			return
+		}
+		ws := &wsConn{c: c, cork: lw.cork}
+		go func() { // the session's reader: the library answers pings here
+			for {
+				if _, _, err := c.Read(context.Background()); err != nil {
+					return
+				}
+			}
+		}()
+		n := 0
+		for {
+			select {
+			case <-enough:
+				served <- ws.WriteMessages(context.Background(), [][]byte{[]byte("end")})
+				return
+			default:
+			}
+			msgs := make([][]byte, perBatch)
+			for j := range msgs {
+				msgs[j] = msg(n)
+				n++
+			}
+			if err := ws.WriteMessages(writeDeadline{context.Background(), time.Now().Add(10 * time.Second)}, msgs); err != nil {
+				served <- err
+				_ = c.CloseNow() // ends the client's read
+				return
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}))
+	defer srv.Close()
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(srv.URL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Minute))
+	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	payload := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 125) }
+	go func() {
+		for i := range pings {
+			// Masked ping, 125 bytes (a zero mask leaves the payload as is).
+			f := append([]byte{0x89, 0x80 | 125, 0, 0, 0, 0}, payload(i)...)
+			if _, err := conn.Write(f); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	got, pongs := 0, 0
+	for {
+		var h [4]byte
+		if _, err := io.ReadFull(br, h[:2]); err != nil {
+			select {
+			case serr := <-served:
+				err = fmt.Errorf("server: %w", serr)
+			default:
+			}
+			t.Fatalf("after %d messages, %d pongs: %v", got, pongs, err)
+		}
+		n := int(h[1] & 0x7f)
+		if n == 126 {
+			if _, err := io.ReadFull(br, h[2:4]); err != nil {
+				t.Fatal(err)
+			}
+			n = int(binary.BigEndian.Uint16(h[2:4]))
+		}
+		b := make([]byte, n)
+		if _, err := io.ReadFull(br, b); err != nil {
+			t.Fatal(err)
+		}
+		switch h[0] {
+		case 0x8a:
+			if !bytes.Equal(b, payload(pongs)) {
+				t.Fatalf("pong %d: wrong payload", pongs)
+			}
+			if pongs++; pongs == pings {
+				close(enough)
+			}
+			continue
+		case 0x82:
+		default:
+			t.Fatalf("frame %#x after %d messages, %d pongs", h[0], got, pongs)
+		}
+		if string(b) == "end" {
+			break
+		}
+		if !bytes.Equal(b, msg(got)) {
+			t.Fatalf("message %d: %d bytes, want %d", got, len(b), len(msg(got)))
+		}
+		got++
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if got < 10*perBatch {
+		t.Fatalf("only %d messages around %d pongs", got, pongs)
+	}
+	t.Logf("%d messages, %d pongs", got, pongs)
 }

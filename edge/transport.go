@@ -107,19 +107,7 @@ func (w *wsConn) WriteMessages(ctx context.Context, msgs [][]byte) error {
 		}
 		return nil
 	}
-	// The socket writes of the batch are bounded by ctx's deadline (set
-	// on the connection by hold); the library's writes only fill the cork
-	// and get a context without Done, which spares them a timer each. Not
-	// one derived from ctx (WithoutCancel keeps its parent): the library
-	// keeps the last write's context for as long as the session lives.
-	w.cork.hold(ctx)
-	for _, b := range msgs {
-		if err := w.c.Write(context.Background(), websocket.MessageBinary, b); err != nil {
-			_ = w.cork.release()
-			return err
-		}
-	}
-	return w.cork.release()
+	return w.cork.writeBinary(ctx, msgs)
 }
 
 func (w *wsConn) Close() error { return w.c.CloseNow() }
@@ -202,11 +190,13 @@ func (e *Edge) serveWS(w http.ResponseWriter, r *http.Request) {
 // Buffer sizes of a hijacked WebSocket connection. net/http hands over a
 // 4 KiB reader and a 4 KiB writer; an idle session needs neither, and a
 // busy one reads frame headers and small frames (larger payloads are read
-// past the buffer) and writes through corkWriter, which buffers a batch
-// only while it is being written.
+// past the buffer) and writes its batches through corkWriter, with a pooled
+// buffer only while a batch is being written.
 const (
-	wsReadBuffer  = 512
-	wsWriteBuffer = 64
+	wsReadBuffer = 512
+	// wsWriteBuffer holds a whole control frame (2 + 125 bytes), so that
+	// the library hands each to corkWriter in one Write.
+	wsWriteBuffer = 128
 	// corkBuffer is the most a corkWriter holds before it writes to the
 	// socket mid-batch.
 	corkBuffer = 64 << 10
@@ -242,16 +232,24 @@ func (l *leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(l.cork, wsWriteBuffer)), nil
 }
 
-// corkWriter is the socket side of a WebSocket connection's writer. While
-// held (a batch is being written) it collects the bytes — in a pooled
-// buffer of at most corkBuffer bytes — and release writes them with one
-// call; otherwise it writes through. Writes of the library's own (pongs,
-// close frames) may come from other goroutines; mu orders them.
+// corkWriter is the socket side of a WebSocket connection's writer. The
+// session's batches of binary messages do not go through the library:
+// writeBinary frames them itself (a server's frames are a 2- or 4-byte
+// header and the payload, RFC 6455 §5.2) into a pooled buffer of at most
+// corkBuffer bytes and writes it with one call — the library's per-message
+// locks and buffered writes cost more than the framing. Everything the
+// library writes (the Noise handshake, a Disconnect, pongs, the close
+// frame) passes through Write to the socket; mu orders both. A batch never
+// lands inside a library frame: the library's buffer (wsWriteBuffer) holds
+// a whole control frame, so each reaches Write in one call, and its data
+// messages are written under the same Noise send lock as the batches; lib
+// follows the library's frame boundaries and a batch that would break that
+// fails the connection instead of corrupting it. After the library's close
+// frame, batches are refused.
 type corkWriter struct {
 	mu   sync.Mutex
 	conn net.Conn
-	held bool
-	buf  *[]byte // from corkPool while held
+	lib  wsFrames // the library's frames as they passed through Write
 	// dl is the write deadline set on conn (zero: none). A batch keeps
 	// the one already set when it is close enough to its own (armLocked):
 	// two deadline changes per batch — each a runtime timer moved — cost
@@ -262,60 +260,80 @@ type corkWriter struct {
 
 var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkBuffer); return &b }}
 
+var (
+	errCloseSent   = errors.New("edge: websocket close frame sent")
+	errInterleaved = errors.New("edge: websocket batch inside a library frame")
+)
+
+// Write writes the library's bytes through, without a deadline (the
+// library bounds its own writes).
 func (w *corkWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.wrErr != nil {
 		return 0, w.wrErr
 	}
-	if !w.held {
-		// The library's own frames (pongs, close) between batches: no
-		// deadline, as before the first batch.
-		if !w.dl.IsZero() {
-			_ = w.conn.SetWriteDeadline(time.Time{})
-			w.dl = time.Time{}
-		}
-		return w.conn.Write(p)
+	if !w.dl.IsZero() {
+		_ = w.conn.SetWriteDeadline(time.Time{})
+		w.dl = time.Time{}
 	}
-	b := *w.buf
-	if len(b)+len(p) > cap(b) {
-		if err := w.flushLocked(); err != nil {
-			return 0, err
-		}
-		if len(p) >= cap(b) {
-			return w.conn.Write(p)
-		}
-		b = *w.buf
-	}
-	*w.buf = append(b, p...)
-	return len(p), nil
-}
-
-func (w *corkWriter) flushLocked() error {
-	if len(*w.buf) == 0 {
-		return nil
-	}
-	_, err := w.conn.Write(*w.buf)
-	*w.buf = (*w.buf)[:0]
+	w.lib.feed(p)
+	n, err := w.conn.Write(p)
 	if err != nil {
-		w.wrErr = err
+		w.wrErr = err // a frame cut short: nothing after it can be read
 	}
-	return err
+	return n, err
 }
 
-// hold starts collecting writes; the socket writes until release are
-// bounded by ctx's deadline (see armLocked).
-func (w *corkWriter) hold(ctx context.Context) {
+// writeBinary writes msgs as binary messages of one frame each, in socket
+// writes of at most corkBuffer bytes (a larger message alone), bounded by
+// ctx's deadline (see armLocked).
+func (w *corkWriter) writeBinary(ctx context.Context, msgs [][]byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.held = true
-	w.buf = corkPool.Get().(*[]byte)
+	switch {
+	case w.wrErr != nil:
+		return w.wrErr
+	case w.lib.closeSent:
+		return errCloseSent
+	case !w.lib.boundary():
+		w.wrErr = errInterleaved
+		return w.wrErr
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		w.armLocked(time.Now(), dl)
 	} else if !w.dl.IsZero() {
 		_ = w.conn.SetWriteDeadline(time.Time{})
 		w.dl = time.Time{}
 	}
+	bp := corkPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	var err error
+	for _, m := range msgs {
+		if len(b) > 0 && len(b)+wsHeaderMax+len(m) > corkBuffer {
+			if err = w.writeLocked(b); err != nil {
+				break
+			}
+			b = b[:0]
+		}
+		b = append(appendBinaryHeader(b, len(m)), m...)
+	}
+	if err == nil && len(b) > 0 {
+		err = w.writeLocked(b)
+	}
+	if cap(b) <= corkBuffer {
+		*bp = b[:0]
+		corkPool.Put(bp)
+	}
+	return err
+}
+
+func (w *corkWriter) writeLocked(b []byte) error {
+	if _, err := w.conn.Write(b); err != nil {
+		w.wrErr = err
+		return err
+	}
+	return nil
 }
 
 // armLocked bounds the coming socket writes by dl, or by the deadline
@@ -331,17 +349,73 @@ func (w *corkWriter) armLocked(now, dl time.Time) {
 	w.dl = dl
 }
 
-// release writes what was collected and writes through again.
-func (w *corkWriter) release() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	err := w.flushLocked()
-	w.held = false // the deadline stays for the next batch (armLocked)
-	*w.buf = (*w.buf)[:0]
-	corkPool.Put(w.buf)
-	w.buf = nil
-	return err
+// wsHeaderMax is the longest header appendBinaryHeader writes (a Noise
+// message is at most 65,535 bytes).
+const wsHeaderMax = 4
+
+// appendBinaryHeader appends the header of an unmasked, final binary frame
+// of n payload bytes (n <= 65,535).
+func appendBinaryHeader(b []byte, n int) []byte {
+	const finBinary = 0x80 | 0x2
+	if n < 126 {
+		return append(b, finBinary, byte(n))
+	}
+	return append(b, finBinary, 126, byte(n>>8), byte(n))
 }
+
+// wsFrames follows frame boundaries in a stream of WebSocket frames
+// written in arbitrary pieces (RFC 6455 §5.2), and notes a close frame.
+type wsFrames struct {
+	hdr       [14]byte
+	n         int    // header bytes held
+	rest      uint64 // payload bytes still to come
+	closeSent bool
+}
+
+func (t *wsFrames) feed(p []byte) {
+	for len(p) > 0 {
+		if t.rest > 0 {
+			k := min(t.rest, uint64(len(p)))
+			t.rest -= k
+			p = p[k:]
+			continue
+		}
+		t.hdr[t.n] = p[0]
+		t.n++
+		p = p[1:]
+		if t.n < 2 {
+			continue
+		}
+		need := 2
+		switch t.hdr[1] & 0x7f {
+		case 126:
+			need = 4
+		case 127:
+			need = 10
+		}
+		if t.hdr[1]&0x80 != 0 {
+			need += 4 // masking key
+		}
+		if t.n < need {
+			continue
+		}
+		switch l := t.hdr[1] & 0x7f; l {
+		case 126:
+			t.rest = uint64(binary.BigEndian.Uint16(t.hdr[2:4]))
+		case 127:
+			t.rest = binary.BigEndian.Uint64(t.hdr[2:10])
+		default:
+			t.rest = uint64(l)
+		}
+		if t.hdr[0]&0x0f == 0x8 {
+			t.closeSent = true
+		}
+		t.n = 0
+	}
+}
+
+// boundary says the stream so far ends with a whole frame.
+func (t *wsFrames) boundary() bool { return t.n == 0 && t.rest == 0 }
 
 // ------------------------------------------------------------- WebTransport
 
