@@ -291,7 +291,7 @@ func StartMesh(ctx context.Context, cfg MeshConfig) (_ *Mesh, err error) {
 
 	// Sequencers.
 	for _, n := range m.Nodes {
-		rcfg := region.Config{Name: n.Spec.Name, Logger: cfg.Logger,
+		rcfg := region.Config{Name: n.Spec.Name, Logger: cfg.Logger, IngressPartitions: DevPartitions,
 			IngressTopic: n.Names.Ingress, PresenceTopic: n.Names.Presence, SequencerGroup: n.Names.SequencerGroup,
 			DeadLetterTopic: n.Names.DeadLetter, LinkPrefix: n.Names.LinkPrefix,
 			Placement: region.DirectoryPlacement{D: n.Directory}, Lease: n.Lease}
