@@ -250,9 +250,15 @@ start)
 	echo "$BROKERS" >"$DIR/brokers"
 	echo "$BASE" >"$DIR/port_base"
 	# A cluster id is 16 random bytes in unpadded base64url (what
-	# `StorageTool random-uuid` prints), made here to spare a JVM start.
-	[ -f "$DIR/cluster.id" ] || head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$DIR/cluster.id"
-	[ -s "$DIR/cluster.id" ] || die "could not generate a cluster id"
+	# `StorageTool random-uuid` prints), made here to spare a JVM start. As
+	# Kafka's own generator does, never one that starts with "-": the format
+	# tool would read it as an option and fail (1 start in 64). A file
+	# holding such an id can only come from a failed format: replaced.
+	for _ in 1 2 3 4 5 6 7 8; do
+		if [ -s "$DIR/cluster.id" ] && [ "$(head -c 1 "$DIR/cluster.id")" != "-" ]; then break; fi
+		head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$DIR/cluster.id"
+	done
+	[ -s "$DIR/cluster.id" ] && [ "$(head -c 1 "$DIR/cluster.id")" != "-" ] || die "could not generate a cluster id"
 	for i in $(seq 1 "$BROKERS"); do write_config "$i" "$BROKERS"; done
 	# Formatting runs in parallel: each is a JVM start (~1-2 s).
 	pids=()
