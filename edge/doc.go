@@ -147,7 +147,9 @@
 // SendQueueBytes bytes, counted until written) and, if none runs, start a
 // drain goroutine that writes what is queued in batches — each frame its
 // own Noise transport message and WebSocket message, but one socket write
-// per batch — and when the queue is empty waits up to a second to drain
+// per batch, framed by the edge itself rather than one library write per
+// message (corkWriter in transport.go, which follows the library's own
+// frames so that a batch never lands inside one) — and when the queue is empty waits up to a second to drain
 // another session's before it exits, so a stream of pushes reuses
 // goroutines whose stacks have already grown (outqueue.go). A full
 // queue ends the session with Disconnect{UNAVAILABLE, reconnect=true},

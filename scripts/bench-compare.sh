@@ -9,7 +9,8 @@
 # built with `go install` into $BENCH_CACHE/bin (outside the module).
 #
 # Budgets (environment): PAIRS=100 RATE=2000 SWEEP=1000,1000,20000 DURATION=5s
-# GROUP=500 GROUP_RATE=100 GROUP_SWEEP=50,50,500 GROUP_P99=150ms IDLE_CONNS=5000 RECONNECT_CONNS=2000 SCENARIOS="pairs sweep group group-noacks group-sweep idle reconnect".
+# GROUP=500 GROUP_RATE=100 GROUP_SWEEP=50,50,500 GROUP_P99=150ms IDLE_CONNS=5000 RECONNECT_CONNS=2000 SCENARIOS="pairs sweep group group-noacks group-sweep group-noacks-sweep idle reconnect"
+# (group-noacks and group-noacks-sweep reuse Centrifugo's group and group-sweep runs: list those first).
 # A full run takes about 5-10 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ GROUP_SWEEP=${GROUP_SWEEP:-50,50,500}
 GROUP_P99=${GROUP_P99:-150ms}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 RECONNECT_CONNS=${RECONNECT_CONNS:-2000}
-SCENARIOS=${SCENARIOS:-pairs sweep group group-noacks group-sweep idle reconnect}
+SCENARIOS=${SCENARIOS:-pairs sweep group group-noacks group-sweep group-noacks-sweep idle reconnect}
 CM_WS=127.0.0.1:7480
 CF_PORT=${CF_PORT:-8100}
 TOKEN=bench-$RANDOM$RANDOM
@@ -118,6 +119,15 @@ for s in $SCENARIOS; do
       fi
       ;;
     group-sweep) bench $target group-sweep --mode group --members "$GROUP" --sweep "$GROUP_SWEEP" --max-p99 "$GROUP_P99" --duration "$DURATION" ;;
+    group-noacks-sweep)
+      # The like-for-like sweep: Centrifugo's members never ack, so its
+      # group-sweep (run before this one) is its side.
+      if [[ $target == chatmesh ]]; then
+        bench $target group-noacks-sweep --mode group --members "$GROUP" --sweep "$GROUP_SWEEP" --max-p99 "$GROUP_P99" --duration "$DURATION" --acks=false
+      elif [[ -f $OUT/group-sweep.centrifugo.json ]]; then
+        cp "$OUT/group-sweep.centrifugo.json" "$OUT/group-noacks-sweep.centrifugo.json"
+      fi
+      ;;
     idle) bench $target idle --mode idle --conns "$IDLE_CONNS" ;;
     reconnect) if [[ $target == chatmesh ]]; then bench $target reconnect --mode reconnect --conns "$RECONNECT_CONNS"; fi ;;
     esac
