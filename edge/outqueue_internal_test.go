@@ -294,6 +294,13 @@ func TestTimedContext(t *testing.T) {
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Fatalf("err %v", ctx.Err())
 	}
+	pctx, pcancel := timed(&writeDeadline{context.Background(), time.Now().Add(20 * time.Millisecond)})
+	defer pcancel()
+	select {
+	case <-pctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed context of a pooled writeDeadline did not end at its deadline")
+	}
 	plain := context.Background()
 	if got, cancel := timed(plain); got != plain {
 		cancel()
