@@ -202,9 +202,8 @@ func (s *session) drain() {
 
 // writeBatch encrypts and writes frames with one flush.
 func (s *session) writeBatch(frames [][]byte) error {
-	// Pooled: a context made per write was an allocation per batch (with
-	// the collector's assist, a fifth of a drain's CPU besides the write
-	// itself). Nothing keeps ctx once SendBatch returns.
+	// Pooled, not an allocation per batch: nothing keeps ctx once
+	// SendBatch returns.
 	ctx := writeDeadlinePool.Get().(*writeDeadline)
 	*ctx = writeDeadline{s.e.ctx, time.Now().Add(s.e.cfg.WriteTimeout)}
 	err := s.nc.SendBatch(ctx, frames)
@@ -220,7 +219,7 @@ func (s *session) writeBatch(frames [][]byte) error {
 
 // writeDeadline is the context of a batch write to a client: the edge's
 // lifetime with the write's deadline, and no timer. A WebSocket connection
-// applies the deadline to its socket (corkWriter.hold), so a context per
+// applies the deadline to its socket (corkWriter.writeBinary), so a context per
 // write made with context.WithTimeout — a timer armed and stopped, and a
 // child registered with the edge's context under its lock, per write of
 // every session — would do nothing but cost (a tenth of the edge's CPU in

@@ -258,7 +258,9 @@ type corkWriter struct {
 	wrErr error // sticky: a failed socket write
 }
 
-var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkBuffer); return &b }}
+// corkPool holds batch buffers: corkBuffer bytes and room for one more
+// frame header, so that the largest Noise message fits one with its header.
+var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkBuffer+wsHeaderMax); return &b }}
 
 var (
 	errCloseSent   = errors.New("edge: websocket close frame sent")
@@ -286,8 +288,8 @@ func (w *corkWriter) Write(p []byte) (int, error) {
 }
 
 // writeBinary writes msgs as binary messages of one frame each, in socket
-// writes of at most corkBuffer bytes (a larger message alone), bounded by
-// ctx's deadline (see armLocked).
+// writes of at most corkBuffer bytes plus a header, bounded by ctx's
+// deadline (see armLocked).
 func (w *corkWriter) writeBinary(ctx context.Context, msgs [][]byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -310,7 +312,7 @@ func (w *corkWriter) writeBinary(ctx context.Context, msgs [][]byte) error {
 	b := (*bp)[:0]
 	var err error
 	for _, m := range msgs {
-		if len(b) > 0 && len(b)+wsHeaderMax+len(m) > corkBuffer {
+		if len(b) > 0 && len(b)+wsHeaderMax+len(m) > cap(b) {
 			if err = w.writeLocked(b); err != nil {
 				break
 			}
@@ -321,7 +323,7 @@ func (w *corkWriter) writeBinary(ctx context.Context, msgs [][]byte) error {
 	if err == nil && len(b) > 0 {
 		err = w.writeLocked(b)
 	}
-	if cap(b) <= corkBuffer {
+	if cap(b) <= corkBuffer+wsHeaderMax { // else a larger-than-Noise message grew it
 		*bp = b[:0]
 		corkPool.Put(bp)
 	}

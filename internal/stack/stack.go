@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -175,8 +174,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("stack: kafka: %w", err)
 	}
+	if cfg.Partitions <= 0 {
+		cfg.Partitions = DevPartitions
+	}
 	rcfg := region.Config{
-		Name: cfg.Region, IngressPartitions: cmp.Or(cfg.Partitions, DevPartitions), Logger: cfg.Logger, Notifier: cfg.Notifier,
+		Name: cfg.Region, IngressPartitions: cfg.Partitions, Logger: cfg.Logger, Notifier: cfg.Notifier,
 	}
 	names := region.NamesFor(cfg.Namespace)
 	rcfg.IngressTopic, rcfg.PresenceTopic, rcfg.SequencerGroup = names.Ingress, names.Presence, names.SequencerGroup
