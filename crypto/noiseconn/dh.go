@@ -54,14 +54,8 @@ var lastStatic atomic.Pointer[parsedKey]
 
 // newSuite returns the cipher suite of one handshake.
 func newSuite() noise.CipherSuite {
-	return noise.NewCipherSuite(DH25519(), noise.CipherChaChaPoly, noise.HashBLAKE2s)
+	return noise.NewCipherSuite(&x25519{}, noise.CipherChaChaPoly, noise.HashBLAKE2s)
 }
-
-// DH25519 returns Noise's "25519" DH function for one handshake: the same
-// keys and results as noise.DH25519, with half its scalar multiplications
-// (see x25519). Use a new one per handshake state; other Noise users in
-// this module (crypto/pqxdh) take it from here.
-func DH25519() noise.DHFunc { return &x25519{} }
 
 // GenerateKeypair reads a 32-byte private key from rng (crypto/rand if
 // nil), exactly as noise.DH25519 does, so a deterministic rng gives the

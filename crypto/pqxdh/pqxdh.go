@@ -15,7 +15,6 @@ import (
 	"github.com/flynn/noise"
 
 	"github.com/chatmesh/chatmesh/crypto/identity"
-	"github.com/chatmesh/chatmesh/crypto/noiseconn"
 	"github.com/chatmesh/chatmesh/crypto/prekey"
 	"github.com/chatmesh/chatmesh/crypto/ratchet"
 )
@@ -86,18 +85,13 @@ func (c Config) rand() io.Reader {
 	return c.Rand
 }
 
-// newSuite returns the cipher suite of one handshake: Noise_X_25519_
-// ChaChaPoly_SHA256 with noiseconn's DH function (the same bytes as
-// noise.DH25519, half the scalar multiplications).
-func newSuite() noise.CipherSuite {
-	return noise.NewCipherSuite(noiseconn.DH25519(), noise.CipherChaChaPoly, noise.HashSHA256)
-}
+var suite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.HashSHA256)
 
 // handshakeConfig is the one place the Noise configuration is built; the
 // vector test drives it with the cacophony keys.
 func handshakeConfig(initiator bool, prologue, psk []byte, static noise.DHKey, peerStatic []byte, ephemeral io.Reader) noise.Config {
 	return noise.Config{
-		CipherSuite:           newSuite(),
+		CipherSuite:           suite,
 		Random:                ephemeral,
 		Pattern:               noise.HandshakeX,
 		Initiator:             initiator,
