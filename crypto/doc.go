@@ -18,6 +18,7 @@
 //	crypto/vectors    the end-to-end test vectors (E2E.md §11) and their tests
 //	crypto/noiseconn  client↔edge transport (separate owner; not covered here)
 //	crypto/internal/wire  the bounds-checked byte reader of the decoders
+//	crypto/internal/dh25519  Noise's 25519 DH function (X25519 at half noise.DH25519's cost), for pqxdh and noiseconn
 //
 // Who may import what: the server side (edge, region) may import
 // crypto/identity (to check link signatures and device lists) and

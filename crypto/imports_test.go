@@ -14,16 +14,18 @@ import (
 // manual covers: only the standard library, golang.org/x/crypto,
 // github.com/flynn/noise and this tree; and the server-importable packages
 // (identity, prekey) do not reach session code (internal/wire is the
-// shared byte reader of their decoders).
+// shared byte reader of their decoders; internal/dh25519 the X25519 DH
+// function pqxdh and the transport share).
 func TestImports(t *testing.T) {
 	const self = "github.com/chatmesh/chatmesh/crypto/"
 	allowed := map[string][]string{
-		"identity":  {"internal/wire"},
-		"prekey":    {"identity", "internal/wire"},
-		"safety":    {},
-		"ratchet":   {},
-		"senderkey": {"ratchet"}, // tests only
-		"pqxdh":     {"identity", "prekey", "ratchet"},
+		"identity":         {"internal/wire"},
+		"prekey":           {"identity", "internal/wire"},
+		"safety":           {},
+		"ratchet":          {},
+		"senderkey":        {"ratchet"}, // tests only
+		"pqxdh":            {"identity", "internal/dh25519", "prekey", "ratchet"},
+		"internal/dh25519": {},
 		// the test vectors (tests only import the tree)
 		"vectors": {"identity", "prekey", "pqxdh", "ratchet", "senderkey", "safety"},
 	}

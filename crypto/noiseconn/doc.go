@@ -12,9 +12,10 @@
 //	<- e, ee, s, es  + server payload      (ServerHello in chatmesh)
 //	-> s, se         + client payload      (ClientHello in chatmesh)
 //
-// The 25519 DH function is the package's own (dh.go): RFC 7748 X25519 on
-// crypto/ecdh keys parsed once per handshake, the same bytes on the wire as
-// flynn/noise's DH25519 at half its scalar multiplications.
+// The 25519 DH function is crypto/internal/dh25519 (shared with
+// crypto/pqxdh): RFC 7748 X25519 on crypto/ecdh keys parsed once per
+// handshake, the same bytes on the wire as flynn/noise's DH25519 at half
+// its scalar multiplications.
 //
 // Both sides then hold one CipherState per direction; every Send is exactly
 // one Noise transport message (ciphertext + 16-byte tag, at most MaxMessage

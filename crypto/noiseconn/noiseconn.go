@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/flynn/noise"
+
+	"github.com/chatmesh/chatmesh/crypto/internal/dh25519"
 )
 
 // MsgConn is a message-oriented transport: one WebSocket binary message, or
@@ -64,7 +66,7 @@ var (
 
 // GenerateKeypair makes a new X25519 key pair from rand (crypto/rand.Reader if nil).
 func GenerateKeypair(rand io.Reader) (Keypair, error) {
-	k, err := newPrivate(rand)
+	k, err := dh25519.NewPrivate(rand)
 	if err != nil {
 		return Keypair{}, fmt.Errorf("noiseconn: generate keypair: %w", err)
 	}
@@ -76,7 +78,7 @@ func PublicKey(private []byte) ([]byte, error) {
 	if len(private) != KeyLen {
 		return nil, fmt.Errorf("noiseconn: private key length %d, want %d", len(private), KeyLen)
 	}
-	k, err := newPrivate(bytes.NewReader(private))
+	k, err := dh25519.NewPrivate(bytes.NewReader(private))
 	if err != nil {
 		return nil, fmt.Errorf("noiseconn: public key: %w", err)
 	}

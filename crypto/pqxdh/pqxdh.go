@@ -15,6 +15,7 @@ import (
 	"github.com/flynn/noise"
 
 	"github.com/chatmesh/chatmesh/crypto/identity"
+	"github.com/chatmesh/chatmesh/crypto/internal/dh25519"
 	"github.com/chatmesh/chatmesh/crypto/prekey"
 	"github.com/chatmesh/chatmesh/crypto/ratchet"
 )
@@ -85,13 +86,18 @@ func (c Config) rand() io.Reader {
 	return c.Rand
 }
 
-var suite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.HashSHA256)
+// newSuite returns the cipher suite of one handshake: Noise_X_25519_
+// ChaChaPoly_SHA256 on crypto/internal/dh25519's DH function (the same
+// bytes as noise.DH25519, half its scalar multiplications).
+func newSuite() noise.CipherSuite {
+	return noise.NewCipherSuite(dh25519.New(), noise.CipherChaChaPoly, noise.HashSHA256)
+}
 
 // handshakeConfig is the one place the Noise configuration is built; the
 // vector test drives it with the cacophony keys.
 func handshakeConfig(initiator bool, prologue, psk []byte, static noise.DHKey, peerStatic []byte, ephemeral io.Reader) noise.Config {
 	return noise.Config{
-		CipherSuite:           suite,
+		CipherSuite:           newSuite(),
 		Random:                ephemeral,
 		Pattern:               noise.HandshakeX,
 		Initiator:             initiator,
