@@ -24,6 +24,7 @@ import (
 
 	"github.com/chatmesh/chatmesh/core"
 	"github.com/chatmesh/chatmesh/core/pb"
+	"github.com/chatmesh/chatmesh/crypto/noiseconn"
 )
 
 // TestSendQueueBounds: a session's queue holds at most SendQueue frames
@@ -152,6 +153,18 @@ func TestCorkWriter(t *testing.T) {
 	}
 	if _, got := readFrames(t, all); len(got) != 4 || !bytes.Equal(got[2], msgs[3]) || !bytes.Equal(got[3], msgs[0]) {
 		t.Fatalf("large batch: %d frames", len(got))
+	}
+	// One byte past the largest Noise message: the whole batch is refused
+	// before anything is written, and the connection stays usable.
+	writes := len(cc.writes)
+	if err := w.writeBinary(context.Background(), [][]byte{msgs[0], make([]byte, noiseconn.MaxMessage+1)}); !errors.Is(err, noiseconn.ErrTooLarge) {
+		t.Fatalf("message of MaxMessage+1 bytes: %v", err)
+	}
+	if len(cc.writes) != writes {
+		t.Fatal("a refused batch wrote")
+	}
+	if err := w.writeBinary(context.Background(), msgs[:1]); err != nil {
+		t.Fatalf("after a refused batch: %v", err)
 	}
 }
 

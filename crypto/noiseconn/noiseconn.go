@@ -43,7 +43,7 @@ const (
 	// the 16-byte ChaCha20-Poly1305 tag.
 	MaxPlaintext = MaxMessage - tagLen
 	// KeyLen is the length of X25519 public and private keys.
-	KeyLen = 32
+	KeyLen = dh25519.KeyLen
 
 	tagLen = 16
 )

@@ -115,7 +115,7 @@ func (ix *routeIndex) route(dev core.DeviceKey) (r core.Route, found, ok bool) {
 		return core.Route{}, false, false
 	}
 	rs := ix.byUser[dev.User]
-	i, found := slices.BinarySearchFunc(rs, dev, func(r core.Route, d core.DeviceKey) int { return cmpDevice(r.Device, d) })
+	i, found := slices.BinarySearchFunc(rs, dev, cmpRouteDevice)
 	if !found {
 		return core.Route{}, false, true
 	}
@@ -135,7 +135,7 @@ func (ix *routeIndex) applied(r core.Route, del bool) bool {
 		return false
 	}
 	rs := ix.byUser[u]
-	i, found := slices.BinarySearchFunc(rs, r.Device, func(r core.Route, d core.DeviceKey) int { return cmpDevice(r.Device, d) })
+	i, found := slices.BinarySearchFunc(rs, r.Device, cmpRouteDevice)
 	// In place: readers copy routes out under ix.mu (lookup, route).
 	switch {
 	case del && found:
@@ -198,6 +198,8 @@ func routeUsers(users []string) ([]string, error) {
 	return us, nil
 }
 
-// cmpDevice orders two devices of one user as their route keys sort (the
-// device number, big-endian).
-func cmpDevice(a, b core.DeviceKey) int { return cmp.Compare(a.Device, b.Device) }
+// cmpRouteDevice orders a route of a user against a device of the same
+// user as their route keys sort (the device number, big-endian).
+func cmpRouteDevice(r core.Route, d core.DeviceKey) int {
+	return cmp.Compare(r.Device.Device, d.Device)
+}
