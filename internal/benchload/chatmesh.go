@@ -225,6 +225,10 @@ func (c *cmConn) read() {
 		if err != nil {
 			break
 		}
+		if d, ok := leanDelivery(b); ok {
+			c.delivered(d)
+			continue
+		}
 		var f pb.ServerFrame
 		if err = proto.Unmarshal(b, &f); err != nil {
 			err = fmt.Errorf("benchload: malformed server frame: %w", err)
@@ -261,12 +265,7 @@ func (c *cmConn) handle(f *pb.ServerFrame) {
 		}
 	case *pb.ServerFrame_Delivery:
 		m := b.Delivery
-		if m.GetKind() == pb.MessageKind_MESSAGE_KIND_USER && c.onPush != nil {
-			c.onPush(Push{Dest: m.GetConvId(), Seq: m.GetSeq(), Body: m.GetEnvelope().GetCiphertext(), At: time.Now()})
-		}
-		if c.t.Acks {
-			c.ack(m.GetConvId(), m.GetSeq())
-		}
+		c.delivered(delivery{conv: m.GetConvId(), seq: m.GetSeq(), kind: m.GetKind(), body: m.GetEnvelope().GetCiphertext()})
 	case *pb.ServerFrame_Receipt:
 		c.t.Receipts.Add(1)
 		c.t.ReceiptFrames.Add(1)
@@ -280,6 +279,17 @@ func (c *cmConn) handle(f *pb.ServerFrame) {
 			c.err = &core.WireError{Code: d.GetCode(), Detail: "disconnect: " + d.GetDetail()}
 		}
 		c.mu.Unlock()
+	}
+}
+
+// delivered takes a pushed message: the checker sees it, and the device
+// acknowledges it if it acks.
+func (c *cmConn) delivered(d delivery) {
+	if d.kind == pb.MessageKind_MESSAGE_KIND_USER && c.onPush != nil {
+		c.onPush(Push{Dest: d.conv, Seq: d.seq, Body: d.body, At: time.Now()})
+	}
+	if c.t.Acks {
+		c.ack(d.conv, d.seq)
 	}
 }
 
