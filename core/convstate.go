@@ -30,6 +30,13 @@ type ConvState struct {
 	// predecessor (SendRequest.after_client_msg_id) is checked without a
 	// store read.
 	lastSent map[DeviceKey]string
+	// members is MembersAt's sorted member list (invitations excluded),
+	// built on first use after a change of Members; shared, never
+	// modified.
+	members []string
+	// lastJoin is the greatest JoinedSeq in members: MembersAt hands out
+	// the whole list for a seq at or past it.
+	lastJoin uint64
 }
 
 type recentEntry struct {
@@ -55,7 +62,7 @@ func NewConvState(c Conversation, members []Member, cursors []Cursor) *ConvState
 
 // SizeEstimate is a rough byte count of the state, for cache bounds.
 func (s *ConvState) SizeEstimate() int {
-	return 256 + 96*len(s.Members) + 80*len(s.Cursors) + 40*len(s.recent) + 96*len(s.lastSent)
+	return 256 + 96*len(s.Members) + 16*len(s.members) + 80*len(s.Cursors) + 40*len(s.recent) + 96*len(s.lastSent)
 }
 
 // SentLast reports whether clientMsgID is dev's newest user entry applied
@@ -90,6 +97,33 @@ func (s *ConvState) MemberSet() MemberSet {
 		}
 	}
 	return set
+}
+
+// MembersAt returns the members (invitations excluded) who had joined by
+// seq, sorted: the recipients of entry seq. The list is shared with the
+// state and later calls (a group's every message asks for it): the caller
+// must not modify it. Apply makes a new one when membership changes.
+func (s *ConvState) MembersAt(seq uint64) []string {
+	if s.members == nil {
+		s.members, s.lastJoin = make([]string, 0, len(s.Members)), 0
+		for u, m := range s.Members {
+			if !m.Invited {
+				s.members = append(s.members, u)
+				s.lastJoin = max(s.lastJoin, m.JoinedSeq)
+			}
+		}
+		slices.Sort(s.members)
+	}
+	if seq >= s.lastJoin {
+		return s.members
+	}
+	out := make([]string, 0, len(s.members))
+	for _, u := range s.members {
+		if s.Members[u].JoinedSeq <= seq {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // MemberList returns the members and invitations, ordered by user.
@@ -155,8 +189,9 @@ func ConvInfo(c Conversation, members []Member) *pb.ConversationInfo {
 
 // Apply moves the state past a newly stored entry: the head, the epoch,
 // the membership effects of req (MemberChanges, exactly as the stores
-// apply them), the title, and the recent-senders window.
-func (s *ConvState) Apply(req AppendRequest, stored *pb.Message) {
+// apply them), the title, and the recent-senders window. It reports
+// whether the members or invitations changed.
+func (s *ConvState) Apply(req AppendRequest, stored *pb.Message) (membersChanged bool) {
 	seq := stored.GetSeq()
 	if req.Create != nil && s.Conv.Head == 0 {
 		s.Conv = *req.Create
@@ -173,6 +208,9 @@ func (s *ConvState) Apply(req AppendRequest, stored *pb.Message) {
 	for _, u := range del {
 		delete(s.Members, u)
 	}
+	if membersChanged = len(put) > 0 || len(del) > 0; membersChanged {
+		s.members = nil
+	}
 	if stored.GetKind() == pb.MessageKind_MESSAGE_KIND_USER {
 		s.recent = append(s.recent, recentEntry{seq: seq, sender: stored.GetSender().GetUserId()})
 		if s.lastSent == nil {
@@ -184,6 +222,7 @@ func (s *ConvState) Apply(req AppendRequest, stored *pb.Message) {
 			s.recent = slices.Delete(s.recent, 0, n)
 		}
 	}
+	return membersChanged
 }
 
 // CursorMove is a planned cursor advance.

@@ -236,3 +236,40 @@ func TestAcceptPromotesWhenNoAdmin(t *testing.T) {
 		t.Fatalf("accept with an admin present promoted %v", p.Promote)
 	}
 }
+
+// TestMembersAt: the recipients of an entry are the members who had
+// joined by its seq, sorted, invitations left out; the shared list is
+// rebuilt when Apply changes the membership and kept otherwise.
+func TestMembersAt(t *testing.T) {
+	st := groupState([]string{"alice"}, []string{"carol", "bob"}, []string{"ivy"})
+	head := st.Conv.Head
+	all := st.MembersAt(head)
+	if !slices.Equal(all, []string{"alice", "bob", "carol"}) {
+		t.Fatalf("members at head: %v", all)
+	}
+	if changed := st.Apply(AppendRequest{}, &pb.Message{Seq: head + 1, Kind: pb.MessageKind_MESSAGE_KIND_USER, Sender: &pb.DeviceAddr{UserId: "bob", DeviceId: 1}}); changed {
+		t.Fatal("a user message reported a membership change")
+	}
+	if again := st.MembersAt(head + 1); &again[0] != &all[0] {
+		t.Fatal("the list was built again without a membership change")
+	}
+	if !st.Apply(AppendRequest{AddMembers: []string{"ivy", "dan"}}, &pb.Message{Seq: head + 2, Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP}) {
+		t.Fatal("an add did not report a membership change")
+	}
+	if got := st.MembersAt(head + 2); !slices.Equal(got, []string{"alice", "bob", "carol", "dan", "ivy"}) {
+		t.Fatalf("members after the add: %v", got)
+	}
+	// A resend of the user entry at head+1 goes to those who had joined.
+	if got := st.MembersAt(head + 1); !slices.Equal(got, []string{"alice", "bob", "carol"}) {
+		t.Fatalf("recipients of an earlier entry: %v", got)
+	}
+	if !slices.Equal(all, []string{"alice", "bob", "carol"}) {
+		t.Fatalf("a list handed out earlier was modified: %v", all)
+	}
+	if !st.Apply(AppendRequest{RemoveMembers: []string{"bob"}}, &pb.Message{Seq: head + 3, Kind: pb.MessageKind_MESSAGE_KIND_MEMBERSHIP}) {
+		t.Fatal("a removal did not report a membership change")
+	}
+	if got := st.MembersAt(head + 3); !slices.Equal(got, []string{"alice", "carol", "dan", "ivy"}) {
+		t.Fatalf("members after the removal: %v", got)
+	}
+}

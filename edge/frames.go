@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/chatmesh/chatmesh/core"
@@ -300,27 +299,30 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 // are from the record (framesOf), and only a delivery with per-device
 // ciphertexts is encoded again for each device (frameFor).
 func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
-	var r pb.EdgeRecord
-	if err := proto.Unmarshal(rec.Value, &r); err != nil || r.GetFrame() == nil {
+	r, err := core.ParseEdgeRecord(rec.Value)
+	var f pb.ServerFrame
+	if err == nil && r.HasFrame {
+		err = proto.Unmarshal(r.Frame, &f)
+	}
+	if err != nil || !r.HasFrame {
 		e.log.Warn("bad edge record skipped", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 		return nil
 	}
 	e.n.edgeRecords.Add(1)
-	f := r.GetFrame()
-	if d := f.GetDisconnect(); d != nil && r.GetSessionId() != 0 {
+	if d := f.GetDisconnect(); d != nil && r.SessionID != 0 {
 		// The region ends a session: the device connected again on
 		// another edge, whose session is now the routed one.
-		for _, t := range e.targets(&r) {
+		for _, t := range e.targets(r) {
 			e.n.replaced.Add(1)
 			t.s.terminate(d.GetCode(), d.GetDetail(), d.GetReconnect())
 		}
 		return nil
 	}
-	targets := e.targets(&r)
+	targets := e.targets(r)
 	if len(targets) == 0 {
 		return nil
 	}
-	if resp := f.GetResponse(); resp != nil && r.GetSessionId() != 0 {
+	if resp := f.GetResponse(); resp != nil && r.SessionID != 0 {
 		// The region answered a write: its slots are free.
 		if at := targets[0].s.settle(resp.GetReqId()); !at.IsZero() {
 			e.stages.answer.Observe(max(e.cfg.Now().Sub(at), 0).Seconds())
@@ -329,16 +331,13 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	if !rec.Time.IsZero() {
 		defer e.stages.push.Observe(since(rec.Time))
 	}
-	perDevice := len(f.GetDelivery().GetEnvelope().GetPerDevice()) != 0
 	var shared []byte
-	if !perDevice {
+	if len(f.GetDelivery().GetEnvelope().GetPerDevice()) == 0 {
 		// A copy: the queues keep it after the handler returns, and the
 		// bus does not promise that rec.Value stays untouched.
-		shared = bytes.Clone(frameBytes(rec.Value))
+		shared = bytes.Clone(r.Frame)
 		if shared == nil {
-			if b, err := marshal(f); err == nil {
-				shared = b
-			}
+			shared = []byte{}
 		}
 	}
 	for _, t := range targets {
@@ -346,45 +345,9 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 			t.s.pushBytes(shared)
 			continue
 		}
-		t.s.push(frameFor(f, t.dev)) // encodes, and handles a frame too large to send
+		t.s.push(frameFor(&f, t.dev)) // encodes, and handles a frame too large to send
 	}
 	return nil
-}
-
-// edgeRecordFrameField is EdgeRecord.frame's field number.
-const edgeRecordFrameField = 3
-
-// frameBytes returns the encoded ServerFrame inside an encoded EdgeRecord
-// (its field 3), or nil unless it occurs exactly once (an encoder may
-// split a message field, which the decoder merges).
-func frameBytes(rec []byte) []byte {
-	var out []byte
-	seen := 0
-	for len(rec) > 0 {
-		num, typ, n := protowire.ConsumeTag(rec)
-		if n < 0 {
-			return nil
-		}
-		rec = rec[n:]
-		if num == edgeRecordFrameField && typ == protowire.BytesType {
-			v, m := protowire.ConsumeBytes(rec)
-			if m < 0 {
-				return nil
-			}
-			out, seen = v, seen+1
-			rec = rec[m:]
-			continue
-		}
-		m := protowire.ConsumeFieldValue(num, typ, rec)
-		if m < 0 {
-			return nil
-		}
-		rec = rec[m:]
-	}
-	if seen != 1 {
-		return nil
-	}
-	return out
 }
 
 type target struct {
@@ -392,22 +355,25 @@ type target struct {
 	dev core.DeviceKey
 }
 
-func (e *Edge) targets(r *pb.EdgeRecord) []target {
+// targets returns the sessions r is for: the one named by its session id,
+// or those of its target devices (read in place: the map lookup with a
+// key converted from the record's bytes allocates nothing).
+func (e *Edge) targets(r core.EdgeRecordView) []target {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if id := r.GetSessionId(); id != 0 {
+	if id := r.SessionID; id != 0 {
 		if s := e.sessions[id]; s != nil {
 			return []target{{s, s.dev}}
 		}
 		return nil
 	}
 	var out []target
-	for _, a := range r.GetTargets() {
-		k := core.KeyOf(a)
-		if s := e.byDevice[k]; s != nil {
-			out = append(out, target{s, k})
+	r.Targets(func(user []byte, dev uint32) bool {
+		if s := e.byDevice[core.DeviceKey{User: string(user), Device: dev}]; s != nil {
+			out = append(out, target{s, s.dev})
 		}
-	}
+		return true
+	})
 	return out
 }
 

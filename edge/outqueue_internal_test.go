@@ -383,18 +383,30 @@ func TestPushEncodesOnce(t *testing.T) {
 	}
 }
 
-func TestFrameBytes(t *testing.T) {
-	f := &pb.ServerFrame{Body: &pb.ServerFrame_Typing{Typing: &pb.TypingEvent{ConvId: "g:x"}}}
-	fb, _ := proto.Marshal(f)
-	rec, _ := proto.Marshal(&pb.EdgeRecord{SessionId: 9, Targets: []*pb.DeviceAddr{{UserId: "a", DeviceId: 1}}, Frame: f})
-	if got := frameBytes(rec); !bytes.Equal(got, fb) {
-		t.Fatalf("frameBytes %x, want %x", got, fb)
+// TestEdgeRecordSplitFrame: a record whose frame field is split in two
+// (which decoding merges) reaches its session as the merged frame.
+func TestEdgeRecordSplitFrame(t *testing.T) {
+	e, err := New(Config{ID: "e1"}, oneDevice{}, &recordingBus{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Field 3 twice (a split message field, which decoding merges): not
-	// taken as is.
-	twice := append(append([]byte(nil), rec...), protowire.AppendBytes(protowire.AppendTag(nil, 3, protowire.BytesType), fb)...)
-	if frameBytes(twice) != nil || frameBytes([]byte{0xff}) != nil || frameBytes(nil) != nil {
-		t.Fatal("frameBytes accepted a record it cannot take as is")
+	d := core.DeviceKey{User: "u", Device: 1}
+	s := &session{e: e, id: 1, stop: make(chan struct{}), dev: d}
+	e.byDevice[d], e.sessions[s.id] = s, s
+	devs := []core.DeviceKey{d, {User: "v", Device: 1}} // v is not here
+	f1, _ := proto.Marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: &pb.Message{ConvId: "g:x", Seq: 4}}})
+	f2, _ := proto.Marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: &pb.Message{MsgId: "m"}}})
+	rec := core.AppendEdgeRecord(nil, devs, f1)
+	rec = protowire.AppendBytes(protowire.AppendTag(rec, 3, protowire.BytesType), f2)
+	if err := e.handleEdgeRecord(context.Background(), core.BusRecord{Value: rec}); err != nil {
+		t.Fatal(err)
+	}
+	var got pb.ServerFrame
+	if err := proto.Unmarshal(mustPop(t, s), &got); err != nil {
+		t.Fatal(err)
+	}
+	if m := got.GetDelivery(); m.GetConvId() != "g:x" || m.GetSeq() != 4 || m.GetMsgId() != "m" {
+		t.Fatalf("got %v", &got)
 	}
 }
 

@@ -47,6 +47,20 @@ func (c *memberCache) put(conv string, head uint64, members []core.Member) {
 	c.m[conv] = memberEntry{head: head, members: members, set: core.NewMemberSet(members)}
 }
 
+// advance moves conv's cached members from head from to head to, when an
+// entry between them left the membership as it was (a user message). It
+// does nothing if the cache does not hold conv at from: the next reader
+// loads the members at the new head, and the entries after it advance
+// that.
+func (c *memberCache) advance(conv string, from, to uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[conv]; ok && e.head == from {
+		e.head = to
+		c.m[conv] = e
+	}
+}
+
 // loadMembers returns the conversation and its member set (invitations
 // excluded), from cache when the head has not moved.
 func (r *Region) loadMembers(ctx context.Context, conv string) (core.Conversation, core.MemberSet, error) {

@@ -1,6 +1,7 @@
 package region
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -133,33 +134,72 @@ func (r *Region) notifyOffline(ctx context.Context, m *pb.Message, users []strin
 	}
 }
 
-// perEdge groups routes by edge and encodes one EdgeRecord per edge.
+// perEdge addresses frame to the devices of routes: one EdgeRecord per
+// edge hosting one of them, in edge order, each device listed once. The
+// frame is encoded once for every edge, and the records are written from
+// the route keys (core.AppendEdgeRecord): a group's fan-out does this for
+// every message, with a target per online member device.
 func (r *Region) perEdge(routes []core.Route, frame *pb.ServerFrame) ([]core.BusRecord, error) {
-	byEdge := map[string][]*pb.DeviceAddr{}
-	regionOf := map[string]string{}
-	var edges []string
-	seen := map[core.DeviceKey]bool{}
-	for _, rt := range routes {
-		if seen[rt.Device] {
-			continue
-		}
-		seen[rt.Device] = true
-		if _, ok := byEdge[rt.Edge]; !ok {
-			edges = append(edges, rt.Edge)
-			regionOf[rt.Edge] = rt.Region
-		}
-		byEdge[rt.Edge] = append(byEdge[rt.Edge], rt.Device.Addr())
+	if len(routes) == 0 {
+		return nil, nil
 	}
-	slices.Sort(edges)
+	fb, err := proto.Marshal(frame)
+	if err != nil {
+		return nil, fmt.Errorf("region: encode edge record: %w", err)
+	}
+	routes = uniqueDevices(routes)
+	type edgeTargets struct {
+		edge, region string
+		devs         []core.DeviceKey
+	}
+	var edges []edgeTargets
+	at := map[string]int{}
+	last := -1
+	for _, rt := range routes {
+		if last < 0 || edges[last].edge != rt.Edge {
+			i, ok := at[rt.Edge]
+			if !ok {
+				i = len(edges)
+				at[rt.Edge] = i
+				edges = append(edges, edgeTargets{edge: rt.Edge, region: rt.Region})
+			}
+			last = i
+		}
+		edges[last].devs = append(edges[last].devs, rt.Device)
+	}
+	slices.SortFunc(edges, func(a, b edgeTargets) int { return strings.Compare(a.edge, b.edge) })
 	recs := make([]core.BusRecord, 0, len(edges))
 	for _, e := range edges {
-		b, err := proto.Marshal(&pb.EdgeRecord{Targets: byEdge[e], Frame: frame})
-		if err != nil {
-			return nil, fmt.Errorf("region: encode edge record: %w", err)
-		}
-		recs = append(recs, r.edgeOut(regionOf[e], e, b))
+		recs = append(recs, r.edgeOut(e.region, e.edge, core.AppendEdgeRecord(nil, e.devs, fb)))
 	}
 	return recs, nil
+}
+
+// uniqueDevices returns routes with each device's first route only. The
+// fan-out's routes come sorted by device (the users sorted, each user's
+// routes sorted), where a duplicate is next to its first; other orders
+// take a set.
+func uniqueDevices(routes []core.Route) []core.Route {
+	less := func(a, b core.Route) int {
+		return cmp.Or(strings.Compare(a.Device.User, b.Device.User), cmp.Compare(a.Device.Device, b.Device.Device))
+	}
+	if slices.IsSortedFunc(routes, less) {
+		for i := 1; i < len(routes); i++ {
+			if routes[i].Device == routes[i-1].Device {
+				return slices.CompactFunc(slices.Clone(routes), func(a, b core.Route) bool { return a.Device == b.Device })
+			}
+		}
+		return routes
+	}
+	seen := make(map[core.DeviceKey]bool, len(routes))
+	out := make([]core.Route, 0, len(routes))
+	for _, rt := range routes {
+		if !seen[rt.Device] {
+			seen[rt.Device] = true
+			out = append(out, rt)
+		}
+	}
+	return out
 }
 
 // replyRecord addresses a response to the session a request came from.

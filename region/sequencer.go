@@ -78,6 +78,9 @@ type memberPut struct {
 	conv    string
 	head    uint64
 	members []core.Member
+	// same: the members at head are those at from (members is nil).
+	same bool
+	from uint64
 }
 
 func newBatch(st core.Store) *batch {
@@ -314,7 +317,11 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	r.hists.observeSequenced(recs)
 	b.committed = time.Now()
 	for _, p := range b.memberPuts {
-		r.members.put(p.conv, p.head, p.members)
+		if p.same {
+			r.members.advance(p.conv, p.from, p.head)
+		} else {
+			r.members.put(p.conv, p.head, p.members)
+		}
 	}
 	r.flushReceipts(b)
 	out, err := r.resolveFan(ctx, b)
@@ -590,12 +597,18 @@ func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, 
 		if st, err = r.state(ctx, b, conv); err != nil || st == nil {
 			return nil, nil, fmt.Errorf("append to %s: state after a concurrent append: %w", conv, errors.Join(err, core.ErrUnavailable))
 		}
-		b.memberPuts = append(b.memberPuts, memberPut{conv, st.Conv.Head, st.MemberList()})
+		b.memberPuts = append(b.memberPuts, memberPut{conv: conv, head: st.Conv.Head, members: st.MemberList()})
 		return res.Message, st, nil
 	}
-	st.Apply(req, res.Message)
+	prev := st.Conv.Head
 	// Keep the readers' member cache in step: the new head is valid now.
-	b.memberPuts = append(b.memberPuts, memberPut{conv, st.Conv.Head, st.MemberList()})
+	// Most entries leave the members as they were (a user message): the
+	// cached list moves to the new head; a change caches the new list.
+	if st.Apply(req, res.Message) {
+		b.memberPuts = append(b.memberPuts, memberPut{conv: conv, head: st.Conv.Head, members: st.MemberList()})
+	} else {
+		b.memberPuts = append(b.memberPuts, memberPut{conv: conv, head: st.Conv.Head, from: prev, same: true})
+	}
 	return res.Message, st, nil
 }
 
@@ -729,13 +742,9 @@ func (r *Region) sendOutputs(ctx context.Context, b *batch, in *pb.IngressRecord
 	var users []string
 	if st != nil {
 		// Members who joined after this entry (a resend re-emits an old
-		// one) do not get it: they read from their join point.
-		for u, joined := range st.MemberSet() {
-			if joined <= m.GetSeq() {
-				users = append(users, u)
-			}
-		}
-		slices.Sort(users)
+		// one) do not get it: they read from their join point. The list
+		// is the state's, shared: the fan-out only reads it.
+		users = st.MembersAt(m.GetSeq())
 	}
 	if !dup || !(r.emitted.has(m.GetConvId(), m.GetSeq()) || b.fanned(m.GetConvId(), m.GetSeq())) {
 		b.fanDelivery(m, users)
