@@ -373,10 +373,10 @@ type Conn struct {
 	hash        []byte
 
 	sendMu sync.Mutex
-	send   *noise.CipherState
+	send   *transport
 
 	recvMu  sync.Mutex
-	recv    *noise.CipherState
+	recv    *transport
 	recvErr error // sticky: once the receive direction fails, it stays failed
 
 	closeOnce sync.Once
@@ -387,8 +387,8 @@ type Conn struct {
 func newConn(mc MsgConn, send, recv *noise.CipherState, peer, payload, hash []byte) *Conn {
 	return &Conn{
 		mc:          mc,
-		send:        send,
-		recv:        recv,
+		send:        newTransport(send),
+		recv:        newTransport(recv),
 		peerStatic:  bytes.Clone(peer),
 		peerPayload: bytes.Clone(payload),
 		hash:        bytes.Clone(hash),
@@ -410,7 +410,7 @@ func (c *Conn) Send(ctx context.Context, plaintext []byte) error {
 		return ErrClosed
 	default:
 	}
-	msg, err := c.send.Encrypt(make([]byte, 0, len(plaintext)+tagLen), nil, plaintext)
+	msg, err := c.send.encrypt(make([]byte, 0, len(plaintext)+tagLen), plaintext)
 	if err != nil {
 		return fmt.Errorf("noiseconn: encrypt: %w", err)
 	}
@@ -455,7 +455,7 @@ func (c *Conn) SendBatch(ctx context.Context, plaintexts [][]byte) error {
 	for i, p := range plaintexts {
 		start := len(buf)
 		var err error
-		if buf, err = c.send.Encrypt(buf, nil, p); err != nil {
+		if buf, err = c.send.encrypt(buf, p); err != nil {
 			return fmt.Errorf("noiseconn: encrypt: %w", err)
 		}
 		msgs[i] = buf[start:len(buf):len(buf)]
@@ -529,7 +529,7 @@ func (c *Conn) Recv(ctx context.Context) ([]byte, error) {
 		c.recvErr = fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(msg), MaxMessage)
 		return nil, c.recvErr
 	}
-	pt, err := c.recv.Decrypt(make([]byte, 0, len(msg)), nil, msg)
+	pt, err := c.recv.decrypt(make([]byte, 0, len(msg)), msg)
 	if err != nil {
 		c.recvErr = fmt.Errorf("%w: %w", ErrDecrypt, err)
 		return nil, c.recvErr
