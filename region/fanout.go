@@ -57,37 +57,60 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 	if len(b.fan) == 0 {
 		return b.out, nil
 	}
-	want := map[string]bool{}
-	var users []string
-	for _, f := range b.fan {
-		for _, u := range f.users {
-			if !want[u] {
-				want[u] = true
-				users = append(users, u)
-			}
+	// One list for every intent (a group's messages share the state's
+	// sorted member list, ConvState.MembersAt): its routes, read in user
+	// order, are every intent's, and no set or per-user index is built.
+	one := b.fan[0].users
+	for _, f := range b.fan[1:] {
+		if !sameList(f.users, one) {
+			one = nil
+			break
 		}
 	}
-	slices.Sort(users)
-	byUser := make(map[string][]core.Route, len(users))
+	if one != nil && !sortedUnique(one) {
+		one = nil
+	}
+	users := one
+	if one == nil {
+		want := map[string]bool{}
+		for _, f := range b.fan {
+			for _, u := range f.users {
+				if !want[u] {
+					want[u] = true
+					users = append(users, u)
+				}
+			}
+		}
+		slices.Sort(users)
+	}
+	var all []core.Route
 	for len(users) > 0 {
 		n := min(len(users), routesChunk)
 		routes, err := r.store.Routes(ctx, users[:n])
 		if err != nil {
 			return nil, fmt.Errorf("fanout: routes: %w", err)
 		}
-		for _, rt := range routes {
+		all = append(all, routes...)
+		users = users[n:]
+	}
+	var byUser map[string][]core.Route
+	if one == nil {
+		byUser = make(map[string][]core.Route)
+		for _, rt := range all {
 			byUser[rt.Device.User] = append(byUser[rt.Device.User], rt)
 		}
-		users = users[n:]
 	}
 	out := make([]core.BusRecord, 0, len(b.out)+len(b.fan))
 	next := 0
 	for _, f := range b.fan {
 		out = append(out, b.out[next:f.at]...)
 		next = f.at
-		var routes []core.Route
-		for _, u := range f.users {
-			routes = append(routes, byUser[u]...)
+		routes := all
+		if byUser != nil {
+			routes = nil
+			for _, u := range f.users {
+				routes = append(routes, byUser[u]...)
+			}
 		}
 		recs, err := r.perEdge(routes, f.frame)
 		if err != nil {
@@ -102,6 +125,21 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 		}
 	}
 	return append(out, b.out[next:]...), nil
+}
+
+// sameList reports whether a and b are the same slice (not merely equal).
+func sameList(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// sortedUnique reports whether users is strictly increasing.
+func sortedUnique(users []string) bool {
+	for i := 1; i < len(users); i++ {
+		if users[i-1] >= users[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // notifyOffline queues push notifications of a user entry for the offline
