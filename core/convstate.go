@@ -13,7 +13,9 @@ import (
 // cursors. The partition worker that owns the conversation loads it once,
 // keeps it, and moves it forward with Apply and MoveCursor after each store
 // write, so the hot path re-reads nothing. Everything here is pure: the
-// sequencer's decisions are functions of (ConvState, request, facts).
+// sequencer's decisions are functions of (ConvState, request, facts). A
+// ConvState belongs to that one worker: not safe for concurrent use (even
+// MembersAt fills a cache).
 type ConvState struct {
 	Conv    Conversation
 	Members map[string]Member // members and invitations, by user

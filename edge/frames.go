@@ -295,9 +295,10 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 // handleEdgeRecord pushes one EdgeRecord to its sessions. Undecodable
 // records are logged and skipped (retrying cannot fix them).
 //
-// The frame is encoded once for all targets: its bytes are taken as they
-// are from the record (framesOf), and only a delivery with per-device
-// ciphertexts is encoded again for each device (frameFor).
+// The record is read in place (core.ParseEdgeRecord: no message per
+// target device), the frame is encoded once for all targets — its bytes
+// are taken as they are from the record — and only a delivery with
+// per-device ciphertexts is encoded again for each device (frameFor).
 func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	r, err := core.ParseEdgeRecord(rec.Value)
 	var f pb.ServerFrame
