@@ -180,6 +180,7 @@ type Bus struct {
 
 	backpressure atomic.Uint64
 	redone       atomic.Uint64 // pipelined batches handed over again after their Pending failed
+	generations  atomic.Uint64 // consumer group generations joined by Consume calls
 	m            *metrics      // Collector
 }
 
@@ -299,6 +300,12 @@ var ErrBackpressure = fmt.Errorf("kafkabus: too many records waiting to be writt
 // Redone returns how many pipelined batches failed after they were handed
 // over (their Pending finished with an error) and were handed over again.
 func (b *Bus) Redone() uint64 { return b.redone.Load() }
+
+// Generations returns how many consumer group generations this bus's
+// group consumers have joined: one per Consume call, plus one per
+// rebalance, after which a partition's records since its last commit are
+// handled again.
+func (b *Bus) Generations() uint64 { return b.generations.Load() }
 
 // Backpressure returns how many Produce calls were refused with ErrBackpressure.
 func (b *Bus) Backpressure() uint64 { return b.backpressure.Load() }

@@ -210,8 +210,15 @@ func (b *Bus) consumeGroup(ctx context.Context, spec core.ConsumeSpec, maxBatch 
 			continue
 		}
 		attempt = 0
+		b.generations.Add(1)
 		assigned := gen.Assignments[spec.Topic]
-		log.Debug("consumer group generation", "generation", gen.ID, "partitions", len(assigned))
+		if ready {
+			// A rebalance (a member came or went, a session or the
+			// coordinator was lost): uncommitted records are handled again.
+			log.Info("consumer group rebalanced", "generation", gen.ID, "partitions", len(assigned))
+		} else {
+			log.Debug("consumer group generation", "generation", gen.ID, "partitions", len(assigned))
+		}
 		cm := &committer{gen: gen, topic: spec.Topic, every: b.cfg.CommitInterval, log: log, done: map[int]int64{}}
 		cm.workers.Add(len(assigned)) // before the committer may Wait
 		gen.Start(cm.run)

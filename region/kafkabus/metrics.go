@@ -24,7 +24,7 @@ type metrics struct {
 	consumed      *prometheus.CounterVec   // topic
 	retries       *prometheus.CounterVec   // topic
 
-	lagDesc, stalledDesc, producedDesc, produceErrDesc, backpressureDesc, redoneDesc *prometheus.Desc
+	lagDesc, stalledDesc, producedDesc, produceErrDesc, backpressureDesc, redoneDesc, generationsDesc *prometheus.Desc
 
 	mu    sync.Mutex
 	parts map[partKey]*partState // partitions consumed now
@@ -69,6 +69,7 @@ func newMetrics(client string) *metrics {
 		produceErrDesc:   prometheus.NewDesc("chatmesh_bus_produce_errors_total", "Produce calls that failed (some of their records may have been written).", nil, cl),
 		backpressureDesc: prometheus.NewDesc("chatmesh_bus_backpressure_total", "Produce calls refused because too many bytes were waiting to be written.", nil, cl),
 		redoneDesc:       prometheus.NewDesc("chatmesh_bus_redone_batches_total", "Pipelined batches whose background work (the sequencer's produce of their outputs) failed after the next batch was handed over: both were handed over again.", nil, cl),
+		generationsDesc:  prometheus.NewDesc("chatmesh_bus_group_generations_total", "Consumer group generations joined by this client's consumers: one per consumer at its start, one more per rebalance (after which records since the last commit are handled again).", nil, cl),
 		parts:            map[partKey]*partState{},
 	}
 	return m
@@ -126,7 +127,7 @@ func (c busCollector) Describe(ch chan<- *prometheus.Desc) {
 	m.consumeDelay.Describe(ch)
 	m.consumed.Describe(ch)
 	m.retries.Describe(ch)
-	for _, d := range []*prometheus.Desc{m.lagDesc, m.stalledDesc, m.producedDesc, m.produceErrDesc, m.backpressureDesc, m.redoneDesc} {
+	for _, d := range []*prometheus.Desc{m.lagDesc, m.stalledDesc, m.producedDesc, m.produceErrDesc, m.backpressureDesc, m.redoneDesc, m.generationsDesc} {
 		ch <- d
 	}
 }
@@ -141,6 +142,7 @@ func (c busCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.produceErrDesc, prometheus.CounterValue, float64(m.produceErrors.Load()))
 	ch <- prometheus.MustNewConstMetric(m.backpressureDesc, prometheus.CounterValue, float64(c.b.backpressure.Load()))
 	ch <- prometheus.MustNewConstMetric(m.redoneDesc, prometheus.CounterValue, float64(c.b.redone.Load()))
+	ch <- prometheus.MustNewConstMetric(m.generationsDesc, prometheus.CounterValue, float64(c.b.generations.Load()))
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, ps := range m.parts {
