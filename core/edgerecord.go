@@ -81,7 +81,8 @@ type EdgeRecordView struct {
 }
 
 // ParseEdgeRecord reads b as proto.Unmarshal would read a pb.EdgeRecord
-// (the last session_id wins, several frame fields merge, unknown fields
+// (the last session_id wins, several frame fields merge — each must be
+// well-formed by itself —, unknown fields
 // are skipped, a target's user id must be UTF-8) without decoding the
 // frame.
 func ParseEdgeRecord(b []byte) (EdgeRecordView, error) {
@@ -118,8 +119,17 @@ func ParseEdgeRecord(b []byte) (EdgeRecordView, error) {
 			if frames == 1 {
 				v.Frame = f
 			} else {
+				// proto decodes each occurrence on its own and merges
+				// them; the concatenation decodes to the same message
+				// only if each piece is well-formed by itself.
 				if frames == 2 {
+					if !wellFormed(v.Frame) {
+						return EdgeRecordView{}, fmt.Errorf("%w: frame: malformed piece of a split frame", ErrBadEdgeRecord)
+					}
 					v.Frame = slices.Clip(v.Frame)
+				}
+				if !wellFormed(f) {
+					return EdgeRecordView{}, fmt.Errorf("%w: frame: malformed piece of a split frame", ErrBadEdgeRecord)
 				}
 				v.Frame = append(v.Frame, f...) // a copy from the second on
 			}
@@ -187,6 +197,24 @@ func parseDeviceAddr(b []byte) (user []byte, dev uint32, err error) {
 		}
 	}
 	return user, dev, nil
+}
+
+// wellFormed reports whether b is a sequence of complete fields (their
+// contents unchecked).
+func wellFormed(b []byte) bool {
+	for len(b) > 0 {
+		num, typ, n := consumeTag(b)
+		if n < 0 {
+			return false
+		}
+		b = b[n:]
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return false
+		}
+		b = b[m:]
+	}
+	return true
 }
 
 // consumeTag is protowire.ConsumeTag refusing, as proto.Unmarshal does,
