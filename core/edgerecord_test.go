@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -162,4 +163,42 @@ func FuzzParseEdgeRecord(f *testing.F) {
 			t.Fatalf("parsed %v, proto %v", got, &want)
 		}
 	})
+}
+
+// TestEdgeRecordAtTheGroupLimit: the largest record a fan-out writes —
+// every member of a full group (MaxGroupMembers) online with every device
+// (MaxDevicesPerUser) on one edge, user ids of MaxUserIDLen bytes, the
+// largest device number, a frame of MaxFramePlaintext bytes — stays under
+// 1 MiB, the per-record bound of the bus (kafka-go's Writer.BatchBytes
+// and the broker's message.max.bytes default), and reads back whole.
+func TestEdgeRecordAtTheGroupLimit(t *testing.T) {
+	targets := make([]DeviceKey, 0, MaxGroupMembers*MaxDevicesPerUser)
+	for m := range MaxGroupMembers {
+		user := fmt.Sprintf("%0*d", MaxUserIDLen, m)
+		for d := range MaxDevicesPerUser {
+			targets = append(targets, DeviceKey{User: user, Device: ^uint32(0) - uint32(d)})
+		}
+	}
+	frame := bytes.Repeat([]byte{0}, MaxFramePlaintext)
+	rec := AppendEdgeRecord(nil, targets, frame)
+	const busRecordMax = 1 << 20
+	if len(rec) >= busRecordMax {
+		t.Fatalf("a full group's edge record is %d bytes, the bus takes < %d", len(rec), busRecordMax)
+	}
+	t.Logf("full group, every device on one edge: %d targets, %d bytes", len(targets), len(rec))
+	v, err := ParseEdgeRecord(rec)
+	if err != nil || !bytes.Equal(v.Frame, frame) {
+		t.Fatalf("parse: %v (frame %d bytes)", err, len(v.Frame))
+	}
+	i := 0
+	v.Targets(func(user []byte, dev uint32) bool {
+		if i >= len(targets) || string(user) != targets[i].User || dev != targets[i].Device {
+			t.Fatalf("target %d: %q.%d", i, user, dev)
+		}
+		i++
+		return true
+	})
+	if i != len(targets) {
+		t.Fatalf("read %d targets of %d", i, len(targets))
+	}
 }

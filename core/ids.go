@@ -1,6 +1,7 @@
 package core
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 
@@ -67,6 +68,12 @@ type DeviceKey struct {
 
 // String renders "user.device".
 func (k DeviceKey) String() string { return fmt.Sprintf("%s.%d", k.User, k.Device) }
+
+// Compare orders keys by user, then device number (-1, 0, +1), the
+// order both stores return routes and cursors in.
+func (k DeviceKey) Compare(o DeviceKey) int {
+	return cmp.Or(strings.Compare(k.User, o.User), cmp.Compare(k.Device, o.Device))
+}
 
 // Addr converts the key to its wire form.
 func (k DeviceKey) Addr() *pb.DeviceAddr {

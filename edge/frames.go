@@ -337,9 +337,6 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 		// A copy: the queues keep it after the handler returns, and the
 		// bus does not promise that rec.Value stays untouched.
 		shared = bytes.Clone(r.Frame)
-		if shared == nil {
-			shared = []byte{}
-		}
 	}
 	for _, t := range targets {
 		if shared != nil && len(shared) <= core.MaxFramePlaintext {

@@ -330,10 +330,10 @@ func (w *corkWriter) writeBinary(ctx context.Context, msgs [][]byte) error {
 	if err == nil && len(b) > 0 {
 		err = w.writeLocked(b)
 	}
-	if cap(b) <= corkBuffer+wsHeaderMax { // else a larger-than-Noise message grew it
-		*bp = b[:0]
-		corkPool.Put(bp)
-	}
+	// b never grew: a message with its header fits the buffer (checked
+	// above), and a fuller buffer is written before the next is added.
+	*bp = b[:0]
+	corkPool.Put(bp)
 	return err
 }
 

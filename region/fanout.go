@@ -1,7 +1,6 @@
 package region
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -94,7 +93,9 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 		users = users[n:]
 	}
 	var byUser map[string][]core.Route
-	if one == nil {
+	if one != nil {
+		all = uniqueDevices(all) // once for every intent of the batch
+	} else {
 		byUser = make(map[string][]core.Route)
 		for _, rt := range all {
 			byUser[rt.Device.User] = append(byUser[rt.Device.User], rt)
@@ -111,6 +112,7 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 			for _, u := range f.users {
 				routes = append(routes, byUser[u]...)
 			}
+			routes = uniqueDevices(routes) // f.users may repeat a user
 		}
 		recs, err := r.perEdge(routes, f.frame)
 		if err != nil {
@@ -172,8 +174,9 @@ func (r *Region) notifyOffline(ctx context.Context, m *pb.Message, users []strin
 	}
 }
 
-// perEdge addresses frame to the devices of routes: one EdgeRecord per
-// edge hosting one of them, in edge order, each device listed once. The
+// perEdge addresses frame to the devices of routes, which name each
+// device once (uniqueDevices): one EdgeRecord per edge hosting one of
+// them, in edge order. The
 // frame is encoded once for every edge, and the records are written from
 // the route keys (core.AppendEdgeRecord): a group's fan-out does this for
 // every message, with a target per online member device.
@@ -185,7 +188,6 @@ func (r *Region) perEdge(routes []core.Route, frame *pb.ServerFrame) ([]core.Bus
 	if err != nil {
 		return nil, fmt.Errorf("region: encode edge record: %w", err)
 	}
-	routes = uniqueDevices(routes)
 	type edgeTargets struct {
 		edge, region string
 		devs         []core.DeviceKey
@@ -218,10 +220,7 @@ func (r *Region) perEdge(routes []core.Route, frame *pb.ServerFrame) ([]core.Bus
 // routes sorted), where a duplicate is next to its first; other orders
 // take a set.
 func uniqueDevices(routes []core.Route) []core.Route {
-	less := func(a, b core.Route) int {
-		return cmp.Or(strings.Compare(a.Device.User, b.Device.User), cmp.Compare(a.Device.Device, b.Device.Device))
-	}
-	if slices.IsSortedFunc(routes, less) {
+	if slices.IsSortedFunc(routes, func(a, b core.Route) int { return a.Device.Compare(b.Device) }) {
 		for i := 1; i < len(routes); i++ {
 			if routes[i].Device == routes[i-1].Device {
 				return slices.CompactFunc(slices.Clone(routes), func(a, b core.Route) bool { return a.Device == b.Device })

@@ -77,10 +77,8 @@ type stepPlace struct {
 type memberPut struct {
 	conv    string
 	head    uint64
-	members []core.Member
-	// same: the members at head are those at from (members is nil).
-	same bool
-	from uint64
+	members []core.Member // nil: the members at head are those at from
+	from    uint64
 }
 
 func newBatch(st core.Store) *batch {
@@ -317,7 +315,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	r.hists.observeSequenced(recs)
 	b.committed = time.Now()
 	for _, p := range b.memberPuts {
-		if p.same {
+		if p.members == nil {
 			r.members.advance(p.conv, p.from, p.head)
 		} else {
 			r.members.put(p.conv, p.head, p.members)
@@ -607,7 +605,7 @@ func (r *Region) appendEntry(ctx context.Context, b *batch, st *core.ConvState, 
 	if st.Apply(req, res.Message) {
 		b.memberPuts = append(b.memberPuts, memberPut{conv: conv, head: st.Conv.Head, members: st.MemberList()})
 	} else {
-		b.memberPuts = append(b.memberPuts, memberPut{conv: conv, head: st.Conv.Head, from: prev, same: true})
+		b.memberPuts = append(b.memberPuts, memberPut{conv: conv, head: st.Conv.Head, from: prev})
 	}
 	return res.Message, st, nil
 }

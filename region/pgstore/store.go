@@ -749,12 +749,8 @@ func (s *Store) Cursors(ctx context.Context, dev core.DeviceKey) ([]core.Cursor,
 // ConvCursors implements core.Store.
 func (s *Store) ConvCursors(ctx context.Context, conv string) ([]core.Cursor, error) {
 	out, err := s.cursors(ctx, "cursors of "+conv, "conv_id = $1 ORDER BY user_id, device_id", conv)
-	slices.SortFunc(out, func(a, b core.Cursor) int { return compareKey(a.Device, b.Device) })
+	slices.SortFunc(out, func(a, b core.Cursor) int { return a.Device.Compare(b.Device) })
 	return out, err
-}
-
-func compareKey(a, b core.DeviceKey) int {
-	return cmp.Or(cmp.Compare(a.User, b.User), cmp.Compare(a.Device, b.Device))
 }
 
 // ------------------------------------------------------------------ routes
@@ -824,7 +820,7 @@ func (s *Store) ClearEdgeRoutes(ctx context.Context, edge string, atMs int64) ([
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(out, func(a, b core.Route) int { return compareKey(a.Device, b.Device) })
+	slices.SortFunc(out, func(a, b core.Route) int { return a.Device.Compare(b.Device) })
 	return out, nil
 }
 
@@ -841,7 +837,7 @@ func (s *Store) Routes(ctx context.Context, users []string) ([]core.Route, error
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: routes: %w", err)
 	}
-	slices.SortFunc(out, func(a, b core.Route) int { return compareKey(a.Device, b.Device) })
+	slices.SortFunc(out, func(a, b core.Route) int { return a.Device.Compare(b.Device) })
 	return out, nil
 }
 
