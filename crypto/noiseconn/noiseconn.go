@@ -20,7 +20,9 @@ import (
 // ReadMessage is called by one goroutine at a time; WriteMessage likewise
 // (Conn serializes its writers). Close may be called concurrently with both
 // and must unblock them. A write that returns nil is done with its bytes:
-// SendBatch reuses the buffer for its next batch.
+// SendBatch reuses the buffer for its next batch. A read returns a buffer
+// the caller owns: Recv decrypts the message in place, so the plaintext it
+// returns is that buffer (no second allocation per message).
 type MsgConn interface {
 	ReadMessage(ctx context.Context) ([]byte, error)
 	WriteMessage(ctx context.Context, b []byte) error
@@ -529,7 +531,7 @@ func (c *Conn) Recv(ctx context.Context) ([]byte, error) {
 		c.recvErr = fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(msg), MaxMessage)
 		return nil, c.recvErr
 	}
-	pt, err := c.recv.decrypt(make([]byte, 0, len(msg)), msg)
+	pt, err := c.recv.decrypt(msg[:0], msg) // in place: msg is ours
 	if err != nil {
 		c.recvErr = fmt.Errorf("%w: %w", ErrDecrypt, err)
 		return nil, c.recvErr

@@ -61,7 +61,7 @@ func (p *pipeEnd) WriteMessage(ctx context.Context, b []byte) error {
 	if p.tamper != nil {
 		b = p.tamper(b)
 	}
-	p.log.add(b)
+	p.log.add(bytes.Clone(b)) // the wire as sent: Recv decrypts b in place
 	select {
 	case p.out <- b:
 		return nil
