@@ -472,11 +472,19 @@ func (s *session) write(b []byte) error {
 func (s *session) readLoop() {
 	e := s.e
 	idle, _ := s.tr.(interface{ waitReadable() })
+	// Reads are not cancelled by a context: a session's read ends when its
+	// transport closes (its drain closes it once the session stops, after
+	// the final Disconnect or a failed or timed-out write; Shutdown waits
+	// for that). With a cancellable context the WebSocket library
+	// registers a callback with it on every read, under the edge-wide
+	// context's lock: 4.5% of the server's CPU at 6,000 msg/s 1:1, and 8
+	// of the 53 allocations of a ping's round trip.
+	rctx := context.WithoutCancel(e.ctx)
 	for {
 		if idle != nil {
 			idle.waitReadable()
 		}
-		pt, err := s.nc.Recv(e.ctx)
+		pt, err := s.nc.Recv(rctx)
 		if err != nil {
 			switch {
 			case errors.Is(err, noiseconn.ErrTooLarge):
