@@ -53,6 +53,10 @@ type wsConn struct {
 	// idle, when set, waits on a shallow stack until the socket has bytes
 	// to read (waitread_unix.go); nil for TLS and other connections.
 	idle *idleWaiter
+	// lr limits the message being read (ReadMessage is called by one
+	// goroutine at a time): one per connection, not an allocation per
+	// message.
+	lr io.LimitedReader
 }
 
 // waitReadable blocks until the next ReadMessage has something to read
@@ -75,7 +79,9 @@ func (w *wsConn) ReadMessage(ctx context.Context) ([]byte, error) {
 	// The library's read limit is off; this reader enforces the Noise
 	// limit itself so that an oversized message can be answered with a
 	// Disconnect before the close.
-	b, err := io.ReadAll(io.LimitReader(r, noiseconn.MaxMessage+1))
+	w.lr = io.LimitedReader{R: r, N: noiseconn.MaxMessage + 1}
+	b, err := io.ReadAll(&w.lr)
+	w.lr.R = nil
 	if err != nil {
 		return nil, err
 	}
