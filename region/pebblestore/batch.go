@@ -21,6 +21,7 @@ import (
 type writeBatch struct {
 	b        *pebble.Batch
 	base     map[string][]byte // conversation → committed record (nil: absent) at first append
+	last     map[string][]byte // conversation → the record this batch last wrote
 	appended int
 	broken   error // a failed write left the batch half-written: it cannot commit
 	done     bool
@@ -43,6 +44,22 @@ func (w *writeBatch) note(s *Store, conv string) error {
 	}
 	w.base[conv] = v
 	return nil
+}
+
+// conv returns conv's record as the batch sees it — the record the batch
+// last wrote, else the committed one note read — without reading the key
+// again. Caller holds conv's stripe. A record committed by another writer
+// after note is not seen here (a read through the batch would see it);
+// Commit finds it changed and stores nothing.
+func (w *writeBatch) conv(s *Store, conv string) ([]byte, bool, error) {
+	if v, ok := w.last[conv]; ok {
+		return v, true, nil
+	}
+	if err := w.note(s, conv); err != nil {
+		return nil, false, err
+	}
+	v := w.base[conv]
+	return v, v != nil, nil
 }
 
 // committed reads k from the database itself, never from a batch.
@@ -82,7 +99,7 @@ func (s *Store) Begin(ctx context.Context) (core.WriteBatch, error) {
 		return nil, fmt.Errorf("pebblestore: begin inside a write batch: %w", core.ErrInvalidArgument)
 	}
 	ib := s.db.NewIndexedBatch()
-	return &Batch{Store: &Store{base: s.base, rd: ib, wb: &writeBatch{b: ib, base: map[string][]byte{}}}}, nil
+	return &Batch{Store: &Store{base: s.base, rd: ib, wb: &writeBatch{b: ib, base: map[string][]byte{}, last: map[string][]byte{}}}}, nil
 }
 
 // Prefetch implements core.WriteBatch: Pebble's reads are local, so it

@@ -70,6 +70,11 @@
 // checks that each conversation's committed record is still the one the
 // batch read at its first append to it; if another writer appended
 // meanwhile, Commit stores nothing and fails with core.ErrUnavailable.
+// An append in a batch does not read the conversation's record again: it
+// takes the record the batch last wrote, else the committed one it read at
+// its first append (a record another writer committed after that is not
+// seen, and Commit's check refuses the batch; storetest
+// BatchConflictAfterRefusal). One read of the store fewer per entry.
 //
 // Cursor moves are committed without waiting for the fsync (they reach the
 // OS at once, so they survive a process kill, and the next synced commit

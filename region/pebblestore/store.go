@@ -545,14 +545,15 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	}
 
 	// 2. Existence, creation and the epoch fence.
-	cv, exists, err := s.get(convKey(conv))
+	var cv []byte
+	var exists bool
+	if s.wb != nil {
+		cv, exists, err = s.wb.conv(s, conv)
+	} else {
+		cv, exists, err = s.get(convKey(conv))
+	}
 	if err != nil {
 		return core.AppendResult{}, err
-	}
-	if s.wb != nil {
-		if err := s.wb.note(s, conv); err != nil {
-			return core.AppendResult{}, err
-		}
 	}
 	var c core.Conversation
 	switch {
@@ -589,10 +590,11 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	if s.wb != nil {
 		b = s.wb.b // a write batch's view: into the batch, committed with it
 	}
+	cenc := encodeConv(c)
 	errs := []error{
 		b.Set(messageKey(conv, seq), body, nil),
 		b.Set(dk, encodeSeq(seq), nil),
-		b.Set(convKey(conv), encodeConv(c), nil),
+		b.Set(convKey(conv), cenc, nil),
 	}
 	memberErr := s.applyMembers(b, conv, seq, &req)
 	if err := errors.Join(append(errs, memberErr)...); err != nil {
@@ -606,6 +608,7 @@ func (s *Store) Append(ctx context.Context, req core.AppendRequest) (core.Append
 	}
 	if s.wb != nil {
 		s.wb.appended++
+		s.wb.last[conv] = cenc
 		return core.AppendResult{Message: stored}, nil
 	}
 	if err := s.commit(b); err != nil {

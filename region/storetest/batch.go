@@ -153,26 +153,61 @@ func testBatchDiscard(t *testing.T, s core.Store) {
 // the other writer waits for the batch (PostgreSQL's row lock) or the
 // batch's Commit fails and stores nothing (Pebble).
 func testBatchConflict(t *testing.T, s core.Store) {
-	appendN(t, s, "g:a:c", 1)
+	batchConflict(t, s, "g:a:c", false)
+}
+
+// The same when the batch read the conversation before the other writer's
+// append and only appends to it after: a refused append (fenced) first.
+// A store that serves the batch's later appends from what it read then
+// must still find the conversation changed at Commit.
+func testBatchConflictAfterRefusal(t *testing.T, s core.Store) {
+	batchConflict(t, s, "g:a:cr", true)
+}
+
+func batchConflict(t *testing.T, s core.Store, conv string, refusedFirst bool) {
+	appendN(t, s, conv, 1)
+	if refusedFirst {
+		mustAppend(t, s, core.AppendRequest{Epoch: 2, Message: userMsg(conv, "a", 1, "m2")})
+	}
+	want := 2 // entries stored when the batch's Commit fails
+	if refusedFirst {
+		want = 3
+	}
 	wb := begin(t, s)
-	bres := mustAppend(t, wb, core.AppendRequest{Epoch: 1, Message: userMsg("g:a:c", "a", 1, "batch")})
+	if refusedFirst {
+		if _, err := wb.Append(t.Context(), core.AppendRequest{Epoch: 1, Message: userMsg(conv, "a", 1, "fenced")}); !errors.Is(err, core.ErrFenced) {
+			t.Fatalf("append below the conversation's epoch: %v, want ErrFenced", err)
+		}
+	}
 	type result struct {
 		res core.AppendResult
 		err error
 	}
 	direct := make(chan result, 1)
 	go func() {
-		res, err := s.Append(t.Context(), core.AppendRequest{Epoch: 1, Message: userMsg("g:a:c", "a", 2, "direct")})
+		res, err := s.Append(t.Context(), core.AppendRequest{Epoch: 2, Message: userMsg(conv, "a", 2, "direct")})
 		direct <- result{res, err}
 	}()
-	// Pebble: the direct append does not wait, and the batch's Commit
-	// must then find the conversation changed. PostgreSQL: it waits for
-	// the batch's row lock. Two seconds only chooses which case this run
-	// checks; both outcomes are checked below.
+	var bres core.AppendResult
 	var d result
-	select {
-	case d = <-direct:
-	case <-time.After(2 * time.Second):
+	if refusedFirst {
+		// The batch appends only after the other writer did (or, with a
+		// row lock, is waiting).
+		select {
+		case d = <-direct:
+		case <-time.After(2 * time.Second):
+		}
+		bres = mustAppend(t, wb, core.AppendRequest{Epoch: 2, Message: userMsg(conv, "a", 1, "batch")})
+	} else {
+		bres = mustAppend(t, wb, core.AppendRequest{Epoch: 2, Message: userMsg(conv, "a", 1, "batch")})
+		// Pebble: the direct append does not wait, and the batch's Commit
+		// must then find the conversation changed. PostgreSQL: it waits for
+		// the batch's row lock. Two seconds only chooses which case this run
+		// checks; both outcomes are checked below.
+		select {
+		case d = <-direct:
+		case <-time.After(2 * time.Second):
+		}
 	}
 	cerr := wb.Commit(t.Context())
 	if d.res.Message == nil && d.err == nil {
@@ -181,7 +216,7 @@ func testBatchConflict(t *testing.T, s core.Store) {
 	if d.err != nil {
 		t.Fatalf("direct append: %v", d.err)
 	}
-	ms, err := s.Messages(t.Context(), "g:a:c", 0, 0, 0)
+	ms, err := s.Messages(t.Context(), conv, 0, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,14 +234,14 @@ func testBatchConflict(t *testing.T, s core.Store) {
 		if bySeq[bres.Message.GetSeq()] != "batch" {
 			t.Fatalf("batch committed its entry at seq %d, stored: %v", bres.Message.GetSeq(), bySeq)
 		}
-		if len(ms) != 3 {
-			t.Fatalf("%d entries, want 3", len(ms))
+		if len(ms) != want+1 {
+			t.Fatalf("%d entries, want %d", len(ms), want+1)
 		}
 	} else {
 		if !errors.Is(cerr, core.ErrUnavailable) {
 			t.Fatalf("failed Commit: %v, want ErrUnavailable", cerr)
 		}
-		if len(ms) != 2 {
+		if len(ms) != want {
 			t.Fatalf("a failed Commit stored something: %v", bySeq)
 		}
 	}

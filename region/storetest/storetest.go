@@ -61,6 +61,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"BatchCommit", testBatchCommit},
 		{"BatchDiscard", testBatchDiscard},
 		{"BatchConflict", testBatchConflict},
+		{"BatchConflictAfterRefusal", testBatchConflictAfterRefusal},
 		{"ConcurrentRoutes", testConcurrentRoutes},
 		{"AdvanceCursors", testAdvanceCursors},
 		{"RetentionPrimitives", testRetentionPrimitives},
