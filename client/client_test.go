@@ -686,6 +686,36 @@ func TestAcksPacedUnderAStream(t *testing.T) {
 	t.Logf("%d ack frames for %d messages", frames, n)
 }
 
+// TestAckPause: the pause after an ack is spread over [I/2, 3I/2) with
+// mean I — members of a group do not ack in step — and 0 for I ≤ 0.
+func TestAckPause(t *testing.T) {
+	const iv = 250 * time.Millisecond
+	const n = 20000
+	var sum time.Duration
+	lo, hi := time.Duration(1<<62), time.Duration(0)
+	for range n {
+		d := AckPause(iv)
+		if d < iv/2 || d >= iv*3/2 {
+			t.Fatalf("pause %v outside [%v, %v)", d, iv/2, iv*3/2)
+		}
+		sum += d
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if mean := sum / n; mean < iv*95/100 || mean > iv*105/100 {
+		t.Fatalf("mean pause %v, want about %v", mean, iv)
+	}
+	// Spread over the whole range, not one value: 20,000 uniform draws
+	// leave no gap of a tenth of it at either end.
+	if lo > iv/2+iv/10 || hi < iv*3/2-iv/10 {
+		t.Fatalf("pauses only in [%v, %v]", lo, hi)
+	}
+	for _, iv := range []time.Duration{0, -time.Second} {
+		if d := AckPause(iv); d != 0 {
+			t.Fatalf("AckPause(%v) = %v, want 0", iv, d)
+		}
+	}
+}
+
 // TestSendRefusedWhenOutboxFull: an offline device's Send stores up to
 // Config.MaxOutbox messages; the next fails with ErrOutboxFull and stores
 // nothing; a reopened client still holds the ones it accepted.

@@ -270,8 +270,8 @@ func (s *session) acker() {
 				_, err := p.await(s.ctx)
 				defer func() {
 					// Entries stored meanwhile are acked no earlier than
-					// AckInterval after this ack.
-					if d := s.c.cfg.AckInterval - time.Since(sentAt); d > 0 {
+					// AckPause(AckInterval) after this ack.
+					if d := AckPause(s.c.cfg.AckInterval) - time.Since(sentAt); d > 0 {
 						t := time.NewTimer(d)
 						select {
 						case <-t.C:

@@ -39,10 +39,11 @@ type Chatmesh struct {
 	// answered the last, for everything received meanwhile). false sends
 	// none.
 	Acks bool
-	// AckInterval is the least time between two acks of one conversation
-	// by one device, as the SDK's client.Config.AckInterval (whose default,
-	// 250 ms, a zero here also means); negative: none (the next ack goes
-	// as soon as the last is answered).
+	// AckInterval is the mean pause between two acks of one conversation
+	// by one device, drawn as the SDK draws it (client.AckPause: from half
+	// of it to one and a half times it) for client.Config.AckInterval
+	// (whose default, 250 ms, a zero here also means); negative: none (the
+	// next ack goes as soon as the last is answered).
 	AckInterval time.Duration
 	// Ordered makes each send name the device's previous send to the
 	// same conversation (after_client_msg_id, PROTOCOL.md §7.1.2), as the
@@ -331,7 +332,7 @@ func (c *cmConn) ack(conv string, seq uint64) {
 			c.ackMu.Unlock()
 			c.ack(conv, want)
 		}
-		if d := interval - time.Since(sentAt); d > 0 {
+		if d := client.AckPause(interval) - time.Since(sentAt); d > 0 {
 			time.AfterFunc(d, next)
 			return
 		}
