@@ -213,6 +213,16 @@ func TestConvStateApplyAndCursors(t *testing.T) {
 	if _, _, err := st.PlanCursor(DeviceKey{"mallory", 1}, CursorRead, 1); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("outsider cursor: %v", err)
 	}
+	// Several entries by the same senders, and the acker's own: each
+	// other sender once, sorted.
+	h := st.Conv.Head
+	for i, u := range []string{"ivy", "bob", "alice", "ivy", "bob"} {
+		st.Apply(AppendRequest{}, &pb.Message{Seq: h + uint64(i) + 1, Kind: pb.MessageKind_MESSAGE_KIND_USER, Sender: &pb.DeviceAddr{UserId: u, DeviceId: 1}})
+	}
+	mv, ok, _ = st.PlanCursor(alice, CursorDelivered, h+5)
+	if s, complete := st.ReceiptSenders(mv); !ok || !complete || !slices.Equal(s, []string{"bob", "ivy"}) {
+		t.Fatalf("senders of repeated entries: %v %v", s, complete)
+	}
 }
 
 // TestGroupIDVector pins the creator binding of PROTOCOL.md §7.5 so a

@@ -1,6 +1,7 @@
 package region
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -118,5 +119,34 @@ func TestResolveFanSharedAndMixedLists(t *testing.T) {
 	}
 	if !slices.Equal(shared, users) {
 		t.Fatalf("the shared list was modified: %v", shared)
+	}
+
+	// A long sorted list addressed by one intent (a group's one message in
+	// a batch of receipts) is read on its own, the small lists together:
+	// two route reads, and each intent still gets exactly its devices.
+	long := slices.Clone(users)
+	for i := range ownReadUsers {
+		long = append(long, fmt.Sprintf("z%03d", i)) // members without routes
+	}
+	cs := &orderStore{Store: st}
+	rc := batchRegion(t, cs)
+	b = newBatch(cs)
+	b.fanDelivery(&pb.Message{ConvId: "d:b:c", Seq: 1}, []string{"c", "b"})
+	b.fanDelivery(&pb.Message{ConvId: "g:l", Seq: 2}, long)
+	b.fanDelivery(&pb.Message{ConvId: "g:y", Seq: 3}, []string{"d"})
+	recs, err = rc.resolveFan(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = map[uint64]map[string][]string{
+		1: {"e1": {"b.1", "c.2"}, "e2": {"b.2", "c.1"}},
+		2: everyone,
+		3: {"e1": {"d.1"}, "e2": {"d.2"}},
+	}
+	if got := decode(recs); !reflect.DeepEqual(got, want) {
+		t.Fatalf("a long list among small ones:\n got %v\nwant %v", got, want)
+	}
+	if n := cs.routeReads.Load(); n != 2 {
+		t.Fatalf("%d route reads, want 2 (the long list, then the rest)", n)
 	}
 }

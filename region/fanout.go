@@ -41,8 +41,9 @@ func (b *batch) fanFrame(users []string, frame *pb.ServerFrame, counter *atomic.
 // routesChunk bounds the users of one Routes read.
 const routesChunk = 1000
 
-// resolveFan reads the routes of every user the batch's intents address,
-// once each and after the batch's entries are committed, and returns the
+// resolveFan reads the routes of every user the batch's intents address
+// (a long or shared list once, the other users once each), after the
+// batch's entries are committed, and returns the
 // batch's outputs with the intents' records (one per edge hosting an
 // online device) in their places.
 //
@@ -56,46 +57,66 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 	if len(b.fan) == 0 {
 		return b.out, nil
 	}
-	// One list for every intent (a group's messages share the state's
-	// sorted member list, ConvState.MembersAt): its routes, read in user
-	// order, are every intent's, and no set or per-user index is built.
-	one := b.fan[0].users
-	for _, f := range b.fan[1:] {
-		if !sameList(f.users, one) {
-			one = nil
-			break
+	// A list that is sorted, unique, and either addresses several intents
+	// (a group's messages share the state's sorted member list,
+	// ConvState.MembersAt, by identity) or is long (a group's one message
+	// among the receipts and answers of a batch of acks) is read on its
+	// own: its routes, in user order, are its intents', with no set or
+	// per-user index over its users. The other intents' users (receipts
+	// to a few senders, 1:1 pairs) are read together and indexed by user.
+	counts := map[listKey]int{}
+	for _, f := range b.fan {
+		if len(f.users) > 0 {
+			counts[keyOf(f.users)]++
 		}
 	}
-	if one != nil && !sortedUnique(one) {
-		one = nil
+	type listRoutes struct {
+		users  []string
+		routes []core.Route
 	}
-	users := one
-	if one == nil {
-		want := map[string]bool{}
-		for _, f := range b.fan {
-			for _, u := range f.users {
-				if !want[u] {
-					want[u] = true
-					users = append(users, u)
+	var lists []listRoutes
+	listOf := map[listKey]int{} // index in lists, or -1: read with the rest
+	which := make([]int, len(b.fan))
+	var rest []string
+	inRest := map[string]bool{}
+	for i, f := range b.fan {
+		which[i] = -1
+		if len(f.users) == 0 {
+			continue
+		}
+		k := keyOf(f.users)
+		j, seen := listOf[k]
+		if !seen {
+			j = -1
+			if (counts[k] > 1 || len(f.users) >= ownReadUsers) && sortedUnique(f.users) {
+				j = len(lists)
+				lists = append(lists, listRoutes{users: f.users})
+			} else {
+				for _, u := range f.users {
+					if !inRest[u] {
+						inRest[u] = true
+						rest = append(rest, u)
+					}
 				}
 			}
+			listOf[k] = j
 		}
-		slices.Sort(users)
+		which[i] = j
 	}
-	var all []core.Route
-	for len(users) > 0 {
-		n := min(len(users), routesChunk)
-		routes, err := r.store.Routes(ctx, users[:n])
+	for j := range lists {
+		routes, err := r.readRoutes(ctx, lists[j].users)
 		if err != nil {
-			return nil, fmt.Errorf("fanout: routes: %w", err)
+			return nil, err
 		}
-		all = append(all, routes...)
-		users = users[n:]
+		lists[j].routes = uniqueDevices(routes) // once for every intent of the list
 	}
 	var byUser map[string][]core.Route
-	if one != nil {
-		all = uniqueDevices(all) // once for every intent of the batch
-	} else {
+	if len(rest) > 0 {
+		slices.Sort(rest)
+		all, err := r.readRoutes(ctx, rest)
+		if err != nil {
+			return nil, err
+		}
 		byUser = make(map[string][]core.Route)
 		for _, rt := range all {
 			byUser[rt.Device.User] = append(byUser[rt.Device.User], rt)
@@ -103,12 +124,13 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 	}
 	out := make([]core.BusRecord, 0, len(b.out)+len(b.fan))
 	next := 0
-	for _, f := range b.fan {
+	for i, f := range b.fan {
 		out = append(out, b.out[next:f.at]...)
 		next = f.at
-		routes := all
-		if byUser != nil {
-			routes = nil
+		var routes []core.Route
+		if j := which[i]; j >= 0 {
+			routes = lists[j].routes
+		} else {
 			for _, u := range f.users {
 				routes = append(routes, byUser[u]...)
 			}
@@ -129,9 +151,38 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 	return append(out, b.out[next:]...), nil
 }
 
-// sameList reports whether a and b are the same slice (not merely equal).
-func sameList(a, b []string) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+// ownReadUsers is the length from which a sorted list is read on its own
+// even when one intent addresses it (resolveFan).
+const ownReadUsers = 32
+
+// listKey identifies a user list by its backing array and length.
+type listKey struct {
+	first *string
+	n     int
+}
+
+func keyOf(users []string) listKey { return listKey{&users[0], len(users)} }
+
+// readRoutes reads the routes of users, routesChunk users at a time.
+func (r *Region) readRoutes(ctx context.Context, users []string) ([]core.Route, error) {
+	if len(users) <= routesChunk {
+		routes, err := r.store.Routes(ctx, users)
+		if err != nil {
+			return nil, fmt.Errorf("fanout: routes: %w", err)
+		}
+		return routes, nil
+	}
+	var all []core.Route
+	for len(users) > 0 {
+		n := min(len(users), routesChunk)
+		routes, err := r.store.Routes(ctx, users[:n])
+		if err != nil {
+			return nil, fmt.Errorf("fanout: routes: %w", err)
+		}
+		all = append(all, routes...)
+		users = users[n:]
+	}
+	return all, nil
 }
 
 // sortedUnique reports whether users is strictly increasing.
