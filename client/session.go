@@ -153,9 +153,16 @@ func (p *pendingCall) await(ctx context.Context) (*pb.Response, error) {
 }
 
 // read is the session's reader loop; it returns why the session ended.
+// The session's end (its context) closes the connection, which ends the
+// read: one registration with the context per session, where a
+// cancellable context handed to every read makes the WebSocket library
+// register (and unregister) a callback per received frame.
 func (s *session) read() error {
+	stop := context.AfterFunc(s.ctx, func() { _ = s.nc.Close() })
+	defer stop()
+	rctx := context.WithoutCancel(s.ctx)
 	for {
-		b, err := s.nc.Recv(s.ctx)
+		b, err := s.nc.Recv(rctx)
 		if err != nil {
 			s.mu.Lock()
 			d := s.disc
