@@ -57,51 +57,53 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 	if len(b.fan) == 0 {
 		return b.out, nil
 	}
-	// A list that is sorted, unique, and either addresses several intents
-	// (a group's messages share the state's sorted member list,
-	// ConvState.MembersAt, by identity) or is long (a group's one message
-	// among the receipts and answers of a batch of acks) is read on its
-	// own: its routes, in user order, are its intents', with no set or
-	// per-user index over its users. The other intents' users (receipts
-	// to a few senders, 1:1 pairs) are read together and indexed by user.
-	counts := map[listKey]int{}
-	for _, f := range b.fan {
-		if len(f.users) > 0 {
-			counts[keyOf(f.users)]++
+	// A list that is sorted, unique, and either long (a group's members)
+	// or addressed by every intent of the batch (a small group's messages
+	// share the state's sorted member list, ConvState.MembersAt, by
+	// identity) is read on its own: its routes, in user order, are its
+	// intents', with no set or per-user index over its users — also when
+	// the batch mixes a group's message with its members' receipts and
+	// answers. The other intents' users (receipts to a few senders, 1:1
+	// pairs) are read together and indexed by user.
+	allShare := sortedUnique(b.fan[0].users)
+	for _, f := range b.fan[1:] {
+		if !allShare {
+			break
 		}
+		allShare = sameList(f.users, b.fan[0].users)
 	}
 	type listRoutes struct {
 		users  []string
 		routes []core.Route
 	}
 	var lists []listRoutes
-	listOf := map[listKey]int{} // index in lists, or -1: read with the rest
-	which := make([]int, len(b.fan))
+	which := make([]int, len(b.fan)) // index in lists, or -1: read with the rest
 	var rest []string
-	inRest := map[string]bool{}
+	var inRest map[string]bool
 	for i, f := range b.fan {
 		which[i] = -1
 		if len(f.users) == 0 {
 			continue
 		}
-		k := keyOf(f.users)
-		j, seen := listOf[k]
-		if !seen {
-			j = -1
-			if (counts[k] > 1 || len(f.users) >= ownReadUsers) && sortedUnique(f.users) {
+		if allShare || len(f.users) >= ownReadUsers {
+			j := slices.IndexFunc(lists, func(l listRoutes) bool { return sameList(l.users, f.users) })
+			if j < 0 && sortedUnique(f.users) {
 				j = len(lists)
 				lists = append(lists, listRoutes{users: f.users})
-			} else {
-				for _, u := range f.users {
-					if !inRest[u] {
-						inRest[u] = true
-						rest = append(rest, u)
-					}
-				}
 			}
-			listOf[k] = j
+			if which[i] = j; j >= 0 {
+				continue
+			}
 		}
-		which[i] = j
+		if inRest == nil {
+			inRest = map[string]bool{}
+		}
+		for _, u := range f.users {
+			if !inRest[u] {
+				inRest[u] = true
+				rest = append(rest, u)
+			}
+		}
 	}
 	for j := range lists {
 		routes, err := r.readRoutes(ctx, lists[j].users)
@@ -152,16 +154,13 @@ func (r *Region) resolveFan(ctx context.Context, b *batch) ([]core.BusRecord, er
 }
 
 // ownReadUsers is the length from which a sorted list is read on its own
-// even when one intent addresses it (resolveFan).
+// in a batch whose intents address different lists (resolveFan).
 const ownReadUsers = 32
 
-// listKey identifies a user list by its backing array and length.
-type listKey struct {
-	first *string
-	n     int
+// sameList reports whether a and b are the same slice (not merely equal).
+func sameList(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
-
-func keyOf(users []string) listKey { return listKey{&users[0], len(users)} }
 
 // readRoutes reads the routes of users, routesChunk users at a time.
 func (r *Region) readRoutes(ctx context.Context, users []string) ([]core.Route, error) {
