@@ -151,9 +151,9 @@ const DefaultAckInterval = 250 * time.Millisecond
 // uniformly from [interval/2, 3·interval/2), so interval on average; 0
 // for an interval ≤ 0 (no pause). The spread keeps the members of a busy
 // group, who receive each message at the same moment, from acking in
-// step: 500 members acking together every 250 ms arrive at the
-// conversation's region as one burst of 500 ingress records, which every
-// message behind it waits for (README, *Measured*).
+// step: members acking together every 250 ms arrive at the
+// conversation's region as one burst of up to one ingress record per
+// member, which every message behind it waits for (README, *Measured*).
 func AckPause(interval time.Duration) time.Duration {
 	if interval <= 0 {
 		return 0

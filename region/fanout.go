@@ -164,19 +164,15 @@ func sameList(a, b []string) bool {
 
 // readRoutes reads the routes of users, routesChunk users at a time.
 func (r *Region) readRoutes(ctx context.Context, users []string) ([]core.Route, error) {
-	if len(users) <= routesChunk {
-		routes, err := r.store.Routes(ctx, users)
-		if err != nil {
-			return nil, fmt.Errorf("fanout: routes: %w", err)
-		}
-		return routes, nil
-	}
 	var all []core.Route
 	for len(users) > 0 {
 		n := min(len(users), routesChunk)
 		routes, err := r.store.Routes(ctx, users[:n])
 		if err != nil {
 			return nil, fmt.Errorf("fanout: routes: %w", err)
+		}
+		if all == nil && n == len(users) {
+			return routes, nil // one chunk: the store's slice as it is
 		}
 		all = append(all, routes...)
 		users = users[n:]
