@@ -225,6 +225,61 @@ func TestConvStateApplyAndCursors(t *testing.T) {
 	}
 }
 
+// The recent-senders window covers at least recentMax user entries once
+// that many were applied, answers a move inside it without a scan, and
+// says so when a move reaches before it. A direct conversation keeps none.
+func TestConvStateRecentWindow(t *testing.T) {
+	st := groupState([]string{"alice"}, []string{"bob", "ivy"}, nil)
+	h := st.Conv.Head
+	alice := DeviceKey{"alice", 1}
+	st.Cursors[alice] = Cursor{Conv: "g:x", Device: alice, Delivered: h}
+	const n = 2*recentMax + 37 // past two trims
+	for i := uint64(1); i <= n; i++ {
+		u := "bob"
+		if i == n-recentMax+1 {
+			u = "ivy" // the oldest entry a full window must still hold
+		}
+		st.Apply(AppendRequest{}, &pb.Message{Seq: h + i, Kind: pb.MessageKind_MESSAGE_KIND_USER, Sender: &pb.DeviceAddr{UserId: u, DeviceId: 1}})
+		if len(st.recent) > 2*recentMax {
+			t.Fatalf("window grew to %d entries", len(st.recent))
+		}
+		if from := h + max(i, recentMax) - recentMax; !complete(st, alice, from, h+i) {
+			t.Fatalf("after %d entries, a move over the last %d was not answered from the window", i, h+i-from)
+		}
+	}
+	at := func(from, seq uint64) ([]string, bool) {
+		return st.ReceiptSenders(CursorMove{Conv: "g:x", Dev: alice, Kind: CursorDelivered, From: from, Seq: seq})
+	}
+	if s, complete := at(h+n-recentMax, h+n); !complete || !slices.Equal(s, []string{"bob", "ivy"}) {
+		t.Fatalf("a move over the last %d entries: %v complete=%v", recentMax, s, complete)
+	}
+	if s, complete := at(h+n-recentMax+1, h+n); !complete || !slices.Equal(s, []string{"bob"}) {
+		t.Fatalf("a move after ivy's entry: %v complete=%v", s, complete)
+	}
+	if s, complete := at(h+n-recentMax-1, h+n-recentMax+1); !complete || !slices.Equal(s, []string{"bob", "ivy"}) {
+		t.Fatalf("a move ending at ivy's entry: %v complete=%v", s, complete)
+	}
+	if _, complete := at(h, h+n); complete {
+		t.Fatal("a move from before the window claimed to be complete")
+	}
+	d := NewConvState(Conversation{ID: DirectConvID("alice", "bob"), Kind: pb.ConversationKind_CONVERSATION_KIND_DIRECT, Head: 1},
+		[]Member{{User: "alice", JoinedSeq: 1}, {User: "bob", JoinedSeq: 1}}, nil)
+	for i := uint64(2); i < 100; i++ {
+		d.Apply(AppendRequest{}, &pb.Message{Seq: i, Kind: pb.MessageKind_MESSAGE_KIND_USER, Sender: &pb.DeviceAddr{UserId: "bob", DeviceId: 1}})
+	}
+	if len(d.recent) != 0 {
+		t.Fatalf("a direct conversation kept %d recent entries", len(d.recent))
+	}
+	if s, complete := d.ReceiptSenders(CursorMove{Conv: d.Conv.ID, Dev: alice, From: 1, Seq: 99}); !complete || !slices.Equal(s, []string{"bob"}) {
+		t.Fatalf("direct receipt: %v %v", s, complete)
+	}
+}
+
+func complete(st *ConvState, dev DeviceKey, from, seq uint64) bool {
+	_, ok := st.ReceiptSenders(CursorMove{Conv: st.Conv.ID, Dev: dev, Kind: CursorDelivered, From: from, Seq: seq})
+	return ok
+}
+
 // TestGroupIDVector pins the creator binding of PROTOCOL.md §7.5 so a
 // second implementation can check its own.
 func TestGroupIDVector(t *testing.T) {

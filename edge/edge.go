@@ -315,11 +315,11 @@ type Edge struct {
 	ctx    context.Context // lives from Start to Shutdown
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // consumers, servers, sessions
-	// drainWork hands a session with frames to send to an idle drain
-	// goroutine (outqueue.go); unbuffered: a send succeeds only when one
-	// waits. drainers counts those goroutines; Shutdown waits for them
-	// once every session has finished (no drain starts after that).
-	drainWork chan *session
+	// drainPool hands a session with frames to send to an idle drain
+	// goroutine (outqueue.go). drainers counts those goroutines; Shutdown
+	// waits for them once every session has finished (no drain starts
+	// after that).
+	drainPool drainPool
 	drainers  sync.WaitGroup
 
 	mu        sync.Mutex
@@ -383,18 +383,17 @@ func New(cfg Config, be Backend, bus core.Bus) (*Edge, error) {
 	}
 	e := &Edge{
 		cfg: cfg, be: be, bus: bus, log: cfg.Logger.With("edge", cfg.ID), hello: hello,
-		adm:       newAdmission(cfg.Admission),
-		live:      map[*session]struct{}{},
-		sessions:  map[uint64]*session{},
-		byDevice:  map[core.DeviceKey]*session{},
-		devLocks:  map[core.DeviceKey]*devLock{},
-		subs:      map[string]map[*session]struct{}{},
-		perIP:     map[string]int{},
-		shutDone:  make(chan struct{}),
-		drainWork: make(chan *session),
-		conns:     newConnLimiter(cfg.MaxConns, cfg.MaxAcceptPerIP),
-		failed:    make(chan error, 2),
-		stages:    newStages(cfg.ID),
+		adm:      newAdmission(cfg.Admission),
+		live:     map[*session]struct{}{},
+		sessions: map[uint64]*session{},
+		byDevice: map[core.DeviceKey]*session{},
+		devLocks: map[core.DeviceKey]*devLock{},
+		subs:     map[string]map[*session]struct{}{},
+		perIP:    map[string]int{},
+		shutDone: make(chan struct{}),
+		conns:    newConnLimiter(cfg.MaxConns, cfg.MaxAcceptPerIP),
+		failed:   make(chan error, 2),
+		stages:   newStages(cfg.ID),
 	}
 	e.tls = cfg.TLSConfig
 	if e.tls == nil {
@@ -525,6 +524,8 @@ func (e *Edge) start(ctx context.Context) error {
 		return fmt.Errorf("edge: edge started: %w", err)
 	}
 	e.wg.Go(e.sweepIdle)
+	e.drainPool.open()
+	e.wg.Go(e.retireDrainers)
 	if e.cfg.Ready != nil {
 		// Serving until the region has been not ready for the grace.
 		e.wg.Go(e.watchReady)

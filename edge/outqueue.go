@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -30,21 +31,21 @@ import (
 // batch already being written completes first) and closes the transport.
 //
 // A drain runs on a goroutine that, once its session's queue is empty,
-// waits up to drainIdle for another session that needs one (Edge.drainWork)
-// before it exits. A new goroutine starts small and grows its stack on its
-// way into encryption and the socket write; under a stream of pushes that
-// growth, per burst, was 9% of the server's CPU in the 500-member group
-// benchmark. Reused goroutines keep their grown stacks (until a garbage
-// collection shrinks one that waits). A drain is handed
-// only to a goroutine already waiting, never queued behind a busy one, so
-// a client that does not read holds up only its own drain; an idle edge
-// keeps no drain goroutines.
+// waits for another session that needs one (drainPool) and exits after
+// one to two drainIdle without any. A new goroutine starts small and
+// grows its stack on its way into encryption and the socket write; under
+// a stream of pushes that growth, per burst, was 9% of the server's CPU
+// in the 500-member group benchmark. Reused goroutines keep their grown
+// stacks (until a garbage collection shrinks one that waits). A drain is
+// handed only to a goroutine already waiting, never queued behind a busy
+// one, so a client that does not read holds up only its own drain; an
+// idle edge keeps no drain goroutines.
 
 const (
 	maxBatchFrames = 64
 	maxBatchBytes  = 256 << 10
-	// drainIdle is how long a drain goroutine without work waits for
-	// another session's before it exits.
+	// drainIdle: a drain goroutine without work for between drainIdle
+	// and twice that exits.
 	drainIdle = time.Second
 )
 
@@ -115,35 +116,111 @@ func (s *session) kick() {
 // startDrain runs s.drain on a waiting drain goroutine, or on a new one
 // when none waits.
 func (s *session) startDrain() {
-	select {
-	case s.e.drainWork <- s:
-	default:
-		s.e.drainers.Go(func() { s.e.drainer(s) })
+	if d := s.e.drainPool.take(); d != nil {
+		d.work <- s // capacity 1, and nothing else sends to an idle slot
+		return
+	}
+	s.e.drainers.Go(func() { s.e.drainer(s) })
+}
+
+// drainer drains s, then the sessions handed to it, until the pool
+// retires it or the edge stops.
+func (e *Edge) drainer(s *session) {
+	var d *drainSlot
+	for s != nil {
+		s.drain()
+		s = nil // do not keep the session reachable while waiting
+		if d == nil {
+			d = &drainSlot{work: make(chan *session, 1)}
+		}
+		if !e.drainPool.park(d) {
+			return
+		}
+		s = <-d.work
 	}
 }
 
-// drainer drains s, then the sessions handed to it, until none comes for
-// drainIdle or the edge stops.
-func (e *Edge) drainer(s *session) {
-	var stop <-chan struct{}
-	if e.ctx != nil {
-		stop = e.ctx.Done()
+// drainPool holds the drain goroutines that wait for work, each on its
+// own channel. A pool is a mutex and a stack rather than one shared
+// channel that waiters select on together with a timer and the edge's
+// context: in the 500-member group benchmark (100,000 drains a second)
+// that select and its timer were 7% of the server's CPU. Instead, one
+// goroutine (retireDrainers) ticks every drainIdle and retires the
+// goroutines that have waited since before the previous tick.
+type drainPool struct {
+	mu      sync.Mutex
+	idle    []*drainSlot // parked, in the order they parked (ticks ascending)
+	tick    uint64
+	opened  bool // retireDrainers runs: goroutines may park
+	stopped bool // the edge stopped: none parks again
+}
+
+type drainSlot struct {
+	work   chan *session // capacity 1; nil: exit
+	parked uint64        // the pool's tick when it parked
+}
+
+func (p *drainPool) open() {
+	p.mu.Lock()
+	p.opened = true
+	p.mu.Unlock()
+}
+
+// take removes the most recently parked slot (its goroutine's stack is
+// the likeliest to be warm), or returns nil.
+func (p *drainPool) take() *drainSlot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.idle)
+	if n == 0 {
+		return nil
 	}
-	var t *time.Timer
+	d := p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	return d
+}
+
+// park adds d to the idle slots; false: its goroutine must exit.
+func (p *drainPool) park(d *drainSlot) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.opened || p.stopped {
+		return false
+	}
+	d.parked = p.tick
+	p.idle = append(p.idle, d)
+	return true
+}
+
+// retire tells the slots parked before the previous tick (idle for
+// between drainIdle and twice that) to exit; with all, every slot.
+func (p *drainPool) retire(all bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tick++
+	n := 0
+	for n < len(p.idle) && (all || p.idle[n].parked+2 <= p.tick) {
+		p.idle[n].work <- nil
+		n++
+	}
+	p.idle = slices.Delete(p.idle, 0, n)
+	if all {
+		p.stopped = true
+	}
+}
+
+// retireDrainers retires idle drain goroutines every drainIdle, and all
+// of them when the edge stops.
+func (e *Edge) retireDrainers() {
+	t := time.NewTicker(drainIdle)
+	defer t.Stop()
 	for {
-		s.drain()
-		s = nil // do not keep the session reachable while waiting
-		if t == nil {
-			t = time.NewTimer(drainIdle)
-		} else {
-			t.Reset(drainIdle)
-		}
 		select {
-		case s = <-e.drainWork:
 		case <-t.C:
-			return
-		case <-stop:
-			t.Stop()
+			e.drainPool.retire(false)
+		case <-e.ctx.Done():
+			e.drainPool.retire(true)
 			return
 		}
 	}

@@ -526,3 +526,55 @@ func TestCorkWriterWithLibraryPongs(t *testing.T) {
 	}
 	t.Logf("%d messages, %d pongs", got, pongs)
 }
+
+// TestDrainPool: the most recently parked goroutine is handed work first;
+// one idle since before the previous tick is retired (told to exit), one
+// parked since is not; when the edge stops, every idle one is retired and
+// none parks again.
+func TestDrainPool(t *testing.T) {
+	var p drainPool
+	slot := func() *drainSlot { return &drainSlot{work: make(chan *session, 1)} }
+	if p.park(slot()) {
+		t.Fatal("parked before the pool opened (no retirer runs)")
+	}
+	p.open()
+	d1, d2, d3 := slot(), slot(), slot()
+	if !p.park(d1) || !p.park(d2) {
+		t.Fatal("park refused")
+	}
+	if got := p.take(); got != d2 {
+		t.Fatal("take did not return the most recently parked slot")
+	}
+	p.park(d2)
+	p.retire(false) // tick 1: d1 and d2 waited less than a full tick
+	if len(p.idle) != 2 {
+		t.Fatalf("%d idle after the first tick, want 2", len(p.idle))
+	}
+	p.park(d3)
+	p.retire(false) // tick 2: d1 and d2 idle for a whole tick, d3 not
+	for _, d := range []*drainSlot{d1, d2} {
+		select {
+		case s := <-d.work:
+			if s != nil {
+				t.Fatal("retired with a session")
+			}
+		default:
+			t.Fatal("a slot idle for a whole tick was not retired")
+		}
+	}
+	if len(p.idle) != 1 || p.idle[0] != d3 || len(d3.work) != 0 {
+		t.Fatalf("idle %d, want only the slot parked after the first tick", len(p.idle))
+	}
+	p.retire(true)
+	select {
+	case s := <-d3.work:
+		if s != nil || len(p.idle) != 0 {
+			t.Fatal("stop handed work or kept idle slots")
+		}
+	default:
+		t.Fatal("stop did not retire every idle slot")
+	}
+	if p.park(slot()) || p.take() != nil {
+		t.Fatal("a slot parked or was taken after the edge stopped")
+	}
+}
