@@ -15,6 +15,7 @@ const (
 	edgeRecordTargets   = 1
 	edgeRecordSessionID = 2
 	edgeRecordFrame     = 3
+	edgeRecordBundle    = 4
 	deviceAddrUser      = 1
 	deviceAddrDevice    = 2
 )
@@ -72,20 +73,56 @@ func deviceAddrSize(t DeviceKey) int {
 // Targets cannot fail.
 type EdgeRecordView struct {
 	raw       []byte
+	targets   int
 	SessionID uint64
 	// Frame is the encoded pb.ServerFrame; HasFrame tells an empty frame
 	// from none. It aliases the record unless the record split the frame
 	// into several fields (which proto merges: here, concatenated).
 	Frame    []byte
 	HasFrame bool
+	// Bundle holds the encoded records a bundle carries, in order
+	// (aliasing the record); each is read with ParseBundled.
+	Bundle [][]byte
 }
 
 // ParseEdgeRecord reads b as proto.Unmarshal would read a pb.EdgeRecord
 // (the last session_id wins, several frame fields merge — each must be
-// well-formed by itself —, unknown fields
-// are skipped, a target's user id must be UTF-8) without decoding the
-// frame.
+// well-formed by itself —, unknown fields are skipped, a target's user id
+// must be UTF-8) without decoding the frame. A bundle's records are
+// returned as they are (Bundle), for ParseBundled; a record with a bundle
+// and a frame, session or targets of its own is refused.
 func ParseEdgeRecord(b []byte) (EdgeRecordView, error) {
+	v, err := parseEdgeRecord(b)
+	if err == nil && len(v.Bundle) > 0 && (v.HasFrame || v.SessionID != 0 || v.targets > 0) {
+		return EdgeRecordView{}, fmt.Errorf("%w: a bundle with a frame, session or targets of its own", ErrBadEdgeRecord)
+	}
+	return v, err
+}
+
+// ParseBundled is ParseEdgeRecord for a record of a bundle, which must
+// not carry a bundle itself.
+func ParseBundled(b []byte) (EdgeRecordView, error) {
+	v, err := parseEdgeRecord(b)
+	if err == nil && len(v.Bundle) > 0 {
+		return EdgeRecordView{}, fmt.Errorf("%w: a bundle inside a bundle", ErrBadEdgeRecord)
+	}
+	return v, err
+}
+
+// AppendBundled appends rec, an encoded pb.EdgeRecord, to b as one more
+// record of a bundle (pb.EdgeRecord.bundle): b, the encoding of a bundle
+// so far, stays one.
+func AppendBundled(b, rec []byte) []byte {
+	b = protowire.AppendTag(b, edgeRecordBundle, protowire.BytesType)
+	return protowire.AppendBytes(b, rec)
+}
+
+// BundledSize is what AppendBundled adds for a record of n bytes.
+func BundledSize(n int) int {
+	return protowire.SizeTag(edgeRecordBundle) + protowire.SizeBytes(n)
+}
+
+func parseEdgeRecord(b []byte) (EdgeRecordView, error) {
 	v := EdgeRecordView{raw: b}
 	frames := 0
 	for rest := b; len(rest) > 0; {
@@ -103,6 +140,7 @@ func ParseEdgeRecord(b []byte) (EdgeRecordView, error) {
 			if _, _, err := parseDeviceAddr(t); err != nil {
 				return EdgeRecordView{}, err
 			}
+			v.targets++
 			rest = rest[m:]
 		case num == edgeRecordSessionID && typ == protowire.VarintType:
 			id, m := protowire.ConsumeVarint(rest)
@@ -134,6 +172,12 @@ func ParseEdgeRecord(b []byte) (EdgeRecordView, error) {
 				v.Frame = append(v.Frame, f...) // a copy from the second on
 			}
 			v.HasFrame, rest = true, rest[m:]
+		case num == edgeRecordBundle && typ == protowire.BytesType:
+			r, m := protowire.ConsumeBytes(rest)
+			if m < 0 {
+				return EdgeRecordView{}, fmt.Errorf("%w: bundle: %w", ErrBadEdgeRecord, protowire.ParseError(m))
+			}
+			v.Bundle, rest = append(v.Bundle, r), rest[m:]
 		default:
 			m := protowire.ConsumeFieldValue(num, typ, rest)
 			if m < 0 {

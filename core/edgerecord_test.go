@@ -14,12 +14,32 @@ import (
 )
 
 // viewOf is what ParseEdgeRecord makes of b, in pb form, its frame
-// decoded as the edge does next.
+// decoded as the edge does next, and each record of a bundle read with
+// ParseBundled the same way.
 func viewOf(b []byte) (*pb.EdgeRecord, error) {
 	v, err := ParseEdgeRecord(b)
 	if err != nil {
 		return nil, err
 	}
+	out, err := pbOf(v)
+	if err != nil {
+		return nil, err
+	}
+	for _, rb := range v.Bundle {
+		bv, err := ParseBundled(rb)
+		if err != nil {
+			return nil, err
+		}
+		in, err := pbOf(bv)
+		if err != nil {
+			return nil, err
+		}
+		out.Bundle = append(out.Bundle, in)
+	}
+	return out, nil
+}
+
+func pbOf(v EdgeRecordView) (*pb.EdgeRecord, error) {
 	out := &pb.EdgeRecord{SessionId: v.SessionID}
 	v.Targets(func(user []byte, dev uint32) bool {
 		out.Targets = append(out.Targets, &pb.DeviceAddr{UserId: string(user), DeviceId: dev})
@@ -40,7 +60,28 @@ func known(m *pb.EdgeRecord) *pb.EdgeRecord {
 	for _, a := range m.GetTargets() {
 		out.Targets = append(out.Targets, &pb.DeviceAddr{UserId: a.GetUserId(), DeviceId: a.GetDeviceId()})
 	}
+	for _, in := range m.GetBundle() {
+		out.Bundle = append(out.Bundle, known(in))
+	}
 	return out
+}
+
+// stricter says whether m breaks a bundle rule proto does not know: a
+// bundle with a frame, session or targets of its own, or a bundle inside
+// a bundle. ParseEdgeRecord refuses those; proto takes them.
+func stricter(m *pb.EdgeRecord) bool {
+	if len(m.GetBundle()) == 0 {
+		return false
+	}
+	if m.Frame != nil || m.GetSessionId() != 0 || len(m.GetTargets()) > 0 {
+		return true
+	}
+	for _, in := range m.GetBundle() {
+		if len(in.GetBundle()) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func randKey(r *rand.Rand) DeviceKey {
@@ -146,23 +187,87 @@ func TestParseEdgeRecordAsProto(t *testing.T) {
 	}
 }
 
-// FuzzParseEdgeRecord: ParseEdgeRecord takes exactly the bytes
-// proto.Unmarshal takes as a pb.EdgeRecord, and reads them the same.
+// FuzzParseEdgeRecord: ParseEdgeRecord (with ParseBundled for a
+// bundle's records) takes exactly the bytes proto.Unmarshal takes as a
+// pb.EdgeRecord, but for the bundle rules proto does not know, and reads
+// them the same.
 func FuzzParseEdgeRecord(f *testing.F) {
 	fb, _ := proto.Marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: &pb.Message{ConvId: "g:x", Seq: 1}}})
-	f.Add(AppendEdgeRecord(nil, []DeviceKey{{"a", 1}, {"b", 2}}, fb))
+	one := AppendEdgeRecord(nil, []DeviceKey{{"a", 1}, {"b", 2}}, fb)
+	f.Add(one)
 	f.Add([]byte{0x10, 0x05, 0x1a, 0x00})
+	f.Add(AppendBundled(AppendBundled(nil, one), []byte{0x10, 0x05}))
+	f.Add(AppendBundled(one, one))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var want pb.EdgeRecord
 		perr := proto.Unmarshal(b, &want)
 		got, err := viewOf(b)
-		if (perr == nil) != (err == nil) {
-			t.Fatalf("proto: %v, ParseEdgeRecord: %v", perr, err)
+		if perr != nil && err == nil {
+			t.Fatalf("proto: %v, ParseEdgeRecord took it", perr)
+		}
+		if perr == nil && err != nil && !(errors.Is(err, ErrBadEdgeRecord) && stricter(&want)) {
+			t.Fatalf("proto took it, ParseEdgeRecord: %v", err)
 		}
 		if err == nil && !proto.Equal(got, known(&want)) {
 			t.Fatalf("parsed %v, proto %v", got, &want)
 		}
 	})
+}
+
+// TestEdgeBundle: AppendBundled's bytes are the pb.EdgeRecord whose
+// bundle holds the records, in order; a bundle with a frame, session or
+// targets of its own, and a bundle inside a bundle, are refused.
+func TestEdgeBundle(t *testing.T) {
+	frame := func(seq uint64) []byte {
+		b, _ := proto.Marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: &pb.Message{ConvId: "g:x", Seq: seq}}})
+		return b
+	}
+	want := &pb.EdgeRecord{}
+	var bundle []byte
+	for i := range 5 {
+		rec := AppendEdgeRecord(nil, []DeviceKey{{"a", uint32(i)}}, frame(uint64(i)))
+		if i == 3 {
+			rec = protowire.AppendVarint(protowire.AppendTag(rec, edgeRecordSessionID, protowire.VarintType), 9)
+		}
+		n := len(bundle)
+		bundle = AppendBundled(bundle, rec)
+		if len(bundle)-n != BundledSize(len(rec)) {
+			t.Fatalf("BundledSize(%d) = %d, AppendBundled added %d", len(rec), BundledSize(len(rec)), len(bundle)-n)
+		}
+		var in pb.EdgeRecord
+		if err := proto.Unmarshal(rec, &in); err != nil {
+			t.Fatal(err)
+		}
+		want.Bundle = append(want.Bundle, &in)
+	}
+	var p pb.EdgeRecord
+	if err := proto.Unmarshal(bundle, &p); err != nil || !proto.Equal(&p, want) {
+		t.Fatalf("proto reads %v (%v), want %v", &p, err, want)
+	}
+	got, err := viewOf(bundle)
+	if err != nil || !proto.Equal(got, want) {
+		t.Fatalf("parsed %v (%v), want %v", got, err, want)
+	}
+	one := AppendEdgeRecord(nil, []DeviceKey{{"a", 1}}, frame(1))
+	addr := protowire.AppendString(protowire.AppendTag(nil, deviceAddrUser, protowire.BytesType), "a")
+	target := protowire.AppendBytes(protowire.AppendTag(nil, edgeRecordTargets, protowire.BytesType), addr)
+	for name, b := range map[string][]byte{
+		"bundle and frame":   AppendBundled(one, one),
+		"bundle and session": AppendBundled(protowire.AppendVarint(protowire.AppendTag(nil, edgeRecordSessionID, protowire.VarintType), 4), one),
+		"bundle and target":  AppendBundled(target, one),
+	} {
+		if _, err := ParseEdgeRecord(b); !errors.Is(err, ErrBadEdgeRecord) {
+			t.Errorf("%s: %v, want ErrBadEdgeRecord", name, err)
+		}
+	}
+	nested := AppendBundled(nil, AppendBundled(nil, one))
+	v, err := ParseEdgeRecord(nested)
+	if err != nil || len(v.Bundle) != 1 {
+		t.Fatalf("the outer record of a nested bundle: %v", err)
+	}
+	if _, err := ParseBundled(v.Bundle[0]); !errors.Is(err, ErrBadEdgeRecord) {
+		t.Fatalf("a bundle inside a bundle: %v, want ErrBadEdgeRecord", err)
+	}
 }
 
 // TestEdgeRecordAtTheGroupLimit: the largest record a fan-out writes —

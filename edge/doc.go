@@ -57,7 +57,10 @@
 // stripped to the receiving device's own. The frame is encoded once per
 // record — its bytes are taken as they are from the EdgeRecord and shared
 // by every target's queue — and only a delivery with per-device
-// ciphertexts is encoded again per device. The edge topic has one
+// ciphertexts is encoded again per device. A record may be a bundle of
+// records (what one region batch has for this edge): they are handled in
+// order, each as a record of its own, a bad one skipped alone
+// (chatmesh_edge_edge_record_bundles_total counts bundles). The edge topic has one
 // partition, read by one consumer: per record it decodes once and appends
 // to the targets' queues, while encryption and socket writes run on the
 // sessions' drain goroutines, in parallel; so the one consumer keeps each

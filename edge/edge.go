@@ -280,20 +280,23 @@ type Stats struct {
 	IdleTimeouts       uint64
 	Replaced           uint64 // sessions closed because the device connected again
 	EdgeRecordsHandled uint64
-	PresenceHandled    uint64
-	LocateRequests     uint64 // GET /v1/locate requests received (Config.Locate set)
-	LocateLimited      uint64 // locate requests answered 429 (per-client budget)
-	NotServing         bool   // the edge refuses and closes sessions now: its region cannot sequence (Config.Ready)
-	NotReadyStops      uint64 // times the edge stopped serving (region not ready for NotReadyGrace)
-	NotReadyRefused    uint64 // connections refused because the edge was not serving
-	NotReadyClosed     uint64 // sessions ended because the edge stopped serving
+	// EdgeBundles counts the bundles among the edge-topic records
+	// consumed (each of their records counts in EdgeRecordsHandled).
+	EdgeBundles     uint64
+	PresenceHandled uint64
+	LocateRequests  uint64 // GET /v1/locate requests received (Config.Locate set)
+	LocateLimited   uint64 // locate requests answered 429 (per-client budget)
+	NotServing      bool   // the edge refuses and closes sessions now: its region cannot sequence (Config.Ready)
+	NotReadyStops   uint64 // times the edge stopped serving (region not ready for NotReadyGrace)
+	NotReadyRefused uint64 // connections refused because the edge was not serving
+	NotReadyClosed  uint64 // sessions ended because the edge stopped serving
 }
 
 type counters struct {
 	connections, rejectedPerIP, handshakeFailures                                       atomic.Uint64
 	sessions                                                                            atomic.Int64
 	framesIn, framesOut, writesOut, produced, produceErrors, rateLimited, typingDropped atomic.Uint64
-	malformed, tooLarge, slowClient, idle, replaced, edgeRecords, presence              atomic.Uint64
+	malformed, tooLarge, slowClient, idle, replaced, edgeRecords, edgeBundles, presence atomic.Uint64
 	tooLargeToSend, writeErrors                                                         atomic.Uint64
 	rejectedAtAccept, acceptErrors, listenerFailures                                    atomic.Uint64
 	locateRequests, locateLimited                                                       atomic.Uint64
@@ -432,7 +435,7 @@ func (e *Edge) Stats() Stats {
 		ProduceErrors: n.produceErrors.Load(), RateLimited: n.rateLimited.Load(),
 		TypingDropped: n.typingDropped.Load(), Malformed: n.malformed.Load(), TooLarge: n.tooLarge.Load(),
 		DroppedSlowClient: n.slowClient.Load(), IdleTimeouts: n.idle.Load(), Replaced: n.replaced.Load(),
-		EdgeRecordsHandled: n.edgeRecords.Load(), PresenceHandled: n.presence.Load(),
+		EdgeRecordsHandled: n.edgeRecords.Load(), EdgeBundles: n.edgeBundles.Load(), PresenceHandled: n.presence.Load(),
 		TooLargeToSend: n.tooLargeToSend.Load(), WriteErrors: n.writeErrors.Load(),
 		OpenConns: int64(e.conns.open()), RejectedAtAccept: n.rejectedAtAccept.Load(),
 		AcceptErrors: n.acceptErrors.Load(), ListenerFailures: n.listenerFailures.Load(),

@@ -216,6 +216,54 @@ func TestEdgeRecordRouting(t *testing.T) {
 	a1.ping()
 }
 
+// TestEdgeRecordBundle: the records of a bundle reach their sessions in
+// the bundle's order, as if each were a record of its own; a bad record
+// in a bundle (a bundle inside it, a frame that does not decode) is
+// skipped alone, and a bundle with a frame of its own is skipped whole.
+func TestEdgeRecordBundle(t *testing.T) {
+	v := newEnv(t, nil)
+	a1, dA1 := v.registered("ws", "alice")
+	b1, dB1 := v.registered("ws", "bob")
+	rtA1, _ := v.be.routeOf(dA1)
+	enc := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	delivery := func(seq uint64) []byte {
+		return enc(&pb.EdgeRecord{Targets: []*pb.DeviceAddr{dB1.Addr()}, Frame: &pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: &pb.Message{ConvId: "g:grp", Seq: seq}}}})
+	}
+	reply := enc(&pb.EdgeRecord{SessionId: rtA1.Session, Frame: &pb.ServerFrame{Body: &pb.ServerFrame_Response{Response: &pb.Response{ReqId: 7}}}})
+	badFrame := core.AppendEdgeRecord(nil, []core.DeviceKey{dB1}, []byte{0xff})
+	var bundle []byte
+	for _, r := range [][]byte{delivery(1), reply, core.AppendBundled(nil, delivery(99)), delivery(2), badFrame, delivery(3)} {
+		bundle = core.AppendBundled(bundle, r)
+	}
+	produce := func(b []byte) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := v.bus.Produce(ctx, core.BusRecord{Topic: edge.EdgeTopic("e1"), Key: []byte("k"), Value: b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produce(bundle)
+	produce(core.AppendBundled(delivery(100), delivery(101))) // a frame of its own and a bundle: skipped
+	produce(delivery(4))
+	for _, want := range []uint64{1, 2, 3, 4} {
+		if d := b1.recv().GetDelivery(); d.GetSeq() != want {
+			t.Fatalf("bob got %v, want seq %d", d, want)
+		}
+	}
+	if r := a1.recv().GetResponse(); r.GetReqId() != 7 {
+		t.Fatalf("alice got %v, want the reply", r)
+	}
+	if st := v.e.Stats(); st.EdgeBundles != 1 {
+		t.Fatalf("EdgeBundles %d, want 1 (the bundle with a frame of its own is skipped before it counts)", st.EdgeBundles)
+	}
+}
+
 func TestPresence(t *testing.T) {
 	v := newEnv(t, nil)
 	c, _ := v.registered("ws", "alice")

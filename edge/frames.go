@@ -299,15 +299,43 @@ func (s *session) produce(reqID uint64, rec *pb.IngressRecord, ans bool) {
 // target device), the frame is encoded once for all targets — its bytes
 // are taken as they are from the record — and only a delivery with
 // per-device ciphertexts is encoded again for each device (frameFor).
+//
+// A bundle (pb.EdgeRecord.bundle: what a region batch has for this edge)
+// is handled record by record, in order; a bad record of a bundle is
+// skipped alone.
 func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 	r, err := core.ParseEdgeRecord(rec.Value)
+	if err != nil {
+		e.log.Warn("bad edge record skipped", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		return nil
+	}
+	if len(r.Bundle) == 0 {
+		e.handleEdgeView(rec, r)
+		return nil
+	}
+	e.n.edgeBundles.Add(1)
+	for i, b := range r.Bundle {
+		v, err := core.ParseBundled(b)
+		if err != nil {
+			e.log.Warn("bad edge record skipped", "partition", rec.Partition, "offset", rec.Offset, "bundled", i, "err", err)
+			continue
+		}
+		e.handleEdgeView(rec, v)
+	}
+	return nil
+}
+
+// handleEdgeView pushes one record (on its own or from a bundle) to its
+// sessions.
+func (e *Edge) handleEdgeView(rec core.BusRecord, r core.EdgeRecordView) {
 	var f pb.ServerFrame
-	if err == nil && r.HasFrame {
+	var err error
+	if r.HasFrame {
 		err = proto.Unmarshal(r.Frame, &f)
 	}
 	if err != nil || !r.HasFrame {
 		e.log.Warn("bad edge record skipped", "partition", rec.Partition, "offset", rec.Offset, "err", err)
-		return nil
+		return
 	}
 	e.n.edgeRecords.Add(1)
 	if d := f.GetDisconnect(); d != nil && r.SessionID != 0 {
@@ -317,11 +345,11 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 			e.n.replaced.Add(1)
 			t.s.terminate(d.GetCode(), d.GetDetail(), d.GetReconnect())
 		}
-		return nil
+		return
 	}
 	targets := e.targets(r)
 	if len(targets) == 0 {
-		return nil
+		return
 	}
 	if resp := f.GetResponse(); resp != nil && r.SessionID != 0 {
 		// The region answered a write: its slots are free.
@@ -345,7 +373,6 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 		}
 		t.s.push(frameFor(&f, t.dev)) // encodes, and handles a frame too large to send
 	}
-	return nil
 }
 
 type target struct {

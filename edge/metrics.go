@@ -77,6 +77,7 @@ var metricDefs = []metricDef{
 	{"idle_timeouts_total", "Sessions closed for idleness.", false, func(s Stats) float64 { return float64(s.IdleTimeouts) }},
 	{"replaced_total", "Sessions replaced by a newer session of the same device.", false, func(s Stats) float64 { return float64(s.Replaced) }},
 	{"edge_records_total", "Edge-topic records handled.", false, func(s Stats) float64 { return float64(s.EdgeRecordsHandled) }},
+	{"edge_record_bundles_total", "Edge-topic records that were bundles of records (each of those counts in edge_records_total).", false, func(s Stats) float64 { return float64(s.EdgeBundles) }},
 	{"locate_requests_total", "GET /v1/locate requests received.", false, func(s Stats) float64 { return float64(s.LocateRequests) }},
 	{"locate_limited_total", "Locate requests answered 429 by the per-client budget.", false, func(s Stats) float64 { return float64(s.LocateLimited) }},
 	{"not_serving", "1 while the edge refuses and closes sessions because its region cannot sequence.", true, func(s Stats) float64 {

@@ -44,7 +44,13 @@
 //     addressed to users find their devices' routes after the batch's
 //     commit, in one read for the whole batch (fanout.go, resolveFan): a
 //     device records its route before its first sync, so an entry is
-//     either found by that sync or pushed to the route.
+//     either found by that sync or pushed to the route. What the batch
+//     has for one local edge then goes out as one bus record, a bundle
+//     (pb.EdgeRecord.bundle, at most 256 records and 256 KiB; the
+//     records of an edge keep their order; bundleEdgeRecords): a busy
+//     group's answers and receipt frames, and a 1:1 batch's deliveries
+//     and answers, are not each a record of their own. Edges must
+//     understand bundles before their region produces them.
 //
 // Group commit: with a store that is a core.Batcher (both are), the
 // steps of a batch read and append through one core.WriteBatch: its

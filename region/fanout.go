@@ -261,6 +261,75 @@ func (r *Region) perEdge(routes []core.Route, frame *pb.ServerFrame) ([]core.Bus
 	return recs, nil
 }
 
+// Bounds of one bundle (pb.EdgeRecord.bundle). A bundle stays far below
+// the bus's 1 MiB per record (core.TestEdgeRecordAtTheGroupLimit); a
+// record that alone is larger than maxBundleBytes goes alone, as before.
+const (
+	maxBundleRecords = 256
+	maxBundleBytes   = 256 << 10
+)
+
+// bundleEdgeRecords puts the records of out that go to the same local
+// edge topic into bundles, each in the place of its first record: what a
+// batch has for one edge (answers, deliveries, receipts) becomes one bus
+// record, decoded by the edge record by record. The records of one topic
+// keep their order: a record that does not fit the open bundle starts the
+// next one, and nothing joins a bundle across it. Records for other
+// topics (links, presence) are left as they are. In a 500-member group
+// with acks, a batch's dozens of answers and receipt frames were each a
+// record of their own, which the bus encoded, the broker stored and the
+// edge's consumer decoded one by one.
+func bundleEdgeRecords(out []core.BusRecord) []core.BusRecord {
+	type group struct {
+		first, n, size int
+	}
+	var groups []group
+	open := map[string]int{} // topic -> its open group
+	at := make([]int, len(out))
+	bundled := false
+	for i, rec := range out {
+		at[i] = -1
+		if !strings.HasPrefix(rec.Topic, EdgeTopicPrefix) {
+			continue
+		}
+		sz := core.BundledSize(len(rec.Value))
+		if g, ok := open[rec.Topic]; ok && groups[g].n < maxBundleRecords && groups[g].size+sz <= maxBundleBytes {
+			groups[g].n++
+			groups[g].size += sz
+			at[i] = g
+			bundled = true
+			continue
+		}
+		open[rec.Topic] = len(groups)
+		at[i] = len(groups)
+		groups = append(groups, group{first: i, n: 1, size: sz})
+	}
+	if !bundled {
+		return out
+	}
+	res := make([]core.BusRecord, 0, len(out))
+	values := make([][]byte, len(groups))
+	for i, rec := range out {
+		g := at[i]
+		if g < 0 || groups[g].n == 1 {
+			res = append(res, rec)
+			continue
+		}
+		if values[g] == nil {
+			values[g] = make([]byte, 0, groups[g].size)
+			res = append(res, core.BusRecord{Topic: rec.Topic, Key: rec.Key})
+			groups[g].first = len(res) - 1
+		}
+		values[g] = core.AppendBundled(values[g], rec.Value)
+	}
+	for g, v := range values {
+		if v != nil {
+			res[groups[g].first].Value = v
+		}
+	}
+	return res
+}
+
 // uniqueDevices returns routes with each device's first route only. The
 // fan-out's routes come sorted by device (the users sorted, each user's
 // routes sorted), where a duplicate is next to its first; other orders

@@ -134,8 +134,13 @@ type failDeliveriesBus struct {
 func (b *failDeliveriesBus) Produce(ctx context.Context, recs ...core.BusRecord) error {
 	for _, r := range recs {
 		var er pb.EdgeRecord
-		if proto.Unmarshal(r.Value, &er) == nil && er.GetFrame().GetDelivery() != nil && b.left.Add(-1) >= 0 {
-			return errors.New("injected: broker refused the batch")
+		if proto.Unmarshal(r.Value, &er) != nil {
+			continue
+		}
+		for _, in := range region.Unbundle(&er) {
+			if in.GetFrame().GetDelivery() != nil && b.left.Add(-1) >= 0 {
+				return errors.New("injected: broker refused the batch")
+			}
 		}
 	}
 	return b.Bus.Produce(ctx, recs...)

@@ -50,7 +50,7 @@ func (b *countingBus) produced(t testing.TB) []*pb.EdgeRecord {
 		if err := proto.Unmarshal(rec.Value, &er); err != nil {
 			t.Fatalf("produced record does not decode: %v", err)
 		}
-		out = append(out, &er)
+		out = append(out, Unbundle(&er)...)
 	}
 	return out
 }

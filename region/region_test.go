@@ -95,7 +95,7 @@ func newHarnessWrapped(t *testing.T, wrapStore func(core.Store) core.Store, wrap
 				return nil
 			}
 			h.mu.Lock()
-			h.recs = append(h.recs, &er)
+			h.recs = append(h.recs, region.Unbundle(&er)...)
 			h.mu.Unlock()
 			select {
 			case h.cond <- struct{}{}:

@@ -326,7 +326,7 @@ func (r *Region) runBatch(ctx context.Context, recs []core.BusRecord, bs core.Ba
 	if err != nil {
 		return nil, err
 	}
-	b.final = out
+	b.final = bundleEdgeRecords(out)
 	return b, nil
 }
 

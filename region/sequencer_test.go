@@ -272,8 +272,13 @@ type failReceiptsBus struct {
 func (b *failReceiptsBus) Produce(ctx context.Context, recs ...core.BusRecord) error {
 	for _, r := range recs {
 		var er pb.EdgeRecord
-		if proto.Unmarshal(r.Value, &er) == nil && len(receiptsIn(&er)) > 0 && b.left.Add(-1) >= 0 {
-			return errors.New("injected: broker refused the batch")
+		if proto.Unmarshal(r.Value, &er) != nil {
+			continue
+		}
+		for _, in := range region.Unbundle(&er) {
+			if len(receiptsIn(in)) > 0 && b.left.Add(-1) >= 0 {
+				return errors.New("injected: broker refused the batch")
+			}
 		}
 	}
 	return b.Bus.Produce(ctx, recs...)

@@ -4305,10 +4305,19 @@ func (*IngressRecord_Typing) isIngressRecord_Op() {}
 // EdgeRecord is produced by a region to one edge's topic: everything that
 // edge must push to its sessions.
 type EdgeRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Targets       []*DeviceAddr          `protobuf:"bytes,1,rep,name=targets,proto3" json:"targets,omitempty"`                       // devices the frame is for (all their sessions on this edge)
-	SessionId     uint64                 `protobuf:"varint,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"` // when set: only this session (replies)
-	Frame         *ServerFrame           `protobuf:"bytes,3,opt,name=frame,proto3" json:"frame,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Targets   []*DeviceAddr          `protobuf:"bytes,1,rep,name=targets,proto3" json:"targets,omitempty"`                       // devices the frame is for (all their sessions on this edge)
+	SessionId uint64                 `protobuf:"varint,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"` // when set: only this session (replies)
+	Frame     *ServerFrame           `protobuf:"bytes,3,opt,name=frame,proto3" json:"frame,omitempty"`
+	// bundle: records handled in order, each as if it were a record of its
+	// own. A region puts what one batch has for one edge (answers,
+	// deliveries, receipts) into one record of at most 256 records and
+	// 256 KiB; a record larger than that goes alone. A record with a bundle
+	// has no targets, session or frame of its own, and a bundled record has
+	// no bundle: an edge skips a record that breaks either rule (a bundled
+	// one alone, the others of its bundle are handled). Edges must
+	// understand bundles before their region produces them.
+	Bundle        []*EdgeRecord `protobuf:"bytes,4,rep,name=bundle,proto3" json:"bundle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4360,6 +4369,13 @@ func (x *EdgeRecord) GetSessionId() uint64 {
 func (x *EdgeRecord) GetFrame() *ServerFrame {
 	if x != nil {
 		return x.Frame
+	}
+	return nil
+}
+
+func (x *EdgeRecord) GetBundle() []*EdgeRecord {
+	if x != nil {
+		return x.Bundle
 	}
 	return nil
 }
@@ -5275,13 +5291,14 @@ const file_chatmesh_v1_chatmesh_proto_rawDesc = "" +
 	"\x0emodify_members\x18\x0e \x01(\v2!.chatmesh.v1.ModifyMembersRequestH\x00R\rmodifyMembers\x124\n" +
 	"\x06typing\x18\x0f \x01(\v2\x1a.chatmesh.v1.TypingRequestH\x00R\x06typing\x12\x12\n" +
 	"\x04hops\x18\x03 \x01(\rR\x04hopsB\x04\n" +
-	"\x02op\"\x8e\x01\n" +
+	"\x02op\"\xbf\x01\n" +
 	"\n" +
 	"EdgeRecord\x121\n" +
 	"\atargets\x18\x01 \x03(\v2\x17.chatmesh.v1.DeviceAddrR\atargets\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\x04R\tsessionId\x12.\n" +
-	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\"\xf7\x01\n" +
+	"\x05frame\x18\x03 \x01(\v2\x18.chatmesh.v1.ServerFrameR\x05frame\x12/\n" +
+	"\x06bundle\x18\x04 \x03(\v2\x17.chatmesh.v1.EdgeRecordR\x06bundle\"\xf7\x01\n" +
 	"\n" +
 	"LinkRecord\x120\n" +
 	"\x04dest\x18\x01 \x01(\x0e2\x1c.chatmesh.v1.LinkRecord.DestR\x04dest\x12\x17\n" +
@@ -5544,25 +5561,26 @@ var file_chatmesh_v1_chatmesh_proto_depIdxs = []int32{
 	23, // 74: chatmesh.v1.IngressRecord.typing:type_name -> chatmesh.v1.TypingRequest
 	7,  // 75: chatmesh.v1.EdgeRecord.targets:type_name -> chatmesh.v1.DeviceAddr
 	32, // 76: chatmesh.v1.EdgeRecord.frame:type_name -> chatmesh.v1.ServerFrame
-	6,  // 77: chatmesh.v1.LinkRecord.dest:type_name -> chatmesh.v1.LinkRecord.Dest
-	50, // 78: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
-	63, // 79: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
-	64, // 80: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
-	64, // 81: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
-	65, // 82: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
-	13, // 83: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
-	7,  // 84: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
-	7,  // 85: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
-	12, // 86: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
-	33, // 87: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
-	7,  // 88: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
-	39, // 89: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
-	34, // 90: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
-	91, // [91:91] is the sub-list for method output_type
-	91, // [91:91] is the sub-list for method input_type
-	91, // [91:91] is the sub-list for extension type_name
-	91, // [91:91] is the sub-list for extension extendee
-	0,  // [0:91] is the sub-list for field type_name
+	58, // 77: chatmesh.v1.EdgeRecord.bundle:type_name -> chatmesh.v1.EdgeRecord
+	6,  // 78: chatmesh.v1.LinkRecord.dest:type_name -> chatmesh.v1.LinkRecord.Dest
+	50, // 79: chatmesh.v1.PresenceRecord.event:type_name -> chatmesh.v1.PresenceEvent
+	63, // 80: chatmesh.v1.BackendCall.register:type_name -> chatmesh.v1.BackendRegister
+	64, // 81: chatmesh.v1.BackendCall.session_opened:type_name -> chatmesh.v1.BackendRoute
+	64, // 82: chatmesh.v1.BackendCall.session_closed:type_name -> chatmesh.v1.BackendRoute
+	65, // 83: chatmesh.v1.BackendCall.query:type_name -> chatmesh.v1.BackendQuery
+	13, // 84: chatmesh.v1.BackendRegister.request:type_name -> chatmesh.v1.RegisterRequest
+	7,  // 85: chatmesh.v1.BackendRoute.device:type_name -> chatmesh.v1.DeviceAddr
+	7,  // 86: chatmesh.v1.BackendQuery.device:type_name -> chatmesh.v1.DeviceAddr
+	12, // 87: chatmesh.v1.BackendQuery.frame:type_name -> chatmesh.v1.ClientFrame
+	33, // 88: chatmesh.v1.BackendReply.error:type_name -> chatmesh.v1.Error
+	7,  // 89: chatmesh.v1.BackendReply.device:type_name -> chatmesh.v1.DeviceAddr
+	39, // 90: chatmesh.v1.BackendReply.register:type_name -> chatmesh.v1.RegisterResponse
+	34, // 91: chatmesh.v1.BackendReply.response:type_name -> chatmesh.v1.Response
+	92, // [92:92] is the sub-list for method output_type
+	92, // [92:92] is the sub-list for method input_type
+	92, // [92:92] is the sub-list for extension type_name
+	92, // [92:92] is the sub-list for extension extendee
+	0,  // [0:92] is the sub-list for field type_name
 }
 
 func init() { file_chatmesh_v1_chatmesh_proto_init() }
