@@ -3,6 +3,7 @@ package region
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -19,12 +20,17 @@ import (
 // and other topics are left as they are; a batch with nothing to bundle
 // is returned as it is.
 func TestBundleEdgeRecords(t *testing.T) {
+	e1, e2 := EdgeTopicPrefix+"e1", EdgeTopicPrefix+"e2"
+	link := EdgeTopicPrefix + "link.r2" // a link topic that starts like an edge's: its key is not its name
 	rec := func(topic string, seq, size int) core.BusRecord {
 		f, _ := proto.Marshal(&pb.ServerFrame{Body: &pb.ServerFrame_Delivery{Delivery: &pb.Message{
 			ConvId: "g:x", Seq: uint64(seq), Envelope: &pb.Envelope{Ciphertext: bytes.Repeat([]byte{1}, size)}}}})
-		return core.BusRecord{Topic: topic, Key: []byte(topic), Value: core.AppendEdgeRecord(nil, []core.DeviceKey{{User: "u", Device: 1}}, f)}
+		key := strings.TrimPrefix(topic, EdgeTopicPrefix)
+		if topic == link {
+			key = "e1"
+		}
+		return core.BusRecord{Topic: topic, Key: []byte(key), Value: core.AppendEdgeRecord(nil, []core.DeviceKey{{User: "u", Device: 1}}, f)}
 	}
-	e1, e2, link := EdgeTopicPrefix+"e1", EdgeTopicPrefix+"e2", "link.r2"
 	var in []core.BusRecord
 	seq := 0
 	add := func(topic string, n, size int) {

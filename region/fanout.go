@@ -289,7 +289,7 @@ func bundleEdgeRecords(out []core.BusRecord) []core.BusRecord {
 	bundled := false
 	for i, rec := range out {
 		at[i] = -1
-		if !strings.HasPrefix(rec.Topic, EdgeTopicPrefix) {
+		if !isLocalEdgeRecord(rec) {
 			continue
 		}
 		sz := core.BundledSize(len(rec.Value))
@@ -328,6 +328,15 @@ func bundleEdgeRecords(out []core.BusRecord) []core.BusRecord {
 		}
 	}
 	return res
+}
+
+// isLocalEdgeRecord tells a record for one of this region's edges (edgeOut:
+// topic EdgeTopic(edge), key edge) from the others, whatever their topic
+// names are (a link's, whose key may be an edge id too, or an ingress
+// topic under a namespace that happens to start like an edge topic).
+func isLocalEdgeRecord(rec core.BusRecord) bool {
+	t := rec.Topic
+	return len(t) == len(EdgeTopicPrefix)+len(rec.Key) && strings.HasPrefix(t, EdgeTopicPrefix) && t[len(EdgeTopicPrefix):] == string(rec.Key)
 }
 
 // uniqueDevices returns routes with each device's first route only. The
