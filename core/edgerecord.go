@@ -89,8 +89,10 @@ type EdgeRecordView struct {
 // (the last session_id wins, several frame fields merge — each must be
 // well-formed by itself —, unknown fields are skipped, a target's user id
 // must be UTF-8) without decoding the frame. A bundle's records are
-// returned as they are (Bundle), for ParseBundled; a record with a bundle
-// and a frame, session or targets of its own is refused.
+// returned as they are (Bundle), each to be read with ParseBundled — so a
+// bad record in a bundle, which proto.Unmarshal would refuse the whole
+// record for, is refused alone —, and a record with a bundle and a frame,
+// session or targets of its own is refused (proto takes it).
 func ParseEdgeRecord(b []byte) (EdgeRecordView, error) {
 	v, err := parseEdgeRecord(b)
 	if err == nil && len(v.Bundle) > 0 && (v.HasFrame || v.SessionID != 0 || v.targets > 0) {

@@ -314,13 +314,19 @@ func (e *Edge) handleEdgeRecord(_ context.Context, rec core.BusRecord) error {
 		return nil
 	}
 	e.n.edgeBundles.Add(1)
-	for i, b := range r.Bundle {
+	bad, first := 0, error(nil)
+	for _, b := range r.Bundle {
 		v, err := core.ParseBundled(b)
 		if err != nil {
-			e.log.Warn("bad edge record skipped", "partition", rec.Partition, "offset", rec.Offset, "bundled", i, "err", err)
+			if bad++; first == nil {
+				first = err
+			}
 			continue
 		}
 		e.handleEdgeView(rec, v)
+	}
+	if bad > 0 { // one line per bundle, however many of its records are bad
+		e.log.Warn("bad edge records skipped", "partition", rec.Partition, "offset", rec.Offset, "bundled", len(r.Bundle), "bad", bad, "err", first)
 	}
 	return nil
 }

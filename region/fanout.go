@@ -280,6 +280,9 @@ const (
 // record of their own, which the bus encoded, the broker stored and the
 // edge's consumer decoded one by one.
 func bundleEdgeRecords(out []core.BusRecord) []core.BusRecord {
+	if len(out) < 2 {
+		return out
+	}
 	type group struct {
 		first, n, size int
 	}

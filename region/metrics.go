@@ -77,7 +77,7 @@ var regionCounters = []counterDef{
 	{"duplicates_total", "Appends that hit an idempotency key (a resend; answered with the stored entry).", func(s Stats) uint64 { return s.Duplicates }},
 	{"rejected_total", "Requests answered with an error.", func(s Stats) uint64 { return s.Rejected }},
 	{"malformed_total", "Ingress records that did not decode (dropped).", func(s Stats) uint64 { return s.Malformed }},
-	{"edge_records_total", "Records produced to edge topics.", func(s Stats) uint64 { return s.EdgeRecords }},
+	{"edge_records_total", "Bus records produced for edges and links (a bundle of edge records counts once).", func(s Stats) uint64 { return s.EdgeRecords }},
 	{"undeliverable_total", "Records dropped because their topic does not exist.", func(s Stats) uint64 { return s.Undeliverable }},
 	{"notified_total", "Push notifications handed to the notifier.", func(s Stats) uint64 { return s.Notified }},
 	{"notify_dropped_total", "Push notifications dropped: queue full.", func(s Stats) uint64 { return s.NotifyDropped }},

@@ -235,7 +235,7 @@ type Stats struct {
 	Duplicates    uint64 // appends that hit an idempotency key
 	Rejected      uint64 // requests answered with an error
 	Malformed     uint64 // ingress records that did not decode (dropped)
-	EdgeRecords   uint64 // records produced to edge topics
+	EdgeRecords   uint64 // bus records produced for edges and links (a bundle counts once)
 	Undeliverable uint64 // records dropped because their topic does not exist
 	Notified      uint64 // push notifications handed to the notifier
 	NotifyDropped uint64 // push notifications dropped: queue full
