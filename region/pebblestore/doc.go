@@ -83,10 +83,7 @@
 // only means a device's next ack moves it again and a receipt is sent
 // twice. In a 500-member group every member's delivery ack is a cursor
 // move in the conversation's partition, so an fsync each would queue the
-// conversation's next message behind 500 fsyncs. A store keeps the
-// cursors it read or committed in memory (cursorCache, at most 65,536,
-// emptied at the bound), so a move does not read its cursor back: the
-// store is the only writer of its cursors, each under the cursor's stripe.
+// conversation's next message behind 500 fsyncs.
 //
 // # Integrity
 //

@@ -72,7 +72,6 @@ type base struct {
 	routes      *routeIndex  // every stored route (routeindex.go)
 	convMu      []sync.Mutex // Append, striped by conversation
 	cursorMu    []sync.Mutex // AdvanceCursor, striped by conversation
-	cursors     cursorCache  // committed cursors, so an advance does not read them back
 	prekeyMu    []sync.Mutex // prekeys by device and device lists by user, striped
 	closeErr    error
 }
@@ -814,11 +813,16 @@ func (s *Store) AdvanceCursor(ctx context.Context, conv string, dev core.DeviceK
 		return 0, false, err
 	}
 	ck := cursorConvKey(conv, dev)
-	c, err := s.committedCursor(ck)
+	v, found, err := s.get(ck)
 	if err != nil {
 		return 0, false, err
 	}
-	delivered, read := c.delivered, c.read
+	var delivered, read uint64
+	if found {
+		if delivered, read, err = decodeCursor(v); err != nil {
+			return 0, false, err
+		}
+	}
 	cur := &delivered
 	if kind == core.CursorRead {
 		cur = &read
@@ -837,7 +841,6 @@ func (s *Store) AdvanceCursor(ctx context.Context, conv string, dev core.DeviceK
 	if err := commitNoSync(b); err != nil {
 		return 0, false, err
 	}
-	s.cursors.put(ck, cursorVal{delivered, read})
 	return prev, true, nil
 }
 
@@ -874,21 +877,27 @@ func (s *Store) AdvanceCursors(ctx context.Context, moves []core.CursorMove) err
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	type cur struct{ delivered, read uint64 }
 	type key struct {
 		conv string
 		dev  core.DeviceKey
 	}
-	cursors := map[key]*cursorVal{}
+	cursors := map[key]*cur{}
 	var order []key
 	for _, mv := range moves {
 		k := key{mv.Conv, mv.Dev}
 		c, ok := cursors[k]
 		if !ok {
-			v, err := s.committedCursor(cursorConvKey(mv.Conv, mv.Dev))
+			v, found, err := s.get(cursorConvKey(mv.Conv, mv.Dev))
 			if err != nil {
 				return err
 			}
-			c = &v
+			c = &cur{}
+			if found {
+				if c.delivered, c.read, err = decodeCursor(v); err != nil {
+					return err
+				}
+			}
 			cursors[k] = c
 			order = append(order, k)
 		}
@@ -900,79 +909,16 @@ func (s *Store) AdvanceCursors(ctx context.Context, moves []core.CursorMove) err
 	}
 	b := s.db.NewBatch()
 	var errs []error
-	keys := make([][]byte, len(order))
-	for i, k := range order {
+	for _, k := range order {
 		c := cursors[k]
 		val := encodeCursor(c.delivered, c.read)
-		keys[i] = cursorConvKey(k.conv, k.dev)
-		errs = append(errs, b.Set(keys[i], val, nil), b.Set(cursorDevKey(k.dev, k.conv), val, nil))
+		errs = append(errs, b.Set(cursorConvKey(k.conv, k.dev), val, nil), b.Set(cursorDevKey(k.dev, k.conv), val, nil))
 	}
 	if err := errors.Join(errs...); err != nil {
 		_ = b.Close()
 		return fmt.Errorf("pebblestore: batch: %w", err)
 	}
-	if err := commitNoSync(b); err != nil {
-		return err
-	}
-	for i, k := range order {
-		s.cursors.put(keys[i], *cursors[k])
-	}
-	return nil
-}
-
-// committedCursor returns the cursor stored under ck (zero if none): from
-// the cache, else read (and then cached). The caller holds the cursor's
-// stripe, so nothing changes it meanwhile.
-func (s *Store) committedCursor(ck []byte) (cursorVal, error) {
-	if c, ok := s.cursors.get(ck); ok {
-		return c, nil
-	}
-	v, found, err := s.get(ck)
-	if err != nil {
-		return cursorVal{}, err
-	}
-	var c cursorVal
-	if found {
-		if c.delivered, c.read, err = decodeCursor(v); err != nil {
-			return cursorVal{}, err
-		}
-	}
-	s.cursors.put(ck, c)
-	return c, nil
-}
-
-// cursorVal is a stored cursor.
-type cursorVal struct{ delivered, read uint64 }
-
-// cursorCache holds the committed value of the cursors a store read or
-// wrote, so that advancing one does not read it back: the store is the
-// only writer of its cursors (its directory is locked to this process, and
-// nothing but AdvanceCursor and AdvanceCursors writes a cursor key, each
-// under the cursor's stripe, putting the value here only once committed).
-// That read was half of AdvanceCursors' time and 2.6% of the server's CPU
-// in a 500-member group with acks. Bounded: emptied when it reaches
-// cursorCacheMax entries (a few MiB).
-type cursorCache struct {
-	mu sync.Mutex
-	m  map[string]cursorVal
-}
-
-const cursorCacheMax = 1 << 16
-
-func (c *cursorCache) get(k []byte) (cursorVal, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	v, ok := c.m[string(k)]
-	return v, ok
-}
-
-func (c *cursorCache) put(k []byte, v cursorVal) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= cursorCacheMax {
-		c.m = make(map[string]cursorVal)
-	}
-	c.m[string(k)] = v
+	return commitNoSync(b)
 }
 
 // Cursors implements core.Store.
