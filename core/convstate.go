@@ -53,8 +53,9 @@ type recentEntry struct {
 // over more entries than the window falls back to a bounded store scan.
 // 256 covers a member's ack pause (250 ms on average) at 1,000 group
 // messages per second; at 64, in a 500-member group at 200 msg/s with
-// acks, about half the acks fell back to a scan, which read whole
-// messages and was 5% of the server's CPU.
+// acks, about a quarter of the acks fell back to a scan (5,484 of about
+// 20,500 in 10 s), which read whole messages and was 5% of the server's
+// CPU.
 const recentMax = 256
 
 // NewConvState builds the state of a stored conversation.
