@@ -54,8 +54,8 @@ type recentEntry struct {
 // 256 covers a member's ack pause (250 ms on average) at 1,000 group
 // messages per second; at 64, in a 500-member group at 200 msg/s with
 // acks, about a quarter of the acks fell back to a scan (5,484 of about
-// 20,500 in 10 s), which read whole messages and was 5% of the server's
-// CPU.
+// 20,700 in 10 s), which read whole messages: 0.31 s of a 6.7 s server
+// profile (4.6%).
 const recentMax = 256
 
 // NewConvState builds the state of a stored conversation.

@@ -144,7 +144,8 @@ func (e *Edge) drainer(s *session) {
 // own channel. A pool is a mutex and a stack rather than one shared
 // channel that waiters select on together with a timer and the edge's
 // context: in the 500-member group benchmark (100,000 drains a second)
-// that select and its timer were 7% of the server's CPU. Instead, one
+// the drain goroutines spent 0.44 s of a 6.7 s server profile outside the
+// drains themselves, in that select and its timer (0.14 s now). Instead, one
 // goroutine (retireDrainers) ticks every drainIdle and retires the
 // goroutines that have waited since before the previous tick.
 type drainPool struct {

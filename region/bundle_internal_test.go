@@ -87,6 +87,36 @@ func TestBundleEdgeRecords(t *testing.T) {
 	}
 }
 
+// TestBundleByteBound: records whose bundle is exactly maxBundleBytes
+// go in one bundle; one byte more and the second goes in a record of its
+// own (in order after the first).
+func TestBundleByteBound(t *testing.T) {
+	topic := EdgeTopicPrefix + "e1"
+	half := maxBundleBytes / 2
+	n := half - (core.BundledSize(half) - half) // BundledSize(n) == half
+	if core.BundledSize(n) != half {
+		t.Fatalf("BundledSize(%d) = %d, want %d", n, core.BundledSize(n), half)
+	}
+	for _, c := range []struct {
+		second, records int
+	}{{n, 1}, {n + 1, 2}} {
+		in := []core.BusRecord{
+			{Topic: topic, Key: []byte("e1"), Value: bytes.Repeat([]byte{1}, n)},
+			{Topic: topic, Key: []byte("e1"), Value: bytes.Repeat([]byte{2}, c.second)},
+		}
+		out := bundleEdgeRecords(in)
+		if len(out) != c.records {
+			t.Fatalf("second record of %d bytes: %d records, want %d", c.second, len(out), c.records)
+		}
+		if c.records == 1 && len(out[0].Value) != maxBundleBytes {
+			t.Fatalf("bundle of %d bytes, want exactly %d", len(out[0].Value), maxBundleBytes)
+		}
+		if c.records == 2 && (out[0].Value[0] != 1 || out[1].Value[0] != 2) {
+			t.Fatal("records over the bound left in the wrong order")
+		}
+	}
+}
+
 // seqsOf returns the delivery seqs a bus record carries, in the order
 // the edge handles them.
 func seqsOf(t *testing.T, r core.BusRecord) []uint64 {

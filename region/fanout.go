@@ -276,9 +276,10 @@ const (
 // keep their order: a record that does not fit the open bundle starts the
 // next one, and nothing joins a bundle across it. Records for other
 // topics (links, presence) are left as they are. In a 500-member group
-// with acks, a batch's dozens of answers and receipt frames were each a
-// record of their own, which the bus encoded, the broker stored and the
-// edge's consumer decoded one by one.
+// with acks at 100 msg/s, a batch's answers, deliveries and receipt
+// frames (23 on average: 88,663 edge records came in 3,842 bus records) were
+// each a record of their own, which the bus encoded, the broker stored
+// and the edge's consumer read one by one.
 func bundleEdgeRecords(out []core.BusRecord) []core.BusRecord {
 	if len(out) < 2 {
 		return out
